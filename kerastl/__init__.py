@@ -1,0 +1,75 @@
+"""kerastl: transfer learning with TensorFlow/Keras, from registry to deployment.
+
+Listing and describing models never imports TensorFlow; everything else is
+loaded on first use.
+
+Example:
+    >>> import kerastl
+    >>> kerastl.list_models("resnet5*")
+    ['resnet50', 'resnet50_v2']
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+from kerastl._errors import (  # noqa: E402
+    ConfigError,
+    DataError,
+    ExportError,
+    KerastlError,
+    MissingDependencyError,
+    UnknownNameError,
+    ValidationError,
+    WeightsError,
+)
+from kerastl.zoo import get_spec, list_models, model_info  # noqa: E402
+
+# Public name -> module that defines it (imported lazily: these import TensorFlow).
+_LAZY = {
+    "build": "kerastl._build",
+    "compile_for_task": "kerastl._build",
+    "KerastlModel": "kerastl._model",
+    "load_model": "kerastl._model",
+    "metadata": "kerastl._model",
+    "FreezePolicy": "kerastl.freeze",
+    "apply_policy": "kerastl.freeze",
+    "GradualUnfreezing": "kerastl.freeze",
+    "discriminative_optimizer": "kerastl.freeze",
+    "apply_l2sp": "kerastl.freeze",
+    "export": "kerastl.export",
+    "load_artifact": "kerastl.export",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kerastl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ExportError",
+    "KerastlError",
+    "MissingDependencyError",
+    "UnknownNameError",
+    "ValidationError",
+    "WeightsError",
+    "__version__",
+    "get_spec",
+    "list_models",
+    "model_info",
+    *_LAZY,
+]

@@ -1,0 +1,179 @@
+"""``kerastl.build``: backbone + in-graph preprocessing + head + freezing policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from kerastl import __version__
+from kerastl._errors import ConfigError
+from kerastl._model import KerastlModel
+from kerastl.freeze import apply_policy, parse_policy
+from kerastl.heads import attach_head, output_units, resolve_task
+from kerastl.zoo import get_spec
+from kerastl.zoo.adapter import get_adapter
+
+
+def build(
+    name: str,
+    task: str = "classification",
+    num_classes: int | None = None,
+    weights: Any = None,
+    input_shape: Any = None,
+    freeze: Any = "none",
+    dropout: float = 0.0,
+    pooling: str = "avg",
+    features_only: bool = False,
+    out_indices: Any = None,
+    class_names: list[str] | None = None,
+    train_batchnorm: bool = False,
+    embedding_dim: int = 128,
+    compile: bool = True,
+    learning_rate: float = 1e-3,
+    **adapter_kwargs: Any,
+) -> keras.Model:
+    """Build a transfer-learning model from a registry backbone.
+
+    The model takes raw data: 0-255 RGB images (any legal size), raw strings
+    for text backbones, raw waveforms for audio backbones. The backbone's own
+    preprocessing runs inside the graph, so exported artifacts take the same.
+
+    Args:
+        name: Registry name or alias (``"resnet50"``, ``"ResNet50"``).
+        task: ``"classification"``, ``"binary"``, ``"multilabel"``,
+            ``"regression"`` or ``"embedding"``.
+        num_classes: Classes (or regression outputs). Derived from
+            ``class_names`` when omitted.
+        weights: ``None`` (random init), ``"imagenet"`` / a preset name, or a
+            path to a weights file or saved kerastl model.
+        input_shape: ``(height, width, channels)`` or an int side; channels 1
+            adapts pretrained stem weights to grayscale.
+        freeze: Freezing policy, see :func:`kerastl.freeze.parse_policy`.
+        dropout: Dropout rate before the output layer.
+        pooling: ``"avg"`` or ``"max"`` over the backbone's feature map.
+        features_only: Return a multi-scale feature extractor instead.
+        out_indices: Which feature taps to return with ``features_only``.
+        class_names: Labels, stored in the model and its exports.
+        train_batchnorm: Let BatchNorm layers of trainable groups update.
+        embedding_dim: Width of the ``embedding`` task's output.
+        compile: Compile with the task's default loss and metrics (Adam).
+        learning_rate: Adam's learning rate when ``compile`` is true.
+        **adapter_kwargs: Source-specific options (``sequence_length`` for text).
+
+    Returns:
+        A :class:`kerastl.KerastlModel` (a functional ``keras.Model``).
+
+    Raises:
+        ConfigError: an argument is invalid; the message lists valid choices.
+        WeightsError: weights cannot be found or do not match.
+
+    Example:
+        >>> import kerastl
+        >>> model = kerastl.build("mobilenet_v3_small", num_classes=5,
+        ...                       input_shape=(96, 96, 3), freeze="backbone")
+        >>> model.output_shape
+        (None, 5)
+    """
+    spec = get_spec(name)
+    adapter = get_adapter(spec)
+    task_spec = resolve_task(task)
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if len(set(class_names)) != len(class_names):
+            raise ConfigError(f"class_names: duplicate names in {class_names!r}.")
+        if num_classes is None and task_spec.name in ("classification", "multilabel"):
+            num_classes = len(class_names)
+        if task_spec.name == "binary" and num_classes is None:
+            num_classes = 1
+    if features_only:
+        return _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs)
+    units = output_units(task_spec, num_classes, embedding_dim)
+    if class_names is not None and task_spec.name in ("classification", "multilabel"):
+        if len(class_names) != units:
+            raise ConfigError(
+                f"class_names: {len(class_names)} names for num_classes={units}; they must agree."
+            )
+    policy = parse_policy(freeze, train_batchnorm)
+
+    shape = adapter.resolve_input_shape(input_shape, **adapter_kwargs)
+    inputs = adapter.make_inputs(shape)
+    x = adapter.preprocess(inputs, shape)
+    backbone = adapter.backbone(shape, weights)
+    features = backbone(x)
+    pooled = adapter.pooled(features, pooling)
+    outputs = attach_head(pooled, task_spec, units, dropout)
+    config = {
+        "kerastl_version": __version__,
+        "backbone": spec.name,
+        "source": spec.source,
+        "modality": spec.modality,
+        "task": task_spec.name,
+        "num_outputs": units,
+        "class_names": class_names,
+        "input": adapter.input_spec(shape),
+        "output": task_spec.output_name,
+        "preprocessing": spec.preprocessing,
+        "weights": weights if weights is None or isinstance(weights, str) else str(weights),
+        "pooling": pooling,
+        "dropout": dropout,
+    }
+    model = KerastlModel(inputs, outputs, name=f"{spec.name}_{task_spec.name}",
+                         kerastl_config=config)
+    apply_policy(model, policy)
+    if compile:
+        compile_for_task(model, learning_rate=learning_rate)
+    return model
+
+
+def compile_for_task(
+    model: keras.Model, learning_rate: float = 1e-3, optimizer: Any = None, **kwargs: Any
+) -> keras.Model:
+    """Compile ``model`` with its task's default loss and metrics.
+
+    Args:
+        model: A kerastl model.
+        learning_rate: Adam's rate when ``optimizer`` is not given.
+        optimizer: Any Keras optimizer (for instance a discriminative one).
+        **kwargs: Passed to ``model.compile`` (``jit_compile``, ``steps_per_execution``).
+
+    Example:
+        >>> compile_for_task(model, learning_rate=1e-4)  # doctest: +SKIP
+    """
+    task = resolve_task(model.kerastl_config["task"])
+    units = model.kerastl_config["num_outputs"]
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
+        loss=task.loss(),
+        metrics=task.metrics(units),
+        **kwargs,
+    )
+    return model
+
+
+def _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs) -> keras.Model:
+    shape = adapter.resolve_input_shape(input_shape, **adapter_kwargs)
+    inputs = adapter.make_inputs(shape)
+    x = adapter.preprocess(inputs, shape)
+    backbone = adapter.backbone(shape, weights)
+    extractor = adapter.feature_extractor(backbone, out_indices)
+    outs = extractor(x)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    taps = [adapter.spec.taps[i] for i in (out_indices or range(len(adapter.spec.taps)))]
+    return KerastlModel(
+        inputs,
+        list(outs),
+        name=f"{adapter.spec.name}_features",
+        kerastl_config={
+            "kerastl_version": __version__,
+            "backbone": adapter.spec.name,
+            "source": adapter.spec.source,
+            "modality": adapter.spec.modality,
+            "task": "features",
+            "input": adapter.input_spec(shape),
+            "preprocessing": adapter.spec.preprocessing,
+            "feature_info": [
+                {"layer": t.layer, "channels": t.channels, "stride": t.stride} for t in taps
+            ],
+        },
+    )

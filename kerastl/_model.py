@@ -1,0 +1,91 @@
+"""The model class kerastl returns, and loading saved models safely."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from kerastl._errors import ConfigError, KerastlError
+
+
+@keras.saving.register_keras_serializable(package="kerastl")
+class KerastlModel(keras.Model):
+    """A functional ``keras.Model`` that also carries kerastl's metadata.
+
+    ``kerastl_config`` records the backbone, task, classes, input spec and
+    preprocessing. It is saved inside ``.keras`` files and copied into every
+    exported artifact. Everything else is plain Keras: ``fit``, ``predict``,
+    ``save`` and ``keras.saving.load_model`` work as usual.
+
+    Example:
+        >>> import kerastl
+        >>> m = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(64, 64, 3))
+        >>> m.kerastl_config["task"]
+        'classification'
+    """
+
+    def __init__(self, *args, kerastl_config: dict[str, Any] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kerastl_config = copy.deepcopy(kerastl_config or {})
+
+    def get_config(self):
+        config = super().get_config()
+        config["kerastl_config"] = copy.deepcopy(self.kerastl_config)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        meta = config.pop("kerastl_config", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.kerastl_config = meta or {}
+        return model
+
+
+def metadata(model: keras.Model) -> dict[str, Any]:
+    """kerastl's metadata of ``model`` (empty for a plain Keras model)."""
+    return copy.deepcopy(getattr(model, "kerastl_config", {}) or {})
+
+
+def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` file saved from a kerastl (or plain Keras) model.
+
+    Runs with Keras' ``safe_mode`` by default: a file holding a ``Lambda`` layer
+    or other arbitrary code is refused unless ``safe_mode=False``.
+
+    Args:
+        path: The ``.keras`` file.
+        safe_mode: Refuse to deserialise arbitrary code.
+        compile: Restore the training configuration.
+
+    Raises:
+        ConfigError: wrong extension. KerastlError: unreadable or unsafe file.
+
+    Example:
+        >>> model = kerastl.load_model("runs/exp1/model.keras")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ConfigError(
+            f"path: expected a .keras file, got {str(path)!r} (suffix {path.suffix!r}). "
+            "Exported artifacts (SavedModel folder, .tflite, .onnx) load with "
+            "kerastl.load_artifact()."
+        )
+    if not path.is_file():
+        raise ConfigError(f"path: no file at {str(path)!r}.")
+    try:
+        return keras.saving.load_model(str(path), safe_mode=safe_mode, compile=compile)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise KerastlError(
+                f"Refused to load {str(path)!r}: it contains arbitrary Python code "
+                "(a Lambda layer or similar), which safe mode does not run. If you trust "
+                "the file, pass safe_mode=False (CLI: --unsafe)."
+            ) from exc
+        raise KerastlError(f"Could not load {str(path)!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - zip/h5/json errors of a corrupt file
+        raise KerastlError(f"Could not load {str(path)!r}: {type(exc).__name__}: {exc}") from exc

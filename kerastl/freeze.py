@@ -1,0 +1,376 @@
+"""Freezing policies as data over named layer groups, and the fine-tuning tools.
+
+A :class:`FreezePolicy` says which backbone groups train. BatchNorm layers are
+frozen by setting ``trainable=False`` on the layers themselves, which in
+Keras 3 both stops their weight updates and keeps them in inference mode (the
+``training=False`` call argument alone is overridden by ``fit`` once the base
+is unfrozen: keras issue 20285).
+
+Also here: :class:`GradualUnfreezing` (a callback), :func:`discriminative_optimizer`
+(layer-wise learning-rate decay on ``keras.optimizers.MultiOptimizer``) and
+:func:`apply_l2sp` (pull fine-tuned weights towards their starting values).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerastl._errors import ConfigError, choice_error
+
+POLICY_KINDS = ("backbone", "none", "up_to", "last", "regex")
+
+
+@dataclass(frozen=True)
+class FreezePolicy:
+    """Which part of the backbone is frozen.
+
+    Attributes:
+        kind: ``"backbone"`` (feature extraction: all frozen), ``"none"`` (full
+            fine-tune), ``"up_to"`` (freeze groups from the stem up to and
+            including ``value``), ``"last"`` (train only the last ``value``
+            groups), ``"regex"`` (freeze layers whose name matches ``value``).
+        value: Group name, group count or regex, per ``kind``.
+        train_batchnorm: Let BatchNorm layers of trainable groups update their
+            statistics and affine weights. Off by default.
+
+    Example:
+        >>> parse_policy("up_to:stage2")
+        FreezePolicy(kind='up_to', value='stage2', train_batchnorm=False)
+    """
+
+    kind: str
+    value: Any = None
+    train_batchnorm: bool = False
+
+    def to_string(self) -> str:
+        """The policy in its string form (``"last:2"``)."""
+        return self.kind if self.value is None else f"{self.kind}:{self.value}"
+
+
+def parse_policy(freeze: Any, train_batchnorm: bool = False) -> FreezePolicy:
+    """Read a policy from a string, dict, bool or :class:`FreezePolicy`.
+
+    Accepted: ``"backbone"``, ``"none"``, ``"up_to:GROUP"``, ``"last:N"``,
+    ``"regex:PATTERN"``, ``{"up_to": "stage2"}``, ``{"last": 2}``,
+    ``{"regex": "^conv1"}``, ``True`` (= backbone), ``False``/``None`` (= none).
+    """
+    if isinstance(freeze, FreezePolicy):
+        return freeze
+    if freeze is None or freeze is False:
+        return FreezePolicy("none", None, train_batchnorm)
+    if freeze is True:
+        return FreezePolicy("backbone", None, train_batchnorm)
+    if isinstance(freeze, dict):
+        if len(freeze) != 1:
+            raise ConfigError(
+                f"freeze: a dict policy has exactly one key of {POLICY_KINDS[2:]}, got {freeze!r}."
+            )
+        (kind, value), = freeze.items()
+    elif isinstance(freeze, str):
+        kind, _, value = freeze.partition(":")
+        value = value or None
+    else:
+        raise ConfigError(
+            f"freeze: expected a string such as 'backbone', 'none', 'up_to:stage2', "
+            f"'last:2' or 'regex:^conv1', got {type(freeze).__name__} {freeze!r}."
+        )
+    kind = kind.strip().lower()
+    if kind not in POLICY_KINDS:
+        raise choice_error("freeze", freeze if isinstance(freeze, str) else kind, POLICY_KINDS)
+    if kind in ("backbone", "none") and value is not None:
+        raise ConfigError(f"freeze: {kind!r} takes no value, got {freeze!r}.")
+    if kind in ("up_to", "regex") and not value:
+        raise ConfigError(f"freeze: {kind!r} needs a value, e.g. '{kind}:...', got {freeze!r}.")
+    if kind == "last":
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"freeze: 'last' needs a whole number of groups, got {freeze!r}."
+            ) from None
+        if value < 0:
+            raise ConfigError(f"freeze: 'last' needs N >= 0, got {value}.")
+    if kind == "regex":
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ConfigError(f"freeze: invalid regex {value!r}: {exc}.") from None
+    return FreezePolicy(kind, value, train_batchnorm)
+
+
+def _backbone_and_groups(model: keras.Model):
+    from kerastl.zoo.adapter import get_adapter
+
+    try:
+        backbone = model.get_layer("backbone")
+    except ValueError:
+        raise ConfigError(
+            "model: freezing policies act on a kerastl model (one built by kerastl.build), "
+            "which has a layer named 'backbone'; this model has none."
+        ) from None
+    name = getattr(model, "kerastl_config", {}).get("backbone")
+    if not name:
+        raise ConfigError("model: no kerastl metadata; build it with kerastl.build().")
+    adapter = get_adapter(name)
+    return backbone, adapter, adapter.layer_groups(backbone)
+
+
+def _all_layers(layer: keras.Layer) -> list[keras.Layer]:
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None = None) -> dict:
+    """Set ``trainable`` on the backbone of ``model`` according to a policy.
+
+    Layers outside the backbone (the head) always train. Recompile the model
+    afterwards if it was already compiled (``build`` and the trainer do this).
+
+    Args:
+        model: A model from :func:`kerastl.build`.
+        freeze: A policy (see :func:`parse_policy`).
+        train_batchnorm: Overrides the policy's ``train_batchnorm``.
+
+    Returns:
+        ``{group name: True if it trains}`` for the backbone groups.
+
+    Example:
+        >>> m = kerastl.build("resnet50", num_classes=2, input_shape=(32, 32, 3))
+        >>> apply_policy(m, "last:1")["stage4"]
+        True
+    """
+    policy = parse_policy(freeze)
+    if train_batchnorm is not None:
+        policy = FreezePolicy(policy.kind, policy.value, train_batchnorm)
+    backbone, adapter, groups = _backbone_and_groups(model)
+    names = list(groups)
+    if policy.kind == "backbone":
+        trains = dict.fromkeys(names, False)
+    elif policy.kind == "none" or policy.kind == "regex":
+        trains = dict.fromkeys(names, True)
+    elif policy.kind == "up_to":
+        if policy.value not in groups:
+            raise choice_error("freeze", f"up_to:{policy.value}", [f"up_to:{g}" for g in names])
+        cut = names.index(policy.value)
+        trains = {g: i > cut for i, g in enumerate(names)}
+    else:  # last
+        if policy.value > len(names):
+            raise ConfigError(
+                f"freeze: 'last:{policy.value}' asks for more groups than {adapter.spec.name} "
+                f"has ({len(names)}: {names})."
+            )
+        trains = {g: i >= len(names) - policy.value for i, g in enumerate(names)}
+
+    backbone.trainable = True  # propagates down; per-layer flags follow
+    pattern = re.compile(policy.value) if policy.kind == "regex" else None
+    for gname, layers in groups.items():
+        for layer in layers:
+            trainable = trains[gname]
+            if pattern is not None and pattern.search(layer.name):
+                trainable = False
+            for sub in _all_layers(layer):
+                sub.trainable = trainable
+    if not policy.train_batchnorm:
+        for sub in _all_layers(backbone):
+            if adapter.is_batchnorm(sub):
+                sub.trainable = False
+    if policy.kind == "backbone" and not policy.train_batchnorm:
+        backbone.trainable = False
+    if hasattr(model, "kerastl_config"):
+        model.kerastl_config["freeze"] = policy.to_string()
+        model.kerastl_config["train_batchnorm"] = policy.train_batchnorm
+    return trains
+
+
+def trainable_groups(model: keras.Model) -> dict[str, bool]:
+    """``{group: True if any weight in it trains}`` for a kerastl model."""
+    _, _, groups = _backbone_and_groups(model)
+    return {g: any(layer.trainable_weights for layer in layers) for g, layers in groups.items()}
+
+
+def _variables_by_group(model: keras.Model) -> tuple[list[str], dict[str, int]]:
+    """Map every backbone variable path to its group index; the head is last."""
+    _, _, groups = _backbone_and_groups(model)
+    names = list(groups)
+    index: dict[str, int] = {}
+    for i, layers in enumerate(groups.values()):
+        for layer in layers:
+            for v in layer.weights:
+                index[v.path] = i
+    return names, index
+
+
+class GradualUnfreezing(keras.callbacks.Callback):
+    """Unfreeze backbone groups from the head down, one every ``every`` epochs.
+
+    Epochs ``0..every-1`` train what the current policy leaves trainable
+    (usually the head only), then the last backbone group joins, and so on.
+    Create it before the first ``fit``: it prepares the optimizer for the
+    weights it will unfreeze (Keras optimizers only update weights they were
+    built with).
+
+    Args:
+        model: The kerastl model (compiled).
+        every: Epochs between two unfreezing steps.
+        max_groups: Stop after this many groups (default: all).
+        verbose: Print each step.
+
+    Example:
+        >>> cb = GradualUnfreezing(model, every=2)  # doctest: +SKIP
+        >>> model.fit(ds, epochs=8, callbacks=[cb])  # doctest: +SKIP
+    """
+
+    def __init__(self, model: keras.Model, every: int = 1, max_groups: int | None = None,
+                 verbose: bool = True):
+        super().__init__()
+        if not isinstance(every, int) or every < 1:
+            raise ConfigError(f"every: expected an integer >= 1, got {every!r}.")
+        self._target = model
+        self.every = every
+        self.verbose = verbose
+        _, _, groups = _backbone_and_groups(model)
+        self.group_names = list(groups)
+        self.max_groups = len(groups) if max_groups is None else max_groups
+        self.train_batchnorm = bool(model.kerastl_config.get("train_batchnorm", False))
+        self.unfrozen = 0
+        self._prebuild_optimizer(model, groups)
+
+    def _prebuild_optimizer(self, model, groups) -> None:
+        opt = getattr(model, "optimizer", None)
+        if opt is None or opt.built:
+            return
+        candidates = list(model.trainable_variables)
+        seen = {id(v) for v in candidates}
+        for layers in groups.values():
+            for layer in layers:
+                for sub in _all_layers(layer):
+                    if not self.train_batchnorm and isinstance(sub, keras.layers.BatchNormalization):
+                        continue
+                    for v in sub._trainable_variables if hasattr(sub, "_trainable_variables") else []:
+                        if id(v) not in seen:
+                            seen.add(id(v))
+                            candidates.append(v)
+        with model.distribute_strategy.scope():
+            opt.build(candidates)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        want = min(epoch // self.every, self.max_groups)
+        if want == self.unfrozen:
+            return
+        self.unfrozen = want
+        apply_policy(self.model, f"last:{want}", train_batchnorm=self.train_batchnorm)
+        self.model.make_train_function(force=True)
+        if self.verbose:
+            names = self.group_names[len(self.group_names) - want :]
+            print(f"\n[kerastl] epoch {epoch}: training backbone groups {names}")
+
+
+def discriminative_optimizer(
+    model: keras.Model,
+    learning_rate: float = 1e-3,
+    decay: float = 0.5,
+    optimizer: str = "adam",
+    **optimizer_kwargs,
+) -> keras.optimizers.MultiOptimizer:
+    """Layer-wise learning-rate decay: one optimizer per backbone group.
+
+    The head trains at ``learning_rate``; backbone group ``k`` from the top at
+    ``learning_rate * decay**k`` (ULMFiT's discriminative fine-tuning, BEiT's
+    layer decay). Built on ``keras.optimizers.MultiOptimizer``.
+
+    Args:
+        model: A kerastl model.
+        learning_rate: Rate of the head.
+        decay: Factor per group going down, in (0, 1].
+        optimizer: Any name ``keras.optimizers.get`` knows.
+        **optimizer_kwargs: Passed to each optimizer.
+
+    Returns:
+        The optimizer to pass to ``model.compile``.
+
+    Example:
+        >>> opt = discriminative_optimizer(model, 1e-3, decay=0.5)  # doctest: +SKIP
+        >>> model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")  # doctest: +SKIP
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ConfigError(f"decay: expected a factor in (0, 1], got decay={decay!r}.")
+    names, index = _variables_by_group(model)
+    n = len(names)
+
+    def make(lr: float) -> keras.optimizers.Optimizer:
+        opt = keras.optimizers.get(optimizer)
+        cfg = opt.get_config()
+        cfg.update(optimizer_kwargs)
+        cfg["learning_rate"] = lr
+        return opt.__class__.from_config(cfg)
+
+    head = make(learning_rate)
+    per_group = [make(learning_rate * decay ** (n - i)) for i in range(n)]
+
+    def select(variable):
+        i = index.get(variable.path)
+        return head if i is None else per_group[i]
+
+    multi = keras.optimizers.MultiOptimizer(select)
+    multi.kerastl_group_rates = {"head": learning_rate} | {
+        g: learning_rate * decay ** (n - i) for i, g in enumerate(names)
+    }
+    return multi
+
+
+@keras.saving.register_keras_serializable(package="kerastl")
+class L2SP(keras.regularizers.Regularizer):
+    """``alpha/2 * ||w - w0||^2``: keep a fine-tuned weight near its start ``w0``.
+
+    Li et al. 2018, "Explicit inductive bias for transfer learning". Attached
+    to variables by :func:`apply_l2sp`; the starting point is not serialised.
+    """
+
+    def __init__(self, start: Any, alpha: float = 1e-2):
+        self.start = keras.ops.convert_to_tensor(np.asarray(start))
+        self.alpha = float(alpha)
+
+    def __call__(self, x):
+        d = keras.ops.cast(x, "float32") - keras.ops.cast(self.start, "float32")
+        return 0.5 * self.alpha * keras.ops.sum(keras.ops.square(d))
+
+    def get_config(self):
+        return {"alpha": self.alpha, "start": None}
+
+    @classmethod
+    def from_config(cls, config):
+        return keras.regularizers.L2(0.0)  # start values are not stored
+
+
+def apply_l2sp(model: keras.Model, alpha: float = 1e-2, head_l2: float = 0.0) -> int:
+    """Add an L2-SP penalty to every trainable backbone weight (and L2 to the head).
+
+    Call after freezing and before ``compile``/``fit``. The penalty appears in
+    ``model.losses`` and therefore in the training loss.
+
+    Args:
+        model: A kerastl model whose backbone holds the starting (pretrained) weights.
+        alpha: Strength of the pull towards the starting weights.
+        head_l2: Plain L2 on the head's kernels (the "beta" term of the paper).
+
+    Returns:
+        The number of variables that received the penalty.
+    """
+    if alpha < 0 or head_l2 < 0:
+        raise ConfigError(f"alpha and head_l2 must be >= 0, got alpha={alpha}, head_l2={head_l2}.")
+    backbone = model.get_layer("backbone")
+    count = 0
+    for v in backbone.trainable_variables:
+        if len(v.shape) >= 2:  # kernels, not biases / norm scales
+            v.regularizer = L2SP(keras.ops.convert_to_numpy(v), alpha)
+            count += 1
+    if head_l2:
+        backbone_ids = {id(v) for v in backbone.weights}
+        for v in model.trainable_variables:
+            if id(v) not in backbone_ids and len(v.shape) >= 2:
+                v.regularizer = keras.regularizers.L2(head_l2)
+    return count

@@ -1,0 +1,239 @@
+"""Adapter for the keras.applications constructors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerastl._errors import ConfigError, WeightsError
+from kerastl.layers import ImagePreprocessing
+from kerastl.zoo.adapter import Adapter
+
+# Families whose constructor takes include_preprocessing (we keep it on: the
+# backbone then takes 0-255 input, which is what kerastl models take).
+_POOLINGS = ("avg", "max")
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras caches downloaded weights: ``$KERAS_HOME/models`` or ``~/.keras/models``."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+@contextlib.contextmanager
+def _weights_download_guard(model_name: str):
+    """Wrap Keras' ``get_file`` so a failed download says what to put where.
+
+    Keras itself reuses a cached file whose hash matches, with no network. When
+    the file is missing (or its checksum is wrong) and the download fails, the
+    error names the file, its URL, the cache folder and the expected hash.
+    """
+    from keras.src.utils import file_utils
+
+    real_get_file = file_utils.get_file
+
+    def guarded(fname=None, origin=None, *args, **kwargs):
+        file_hash = kwargs.get("file_hash") or kwargs.get("md5_hash")
+        cache_dir = Path(kwargs.get("cache_dir") or keras_cache_dir().parent)
+        target = cache_dir / kwargs.get("cache_subdir", "datasets") / (fname or "")
+        try:
+            return real_get_file(fname, origin, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Keras raises bare Exception on URL errors
+            state = "is there but its checksum does not match" if target.exists() else "is missing"
+            raise WeightsError(
+                f"Could not get the pretrained weights of {model_name!r}: the cached file "
+                f"{str(target)!r} {state}, and downloading it from {origin} failed ({exc}). "
+                f"Offline, download that URL elsewhere and place the file at {str(target)!r}"
+                + (f" (expected hash {file_hash})" if file_hash else "")
+                + ", or set KERAS_HOME to a folder holding models/"
+                + (fname or "")
+                + ", or pass weights='/path/to/weights.h5'."
+            ) from exc
+
+    file_utils.get_file = guarded
+    try:
+        yield
+    finally:
+        file_utils.get_file = real_get_file
+
+
+def _transfer_weights(src: keras.Model, dst: keras.Model, where: str) -> None:
+    """Copy weights layer by layer; adapt 3->1 input-channel stems (timm's in_chans).
+
+    A convolution kernel whose input channels shrink from 3 to 1 is summed over
+    the RGB axis; a per-channel vector of length 3 shrinking to 1 is averaged.
+    """
+    src_w = [layer for layer in src.layers if layer.weights]
+    dst_w = [layer for layer in dst.layers if layer.weights]
+    if len(src_w) != len(dst_w):
+        raise WeightsError(
+            f"{where}: the source has {len(src_w)} weighted layers, the target {len(dst_w)}."
+        )
+    for a, b in zip(src_w, dst_w):
+        values = []
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            if wa.shape == wb.shape:
+                values.append(wa)
+            elif wa.ndim == 4 and wa.shape[2] == 3 and wb.shape[2] == 1:
+                values.append(wa.sum(axis=2, keepdims=True))
+            elif wa.ndim == 1 and wa.shape[0] == 3 and wb.shape[0] == 1:
+                values.append(wa.mean(keepdims=True))
+            elif wa.ndim == 0 or wa.shape == ():
+                values.append(wa)
+            else:
+                raise WeightsError(
+                    f"{where}: layer {b.name!r} expects weights of shape {wb.shape}, "
+                    f"the source has {wa.shape}."
+                )
+        b.set_weights(values)
+
+
+class KerasAppsAdapter(Adapter):
+    """Adapter over ``keras.applications.<Constructor>``."""
+
+    input_name = "image"
+
+    def resolve_input_shape(self, input_shape: Any, **options: Any) -> tuple:
+        spec = self.spec
+        if options:
+            raise ConfigError(
+                f"{spec.name} is an image backbone and takes no {sorted(options)}; "
+                "valid options: input_shape, weights, pooling."
+            )
+        if input_shape is None:
+            return (spec.input_size, spec.input_size, 3)
+        if isinstance(input_shape, int):
+            input_shape = (input_shape, input_shape, 3)
+        shape = tuple(input_shape)
+        if len(shape) == 2:
+            shape = (*shape, 3)
+        if len(shape) != 3:
+            raise ConfigError(
+                f"input_shape: expected (height, width, channels) for an image model, "
+                f"got input_shape={input_shape!r}."
+            )
+        h, w, c = shape
+        if c not in (1, 3):
+            raise ConfigError(
+                f"input_shape: channels must be 3 (RGB) or 1 (grayscale), got {c} "
+                f"in input_shape={input_shape!r}."
+            )
+        for side, v in (("height", h), ("width", w)):
+            if v is None:
+                continue
+            if not isinstance(v, (int, np.integer)) or v < spec.min_input_size:
+                raise ConfigError(
+                    f"input_shape: {side} {v!r} is below the minimum of {spec.name} "
+                    f"({spec.min_input_size} px); got input_shape={input_shape!r}. "
+                    f"Valid: {spec.min_input_size} px or more (default {spec.input_size})."
+                )
+        return (h, w, c)
+
+    def input_spec(self, input_shape: tuple) -> dict[str, Any]:
+        shape = tuple(input_shape)
+        return {
+            "name": self.input_name,
+            "shape": list(shape),
+            "dtype": "float32",
+            "range": [0, 255],
+            "layout": "NHWC, RGB" if shape[-1] == 3 else "NHWC, grayscale",
+            "preprocessing": self.spec.preprocessing,
+        }
+
+    def make_inputs(self, input_shape: tuple) -> keras.KerasTensor:
+        return keras.Input(shape=input_shape, name=self.input_name, dtype="float32")
+
+    def preprocess(self, inputs, input_shape: tuple):
+        return ImagePreprocessing(
+            self.spec.preprocessing, channels=input_shape[-1], name="preprocess"
+        )(inputs)
+
+    def _construct(self, input_shape: tuple, weights: str | None) -> keras.Model:
+        ctor = getattr(keras.applications, self.spec.constructor)
+        with _weights_download_guard(self.spec.name):
+            model = ctor(include_top=False, weights=weights, input_shape=input_shape)
+        return model
+
+    def backbone(self, input_shape: tuple, weights: Any = None) -> keras.Model:
+        spec = self.spec
+        channels = input_shape[-1]
+        if weights is None:
+            model = self._construct(input_shape, None)
+        elif isinstance(weights, str) and weights in spec.pretrained:
+            if channels == 3:
+                model = self._construct(input_shape, weights)
+            else:
+                rgb = self._construct((*input_shape[:2], 3), weights)
+                model = self._construct(input_shape, None)
+                _transfer_weights(rgb, model, f"{spec.name} grayscale stem")
+        elif isinstance(weights, (str, os.PathLike)) and _looks_like_path(weights):
+            model = self._construct(input_shape, None)
+            load_backbone_weights(model, Path(weights), spec.name)
+        else:
+            raise ConfigError(
+                f"weights: got weights={weights!r}. Valid: None (random init), "
+                + ", ".join(repr(w) for w in spec.pretrained)
+                + ", or the path of an existing weights file (.weights.h5, .h5) "
+                "or saved kerastl model (.keras)."
+            )
+        return keras.Model(model.input, model.output, name="backbone")
+
+    def pooled(self, features, pooling: str):
+        if pooling not in _POOLINGS:
+            from kerastl._errors import choice_error
+
+            raise choice_error("pooling", pooling, _POOLINGS)
+        layer = (
+            keras.layers.GlobalAveragePooling2D(name="pool")
+            if pooling == "avg"
+            else keras.layers.GlobalMaxPooling2D(name="pool")
+        )
+        return layer(features)
+
+
+def _looks_like_path(weights) -> bool:
+    s = os.fspath(weights)
+    return os.sep in s or s.endswith((".h5", ".keras")) or os.path.exists(s)
+
+
+def load_backbone_weights(backbone: keras.Model, path: Path, name: str) -> None:
+    """Seed ``backbone`` from a weights file or a saved kerastl model.
+
+    Raises:
+        WeightsError: the file is missing or does not match the architecture.
+    """
+    if not path.exists():
+        raise WeightsError(f"weights: no file at {str(path)!r} (for {name}).")
+    if path.is_dir():
+        raise WeightsError(
+            f"weights: {str(path)!r} is a folder; {name} takes a weights file "
+            "(.weights.h5 / .h5) or a saved kerastl model (.keras)."
+        )
+    try:
+        if path.suffix == ".keras":
+            from kerastl._model import load_model
+
+            saved = load_model(path)
+            saved_backbone = saved.kerastl_config.get("backbone") if hasattr(
+                saved, "kerastl_config"
+            ) else None
+            if saved_backbone and saved_backbone != name:
+                raise WeightsError(
+                    f"weights: {str(path)!r} holds a {saved_backbone!r} model, "
+                    f"which cannot seed a {name!r} backbone."
+                )
+            src = saved.get_layer("backbone")
+            _transfer_weights(src, backbone, f"weights {str(path)!r}")
+        else:
+            backbone.load_weights(str(path))
+    except WeightsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Keras raises ValueError/KeyError/OSError
+        raise WeightsError(
+            f"weights: {str(path)!r} does not match the {name!r} architecture: {exc}"
+        ) from exc

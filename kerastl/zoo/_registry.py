@@ -1,0 +1,139 @@
+"""The model registry: register specs, resolve names, list with wildcards.
+
+Importing this module never imports TensorFlow: family modules are plain data.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+
+from kerastl._errors import ConfigError, choice_error
+from kerastl.zoo._spec import MODALITIES, SOURCES, ModelSpec
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}
+# Family modules holding the data tables. Adding a family = one module + one line.
+_FAMILY_MODULES = ("kerastl.zoo.keras_apps",)
+_loaded = False
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to the registry.
+
+    Raises:
+        ConfigError: if the name or one of its aliases is already taken.
+
+    Example:
+        >>> from kerastl.zoo import get_spec
+        >>> get_spec("resnet50").constructor
+        'ResNet50'
+    """
+    for key in (spec.name, *spec.aliases):
+        k = _normalise(key)
+        if k in _REGISTRY or k in _ALIASES:
+            raise ConfigError(f"Model name {key!r} is registered twice.")
+    if spec.modality not in MODALITIES:
+        raise ConfigError(f"{spec.name}: modality={spec.modality!r}, valid: {MODALITIES}")
+    if spec.source not in SOURCES:
+        raise ConfigError(f"{spec.name}: source={spec.source!r}, valid: {SOURCES}")
+    _REGISTRY[spec.name] = spec
+    for alias in spec.aliases:
+        _ALIASES[_normalise(alias)] = spec.name
+    return spec
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _FAMILY_MODULES:
+        importlib.import_module(module)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the :class:`ModelSpec` registered as ``name`` (or an alias).
+
+    Raises:
+        UnknownNameError: naming close matches among the registered models.
+
+    Example:
+        >>> get_spec("ResNet50").name
+        'resnet50'
+    """
+    _ensure_loaded()
+    if not isinstance(name, str):
+        raise ConfigError(f"Model name must be a string, got {type(name).__name__}: {name!r}.")
+    key = _normalise(name)
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    if key in _ALIASES:
+        return _REGISTRY[_ALIASES[key]]
+    raise choice_error(
+        "name", name, list(_REGISTRY) + list(_ALIASES), what="model", canonical=_ALIASES
+    )
+
+
+def list_models(
+    pattern: str = "*",
+    modality: str | None = None,
+    source: str | None = None,
+    pretrained: bool | str | None = None,
+) -> list[str]:
+    """List registered model names, sorted.
+
+    Args:
+        pattern: Shell wildcard over names (``"efficientnet*"``), case-insensitive.
+        modality: Keep only ``"image"``, ``"text"`` or ``"audio"`` models.
+        source: Keep only ``"keras.applications"`` or ``"keras_hub"`` models.
+        pretrained: ``True`` keeps models with downloadable weights, ``False``
+            those without, a string keeps models offering that weight tag.
+
+    Returns:
+        Matching registry names.
+
+    Example:
+        >>> list_models("mobilenet_v3*")
+        ['mobilenet_v3_large', 'mobilenet_v3_small']
+    """
+    _ensure_loaded()
+    if modality is not None and modality not in MODALITIES:
+        raise choice_error("modality", modality, MODALITIES)
+    if source is not None and source not in SOURCES:
+        raise choice_error("source", source, SOURCES)
+    pat = _normalise(pattern or "*")
+    out = []
+    for name, spec in _REGISTRY.items():
+        if not fnmatch.fnmatchcase(name, pat):
+            continue
+        if modality and spec.modality != modality:
+            continue
+        if source and spec.source != source:
+            continue
+        if isinstance(pretrained, bool) and bool(spec.pretrained) != pretrained:
+            continue
+        if isinstance(pretrained, str) and pretrained not in spec.pretrained:
+            continue
+        out.append(name)
+    return sorted(out)
+
+
+def model_info(name: str) -> dict:
+    """Describe a model: input spec, preprocessing, groups, taps, params, licence.
+
+    Example:
+        >>> model_info("resnet50")["feature_dim"]
+        2048
+    """
+    return get_spec(name).to_dict()
+
+
+def all_specs() -> list[ModelSpec]:
+    """Every registered spec, sorted by name."""
+    _ensure_loaded()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]

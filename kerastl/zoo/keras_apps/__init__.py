@@ -1,0 +1,14 @@
+"""keras.applications families: importing this package registers all 40 entries."""
+
+from kerastl.zoo.keras_apps import (  # noqa: F401
+    convnext,
+    densenet,
+    efficientnet,
+    efficientnet_v2,
+    inception,
+    mobilenet,
+    nasnet,
+    resnet,
+    vgg,
+    xception,
+)

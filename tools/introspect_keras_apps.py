@@ -1,0 +1,116 @@
+"""Developer tool: derive the keras.applications tables from the built models.
+
+Builds every constructor with ``weights=None, include_top=False`` at 224 px and
+writes, per model, a JSON record: pooled feature dim, parameter count, minimum
+input, multi-scale taps (last stably-named layer at each stride) and the layer
+groups (stem, then one stage per stride) anchored on stably-named layers.
+``tools/write_keras_apps_families.py`` turns the records into the family
+modules under ``kerastl/zoo/keras_apps/``; the registry tests re-check every
+declared fact against freshly built models.
+
+Usage: python tools/introspect_keras_apps.py OUT_DIR [ClassName ...]
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import keras
+
+
+def auto_named(layer) -> bool:
+    """True when Keras generated the name (it changes with the session counter)."""
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
+    snake = re.sub(r"_?(\d)_?d", r"\1d", snake)  # conv2_d -> conv2d
+    return re.fullmatch(rf"{snake}(_\d+)?", layer.name) is not None or layer.name.startswith(
+        "input_layer"
+    )
+
+
+def block_prefix(a: str, b: str) -> str:
+    pa, pb, common = a.split("_"), b.split("_"), []
+    for x, y in zip(pa, pb):
+        if x != y:
+            break
+        common.append(x)
+    for i, tok in enumerate(common):
+        if re.search(r"\d", tok):
+            return "_".join(common[: i + 1])
+    return ""
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    names = sys.argv[2:] or [n for n in dir(keras.applications) if n[0].isupper()]
+    for name in names:
+        ctor = getattr(keras.applications, name)
+        size = 224
+        m = ctor(weights=None, include_top=False, input_shape=(size, size, 3))
+        layers = m.layers
+        stride_of = {}
+        for layer in layers:
+            shp = layer.output.shape
+            if len(shp) == 4 and shp[1] and type(layer).__name__ != "ZeroPadding2D":
+                s = size / shp[1]
+                stride_of[layer.name] = min((1, 2, 4, 8, 16, 32), key=lambda t: abs(t - s))
+        order = [layer.name for layer in layers]
+        stable = {layer.name for layer in layers if not auto_named(layer)}
+        taps = []
+        for s in (2, 4, 8, 16, 32):
+            cands = [n for n in order if stride_of.get(n) == s]
+            if not cands:
+                continue
+            last = cands[-1]
+            if s == 32 and last == order[-1]:
+                taps.append(("@output" if last not in stable else last, s))
+                continue
+            idx = order.index(last)
+            nxt = order[idx + 1] if idx + 1 < len(order) else ""
+            prefix = block_prefix(last, nxt)
+            pick = [n for n in cands if n in stable and not (prefix and n.startswith(prefix))]
+            if pick:
+                taps.append((pick[-1], s))
+        chans = {layer.name: int(layer.output.shape[-1]) for layer in layers}
+        chans["@output"] = int(m.output.shape[-1])
+        tap_recs = [(n, chans[n], s) for n, s in taps]
+        # groups: stem = up to the last stable stride-2 layer (or the first tap),
+        # then one stage per tap of stride >= 4.
+        stem2 = [n for n in order if stride_of.get(n) == 2 and n in stable]
+        stage_taps = [t for t in tap_recs if t[2] >= 4]
+        if stem2:
+            stem = stem2[-1]
+        else:
+            first4 = [n for n in order if stride_of.get(n) == 4 and n in stable]
+            stem = first4[0] if first4 else stage_taps.pop(0)[0]
+        groups = [("stem", stem)]
+        for i, t in enumerate(stage_taps):
+            if order.index(t[0]) if t[0] != "@output" else len(order) > order.index(stem):
+                groups.append((f"stage{len(groups)}", t[0]))
+        if groups[-1][1] not in ("@output", order[-1]):
+            groups.append(("top", "@output"))
+        mins = None
+        for s in (32, 64, 71, 75, 96, 128):
+            try:
+                ctor(weights=None, include_top=False, input_shape=(s, s, 3))
+                mins = s
+                break
+            except Exception:  # noqa: BLE001
+                pass
+        rec = dict(
+            name=name,
+            feature_dim=int(m.output.shape[-1]),
+            params=int(m.count_params()),
+            taps=tap_recs,
+            groups=groups,
+            min_size=mins,
+        )
+        (out / f"{name}.json").write_text(json.dumps(rec))
+        print(name, rec["feature_dim"], mins, tap_recs, groups, flush=True)
+        del m
+        keras.backend.clear_session()
+
+
+if __name__ == "__main__":
+    main()
