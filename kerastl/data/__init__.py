@@ -1,0 +1,141 @@
+"""Data for kerastl: sources read into an index, then tf.data pipelines.
+
+Sources: an image folder (one sub-folder per class), a CSV of ``path,label``,
+NumPy arrays (or a ``.npz``), a prepared TFDS dataset, and text as CSV/JSONL.
+Each returns :class:`Examples`; :func:`make_dataset` builds the pipeline.
+
+Example:
+    >>> from kerastl import data
+    >>> ex = data.from_image_folder("flowers/")  # doctest: +SKIP
+    >>> train, val = ex.split(0.2, seed=0)  # doctest: +SKIP
+    >>> ds = data.make_dataset(train, image_size=224, batch_size=32, shuffle=True,
+    ...                        augment="standard")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kerastl._errors import ConfigError, choice_error
+from kerastl.data._sources import (
+    IMAGE_EXTENSIONS,
+    Examples,
+    check_classes,
+    check_head,
+    encode_labels,
+    from_csv,
+    from_image_folder,
+    from_npz,
+    from_numpy,
+    from_text,
+    from_tfds,
+    verify_images,
+)
+
+SOURCES = ("folder", "csv", "numpy", "tfds", "text")
+
+__all__ = [
+    "AUGMENT_PRESETS",
+    "IMAGE_EXTENSIONS",
+    "SOURCES",
+    "Examples",
+    "check_classes",
+    "check_head",
+    "encode_labels",
+    "from_csv",
+    "from_image_folder",
+    "from_npz",
+    "from_numpy",
+    "from_text",
+    "from_tfds",
+    "infer_source",
+    "load",
+    "make_dataset",
+    "verify_images",
+]
+
+
+def __getattr__(name: str) -> Any:  # the pipeline imports TensorFlow: load it on first use
+    if name in ("make_dataset", "AUGMENT_PRESETS", "AUGMENTATIONS", "augment_names",
+                "build_augmenter", "examples_to_dataset", "shuffle_and_batch"):
+        from kerastl.data import _pipeline
+
+        return getattr(_pipeline, name)
+    raise AttributeError(f"module 'kerastl.data' has no attribute {name!r}")
+
+
+def infer_source(path: str | os.PathLike) -> str:
+    """Guess the source kind from a path: folder, ``.csv`` (images or text), ``.npz``, ``.jsonl``.
+
+    A CSV whose header has a ``text`` column is text; otherwise it lists images.
+
+    Example:
+        >>> infer_source("reviews.jsonl")
+        'text'
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "text"
+    if suffix == ".npz":
+        return "numpy"
+    if suffix in (".csv", ".tsv"):
+        if p.is_file():
+            with open(p, encoding="utf-8") as f:
+                header = [h.strip().lower() for h in f.readline().split(",")]
+            if "text" in header:
+                return "text"
+        return "csv"
+    return "folder"
+
+
+def load(
+    source: str | None = None,
+    path: str | os.PathLike | None = None,
+    task: str = "classification",
+    class_names: list[str] | None = None,
+    channels: int = 3,
+    verify: bool = True,
+    **options: Any,
+) -> Examples:
+    """Read any source into :class:`Examples` (what ``kerastl train`` calls).
+
+    Args:
+        source: ``folder``, ``csv``, ``numpy``, ``tfds`` or ``text``; guessed
+            from ``path`` when ``None``.
+        path: Folder or file (for ``tfds``: unused, give ``name``).
+        task: Task the labels are encoded for.
+        class_names: Fixed class order.
+        channels: Channels images decode to.
+        verify: Decode image files once to skip corrupt ones.
+        **options: Source options (``path_column``, ``label_column``,
+            ``text_column``, ``name``, ``data_dir``, ``split``...).
+
+    Example:
+        >>> ex = load(path="flowers/")  # doctest: +SKIP
+    """
+    if source is None:
+        if path is None:
+            raise ConfigError("data: give data.path (or data.source: tfds with data.name).")
+        source = infer_source(path)
+    if source not in SOURCES:
+        raise choice_error("data.source", source, SOURCES)
+    if source != "tfds" and path is None:
+        raise ConfigError(f"data.path: source={source!r} needs a path.")
+    if source == "folder":
+        return from_image_folder(path, task, class_names, verify, channels)
+    if source == "csv":
+        keep = {k: options[k] for k in ("path_column", "label_column", "root") if k in options}
+        return from_csv(path, task, class_names=class_names, verify=verify, channels=channels, **keep)
+    if source == "numpy":
+        return from_npz(path, task, class_names)
+    if source == "text":
+        keep = {k: options[k] for k in ("text_column", "label_column") if k in options}
+        return from_text(path, task, class_names=class_names, **keep)
+    name = options.get("name")
+    if not name:
+        raise ConfigError("data.name: source='tfds' needs the TFDS dataset name.")
+    return from_tfds(name, options.get("data_dir"), options.get("split", "train"), task,
+                     options.get("image_key", "image"), options.get("label_key", "label"))

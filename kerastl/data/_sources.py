@@ -1,0 +1,651 @@
+"""Data sources as an index of labelled examples, before any tf.data.
+
+Every source (image folder, CSV of paths, NumPy arrays, TFDS, text CSV/JSONL)
+is read into :class:`Examples`: the example references (file paths, arrays or
+strings), encoded labels and class names. Splitting, k-fold, label checks and
+fingerprints work on this index; :func:`kerastl.data.make_dataset` turns it
+into a ``tf.data.Dataset``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerastl._errors import ConfigError, DataError, choice_error
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+LABEL_TASKS = ("classification", "binary", "multilabel", "regression", "embedding")
+MULTILABEL_SEPARATORS = ("|", ";")
+
+
+@dataclass
+class Examples:
+    """An indexed, labelled set of examples.
+
+    Attributes:
+        kind: ``"files"`` (image paths), ``"arrays"`` (image array), ``"text"``
+            (strings) or ``"tfds"`` (a TFDS split, read lazily).
+        x: Paths, images ``(N, H, W, C)`` or strings (``None`` for TFDS).
+        y: Encoded labels: int class ids (classification, embedding), 0/1
+            floats (binary), multi-hot floats (multilabel), floats (regression).
+        task: The task the labels were encoded for.
+        class_names: Names of the classes (``None`` for regression).
+        source: Human-readable description of where the data came from.
+        skipped: ``(path, reason)`` of files that were unreadable and skipped.
+        tfds: For ``kind="tfds"``: ``{"name", "data_dir", "split", "image_key",
+            "label_key"}``.
+
+    Example:
+        >>> ex = from_numpy(np.zeros((4, 8, 8, 3), "uint8"), [0, 1, 0, 1])
+        >>> len(ex), ex.class_names
+        (4, ['0', '1'])
+    """
+
+    kind: str
+    x: Any
+    y: np.ndarray
+    task: str = "classification"
+    class_names: list[str] | None = None
+    source: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    tfds: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return int(len(self.y))
+
+    @property
+    def modality(self) -> str:
+        """``"text"`` for strings, else ``"image"``."""
+        return "text" if self.kind == "text" else "image"
+
+    def subset(self, indices: Any) -> Examples:
+        """The examples at ``indices`` (same class names)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if self.kind == "tfds":
+            return replace(self, y=self.y[idx], tfds={**self.tfds, "indices": idx.tolist()})
+        return replace(self, x=self.x[idx], y=self.y[idx], skipped=[])
+
+    def class_counts(self) -> dict[str, int]:
+        """Examples per class (all classes listed, zero included)."""
+        if self.class_names is None:
+            return {}
+        if self.task == "multilabel":
+            counts = self.y.sum(axis=0).astype(int)
+            return {c: int(n) for c, n in zip(self.class_names, counts)}
+        labels = self.y.reshape(len(self), -1)[:, 0].astype(int) if len(self) else np.zeros(0, int)
+        counter = Counter(labels.tolist())
+        return {c: int(counter.get(i, 0)) for i, c in enumerate(self.class_names)}
+
+    def fingerprint(self) -> str:
+        """A short hash of the content: paths with size and mtime, array bytes or texts."""
+        h = hashlib.sha256()
+        h.update(f"{self.kind}|{self.task}|{self.class_names}".encode())
+        if self.kind == "files":
+            for p in self.x:
+                try:
+                    st = os.stat(p)
+                    h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                except OSError:
+                    h.update(f"{p}|missing\n".encode())
+        elif self.kind == "arrays":
+            h.update(str(self.x.shape).encode() + str(self.x.dtype).encode())
+            h.update(np.ascontiguousarray(self.x).tobytes())
+        elif self.kind == "text":
+            for t in self.x:
+                h.update(str(t).encode() + b"\0")
+        else:
+            h.update(json.dumps(self.tfds, sort_keys=True, default=str).encode())
+        h.update(np.ascontiguousarray(self.y).tobytes())
+        return h.hexdigest()[:16]
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[Examples, Examples]:
+        """Seeded train/validation split, stratified by class when there are classes.
+
+        Args:
+            val_fraction: Fraction in (0, 1) that goes to validation.
+            seed: Random seed; the same seed gives the same split.
+
+        Returns:
+            ``(train, validation)``.
+        """
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"val_split: expected a fraction in (0, 1), got {val_fraction!r}.")
+        rng = np.random.default_rng(seed)
+        n = len(self)
+        val: list[int] = []
+        if self.task in ("classification", "binary", "embedding") and self.class_names:
+            labels = self.y.reshape(n, -1)[:, 0].astype(int)
+            for c in range(len(self.class_names)):
+                members = np.flatnonzero(labels == c)
+                rng.shuffle(members)
+                k = int(round(len(members) * val_fraction))
+                if len(members) >= 2:
+                    k = min(max(k, 1), len(members) - 1)
+                val.extend(members[:k].tolist())
+        else:
+            order = rng.permutation(n)
+            val = order[: max(1, int(round(n * val_fraction)))].tolist()
+        val_idx = np.sort(np.asarray(val, dtype=np.int64))
+        train_idx = np.setdiff1d(np.arange(n), val_idx)
+        if len(train_idx) == 0 or len(val_idx) == 0:
+            raise DataError(
+                f"val_split={val_fraction}: {n} example(s) in {self.source} leave an empty "
+                "training or validation set; add data or change val_split."
+            )
+        return self.subset(train_idx), self.subset(val_idx)
+
+    def folds(self, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``k`` seeded, class-stratified ``(train_indices, val_indices)`` pairs."""
+        if not isinstance(k, int) or k < 2:
+            raise ConfigError(f"folds: expected an integer >= 2, got folds={k!r}.")
+        if k > len(self):
+            raise DataError(f"folds={k}: only {len(self)} examples in {self.source}.")
+        rng = np.random.default_rng(seed)
+        n = len(self)
+        assignment = np.empty(n, dtype=np.int64)
+        if self.task in ("classification", "binary", "embedding") and self.class_names:
+            labels = self.y.reshape(n, -1)[:, 0].astype(int)
+            offset = 0
+            for c in range(len(self.class_names)):
+                members = np.flatnonzero(labels == c)
+                rng.shuffle(members)
+                assignment[members] = (np.arange(len(members)) + offset) % k
+                offset += len(members)
+        else:
+            assignment[rng.permutation(n)] = np.arange(n) % k
+        return [
+            (np.flatnonzero(assignment != f), np.flatnonzero(assignment == f)) for f in range(k)
+        ]
+
+
+# ---------------------------------------------------------------------------
+# Label encoding
+# ---------------------------------------------------------------------------
+
+
+def _sort_names(names: set[str]) -> list[str]:
+    try:
+        return sorted(names, key=lambda s: (float(s), s))
+    except ValueError:
+        return sorted(names)
+
+
+def encode_labels(
+    raw: list[Any], task: str, class_names: list[str] | None = None, where: str = "data"
+) -> tuple[np.ndarray, list[str] | None]:
+    """Encode raw labels (strings or numbers) for ``task``.
+
+    Args:
+        raw: One label per example. Multilabel labels are lists or strings
+            separated by ``|`` or ``;``. Regression labels are numbers or lists.
+        task: One of ``classification``, ``binary``, ``multilabel``,
+            ``regression``, ``embedding``.
+        class_names: Fixed class order; derived (sorted) when ``None``.
+        where: Names the source in error messages.
+
+    Returns:
+        ``(labels, class_names)``.
+
+    Example:
+        >>> encode_labels(["cat", "dog", "cat"], "classification")
+        (array([0, 1, 0], dtype=int32), ['cat', 'dog'])
+    """
+    task = _task_name(task)
+    if task == "regression":
+        try:
+            y = np.asarray(
+                [[float(v) for v in (r if isinstance(r, (list, tuple)) else [r])] for r in raw],
+                dtype=np.float32,
+            )
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{where}: task='regression' needs numeric labels ({exc}).") from None
+        return y, None
+    if task == "multilabel":
+        sets = [_split_multi(r) for r in raw]
+        names = (
+            [str(c) for c in class_names]
+            if class_names
+            else _sort_names({s for labels in sets for s in labels})
+        )
+        index = {c: i for i, c in enumerate(names)}
+        y = np.zeros((len(raw), len(names)), dtype=np.float32)
+        for i, labels in enumerate(sets):
+            for s in labels:
+                if s not in index:
+                    raise DataError(
+                        f"{where}: label {s!r} of example {i} is not one of the class_names "
+                        f"{names}."
+                    )
+                y[i, index[s]] = 1.0
+        return y, names
+    values = [str(r.decode() if isinstance(r, bytes) else r).strip() for r in raw]
+    names = [str(c) for c in class_names] if class_names else _sort_names(set(values))
+    index = {c: i for i, c in enumerate(names)}
+    unknown = sorted({v for v in values if v not in index})
+    if unknown:
+        raise DataError(
+            f"{where}: labels {unknown[:10]} are not among class_names {names}"
+            + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else "")
+            + "."
+        )
+    ids = np.asarray([index[v] for v in values], dtype=np.int32)
+    if task == "binary":
+        return ids.astype(np.float32).reshape(-1, 1), names
+    return ids, names
+
+
+def _split_multi(r: Any) -> list[str]:
+    if isinstance(r, (list, tuple)):
+        return [str(s).strip() for s in r if str(s).strip()]
+    s = str(r)
+    for sep in MULTILABEL_SEPARATORS:
+        if sep in s:
+            return [p.strip() for p in s.split(sep) if p.strip()]
+    return [s.strip()] if s.strip() else []
+
+
+def _task_name(task: str) -> str:
+    from kerastl._errors import UnknownNameError
+
+    aliases = {"multiclass": "classification", "multi_label": "multilabel",
+               "multi-label": "multilabel", "text_classification": "classification"}
+    key = aliases.get(str(task).lower(), str(task).lower())
+    if key not in LABEL_TASKS:
+        raise choice_error("task", task, LABEL_TASKS, cls=UnknownNameError)
+    return key
+
+
+# ---------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------
+
+
+def from_image_folder(
+    root: str | os.PathLike,
+    task: str = "classification",
+    class_names: list[str] | None = None,
+    verify: bool = True,
+    channels: int = 3,
+) -> Examples:
+    """Index a folder with one sub-folder per class (``root/cat/1.jpg``...).
+
+    Unreadable or corrupt images are skipped and listed in ``skipped``; a class
+    folder with no usable image is a :class:`DataError`.
+
+    Args:
+        root: The folder.
+        task: ``classification`` (or ``binary`` with exactly two folders).
+        class_names: Use only these sub-folders, in this order.
+        verify: Decode every file once to find corrupt ones (recommended).
+        channels: Channels to decode to when verifying.
+
+    Example:
+        >>> ex = from_image_folder("data/flowers")  # doctest: +SKIP
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.path: {str(root)!r} is not a folder.")
+    task = _task_name(task)
+    if task not in ("classification", "binary", "embedding"):
+        raise ConfigError(
+            f"task={task!r}: an image folder gives one label per image (its sub-folder); "
+            "use a CSV of path,label for multilabel or regression."
+        )
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if class_names:
+        missing = [c for c in class_names if c not in folders]
+        if missing:
+            raise DataError(f"class_names: no sub-folder {missing} in {str(root)!r} (has {folders}).")
+        folders = [str(c) for c in class_names]
+    if not folders:
+        raise DataError(
+            f"data.path: {str(root)!r} has no sub-folders; expected one sub-folder per class "
+            "(root/cat/*.jpg, root/dog/*.jpg)."
+        )
+    paths: list[str] = []
+    labels: list[str] = []
+    for c in folders:
+        for dirpath, _, files in os.walk(root / c):
+            for f in sorted(files):
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(dirpath, f))
+                    labels.append(c)
+    ex = _files_examples(paths, labels, task, folders, f"image folder {str(root)!r}")
+    if verify:
+        ex = verify_images(ex, channels=channels)
+    check_classes(ex)
+    return ex
+
+
+def _files_examples(paths, labels, task, class_names, source) -> Examples:
+    y, names = encode_labels(labels, task, class_names, where=source)
+    return Examples("files", np.asarray(paths, dtype=object), y, _task_name(task), names, source)
+
+
+def from_csv(
+    path: str | os.PathLike,
+    task: str = "classification",
+    path_column: str = "path",
+    label_column: str | list[str] = "label",
+    root: str | os.PathLike | None = None,
+    class_names: list[str] | None = None,
+    verify: bool = True,
+    channels: int = 3,
+) -> Examples:
+    """Index a CSV file of image paths and labels.
+
+    Relative paths are resolved against ``root`` (default: the CSV's folder).
+    Multilabel labels are separated by ``|`` or ``;``; regression labels are
+    numbers (several columns for several outputs).
+
+    Example:
+        >>> ex = from_csv("labels.csv", path_column="file")  # doctest: +SKIP
+    """
+    path = Path(path)
+    rows, header = _read_csv(path)
+    label_cols = [label_column] if isinstance(label_column, str) else list(label_column)
+    for col, key in [(path_column, "path_column")] + [(c, "label_column") for c in label_cols]:
+        if col not in header:
+            raise choice_error(f"data.{key}", col, header, cls=DataError)
+    base = Path(root) if root else path.parent
+    paths = [str(p if os.path.isabs(p := r[path_column]) else base / p) for r in rows]
+    task = _task_name(task)
+    if task == "regression":
+        raw: list[Any] = [[r[c] for c in label_cols] for r in rows]
+    else:
+        raw = [r[label_cols[0]] for r in rows]
+    y, names = encode_labels(raw, task, class_names, where=f"CSV {str(path)!r}")
+    ex = Examples("files", np.asarray(paths, dtype=object), y, task, names, f"CSV {str(path)!r}")
+    if verify:
+        ex = verify_images(ex, channels=channels)
+    check_classes(ex)
+    return ex
+
+
+def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    if not path.is_file():
+        raise DataError(f"data.path: no file at {str(path)!r}.")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = [r for r in reader if any((v or "").strip() for v in r.values())]
+    if not rows:
+        raise DataError(f"data.path: {str(path)!r} has a header {header} but no rows.")
+    return rows, header
+
+
+def from_numpy(
+    x: Any,
+    y: Any,
+    task: str = "classification",
+    class_names: list[str] | None = None,
+    source: str = "NumPy arrays",
+) -> Examples:
+    """Wrap NumPy image arrays ``(N, H, W[, C])`` (0-255) and labels.
+
+    Integer labels for classification are class ids; ``class_names`` default
+    to ``"0".."K-1"``.
+
+    Example:
+        >>> from_numpy(np.zeros((2, 8, 8), "uint8"), [0, 1]).x.shape
+        (2, 8, 8, 1)
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DataError(
+            f"x: expected images of shape (N, H, W), (N, H, W, 1) or (N, H, W, 3), got {x.shape}."
+        )
+    if len(x) != len(y):
+        raise DataError(f"x and y: {len(x)} images but {len(y)} labels.")
+    task = _task_name(task)
+    if task in ("classification", "embedding", "binary") and np.issubdtype(y.dtype, np.integer):
+        n = int(y.max()) + 1 if len(y) else 0
+        names = [str(c) for c in class_names] if class_names else [str(i) for i in range(n)]
+        if len(y) and (y.min() < 0 or y.max() >= len(names)):
+            raise DataError(
+                f"y: labels range {int(y.min())}..{int(y.max())} but there are {len(names)} "
+                f"class_names {names}."
+            )
+        enc = y.astype(np.int32).reshape(-1)
+        if task == "binary":
+            enc = enc.astype(np.float32).reshape(-1, 1)
+        ex = Examples("arrays", x, enc, task, names, source)
+    elif task == "multilabel" and y.ndim == 2 and np.issubdtype(y.dtype, np.number):
+        names = [str(c) for c in class_names] if class_names else [str(i) for i in range(y.shape[1])]
+        ex = Examples("arrays", x, y.astype(np.float32), task, names, source)
+    elif task == "regression":
+        ex = Examples("arrays", x, y.astype(np.float32).reshape(len(y), -1), task, None, source)
+    else:
+        enc, names = encode_labels(list(y), task, class_names, where=source)
+        ex = Examples("arrays", x, enc, task, names, source)
+    check_classes(ex)
+    return ex
+
+
+def from_npz(path: str | os.PathLike, task: str = "classification",
+             class_names: list[str] | None = None) -> Examples:
+    """Load ``x`` and ``y`` (and optional ``class_names``) from a ``.npz`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.path: no file at {str(path)!r}.")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ("x", "y") if k not in z.files]
+        if missing:
+            raise DataError(f"data.path: {str(path)!r} lacks arrays {missing} (has {z.files}).")
+        names = class_names or (list(map(str, z["class_names"])) if "class_names" in z.files else None)
+        return from_numpy(z["x"], z["y"], task, names, source=f"NumPy file {str(path)!r}")
+
+
+def from_text(
+    path: str | os.PathLike,
+    task: str = "classification",
+    text_column: str = "text",
+    label_column: str = "label",
+    class_names: list[str] | None = None,
+) -> Examples:
+    """Read texts and labels from a CSV (header row) or a JSONL file.
+
+    The format follows the extension: ``.jsonl``/``.ndjson`` is one JSON object
+    per line, anything else is CSV. Empty texts are skipped and reported.
+
+    Example:
+        >>> ex = from_text("reviews.jsonl")  # doctest: +SKIP
+        >>> ex.kind
+        'text'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.path: no file at {str(path)!r}.")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{str(path)!r} line {lineno}: invalid JSON ({exc}).") from None
+        header = sorted({k for r in rows for k in r})
+    else:
+        rows, header = _read_csv(path)
+    for col, key in ((text_column, "text_column"), (label_column, "label_column")):
+        if col not in header:
+            raise choice_error(f"data.{key}", col, header, cls=DataError)
+    skipped = [(f"{path}:{i + 1}", "empty text") for i, r in enumerate(rows)
+               if not str(r.get(text_column) or "").strip()]
+    rows = [r for r in rows if str(r.get(text_column) or "").strip()]
+    if not rows:
+        raise DataError(f"data.path: no non-empty texts in {str(path)!r}.")
+    texts = np.asarray([str(r[text_column]) for r in rows], dtype=object)
+    y, names = encode_labels([r[label_column] for r in rows], task, class_names,
+                             where=f"text file {str(path)!r}")
+    ex = Examples("text", texts, y, _task_name(task), names, f"text file {str(path)!r}", skipped)
+    check_classes(ex)
+    return ex
+
+
+def from_tfds(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    task: str = "classification",
+    image_key: str = "image",
+    label_key: str = "label",
+) -> Examples:
+    """Index a prepared TFDS dataset (no download: it must be in ``data_dir``).
+
+    Example:
+        >>> ex = from_tfds("my_dataset", data_dir="~/tensorflow_datasets")  # doctest: +SKIP
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
+        info = builder.info
+        if not builder.data_path.exists() or not list(builder.data_path.glob("*")):
+            raise FileNotFoundError(str(builder.data_path))
+    except Exception as exc:  # noqa: BLE001 - tfds raises many kinds here
+        raise DataError(
+            f"data.tfds: cannot open TFDS dataset {name!r} in data_dir={str(data_dir)!r} "
+            f"({type(exc).__name__}: {exc}). kerastl does not download: prepare it where a "
+            "network is available (tfds.builder(name).download_and_prepare()) and copy the "
+            "data_dir here."
+        ) from None
+    features = info.features
+    for key, what in ((image_key, "image_key"), (label_key, "label_key")):
+        if key not in features:
+            raise choice_error(f"data.{what}", key, list(features.keys()), cls=DataError)
+    label_feature = features[label_key]
+    names = list(getattr(label_feature, "names", None) or []) or None
+    ds = builder.as_dataset(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+    labels = np.asarray([int(v) for v in ds.map(lambda e: e[label_key]).as_numpy_iterator()])
+    if names is None:
+        names = [str(i) for i in range(int(labels.max()) + 1)]
+    task = _task_name(task)
+    y = labels.astype(np.int32)
+    if task == "binary":
+        y = y.astype(np.float32).reshape(-1, 1)
+    ex = Examples(
+        "tfds",
+        None,
+        y,
+        task,
+        names,
+        f"TFDS {name!r} split {split!r}",
+        tfds={"name": name, "data_dir": None if data_dir is None else str(data_dir),
+              "split": split, "image_key": image_key, "label_key": label_key,
+              "version": str(info.version)},
+    )
+    check_classes(ex)
+    return ex
+
+
+# ---------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------
+
+
+def check_classes(ex: Examples) -> None:
+    """Raise :class:`DataError` on no examples, an empty class or a single class."""
+    if len(ex) == 0:
+        extra = f" ({len(ex.skipped)} file(s) were unreadable)" if ex.skipped else ""
+        raise DataError(f"{ex.source}: no usable examples{extra}.")
+    if ex.task in ("classification", "binary", "multilabel", "embedding") and ex.class_names:
+        counts = ex.class_counts()
+        empty = [c for c, n in counts.items() if n == 0]
+        if empty:
+            raise DataError(
+                f"{ex.source}: class(es) {empty} have no usable example"
+                + (" (unreadable files were skipped)" if ex.skipped else "")
+                + f". Counts: {counts}. Remove the class or add examples."
+            )
+        if len(counts) < 2 and ex.task in ("classification", "embedding"):
+            raise DataError(
+                f"{ex.source}: a single class {list(counts)}; task={ex.task!r} needs at least "
+                "two classes. For a yes/no model add a second class folder and use task='binary'."
+            )
+        if ex.task == "binary" and len(counts) != 2:
+            raise DataError(
+                f"{ex.source}: task='binary' needs exactly two classes, found {len(counts)}: "
+                f"{list(counts)}."
+            )
+
+
+def check_head(ex: Examples, num_outputs: int, task: str,
+               model_class_names: list[str] | None = None) -> None:
+    """Raise :class:`DataError` when labels do not fit a model's head.
+
+    Args:
+        ex: The examples.
+        num_outputs: Width of the model's output (``kerastl_config["num_outputs"]``).
+        task: The model's task.
+        model_class_names: Class names stored in the model, if any.
+    """
+    task = _task_name(task)
+    if task != ex.task:
+        raise DataError(f"The labels were encoded for task={ex.task!r} but the model's task is "
+                        f"{task!r}.")
+    if task in ("classification", "multilabel"):
+        n = len(ex.class_names or [])
+        if n != num_outputs:
+            raise DataError(
+                f"The data has {n} classes {ex.class_names} but the model's head has "
+                f"{num_outputs} outputs; build the model with num_classes={n}."
+            )
+    if task == "regression" and ex.y.shape[1] != num_outputs:
+        raise DataError(
+            f"The regression targets have {ex.y.shape[1]} column(s) but the model has "
+            f"{num_outputs} output(s)."
+        )
+    if model_class_names and ex.class_names and list(model_class_names) != list(ex.class_names):
+        raise DataError(
+            f"The model's class_names {model_class_names} differ from the data's "
+            f"{ex.class_names} (same names in the same order are required)."
+        )
+
+
+def verify_images(ex: Examples, channels: int = 3, workers: int = 8) -> Examples:
+    """Decode every file once; drop unreadable ones and record them in ``skipped``.
+
+    Uses TensorFlow's decoder (the one the input pipeline uses) in a thread pool.
+    """
+    if ex.kind != "files" or len(ex) == 0:
+        return ex
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tensorflow as tf
+
+    def check(p: str) -> str | None:
+        try:
+            data = tf.io.read_file(p)
+            img = tf.io.decode_image(data, channels=channels, expand_animations=False)
+            if img.shape[0] == 0 or img.shape[1] == 0:
+                return "empty image"
+            return None
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
+            text = re.sub(r"\{\{.*?\}\}\s*", "", str(exc)).strip()
+            msg = text.splitlines()[0] if text else type(exc).__name__
+            return f"{type(exc).__name__}: {msg[:160]}"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = list(pool.map(check, list(ex.x)))
+    bad = [i for i, p in enumerate(problems) if p]
+    if not bad:
+        return ex
+    keep = np.asarray([i for i, p in enumerate(problems) if not p], dtype=np.int64)
+    skipped = list(ex.skipped) + [(str(ex.x[i]), problems[i]) for i in bad]
+    return replace(ex, x=ex.x[keep], y=ex.y[keep], skipped=skipped)
