@@ -81,6 +81,20 @@ PER_VARIANT_PREPROCESSING = {
     "ResNet152": "caffe", "ResNet50V2": "tf", "ResNet101V2": "tf", "ResNet152V2": "tf",
 }
 
+# Hand-set groups where the stride heuristic cuts a stage at a weightless layer:
+# ResNetV2 downsamples at the end of each stack, VGG's pools end its blocks.
+_V2 = {"ResNet50V2": (4, 6), "ResNet101V2": (4, 23), "ResNet152V2": (8, 36)}
+GROUP_OVERRIDES = {
+    cls: [("stem", "pool1_pool"), ("stage1", "conv2_block3_out"),
+          ("stage2", f"conv3_block{b2}_out"), ("stage3", f"conv4_block{b3}_out"),
+          ("stage4", "post_relu")]
+    for cls, (b2, b3) in _V2.items()
+} | {
+    cls: [("stem", "block1_pool"), ("stage1", "block2_pool"), ("stage2", "block3_pool"),
+          ("stage3", "block4_pool"), ("stage4", "block5_pool")]
+    for cls in ("VGG16", "VGG19")
+}
+
 
 def main() -> None:
     records = Path(sys.argv[1])
@@ -103,6 +117,7 @@ def main() -> None:
         ]
         for name, (cls, size, top1) in variants.items():
             r = json.loads((records / f"{cls}.json").read_text())
+            r["groups"] = GROUP_OVERRIDES.get(cls, r["groups"])
             p = prep or PER_VARIANT_PREPROCESSING[cls]
             lines += [
                 f"        {name!r}: dict(",

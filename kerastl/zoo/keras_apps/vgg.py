@@ -26,7 +26,7 @@ declare_family(
                 ('block5_pool', 512, 32),
             ],
             groups=[
-                ('stem', 'block2_conv2'),
+                ('stem', 'block1_pool'),
                 ('stage1', 'block2_pool'),
                 ('stage2', 'block3_pool'),
                 ('stage3', 'block4_pool'),
@@ -49,7 +49,7 @@ declare_family(
                 ('block5_pool', 512, 32),
             ],
             groups=[
-                ('stem', 'block2_conv2'),
+                ('stem', 'block1_pool'),
                 ('stage1', 'block2_pool'),
                 ('stage2', 'block3_pool'),
                 ('stage3', 'block4_pool'),

@@ -1,0 +1,169 @@
+"""Registry-driven tests: every entry builds, trains a step, and matches its declared data.
+
+Parametrised over ``list_models()``, so a new entry is covered with no edit here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import kerastl
+from kerastl.zoo import all_specs, get_spec, list_models
+
+KERAS_APP_NAMES = list_models(source="keras.applications")
+# Entries whose one-step fit + save/reload costs more than ~20 s here: their
+# build and metadata checks stay in the default run, the fit/save tier is opt-in.
+LARGE = {s.name for s in all_specs() if s.params > 80_000_000}
+
+
+def _nearest_stride(size: int, h: int) -> int:
+    return min((1, 2, 4, 8, 16, 32, 64), key=lambda s: abs(s - size / h))
+
+
+def test_all_40_keras_applications_registered():
+    import keras
+
+    constructors = {n for n in dir(keras.applications) if n[0].isupper()}
+    assert len(constructors) == 40
+    registered = {get_spec(n).constructor for n in KERAS_APP_NAMES}
+    assert registered == constructors
+    # The Keras class name resolves to the snake-case entry.
+    for ctor in constructors:
+        spec = get_spec(ctor)
+        assert spec.constructor == ctor
+        assert spec.name == spec.name.lower()
+
+
+@pytest.mark.parametrize("name", KERAS_APP_NAMES)
+def test_entry_declares_what_the_built_backbone_has(name):
+    """Feature dim, params, groups and taps agree with a freshly built backbone."""
+    from kerastl.zoo.adapter import get_adapter
+
+    spec = get_spec(name)
+    adapter = get_adapter(spec)
+    # valid-padding nets (min input > 32) shrink unevenly: check them at their usual size
+    size = 64 if spec.min_input_size <= 32 else 224
+    backbone = adapter.backbone((size, size, 3), None)
+    assert backbone.output.shape[-1] == spec.feature_dim
+    assert backbone.count_params() == spec.params
+
+    groups = adapter.layer_groups(backbone)
+    assert list(groups) == spec.group_names
+    members = [layer for layers in groups.values() for layer in layers]
+    assert len(members) == len(backbone.layers) == len({id(m) for m in members})
+    for gname, layers in groups.items():
+        assert any(layer.weights for layer in layers), f"group {gname} has no weights"
+
+    assert spec.taps, "every image entry declares multi-scale taps"
+    strides = [t.stride for t in spec.taps]
+    assert strides == sorted(strides) and strides[-1] == 32
+    for tap in spec.taps:
+        out = backbone.output if tap.layer == "@output" else backbone.get_layer(tap.layer).output
+        assert out.shape[-1] == tap.channels, tap
+        assert _nearest_stride(size, out.shape[1]) == tap.stride, (tap, out.shape)
+
+
+@pytest.mark.parametrize("name", KERAS_APP_NAMES)
+def test_entry_builds_at_minimum_input_and_runs(name):
+    spec = get_spec(name)
+    s = spec.min_input_size
+    model = kerastl.build(name, num_classes=3, input_shape=(s, s, 3), weights=None)
+    x = np.random.default_rng(0).uniform(0, 255, (2, s, s, 3)).astype("float32")
+    probs = model.predict(x, verbose=0)
+    assert probs.shape == (2, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert model.kerastl_config["backbone"] == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in KERAS_APP_NAMES],
+)
+def test_entry_fits_one_step_and_reloads(name, tmp_path):
+    spec = get_spec(name)
+    s = spec.min_input_size
+    model = kerastl.build(name, num_classes=2, input_shape=(s, s, 3), freeze="last:1")
+    x = np.random.default_rng(1).uniform(0, 255, (2, s, s, 3)).astype("float32")
+    y = np.array([0, 1])
+    hist = model.fit(x, y, epochs=1, batch_size=2, verbose=0)
+    assert np.isfinite(hist.history["loss"][0])
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = kerastl.load_model(path)
+    assert loaded.kerastl_config == model.kerastl_config
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_list_models_filters_and_wildcards():
+    assert list_models("mobilenet_v3*") == ["mobilenet_v3_large", "mobilenet_v3_small"]
+    assert list_models("RESNET50") == ["resnet50"]
+    image = list_models(modality="image")
+    assert set(KERAS_APP_NAMES) <= set(image)
+    assert list_models("*", source="keras.applications", pretrained="imagenet") == KERAS_APP_NAMES
+    assert list_models("no_such_*") == []
+    with pytest.raises(kerastl.UnknownNameError, match="modality='imgae'.*Did you mean 'image'"):
+        list_models(modality="imgae")
+
+
+def test_unknown_model_suggests_close_matches():
+    with pytest.raises(kerastl.UnknownNameError) as err:
+        get_spec("resnet5")
+    msg = str(err.value)
+    assert "Unknown model 'resnet5'" in msg
+    assert "Did you mean 'resnet50'" in msg
+    with pytest.raises(kerastl.UnknownNameError, match="Did you mean 'efficientnet_b0'"):
+        kerastl.build("efficentnet_b0", num_classes=2)
+
+
+def test_model_info_is_json_ready():
+    import json
+
+    info = kerastl.model_info("ResNet50")
+    assert info["name"] == "resnet50"
+    assert info["feature_dim"] == 2048
+    assert info["preprocessing"] == "caffe"
+    assert [g[0] for g in info["groups"]] == ["stem", "stage1", "stage2", "stage3", "stage4"]
+    json.dumps(info)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    code = (
+        "import sys, time; t = time.perf_counter(); from kerastl.cli import main; rc = main("
+        + repr(list(args))
+        + "); print('TF_IMPORTED', 'tensorflow' in sys.modules, 'keras' in sys.modules);"
+        "print('SECONDS', time.perf_counter() - t); sys.exit(rc)"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_models_and_info_do_not_import_tensorflow():
+    res = _run_cli("models", "resnet*")
+    assert res.returncode == 0, res.stderr
+    assert "resnet152_v2" in res.stdout
+    assert "TF_IMPORTED False False" in res.stdout
+    res = _run_cli("info", "mobilenet_v3_small")
+    assert res.returncode == 0
+    assert "in_model" in res.stdout and "TF_IMPORTED False False" in res.stdout
+
+
+def test_cli_unknown_model_exits_2_with_one_line():
+    res = _run_cli("info", "resnet5")
+    assert res.returncode == 2
+    assert "Did you mean 'resnet50'" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_help_is_tensorflow_free():
+    res = subprocess.run([sys.executable, "-m", "kerastl.cli", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0
+    assert "models" in res.stdout and "export" in res.stdout
+    res = subprocess.run(
+        [sys.executable, "-c", "import sys; from kerastl.cli import build_parser; build_parser();"
+         "print('tensorflow' in sys.modules)"], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "False"
