@@ -1,0 +1,176 @@
+"""Cached backbone features: with a frozen backbone, run it once and train the head alone.
+
+A kerastl model is ``input -> preprocess -> backbone -> pool -> head``. With
+the backbone frozen (and its BatchNorm in inference mode) everything up to
+the head is a fixed function, so its output can be computed once per example
+and the head trained on those vectors. The head model built here *shares* its
+layers with the full model: training it trains the full model's head, and the
+full model is assembled by construction.
+
+Features are kept in memory or on disk, keyed by backbone, the backbone's
+weights (a hash of their values), input shape, dtype policy and the data's
+fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerastl._errors import ConfigError
+
+#: Head layer names written by kerastl.heads.attach_head, input side first.
+HEAD_LAYERS = ("head_dropout", "logits", "predictions", "projection", "probabilities", "embedding")
+
+
+def head_layers(model: keras.Model) -> list[keras.Layer]:
+    """The head's layers of a kerastl model, in call order."""
+    names = {layer.name for layer in model.layers}
+    layers = [model.get_layer(n) for n in HEAD_LAYERS if n in names]
+    if not layers:
+        raise ConfigError(
+            "cache_features: the model has no kerastl head (layers named "
+            f"{HEAD_LAYERS}); build it with kerastl.build()."
+        )
+    return layers
+
+
+def split_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """``(feature_model, head_model)`` of a kerastl model; the head shares the model's layers.
+
+    Example:
+        >>> feats, head = split_model(kerastl.build("mobilenet_v3_small", num_classes=3,
+        ...                                         input_shape=(32, 32, 3)))  # doctest: +SKIP
+        >>> head.input_shape  # doctest: +SKIP
+        (None, 576)
+    """
+    layers = head_layers(model)
+    feature_tensor = layers[0].input
+    feature_model = keras.Model(model.inputs, feature_tensor, name="features")
+    x = inp = keras.Input(shape=tuple(feature_tensor.shape[1:]), name="features",
+                          dtype=feature_tensor.dtype)
+    for layer in layers:
+        x = layer(x)
+    head_model = keras.Model(inp, x, name="head")
+    return feature_model, head_model
+
+
+def backbone_is_frozen(model: keras.Model) -> bool:
+    """True when no weight before the head trains (so features are a fixed function)."""
+    head_ids = {id(v) for layer in head_layers(model) for v in layer.weights}
+    return not any(id(v) not in head_ids for v in model.trainable_weights)
+
+
+def weights_hash(model: keras.Model) -> str:
+    """A hash of every weight value of ``model`` (identifies random or fine-tuned weights)."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        a = np.asarray(keras.ops.convert_to_numpy(w))
+        h.update(f"{w.path}|{a.shape}|{a.dtype}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(model: keras.Model, feature_model: keras.Model, data_fingerprint: str) -> str:
+    """Key of a feature cache: backbone, weights, input shape, dtype policy and data."""
+    meta = getattr(model, "kerastl_config", {}) or {}
+    parts = [
+        str(meta.get("backbone", model.name)),
+        str(meta.get("weights")),
+        weights_hash(feature_model),
+        str(tuple(feature_model.input_shape)),
+        keras.mixed_precision.global_policy().name,
+        data_fingerprint,
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def compute_features(feature_model: keras.Model, dataset: Any, steps: int | None = None,
+                     verbose: int = 1, label: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """Run ``feature_model`` over a batched ``(x, y)`` dataset in order, with a progress bar.
+
+    Returns:
+        ``(features, labels)`` as NumPy arrays.
+    """
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def run(x):
+        return feature_model(x, training=False)
+
+    feats, labels = [], []
+    bar = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
+    if verbose:
+        print(f"[kerastl] caching {label}")
+    for i, (x, y) in enumerate(dataset):
+        feats.append(np.asarray(run(x), dtype=np.float32))
+        labels.append(np.asarray(y))
+        if bar is not None:
+            bar.update(i + 1)
+    if not feats:
+        return np.zeros((0,) + tuple(feature_model.output_shape[1:]), np.float32), np.zeros(0)
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+class FeatureCache:
+    """Features of datasets, in memory (this process) or on disk (across runs).
+
+    Args:
+        mode: ``"memory"`` or ``"disk"``.
+        directory: Folder of the disk cache (default ``~/.cache/kerastl/features``).
+
+    Example:
+        >>> cache = FeatureCache("disk", "/tmp/feats")  # doctest: +SKIP
+        >>> x, y = cache.get(model, feature_model, ex.fingerprint(), dataset)  # doctest: +SKIP
+    """
+
+    _memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __init__(self, mode: str = "memory", directory: str | os.PathLike | None = None):
+        if mode not in ("memory", "disk"):
+            raise ConfigError(f"cache_features: expected 'memory' or 'disk', got {mode!r}.")
+        self.mode = mode
+        self.directory = Path(directory or Path.home() / ".cache" / "kerastl" / "features")
+        self.hits = 0
+        self.misses = 0
+        self.seconds = 0.0
+
+    def get(self, model: keras.Model, feature_model: keras.Model, fingerprint: str,
+            dataset: Any, steps: int | None = None, verbose: int = 1,
+            label: str = "features") -> tuple[np.ndarray, np.ndarray]:
+        """Features and labels of ``dataset``, computed at most once per key."""
+        key = cache_key(model, feature_model, fingerprint)
+        if key in self._memory:
+            self.hits += 1
+            return self._memory[key]
+        path = self.directory / f"{key}.npz"
+        if self.mode == "disk" and path.is_file():
+            with np.load(path) as z:
+                value = (z["x"], z["y"])
+            self.hits += 1
+            if verbose:
+                print(f"[kerastl] {label}: loaded cached features {path}")
+            self._memory[key] = value
+            return value
+        self.misses += 1
+        t0 = time.perf_counter()
+        value = compute_features(feature_model, dataset, steps, verbose, label)
+        self.seconds += time.perf_counter() - t0
+        if self.mode == "disk":
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, x=value[0], y=value[1])
+            os.replace(tmp, path)
+        self._memory[key] = value
+        return value
+
+    @classmethod
+    def clear_memory(cls) -> None:
+        """Forget the in-memory features of this process."""
+        cls._memory.clear()

@@ -1,0 +1,329 @@
+"""Run configs: the YAML schema, defaults, validation and overrides (no TensorFlow).
+
+Every key is declared once in :data:`SCHEMA` with its type, default and
+choices. Validation walks the user's YAML and stops at the first bad key with
+a message that gives the dotted key (``train.epochs``), echoes the value and
+suggests close matches for misspelt keys or choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kerastl._errors import ConfigError
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+CACHE_FEATURES = ("auto", "memory", "disk", "off")
+SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SOURCES = ("folder", "csv", "numpy", "tfds", "text")
+TASKS = ("classification", "binary", "multilabel", "regression", "embedding")
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "keras")
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: accepted types, default, choices and numeric bounds."""
+
+    types: tuple
+    default: Any = None
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+_NONE = type(None)
+SCHEMA: dict[str, Any] = {
+    "name": Field((str, _NONE), None, help="run name (default: the YAML file's stem)"),
+    "output_dir": Field((str,), "runs", help="runs are written to output_dir/name"),
+    "seed": Field((int,), 0, min=0),
+    "model": {
+        "backbone": Field((str,), _REQUIRED, help="registry name, e.g. mobilenet_v3_small"),
+        "task": Field((str,), "classification", choices=TASKS),
+        "weights": Field((str, _NONE), None, help="null, imagenet/preset, or a file"),
+        "input_size": Field((int, list, _NONE), None, help="side or [h, w]; default: backbone's"),
+        "channels": Field((int,), 3, choices=(1, 3)),
+        "dropout": Field((float, int), 0.2, min=0.0, max=0.99),
+        "pooling": Field((str,), "avg", choices=("avg", "max")),
+        "freeze": Field((str, dict, bool), "backbone", help="backbone | none | last:N | up_to:G"),
+        "train_batchnorm": Field((bool,), False),
+        "embedding_dim": Field((int,), 128, min=1),
+        "options": Field((dict,), {}, help="adapter options, e.g. sequence_length for text"),
+    },
+    "data": {
+        "source": Field((str, _NONE), None, choices=SOURCES + (None,)),
+        "path": Field((str, _NONE), None),
+        "val_path": Field((str, _NONE), None, help="separate validation data (same source)"),
+        "val_split": Field((float,), 0.2, min=0.0, max=0.9),
+        "class_names": Field((list, _NONE), None),
+        "path_column": Field((str,), "path"),
+        "label_column": Field((str, list), "label"),
+        "text_column": Field((str,), "text"),
+        "root": Field((str, _NONE), None),
+        "name": Field((str, _NONE), None, help="TFDS dataset name"),
+        "data_dir": Field((str, _NONE), None, help="TFDS data_dir"),
+        "split": Field((str,), "train", help="TFDS split for training"),
+        "val_tfds_split": Field((str, _NONE), None, help="TFDS split for validation"),
+        "augment": Field((str, list, bool, _NONE), "none"),
+        "cache": Field((bool, str), True, help="cache decoded images: true or a file path"),
+        "verify": Field((bool,), True, help="decode every file once to skip corrupt ones"),
+    },
+    "train": {
+        "epochs": Field((int,), 10, min=0),
+        "batch_size": Field((int,), 32, min=1, help="per replica; scaled by the replica count"),
+        "learning_rate": Field((float, int), 1e-3, min=0.0),
+        "optimizer": Field((str,), "adam", choices=OPTIMIZERS),
+        "weight_decay": Field((float, int), 0.0, min=0.0),
+        "schedule": Field((str,), "cosine", choices=SCHEDULES),
+        "warmup_epochs": Field((int, float), 0, min=0),
+        "early_stopping": Field((int, bool), 5, help="patience in epochs; 0/false disables"),
+        "monitor": Field((str,), "val_loss"),
+        "cache_features": Field((str, bool), "auto", choices=CACHE_FEATURES + (True, False)),
+        "cache_dir": Field((str, _NONE), None, help="disk cache of features (cache_features: disk)"),
+        "strategy": Field((str,), "auto", choices=STRATEGIES),
+        "precision": Field((str,), "float32", choices=PRECISIONS),
+        "jit_compile": Field((bool, str), False, choices=(True, False, "auto")),
+        "resume": Field((bool,), True, help="continue an interrupted run (BackupAndRestore)"),
+        "tensorboard": Field((bool,), True),
+        "verbose": Field((int, str), "auto", choices=(0, 1, 2, "auto")),
+        "steps_per_execution": Field((int,), 1, min=1),
+    },
+    "finetune": {
+        "epochs": Field((int,), 0, min=0, help="phase 2 epochs; 0 skips phase 2"),
+        "freeze": Field((str, dict, bool), "none", help="policy while fine-tuning"),
+        "learning_rate": Field((float, int, _NONE), None, help="default: train.learning_rate / 10"),
+        "schedule": Field((str,), "cosine", choices=SCHEDULES),
+        "warmup_epochs": Field((int, float), 0, min=0),
+        "gradual_every": Field((int,), 0, min=0, help="unfreeze one group every N epochs"),
+        "layer_decay": Field((float, int, _NONE), None, help="discriminative rates, in (0, 1]"),
+    },
+    "evaluate": {
+        "top_k": Field((int,), 5, min=1),
+        "threshold": Field((float,), 0.5, min=0.0, max=1.0),
+    },
+    "export": {
+        "formats": Field((list, str), [], help=f"any of {list(EXPORT_FORMATS)}"),
+        "quantize": Field((list, str), []),
+        "name": Field((str, _NONE), None),
+        "version": Field((int,), 1, min=1),
+    },
+}
+
+
+def _type_name(types: tuple) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list",
+             dict: "mapping", _NONE: "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _check_value(key: str, value: Any, spec: Field, where: str) -> Any:
+    types = spec.types
+    ok = isinstance(value, types)
+    if isinstance(value, bool) and bool not in types:
+        ok = False  # YAML's true is not an integer here
+    if not ok and float in types and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(
+            f"{where}: {key}: expected {_type_name(types)}, got {type(value).__name__} {value!r}."
+        )
+    if spec.choices is not None and not isinstance(value, (list, dict)):
+        if value not in spec.choices:
+            valid = [c for c in spec.choices if c is not None]
+            close = difflib.get_close_matches(str(value), [str(c) for c in valid], n=2, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(
+                f"{where}: {key}: unknown value {value!r}.{hint} Valid choices: "
+                + ", ".join(repr(c) for c in valid) + "."
+            )
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if spec.min is not None and value < spec.min:
+            raise ConfigError(f"{where}: {key}: expected >= {spec.min}, got {value!r}.")
+        if spec.max is not None and value > spec.max:
+            raise ConfigError(f"{where}: {key}: expected <= {spec.max}, got {value!r}.")
+    return value
+
+
+def _validate(section: dict, schema: dict, prefix: str, where: str) -> dict:
+    if not isinstance(section, dict):
+        raise ConfigError(
+            f"{where}: {prefix.rstrip('.') or 'the file'}: expected a mapping of keys, "
+            f"got {type(section).__name__} {section!r}."
+        )
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=2, cutoff=0.6)
+            # A key placed in the wrong section: say where it belongs.
+            elsewhere = [f"{s}.{key}" for s, sub in SCHEMA.items()
+                         if isinstance(sub, dict) and key in sub and f"{s}." != prefix]
+            hint = (f" Did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close
+                    else f" It belongs under {elsewhere[0]!r}." if elsewhere else "")
+            raise ConfigError(
+                f"{where}: unknown key {dotted!r}.{hint} Valid keys"
+                + (f" under {prefix.rstrip('.')!r}" if prefix else "")
+                + ": " + ", ".join(sorted(schema)) + "."
+            )
+        spec = schema[key]
+        if isinstance(spec, dict):
+            out[key] = _validate(value if value is not None else {}, spec, dotted + ".", where)
+        else:
+            out[key] = _check_value(dotted, value, spec, where)
+    for key, spec in schema.items():
+        if key in out:
+            continue
+        if isinstance(spec, dict):
+            out[key] = _validate({}, spec, f"{prefix}{key}.", where)
+        elif spec.required:
+            raise ConfigError(f"{where}: missing required key {prefix + key!r} ({spec.help}).")
+        else:
+            out[key] = copy.deepcopy(spec.default)
+    return out
+
+
+def validate_config(config: dict, where: str = "config") -> dict:
+    """Validate a run config and fill in defaults.
+
+    Args:
+        config: The parsed YAML (a dict).
+        where: Names the file in error messages.
+
+    Returns:
+        The resolved config: every key present, types checked.
+
+    Raises:
+        ConfigError: pointing at the offending key, with close matches.
+
+    Example:
+        >>> validate_config({"model": {"backbone": "resnet50"}})["train"]["epochs"]
+        10
+        >>> validate_config({"model": {"backbone": "resnet50"}, "train": {"epoch": 3}})
+        Traceback (most recent call last):
+        ...
+        kerastl._errors.ConfigError: config: unknown key 'train.epoch'. Did you mean 'train.epochs'? ...
+    """
+    resolved = _validate(config or {}, SCHEMA, "", where)
+    _cross_checks(resolved, where)
+    return resolved
+
+
+def _cross_checks(cfg: dict, where: str) -> None:
+    from kerastl.zoo import get_spec
+
+    try:
+        get_spec(cfg["model"]["backbone"])
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: model.backbone: {exc}") from None
+    data = cfg["data"]
+    if data["source"] == "tfds" and not data["name"]:
+        raise ConfigError(f"{where}: data.name: source 'tfds' needs the dataset name.")
+    if data["source"] != "tfds" and not data["path"]:
+        raise ConfigError(f"{where}: data.path: missing (a folder, CSV, .npz or JSONL file).")
+    size = cfg["model"]["input_size"]
+    if isinstance(size, list) and (len(size) != 2 or not all(isinstance(v, int) for v in size)):
+        raise ConfigError(f"{where}: model.input_size: expected an int or [height, width], got {size!r}.")
+    decay = cfg["finetune"]["layer_decay"]
+    if decay is not None and not 0.0 < decay <= 1.0:
+        raise ConfigError(f"{where}: finetune.layer_decay: expected a factor in (0, 1], got {decay!r}.")
+    export = cfg["export"]
+    for key in ("formats", "quantize"):
+        if isinstance(export[key], str):
+            export[key] = [s.strip() for s in export[key].split(",") if s.strip()]
+    for fmt in export["formats"]:
+        if fmt not in EXPORT_FORMATS:
+            close = difflib.get_close_matches(str(fmt), EXPORT_FORMATS, n=2, cutoff=0.5)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(
+                f"{where}: export.formats: unknown format {fmt!r}.{hint} Valid choices: "
+                + ", ".join(repr(c) for c in EXPORT_FORMATS) + "."
+            )
+    if cfg["train"]["epochs"] == 0 and cfg["finetune"]["epochs"] == 0:
+        raise ConfigError(f"{where}: train.epochs and finetune.epochs are both 0: nothing to train.")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value`` (value in YAML syntax).
+
+    Example:
+        >>> parse_override("train.epochs=3")
+        ('train.epochs', 3)
+    """
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set: expected KEY=VALUE such as train.epochs=3, got {text!r}.")
+    return key.strip(), yaml.safe_load(value)
+
+
+def set_key(config: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating sections as needed."""
+    parts = dotted.split(".")
+    node = config
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        node = node[p]
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {p!r} is not a section.")
+    node[parts[-1]] = value
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict:
+    """Read a YAML run config (optional), apply ``{dotted.key: value}`` overrides, validate.
+
+    Relative data paths are resolved against the YAML file's folder.
+
+    Example:
+        >>> cfg = load_config(None, {"model.backbone": "resnet50", "data.path": "x"})
+        >>> cfg["name"]
+        'run'
+    """
+    import yaml
+
+    raw: dict = {}
+    where = "config"
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config: no file at {str(path)!r}.")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping at the top, got {type(raw).__name__}.")
+        base = path.resolve().parent
+    for key, value in (overrides or {}).items():
+        set_key(raw, key, value)
+    cfg = validate_config(raw, where)
+    if cfg["name"] is None:
+        cfg["name"] = path.stem if path is not None else "run"
+    for key in ("path", "val_path", "root", "data_dir"):
+        v = cfg["data"].get(key)
+        if v and not os.path.isabs(os.path.expanduser(v)):
+            cfg["data"][key] = str((base / v).resolve())
+        elif v:
+            cfg["data"][key] = os.path.expanduser(v)
+    if path is not None and not os.path.isabs(cfg["output_dir"]):
+        cfg["output_dir"] = str(Path.cwd() / cfg["output_dir"])
+    return cfg
