@@ -1,0 +1,200 @@
+"""Export hooks of image models: raw 0-255 pixels in, plus encoded-bytes serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+
+from kerastl._errors import DataError
+from kerastl.export._modality import ModalityExporter, register_modality
+
+
+class ImageExporter(ModalityExporter):
+    """Raw ``float32`` NHWC pixels in ``[0, 255]``; ``serving_bytes`` takes JPEG/PNG strings.
+
+    Example:
+        >>> ex = ImageExporter({"input": {"name": "image", "shape": [32, 32, 3]}})
+        >>> ex.sample_inputs(2).shape
+        (2, 32, 32, 3)
+    """
+
+    name = "image"
+    formats = ("saved_model", "tflite", "onnx")
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.meta["input"]["shape"])
+
+    def input_signature(self) -> list:
+        import tensorflow as tf
+
+        return [tf.TensorSpec((None, *self.shape), tf.float32, name=self.input_name)]
+
+    def extra_signatures(self, serve_fn: Any) -> dict[str, tuple[Any, list]]:
+        import tensorflow as tf
+
+        h, w, c = self.shape
+
+        def decode(data):
+            img = tf.io.decode_image(data, channels=c, expand_animations=False, dtype=tf.uint8)
+            img = tf.cast(img, tf.float32)
+            if h is not None and w is not None:
+                img = tf.image.resize(img, (h, w), method="bilinear")
+                img = tf.ensure_shape(img, (h, w, c))
+            return img
+
+        def serve_bytes(image_bytes):
+            images = tf.map_fn(
+                decode, image_bytes, fn_output_signature=tf.TensorSpec((h, w, c), tf.float32)
+            )
+            return serve_fn(images)
+
+        spec = [tf.TensorSpec((None,), tf.string, name=f"{self.input_name}_bytes")]
+        return {"serving_bytes": (serve_bytes, spec)}
+
+    def sample_inputs(self, n: int, seed: int = 0) -> np.ndarray:
+        """Smooth random images (gradients, blobs and noise) in 0-255, like photos."""
+        h, w, c = (s or 32 for s in self.shape)
+        rng = np.random.default_rng(seed)
+        yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+        out = np.empty((n, h, w, c), np.float32)
+        for i in range(n):
+            for ch in range(c):
+                a, b, f1, f2, p = rng.uniform(-1, 1, 5)
+                img = 0.5 + 0.25 * (a * xx + b * yy)
+                img += 0.2 * np.sin(2 * np.pi * (3 * f1 * xx + 3 * f2 * yy) + 3 * p)
+                out[i, :, :, ch] = img
+        out += rng.normal(0, 0.03, out.shape)
+        return np.clip(np.round(out * 255.0), 0, 255).astype(np.float32)
+
+    def _check(self, x: np.ndarray, argument: str) -> np.ndarray:
+        want = self.shape
+        if x.ndim == len(want):
+            x = x[None]
+        ok = x.ndim == len(want) + 1 and all(
+            exp is None or got == exp for got, exp in zip(x.shape[1:], want)
+        )
+        if not ok:
+            raise DataError(
+                f"{argument}: images of shape {tuple(x.shape)} do not fit the model input "
+                f"(batch, {', '.join(str(s) for s in want)}) named {self.input_name!r}. "
+                "Pass raw 0-255 RGB images at the model's input size."
+            )
+        if not np.issubdtype(x.dtype, np.number):
+            raise DataError(f"{argument}: expected numeric pixels, got dtype {x.dtype}.")
+        x = x.astype(np.float32)
+        if x.size and float(x.max()) <= 1.0 and float(x.min()) >= -1.0:
+            warnings.warn(
+                f"{argument}: pixel values lie in [{float(x.min()):.2f}, {float(x.max()):.2f}]; "
+                "kerastl models take raw 0-255 pixels (preprocessing is in the graph).",
+                stacklevel=4,
+            )
+        return x
+
+    def coerce(self, data: Any, argument: str, limit: int | None = None) -> tuple[np.ndarray, Any]:
+        xs, ys = _collect(data, argument, limit)
+        if isinstance(xs, list) and xs and isinstance(xs[0], str):
+            return self.load_files(xs), ys
+        x = self._check(np.asarray(xs), argument)
+        if limit is not None:
+            x = x[:limit]
+            ys = None if ys is None else np.asarray(ys)[:limit]
+        if len(x) == 0:
+            raise DataError(f"{argument}: no images found.")
+        return x, ys
+
+    def load_files(self, paths: list[str]) -> np.ndarray:
+        """Read image files, convert to RGB (or grayscale) and resize to the input size."""
+        from PIL import Image, UnidentifiedImageError
+
+        h, w, c = self.shape
+        batch = []
+        for p in paths:
+            try:
+                with Image.open(p) as img:
+                    img = img.convert("RGB" if c == 3 else "L")
+                    if h is not None and w is not None and img.size != (w, h):
+                        img = img.resize((w, h), Image.BILINEAR)
+                    arr = np.asarray(img, dtype=np.float32)
+            except FileNotFoundError as exc:
+                raise DataError(f"inputs: no file at {p!r}.") from exc
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"inputs: {p!r} is not a readable image ({exc}).") from exc
+            batch.append(arr.reshape(arr.shape[0], arr.shape[1], c))
+        return np.stack(batch)
+
+    def warmup_requests(self, samples: np.ndarray) -> list[tuple[str, dict[str, Any]]]:
+        import tensorflow as tf
+
+        x = samples[:1].astype(np.float32)
+        png = tf.io.encode_png(x[0].astype(np.uint8)).numpy()
+        return [
+            ("serving_default", {self.input_name: tf.make_tensor_proto(x)}),
+            ("serving_bytes", {f"{self.input_name}_bytes": tf.make_tensor_proto([png])}),
+        ]
+
+    def rest_examples(self, samples: np.ndarray) -> dict[str, Any]:
+        from PIL import Image
+
+        x = np.clip(samples[:1], 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(x[0].squeeze(-1) if x.shape[-1] == 1 else x[0]).save(buf, format="PNG")
+        b64 = base64.b64encode(buf.getvalue()).decode("ascii")
+        return {
+            "rest_request.json": {"signature_name": "serving_default", "instances": x.tolist()},
+            "rest_request_bytes.json": {
+                "signature_name": "serving_bytes",
+                "instances": [{"b64": b64}],
+            },
+        }
+
+
+def _collect(data: Any, argument: str, limit: int | None) -> tuple[Any, Any]:
+    """Inputs and labels from an array, ``(x, y)``, a list of paths or a ``tf.data.Dataset``."""
+    if isinstance(data, (str, bytes)):
+        return [data if isinstance(data, str) else data.decode()], None
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, str) for d in data):
+        return list(data), None
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        return data[0], data[1]
+    if isinstance(data, dict):
+        raise DataError(
+            f"{argument}: got a dict with keys {sorted(data)}; pass an array of images, "
+            "(images, labels) or a tf.data.Dataset."
+        )
+    if hasattr(data, "as_numpy_iterator") or type(data).__name__.endswith("Dataset"):
+        xs, ys, n = [], [], 0
+        for element in data.as_numpy_iterator() if hasattr(data, "as_numpy_iterator") else data:
+            if isinstance(element, dict):
+                raise DataError(
+                    f"{argument}: dataset elements are dicts; expected (images, labels)."
+                )
+            x, y = (element[0], element[1]) if isinstance(element, tuple) else (element, None)
+            x = np.asarray(x)
+            batched = x.ndim == 4
+            xs.append(x if batched else x[None])
+            if y is not None:
+                y = np.asarray(y)
+                ys.append(y if batched else y[None])
+            n += len(xs[-1])
+            if limit is not None and n >= limit:
+                break
+        if not xs:
+            raise DataError(f"{argument}: the dataset is empty.")
+        shapes = {a.shape[1:] for a in xs}
+        if len(shapes) > 1:
+            raise DataError(f"{argument}: images of different shapes {sorted(shapes)}.")
+        return np.concatenate(xs), (np.concatenate(ys) if ys and len(ys) == len(xs) else None)
+    if hasattr(data, "shape") or isinstance(data, list):
+        return data, None
+    raise DataError(
+        f"{argument}: expected an array of images, (images, labels), image paths or a "
+        f"tf.data.Dataset, got {type(data).__name__}."
+    )
+
+
+register_modality("image", ImageExporter)

@@ -1,0 +1,230 @@
+"""Turn a Keras model into the inference function every format exports.
+
+* Inference mode is forced: the model is called with ``training=False``, so
+  augmentation layers (``RandomFlip``...) pass inputs through and dropout is off.
+* Names are stable: the input keeps its modality name (``image``), outputs are
+  the task's (``probabilities`` / ``predictions`` / ``embedding``), ``logits``
+  when the head has them, and ``class_id`` for classifiers.
+* Mixed-precision models (``mixed_bfloat16`` / ``mixed_float16``) are cloned
+  with a ``float32`` policy and the same weights: bfloat16 kernels are missing
+  from onnxruntime and the LiteRT interpreter.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerastl._errors import ConfigError
+from kerastl.export._modality import ModalityExporter, get_modality
+
+#: Tasks whose artifacts get a ``class_id`` output.
+CLASS_ID_TASKS = ("classification", "binary")
+#: Tasks whose head has a ``logits`` layer worth exporting too.
+LOGIT_TASKS = ("classification", "binary", "multilabel")
+
+
+@dataclass
+class Prepared:
+    """A model ready to trace: float32 inference model, metadata and output names."""
+
+    model: keras.Model
+    original: keras.Model
+    meta: dict[str, Any]
+    modality: ModalityExporter
+    output_names: list[str]
+    notes: list[str] = field(default_factory=list)
+    mixed_precision: bool = False
+    _fn: Any = None
+
+    @property
+    def task(self) -> str | None:
+        return self.meta.get("task")
+
+    def serve_fn(self):
+        """Python function: raw input tensor -> dict of named outputs (TensorFlow)."""
+        import tensorflow as tf
+
+        model, names, task = self.model, self.output_names, self.task
+
+        def serve(inputs):
+            outs = model(inputs, training=False)
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            result = {}
+            for name, value in zip([n for n in names if n != "class_id"], outs):
+                result[name] = tf.cast(value, tf.float32)
+            if "class_id" in names:
+                main = result[names[0]]
+                if task == "binary":
+                    result["class_id"] = tf.cast(main[:, 0] > 0.5, tf.int64)
+                else:
+                    result["class_id"] = tf.argmax(main, axis=-1, output_type=tf.int64)
+            return result
+
+        return serve
+
+    def tf_function(self):
+        """The inference function as a ``tf.function`` with the raw input signature."""
+        import tensorflow as tf
+
+        if self._fn is None:
+            self._fn = tf.function(
+                self.serve_fn(), input_signature=self.modality.input_signature(), autograph=False
+            )
+        return self._fn
+
+    def predict(self, x: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """Reference outputs of the Keras model (inference mode), as numpy."""
+        fn = self.tf_function()
+        parts: dict[str, list] = {}
+        for i in range(0, len(x), batch_size):
+            out = fn(x[i : i + batch_size])
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v.numpy())
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def resolve_model(model: Any) -> keras.Model:
+    """Accept a ``keras.Model`` or the path of a ``.keras`` file."""
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".keras"):
+        from kerastl._model import load_model
+
+        return load_model(Path(model), compile=False)
+    if not isinstance(model, keras.Model):
+        raise ConfigError(
+            f"model: expected a keras.Model (from kerastl.build or kerastl.load_model) or the "
+            f"path of a .keras file, got {type(model).__name__} {_short(model)}."
+        )
+    return model
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def find_metadata(model: keras.Model) -> dict[str, Any]:
+    """kerastl metadata of ``model`` or of a kerastl model nested inside it."""
+    meta = getattr(model, "kerastl_config", None)
+    if meta:
+        return copy.deepcopy(meta)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        meta = getattr(layer, "kerastl_config", None)
+        if meta:
+            return copy.deepcopy(meta)
+    return {}
+
+
+def _is_mixed(model: keras.Model) -> bool:
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        policy = getattr(layer, "dtype_policy", None)
+        if policy is not None and policy.compute_dtype in ("bfloat16", "float16"):
+            return True
+    return False
+
+
+def _float32_config(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(
+            obj.get("config"), dict
+        ):
+            name = obj["config"].get("name", "")
+            if name.startswith("mixed_") or name in ("bfloat16", "float16"):
+                return {**obj, "config": {**obj["config"], "name": "float32"}}
+        return {k: _float32_config(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_float32_config(v) for v in obj]
+    if obj in ("mixed_bfloat16", "mixed_float16", "bfloat16", "float16"):
+        return "float32"
+    return obj
+
+
+def float32_clone(model: keras.Model) -> keras.Model:
+    """The same model (architecture, weights, metadata) computing in float32."""
+    config = _float32_config(keras.saving.serialize_keras_object(model))
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        clone = keras.saving.deserialize_keras_object(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    clone.set_weights(
+        [
+            np.asarray(w, dtype=np.float32) if np.asarray(w).dtype.kind == "f" else w
+            for w in model.get_weights()
+        ]
+    )
+    return clone
+
+
+def prepare(model: Any) -> Prepared:
+    """Check the model and build what the format modules trace.
+
+    Example:
+        >>> import kerastl
+        >>> p = prepare(kerastl.build("mobilenet_v3_small", num_classes=3,
+        ...                           input_shape=(32, 32, 3)))  # doctest: +SKIP
+        >>> p.output_names  # doctest: +SKIP
+        ['probabilities', 'logits', 'class_id']
+    """
+    model = resolve_model(model)
+    if len(model.inputs or []) != 1:
+        raise ConfigError(
+            f"model: export supports models with one input, {model.name!r} has "
+            f"{len(model.inputs or [])}."
+        )
+    if len(model.outputs or []) != 1:
+        raise ConfigError(
+            f"model: export supports models with one output (kerastl.build heads), "
+            f"{model.name!r} has {len(model.outputs or [])}; features_only extractors are "
+            "not exportable yet."
+        )
+    notes: list[str] = []
+    meta = find_metadata(model)
+    if not meta:
+        notes.append("model has no kerastl metadata; input/output spec inferred from its shapes")
+        meta = {"modality": "image", "task": None, "class_names": None, "output": "outputs"}
+    shape = list(model.inputs[0].shape[1:])
+    meta["input"] = {
+        **(meta.get("input") or {}),
+        "name": (meta.get("input") or {}).get("name") or "image",
+        "shape": shape,
+        "dtype": "float32",
+    }
+    modality = get_modality(meta)
+    original = model
+    mixed = _is_mixed(model)
+    if mixed:
+        model = float32_clone(model)
+        notes.append(
+            "mixed-precision model: exported graph computes in float32 (same weights); "
+            "bfloat16/float16 kernels are missing in onnxruntime and LiteRT"
+        )
+    task = meta.get("task")
+    main = meta.get("output") or "outputs"
+    names = [main]
+    infer = model
+    if task in LOGIT_TASKS and main != "logits":
+        try:
+            logits = model.get_layer("logits").output
+            infer = keras.Model(model.inputs, [model.outputs[0], logits], name=model.name)
+            names.append("logits")
+        except (ValueError, AttributeError, TypeError):
+            infer = model  # not a functional graph with a reachable "logits" layer
+    if task in CLASS_ID_TASKS:
+        names.append("class_id")
+    return Prepared(
+        model=infer,
+        original=original,
+        meta=meta,
+        modality=modality,
+        output_names=names,
+        notes=notes,
+        mixed_precision=mixed,
+    )

@@ -1,0 +1,265 @@
+"""ONNX files through tf2onnx, with the fixes Keras' own ``format="onnx"`` lacks.
+
+Keras 3.15 calls ``tf2onnx.convert.from_function`` on the model's traced call.
+Measured failures and what this module does instead:
+
+* **Leftover ``StatefulPartitionedCall``** (ConvNeXt): Keras runs grouped
+  convolutions inside ``tf.function(jit_compile=True)``, which grappler will not
+  inline. We freeze the graph ourselves and drop the XLA attributes so the
+  calls inline into plain ``Conv2D`` nodes.
+* **``Erfc`` from exact GELU** (ConvNeXt): no ONNX mapping; rewritten as
+  ``1 - Erf(x)`` in the TensorFlow graph before conversion.
+* **Variables left as graph inputs** (EfficientNet's ``Normalization`` mean and
+  variance): every captured variable and tensor is frozen to a constant with
+  ``convert_variables_to_constants_v2``; a graph whose only input is not the
+  model input is refused.
+* **Transpose optimiser crash** (MobileNetV3: ``max() arg is an empty sequence``
+  on a scalar ``Add``): a patched optimiser leaves those adds alone, so the
+  other transposes are still removed.
+* tf2onnx keeps unknown ops silently (``continue_on_error``); here any op
+  outside the standard ONNX domains fails the export.
+
+The batch axis is named ``batch`` on every input and output; kerastl's
+metadata goes into ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from kerastl._errors import ConfigError, ExportError, missing_dependency
+from kerastl.export._trace import Prepared
+
+#: Opsets kerastl tests and accepts; tf2onnx 1.17 writes up to 18.
+OPSETS = tuple(range(13, 19))
+#: Opset used when none is asked for.
+DEFAULT_OPSET = 17
+#: Prefix of ``metadata_props`` keys; the full metadata JSON is under ``kerastl``.
+METADATA_KEY = "kerastl"
+#: ONNX domains whose ops every runtime knows.
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+def check_opset(opset: int | None) -> int:
+    """Validate ``opset`` against :data:`OPSETS`; ``None`` gives :data:`DEFAULT_OPSET`.
+
+    Example:
+        >>> check_opset(None)
+        17
+    """
+    if opset is None:
+        return DEFAULT_OPSET
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
+        raise ConfigError(
+            f"opset: got opset={opset!r}; kerastl exports ONNX opsets "
+            f"{OPSETS[0]}..{OPSETS[-1]} (default {DEFAULT_OPSET}): older opsets lack ops "
+            "the backbones need, newer ones tf2onnx 1.17 cannot write."
+        )
+    return opset
+
+
+def require() -> None:
+    """Raise :class:`MissingDependencyError` when the ONNX toolchain is missing."""
+    for module, pip in (("tf2onnx", "tf2onnx"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime")):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            raise missing_dependency(module, pip, "ONNX export") from exc
+
+
+def _frozen_graph_def(prepared: Prepared):
+    """Frozen, XLA-free, Erfc-free GraphDef of the inference function, and its names."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    concrete = prepared.tf_function().get_concrete_function()
+    frozen = convert_variables_to_constants_v2(
+        concrete, lower_control_flow=False, aggressive_inlining=True
+    )
+    graph_def = frozen.graph.as_graph_def(add_shapes=True)
+    input_names = [t.name for t in frozen.inputs if t.dtype != tf.resource]
+    output_names = [t.name for t in frozen.outputs]
+    if len(input_names) != 1:
+        raise ExportError(
+            f"ONNX export: the frozen graph has inputs {input_names}; expected only the model "
+            "input. A variable or captured tensor was not frozen."
+        )
+    _strip_xla(graph_def)
+    _rewrite_erfc(graph_def)
+    return concrete, graph_def, input_names, output_names
+
+
+def _strip_xla(graph_def) -> None:
+    for fdef in graph_def.library.function:
+        for key in ("_XlaMustCompile", "_noinline"):
+            if key in fdef.attr:
+                del fdef.attr[key]
+    for node in graph_def.node:
+        if "_XlaMustCompile" in node.attr:
+            del node.attr["_XlaMustCompile"]
+
+
+def _rewrite_erfc(graph_def) -> None:
+    """Replace each ``Erfc(x)`` node by ``1 - Erf(x)`` (same output name)."""
+    import tensorflow as tf
+
+    for node in list(graph_def.node):
+        if node.op != "Erfc":
+            continue
+        dtype = node.attr["T"].type
+        name = node.name
+        node.op = "Erf"
+        node.name = f"{name}/kerastl_erf"
+        one = graph_def.node.add()
+        one.name, one.op = f"{name}/kerastl_one", "Const"
+        one.attr["dtype"].type = dtype
+        one.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(1.0, dtype=tf.as_dtype(dtype)))
+        sub = graph_def.node.add()
+        sub.name, sub.op = name, "Sub"
+        sub.input.extend([one.name, node.name])
+        sub.attr["T"].type = dtype
+
+
+def _optimizers():
+    from tf2onnx import optimizer
+    from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
+
+    class SafeTransposeOptimizer(TransposeOptimizer):
+        """tf2onnx's optimiser, minus its crash on ``Add`` with a scalar constant."""
+
+        def _add_handler(self, trans, node):
+            other = node.inputs[1]
+            if other.is_const() and other.get_tensor_value(as_list=False).ndim == 0:
+                return self._handle_node_having_branches(trans, node)
+            return super()._add_handler(trans, node)
+
+    opts = dict(optimizer._get_optimizers())
+    opts["optimize_transpose"] = SafeTransposeOptimizer
+    return opts
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def convert(prepared: Prepared, opset: int, meta: dict[str, Any]):
+    """Convert the inference function to an ONNX ``ModelProto``.
+
+    Returns:
+        ``(model_proto, warnings)``: tf2onnx's warnings (skipped optimisers...).
+
+    Raises:
+        ExportError: conversion failed or left ops outside the ONNX standard.
+    """
+    import tensorflow as tf
+    import tf2onnx
+    from tf2onnx import tf_loader
+    from tf2onnx.convert import tensor_names_from_structed
+
+    concrete, graph_def, input_names, output_names = _frozen_graph_def(prepared)
+    rename = tensor_names_from_structed(concrete, input_names, output_names)
+    collect = _Collect()
+    tf2onnx_logger = logging.getLogger("tf2onnx")
+    tf2onnx_logger.addHandler(collect)
+    try:
+        with tf.device("/cpu:0"):
+            with tf.Graph().as_default() as graph, tf_loader.tf_session(graph=graph):
+                tf.import_graph_def(graph_def, name="")
+                graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
+            model_proto, _ = tf2onnx.convert._convert_common(
+                graph_def,
+                name=prepared.model.name,
+                continue_on_error=True,
+                opset=opset,
+                input_names=input_names,
+                output_names=output_names,
+                tensors_to_rename=rename,
+                optimizers=_optimizers(),
+            )
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tf2onnx raises bare exceptions
+        raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        tf2onnx_logger.removeHandler(collect)
+    unknown = non_standard_ops(model_proto)
+    if unknown:
+        raise ExportError(
+            f"ONNX conversion left ops no ONNX runtime knows: {unknown}. tf2onnx has no "
+            "mapping for them; the file would not load in onnxruntime."
+        )
+    _finish(model_proto, prepared.output_names, meta)
+    notes = [m.splitlines()[0] for m in collect.messages if "Failed to apply" in m]
+    return model_proto, notes
+
+
+def non_standard_ops(model_proto) -> list[str]:
+    """Ops of ``model_proto`` outside the standard ONNX domains (``domain:op``)."""
+    return sorted(
+        {
+            f"{n.domain}:{n.op_type}"
+            for n in model_proto.graph.node
+            if n.domain not in STANDARD_DOMAINS
+        }
+    )
+
+
+def _finish(model_proto, output_order: list[str], meta: dict[str, Any]) -> None:
+    """Order outputs, name the batch axis ``batch`` and add metadata."""
+    graph = model_proto.graph
+    outputs = {o.name: o for o in graph.output}
+    ordered = [outputs[n] for n in output_order if n in outputs]
+    ordered += [o for o in graph.output if o.name not in output_order]
+    copies = [type(o)() for o in ordered]
+    for dst, src in zip(copies, ordered):
+        dst.CopyFrom(src)
+    del graph.output[:]
+    graph.output.extend(copies)
+    for value in [*graph.input, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "batch"
+    del model_proto.metadata_props[:]
+    entries = {METADATA_KEY: json.dumps(meta, default=str)}
+    for key in ("backbone", "task", "kerastl_version"):
+        if meta.get(key) is not None:
+            entries[f"{METADATA_KEY}.{key}"] = str(meta[key])
+    if meta.get("class_names"):
+        entries[f"{METADATA_KEY}.labels"] = "\n".join(meta["class_names"])
+    for key, value in entries.items():
+        prop = model_proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    model_proto.producer_name = "kerastl (tf2onnx)"
+    model_proto.doc_string = (
+        f"{meta.get('backbone', 'model')} {meta.get('task') or ''} exported by kerastl; "
+        "input: raw 0-255 pixels (NHWC)."
+    ).strip()
+
+
+def check(path: Path) -> None:
+    """``onnx.checker`` on the written file (full check, with shape inference)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # noqa: BLE001 - ValidationError and InferenceError
+        raise ExportError(f"onnx.checker refused {path.name}: {exc}") from exc
+
+
+def read_metadata(model_proto) -> dict[str, Any]:
+    """kerastl's metadata from ``metadata_props`` (``{}`` if absent)."""
+    for prop in model_proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    return {}

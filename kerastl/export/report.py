@@ -1,0 +1,101 @@
+"""The export report: ``export_report.json`` (machine) and ``export_report.md`` (people)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+JSON_NAME = "export_report.json"
+MD_NAME = "export_report.md"
+
+
+def human_size(n: int | None) -> str:
+    """``1234567`` -> ``'1.2 MB'``.
+
+    Example:
+        >>> human_size(2_500_000)
+        '2.5 MB'
+    """
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _fmt(value: Any, spec: str = ".2g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """Render the report as Markdown."""
+    model = report["model"]
+    lines = [
+        f"# Export report: {model['name']}",
+        "",
+        f"- status: **{report['status']}**",
+        f"- backbone: {model.get('backbone')}, task: {model.get('task')}, "
+        f"outputs: {', '.join(model.get('outputs', []))}",
+        f"- input: `{model['input'].get('name')}` {model['input'].get('shape')} "
+        f"{model['input'].get('dtype')}, raw range {model['input'].get('range', '-')}, "
+        f"batch axis dynamic",
+        f"- classes: {model.get('class_names') or '-'}",
+        f"- validation: {report['validation']['samples']} samples "
+        f"({report['validation']['source']}), batch sizes {report['validation']['batch_sizes']}",
+        f"- Keras latency (batch 1, median): {_fmt(report.get('keras_latency_ms'), '.2f')} ms",
+        f"- kerastl {report['kerastl_version']}, {report['created']}",
+        "",
+        "| artifact | format | precision | size | max rel err | tolerance | agreement "
+        "| metric delta | latency ms | non-builtin ops | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in report["artifacts"]:
+        p = a.get("parity") or {}
+        metric = p.get("metric")
+        delta = f"{metric['name']} {metric['delta']:+.3f}" if metric else "-"
+        tol = (p.get("tolerance") or {}).get("max_rel_err")
+        lines.append(
+            f"| {a['path']} | {a['format']} | {a['precision']} | {human_size(a.get('size_bytes'))} "
+            f"| {_fmt(p.get('max_rel_err'))} | {_fmt(tol, 'g') if tol else 'report'} "
+            f"| {_fmt(p.get('agreement'), '.3f')} | {delta} "
+            f"| {_fmt(a.get('latency_ms'), '.2f')} | {', '.join(a.get('non_builtin_ops') or []) or 'none'} "
+            f"| {'ok' if a.get('passed') else 'FAILED'} |"
+        )
+    lines.append("")
+    for a in report["artifacts"]:
+        lines.append(f"## {a['path']}")
+        lines.append("")
+        lines.append(f"- runtime: {a.get('runtime')}")
+        lines.append(f"- export time: {_fmt(a.get('export_seconds'), '.1f')} s")
+        for key, value in (a.get("details") or {}).items():
+            lines.append(f"- {key}: {value}")
+        p = a.get("parity") or {}
+        if p:
+            lines.append(
+                f"- parity: rel_err {p.get('rel_err')}, deterministic {p.get('deterministic')}"
+            )
+        for failure in a.get("failures") or []:
+            lines.append(f"- FAILURE: {failure}")
+        lines.append("")
+    if report.get("notes"):
+        lines.append("## Notes")
+        lines.append("")
+        lines.extend(f"- {n}" for n in report["notes"])
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write both files into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / JSON_NAME, out_dir / MD_NAME
+    json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    md_path.write_text(to_markdown(report))
+    return json_path, md_path

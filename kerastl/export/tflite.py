@@ -1,0 +1,166 @@
+"""TFLite (LiteRT) files: float32, float16, dynamic-range and full-integer int8.
+
+Converted with ``tf.lite.TFLiteConverter.from_saved_model`` from the
+``serving_default`` signature of the inference SavedModel (the path Keras'
+own ``format="litert"`` takes), but with **builtin ops only** unless
+``allow_flex=True``: Keras allows Flex (select TF) ops, whose files then fail in
+the ``ai-edge-litert`` interpreter. kerastl's metadata JSON is embedded in the
+file's ``metadata`` table under :data:`METADATA_NAME`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerastl._errors import ExportError
+
+#: Precisions kerastl writes (``quantize=`` choices).
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+#: Input/output types of full-integer files.
+INT8_IO = ("float32", "int8", "uint8")
+#: Name of the metadata entry that holds kerastl's JSON.
+METADATA_NAME = "kerastl_metadata"
+#: Below this many calibration samples, int8 ranges are unreliable: warn.
+MIN_CALIBRATION_SAMPLES = 300
+
+
+def file_name(name: str, quantization: str) -> str:
+    """``name.tflite`` for float32, ``name_<quantization>.tflite`` otherwise."""
+    return f"{name}.tflite" if quantization == "float32" else f"{name}_{quantization}.tflite"
+
+
+def convert(
+    saved_model_dir: Path,
+    quantization: str,
+    input_name: str,
+    calibration: np.ndarray | None = None,
+    int8_io: str = "float32",
+    allow_flex: bool = False,
+) -> bytes:
+    """Convert the ``serving_default`` signature of a SavedModel to a TFLite flatbuffer.
+
+    Args:
+        saved_model_dir: SavedModel written by :mod:`kerastl.export.saved_model`.
+        quantization: One of :data:`QUANTIZATIONS`.
+        input_name: Name of the signature's input, for the calibration feed.
+        calibration: Raw inputs for ``int8`` calibration.
+        int8_io: Input/output type of ``int8`` files (:data:`INT8_IO`).
+        allow_flex: Allow Flex (select TensorFlow) ops.
+
+    Raises:
+        ExportError: the graph needs ops LiteRT has no builtin for.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model_dir), signature_keys=["serving_default"]
+    )
+    ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization == "int8":
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io == "float32":  # float in/out needs the float QUANTIZE/DEQUANTIZE builtins
+            ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
+    if allow_flex:
+        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    converter.target_spec.supported_ops = ops
+    if quantization in ("float16", "dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "int8":
+        data = np.asarray(calibration, np.float32)
+
+        def representative() -> Iterable[dict[str, np.ndarray]]:
+            for i in range(len(data)):
+                yield {input_name: data[i : i + 1]}
+
+        converter.representative_dataset = representative
+        if int8_io != "float32":
+            converter.inference_input_type = getattr(tf, int8_io)
+            converter.inference_output_type = getattr(tf, int8_io)
+    try:
+        return converter.convert()
+    except Exception as exc:  # noqa: BLE001 - ConverterError and friends
+        text = str(exc)
+        flex = "Select TF" in text or "flex" in text.lower() or "not supported" in text
+        hint = (
+            " The graph needs ops that are not LiteRT builtins; pass allow_flex=True "
+            "(CLI --allow-flex) to use select TensorFlow ops (the app then needs the "
+            "Flex delegate)."
+            if flex and not allow_flex
+            else ""
+        )
+        raise ExportError(
+            f"TFLite conversion ({quantization}) failed: {_first_lines(text)}{hint}"
+        ) from exc
+
+
+def _first_lines(text: str, n: int = 6) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[:n])[:800]
+
+
+def embed_metadata(flatbuffer: bytes, meta: dict[str, Any]) -> bytes:
+    """Add kerastl's metadata JSON to the file's ``metadata`` table."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(flatbuffer, 0))
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(json.dumps(meta, default=str).encode(), np.uint8)
+    model.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_metadata(flatbuffer: bytes) -> dict[str, Any]:
+    """kerastl's metadata embedded in a ``.tflite`` file (``{}`` if absent)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() and entry.Name().decode() == METADATA_NAME:
+            data = model.Buffers(entry.Buffer()).DataAsNumpy()
+            return json.loads(bytes(data).decode())
+    return {}
+
+
+def list_ops(flatbuffer: bytes) -> tuple[list[str], list[str]]:
+    """(all op names, non-builtin op names) used by the file."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    ops, custom = set(), set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            name = (code.CustomCode() or b"?").decode()
+            custom.add(name)
+            ops.add(name)
+        else:
+            ops.add(names.get(builtin, str(builtin)))
+    return sorted(ops), sorted(custom)
+
+
+def check_calibration(n: int) -> None:
+    """Warn when too few samples calibrate an int8 file."""
+    if n < MIN_CALIBRATION_SAMPLES:
+        warnings.warn(
+            f"calibration_data: {n} samples calibrate the int8 ranges; use at least "
+            f"{MIN_CALIBRATION_SAMPLES} representative inputs for a reliable int8 file.",
+            stacklevel=3,
+        )

@@ -1,0 +1,207 @@
+"""Check an exported artifact against the Keras model, in the artifact's runtime.
+
+Tolerances are data (:data:`TOLERANCES`), one entry per ``format/precision``.
+Every artifact is run at two batch sizes (1 and a larger one, proving the batch
+axis is dynamic), twice on the same batch (determinism: augmentation or
+dropout left active in the graph would show here), and compared output by
+output with the Keras model called with ``training=False``.
+
+``rel_err`` of an output is ``max|artifact - keras| / max(max|keras|, 1e-6)``:
+the worst deviation relative to the output's scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from kerastl._errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass/fail rule of one ``format/precision``.
+
+    Attributes:
+        max_rel_err: Largest relative error of float outputs; ``None`` = report only.
+        min_agreement: Smallest top-1 agreement with Keras; ``None`` = report only.
+        determinism_rel_err: Largest difference between two identical calls.
+    """
+
+    max_rel_err: float | None = 1e-4
+    min_agreement: float | None = None
+    determinism_rel_err: float = 1e-6
+
+
+#: Declared tolerances, ``"format/precision"`` -> rule. Quantized files are judged by the
+#: agreement and metric delta they report (set ``min_agreement`` to enforce one).
+TOLERANCES: dict[str, Tolerance] = {
+    "saved_model/float32": Tolerance(max_rel_err=1e-4),
+    "onnx/float32": Tolerance(max_rel_err=1e-4),
+    "tflite/float32": Tolerance(max_rel_err=1e-4),
+    "tflite/float16": Tolerance(max_rel_err=1e-2),
+    "tflite/dynamic": Tolerance(max_rel_err=None),
+    "tflite/int8": Tolerance(max_rel_err=None),
+}
+
+#: Second batch size used when the validation set is large enough.
+LARGE_BATCH = 8
+#: Samples run one by one at batch size 1.
+BATCH1_SAMPLES = 4
+
+
+def tolerance_for(key: str, overrides: dict[str, Any] | None = None) -> Tolerance:
+    """The rule for ``"format/precision"``, with user overrides applied.
+
+    Example:
+        >>> tolerance_for("tflite/int8", {"tflite/int8": {"min_agreement": 0.9}}).min_agreement
+        0.9
+    """
+    base = TOLERANCES[key]
+    extra = (overrides or {}).get(key)
+    if not extra:
+        return base
+    fields = set(Tolerance.__dataclass_fields__)
+    bad = sorted(set(extra) - fields)
+    if bad:
+        raise ConfigError(f"tolerances[{key!r}]: unknown keys {bad}; valid keys: {sorted(fields)}.")
+    return Tolerance(**{**asdict(base), **extra})
+
+
+def check_overrides(overrides: dict[str, Any] | None) -> None:
+    """Refuse tolerance overrides for unknown ``format/precision`` keys."""
+    from kerastl._errors import choice_error
+
+    for key in overrides or {}:
+        if key not in TOLERANCES:
+            raise choice_error("tolerances", key, TOLERANCES)
+        tolerance_for(key, overrides)
+
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    """``max|out - ref| / max(max|ref|, 1e-6)``; ``inf`` on a shape mismatch."""
+    out = np.asarray(out, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if out.shape != ref.shape:
+        return float("inf")
+    if out.size == 0:
+        return 0.0
+    return float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-6))
+
+
+def top1(values: np.ndarray, task: str | None) -> np.ndarray:
+    """Predicted class per example (binary: threshold 0.5; multilabel: per label)."""
+    values = np.asarray(values)
+    if task == "binary":
+        return (values[:, 0] > 0.5).astype(np.int64)
+    if task == "multilabel":
+        return (values > 0.5).astype(np.int64)
+    return np.argmax(values, axis=-1)
+
+
+def _metric(pred: np.ndarray, labels: np.ndarray, task: str | None) -> tuple[str, float] | None:
+    labels = np.asarray(labels)
+    if task in ("classification", "binary", "multilabel"):
+        classes = top1(pred, task)
+        labels = labels.reshape(classes.shape) if labels.size == classes.size else labels
+        if labels.shape != classes.shape:
+            return None
+        return "accuracy", float(np.mean(classes == labels))
+    if task == "regression":
+        return "mae", float(np.mean(np.abs(pred - labels.reshape(pred.shape))))
+    return None
+
+
+def validate(
+    artifact: Any,
+    reference: dict[str, np.ndarray],
+    x: np.ndarray,
+    key: str,
+    task: str | None,
+    labels: np.ndarray | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compare ``artifact`` with the Keras ``reference`` outputs on inputs ``x``.
+
+    Args:
+        artifact: A loaded :class:`~kerastl.export.artifact.Artifact`.
+        reference: Keras outputs on ``x`` (name -> array).
+        x: Raw inputs.
+        key: ``"format/precision"`` naming the tolerance.
+        task: The model's task (for agreement and metric).
+        labels: True labels of ``x``, for the metric delta.
+        overrides: User tolerance overrides.
+
+    Returns:
+        A dict: ``passed``, ``failures``, per-output ``rel_err``, ``batch_sizes``,
+        ``deterministic``, ``agreement``, ``metric`` figures and ``tolerance``.
+    """
+    tol = tolerance_for(key, overrides)
+    n1 = min(len(x), BATCH1_SAMPLES)
+    big = min(len(x), LARGE_BATCH) if len(x) > 1 else 1
+    runs = {
+        1: artifact.run_batched(x[:n1], 1),
+        big: artifact.run_batched(x, big),
+    }
+    failures: list[str] = []
+    errors: dict[str, float] = {}
+    main = next(iter(reference))
+    for bs, out in runs.items():
+        count = n1 if bs == 1 else len(x)
+        missing = sorted(set(reference) - set(out))
+        if missing:
+            failures.append(f"outputs {missing} missing (artifact has {sorted(out)})")
+            continue
+        for name, ref in reference.items():
+            if ref.dtype.kind != "f":
+                continue
+            err = rel_err(out[name], ref[:count])
+            errors[name] = max(errors.get(name, 0.0), err)
+    if tol.max_rel_err is not None:
+        for name, err in errors.items():
+            if not err <= tol.max_rel_err:
+                failures.append(f"{name}: rel_err {err:.3g} > {tol.max_rel_err:g}")
+    again = artifact.run(x[:big])
+    first = runs[big]
+    det = max(
+        (
+            rel_err(again[k], first[k][:big])
+            for k in again
+            if np.asarray(again[k]).dtype.kind == "f"
+        ),
+        default=0.0,
+    )
+    deterministic = det <= tol.determinism_rel_err
+    if not deterministic:
+        failures.append(
+            f"two identical calls differ (rel {det:.3g}): something random is active in the graph"
+        )
+    result: dict[str, Any] = {
+        "key": key,
+        "samples": int(len(x)),
+        "batch_sizes": sorted(runs),
+        "rel_err": {k: round(v, 9) for k, v in errors.items()},
+        "max_rel_err": max(errors.values(), default=0.0),
+        "deterministic": deterministic,
+        "tolerance": asdict(tol),
+    }
+    out = runs[big]
+    if task in ("classification", "binary", "multilabel") and main in out:
+        agree = float(np.mean(top1(out[main], task) == top1(reference[main], task)))
+        result["agreement"] = agree
+        if tol.min_agreement is not None and agree < tol.min_agreement:
+            failures.append(f"top-1 agreement {agree:.3f} < {tol.min_agreement}")
+    if labels is not None and main in out:
+        ours, keras_ = _metric(out[main], labels, task), _metric(reference[main], labels, task)
+        if ours and keras_:
+            result["metric"] = {
+                "name": ours[0],
+                "keras": keras_[1],
+                "artifact": ours[1],
+                "delta": ours[1] - keras_[1],
+            }
+    result["failures"] = failures
+    result["passed"] = not failures
+    return result
