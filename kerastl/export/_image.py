@@ -98,6 +98,10 @@ class ImageExporter(ModalityExporter):
     def coerce(self, data: Any, argument: str, limit: int | None = None) -> tuple[np.ndarray, Any]:
         xs, ys = _collect(data, argument, limit)
         if isinstance(xs, list) and xs and isinstance(xs[0], str):
+            if limit is not None and len(xs) > limit:  # spread over the (often sorted) list
+                keep = np.linspace(0, len(xs) - 1, limit).round().astype(int)
+                xs = [xs[i] for i in keep]
+                ys = None if ys is None else np.asarray(ys)[keep]
             return self.load_files(xs), ys
         x = self._check(np.asarray(xs), argument)
         if limit is not None:

@@ -90,12 +90,19 @@ class Prepared:
         return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def load_keras(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
+    """:func:`kerastl.load_model` with kerastl's custom layers registered first."""
+    import kerastl.heads  # noqa: F401 - registers SupervisedContrastiveLoss
+    import kerastl.layers  # noqa: F401 - registers ImagePreprocessing
+    from kerastl._model import load_model
+
+    return load_model(Path(path), safe_mode=safe_mode, compile=False)
+
+
 def resolve_model(model: Any) -> keras.Model:
     """Accept a ``keras.Model`` or the path of a ``.keras`` file."""
     if isinstance(model, (str, os.PathLike)) and str(model).endswith(".keras"):
-        from kerastl._model import load_model
-
-        return load_model(Path(model), compile=False)
+        return load_keras(model)
     if not isinstance(model, keras.Model):
         raise ConfigError(
             f"model: expected a keras.Model (from kerastl.build or kerastl.load_model) or the "

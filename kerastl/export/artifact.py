@@ -200,10 +200,9 @@ class KerasArtifact(Artifact):
     runtime = "keras (inference mode)"
 
     def __init__(self, path: Path):
-        from kerastl._model import load_model
-        from kerastl.export._trace import prepare
+        from kerastl.export._trace import load_keras, prepare
 
-        self._prepared = prepare(load_model(path, compile=False))
+        self._prepared = prepare(load_keras(path))
         super().__init__(path, self._prepared.meta)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,0 +1,169 @@
+"""``kerastl export`` and ``kerastl predict`` (no TensorFlow import until ``run_*``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``kerastl export``."""
+    p.add_argument("model", help="a .keras file (e.g. runs/exp1/model.keras)")
+    p.add_argument("--out", help="output folder (default: <model folder>/export)")
+    p.add_argument(
+        "--formats",
+        default="saved_model,tflite,onnx",
+        help="comma-separated: saved_model, tflite, onnx (default: all three)",
+    )
+    p.add_argument("--quantize", default="", help="extra TFLite precisions: float16,dynamic,int8")
+    p.add_argument(
+        "--calibration-data",
+        help="int8 calibration inputs: an image folder, or a .npy/.npz file of raw inputs",
+    )
+    p.add_argument(
+        "--validation-data",
+        help="inputs to validate on: an image folder (class subfolders give labels) or .npy/.npz",
+    )
+    p.add_argument("--name", help="model name in file names and TF Serving")
+    p.add_argument("--version", type=int, help="TF Serving version (default: next free)")
+    p.add_argument(
+        "--int8-io", default="float32", help="int8 file input/output: float32|int8|uint8"
+    )
+    p.add_argument("--allow-flex", action="store_true", help="allow Flex (select TF) ops in TFLite")
+    p.add_argument("--opset", type=int, help="ONNX opset (13-18, default 17)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing .tflite/.onnx files")
+    p.add_argument("--unsafe", action="store_true", help="load .keras files with Lambda layers")
+
+
+def _load_data(path: str | None, argument: str, class_names: list[str] | None) -> Any:
+    """An image folder -> list of paths (+ labels from class subfolders); .npy/.npz -> arrays."""
+    if path is None:
+        return None
+    import numpy as np
+
+    from kerastl._errors import DataError
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{argument}: no images ({', '.join(IMAGE_SUFFIXES)}) under {path!r}.")
+        paths = [str(f) for f in files]
+        if class_names and all(f.parent.name in class_names for f in files):
+            return paths, np.array([class_names.index(f.parent.name) for f in files])
+        return paths
+    if p.suffix == ".npy" and p.is_file():
+        return np.load(p)
+    if p.suffix == ".npz" and p.is_file():
+        data = np.load(p)
+        keys = list(data.keys())
+        x = data["x"] if "x" in data else data[keys[0]]
+        y = data["y"] if "y" in data else None
+        return x if y is None else (x, y)
+    raise DataError(f"{argument}: expected an image folder, .npy or .npz file, got {path!r}.")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Load a .keras model, export it, print the summary."""
+    from kerastl._errors import ConfigError
+    from kerastl.export import export
+    from kerastl.export._trace import find_metadata, load_keras
+    from kerastl.export.report import MD_NAME, human_size
+
+    model_path = Path(args.model)
+    if model_path.suffix != ".keras":
+        raise ConfigError(
+            f"model: expected a .keras file, got {args.model!r}. Exported artifacts are "
+            "already exported; run them with `kerastl predict`."
+        )
+    model = load_keras(model_path, safe_mode=not args.unsafe)
+    class_names = find_metadata(model).get("class_names")
+    out = Path(args.out) if args.out else model_path.parent / "export"
+    report = export(
+        model,
+        out,
+        formats=args.formats,
+        quantize=args.quantize or None,
+        calibration_data=_load_data(args.calibration_data, "--calibration-data", class_names),
+        validation_data=_load_data(args.validation_data, "--validation-data", class_names),
+        name=args.name,
+        version=args.version,
+        int8_io=args.int8_io,
+        allow_flex=args.allow_flex,
+        opset=args.opset,
+        overwrite=args.overwrite,
+    )
+    for a in report["artifacts"]:
+        parity = a.get("parity") or {}
+        agree = parity.get("agreement")
+        print(
+            f"{'ok' if a['passed'] else 'FAILED':6} {a['path']:60} {human_size(a.get('size_bytes')):>9}"
+            f"  rel_err {parity.get('max_rel_err', float('nan')):.2g}"
+            + (f"  agreement {agree:.3f}" if agree is not None else "")
+            + f"  {a.get('latency_ms', float('nan')):.2f} ms"
+        )
+    print(f"report: {out / MD_NAME}")
+    return 0
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``kerastl predict``."""
+    p.add_argument("artifact", help="SavedModel folder, .tflite, .onnx or .keras")
+    p.add_argument("inputs", nargs="+", help="input files (images), or one .npy of raw inputs")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per input (default 3)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Run an artifact on inputs and print the predictions."""
+    import numpy as np
+
+    from kerastl._errors import ConfigError
+    from kerastl.export.artifact import load_artifact
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k: expected >= 1, got {args.top_k}.")
+    artifact = load_artifact(args.artifact)
+    if len(args.inputs) == 1 and args.inputs[0].endswith(".npy"):
+        inputs: Any = np.load(args.inputs[0])
+        ids = [f"{args.inputs[0]}[{i}]" for i in range(len(inputs))]
+    else:
+        inputs, ids = list(args.inputs), list(args.inputs)
+    out = artifact.predict(inputs, batch_size=args.batch_size)
+    meta = artifact.metadata
+    task, names = meta.get("task"), meta.get("class_names")
+    main = meta.get("output") or next(k for k in out if k not in ("class_id", "labels"))
+    values = np.asarray(out[main])
+    for i, ident in enumerate(ids):
+        row: dict[str, Any] = {"input": ident}
+        if task == "classification":
+            order = np.argsort(-values[i])[: args.top_k]
+            row["top"] = [
+                {"class": names[j] if names else int(j), "probability": float(values[i, j])}
+                for j in order
+            ]
+        elif task == "binary":
+            row["probability"] = float(values[i, 0])
+            row["class"] = out["labels"][i] if "labels" in out else int(out["class_id"][i])
+        else:
+            row[main] = [round(float(v), 6) for v in np.ravel(values[i])]
+        if args.json:
+            print(json.dumps(row))
+        elif "top" in row:
+            print(
+                ident + "  " + "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
+            )
+        elif "class" in row:
+            print(f"{ident}  {row['class']} (p={row['probability']:.3f})")
+        else:
+            shown = row[main][:8]
+            more = " ..." if len(row[main]) > 8 else ""
+            print(f"{ident}  {main} {shown}{more}")
+    sys.stdout.flush()
+    return 0
