@@ -22,7 +22,7 @@ import numpy as np
 
 from kerastl._errors import ConfigError, choice_error
 
-POLICY_KINDS = ("backbone", "none", "up_to", "last", "regex")
+POLICY_KINDS = ("backbone", "none", "up_to", "last", "regex", "lora")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,9 @@ def parse_policy(freeze: Any, train_batchnorm: bool = False) -> FreezePolicy:
 
     Accepted: ``"backbone"``, ``"none"``, ``"up_to:GROUP"``, ``"last:N"``,
     ``"regex:PATTERN"``, ``{"up_to": "stage2"}``, ``{"last": 2}``,
-    ``{"regex": "^conv1"}``, ``True`` (= backbone), ``False``/``None`` (= none).
+    ``{"regex": "^conv1"}``, ``True`` (= backbone), ``False``/``None`` (= none),
+    ``"lora:RANK"`` / ``{"lora": 8}`` (KerasHub text backbones: frozen backbone
+    plus trainable LoRA adapters of that rank on the attention projections).
     """
     if isinstance(freeze, FreezePolicy):
         return freeze
@@ -84,6 +86,15 @@ def parse_policy(freeze: Any, train_batchnorm: bool = False) -> FreezePolicy:
         raise choice_error("freeze", freeze if isinstance(freeze, str) else kind, POLICY_KINDS)
     if kind in ("backbone", "none") and value is not None:
         raise ConfigError(f"freeze: {kind!r} takes no value, got {freeze!r}.")
+    if kind == "lora":  # LoRA adapters of rank N on a frozen KerasHub text backbone
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"freeze: 'lora' needs a rank, e.g. 'lora:8', got {freeze!r}."
+            ) from None
+        if value < 1:
+            raise ConfigError(f"freeze: 'lora' needs a rank >= 1, got {value}.")
     if kind in ("up_to", "regex") and not value:
         raise ConfigError(f"freeze: {kind!r} needs a value, e.g. '{kind}:...', got {freeze!r}.")
     if kind == "last":
@@ -148,7 +159,12 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
         policy = FreezePolicy(policy.kind, policy.value, train_batchnorm)
     backbone, adapter, groups = _backbone_and_groups(model)
     names = list(groups)
-    if policy.kind == "backbone":
+    if policy.kind in ("backbone", "lora"):
+        if policy.kind == "lora" and not hasattr(adapter, "enable_lora"):
+            raise ConfigError(
+                f"freeze: 'lora:{policy.value}' is for KerasHub text backbones; "
+                f"{adapter.spec.name} has no LoRA support."
+            )
         trains = dict.fromkeys(names, False)
     elif policy.kind == "none" or policy.kind == "regex":
         trains = dict.fromkeys(names, True)
@@ -180,6 +196,8 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
                 sub.trainable = False
     if policy.kind == "backbone" and not policy.train_batchnorm:
         backbone.trainable = False
+    if policy.kind == "lora":
+        adapter.enable_lora(backbone, policy.value)
     if hasattr(model, "kerastl_config"):
         model.kerastl_config["freeze"] = policy.to_string()
         model.kerastl_config["train_batchnorm"] = policy.train_batchnorm

@@ -14,7 +14,7 @@ from kerastl.zoo._spec import MODALITIES, SOURCES, ModelSpec
 _REGISTRY: dict[str, ModelSpec] = {}
 _ALIASES: dict[str, str] = {}
 # Family modules holding the data tables. Adding a family = one module + one line.
-_FAMILY_MODULES = ("kerastl.zoo.keras_apps",)
+_FAMILY_MODULES = ("kerastl.zoo.keras_apps", "kerastl.zoo.keras_hub")
 _loaded = False
 
 
