@@ -1,0 +1,205 @@
+"""Full export matrix: every registry entry x SavedModel / TFLite / ONNX, float32 validation.
+
+Each entry runs in its own subprocess (memory isolation), built at its minimum
+input size with ``weights=None``; each format is a separate ``kerastl.export``
+call so one format's failure does not hide the others. A child whose resident
+memory passes ``--max-rss-gb`` or that runs past ``--timeout`` is killed and its
+remaining formats are recorded as such. Results are appended to a JSONL file
+(re-running skips what is done) and summarised as Markdown.
+
+    python bench/export_matrix.py                       # everything, resumable
+    python bench/export_matrix.py --entries resnet50,vgg16
+    python bench/export_matrix.py --summarize           # only rewrite the Markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FORMATS = ("saved_model", "tflite", "onnx")
+
+
+def run_child(entry: str, formats: list[str], results: Path) -> None:
+    """In the child: build ``entry`` and export it format by format."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    import kerastl
+    from kerastl.zoo import get_spec
+
+    warnings.simplefilter("ignore")
+    spec = get_spec(entry)
+    side = spec.min_input_size
+    start = time.perf_counter()
+    model = kerastl.build(entry, num_classes=3, input_shape=(side, side, 3), compile=False)
+    build_s = time.perf_counter() - start
+    for fmt in formats:
+        row = {
+            "entry": entry,
+            "family": spec.family,
+            "format": fmt,
+            "input": side,
+            "params": int(model.count_params()),
+            "build_s": round(build_s, 1),
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            try:
+                report = kerastl.export(model, tmp, formats=[fmt], latency_runs=5)
+                art = report["artifacts"][0]
+                row.update(
+                    status="pass",
+                    max_rel_err=art["parity"]["max_rel_err"],
+                    size_mb=round(art["size_bytes"] / 1e6, 1),
+                    latency_ms=art.get("latency_ms"),
+                    export_s=art.get("export_seconds"),
+                    details=art.get("details"),
+                )
+            except Exception as exc:  # noqa: BLE001 - the matrix records every failure
+                row.update(status="fail", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+            row["total_s"] = round(time.perf_counter() - t0, 1)
+        with results.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _done(results: Path) -> set[tuple[str, str]]:
+    if not results.exists():
+        return set()
+    return {(r["entry"], r["format"]) for r in map(json.loads, results.read_text().splitlines())}
+
+
+def run_parent(
+    entries: list[str], formats: list[str], results: Path, timeout: float, max_rss_gb: float
+) -> None:
+    import psutil
+
+    for entry in entries:
+        todo = [f for f in formats if (entry, f) not in _done(results)]
+        if not todo:
+            continue
+        print(f"== {entry}: {todo}", flush=True)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            entry,
+            "--formats",
+            ",".join(todo),
+            "--results",
+            str(results),
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        start, reason, peak = time.time(), None, 0.0
+        while proc.poll() is None:
+            time.sleep(2)
+            try:
+                rss = psutil.Process(proc.pid).memory_info().rss / 1e9
+            except psutil.NoSuchProcess:
+                break
+            peak = max(peak, rss)
+            if rss > max_rss_gb:
+                reason = f"killed: resident memory {rss:.1f} GB > {max_rss_gb} GB"
+            elif time.time() - start > timeout:
+                reason = f"killed: over {timeout:.0f} s"
+            if reason:
+                proc.kill()
+                proc.wait()
+                break
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        missing = [f for f in todo if (entry, f) not in _done(results)]
+        for fmt in missing:
+            row = {
+                "entry": entry,
+                "format": fmt,
+                "status": "fail",
+                "error": reason or f"child exited {proc.returncode}: {err.strip()[-300:]}",
+                "peak_rss_gb": round(peak, 1),
+            }
+            with results.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        print(f"   done in {time.time() - start:.0f} s, peak RSS {peak:.1f} GB", flush=True)
+
+
+def summarize(results: Path, md: Path) -> str:
+    """Markdown table of the matrix (entries x formats) plus failures."""
+    rows = (
+        [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    )
+    latest: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        latest[(r["entry"], r["format"])] = r
+    entries = sorted({e for e, _ in latest})
+    passed = sum(1 for r in latest.values() if r["status"] == "pass")
+    lines = [
+        "## Export matrix (bench/export_matrix.py)",
+        "",
+        "Every registry entry at its minimum input, `weights=None`, 3 classes, exported by "
+        "`kerastl.export` one format at a time and validated in the format's runtime "
+        "(float32, rel err <= 1e-4, batch sizes 1 and 8, determinism). Machine: 2 shared CPU "
+        "cores. Cell: max rel err / size MB / export s.",
+        "",
+        f"**{passed} of {len(latest)} entry x format cells pass** ({len(entries)} entries).",
+        "",
+        "| entry | input | params | " + " | ".join(FORMATS) + " |",
+        "|---|---|---|" + "---|" * len(FORMATS),
+    ]
+    for e in entries:
+        cells = []
+        first = next(r for (ee, _), r in latest.items() if ee == e)
+        for f in FORMATS:
+            r = latest.get((e, f))
+            if r is None:
+                cells.append("not run")
+            elif r["status"] == "pass":
+                cells.append(f"ok {r['max_rel_err']:.1g} / {r['size_mb']} / {r['export_s']}")
+            else:
+                cells.append("FAIL")
+        params = f"{first['params'] / 1e6:.1f}M" if first.get("params") else "-"
+        lines.append(f"| {e} | {first.get('input', '-')} | {params} | " + " | ".join(cells) + " |")
+    fails = [r for r in latest.values() if r["status"] != "pass"]
+    if fails:
+        lines += ["", "Failures:", ""]
+        lines += [f"- {r['entry']} / {r['format']}: {r.get('error')}" for r in fails]
+    text = "\n".join(lines) + "\n"
+    md.write_text(text)
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--entries", help="comma-separated registry names (default: all)")
+    p.add_argument("--formats", default=",".join(FORMATS))
+    p.add_argument("--results", default=str(HERE / "export_matrix.jsonl"))
+    p.add_argument("--markdown", default=str(HERE / "results_export_matrix.md"))
+    p.add_argument("--timeout", type=float, default=1500, help="seconds per entry")
+    p.add_argument("--max-rss-gb", type=float, default=12.0)
+    p.add_argument("--summarize", action="store_true", help="only rewrite the Markdown")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    results = Path(args.results)
+    formats = [f for f in args.formats.split(",") if f]
+    if args.child:
+        run_child(args.child, formats, results)
+        return
+    if not args.summarize:
+        from kerastl import list_models
+
+        entries = args.entries.split(",") if args.entries else list_models(modality="image")
+        # Smallest first: quick signal, the giants last.
+        from kerastl.zoo import get_spec
+
+        entries.sort(key=lambda n: get_spec(n).params)
+        run_parent(entries, formats, results, args.timeout, args.max_rss_gb)
+    print(summarize(results, Path(args.markdown)))
+
+
+if __name__ == "__main__":
+    main()

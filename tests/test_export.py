@@ -1,0 +1,490 @@
+"""kerastl.export: one validated call, TF Serving layout, metadata, runtimes, bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+CLASSES = ["cat", "dog", "fox"]
+SIZE = 32
+
+
+def _photo_like(n: int, seed: int = 0) -> np.ndarray:
+    from kerastl.export._image import ImageExporter
+
+    return ImageExporter({"input": {"name": "image", "shape": [SIZE, SIZE, 3]}}).sample_inputs(
+        n, seed
+    )
+
+
+@pytest.fixture(scope="module")
+def model():
+    import kerastl
+
+    return kerastl.build(
+        "mobilenet_v3_small",
+        num_classes=3,
+        input_shape=(SIZE, SIZE, 3),
+        class_names=CLASSES,
+        compile=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """mobilenet_v3_small through all formats and TFLite precisions (the expensive fixture)."""
+    import kerastl
+
+    out = tmp_path_factory.mktemp("export")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = kerastl.export(
+            model,
+            out,
+            formats=["saved_model", "tflite", "onnx"],
+            quantize=["float16", "int8"],
+            calibration_data=_photo_like(40, seed=1),
+            validation_data=_photo_like(12, seed=2),
+            int8_io="uint8",
+            latency_runs=3,
+        )
+    return out, report, [str(w.message) for w in caught]
+
+
+# -- the call and its report ---------------------------------------------------------------------
+
+
+def test_report_lists_every_artifact_validated(exported):
+    out, report, _ = exported
+    assert report["status"] == "passed"
+    kinds = [(a["format"], a["precision"]) for a in report["artifacts"]]
+    assert kinds == [
+        ("saved_model", "float32"),
+        ("tflite", "float32"),
+        ("tflite", "float16"),
+        ("tflite", "int8"),
+        ("onnx", "float32"),
+    ]
+    for a in report["artifacts"]:
+        assert a["passed"], a
+        assert (out / a["path"]).exists()
+        assert a["size_bytes"] > 100_000
+        assert a["latency_ms"] > 0
+        assert a["parity"]["batch_sizes"] == [1, 8]
+        assert a["parity"]["deterministic"] is True
+        assert a["non_builtin_ops"] == []
+        if a["precision"] == "float32":
+            assert a["parity"]["max_rel_err"] <= 1e-4
+            assert a["parity"]["tolerance"]["max_rel_err"] == 1e-4
+    f16 = next(a for a in report["artifacts"] if a["precision"] == "float16")
+    assert f16["parity"]["tolerance"]["max_rel_err"] == 1e-2
+    int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
+    assert 0.0 <= int8["parity"]["agreement"] <= 1.0
+    assert int8["details"]["io_type"] == "uint8"
+    saved = json.loads((out / "export_report.json").read_text())
+    assert saved["artifacts"][0]["path"] == report["artifacts"][0]["path"]
+    md = (out / "export_report.md").read_text()
+    assert "| artifact | format | precision |" in md and "FAILED" not in md
+    assert not list(out.glob(".kerastl-staging-*")), "staging folder left behind"
+
+
+def test_few_calibration_samples_warn(exported):
+    assert any("calibration_data: 40 samples" in m for m in exported[2])
+
+
+def test_saved_model_tf_serving_layout(exported, model):
+    out, report, _ = exported
+    version = out / "saved_model" / model.name / "1"
+    assert report["saved_model_version"] == 1
+    assert (version / "saved_model.pb").is_file() and (version / "variables").is_dir()
+    assert (version / "assets" / "labels.txt").read_text().split() == CLASSES
+    meta = json.loads((version / "assets" / "kerastl_metadata.json").read_text())
+    assert meta["class_names"] == CLASSES and meta["backbone"] == "mobilenet_v3_small"
+    cli = (version / "assets.extra" / "saved_model_cli.txt").read_text()
+    assert "signature_def['serving_bytes']" in cli and "image_bytes" in cli
+    assert "signature_def['serving_default']" in cli and "class_id" in cli
+
+
+def test_saved_model_signatures_and_bytes(exported, model):
+    import tensorflow as tf
+
+    out, _, _ = exported
+    loaded = tf.saved_model.load(str(out / "saved_model" / model.name / "1"))
+    assert set(loaded.signatures) >= {"serving_default", "serving_bytes"}
+    x = _photo_like(3, seed=5)
+    raw = loaded.signatures["serving_default"](image=tf.constant(x))
+    assert set(raw) == {"probabilities", "logits", "class_id"}
+    pngs = [tf.io.encode_png(img.astype(np.uint8)).numpy() for img in x]
+    enc = loaded.signatures["serving_bytes"](image_bytes=tf.constant(pngs))
+    np.testing.assert_allclose(enc["probabilities"], raw["probabilities"], atol=1e-6)
+    np.testing.assert_array_equal(raw["class_id"], np.argmax(raw["probabilities"], -1))
+    ref = model.predict(x, verbose=0)
+    np.testing.assert_allclose(raw["probabilities"], ref, atol=1e-5)
+
+
+def _read_fields(buf: bytes) -> list[tuple[int, bytes]]:
+    """Decode length-delimited protobuf fields (all a PredictionLog uses)."""
+    fields, i = [], 0
+    while i < len(buf):
+        key, shift = 0, 0
+        while True:
+            b = buf[i]
+            i += 1
+            key |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        assert key & 7 == 2, f"unexpected wire type {key & 7}"
+        size, shift = 0, 0
+        while True:
+            b = buf[i]
+            i += 1
+            size |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        fields.append((key >> 3, buf[i : i + size]))
+        i += size
+    return fields
+
+
+def test_warmup_requests_are_prediction_logs(exported, model):
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
+
+    out, _, _ = exported
+    path = out / "saved_model" / model.name / "1" / "assets.extra" / "tf_serving_warmup_requests"
+    records = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
+    assert len(records) == 2
+    seen = {}
+    for record in records:
+        ((tag, predict_log),) = _read_fields(record)
+        assert tag == 6  # PredictionLog.predict_log
+        ((tag, request),) = _read_fields(predict_log)
+        assert tag == 1  # PredictLog.request
+        fields = _read_fields(request)
+        spec = dict(_read_fields(dict(fields)[1]))
+        assert spec[1].decode() == model.name
+        inputs = [dict(_read_fields(v)) for t, v in fields if t == 2]
+        assert len(inputs) == 1
+        tensor = tensor_pb2.TensorProto.FromString(inputs[0][2])
+        seen[spec[3].decode()] = (inputs[0][1].decode(), tf.make_ndarray(tensor))
+    name, arr = seen["serving_default"]
+    assert name == "image" and arr.shape == (1, SIZE, SIZE, 3) and arr.dtype == np.float32
+    name, arr = seen["serving_bytes"]
+    assert name == "image_bytes" and arr.shape == (1,) and arr[0][:4] == b"\x89PNG"
+
+
+def test_rest_request_samples(exported, model):
+    from PIL import Image
+
+    out, _, _ = exported
+    extra = out / "saved_model" / model.name / "1" / "assets.extra"
+    body = json.loads((extra / "rest_request_bytes.json").read_text())
+    assert body["signature_name"] == "serving_bytes"
+    img = Image.open(io.BytesIO(base64.b64decode(body["instances"][0]["b64"])))
+    assert img.size == (SIZE, SIZE)
+    raw = json.loads((extra / "rest_request.json").read_text())
+    assert np.asarray(raw["instances"]).shape == (1, SIZE, SIZE, 3)
+
+
+def test_tflite_metadata_builtin_ops_and_int8_io(exported, model):
+    import kerastl
+
+    out, _, _ = exported
+    f32 = kerastl.load_artifact(out / f"{model.name}.tflite")
+    assert f32.metadata["class_names"] == CLASSES and f32.runtime == "ai_edge_litert.Interpreter"
+    assert f32.custom_ops == [] and not any(op.startswith("Flex") for op in f32.ops)
+    int8 = kerastl.load_artifact(out / f"{model.name}_int8.tflite")
+    assert int8.input_dtype == "uint8"
+    x = _photo_like(2, seed=9)
+    assert int8.run(x)["probabilities"].dtype == np.float32  # dequantized for the caller
+
+
+def test_onnx_names_batch_axis_opset_and_metadata(exported, model):
+    import onnx
+
+    out, _, _ = exported
+    proto = onnx.load(str(out / f"{model.name}.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["image"]
+    assert [o.name for o in proto.graph.output] == ["probabilities", "logits", "class_id"]
+    for value in [*proto.graph.input, *proto.graph.output]:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {17}
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["kerastl"])["class_names"] == CLASSES
+    assert props["kerastl.labels"].split("\n") == CLASSES
+
+
+def test_load_artifact_predicts_files_in_every_format(exported, model, tmp_path):
+    import kerastl
+    from PIL import Image
+
+    out, _, _ = exported
+    x = _photo_like(3, seed=11)
+    paths = []
+    for i, img in enumerate(x):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(img.astype(np.uint8)).resize((48, 40)).save(p)  # resized on load
+        paths.append(str(p))
+    results = {}
+    for path in [
+        out / "saved_model" / model.name,
+        out / f"{model.name}.tflite",
+        out / f"{model.name}.onnx",
+    ]:
+        art = kerastl.load_artifact(path)
+        pred = art.predict(paths)
+        assert pred["probabilities"].shape == (3, 3)
+        assert all(label in CLASSES for label in pred["labels"])
+        results[art.format] = pred["probabilities"]
+    np.testing.assert_allclose(results["tflite"], results["saved_model"], atol=1e-5)
+    np.testing.assert_allclose(results["onnx"], results["saved_model"], atol=1e-5)
+
+
+def test_next_export_takes_next_version_and_never_touches_published(exported, model):
+    import kerastl
+
+    out, _, _ = exported
+    before = sorted(p.name for p in (out / "saved_model" / model.name).iterdir())
+    report = kerastl.export(model, out, formats=["saved_model"], latency_runs=1)
+    assert report["saved_model_version"] == 2
+    assert sorted(p.name for p in (out / "saved_model" / model.name).iterdir()) == before + ["2"]
+    pb = out / "saved_model" / model.name / "1" / "saved_model.pb"
+    stamp = pb.stat().st_mtime_ns
+    with pytest.raises(kerastl.ConfigError, match=r"version: .*already exists"):
+        kerastl.export(model, out, formats=["saved_model"], version=1)
+    assert pb.stat().st_mtime_ns == stamp
+
+
+# -- bad input: clear errors, nothing written ---------------------------------------------------
+
+
+def test_not_a_keras_model(tmp_path):
+    import kerastl
+
+    with pytest.raises(kerastl.ConfigError, match=r"model: expected a keras.Model .* got dict"):
+        kerastl.export({"not": "a model"}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_is_a_file(model, tmp_path):
+    import kerastl
+
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(kerastl.ConfigError, match=r"out_dir: .*file.txt' is a file"):
+        kerastl.export(model, f)
+
+
+def test_unknown_format_and_quantize_list_choices(model, tmp_path):
+    import kerastl
+
+    with pytest.raises(
+        kerastl.ConfigError, match=r"Did you mean 'tflite'\?.*'onnx', 'saved_model'"
+    ):
+        kerastl.export(model, tmp_path, formats=["tflit"])
+    with pytest.raises(kerastl.ConfigError, match=r"Unknown quantize='int4'.*'dynamic'"):
+        kerastl.export(model, tmp_path, formats=["tflite"], quantize=["int4"])
+    with pytest.raises(kerastl.ConfigError, match="applies to TFLite files only"):
+        kerastl.export(model, tmp_path, formats=["onnx"], quantize=["float16"])
+    with pytest.raises(kerastl.ConfigError, match="needs calibration_data"):
+        kerastl.export(model, tmp_path, formats=["tflite"], quantize=["int8"])
+    with pytest.raises(kerastl.ConfigError, match=r"int8_io='uint8' .* add 'int8'"):
+        kerastl.export(model, tmp_path, formats=["tflite"], int8_io="uint8")
+    with pytest.raises(kerastl.ConfigError, match=r"opset: got opset=9; .* 13..18"):
+        kerastl.export(model, tmp_path, formats=["onnx"], opset=9)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calibration_data_of_wrong_shape(model, tmp_path):
+    import kerastl
+
+    with pytest.raises(
+        kerastl.DataError, match=r"calibration_data: images of shape \(5, 64, 64, 3\)"
+    ):
+        kerastl.export(
+            model,
+            tmp_path,
+            formats=["tflite"],
+            quantize=["int8"],
+            calibration_data=random_images(5, 64),
+        )
+    assert not list(tmp_path.glob("*.tflite")) and not list(tmp_path.glob(".kerastl-staging-*"))
+
+
+def test_missing_optional_dependency_names_pip_install(model, tmp_path, monkeypatch):
+    import kerastl
+
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import tf2onnx -> ImportError
+    with pytest.raises(kerastl.MissingDependencyError, match="pip install tf2onnx"):
+        kerastl.export(model, tmp_path, formats=["onnx"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_file_needs_overwrite(model, tmp_path):
+    import kerastl
+
+    target = tmp_path / f"{model.name}.onnx"
+    target.write_bytes(b"published")
+    with pytest.raises(kerastl.ConfigError, match="overwrite=True"):
+        kerastl.export(model, tmp_path, formats=["onnx"])
+    assert target.read_bytes() == b"published"
+
+
+def test_failed_validation_publishes_nothing(model, tmp_path):
+    import kerastl
+
+    old = tmp_path / f"{model.name}.onnx"
+    old.write_bytes(b"published")
+    with pytest.raises(kerastl.ValidationError, match=r"nothing was published.*rel_err"):
+        kerastl.export(
+            model,
+            tmp_path,
+            formats=["onnx"],
+            overwrite=True,
+            latency_runs=1,
+            tolerances={"onnx/float32": {"max_rel_err": -1.0}},
+        )
+    assert old.read_bytes() == b"published"
+    assert not list(tmp_path.glob(".kerastl-staging-*"))
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["status"] == "failed" and not report["artifacts"][0]["passed"]
+
+
+# -- validation logic on fake artifacts -----------------------------------------------------------
+
+
+class _Fake:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def run(self, x):
+        return self.fn(x)
+
+    def run_batched(self, x, bs):
+        parts = [self.run(x[i : i + bs]) for i in range(0, len(x), bs)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _reference(x):
+    p = np.stack([x.mean((1, 2, 3)), x.std((1, 2, 3)), x.max((1, 2, 3))], -1)
+    p = p / p.sum(-1, keepdims=True)
+    return {"probabilities": p.astype(np.float32), "class_id": p.argmax(-1)}
+
+
+def test_validate_passes_exact_and_catches_noise_shift_and_static_batch():
+    from kerastl.export.validate import validate
+
+    x = random_images(10, 8)
+    ref = _reference(x)
+    ok = validate(_Fake(_reference), ref, x, "onnx/float32", "classification")
+    assert ok["passed"] and ok["max_rel_err"] == 0.0 and ok["batch_sizes"] == [1, 8]
+    rng = np.random.default_rng(0)
+
+    def noisy(v):
+        out = _reference(v)
+        out["probabilities"] = out["probabilities"] + rng.normal(
+            0, 1e-3, out["probabilities"].shape
+        )
+        return out
+
+    bad = validate(_Fake(noisy), ref, x, "onnx/float32", "classification")
+    assert not bad["passed"] and not bad["deterministic"]
+    assert any("two identical calls differ" in f for f in bad["failures"])
+
+    def shifted(v):
+        out = _reference(v)
+        out["probabilities"] = out["probabilities"] + 0.001
+        return out
+
+    bad = validate(_Fake(shifted), ref, x, "tflite/float32", "classification")
+    assert any(f.startswith("probabilities: rel_err") for f in bad["failures"])
+    assert validate(_Fake(shifted), ref, x, "tflite/float16", "classification")["passed"]
+
+    def batch_one_only(v):
+        if len(v) != 1:
+            raise ValueError("static batch")
+        return _reference(v)
+
+    with pytest.raises(ValueError, match="static batch"):
+        validate(_Fake(batch_one_only), ref, x, "onnx/float32", "classification")
+
+
+def test_validate_reports_agreement_and_metric_delta():
+    from kerastl.export.validate import validate
+
+    x = random_images(20, 8, seed=3)
+    ref = _reference(x)
+    labels = ref["class_id"].copy()
+    labels[:5] = (labels[:5] + 1) % 3
+
+    def flipped(v):
+        out = _reference(v)
+        out["probabilities"] = out["probabilities"][:, ::-1].copy()
+        return out
+
+    res = validate(_Fake(flipped), ref, x, "tflite/int8", "classification", labels)
+    assert res["passed"]  # int8 is report-only by default
+    assert res["metric"]["keras"] == pytest.approx(0.75)
+    assert res["metric"]["delta"] == pytest.approx(res["metric"]["artifact"] - 0.75)
+    strict = validate(
+        _Fake(flipped),
+        ref,
+        x,
+        "tflite/int8",
+        "classification",
+        labels,
+        {"tflite/int8": {"min_agreement": 1.1}},
+    )
+    assert not strict["passed"] and "agreement" in strict["failures"][0]
+
+
+def test_unknown_tolerance_key():
+    from kerastl import ConfigError
+    from kerastl.export.validate import check_overrides
+
+    with pytest.raises(ConfigError, match="Did you mean 'tflite/int8'"):
+        check_overrides({"tflite/int9": {"min_agreement": 0.9}})
+    with pytest.raises(ConfigError, match=r"unknown keys \['rtol'\]"):
+        check_overrides({"tflite/int8": {"rtol": 0.9}})
+
+
+def test_modality_dispatch_is_pluggable():
+    from kerastl import ConfigError
+    from kerastl.export._modality import (
+        ModalityExporter,
+        get_modality,
+        get_modality_class,
+        register_modality,
+    )
+
+    assert get_modality({"input": {"name": "image", "shape": [8, 8, 3]}}).name == "image"
+    with pytest.raises(ConfigError, match=r"Unknown modality 'text'.*'image'"):
+        get_modality_class("text")
+
+    class FakeText(ModalityExporter):
+        name = "fake_text"
+        formats = ("saved_model",)
+
+    register_modality("fake_text", FakeText)
+    try:
+        meta = {"input": {"name": "fake_text", "shape": []}}
+        assert isinstance(get_modality(meta), FakeText)
+    finally:
+        from kerastl.export import _modality
+
+        _modality._REGISTRY.pop("fake_text")
