@@ -7,7 +7,6 @@ import io
 import json
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,8 +229,9 @@ def test_onnx_names_batch_axis_opset_and_metadata(exported, model):
 
 
 def test_load_artifact_predicts_files_in_every_format(exported, model, tmp_path):
-    import kerastl
     from PIL import Image
+
+    import kerastl
 
     out, _, _ = exported
     x = _photo_like(3, seed=11)
