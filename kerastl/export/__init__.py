@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import time
+import types
 import uuid
 import warnings
 from datetime import datetime, timezone
@@ -517,3 +519,18 @@ def _publish(staging: Path, records: list[dict[str, Any]], targets) -> None:
                 ) from exc
         else:
             os.replace(source, target)
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``kerastl.export(...)`` work even after ``import kerastl.export``.
+
+    Importing the package (or any submodule) binds the attribute ``kerastl.export``
+    to this module, shadowing the lazily-resolved function of the same name.
+    Calling the module calls :func:`export`.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,244 @@
+"""Export coverage: every backbone family, augmentation layers, mixed_bfloat16, MirroredStrategy,
+an int8 file of a trained classifier, and the CLI on all three formats.
+
+The family subset is derived from the registry (the smallest image entry of each
+source/family), so a new family is covered with no edit here. ONNX is the
+fragile converter and runs for every family; the full format list runs for the
+entries in ``ALL_FORMATS`` (mobilenet_v3_small runs it in test_export.py). The
+complete entries x formats matrix is ``bench/export_matrix.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+def informative(model, x):
+    """Set BatchNorm moving statistics from one batch so a random-init model's outputs vary.
+
+    With ``weights=None`` the default statistics (mean 0, variance 1) shrink activations to
+    ~1e-11 and every output is the same constant, which would make parity checks vacuous.
+    """
+    import keras
+
+    bns = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    saved = [(b.trainable, b.momentum) for b in bns]
+    for b in bns:
+        b.trainable, b.momentum = True, 0.0
+    model(x, training=True)
+    for b, (trainable, momentum) in zip(bns, saved):
+        b.trainable, b.momentum = trainable, momentum
+    return model
+
+
+def _images(n: int, side: int, seed: int = 0) -> np.ndarray:
+    from kerastl.export._image import ImageExporter
+
+    meta = {"input": {"name": "image", "shape": [side, side, 3]}}
+    return ImageExporter(meta).sample_inputs(n, seed)
+
+
+#: Entries exported to every format here (others: ONNX only).
+ALL_FORMATS = {"efficientnet_b0", "mobilenet_v3_small_050_imagenet"}
+
+
+def _family_subset() -> list[str]:
+    from kerastl import list_models
+    from kerastl.zoo import get_spec
+
+    smallest: dict[tuple[str, str], tuple[int, str]] = {}
+    for name in list_models(modality="image"):
+        s = get_spec(name)
+        key = (s.source, s.family)
+        smallest[key] = min(smallest.get(key, (s.params, name)), (s.params, name))
+    return sorted(name for _, name in smallest.values())
+
+
+@pytest.mark.parametrize("entry", _family_subset())
+def test_family_representative_exports(entry, tmp_path):
+    import kerastl
+    from kerastl.zoo import get_spec
+
+    side = get_spec(entry).min_input_size
+    model = kerastl.build(entry, num_classes=3, input_shape=(side, side, 3), compile=False)
+    informative(model, _images(8, side))
+    formats = ["saved_model", "tflite", "onnx"] if entry in ALL_FORMATS else ["onnx"]
+    report = kerastl.export(model, tmp_path, formats=formats, latency_runs=1,
+                            max_validation_samples=8)
+    assert report["status"] == "passed"
+    assert [a["format"] for a in report["artifacts"]] == formats
+    for a in report["artifacts"]:
+        assert a["parity"]["max_rel_err"] <= 1e-4 and a["parity"]["deterministic"]
+        assert a["non_builtin_ops"] == []
+
+
+def test_augmentation_layers_are_off_in_every_artifact(tmp_path):
+    import keras
+
+    import kerastl
+
+    base = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3),
+                         compile=False)
+    informative(base, _images(16, 32))
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.RandomFlip("horizontal_and_vertical", seed=1)(inputs)
+    x = keras.layers.RandomContrast(0.5, seed=2)(x)
+    model = keras.Model(inputs, base(x), name="augmented")
+    images = _images(6, 32, seed=3)
+    augmented = model.layers[2](model.layers[1](images, training=True), training=True)
+    assert np.abs(augmented.numpy() - images).max() > 1.0, "augmentation is active in training"
+    infer = model(images, training=False).numpy()
+    assert infer.std(0).mean() > 0.05  # outputs depend on the input
+
+    report = kerastl.export(model, tmp_path, formats=["saved_model", "tflite", "onnx"],
+                            validation_data=images, latency_runs=1)
+    assert report["status"] == "passed"
+    assert report["model"]["task"] == "classification"  # metadata found in the nested model
+    for a in report["artifacts"]:
+        art = kerastl.load_artifact(tmp_path / a["path"])
+        np.testing.assert_allclose(art.run(images)["probabilities"], infer, atol=1e-5)
+
+
+def test_mixed_bfloat16_model_exports_float32_graph(tmp_path):
+    import keras
+
+    import kerastl
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = kerastl.build("mobilenet_v3_small", num_classes=4, input_shape=(32, 32, 3),
+                              compile=False)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    informative(model, _images(16, 32))
+    assert model.get_layer("backbone").layers[2].compute_dtype == "bfloat16"
+    report = kerastl.export(model, tmp_path, formats=["saved_model", "tflite", "onnx"],
+                            latency_runs=1)
+    assert report["status"] == "passed"
+    assert all(a["parity"]["max_rel_err"] <= 1e-4 for a in report["artifacts"])
+    assert any("mixed-precision model" in n for n in report["notes"])
+    assert any("original mixed-precision Keras model" in n for n in report["notes"])
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import kerastl
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3),
+                              class_names=["a", "b", "c"])
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (32, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 3, 32)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    report = kerastl.export(model, sys.argv[1], formats=["saved_model", "tflite", "onnx"],
+                            validation_data=(x[:16], y[:16]), latency_runs=1)
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "status": report["status"],
+                      "rel": [a["parity"]["max_rel_err"] for a in report["artifacts"]]}))
+    """
+)
+
+
+def test_model_trained_under_mirrored_strategy(tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["status"] == "passed" and max(result["rel"]) <= 1e-4
+
+
+def _colour_data(n: int, seed: int):
+    """Images whose class is their dominant colour channel (learnable in a few epochs)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.uniform(0, 90, (n, 32, 32, 3))
+    for i, c in enumerate(y):
+        x[i, :, :, c] += rng.uniform(120, 165)
+    return x.astype("float32"), y
+
+
+def test_int8_export_of_trained_classifier_reports_agreement(tmp_path):
+    import keras
+
+    import kerastl
+
+    keras.utils.set_random_seed(0)
+    x, y = _colour_data(400, 0)
+    xv, yv = _colour_data(60, 1)
+    model = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3),
+                          class_names=["red", "green", "blue"], learning_rate=3e-3)
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0)
+    keras_acc = float(np.mean(np.argmax(model.predict(xv, verbose=0), -1) == yv))
+    assert keras_acc >= 0.8, f"training did not learn the colours ({keras_acc:.2f})"
+
+    report = kerastl.export(model, tmp_path, formats=["tflite"], quantize=["int8"],
+                            calibration_data=x[:300], validation_data=(xv, yv),
+                            int8_io="int8", latency_runs=1)
+    int8 = report["artifacts"][1]
+    assert int8["precision"] == "int8" and int8["passed"]
+    assert int8["parity"]["agreement"] >= 0.9
+    metric = int8["parity"]["metric"]
+    assert metric["name"] == "accuracy" and metric["keras"] == pytest.approx(keras_acc)
+    assert abs(metric["delta"]) <= 0.1
+    art = kerastl.load_artifact(tmp_path / int8["path"])
+    assert art.input_dtype == "int8"
+    assert "agreement" in (tmp_path / "export_report.md").read_text()
+
+
+def test_cli_export_and_predict_on_every_format(tmp_path):
+    import kerastl
+    from PIL import Image
+
+    model = kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3),
+                          class_names=["ant", "bee"])
+    model_path = tmp_path / "model.keras"
+    model.save(model_path)
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(tmp_path / f"p{i}.png")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    kerastl_cli = [sys.executable, "-m", "kerastl.cli"]
+    proc = subprocess.run(
+        [*kerastl_cli, "export", str(model_path), "--formats", "saved_model,tflite,onnx"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "export"
+    assert (out / "export_report.md").is_file() and "report:" in proc.stdout
+    name = model.name
+    for artifact in [out / "saved_model" / name, out / f"{name}.tflite", out / f"{name}.onnx"]:
+        proc = subprocess.run(
+            [*kerastl_cli, "predict", str(artifact), str(tmp_path / "p0.png"),
+             str(tmp_path / "p1.png"), "--json"],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert [Path(r["input"]).name for r in rows] == ["p0.png", "p1.png"]
+        assert {t["class"] for t in rows[0]["top"]} == {"ant", "bee"}
+    # A second export refuses to overwrite silently; exit code 2, one line.
+    proc = subprocess.run(
+        [*kerastl_cli, "export", str(model_path), "--formats", "onnx"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 2 and "overwrite" in proc.stderr
