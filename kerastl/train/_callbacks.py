@@ -110,3 +110,54 @@ class BestCheckpoint(keras.callbacks.Callback):
             return False
         (self.target or self.model).set_weights(self.best_weights)
         return True
+
+
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Recompute the moving statistics of trainable BatchNorm layers at the end of each epoch.
+
+    BatchNorm's moving averages lag far behind the weights when a network
+    trains from scratch on little data (keras.applications use momentum 0.99
+    or 0.999), so validation in inference mode is poor. This callback runs a
+    few training-mode forward passes over ``dataset`` (no gradient step) with
+    the momentum set so the moving statistics become the average of the batch
+    statistics ("precise BN", Wu & Johnson 2021). Frozen BN layers
+    (``trainable=False``) are not touched.
+
+    Args:
+        dataset: Batched ``(x, y)`` training data without augmentation.
+        batches: How many batches to average.
+        target: Model whose BN layers are updated (default: the fitted model).
+    """
+
+    def __init__(self, dataset: Any, batches: int = 8, target: keras.Model | None = None):
+        super().__init__()
+        self.dataset = dataset
+        self.batches = int(batches)
+        self.target = target
+
+    @staticmethod
+    def layers(model: keras.Model) -> list:
+        return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+                if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+
+    def recalibrate(self, model: keras.Model) -> int:
+        """Recompute the statistics now; returns the number of BN layers updated."""
+        bns = self.layers(model)
+        if not bns:
+            return 0
+        saved = [b.momentum for b in bns]
+        try:
+            for i, (x, _) in enumerate(self.dataset.take(self.batches)):
+                for b in bns:
+                    b.momentum = i / (i + 1.0)  # running average of batch statistics
+                model(x, training=True)
+        finally:
+            for b, m in zip(bns, saved):
+                b.momentum = m
+        return len(bns)
+
+    def on_train_batch_end(self, batch, logs=None):
+        # After the epoch's last step and before validation (which on_epoch_end would miss).
+        steps = (self.params or {}).get("steps")
+        if steps and batch + 1 >= steps:
+            self.recalibrate(self.target or self.model)

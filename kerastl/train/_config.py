@@ -100,6 +100,9 @@ SCHEMA: dict[str, Any] = {
         "tensorboard": Field((bool,), True),
         "verbose": Field((int, str), "auto", choices=(0, 1, 2, "auto")),
         "steps_per_execution": Field((int,), 1, min=1),
+        "precise_bn": Field((int, bool), False,
+                            help="recompute trainable BatchNorm statistics over N batches "
+                            "each epoch (true = 4); helps training from scratch"),
     },
     "finetune": {
         "epochs": Field((int,), 0, min=0, help="phase 2 epochs; 0 skips phase 2"),

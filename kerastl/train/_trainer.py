@@ -19,7 +19,12 @@ from kerastl import data as kdata
 from kerastl._errors import ConfigError, DataError
 from kerastl.train import _run
 from kerastl.train._cache import FeatureCache, backbone_is_frozen, split_model
-from kerastl.train._callbacks import BestCheckpoint, make_optimizer, make_schedule
+from kerastl.train._callbacks import (
+    BestCheckpoint,
+    PreciseBatchNorm,
+    make_optimizer,
+    make_schedule,
+)
 from kerastl.train._config import load_config, validate_config
 from kerastl.train._metrics import HEADLINE, compute_metrics
 from kerastl.train._strategy import get_strategy, is_chief, set_precision, worker_id
@@ -286,6 +291,11 @@ def train(
                                                      mode=best.mode, verbose=int(verbose > 0)))
         elif patience is True:
             cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=5, mode=best.mode))
+        pbn = t["precise_bn"]
+        if pbn and fitted is model:
+            plain = kdata.make_dataset(train_ex, image_size, max(global_batch, 64), shuffle=True,
+                                       seed=cfg["seed"] + 1, cache=True, channels=channels)
+            cbs.append(PreciseBatchNorm(plain, 4 if pbn is True else int(pbn)))
         cbs.append(keras.callbacks.CSVLogger(str(logs_dir / "history.csv"), append=True))
         if t["tensorboard"] and _has_tensorboard():
             cbs.append(keras.callbacks.TensorBoard(str(logs_dir / "tensorboard" / phase),

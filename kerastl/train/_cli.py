@@ -1,0 +1,192 @@
+"""``kerastl train``, ``kerastl evaluate`` and ``kerastl demo``.
+
+Nothing here imports TensorFlow at module import: ``kerastl --help`` builds
+these parsers, and TensorFlow loads only inside the ``run_*`` functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from kerastl.train._config import PRECISIONS, STRATEGIES
+
+# flag dest -> dotted config key
+_TRAIN_FLAGS = {
+    "backbone": "model.backbone",
+    "task": "model.task",
+    "weights": "model.weights",
+    "input_size": "model.input_size",
+    "freeze": "model.freeze",
+    "data": "data.path",
+    "val_data": "data.val_path",
+    "val_split": "data.val_split",
+    "augment": "data.augment",
+    "epochs": "train.epochs",
+    "finetune_epochs": "finetune.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.learning_rate",
+    "strategy": "train.strategy",
+    "precision": "train.precision",
+    "cache_features": "train.cache_features",
+    "output_dir": "output_dir",
+    "name": "name",
+    "seed": "seed",
+    "export": "export.formats",
+    "quantize": "export.quantize",
+}
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``kerastl train``."""
+    p.add_argument("config", nargs="?", help="YAML run config (flags override its keys)")
+    g = p.add_argument_group("common fields (override the YAML)")
+    g.add_argument("--backbone", help="registry name, e.g. mobilenet_v3_small")
+    g.add_argument("--task", help="classification, binary, multilabel, regression, embedding")
+    g.add_argument("--weights", help="imagenet, a preset, a file, or 'none'")
+    g.add_argument("--input-size", type=int, help="image side in pixels")
+    g.add_argument("--freeze", help="phase-1 policy: backbone, none, last:N, up_to:GROUP")
+    g.add_argument("--data", help="image folder, CSV, .npz or text CSV/JSONL")
+    g.add_argument("--val-data", help="separate validation data")
+    g.add_argument("--val-split", type=float, help="validation fraction (default 0.2)")
+    g.add_argument("--augment", help="none, light, standard, strong")
+    g.add_argument("--epochs", type=int, help="phase-1 epochs")
+    g.add_argument("--finetune-epochs", type=int, help="phase-2 (fine-tune) epochs")
+    g.add_argument("--batch-size", type=int, help="per-replica batch size")
+    g.add_argument("--lr", type=float, help="phase-1 learning rate")
+    g.add_argument("--strategy", choices=STRATEGIES)
+    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--jit", action="store_true", help="compile with XLA (jit_compile)")
+    g.add_argument("--cache-features", choices=["auto", "memory", "disk", "off"])
+    g.add_argument("--output-dir", help="parent of the run folder (default runs/)")
+    g.add_argument("--name", help="run name (default: the YAML's stem)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--export", help="formats to export, e.g. saved_model,tflite,onnx")
+    g.add_argument("--quantize", help="e.g. float16,int8")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set finetune.layer_decay=0.7 (repeatable)")
+    p.add_argument("--folds", type=int, help="k-fold cross-validation instead of one run")
+    p.add_argument("--no-resume", action="store_true", help="start over, ignoring backups")
+    p.add_argument("--print-config", action="store_true",
+                   help="validate, print the resolved config and exit (no TensorFlow)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from kerastl.train._config import parse_override
+
+    out: dict[str, Any] = {}
+    for dest, key in _TRAIN_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if dest == "weights" and str(value).lower() in ("none", "null", "random"):
+            value = None
+        out[key] = value
+    if getattr(args, "jit", False):
+        out["train.jit_compile"] = True
+    if getattr(args, "no_resume", False):
+        out["train.resume"] = False
+    for item in getattr(args, "set", []) or []:
+        key, value = parse_override(item)
+        out[key] = value
+    return out
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``kerastl train``: one run, or k-fold cross-validation with ``--folds``."""
+    from kerastl.train._config import load_config
+
+    overrides = _overrides(args)
+    cfg = load_config(args.config, overrides)  # validates before TensorFlow loads
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        return 0
+    if args.folds:
+        from kerastl.train._evaluate import cross_validate
+
+        summary = cross_validate(cfg, args.folds)
+        _print_kfold(summary)
+        return 0
+    from kerastl.train._trainer import train
+
+    result = train(cfg)
+    print(f"run folder: {result.run_dir}")
+    for k, v in _headline(result.metrics).items():
+        print(f"  {k}: {v:.4f}")
+    return 0
+
+
+def _headline(metrics: dict) -> dict[str, float]:
+    from kerastl.train._metrics import scalar_metrics
+
+    return scalar_metrics(metrics)
+
+
+def _print_kfold(summary: dict) -> None:
+    print(f"{summary['folds']}-fold cross-validation over {summary['num_examples']} examples")
+    print(f"{'metric':24} {'mean':>8} {'std':>8}")
+    for k, mean in summary["mean"].items():
+        print(f"{k:24} {mean:8.4f} {summary['std'][k]:8.4f}")
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``kerastl evaluate``."""
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kerastl train")
+    p.add_argument("--data", help="evaluate on this data instead of the run's validation split")
+    p.add_argument("--folds", type=int,
+                   help="k-fold cross-validation of the run's config (retrains k times)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``kerastl evaluate RUN_DIR``: metrics and plots again, or k-fold with ``--folds``."""
+    from kerastl.train._run import read_config
+
+    cfg = read_config(args.run_dir)
+    if args.folds:
+        from kerastl.train._config import validate_config
+        from kerastl.train._evaluate import cross_validate
+
+        summary = cross_validate(validate_config(cfg, where=f"{args.run_dir}/config.yaml"),
+                                 args.folds, out_dir=args.run_dir)
+        if args.json:
+            print(json.dumps(summary, indent=1))
+        else:
+            _print_kfold(summary)
+        return 0
+    from kerastl.train._evaluate import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, args.data)
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+        return 0
+    print(f"{metrics['task']} on {metrics['num_examples']} examples ({args.run_dir})")
+    for k, v in _headline(metrics).items():
+        print(f"  {k:20} {v:.4f}")
+    for p in metrics.get("plots", []):
+        print(f"  plot: {p}")
+    return 0
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``kerastl demo``."""
+    p.add_argument("--output-dir", default="runs/demo", help="where the demo writes (runs/demo)")
+    p.add_argument("--backbone", default="mobilenet_v2",
+                   help="registry backbone trained on the source task")
+    p.add_argument("--shots", type=int, default=10, help="labelled examples per target class")
+    p.add_argument("--quick", action="store_true", help="fewer epochs (a smoke test)")
+    p.add_argument("--no-export", action="store_true", help="skip exporting the transferred model")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``kerastl demo``: transfer vs scratch on scikit-learn's digits, then export."""
+    from kerastl.train.demo import run_demo as demo
+
+    result = demo(output_dir=args.output_dir, backbone=args.backbone, shots=args.shots,
+                  quick=args.quick, export=not args.no_export, seed=args.seed)
+    return 0 if result.get("ok", True) else 1
+

@@ -1,0 +1,187 @@
+"""kerastl.data: sources, corrupt files, label checks, splits, tf.data pipeline, augmentation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kerastl import data as kdata
+from kerastl._errors import ConfigError, DataError
+
+
+def _folder(root, classes=("cat", "dog"), n=6, size=(20, 24), seed=0):
+    rng = np.random.default_rng(seed)
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = (rng.random((*size, 3)) * 50 + ci * 100).astype("uint8")
+            Image.fromarray(img).save(root / c / f"{i}.png")
+    return root
+
+
+def test_image_folder_skips_and_reports_corrupt_files(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    (root / "dog" / "broken.jpg").write_bytes(b"not an image at all")
+    (root / "cat" / "truncated.png").write_bytes((root / "cat" / "0.png").read_bytes()[:40])
+    (root / "cat" / "notes.txt").write_text("ignored: not an image extension")
+    ex = kdata.from_image_folder(root)
+    assert ex.class_names == ["cat", "dog"]
+    assert len(ex) == 12
+    skipped = {p.split("/")[-1]: why for p, why in ex.skipped}
+    assert set(skipped) == {"broken.jpg", "truncated.png"}
+    assert all(why for why in skipped.values())
+    assert ex.class_counts() == {"cat": 6, "dog": 6}
+
+
+def test_empty_class_and_single_class_are_errors(tmp_path):
+    root = _folder(tmp_path / "a", classes=("cat", "dog"), n=3)
+    (root / "bird").mkdir()
+    with pytest.raises(DataError, match=r"\['bird'\] have no usable example"):
+        kdata.from_image_folder(root)
+    only = _folder(tmp_path / "b", classes=("cat",), n=3)
+    with pytest.raises(DataError, match=r"single class \['cat'\].*task='binary'"):
+        kdata.from_image_folder(only)
+    corrupt_only = _folder(tmp_path / "c", classes=("cat", "dog"), n=2)
+    for p in (corrupt_only / "dog").iterdir():
+        p.write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"\['dog'\] have no usable example.*unreadable"):
+        kdata.from_image_folder(corrupt_only)
+
+
+def test_labels_that_do_not_match_the_head(tmp_path):
+    ex = kdata.from_numpy(np.zeros((6, 8, 8), "uint8"), [0, 1, 2, 0, 1, 2])
+    with pytest.raises(DataError, match=r"3 classes.*head has 5 outputs.*num_classes=3"):
+        kdata.check_head(ex, 5, "classification")
+    with pytest.raises(DataError, match=r"differ from the data's"):
+        kdata.check_head(ex, 3, "classification", ["a", "b", "c"])
+    with pytest.raises(DataError, match=r"labels range 0..2 but there are 2 class_names"):
+        kdata.from_numpy(np.zeros((3, 8, 8), "uint8"), [0, 1, 2], class_names=["a", "b"])
+    kdata.check_head(ex, 3, "classification", ["0", "1", "2"])  # matches: no error
+
+
+def test_csv_source_multilabel_and_regression(tmp_path):
+    root = _folder(tmp_path / "imgs", n=3)
+    rows = ["file,tags,score"]
+    for i, p in enumerate(sorted((root / "cat").iterdir()) + sorted((root / "dog").iterdir())):
+        tags = "cat|cute" if "cat" in str(p) else "dog"
+        rows.append(f"{p.relative_to(tmp_path)},{tags},{i * 0.5}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    ml = kdata.from_csv(tmp_path / "labels.csv", task="multilabel", path_column="file",
+                        label_column="tags")
+    assert ml.class_names == ["cat", "cute", "dog"]
+    assert ml.y.shape == (6, 3) and ml.y[0].tolist() == [1, 1, 0]
+    reg = kdata.from_csv(tmp_path / "labels.csv", task="regression", path_column="file",
+                         label_column="score")
+    assert reg.y.shape == (6, 1) and reg.y[-1, 0] == pytest.approx(2.5)
+    with pytest.raises(DataError, match=r"data.path_column.*'path'.*Did you mean|Valid choices"):
+        kdata.from_csv(tmp_path / "labels.csv", path_column="path")
+
+
+def test_text_csv_and_jsonl_give_string_label_datasets(tmp_path):
+    (tmp_path / "t.csv").write_text('text,label\n"good, great",pos\nawful,neg\nfine,pos\n ,neg\n')
+    lines = [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    for name in ("t.csv", "t.jsonl"):
+        ex = kdata.load(path=tmp_path / name)
+        assert ex.kind == "text" and ex.class_names == ["neg", "pos"]
+        ds = kdata.make_dataset(ex, batch_size=8)
+        x, y = next(iter(ds))
+        assert x.dtype.name == "string" and y.dtype.name == "int32"
+    ex = kdata.load(path=tmp_path / "t.csv")
+    assert ex.x[0] == "good, great" and len(ex.skipped) == 1  # the blank text
+
+
+def test_numpy_pipeline_resizes_grayscale_to_rgb_and_is_seeded():
+    x = np.arange(10 * 8 * 8, dtype=np.int64).reshape(10, 8, 8) % 256
+    ex = kdata.from_numpy(x.astype("uint8"), np.arange(10) % 2)
+    ds = kdata.make_dataset(ex, image_size=16, batch_size=10, shuffle=True, seed=3)
+    xb, yb = next(iter(ds))
+    assert tuple(xb.shape) == (10, 16, 16, 3) and xb.dtype.name == "float32"
+    assert float(xb.numpy().max()) <= 255.0
+    ds2 = kdata.make_dataset(ex, image_size=16, batch_size=10, shuffle=True, seed=3)
+    assert next(iter(ds2))[1].numpy().tolist() == yb.numpy().tolist()
+    # reshuffled each epoch
+    orders = [tuple(b[1].numpy().tolist()) for b in [next(iter(ds)) for _ in range(3)]]
+    assert len(set(orders)) > 1
+
+
+def test_split_is_stratified_seeded_and_folds_partition():
+    ex = kdata.from_numpy(np.zeros((40, 8, 8), "uint8"), np.repeat([0, 1, 2, 3], 10))
+    a_tr, a_va = ex.split(0.2, seed=1)
+    b_tr, b_va = ex.split(0.2, seed=1)
+    assert np.array_equal(a_va.y, b_va.y) and len(a_va) == 8
+    assert sorted(a_va.class_counts().values()) == [2, 2, 2, 2]
+    folds = ex.folds(4, seed=0)
+    seen = np.concatenate([va for _, va in folds])
+    assert sorted(seen.tolist()) == list(range(40))
+    for tr, va in folds:
+        assert not set(tr) & set(va)
+        assert np.bincount(ex.y[va], minlength=4).tolist() == [2, 3, 2, 3] or len(va) == 10
+
+
+def test_augmentation_runs_in_the_pipeline_only():
+    ex = kdata.from_numpy(np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype("uint8"),
+                          np.arange(8) % 2)
+    plain = kdata.make_dataset(ex, batch_size=8)
+    aug = kdata.make_dataset(ex, batch_size=8, augment="strong", seed=0)
+    x0 = next(iter(plain))[0].numpy()
+    a1 = next(iter(aug))[0].numpy()
+    a2 = next(iter(aug))[0].numpy()
+    assert not np.allclose(a1, x0) and not np.allclose(a1, a2)  # random, every epoch
+    assert np.allclose(next(iter(plain))[0].numpy(), x0)
+    assert kdata.augment_names("standard") == ["flip", "rotation", "zoom", "contrast"]
+    with pytest.raises(ConfigError, match=r"augment='strnog'.*Did you mean 'strong'"):
+        kdata.augment_names("strnog")
+
+
+def test_infer_source(tmp_path):
+    (tmp_path / "a.csv").write_text("path,label\nx.png,a\n")
+    (tmp_path / "b.csv").write_text("text,label\nhi,a\n")
+    assert kdata.infer_source(tmp_path / "a.csv") == "csv"
+    assert kdata.infer_source(tmp_path / "b.csv") == "text"
+    assert kdata.infer_source(tmp_path / "x.npz") == "numpy"
+    assert kdata.infer_source(tmp_path) == "folder"
+
+
+def _tiny_tfds(data_dir):
+    import tensorflow_datasets as tfds
+
+    class KerastlTinyShapes(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return self.dataset_info_from_configs(
+                features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(12, 12, 3)),
+                    "label": tfds.features.ClassLabel(names=["dark", "light"]),
+                }),
+                supervised_keys=("image", "label"),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(16), "test": self._generate_examples(6)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                img = np.full((12, 12, 3), 30 if i % 2 == 0 else 220, dtype=np.uint8)
+                yield i, {"image": img, "label": i % 2}
+
+    KerastlTinyShapes(data_dir=str(data_dir)).download_and_prepare()
+    return "kerastl_tiny_shapes"
+
+
+def test_tfds_source_offline(tmp_path):
+    name = _tiny_tfds(tmp_path)
+    ex = kdata.from_tfds(name, data_dir=tmp_path, split="train")
+    assert ex.kind == "tfds" and ex.class_names == ["dark", "light"] and len(ex) == 16
+    tr, va = ex.split(0.25, seed=0)
+    xb, yb = next(iter(kdata.make_dataset(va, image_size=16, batch_size=32)))
+    assert tuple(xb.shape) == (4, 16, 16, 3)
+    # labels travel with their images through the index filter
+    means = xb.numpy().mean(axis=(1, 2, 3))
+    assert ((means > 128).astype(int) == yb.numpy()).all()
+    with pytest.raises(DataError, match=r"kerastl does not download"):
+        kdata.from_tfds("kerastl_no_such_dataset", data_dir=tmp_path)

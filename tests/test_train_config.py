@@ -1,0 +1,115 @@
+"""Run-config validation: errors point at the key and suggest close matches (no TensorFlow)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from kerastl._errors import ConfigError
+from kerastl.train._config import load_config, parse_override, validate_config
+
+BASE = {"model": {"backbone": "mobilenet_v3_small"}, "data": {"path": "imgs"}}
+
+
+def _with(section: str, **kw):
+    cfg = {k: dict(v) for k, v in BASE.items()}
+    cfg.setdefault(section, {}).update(kw)
+    return cfg
+
+
+def test_defaults_filled_in():
+    cfg = validate_config(BASE)
+    assert cfg["train"]["epochs"] == 10
+    assert cfg["train"]["strategy"] == "auto"
+    assert cfg["model"]["freeze"] == "backbone"
+    assert cfg["finetune"]["epochs"] == 0
+    assert cfg["export"]["formats"] == []
+
+
+def test_misspelt_key_names_it_and_suggests():
+    with pytest.raises(ConfigError) as e:
+        validate_config(_with("train", epoch=3))
+    msg = str(e.value)
+    assert "'train.epoch'" in msg and "Did you mean 'train.epochs'?" in msg
+
+
+def test_key_in_wrong_section_says_where_it_belongs():
+    with pytest.raises(ConfigError, match=r"unknown key 'model.epochs'.*'train.epochs'"):
+        validate_config(_with("model", epochs=3))
+
+
+def test_bad_choice_lists_valid_choices():
+    with pytest.raises(ConfigError) as e:
+        validate_config(_with("train", strategy="mirored"))
+    msg = str(e.value)
+    assert "train.strategy" in msg and "'mirrored'" in msg and "'multi_worker'" in msg
+
+
+def test_wrong_type_and_bounds():
+    with pytest.raises(ConfigError, match=r"train.epochs: expected integer, got str 'ten'"):
+        validate_config(_with("train", epochs="ten"))
+    with pytest.raises(ConfigError, match=r"train.batch_size: expected >= 1"):
+        validate_config(_with("train", batch_size=0))
+    with pytest.raises(ConfigError, match=r"train.epochs: expected integer, got bool"):
+        validate_config(_with("train", epochs=True))
+
+
+def test_unknown_backbone_and_missing_keys():
+    with pytest.raises(ConfigError, match=r"model.backbone.*mobilenet_v3_small"):
+        validate_config({"model": {"backbone": "mobilenet_v3_smal"}, "data": {"path": "x"}})
+    with pytest.raises(ConfigError, match=r"missing required key 'model.backbone'"):
+        validate_config({"data": {"path": "x"}})
+    with pytest.raises(ConfigError, match=r"data.path"):
+        validate_config({"model": {"backbone": "resnet50"}})
+
+
+def test_export_formats_checked_and_split():
+    cfg = validate_config(_with("export", formats="saved_model,tflite"))
+    assert cfg["export"]["formats"] == ["saved_model", "tflite"]
+    with pytest.raises(ConfigError, match=r"export.formats.*'onxx'.*Did you mean 'onnx'"):
+        validate_config(_with("export", formats=["onxx"]))
+
+
+def test_yaml_file_overrides_and_relative_paths(tmp_path):
+    (tmp_path / "run.yaml").write_text(textwrap.dedent("""
+        model: {backbone: resnet50, input_size: 64}
+        data: {path: images, augment: light}
+        train: {epochs: 4}
+    """))
+    cfg = load_config(tmp_path / "run.yaml", {"train.epochs": 2, "finetune.epochs": 1})
+    assert cfg["name"] == "run"
+    assert cfg["train"]["epochs"] == 2 and cfg["finetune"]["epochs"] == 1
+    assert cfg["data"]["path"] == str((tmp_path / "images").resolve())
+    (tmp_path / "bad.yaml").write_text("model: {backbone: resnet50}\ndata: {path: x}\ntrian: {}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'trian'. Did you mean 'train'"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_parse_override():
+    assert parse_override("finetune.layer_decay=0.7") == ("finetune.layer_decay", 0.7)
+    assert parse_override("export.formats=[onnx, tflite]") == ("export.formats", ["onnx", "tflite"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("train.epochs")
+
+
+def test_cli_print_config_and_error_exit_without_tensorflow(tmp_path):
+    """`kerastl train --print-config` validates without importing TensorFlow; bad keys exit 2."""
+    code = textwrap.dedent(f"""
+        import sys
+        from kerastl.cli import main
+        rc = main(["train", "--backbone", "resnet50", "--data", "{tmp_path}", "--epochs", "2",
+                   "--print-config"])
+        assert rc == 0, rc
+        assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+        rc = main(["train", "--backbone", "resnet50", "--data", "{tmp_path}",
+                   "--set", "train.epoch=2"])
+        assert rc == 2, rc
+        assert "tensorflow" not in sys.modules
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "epochs: 2" in out.stdout
+    assert "Did you mean 'train.epochs'?" in out.stderr
