@@ -153,7 +153,8 @@ def _tiny_tfds(data_dir):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return self.dataset_info_from_configs(
+            return tfds.core.DatasetInfo(
+                builder=self,
                 features=tfds.features.FeaturesDict({
                     "image": tfds.features.Image(shape=(12, 12, 3)),
                     "label": tfds.features.ClassLabel(names=["dark", "light"]),

@@ -110,6 +110,9 @@ def get_strategy(name: str = "auto", devices: list[str] | None = None):
     if resolved == "one_device":
         return tf.distribute.get_strategy()
     if resolved == "mirrored":
+        if devices is None and not tf.config.list_logical_devices("GPU"):
+            cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+            devices = cpus if len(cpus) > 1 else None  # logical CPUs, as configured by the user
         return tf.distribute.MirroredStrategy(devices=devices)
     if resolved == "multi_worker":
         if cluster_workers() == 0:

@@ -223,6 +223,9 @@ def train(
         cfg = load_config(config, overrides)
     t, ft = cfg["train"], cfg["finetune"]
     verbose = _verbose(t["verbose"])
+    # A fresh Keras session per run: layer-name counters restart (layer groups of some
+    # backbones are declared by auto-generated names) and earlier runs' graphs are freed.
+    keras.utils.clear_session()
     keras.utils.set_random_seed(cfg["seed"])
     precision = set_precision(t["precision"])
     strategy = get_strategy(t["strategy"])
@@ -246,6 +249,15 @@ def train(
     else:
         train_ex, val_ex = load_examples(cfg)
     skipped = _report_skipped(train_ex, val_ex)
+    from kerastl.heads import resolve_task
+
+    want = resolve_task(cfg["model"]["task"]).name
+    for part in (train_ex, val_ex):
+        if part is not None and part.task != want:
+            raise DataError(
+                f"{part.source}: the labels were encoded for task={part.task!r} but "
+                f"model.task is {want!r}; load the data with task={want!r}."
+            )
 
     # -- model, in the strategy scope -----------------------------------------
     with strategy.scope():

@@ -1,0 +1,202 @@
+"""tf.distribute and resume, each in subprocesses so device setup and kills stay contained.
+
+- MirroredStrategy on two logical CPU devices gives the same weights as one
+  device for the same global batch.
+- MultiWorkerMirroredStrategy with two local workers (TF_CONFIG on 127.0.0.1)
+  trains and only the chief writes the model.
+- A training process SIGKILLed mid-epoch resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+COMMON = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+
+    def data():
+        rng = np.random.default_rng(0)
+        x = np.concatenate([rng.random((8, 32, 32, 3)) * 80, rng.random((8, 32, 32, 3)) * 80 + 150])
+        return x.astype("uint8"), np.repeat([0, 1], 8)
+
+    def config(out, name, strategy, batch, epochs=2, **train):
+        return {"output_dir": out, "name": name, "seed": 0,
+                "model": {"backbone": "mobilenet_v3_small", "input_size": 32, "dropout": 0.0,
+                          "freeze": "none"},
+                "data": {"path": "<memory>", "val_split": 0.0},
+                "train": {"epochs": epochs, "batch_size": batch, "strategy": strategy,
+                          "verbose": 0, "tensorboard": False, "early_stopping": 0,
+                          "cache_features": "off", "learning_rate": 1e-3, **train}}
+""")
+
+
+def _run(code: str, *args: str, timeout: int = 420, env: dict | None = None):
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         timeout=timeout, env=env or ENV)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+MIRRORED = COMMON + textwrap.dedent("""
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from kerastl import data as kdata
+    from kerastl.train import train
+    x, y = data()
+    ex = kdata.from_numpy(x, y)
+    out = sys.argv[1]
+    one = train(config(out, "one", "one_device", 8), examples=(ex, None), evaluate=False)
+    two = train(config(out, "two", "mirrored", 4), examples=(ex, None), evaluate=False)
+    assert two.timings["replicas"] == 2, two.timings
+    assert one.timings["replicas"] == 1, one.timings
+    w1 = [w.numpy() if hasattr(w, "numpy") else w for w in one.model.get_weights()]
+    w2 = two.model.get_weights()
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w2))
+    moved = max(float(np.max(np.abs(a - b))) for a, b in
+                zip(w1, train(config(out, "ref", "one_device", 8, epochs=0 or 1,
+                                     learning_rate=0.0), examples=(ex, None),
+                              evaluate=False).model.get_weights()))
+    print(json.dumps({"diff": diff, "moved": moved, "loss1": one.history["loss"],
+                      "loss2": two.history["loss"], "strategy": two.timings["strategy"]}))
+""")
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device(tmp_path):
+    out = _run(MIRRORED, str(tmp_path))
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["strategy"] == "MirroredStrategy"
+    np.testing.assert_allclose(r["loss1"], r["loss2"], rtol=1e-4)
+    assert r["moved"] > 1e-3, "training did not change the weights; the comparison is empty"
+    assert r["diff"] < 1e-4 * max(1.0, r["moved"]), r
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+WORKER = COMMON + textwrap.dedent("""
+    import hashlib
+    from kerastl import data as kdata
+    from kerastl.train import train
+    x, y = data()
+    r = train(config(sys.argv[1], "mw", "multi_worker", 4), examples=(kdata.from_numpy(x, y), None),
+              evaluate=False)
+    h = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in r.model.get_weights()))
+    print(json.dumps({"run_dir": r.run_dir, "replicas": r.timings["replicas"],
+                      "strategy": r.timings["strategy"], "weights": h.hexdigest()}))
+""")
+
+
+def test_multi_worker_two_local_workers_write_one_model(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                "task": {"type": "worker", "index": i}})}
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=420)
+            assert p.returncode == 0, stdout[-2000:] + stderr[-4000:]
+            results.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    chief, other = results
+    assert chief["strategy"] == other["strategy"] == "MultiWorkerMirroredStrategy"
+    assert chief["replicas"] == 2
+    assert chief["weights"] == other["weights"], "workers disagree after training"
+    run = tmp_path / "mw"
+    assert chief["run_dir"] == str(run) and other["run_dir"] != str(run)
+    assert (run / "model.keras").is_file() and (run / "config.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mw"]  # worker 1 wrote elsewhere
+    assert not (run / "backup").exists()
+
+
+RESUMABLE = COMMON + textwrap.dedent("""
+    import time
+    import keras
+    from kerastl import data as kdata
+    from kerastl.train import train
+
+    class Progress(keras.callbacks.Callback):
+        # Records (epoch, batch) so the test can kill us mid-epoch; slows steps down a little.
+        def __init__(self, path):
+            super().__init__()
+            self.path, self.epoch = path, None
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+            with open(self.path + ".epochs", "a") as f:
+                f.write(f"{epoch}\\n")
+        def on_train_batch_begin(self, batch, logs=None):
+            with open(self.path, "w") as f:
+                f.write(f"{self.epoch} {batch}")
+            time.sleep(0.25)
+
+    x, y = data()
+    out, progress = sys.argv[1], sys.argv[2]
+    r = train(config(out, "resume", "one_device", 2, epochs=4), examples=(kdata.from_numpy(x, y), None),
+              callbacks=[Progress(progress)], evaluate=False)
+    print(json.dumps({"loss": r.history["loss"]}))
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_continues_from_last_epoch(tmp_path):
+    progress = tmp_path / "progress"
+    p = subprocess.Popen([sys.executable, "-c", RESUMABLE, str(tmp_path), str(progress)], env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 400
+    killed_at = None
+    try:
+        while time.time() < deadline and p.poll() is None:
+            if progress.exists():
+                parts = progress.read_text().split()
+                if len(parts) == 2 and parts[0] == "2" and int(parts[1]) >= 3:
+                    killed_at = (2, int(parts[1]))
+                    os.kill(p.pid, signal.SIGKILL)
+                    break
+            time.sleep(0.05)
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert killed_at is not None, "training never reached epoch 2: " + p.stderr.read()[-3000:]
+    assert p.returncode == -signal.SIGKILL
+    meta = json.loads((tmp_path / "resume" / "backup" / "chief" / "phase1" /
+                       "training_metadata.json").read_text())
+    assert meta["epoch"] == 2  # epochs 0 and 1 finished before the kill
+    (tmp_path / "progress.epochs").write_text("")
+    out = _run(RESUMABLE, str(tmp_path), str(progress))
+    epochs_run = [int(e) for e in (tmp_path / "progress.epochs").read_text().split()]
+    assert epochs_run == [2, 3], epochs_run  # continued from the last epoch, not from 0
+    history = (tmp_path / "resume" / "logs" / "history.csv").read_text().strip().splitlines()
+    assert [int(r.split(",")[0]) for r in history[1:]] == [0, 1, 2, 3]
+    assert len(json.loads(out.stdout.strip().splitlines()[-1])["loss"]) == 2
+    assert not (tmp_path / "resume" / "backup").exists()

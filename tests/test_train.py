@@ -1,0 +1,281 @@
+"""kerastl.train: run folder, cached features, two-phase recipe, evaluation, k-fold, export hook."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from kerastl import data as kdata
+from kerastl._errors import DataError
+from kerastl.train import _metrics as M
+
+BACKBONE = "mobilenet_v3_small"
+
+
+def _images(n_per_class=8, classes=3, size=32, seed=0):
+    """Classes that differ in brightness and texture, so even a random backbone separates them."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for c in range(classes):
+        base = rng.random((n_per_class, size, size, 3)) * 40 + 60 * c
+        stripes = (np.arange(size) % (c + 2) == 0)[None, :, None, None] * 60
+        xs.append(np.clip(base + stripes, 0, 255))
+        ys += [c] * n_per_class
+    return np.concatenate(xs).astype("uint8"), np.asarray(ys)
+
+
+def _cfg(tmp_path, name, **sections):
+    cfg = {"output_dir": str(tmp_path / "runs"), "name": name, "seed": 1,
+           "model": {"backbone": BACKBONE, "input_size": 32, "dropout": 0.0},
+           "data": {"path": "<memory>"},
+           "train": {"epochs": 2, "batch_size": 8, "verbose": 0, "tensorboard": False,
+                     "early_stopping": 0}}
+    for k, v in sections.items():
+        cfg.setdefault(k, {}).update(v)
+    return cfg
+
+
+# -- metrics (NumPy only) ------------------------------------------------------
+
+
+def test_classification_metrics_by_hand():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.1, .6, .3], [.2, .3, .5], [.5, .1, .4]])
+    m = M.classification_metrics(y, p, ["a", "b", "c"], top_k=2)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["b"]["recall"] == pytest.approx(1.0)
+    f1 = [2 * .5 * .5 / 1.0, 2 * (2 / 3) / (2 / 3 + 1), 2 * 1 * .5 / 1.5]
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    assert m["top2_accuracy"] == pytest.approx(6 / 6)
+
+
+def test_auc_regression_multilabel_metrics():
+    assert M.roc_auc(np.array([0, 1, 0, 1]), np.array([.1, .9, .2, .8])) == 1.0
+    assert M.roc_auc(np.array([0, 1]), np.array([.5, .5])) == 0.5
+    assert M.roc_auc(np.array([1, 1]), np.array([.5, .5])) is None
+    r = M.regression_metrics(np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [2.0], [5.0]]))
+    assert r["mae"] == pytest.approx(2 / 3) and r["rmse"] == pytest.approx(np.sqrt(4 / 3))
+    ml = M.multilabel_metrics(np.array([[1, 0], [0, 1], [1, 1]]),
+                              np.array([[.9, .5], [.3, .7], [.6, .4]]), ["x", "y"])
+    assert ml["per_class"]["x"]["auc"] == 1.0 and ml["macro_auc"] == pytest.approx(0.75)
+
+
+# -- the run folder ------------------------------------------------------------
+
+
+def _folder(root, n=8, size=36):
+    x, y = _images(n, 3, size)
+    for i, (img, c) in enumerate(zip(x, y)):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i}.png")
+    (root / "class_1" / "corrupt.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    return root
+
+
+def test_cli_train_writes_run_folder_then_evaluate(tmp_path, capsys):
+    from kerastl.cli import main
+
+    _folder(tmp_path / "imgs")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({
+        "model": {"backbone": BACKBONE, "input_size": 32},
+        "data": {"path": "imgs", "val_split": 0.25},
+        "train": {"epochs": 2, "batch_size": 8, "verbose": 0, "early_stopping": 0},
+        "finetune": {"epochs": 1, "freeze": "last:1"},
+        "output_dir": str(tmp_path / "runs"),
+    }))
+    assert main(["train", str(tmp_path / "run.yaml"), "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "corrupt.jpg" in out  # reported
+    run = tmp_path / "runs" / "run"
+    for f in ("config.yaml", "model.keras", "metrics.json", "README.md", "data_report.json",
+              "logs/history.csv", "plots/curves.png", "plots/confusion_matrix.png"):
+        assert (run / f).exists(), f
+    assert list((run / "logs" / "tensorboard").iterdir())
+    assert not (run / "backup").exists()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["seed"] == 3 and cfg["train"]["strategy"] == "auto"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_examples"] == 6 and len(metrics["confusion_matrix"]) == 3
+    assert {"accuracy", "macro_f1", "per_class"} <= set(metrics)
+    report = json.loads((run / "data_report.json").read_text())
+    assert [s["path"].split("/")[-1] for s in report["skipped"]] == ["corrupt.jpg"]
+    history = (run / "logs" / "history.csv").read_text().strip().splitlines()
+    assert len(history) == 1 + 3  # header + 2 head epochs + 1 fine-tune epoch
+    card = (run / "README.md").read_text()
+    assert BACKBONE in card and "kerastl.load_model" in card and "| accuracy |" in card
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+def test_label_head_mismatch_is_caught_before_training(tmp_path):
+    from kerastl.train import train
+
+    x, y = _images(4, 3)
+    ex = kdata.from_numpy(x, y)
+    cfg = _cfg(tmp_path, "bad", model={"task": "regression"})
+    with pytest.raises(DataError, match="encoded for task='classification'"):
+        train(cfg, examples=(ex, None))
+
+
+# -- cached features -----------------------------------------------------------
+
+
+def test_cached_features_train_the_same_head_as_end_to_end(tmp_path, capsys):
+    """Same seed and data: the head trained on cached features equals end-to-end training."""
+    import keras
+
+    from kerastl.train import train
+
+    x, y = _images(10, 3)
+    ex = kdata.from_numpy(x, y)
+    tr, va = ex.split(0.2, seed=0)
+    results = {}
+    for mode in ("memory", "off"):
+        cfg = _cfg(tmp_path, f"c_{mode}", train={"epochs": 3, "cache_features": mode,
+                                                 "learning_rate": 1e-2})
+        results[mode] = train(cfg, examples=(tr, va), evaluate=False)
+    assert results["memory"].timings["feature_cache"]["mode"] == "memory"
+    assert results["off"].timings["feature_cache"] == "no"
+    init = keras.utils  # noqa: F841 - (weights compared below)
+    w_cached = results["memory"].model.get_layer("logits").get_weights()
+    w_e2e = results["off"].model.get_layer("logits").get_weights()
+    for a, b in zip(w_cached, w_e2e):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5)
+    h_c, h_e = results["memory"].history, results["off"].history
+    np.testing.assert_allclose(h_c["loss"], h_e["loss"], rtol=1e-4)
+    # it did train (the head moved away from the shared seeded initialisation)
+    assert h_c["loss"][-1] < h_c["loss"][0]
+    # the full model predicts like the end-to-end one
+    np.testing.assert_allclose(results["memory"].model.predict(x[:5].astype("float32"), verbose=0),
+                               results["off"].model.predict(x[:5].astype("float32"), verbose=0),
+                               atol=1e-4)
+
+
+def test_augmentation_disables_the_cache_with_a_message(tmp_path, capsys):
+    from kerastl.train import train
+
+    x, y = _images(4, 2)
+    ex = kdata.from_numpy(x, y)
+    cfg = _cfg(tmp_path, "aug", data={"augment": "light"}, train={"epochs": 1})
+    r = train(cfg, examples=ex.split(0.25, seed=0), evaluate=False)
+    assert r.timings["feature_cache"] == "no"
+    assert "cached features disabled: augmentation ['flip']" in capsys.readouterr().out
+    # augmentation stays out of the model
+    assert not [layer for layer in r.model._flatten_layers() if "Random" in type(layer).__name__]
+
+
+def test_disk_cache_is_reused(tmp_path):
+    from kerastl.train._cache import FeatureCache, split_model
+    from kerastl._build import build
+
+    x, y = _images(3, 2)
+    ex = kdata.from_numpy(x, y)
+    model = build(BACKBONE, num_classes=2, input_shape=(32, 32, 3), freeze="backbone",
+                  compile=False)
+    feats, head = split_model(model)
+    assert head.output_shape == model.output_shape
+    ds = kdata.make_dataset(ex, (32, 32), 4)
+    c1 = FeatureCache("disk", tmp_path / "fc")
+    a, _ = c1.get(model, feats, ex.fingerprint(), ds, verbose=0)
+    FeatureCache.clear_memory()
+    c2 = FeatureCache("disk", tmp_path / "fc")
+    b, _ = c2.get(model, feats, ex.fingerprint(), ds, verbose=0)
+    assert (c1.misses, c2.hits) == (1, 1) and np.array_equal(a, b)
+    assert len(list((tmp_path / "fc").glob("*.npz"))) == 1
+    # other data, other key
+    c2.get(model, feats, ex.subset([0, 1]).fingerprint(), ds.take(1), verbose=0)
+    assert c2.misses == 1
+
+
+# -- the recipe ----------------------------------------------------------------
+
+
+def test_two_phase_recipe_unfreezes_and_keeps_batchnorm_statistics(tmp_path):
+    from kerastl.train import train
+
+    x, y = _images(6, 2)
+    ex = kdata.from_numpy(x, y)
+    cfg = _cfg(tmp_path, "two", train={"epochs": 1},
+               finetune={"epochs": 2, "freeze": "none", "gradual_every": 1})
+    from kerastl._build import build
+
+    import keras
+
+    keras.utils.set_random_seed(1)
+    ref = build(BACKBONE, num_classes=2, input_shape=(32, 32, 3), compile=False)
+    r = train(cfg, examples=ex.split(0.25, seed=0), evaluate=False)
+    bb, bb0 = r.model.get_layer("backbone"), ref.get_layer("backbone")
+    moved = [not np.allclose(a.numpy(), b.numpy()) for a, b in zip(bb.weights, bb0.weights)
+             if "moving" not in a.path and "kernel" in a.path]
+    assert any(moved), "fine-tuning did not change the backbone"
+    stats = [np.allclose(a.numpy(), b.numpy()) for a, b in zip(bb.weights, bb0.weights)
+             if "moving" in a.path]
+    assert stats and all(stats), "BatchNorm moving statistics changed"
+    assert len(r.history["loss"]) == 3
+    assert r.model.kerastl_config["freeze"] == "last:1"  # gradual: one group unfrozen at epoch 1
+
+
+def test_discriminative_rates_in_the_fine_tune_phase(tmp_path):
+    from kerastl.train import train
+
+    x, y = _images(4, 2)
+    cfg = _cfg(tmp_path, "ld", train={"epochs": 0},
+               finetune={"epochs": 1, "freeze": "last:2", "layer_decay": 0.5})
+    r = train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False)
+    opt = r.model.optimizer
+    assert type(opt).__name__ == "MultiOptimizer"
+    rates = opt.kerastl_group_rates
+    assert rates["head"] == pytest.approx(1e-4) and min(rates.values()) < 1e-4
+    assert len(r.history["loss"]) == 1
+
+
+# -- k-fold and export hook ------------------------------------------------------
+
+
+def test_kfold_reports_mean_and_spread(tmp_path):
+    from kerastl.train import cross_validate
+
+    x, y = _images(4, 2)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    cfg = _cfg(tmp_path, "kf", data={"path": str(tmp_path / "d.npz")}, train={"epochs": 1})
+    s = cross_validate(cfg, folds=2)
+    assert s["folds"] == 2 and len(s["per_fold"]) == 2
+    assert 0.0 <= s["mean"]["accuracy"] <= 1.0 and s["std"]["accuracy"] >= 0.0
+    assert (tmp_path / "runs" / "kf" / "kfold.json").is_file()
+    assert (tmp_path / "runs" / "kf" / "folds" / "fold1" / "metrics.json").is_file()
+
+
+def test_export_is_called_with_the_run_options(tmp_path, monkeypatch):
+    from kerastl.train import train
+
+    calls = {}
+
+    def fake_export(model, out_dir, formats, quantize, calibration_data, validation_data, name,
+                    version):
+        calls.update(formats=formats, quantize=quantize, name=name, version=version,
+                     shape=calibration_data.shape, out_dir=out_dir,
+                     task=model.kerastl_config["task"])
+        return {"ok": True}
+
+    fake = types.ModuleType("kerastl.export")
+    fake.export = fake_export
+    monkeypatch.setitem(sys.modules, "kerastl.export", fake)
+    x, y = _images(4, 2)
+    cfg = _cfg(tmp_path, "ex", train={"epochs": 1},
+               export={"formats": ["onnx", "tflite"], "quantize": ["float16"], "version": 3})
+    r = train(cfg, examples=kdata.from_numpy(x, y).split(0.25, seed=0))
+    assert r.exports == {"ok": True}
+    assert calls["formats"] == ["onnx", "tflite"] and calls["quantize"] == ["float16"]
+    assert calls["version"] == 3 and calls["name"] == "ex" and calls["shape"][1:] == (32, 32, 3)
+    assert calls["out_dir"].endswith("ex/export")
