@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 def informative(model, x):
     """Set BatchNorm moving statistics from one batch so a random-init model's outputs vary.
 
@@ -51,6 +52,11 @@ def _images(n: int, side: int, seed: int = 0) -> np.ndarray:
 
 #: Entries exported to every format here (others: ONNX only).
 ALL_FORMATS = {"efficientnet_b0", "mobilenet_v3_small_050_imagenet"}
+#: The default run exports keras.applications representatives up to this many parameters and
+#: the smallest KerasHub one; the other representatives run in the opt-in slow tier
+#: (``-m slow``) to keep CI within minutes.
+SLOW_ABOVE_PARAMS = 15_000_000
+ALWAYS_RUN = {"convnext_tiny"}  # exact GELU (Erfc) and XLA grouped convolutions
 
 
 def _family_subset() -> list[str]:
@@ -62,7 +68,16 @@ def _family_subset() -> list[str]:
         s = get_spec(name)
         key = (s.source, s.family)
         smallest[key] = min(smallest.get(key, (s.params, name)), (s.params, name))
-    return sorted(name for _, name in smallest.values())
+    params = {name: p for p, name in smallest.values()}
+    hub = sorted((p, n) for (src, _), (p, n) in smallest.items() if src != "keras.applications")
+    fast = {
+        n for n, p in params.items() if p <= SLOW_ABOVE_PARAMS and n not in dict(map(reversed, hub))
+    }
+    fast |= ALWAYS_RUN | ({hub[0][1]} if hub else set())
+    return [
+        name if name in fast else pytest.param(name, marks=pytest.mark.slow)
+        for name in sorted(params)
+    ]
 
 
 @pytest.mark.parametrize("entry", _family_subset())
@@ -74,8 +89,9 @@ def test_family_representative_exports(entry, tmp_path):
     model = kerastl.build(entry, num_classes=3, input_shape=(side, side, 3), compile=False)
     informative(model, _images(8, side))
     formats = ["saved_model", "tflite", "onnx"] if entry in ALL_FORMATS else ["onnx"]
-    report = kerastl.export(model, tmp_path, formats=formats, latency_runs=1,
-                            max_validation_samples=8)
+    report = kerastl.export(
+        model, tmp_path, formats=formats, latency_runs=1, max_validation_samples=8
+    )
     assert report["status"] == "passed"
     assert [a["format"] for a in report["artifacts"]] == formats
     for a in report["artifacts"]:
@@ -88,8 +104,9 @@ def test_augmentation_layers_are_off_in_every_artifact(tmp_path):
 
     import kerastl
 
-    base = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3),
-                         compile=False)
+    base = kerastl.build(
+        "mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3), compile=False
+    )
     informative(base, _images(16, 32))
     inputs = keras.Input((32, 32, 3), name="image")
     x = keras.layers.RandomFlip("horizontal_and_vertical", seed=1)(inputs)
@@ -101,8 +118,13 @@ def test_augmentation_layers_are_off_in_every_artifact(tmp_path):
     infer = model(images, training=False).numpy()
     assert infer.std(0).mean() > 0.05  # outputs depend on the input
 
-    report = kerastl.export(model, tmp_path, formats=["saved_model", "tflite", "onnx"],
-                            validation_data=images, latency_runs=1)
+    report = kerastl.export(
+        model,
+        tmp_path,
+        formats=["saved_model", "tflite", "onnx"],
+        validation_data=images,
+        latency_runs=1,
+    )
     assert report["status"] == "passed"
     assert report["model"]["task"] == "classification"  # metadata found in the nested model
     for a in report["artifacts"]:
@@ -117,14 +139,16 @@ def test_mixed_bfloat16_model_exports_float32_graph(tmp_path):
 
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        model = kerastl.build("mobilenet_v3_small", num_classes=4, input_shape=(32, 32, 3),
-                              compile=False)
+        model = kerastl.build(
+            "mobilenet_v3_small", num_classes=4, input_shape=(32, 32, 3), compile=False
+        )
     finally:
         keras.config.set_dtype_policy("float32")
     informative(model, _images(16, 32))
     assert model.get_layer("backbone").layers[2].compute_dtype == "bfloat16"
-    report = kerastl.export(model, tmp_path, formats=["saved_model", "tflite", "onnx"],
-                            latency_runs=1)
+    report = kerastl.export(
+        model, tmp_path, formats=["saved_model", "tflite", "onnx"], latency_runs=1
+    )
     assert report["status"] == "passed"
     assert all(a["parity"]["max_rel_err"] <= 1e-4 for a in report["artifacts"])
     assert any("mixed-precision model" in n for n in report["notes"])
@@ -160,8 +184,13 @@ def test_model_trained_under_mirrored_strategy(tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
@@ -186,15 +215,29 @@ def test_int8_export_of_trained_classifier_reports_agreement(tmp_path):
     keras.utils.set_random_seed(0)
     x, y = _colour_data(400, 0)
     xv, yv = _colour_data(60, 1)
-    model = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3),
-                          class_names=["red", "green", "blue"], learning_rate=3e-3)
-    model.fit(x, y, batch_size=32, epochs=4, verbose=0)
+    model = kerastl.build(
+        "mobilenet_v3_small",
+        num_classes=3,
+        input_shape=(32, 32, 3),
+        class_names=["red", "green", "blue"],
+        freeze="backbone",
+        learning_rate=1e-2,
+    )
+    informative(model, x[:64])  # random backbone with usable BatchNorm statistics
+    model.fit(x, y, batch_size=32, epochs=6, verbose=0)
     keras_acc = float(np.mean(np.argmax(model.predict(xv, verbose=0), -1) == yv))
-    assert keras_acc >= 0.8, f"training did not learn the colours ({keras_acc:.2f})"
+    assert keras_acc >= 0.75, f"training did not learn the colours ({keras_acc:.2f})"
 
-    report = kerastl.export(model, tmp_path, formats=["tflite"], quantize=["int8"],
-                            calibration_data=x[:300], validation_data=(xv, yv),
-                            int8_io="int8", latency_runs=1)
+    report = kerastl.export(
+        model,
+        tmp_path,
+        formats=["tflite"],
+        quantize=["int8"],
+        calibration_data=x[:300],
+        validation_data=(xv, yv),
+        int8_io="int8",
+        latency_runs=1,
+    )
     int8 = report["artifacts"][1]
     assert int8["precision"] == "int8" and int8["passed"]
     assert int8["parity"]["agreement"] >= 0.9
@@ -206,39 +249,31 @@ def test_int8_export_of_trained_classifier_reports_agreement(tmp_path):
     assert "agreement" in (tmp_path / "export_report.md").read_text()
 
 
-def test_cli_export_and_predict_on_every_format(tmp_path):
-    import kerastl
+def test_cli_export_and_predict_on_every_format(tmp_path, capsys):
     from PIL import Image
 
-    model = kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3),
-                          class_names=["ant", "bee"])
+    import kerastl
+    from kerastl.cli import main
+
+    model = kerastl.build(
+        "mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3), class_names=["ant", "bee"]
+    )
     model_path = tmp_path / "model.keras"
     model.save(model_path)
     for i in range(2):
         Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(tmp_path / f"p{i}.png")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    kerastl_cli = [sys.executable, "-m", "kerastl.cli"]
-    proc = subprocess.run(
-        [*kerastl_cli, "export", str(model_path), "--formats", "saved_model,tflite,onnx"],
-        capture_output=True, text=True, env=env, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["export", str(model_path), "--formats", "saved_model,tflite,onnx"]) == 0
     out = tmp_path / "export"
-    assert (out / "export_report.md").is_file() and "report:" in proc.stdout
+    assert (out / "export_report.md").is_file() and "report:" in capsys.readouterr().out
     name = model.name
     for artifact in [out / "saved_model" / name, out / f"{name}.tflite", out / f"{name}.onnx"]:
-        proc = subprocess.run(
-            [*kerastl_cli, "predict", str(artifact), str(tmp_path / "p0.png"),
-             str(tmp_path / "p1.png"), "--json"],
-            capture_output=True, text=True, env=env, timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        args = ["predict", str(artifact), str(tmp_path / "p0.png"), str(tmp_path / "p1.png")]
+        assert main([*args, "--json"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        rows = [json.loads(line) for line in lines if line.startswith("{")]
         assert [Path(r["input"]).name for r in rows] == ["p0.png", "p1.png"]
         assert {t["class"] for t in rows[0]["top"]} == {"ant", "bee"}
-    # A second export refuses to overwrite silently; exit code 2, one line.
-    proc = subprocess.run(
-        [*kerastl_cli, "export", str(model_path), "--formats", "onnx"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert proc.returncode == 2 and "overwrite" in proc.stderr
+    # Exporting again refuses to overwrite the published files: exit code 2, one line.
+    assert main(["export", str(model_path), "--formats", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "overwrite" in err and len(err.strip().splitlines()) == 1
