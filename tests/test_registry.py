@@ -51,6 +51,17 @@ def test_entry_declares_what_the_built_backbone_has(name):
     assert backbone.output.shape[-1] == spec.feature_dim
     assert backbone.count_params() == spec.params
 
+    # Anchors must be names Keras did not generate: those change with the session's counters.
+    import re
+
+    import keras
+    from keras.src.utils.naming import to_snake_case
+
+    auto = {to_snake_case(n) for n in dir(keras.layers) if n[:1].isupper()} | {"input_layer"}
+    for anchor in [a for _, a in spec.groups] + [t.layer for t in spec.taps]:
+        base = re.fullmatch(r"(.*?)(_\d+)?", anchor).group(1)
+        assert base not in auto, f"{anchor!r} is an auto-generated layer name"
+
     groups = adapter.layer_groups(backbone)
     assert list(groups) == spec.group_names
     members = [layer for layers in groups.values() for layer in layers]

@@ -21,8 +21,9 @@ import keras
 
 def auto_named(layer) -> bool:
     """True when Keras generated the name (it changes with the session counter)."""
-    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
-    snake = re.sub(r"_?(\d)_?d", r"\1d", snake)  # conv2_d -> conv2d
+    from keras.src.utils.naming import to_snake_case
+
+    snake = to_snake_case(type(layer).__name__)
     return re.fullmatch(rf"{snake}(_\d+)?", layer.name) is not None or layer.name.startswith(
         "input_layer"
     )

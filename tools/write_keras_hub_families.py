@@ -41,8 +41,8 @@ def timm(module: str, arch: str, **cfg):
     return conv.convert_backbone_config({"architecture": arch, **cfg})
 
 
-def bert(v, L, H, A, max_len=512):
-    return dict(vocabulary_size=v, num_layers=L, num_heads=A, hidden_dim=H,
+def bert(v, L, H, A, max_len=512, vocab_key="vocabulary_size"):
+    return dict({vocab_key: v}, num_layers=L, num_heads=A, hidden_dim=H,
                 intermediate_dim=4 * H, max_sequence_length=max_len)
 
 
@@ -115,6 +115,7 @@ def _text(cls, tokenizer, preprocessor, groups, tiny, presets, license="Apache-2
                 license=license, description=description)
 
 
+VK = "vocab_size"  # ElectraBackbone's name for the vocabulary size
 STACK_GROUPS = dict(first="stem", block=r"^stack(\d+)_", name="stage{}", last=None)
 TEXT_GROUPS = dict(first="embeddings", block=r"^transformer_layer_(\d+)$", name="layer_{}",
                    last="pooler")
@@ -403,7 +404,7 @@ FAMILIES = {
         dict(TEXT_GROUPS, block=r"^disentangled_attention_encoder_layer_(\d+)$", last=None),
         dict(TINY_TEXT, bucket_size=16),
         {
-            "deberta_v3_extra_small_en": bert(128100, 6, 384, 6),
+            "deberta_v3_extra_small_en": bert(128100, 12, 384, 6),
             "deberta_v3_small_en": bert(128100, 6, 768, 12),
             "deberta_v3_base_en": bert(128100, 12, 768, 12),
             "deberta_v3_large_en": bert(128100, 24, 1024, 16),
@@ -432,17 +433,17 @@ FAMILIES = {
         "ElectraBackbone", "ElectraTokenizer", "TextClassifierPreprocessor", TEXT_GROUPS,
         dict(TINY_TEXT, embedding_dim=8),
         {
-            "electra_small_discriminator_uncased_en": dict(bert(30522, 12, 256, 4),
+            "electra_small_discriminator_uncased_en": dict(bert(30522, 12, 256, 4, vocab_key=VK),
                                                            embedding_dim=128),
-            "electra_small_generator_uncased_en": dict(bert(30522, 12, 256, 4),
+            "electra_small_generator_uncased_en": dict(bert(30522, 12, 256, 4, vocab_key=VK),
                                                        embedding_dim=128),
-            "electra_base_discriminator_uncased_en": dict(bert(30522, 12, 768, 12),
+            "electra_base_discriminator_uncased_en": dict(bert(30522, 12, 768, 12, vocab_key=VK),
                                                           embedding_dim=768),
-            "electra_base_generator_uncased_en": dict(bert(30522, 12, 256, 4),
+            "electra_base_generator_uncased_en": dict(bert(30522, 12, 256, 4, vocab_key=VK),
                                                       embedding_dim=768),
-            "electra_large_discriminator_uncased_en": dict(bert(30522, 24, 1024, 16),
+            "electra_large_discriminator_uncased_en": dict(bert(30522, 24, 1024, 16, vocab_key=VK),
                                                            embedding_dim=1024),
-            "electra_large_generator_uncased_en": dict(bert(30522, 24, 256, 4),
+            "electra_large_generator_uncased_en": dict(bert(30522, 24, 256, 4, vocab_key=VK),
                                                        embedding_dim=1024),
         },
         description="ELECTRA (Clark et al. 2020)",

@@ -20,8 +20,12 @@ _POOLINGS = ("avg", "max")
 
 
 def keras_cache_dir() -> Path:
-    """Where Keras caches downloaded weights: ``$KERAS_HOME/models`` or ``~/.keras/models``."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    """Where weights are cached: ``$KERAS_HOME/models`` (read now) or Keras' home."""
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        from keras.src.backend import config
+
+        home = config.keras_home()
     return Path(home) / "models"
 
 
@@ -39,12 +43,19 @@ def _weights_download_guard(model_name: str):
 
     def guarded(fname=None, origin=None, *args, **kwargs):
         file_hash = kwargs.get("file_hash") or kwargs.get("md5_hash")
-        cache_dir = Path(kwargs.get("cache_dir") or keras_cache_dir().parent)
+        # Keras reads KERAS_HOME once at import; we honour it at call time.
+        kwargs["cache_dir"] = kwargs.get("cache_dir") or str(keras_cache_dir().parent)
+        cache_dir = Path(kwargs["cache_dir"])
         target = cache_dir / kwargs.get("cache_subdir", "datasets") / (fname or "")
+        existed = target.exists()
         try:
             return real_get_file(fname, origin, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - Keras raises bare Exception on URL errors
-            state = "is there but its checksum does not match" if target.exists() else "is missing"
+            state = "is missing"
+            if existed:
+                state = "was there but its checksum did not match" + (
+                    " (the bad file was removed)" if not target.exists() else ""
+                )
             raise WeightsError(
                 f"Could not get the pretrained weights of {model_name!r}: the cached file "
                 f"{str(target)!r} {state}, and downloading it from {origin} failed ({exc}). "
@@ -173,7 +184,15 @@ class KerasAppsAdapter(Adapter):
                 _transfer_weights(rgb, model, f"{spec.name} grayscale stem")
         elif isinstance(weights, (str, os.PathLike)) and _looks_like_path(weights):
             model = self._construct(input_shape, None)
-            load_backbone_weights(model, Path(weights), spec.name)
+            try:
+                load_backbone_weights(model, Path(weights), spec.name)
+            except WeightsError:
+                if channels != 1:
+                    raise
+                # RGB weights for a grayscale model: load them, then adapt the stem.
+                rgb = self._construct((*input_shape[:2], 3), None)
+                load_backbone_weights(rgb, Path(weights), spec.name)
+                _transfer_weights(rgb, model, f"{spec.name} grayscale stem")
         else:
             raise ConfigError(
                 f"weights: got weights={weights!r}. Valid: None (random init), "
