@@ -216,7 +216,7 @@ FAMILIES = {
     "xception": _image(
         "XceptionBackbone", INCEPTION,
         dict(first="input", block=r"^block(\d+)_", name="block{}", last=None),
-        dict(stackwise_conv_filters=[[8, 16], [16, 16], [32, 32]],
+        dict(stackwise_conv_filters=[[8, 16], [24, 24], [32, 32]],
              stackwise_pooling=[False, True, True]),
         {"xception_41_imagenet": (XCEPTION_41, 299)},
         license="Apache-2.0 (weights: see KerasHub model card)",
@@ -226,7 +226,7 @@ FAMILIES = {
     "cspnet": _image(
         "CSPNetBackbone", IMAGENET,
         dict(first="stem", block=r"^stage_(\d+)_", name="stage{}", last=None),
-        dict(stackwise_depth=[1, 1, 1, 1], stackwise_num_filters=[16, 16, 32, 32]),
+        dict(stackwise_depth=[1, 1, 1, 1], stackwise_num_filters=[64, 64, 128, 128]),
         {
             "csp_darknet_53_ra_imagenet": (timm("convert_cspnet", "cspdarknet53"), 256),
             "csp_resnext_50_ra_imagenet": (timm("convert_cspnet", "cspresnext50"), 256),
@@ -263,14 +263,14 @@ FAMILIES = {
             for data, size in (("ade20k_512", 512), ("cityscapes_1024", 1024))
             if (b, data) != (5, "ade20k_512")
         } | {"mit_b5_ade20k_640": (mit(*MIT_B[5]), 640)},
-        min_size=32,
+        min_size=64,
         description="Mix Transformer, the SegFormer encoder (Xie et al. 2021)",
     ),
     "vit": _image(
         "ViTBackbone", INCEPTION,
         dict(first="embeddings", expand=("vit_encoder",), block=r"^transformer_block_(\d+)$",
              name="layer_{}", last="norm"),
-        dict(num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32),
+        dict(num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, patch_size=8),
         {
             "vit_base_patch16_224_imagenet": (vit(224, 16, 12, 768, 12, 3072), 224),
             "vit_base_patch16_384_imagenet": (vit(384, 16, 12, 768, 12, 3072), 384),
@@ -291,7 +291,7 @@ FAMILIES = {
         "DeiTBackbone", IMAGENET,
         dict(first="embeddings", expand=("deit_encoder",), block=r"^transformer_block_(\d+)$",
              name="layer_{}", last="norm"),
-        dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32),
+        dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, patch_size=8),
         {
             "deit_base_distilled_patch16_384_imagenet": (deit(384, 12, 768, 12), 384),
             "deit_base_distilled_patch16_224_imagenet": (deit(224, 12, 768, 12), 224),
@@ -326,7 +326,7 @@ FAMILIES = {
         dict(first="embeddings", expand=("encoder",), block=r"^layers_(\d+)$", name="layer_{}",
              last="norm"),
         dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-             position_embedding_shape=(28, 28, 3)),
+             position_embedding_shape=(32, 32, 3), patch_size=8),
         {
             "dinov2_small": (dino(12, 384, 6), 224),
             "dinov2_base": (dino(12, 768, 12), 224),

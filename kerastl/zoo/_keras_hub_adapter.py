@@ -142,6 +142,14 @@ class HubTextPreprocessing(keras.layers.Layer):
             )
         if text.shape.rank == 2 and text.shape[-1] == 1:
             text = tf.squeeze(text, -1)
+        longest = tf.reduce_max(tf.concat([tf.strings.length(tf.strings.strip(text)), [0]], 0))
+        check = tf.debugging.assert_greater(
+            longest, 0, message="text: the batch is empty or every string in it is empty; "
+            "a text model needs at least one non-empty string per batch (check the text "
+            "column of your data)."
+        )
+        with tf.control_dependencies([check]):
+            text = tf.identity(text)
         out = self.preprocessor(text)
         return {k: out[k] for k in self.keys}
 
@@ -246,8 +254,8 @@ class SequencePooling(keras.layers.Layer):
             return keras.ops.sum(x * m, 1) / keras.ops.maximum(keras.ops.sum(m, 1), 1.0)
         return keras.ops.max(x * m - 1e9 * (1.0 - m), 1)
 
-    def compute_output_shape(self, input_shape, padding_mask_shape=None):
-        return (input_shape[0], input_shape[-1])
+    def compute_output_shape(self, sequence_shape, padding_mask_shape=None):
+        return (sequence_shape[0], sequence_shape[-1])
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -618,7 +626,12 @@ class KerasHubAdapter(Adapter):
             return
         spec = self.spec
         if spec.modality == "text":
-            layer.preprocessor = self._text_preprocessor(preset, layer.sequence_length, hub)
+            pre = self._text_preprocessor(preset, layer.sequence_length, hub)
+            locked = layer._tracker.locked  # built by its symbolic call: track the new sublayer
+            layer._tracker.unlock()
+            layer.preprocessor = pre
+            if locked:
+                layer._tracker.lock()
         elif spec.modality == "image" and preset is not None:
             conv = self._preset_converter(preset)
             if conv is not None:
@@ -695,8 +708,10 @@ class KerasHubAdapter(Adapter):
         if spec.modality == "text":
             inputs = {t.name: t for t in keras.tree.flatten(hub.input)}
             out = hub.output
+            # The mask goes out too, for masked pooling (an input cannot be an output).
+            mask = keras.layers.Identity(name="padding_mask_out")(inputs["padding_mask"])
             outputs = {"sequence_output": out["sequence_output"] if isinstance(out, dict)
-                       else out, "padding_mask": inputs["padding_mask"]}
+                       else out, "padding_mask": mask}
             self._has_pooler = isinstance(out, dict) and "pooled_output" in out
             if self._has_pooler:
                 outputs["pooled_output"] = out["pooled_output"]

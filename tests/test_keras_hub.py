@@ -1,0 +1,439 @@
+"""KerasHub backbones: registry, adapter, heads, freezing, LoRA, bad input.
+
+Every model here is random-init and tiny (``backbone_config`` = the family's
+``tiny_config``), tokenizers are built from a few sentences: nothing downloads.
+The real pretrained check (all-MiniLM-L6-v2) is in tests/test_keras_hub_minilm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import kerastl
+from kerastl import ConfigError, DataError, WeightsError
+from kerastl.zoo import get_spec, list_models
+
+keras = pytest.importorskip("keras")
+keras_hub = pytest.importorskip("keras_hub")
+
+WORDS = (
+    "the a good bad movie film great awful plot actor music scene boring lovely team game "
+    "goal match player score win lose rain sun cloud storm weather cold warm price market "
+    "stock bank money trade"
+).split()
+SENTENCES = [
+    " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(3 + i % 5)) for i in range(64)
+]
+HUB = list_models(source="keras_hub")
+
+
+# -- tiny tokenizers for offline random-init text models ------------------------------
+def _wordpiece(**extra):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS))]
+    return {"vocabulary": vocab, **extra}
+
+
+def _bpe():
+    chars = sorted(set("".join(WORDS)))
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for tok in ["\u0120", *chars, *("\u0120" + c for c in chars)]:
+        vocab.setdefault(tok, len(vocab))
+    vocab["<mask>"] = len(vocab)
+    return {"vocabulary": vocab, "merges": ["\u0120 t"]}
+
+
+_PROTOS: dict[str, bytes] = {}
+
+
+def _sentencepiece(kind: str) -> dict:
+    if kind not in _PROTOS:
+        pieces = {
+            "deberta": dict(pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]",
+                            unk_piece="[UNK]", user_defined_symbols=["[MASK]"]),
+            "albert": dict(pad_piece="<pad>", bos_piece="[CLS]", eos_piece="[SEP]",
+                           unk_piece="<unk>", user_defined_symbols=["[MASK]"]),
+            "xlmr": dict(pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
+                         unk_piece="<unk>"),
+        }[kind]
+        import io
+
+        import sentencepiece
+
+        out = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(SENTENCES * 4), model_writer=out, vocab_size=30,
+            hard_vocab_limit=False, minloglevel=2,
+            model_type="WORD", pad_id=0, unk_id=1, bos_id=2, eos_id=3, **pieces,
+        )
+        _PROTOS[kind] = out.getvalue()
+    return {"proto": _PROTOS[kind]}
+
+
+def tiny_tokenizer(spec) -> dict:
+    """Constructor kwargs of a tiny tokenizer of the entry's tokenizer class."""
+    tok = spec.extra["tokenizer"]
+    if tok in ("BertTokenizer", "DistilBertTokenizer", "ElectraTokenizer"):
+        return _wordpiece()
+    if tok == "RobertaTokenizer":
+        return _bpe()
+    return _sentencepiece({"DebertaV3Tokenizer": "deberta", "AlbertTokenizer": "albert",
+                           "XLMRobertaTokenizer": "xlmr"}[tok])
+
+
+def tiny_kwargs(name: str) -> dict:
+    """build() options giving a tiny offline model of registry entry ``name``."""
+    spec = get_spec(name)
+    kw: dict = {"backbone_config": dict(spec.extra["tiny_config"])}
+    if spec.modality == "text":
+        kw["tokenizer"] = tiny_tokenizer(spec)
+        kw["sequence_length"] = 16
+    elif spec.modality == "audio":
+        if spec.extra["audio"] == "whisper":
+            kw["input_shape"] = (16000,)
+        else:
+            kw["input_shape"] = (3200,)
+    else:
+        side = max(32, spec.min_input_size + (-spec.min_input_size) % 8)
+        kw["input_shape"] = (side, side, 3)
+    return kw
+
+
+def tiny_data(model, n: int = 4):
+    cfg = model.kerastl_config
+    rng = np.random.default_rng(0)
+    if cfg["modality"] == "text":
+        x = np.array(SENTENCES[:n], dtype=object)
+    elif cfg["modality"] == "audio":
+        x = rng.uniform(-0.5, 0.5, (n, *cfg["input"]["shape"])).astype("float32")
+    else:
+        x = rng.uniform(0, 255, (n, *cfg["input"]["shape"])).astype("float32")
+    return x, np.arange(n) % 2
+
+
+# -- registry --------------------------------------------------------------------------
+def test_registry_lists_every_family_and_modality():
+    families = {get_spec(n).family for n in HUB}
+    assert {"resnet", "efficientnet", "mobilenet", "vit", "deit", "densenet", "vgg",
+            "xception", "cspnet", "hgnetv2", "mit", "swin", "dinov2", "bert", "distil_bert",
+            "roberta", "deberta_v3", "albert", "electra", "xlm_roberta", "whisper",
+            "moonshine"} <= families
+    assert "bert_tiny_en_uncased" in list_models("bert_*", modality="text")
+    assert list_models("whisper*", modality="audio", source="keras_hub")
+    assert not list_models("whisper*", modality="image")
+    assert "vit_base_patch16_224_imagenet" in list_models("vit*", pretrained=True)
+
+
+def test_registry_import_stays_tensorflow_free():
+    code = ("import sys, time; t = time.time(); import kerastl; n = kerastl.list_models("
+            "source='keras_hub'); print(len(n), 'tensorflow' in sys.modules, "
+            "'keras_hub' in sys.modules, time.time() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert int(out[0]) > 100
+    assert out[1:3] == ["False", "False"]
+    assert float(out[3]) < 1.0
+
+
+@pytest.mark.parametrize("name", ["bert_tiny_en_uncased", "all_minilm_l6_v2_en",
+                                  "whisper_tiny_en", "resnet_18_imagenet"])
+def test_model_info_describes_the_entry(name):
+    info = kerastl.model_info(name)
+    spec = get_spec(name)
+    assert info["source"] == "keras_hub" and info["preprocessing"] == "keras_hub"
+    assert info["pretrained"] == [name]
+    assert info["extra"]["config"], "stored architecture for random init"
+    assert info["groups"] and info["params"] > 0 and info["feature_dim"] > 0
+    if spec.modality == "text":
+        assert info["groups"][0][0] == "embeddings"
+        assert info["extra"]["max_sequence_length"] == 512
+        n_layers = info["extra"]["config"]["num_layers"]
+        assert [g for g, _ in info["groups"]][1 : 1 + n_layers] == [
+            f"layer_{i}" for i in range(n_layers)
+        ]
+    if spec.modality == "audio":
+        assert info["extra"]["sample_rate"] == 16000
+
+
+def test_stored_architecture_matches_declared_metadata():
+    """The real bert_tiny architecture, built offline, has the declared params and groups."""
+    spec = get_spec("bert_tiny_en_uncased")
+    model = kerastl.build(spec.name, num_classes=2, tokenizer=_wordpiece(), sequence_length=8,
+                          compile=False)
+    backbone = model.get_layer("backbone")
+    assert backbone.count_params() == spec.params == 4385920  # KerasHub preset metadata
+    adapter = kerastl.zoo.get_adapter(spec.name)
+    groups = adapter.layer_groups(backbone)
+    assert [(g, layers[-1].name) for g, layers in groups.items()] == [list(g) for g in
+                                                                      spec.groups] or [
+        (g, layers[-1].name) for g, layers in groups.items()] == list(spec.groups)
+    assert model.get_layer("pool").output.shape[-1] == spec.feature_dim
+
+
+# -- every entry through build (tiny) and one family member through fit ----------------
+@pytest.mark.parametrize("name", HUB)
+def test_every_entry_builds_tiny(name):
+    model = kerastl.build(name, num_classes=3, compile=False, **tiny_kwargs(name))
+    assert model.output_shape == (None, 3)
+    assert model.kerastl_config["source"] == "keras_hub"
+    assert [layer.name for layer in model.layers][:3] == [
+        model.kerastl_config["input"]["name"], "preprocess", "backbone"]
+
+
+_ONE_PER_FAMILY = sorted({get_spec(n).family: n for n in HUB}.values())
+
+
+@pytest.mark.parametrize("name", _ONE_PER_FAMILY)
+def test_one_entry_per_family_fits_and_reloads(name, tmp_path):
+    model = kerastl.build(name, num_classes=2, **tiny_kwargs(name))
+    x, y = tiny_data(model)
+    hist = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0])
+    p = model.predict(x, verbose=0)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    again = kerastl.load_model(path)
+    np.testing.assert_allclose(again.predict(x, verbose=0), p, atol=1e-5)
+    assert again.kerastl_config["backbone"] == name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", HUB)
+def test_every_entry_fits_one_step(name):
+    model = kerastl.build(name, num_classes=2, **tiny_kwargs(name))
+    x, y = tiny_data(model)
+    assert np.isfinite(model.fit(x, y, batch_size=4, epochs=1, verbose=0).history["loss"][0])
+
+
+# -- text ------------------------------------------------------------------------------
+def tiny_bert(**kw):
+    opts = tiny_kwargs("bert_tiny_en_uncased")
+    opts.update(kw)
+    return kerastl.build("bert_tiny_en_uncased", **{"num_classes": 2, **opts})
+
+
+def test_text_model_takes_raw_strings_and_pads_to_sequence_length():
+    model = tiny_bert(sequence_length=12)
+    assert model.input.dtype == "string" and model.input.name == "text"
+    cfg = model.kerastl_config
+    assert cfg["input"]["sequence_length"] == 12 and cfg["modality"] == "text"
+    ids = model.get_layer("preprocess")(keras.ops.convert_to_tensor(["good movie", "a"]))
+    assert tuple(ids["token_ids"].shape) == (2, 12)
+    assert keras.ops.convert_to_numpy(ids["padding_mask"]).sum(1).tolist() == [4, 3]
+    long = " ".join(["good"] * 50)
+    assert model.predict(np.array([long, "bad"], dtype=object), verbose=0).shape == (2, 2)
+
+
+@pytest.mark.parametrize("task,labels", [
+    ("binary", np.array([0, 1, 1, 0])),
+    ("multilabel", np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])),
+    ("embedding", np.array([0, 1, 0, 1])),
+])
+def test_text_tasks(task, labels):
+    n = None if task in ("binary", "embedding") else 3
+    model = tiny_bert(task=task, num_classes=n, embedding_dim=8)
+    x = np.array(SENTENCES[:4], dtype=object)
+    model.fit(x, labels, batch_size=4, epochs=1, verbose=0)
+    out = model.predict(x, verbose=0)
+    assert out.shape[0] == 4
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "cls", "pooler"])
+def test_text_poolings(pooling):
+    model = tiny_bert(pooling=pooling)
+    assert model.get_layer("pool").output.shape[-1] == 16
+
+
+def test_pooler_refused_without_pooler_layer():
+    with pytest.raises(ConfigError, match="no pooler"):
+        kerastl.build("distil_bert_base_en_uncased", num_classes=2, pooling="pooler",
+                      **tiny_kwargs("distil_bert_base_en_uncased"))
+
+
+def test_masked_mean_ignores_padding():
+    model = tiny_bert(sequence_length=8, pooling="avg")
+    feats = keras.Model(model.input, model.get_layer("pool").output)
+    short = feats.predict(np.array(["good movie"], dtype=object), verbose=0)
+    longer = kerastl.build("bert_tiny_en_uncased", num_classes=2, compile=False,
+                           **{**tiny_kwargs("bert_tiny_en_uncased"), "sequence_length": 16})
+    longer.get_layer("backbone").set_weights(model.get_layer("backbone").get_weights())
+    feats16 = keras.Model(longer.input, longer.get_layer("pool").output)
+    # Same tokens, more padding: BERT's position embeddings are absolute, so the
+    # unmasked positions see identical inputs and the masked mean must not move.
+    np.testing.assert_allclose(
+        feats16.predict(np.array(["good movie"], dtype=object), verbose=0), short, atol=1e-4)
+
+
+# -- freezing --------------------------------------------------------------------------
+def test_transformer_groups_and_last_n_freezing():
+    model = tiny_bert(freeze="last:2")
+    groups = kerastl.freeze.trainable_groups(model)
+    assert list(groups) == ["embeddings", "layer_0", "layer_1", "pooler"]
+    assert groups == {"embeddings": False, "layer_0": False, "layer_1": True, "pooler": True}
+    model = tiny_bert(freeze="up_to:layer_0")
+    assert kerastl.freeze.trainable_groups(model)["layer_1"]
+
+
+def test_gradual_unfreezing_goes_top_layer_first():
+    model = tiny_bert(freeze="backbone")
+    cb = kerastl.GradualUnfreezing(model, every=1, verbose=False)
+    x, y = tiny_data(model)
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append({g for g, t in kerastl.freeze.trainable_groups(model).items() if t})
+
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[cb, Spy()])
+    assert seen == [set(), {"pooler"}, {"pooler", "layer_1"}]
+
+
+def _snapshot(model):
+    return {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.weights}
+
+
+def test_lora_trains_only_lora_factors_and_head():
+    model = tiny_bert(freeze="lora:4")
+    assert model.kerastl_config["freeze"] == "lora:4"
+    trainable = {v.path for v in model.trainable_weights}
+    assert trainable and all("lora" in p or p.startswith(("logits",)) for p in trainable), trainable
+    assert sum("lora" in p for p in trainable) == 2 * 2 * 2  # 2 layers x (query, value) x (A, B)
+    before = _snapshot(model)
+    x, y = tiny_data(model, 8)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    after = _snapshot(model)
+    changed = {p for p in before if not np.array_equal(before[p], after[p])}
+    assert changed, "something must train"
+    assert all("lora" in p or p.startswith("logits") for p in changed), changed
+    assert any("lora_kernel_b" in p for p in changed)  # B starts at zero, then moves
+    assert any(p.startswith("logits") for p in changed)
+
+
+def test_lora_refused_for_image_and_apps_backbones():
+    with pytest.raises(ConfigError, match="LoRA"):
+        kerastl.build("vit_base_patch16_224_imagenet", num_classes=2, freeze="lora:4",
+                      **tiny_kwargs("vit_base_patch16_224_imagenet"))
+    with pytest.raises(ConfigError, match="lora"):
+        kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3),
+                      freeze="lora:4")
+    with pytest.raises(ConfigError, match="rank"):
+        tiny_bert(freeze="lora:x")
+
+
+# -- image and audio -------------------------------------------------------------------
+def test_image_hub_backbone_rescales_raw_pixels_and_exposes_pyramid():
+    kw = tiny_kwargs("resnet_18_imagenet")
+    model = kerastl.build("resnet_18_imagenet", num_classes=2, **kw)
+    pre = model.get_layer("preprocess")
+    out = keras.ops.convert_to_numpy(pre(np.full((1, 4, 4, 3), 255.0, "float32")))
+    np.testing.assert_allclose(out[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406]))
+                               / np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+    feats = kerastl.build("resnet_18_imagenet", features_only=True, **kw)
+    shapes = [tuple(o.shape[1:3]) for o in feats.outputs]
+    assert shapes == [(8, 8), (4, 4), (2, 2), (1, 1)]  # strides 4, 8, 16, 32
+    assert [t.stride for t in get_spec("resnet_18_imagenet").taps] == [4, 8, 16, 32]
+
+
+def test_vit_token_pooling_and_patch_multiple():
+    kw = tiny_kwargs("vit_base_patch16_224_imagenet")
+    for pooling in ("cls", "avg"):
+        m = kerastl.build("vit_base_patch16_224_imagenet", num_classes=2, pooling=pooling,
+                          compile=False, **kw)
+        assert m.get_layer("pool").output.shape[-1] == 16
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        kerastl.build("vit_base_patch16_224_imagenet", num_classes=2, input_shape=(40, 40, 3))
+
+
+def test_whisper_audio_model_takes_waveforms():
+    model = kerastl.build("whisper_tiny_en", num_classes=3, **tiny_kwargs("whisper_tiny_en"))
+    cfg = model.kerastl_config
+    assert cfg["input"]["name"] == "audio" and cfg["input"]["sample_rate"] == 16000
+    mel = model.get_layer("preprocess").output
+    assert tuple(mel.shape[1:]) == (100, 80)  # 1 s of log-mel frames, 80 bins
+    assert "transformer_decoder_layer_0" not in [lyr.name for lyr in
+                                                 model.get_layer("backbone").layers]
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 16000)).astype("float32")
+    assert model.predict(x, verbose=0).shape == (2, 3)
+    with pytest.raises(ConfigError, match="mono waveforms"):
+        kerastl.build("whisper_tiny_en", num_classes=2, input_shape=(32, 32, 3))
+
+
+# -- weights ---------------------------------------------------------------------------
+def test_local_keras_hub_preset_folder_loads_offline(tmp_path):
+    spec = get_spec("bert_tiny_en_uncased")
+    cfg = {**spec.extra["config"], **spec.extra["tiny_config"], "vocabulary_size": 40}
+    hub = keras_hub.models.BertBackbone(**cfg)
+    hub.save_to_preset(str(tmp_path))
+    keras_hub.models.BertTokenizer(**_wordpiece()).save_to_preset(str(tmp_path))
+    model = kerastl.build(spec.name, num_classes=2, weights=str(tmp_path), sequence_length=8)
+    for a, b in zip(model.get_layer("backbone").get_weights(), hub.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model.kerastl_config["weights"] == str(tmp_path)
+    ids = model.get_layer("preprocess")(keras.ops.convert_to_tensor(["good movie"]))
+    vocab = _wordpiece()["vocabulary"]
+    expected = [vocab.index(t) for t in ("[CLS]", "good", "movie", "[SEP]")]
+    assert keras.ops.convert_to_numpy(ids["token_ids"])[0, :4].tolist() == expected
+
+
+def test_unknown_preset_is_refused_with_suggestions():
+    with pytest.raises(WeightsError) as info:
+        kerastl.build("bert_tiny_en_uncased", num_classes=2, weights="bert_tiny_en_uncasd")
+    assert "bert_tiny_en_uncased" in str(info.value) and "Did you mean" in str(info.value)
+
+
+def test_folder_that_is_not_a_preset(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(WeightsError, match="not a KerasHub or Hugging Face preset"):
+        kerastl.build("bert_tiny_en_uncased", num_classes=2, weights=str(tmp_path))
+    with pytest.raises(WeightsError, match="no folder"):
+        kerastl.build("bert_tiny_en_uncased", num_classes=2, weights=str(tmp_path / "nope"))
+
+
+def test_preset_name_offline_says_what_to_put_where(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(keras_hub.models.BertBackbone, "from_preset", offline)
+    with pytest.raises(WeightsError) as info:
+        kerastl.build("bert_tiny_en_uncased", num_classes=2, weights="bert_tiny_en_uncased")
+    msg = str(info.value)
+    assert "save_to_preset" in msg and "weights='DIR'" in msg and "KAGGLEHUB_CACHE" in msg
+
+
+# -- bad input -------------------------------------------------------------------------
+def test_text_model_refuses_image_shapes_and_too_long_sequences():
+    with pytest.raises(ConfigError, match="text model"):
+        kerastl.build("bert_tiny_en_uncased", num_classes=2, input_shape=(224, 224, 3))
+    with pytest.raises(ConfigError, match="max_sequence_length=512"):
+        kerastl.build("bert_tiny_en_uncased", num_classes=2, sequence_length=1024)
+    with pytest.raises(ConfigError, match="valid options"):
+        kerastl.build("bert_tiny_en_uncased", num_classes=2, image_size=3)
+
+
+def test_text_model_fed_images_or_empty_batch():
+    model = tiny_bert()
+    with pytest.raises(Exception, match="raw strings|string"):
+        model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0)
+    with pytest.raises(Exception, match="every string in it is empty"):
+        model.predict(np.array(["", "  "], dtype=object), verbose=0)
+    with pytest.raises(Exception, match="the batch is empty"):
+        model(keras.ops.convert_to_tensor(np.array([], dtype=object).astype(str)))
+    # One empty string among real ones is legitimate input.
+    assert model.predict(np.array(["", "good"], dtype=object), verbose=0).shape == (2, 2)
+
+
+def test_sequence_length_type_checked():
+    with pytest.raises(ConfigError, match="whole number"):
+        kerastl.build("bert_tiny_en_uncased", num_classes=2, sequence_length="long")
+
+
+def test_metadata_is_json_ready():
+    model = tiny_bert()
+    json.dumps(model.kerastl_config)
+    assert os.fspath(model.kerastl_config["backbone"]) == "bert_tiny_en_uncased"
