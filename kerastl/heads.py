@@ -138,7 +138,7 @@ def resolve_task(task: str) -> TaskSpec:
         raise ConfigError(f"task: expected a string, got {type(task).__name__} {task!r}.")
     key = TASK_ALIASES.get(task.lower(), task.lower())
     if key not in TASKS:
-        raise choice_error("task", task, list(TASKS) + list(TASK_ALIASES))
+        raise choice_error("task", task, list(TASKS) + list(TASK_ALIASES), canonical=TASK_ALIASES)
     return TASKS[key]
 
 

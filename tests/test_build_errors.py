@@ -1,0 +1,136 @@
+"""Bad input to build(): each error names the argument, the value and the valid choices."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import kerastl
+from kerastl.heads import SupervisedContrastiveLoss
+
+S = (32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        (dict(name="resnet5", num_classes=2), kerastl.UnknownNameError,
+         r"Unknown model 'resnet5' \(argument 'name'\)\. Did you mean 'resnet50'"),
+        (dict(task="clasification", num_classes=2), kerastl.UnknownNameError,
+         r"Unknown task='clasification'\. Did you mean 'classification'\?.*Valid choices:.*'regression'"),
+        (dict(freeze="backbon", num_classes=2), kerastl.UnknownNameError,
+         r"Unknown freeze='backbon'\. Did you mean 'backbone'"),
+        (dict(num_classes=0), kerastl.ConfigError, r"num_classes.*needs num_classes >= 2, got num_classes=0"),
+        (dict(num_classes=1), kerastl.ConfigError, r"num_classes >= 2.*use task='binary'"),
+        (dict(num_classes=-3, task="multilabel"), kerastl.ConfigError,
+         r"num_classes: expected >= 1, got num_classes=-3"),
+        (dict(num_classes=2.5), kerastl.ConfigError, r"num_classes: expected a positive integer, got float 2.5"),
+        (dict(num_classes=None), kerastl.ConfigError, r"task='classification' needs num_classes, got None"),
+        (dict(task="binary", num_classes=3), kerastl.ConfigError,
+         r"task='binary' has one sigmoid output.*got num_classes=3"),
+        (dict(task="regression", num_classes=0), kerastl.ConfigError, r"regression needs >= 1 output"),
+        (dict(num_classes=2, input_shape=(16, 16, 3)), kerastl.ConfigError,
+         r"input_shape: height 16 is below the minimum of mobilenet_v3_small \(32 px\)"),
+        (dict(name="inception_v3", num_classes=2, input_shape=(64, 64, 3)), kerastl.ConfigError,
+         r"below the minimum of inception_v3 \(75 px\)"),
+        (dict(num_classes=2, input_shape=(32, 32, 4)), kerastl.ConfigError,
+         r"channels must be 3 \(RGB\) or 1 \(grayscale\), got 4"),
+        (dict(num_classes=2, input_shape=(32, 32)), None, None),  # (h, w) is fine: RGB implied
+        (dict(num_classes=2, pooling="mean"), kerastl.UnknownNameError,
+         r"Unknown pooling='mean'.*Valid choices: 'avg', 'max'"),
+        (dict(num_classes=2, dropout=1.5), kerastl.ConfigError, r"dropout: expected a rate in \[0, 1\), got dropout=1.5"),
+        (dict(num_classes=2, weights="imagenett"), kerastl.ConfigError,
+         r"weights: got weights='imagenett'\. Valid: None \(random init\), 'imagenet'"),
+        (dict(num_classes=3, class_names=["a", "b"]), kerastl.ConfigError,
+         r"class_names: 2 names for num_classes=3"),
+        (dict(class_names=["a", "a", "b"]), kerastl.ConfigError, r"duplicate names"),
+        (dict(num_classes=2, sequence_length=128), kerastl.ConfigError,
+         r"image backbone and takes no \['sequence_length'\]"),
+        (dict(features_only=True, out_indices=[7]), kerastl.ConfigError,
+         r"out_indices: got 7; mobilenet_v3_small has 5 taps"),
+    ],
+)
+def test_build_rejects_bad_arguments_clearly(kwargs, error, pattern):
+    kwargs = {"name": "mobilenet_v3_small", "input_shape": S, "compile": False, **kwargs}
+    name = kwargs.pop("name")
+    if error is None:
+        assert kerastl.build(name, **kwargs).input_shape == (None, 32, 32, 3)
+        return
+    with pytest.raises(error, match=pattern):
+        kerastl.build(name, **kwargs)
+
+
+def test_class_names_set_num_classes_and_are_kept():
+    m = kerastl.build("mobilenet_v3_small", input_shape=S, class_names=["cat", "dog", "fox"])
+    assert m.output_shape == (None, 3)
+    assert m.kerastl_config["class_names"] == ["cat", "dog", "fox"]
+
+
+@pytest.mark.parametrize(
+    "task, n, out_name, shape",
+    [
+        ("classification", 4, "probabilities", (None, 4)),
+        ("binary", None, "probabilities", (None, 1)),
+        ("multilabel", 5, "probabilities", (None, 5)),
+        ("regression", 2, "predictions", (None, 2)),
+        ("embedding", None, "embedding", (None, 16)),
+    ],
+)
+def test_each_task_head_trains(task, n, out_name, shape):
+    m = kerastl.build("mobilenet_v3_small", task=task, num_classes=n, input_shape=S,
+                      embedding_dim=16, freeze="backbone")
+    assert m.output_shape == shape
+    assert m.layers[-1].name == out_name
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = {
+        "classification": rng.integers(0, 4, 8),
+        "binary": rng.integers(0, 2, (8, 1)).astype("float32"),
+        "multilabel": rng.integers(0, 2, (8, 5)).astype("float32"),
+        "regression": rng.normal(size=(8, 2)).astype("float32"),
+        "embedding": np.array([0, 0, 1, 1, 2, 2, 3, 3]),
+    }[task]
+    hist = m.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert np.isfinite(hist.history["loss"]).all()
+    out = m.predict(x, verbose=0)
+    if task == "embedding":
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    if task in ("binary", "multilabel"):
+        assert ((out >= 0) & (out <= 1)).all()
+
+
+def test_head_stays_float32_under_mixed_precision():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        m = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=S, compile=False)
+        assert m.get_layer("logits").compute_dtype == "float32"
+        assert m.get_layer("probabilities").compute_dtype == "float32"
+        assert m.output.dtype == "float32"
+        assert m.get_layer("backbone").layers[3].compute_dtype == "float16"
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_features_only_returns_the_declared_pyramid():
+    spec = kerastl.get_spec("resnet50")
+    m = kerastl.build("resnet50", features_only=True, input_shape=(64, 64, 3), out_indices=[1, 2, 4])
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    outs = m.predict(x, verbose=0)
+    assert [o.shape for o in outs] == [(1, 16, 16, 256), (1, 8, 8, 512), (1, 2, 2, 2048)]
+    assert [f["stride"] for f in m.kerastl_config["feature_info"]] == [4, 8, 32]
+    assert m.kerastl_config["feature_info"][0]["layer"] == spec.taps[1].layer
+
+
+def test_any_legal_input_size_and_non_square():
+    m = kerastl.build("efficientnet_b0", num_classes=2, input_shape=(48, 80, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 48, 80, 3)).astype("float32")
+    assert m.predict(x, verbose=0).shape == (2, 2)
+
+
+def test_supervised_contrastive_loss_prefers_clustered_embeddings():
+    loss = SupervisedContrastiveLoss(temperature=0.1)
+    labels = np.array([0, 0, 1, 1])
+    good = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], "float32")
+    bad = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], "float32")
+    assert float(loss(labels, good)) < float(loss(labels, bad))
