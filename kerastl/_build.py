@@ -118,8 +118,9 @@ def build(
         "pooling": pooling,
         "dropout": dropout,
     }
-    model = KerastlModel(inputs, outputs, name=f"{spec.name}_{task_spec.name}",
-                         kerastl_config=config)
+    model = KerastlModel(
+        inputs, outputs, name=f"{spec.name}_{task_spec.name}", kerastl_config=config
+    )
     apply_policy(model, policy)
     if compile:
         compile_for_task(model, learning_rate=learning_rate)

@@ -51,7 +51,9 @@ def metadata(model: keras.Model) -> dict[str, Any]:
     return copy.deepcopy(getattr(model, "kerastl_config", {}) or {})
 
 
-def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = True) -> keras.Model:
+def load_model(
+    path: str | os.PathLike, safe_mode: bool = True, compile: bool = True
+) -> keras.Model:
     """Load a ``.keras`` file saved from a kerastl (or plain Keras) model.
 
     Runs with Keras' ``safe_mode`` by default: a file holding a ``Lambda`` layer

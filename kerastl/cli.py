@@ -33,8 +33,11 @@ def _models_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'resnet*'")
     p.add_argument("--modality", choices=["image", "text", "audio"])
     p.add_argument("--source", choices=["keras.applications", "keras_hub"])
-    p.add_argument("--pretrained", action="store_true", help="only models with downloadable weights")
+    p.add_argument(
+        "--pretrained", action="store_true", help="only models with downloadable weights"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
 
 
 def _fmt_params(n: int) -> str:
@@ -45,7 +48,9 @@ def run_models(args: argparse.Namespace) -> int:
     from kerastl.zoo import get_spec, list_models
 
     names = list_models(
-        args.pattern, modality=args.modality, source=args.source,
+        args.pattern,
+        modality=args.modality,
+        source=args.source,
         pretrained=True if args.pretrained else None,
     )
     specs = [get_spec(n) for n in names]
@@ -57,11 +62,25 @@ def run_models(args: argparse.Namespace) -> int:
         return 1
     rows = [("name", "modality", "source", "input", "min", "features", "params", "top1", "prep")]
     for s in specs:
-        rows.append((
-            s.name, s.modality, s.source, str(s.input_size), str(s.min_input_size),
-            str(s.feature_dim), _fmt_params(s.params),
-            f"{s.top1:.1f}" if s.top1 else "-", s.preprocessing,
-        ))
+        rows.append(
+            (
+                s.name,
+                s.modality,
+                s.source,
+                str(s.input_size),
+                str(s.min_input_size),
+                str(s.feature_dim),
+                _fmt_params(s.params),
+                f"{s.top1:.1f}" if s.top1 else "-",
+                s.preprocessing,
+            )
+        )
+    if args.markdown:
+        print("| " + " | ".join(rows[0]) + " |")
+        print("|" + "---|" * len(rows[0]))
+        for r in rows[1:]:
+            print("| " + " | ".join(r) + " |")
+        return 0
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -82,12 +101,28 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d, indent=1))
         return 0
-    for key in ("name", "family", "source", "modality", "constructor", "aliases", "input_size",
-                "min_input_size", "preprocessing", "feature_dim", "params", "top1", "license",
-                "pretrained"):
+    for key in (
+        "name",
+        "family",
+        "source",
+        "modality",
+        "constructor",
+        "aliases",
+        "input_size",
+        "min_input_size",
+        "preprocessing",
+        "feature_dim",
+        "params",
+        "top1",
+        "license",
+        "pretrained",
+    ):
         print(f"{key:15} {d[key]}")
     print("groups          " + ", ".join(g for g, _ in spec.groups))
-    print("taps            " + ", ".join(f"{t.layer} ({t.channels}ch, /{t.stride})" for t in spec.taps))
+    print(
+        "taps            "
+        + ", ".join(f"{t.layer} ({t.channels}ch, /{t.stride})" for t in spec.taps)
+    )
     for k, v in spec.extra.items():
         print(f"{k:15} {v}")
     return 0
@@ -144,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:  # `kerastl models | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("\nkerastl: interrupted; nothing half-written was published.", file=sys.stderr)
         return 130

@@ -72,7 +72,7 @@ def parse_policy(freeze: Any, train_batchnorm: bool = False) -> FreezePolicy:
             raise ConfigError(
                 f"freeze: a dict policy has exactly one key of {POLICY_KINDS[2:]}, got {freeze!r}."
             )
-        (kind, value), = freeze.items()
+        ((kind, value),) = freeze.items()
     elif isinstance(freeze, str):
         kind, _, value = freeze.partition(":")
         value = value or None
@@ -242,8 +242,13 @@ class GradualUnfreezing(keras.callbacks.Callback):
         >>> model.fit(ds, epochs=8, callbacks=[cb])  # doctest: +SKIP
     """
 
-    def __init__(self, model: keras.Model, every: int = 1, max_groups: int | None = None,
-                 verbose: bool = True):
+    def __init__(
+        self,
+        model: keras.Model,
+        every: int = 1,
+        max_groups: int | None = None,
+        verbose: bool = True,
+    ):
         super().__init__()
         if not isinstance(every, int) or every < 1:
             raise ConfigError(f"every: expected an integer >= 1, got {every!r}.")
@@ -266,9 +271,13 @@ class GradualUnfreezing(keras.callbacks.Callback):
         for layers in groups.values():
             for layer in layers:
                 for sub in _all_layers(layer):
-                    if not self.train_batchnorm and isinstance(sub, keras.layers.BatchNormalization):
+                    if not self.train_batchnorm and isinstance(
+                        sub, keras.layers.BatchNormalization
+                    ):
                         continue
-                    for v in sub._trainable_variables if hasattr(sub, "_trainable_variables") else []:
+                    for v in (
+                        sub._trainable_variables if hasattr(sub, "_trainable_variables") else []
+                    ):
                         if id(v) not in seen:
                             seen.add(id(v))
                             candidates.append(v)

@@ -7,8 +7,9 @@ Each task also declares its default loss and metrics, used by ``build``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import keras
 from keras import ops
@@ -84,7 +85,10 @@ TASKS: dict[str, TaskSpec] = {
             "sigmoid",
             "probabilities",
             lambda: keras.losses.BinaryCrossentropy(),
-            lambda n: [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+            lambda n: [
+                keras.metrics.BinaryAccuracy(name="accuracy"),
+                keras.metrics.AUC(name="auc"),
+            ],
             "two classes, label 0/1, one sigmoid probability",
         ),
         TaskSpec(
@@ -196,7 +200,9 @@ def attach_head(features, task: TaskSpec, units: int, dropout: float = 0.0):
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     name = "logits" if task.activation else task.output_name
-    x = keras.layers.Dense(units, dtype="float32", name=name if task.name != "embedding" else "projection")(x)
+    x = keras.layers.Dense(
+        units, dtype="float32", name=name if task.name != "embedding" else "projection"
+    )(x)
     if task.activation:
         x = keras.layers.Activation(task.activation, dtype="float32", name=task.output_name)(x)
     if task.name == "embedding":

@@ -15,40 +15,99 @@ S = (32, 32, 3)
 @pytest.mark.parametrize(
     "kwargs, error, pattern",
     [
-        (dict(name="resnet5", num_classes=2), kerastl.UnknownNameError,
-         r"Unknown model 'resnet5' \(argument 'name'\)\. Did you mean 'resnet50'"),
-        (dict(task="clasification", num_classes=2), kerastl.UnknownNameError,
-         r"Unknown task='clasification'\. Did you mean 'classification'\?.*Valid choices:.*'regression'"),
-        (dict(freeze="backbon", num_classes=2), kerastl.UnknownNameError,
-         r"Unknown freeze='backbon'\. Did you mean 'backbone'"),
-        (dict(num_classes=0), kerastl.ConfigError, r"num_classes.*needs num_classes >= 2, got num_classes=0"),
+        (
+            dict(name="resnet5", num_classes=2),
+            kerastl.UnknownNameError,
+            r"Unknown model 'resnet5' \(argument 'name'\)\. Did you mean 'resnet50'",
+        ),
+        (
+            dict(task="clasification", num_classes=2),
+            kerastl.UnknownNameError,
+            r"Unknown task='clasification'\. Did you mean 'classification'\?.*Valid choices:.*'regression'",
+        ),
+        (
+            dict(freeze="backbon", num_classes=2),
+            kerastl.UnknownNameError,
+            r"Unknown freeze='backbon'\. Did you mean 'backbone'",
+        ),
+        (
+            dict(num_classes=0),
+            kerastl.ConfigError,
+            r"num_classes.*needs num_classes >= 2, got num_classes=0",
+        ),
         (dict(num_classes=1), kerastl.ConfigError, r"num_classes >= 2.*use task='binary'"),
-        (dict(num_classes=-3, task="multilabel"), kerastl.ConfigError,
-         r"num_classes: expected >= 1, got num_classes=-3"),
-        (dict(num_classes=2.5), kerastl.ConfigError, r"num_classes: expected a positive integer, got float 2.5"),
-        (dict(num_classes=None), kerastl.ConfigError, r"task='classification' needs num_classes, got None"),
-        (dict(task="binary", num_classes=3), kerastl.ConfigError,
-         r"task='binary' has one sigmoid output.*got num_classes=3"),
-        (dict(task="regression", num_classes=0), kerastl.ConfigError, r"regression needs >= 1 output"),
-        (dict(num_classes=2, input_shape=(16, 16, 3)), kerastl.ConfigError,
-         r"input_shape: height 16 is below the minimum of mobilenet_v3_small \(32 px\)"),
-        (dict(name="inception_v3", num_classes=2, input_shape=(64, 64, 3)), kerastl.ConfigError,
-         r"below the minimum of inception_v3 \(75 px\)"),
-        (dict(num_classes=2, input_shape=(32, 32, 4)), kerastl.ConfigError,
-         r"channels must be 3 \(RGB\) or 1 \(grayscale\), got 4"),
+        (
+            dict(num_classes=-3, task="multilabel"),
+            kerastl.ConfigError,
+            r"num_classes: expected >= 1, got num_classes=-3",
+        ),
+        (
+            dict(num_classes=2.5),
+            kerastl.ConfigError,
+            r"num_classes: expected a positive integer, got float 2.5",
+        ),
+        (
+            dict(num_classes=None),
+            kerastl.ConfigError,
+            r"task='classification' needs num_classes, got None",
+        ),
+        (
+            dict(task="binary", num_classes=3),
+            kerastl.ConfigError,
+            r"task='binary' has one sigmoid output.*got num_classes=3",
+        ),
+        (
+            dict(task="regression", num_classes=0),
+            kerastl.ConfigError,
+            r"regression needs >= 1 output",
+        ),
+        (
+            dict(num_classes=2, input_shape=(16, 16, 3)),
+            kerastl.ConfigError,
+            r"input_shape: height 16 is below the minimum of mobilenet_v3_small \(32 px\)",
+        ),
+        (
+            dict(name="inception_v3", num_classes=2, input_shape=(64, 64, 3)),
+            kerastl.ConfigError,
+            r"below the minimum of inception_v3 \(75 px\)",
+        ),
+        (
+            dict(num_classes=2, input_shape=(32, 32, 4)),
+            kerastl.ConfigError,
+            r"channels must be 3 \(RGB\) or 1 \(grayscale\), got 4",
+        ),
         (dict(num_classes=2, input_shape=(32, 32)), None, None),  # (h, w) is fine: RGB implied
-        (dict(num_classes=2, pooling="mean"), kerastl.UnknownNameError,
-         r"Unknown pooling='mean'.*Valid choices: 'avg', 'max'"),
-        (dict(num_classes=2, dropout=1.5), kerastl.ConfigError, r"dropout: expected a rate in \[0, 1\), got dropout=1.5"),
-        (dict(num_classes=2, weights="imagenett"), kerastl.ConfigError,
-         r"weights: got weights='imagenett'\. Valid: None \(random init\), 'imagenet'"),
-        (dict(num_classes=3, class_names=["a", "b"]), kerastl.ConfigError,
-         r"class_names: 2 names for num_classes=3"),
+        (
+            dict(num_classes=2, pooling="mean"),
+            kerastl.UnknownNameError,
+            r"Unknown pooling='mean'.*Valid choices: 'avg', 'max'",
+        ),
+        (
+            dict(num_classes=2, dropout=1.5),
+            kerastl.ConfigError,
+            r"dropout: expected a rate in \[0, 1\), got dropout=1.5",
+        ),
+        (
+            dict(num_classes=2, weights="imagenett"),
+            kerastl.ConfigError,
+            r"weights: got weights='imagenett'\. Valid: None \(random init\), 'imagenet'",
+        ),
+        (
+            dict(num_classes=3, class_names=["a", "b"]),
+            kerastl.ConfigError,
+            r"class_names: 2 names for num_classes=3",
+        ),
         (dict(class_names=["a", "a", "b"]), kerastl.ConfigError, r"duplicate names"),
-        (dict(num_classes=2, sequence_length=128), kerastl.ConfigError,
-         r"image backbone and takes no \['sequence_length'\]"),
-        (dict(features_only=True, out_indices=[7]), kerastl.ConfigError,
-         r"out_indices: got 7; mobilenet_v3_small has 5 taps"),
+        (
+            dict(num_classes=2, sequence_length=128),
+            kerastl.ConfigError,
+            r"image backbone and takes no \['sequence_length'\]",
+        ),
+        (
+            dict(features_only=True, out_indices=[7]),
+            kerastl.ConfigError,
+            r"out_indices: got 7; mobilenet_v3_small has 5 taps",
+        ),
     ],
 )
 def test_build_rejects_bad_arguments_clearly(kwargs, error, pattern):
@@ -78,8 +137,14 @@ def test_class_names_set_num_classes_and_are_kept():
     ],
 )
 def test_each_task_head_trains(task, n, out_name, shape):
-    m = kerastl.build("mobilenet_v3_small", task=task, num_classes=n, input_shape=S,
-                      embedding_dim=16, freeze="backbone")
+    m = kerastl.build(
+        "mobilenet_v3_small",
+        task=task,
+        num_classes=n,
+        input_shape=S,
+        embedding_dim=16,
+        freeze="backbone",
+    )
     assert m.output_shape == shape
     assert m.layers[-1].name == out_name
     rng = np.random.default_rng(0)
@@ -114,7 +179,9 @@ def test_head_stays_float32_under_mixed_precision():
 
 def test_features_only_returns_the_declared_pyramid():
     spec = kerastl.get_spec("resnet50")
-    m = kerastl.build("resnet50", features_only=True, input_shape=(64, 64, 3), out_indices=[1, 2, 4])
+    m = kerastl.build(
+        "resnet50", features_only=True, input_shape=(64, 64, 3), out_indices=[1, 2, 4]
+    )
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
     outs = m.predict(x, verbose=0)
     assert [o.shape for o in outs] == [(1, 16, 16, 256), (1, 8, 8, 512), (1, 2, 2, 2048)]

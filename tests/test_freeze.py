@@ -58,8 +58,11 @@ def test_batchnorm_statistics_stay_frozen_after_unfreezing(policy):
     before = _bn_stats(model)
     assert len(before) > 40
     bn_weights = _snapshot(
-        [layer for layer in model.get_layer("backbone").layers
-         if isinstance(layer, keras.layers.BatchNormalization)]
+        [
+            layer
+            for layer in model.get_layer("backbone").layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
     )
     _fit(model)
     after = _bn_stats(model)
@@ -74,8 +77,9 @@ def test_batchnorm_statistics_stay_frozen_after_unfreezing(policy):
 
 def test_train_batchnorm_true_lets_statistics_move():
     """The control: the check above can fail."""
-    model = kerastl.build("resnet50", num_classes=3, input_shape=(SIZE, SIZE, 3), freeze="none",
-                          train_batchnorm=True)
+    model = kerastl.build(
+        "resnet50", num_classes=3, input_shape=(SIZE, SIZE, 3), freeze="none", train_batchnorm=True
+    )
     before = _bn_stats(model)
     _fit(model, epochs=1)
     after = _bn_stats(model)
@@ -105,7 +109,9 @@ def test_policy_freezes_named_groups_bit_identical(policy, frozen, trained):
                 np.testing.assert_array_equal(v.numpy(), before[g][id(v)], err_msg=f"{g}/{v.path}")
     for g in trained:
         changed = [
-            v.path for layer in groups[g] for v in layer.trainable_weights
+            v.path
+            for layer in groups[g]
+            for v in layer.trainable_weights
             if np.abs(v.numpy() - before[g][id(v)]).max() > 1e-5
         ]
         assert changed, f"group {g} should have trained"
@@ -114,25 +120,37 @@ def test_policy_freezes_named_groups_bit_identical(policy, frozen, trained):
 
 
 def test_regex_policy_freezes_matching_layers_only():
-    model = kerastl.build("resnet50", num_classes=3, input_shape=(SIZE, SIZE, 3),
-                          freeze="regex:^conv[1-4]_")
+    model = kerastl.build(
+        "resnet50", num_classes=3, input_shape=(SIZE, SIZE, 3), freeze="regex:^conv[1-4]_"
+    )
     backbone = model.get_layer("backbone")
     frozen = [layer for layer in backbone.layers if layer.name.startswith(("conv1_", "conv2_"))]
-    free = [layer for layer in backbone.layers
-            if layer.name.startswith("conv5_") and layer.name.endswith("_conv")]
+    free = [
+        layer
+        for layer in backbone.layers
+        if layer.name.startswith("conv5_") and layer.name.endswith("_conv")
+    ]
     assert frozen and free
     before = _snapshot(frozen + free)
     _fit(model, epochs=1)
     for layer in frozen:
         for v in layer.weights:
             np.testing.assert_array_equal(v.numpy(), before[id(v)])
-    assert any(not np.array_equal(v.numpy(), before[id(v)])
-               for layer in free for v in layer.trainable_weights)
+    assert any(
+        not np.array_equal(v.numpy(), before[id(v)])
+        for layer in free
+        for v in layer.trainable_weights
+    )
 
 
 def test_gradual_unfreezing_goes_from_head_down():
-    model = kerastl.build("resnet50", num_classes=3, input_shape=(SIZE, SIZE, 3),
-                          freeze="backbone", learning_rate=0.01)
+    model = kerastl.build(
+        "resnet50",
+        num_classes=3,
+        input_shape=(SIZE, SIZE, 3),
+        freeze="backbone",
+        learning_rate=0.01,
+    )
     groups = _groups(model)
     cb = GradualUnfreezing(model, every=1, verbose=False)
     seen = []
@@ -150,16 +168,23 @@ def test_gradual_unfreezing_goes_from_head_down():
     assert seen[2] == {g: g in names[-2:] for g in names}
 
     def changed(g):
-        return sum(float(np.abs(v.numpy() - before[g][id(v)]).max())
-                   for layer in groups[g] for v in layer.trainable_weights) > 1e-4
+        return (
+            sum(
+                float(np.abs(v.numpy() - before[g][id(v)]).max())
+                for layer in groups[g]
+                for v in layer.trainable_weights
+            )
+            > 1e-4
+        )
 
     assert changed(names[-1]) and changed(names[-2])
     assert not changed(names[0])
 
 
 def test_discriminative_learning_rates_scale_each_groups_update():
-    model = kerastl.build("mobilenet_v2", num_classes=3, input_shape=(SIZE, SIZE, 3),
-                          freeze="none", compile=False)
+    model = kerastl.build(
+        "mobilenet_v2", num_classes=3, input_shape=(SIZE, SIZE, 3), freeze="none", compile=False
+    )
     opt = discriminative_optimizer(model, learning_rate=0.1, decay=0.5, optimizer="sgd")
     names = list(_groups(model))
     rates = opt.kerastl_group_rates
@@ -182,8 +207,11 @@ def test_discriminative_learning_rates_scale_each_groups_update():
     groups = _groups(model)
     checks = {"head": model.get_layer("logits").kernel}
     for g in (names[0], names[-1]):
-        conv = next(layer for layer in groups[g]
-                    if isinstance(layer, keras.layers.Conv2D) and layer.trainable_weights)
+        conv = next(
+            layer
+            for layer in groups[g]
+            if isinstance(layer, keras.layers.Conv2D) and layer.trainable_weights
+        )
         checks[g] = conv.kernel
     for g, var in checks.items():
         delta = before[var.path] - by_path[var.path].numpy()
@@ -194,18 +222,23 @@ def test_discriminative_learning_rates_scale_each_groups_update():
 def test_l2sp_pulls_weights_towards_their_start():
     def distance_after_training(alpha):
         keras.utils.set_random_seed(3)
-        model = kerastl.build("resnet50", num_classes=3, input_shape=(SIZE, SIZE, 3),
-                              freeze="none", compile=False)
-        start = {v.path: np.array(v.numpy()) for v in model.get_layer("backbone").trainable_variables}
+        model = kerastl.build(
+            "resnet50", num_classes=3, input_shape=(SIZE, SIZE, 3), freeze="none", compile=False
+        )
+        start = {
+            v.path: np.array(v.numpy()) for v in model.get_layer("backbone").trainable_variables
+        }
         if alpha:
             assert apply_l2sp(model, alpha=alpha) > 0
-            assert float(sum(keras.ops.convert_to_numpy(l) for l in model.losses)) == 0.0
+            assert float(sum(keras.ops.convert_to_numpy(t) for t in model.losses)) == 0.0
         keras.utils.set_random_seed(3)
         _fit(model, epochs=3, lr=0.01)
         if alpha:
-            assert float(sum(keras.ops.convert_to_numpy(l) for l in model.losses)) > 0.0
-        return sum(float(np.sum((v.numpy() - start[v.path]) ** 2))
-                   for v in model.get_layer("backbone").trainable_variables)
+            assert float(sum(keras.ops.convert_to_numpy(t) for t in model.losses)) > 0.0
+        return sum(
+            float(np.sum((v.numpy() - start[v.path]) ** 2))
+            for v in model.get_layer("backbone").trainable_variables
+        )
 
     free = distance_after_training(0.0)
     pulled = distance_after_training(10.0)

@@ -106,8 +106,9 @@ def test_entry_fits_one_step_and_reloads(name, tmp_path):
     model.save(path)
     loaded = kerastl.load_model(path)
     assert loaded.kerastl_config == model.kerastl_config
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_list_models_filters_and_wildcards():
@@ -170,11 +171,20 @@ def test_cli_unknown_model_exits_2_with_one_line():
 
 
 def test_cli_help_is_tensorflow_free():
-    res = subprocess.run([sys.executable, "-m", "kerastl.cli", "--help"], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "kerastl.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0
     assert "models" in res.stdout and "export" in res.stdout
     res = subprocess.run(
-        [sys.executable, "-c", "import sys; from kerastl.cli import build_parser; build_parser();"
-         "print('tensorflow' in sys.modules)"], capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from kerastl.cli import build_parser; build_parser();"
+            "print('tensorflow' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.stdout.strip() == "False"

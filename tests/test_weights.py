@@ -45,16 +45,21 @@ def test_imagenet_weights_load_from_keras_cache_without_network(tmp_path, monkey
     cache = tmp_path / "keras_home" / "models"
     cache.mkdir(parents=True)
     keras.utils.set_random_seed(7)
-    source = keras.applications.ResNet50(include_top=False, weights=None,
-                                         input_shape=(SIZE, SIZE, 3))
+    source = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)
+    )
     fname = cache / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     _write_legacy_h5(source, fname)
     # Keras checks the file's hash: publish ours as "the" hash of this fake file.
-    monkeypatch.setitem(resnet.WEIGHTS_HASHES, "resnet50",
-                        (resnet.WEIGHTS_HASHES["resnet50"][0], hash_file(str(fname), "md5")))
+    monkeypatch.setitem(
+        resnet.WEIGHTS_HASHES,
+        "resnet50",
+        (resnet.WEIGHTS_HASHES["resnet50"][0], hash_file(str(fname), "md5")),
+    )
 
-    model = kerastl.build("resnet50", num_classes=2, input_shape=(SIZE, SIZE, 3),
-                          weights="imagenet")
+    model = kerastl.build(
+        "resnet50", num_classes=2, input_shape=(SIZE, SIZE, 3), weights="imagenet"
+    )
     assert offline == []
     backbone = model.get_layer("backbone")
     for a, b in zip(source.weights, backbone.weights):
@@ -65,8 +70,9 @@ def test_imagenet_weights_load_from_keras_cache_without_network(tmp_path, monkey
 def test_missing_imagenet_weights_offline_say_what_to_put_where(tmp_path, monkeypatch, offline):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_home"))
     with pytest.raises(kerastl.WeightsError) as err:
-        kerastl.build("mobilenet_v2", num_classes=2, input_shape=(SIZE, SIZE, 3),
-                      weights="imagenet")
+        kerastl.build(
+            "mobilenet_v2", num_classes=2, input_shape=(SIZE, SIZE, 3), weights="imagenet"
+        )
     msg = str(err.value)
     assert "mobilenet_v2" in msg
     assert str(tmp_path / "empty_home" / "models") in msg
@@ -91,8 +97,9 @@ def test_local_weights_file_seeds_the_backbone(tmp_path):
     src = kerastl.build("mobilenet_v3_small", num_classes=4, input_shape=(SIZE, SIZE, 3))
     path = tmp_path / "bb.weights.h5"
     src.get_layer("backbone").save_weights(path)
-    model = kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(SIZE, SIZE, 3),
-                          weights=str(path))
+    model = kerastl.build(
+        "mobilenet_v3_small", num_classes=2, input_shape=(SIZE, SIZE, 3), weights=str(path)
+    )
     for a, b in zip(src.get_layer("backbone").weights, model.get_layer("backbone").weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -102,8 +109,9 @@ def test_saved_kerastl_model_seeds_the_backbone(tmp_path):
     src = kerastl.build("efficientnet_b0", num_classes=4, input_shape=(SIZE, SIZE, 3))
     path = tmp_path / "trained.keras"
     src.save(path)
-    model = kerastl.build("efficientnet_b0", task="regression", input_shape=(SIZE, SIZE, 3),
-                          weights=path)
+    model = kerastl.build(
+        "efficientnet_b0", task="regression", input_shape=(SIZE, SIZE, 3), weights=path
+    )
     for a, b in zip(src.get_layer("backbone").weights, model.get_layer("backbone").weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -119,8 +127,12 @@ def test_weights_from_another_architecture_are_refused(tmp_path):
     with pytest.raises(kerastl.WeightsError, match="holds a 'mobilenet_v3_small' model"):
         kerastl.build("resnet50", num_classes=2, input_shape=(SIZE, SIZE, 3), weights=saved)
     with pytest.raises(kerastl.WeightsError, match="no file at"):
-        kerastl.build("resnet50", num_classes=2, input_shape=(SIZE, SIZE, 3),
-                      weights=str(tmp_path / "nope.weights.h5"))
+        kerastl.build(
+            "resnet50",
+            num_classes=2,
+            input_shape=(SIZE, SIZE, 3),
+            weights=str(tmp_path / "nope.weights.h5"),
+        )
 
 
 def test_grayscale_input_sums_the_stem_over_rgb(tmp_path):
@@ -129,8 +141,9 @@ def test_grayscale_input_sums_the_stem_over_rgb(tmp_path):
     rgb = kerastl.build("mobilenet_v2", num_classes=3, input_shape=(SIZE, SIZE, 3))
     path = tmp_path / "rgb.weights.h5"
     rgb.get_layer("backbone").save_weights(path)
-    gray = kerastl.build("mobilenet_v2", num_classes=3, input_shape=(SIZE, SIZE, 1),
-                         weights=str(path))
+    gray = kerastl.build(
+        "mobilenet_v2", num_classes=3, input_shape=(SIZE, SIZE, 1), weights=str(path)
+    )
     stem_rgb = rgb.get_layer("backbone").get_layer("Conv1").kernel.numpy()
     stem_gray = gray.get_layer("backbone").get_layer("Conv1").kernel.numpy()
     assert stem_gray.shape[2] == 1
@@ -161,16 +174,23 @@ def test_preprocessing_modes_match_keras_conventions(mode):
 
 
 def test_model_saves_and_reloads_without_custom_objects(tmp_path):
-    model = kerastl.build("mobilenet_v3_small", task="multilabel", num_classes=4,
-                          input_shape=(SIZE, SIZE, 3), class_names=list("abcd"), dropout=0.2)
+    model = kerastl.build(
+        "mobilenet_v3_small",
+        task="multilabel",
+        num_classes=4,
+        input_shape=(SIZE, SIZE, 3),
+        class_names=list("abcd"),
+        dropout=0.2,
+    )
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)  # no custom_objects
     assert type(loaded).__name__ == "KerastlModel"
     assert loaded.kerastl_config["class_names"] == list("abcd")
     x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_load_model_refuses_lambda_layers_unless_unsafe(tmp_path):

@@ -238,9 +238,9 @@ def load_backbone_weights(backbone: keras.Model, path: Path, name: str) -> None:
             from kerastl._model import load_model
 
             saved = load_model(path)
-            saved_backbone = saved.kerastl_config.get("backbone") if hasattr(
-                saved, "kerastl_config"
-            ) else None
+            saved_backbone = (
+                saved.kerastl_config.get("backbone") if hasattr(saved, "kerastl_config") else None
+            )
             if saved_backbone and saved_backbone != name:
                 raise WeightsError(
                     f"weights: {str(path)!r} holds a {saved_backbone!r} model, "

@@ -7,45 +7,45 @@ registry tests check every number below against a freshly built backbone.
 from kerastl.zoo._keras_apps_family import declare_family
 
 declare_family(
-    family='inception',
-    license='Apache-2.0',
+    family="inception",
+    license="Apache-2.0",
     variants={
-        'inception_v3': dict(
-            constructor='InceptionV3',
+        "inception_v3": dict(
+            constructor="InceptionV3",
             input_size=299,
             min_input_size=75,
-            preprocessing='tf',
+            preprocessing="tf",
             feature_dim=2048,
             params=21802784,
             top1=77.9,
             taps=[
-                ('mixed2', 288, 8),
-                ('mixed7', 768, 16),
-                ('mixed10', 2048, 32),
+                ("mixed2", 288, 8),
+                ("mixed7", 768, 16),
+                ("mixed10", 2048, 32),
             ],
             groups=[
-                ('stem', 'mixed2'),
-                ('stage1', 'mixed7'),
-                ('stage2', 'mixed10'),
+                ("stem", "mixed2"),
+                ("stage1", "mixed7"),
+                ("stage2", "mixed10"),
             ],
         ),
-        'inception_resnet_v2': dict(
-            constructor='InceptionResNetV2',
+        "inception_resnet_v2": dict(
+            constructor="InceptionResNetV2",
             input_size=299,
             min_input_size=75,
-            preprocessing='tf',
+            preprocessing="tf",
             feature_dim=1536,
             params=54336736,
             top1=80.3,
             taps=[
-                ('block35_10_ac', 320, 8),
-                ('block17_20_ac', 1088, 16),
-                ('conv_7b_ac', 1536, 32),
+                ("block35_10_ac", 320, 8),
+                ("block17_20_ac", 1088, 16),
+                ("conv_7b_ac", 1536, 32),
             ],
             groups=[
-                ('stem', 'block35_10_ac'),
-                ('stage1', 'block17_20_ac'),
-                ('stage2', 'conv_7b_ac'),
+                ("stem", "block35_10_ac"),
+                ("stage1", "block17_20_ac"),
+                ("stage2", "conv_7b_ac"),
             ],
         ),
     },

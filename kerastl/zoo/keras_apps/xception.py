@@ -7,30 +7,30 @@ registry tests check every number below against a freshly built backbone.
 from kerastl.zoo._keras_apps_family import declare_family
 
 declare_family(
-    family='xception',
-    license='Apache-2.0',
+    family="xception",
+    license="Apache-2.0",
     variants={
-        'xception': dict(
-            constructor='Xception',
+        "xception": dict(
+            constructor="Xception",
             input_size=299,
             min_input_size=71,
-            preprocessing='tf',
+            preprocessing="tf",
             feature_dim=2048,
             params=20861480,
             top1=79.0,
             taps=[
-                ('block2_sepconv2_bn', 128, 2),
-                ('block3_sepconv2_bn', 256, 4),
-                ('block4_sepconv2_bn', 728, 8),
-                ('block13_sepconv2_bn', 1024, 16),
-                ('block14_sepconv2_act', 2048, 32),
+                ("block2_sepconv2_bn", 128, 2),
+                ("block3_sepconv2_bn", 256, 4),
+                ("block4_sepconv2_bn", 728, 8),
+                ("block13_sepconv2_bn", 1024, 16),
+                ("block14_sepconv2_act", 2048, 32),
             ],
             groups=[
-                ('stem', 'block2_sepconv2_bn'),
-                ('stage1', 'block3_sepconv2_bn'),
-                ('stage2', 'block4_sepconv2_bn'),
-                ('stage3', 'block13_sepconv2_bn'),
-                ('stage4', 'block14_sepconv2_act'),
+                ("stem", "block2_sepconv2_bn"),
+                ("stage1", "block3_sepconv2_bn"),
+                ("stage2", "block4_sepconv2_bn"),
+                ("stage3", "block13_sepconv2_bn"),
+                ("stage4", "block14_sepconv2_act"),
             ],
         ),
     },
