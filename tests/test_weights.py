@@ -203,3 +203,38 @@ def test_load_model_refuses_lambda_layers_unless_unsafe(tmp_path):
     assert kerastl.load_model(path, safe_mode=False) is not None
     with pytest.raises(kerastl.ConfigError, match="expected a .keras file"):
         kerastl.load_model(tmp_path / "model.onnx")
+
+
+def test_weights_by_url_are_sha256_verified_and_cached(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    keras.utils.set_random_seed(5)
+    src = kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(SIZE, SIZE, 3))
+    path = tmp_path / "published.weights.h5"
+    src.get_layer("backbone").save_weights(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    url = path.as_uri()
+
+    model = kerastl.build(
+        "mobilenet_v3_small",
+        num_classes=2,
+        input_shape=(SIZE, SIZE, 3),
+        weights=f"{url}#sha256={digest}",
+    )
+    for a, b in zip(src.get_layer("backbone").weights, model.get_layer("backbone").weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    cached = list((tmp_path / "home" / "models" / "kerastl").iterdir())
+    assert [p.name for p in cached] == [f"{digest[:12]}_published.weights.h5"]
+
+    wrong = "0" * 64
+    with pytest.raises(kerastl.WeightsError, match="refused and not cached"):
+        kerastl.build(
+            "mobilenet_v3_small",
+            num_classes=2,
+            input_shape=(SIZE, SIZE, 3),
+            weights=f"{url}#sha256={wrong}",
+        )
+    assert len(list((tmp_path / "home" / "models" / "kerastl").iterdir())) == 1
+    with pytest.raises(kerastl.ConfigError, match="must carry its SHA-256"):
+        kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(SIZE, SIZE, 3), weights=url)

@@ -51,6 +51,13 @@ def _weights_download_guard(model_name: str):
         try:
             return real_get_file(fname, origin, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - Keras raises bare Exception on URL errors
+            if "corrupted file" in str(exc) and target.exists():
+                target.unlink()  # downloaded but wrong: never leave it in the cache
+                raise WeightsError(
+                    f"Downloaded weights {str(target)!r} of {model_name!r} failed their checksum "
+                    f"(expected {file_hash}); the file was removed. Download again or pass a "
+                    "local file."
+                ) from exc
             state = "is missing"
             if existed:
                 state = "was there but its checksum did not match" + (
@@ -183,6 +190,8 @@ class KerasAppsAdapter(Adapter):
                 model = self._construct(input_shape, None)
                 _transfer_weights(rgb, model, f"{spec.name} grayscale stem")
         elif isinstance(weights, (str, os.PathLike)) and _looks_like_path(weights):
+            if str(weights).startswith(URL_SCHEMES):
+                weights = fetch_weights_url(str(weights), spec.name)
             model = self._construct(input_shape, None)
             try:
                 load_backbone_weights(model, Path(weights), spec.name)
@@ -197,8 +206,8 @@ class KerasAppsAdapter(Adapter):
             raise ConfigError(
                 f"weights: got weights={weights!r}. Valid: None (random init), "
                 + ", ".join(repr(w) for w in spec.pretrained)
-                + ", or the path of an existing weights file (.weights.h5, .h5) "
-                "or saved kerastl model (.keras)."
+                + ", the path of a weights file (.weights.h5, .h5) or saved kerastl model "
+                "(.keras), or a URL with its checksum ('https://.../w.weights.h5#sha256=...')."
             )
         return keras.Model(model.input, model.output, name="backbone")
 
@@ -217,7 +226,71 @@ class KerasAppsAdapter(Adapter):
 
 def _looks_like_path(weights) -> bool:
     s = os.fspath(weights)
-    return os.sep in s or s.endswith((".h5", ".keras")) or os.path.exists(s)
+    return (
+        s.startswith(URL_SCHEMES)
+        or os.sep in s
+        or s.endswith((".h5", ".keras"))
+        or os.path.exists(s)
+    )
+
+
+URL_SCHEMES = ("https://", "http://", "file://")
+
+
+def fetch_weights_url(url: str, name: str) -> Path:
+    """Download ``URL#sha256=HEX`` into the cache, verified; return the local path.
+
+    The SHA-256 is required. A file that fails it is deleted, never cached.
+    Offline, a file already in the cache with the right hash is used as is.
+
+    Example:
+        >>> fetch_weights_url("https://host/m.weights.h5#sha256=ab12...", "resnet50")  # doctest: +SKIP
+    """
+    import hashlib
+    import re
+    from urllib.parse import urlsplit
+
+    base, _, fragment = url.partition("#")
+    m = re.fullmatch(r"sha256=([0-9a-fA-F]{64})", fragment)
+    if not m:
+        raise ConfigError(
+            f"weights: a URL must carry its SHA-256 as '#sha256=<64 hex digits>', got {url!r}. "
+            "kerastl never loads unverified downloaded weights."
+        )
+    expected = m.group(1).lower()
+    fname = os.path.basename(urlsplit(base).path) or "weights.h5"
+    cache = keras_cache_dir() / "kerastl"
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"{expected[:12]}_{fname}"
+
+    def sha256(path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    if target.exists() and sha256(target) == expected:
+        return target
+    partial = target.with_name(target.name + ".part")
+    try:
+        from urllib.request import urlretrieve
+
+        urlretrieve(base, partial)
+    except Exception as exc:  # noqa: BLE001 - URLError, OSError, ValueError
+        partial.unlink(missing_ok=True)
+        raise WeightsError(
+            f"weights: could not download {base} for {name!r} ({exc}). Offline, place the file "
+            f"at {str(target)!r} or pass its local path."
+        ) from exc
+    got = sha256(partial)
+    if got != expected:
+        partial.unlink()
+        raise WeightsError(
+            f"weights: {base} has SHA-256 {got}, expected {expected}; refused and not cached."
+        )
+    os.replace(partial, target)
+    return target
 
 
 def load_backbone_weights(backbone: keras.Model, path: Path, name: str) -> None:
