@@ -30,9 +30,38 @@ def _images(n_per_class=8, classes=3, size=32, seed=0):
     return np.concatenate(xs).astype("uint8"), np.asarray(ys)
 
 
-def _cfg(tmp_path, name, **sections):
+def calibrate_backbone(path, seed=0):
+    """Random backbone weights with BatchNorm statistics measured on data.
+
+    A randomly initialised backbone with frozen BatchNorm (mean 0, variance 1)
+    outputs features near zero; with measured statistics its features vary
+    with the input, which is what the tests need (a stand-in for pretrained
+    weights, which cannot be downloaded here).
+    """
+    import keras
+
+    from kerastl._build import build
+
+    keras.utils.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = build(BACKBONE, num_classes=2, input_shape=(32, 32, 3), compile=False)
+    bns = [layer for layer in model.get_layer("backbone")._flatten_layers()
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.trainable, layer.momentum = True, 0.0
+    model(_images(8, 3)[0].astype("float32"), training=True)
+    model.get_layer("backbone").save_weights(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return calibrate_backbone(tmp_path_factory.mktemp("w") / "calibrated.weights.h5")
+
+
+def _cfg(tmp_path, name, weights=None, **sections):
     cfg = {"output_dir": str(tmp_path / "runs"), "name": name, "seed": 1,
-           "model": {"backbone": BACKBONE, "input_size": 32, "dropout": 0.0},
+           "model": {"backbone": BACKBONE, "input_size": 32, "dropout": 0.0, "weights": weights},
            "data": {"path": "<memory>"},
            "train": {"epochs": 2, "batch_size": 8, "verbose": 0, "tensorboard": False,
                      "early_stopping": 0}}
@@ -84,11 +113,11 @@ def _folder(root, n=8, size=36):
 def test_cli_train_writes_run_folder_then_evaluate(tmp_path, capsys):
     from kerastl.cli import main
 
-    _folder(tmp_path / "imgs")
+    _folder(tmp_path / "imgs", n=4)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({
         "model": {"backbone": BACKBONE, "input_size": 32},
         "data": {"path": "imgs", "val_split": 0.25},
-        "train": {"epochs": 2, "batch_size": 8, "verbose": 0, "early_stopping": 0},
+        "train": {"epochs": 1, "batch_size": 8, "verbose": 0, "early_stopping": 0},
         "finetune": {"epochs": 1, "freeze": "last:1"},
         "output_dir": str(tmp_path / "runs"),
     }))
@@ -104,12 +133,12 @@ def test_cli_train_writes_run_folder_then_evaluate(tmp_path, capsys):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["seed"] == 3 and cfg["train"]["strategy"] == "auto"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["num_examples"] == 6 and len(metrics["confusion_matrix"]) == 3
+    assert metrics["num_examples"] == 3 and len(metrics["confusion_matrix"]) == 3
     assert {"accuracy", "macro_f1", "per_class"} <= set(metrics)
     report = json.loads((run / "data_report.json").read_text())
     assert [s["path"].split("/")[-1] for s in report["skipped"]] == ["corrupt.jpg"]
     history = (run / "logs" / "history.csv").read_text().strip().splitlines()
-    assert len(history) == 1 + 3  # header + 2 head epochs + 1 fine-tune epoch
+    assert len(history) == 1 + 2  # header + 1 head epoch + 1 fine-tune epoch
     card = (run / "README.md").read_text()
     assert BACKBONE in card and "kerastl.load_model" in card and "| accuracy |" in card
     capsys.readouterr()
@@ -131,10 +160,8 @@ def test_label_head_mismatch_is_caught_before_training(tmp_path):
 # -- cached features -----------------------------------------------------------
 
 
-def test_cached_features_train_the_same_head_as_end_to_end(tmp_path, capsys):
+def test_cached_features_train_the_same_head_as_end_to_end(tmp_path, weights):
     """Same seed and data: the head trained on cached features equals end-to-end training."""
-    import keras
-
     from kerastl.train import train
 
     x, y = _images(10, 3)
@@ -142,20 +169,19 @@ def test_cached_features_train_the_same_head_as_end_to_end(tmp_path, capsys):
     tr, va = ex.split(0.2, seed=0)
     results = {}
     for mode in ("memory", "off"):
-        cfg = _cfg(tmp_path, f"c_{mode}", train={"epochs": 3, "cache_features": mode,
+        cfg = _cfg(tmp_path, f"c_{mode}", weights, train={"epochs": 3, "cache_features": mode,
                                                  "learning_rate": 1e-2})
         results[mode] = train(cfg, examples=(tr, va), evaluate=False)
     assert results["memory"].timings["feature_cache"]["mode"] == "memory"
     assert results["off"].timings["feature_cache"] == "no"
-    init = keras.utils  # noqa: F841 - (weights compared below)
     w_cached = results["memory"].model.get_layer("logits").get_weights()
     w_e2e = results["off"].model.get_layer("logits").get_weights()
     for a, b in zip(w_cached, w_e2e):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5)
     h_c, h_e = results["memory"].history, results["off"].history
     np.testing.assert_allclose(h_c["loss"], h_e["loss"], rtol=1e-4)
-    # it did train (the head moved away from the shared seeded initialisation)
-    assert h_c["loss"][-1] < h_c["loss"][0]
+    # it did train, on informative features: the loss fell well below chance (ln 3)
+    assert h_c["loss"][-1] < h_c["loss"][0] and h_c["loss"][-1] < 0.9
     # the full model predicts like the end-to-end one
     np.testing.assert_allclose(results["memory"].model.predict(x[:5].astype("float32"), verbose=0),
                                results["off"].model.predict(x[:5].astype("float32"), verbose=0),
@@ -201,19 +227,19 @@ def test_disk_cache_is_reused(tmp_path):
 # -- the recipe ----------------------------------------------------------------
 
 
-def test_two_phase_recipe_unfreezes_and_keeps_batchnorm_statistics(tmp_path):
+def test_two_phase_recipe_unfreezes_and_keeps_batchnorm_statistics(tmp_path, weights):
     from kerastl.train import train
 
     x, y = _images(6, 2)
     ex = kdata.from_numpy(x, y)
-    cfg = _cfg(tmp_path, "two", train={"epochs": 1},
+    cfg = _cfg(tmp_path, "two", weights, train={"epochs": 1},
                finetune={"epochs": 2, "freeze": "none", "gradual_every": 1})
     from kerastl._build import build
 
     import keras
 
     keras.utils.set_random_seed(1)
-    ref = build(BACKBONE, num_classes=2, input_shape=(32, 32, 3), compile=False)
+    ref = build(BACKBONE, num_classes=2, input_shape=(32, 32, 3), compile=False, weights=weights)
     r = train(cfg, examples=ex.split(0.25, seed=0), evaluate=False)
     bb, bb0 = r.model.get_layer("backbone"), ref.get_layer("backbone")
     moved = [not np.allclose(a.numpy(), b.numpy()) for a, b in zip(bb.weights, bb0.weights)
@@ -243,6 +269,7 @@ def test_discriminative_rates_in_the_fine_tune_phase(tmp_path):
 # -- k-fold and export hook ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kfold_reports_mean_and_spread(tmp_path):
     from kerastl.train import cross_validate
 

@@ -71,6 +71,8 @@ def write_plots(out_dir: str | os.PathLike, task: str, metrics: dict, y: np.ndar
 def evaluate_run_model(model_path: str, ex: kdata.Examples, cfg: dict, out_dir: str,
                        history: dict | None = None, phase_boundary: int | None = None) -> dict:
     """Load the best model, compute metrics on ``ex``, write ``metrics.json`` and plots."""
+    import kerastl.heads  # noqa: F401 - registers the serializable loss
+    import kerastl.layers  # noqa: F401 - registers ImagePreprocessing before loading
     from kerastl._model import load_model
 
     model = load_model(model_path)

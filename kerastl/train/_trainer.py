@@ -529,6 +529,8 @@ def _export(model_path: str, cfg: dict, out_dir: str, ex: kdata.Examples) -> Any
         print(f"[kerastl] export skipped: kerastl.export is not available in this build ({exc}). "
               f"The trained model is {model_path}; export it later with `kerastl export`.")
         return {"skipped": f"kerastl.export unavailable: {exc}"}
+    import kerastl.heads  # noqa: F401 - registers the serializable loss
+    import kerastl.layers  # noqa: F401 - registers ImagePreprocessing before loading
     from kerastl._model import load_model
 
     model = load_model(model_path)

@@ -103,8 +103,8 @@ def run_demo(output_dir: str = "runs/demo", backbone: str = "mobilenet_v2", shot
                                  source="scikit-learn digits 5-9")
     t_train, t_val = target_ex.subset(t_train_idx), target_ex.subset(t_val_idx)
     base = _base_config(output_dir, backbone, seed)
-    e_src = 2 if quick else 6
-    e_head, e_ft = (4, 1) if quick else (30, 10)
+    e_src = 2 if quick else 12
+    e_head, e_ft = (4, 1) if quick else (20, 20)
 
     # 1. source task, from scratch (BatchNorm trains: the weights are random).
     print(f"[demo] 1/3 training {backbone} from scratch on the source task ({e_src} epochs)")
@@ -125,7 +125,7 @@ def run_demo(output_dir: str = "runs/demo", backbone: str = "mobilenet_v2", shot
         "name": "transfer",
         "model": {"weights": src_run.model_path, "freeze": "backbone"},
         "train": {"epochs": e_head, "learning_rate": 3e-3, "cache_features": "memory"},
-        "finetune": {"epochs": e_ft, "freeze": "none", "learning_rate": 1e-4},
+        "finetune": {"epochs": e_ft, "freeze": "none", "learning_rate": 3e-4},
         "export": {"formats": ["saved_model", "tflite", "onnx"] if export else []},
     }), examples=(t_train, t_val))
     t_transfer = time.perf_counter() - t1
