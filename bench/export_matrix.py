@@ -64,7 +64,7 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
     from kerastl.export._modality import get_modality
 
     modality = get_modality(kerastl.metadata(model))
-    informative(model, modality.sample_inputs(8, seed=1))
+    informative(model, modality.sample_inputs(32, seed=1))
     build_s = time.perf_counter() - start
     spread = float(model(modality.sample_inputs(8, seed=2)).numpy().std(0).mean())
     for fmt in formats:

@@ -87,7 +87,7 @@ def test_family_representative_exports(entry, tmp_path):
 
     side = get_spec(entry).min_input_size
     model = kerastl.build(entry, num_classes=3, input_shape=(side, side, 3), compile=False)
-    informative(model, _images(8, side))
+    informative(model, _images(32, side))
     formats = ["saved_model", "tflite", "onnx"] if entry in ALL_FORMATS else ["onnx"]
     report = kerastl.export(
         model, tmp_path, formats=formats, latency_runs=1, max_validation_samples=8
@@ -107,7 +107,7 @@ def test_augmentation_layers_are_off_in_every_artifact(tmp_path):
     base = kerastl.build(
         "mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3), compile=False
     )
-    informative(base, _images(16, 32))
+    informative(base, _images(32, 32))
     inputs = keras.Input((32, 32, 3), name="image")
     x = keras.layers.RandomFlip("horizontal_and_vertical", seed=1)(inputs)
     x = keras.layers.RandomContrast(0.5, seed=2)(x)
@@ -144,7 +144,7 @@ def test_mixed_bfloat16_model_exports_float32_graph(tmp_path):
         )
     finally:
         keras.config.set_dtype_policy("float32")
-    informative(model, _images(16, 32))
+    informative(model, _images(32, 32))
     assert model.get_layer("backbone").layers[2].compute_dtype == "bfloat16"
     report = kerastl.export(
         model, tmp_path, formats=["saved_model", "tflite", "onnx"], latency_runs=1
