@@ -51,7 +51,7 @@ COMMON = textwrap.dedent("""
         return {"output_dir": out, "name": name, "seed": 0,
                 "model": {"backbone": "mobilenet_v3_small", "input_size": 32, "dropout": 0.0,
                           "freeze": "none", "weights": weights},
-                "data": {"path": "<memory>", "val_split": 0.0},
+                "data": {"path": "<memory>", "val_split": 0.0, "shuffle": False},
                 "train": {"epochs": epochs, "batch_size": batch, "strategy": strategy,
                           "verbose": 0, "tensorboard": False, "early_stopping": 0,
                           "cache_features": "off", "learning_rate": 1e-3, **train}}

@@ -78,6 +78,7 @@ SCHEMA: dict[str, Any] = {
         "split": Field((str,), "train", help="TFDS split for training"),
         "val_tfds_split": Field((str, _NONE), None, help="TFDS split for validation"),
         "augment": Field((str, list, bool, _NONE), "none"),
+        "shuffle": Field((bool,), True, help="seeded shuffle of the training data each epoch"),
         "cache": Field((bool, str), True, help="cache decoded images: true or a file path"),
         "verify": Field((bool,), True, help="decode every file once to skip corrupt ones"),
     },

@@ -266,7 +266,8 @@ def train(
     channels = cfg["model"]["channels"]
     steps = max(1, math.ceil(len(train_ex) / global_batch))
     cache_path = cfg["data"]["cache"] if isinstance(cfg["data"]["cache"], str) else True
-    train_ds = kdata.make_dataset(train_ex, image_size, global_batch, shuffle=True,
+    train_ds = kdata.make_dataset(train_ex, image_size, global_batch,
+                                  shuffle=cfg["data"]["shuffle"],
                                   seed=cfg["seed"], augment=cfg["data"]["augment"],
                                   cache=cache_path, channels=channels)
     val_ds = (kdata.make_dataset(val_ex, image_size, global_batch, cache=True, channels=channels)
@@ -495,7 +496,8 @@ def _fit_on_cached_features(model, cfg, train_ex, val_ex, train_ds, val_ds, opti
                              math.ceil(len(val_ex) / global_batch), verbose, "validation features")
         val_feats = tf.data.Dataset.from_tensor_slices((xva, yva)).batch(global_batch)
     feats_ds = shuffle_and_batch(tf.data.Dataset.from_tensor_slices((xtr, ytr)), len(xtr),
-                                 global_batch, True, cfg["seed"]).prefetch(tf.data.AUTOTUNE)
+                                 global_batch, cfg["data"]["shuffle"],
+                                 cfg["seed"]).prefetch(tf.data.AUTOTUNE)
     seconds = time.perf_counter() - t0
     print(f"[kerastl] training the head on cached {mode} features "
           f"({xtr.shape[0]} x {xtr.shape[1:]}; feature pass {seconds:.1f} s)")
