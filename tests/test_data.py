@@ -69,12 +69,14 @@ def test_csv_source_multilabel_and_regression(tmp_path):
         tags = "cat|cute" if "cat" in str(p) else "dog"
         rows.append(f"{p.relative_to(tmp_path)},{tags},{i * 0.5}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    ml = kdata.from_csv(tmp_path / "labels.csv", task="multilabel", path_column="file",
-                        label_column="tags")
+    ml = kdata.from_csv(
+        tmp_path / "labels.csv", task="multilabel", path_column="file", label_column="tags"
+    )
     assert ml.class_names == ["cat", "cute", "dog"]
     assert ml.y.shape == (6, 3) and ml.y[0].tolist() == [1, 1, 0]
-    reg = kdata.from_csv(tmp_path / "labels.csv", task="regression", path_column="file",
-                         label_column="score")
+    reg = kdata.from_csv(
+        tmp_path / "labels.csv", task="regression", path_column="file", label_column="score"
+    )
     assert reg.y.shape == (6, 1) and reg.y[-1, 0] == pytest.approx(2.5)
     with pytest.raises(DataError, match=r"data.path_column.*'path'.*Did you mean|Valid choices"):
         kdata.from_csv(tmp_path / "labels.csv", path_column="path")
@@ -123,8 +125,9 @@ def test_split_is_stratified_seeded_and_folds_partition():
 
 
 def test_augmentation_runs_in_the_pipeline_only():
-    ex = kdata.from_numpy(np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype("uint8"),
-                          np.arange(8) % 2)
+    ex = kdata.from_numpy(
+        np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype("uint8"), np.arange(8) % 2
+    )
     plain = kdata.make_dataset(ex, batch_size=8)
     aug = kdata.make_dataset(ex, batch_size=8, augment="strong", seed=0)
     x0 = next(iter(plain))[0].numpy()
@@ -155,10 +158,12 @@ def _tiny_tfds(data_dir):
         def _info(self):
             return tfds.core.DatasetInfo(
                 builder=self,
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(12, 12, 3)),
-                    "label": tfds.features.ClassLabel(names=["dark", "light"]),
-                }),
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(12, 12, 3)),
+                        "label": tfds.features.ClassLabel(names=["dark", "light"]),
+                    }
+                ),
                 supervised_keys=("image", "label"),
             )
 

@@ -59,8 +59,13 @@ COMMON = textwrap.dedent("""
 
 
 def _run(code: str, *args: str, timeout: int = 420, env: dict | None = None):
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         timeout=timeout, env=env or ENV)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or ENV,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out
 
@@ -134,10 +139,19 @@ def test_multi_worker_two_local_workers_write_one_model(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for i in range(2):
-        env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster,
-                                                "task": {"type": "worker", "index": i}})}
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **ENV,
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(tmp_path)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = []
     try:
         for p in procs:
@@ -190,8 +204,13 @@ RESUMABLE = COMMON + textwrap.dedent("""
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_continues_from_last_epoch(tmp_path):
     progress = tmp_path / "progress"
-    p = subprocess.Popen([sys.executable, "-c", RESUMABLE, str(tmp_path), str(progress)], env=ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", RESUMABLE, str(tmp_path), str(progress)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 400
     killed_at = None
     try:
@@ -209,8 +228,9 @@ def test_sigkill_mid_epoch_then_rerun_continues_from_last_epoch(tmp_path):
             p.kill()
     assert killed_at is not None, "training never reached epoch 2: " + p.stderr.read()[-3000:]
     assert p.returncode == -signal.SIGKILL
-    meta = json.loads((tmp_path / "resume" / "backup" / "chief" / "phase1" /
-                       "training_metadata.json").read_text())
+    meta = json.loads(
+        (tmp_path / "resume" / "backup" / "chief" / "phase1" / "training_metadata.json").read_text()
+    )
     assert meta["epoch"] == 2  # epochs 0 and 1 finished before the kill
     (tmp_path / "progress.epochs").write_text("")
     out = _run(RESUMABLE, str(tmp_path), str(progress))

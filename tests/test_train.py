@@ -45,8 +45,11 @@ def calibrate_backbone(path, seed=0):
     keras.utils.clear_session()
     keras.utils.set_random_seed(seed)
     model = build(BACKBONE, num_classes=2, input_shape=(32, 32, 3), compile=False)
-    bns = [layer for layer in model.get_layer("backbone")._flatten_layers()
-           if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = [
+        layer
+        for layer in model.get_layer("backbone")._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     for layer in bns:
         layer.trainable, layer.momentum = True, 0.0
     model(_images(8, 3)[0].astype("float32"), training=True)
@@ -60,11 +63,20 @@ def weights(tmp_path_factory):
 
 
 def _cfg(tmp_path, name, weights=None, **sections):
-    cfg = {"output_dir": str(tmp_path / "runs"), "name": name, "seed": 1,
-           "model": {"backbone": BACKBONE, "input_size": 32, "dropout": 0.0, "weights": weights},
-           "data": {"path": "<memory>"},
-           "train": {"epochs": 2, "batch_size": 8, "verbose": 0, "tensorboard": False,
-                     "early_stopping": 0}}
+    cfg = {
+        "output_dir": str(tmp_path / "runs"),
+        "name": name,
+        "seed": 1,
+        "model": {"backbone": BACKBONE, "input_size": 32, "dropout": 0.0, "weights": weights},
+        "data": {"path": "<memory>"},
+        "train": {
+            "epochs": 2,
+            "batch_size": 8,
+            "verbose": 0,
+            "tensorboard": False,
+            "early_stopping": 0,
+        },
+    }
     for k, v in sections.items():
         cfg.setdefault(k, {}).update(v)
     return cfg
@@ -75,25 +87,37 @@ def _cfg(tmp_path, name, weights=None, **sections):
 
 def test_classification_metrics_by_hand():
     y = np.array([0, 0, 1, 1, 2, 2])
-    p = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.1, .6, .3], [.2, .3, .5], [.5, .1, .4]])
+    p = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.1, 0.6, 0.3],
+            [0.2, 0.3, 0.5],
+            [0.5, 0.1, 0.4],
+        ]
+    )
     m = M.classification_metrics(y, p, ["a", "b", "c"], top_k=2)
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
     assert m["per_class"]["b"]["recall"] == pytest.approx(1.0)
-    f1 = [2 * .5 * .5 / 1.0, 2 * (2 / 3) / (2 / 3 + 1), 2 * 1 * .5 / 1.5]
+    f1 = [2 * 0.5 * 0.5 / 1.0, 2 * (2 / 3) / (2 / 3 + 1), 2 * 1 * 0.5 / 1.5]
     assert m["macro_f1"] == pytest.approx(np.mean(f1))
     assert m["top2_accuracy"] == pytest.approx(6 / 6)
 
 
 def test_auc_regression_multilabel_metrics():
-    assert M.roc_auc(np.array([0, 1, 0, 1]), np.array([.1, .9, .2, .8])) == 1.0
-    assert M.roc_auc(np.array([0, 1]), np.array([.5, .5])) == 0.5
-    assert M.roc_auc(np.array([1, 1]), np.array([.5, .5])) is None
+    assert M.roc_auc(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8])) == 1.0
+    assert M.roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+    assert M.roc_auc(np.array([1, 1]), np.array([0.5, 0.5])) is None
     r = M.regression_metrics(np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [2.0], [5.0]]))
     assert r["mae"] == pytest.approx(2 / 3) and r["rmse"] == pytest.approx(np.sqrt(4 / 3))
-    ml = M.multilabel_metrics(np.array([[1, 0], [0, 1], [1, 1]]),
-                              np.array([[.9, .5], [.3, .7], [.6, .4]]), ["x", "y"])
+    ml = M.multilabel_metrics(
+        np.array([[1, 0], [0, 1], [1, 1]]),
+        np.array([[0.9, 0.5], [0.3, 0.7], [0.6, 0.4]]),
+        ["x", "y"],
+    )
     assert ml["per_class"]["x"]["auc"] == 1.0 and ml["macro_auc"] == pytest.approx(0.75)
 
 
@@ -114,19 +138,31 @@ def test_cli_train_writes_run_folder_then_evaluate(tmp_path, capsys):
     from kerastl.cli import main
 
     _folder(tmp_path / "imgs", n=4)
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump({
-        "model": {"backbone": BACKBONE, "input_size": 32},
-        "data": {"path": "imgs", "val_split": 0.25},
-        "train": {"epochs": 1, "batch_size": 8, "verbose": 0, "early_stopping": 0},
-        "finetune": {"epochs": 1, "freeze": "last:1"},
-        "output_dir": str(tmp_path / "runs"),
-    }))
+    (tmp_path / "run.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model": {"backbone": BACKBONE, "input_size": 32},
+                "data": {"path": "imgs", "val_split": 0.25},
+                "train": {"epochs": 1, "batch_size": 8, "verbose": 0, "early_stopping": 0},
+                "finetune": {"epochs": 1, "freeze": "last:1"},
+                "output_dir": str(tmp_path / "runs"),
+            }
+        )
+    )
     assert main(["train", str(tmp_path / "run.yaml"), "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "corrupt.jpg" in out  # reported
     run = tmp_path / "runs" / "run"
-    for f in ("config.yaml", "model.keras", "metrics.json", "README.md", "data_report.json",
-              "logs/history.csv", "plots/curves.png", "plots/confusion_matrix.png"):
+    for f in (
+        "config.yaml",
+        "model.keras",
+        "metrics.json",
+        "README.md",
+        "data_report.json",
+        "logs/history.csv",
+        "plots/curves.png",
+        "plots/confusion_matrix.png",
+    ):
         assert (run / f).exists(), f
     assert list((run / "logs" / "tensorboard").iterdir())
     assert not (run / "backup").exists()
@@ -169,8 +205,12 @@ def test_cached_features_train_the_same_head_as_end_to_end(tmp_path, weights):
     tr, va = ex.split(0.2, seed=0)
     results = {}
     for mode in ("memory", "off"):
-        cfg = _cfg(tmp_path, f"c_{mode}", weights, train={"epochs": 3, "cache_features": mode,
-                                                 "learning_rate": 1e-2})
+        cfg = _cfg(
+            tmp_path,
+            f"c_{mode}",
+            weights,
+            train={"epochs": 3, "cache_features": mode, "learning_rate": 1e-2},
+        )
         results[mode] = train(cfg, examples=(tr, va), evaluate=False)
     assert results["memory"].timings["feature_cache"]["mode"] == "memory"
     assert results["off"].timings["feature_cache"] == "no"
@@ -183,9 +223,11 @@ def test_cached_features_train_the_same_head_as_end_to_end(tmp_path, weights):
     # it did train, on informative features: the loss fell well below chance (ln 3)
     assert h_c["loss"][-1] < h_c["loss"][0] and h_c["loss"][-1] < 0.9
     # the full model predicts like the end-to-end one
-    np.testing.assert_allclose(results["memory"].model.predict(x[:5].astype("float32"), verbose=0),
-                               results["off"].model.predict(x[:5].astype("float32"), verbose=0),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        results["memory"].model.predict(x[:5].astype("float32"), verbose=0),
+        results["off"].model.predict(x[:5].astype("float32"), verbose=0),
+        atol=1e-4,
+    )
 
 
 def test_augmentation_disables_the_cache_with_a_message(tmp_path, capsys):
@@ -202,13 +244,14 @@ def test_augmentation_disables_the_cache_with_a_message(tmp_path, capsys):
 
 
 def test_disk_cache_is_reused(tmp_path):
-    from kerastl.train._cache import FeatureCache, split_model
     from kerastl._build import build
+    from kerastl.train._cache import FeatureCache, split_model
 
     x, y = _images(3, 2)
     ex = kdata.from_numpy(x, y)
-    model = build(BACKBONE, num_classes=2, input_shape=(32, 32, 3), freeze="backbone",
-                  compile=False)
+    model = build(
+        BACKBONE, num_classes=2, input_shape=(32, 32, 3), freeze="backbone", compile=False
+    )
     feats, head = split_model(model)
     assert head.output_shape == model.output_shape
     ds = kdata.make_dataset(ex, (32, 32), 4)
@@ -232,21 +275,32 @@ def test_two_phase_recipe_unfreezes_and_keeps_batchnorm_statistics(tmp_path, wei
 
     x, y = _images(6, 2)
     ex = kdata.from_numpy(x, y)
-    cfg = _cfg(tmp_path, "two", weights, train={"epochs": 1},
-               finetune={"epochs": 2, "freeze": "none", "gradual_every": 1})
-    from kerastl._build import build
-
+    cfg = _cfg(
+        tmp_path,
+        "two",
+        weights,
+        train={"epochs": 1},
+        finetune={"epochs": 2, "freeze": "none", "gradual_every": 1},
+    )
     import keras
+
+    from kerastl._build import build
 
     keras.utils.set_random_seed(1)
     ref = build(BACKBONE, num_classes=2, input_shape=(32, 32, 3), compile=False, weights=weights)
     r = train(cfg, examples=ex.split(0.25, seed=0), evaluate=False)
     bb, bb0 = r.model.get_layer("backbone"), ref.get_layer("backbone")
-    moved = [not np.allclose(a.numpy(), b.numpy()) for a, b in zip(bb.weights, bb0.weights)
-             if "moving" not in a.path and "kernel" in a.path]
+    moved = [
+        not np.allclose(a.numpy(), b.numpy())
+        for a, b in zip(bb.weights, bb0.weights)
+        if "moving" not in a.path and "kernel" in a.path
+    ]
     assert any(moved), "fine-tuning did not change the backbone"
-    stats = [np.allclose(a.numpy(), b.numpy()) for a, b in zip(bb.weights, bb0.weights)
-             if "moving" in a.path]
+    stats = [
+        np.allclose(a.numpy(), b.numpy())
+        for a, b in zip(bb.weights, bb0.weights)
+        if "moving" in a.path
+    ]
     assert stats and all(stats), "BatchNorm moving statistics changed"
     assert len(r.history["loss"]) == 3
     assert r.model.kerastl_config["freeze"] == "last:1"  # gradual: one group unfrozen at epoch 1
@@ -256,8 +310,12 @@ def test_discriminative_rates_in_the_fine_tune_phase(tmp_path):
     from kerastl.train import train
 
     x, y = _images(4, 2)
-    cfg = _cfg(tmp_path, "ld", train={"epochs": 0},
-               finetune={"epochs": 1, "freeze": "last:2", "layer_decay": 0.5})
+    cfg = _cfg(
+        tmp_path,
+        "ld",
+        train={"epochs": 0},
+        finetune={"epochs": 1, "freeze": "last:2", "layer_decay": 0.5},
+    )
     r = train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False)
     opt = r.model.optimizer
     assert type(opt).__name__ == "MultiOptimizer"
@@ -288,19 +346,30 @@ def test_export_is_called_with_the_run_options(tmp_path, monkeypatch):
 
     calls = {}
 
-    def fake_export(model, out_dir, formats, quantize, calibration_data, validation_data, name,
-                    version):
-        calls.update(formats=formats, quantize=quantize, name=name, version=version,
-                     shape=calibration_data.shape, out_dir=out_dir,
-                     task=model.kerastl_config["task"])
+    def fake_export(
+        model, out_dir, formats, quantize, calibration_data, validation_data, name, version
+    ):
+        calls.update(
+            formats=formats,
+            quantize=quantize,
+            name=name,
+            version=version,
+            shape=calibration_data.shape,
+            out_dir=out_dir,
+            task=model.kerastl_config["task"],
+        )
         return {"ok": True}
 
     fake = types.ModuleType("kerastl.export")
     fake.export = fake_export
     monkeypatch.setitem(sys.modules, "kerastl.export", fake)
     x, y = _images(4, 2)
-    cfg = _cfg(tmp_path, "ex", train={"epochs": 1},
-               export={"formats": ["onnx", "tflite"], "quantize": ["float16"], "version": 3})
+    cfg = _cfg(
+        tmp_path,
+        "ex",
+        train={"epochs": 1},
+        export={"formats": ["onnx", "tflite"], "quantize": ["float16"], "version": 3},
+    )
     r = train(cfg, examples=kdata.from_numpy(x, y).split(0.25, seed=0))
     assert r.exports == {"ok": True}
     assert calls["formats"] == ["onnx", "tflite"] and calls["quantize"] == ["float16"]

@@ -74,11 +74,13 @@ def test_export_formats_checked_and_split():
 
 
 def test_yaml_file_overrides_and_relative_paths(tmp_path):
-    (tmp_path / "run.yaml").write_text(textwrap.dedent("""
+    (tmp_path / "run.yaml").write_text(
+        textwrap.dedent("""
         model: {backbone: resnet50, input_size: 64}
         data: {path: images, augment: light}
         train: {epochs: 4}
-    """))
+    """)
+    )
     cfg = load_config(tmp_path / "run.yaml", {"train.epochs": 2, "finetune.epochs": 1})
     assert cfg["name"] == "run"
     assert cfg["train"]["epochs"] == 2 and cfg["finetune"]["epochs"] == 1

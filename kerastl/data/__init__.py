@@ -58,8 +58,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:  # the pipeline imports TensorFlow: load it on first use
-    if name in ("make_dataset", "AUGMENT_PRESETS", "AUGMENTATIONS", "augment_names",
-                "build_augmenter", "examples_to_dataset", "shuffle_and_batch"):
+    if name in (
+        "make_dataset",
+        "AUGMENT_PRESETS",
+        "AUGMENTATIONS",
+        "augment_names",
+        "build_augmenter",
+        "examples_to_dataset",
+        "shuffle_and_batch",
+    ):
         from kerastl.data import _pipeline
 
         return getattr(_pipeline, name)
@@ -128,7 +135,9 @@ def load(
         return from_image_folder(path, task, class_names, verify, channels)
     if source == "csv":
         keep = {k: options[k] for k in ("path_column", "label_column", "root") if k in options}
-        return from_csv(path, task, class_names=class_names, verify=verify, channels=channels, **keep)
+        return from_csv(
+            path, task, class_names=class_names, verify=verify, channels=channels, **keep
+        )
     if source == "numpy":
         return from_npz(path, task, class_names)
     if source == "text":
@@ -137,5 +146,11 @@ def load(
     name = options.get("name")
     if not name:
         raise ConfigError("data.name: source='tfds' needs the TFDS dataset name.")
-    return from_tfds(name, options.get("data_dir"), options.get("split", "train"), task,
-                     options.get("image_key", "image"), options.get("label_key", "label"))
+    return from_tfds(
+        name,
+        options.get("data_dir"),
+        options.get("split", "train"),
+        task,
+        options.get("image_key", "image"),
+        options.get("label_key", "label"),
+    )

@@ -122,16 +122,21 @@ def examples_to_dataset(ex: Examples, image_size: Any = None, channels: int = 3)
     if ex.kind == "files":
         paths = np.asarray(ex.x, dtype=str)
         ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-        return ds.map(lambda p, y: (_decode_file(p, size, channels), y),
-                      num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.map(
+            lambda p, y: (_decode_file(p, size, channels), y),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
     if ex.kind == "arrays":
         x = ex.x
         ds = tf.data.Dataset.from_tensor_slices((x, labels))
         need = size is not None and tuple(x.shape[1:3]) != size
         if need or x.dtype != np.uint8 or x.shape[-1] != channels:
-            ds = ds.map(lambda img, y: (_fit_channels(_resize(img, size if need else None),
-                                                      channels), y),
-                        num_parallel_calls=AUTOTUNE, deterministic=True)
+            ds = ds.map(
+                lambda img, y: (_fit_channels(_resize(img, size if need else None), channels), y),
+                num_parallel_calls=AUTOTUNE,
+                deterministic=True,
+            )
         return ds
     if ex.kind == "tfds":
         import tensorflow_datasets as tfds
@@ -146,13 +151,20 @@ def examples_to_dataset(ex: Examples, image_size: Any = None, channels: int = 3)
             ds = ds.enumerate().filter(lambda i, e: keep[i]).map(lambda i, e: e)
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(labels)))
         ikey = info["image_key"]
-        return ds.map(lambda e, y: (_fit_channels(_resize(e[ikey], size), channels), y),
-                      num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.map(
+            lambda e, y: (_fit_channels(_resize(e[ikey], size), channels), y),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
     raise ConfigError(f"Examples.kind={ex.kind!r} is not one of 'files', 'arrays', 'text', 'tfds'.")
 
 
 def shuffle_and_batch(
-    ds: tf.data.Dataset, n: int, batch_size: int, shuffle: bool, seed: int,
+    ds: tf.data.Dataset,
+    n: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Seeded shuffle (reshuffled every epoch) then batch; shared by images and cached features.
@@ -162,8 +174,9 @@ def shuffle_and_batch(
     reproduce training on images.
     """
     if shuffle:
-        ds = ds.shuffle(min(max(n, 1), SHUFFLE_BUFFER_CAP), seed=seed,
-                        reshuffle_each_iteration=True)
+        ds = ds.shuffle(
+            min(max(n, 1), SHUFFLE_BUFFER_CAP), seed=seed, reshuffle_each_iteration=True
+        )
     return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
@@ -210,8 +223,10 @@ def make_dataset(
     if ex.kind != "text":
         aug = build_augmenter(augment, seed)
         if aug is not None:
-            ds = ds.map(lambda x, y: (aug(tf.cast(x, tf.float32), training=True), y),
-                        num_parallel_calls=AUTOTUNE)
+            ds = ds.map(
+                lambda x, y: (aug(tf.cast(x, tf.float32), training=True), y),
+                num_parallel_calls=AUTOTUNE,
+            )
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

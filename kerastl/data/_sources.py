@@ -257,8 +257,12 @@ def _split_multi(r: Any) -> list[str]:
 def _task_name(task: str) -> str:
     from kerastl._errors import UnknownNameError
 
-    aliases = {"multiclass": "classification", "multi_label": "multilabel",
-               "multi-label": "multilabel", "text_classification": "classification"}
+    aliases = {
+        "multiclass": "classification",
+        "multi_label": "multilabel",
+        "multi-label": "multilabel",
+        "text_classification": "classification",
+    }
     key = aliases.get(str(task).lower(), str(task).lower())
     if key not in LABEL_TASKS:
         raise choice_error("task", task, LABEL_TASKS, cls=UnknownNameError)
@@ -305,7 +309,9 @@ def from_image_folder(
     if class_names:
         missing = [c for c in class_names if c not in folders]
         if missing:
-            raise DataError(f"class_names: no sub-folder {missing} in {str(root)!r} (has {folders}).")
+            raise DataError(
+                f"class_names: no sub-folder {missing} in {str(root)!r} (has {folders})."
+            )
         folders = [str(c) for c in class_names]
     if not folders:
         raise DataError(
@@ -424,7 +430,9 @@ def from_numpy(
             enc = enc.astype(np.float32).reshape(-1, 1)
         ex = Examples("arrays", x, enc, task, names, source)
     elif task == "multilabel" and y.ndim == 2 and np.issubdtype(y.dtype, np.number):
-        names = [str(c) for c in class_names] if class_names else [str(i) for i in range(y.shape[1])]
+        names = (
+            [str(c) for c in class_names] if class_names else [str(i) for i in range(y.shape[1])]
+        )
         ex = Examples("arrays", x, y.astype(np.float32), task, names, source)
     elif task == "regression":
         ex = Examples("arrays", x, y.astype(np.float32).reshape(len(y), -1), task, None, source)
@@ -435,8 +443,9 @@ def from_numpy(
     return ex
 
 
-def from_npz(path: str | os.PathLike, task: str = "classification",
-             class_names: list[str] | None = None) -> Examples:
+def from_npz(
+    path: str | os.PathLike, task: str = "classification", class_names: list[str] | None = None
+) -> Examples:
     """Load ``x`` and ``y`` (and optional ``class_names``) from a ``.npz`` file."""
     path = Path(path)
     if not path.is_file():
@@ -445,7 +454,9 @@ def from_npz(path: str | os.PathLike, task: str = "classification",
         missing = [k for k in ("x", "y") if k not in z.files]
         if missing:
             raise DataError(f"data.path: {str(path)!r} lacks arrays {missing} (has {z.files}).")
-        names = class_names or (list(map(str, z["class_names"])) if "class_names" in z.files else None)
+        names = class_names or (
+            list(map(str, z["class_names"])) if "class_names" in z.files else None
+        )
         return from_numpy(z["x"], z["y"], task, names, source=f"NumPy file {str(path)!r}")
 
 
@@ -485,14 +496,18 @@ def from_text(
     for col, key in ((text_column, "text_column"), (label_column, "label_column")):
         if col not in header:
             raise choice_error(f"data.{key}", col, header, cls=DataError)
-    skipped = [(f"{path}:{i + 1}", "empty text") for i, r in enumerate(rows)
-               if not str(r.get(text_column) or "").strip()]
+    skipped = [
+        (f"{path}:{i + 1}", "empty text")
+        for i, r in enumerate(rows)
+        if not str(r.get(text_column) or "").strip()
+    ]
     rows = [r for r in rows if str(r.get(text_column) or "").strip()]
     if not rows:
         raise DataError(f"data.path: no non-empty texts in {str(path)!r}.")
     texts = np.asarray([str(r[text_column]) for r in rows], dtype=object)
-    y, names = encode_labels([r[label_column] for r in rows], task, class_names,
-                             where=f"text file {str(path)!r}")
+    y, names = encode_labels(
+        [r[label_column] for r in rows], task, class_names, where=f"text file {str(path)!r}"
+    )
     ex = Examples("text", texts, y, _task_name(task), names, f"text file {str(path)!r}", skipped)
     check_classes(ex)
     return ex
@@ -546,9 +561,14 @@ def from_tfds(
         task,
         names,
         f"TFDS {name!r} split {split!r}",
-        tfds={"name": name, "data_dir": None if data_dir is None else str(data_dir),
-              "split": split, "image_key": image_key, "label_key": label_key,
-              "version": str(info.version)},
+        tfds={
+            "name": name,
+            "data_dir": None if data_dir is None else str(data_dir),
+            "split": split,
+            "image_key": image_key,
+            "label_key": label_key,
+            "version": str(info.version),
+        },
     )
     check_classes(ex)
     return ex
@@ -585,8 +605,9 @@ def check_classes(ex: Examples) -> None:
             )
 
 
-def check_head(ex: Examples, num_outputs: int, task: str,
-               model_class_names: list[str] | None = None) -> None:
+def check_head(
+    ex: Examples, num_outputs: int, task: str, model_class_names: list[str] | None = None
+) -> None:
     """Raise :class:`DataError` when labels do not fit a model's head.
 
     Args:
@@ -597,8 +618,9 @@ def check_head(ex: Examples, num_outputs: int, task: str,
     """
     task = _task_name(task)
     if task != ex.task:
-        raise DataError(f"The labels were encoded for task={ex.task!r} but the model's task is "
-                        f"{task!r}.")
+        raise DataError(
+            f"The labels were encoded for task={ex.task!r} but the model's task is {task!r}."
+        )
     if task in ("classification", "multilabel"):
         n = len(ex.class_names or [])
         if n != num_outputs:

@@ -53,8 +53,9 @@ def split_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     layers = head_layers(model)
     feature_tensor = layers[0].input
     feature_model = keras.Model(model.inputs, feature_tensor, name="features")
-    x = inp = keras.Input(shape=tuple(feature_tensor.shape[1:]), name="features",
-                          dtype=feature_tensor.dtype)
+    x = inp = keras.Input(
+        shape=tuple(feature_tensor.shape[1:]), name="features", dtype=feature_tensor.dtype
+    )
     for layer in layers:
         x = layer(x)
     head_model = keras.Model(inp, x, name="head")
@@ -91,8 +92,13 @@ def cache_key(model: keras.Model, feature_model: keras.Model, data_fingerprint: 
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-def compute_features(feature_model: keras.Model, dataset: Any, steps: int | None = None,
-                     verbose: int = 1, label: str = "features") -> tuple[np.ndarray, np.ndarray]:
+def compute_features(
+    feature_model: keras.Model,
+    dataset: Any,
+    steps: int | None = None,
+    verbose: int = 1,
+    label: str = "features",
+) -> tuple[np.ndarray, np.ndarray]:
     """Run ``feature_model`` over a batched ``(x, y)`` dataset in order, with a progress bar.
 
     Returns:
@@ -141,9 +147,16 @@ class FeatureCache:
         self.misses = 0
         self.seconds = 0.0
 
-    def get(self, model: keras.Model, feature_model: keras.Model, fingerprint: str,
-            dataset: Any, steps: int | None = None, verbose: int = 1,
-            label: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    def get(
+        self,
+        model: keras.Model,
+        feature_model: keras.Model,
+        fingerprint: str,
+        dataset: Any,
+        steps: int | None = None,
+        verbose: int = 1,
+        label: str = "features",
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels of ``dataset``, computed at most once per key."""
         key = cache_key(model, feature_model, fingerprint)
         if key in self._memory:

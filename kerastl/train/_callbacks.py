@@ -13,8 +13,13 @@ from kerastl._errors import choice_error
 from kerastl.train._config import OPTIMIZERS, SCHEDULES
 
 
-def make_schedule(learning_rate: float, schedule: str, steps_per_epoch: int, epochs: int,
-                  warmup_epochs: float = 0.0) -> Any:
+def make_schedule(
+    learning_rate: float,
+    schedule: str,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: float = 0.0,
+) -> Any:
     """A constant rate, or linear warmup then cosine decay to zero over ``epochs``.
 
     Example:
@@ -34,7 +39,9 @@ def make_schedule(learning_rate: float, schedule: str, steps_per_epoch: int, epo
         )
     if warmup > 0:
         return keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=total - warmup, warmup_target=float(learning_rate),
+            0.0,
+            decay_steps=total - warmup,
+            warmup_target=float(learning_rate),
             warmup_steps=warmup,
         )
     return keras.optimizers.schedules.CosineDecay(float(learning_rate), decay_steps=total)
@@ -70,15 +77,25 @@ class BestCheckpoint(keras.callbacks.Callback):
             get a temporary path instead).
     """
 
-    def __init__(self, path: str, target: keras.Model | None = None, monitor: str = "val_loss",
-                 mode: str = "auto", best: float | None = None, verbose: int = 1):
+    def __init__(
+        self,
+        path: str,
+        target: keras.Model | None = None,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        best: float | None = None,
+        verbose: int = 1,
+    ):
         super().__init__()
         self.path = str(path)
         self.target = target
         self.monitor = monitor
         if mode == "auto":
-            mode = "max" if any(s in monitor for s in ("acc", "auc", "f1", "precision",
-                                                        "recall")) else "min"
+            mode = (
+                "max"
+                if any(s in monitor for s in ("acc", "auc", "f1", "precision", "recall"))
+                else "min"
+            )
         self.mode = mode
         self.best = best if best is not None else (-math.inf if mode == "max" else math.inf)
         self.best_epoch: int | None = None
@@ -95,8 +112,10 @@ class BestCheckpoint(keras.callbacks.Callback):
         if self._better(float(value)):
             model = self.target or self.model
             if self.verbose:
-                print(f"\n[kerastl] epoch {epoch + 1}: {self.monitor} improved to "
-                      f"{float(value):.4f}; saving {self.path}")
+                print(
+                    f"\n[kerastl] epoch {epoch + 1}: {self.monitor} improved to "
+                    f"{float(value):.4f}; saving {self.path}"
+                )
             self.best = float(value)
             self.best_epoch = epoch
             self.best_weights = model.get_weights()
@@ -137,8 +156,11 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 
     @staticmethod
     def layers(model: keras.Model) -> list:
-        return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-                if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+        return [
+            layer
+            for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+        ]
 
     def recalibrate(self, model: keras.Model) -> int:
         """Recompute the statistics now; returns the number of BN layers updated."""

@@ -64,12 +64,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--export", help="formats to export, e.g. saved_model,tflite,onnx")
     g.add_argument("--quantize", help="e.g. float16,int8")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config key, e.g. --set finetune.layer_decay=0.7 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set finetune.layer_decay=0.7 (repeatable)",
+    )
     p.add_argument("--folds", type=int, help="k-fold cross-validation instead of one run")
     p.add_argument("--no-resume", action="store_true", help="start over, ignoring backups")
-    p.add_argument("--print-config", action="store_true",
-                   help="validate, print the resolved config and exit (no TensorFlow)")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="validate, print the resolved config and exit (no TensorFlow)",
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,8 +144,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``kerastl evaluate``."""
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kerastl train")
     p.add_argument("--data", help="evaluate on this data instead of the run's validation split")
-    p.add_argument("--folds", type=int,
-                   help="k-fold cross-validation of the run's config (retrains k times)")
+    p.add_argument(
+        "--folds", type=int, help="k-fold cross-validation of the run's config (retrains k times)"
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -150,8 +159,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from kerastl.train._config import validate_config
         from kerastl.train._evaluate import cross_validate
 
-        summary = cross_validate(validate_config(cfg, where=f"{args.run_dir}/config.yaml"),
-                                 args.folds, out_dir=args.run_dir)
+        summary = cross_validate(
+            validate_config(cfg, where=f"{args.run_dir}/config.yaml"),
+            args.folds,
+            out_dir=args.run_dir,
+        )
         if args.json:
             print(json.dumps(summary, indent=1))
         else:
@@ -174,8 +186,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``kerastl demo``."""
     p.add_argument("--output-dir", default="runs/demo", help="where the demo writes (runs/demo)")
-    p.add_argument("--backbone", default="mobilenet_v2",
-                   help="registry backbone trained on the source task")
+    p.add_argument(
+        "--backbone", default="mobilenet_v2", help="registry backbone trained on the source task"
+    )
     p.add_argument("--shots", type=int, default=10, help="labelled examples per target class")
     p.add_argument("--quick", action="store_true", help="fewer epochs (a smoke test)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the transferred model")
@@ -186,7 +199,12 @@ def run_demo(args: argparse.Namespace) -> int:
     """``kerastl demo``: transfer vs scratch on scikit-learn's digits, then export."""
     from kerastl.train.demo import run_demo as demo
 
-    result = demo(output_dir=args.output_dir, backbone=args.backbone, shots=args.shots,
-                  quick=args.quick, export=not args.no_export, seed=args.seed)
+    result = demo(
+        output_dir=args.output_dir,
+        backbone=args.backbone,
+        shots=args.shots,
+        quick=args.quick,
+        export=not args.no_export,
+        seed=args.seed,
+    )
     return 0 if result.get("ok", True) else 1
-

@@ -93,7 +93,9 @@ SCHEMA: dict[str, Any] = {
         "early_stopping": Field((int, bool), 5, help="patience in epochs; 0/false disables"),
         "monitor": Field((str,), "val_loss"),
         "cache_features": Field((str, bool), "auto", choices=CACHE_FEATURES + (True, False)),
-        "cache_dir": Field((str, _NONE), None, help="disk cache of features (cache_features: disk)"),
+        "cache_dir": Field(
+            (str, _NONE), None, help="disk cache of features (cache_features: disk)"
+        ),
         "strategy": Field((str,), "auto", choices=STRATEGIES),
         "precision": Field((str,), "float32", choices=PRECISIONS),
         "jit_compile": Field((bool, str), False, choices=(True, False, "auto")),
@@ -101,9 +103,12 @@ SCHEMA: dict[str, Any] = {
         "tensorboard": Field((bool,), True),
         "verbose": Field((int, str), "auto", choices=(0, 1, 2, "auto")),
         "steps_per_execution": Field((int,), 1, min=1),
-        "precise_bn": Field((int, bool), False,
-                            help="recompute trainable BatchNorm statistics over N batches "
-                            "each epoch (true = 4); helps training from scratch"),
+        "precise_bn": Field(
+            (int, bool),
+            False,
+            help="recompute trainable BatchNorm statistics over N batches "
+            "each epoch (true = 4); helps training from scratch",
+        ),
     },
     "finetune": {
         "epochs": Field((int,), 0, min=0, help="phase 2 epochs; 0 skips phase 2"),
@@ -128,8 +133,15 @@ SCHEMA: dict[str, Any] = {
 
 
 def _type_name(types: tuple) -> str:
-    names = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list",
-             dict: "mapping", _NONE: "null"}
+    names = {
+        int: "integer",
+        float: "number",
+        str: "string",
+        bool: "true/false",
+        list: "list",
+        dict: "mapping",
+        _NONE: "null",
+    }
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -151,7 +163,8 @@ def _check_value(key: str, value: Any, spec: Field, where: str) -> Any:
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(
                 f"{where}: {key}: unknown value {value!r}.{hint} Valid choices: "
-                + ", ".join(repr(c) for c in valid) + "."
+                + ", ".join(repr(c) for c in valid)
+                + "."
             )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if spec.min is not None and value < spec.min:
@@ -173,14 +186,24 @@ def _validate(section: dict, schema: dict, prefix: str, where: str) -> dict:
         if key not in schema:
             close = difflib.get_close_matches(str(key), list(schema), n=2, cutoff=0.6)
             # A key placed in the wrong section: say where it belongs.
-            elsewhere = [f"{s}.{key}" for s, sub in SCHEMA.items()
-                         if isinstance(sub, dict) and key in sub and f"{s}." != prefix]
-            hint = (f" Did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close
-                    else f" It belongs under {elsewhere[0]!r}." if elsewhere else "")
+            elsewhere = [
+                f"{s}.{key}"
+                for s, sub in SCHEMA.items()
+                if isinstance(sub, dict) and key in sub and f"{s}." != prefix
+            ]
+            hint = (
+                f" Did you mean {' or '.join(repr(prefix + c) for c in close)}?"
+                if close
+                else f" It belongs under {elsewhere[0]!r}."
+                if elsewhere
+                else ""
+            )
             raise ConfigError(
                 f"{where}: unknown key {dotted!r}.{hint} Valid keys"
                 + (f" under {prefix.rstrip('.')!r}" if prefix else "")
-                + ": " + ", ".join(sorted(schema)) + "."
+                + ": "
+                + ", ".join(sorted(schema))
+                + "."
             )
         spec = schema[key]
         if isinstance(spec, dict):
@@ -239,10 +262,14 @@ def _cross_checks(cfg: dict, where: str) -> None:
         raise ConfigError(f"{where}: data.path: missing (a folder, CSV, .npz or JSONL file).")
     size = cfg["model"]["input_size"]
     if isinstance(size, list) and (len(size) != 2 or not all(isinstance(v, int) for v in size)):
-        raise ConfigError(f"{where}: model.input_size: expected an int or [height, width], got {size!r}.")
+        raise ConfigError(
+            f"{where}: model.input_size: expected an int or [height, width], got {size!r}."
+        )
     decay = cfg["finetune"]["layer_decay"]
     if decay is not None and not 0.0 < decay <= 1.0:
-        raise ConfigError(f"{where}: finetune.layer_decay: expected a factor in (0, 1], got {decay!r}.")
+        raise ConfigError(
+            f"{where}: finetune.layer_decay: expected a factor in (0, 1], got {decay!r}."
+        )
     if decay is not None and cfg["finetune"]["gradual_every"]:
         raise ConfigError(
             f"{where}: finetune.layer_decay and finetune.gradual_every cannot be combined yet "
@@ -259,10 +286,13 @@ def _cross_checks(cfg: dict, where: str) -> None:
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(
                 f"{where}: export.formats: unknown format {fmt!r}.{hint} Valid choices: "
-                + ", ".join(repr(c) for c in EXPORT_FORMATS) + "."
+                + ", ".join(repr(c) for c in EXPORT_FORMATS)
+                + "."
             )
     if cfg["train"]["epochs"] == 0 and cfg["finetune"]["epochs"] == 0:
-        raise ConfigError(f"{where}: train.epochs and finetune.epochs are both 0: nothing to train.")
+        raise ConfigError(
+            f"{where}: train.epochs and finetune.epochs are both 0: nothing to train."
+        )
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -21,8 +21,9 @@ from kerastl.train._plots import (
 )
 
 
-def predict(model: Any, ex: kdata.Examples, batch_size: int = 64,
-            channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: Any, ex: kdata.Examples, batch_size: int = 64, channels: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, model outputs)`` over ``ex`` in order (no augmentation, no shuffle)."""
     from kerastl.train._trainer import _image_size
 
@@ -31,8 +32,14 @@ def predict(model: Any, ex: kdata.Examples, batch_size: int = 64,
     return ex.y, np.asarray(outputs)
 
 
-def evaluate_model(model: Any, ex: kdata.Examples, top_k: int = 5, threshold: float = 0.5,
-                   batch_size: int = 64, channels: int = 3) -> tuple[dict, np.ndarray]:
+def evaluate_model(
+    model: Any,
+    ex: kdata.Examples,
+    top_k: int = 5,
+    threshold: float = 0.5,
+    batch_size: int = 64,
+    channels: int = 3,
+) -> tuple[dict, np.ndarray]:
     """Metrics of ``model`` on ``ex``; returns ``(metrics, outputs)``.
 
     Example:
@@ -46,9 +53,15 @@ def evaluate_model(model: Any, ex: kdata.Examples, top_k: int = 5, threshold: fl
     return compute_metrics(task, y, out, names, top_k, threshold), out
 
 
-def write_plots(out_dir: str | os.PathLike, task: str, metrics: dict, y: np.ndarray,
-                outputs: np.ndarray, history: dict | None = None,
-                phase_boundary: int | None = None) -> list[str]:
+def write_plots(
+    out_dir: str | os.PathLike,
+    task: str,
+    metrics: dict,
+    y: np.ndarray,
+    outputs: np.ndarray,
+    history: dict | None = None,
+    phase_boundary: int | None = None,
+) -> list[str]:
     """Curves, confusion matrix, ROC or scatter PNGs in ``out_dir/plots``."""
     plots = Path(out_dir) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -59,8 +72,11 @@ def write_plots(out_dir: str | os.PathLike, task: str, metrics: dict, y: np.ndar
         if p:
             written.append(p)
     if "confusion_matrix" in metrics:
-        written.append(plot_confusion(metrics["confusion_matrix"], metrics["class_names"],
-                                      plots / "confusion_matrix.png"))
+        written.append(
+            plot_confusion(
+                metrics["confusion_matrix"], metrics["class_names"], plots / "confusion_matrix.png"
+            )
+        )
     if task in ("binary", "multilabel"):
         written.append(plot_roc(y, outputs, metrics.get("class_names") or [], plots / "roc.png"))
     if task == "regression":
@@ -68,8 +84,14 @@ def write_plots(out_dir: str | os.PathLike, task: str, metrics: dict, y: np.ndar
     return written
 
 
-def evaluate_run_model(model_path: str, ex: kdata.Examples, cfg: dict, out_dir: str,
-                       history: dict | None = None, phase_boundary: int | None = None) -> dict:
+def evaluate_run_model(
+    model_path: str,
+    ex: kdata.Examples,
+    cfg: dict,
+    out_dir: str,
+    history: dict | None = None,
+    phase_boundary: int | None = None,
+) -> dict:
     """Load the best model, compute metrics on ``ex``, write ``metrics.json`` and plots."""
     import kerastl.heads  # noqa: F401 - registers the serializable loss
     import kerastl.layers  # noqa: F401 - registers ImagePreprocessing before loading
@@ -77,10 +99,17 @@ def evaluate_run_model(model_path: str, ex: kdata.Examples, cfg: dict, out_dir: 
 
     model = load_model(model_path)
     ev = cfg["evaluate"]
-    metrics, outputs = evaluate_model(model, ex, ev["top_k"], ev["threshold"],
-                                      cfg["train"]["batch_size"], cfg["model"]["channels"])
-    metrics["plots"] = write_plots(out_dir, metrics["task"], metrics, ex.y, outputs,
-                                   None, phase_boundary)
+    metrics, outputs = evaluate_model(
+        model,
+        ex,
+        ev["top_k"],
+        ev["threshold"],
+        cfg["train"]["batch_size"],
+        cfg["model"]["channels"],
+    )
+    metrics["plots"] = write_plots(
+        out_dir, metrics["task"], metrics, ex.y, outputs, None, phase_boundary
+    )
     _run.write_json(_run.run_path(out_dir, "metrics"), metrics)
     return metrics
 
@@ -108,8 +137,13 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> di
             import json
 
             names = json.loads(report_path.read_text()).get("class_names")
-        cfg["data"].update(path=str(data_path), val_path=None, val_split=0.0, source=None,
-                           class_names=names or cfg["data"]["class_names"])
+        cfg["data"].update(
+            path=str(data_path),
+            val_path=None,
+            val_split=0.0,
+            source=None,
+            class_names=names or cfg["data"]["class_names"],
+        )
         ex, _ = load_examples(cfg)
     else:
         _, ex = load_examples(cfg)
@@ -122,9 +156,12 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> di
     return metrics
 
 
-def cross_validate(config: dict | str | os.PathLike, folds: int = 5,
-                   overrides: dict[str, Any] | None = None,
-                   out_dir: str | os.PathLike | None = None) -> dict:
+def cross_validate(
+    config: dict | str | os.PathLike,
+    folds: int = 5,
+    overrides: dict[str, Any] | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> dict:
     """k-fold cross-validation of a run config: train k times, report mean and spread.
 
     All data (training + validation of the config) is split into ``folds``
@@ -180,5 +217,10 @@ def _concat(a: kdata.Examples, b: kdata.Examples) -> kdata.Examples:
 
     if a.kind == "tfds" or b.kind == "tfds":
         return a
-    return replace(a, x=np.concatenate([a.x, b.x]), y=np.concatenate([a.y, b.y]),
-                   skipped=a.skipped + b.skipped, source=f"{a.source} + {b.source}")
+    return replace(
+        a,
+        x=np.concatenate([a.x, b.x]),
+        y=np.concatenate([a.y, b.y]),
+        skipped=a.skipped + b.skipped,
+        source=f"{a.source} + {b.source}",
+    )

@@ -110,8 +110,12 @@ def classification_metrics(
         top = np.argsort(-p, axis=1)[:, :k]
         out[f"top{k}_accuracy"] = float((top == y[:, None]).any(axis=1).mean())
     out["per_class"] = {
-        c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-            "support": int(support[i])}
+        c: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, c in enumerate(names)
     }
     out["confusion_matrix"] = cm.tolist()
@@ -119,8 +123,12 @@ def classification_metrics(
     return out
 
 
-def binary_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str] | None = None,
-                   threshold: float = 0.5) -> dict[str, Any]:
+def binary_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
     """Metrics of a one-sigmoid binary model."""
     y = np.asarray(y_true).reshape(-1).astype(int)
     s = np.asarray(probs, dtype=np.float64).reshape(-1)
@@ -143,9 +151,12 @@ def binary_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]
     }
 
 
-def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray,
-                       class_names: list[str] | None = None,
-                       threshold: float = 0.5) -> dict[str, Any]:
+def multilabel_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
     """Metrics of a multi-label model from multi-hot labels and sigmoid scores."""
     y = np.asarray(y_true).astype(int)
     s = np.asarray(probs, dtype=np.float64)
@@ -167,8 +178,13 @@ def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray,
         "subset_accuracy": float((pred == y).all(axis=1).mean()),
         "threshold": threshold,
         "per_class": {
-            c: {"auc": aucs[i], "precision": float(precision[i]), "recall": float(recall[i]),
-                "f1": float(f1[i]), "support": int(y[:, i].sum())}
+            c: {
+                "auc": aucs[i],
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(y[:, i].sum()),
+            }
             for i, c in enumerate(names)
         },
         "class_names": names,
@@ -194,8 +210,11 @@ def regression_metrics(y_true: np.ndarray, preds: np.ndarray) -> dict[str, Any]:
         "rmse": float(np.sqrt((err**2).mean())),
         "r2": float(r2.mean()),
         "per_output": [
-            {"mae": float(np.abs(err[:, i]).mean()), "rmse": float(np.sqrt((err[:, i] ** 2).mean())),
-             "r2": float(r2[i])}
+            {
+                "mae": float(np.abs(err[:, i]).mean()),
+                "rmse": float(np.sqrt((err[:, i] ** 2).mean())),
+                "r2": float(r2[i]),
+            }
             for i in range(y.shape[1])
         ],
     }
@@ -208,13 +227,21 @@ def embedding_metrics(y_true: np.ndarray, emb: np.ndarray) -> dict[str, Any]:
     sim = z @ z.T
     np.fill_diagonal(sim, -np.inf)
     nn = sim.argmax(axis=1)
-    return {"task": "embedding", "num_examples": int(len(y)),
-            "nn_accuracy": float((y[nn] == y).mean()) if len(y) > 1 else 0.0}
+    return {
+        "task": "embedding",
+        "num_examples": int(len(y)),
+        "nn_accuracy": float((y[nn] == y).mean()) if len(y) > 1 else 0.0,
+    }
 
 
-def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray,
-                    class_names: list[str] | None = None, top_k: int = 5,
-                    threshold: float = 0.5) -> dict[str, Any]:
+def compute_metrics(
+    task: str,
+    y_true: np.ndarray,
+    outputs: np.ndarray,
+    class_names: list[str] | None = None,
+    top_k: int = 5,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
     """Dispatch to the metrics of ``task``."""
     if task == "classification":
         return classification_metrics(y_true, outputs, class_names, top_k)
@@ -230,12 +257,22 @@ def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray,
 
 
 #: The headline number of each task (for tables and k-fold summaries).
-HEADLINE = {"classification": "accuracy", "binary": "auc", "multilabel": "macro_auc",
-            "regression": "rmse", "embedding": "nn_accuracy"}
+HEADLINE = {
+    "classification": "accuracy",
+    "binary": "auc",
+    "multilabel": "macro_auc",
+    "regression": "rmse",
+    "embedding": "nn_accuracy",
+}
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The top-level float metrics (what k-fold averages)."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "num_examples"
-            and k != "threshold"}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and k != "num_examples"
+        and k != "threshold"
+    }

@@ -34,8 +34,9 @@ def read_history(csv_path: str | os.PathLike) -> dict[str, list[float]]:
     return out
 
 
-def plot_history(history: dict[str, list[float]], path: str | os.PathLike,
-                 phase_boundary: int | None = None) -> str | None:
+def plot_history(
+    history: dict[str, list[float]], path: str | os.PathLike, phase_boundary: int | None = None
+) -> str | None:
     """Loss and metric curves (train and validation) side by side; returns the path."""
     keys = [k for k in history if k not in ("epoch", "learning_rate") and not k.startswith("val_")]
     if not keys:
@@ -76,8 +77,15 @@ def plot_confusion(cm: Any, class_names: list[str], path: str | os.PathLike) -> 
         top = cm.max() if cm.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if cm[i, j] > top / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if cm[i, j] > top / 2 else "black",
+                )
     ax.set_title("confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -85,8 +93,9 @@ def plot_confusion(cm: Any, class_names: list[str], path: str | os.PathLike) -> 
     return str(path)
 
 
-def plot_roc(y_true: np.ndarray, scores: np.ndarray, class_names: list[str],
-             path: str | os.PathLike) -> str:
+def plot_roc(
+    y_true: np.ndarray, scores: np.ndarray, class_names: list[str], path: str | os.PathLike
+) -> str:
     """ROC curves, one per class (multilabel) or one (binary)."""
     from kerastl.train._metrics import roc_auc, roc_curve
 

@@ -57,7 +57,9 @@ def write_config(run_dir: str | os.PathLike, config: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "# Resolved kerastl run config (every default filled in).\n"
-        "# Re-run with: kerastl train " + str(path) + "\n"
+        "# Re-run with: kerastl train "
+        + str(path)
+        + "\n"
         + yaml.safe_dump(config, sort_keys=False),
         encoding="utf-8",
     )
@@ -84,8 +86,14 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
-def model_card(config: dict, metrics: dict, data_report: dict, timings: dict,
-               exports: Any = None, run_dir: str | os.PathLike = ".") -> str:
+def model_card(
+    config: dict,
+    metrics: dict,
+    data_report: dict,
+    timings: dict,
+    exports: Any = None,
+    run_dir: str | os.PathLike = ".",
+) -> str:
     """The README.md of a run: backbone, data, training, metrics, how to load."""
     from kerastl import __version__
     from kerastl.train._metrics import scalar_metrics
@@ -102,7 +110,8 @@ def model_card(config: dict, metrics: dict, data_report: dict, timings: dict,
         "",
         f"- backbone: `{m['backbone']}`, weights: `{m['weights']}`",
         f"- input: {data_report.get('input_shape')} raw 0-255 RGB "
-        "(preprocessing is inside the model)" if data_report.get("modality", "image") == "image"
+        "(preprocessing is inside the model)"
+        if data_report.get("modality", "image") == "image"
         else "- input: raw strings (tokenization is inside the model)",
         f"- task: `{m['task']}`, classes: {data_report.get('class_names')}",
         f"- head dropout {m['dropout']}, pooling `{m['pooling']}`",
@@ -143,8 +152,11 @@ def model_card(config: dict, metrics: dict, data_report: dict, timings: dict,
     for k, v in scalar_metrics(metrics).items():
         lines.append(f"| {k} | {_fmt(v)} |")
     if "per_class" in metrics and len(metrics["per_class"]) <= 30:
-        cols = [c for c in ("precision", "recall", "f1", "auc", "support")
-                if c in next(iter(metrics["per_class"].values()))]
+        cols = [
+            c
+            for c in ("precision", "recall", "f1", "auc", "support")
+            if c in next(iter(metrics["per_class"].values()))
+        ]
         lines += ["", "| class | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for c, row in metrics["per_class"].items():
             lines.append(f"| {c} | " + " | ".join(_fmt(row[k]) for k in cols) + " |")
@@ -156,8 +168,8 @@ def model_card(config: dict, metrics: dict, data_report: dict, timings: dict,
         "import kerastl",
         f'model = kerastl.load_model("{Path(run_dir) / "model.keras"}")',
         "probabilities = model.predict(images)  # float32 0-255 RGB, NHWC"
-        if data_report.get("modality", "image") == "image" else
-        "scores = model.predict(texts)  # raw strings",
+        if data_report.get("modality", "image") == "image"
+        else "scores = model.predict(texts)  # raw strings",
         "```",
         "",
         "```",

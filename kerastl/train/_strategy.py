@@ -158,11 +158,15 @@ def resolve_precision(precision: str = "float32") -> str:
     if precision == "auto":
         return "mixed_float16" if has_gpu else "float32"
     if precision == "mixed_float16" and not has_gpu:
-        print("[kerastl] precision=mixed_float16 without a GPU is slow on CPU; "
-              "consider mixed_bfloat16 or float32.")
+        print(
+            "[kerastl] precision=mixed_float16 without a GPU is slow on CPU; "
+            "consider mixed_bfloat16 or float32."
+        )
     if precision == "mixed_bfloat16" and not has_gpu and not cpu_supports_bfloat16():
-        print("[kerastl] precision=mixed_bfloat16: this CPU has no native bfloat16 "
-              "instructions; expect it to be slower than float32.")
+        print(
+            "[kerastl] precision=mixed_bfloat16: this CPU has no native bfloat16 "
+            "instructions; expect it to be slower than float32."
+        )
     return precision
 
 

@@ -26,7 +26,7 @@ from kerastl.train._callbacks import (
     make_schedule,
 )
 from kerastl.train._config import load_config, validate_config
-from kerastl.train._metrics import HEADLINE, compute_metrics
+from kerastl.train._metrics import HEADLINE
 from kerastl.train._strategy import get_strategy, is_chief, set_precision, worker_id
 
 
@@ -72,13 +72,23 @@ def _image_size(model: keras.Model) -> tuple[int, int] | None:
 def load_examples(cfg: dict) -> tuple[kdata.Examples, kdata.Examples | None]:
     """Read the config's data into ``(train, validation)`` examples (validation may be None)."""
     d, m = cfg["data"], cfg["model"]
-    opts = {k: d[k] for k in ("path_column", "label_column", "text_column", "root", "name",
-                              "data_dir", "split")}
-    ex = kdata.load(d["source"], d["path"], m["task"], d["class_names"], m["channels"],
-                    d["verify"], **opts)
+    opts = {
+        k: d[k]
+        for k in ("path_column", "label_column", "text_column", "root", "name", "data_dir", "split")
+    }
+    ex = kdata.load(
+        d["source"], d["path"], m["task"], d["class_names"], m["channels"], d["verify"], **opts
+    )
     if d["val_path"]:
-        val = kdata.load(d["source"], d["val_path"], m["task"], ex.class_names, m["channels"],
-                         d["verify"], **opts)
+        val = kdata.load(
+            d["source"],
+            d["val_path"],
+            m["task"],
+            ex.class_names,
+            m["channels"],
+            d["verify"],
+            **opts,
+        )
         return ex, val
     if d["source"] == "tfds" and d["val_tfds_split"]:
         val = kdata.from_tfds(d["name"], d["data_dir"], d["val_tfds_split"], m["task"])
@@ -126,9 +136,18 @@ def _build_model(cfg: dict, ex: kdata.Examples, freeze: Any) -> keras.Model:
         input_shape = (s, s, m["channels"])
     class_names = ex.class_names if task in ("classification", "multilabel", "binary") else None
     model = build(
-        m["backbone"], task=task, num_classes=num, weights=m["weights"], input_shape=input_shape,
-        freeze=freeze, dropout=m["dropout"], pooling=m["pooling"], class_names=class_names,
-        train_batchnorm=m["train_batchnorm"], embedding_dim=m["embedding_dim"], compile=False,
+        m["backbone"],
+        task=task,
+        num_classes=num,
+        weights=m["weights"],
+        input_shape=input_shape,
+        freeze=freeze,
+        dropout=m["dropout"],
+        pooling=m["pooling"],
+        class_names=class_names,
+        train_batchnorm=m["train_batchnorm"],
+        embedding_dim=m["embedding_dim"],
+        compile=False,
         **(m["options"] or {}),
     )
     meta = model.kerastl_config
@@ -141,8 +160,9 @@ def _compile(model: keras.Model, optimizer: Any, cfg: dict) -> None:
 
     t = cfg["train"]
     jit = t["jit_compile"]
-    compile_for_task(model, optimizer=optimizer, jit_compile=jit,
-                     steps_per_execution=t["steps_per_execution"])
+    compile_for_task(
+        model, optimizer=optimizer, jit_compile=jit, steps_per_execution=t["steps_per_execution"]
+    )
 
 
 def _decide_cache(cfg: dict, model: keras.Model, ex: kdata.Examples) -> str | None:
@@ -155,13 +175,17 @@ def _decide_cache(cfg: dict, model: keras.Model, ex: kdata.Examples) -> str | No
     augment = kdata.augment_names(cfg["data"]["augment"]) if ex.kind != "text" else []
     if augment:
         if want != "auto" or frozen:
-            print(f"[kerastl] cached features disabled: augmentation {augment} changes the "
-                  "images every epoch, so backbone features cannot be computed once.")
+            print(
+                f"[kerastl] cached features disabled: augmentation {augment} changes the "
+                "images every epoch, so backbone features cannot be computed once."
+            )
         return None
     if not frozen:
         if want != "auto":
-            print("[kerastl] cached features disabled: the backbone is not frozen "
-                  f"(freeze={cfg['model']['freeze']!r}); they need freeze: backbone.")
+            print(
+                "[kerastl] cached features disabled: the backbone is not frozen "
+                f"(freeze={cfg['model']['freeze']!r}); they need freeze: backbone."
+            )
         return None
     return "memory" if want == "auto" else want
 
@@ -214,8 +238,10 @@ def train(
                 set_key(cfg, k, v)
         if examples is not None:
             cfg.setdefault("data", {})
-            cfg["data"] = {**(cfg.get("data") or {}), "path": cfg.get("data", {}).get("path")
-                           or "<in-memory examples>"}
+            cfg["data"] = {
+                **(cfg.get("data") or {}),
+                "path": cfg.get("data", {}).get("path") or "<in-memory examples>",
+            }
         cfg = validate_config(cfg)
         if cfg["name"] is None:
             cfg["name"] = "run"
@@ -266,12 +292,21 @@ def train(
     channels = cfg["model"]["channels"]
     steps = max(1, math.ceil(len(train_ex) / global_batch))
     cache_path = cfg["data"]["cache"] if isinstance(cfg["data"]["cache"], str) else True
-    train_ds = kdata.make_dataset(train_ex, image_size, global_batch,
-                                  shuffle=cfg["data"]["shuffle"],
-                                  seed=cfg["seed"], augment=cfg["data"]["augment"],
-                                  cache=cache_path, channels=channels)
-    val_ds = (kdata.make_dataset(val_ex, image_size, global_batch, cache=True, channels=channels)
-              if val_ex is not None else None)
+    train_ds = kdata.make_dataset(
+        train_ex,
+        image_size,
+        global_batch,
+        shuffle=cfg["data"]["shuffle"],
+        seed=cfg["seed"],
+        augment=cfg["data"]["augment"],
+        cache=cache_path,
+        channels=channels,
+    )
+    val_ds = (
+        kdata.make_dataset(val_ex, image_size, global_batch, cache=True, channels=channels)
+        if val_ex is not None
+        else None
+    )
     monitor = t["monitor"] if val_ds is not None else t["monitor"].replace("val_", "")
     data_report = {
         "source": train_ex.source,
@@ -294,31 +329,52 @@ def train(
     logs_dir.mkdir(parents=True, exist_ok=True)
 
     def common_callbacks(phase: str, fitted: keras.Model) -> list:
-        cbs: list = [keras.callbacks.BackupAndRestore(str(backup_root / phase),
-                                                      double_checkpoint=True)]
+        cbs: list = [
+            keras.callbacks.BackupAndRestore(str(backup_root / phase), double_checkpoint=True)
+        ]
         best.target = model
         cbs.append(best)
         patience = t["early_stopping"]
         if patience and patience is not True:
-            cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=int(patience),
-                                                     mode=best.mode, verbose=int(verbose > 0)))
+            cbs.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=monitor,
+                    patience=int(patience),
+                    mode=best.mode,
+                    verbose=int(verbose > 0),
+                )
+            )
         elif patience is True:
             cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=5, mode=best.mode))
         pbn = t["precise_bn"]
         if pbn and fitted is model:
-            plain = kdata.make_dataset(train_ex, image_size, max(global_batch, 64), shuffle=True,
-                                       seed=cfg["seed"] + 1, cache=True, channels=channels)
+            plain = kdata.make_dataset(
+                train_ex,
+                image_size,
+                max(global_batch, 64),
+                shuffle=True,
+                seed=cfg["seed"] + 1,
+                cache=True,
+                channels=channels,
+            )
             cbs.append(PreciseBatchNorm(plain, 4 if pbn is True else int(pbn)))
         cbs.append(keras.callbacks.CSVLogger(str(logs_dir / "history.csv"), append=True))
         if t["tensorboard"] and _has_tensorboard():
-            cbs.append(keras.callbacks.TensorBoard(str(logs_dir / "tensorboard" / phase),
-                                                   write_graph=False, profile_batch=0))
+            cbs.append(
+                keras.callbacks.TensorBoard(
+                    str(logs_dir / "tensorboard" / phase), write_graph=False, profile_batch=0
+                )
+            )
         return cbs + list(callbacks or [])
 
     state = _read_state(state_dir) if t["resume"] else {}
     history: dict[str, list[float]] = {}
-    timings: dict[str, Any] = {"strategy": type(strategy).__name__, "replicas": replicas,
-                               "precision": precision, "feature_cache": "no"}
+    timings: dict[str, Any] = {
+        "strategy": type(strategy).__name__,
+        "replicas": replicas,
+        "precision": precision,
+        "feature_cache": "no",
+    }
     if state.get("best") is not None:
         best.best = state["best"]
 
@@ -334,26 +390,55 @@ def train(
         t1 = time.perf_counter()
         cache_mode = _decide_cache(cfg, model, train_ex)
         with strategy.scope():
-            optimizer = make_optimizer(t["optimizer"], make_schedule(
-                t["learning_rate"], t["schedule"], steps, epochs1, t["warmup_epochs"]),
-                t["weight_decay"])
+            optimizer = make_optimizer(
+                t["optimizer"],
+                make_schedule(
+                    t["learning_rate"], t["schedule"], steps, epochs1, t["warmup_epochs"]
+                ),
+                t["weight_decay"],
+            )
         if cache_mode:
-            h, info = _fit_on_cached_features(model, cfg, train_ex, val_ex, train_ds, val_ds,
-                                              optimizer, strategy, cache_mode, global_batch,
-                                              epochs1, verbose, common_callbacks)
+            h, info = _fit_on_cached_features(
+                model,
+                cfg,
+                train_ex,
+                val_ex,
+                train_ds,
+                val_ds,
+                optimizer,
+                strategy,
+                cache_mode,
+                global_batch,
+                epochs1,
+                verbose,
+                common_callbacks,
+            )
             timings["feature_cache"] = info
         else:
             with strategy.scope():
                 _compile(model, optimizer, cfg)
-            h = model.fit(train_ds, validation_data=val_ds, epochs=epochs1, verbose=verbose,
-                          shuffle=False, callbacks=common_callbacks("phase1", model))
+            h = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=epochs1,
+                verbose=verbose,
+                shuffle=False,
+                callbacks=common_callbacks("phase1", model),
+            )
         _history_merge(history, h)
         best.restore()
         done1 = _epochs_done(logs_dir, len(h.history.get("loss", [])))
         timings["phase1_seconds"] = time.perf_counter() - t1
-        _write_state(state_dir, model, {
-            "phase1_done": True, "phase1_epochs": done1,
-            "best": best.best if math.isfinite(best.best) else None, "history": history})
+        _write_state(
+            state_dir,
+            model,
+            {
+                "phase1_done": True,
+                "phase1_epochs": done1,
+                "best": best.best if math.isfinite(best.best) else None,
+                "history": history,
+            },
+        )
 
     # -- phase 2: fine-tune ---------------------------------------------------
     if ft["epochs"]:
@@ -368,24 +453,36 @@ def train(
             else:
                 apply_policy(model, ft["freeze"], train_batchnorm=cfg["model"]["train_batchnorm"])
             if ft["layer_decay"]:
-                optimizer = discriminative_optimizer(model, lr2, decay=ft["layer_decay"],
-                                                     optimizer=t["optimizer"])
+                optimizer = discriminative_optimizer(
+                    model, lr2, decay=ft["layer_decay"], optimizer=t["optimizer"]
+                )
             else:
-                optimizer = make_optimizer(t["optimizer"], make_schedule(
-                    lr2, ft["schedule"], steps, ft["epochs"], ft["warmup_epochs"]),
-                    t["weight_decay"])
+                optimizer = make_optimizer(
+                    t["optimizer"],
+                    make_schedule(lr2, ft["schedule"], steps, ft["epochs"], ft["warmup_epochs"]),
+                    t["weight_decay"],
+                )
             _compile(model, optimizer, cfg)
             if ft["gradual_every"]:
-                extra.append(GradualUnfreezing(model, every=ft["gradual_every"],
-                                               verbose=verbose > 0))
-        print(f"[kerastl] phase 2: fine-tuning (freeze={ft['freeze']!r}, lr={lr2:g}) "
-              f"for {ft['epochs']} epoch(s)")
+                extra.append(
+                    GradualUnfreezing(model, every=ft["gradual_every"], verbose=verbose > 0)
+                )
+        print(
+            f"[kerastl] phase 2: fine-tuning (freeze={ft['freeze']!r}, lr={lr2:g}) "
+            f"for {ft['epochs']} epoch(s)"
+        )
         cbs = common_callbacks("phase2", model)
         if extra:
             cbs.insert(1, _OffsetEpochs(extra[0], done1))
-        h2 = model.fit(train_ds, validation_data=val_ds, initial_epoch=done1,
-                       epochs=done1 + ft["epochs"], verbose=verbose, shuffle=False,
-                       callbacks=cbs)
+        h2 = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            initial_epoch=done1,
+            epochs=done1 + ft["epochs"],
+            verbose=verbose,
+            shuffle=False,
+            callbacks=cbs,
+        )
         _history_merge(history, h2)
         best.restore()
         timings["phase2_seconds"] = time.perf_counter() - t2
@@ -406,8 +503,14 @@ def train(
         from kerastl.train._evaluate import evaluate_run_model
 
         if val_ex is not None:
-            metrics = evaluate_run_model(model_path, val_ex, cfg, out_dir, history,
-                                         phase_boundary=done1 if ft["epochs"] else None)
+            metrics = evaluate_run_model(
+                model_path,
+                val_ex,
+                cfg,
+                out_dir,
+                history,
+                phase_boundary=done1 if ft["epochs"] else None,
+            )
         exports = _export(model_path, cfg, out_dir, val_ex if val_ex is not None else train_ex)
         card = _run.model_card(cfg, metrics, data_report, timings, exports, out_dir)
         _run.run_path(out_dir, "card").write_text(card, encoding="utf-8")
@@ -438,8 +541,10 @@ def _has_tensorboard() -> bool:
     import importlib.util
 
     if importlib.util.find_spec("tensorboard") is None:
-        print("[kerastl] TensorBoard logs skipped: the 'tensorboard' package is not installed "
-              "(pip install tensorboard).")
+        print(
+            "[kerastl] TensorBoard logs skipped: the 'tensorboard' package is not installed "
+            "(pip install tensorboard)."
+        )
         return False
     return True
 
@@ -475,8 +580,21 @@ def _write_state(state_dir: Path, model: keras.Model, state: dict) -> None:
     _run.write_json(state_dir / "state.json", state)
 
 
-def _fit_on_cached_features(model, cfg, train_ex, val_ex, train_ds, val_ds, optimizer, strategy,
-                            mode, global_batch, epochs, verbose, common_callbacks):
+def _fit_on_cached_features(
+    model,
+    cfg,
+    train_ex,
+    val_ex,
+    train_ds,
+    val_ds,
+    optimizer,
+    strategy,
+    mode,
+    global_batch,
+    epochs,
+    verbose,
+    common_callbacks,
+):
     """Phase 1 on cached backbone features; returns (history, cache info)."""
     import tensorflow as tf
 
@@ -485,34 +603,65 @@ def _fit_on_cached_features(model, cfg, train_ex, val_ex, train_ds, val_ds, opti
     t0 = time.perf_counter()
     feature_model, head = split_model(model)
     cache = FeatureCache(mode, cfg["train"]["cache_dir"])
-    plain = kdata.make_dataset(train_ex, _image_size(model), global_batch, shuffle=False,
-                               cache=False, channels=cfg["model"]["channels"])
+    plain = kdata.make_dataset(
+        train_ex,
+        _image_size(model),
+        global_batch,
+        shuffle=False,
+        cache=False,
+        channels=cfg["model"]["channels"],
+    )
     steps = math.ceil(len(train_ex) / global_batch)
-    xtr, ytr = cache.get(model, feature_model, train_ex.fingerprint(), plain, steps, verbose,
-                         "training features")
+    xtr, ytr = cache.get(
+        model, feature_model, train_ex.fingerprint(), plain, steps, verbose, "training features"
+    )
     val_feats = None
     if val_ds is not None:
-        xva, yva = cache.get(model, feature_model, val_ex.fingerprint(), val_ds,
-                             math.ceil(len(val_ex) / global_batch), verbose, "validation features")
+        xva, yva = cache.get(
+            model,
+            feature_model,
+            val_ex.fingerprint(),
+            val_ds,
+            math.ceil(len(val_ex) / global_batch),
+            verbose,
+            "validation features",
+        )
         val_feats = tf.data.Dataset.from_tensor_slices((xva, yva)).batch(global_batch)
-    feats_ds = shuffle_and_batch(tf.data.Dataset.from_tensor_slices((xtr, ytr)), len(xtr),
-                                 global_batch, cfg["data"]["shuffle"],
-                                 cfg["seed"]).prefetch(tf.data.AUTOTUNE)
+    feats_ds = shuffle_and_batch(
+        tf.data.Dataset.from_tensor_slices((xtr, ytr)),
+        len(xtr),
+        global_batch,
+        cfg["data"]["shuffle"],
+        cfg["seed"],
+    ).prefetch(tf.data.AUTOTUNE)
     seconds = time.perf_counter() - t0
-    print(f"[kerastl] training the head on cached {mode} features "
-          f"({xtr.shape[0]} x {xtr.shape[1:]}; feature pass {seconds:.1f} s)")
+    print(
+        f"[kerastl] training the head on cached {mode} features "
+        f"({xtr.shape[0]} x {xtr.shape[1:]}; feature pass {seconds:.1f} s)"
+    )
     with strategy.scope():
         from kerastl._build import compile_for_task
 
         head.kerastl_config = model.kerastl_config  # compile_for_task reads the task
         compile_for_task(head, optimizer=optimizer, jit_compile=cfg["train"]["jit_compile"])
-    h = head.fit(feats_ds, validation_data=val_feats, epochs=epochs, verbose=verbose, shuffle=False,
-                 callbacks=common_callbacks("phase1", head))
+    h = head.fit(
+        feats_ds,
+        validation_data=val_feats,
+        epochs=epochs,
+        verbose=verbose,
+        shuffle=False,
+        callbacks=common_callbacks("phase1", head),
+    )
     with strategy.scope():  # the full model, with the trained head, ready for phase 2 / saving
-        _compile(model, make_optimizer(cfg["train"]["optimizer"], cfg["train"]["learning_rate"]),
-                 cfg)
-    info = {"mode": mode, "feature_seconds": round(seconds, 3), "hits": cache.hits,
-            "misses": cache.misses}
+        _compile(
+            model, make_optimizer(cfg["train"]["optimizer"], cfg["train"]["learning_rate"]), cfg
+        )
+    info = {
+        "mode": mode,
+        "feature_seconds": round(seconds, 3),
+        "hits": cache.hits,
+        "misses": cache.misses,
+    }
     return h, info
 
 
@@ -528,8 +677,10 @@ def _export(model_path: str, cfg: dict, out_dir: str, ex: kdata.Examples) -> Any
     try:
         from kerastl.export import export
     except ImportError as exc:
-        print(f"[kerastl] export skipped: kerastl.export is not available in this build ({exc}). "
-              f"The trained model is {model_path}; export it later with `kerastl export`.")
+        print(
+            f"[kerastl] export skipped: kerastl.export is not available in this build ({exc}). "
+            f"The trained model is {model_path}; export it later with `kerastl export`."
+        )
         return {"skipped": f"kerastl.export unavailable: {exc}"}
     import kerastl.heads  # noqa: F401 - registers the serializable loss
     import kerastl.layers  # noqa: F401 - registers ImagePreprocessing before loading
@@ -538,15 +689,22 @@ def _export(model_path: str, cfg: dict, out_dir: str, ex: kdata.Examples) -> Any
     model = load_model(model_path)
     n = min(len(ex), 64)
     sample = ex.subset(np.arange(n))
-    ds = kdata.make_dataset(sample, _image_size(model), n, cache=False,
-                            channels=cfg["model"]["channels"])
+    ds = kdata.make_dataset(
+        sample, _image_size(model), n, cache=False, channels=cfg["model"]["channels"]
+    )
     x, _ = next(iter(ds))
     x = x.numpy()
     try:
-        report = export(model, str(Path(out_dir) / "export"), formats=formats,
-                        quantize=cfg["export"]["quantize"], calibration_data=x,
-                        validation_data=x, name=cfg["export"]["name"] or cfg["name"],
-                        version=cfg["export"]["version"])
+        report = export(
+            model,
+            str(Path(out_dir) / "export"),
+            formats=formats,
+            quantize=cfg["export"]["quantize"],
+            calibration_data=x,
+            validation_data=x,
+            name=cfg["export"]["name"] or cfg["name"],
+            version=cfg["export"]["version"],
+        )
     except (ConfigError, DataError):
         raise
     except Exception as exc:  # noqa: BLE001 - keep the trained run; report the export failure
