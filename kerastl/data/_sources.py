@@ -378,13 +378,23 @@ def from_csv(
     return ex
 
 
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    return (
+        f"data.path: {str(path)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+        f"offset {exc.start}). Re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8."
+    )
+
+
 def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     if not path.is_file():
         raise DataError(f"data.path: no file at {str(path)!r}.")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        rows = [r for r in reader if any((v or "").strip() for v in r.values())]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader if any((v or "").strip() for v in r.values())]
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_utf8(path, exc)) from None
     if not rows:
         raise DataError(f"data.path: {str(path)!r} has a header {header} but no rows.")
     return rows, header
@@ -482,14 +492,19 @@ def from_text(
         raise DataError(f"data.path: no file at {str(path)!r}.")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{str(path)!r} line {lineno}: invalid JSON ({exc}).") from None
+        try:
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise DataError(
+                            f"{str(path)!r} line {lineno}: invalid JSON ({exc})."
+                        ) from None
+        except UnicodeDecodeError as exc:
+            raise DataError(_not_utf8(path, exc)) from None
         header = sorted({k for r in rows for k in r})
     else:
         rows, header = _read_csv(path)
@@ -580,10 +595,18 @@ def from_tfds(
 
 
 def check_classes(ex: Examples) -> None:
-    """Raise :class:`DataError` on no examples, an empty class or a single class."""
+    """Raise :class:`DataError` on no examples, an empty or single class, non-finite targets."""
     if len(ex) == 0:
         extra = f" ({len(ex.skipped)} file(s) were unreadable)" if ex.skipped else ""
         raise DataError(f"{ex.source}: no usable examples{extra}.")
+    if ex.task == "regression":
+        y = np.asarray(ex.y, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(y).reshape(len(y), -1).all(axis=1))
+        if bad.size:
+            raise DataError(
+                f"{ex.source}: {bad.size} regression target(s) are NaN or infinite "
+                f"(rows {bad[:5].tolist()}{'...' if bad.size > 5 else ''}); fix or drop them."
+            )
     if ex.task in ("classification", "binary", "multilabel", "embedding") and ex.class_names:
         counts = ex.class_counts()
         empty = [c for c, n in counts.items() if n == 0]

@@ -81,6 +81,13 @@ def run_export(args: argparse.Namespace) -> int:
             f"model: expected a .keras file, got {args.model!r}. Exported artifacts are "
             "already exported; run them with `kerastl predict`."
         )
+    from kerastl._errors import choice_error
+    from kerastl.export import FORMATS
+
+    fmts = args.formats.split(",") if isinstance(args.formats, str) else args.formats or []
+    for fmt in (f.strip() for f in fmts):  # usage errors before the (slow) model load
+        if fmt not in FORMATS:
+            raise choice_error("--formats", fmt, FORMATS)
     model = load_keras(model_path, safe_mode=not args.unsafe)
     class_names = find_metadata(model).get("class_names")
     out = Path(args.out) if args.out else model_path.parent / "export"

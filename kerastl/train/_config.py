@@ -349,7 +349,10 @@ def load_config(
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{where}: not valid YAML{at}: {problem}.") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a mapping at the top, got {type(raw).__name__}.")
         base = path.resolve().parent
