@@ -256,7 +256,7 @@ FAMILIES = {
         "MiTBackbone", IMAGENET,
         dict(first="stem", block=r"^(?:patch_and_embed|hierarchical_encoder|output_level)_(\d+)",
              name="stage{}", last=None),
-        dict(layerwise_depths=[1, 1, 1, 1], hidden_dims=[8, 16, 16, 32]),
+        dict(layerwise_depths=[1, 1, 1, 1], hidden_dims=[8, 16, 40, 64]),
         {
             f"mit_b{b}_{data}": (mit(*MIT_B[b]), size)
             for b in range(6)

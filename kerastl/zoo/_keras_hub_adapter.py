@@ -344,6 +344,7 @@ class KerasHubAdapter(Adapter):
         self.options: dict[str, Any] = {}
         self._pre_layer = None
         self._pyramid: list[Any] = []
+        self._hub = None
         self._has_pooler = False
 
     # -- input -----------------------------------------------------------------------
@@ -702,12 +703,21 @@ class KerasHubAdapter(Adapter):
                        name=f"{spec.family}_preprocessor")
 
     def _wrap(self, hub) -> keras.Model:
-        """Re-wrap the KerasHub backbone as the functional ``"backbone"`` kerastl expects."""
+        """Wrap the KerasHub backbone as the functional ``"backbone"`` kerastl expects.
+
+        Image and text backbones are nested whole (KerasHub serialises and
+        reloads its own classes); audio encoders are cut out of the
+        encoder-decoder graph (only the encoder half is kept).
+        """
         spec = self.spec
         self._pyramid = []
+        self._hub = hub
         if spec.modality == "text":
-            inputs = {t.name: t for t in keras.tree.flatten(hub.input)}
-            out = hub.output
+            inputs = {
+                t.name: keras.Input(shape=(None,), dtype=t.dtype, name=t.name)
+                for t in keras.tree.flatten(hub.input)
+            }
+            out = hub(inputs)
             # The mask goes out too, for masked pooling (an input cannot be an output).
             mask = keras.layers.Identity(name="padding_mask_out")(inputs["padding_mask"])
             outputs = {"sequence_output": out["sequence_output"] if isinstance(out, dict)
@@ -715,27 +725,28 @@ class KerasHubAdapter(Adapter):
             self._has_pooler = isinstance(out, dict) and "pooled_output" in out
             if self._has_pooler:
                 outputs["pooled_output"] = out["pooled_output"]
-            model = keras.Model(inputs, outputs, name="backbone")
-        elif spec.modality == "audio":
+            return keras.Model(inputs, outputs, name="backbone")
+        if spec.modality == "audio":
             if spec.extra["audio"] == "whisper":
                 inp = hub.get_layer("encoder_features").output
-                model = keras.Model(inp, hub.get_layer("encoder_layer_norm").output,
-                                    name="backbone")
-            else:
-                inputs = {k: hub.get_layer(k).output
-                          for k in ("encoder_input_values", "encoder_padding_mask")}
-                model = keras.Model(inputs, hub.get_layer("encoder_final_layer_norm").output,
-                                    name="backbone")
-        else:
-            out = hub.output
-            pyramid = getattr(hub, "pyramid_outputs", None) or {}
-            if isinstance(out, dict):  # HGNetV2: one output per stage
-                pyramid = {k: v for k, v in out.items() if k != "stem"}
-                out = list(out.values())[-1]
-            if pyramid and len(out.shape) == 4:
-                self._pyramid = list(pyramid.items())
-            model = keras.Model(hub.input, out, name="backbone")
-        return model
+                return keras.Model(inp, hub.get_layer("encoder_layer_norm").output,
+                                   name="backbone")
+            inputs = {k: hub.get_layer(k).output
+                      for k in ("encoder_input_values", "encoder_padding_mask")}
+            return keras.Model(inputs, hub.get_layer("encoder_final_layer_norm").output,
+                               name="backbone")
+        hub_in = keras.tree.flatten(hub.input)[0]  # DINOv2 names its one input in a dict
+        inp = keras.Input(shape=hub_in.shape[1:], name="images")
+        out = hub({hub_in.name: inp} if isinstance(hub.input, dict) else inp)
+        hub_out = hub.output
+        pyramid = getattr(hub, "pyramid_outputs", None) or {}
+        if isinstance(hub_out, dict):  # HGNetV2: one output per stage
+            pyramid = {k: v for k, v in hub_out.items() if k != "stem"}
+        if isinstance(out, dict):
+            out = out["sequence_output"] if "sequence_output" in out else list(out.values())[-1]
+        if pyramid and len(out.shape) == 4:
+            self._pyramid = list(pyramid.items())
+        return keras.Model(inp, out, name="backbone")
 
     def pooled(self, features, pooling: str):
         spec = self.spec
@@ -764,14 +775,25 @@ class KerasHubAdapter(Adapter):
 
     # -- groups, features, LoRA --------------------------------------------------------
     def layer_groups(self, backbone: keras.Model) -> OrderedDict[str, list[keras.Layer]]:
+        """Transformer / stage groups of the backbone, from the family's group rule.
+
+        The nested KerasHub model and the layers named in the rule's ``expand``
+        are replaced by their sublayers; weightless input layers are left out.
+        """
         rule = self.spec.extra["group_rule"]
         expand = set(rule.get("expand") or ())
-        layers: list[keras.Layer] = []
-        for layer in backbone.layers:
-            if layer.name in expand:
-                layers.extend(layer._flatten_layers(include_self=False, recursive=False))
-            else:
-                layers.append(layer)
+        hub = _keras_hub()
+
+        def flat(layer):
+            if isinstance(layer, hub.models.Backbone) or layer.name in expand:
+                for sub in layer._flatten_layers(include_self=False, recursive=False):
+                    yield from flat(sub)
+            elif not isinstance(layer, keras.layers.InputLayer):
+                yield layer
+
+        layers = [sub for layer in backbone.layers for sub in flat(layer)]
+        if self.spec.modality == "text":  # the wrapper's own mask pass-through
+            layers = [lyr for lyr in layers if lyr.name != "padding_mask_out"]
         groups: OrderedDict[str, list[keras.Layer]] = OrderedDict()
         for layer, g in zip(layers, group_names_for([lyr.name for lyr in layers], rule)):
             groups.setdefault(g, []).append(layer)
@@ -794,7 +816,9 @@ class KerasHubAdapter(Adapter):
                     f"({[k for k, _ in self._pyramid]}), valid indices 0..{n - 1}."
                 )
             chosen.append(self._pyramid[i][1])
-        return keras.Model(backbone.inputs, chosen, name="features")
+        hub_in = keras.tree.flatten(self._hub.input)[0]
+        pyramid = keras.Model(hub_in, chosen, name="pyramid")
+        return keras.Model(backbone.inputs, pyramid(backbone.inputs[0]), name="features")
 
     def enable_lora(self, backbone: keras.Model, rank: int) -> int:
         """Add rank-``rank`` LoRA adapters to the attention query/value projections.

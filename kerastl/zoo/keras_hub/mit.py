@@ -16,7 +16,7 @@ declare_hub_family(
      'block': '^(?:patch_and_embed|hierarchical_encoder|output_level)_(\\d+)',
      'name': 'stage{}',
      'last': None},
-    tiny={'layerwise_depths': [1, 1, 1, 1], 'hidden_dims': [8, 16, 16, 32]},
+    tiny={'layerwise_depths': [1, 1, 1, 1], 'hidden_dims': [8, 16, 40, 64]},
     converter={'scale': [0.017124753831663668, 0.01750700280112045, 0.017429193899782137],
      'offset': [-2.1179039301310043, -2.0357142857142856, -1.8044444444444445]},
     min_input_size=64,
