@@ -225,6 +225,16 @@ def export(
 
     prepared = prepare(model)
     modality = prepared.modality
+    delegate = modality.delegate(formats) if hasattr(modality, "delegate") else None
+    if delegate is not None:  # e.g. text: TFLite/ONNX come from the token-id sub-model
+        return delegate(
+            prepared.original, out_dir, formats, quantize=quantize,
+            calibration_data=calibration_data, validation_data=validation_data, name=name,
+            version=version, int8_io=int8_io, allow_flex=allow_flex, opset=opset,
+            overwrite=overwrite, tolerances=tolerances,
+            max_validation_samples=max_validation_samples,
+            max_calibration_samples=max_calibration_samples, latency_runs=latency_runs,
+        )
     for f in formats:
         if f not in modality.formats:
             raise ConfigError(
@@ -396,6 +406,11 @@ def export(
         if ok:
             _publish(staging, records, targets)
             published = True
+    except OSError as exc:  # full disk, permissions, ...: nothing half-written is published
+        raise ExportError(
+            f"export to {str(out)!r} failed while writing: {exc}. Nothing was published "
+            "and the staging folder was removed; earlier versions are untouched."
+        ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -9,7 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerastl._errors import choice_error
+from kerastl._errors import KerastlError, choice_error
 from kerastl.train._config import OPTIMIZERS, SCHEDULES
 
 
@@ -183,3 +183,35 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         steps = (self.params or {}).get("steps")
         if steps and batch + 1 >= steps:
             self.recalibrate(self.target or self.model)
+
+
+class TrainingDiverged(KerastlError):
+    """The training loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stop at the first non-finite loss, before anything saves the broken weights.
+
+    Unlike ``keras.callbacks.TerminateOnNaN`` (which lets the epoch end, so
+    ``BackupAndRestore`` and checkpoints would then write NaN weights), this
+    raises :class:`TrainingDiverged` from the batch: the epoch never ends, the
+    backup and ``model.keras`` keep the last good state. Put it first.
+    """
+
+    def __init__(self, phase: str = ""):
+        super().__init__()
+        self.phase = phase
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"training stopped: the loss became {float(loss)} at epoch {self.epoch + 1}, "
+                f"batch {batch + 1}{' of ' + self.phase if self.phase else ''}. The last good "
+                "checkpoint (model.keras) and the backup of the last finished epoch are kept; "
+                "lower train.learning_rate or check the data for extreme values, then rerun."
+            )

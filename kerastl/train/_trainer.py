@@ -21,13 +21,21 @@ from kerastl.train import _run
 from kerastl.train._cache import FeatureCache, backbone_is_frozen, split_model
 from kerastl.train._callbacks import (
     BestCheckpoint,
+    NanGuard,
     PreciseBatchNorm,
     make_optimizer,
     make_schedule,
 )
 from kerastl.train._config import load_config, validate_config
 from kerastl.train._metrics import HEADLINE
-from kerastl.train._strategy import get_strategy, is_chief, set_precision, worker_id
+from kerastl.train._strategy import (
+    get_strategy,
+    is_chief,
+    prepare_fit,
+    set_precision,
+    strategy_name,
+    worker_id,
+)
 
 
 @dataclass
@@ -330,7 +338,8 @@ def train(
 
     def common_callbacks(phase: str, fitted: keras.Model) -> list:
         cbs: list = [
-            keras.callbacks.BackupAndRestore(str(backup_root / phase), double_checkpoint=True)
+            NanGuard(phase),  # first: a NaN loss aborts before anything saves it
+            keras.callbacks.BackupAndRestore(str(backup_root / phase), double_checkpoint=True),
         ]
         best.target = model
         cbs.append(best)
@@ -370,7 +379,7 @@ def train(
     state = _read_state(state_dir) if t["resume"] else {}
     history: dict[str, list[float]] = {}
     timings: dict[str, Any] = {
-        "strategy": type(strategy).__name__,
+        "strategy": strategy_name(strategy),
         "replicas": replicas,
         "precision": precision,
         "feature_cache": "no",
@@ -417,7 +426,7 @@ def train(
         else:
             with strategy.scope():
                 _compile(model, optimizer, cfg)
-            h = model.fit(
+            h = prepare_fit(model, strategy).fit(
                 train_ds,
                 validation_data=val_ds,
                 epochs=epochs1,
@@ -474,7 +483,7 @@ def train(
         cbs = common_callbacks("phase2", model)
         if extra:
             cbs.insert(1, _OffsetEpochs(extra[0], done1))
-        h2 = model.fit(
+        h2 = prepare_fit(model, strategy).fit(
             train_ds,
             validation_data=val_ds,
             initial_epoch=done1,
@@ -601,7 +610,8 @@ def _fit_on_cached_features(
     from kerastl.data._pipeline import shuffle_and_batch
 
     t0 = time.perf_counter()
-    feature_model, head = split_model(model)
+    with strategy.scope():  # the head model fits with the strategy, like the full model
+        feature_model, head = split_model(model)
     cache = FeatureCache(mode, cfg["train"]["cache_dir"])
     plain = kdata.make_dataset(
         train_ex,
@@ -644,7 +654,7 @@ def _fit_on_cached_features(
 
         head.kerastl_config = model.kerastl_config  # compile_for_task reads the task
         compile_for_task(head, optimizer=optimizer, jit_compile=cfg["train"]["jit_compile"])
-    h = head.fit(
+    h = prepare_fit(head, strategy).fit(
         feats_ds,
         validation_data=val_feats,
         epochs=epochs,
