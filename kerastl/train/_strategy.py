@@ -177,3 +177,120 @@ def set_precision(precision: str) -> str:
     resolved = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(resolved)
     return resolved
+
+
+# -- Keras model.fit under MultiWorkerMirroredStrategy -------------------------------------
+#
+# Keras 3 (checked with 3.15) cannot fit under MultiWorkerMirroredStrategy (keras-team/keras
+# #20585), and the Keras trainer has no hook to fix it from outside, so the model *instance*
+# is patched (never the Keras classes) and only when the strategy really spans workers:
+#
+# 1. ``TensorFlowTrainer._maybe_symbolic_build`` builds optimizer and metric variables from a
+#    first batch that it gets with ``strategy.reduce("MEAN", per_replica_batch)``; that reduce
+#    fails eagerly across workers ("Attempt to convert a value (PerReplica...)"). Only shapes
+#    and dtypes matter there, so this worker's first replica batch is used instead.
+# 2. ``reduce_per_replica(..., "auto")`` reduces the step's logs across workers with
+#    ``strategy.reduce("MEAN", v, axis=0)``, which fails on scalar logs ("Invalid reduction
+#    dimension 0 for input with 0 dimensions"). The wrapped steps return scalars as shape
+#    ``[1]``: the mean over axis 0 of those across all replicas is the cross-replica mean,
+#    a scalar again, which is what the logs should hold.
+# 3. BatchNormalization's moving statistics have aggregation "none": each replica updates its
+#    own copy from its own shard of the batch, so the workers end with different weights
+#    (and only the chief's are saved). The wrapped train step all-reduces them (mean) after
+#    each update, one batched collective per step. Because the moving averages are linear in
+#    the batch statistics, the mean equals the moving average of the replicas' mean batch
+#    statistics.
+
+
+def strategy_name(strategy: Any) -> str:
+    """The public ``tf.distribute`` class name of ``strategy`` (for logs and the model card).
+
+    ``tf.distribute.MultiWorkerMirroredStrategy`` is implemented by a class named
+    ``CollectiveAllReduceStrategy``; report the name users know.
+    """
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    return type(strategy).__name__
+
+
+def spans_workers(strategy: Any) -> bool:
+    """True for a MultiWorkerMirroredStrategy whose cluster has more than one worker."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    in_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(in_mode()) if in_mode is not None else strategy.num_replicas_in_sync > 1
+
+
+def prepare_fit(model: Any, strategy: Any) -> Any:
+    """Make ``model.fit``/``evaluate`` work under ``strategy``; returns ``model``.
+
+    A no-op except under a MultiWorkerMirroredStrategy spanning several workers,
+    where it patches this model instance around Keras 3 bugs (see the comment
+    above). Idempotent; call it before every ``fit`` (recompiling keeps it).
+
+    Example:
+        >>> prepare_fit(model, get_strategy("multi_worker")).fit(ds)  # doctest: +SKIP
+    """
+    if not spans_workers(strategy) or getattr(model, "_kerastl_multi_worker", False):
+        return model
+    import types
+
+    import tensorflow as tf
+
+    base_train_step, base_test_step = model.train_step, model.test_step
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: (
+                        strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues)
+                        else v
+                    ),
+                    next(it),
+                )
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    def as_rank1(logs):
+        return tf.nest.map_structure(
+            lambda v: tf.reshape(v, [1]) if tf.is_tensor(v) and v.shape.rank == 0 else v, logs
+        )
+
+    def train_step(data):
+        logs = base_train_step(data)
+        state = _moving_statistics(model)  # read when the step is traced (after compile)
+        if state:
+            ctx = tf.distribute.get_replica_context()
+            means = ctx.all_reduce(
+                tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in state]
+            )
+            for v, mean in zip(state, means):
+                v.assign(mean)
+        return as_rank1(logs)
+
+    def test_step(data):
+        return as_rank1(base_test_step(data))
+
+    model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
+    model.train_step = train_step
+    model.test_step = test_step
+    model._kerastl_multi_worker = True
+    return model
+
+
+def _moving_statistics(model: Any) -> list:
+    """Non-trainable float weights of the trainable BatchNormalization layers of ``model``."""
+    import keras
+
+    out = []
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            out += [w for w in layer.non_trainable_weights if "float" in str(w.dtype)]
+    return out
