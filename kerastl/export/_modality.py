@@ -24,6 +24,10 @@ from kerastl._errors import ConfigError, choice_error
 #: Modality -> module that registers its exporter on import (imported lazily).
 MODALITY_MODULES: dict[str, str] = {
     "image": "kerastl.export._image",
+    "text": "kerastl.export.text",
+    "token_ids": "kerastl.export.text",
+    "audio": "kerastl.export.audio",
+    "log_mel": "kerastl.export.audio",
 }
 
 _REGISTRY: dict[str, type[ModalityExporter]] = {}

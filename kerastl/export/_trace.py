@@ -213,6 +213,7 @@ def prepare(model: Any) -> Prepared:
             "mixed-precision model: exported graph computes in float32 (same weights); "
             "bfloat16/float16 kernels are missing in onnxruntime and LiteRT"
         )
+    modality.model = model  # hooks that need the graph (text: token-id signature)
     task = meta.get("task")
     main = meta.get("output") or "outputs"
     names = [main]

@@ -154,8 +154,8 @@ class TFLiteArtifact(Artifact):
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         detail = self._inputs[self.input_name]
         dtype = np.dtype(detail["dtype"])
-        if dtype.kind in "iu":
-            scale, zero = detail["quantization"]
+        scale, zero = detail["quantization"]
+        if dtype.kind in "iu" and scale:  # quantized input (not token ids)
             info = np.iinfo(dtype)
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
         out = self._runner(**{self.input_name: np.ascontiguousarray(x, dtype=dtype)})
@@ -191,7 +191,9 @@ class OnnxArtifact(Artifact):
         self._out_names = [o.name for o in self._session.get_outputs()]
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        values = self._session.run(None, {self.input_name: np.asarray(x, np.float32)})
+        kind = self._session.get_inputs()[0].type  # "tensor(float)", "tensor(int32)"...
+        dtype = np.int32 if "int32" in kind else np.int64 if "int64" in kind else np.float32
+        values = self._session.run(None, {self.input_name: np.asarray(x, dtype)})
         return dict(zip(self._out_names, values))
 
 

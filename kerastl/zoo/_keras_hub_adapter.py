@@ -125,6 +125,9 @@ class HubTextPreprocessing(keras.layers.Layer):
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
 
+    def build(self, input_shape):
+        self.built = True  # no weights; the tokenizer comes built
+
     def call(self, text):
         import tensorflow as tf
 

@@ -1,0 +1,399 @@
+"""Export hooks of text models (KerasHub backbones): raw strings and token ids.
+
+* **SavedModel** takes raw strings (``text``: ``tf.string``, shape ``(batch,)``),
+  tokenizer inside the graph, plus a ``serving_token_ids`` signature taking
+  ``token_ids`` (``int32``, ``(batch, sequence_length)``) for clients that tokenize.
+* **TFLite and ONNX** take ``token_ids`` only: the KerasHub tokenizers run on
+  TensorFlow Text ops, which neither the LiteRT builtin op set nor ONNX has. The
+  padding mask (``token_ids != pad id``) and segment ids (zeros) are computed in
+  the graph, so one int32 input is all a mobile or ONNX client sends. The
+  tokenizer's vocabulary and settings are written beside the files
+  (``<name>_tokenizer/``) and recorded in their metadata, and
+  :func:`kerastl.load_artifact` uses them to accept raw strings.
+
+:class:`TextExporter` is the modality of string models; asked for TFLite/ONNX,
+it hands over to :func:`export_text`, which exports the token-id sub-model
+(modality :class:`TokenIdsExporter`) through the same validated pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerastl._errors import DataError
+from kerastl.export._modality import ModalityExporter, register_modality
+
+_WORDS = (
+    "the a good bad movie film great awful plot actor music scene team game goal match player "
+    "rain sun cloud storm weather price market stock bank money trade food pizza chef"
+).split()
+TOKENIZER_DIR = "{name}_tokenizer"
+
+
+def _sentences(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = [" ".join(rng.choice(_WORDS, size=int(rng.integers(3, 12)))) for _ in range(n)]
+    return np.array(out, dtype=object)
+
+
+def _as_strings(data: Any, argument: str, limit: int | None) -> tuple[np.ndarray, Any]:
+    ys = None
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        data, ys = data[0], data[1]
+    if isinstance(data, (str, bytes)):
+        data = [data]
+    if hasattr(data, "as_numpy_iterator"):
+        xs, yl = [], []
+        for element in data.as_numpy_iterator():
+            x, y = (element[0], element[1]) if isinstance(element, tuple) else (element, None)
+            x = np.atleast_1d(np.asarray(x, dtype=object))
+            xs.extend(x)
+            if y is not None:
+                yl.extend(np.atleast_1d(np.asarray(y)))
+            if limit is not None and len(xs) >= limit:
+                break
+        data, ys = xs, (np.asarray(yl) if yl else None)
+    arr = np.asarray(data, dtype=object).reshape(-1)
+    if arr.size == 0:
+        raise DataError(f"{argument}: no texts (an empty batch).")
+    bad = [type(v).__name__ for v in arr[:5] if not isinstance(v, (str, bytes))]
+    if bad:
+        raise DataError(
+            f"{argument}: a text model takes strings, got elements of type {bad[0]} "
+            "(images or numbers do not go into a text model)."
+        )
+    arr = np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in arr], dtype=object)
+    if limit is not None:
+        arr = arr[:limit]
+        ys = None if ys is None else np.asarray(ys)[:limit]
+    return arr, ys
+
+
+def _text_layers(model):
+    """The preprocess layer of a kerastl text model and its KerasHub preprocessor."""
+    pre = model.get_layer("preprocess")
+    return pre, pre.preprocessor
+
+
+def token_id_model(model):
+    """The part of a kerastl text model after tokenization, on one ``token_ids`` input.
+
+    The padding mask and segment ids are computed from the ids inside the graph.
+
+    Example:
+        >>> sub = token_id_model(text_model)  # doctest: +SKIP
+        >>> sub.input.name  # doctest: +SKIP
+        'token_ids'
+    """
+    import keras
+
+    from kerastl._model import KerastlModel
+
+    pre, preprocessor = _text_layers(model)
+    pad = int(preprocessor.tokenizer.pad_token_id)
+    length = pre.sequence_length
+    ids = keras.Input(shape=(length,), dtype="int32", name="token_ids")
+    feats = {"token_ids": ids, "padding_mask": keras.ops.not_equal(ids, pad)}
+    if "segment_ids" in pre.keys:
+        feats["segment_ids"] = keras.ops.zeros_like(ids)
+    # Re-run the layers after "preprocess" on the new tensors.
+    inner = keras.Model(pre.output, model.outputs)
+    # The preprocess layer's dict output comes back flattened in sorted-key order.
+    tensors = dict(zip(sorted(pre.keys), keras.tree.flatten(pre.output)))
+    key_of = {t.name: k for k, t in tensors.items()}
+    # Keras names the sub-model's inputs after the intermediate tensors, plus "CLONE".
+    outputs = inner({t.name: feats[key_of[t.name.removesuffix("CLONE")]] for t in inner.inputs})
+    meta = json.loads(json.dumps(getattr(model, "kerastl_config", {}) or {}, default=str))
+    meta["input"] = {
+        "name": "token_ids",
+        "shape": [length],
+        "dtype": "int32",
+        "range": [0, int(preprocessor.tokenizer.vocabulary_size()) - 1],
+        "layout": "token ids from the tokenizer beside the file; 0-padded per pad_token_id",
+        "preprocessing": "tokenize with the recorded tokenizer, pad/truncate to sequence_length",
+        "text_input": (model.kerastl_config or {}).get("input"),
+    }
+    meta["tokenizer"] = tokenizer_info(model)
+    return KerastlModel(ids, outputs, name=model.name, kerastl_config=meta)
+
+
+def tokenizer_info(model) -> dict[str, Any]:
+    """Everything needed to reproduce the token ids: class, settings, special ids, vocabulary."""
+    import keras
+
+    pre, preprocessor = _text_layers(model)
+    tok = preprocessor.tokenizer
+    config = keras.saving.serialize_keras_object(tok)
+    info = {
+        "class_name": type(tok).__name__,
+        "preprocessor": type(preprocessor).__name__,
+        "sequence_length": pre.sequence_length,
+        "keys": list(pre.keys),
+        "pad_token_id": int(tok.pad_token_id),
+        "vocabulary_size": int(tok.vocabulary_size()),
+        "config": json.loads(json.dumps(config, default=str)),
+    }
+    vocab = getattr(tok, "vocabulary", None)
+    if isinstance(vocab, (list, dict)):
+        info["vocabulary"] = vocab
+    merges = getattr(tok, "merges", None)
+    if merges:
+        info["merges"] = list(merges)
+    proto = getattr(tok, "proto", None)
+    if isinstance(proto, bytes):
+        import base64
+
+        info["proto_base64"] = base64.b64encode(proto).decode("ascii")
+    return info
+
+
+def rebuild_preprocessor(info: dict[str, Any]):
+    """The KerasHub text preprocessor described by :func:`tokenizer_info` (no download)."""
+    import base64
+
+    import keras_hub
+
+    tok_cls = getattr(keras_hub.models, info["class_name"])
+    kwargs: dict[str, Any] = {}
+    if "vocabulary" in info:
+        kwargs["vocabulary"] = info["vocabulary"]
+    if "merges" in info:
+        kwargs["merges"] = info["merges"]
+    if "proto_base64" in info:
+        kwargs["proto"] = base64.b64decode(info["proto_base64"])
+    cfg = (info.get("config") or {}).get("config") or {}
+    for key in ("lowercase", "strip_accents", "split", "suffix_indicator", "oov_token"):
+        if key in cfg and cfg[key] is not None:
+            kwargs[key] = cfg[key]
+    try:
+        tok = tok_cls(**kwargs)
+    except TypeError:
+        tok = tok_cls(**{k: v for k, v in kwargs.items() if k in ("vocabulary", "merges", "proto")})
+    pre_cls = getattr(keras_hub.models, info["preprocessor"])
+    return pre_cls(tokenizer=tok, sequence_length=info["sequence_length"])
+
+
+def write_tokenizer(model, folder: Path) -> list[str]:
+    """Write the tokenizer's files (vocabulary / merges / SentencePiece model) and settings."""
+    info = tokenizer_info(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    _, preprocessor = _text_layers(model)
+    written = []
+    try:
+        preprocessor.tokenizer.save_assets(str(folder))
+        written = sorted(p.name for p in folder.iterdir())
+    except Exception:  # noqa: BLE001 - a tokenizer without file assets
+        pass
+    settings = {k: v for k, v in info.items() if k not in ("vocabulary", "merges",
+                                                            "proto_base64")}
+    (folder / "tokenizer_settings.json").write_text(json.dumps(settings, indent=1))
+    return [*written, "tokenizer_settings.json"]
+
+
+class TextExporter(ModalityExporter):
+    """Raw strings in (``tf.string``); SavedModel only, plus a token-id signature.
+
+    TFLite and ONNX go through :func:`export_text` (see the module docstring).
+    """
+
+    name = "text"
+    formats = ("saved_model", "tflite", "onnx")
+    #: Formats exported from the token-id sub-model instead of the string model.
+    token_formats = ("tflite", "onnx")
+    model = None  # the Keras model, set by the exporter's prepare()
+
+    def delegate(self, formats: list[str]):
+        """:func:`export_text` when token-id formats are asked for, else ``None``."""
+        return export_text if any(f in self.token_formats for f in formats) else None
+
+    def input_signature(self) -> list:
+        import tensorflow as tf
+
+        return [tf.TensorSpec((None,), tf.string, name=self.input_name)]
+
+    def extra_signatures(self, serve_fn: Any) -> dict[str, tuple[Any, list]]:
+        import tensorflow as tf
+
+        if self.model is None:
+            return {}
+        sub = token_id_model(self.model)
+        length = sub.input.shape[1]
+        task = self.meta.get("task")
+        names = [self.meta.get("output") or "outputs"]
+        n_out = len(sub.outputs)
+        if n_out > 1:
+            names.append("logits")
+
+        def serve_ids(token_ids):
+            outs = sub(token_ids, training=False)
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            result = {n: tf.cast(v, tf.float32) for n, v in zip(names, outs)}
+            if task == "binary":
+                result["class_id"] = tf.cast(result[names[0]][:, 0] > 0.5, tf.int64)
+            elif task == "classification":
+                result["class_id"] = tf.argmax(result[names[0]], -1, output_type=tf.int64)
+            return result
+
+        spec = [tf.TensorSpec((None, length), tf.int32, name="token_ids")]
+        return {"serving_token_ids": (serve_ids, spec)}
+
+    def sample_inputs(self, n: int, seed: int = 0) -> np.ndarray:
+        return _sentences(n, seed)
+
+    def coerce(self, data: Any, argument: str, limit: int | None = None) -> tuple[np.ndarray, Any]:
+        return _as_strings(data, argument, limit)
+
+    def load_files(self, paths: list[str]) -> np.ndarray:
+        """Each text file is one example."""
+        texts = []
+        for p in paths:
+            try:
+                texts.append(Path(p).read_text(encoding="utf-8").strip())
+            except FileNotFoundError as exc:
+                raise DataError(f"inputs: no file at {p!r}.") from exc
+            except UnicodeDecodeError as exc:
+                raise DataError(f"inputs: {p!r} is not UTF-8 text ({exc}).") from exc
+        return np.array(texts, dtype=object)
+
+    def warmup_requests(self, samples: np.ndarray) -> list[tuple[str, dict[str, Any]]]:
+        import tensorflow as tf
+
+        x = [s.encode("utf-8") for s in samples[:2]]
+        return [("serving_default", {self.input_name: tf.make_tensor_proto(x)})]
+
+    def rest_examples(self, samples: np.ndarray) -> dict[str, Any]:
+        return {"rest_request.json": {"signature_name": "serving_default",
+                                      "instances": [str(s) for s in samples[:2]]}}
+
+
+class TokenIdsExporter(ModalityExporter):
+    """``token_ids`` (int32, ``(batch, sequence_length)``) in; accepts raw strings too.
+
+    Strings given to :meth:`coerce` (so to ``load_artifact(...).predict``) are
+    tokenized with the tokenizer recorded in the artifact's metadata.
+    """
+
+    name = "token_ids"
+    formats = ("saved_model", "tflite", "onnx")
+
+    @property
+    def length(self) -> int:
+        return int(self.meta["input"]["shape"][0])
+
+    def input_signature(self) -> list:
+        import tensorflow as tf
+
+        return [tf.TensorSpec((None, self.length), tf.int32, name=self.input_name)]
+
+    def _preprocessor(self):
+        if getattr(self, "_pre", None) is None:
+            info = self.meta.get("tokenizer")
+            if not info:
+                raise DataError(
+                    "inputs: this artifact takes token ids and records no tokenizer; pass an "
+                    f"int32 array of shape (batch, {self.length})."
+                )
+            self._pre = rebuild_preprocessor(info)
+        return self._pre
+
+    def tokenize(self, texts: np.ndarray) -> np.ndarray:
+        """Token ids of raw strings, as the model's own preprocessing makes them."""
+        import tensorflow as tf
+
+        out = self._preprocessor()(tf.constant([str(t) for t in texts]))
+        return np.asarray(out["token_ids"], dtype=np.int32)
+
+    def sample_inputs(self, n: int, seed: int = 0) -> np.ndarray:
+        if self.meta.get("tokenizer"):
+            return self.tokenize(_sentences(n, seed))
+        rng = np.random.default_rng(seed)
+        return rng.integers(1, 100, (n, self.length)).astype(np.int32)
+
+    def coerce(self, data: Any, argument: str, limit: int | None = None) -> tuple[np.ndarray, Any]:
+        probe = data[0] if isinstance(data, tuple) and len(data) in (2, 3) else data
+        first = probe
+        if isinstance(probe, (list, np.ndarray)) and len(probe):
+            first = np.asarray(probe, dtype=object).reshape(-1)[0]
+        if isinstance(first, (str, bytes)) or hasattr(probe, "as_numpy_iterator"):
+            texts, ys = _as_strings(data, argument, limit)
+            return self.tokenize(texts), ys
+        ys = None
+        if isinstance(data, tuple) and len(data) in (2, 3):
+            data, ys = data
+        x = np.asarray(data)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != self.length or x.dtype.kind not in "iu":
+            raise DataError(
+                f"{argument}: expected int token ids of shape (batch, {self.length}) or raw "
+                f"strings, got dtype {x.dtype} shape {x.shape}."
+            )
+        if limit is not None:
+            x = x[:limit]
+            ys = None if ys is None else np.asarray(ys)[:limit]
+        return x.astype(np.int32), ys
+
+    def load_files(self, paths: list[str]) -> np.ndarray:
+        return self.tokenize(TextExporter(self.meta).load_files(paths))
+
+
+def export_text(model, out_dir, formats, **kwargs) -> dict[str, Any]:
+    """Export a text model: SavedModel from strings, TFLite/ONNX from token ids.
+
+    Same arguments and report as :func:`kerastl.export`; the two parts are
+    validated separately (token-id files against the Keras model on token ids)
+    and their reports merged.
+    """
+    from kerastl.export import export
+    from kerastl.export import report as report_mod
+
+    out = Path(out_dir)
+    strings = [f for f in formats if f not in TextExporter.token_formats]
+    tokens = [f for f in formats if f in TextExporter.token_formats]
+    name = kwargs.pop("name", None) or model.name
+    validation = kwargs.pop("validation_data", None)
+    calibration = kwargs.pop("calibration_data", None)
+    reports = []
+    if strings:
+        reports.append(export(model, out, formats=strings, name=name,
+                              validation_data=validation,
+                              **{k: v for k, v in kwargs.items() if k != "quantize"}))
+    sub = token_id_model(model)
+    ids_exporter = TokenIdsExporter(sub.kerastl_config)
+
+    def to_ids(data):
+        if data is None:
+            return None
+        x, y = TextExporter(model.kerastl_config).coerce(data, "validation_data")
+        ids = ids_exporter.tokenize(x)
+        return ids if y is None else (ids, y)
+
+    folder = out / TOKENIZER_DIR.format(name=name)
+    if tokens:
+        reports.append(export(sub, out, formats=tokens, name=name,
+                              validation_data=to_ids(validation),
+                              calibration_data=to_ids(calibration), **kwargs))
+        if folder.exists():
+            shutil.rmtree(folder)
+        files = write_tokenizer(model, folder)
+        reports[-1]["tokenizer"] = {"folder": str(folder), "files": files}
+    merged = dict(reports[-1])
+    merged["formats"] = list(formats)
+    merged["artifacts"] = [a for r in reports for a in r["artifacts"]]
+    merged["notes"] = [n for r in reports for n in r.get("notes", [])] + [
+        "text model: SavedModel takes raw strings (tokenizer in the graph) and token ids "
+        "(serving_token_ids); TFLite/ONNX take token_ids, tokenizer files in "
+        f"{folder.name}/ and in the metadata"
+    ]
+    merged["model"] = dict(reports[0]["model"])
+    report_mod.write(merged, out)
+    return merged
+
+
+register_modality("text", TextExporter)
+register_modality("token_ids", TokenIdsExporter)
