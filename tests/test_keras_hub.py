@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import kerastl
-from kerastl import ConfigError, DataError, WeightsError
+from kerastl import ConfigError, WeightsError
 from kerastl.zoo import get_spec, list_models
 
 keras = pytest.importorskip("keras")
@@ -54,12 +54,21 @@ _PROTOS: dict[str, bytes] = {}
 def _sentencepiece(kind: str) -> dict:
     if kind not in _PROTOS:
         pieces = {
-            "deberta": dict(pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]",
-                            unk_piece="[UNK]", user_defined_symbols=["[MASK]"]),
-            "albert": dict(pad_piece="<pad>", bos_piece="[CLS]", eos_piece="[SEP]",
-                           unk_piece="<unk>", user_defined_symbols=["[MASK]"]),
-            "xlmr": dict(pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
-                         unk_piece="<unk>"),
+            "deberta": dict(
+                pad_piece="[PAD]",
+                bos_piece="[CLS]",
+                eos_piece="[SEP]",
+                unk_piece="[UNK]",
+                user_defined_symbols=["[MASK]"],
+            ),
+            "albert": dict(
+                pad_piece="<pad>",
+                bos_piece="[CLS]",
+                eos_piece="[SEP]",
+                unk_piece="<unk>",
+                user_defined_symbols=["[MASK]"],
+            ),
+            "xlmr": dict(pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>", unk_piece="<unk>"),
         }[kind]
         import io
 
@@ -67,9 +76,17 @@ def _sentencepiece(kind: str) -> dict:
 
         out = io.BytesIO()
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(SENTENCES * 4), model_writer=out, vocab_size=30,
-            hard_vocab_limit=False, minloglevel=2,
-            model_type="WORD", pad_id=0, unk_id=1, bos_id=2, eos_id=3, **pieces,
+            sentence_iterator=iter(SENTENCES * 4),
+            model_writer=out,
+            vocab_size=30,
+            hard_vocab_limit=False,
+            minloglevel=2,
+            model_type="WORD",
+            pad_id=0,
+            unk_id=1,
+            bos_id=2,
+            eos_id=3,
+            **pieces,
         )
         _PROTOS[kind] = out.getvalue()
     return {"proto": _PROTOS[kind]}
@@ -82,8 +99,13 @@ def tiny_tokenizer(spec) -> dict:
         return _wordpiece()
     if tok == "RobertaTokenizer":
         return _bpe()
-    return _sentencepiece({"DebertaV3Tokenizer": "deberta", "AlbertTokenizer": "albert",
-                           "XLMRobertaTokenizer": "xlmr"}[tok])
+    return _sentencepiece(
+        {
+            "DebertaV3Tokenizer": "deberta",
+            "AlbertTokenizer": "albert",
+            "XLMRobertaTokenizer": "xlmr",
+        }[tok]
+    )
 
 
 def tiny_kwargs(name: str) -> dict:
@@ -119,10 +141,30 @@ def tiny_data(model, n: int = 4):
 # -- registry --------------------------------------------------------------------------
 def test_registry_lists_every_family_and_modality():
     families = {get_spec(n).family for n in HUB}
-    assert {"resnet", "efficientnet", "mobilenet", "vit", "deit", "densenet", "vgg",
-            "xception", "cspnet", "hgnetv2", "mit", "swin", "dinov2", "bert", "distil_bert",
-            "roberta", "deberta_v3", "albert", "electra", "xlm_roberta", "whisper",
-            "moonshine"} <= families
+    assert {
+        "resnet",
+        "efficientnet",
+        "mobilenet",
+        "vit",
+        "deit",
+        "densenet",
+        "vgg",
+        "xception",
+        "cspnet",
+        "hgnetv2",
+        "mit",
+        "swin",
+        "dinov2",
+        "bert",
+        "distil_bert",
+        "roberta",
+        "deberta_v3",
+        "albert",
+        "electra",
+        "xlm_roberta",
+        "whisper",
+        "moonshine",
+    } <= families
     assert "bert_tiny_en_uncased" in list_models("bert_*", modality="text")
     assert list_models("whisper*", modality="audio", source="keras_hub")
     assert not list_models("whisper*", modality="image")
@@ -130,18 +172,22 @@ def test_registry_lists_every_family_and_modality():
 
 
 def test_registry_import_stays_tensorflow_free():
-    code = ("import sys, time; t = time.time(); import kerastl; n = kerastl.list_models("
-            "source='keras_hub'); print(len(n), 'tensorflow' in sys.modules, "
-            "'keras_hub' in sys.modules, time.time() - t)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "import sys, time; t = time.time(); import kerastl; n = kerastl.list_models("
+        "source='keras_hub'); print(len(n), 'tensorflow' in sys.modules, "
+        "'keras_hub' in sys.modules, time.time() - t)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert int(out[0]) > 100
     assert out[1:3] == ["False", "False"]
     assert float(out[3]) < 1.0
 
 
-@pytest.mark.parametrize("name", ["bert_tiny_en_uncased", "all_minilm_l6_v2_en",
-                                  "whisper_tiny_en", "resnet_18_imagenet"])
+@pytest.mark.parametrize(
+    "name", ["bert_tiny_en_uncased", "all_minilm_l6_v2_en", "whisper_tiny_en", "resnet_18_imagenet"]
+)
 def test_model_info_describes_the_entry(name):
     info = kerastl.model_info(name)
     spec = get_spec(name)
@@ -163,15 +209,16 @@ def test_model_info_describes_the_entry(name):
 def test_stored_architecture_matches_declared_metadata():
     """The real bert_tiny architecture, built offline, has the declared params and groups."""
     spec = get_spec("bert_tiny_en_uncased")
-    model = kerastl.build(spec.name, num_classes=2, tokenizer=_wordpiece(), sequence_length=8,
-                          compile=False)
+    model = kerastl.build(
+        spec.name, num_classes=2, tokenizer=_wordpiece(), sequence_length=8, compile=False
+    )
     backbone = model.get_layer("backbone")
     assert backbone.count_params() == spec.params == 4385920  # KerasHub preset metadata
     adapter = kerastl.zoo.get_adapter(spec.name)
     groups = adapter.layer_groups(backbone)
-    assert [(g, layers[-1].name) for g, layers in groups.items()] == [list(g) for g in
-                                                                      spec.groups] or [
-        (g, layers[-1].name) for g, layers in groups.items()] == list(spec.groups)
+    assert [(g, layers[-1].name) for g, layers in groups.items()] == [
+        list(g) for g in spec.groups
+    ] or [(g, layers[-1].name) for g, layers in groups.items()] == list(spec.groups)
     assert model.get_layer("pool").output.shape[-1] == spec.feature_dim
 
 
@@ -182,7 +229,10 @@ def test_every_entry_builds_tiny(name):
     assert model.output_shape == (None, 3)
     assert model.kerastl_config["source"] == "keras_hub"
     assert [layer.name for layer in model.layers][:3] == [
-        model.kerastl_config["input"]["name"], "preprocess", "backbone"]
+        model.kerastl_config["input"]["name"],
+        "preprocess",
+        "backbone",
+    ]
 
 
 _ONE_PER_FAMILY = sorted({get_spec(n).family: n for n in HUB}.values())
@@ -230,11 +280,14 @@ def test_text_model_takes_raw_strings_and_pads_to_sequence_length():
     assert model.predict(np.array([long, "bad"], dtype=object), verbose=0).shape == (2, 2)
 
 
-@pytest.mark.parametrize("task,labels", [
-    ("binary", np.array([0, 1, 1, 0])),
-    ("multilabel", np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])),
-    ("embedding", np.array([0, 1, 0, 1])),
-])
+@pytest.mark.parametrize(
+    "task,labels",
+    [
+        ("binary", np.array([0, 1, 1, 0])),
+        ("multilabel", np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])),
+        ("embedding", np.array([0, 1, 0, 1])),
+    ],
+)
 def test_text_tasks(task, labels):
     n = None if task in ("binary", "embedding") else 3
     model = tiny_bert(task=task, num_classes=n, embedding_dim=8)
@@ -252,22 +305,31 @@ def test_text_poolings(pooling):
 
 def test_pooler_refused_without_pooler_layer():
     with pytest.raises(ConfigError, match="no pooler"):
-        kerastl.build("distil_bert_base_en_uncased", num_classes=2, pooling="pooler",
-                      **tiny_kwargs("distil_bert_base_en_uncased"))
+        kerastl.build(
+            "distil_bert_base_en_uncased",
+            num_classes=2,
+            pooling="pooler",
+            **tiny_kwargs("distil_bert_base_en_uncased"),
+        )
 
 
 def test_masked_mean_ignores_padding():
     model = tiny_bert(sequence_length=8, pooling="avg")
     feats = keras.Model(model.input, model.get_layer("pool").output)
     short = feats.predict(np.array(["good movie"], dtype=object), verbose=0)
-    longer = kerastl.build("bert_tiny_en_uncased", num_classes=2, compile=False,
-                           **{**tiny_kwargs("bert_tiny_en_uncased"), "sequence_length": 16})
+    longer = kerastl.build(
+        "bert_tiny_en_uncased",
+        num_classes=2,
+        compile=False,
+        **{**tiny_kwargs("bert_tiny_en_uncased"), "sequence_length": 16},
+    )
     longer.get_layer("backbone").set_weights(model.get_layer("backbone").get_weights())
     feats16 = keras.Model(longer.input, longer.get_layer("pool").output)
     # Same tokens, more padding: BERT's position embeddings are absolute, so the
     # unmasked positions see identical inputs and the masked mean must not move.
     np.testing.assert_allclose(
-        feats16.predict(np.array(["good movie"], dtype=object), verbose=0), short, atol=1e-4)
+        feats16.predict(np.array(["good movie"], dtype=object), verbose=0), short, atol=1e-4
+    )
 
 
 # -- freezing --------------------------------------------------------------------------
@@ -317,11 +379,14 @@ def test_lora_trains_only_lora_factors_and_head():
 
 def test_lora_refused_for_image_and_apps_backbones():
     with pytest.raises(ConfigError, match="LoRA"):
-        kerastl.build("vit_base_patch16_224_imagenet", num_classes=2, freeze="lora:4",
-                      **tiny_kwargs("vit_base_patch16_224_imagenet"))
+        kerastl.build(
+            "vit_base_patch16_224_imagenet",
+            num_classes=2,
+            freeze="lora:4",
+            **tiny_kwargs("vit_base_patch16_224_imagenet"),
+        )
     with pytest.raises(ConfigError, match="lora"):
-        kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3),
-                      freeze="lora:4")
+        kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3), freeze="lora:4")
     with pytest.raises(ConfigError, match="rank"):
         tiny_bert(freeze="lora:x")
 
@@ -332,8 +397,11 @@ def test_image_hub_backbone_rescales_raw_pixels_and_exposes_pyramid():
     model = kerastl.build("resnet_18_imagenet", num_classes=2, **kw)
     pre = model.get_layer("preprocess")
     out = keras.ops.convert_to_numpy(pre(np.full((1, 4, 4, 3), 255.0, "float32")))
-    np.testing.assert_allclose(out[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406]))
-                               / np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+    np.testing.assert_allclose(
+        out[0, 0, 0],
+        (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
+        rtol=1e-5,
+    )
     feats = kerastl.build("resnet_18_imagenet", features_only=True, **kw)
     shapes = [tuple(o.shape[1:3]) for o in feats.outputs]
     assert shapes == [(8, 8), (4, 4), (2, 2), (1, 1)]  # strides 4, 8, 16, 32
@@ -343,8 +411,9 @@ def test_image_hub_backbone_rescales_raw_pixels_and_exposes_pyramid():
 def test_vit_token_pooling_and_patch_multiple():
     kw = tiny_kwargs("vit_base_patch16_224_imagenet")
     for pooling in ("cls", "avg"):
-        m = kerastl.build("vit_base_patch16_224_imagenet", num_classes=2, pooling=pooling,
-                          compile=False, **kw)
+        m = kerastl.build(
+            "vit_base_patch16_224_imagenet", num_classes=2, pooling=pooling, compile=False, **kw
+        )
         assert m.get_layer("pool").output.shape[-1] == 16
     with pytest.raises(ConfigError, match="multiples of 16"):
         kerastl.build("vit_base_patch16_224_imagenet", num_classes=2, input_shape=(40, 40, 3))
@@ -356,8 +425,9 @@ def test_whisper_audio_model_takes_waveforms():
     assert cfg["input"]["name"] == "audio" and cfg["input"]["sample_rate"] == 16000
     mel = model.get_layer("preprocess").output
     assert tuple(mel.shape[1:]) == (100, 80)  # 1 s of log-mel frames, 80 bins
-    assert "transformer_decoder_layer_0" not in [lyr.name for lyr in
-                                                 model.get_layer("backbone").layers]
+    assert "transformer_decoder_layer_0" not in [
+        lyr.name for lyr in model.get_layer("backbone").layers
+    ]
     x = np.random.default_rng(0).uniform(-1, 1, (2, 16000)).astype("float32")
     assert model.predict(x, verbose=0).shape == (2, 3)
     with pytest.raises(ConfigError, match="mono waveforms"):

@@ -28,22 +28,85 @@ MODEL_DIR = str(minilm.get_model_path())
 
 # class -> (words used in training, unseen words used in the test split)
 TOPICS = {
-    "sport": (["football", "tennis", "basketball", "the striker", "the coach", "the goalkeeper",
-               "the stadium", "the league"],
-              ["soccer", "baseball", "hockey", "the referee", "the quarterback", "the pitcher",
-               "the tournament", "the athletes"]),
-    "weather": (["rain", "snow", "the storm", "thunder", "the wind", "fog", "the heatwave",
-                 "a blizzard"],
-                ["drizzle", "hail", "the hurricane", "lightning", "a tornado", "frost",
-                 "the drought", "showers"]),
-    "finance": (["the stock market", "shares", "the bank", "interest rates", "investors",
-                 "inflation", "the bond market", "the central bank"],
-                ["equities", "the stock exchange", "dividends", "mortgage rates", "the economy",
-                 "hedge funds", "the currency", "bankers"]),
-    "food": (["pizza", "pasta", "the soup", "a sandwich", "the chef", "fresh bread", "cheese",
-              "the salad"],
-             ["sushi", "noodles", "the curry", "a burger", "the baker", "pancakes", "the dessert",
-              "a steak"]),
+    "sport": (
+        [
+            "football",
+            "tennis",
+            "basketball",
+            "the striker",
+            "the coach",
+            "the goalkeeper",
+            "the stadium",
+            "the league",
+        ],
+        [
+            "soccer",
+            "baseball",
+            "hockey",
+            "the referee",
+            "the quarterback",
+            "the pitcher",
+            "the tournament",
+            "the athletes",
+        ],
+    ),
+    "weather": (
+        ["rain", "snow", "the storm", "thunder", "the wind", "fog", "the heatwave", "a blizzard"],
+        [
+            "drizzle",
+            "hail",
+            "the hurricane",
+            "lightning",
+            "a tornado",
+            "frost",
+            "the drought",
+            "showers",
+        ],
+    ),
+    "finance": (
+        [
+            "the stock market",
+            "shares",
+            "the bank",
+            "interest rates",
+            "investors",
+            "inflation",
+            "the bond market",
+            "the central bank",
+        ],
+        [
+            "equities",
+            "the stock exchange",
+            "dividends",
+            "mortgage rates",
+            "the economy",
+            "hedge funds",
+            "the currency",
+            "bankers",
+        ],
+    ),
+    "food": (
+        [
+            "pizza",
+            "pasta",
+            "the soup",
+            "a sandwich",
+            "the chef",
+            "fresh bread",
+            "cheese",
+            "the salad",
+        ],
+        [
+            "sushi",
+            "noodles",
+            "the curry",
+            "a burger",
+            "the baker",
+            "pancakes",
+            "the dessert",
+            "a steak",
+        ],
+    ),
 }
 TEMPLATES = [
     "{w} was all anyone talked about today",
@@ -61,7 +124,7 @@ TEMPLATES = [
 
 def make_split(which: int) -> tuple[np.ndarray, np.ndarray]:
     texts, labels = [], []
-    for label, (name, words) in enumerate(TOPICS.items()):
+    for label, words in enumerate(TOPICS.values()):
         for w, t in itertools.product(words[which], TEMPLATES):
             texts.append(t.format(w=w))
             labels.append(label)
@@ -81,8 +144,9 @@ def test_pretrained_minilm_beats_random_init_on_the_same_split():
     common = dict(num_classes=4, class_names=list(TOPICS), sequence_length=24)
 
     # Pretrained: head only on the frozen backbone, then the top two groups unfrozen.
-    model = kerastl.build("all_minilm_l6_v2_en", weights=MODEL_DIR, freeze="backbone",
-                          learning_rate=3e-3, **common)
+    model = kerastl.build(
+        "all_minilm_l6_v2_en", weights=MODEL_DIR, freeze="backbone", learning_rate=3e-3, **common
+    )
     assert model.get_layer("backbone").count_params() == 22713216
     model.fit(x_train, y_train, batch_size=32, epochs=6, verbose=0)
     frozen_acc = accuracy(model, x_test, y_test)
@@ -92,13 +156,21 @@ def test_pretrained_minilm_beats_random_init_on_the_same_split():
     tuned_acc = accuracy(model, x_test, y_test)
 
     # Same architecture and tokenizer, random weights, every layer trains.
-    scratch = kerastl.build("all_minilm_l6_v2_en", weights=None, tokenizer=MODEL_DIR,
-                            freeze="none", learning_rate=1e-4, **common)
+    scratch = kerastl.build(
+        "all_minilm_l6_v2_en",
+        weights=None,
+        tokenizer=MODEL_DIR,
+        freeze="none",
+        learning_rate=1e-4,
+        **common,
+    )
     scratch.fit(x_train, y_train, batch_size=32, epochs=8, verbose=0)
     train_acc_scratch = accuracy(scratch, x_train, y_train)
     scratch_acc = accuracy(scratch, x_test, y_test)
 
-    print(f"\nMiniLM test accuracy: frozen {frozen_acc:.3f}, partly unfrozen {tuned_acc:.3f}, "
-          f"random init {scratch_acc:.3f} (random-init train accuracy {train_acc_scratch:.3f})")
+    print(
+        f"\nMiniLM test accuracy: frozen {frozen_acc:.3f}, partly unfrozen {tuned_acc:.3f}, "
+        f"random init {scratch_acc:.3f} (random-init train accuracy {train_acc_scratch:.3f})"
+    )
     assert frozen_acc > 0.7 and tuned_acc > 0.7
     assert tuned_acc > scratch_acc + 0.2

@@ -42,89 +42,185 @@ def timm(module: str, arch: str, **cfg):
 
 
 def bert(v, L, H, A, max_len=512, vocab_key="vocabulary_size"):
-    return dict({vocab_key: v}, num_layers=L, num_heads=A, hidden_dim=H,
-                intermediate_dim=4 * H, max_sequence_length=max_len)
+    return dict(
+        {vocab_key: v},
+        num_layers=L,
+        num_heads=A,
+        hidden_dim=H,
+        intermediate_dim=4 * H,
+        max_sequence_length=max_len,
+    )
 
 
 def vit(size, patch, L, H, A, mlp):
-    return dict(image_shape=(size, size, 3), patch_size=patch, num_layers=L, num_heads=A,
-                hidden_dim=H, mlp_dim=mlp)
+    return dict(
+        image_shape=(size, size, 3),
+        patch_size=patch,
+        num_layers=L,
+        num_heads=A,
+        hidden_dim=H,
+        mlp_dim=mlp,
+    )
 
 
 def deit(size, L, H, A):
-    return dict(image_shape=(size, size, 3), patch_size=16, num_layers=L, num_heads=A,
-                hidden_dim=H, intermediate_dim=4 * H)
+    return dict(
+        image_shape=(size, size, 3),
+        patch_size=16,
+        num_layers=L,
+        num_heads=A,
+        hidden_dim=H,
+        intermediate_dim=4 * H,
+    )
 
 
 def dino(L, H, A, registers=0, swiglu=False, inter=None):
-    return dict(patch_size=14, num_layers=L, hidden_dim=H, num_heads=A,
-                intermediate_dim=inter or 4 * H, layer_scale_init_value=1.0,
-                num_register_tokens=registers, use_swiglu_ffn=swiglu,
-                image_shape=(224, 224, 3), position_embedding_shape=(518, 518, 3))
+    return dict(
+        patch_size=14,
+        num_layers=L,
+        hidden_dim=H,
+        num_heads=A,
+        intermediate_dim=inter or 4 * H,
+        layer_scale_init_value=1.0,
+        num_register_tokens=registers,
+        use_swiglu_ffn=swiglu,
+        image_shape=(224, 224, 3),
+        position_embedding_shape=(518, 518, 3),
+    )
 
 
 def swin(size, window, C, depths, heads):
-    return dict(image_shape=(size, size, 3), embed_dim=C, depths=depths, num_heads=heads,
-                window_size=window, patch_size=4)
+    return dict(
+        image_shape=(size, size, 3),
+        embed_dim=C,
+        depths=depths,
+        num_heads=heads,
+        window_size=window,
+        patch_size=4,
+    )
 
 
 def mit(hidden, depths):
-    return dict(layerwise_depths=depths, num_layers=4, layerwise_num_heads=[1, 2, 5, 8],
-                layerwise_sr_ratios=[8, 4, 2, 1], max_drop_path_rate=0.1,
-                layerwise_patch_sizes=[7, 3, 3, 3], layerwise_strides=[4, 2, 2, 2],
-                hidden_dims=hidden)
+    return dict(
+        layerwise_depths=depths,
+        num_layers=4,
+        layerwise_num_heads=[1, 2, 5, 8],
+        layerwise_sr_ratios=[8, 4, 2, 1],
+        max_drop_path_rate=0.1,
+        layerwise_patch_sizes=[7, 3, 3, 3],
+        layerwise_strides=[4, 2, 2, 2],
+        hidden_dims=hidden,
+    )
 
 
 def whisper(v, L, H, A):
-    return dict(vocabulary_size=v, num_layers=L, num_heads=A, hidden_dim=H,
-                intermediate_dim=4 * H, num_mels=80, max_encoder_sequence_length=3000,
-                max_decoder_sequence_length=448)
+    return dict(
+        vocabulary_size=v,
+        num_layers=L,
+        num_heads=A,
+        hidden_dim=H,
+        intermediate_dim=4 * H,
+        num_mels=80,
+        max_encoder_sequence_length=3000,
+        max_decoder_sequence_length=448,
+    )
 
 
 def moonshine(H, L, A=8):
-    return dict(vocabulary_size=32768, filter_dim=H, encoder_num_layers=L,
-                decoder_num_layers=L, hidden_dim=H, intermediate_dim=4 * H,
-                encoder_num_heads=A, decoder_num_heads=A, feedforward_expansion_factor=4,
-                encoder_use_swiglu_activation=False, decoder_use_swiglu_activation=True,
-                max_position_embeddings=194, partial_rotary_factor=0.62)
+    return dict(
+        vocabulary_size=32768,
+        filter_dim=H,
+        encoder_num_layers=L,
+        decoder_num_layers=L,
+        hidden_dim=H,
+        intermediate_dim=4 * H,
+        encoder_num_heads=A,
+        decoder_num_heads=A,
+        feedforward_expansion_factor=4,
+        encoder_use_swiglu_activation=False,
+        decoder_use_swiglu_activation=True,
+        max_position_embeddings=194,
+        partial_rotary_factor=0.62,
+    )
 
 
-RES_VD = dict(input_conv_filters=[32, 32, 64], input_conv_kernel_sizes=[3, 3, 3],
-              stackwise_num_filters=[64, 128, 256, 512], stackwise_num_strides=[1, 2, 2, 2])
+RES_VD = dict(
+    input_conv_filters=[32, 32, 64],
+    input_conv_kernel_sizes=[3, 3, 3],
+    stackwise_num_filters=[64, 128, 256, 512],
+    stackwise_num_strides=[1, 2, 2, 2],
+)
 XCEPTION_41 = dict(
     stackwise_conv_filters=[[32, 64], [128, 128], [256, 256], [728, 728]]
-    + [[728, 728, 728]] * 8 + [[728, 1024], [1536, 2048]],
+    + [[728, 728, 728]] * 8
+    + [[728, 1024], [1536, 2048]],
     stackwise_pooling=[False, True, True, True] + [False] * 8 + [True, False],
 )
-MIT_B = {0: ([32, 64, 160, 256], [2, 2, 2, 2]), 1: ([64, 128, 320, 512], [2, 2, 2, 2]),
-         2: ([64, 128, 320, 512], [3, 4, 6, 3]), 3: ([64, 128, 320, 512], [3, 4, 18, 3]),
-         4: ([64, 128, 320, 512], [3, 8, 27, 3]), 5: ([64, 128, 320, 512], [3, 6, 40, 3])}
+MIT_B = {
+    0: ([32, 64, 160, 256], [2, 2, 2, 2]),
+    1: ([64, 128, 320, 512], [2, 2, 2, 2]),
+    2: ([64, 128, 320, 512], [3, 4, 6, 3]),
+    3: ([64, 128, 320, 512], [3, 4, 18, 3]),
+    4: ([64, 128, 320, 512], [3, 8, 27, 3]),
+    5: ([64, 128, 320, 512], [3, 6, 40, 3]),
+}
 
 
-def _image(cls, converter, groups, tiny, presets, license="Apache-2.0", min_size=32,
-           fixed_size=False, description=""):
-    return dict(modality="image", backbone_class=cls, converter=converter, groups=groups,
-                tiny=tiny, presets=presets, license=license, min_input_size=min_size,
-                fixed_size=fixed_size, description=description)
+def _image(
+    cls,
+    converter,
+    groups,
+    tiny,
+    presets,
+    license="Apache-2.0",
+    min_size=32,
+    fixed_size=False,
+    description="",
+):
+    return dict(
+        modality="image",
+        backbone_class=cls,
+        converter=converter,
+        groups=groups,
+        tiny=tiny,
+        presets=presets,
+        license=license,
+        min_input_size=min_size,
+        fixed_size=fixed_size,
+        description=description,
+    )
 
 
-def _text(cls, tokenizer, preprocessor, groups, tiny, presets, license="Apache-2.0",
-          description=""):
-    return dict(modality="text", backbone_class=cls, tokenizer=tokenizer,
-                preprocessor=preprocessor, groups=groups, tiny=tiny, presets=presets,
-                license=license, description=description)
+def _text(
+    cls, tokenizer, preprocessor, groups, tiny, presets, license="Apache-2.0", description=""
+):
+    return dict(
+        modality="text",
+        backbone_class=cls,
+        tokenizer=tokenizer,
+        preprocessor=preprocessor,
+        groups=groups,
+        tiny=tiny,
+        presets=presets,
+        license=license,
+        description=description,
+    )
 
 
 VK = "vocab_size"  # ElectraBackbone's name for the vocabulary size
 STACK_GROUPS = dict(first="stem", block=r"^stack(\d+)_", name="stage{}", last=None)
-TEXT_GROUPS = dict(first="embeddings", block=r"^transformer_layer_(\d+)$", name="layer_{}",
-                   last="pooler")
-TINY_TEXT = dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-                 max_sequence_length=64)
+TEXT_GROUPS = dict(
+    first="embeddings", block=r"^transformer_layer_(\d+)$", name="layer_{}", last="pooler"
+)
+TINY_TEXT = dict(
+    num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=64
+)
 
 FAMILIES = {
     "resnet": _image(
-        "ResNetBackbone", IMAGENET, STACK_GROUPS,
+        "ResNetBackbone",
+        IMAGENET,
+        STACK_GROUPS,
         dict(stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_filters=[64, 16, 16, 16]),
         {
             "resnet_18_imagenet": (timm("convert_resnet", "resnet18"), 224),
@@ -133,26 +229,42 @@ FAMILIES = {
             "resnet_152_imagenet": (timm("convert_resnet", "resnet152"), 224),
             "resnet_v2_50_imagenet": (timm("convert_resnet", "resnetv2_50"), 224),
             "resnet_v2_101_imagenet": (timm("convert_resnet", "resnetv2_101"), 224),
-            "resnet_vd_18_imagenet": (dict(RES_VD, stackwise_num_blocks=[2, 2, 2, 2],
-                                           block_type="basic_block_vd"), 224),
-            "resnet_vd_34_imagenet": (dict(RES_VD, stackwise_num_blocks=[3, 4, 6, 3],
-                                           block_type="basic_block_vd"), 224),
-            "resnet_vd_50_imagenet": (dict(RES_VD, stackwise_num_blocks=[3, 4, 6, 3],
-                                           block_type="bottleneck_block_vd"), 224),
-            "resnet_vd_101_imagenet": (dict(RES_VD, stackwise_num_blocks=[3, 4, 23, 3],
-                                            block_type="bottleneck_block_vd"), 224),
-            "resnet_vd_152_imagenet": (dict(RES_VD, stackwise_num_blocks=[3, 8, 36, 3],
-                                            block_type="bottleneck_block_vd"), 224),
-            "resnet_vd_200_imagenet": (dict(RES_VD, stackwise_num_blocks=[3, 12, 48, 3],
-                                            block_type="bottleneck_block_vd"), 224),
+            "resnet_vd_18_imagenet": (
+                dict(RES_VD, stackwise_num_blocks=[2, 2, 2, 2], block_type="basic_block_vd"),
+                224,
+            ),
+            "resnet_vd_34_imagenet": (
+                dict(RES_VD, stackwise_num_blocks=[3, 4, 6, 3], block_type="basic_block_vd"),
+                224,
+            ),
+            "resnet_vd_50_imagenet": (
+                dict(RES_VD, stackwise_num_blocks=[3, 4, 6, 3], block_type="bottleneck_block_vd"),
+                224,
+            ),
+            "resnet_vd_101_imagenet": (
+                dict(RES_VD, stackwise_num_blocks=[3, 4, 23, 3], block_type="bottleneck_block_vd"),
+                224,
+            ),
+            "resnet_vd_152_imagenet": (
+                dict(RES_VD, stackwise_num_blocks=[3, 8, 36, 3], block_type="bottleneck_block_vd"),
+                224,
+            ),
+            "resnet_vd_200_imagenet": (
+                dict(RES_VD, stackwise_num_blocks=[3, 12, 48, 3], block_type="bottleneck_block_vd"),
+                224,
+            ),
         },
         description="ResNet (He et al. 2016) and ResNet-vd, KerasHub ports of timm weights",
     ),
     "efficientnet": _image(
-        "EfficientNetBackbone", IMAGENET,
+        "EfficientNetBackbone",
+        IMAGENET,
         dict(first="stem", block=r"^block(\d+)[a-z]_", name="stage{}", last="top"),
-        dict(stackwise_num_repeats=[1, 1, 1, 1, 1, 1, 1],
-             stackwise_width_coefficients=[0.25] * 7, num_features=64),
+        dict(
+            stackwise_num_repeats=[1, 1, 1, 1, 1, 1, 1],
+            stackwise_width_coefficients=[0.25] * 7,
+            num_features=64,
+        ),
         {
             "efficientnet_b0_ra_imagenet": (timm("convert_efficientnet", "efficientnet_b0"), 224),
             "efficientnet_b1_ft_imagenet": (timm("convert_efficientnet", "efficientnet_b1"), 240),
@@ -161,37 +273,55 @@ FAMILIES = {
             "efficientnet_b4_ra2_imagenet": (timm("convert_efficientnet", "efficientnet_b4"), 320),
             "efficientnet_b5_sw_imagenet": (timm("convert_efficientnet", "efficientnet_b5"), 416),
             "efficientnet_lite0_ra_imagenet": (
-                timm("convert_efficientnet", "efficientnet_lite0"), 224),
+                timm("convert_efficientnet", "efficientnet_lite0"),
+                224,
+            ),
             "efficientnet_el_ra_imagenet": (timm("convert_efficientnet", "efficientnet_el"), 300),
             "efficientnet_em_ra2_imagenet": (timm("convert_efficientnet", "efficientnet_em"), 240),
             "efficientnet_es_ra_imagenet": (timm("convert_efficientnet", "efficientnet_es"), 224),
             "efficientnet2_rw_t_ra2_imagenet": (
-                timm("convert_efficientnet", "efficientnetv2_rw_t"), 224),
+                timm("convert_efficientnet", "efficientnetv2_rw_t"),
+                224,
+            ),
             "efficientnet2_rw_s_ra2_imagenet": (
-                timm("convert_efficientnet", "efficientnetv2_rw_s"), 288),
+                timm("convert_efficientnet", "efficientnetv2_rw_s"),
+                288,
+            ),
             "efficientnet2_rw_m_agc_imagenet": (
-                timm("convert_efficientnet", "efficientnetv2_rw_m"), 320),
+                timm("convert_efficientnet", "efficientnetv2_rw_m"),
+                320,
+            ),
         },
         description="EfficientNet (Tan and Le 2019), KerasHub ports of timm weights",
     ),
     "mobilenet": _image(
-        "MobileNetBackbone", IMAGENET,
+        "MobileNetBackbone",
+        IMAGENET,
         dict(first="stem", block=r"^block_(\d+)_", name="stage{}", last="head"),
         None,
         {
             "mobilenet_v3_small_050_imagenet": (
-                timm("convert_mobilenet", "mobilenetv3_small_050"), 224),
+                timm("convert_mobilenet", "mobilenetv3_small_050"),
+                224,
+            ),
             "mobilenet_v3_small_100_imagenet": (
-                timm("convert_mobilenet", "mobilenetv3_small_100"), 224),
+                timm("convert_mobilenet", "mobilenetv3_small_100"),
+                224,
+            ),
             "mobilenet_v3_large_100_imagenet": (
-                timm("convert_mobilenet", "mobilenetv3_large_100"), 224),
+                timm("convert_mobilenet", "mobilenetv3_large_100"),
+                224,
+            ),
             "mobilenet_v3_large_100_imagenet_21k": (
-                timm("convert_mobilenet", "mobilenetv3_large_100"), 224),
+                timm("convert_mobilenet", "mobilenetv3_large_100"),
+                224,
+            ),
         },
         description="MobileNetV3 (Howard et al. 2019), KerasHub ports of timm weights",
     ),
     "densenet": _image(
-        "DenseNetBackbone", IMAGENET,
+        "DenseNetBackbone",
+        IMAGENET,
         dict(first="stem", block=r"^(?:stack|transition)(\d+)_", name="stage{}", last="head"),
         dict(stackwise_num_repeats=[1, 1, 1, 1], growth_rate=8),
         {
@@ -202,7 +332,8 @@ FAMILIES = {
         description="DenseNet (Huang et al. 2017), KerasHub ports of timm weights",
     ),
     "vgg": _image(
-        "VGGBackbone", IMAGENET,
+        "VGGBackbone",
+        IMAGENET,
         dict(first="input", block=r"^block(\d+)_", name="stage{}", last=None),
         dict(stackwise_num_repeats=[1, 1, 1, 1, 1], stackwise_num_filters=[8, 8, 16, 16, 16]),
         {
@@ -214,17 +345,21 @@ FAMILIES = {
         description="VGG (Simonyan and Zisserman 2014), KerasHub ports of timm weights",
     ),
     "xception": _image(
-        "XceptionBackbone", INCEPTION,
+        "XceptionBackbone",
+        INCEPTION,
         dict(first="input", block=r"^block(\d+)_", name="block{}", last=None),
-        dict(stackwise_conv_filters=[[8, 16], [24, 24], [32, 32]],
-             stackwise_pooling=[False, True, True]),
+        dict(
+            stackwise_conv_filters=[[8, 16], [24, 24], [32, 32]],
+            stackwise_pooling=[False, True, True],
+        ),
         {"xception_41_imagenet": (XCEPTION_41, 299)},
         license="Apache-2.0 (weights: see KerasHub model card)",
         min_size=71,
         description="Xception (Chollet 2017)",
     ),
     "cspnet": _image(
-        "CSPNetBackbone", IMAGENET,
+        "CSPNetBackbone",
+        IMAGENET,
         dict(first="stem", block=r"^stage_(\d+)_", name="stage{}", last=None),
         dict(stackwise_depth=[1, 1, 1, 1], stackwise_num_filters=[64, 64, 128, 128]),
         {
@@ -236,40 +371,72 @@ FAMILIES = {
         description="CSPNet (Wang et al. 2019), KerasHub ports of timm weights",
     ),
     "hgnetv2": _image(
-        "HGNetV2Backbone", IMAGENET,
-        dict(first="stem", block=r"^encoder_stage_(\d+)$", expand=("encoder",), name="stage{}",
-             last=None),
-        dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 32, 64], embedding_size=8,
-             stem_channels=[3, 8, 8],
-             stackwise_stage_filters=[[8, 8, 16, 1, 1, 3], [16, 8, 32, 1, 1, 3],
-                                      [32, 8, 32, 1, 1, 5], [32, 8, 64, 1, 1, 5]]),
+        "HGNetV2Backbone",
+        IMAGENET,
+        dict(
+            first="stem",
+            block=r"^encoder_stage_(\d+)$",
+            expand=("encoder",),
+            name="stage{}",
+            last=None,
+        ),
+        dict(
+            depths=[1, 1, 1, 1],
+            hidden_sizes=[16, 32, 32, 64],
+            embedding_size=8,
+            stem_channels=[3, 8, 8],
+            stackwise_stage_filters=[
+                [8, 8, 16, 1, 1, 3],
+                [16, 8, 32, 1, 1, 3],
+                [32, 8, 32, 1, 1, 5],
+                [32, 8, 64, 1, 1, 5],
+            ],
+        ),
         {
             f"hgnetv2_{b}_{tag}": (
-                timm("convert_hgnetv2", f"hgnetv2_{b}", pretrained_cfg={"tag": "ssld"}), 224)
-            for b, tag in (("b4", "ssld_stage2_ft_in1k"), ("b5", "ssld_stage1_in22k_in1k"),
-                           ("b5", "ssld_stage2_ft_in1k"), ("b6", "ssld_stage1_in22k_in1k"),
-                           ("b6", "ssld_stage2_ft_in1k"))
+                timm("convert_hgnetv2", f"hgnetv2_{b}", pretrained_cfg={"tag": "ssld"}),
+                224,
+            )
+            for b, tag in (
+                ("b4", "ssld_stage2_ft_in1k"),
+                ("b5", "ssld_stage1_in22k_in1k"),
+                ("b5", "ssld_stage2_ft_in1k"),
+                ("b6", "ssld_stage1_in22k_in1k"),
+                ("b6", "ssld_stage2_ft_in1k"),
+            )
         },
         description="PP-HGNetV2 (PaddlePaddle), KerasHub ports of timm weights",
     ),
     "mit": _image(
-        "MiTBackbone", IMAGENET,
-        dict(first="stem", block=r"^(?:patch_and_embed|hierarchical_encoder|output_level)_(\d+)",
-             name="stage{}", last=None),
+        "MiTBackbone",
+        IMAGENET,
+        dict(
+            first="stem",
+            block=r"^(?:patch_and_embed|hierarchical_encoder|output_level)_(\d+)",
+            name="stage{}",
+            last=None,
+        ),
         dict(layerwise_depths=[1, 1, 1, 1], hidden_dims=[8, 16, 40, 64]),
         {
             f"mit_b{b}_{data}": (mit(*MIT_B[b]), size)
             for b in range(6)
             for data, size in (("ade20k_512", 512), ("cityscapes_1024", 1024))
             if (b, data) != (5, "ade20k_512")
-        } | {"mit_b5_ade20k_640": (mit(*MIT_B[5]), 640)},
+        }
+        | {"mit_b5_ade20k_640": (mit(*MIT_B[5]), 640)},
         min_size=64,
         description="Mix Transformer, the SegFormer encoder (Xie et al. 2021)",
     ),
     "vit": _image(
-        "ViTBackbone", INCEPTION,
-        dict(first="embeddings", expand=("vit_encoder",), block=r"^transformer_block_(\d+)$",
-             name="layer_{}", last="norm"),
+        "ViTBackbone",
+        INCEPTION,
+        dict(
+            first="embeddings",
+            expand=("vit_encoder",),
+            block=r"^transformer_block_(\d+)$",
+            name="layer_{}",
+            last="norm",
+        ),
         dict(num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, patch_size=8),
         {
             "vit_base_patch16_224_imagenet": (vit(224, 16, 12, 768, 12, 3072), 224),
@@ -288,9 +455,15 @@ FAMILIES = {
         description="Vision Transformer (Dosovitskiy et al. 2021)",
     ),
     "deit": _image(
-        "DeiTBackbone", IMAGENET,
-        dict(first="embeddings", expand=("deit_encoder",), block=r"^transformer_block_(\d+)$",
-             name="layer_{}", last="norm"),
+        "DeiTBackbone",
+        IMAGENET,
+        dict(
+            first="embeddings",
+            expand=("deit_encoder",),
+            block=r"^transformer_block_(\d+)$",
+            name="layer_{}",
+            last="norm",
+        ),
         dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, patch_size=8),
         {
             "deit_base_distilled_patch16_384_imagenet": (deit(384, 12, 768, 12), 384),
@@ -302,31 +475,48 @@ FAMILIES = {
         description="DeiT, data-efficient distilled ViT (Touvron et al. 2021)",
     ),
     "swin": _image(
-        "SwinTransformerBackbone", IMAGENET,
+        "SwinTransformerBackbone",
+        IMAGENET,
         dict(first="stem", block=r"^stage_(\d+)$", name="stage{}", last="norm"),
         dict(embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4),
         {
             "swin_tiny_patch4_window7_224": (swin(224, 7, 96, [2, 2, 6, 2], [3, 6, 12, 24]), 224),
-            "swin_small_patch4_window7_224": (
-                swin(224, 7, 96, [2, 2, 18, 2], [3, 6, 12, 24]), 224),
-            "swin_base_patch4_window7_224": (
-                swin(224, 7, 128, [2, 2, 18, 2], [4, 8, 16, 32]), 224),
+            "swin_small_patch4_window7_224": (swin(224, 7, 96, [2, 2, 18, 2], [3, 6, 12, 24]), 224),
+            "swin_base_patch4_window7_224": (swin(224, 7, 128, [2, 2, 18, 2], [4, 8, 16, 32]), 224),
             "swin_base_patch4_window12_384": (
-                swin(384, 12, 128, [2, 2, 18, 2], [4, 8, 16, 32]), 384),
+                swin(384, 12, 128, [2, 2, 18, 2], [4, 8, 16, 32]),
+                384,
+            ),
             "swin_large_patch4_window7_224": (
-                swin(224, 7, 192, [2, 2, 18, 2], [6, 12, 24, 48]), 224),
+                swin(224, 7, 192, [2, 2, 18, 2], [6, 12, 24, 48]),
+                224,
+            ),
             "swin_large_patch4_window12_384": (
-                swin(384, 12, 192, [2, 2, 18, 2], [6, 12, 24, 48]), 384),
+                swin(384, 12, 192, [2, 2, 18, 2], [6, 12, 24, 48]),
+                384,
+            ),
         },
         fixed_size=True,
         description="Swin Transformer (Liu et al. 2021)",
     ),
     "dinov2": _image(
-        "DINOV2Backbone", IMAGENET,
-        dict(first="embeddings", expand=("encoder",), block=r"^layers_(\d+)$", name="layer_{}",
-             last="norm"),
-        dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-             position_embedding_shape=(32, 32, 3), patch_size=8),
+        "DINOV2Backbone",
+        IMAGENET,
+        dict(
+            first="embeddings",
+            expand=("encoder",),
+            block=r"^layers_(\d+)$",
+            name="layer_{}",
+            last="norm",
+        ),
+        dict(
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+            position_embedding_shape=(32, 32, 3),
+            patch_size=8,
+        ),
         {
             "dinov2_small": (dino(12, 384, 6), 224),
             "dinov2_base": (dino(12, 768, 12), 224),
@@ -342,7 +532,10 @@ FAMILIES = {
     ),
     # -- text ------------------------------------------------------------------------------
     "bert": _text(
-        "BertBackbone", "BertTokenizer", "BertTextClassifierPreprocessor", TEXT_GROUPS,
+        "BertBackbone",
+        "BertTokenizer",
+        "BertTextClassifierPreprocessor",
+        TEXT_GROUPS,
         TINY_TEXT,
         {
             "bert_tiny_en_uncased": bert(30522, 2, 128, 2),
@@ -380,8 +573,11 @@ FAMILIES = {
         description="BERT (Devlin et al. 2019) and BERT-architecture sentence encoders",
     ),
     "distil_bert": _text(
-        "DistilBertBackbone", "DistilBertTokenizer", "DistilBertTextClassifierPreprocessor",
-        dict(TEXT_GROUPS, last=None), TINY_TEXT,
+        "DistilBertBackbone",
+        "DistilBertTokenizer",
+        "DistilBertTextClassifierPreprocessor",
+        dict(TEXT_GROUPS, last=None),
+        TINY_TEXT,
         {
             "distil_bert_base_en_uncased": bert(30522, 6, 768, 12),
             "distil_bert_base_en": bert(28996, 6, 768, 12),
@@ -390,8 +586,11 @@ FAMILIES = {
         description="DistilBERT (Sanh et al. 2019)",
     ),
     "roberta": _text(
-        "RobertaBackbone", "RobertaTokenizer", "RobertaTextClassifierPreprocessor",
-        dict(TEXT_GROUPS, last=None), TINY_TEXT,
+        "RobertaBackbone",
+        "RobertaTokenizer",
+        "RobertaTextClassifierPreprocessor",
+        dict(TEXT_GROUPS, last=None),
+        TINY_TEXT,
         {
             "roberta_base_en": bert(50265, 12, 768, 12),
             "roberta_large_en": bert(50265, 24, 1024, 16),
@@ -400,7 +599,9 @@ FAMILIES = {
         description="RoBERTa (Liu et al. 2019)",
     ),
     "deberta_v3": _text(
-        "DebertaV3Backbone", "DebertaV3Tokenizer", "DebertaV3TextClassifierPreprocessor",
+        "DebertaV3Backbone",
+        "DebertaV3Tokenizer",
+        "DebertaV3TextClassifierPreprocessor",
         dict(TEXT_GROUPS, block=r"^disentangled_attention_encoder_layer_(\d+)$", last=None),
         dict(TINY_TEXT, bucket_size=16),
         {
@@ -414,43 +615,61 @@ FAMILIES = {
         description="DeBERTaV3 (He et al. 2021)",
     ),
     "albert": _text(
-        "AlbertBackbone", "AlbertTokenizer", "AlbertTextClassifierPreprocessor",
+        "AlbertBackbone",
+        "AlbertTokenizer",
+        "AlbertTextClassifierPreprocessor",
         dict(TEXT_GROUPS, block=r"^group_(\d+)_inner_layer_\d+$", name="group_{}"),
         dict(TINY_TEXT, embedding_dim=8),
         {
-            "albert_base_en_uncased": dict(bert(30000, 12, 768, 12), embedding_dim=128,
-                                           dropout=0.0),
-            "albert_large_en_uncased": dict(bert(30000, 24, 1024, 16), embedding_dim=128,
-                                            dropout=0.0),
-            "albert_extra_large_en_uncased": dict(bert(30000, 24, 2048, 16), embedding_dim=128,
-                                                  dropout=0.0),
-            "albert_extra_extra_large_en_uncased": dict(bert(30000, 12, 4096, 64),
-                                                        embedding_dim=128, dropout=0.0),
+            "albert_base_en_uncased": dict(
+                bert(30000, 12, 768, 12), embedding_dim=128, dropout=0.0
+            ),
+            "albert_large_en_uncased": dict(
+                bert(30000, 24, 1024, 16), embedding_dim=128, dropout=0.0
+            ),
+            "albert_extra_large_en_uncased": dict(
+                bert(30000, 24, 2048, 16), embedding_dim=128, dropout=0.0
+            ),
+            "albert_extra_extra_large_en_uncased": dict(
+                bert(30000, 12, 4096, 64), embedding_dim=128, dropout=0.0
+            ),
         },
         description="ALBERT (Lan et al. 2020); its encoder layers share one weight group",
     ),
     "electra": _text(
-        "ElectraBackbone", "ElectraTokenizer", "TextClassifierPreprocessor", TEXT_GROUPS,
+        "ElectraBackbone",
+        "ElectraTokenizer",
+        "TextClassifierPreprocessor",
+        TEXT_GROUPS,
         dict(TINY_TEXT, embedding_dim=8),
         {
-            "electra_small_discriminator_uncased_en": dict(bert(30522, 12, 256, 4, vocab_key=VK),
-                                                           embedding_dim=128),
-            "electra_small_generator_uncased_en": dict(bert(30522, 12, 256, 4, vocab_key=VK),
-                                                       embedding_dim=128),
-            "electra_base_discriminator_uncased_en": dict(bert(30522, 12, 768, 12, vocab_key=VK),
-                                                          embedding_dim=768),
-            "electra_base_generator_uncased_en": dict(bert(30522, 12, 256, 4, vocab_key=VK),
-                                                      embedding_dim=768),
-            "electra_large_discriminator_uncased_en": dict(bert(30522, 24, 1024, 16, vocab_key=VK),
-                                                           embedding_dim=1024),
-            "electra_large_generator_uncased_en": dict(bert(30522, 24, 256, 4, vocab_key=VK),
-                                                       embedding_dim=1024),
+            "electra_small_discriminator_uncased_en": dict(
+                bert(30522, 12, 256, 4, vocab_key=VK), embedding_dim=128
+            ),
+            "electra_small_generator_uncased_en": dict(
+                bert(30522, 12, 256, 4, vocab_key=VK), embedding_dim=128
+            ),
+            "electra_base_discriminator_uncased_en": dict(
+                bert(30522, 12, 768, 12, vocab_key=VK), embedding_dim=768
+            ),
+            "electra_base_generator_uncased_en": dict(
+                bert(30522, 12, 256, 4, vocab_key=VK), embedding_dim=768
+            ),
+            "electra_large_discriminator_uncased_en": dict(
+                bert(30522, 24, 1024, 16, vocab_key=VK), embedding_dim=1024
+            ),
+            "electra_large_generator_uncased_en": dict(
+                bert(30522, 24, 256, 4, vocab_key=VK), embedding_dim=1024
+            ),
         },
         description="ELECTRA (Clark et al. 2020)",
     ),
     "xlm_roberta": _text(
-        "XLMRobertaBackbone", "XLMRobertaTokenizer", "XLMRobertaTextClassifierPreprocessor",
-        dict(TEXT_GROUPS, last=None), TINY_TEXT,
+        "XLMRobertaBackbone",
+        "XLMRobertaTokenizer",
+        "XLMRobertaTextClassifierPreprocessor",
+        dict(TEXT_GROUPS, last=None),
+        TINY_TEXT,
         {
             "xlm_roberta_base_multi": bert(250002, 12, 768, 12),
             "xlm_roberta_large_multi": bert(250002, 24, 1024, 16),
@@ -463,11 +682,20 @@ FAMILIES = {
     ),
     # -- audio -----------------------------------------------------------------------------
     "whisper": dict(
-        modality="audio", backbone_class="WhisperBackbone", audio="whisper",
-        groups=dict(first="stem", block=r"^transformer_encoder_layer_(\d+)$", name="layer_{}",
-                    last="norm"),
-        tiny=dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-                  max_encoder_sequence_length=100, max_decoder_sequence_length=8),
+        modality="audio",
+        backbone_class="WhisperBackbone",
+        audio="whisper",
+        groups=dict(
+            first="stem", block=r"^transformer_encoder_layer_(\d+)$", name="layer_{}", last="norm"
+        ),
+        tiny=dict(
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+            max_encoder_sequence_length=100,
+            max_decoder_sequence_length=8,
+        ),
         presets={
             "whisper_tiny_en": whisper(51864, 4, 384, 6),
             "whisper_base_en": whisper(51864, 6, 512, 8),
@@ -484,12 +712,20 @@ FAMILIES = {
         description="Whisper encoder (Radford et al. 2022); the decoder is dropped",
     ),
     "moonshine": dict(
-        modality="audio", backbone_class="MoonshineBackbone", audio="moonshine",
-        groups=dict(first="stem", block=r"^encoder_block_(\d+)$", name="layer_{}",
-                    last="norm"),
-        tiny=dict(filter_dim=16, encoder_num_layers=2, decoder_num_layers=1, hidden_dim=16,
-                  intermediate_dim=32, encoder_num_heads=2, decoder_num_heads=2,
-                  vocabulary_size=64),
+        modality="audio",
+        backbone_class="MoonshineBackbone",
+        audio="moonshine",
+        groups=dict(first="stem", block=r"^encoder_block_(\d+)$", name="layer_{}", last="norm"),
+        tiny=dict(
+            filter_dim=16,
+            encoder_num_layers=2,
+            decoder_num_layers=1,
+            hidden_dim=16,
+            intermediate_dim=32,
+            encoder_num_heads=2,
+            decoder_num_heads=2,
+            vocabulary_size=64,
+        ),
         presets={
             "moonshine_tiny_en": moonshine(288, 6),
             "moonshine_base_en": moonshine(416, 8),
@@ -513,8 +749,10 @@ def main() -> int:
             config, size = value if isinstance(value, tuple) else (value, None)
             facts = measure(family, fam, preset, config, size, args.max_params)
             variants[preset] = facts
-            print(f"{family:12s} {preset:45s} {facts['params']:>12,d} "
-                  f"{facts.get('check', '')}", flush=True)
+            print(
+                f"{family:12s} {preset:45s} {facts['params']:>12,d} {facts.get('check', '')}",
+                flush=True,
+            )
         write_module(family, fam, variants)
     return 0
 
@@ -527,27 +765,60 @@ def measure(family, fam, preset, config, size, max_params) -> dict:
     from kerastl.zoo._keras_hub_family import declare_hub_family
     from kerastl.zoo._spec import ModelSpec
 
-    config = {k: (list(v) if isinstance(v, tuple) and k not in ("image_shape",
-                  "position_embedding_shape") else v) for k, v in config.items()}
+    config = {
+        k: (
+            list(v)
+            if isinstance(v, tuple) and k not in ("image_shape", "position_embedding_shape")
+            else v
+        )
+        for k, v in config.items()
+    }
     meta = keras_hub.models.Backbone  # noqa: F841
     cls = getattr(keras_hub.models, fam["backbone_class"])
-    hub_params = cls.presets.get(preset, {}).get("metadata", {}).get("params") if hasattr(
-        cls, "presets") else None
+    hub_params = (
+        cls.presets.get(preset, {}).get("metadata", {}).get("params")
+        if hasattr(cls, "presets")
+        else None
+    )
     facts = {"config": config}
     if fam["modality"] == "image":
         facts["input_size"] = size
-    extra = {"config": config, "group_rule": fam["groups"], "converter": fam.get("converter"),
-             "backbone_class": fam["backbone_class"], "preset": preset,
-             "tokenizer": fam.get("tokenizer"), "preprocessor": fam.get("preprocessor"),
-             "audio": fam.get("audio"), "sample_rate": 16000, "max_seconds": 30,
-             "max_sequence_length": config.get("max_sequence_length", 512),
-             "fixed_size": fam.get("fixed_size", False)}
-    spec = ModelSpec(preset, family, "keras_hub", fam["modality"], preset, size or 128,
-                     fam.get("min_input_size", 4), "keras_hub", 0, 0, extra=extra)
+    extra = {
+        "config": config,
+        "group_rule": fam["groups"],
+        "converter": fam.get("converter"),
+        "backbone_class": fam["backbone_class"],
+        "preset": preset,
+        "tokenizer": fam.get("tokenizer"),
+        "preprocessor": fam.get("preprocessor"),
+        "audio": fam.get("audio"),
+        "sample_rate": 16000,
+        "max_seconds": 30,
+        "max_sequence_length": config.get("max_sequence_length", 512),
+        "fixed_size": fam.get("fixed_size", False),
+    }
+    spec = ModelSpec(
+        preset,
+        family,
+        "keras_hub",
+        fam["modality"],
+        preset,
+        size or 128,
+        fam.get("min_input_size", 4),
+        "keras_hub",
+        0,
+        0,
+        extra=extra,
+    )
     estimate = hub_params or 0
     if estimate > max_params:
-        facts.update(params=int(hub_params), feature_dim=_width(config), groups=[], taps=[],
-                     check="not built (too large): params from KerasHub metadata")
+        facts.update(
+            params=int(hub_params),
+            feature_dim=_width(config),
+            groups=[],
+            taps=[],
+            check="not built (too large): params from KerasHub metadata",
+        )
         return facts
     adapter = KerasHubAdapter(spec)
     if fam["modality"] == "image":
@@ -570,8 +841,11 @@ def measure(family, fam, preset, config, size, max_params) -> dict:
         taps.append((level, int(tensor.shape[-1]), int(stride) if stride else 0))
     facts["taps"] = taps
     if fam["modality"] == "text" and hub_params:
-        facts["check"] = "== KerasHub metadata" if params == hub_params else (
-            f"!= KerasHub metadata {hub_params:,d}")
+        facts["check"] = (
+            "== KerasHub metadata"
+            if params == hub_params
+            else (f"!= KerasHub metadata {hub_params:,d}")
+        )
     elif hub_params:
         facts["check"] = f"(KerasHub metadata, with task head: {hub_params:,d})"
     keras.backend.clear_session()
@@ -599,8 +873,20 @@ def _build_hub(cls, config, fam, shape):
 
 
 def write_module(family: str, fam: dict, variants: dict) -> None:
-    keys = ("modality", "backbone_class", "license", "description", "groups", "tiny",
-            "converter", "tokenizer", "preprocessor", "audio", "min_input_size", "fixed_size")
+    keys = (
+        "modality",
+        "backbone_class",
+        "license",
+        "description",
+        "groups",
+        "tiny",
+        "converter",
+        "tokenizer",
+        "preprocessor",
+        "audio",
+        "min_input_size",
+        "fixed_size",
+    )
     head = {k: fam[k] for k in keys if k in fam}
     text = (
         f'"""{fam["description"]}, from KerasHub. Data only: see '
@@ -610,13 +896,22 @@ def write_module(family: str, fam: dict, variants: dict) -> None:
         f"declare_hub_family(\n    family={family!r},\n"
     )
     for k, v in head.items():
-        text += f"    {k}={pprint.pformat(v, width=90, sort_dicts=False)},\n".replace(
-            "\n", "\n    "
-        ).rstrip() + "\n"
-    text += "    variants=" + pprint.pformat(variants, width=94, sort_dicts=False).replace(
-        "\n", "\n    "
-    ) + ",\n)\n"
-    (OUT / f"{family}.py").write_text(text)
+        text += (
+            f"    {k}={pprint.pformat(v, width=90, sort_dicts=False)},\n".replace(
+                "\n", "\n    "
+            ).rstrip()
+            + "\n"
+        )
+    text += (
+        "    variants="
+        + pprint.pformat(variants, width=94, sort_dicts=False).replace("\n", "\n    ")
+        + ",\n)\n"
+    )
+    path = OUT / f"{family}.py"
+    path.write_text(text)
+    import subprocess  # noqa: PLC0415
+
+    subprocess.run([sys.executable, "-m", "ruff", "format", "-q", str(path)], check=False)
 
 
 if __name__ == "__main__":

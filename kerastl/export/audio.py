@@ -48,8 +48,11 @@ def feature_model(model):
         "layout": "log-mel spectrogram (frames, mels), 100 frames/s",
         "preprocessing": "keras_hub WhisperAudioConverter on the waveform",
         "audio_input": (model.kerastl_config or {}).get("input"),
-        "converter": {"num_mels": pre.num_mels, "sample_rate": pre.sample_rate,
-                      "max_seconds": pre.max_seconds},
+        "converter": {
+            "num_mels": pre.num_mels,
+            "sample_rate": pre.sample_rate,
+            "max_seconds": pre.max_seconds,
+        },
     }
     return KerastlModel(feats, outputs, name=model.name, kerastl_config=meta)
 
@@ -175,8 +178,9 @@ class LogMelExporter(ModalityExporter):
     def input_signature(self) -> list:
         import tensorflow as tf
 
-        return [tf.TensorSpec((None, *self.meta["input"]["shape"]), tf.float32,
-                              name=self.input_name)]
+        return [
+            tf.TensorSpec((None, *self.meta["input"]["shape"]), tf.float32, name=self.input_name)
+        ]
 
     def features(self, waves: np.ndarray) -> np.ndarray:
         """Log-mel features of waveforms, exactly as the model's preprocessing makes them."""
@@ -184,8 +188,10 @@ class LogMelExporter(ModalityExporter):
 
         c = self.meta["input"]["converter"]
         conv = keras_hub.layers.WhisperAudioConverter(
-            num_mels=c["num_mels"], sampling_rate=c["sample_rate"],
-            max_audio_length=c["max_seconds"])
+            num_mels=c["num_mels"],
+            sampling_rate=c["sample_rate"],
+            max_audio_length=c["max_seconds"],
+        )
         return np.asarray(conv(waves.astype(np.float32)), np.float32)
 
     def _audio(self) -> AudioExporter:
@@ -222,8 +228,16 @@ def export_audio(model, out_dir, formats, **kwargs) -> dict[str, Any]:
     calibration = kwargs.pop("calibration_data", None)
     reports = []
     if waves:
-        reports.append(export(model, out, formats=waves, name=name, validation_data=validation,
-                              **{k: v for k, v in kwargs.items() if k != "quantize"}))
+        reports.append(
+            export(
+                model,
+                out,
+                formats=waves,
+                name=name,
+                validation_data=validation,
+                **{k: v for k, v in kwargs.items() if k != "quantize"},
+            )
+        )
     sub = feature_model(model)
     mel = LogMelExporter(sub.kerastl_config)
 
@@ -233,8 +247,17 @@ def export_audio(model, out_dir, formats, **kwargs) -> dict[str, Any]:
         x, y = mel.coerce(data, "validation_data")
         return x if y is None else (x, y)
 
-    reports.append(export(sub, out, formats=feats, name=name, validation_data=to_feats(validation),
-                          calibration_data=to_feats(calibration), **kwargs))
+    reports.append(
+        export(
+            sub,
+            out,
+            formats=feats,
+            name=name,
+            validation_data=to_feats(validation),
+            calibration_data=to_feats(calibration),
+            **kwargs,
+        )
+    )
     merged = dict(reports[-1])
     merged["formats"] = list(formats)
     merged["artifacts"] = [a for r in reports for a in r["artifacts"]]

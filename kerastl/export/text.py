@@ -189,8 +189,7 @@ def write_tokenizer(model, folder: Path) -> list[str]:
         written = sorted(p.name for p in folder.iterdir())
     except Exception:  # noqa: BLE001 - a tokenizer without file assets
         pass
-    settings = {k: v for k, v in info.items() if k not in ("vocabulary", "merges",
-                                                            "proto_base64")}
+    settings = {k: v for k, v in info.items() if k not in ("vocabulary", "merges", "proto_base64")}
     (folder / "tokenizer_settings.json").write_text(json.dumps(settings, indent=1))
     return [*written, "tokenizer_settings.json"]
 
@@ -267,8 +266,12 @@ class TextExporter(ModalityExporter):
         return [("serving_default", {self.input_name: tf.make_tensor_proto(x)})]
 
     def rest_examples(self, samples: np.ndarray) -> dict[str, Any]:
-        return {"rest_request.json": {"signature_name": "serving_default",
-                                      "instances": [str(s) for s in samples[:2]]}}
+        return {
+            "rest_request.json": {
+                "signature_name": "serving_default",
+                "instances": [str(s) for s in samples[:2]],
+            }
+        }
 
 
 class TokenIdsExporter(ModalityExporter):
@@ -360,9 +363,16 @@ def export_text(model, out_dir, formats, **kwargs) -> dict[str, Any]:
     calibration = kwargs.pop("calibration_data", None)
     reports = []
     if strings:
-        reports.append(export(model, out, formats=strings, name=name,
-                              validation_data=validation,
-                              **{k: v for k, v in kwargs.items() if k != "quantize"}))
+        reports.append(
+            export(
+                model,
+                out,
+                formats=strings,
+                name=name,
+                validation_data=validation,
+                **{k: v for k, v in kwargs.items() if k != "quantize"},
+            )
+        )
     sub = token_id_model(model)
     ids_exporter = TokenIdsExporter(sub.kerastl_config)
 
@@ -375,9 +385,17 @@ def export_text(model, out_dir, formats, **kwargs) -> dict[str, Any]:
 
     folder = out / TOKENIZER_DIR.format(name=name)
     if tokens:
-        reports.append(export(sub, out, formats=tokens, name=name,
-                              validation_data=to_ids(validation),
-                              calibration_data=to_ids(calibration), **kwargs))
+        reports.append(
+            export(
+                sub,
+                out,
+                formats=tokens,
+                name=name,
+                validation_data=to_ids(validation),
+                calibration_data=to_ids(calibration),
+                **kwargs,
+            )
+        )
         if folder.exists():
             shutil.rmtree(folder)
         files = write_tokenizer(model, folder)

@@ -85,17 +85,18 @@ class HubImagePreprocessing(keras.layers.Layer):
     def call(self, images):
         images = keras.ops.cast(images, self.compute_dtype)
         scale = keras.ops.convert_to_tensor(np.asarray(self.scale, "float32"), self.compute_dtype)
-        offset = keras.ops.convert_to_tensor(
-            np.asarray(self.offset, "float32"), self.compute_dtype
-        )
+        offset = keras.ops.convert_to_tensor(np.asarray(self.offset, "float32"), self.compute_dtype)
         return images * scale + offset
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "scale": _jsonable(self.scale),
-                "offset": _jsonable(self.offset)}
+        return {
+            **super().get_config(),
+            "scale": _jsonable(self.scale),
+            "offset": _jsonable(self.offset),
+        }
 
 
 @keras.saving.register_keras_serializable(package="kerastl")
@@ -113,8 +114,7 @@ class HubTextPreprocessing(keras.layers.Layer):
         preprocessor: A ``keras_hub`` text-classifier preprocessor (or its config).
     """
 
-    def __init__(self, sequence_length: int, keys: list[str], preprocessor: Any = None,
-                 **kwargs):
+    def __init__(self, sequence_length: int, keys: list[str], preprocessor: Any = None, **kwargs):
         super().__init__(**kwargs)
         self.sequence_length = int(sequence_length)
         self.keys = list(keys)
@@ -147,9 +147,11 @@ class HubTextPreprocessing(keras.layers.Layer):
             text = tf.squeeze(text, -1)
         longest = tf.reduce_max(tf.concat([tf.strings.length(tf.strings.strip(text)), [0]], 0))
         check = tf.debugging.assert_greater(
-            longest, 0, message="text: the batch is empty or every string in it is empty; "
+            longest,
+            0,
+            message="text: the batch is empty or every string in it is empty; "
             "a text model needs at least one non-empty string per batch (check the text "
-            "column of your data)."
+            "column of your data).",
         )
         with tf.control_dependencies([check]):
             text = tf.identity(text)
@@ -159,15 +161,19 @@ class HubTextPreprocessing(keras.layers.Layer):
     def compute_output_spec(self, text):
         batch = text.shape[0] if text.shape else None
         return {
-            k: keras.KerasTensor((batch, self.sequence_length),
-                                 dtype="bool" if k == "padding_mask" else "int32")
+            k: keras.KerasTensor(
+                (batch, self.sequence_length), dtype="bool" if k == "padding_mask" else "int32"
+            )
             for k in self.keys
         }
 
     def get_config(self):
         config = super().get_config()
-        config.update(sequence_length=self.sequence_length, keys=self.keys,
-                      preprocessor=keras.saving.serialize_keras_object(self.preprocessor))
+        config.update(
+            sequence_length=self.sequence_length,
+            keys=self.keys,
+            preprocessor=keras.saving.serialize_keras_object(self.preprocessor),
+        )
         return config
 
 
@@ -187,8 +193,14 @@ class HubAudioPreprocessing(keras.layers.Layer):
         num_mels: Whisper mel bins (80).
     """
 
-    def __init__(self, kind: str, sample_rate: int = 16000, max_seconds: int = 30,
-                 num_mels: int = 80, **kwargs):
+    def __init__(
+        self,
+        kind: str,
+        sample_rate: int = 16000,
+        max_seconds: int = 30,
+        num_mels: int = 80,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.kind = kind
         self.sample_rate = int(sample_rate)
@@ -197,7 +209,9 @@ class HubAudioPreprocessing(keras.layers.Layer):
         self.converter = None
         if kind == "whisper":
             self.converter = _keras_hub().layers.WhisperAudioConverter(
-                num_mels=num_mels, sampling_rate=sample_rate, max_audio_length=max_seconds,
+                num_mels=num_mels,
+                sampling_rate=sample_rate,
+                max_audio_length=max_seconds,
                 name="whisper_audio_converter",
             )
 
@@ -229,8 +243,13 @@ class HubAudioPreprocessing(keras.layers.Layer):
         }
 
     def get_config(self):
-        return {**super().get_config(), "kind": self.kind, "sample_rate": self.sample_rate,
-                "max_seconds": self.max_seconds, "num_mels": self.num_mels}
+        return {
+            **super().get_config(),
+            "kind": self.kind,
+            "sample_rate": self.sample_rate,
+            "max_seconds": self.max_seconds,
+            "num_mels": self.num_mels,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kerastl")
@@ -304,8 +323,10 @@ def check_preset_dir(path: Path, name: str) -> str:
             "Face format (config.json, model.safetensors, vocab.txt/tokenizer.json)."
         )
     files = sorted(p.name for p in path.iterdir())
-    if "config.json" in files and any(f.endswith((".weights.h5", ".safetensors")) or
-                                      f == "model.safetensors.index.json" for f in files):
+    if "config.json" in files and any(
+        f.endswith((".weights.h5", ".safetensors")) or f == "model.safetensors.index.json"
+        for f in files
+    ):
         return "keras" if "metadata.json" in files or "model.weights.h5" in files else "hf"
     raise WeightsError(
         f"weights: {str(path)!r} is not a KerasHub or Hugging Face preset folder (it holds "
@@ -385,8 +406,7 @@ class KerasHubAdapter(Adapter):
                 f"{sequence_length!r} (input_shape={input_shape!r} was also given)."
             )
         if input_shape is not None:
-            shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else (
-                input_shape,)
+            shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else (input_shape,)
             if len(shape) != 1:
                 raise ConfigError(
                     f"input_shape: {spec.name} is a text model (raw strings in); it takes "
@@ -396,9 +416,7 @@ class KerasHubAdapter(Adapter):
             sequence_length = shape[0]
         if sequence_length is None:
             sequence_length = min(spec.input_size, self._max_len())
-        if isinstance(sequence_length, bool) or not isinstance(
-            sequence_length, (int, np.integer)
-        ):
+        if isinstance(sequence_length, bool) or not isinstance(sequence_length, (int, np.integer)):
             raise ConfigError(
                 f"sequence_length: expected a whole number of tokens, got {sequence_length!r}."
             )
@@ -468,8 +486,7 @@ class KerasHubAdapter(Adapter):
                 "dtype": "string",
                 "range": None,
                 "layout": "one UTF-8 string per example",
-                "preprocessing": "keras_hub tokenizer: "
-                + str(spec.extra.get("tokenizer")),
+                "preprocessing": "keras_hub tokenizer: " + str(spec.extra.get("tokenizer")),
                 "sequence_length": int(input_shape[0]),
                 "max_sequence_length": self._max_len(),
             }
@@ -480,7 +497,8 @@ class KerasHubAdapter(Adapter):
                 "dtype": "float32",
                 "range": [-1.0, 1.0],
                 "layout": f"mono waveform, {spec.extra['sample_rate']} Hz",
-                "preprocessing": "whisper log-mel" if spec.extra["audio"] == "whisper"
+                "preprocessing": "whisper log-mel"
+                if spec.extra["audio"] == "whisper"
                 else "raw samples",
                 "sample_rate": spec.extra["sample_rate"],
             }
@@ -509,8 +527,11 @@ class KerasHubAdapter(Adapter):
             cfg = self._config()
             seconds = self.options.get("max_seconds") or self._audio_seconds(cfg)
             self._pre_layer = HubAudioPreprocessing(
-                spec.extra["audio"], spec.extra["sample_rate"], seconds,
-                cfg.get("num_mels", 80), name="preprocess",
+                spec.extra["audio"],
+                spec.extra["sample_rate"],
+                seconds,
+                cfg.get("num_mels", 80),
+                name="preprocess",
             )
         else:
             conv = spec.extra.get("converter") or {}
@@ -520,8 +541,12 @@ class KerasHubAdapter(Adapter):
         return self._pre_layer(inputs)
 
     def _segment_hint(self) -> str:
-        return "segment" if self.spec.extra["backbone_class"] in (
-            "BertBackbone", "AlbertBackbone", "ElectraBackbone") else ""
+        return (
+            "segment"
+            if self.spec.extra["backbone_class"]
+            in ("BertBackbone", "AlbertBackbone", "ElectraBackbone")
+            else ""
+        )
 
     def _audio_seconds(self, cfg) -> int:
         if self.spec.extra["audio"] == "whisper":
@@ -694,16 +719,20 @@ class KerasHubAdapter(Adapter):
                 f"dict of {spec.extra['tokenizer']} arguments, got {source!r}."
             )
         vocab = tokenizer.vocabulary_size()
-        emb = int(hub_backbone.get_config().get(
-            "vocabulary_size", hub_backbone.get_config().get("vocab_size", vocab)))
+        emb = int(
+            hub_backbone.get_config().get(
+                "vocabulary_size", hub_backbone.get_config().get("vocab_size", vocab)
+            )
+        )
         if vocab > emb:
             raise ConfigError(
                 f"tokenizer: its vocabulary has {vocab} tokens but the backbone embeds only "
                 f"{emb}; use the tokenizer of the same preset, or set backbone_config="
                 f"{{'vocabulary_size': {vocab}}} for random init."
             )
-        return pre_cls(tokenizer=tokenizer, sequence_length=sequence_length,
-                       name=f"{spec.family}_preprocessor")
+        return pre_cls(
+            tokenizer=tokenizer, sequence_length=sequence_length, name=f"{spec.family}_preprocessor"
+        )
 
     def _wrap(self, hub) -> keras.Model:
         """Wrap the KerasHub backbone as the functional ``"backbone"`` kerastl expects.
@@ -723,8 +752,10 @@ class KerasHubAdapter(Adapter):
             out = hub(inputs)
             # The mask goes out too, for masked pooling (an input cannot be an output).
             mask = keras.layers.Identity(name="padding_mask_out")(inputs["padding_mask"])
-            outputs = {"sequence_output": out["sequence_output"] if isinstance(out, dict)
-                       else out, "padding_mask": mask}
+            outputs = {
+                "sequence_output": out["sequence_output"] if isinstance(out, dict) else out,
+                "padding_mask": mask,
+            }
             self._has_pooler = isinstance(out, dict) and "pooled_output" in out
             if self._has_pooler:
                 outputs["pooled_output"] = out["pooled_output"]
@@ -732,12 +763,13 @@ class KerasHubAdapter(Adapter):
         if spec.modality == "audio":
             if spec.extra["audio"] == "whisper":
                 inp = hub.get_layer("encoder_features").output
-                return keras.Model(inp, hub.get_layer("encoder_layer_norm").output,
-                                   name="backbone")
-            inputs = {k: hub.get_layer(k).output
-                      for k in ("encoder_input_values", "encoder_padding_mask")}
-            return keras.Model(inputs, hub.get_layer("encoder_final_layer_norm").output,
-                               name="backbone")
+                return keras.Model(inp, hub.get_layer("encoder_layer_norm").output, name="backbone")
+            inputs = {
+                k: hub.get_layer(k).output for k in ("encoder_input_values", "encoder_padding_mask")
+            }
+            return keras.Model(
+                inputs, hub.get_layer("encoder_final_layer_norm").output, name="backbone"
+            )
         hub_in = keras.tree.flatten(hub.input)[0]  # DINOv2 names its one input in a dict
         inp = keras.Input(shape=hub_in.shape[1:], name="images")
         out = hub({hub_in.name: inp} if isinstance(hub.input, dict) else inp)
@@ -772,8 +804,11 @@ class KerasHubAdapter(Adapter):
             return SequencePooling(pooling, name="pool")(features)
         if pooling not in _IMAGE_POOLINGS:
             raise choice_error("pooling", pooling, _IMAGE_POOLINGS)
-        layer = (keras.layers.GlobalAveragePooling2D(name="pool") if pooling == "avg"
-                 else keras.layers.GlobalMaxPooling2D(name="pool"))
+        layer = (
+            keras.layers.GlobalAveragePooling2D(name="pool")
+            if pooling == "avg"
+            else keras.layers.GlobalMaxPooling2D(name="pool")
+        )
         return layer(features)
 
     # -- groups, features, LoRA --------------------------------------------------------

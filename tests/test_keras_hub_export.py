@@ -1,0 +1,103 @@
+"""Export of KerasHub text and audio models, validated in their real runtimes.
+
+Text: SavedModel on raw strings (+ ``serving_token_ids``), TFLite/ONNX on token
+ids with the tokenizer beside; audio (Whisper): SavedModel on waveforms,
+TFLite/ONNX on log-mel features. Tiny random-init models, nothing downloads.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_keras_hub import SENTENCES, tiny_kwargs
+
+import kerastl
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("ai_edge_litert")
+
+
+@pytest.fixture(scope="module")
+def text_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("text_export")
+    model = kerastl.build(
+        "bert_tiny_en_uncased",
+        num_classes=3,
+        class_names=["x", "y", "z"],
+        **tiny_kwargs("bert_tiny_en_uncased"),
+    )
+    x = np.array(SENTENCES[:24], dtype=object)
+    model.fit(x, np.arange(24) % 3, epochs=1, verbose=0)
+    report = kerastl.export(
+        model, out, formats=["saved_model", "tflite", "onnx"], validation_data=x
+    )
+    return model, out, report, x
+
+
+def test_text_export_passes_parity_in_every_runtime(text_export):
+    model, out, report, _ = text_export
+    assert report["status"] == "passed"
+    kinds = {a["format"]: a for a in report["artifacts"]}
+    assert set(kinds) == {"saved_model", "tflite", "onnx"}
+    for art in kinds.values():
+        assert art["passed"] and art["parity"]["max_rel_err"] < 1e-4
+    folder = out / f"{model.name}_tokenizer"
+    assert (folder / "vocabulary.txt").read_text().split("\n")[2] == "[CLS]"
+    settings = json.loads((folder / "tokenizer_settings.json").read_text())
+    assert settings["sequence_length"] == 16 and settings["pad_token_id"] == 0
+
+
+def test_text_artifacts_accept_raw_strings(text_export):
+    model, out, _, x = text_export
+    ref = model.predict(x[:5], verbose=0)
+    for path in (
+        out / "saved_model" / model.name,
+        out / f"{model.name}.tflite",
+        out / f"{model.name}.onnx",
+    ):
+        art = kerastl.load_artifact(path)
+        got = art.predict(list(x[:5]))
+        np.testing.assert_allclose(got["probabilities"], ref, atol=1e-5)
+        assert got["labels"] == [["x", "y", "z"][i] for i in ref.argmax(1)]
+    tfl = kerastl.load_artifact(out / f"{model.name}.tflite")
+    assert tfl.metadata["input"]["name"] == "token_ids"
+    assert tfl.metadata["tokenizer"]["class_name"] == "BertTokenizer"
+    assert "Flex" not in " ".join(tfl.custom_ops)
+
+
+def test_saved_model_token_id_signature_matches_strings(text_export):
+    import tensorflow as tf
+
+    model, out, _, x = text_export
+    loaded = tf.saved_model.load(str(next((out / "saved_model" / model.name).iterdir())))
+    assert {"serving_default", "serving_token_ids"} <= set(loaded.signatures)
+    ids = model.get_layer("preprocess")(tf.constant(list(x[:3])))["token_ids"]
+    by_ids = loaded.signatures["serving_token_ids"](token_ids=tf.cast(ids, tf.int32))
+    by_text = loaded.signatures["serving_default"](text=tf.constant(list(x[:3])))
+    np.testing.assert_allclose(by_ids["probabilities"], by_text["probabilities"], atol=1e-6)
+
+
+def test_whisper_export_waveform_saved_model_and_log_mel_files(tmp_path):
+    from kerastl.export.audio import AudioExporter
+
+    model = kerastl.build("whisper_tiny_en", num_classes=2, **tiny_kwargs("whisper_tiny_en"))
+    waves = AudioExporter(model.kerastl_config).sample_inputs(8)
+    report = kerastl.export(
+        model, tmp_path, formats=["saved_model", "tflite", "onnx"], validation_data=waves
+    )
+    assert report["status"] == "passed"
+    for art in report["artifacts"]:
+        assert art["parity"]["max_rel_err"] < 1e-4, art
+    ref = model.predict(waves[:2], verbose=0)
+    for path in (
+        tmp_path / "saved_model" / model.name,
+        tmp_path / f"{model.name}.tflite",
+        tmp_path / f"{model.name}.onnx",
+    ):
+        art = kerastl.load_artifact(path)
+        np.testing.assert_allclose(art.predict(waves[:2])["probabilities"], ref, atol=1e-5)
+    onnx_art = kerastl.load_artifact(tmp_path / f"{model.name}.onnx")
+    assert onnx_art.metadata["input"]["name"] == "log_mel"
+    assert onnx_art.metadata["input"]["shape"] == [100, 80]
