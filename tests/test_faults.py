@@ -255,7 +255,16 @@ def _complete(version: Path) -> bool:
 
 def _export_campaign(tmp_path: Path, model: Path, kills: int, seed: int) -> dict:
     out = tmp_path / "serving"
-    cmd = [*KERASTL, "export", str(model), "--out", str(out), "--formats", "saved_model,tflite"]
+    cmd = [
+        *KERASTL,
+        "export",
+        str(model),
+        "--out",
+        str(out),
+        "--formats",
+        "saved_model,tflite",
+        "--overwrite",
+    ]
     t0 = time.perf_counter()
     first = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
     seconds = time.perf_counter() - t0
@@ -268,6 +277,10 @@ def _export_campaign(tmp_path: Path, model: Path, kills: int, seed: int) -> dict
         for v in _versions(out):
             assert _complete(v), f"partial version published: {v}"
         assert _tree(v1[0]) == v1_files, "an earlier version was touched"
+        for tfl in out.glob("*.tflite"):  # replaced only by a validated file, atomically
+            from ai_edge_litert.interpreter import Interpreter
+
+            Interpreter(model_path=str(tfl)).allocate_tensors()
 
     stats = _kill_campaign(cmd, kills, seed, (2.0, seconds), lambda: False, check)
     versions = _versions(out)

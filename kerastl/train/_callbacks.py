@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any
@@ -214,4 +215,53 @@ class NanGuard(keras.callbacks.Callback):
                 f"batch {batch + 1}{' of ' + self.phase if self.phase else ''}. The last good "
                 "checkpoint (model.keras) and the backup of the last finished epoch are kept; "
                 "lower train.learning_rate or check the data for extreme values, then rerun."
+            )
+
+
+def _atomic_copy(src: str, dst: str) -> None:
+    import shutil
+
+    tmp = f"{dst}.tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` whose files are never half-written.
+
+    Keras writes ``latest.weights.h5`` in place: a process killed during that
+    write leaves a corrupt file, and when it was the first backup (no ``.bkp``
+    to fall back to) every rerun fails to open it. Here each file is written to
+    a temporary name and renamed into place (weights first, then the epoch
+    metadata), so a backup that exists is complete. A corrupt file left by an
+    older run is moved aside and training restarts from the previous state.
+    """
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if self.double_checkpoint:
+            for path, prev in (
+                (self._weights_path, self._prev_weights_path),
+                (self._training_metadata_path, self._prev_training_metadata_path),
+            ):
+                if os.path.exists(path):
+                    _atomic_copy(path, prev)
+        tmp = self._weights_path.replace("latest.weights.h5", "latest.tmp.weights.h5")
+        self.model.save_weights(filepath=tmp, overwrite=True)
+        os.replace(tmp, self._weights_path)
+        meta = f"{self._training_metadata_path}.tmp"
+        with open(meta, "w") as f:
+            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+        os.replace(meta, self._training_metadata_path)
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except OSError:
+            for path in (self._weights_path, self._training_metadata_path):
+                if os.path.exists(path):
+                    os.replace(path, f"{path}.corrupt")
+            print(
+                f"[kerastl] the backup in {self.backup_dir} was unreadable; moved it aside "
+                "(*.corrupt) and restarting this phase from its start."
             )

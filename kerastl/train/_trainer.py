@@ -22,6 +22,7 @@ from kerastl.train._cache import FeatureCache, backbone_is_frozen, split_model
 from kerastl.train._callbacks import (
     BestCheckpoint,
     NanGuard,
+    SafeBackupAndRestore,
     PreciseBatchNorm,
     make_optimizer,
     make_schedule,
@@ -339,7 +340,7 @@ def train(
     def common_callbacks(phase: str, fitted: keras.Model) -> list:
         cbs: list = [
             NanGuard(phase),  # first: a NaN loss aborts before anything saves it
-            keras.callbacks.BackupAndRestore(str(backup_root / phase), double_checkpoint=True),
+            SafeBackupAndRestore(str(backup_root / phase), double_checkpoint=True),
         ]
         best.target = model
         cbs.append(best)
