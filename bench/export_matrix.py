@@ -179,6 +179,15 @@ def summarize(results: Path, md: Path) -> str:
         "",
         f"**{passed} of {len(latest)} entry x format cells pass** ({len(entries)} entries).",
         "",
+        "What kerastl does where Keras 3.15 `model.export` falls short (see PRODUCT.md): traces "
+        "with `training=False`; freezes every variable and captured tensor (EfficientNet's "
+        "Normalization mean/variance no longer become ONNX inputs); drops the XLA attribute of "
+        "Keras' grouped-convolution functions so no `StatefulPartitionedCall` is left "
+        "(ConvNeXt); rewrites `Erfc` as `1 - Erf`; patches tf2onnx's transpose optimiser crash "
+        "on MobileNetV3 (1 Transpose left instead of ~100); TFLite builtin ops only; "
+        "mixed-precision models exported as a float32 clone; every file reloaded and compared "
+        "in its runtime before it is published.",
+        "",
         "| entry | input | params | " + " | ".join(FORMATS) + " |",
         "|---|---|---|" + "---|" * len(FORMATS),
     ]

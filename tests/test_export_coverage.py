@@ -51,7 +51,13 @@ def _images(n: int, side: int, seed: int = 0) -> np.ndarray:
 
 
 #: Entries exported to every format here (others: ONNX only).
-ALL_FORMATS = {"efficientnet_b0", "mobilenet_v3_small_050_imagenet"}
+ALL_FORMATS = {"mobilenet_v3_small_050_imagenet"}
+#: Entries exported to TFLite and ONNX (the converters with known failures).
+TWO_FORMATS = {"efficientnet_b0"}
+#: Covered through every format and precision by test_export.py.
+COVERED_ELSEWHERE = {"mobilenet_v3_small"}
+#: Small but slow to convert (huge graphs): opt-in tier.
+SLOW_GRAPHS = {"nasnet_mobile"}
 #: The default run exports keras.applications representatives up to this many parameters and
 #: the smallest KerasHub one; the other representatives run in the opt-in slow tier
 #: (``-m slow``) to keep CI within minutes.
@@ -88,7 +94,10 @@ def test_family_representative_exports(entry, tmp_path):
     side = get_spec(entry).min_input_size
     model = kerastl.build(entry, num_classes=3, input_shape=(side, side, 3), compile=False)
     informative(model, _images(32, side))
-    formats = ["saved_model", "tflite", "onnx"] if entry in ALL_FORMATS else ["onnx"]
+    if entry in ALL_FORMATS:
+        formats = ["saved_model", "tflite", "onnx"]
+    else:
+        formats = ["tflite", "onnx"] if entry in TWO_FORMATS else ["onnx"]
     report = kerastl.export(
         model, tmp_path, formats=formats, latency_runs=1, max_validation_samples=8
     )
@@ -121,7 +130,7 @@ def test_augmentation_layers_are_off_in_every_artifact(tmp_path):
     report = kerastl.export(
         model,
         tmp_path,
-        formats=["saved_model", "tflite", "onnx"],
+        formats=["saved_model", "onnx"],  # where Keras' own export traces augmentation active
         validation_data=images,
         latency_runs=1,
     )
@@ -146,9 +155,7 @@ def test_mixed_bfloat16_model_exports_float32_graph(tmp_path):
         keras.config.set_dtype_policy("float32")
     informative(model, _images(32, 32))
     assert model.get_layer("backbone").layers[2].compute_dtype == "bfloat16"
-    report = kerastl.export(
-        model, tmp_path, formats=["saved_model", "tflite", "onnx"], latency_runs=1
-    )
+    report = kerastl.export(model, tmp_path, formats=["tflite", "onnx"], latency_runs=1)
     assert report["status"] == "passed"
     assert all(a["parity"]["max_rel_err"] <= 1e-4 for a in report["artifacts"])
     assert any("mixed-precision model" in n for n in report["notes"])
@@ -163,7 +170,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import kerastl
+    import keras, kerastl
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         model = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3),
@@ -171,10 +178,18 @@ MIRRORED_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (32, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 3, 32)
+    bns = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    for b in bns:  # BatchNorm statistics from one batch: outputs that vary with the input
+        b.trainable, b.momentum = True, 0.0
+    model(x, training=True)
+    for b in bns:
+        b.trainable, b.momentum = False, 0.99
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    report = kerastl.export(model, sys.argv[1], formats=["saved_model", "tflite", "onnx"],
+    spread = float(model.predict(x, verbose=0).std(0).mean())
+    report = kerastl.export(model, sys.argv[1], formats=["saved_model", "onnx"],
                             validation_data=(x[:16], y[:16]), latency_runs=1)
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, "status": report["status"],
+                      "spread": spread,
                       "rel": [a["parity"]["max_rel_err"] for a in report["artifacts"]]}))
     """
 )
@@ -194,6 +209,7 @@ def test_model_trained_under_mirrored_strategy(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
+    assert result["spread"] > 0.01  # outputs depend on the input: parity is not vacuous
     assert result["status"] == "passed" and max(result["rel"]) <= 1e-4
 
 
