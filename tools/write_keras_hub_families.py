@@ -263,7 +263,6 @@ FAMILIES = {
         dict(
             stackwise_num_repeats=[1, 1, 1, 1, 1, 1, 1],
             stackwise_width_coefficients=[0.25] * 7,
-            num_features=64,
         ),
         {
             "efficientnet_b0_ra_imagenet": (timm("convert_efficientnet", "efficientnet_b0"), 224),

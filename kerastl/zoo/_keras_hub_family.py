@@ -68,7 +68,7 @@ def declare_hub_family(
     for name, facts in variants.items():
         facts = dict(facts)
         config = facts.pop("config")
-        facts.pop("check", None)  # the generator's note on how params were verified
+        note = facts.pop("check", "")  # the generator's note on how params were verified
         extra: dict[str, Any] = {
             "preset": name,
             "backbone_class": backbone_class,
@@ -77,6 +77,8 @@ def declare_hub_family(
             "group_rule": groups,
             "description": description,
         }
+        if note.startswith("not built"):  # too large to build: groups/params from metadata
+            extra["params_note"] = note
         if modality == "image":
             extra["converter"] = converter
             extra["fixed_size"] = fixed_size

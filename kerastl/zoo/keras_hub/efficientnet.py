@@ -16,7 +16,6 @@ declare_hub_family(
     tiny={
         "stackwise_num_repeats": [1, 1, 1, 1, 1, 1, 1],
         "stackwise_width_coefficients": [0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25],
-        "num_features": 64,
     },
     converter={
         "scale": [0.017124753831663668, 0.01750700280112045, 0.017429193899782137],
