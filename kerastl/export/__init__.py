@@ -228,12 +228,22 @@ def export(
     delegate = modality.delegate(formats) if hasattr(modality, "delegate") else None
     if delegate is not None:  # e.g. text: TFLite/ONNX come from the token-id sub-model
         return delegate(
-            prepared.original, out_dir, formats, quantize=quantize,
-            calibration_data=calibration_data, validation_data=validation_data, name=name,
-            version=version, int8_io=int8_io, allow_flex=allow_flex, opset=opset,
-            overwrite=overwrite, tolerances=tolerances,
+            prepared.original,
+            out_dir,
+            formats,
+            quantize=quantize,
+            calibration_data=calibration_data,
+            validation_data=validation_data,
+            name=name,
+            version=version,
+            int8_io=int8_io,
+            allow_flex=allow_flex,
+            opset=opset,
+            overwrite=overwrite,
+            tolerances=tolerances,
             max_validation_samples=max_validation_samples,
-            max_calibration_samples=max_calibration_samples, latency_runs=latency_runs,
+            max_calibration_samples=max_calibration_samples,
+            latency_runs=latency_runs,
         )
     for f in formats:
         if f not in modality.formats:
@@ -486,6 +496,10 @@ def _run_one(
             record["details"] = writer() or {}
     except ExportError as exc:
         record["failures"] = [str(exc)]
+        record["export_seconds"] = round(time.perf_counter() - start, 2)
+        return record
+    except Exception as exc:  # noqa: BLE001 - an unforeseen converter error fails this file only
+        record["failures"] = [f"{fmt} export raised {type(exc).__name__}: {exc}"]
         record["export_seconds"] = round(time.perf_counter() - start, 2)
         return record
     record["export_seconds"] = round(time.perf_counter() - start, 2)

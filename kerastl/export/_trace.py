@@ -202,7 +202,7 @@ def prepare(model: Any) -> Prepared:
         **(meta.get("input") or {}),
         "name": (meta.get("input") or {}).get("name") or "image",
         "shape": shape,
-        "dtype": "float32",
+        "dtype": (meta.get("input") or {}).get("dtype") or "float32",
     }
     modality = get_modality(meta)
     original = model

@@ -243,8 +243,8 @@ def _finish(model_proto, output_order: list[str], meta: dict[str, Any]) -> None:
     model_proto.producer_name = "kerastl (tf2onnx)"
     model_proto.doc_string = (
         f"{meta.get('backbone', 'model')} {meta.get('task') or ''} exported by kerastl; "
-        "input: raw 0-255 pixels (NHWC)."
-    ).strip()
+        f"input {(meta.get('input') or {}).get('name')!r}: raw, preprocessing in the graph."
+    )
 
 
 def check(path: Path) -> None:
