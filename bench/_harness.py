@@ -85,7 +85,8 @@ def alternate(
     """Run each side ``reps`` times, alternating the order every round.
 
     Each callable either returns the figure it measured itself (seconds, or any
-    number) or ``None``, in which case its wall time is the figure. Rounds go
+    number), a list of figures (pooled: e.g. every step of a round), or ``None``,
+    in which case its wall time is the figure. Rounds go
     ``A B``, ``B A``, ``A B``... so slow drifts in machine load hit both sides
     alike. ``warmup`` untimed calls per side come first (tracing, caches).
 
@@ -106,9 +107,25 @@ def alternate(
             t0 = time.perf_counter()
             value = sides[n]()
             elapsed = time.perf_counter() - t0
-            out[n].values.append(float(elapsed if value is None else value))
-            out[n].loads.append(round((before + load1()) / 2, 2))
+            load = round((before + load1()) / 2, 2)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                out[n].values.append(float(elapsed if v is None else v))
+                out[n].loads.append(load)
     return out
+
+
+_T0 = time.perf_counter()
+
+
+def log(message: str) -> None:
+    """Progress line on stderr with the elapsed time and load (children's stderr is shown on
+    failure)."""
+    print(
+        f"[bench {time.perf_counter() - _T0:7.1f}s load {load1():.1f}] {message}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def ratio(a: float, b: float) -> float:
