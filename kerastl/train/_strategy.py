@@ -88,6 +88,10 @@ def resolve_strategy_name(name: str = "auto") -> str:
     return "one_device"
 
 
+#: The MultiWorkerMirroredStrategy of this process, by TF_CONFIG (see get_strategy).
+_MULTI_WORKER: dict[str, Any] = {}
+
+
 def get_strategy(name: str = "auto", devices: list[str] | None = None):
     """Create the ``tf.distribute`` strategy for ``name``.
 
@@ -121,10 +125,18 @@ def get_strategy(name: str = "auto", devices: list[str] | None = None):
                 '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                 '"task": {"type": "worker", "index": 0}}.'
             )
-        options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
-        )
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        # One per process and cluster: a second MultiWorkerMirroredStrategy re-enables
+        # collective ops on the running context, which can abort the other workers'
+        # collectives ("Delete called on non-empty BufRendezvous") when train() runs again.
+        key = os.environ.get("TF_CONFIG", "")
+        if key not in _MULTI_WORKER:
+            options = tf.distribute.experimental.CommunicationOptions(
+                implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+            )
+            _MULTI_WORKER[key] = tf.distribute.MultiWorkerMirroredStrategy(
+                communication_options=options
+            )
+        return _MULTI_WORKER[key]
     # tpu
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
