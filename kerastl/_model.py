@@ -9,12 +9,11 @@ from typing import Any
 
 import keras
 
-from kerastl._errors import ConfigError, KerastlError
-
 # Register kerastl's serializable layers, losses and regularisers before any load.
 from kerastl import freeze as _freeze  # noqa: E402,F401
 from kerastl import heads as _heads  # noqa: E402,F401
 from kerastl import layers as _layers  # noqa: E402,F401
+from kerastl._errors import ConfigError, KerastlError
 
 
 @keras.saving.register_keras_serializable(package="kerastl")

@@ -59,7 +59,8 @@ RUN_YAML = """
 name: run
 output_dir: {out}
 seed: 0
-model: {{backbone: mobilenet_v3_small, input_size: 32, freeze: backbone, dropout: 0.0}}
+model: {{backbone: mobilenet_v3_small, input_size: 32, freeze: backbone, dropout: 0.0,
+        train_batchnorm: true}}
 data: {{path: {data}, val_split: 0.25}}
 train: {{epochs: {epochs}, batch_size: 4, tensorboard: false, early_stopping: 0,
         cache_features: auto, learning_rate: 0.001, verbose: 0}}

@@ -22,8 +22,8 @@ from kerastl.train._cache import FeatureCache, backbone_is_frozen, split_model
 from kerastl.train._callbacks import (
     BestCheckpoint,
     NanGuard,
-    SafeBackupAndRestore,
     PreciseBatchNorm,
+    SafeBackupAndRestore,
     make_optimizer,
     make_schedule,
 )
