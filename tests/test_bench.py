@@ -1,0 +1,126 @@
+"""Smoke tests of the benchmark suite (bench/): structure and plumbing, never timings."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+# bench/ is a top-level folder of the repository, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import SECTIONS  # noqa: E402
+from bench import report as report_mod  # noqa: E402
+from bench._harness import Bar, Samples, Section, alternate, fmt, last_json_line, ratio  # noqa: E402
+
+
+def test_alternate_alternates_and_pools():
+    calls = []
+
+    def side(name, value):
+        def go():
+            calls.append(name)
+            return value
+
+        return go
+
+    out = alternate({"a": side("a", 1.0), "b": side("b", [2.0, 4.0])}, reps=3, warmup=1)
+    # warm-up a b, then rounds a b / b a / a b
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert out["a"].values == [1.0, 1.0, 1.0]
+    assert out["b"].values == [2.0, 4.0] * 3
+    assert out["b"].median == 3.0
+    assert len(out["b"].loads) == 6
+
+
+def test_alternate_times_sides_returning_none():
+    out = alternate({"x": lambda: None}, reps=2, warmup=0)
+    assert len(out["x"].values) == 2
+    assert all(v >= 0 for v in out["x"].values)
+
+
+def test_helpers():
+    assert ratio(3.0, 2.0) == 1.5
+    assert math.isnan(ratio(1.0, 0.0))
+    assert fmt(0.012345) == "0.0123"
+    assert fmt(1234.5) == "1234"
+    assert fmt(float("nan")) == "-"
+    assert fmt(None) == "-"
+    assert last_json_line('noise\n{"a": 1}\nmore noise\n') == {"a": 1}
+    assert last_json_line("no json here") is None
+    s = Samples("s", [1.0, 2.0, 3.0, 4.0, 100.0], [1.0] * 5)
+    assert s.median == 3.0
+
+
+def test_section_round_trip_and_report(tmp_path):
+    sec = Section("startup", "(6) Start-up", params={"reps": 1})
+    t = sec.table("times", ["command", "s"])
+    t.rows.append(["kerastl --help", "0.2"])
+    sec.bars.append(Bar("start-up", "< 0.3 s", "0.2 s", True, "fine"))
+    sec.bars.append(Bar("other", ">= 2 x", "1.1 x", False, "why it is missed"))
+    back = Section.from_json(json.loads(json.dumps(sec.to_json())))
+    assert back == sec
+    data = {
+        "runs": {
+            "r1": {
+                "command": "python -m bench --quick",
+                "started": "now",
+                "seconds": 1.0,
+                "sections": ["startup"],
+                "machine": {"cores": 2},
+                "versions": {"keras": "3"},
+            }
+        },
+        "sections": {
+            "startup": sec.to_json(),
+            "inference": Section(
+                "inference", "(4) Inference", status="pending", reason="export not there"
+            ).to_json(),
+        },
+    }
+    md = report_mod.render(data)
+    assert "| start-up | < 0.3 s | 0.2 s | **met** | fine |" in md
+    assert "| other | >= 2 x | 1.1 x | **missed** | why it is missed |" in md
+    assert "export not there" in md
+    assert "python -m bench --quick" in md
+    out = tmp_path / "RESULTS.md"
+    report_mod.write(data, out)
+    assert out.read_text() == md
+
+
+def test_every_section_module_has_run():
+    import importlib
+
+    for key, module in SECTIONS.items():
+        mod = importlib.import_module(module)
+        assert callable(getattr(mod, "run", None)), key
+
+
+def test_startup_section_end_to_end():
+    """The cheapest real benchmark, run for real with 2 repetitions: checks the structure."""
+    from bench import startup
+
+    sec = startup.run(quick=True, reps=2)
+    assert sec.key == "startup" and sec.status == "ok"
+    rows = {r[0]: r for r in sec.tables[0].rows}
+    assert {"kerastl --help", "kerastl models", "python -c pass"} <= set(rows)
+    assert all(rows[k][4] == 2 for k in ("kerastl --help", "kerastl models"))
+    assert [b.item for b in sec.bars] == ["start-up `kerastl --help`", "start-up `kerastl models`"]
+    for b in sec.bars:
+        assert b.met in (True, False)
+    assert sec.data["heavy_imports"]["kerastl --help"] is not None
+    # kerastl --help must never import TensorFlow (that is what keeps start-up short).
+    assert "tensorflow" not in sec.data["heavy_imports"]["kerastl --help"]
+    json.dumps(sec.to_json())  # serialisable for results.json
+
+
+def test_main_rejects_unknown_section(capsys):
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--only", "nope"])
+    assert exc.value.code == 2
+    assert "unknown section 'nope'" in capsys.readouterr().err
