@@ -55,6 +55,23 @@ def metadata(model: keras.Model) -> dict[str, Any]:
     return copy.deepcopy(getattr(model, "kerastl_config", {}) or {})
 
 
+def _register_optional_layers(path: Path) -> None:
+    """Import the module of kerastl's KerasHub layers when the file uses them.
+
+    Keras only imports modules of its own ecosystem while loading; kerastl's
+    KerasHub layers live in a module that imports keras_hub, loaded on demand.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = archive.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return  # keras.saving.load_model reports the broken file
+    if b"kerastl.zoo._keras_hub_adapter" in config:
+        import kerastl.zoo._keras_hub_adapter  # noqa: F401 - registers the layers
+
+
 def load_model(
     path: str | os.PathLike, safe_mode: bool = True, compile: bool = True
 ) -> keras.Model:
@@ -83,6 +100,7 @@ def load_model(
         )
     if not path.is_file():
         raise ConfigError(f"path: no file at {str(path)!r}.")
+    _register_optional_layers(path)
     try:
         return keras.saving.load_model(str(path), safe_mode=safe_mode, compile=compile)
     except ValueError as exc:

@@ -515,3 +515,21 @@ def test_metadata_is_json_ready():
     model = tiny_bert()
     json.dumps(model.kerastl_config)
     assert os.fspath(model.kerastl_config["backbone"]) == "bert_tiny_en_uncased"
+
+
+def test_saved_text_model_reloads_in_a_fresh_process(tmp_path):
+    """kerastl.load_model registers the KerasHub layers itself (no import by the user)."""
+    model = tiny_bert()
+    x = np.array(SENTENCES[:3], dtype=object)
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "p.npy", model.predict(x, verbose=0))
+    code = (
+        "import numpy as np, kerastl; "
+        f"m = kerastl.load_model({str(tmp_path / 'm.keras')!r}); "
+        f"p = m.predict(np.array({list(x)!r}, dtype=object), verbose=0); "
+        f"print(float(np.abs(p - np.load({str(tmp_path / 'p.npy')!r})).max()))"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) < 1e-5

@@ -286,6 +286,35 @@ class SequencePooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="kerastl")
+class EfficientNetBackbone(_keras_hub().models.EfficientNetBackbone):
+    """KerasHub's ``EfficientNetBackbone`` whose config keeps ``num_features``.
+
+    ``EfficientNetBackbone.get_config`` (keras-hub 0.32) omits ``num_features``, so a
+    saved EfficientNetV2-rw (or width-scaled) model reloads with a 1280-wide top conv
+    and its weights no longer fit. Random-init instances are switched to this subclass
+    (same layers and weights); its config keeps the argument.
+    """
+
+    def get_config(self):
+        config = super().get_config()
+        config["num_features"] = self._kerastl_num_features
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        model = super().from_config(config)
+        model._kerastl_num_features = config.get("num_features", 1280)
+        return model
+
+
+def _keep_config(hub, config: dict[str, Any]) -> None:
+    """Switch a random-init EfficientNet to :class:`EfficientNetBackbone` (see there)."""
+    if type(hub).__name__ == "EfficientNetBackbone" and "num_features" in config:
+        hub.__class__ = EfficientNetBackbone
+        hub._kerastl_num_features = int(config["num_features"])
+
+
 def _jsonable(v):
     if isinstance(v, np.ndarray):
         return v.tolist()
@@ -610,6 +639,8 @@ class KerasHubAdapter(Adapter):
                         f"preset ({max_len} tokens)."
                     )
         self._attach_preprocessing(preset, hub)
+        if preset is None:
+            _keep_config(hub, cfg)
         return self._wrap(hub)
 
     def _resolve_preset(self, weights: Any) -> str:
