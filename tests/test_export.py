@@ -513,3 +513,21 @@ def test_modality_dispatch_is_pluggable():
         from kerastl.export import _modality
 
         _modality._REGISTRY.pop("fake_text")
+
+
+def test_onnx_falls_back_when_an_optimiser_breaks_the_graph(model, tmp_path, monkeypatch):
+    import kerastl
+    from kerastl.export import onnx as kx_onnx
+
+    real_probe, calls = kx_onnx._probe, []
+
+    def probe(proto, prepared, batch, reference):
+        calls.append(len(proto.graph.node))
+        if len(calls) == 1:  # as if the first graph failed in onnxruntime (SegFormer does)
+            return "Fail: Reshape node cannot reshape"
+        return real_probe(proto, prepared, batch, reference)
+
+    monkeypatch.setattr(kx_onnx, "_probe", probe)
+    report = kerastl.export(model, tmp_path, formats=["onnx"], latency_runs=1)
+    assert len(calls) == 2 and report["status"] == "passed"
+    assert "['reshape_optimizer'] switched off" in report["artifacts"][0]["details"]["tf2onnx"]

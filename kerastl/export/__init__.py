@@ -380,7 +380,9 @@ def export(
             def write_onnx():
                 import onnx
 
-                proto, onnx_notes = kx_onnx.convert(prepared, opset_value, prepared.meta)
+                proto, onnx_notes = kx_onnx.convert(
+                    prepared, opset_value, prepared.meta, probe=x_val[:4]
+                )
                 onnx.save(proto, str(path))
                 kx_onnx.check(path)
                 counts: dict[str, int] = {}

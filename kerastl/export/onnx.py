@@ -152,30 +152,72 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def convert(prepared: Prepared, opset: int, meta: dict[str, Any]):
+#: tf2onnx optimisers to switch off, tried in order when a converted graph misbehaves in
+#: onnxruntime. Measured: the reshape + transpose optimisers together break SegFormer (MiT)
+#: attention reshapes; without the reshape optimiser the graph is right.
+OPTIMIZER_FALLBACKS: tuple[tuple[str, ...], ...] = (
+    (),
+    ("reshape_optimizer",),
+    ("reshape_optimizer", "optimize_transpose"),
+)
+
+
+def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = None):
     """Convert the inference function to an ONNX ``ModelProto``.
 
+    Args:
+        prepared: The traced model.
+        opset: ONNX opset.
+        meta: Metadata for ``metadata_props``.
+        probe: A few raw inputs; the converted graph is run on them in onnxruntime at two
+            batch sizes and, if it fails or disagrees with Keras, converted again with the
+            next entry of :data:`OPTIMIZER_FALLBACKS` switched off.
+
     Returns:
-        ``(model_proto, warnings)``: tf2onnx's warnings (skipped optimisers...).
+        ``(model_proto, notes)``: tf2onnx's warnings and any optimiser fallback taken.
 
     Raises:
         ExportError: conversion failed or left ops outside the ONNX standard.
     """
     import tensorflow as tf
-    import tf2onnx
     from tf2onnx import tf_loader
     from tf2onnx.convert import tensor_names_from_structed
 
     concrete, graph_def, input_names, output_names = _frozen_graph_def(prepared)
     rename = tensor_names_from_structed(concrete, input_names, output_names)
+    with tf.device("/cpu:0"):
+        with tf.Graph().as_default() as graph, tf_loader.tf_session(graph=graph):
+            tf.import_graph_def(graph_def, name="")
+            graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
+    reference = prepared.predict(probe) if probe is not None else None
+    problems: list[str] = []
+    for disabled in OPTIMIZER_FALLBACKS:
+        model_proto, notes = _convert_once(
+            prepared, graph_def, opset, input_names, output_names, rename, disabled
+        )
+        problem = _probe(model_proto, prepared, probe, reference) if probe is not None else None
+        if problem is None:
+            if disabled:
+                notes.append(
+                    f"tf2onnx optimisers {list(disabled)} switched off: with them the graph "
+                    f"failed in onnxruntime ({problems[-1][:160]})"
+                )
+            _finish(model_proto, prepared.output_names, meta)
+            return model_proto, notes
+        problems.append(problem)
+    raise ExportError(f"ONNX conversion gives a graph onnxruntime cannot run right: {problems[-1]}")
+
+
+def _convert_once(prepared, graph_def, opset, input_names, output_names, rename, disabled):
+    import tensorflow as tf
+    import tf2onnx
+
     collect = _Collect()
     tf2onnx_logger = logging.getLogger("tf2onnx")
     tf2onnx_logger.addHandler(collect)
+    optimizers = {k: v for k, v in _optimizers().items() if k not in disabled}
     try:
         with tf.device("/cpu:0"):
-            with tf.Graph().as_default() as graph, tf_loader.tf_session(graph=graph):
-                tf.import_graph_def(graph_def, name="")
-                graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
             model_proto, _ = tf2onnx.convert._convert_common(
                 graph_def,
                 name=prepared.model.name,
@@ -184,10 +226,8 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any]):
                 input_names=input_names,
                 output_names=output_names,
                 tensors_to_rename=rename,
-                optimizers=_optimizers(),
+                optimizers=optimizers,
             )
-    except ExportError:
-        raise
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises bare exceptions
         raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -198,9 +238,33 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any]):
             f"ONNX conversion left ops no ONNX runtime knows: {unknown}. tf2onnx has no "
             "mapping for them; the file would not load in onnxruntime."
         )
-    _finish(model_proto, prepared.output_names, meta)
     notes = [m.splitlines()[0] for m in collect.messages if "Failed to apply" in m]
     return model_proto, notes
+
+
+def _probe(model_proto, prepared: Prepared, probe, reference) -> str | None:
+    """Run the graph at batch 1 and ``len(probe)``; a description of what went wrong, or None."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from kerastl.export.validate import rel_err
+
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(
+            model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        names = [o.name for o in session.get_outputs()]
+        name = prepared.modality.input_name
+        for batch in (probe[:1], probe):
+            out = dict(zip(names, session.run(None, {name: np.asarray(batch, np.float32)})))
+            for key, ref in reference.items():
+                if ref.dtype.kind == "f" and rel_err(out[key], ref[: len(batch)]) > 1e-2:
+                    return f"output {key!r} off by rel {rel_err(out[key], ref[: len(batch)]):.3g}"
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail / InvalidGraph
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def non_standard_ops(model_proto) -> list[str]:
