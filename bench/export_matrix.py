@@ -60,7 +60,21 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
     spec = get_spec(entry)
     side = spec.min_input_size
     start = time.perf_counter()
-    model = kerastl.build(entry, num_classes=3, input_shape=(side, side, 3), compile=False)
+    try:
+        model = kerastl.build(entry, num_classes=3, input_shape=(side, side, 3), compile=False)
+    except Exception as exc:  # noqa: BLE001 - a registry/build problem, not an export one
+        with results.open("a") as fh:
+            for fmt in formats:
+                row = {
+                    "entry": entry,
+                    "family": spec.family,
+                    "format": fmt,
+                    "input": side,
+                    "status": "build_error",
+                    "error": f"{type(exc).__name__}: {str(exc)[:300]}",
+                }
+                fh.write(json.dumps(row) + "\n")
+        return
     from kerastl.export._modality import get_modality
 
     modality = get_modality(kerastl.metadata(model))
@@ -166,7 +180,9 @@ def summarize(results: Path, md: Path) -> str:
     for r in rows:
         latest[(r["entry"], r["format"])] = r
     entries = sorted({e for e, _ in latest})
-    passed = sum(1 for r in latest.values() if r["status"] == "pass")
+    built = {k: r for k, r in latest.items() if r["status"] != "build_error"}
+    broken = sorted({e for (e, _), r in latest.items() if r["status"] == "build_error"})
+    passed = sum(1 for r in built.values() if r["status"] == "pass")
     lines = [
         "## Export matrix (bench/export_matrix.py)",
         "",
@@ -177,7 +193,9 @@ def summarize(results: Path, md: Path) -> str:
         "output is a constant and parity is vacuous). Machine: 2 CPU cores shared with other "
         "jobs, so times are inflated. Cell: max rel err / size MB / export s.",
         "",
-        f"**{passed} of {len(latest)} entry x format cells pass** ({len(entries)} entries).",
+        f"**{passed} of {len(built)} entry x format cells pass** "
+        f"({len(entries) - len(broken)} entries exported; {len(broken)} more could not be built "
+        "by kerastl.build at their minimum input, listed below).",
         "",
         "What kerastl does where Keras 3.15 `model.export` falls short (see PRODUCT.md): traces "
         "with `training=False`; freezes every variable and captured tensor (EfficientNet's "
@@ -200,14 +218,18 @@ def summarize(results: Path, md: Path) -> str:
                 cells.append("not run")
             elif r["status"] == "pass":
                 cells.append(f"ok {r['max_rel_err']:.1g} / {r['size_mb']} / {r['export_s']}")
+            elif r["status"] == "build_error":
+                cells.append("not built")
             else:
                 cells.append("FAIL")
         params = f"{first['params'] / 1e6:.1f}M" if first.get("params") else "-"
         lines.append(f"| {e} | {first.get('input', '-')} | {params} | " + " | ".join(cells) + " |")
-    fails = [r for r in latest.values() if r["status"] != "pass"]
+    fails = [r for r in built.values() if r["status"] != "pass"]
     if fails:
         lines += ["", "Failures:", ""]
         lines += [f"- {r['entry']} / {r['format']}: {r.get('error')}" for r in fails]
+    if broken:
+        lines += ["", "Not built (registry/adapter problem, not export): " + ", ".join(broken)]
     text = "\n".join(lines) + "\n"
     md.write_text(text)
     return text
