@@ -234,8 +234,17 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     to fall back to) every rerun fails to open it. Here each file is written to
     a temporary name and renamed into place (weights first, then the epoch
     metadata), so a backup that exists is complete. A corrupt file left by an
-    older run is moved aside and training restarts from the previous state.
+    older run is moved aside and training restarts from the previous state. The
+    backup outlives ``fit()`` (``delete_checkpoint=False``): the run deletes it
+    when everything it writes is written.
     """
+
+    def __init__(self, backup_dir: str, **kwargs):
+        # Keras deletes the backup when fit() ends; a kill between that and the next
+        # durable state (phase bookkeeping, evaluation) would then redo the whole
+        # phase. The trainer deletes the backups once the run is complete.
+        kwargs.setdefault("delete_checkpoint", False)
+        super().__init__(backup_dir, **kwargs)
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)

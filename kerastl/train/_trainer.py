@@ -502,9 +502,6 @@ def train(
         tmp = model_path + ".tmp.keras"
         model.save(tmp)
         os.replace(tmp, model_path)
-    shutil.rmtree(backup_root, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        backup_root.parent.rmdir()  # only when no other worker's backup is left
     timings["total_seconds"] = time.perf_counter() - t_start
 
     metrics: dict[str, Any] = {}
@@ -525,6 +522,10 @@ def train(
         card = _run.model_card(cfg, metrics, data_report, timings, exports, out_dir)
         _run.run_path(out_dir, "card").write_text(card, encoding="utf-8")
         _run.write_json(Path(out_dir) / "timings.json", timings)
+    # Only now is the run complete: a kill before this point resumes without redoing epochs.
+    shutil.rmtree(backup_root, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        backup_root.parent.rmdir()  # only when no other worker's backup is left
     if chief and verbose and metrics:
         key = HEADLINE.get(cfg["model"]["task"])
         print(f"[kerastl] run folder: {out_dir}  validation {key}: {metrics.get(key)}")
