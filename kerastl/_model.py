@@ -36,6 +36,17 @@ class KerastlModel(keras.Model):
         super().__init__(*args, **kwargs)
         self.kerastl_config = copy.deepcopy(kerastl_config or {})
 
+    # Raw strings are the input of text models, but Keras' data adapters refuse
+    # NumPy unicode arrays and lists of str; hand them over as object arrays.
+    def fit(self, x=None, *args, **kwargs):
+        return super().fit(_strings_as_objects(x), *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        return super().predict(_strings_as_objects(x), *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        return super().evaluate(_strings_as_objects(x), *args, **kwargs)
+
     def get_config(self):
         config = super().get_config()
         config["kerastl_config"] = copy.deepcopy(self.kerastl_config)
@@ -48,6 +59,16 @@ class KerastlModel(keras.Model):
         model = super().from_config(config, custom_objects=custom_objects)
         model.kerastl_config = meta or {}
         return model
+
+
+def _strings_as_objects(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, (list, tuple)) and x and all(isinstance(v, str) for v in x):
+        return np.asarray(x, dtype=object)
+    if isinstance(x, np.ndarray) and x.dtype.kind in "US":
+        return x.astype(object)
+    return x
 
 
 def metadata(model: keras.Model) -> dict[str, Any]:
