@@ -498,8 +498,8 @@ def test_modality_dispatch_is_pluggable():
     )
 
     assert get_modality({"input": {"name": "image", "shape": [8, 8, 3]}}).name == "image"
-    with pytest.raises(ConfigError, match=r"Unknown modality 'text'.*'image'"):
-        get_modality_class("text")
+    with pytest.raises(ConfigError, match=r"Unknown modality 'smell'.*'image'"):
+        get_modality_class("smell")
 
     class FakeText(ModalityExporter):
         name = "fake_text"
