@@ -56,6 +56,11 @@ ALL_FORMATS = {"mobilenet_v3_small_050_imagenet"}
 TWO_FORMATS = {"efficientnet_b0"}
 #: Covered through every format and precision by test_export.py.
 COVERED_ELSEWHERE = {"mobilenet_v3_small"}
+#: Random-init EfficientNets amplify float32 rounding: measured rel err 1e-5..3e-4 in BOTH
+#: TFLite and ONNX against Keras (SavedModel 1e-6), depending on the random weights. Here the
+#: check is that conversion is right (a wrong graph is off by > 1e-2 or fails to run); the
+#: matrix in bench/ reports these entries against the declared 1e-4.
+LOOSE_FLOAT32 = {"efficientnet_b0", "efficientnet_v2_b0"}
 #: Small but slow to convert (huge graphs): opt-in tier.
 SLOW_GRAPHS = {"nasnet_mobile"}
 #: The default run exports keras.applications representatives up to this many parameters and
@@ -102,6 +107,7 @@ def test_family_representative_exports(entry, tmp_path):
         formats = ["saved_model", "tflite", "onnx"]
     else:
         formats = ["tflite", "onnx"] if entry in TWO_FORMATS else ["onnx"]
+    loose = {f"{f}/float32": {"max_rel_err": 1e-3} for f in ("tflite", "onnx")}
     report = kerastl.export(
         model,
         tmp_path,
@@ -109,11 +115,13 @@ def test_family_representative_exports(entry, tmp_path):
         validation_data=images,
         latency_runs=1,
         max_validation_samples=8,
+        tolerances=loose if entry in LOOSE_FLOAT32 else None,
     )
     assert report["status"] == "passed"
     assert [a["format"] for a in report["artifacts"]] == formats
+    limit = 1e-3 if entry in LOOSE_FLOAT32 else 1e-4
     for a in report["artifacts"]:
-        assert a["parity"]["max_rel_err"] <= 1e-4 and a["parity"]["deterministic"]
+        assert a["parity"]["max_rel_err"] <= limit and a["parity"]["deterministic"]
         assert a["non_builtin_ops"] == []
 
 
