@@ -225,7 +225,7 @@ def _fit_line(ns: list[int], ts: list[float]) -> tuple[float, float]:
 def run(quick: bool = False) -> Section:
     """Cached features vs the guide, at three dataset sizes."""
     size = 64 if quick else 96
-    sizes = [100, 200, 400] if quick else [300, 600, 1200]
+    sizes = [100, 200, 400] if quick else [250, 500, 1000]
     reps = 1 if quick else 2
     n_val = 100 if quick else 300
     side_names = ["guide", "kerastl"] if quick else ["guide", "kerastl", "primitives"]

@@ -229,7 +229,7 @@ def run(quick: bool = False) -> Section:
     """Fine-tuning benchmarks; ``quick`` keeps one pair, no XLA, few rounds, two batch sizes."""
     size = 96 if quick else 128
     batch, steps = 32, 3
-    reps = 5 if quick else 12
+    reps = 5 if quick else 8
     pairs = [("mobilenet_v3_small", False)]
     if not quick:
         pairs.append(("mobilenet_v2", True))

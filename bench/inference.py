@@ -42,6 +42,10 @@ from bench._harness import (
 
 QUANTIZE = ["float16", "dynamic", "int8"]
 CALIBRATION = 100
+#: Random weights (no ImageNet download here) put float16 TFLite files at 1-2% relative
+#: error on resnet50, above kerastl's default 1% float16 gate, which would publish nothing;
+#: the benchmark widens that one gate (the report still records the error).
+TOLERANCES = {"tflite/float16": {"max_rel_err": 0.05}}
 
 
 # --------------------------------------------------------------------------- export child
@@ -84,6 +88,7 @@ def export_child(name: str, size: int, out: Path, raw_onnx: bool = True) -> dict
             quantize=QUANTIZE,
             calibration_data=x_cal,
             name="model",
+            tolerances=TOLERANCES,
         )
         result["status"] = report["status"]
         result["artifacts"] = [
@@ -289,6 +294,7 @@ def run(quick: bool = False) -> Section:
             "weights": None,
             "quantize": QUANTIZE,
             "calibration_samples": CALIBRATION,
+            "tolerances": TOLERANCES,
             "rounds": reps,
             "calls_per_round": f"as many as fit in {budget} s (3-50 at batch 1, 1-50 at batch 32)",
             "threads": "runtime defaults (TF and onnxruntime: all cores; LiteRT: its default)",
@@ -331,10 +337,17 @@ def run(quick: bool = False) -> Section:
                     "batch 1 ms/image",
                     "batch 32 ms/image",
                     "max abs diff vs keras (batch 1)",
+                    "kerastl validation: rel err / top-1 agreement",
                     "load",
                 ],
             )
             figures = {}
+            checks = {}
+            for a in child.get("artifacts") or []:
+                label = {"saved_model": "SavedModel signature", "onnx": "ONNX (kerastl)"}.get(
+                    a["format"], f"TFLite {a['precision']}"
+                )
+                checks[label] = f"{fmt(a.get('max_rel_err'))} / {fmt(a.get('agreement'))}"
             for r in runners:
                 b1 = s[f"{r.label}|1"].median * 1000
                 b32 = s[f"{r.label}|32"].median * 1000 / 32
@@ -347,11 +360,23 @@ def run(quick: bool = False) -> Section:
                         fmt(b1),
                         fmt(b32),
                         fmt(diffs.get(r.label)),
+                        checks.get(r.label, "-"),
                         fmt(s[f"{r.label}|1"].load),
                     ]
                 )
             for label, why in problems.items():
-                t.rows.append([label, "-", "-", "-", "-", "not timed: " + why[:160], "-"])
+                t.rows.append(
+                    [
+                        label,
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        "not timed: " + why[:160],
+                        checks.get(label, "-"),
+                        "-",
+                    ]
+                )
             sec.data[name] = {
                 "export": child,
                 "latency": {k: v.as_dict() for k, v in s.items()},

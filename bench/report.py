@@ -73,8 +73,9 @@ def render(data: dict[str, Any]) -> str:
     for k in keys:
         s = sections[k]
         if s.status != "ok" and not s.bars:
-            rows.append([s.title, "-", s.status, "pending" if s.status == "pending" else "error",
-                         s.reason])
+            rows.append(
+                [s.title, "-", s.status, "pending" if s.status == "pending" else "error", s.reason]
+            )
         for b in s.bars:
             rows.append([b.item, b.bar, b.value, _met(b.met), b.note])
     lines += _md_table(["comparison", "bar", "measured", "status", "why / note"], rows)
@@ -96,8 +97,10 @@ def render(data: dict[str, Any]) -> str:
         if s.bars:
             lines += [""]
             for b in s.bars:
-                lines.append(f"- {b.item}: bar {b.bar}; measured {b.value} -> {_met(b.met)}"
-                             + (f". {b.note}" if b.note else ""))
+                lines.append(
+                    f"- {b.item}: bar {b.bar}; measured {b.value} -> {_met(b.met)}"
+                    + (f". {b.note}" if b.note else "")
+                )
         if s.notes:
             lines += [""]
             lines += [f"- {n}" for n in s.notes]
@@ -112,7 +115,9 @@ def render(data: dict[str, Any]) -> str:
             + (f": {headline.replace('**', '').rstrip('.')}." if headline else ".")
         )
     else:
-        lines.append("Not run yet: `python bench/export_matrix.py` writes results_export_matrix.md.")
+        lines.append(
+            "Not run yet: `python bench/export_matrix.py` writes results_export_matrix.md."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -71,14 +71,35 @@ def run(quick: bool = False, reps: int | None = None) -> Section:
         ["command", "median s", "min s", "max s", "runs", "load avg"],
     )
     for name, s in samples.items():
-        t.rows.append([name, fmt(s.median), fmt(min(s.values)), fmt(max(s.values)), len(s.values),
-                       fmt(s.load)])
-    heavy = {name: _heavy_imports(args) for name, args in
-             (("kerastl --help", ["--help"]), ("kerastl models", ["models"]))}
-    numpy_s = alternate({"import numpy": lambda: _timed([sys.executable, "-c", "import numpy"])},
-                        max(3, reps // 3), warmup=0)["import numpy"]
-    t.rows.append(["python -c 'import numpy'", fmt(numpy_s.median), fmt(min(numpy_s.values)),
-                   fmt(max(numpy_s.values)), len(numpy_s.values), fmt(numpy_s.load)])
+        t.rows.append(
+            [
+                name,
+                fmt(s.median),
+                fmt(min(s.values)),
+                fmt(max(s.values)),
+                len(s.values),
+                fmt(s.load),
+            ]
+        )
+    heavy = {
+        name: _heavy_imports(args)
+        for name, args in (("kerastl --help", ["--help"]), ("kerastl models", ["models"]))
+    }
+    numpy_s = alternate(
+        {"import numpy": lambda: _timed([sys.executable, "-c", "import numpy"])},
+        max(3, reps // 3),
+        warmup=0,
+    )["import numpy"]
+    t.rows.append(
+        [
+            "python -c 'import numpy'",
+            fmt(numpy_s.median),
+            fmt(min(numpy_s.values)),
+            fmt(max(numpy_s.values)),
+            len(numpy_s.values),
+            fmt(numpy_s.load),
+        ]
+    )
     for name in ("kerastl --help", "kerastl models"):
         s = samples[name]
         floor = samples["python -c pass"].median
