@@ -43,9 +43,15 @@ from bench._harness import (
 QUANTIZE = ["float16", "dynamic", "int8"]
 CALIBRATION = 100
 #: Random weights (no ImageNet download here) put float16 TFLite files at 1-2% relative
-#: error on resnet50, above kerastl's default 1% float16 gate, which would publish nothing;
-#: the benchmark widens that one gate (the report still records the error).
-TOLERANCES = {"tflite/float16": {"max_rel_err": 0.05}}
+#: error on resnet50 (above kerastl's default 1% gate) and float32 files of EfficientNet at
+#: up to 3e-4 (above 1e-4; the export tests use 1e-3 for them), and a failed gate publishes
+#: nothing. The benchmark widens these gates; the tables still show every error.
+TOLERANCES = {
+    "tflite/float16": {"max_rel_err": 0.05},
+    "tflite/float32": {"max_rel_err": 1e-3},
+    "onnx/float32": {"max_rel_err": 1e-3},
+    "saved_model/float32": {"max_rel_err": 1e-3},
+}
 
 
 # --------------------------------------------------------------------------- export child
