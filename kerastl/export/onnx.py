@@ -257,8 +257,10 @@ def _probe(model_proto, prepared: Prepared, probe, reference) -> str | None:
         )
         names = [o.name for o in session.get_outputs()]
         name = prepared.modality.input_name
+        kind = session.get_inputs()[0].type  # token ids (text) are int32, pixels float
+        dtype = np.int32 if "int32" in kind else np.int64 if "int64" in kind else np.float32
         for batch in (probe[:1], probe):
-            out = dict(zip(names, session.run(None, {name: np.asarray(batch, np.float32)})))
+            out = dict(zip(names, session.run(None, {name: np.asarray(batch, dtype)})))
             for key, ref in reference.items():
                 if ref.dtype.kind == "f" and rel_err(out[key], ref[: len(batch)]) > 1e-2:
                     return f"output {key!r} off by rel {rel_err(out[key], ref[: len(batch)]):.3g}"
