@@ -241,7 +241,29 @@ _ONE_PER_FAMILY = sorted({get_spec(n).family: n for n in reversed(HUB)}.values()
 _REDERIVED_ON_LOAD = ("interpolated_position_embeddings",)
 
 
-@pytest.mark.parametrize("name", _ONE_PER_FAMILY)
+#: Families whose fit + save/reload runs by default (each has its own code path: pooler,
+#: SentencePiece, audio front ends, pyramid, nested encoder, config fix, dict output); the
+#: others run in the opt-in slow tier to keep the default suite within minutes.
+_DEFAULT_FAMILIES = {
+    "bert",
+    "deberta_v3",
+    "whisper",
+    "moonshine",
+    "resnet",
+    "vit",
+    "dinov2",
+    "efficientnet",
+    "hgnetv2",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if get_spec(n).family in _DEFAULT_FAMILIES else pytest.param(n, marks=pytest.mark.slow)
+        for n in _ONE_PER_FAMILY
+    ],
+)
 def test_one_entry_per_family_fits_and_reloads(name, tmp_path):
     model = kerastl.build(name, num_classes=2, **tiny_kwargs(name))
     x, y = tiny_data(model)
