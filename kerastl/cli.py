@@ -131,8 +131,14 @@ def run_info(args: argparse.Namespace) -> int:
 _LOCAL = {"models": (_models_arguments, run_models), "info": (_info_arguments, run_info)}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (imports no TensorFlow)."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (imports no TensorFlow).
+
+    Args:
+        only: Import the arguments of this subcommand only; the others get
+            their one-line help. ``kerastl models`` then imports nothing heavy
+            (not even NumPy). ``None`` builds every subcommand.
+    """
     from kerastl import __version__
 
     parser = argparse.ArgumentParser(
@@ -147,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name in _LOCAL:
             _LOCAL[name][0](p)
             p.set_defaults(_run=_LOCAL[name][1])
+            continue
+        if only is not None and name != only:
             continue
         try:
             mod = importlib.import_module(module)
@@ -170,8 +178,10 @@ def _unavailable(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kerastl`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(only=command if command in SUBCOMMANDS else "")
+    args = parser.parse_args(words)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
