@@ -81,13 +81,13 @@ def _family_subset() -> list[str]:
         smallest[key] = min(smallest.get(key, (s.params, name)), (s.params, name))
     params = {name: p for p, name in smallest.values()}
     hub = sorted((p, n) for (src, _), (p, n) in smallest.items() if src != "keras.applications")
-    fast = {
-        n for n, p in params.items() if p <= SLOW_ABOVE_PARAMS and n not in dict(map(reversed, hub))
-    }
-    fast |= ALWAYS_RUN | ({hub[0][1]} if hub else set())
+    hub_names = {n for _, n in hub}
+    fast = {n for n, p in params.items() if p <= SLOW_ABOVE_PARAMS and n not in hub_names}
+    fast = (fast - SLOW_GRAPHS) | ALWAYS_RUN | ({hub[0][1]} if hub else set())
     return [
         name if name in fast else pytest.param(name, marks=pytest.mark.slow)
         for name in sorted(params)
+        if name not in COVERED_ELSEWHERE
     ]
 
 
