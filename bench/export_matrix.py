@@ -60,8 +60,13 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
     spec = get_spec(entry)
     side = spec.min_input_size
     start = time.perf_counter()
+    from kerastl.export._modality import get_modality
+
     try:
         model = kerastl.build(entry, num_classes=3, input_shape=(side, side, 3), compile=False)
+        modality = get_modality(kerastl.metadata(model))
+        samples = modality.sample_inputs(32, seed=1)
+        informative(model, samples)  # BatchNorm statistics of the data it is validated on
     except Exception as exc:  # noqa: BLE001 - a registry/build problem, not an export one
         with results.open("a") as fh:
             for fmt in formats:
@@ -75,11 +80,6 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
                 }
                 fh.write(json.dumps(row) + "\n")
         return
-    from kerastl.export._modality import get_modality
-
-    modality = get_modality(kerastl.metadata(model))
-    samples = modality.sample_inputs(32, seed=1)
-    informative(model, samples)  # BatchNorm statistics of the data it is validated on
     build_s = time.perf_counter() - start
     spread = float(model(modality.sample_inputs(8, seed=2)).numpy().std(0).mean())
     for fmt in formats:
