@@ -69,7 +69,7 @@ def classifier(
     learning_rate: float = 1e-3,
     jit_compile: Any = "auto",
 ):
-    """The guide's model: input -> preprocess -> base(training=False) -> GAP -> Dense.
+    """The guide's model: input -> preprocess -> base -> GAP -> Dense.
 
     Returns:
         ``(model, base)``, compiled with Adam, sparse categorical cross-entropy and accuracy.
@@ -88,7 +88,9 @@ def classifier(
     pre = preprocess_layer(spec.preprocessing)
     if pre is not None:
         x = pre(x)
-    x = base(x, training=False)
+    # The guide calls the base with training=False so its BatchNorm stays in inference mode;
+    # a full fine-tune that trains BatchNorm calls it plainly.
+    x = base(x) if (base_trainable and bn_trainable) else base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D()(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
