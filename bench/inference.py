@@ -165,10 +165,15 @@ def run_export(
     child["process_peak_rss_mb"] = res["peak_rss_mb"]
     if res["killed"] or res["returncode"] != 0:
         child["status"] = "failed"
+        lines = [
+            ln.strip()
+            for ln in res["stderr"].splitlines()
+            if ln.strip() and not ln.startswith(("I0000", "E0000", "W0000", "WARNING: All"))
+        ]
         child.setdefault(
             "error",
             f"process {res['killed'] or 'exit ' + str(res['returncode'])}"
-            f": {res['stderr'].strip()[-300:]}",
+            f"; last output: {lines[-1][:200] if lines else '-'}",
         )
     return child
 
