@@ -215,12 +215,16 @@ def run_child(
     max_rss_gb: float | None = None,
     env: dict[str, str] | None = None,
     poll: float = 0.5,
+    min_available_gb: float = 1.0,
 ) -> dict[str, Any]:
     """Run ``python <code_args>`` and measure its wall time and peak resident memory.
 
     Peak memory is polled with psutil (whole process tree) and, as a check, read
     from ``getrusage(RUSAGE_CHILDREN)`` when the child ends. A child that passes
-    ``max_rss_gb`` or ``timeout`` is killed and reported as such.
+    ``max_rss_gb`` or ``timeout`` is killed and reported as such, and so is a child
+    running while the machine's available memory falls below ``min_available_gb``
+    (this machine is shared: better to lose a benchmark than to let the kernel's OOM
+    killer pick another job).
 
     Returns:
         ``{"returncode", "seconds", "peak_rss_mb", "killed", "stdout", "stderr"}``.
@@ -268,8 +272,14 @@ def run_child(
             peak = max(peak, rss / 1e6)
         except psutil.Error:
             pass
+        avail = psutil.virtual_memory().available / 1e9
         if max_rss_gb is not None and peak > max_rss_gb * 1000:
-            killed = f"resident memory {peak / 1000:.1f} GB > {max_rss_gb} GB"
+            killed = f"resident memory {peak / 1000:.1f} GB > {max_rss_gb:.1f} GB"
+        elif avail < min_available_gb:
+            killed = (
+                f"machine's available memory {avail:.1f} GB < {min_available_gb} GB "
+                f"(child at {peak / 1000:.1f} GB)"
+            )
         elif time.perf_counter() - t0 > timeout:
             killed = f"over {timeout:.0f} s"
         if killed:
