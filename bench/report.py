@@ -68,6 +68,13 @@ def render(data: dict[str, Any]) -> str:
             f"{m.get('load_avg')}"
         )
         lines.append("  - versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
+    if any("--quick" in str(r.get("command")) for r in data.get("runs", {}).values()):
+        lines += [
+            "",
+            "Quick mode (`--quick`): small inputs, small datasets and few repetitions; "
+            "the figures check that every benchmark runs and are indicative only. The "
+            "full run (`python -m bench`, bench/RESULTS.md) is the one to quote.",
+        ]
     lines += ["", "## Summary: the bars", ""]
     rows = []
     for k in keys:
