@@ -389,8 +389,9 @@ def test_failed_validation_publishes_nothing(model, tmp_path):
         )
     assert old.read_bytes() == b"published"
     assert not list(tmp_path.glob(".kerastl-staging-*"))
-    report = json.loads((tmp_path / "export_report.json").read_text())
+    report = json.loads((tmp_path / "export_report.failed.json").read_text())
     assert report["status"] == "failed" and not report["artifacts"][0]["passed"]
+    assert not (tmp_path / "export_report.json").exists(), "a failed export wrote the live report"
 
 
 # -- validation logic on fake artifacts -----------------------------------------------------------

@@ -112,7 +112,15 @@ def test_entry_fits_one_step_and_reloads(name, tmp_path):
 
 
 def test_list_models_filters_and_wildcards():
-    assert list_models("mobilenet_v3*") == ["mobilenet_v3_large", "mobilenet_v3_small"]
+    assert list_models("mobilenet_v3*", source="keras.applications") == [
+        "mobilenet_v3_large",
+        "mobilenet_v3_small",
+    ]
+    hub = list_models("mobilenet_v3*", source="keras_hub")
+    assert hub and all(n.startswith("mobilenet_v3_") for n in hub)
+    assert list_models("mobilenet_v3*") == sorted(
+        ["mobilenet_v3_large", "mobilenet_v3_small", *hub]
+    )
     assert list_models("RESNET50") == ["resnet50"]
     image = list_models(modality="image")
     assert set(KERAS_APP_NAMES) <= set(image)

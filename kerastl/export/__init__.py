@@ -160,6 +160,7 @@ def export(
         <name>.tflite, <name>_<q>.tflite
         <name>.onnx
         export_report.json, export_report.md
+        export_report.failed.json/.md   only after a failed export (the live report stays)
 
     Args:
         model: A ``keras.Model`` (from :func:`kerastl.build` or plain Keras) or a
@@ -196,7 +197,8 @@ def export(
         DataError: calibration/validation data do not fit the model input.
         MissingDependencyError: a format's package is missing (says what to install).
         ExportError: a conversion failed. ValidationError: an artifact does not
-            match Keras. Either way nothing is published; the report says why.
+            match Keras. Either way nothing is published and ``export_report.failed.md``
+            says why. A write error (full disk, permissions) aborts the whole export.
 
     Example:
         >>> import kerastl
@@ -454,14 +456,14 @@ def export(
         "notes": notes,
         "artifacts": records,
     }
-    report_mod.write(report, out)
+    _, md_path = report_mod.write(report, out)
     if not published:
         failed = [r for r in records if not r["passed"]]
         lines = "; ".join(f"{r['path']}: {' / '.join(r['failures'])}" for r in failed)
         cls = ValidationError if any(r.get("parity") for r in failed) else ExportError
         raise cls(
             f"Export of {name!r} failed, nothing was published ({lines}). "
-            f"See {out / report_mod.MD_NAME}."
+            f"See {md_path}."
         )
     return report
 
@@ -500,6 +502,8 @@ def _run_one(
         record["failures"] = [str(exc)]
         record["export_seconds"] = round(time.perf_counter() - start, 2)
         return record
+    except OSError:  # full disk, permissions: abort the whole export, not just this file
+        raise
     except Exception as exc:  # noqa: BLE001 - an unforeseen converter error fails this file only
         record["failures"] = [f"{fmt} export raised {type(exc).__name__}: {exc}"]
         record["export_seconds"] = round(time.perf_counter() - start, 2)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 JSON_NAME = "export_report.json"
 MD_NAME = "export_report.md"
+FAILED_JSON_NAME = "export_report.failed.json"
+FAILED_MD_NAME = "export_report.failed.md"
 
 
 def human_size(n: int | None) -> str:
@@ -93,9 +96,28 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def write(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """Write both files into ``out_dir``; returns their paths."""
+    """Write both files into ``out_dir`` atomically; returns their paths.
+
+    A passed export writes ``export_report.{json,md}``. A failed one writes
+    ``export_report.failed.{json,md}`` instead, so the report of the artifacts already
+    published in ``out_dir`` is never replaced by the report of an export that published nothing.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / JSON_NAME, out_dir / MD_NAME
-    json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    md_path.write_text(to_markdown(report))
+    failed = report.get("status") != "passed"
+    json_path = out_dir / (FAILED_JSON_NAME if failed else JSON_NAME)
+    md_path = out_dir / (FAILED_MD_NAME if failed else MD_NAME)
+    _atomic_write(json_path, json.dumps(report, indent=1, default=str) + "\n")
+    _atomic_write(md_path, to_markdown(report))
+    if not failed:  # a stale failure report would contradict the new published one
+        for stale in (FAILED_JSON_NAME, FAILED_MD_NAME):
+            (out_dir / stale).unlink(missing_ok=True)
     return json_path, md_path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
