@@ -461,10 +461,7 @@ def export(
         failed = [r for r in records if not r["passed"]]
         lines = "; ".join(f"{r['path']}: {' / '.join(r['failures'])}" for r in failed)
         cls = ValidationError if any(r.get("parity") for r in failed) else ExportError
-        raise cls(
-            f"Export of {name!r} failed, nothing was published ({lines}). "
-            f"See {md_path}."
-        )
+        raise cls(f"Export of {name!r} failed, nothing was published ({lines}). See {md_path}.")
     return report
 
 
