@@ -375,3 +375,29 @@ def test_export_is_called_with_the_run_options(tmp_path, monkeypatch):
     assert calls["formats"] == ["onnx", "tflite"] and calls["quantize"] == ["float16"]
     assert calls["version"] == 3 and calls["name"] == "ex" and calls["shape"][1:] == (32, 32, 3)
     assert calls["out_dir"].endswith("ex/export")
+
+
+def test_csv_log_drops_rows_a_resumed_epoch_will_rewrite(tmp_path):
+    """A killed run may have logged epoch k (and half of k+1) before its backup of epoch k."""
+    from kerastl.train._callbacks import ResumableCSVLogger
+
+    path = tmp_path / "history.csv"
+    path.write_text(
+        "epoch,loss,val_loss\n0,1.5,1.6\n1,1.2,1.3\n2,1.0,1.1\n3,0."
+    )  # rows 2 and a torn row 3
+    logger = ResumableCSVLogger(str(path))
+    logger.on_train_begin()
+    logger.on_epoch_begin(2)  # the backup holds epochs 0-1: fit() resumes at epoch 2
+    logger.on_epoch_end(2, {"loss": 0.9, "val_loss": 1.0})
+    logger.on_epoch_begin(3)
+    logger.on_epoch_end(3, {"loss": 0.8, "val_loss": 0.9})
+    logger.on_train_end()
+    rows = ["0,1.5,1.6", "1,1.2,1.3", "2,0.9,1.0", "3,0.8,0.9"]
+    assert path.read_text().splitlines() == ["epoch,loss,val_loss", *rows]
+
+    fresh = ResumableCSVLogger(str(tmp_path / "new.csv"))  # first run: header, then rows
+    fresh.on_train_begin()
+    fresh.on_epoch_begin(0)
+    fresh.on_epoch_end(0, {"loss": 2.0, "val_loss": 2.1})
+    fresh.on_train_end()
+    assert (tmp_path / "new.csv").read_text().splitlines() == ["epoch,loss,val_loss", "0,2.0,2.1"]

@@ -274,3 +274,58 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
                 f"[kerastl] the backup in {self.backup_dir} was unreadable; moved it aside "
                 "(*.corrupt) and restarting this phase from its start."
             )
+
+
+class ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """``keras.callbacks.CSVLogger`` whose file agrees with the backup after a crash.
+
+    Placed before :class:`SafeBackupAndRestore` in the callback list, it writes the
+    row of an epoch before the backup of that epoch is saved, so no backed-up epoch
+    lacks its row. When a resumed ``fit()`` starts at epoch ``k`` (learnt from the
+    first ``on_epoch_begin``), rows of epochs ``>= k`` left by the killed process
+    (and a half-written last line) are dropped first, so no epoch is logged twice.
+    """
+
+    def __init__(self, filename: str, **kwargs):
+        kwargs.setdefault("append", True)
+        super().__init__(filename, **kwargs)
+        self._opened = False
+
+    def on_train_begin(self, logs=None):
+        self._opened = False  # opened at the first epoch, once the start epoch is known
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._opened:
+            self._truncate(epoch)
+            super().on_train_begin(logs)
+            self._opened = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._opened:
+            self.on_epoch_begin(epoch)
+        super().on_epoch_end(epoch, logs)
+
+    def _truncate(self, start_epoch: int) -> None:
+        if not os.path.exists(self.filename):
+            return
+        with open(self.filename, encoding="utf-8") as f:
+            text = f.read()
+        lines = text.splitlines(keepends=True)
+        if not lines:
+            return
+        kept = [lines[0]] if lines[0].startswith("epoch") else []
+        for line in lines[len(kept) :]:
+            if not line.endswith("\n"):
+                break  # the killed process stopped mid-line
+            head = line.split(self.sep, 1)[0]
+            try:
+                if int(head) < start_epoch:
+                    kept.append(line)
+            except ValueError:
+                continue
+        new = "".join(kept)
+        if new != text:
+            tmp = f"{self.filename}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(new)
+            os.replace(tmp, self.filename)

@@ -23,6 +23,7 @@ from kerastl.train._callbacks import (
     BestCheckpoint,
     NanGuard,
     PreciseBatchNorm,
+    ResumableCSVLogger,
     SafeBackupAndRestore,
     make_optimizer,
     make_schedule,
@@ -338,9 +339,13 @@ def train(
     logs_dir.mkdir(parents=True, exist_ok=True)
 
     def common_callbacks(phase: str, fitted: keras.Model) -> list:
+        # Order matters for a kill between two callbacks: NanGuard first (a NaN loss aborts
+        # before anything saves it); the CSV row and the best checkpoint of an epoch are
+        # written before its backup, so a resumed run never misses them (it redoes the epoch
+        # and the logger drops the duplicate row).
         cbs: list = [
-            NanGuard(phase),  # first: a NaN loss aborts before anything saves it
-            SafeBackupAndRestore(str(backup_root / phase), double_checkpoint=True),
+            NanGuard(phase),
+            ResumableCSVLogger(str(logs_dir / "history.csv")),
         ]
         best.target = model
         cbs.append(best)
@@ -368,7 +373,7 @@ def train(
                 channels=channels,
             )
             cbs.append(PreciseBatchNorm(plain, 4 if pbn is True else int(pbn)))
-        cbs.append(keras.callbacks.CSVLogger(str(logs_dir / "history.csv"), append=True))
+        cbs.append(SafeBackupAndRestore(str(backup_root / phase), double_checkpoint=True))
         if t["tensorboard"] and _has_tensorboard():
             cbs.append(
                 keras.callbacks.TensorBoard(
@@ -504,6 +509,12 @@ def train(
         os.replace(tmp, model_path)
     timings["total_seconds"] = time.perf_counter() - t_start
 
+    # The CSV log spans every process of a resumed run; fit()'s History only this one's.
+    from kerastl.train._plots import read_history
+
+    logged = read_history(logs_dir / "history.csv")
+    if logged.get("epoch"):
+        history = {k: v for k, v in logged.items() if k != "epoch"}
     metrics: dict[str, Any] = {}
     exports = None
     if chief and evaluate:
