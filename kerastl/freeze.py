@@ -296,6 +296,38 @@ class GradualUnfreezing(keras.callbacks.Callback):
             print(f"\n[kerastl] epoch {epoch}: training backbone groups {names}")
 
 
+@keras.saving.register_keras_serializable(package="kerastl")
+class GroupRatesOptimizer(keras.optimizers.MultiOptimizer):
+    """``keras.optimizers.MultiOptimizer`` that also steps a subset of its variables.
+
+    Keras' version insists that every step gets gradients for every variable it
+    was built with, which rules out :class:`GradualUnfreezing` (the trainable set
+    grows during training). Here a step may cover any subset of those variables;
+    each goes to its group's optimizer as before. An unknown variable is an error.
+    """
+
+    def apply(self, grads, trainable_variables=None):
+        if (
+            trainable_variables is None
+            or not self.built
+            or len(grads) == len(self._trainable_variables_indices)
+        ):
+            return super().apply(grads, trainable_variables)
+        per_opt: list[list] = [[] for _ in self._inner_optimizers]
+        for grad, var in zip(grads, trainable_variables):
+            idx = self._var_to_optimizer_idx.get(self._var_key(var))
+            if idx is None:
+                raise ValueError(
+                    f"variable {var.path!r} was not known when the optimizer was built; "
+                    "build it on every variable that may become trainable."
+                )
+            per_opt[idx].append((grad, var))
+        for opt, pairs in zip(self._inner_optimizers, per_opt):
+            if pairs:
+                opt.apply([g for g, _ in pairs], [v for _, v in pairs])
+        self._iterations.assign_add(1)
+
+
 def discriminative_optimizer(
     model: keras.Model,
     learning_rate: float = 1e-3,
@@ -304,6 +336,8 @@ def discriminative_optimizer(
     **optimizer_kwargs,
 ) -> keras.optimizers.MultiOptimizer:
     """Layer-wise learning-rate decay: one optimizer per backbone group.
+
+    Combines with :class:`GradualUnfreezing` (each group joins at its own rate).
 
     The head trains at ``learning_rate``; backbone group ``k`` from the top at
     ``learning_rate * decay**k`` (ULMFiT's discriminative fine-tuning, BEiT's
@@ -342,7 +376,7 @@ def discriminative_optimizer(
         i = index.get(variable.path)
         return head if i is None else per_group[i]
 
-    multi = keras.optimizers.MultiOptimizer(select)
+    multi = GroupRatesOptimizer(select)
     multi.kerastl_group_rates = {"head": learning_rate} | {
         g: learning_rate * decay ** (n - i) for i, g in enumerate(names)
     }

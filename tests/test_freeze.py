@@ -262,3 +262,32 @@ def test_parse_policy_forms_and_errors():
         apply_policy(model, "up_to:stage9")
     with pytest.raises(kerastl.ConfigError, match="more groups than vgg16 has"):
         apply_policy(model, "last:9")
+
+
+def test_gradual_unfreezing_with_discriminative_rates():
+    """Each group joins when GradualUnfreezing reaches it, and then moves at its own rate."""
+    model = kerastl.build(
+        "resnet50", num_classes=3, input_shape=(SIZE, SIZE, 3), freeze="backbone", compile=False
+    )
+    opt = discriminative_optimizer(model, learning_rate=0.01, decay=0.5, optimizer="sgd")
+    kerastl.compile_for_task(model, optimizer=opt)
+    groups = _groups(model)
+    names = list(groups)
+    cb = GradualUnfreezing(model, every=1, verbose=False)
+    before = {g: _snapshot(layers) for g, layers in groups.items()}
+    x, y = _data()
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[cb])
+
+    def moved(g):
+        return max(
+            float(np.abs(v.numpy() - before[g][id(v)]).max())
+            for layer in groups[g]
+            for v in layer.weights
+        )
+
+    assert moved(names[-1]) > 1e-6 and moved(names[-2]) > 1e-6
+    assert moved(names[0]) == 0.0
+    assert opt.kerastl_group_rates[names[-2]] == pytest.approx(
+        0.5 * opt.kerastl_group_rates[names[-1]]
+    )
+    assert int(opt.iterations) == 3 * 2  # 16 samples / batch 8, three epochs

@@ -314,14 +314,17 @@ def test_discriminative_rates_in_the_fine_tune_phase(tmp_path):
         tmp_path,
         "ld",
         train={"epochs": 0},
-        finetune={"epochs": 1, "freeze": "last:2", "layer_decay": 0.5},
+        finetune={"epochs": 2, "layer_decay": 0.5, "gradual_every": 1},  # both at once
     )
     r = train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False)
     opt = r.model.optimizer
-    assert type(opt).__name__ == "MultiOptimizer"
+    import keras
+
+    assert isinstance(opt, keras.optimizers.MultiOptimizer)
     rates = opt.kerastl_group_rates
     assert rates["head"] == pytest.approx(1e-4) and min(rates.values()) < 1e-4
-    assert len(r.history["loss"]) == 1
+    assert len(r.history["loss"]) == 2
+    assert r.model.kerastl_config["freeze"] == "last:1"  # gradual: one group joined at epoch 1
 
 
 # -- k-fold and export hook ------------------------------------------------------

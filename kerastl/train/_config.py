@@ -270,12 +270,6 @@ def _cross_checks(cfg: dict, where: str) -> None:
         raise ConfigError(
             f"{where}: finetune.layer_decay: expected a factor in (0, 1], got {decay!r}."
         )
-    if decay is not None and cfg["finetune"]["gradual_every"]:
-        raise ConfigError(
-            f"{where}: finetune.layer_decay and finetune.gradual_every cannot be combined yet "
-            "(keras.optimizers.MultiOptimizer refuses the changing set of trainable weights); "
-            "use one of them."
-        )
     export = cfg["export"]
     for key in ("formats", "quantize"):
         if isinstance(export[key], str):
