@@ -193,6 +193,7 @@ def test_multi_worker_two_local_workers_write_one_model(tmp_path, variant):
     assert chief["run_dir"] == str(run) and other["run_dir"] != str(run)
     assert (run / "model.keras").is_file() and (run / "config.yaml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mw"]  # worker 1 wrote elsewhere
+    assert not os.path.exists(other["run_dir"]), "worker 1 left its temporary run folder"
     assert not (run / "backup").exists()
 
 

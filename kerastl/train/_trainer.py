@@ -45,7 +45,7 @@ class RunResult:
     """What :func:`train` returns.
 
     Attributes:
-        run_dir: The run folder (on the chief; a temporary folder elsewhere).
+        run_dir: The run folder (on the chief; elsewhere a temporary folder, deleted at the end).
         model_path: The best model (``model.keras``).
         metrics: Validation metrics (empty without validation data or off-chief).
         history: Per-epoch logs of both phases.
@@ -537,6 +537,8 @@ def train(
     shutil.rmtree(backup_root, ignore_errors=True)
     with contextlib.suppress(OSError):
         backup_root.parent.rmdir()  # only when no other worker's backup is left
+    if not chief:  # a non-chief worker's files only existed to keep the collectives in step
+        shutil.rmtree(out_dir, ignore_errors=True)
     if chief and verbose and metrics:
         key = HEADLINE.get(cfg["model"]["task"])
         print(f"[kerastl] run folder: {out_dir}  validation {key}: {metrics.get(key)}")
