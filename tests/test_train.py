@@ -404,3 +404,26 @@ def test_csv_log_drops_rows_a_resumed_epoch_will_rewrite(tmp_path):
     fresh.on_epoch_end(0, {"loss": 2.0, "val_loss": 2.1})
     fresh.on_train_end()
     assert (tmp_path / "new.csv").read_text().splitlines() == ["epoch,loss,val_loss", "0,2.0,2.1"]
+
+
+def test_jit_compile_trains_like_the_plain_graph(tmp_path):
+    """train.jit_compile=True: XLA-compiled steps, the same numbers as without XLA."""
+    from kerastl.train import train
+
+    x, y = _images(4, 2)
+    ex = (kdata.from_numpy(x, y), None)
+    runs = {}
+    for jit in (False, True):
+        cfg = _cfg(
+            tmp_path,
+            f"jit{int(jit)}",
+            model={"backbone": BACKBONE, "input_size": 32, "freeze": "none", "dropout": 0.0},
+            train={"epochs": 1, "jit_compile": jit, "cache_features": "off"},
+            finetune={"epochs": 0},
+        )
+        runs[jit] = train(cfg, examples=ex, evaluate=False)
+    assert runs[True].model.jit_compile is True and runs[False].model.jit_compile is False
+    loss_plain, loss_xla = runs[False].history["loss"][0], runs[True].history["loss"][0]
+    assert np.isfinite(loss_xla) and loss_xla == pytest.approx(loss_plain, rel=1e-3)
+    for a, b in zip(runs[False].model.weights, runs[True].model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4, err_msg=a.path)
