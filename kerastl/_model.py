@@ -34,7 +34,18 @@ class KerastlModel(keras.Model):
 
     def __init__(self, *args, kerastl_config: dict[str, Any] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.kerastl_config = copy.deepcopy(kerastl_config or {})
+        self.kerastl_config = kerastl_config or {}
+
+    # Kept out of Keras' attribute tracking: a dict assigned to a layer becomes a
+    # TrackedDict that references the model, and deep-copying that pickles the whole
+    # model (1 s per get_config(), so per save, for MobileNetV3-Small).
+    @property
+    def kerastl_config(self) -> dict[str, Any]:
+        return self.__dict__.setdefault("_kerastl_meta", {})
+
+    @kerastl_config.setter
+    def kerastl_config(self, value: dict[str, Any] | None) -> None:
+        self.__dict__["_kerastl_meta"] = plain(value or {})
 
     # Raw strings are the input of text models, but Keras' data adapters refuse
     # NumPy unicode arrays and lists of str; hand them over as object arrays.
@@ -49,7 +60,7 @@ class KerastlModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config["kerastl_config"] = copy.deepcopy(self.kerastl_config)
+        config["kerastl_config"] = plain(self.kerastl_config)
         return config
 
     @classmethod
@@ -71,9 +82,28 @@ def _strings_as_objects(x: Any) -> Any:
     return x
 
 
+def plain(value: Any) -> Any:
+    """A deep copy of nested dicts / lists / tuples as plain Python containers.
+
+    Keras wraps containers assigned to layers in tracking classes that reference
+    the layer; ``copy.deepcopy`` of those pickles the model. Leaves are copied as is.
+
+    Example:
+        >>> plain({"a": [1, (2, 3)]})
+        {'a': [1, (2, 3)]}
+    """
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return copy.deepcopy(value)
+
+
 def metadata(model: keras.Model) -> dict[str, Any]:
     """kerastl's metadata of ``model`` (empty for a plain Keras model)."""
-    return copy.deepcopy(getattr(model, "kerastl_config", {}) or {})
+    return plain(getattr(model, "kerastl_config", {}) or {})
 
 
 def _register_optional_layers(path: Path) -> None:

@@ -238,3 +238,13 @@ def test_weights_by_url_are_sha256_verified_and_cached(tmp_path, monkeypatch):
     assert len(list((tmp_path / "home" / "models" / "kerastl").iterdir())) == 1
     with pytest.raises(kerastl.ConfigError, match="must carry its SHA-256"):
         kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(SIZE, SIZE, 3), weights=url)
+
+
+def test_metadata_is_a_plain_dict_outside_keras_tracking():
+    """kerastl_config must not become a Keras TrackedDict: deep-copying one pickles the model."""
+    model = kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3))
+    assert type(model.kerastl_config) is dict
+    model.kerastl_config = {"task": "classification", "nested": {"a": [1, 2]}}
+    assert type(model.kerastl_config) is dict and type(model.kerastl_config["nested"]) is dict
+    config = model.get_config()["kerastl_config"]
+    assert config == model.kerastl_config and config is not model.kerastl_config
