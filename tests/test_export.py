@@ -453,6 +453,79 @@ def test_validate_passes_exact_and_catches_noise_shift_and_static_batch():
         validate(_Fake(batch_one_only), ref, x, "onnx/float32", "classification")
 
 
+def test_float64_referee_tells_rounding_from_a_broken_artifact():
+    """Keras float32 is itself 3e-4 from the exact result: an artifact as close passes."""
+    from kerastl.export.validate import validate
+
+    x = random_images(10, 8, seed=5)
+    exact = {k: v.astype(np.float64) for k, v in _reference(x).items()}
+
+    def off_by(v, amount):  # a deterministic rounding-like deviation of the given size
+        out = _reference(v)
+        p = out["probabilities"].astype(np.float64)
+        out["probabilities"] = p * (1 + amount * np.cos(p * 1e4))  # same at any batch size
+        out["probabilities"] = out["probabilities"].astype(np.float32)
+        return out
+
+    keras32 = off_by(x, 3e-4)  # the Keras reference, itself 3e-4 from float64
+    calls = []
+
+    def float64_result(v):
+        calls.append(len(v))
+        return {"probabilities": exact["probabilities"][: len(v)]}
+
+    close = validate(
+        _Fake(lambda v: off_by(v, -3e-4)),
+        keras32,
+        x,
+        "onnx/float32",
+        "classification",
+        exact=float64_result,
+    )
+    verdict = close["float64_referee"]["probabilities"]
+    assert close["passed"], close["failures"]
+    assert close["max_rel_err"] > 1e-4  # it did fail the plain float32 bound
+    assert 1e-4 < verdict["keras_vs_float64"] <= 3.1e-4
+    assert verdict["artifact_vs_float64"] <= verdict["allowed"]
+
+    broken = validate(
+        _Fake(lambda v: off_by(v, 5e-3)),
+        keras32,
+        x,
+        "onnx/float32",
+        "classification",
+        exact=float64_result,
+    )
+    assert not broken["passed"]
+    assert "float64 referee" in broken["failures"][0]
+    assert not broken["float64_referee"]["probabilities"]["passed"]
+
+    # Without the referee the same close artifact fails; a passing one never calls it.
+    assert not validate(_Fake(lambda v: off_by(v, -3e-4)), keras32, x, "onnx/float32", None)[
+        "passed"
+    ]
+    calls.clear()
+    validate(
+        _Fake(lambda v: off_by(v, 3e-4)), keras32, x, "onnx/float32", None, exact=float64_result
+    )
+    assert calls == []
+
+
+def test_float64_clone_runs_a_kerastl_model_in_float64():
+    import kerastl
+    from kerastl.export._trace import prepare
+
+    model = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3))
+    prepared = prepare(model)
+    x = random_images(4, 32, seed=2)
+    exact = prepared.exact_predict(x)
+    ref = prepared.predict(x)
+    assert exact["probabilities"].dtype == np.float64
+    assert prepared._exact_model.get_layer("backbone").compute_dtype == "float64"
+    np.testing.assert_allclose(exact["probabilities"], ref["probabilities"], rtol=1e-3, atol=1e-5)
+    assert prepared.exact_predict(x) is exact  # cached for the next artifact
+
+
 def test_validate_reports_agreement_and_metric_delta():
     from kerastl.export.validate import validate
 

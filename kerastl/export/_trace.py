@@ -42,6 +42,8 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     mixed_precision: bool = False
     _fn: Any = None
+    _exact_model: Any = None
+    _exact_cache: Any = None
 
     @property
     def task(self) -> str | None:
@@ -78,6 +80,31 @@ class Prepared:
                 self.serve_fn(), input_signature=self.modality.input_signature(), autograph=False
             )
         return self._fn
+
+    def exact_predict(self, x: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """Float outputs of the same model computed in float64 (slow; for the referee).
+
+        Raises whatever Keras raises when a layer has no float64 kernel.
+        """
+        cached = self._exact_cache
+        if cached is not None and cached[0] is x:
+            return cached[1]
+        clone = self._exact_model
+        if clone is None:
+            clone = self._exact_model = float64_clone(self.model)
+        names = [n for n in self.output_names if n != "class_id"]
+        parts: dict[str, list] = {}
+        for i in range(0, len(x), batch_size):
+            xb = np.asarray(x[i : i + batch_size])
+            if xb.dtype.kind == "f":
+                xb = xb.astype(np.float64)
+            outs = clone(xb, training=False)
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            for name, value in zip(names, outs):
+                parts.setdefault(name, []).append(np.asarray(value, dtype=np.float64))
+        result = {k: np.concatenate(v) for k, v in parts.items()}
+        self._exact_cache = (x, result)
+        return result
 
     def predict(self, x: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
         """Reference outputs of the Keras model (inference mode), as numpy."""
@@ -152,18 +179,46 @@ def _float32_config(obj: Any) -> Any:
     return obj
 
 
+_FLOAT_NAMES = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
+
+
+def _float64_config(obj: Any, key: str | None = None) -> Any:
+    if isinstance(obj, dict):
+        if obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(
+            obj.get("config"), dict
+        ):
+            if obj["config"].get("name") in _FLOAT_NAMES:
+                return {**obj, "config": {**obj["config"], "name": "float64"}}
+            return obj
+        return {k: _float64_config(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_float64_config(v, key) for v in obj]
+    if key == "dtype" and obj in _FLOAT_NAMES:
+        return "float64"
+    return obj
+
+
 def float32_clone(model: keras.Model) -> keras.Model:
     """The same model (architecture, weights, metadata) computing in float32."""
-    config = _float32_config(keras.saving.serialize_keras_object(model))
+    return _clone(model, _float32_config, "float32")
+
+
+def float64_clone(model: keras.Model) -> keras.Model:
+    """The same model computing in float64: the referee of float32 parity checks."""
+    return _clone(model, _float64_config, "float64")
+
+
+def _clone(model: keras.Model, convert, dtype: str) -> keras.Model:
+    config = convert(keras.saving.serialize_keras_object(model))
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
+    keras.config.set_dtype_policy(dtype)
     try:
         clone = keras.saving.deserialize_keras_object(config)
     finally:
         keras.config.set_dtype_policy(previous)
     clone.set_weights(
         [
-            np.asarray(w, dtype=np.float32) if np.asarray(w).dtype.kind == "f" else w
+            np.asarray(w, dtype=dtype) if np.asarray(w).dtype.kind == "f" else w
             for w in model.get_weights()
         ]
     )

@@ -84,6 +84,15 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"- parity: rel_err {p.get('rel_err')}, deterministic {p.get('deterministic')}"
             )
+        for name, v in (p.get("float64_referee") or {}).items():
+            if "artifact_vs_float64" in v:
+                lines.append(
+                    f"- float64 referee, {name}: artifact {v['artifact_vs_float64']:.3g} from "
+                    f"the float64 result, Keras float32 {v['keras_vs_float64']:.3g}, allowed "
+                    f"{v['allowed']:.3g} -> {'passed' if v['passed'] else 'failed'}"
+                )
+            else:
+                lines.append(f"- float64 referee, {name}: not available ({v.get('error')})")
         for failure in a.get("failures") or []:
             lines.append(f"- FAILURE: {failure}")
         lines.append("")

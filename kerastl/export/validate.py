@@ -8,10 +8,20 @@ output with the Keras model called with ``training=False``.
 
 ``rel_err`` of an output is ``max|artifact - keras| / max(max|keras|, 1e-6)``:
 the worst deviation relative to the output's scale.
+
+The float64 referee: float32 arithmetic in a different order (fused kernels,
+XNNPACK, onnxruntime) differs from TensorFlow's float32 by rounding alone, and
+on an ill-conditioned network (deep, random weights, tiny inputs) that rounding
+can exceed ``max_rel_err`` although neither side is wrong. When an output fails
+only that bound, the same model is run in float64 (:data:`REFEREE_FACTOR`): the
+artifact passes if it is no further from the float64 result than
+``REFEREE_FACTOR`` x Keras' own float32 distance from it (and Keras' distance
+is itself below :data:`REFEREE_MAX`). The report shows all three figures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -45,6 +55,11 @@ TOLERANCES: dict[str, Tolerance] = {
     "tflite/dynamic": Tolerance(max_rel_err=None),
     "tflite/int8": Tolerance(max_rel_err=None),
 }
+
+#: An artifact may be this many times further from the float64 result than Keras float32 is.
+REFEREE_FACTOR = 2.0
+#: The referee only rules while Keras float32 itself is within this of float64.
+REFEREE_MAX = 1e-2
 
 #: Second batch size used when the validation set is large enough.
 LARGE_BATCH = 8
@@ -114,6 +129,28 @@ def _metric(pred: np.ndarray, labels: np.ndarray, task: str | None) -> tuple[str
     return None
 
 
+def _referee(exact, x, runs, reference, names, max_rel_err) -> dict[str, dict[str, Any]]:
+    """Judge outputs ``names`` against the float64 result (see the module docstring)."""
+    try:
+        truth = exact(x)
+    except Exception as exc:  # noqa: BLE001 - no float64 kernel: the float32 verdict stands
+        return {n: {"passed": False, "error": f"{type(exc).__name__}: {exc}"[:200]} for n in names}
+    verdicts = {}
+    for name in names:
+        if name not in truth:
+            continue
+        keras_err = rel_err(reference[name], truth[name])
+        art_err = max(rel_err(out[name], truth[name][: len(out[name])]) for out in runs.values())
+        allowed = max(max_rel_err, REFEREE_FACTOR * keras_err)
+        verdicts[name] = {
+            "artifact_vs_float64": art_err,
+            "keras_vs_float64": keras_err,
+            "allowed": allowed,
+            "passed": bool(keras_err <= REFEREE_MAX and art_err <= allowed),
+        }
+    return verdicts
+
+
 def validate(
     artifact: Any,
     reference: dict[str, np.ndarray],
@@ -122,6 +159,7 @@ def validate(
     task: str | None,
     labels: np.ndarray | None = None,
     overrides: dict[str, Any] | None = None,
+    exact: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Compare ``artifact`` with the Keras ``reference`` outputs on inputs ``x``.
 
@@ -133,6 +171,8 @@ def validate(
         task: The model's task (for agreement and metric).
         labels: True labels of ``x``, for the metric delta.
         overrides: User tolerance overrides.
+        exact: ``x -> outputs`` of the model in float64; when given, an output that
+            fails ``max_rel_err`` is judged by the float64 referee (module docstring).
 
     Returns:
         A dict: ``passed``, ``failures``, per-output ``rel_err``, ``batch_sizes``,
@@ -159,10 +199,23 @@ def validate(
                 continue
             err = rel_err(out[name], ref[:count])
             errors[name] = max(errors.get(name, 0.0), err)
+    referee: dict[str, dict[str, Any]] = {}
     if tol.max_rel_err is not None:
-        for name, err in errors.items():
-            if not err <= tol.max_rel_err:
-                failures.append(f"{name}: rel_err {err:.3g} > {tol.max_rel_err:g}")
+        over = [n for n, err in errors.items() if not err <= tol.max_rel_err]
+        if over and exact is not None and not failures:  # failures so far: missing outputs
+            referee = _referee(exact, x, runs, reference, over, tol.max_rel_err)
+        for name in over:
+            verdict = referee.get(name)
+            if verdict and verdict["passed"]:
+                continue
+            line = f"{name}: rel_err {errors[name]:.3g} > {tol.max_rel_err:g}"
+            if verdict and "artifact_vs_float64" in verdict:
+                line += (
+                    f" (float64 referee: artifact {verdict['artifact_vs_float64']:.3g} from "
+                    f"float64, Keras float32 {verdict['keras_vs_float64']:.3g}; allowed "
+                    f"{verdict['allowed']:.3g})"
+                )
+            failures.append(line)
     again = artifact.run(x[:big])
     first = runs[big]
     det = max(
@@ -187,6 +240,8 @@ def validate(
         "deterministic": deterministic,
         "tolerance": asdict(tol),
     }
+    if referee:
+        result["float64_referee"] = referee
     out = runs[big]
     if task in ("classification", "binary", "multilabel") and main in out:
         agree = float(np.mean(top1(out[main], task) == top1(reference[main], task)))
