@@ -185,10 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from kerastl import _interrupt
     from kerastl._errors import ConfigError, DataError, KerastlError
 
+    _interrupt.install()
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        _interrupt.check()  # a Ctrl-C that a library swallowed still ends with 130
+        return code
     except BrokenPipeError:  # `kerastl models | head`
         sys.stderr.close()
         return 0

@@ -328,3 +328,33 @@ def test_full_disk_during_export_is_clean(tmp_path, small_model, monkeypatch):
     assert _tree(out) == before, "nothing new published, nothing changed"
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or ".tmp" in p.name]
     assert leftovers == [], leftovers
+
+
+def test_a_swallowed_ctrl_c_is_raised_again_at_the_next_step():
+    """Keras' bare ``except:`` blocks can eat a KeyboardInterrupt; the run must still stop."""
+    import keras
+
+    from kerastl import _interrupt
+    from kerastl.train._callbacks import InterruptCheck
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.zeros((8, 2), "float32"), np.zeros((8, 1), "float32")
+    previous = signal.getsignal(signal.SIGINT)
+    _interrupt.install()
+    try:
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # what a bare `except:` in a library does
+        assert _interrupt.requested()
+        steps = []
+        counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: steps.append(b))
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(
+                x, y, batch_size=2, epochs=3, verbose=0, callbacks=[counter, InterruptCheck()]
+            )
+        assert steps == [], "training went on after Ctrl-C"
+    finally:
+        _interrupt.reset()
+        signal.signal(signal.SIGINT, previous)

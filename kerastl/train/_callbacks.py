@@ -10,6 +10,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerastl import _interrupt
 from kerastl._errors import KerastlError, choice_error
 from kerastl.train._config import OPTIMIZERS, SCHEDULES
 
@@ -329,3 +330,19 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(new)
             os.replace(tmp, self.filename)
+
+
+class InterruptCheck(keras.callbacks.Callback):
+    """Re-raise a Ctrl-C that a library swallowed, at the next step or epoch boundary."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        _interrupt.check()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        _interrupt.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        _interrupt.check()
+
+    def on_train_begin(self, logs=None):
+        _interrupt.check()

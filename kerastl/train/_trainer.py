@@ -15,12 +15,14 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerastl import _interrupt
 from kerastl import data as kdata
 from kerastl._errors import ConfigError, DataError
 from kerastl.train import _run
 from kerastl.train._cache import FeatureCache, backbone_is_frozen, split_model
 from kerastl.train._callbacks import (
     BestCheckpoint,
+    InterruptCheck,
     NanGuard,
     PreciseBatchNorm,
     ResumableCSVLogger,
@@ -344,6 +346,7 @@ def train(
         # written before its backup, so a resumed run never misses them (it redoes the epoch
         # and the logger drops the duplicate row).
         cbs: list = [
+            InterruptCheck(),
             NanGuard(phase),
             ResumableCSVLogger(str(logs_dir / "history.csv")),
         ]
@@ -456,6 +459,7 @@ def train(
         )
 
     # -- phase 2: fine-tune ---------------------------------------------------
+    _interrupt.check()
     if ft["epochs"]:
         t2 = time.perf_counter()
         from kerastl.freeze import GradualUnfreezing, apply_policy, discriminative_optimizer
@@ -515,6 +519,7 @@ def train(
     logged = read_history(logs_dir / "history.csv")
     if logged.get("epoch"):
         history = {k: v for k, v in logged.items() if k != "epoch"}
+    _interrupt.check()
     metrics: dict[str, Any] = {}
     exports = None
     if chief and evaluate:
