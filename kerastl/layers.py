@@ -85,3 +85,115 @@ class ImagePreprocessing(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "channels": self.channels}
+
+
+def _range(value: float | tuple[float, float], name: str) -> tuple[float, float]:
+    lo, hi = (-abs(value), abs(value)) if isinstance(value, (int, float)) else value
+    if lo > hi:
+        raise ValueError(f"{name}: expected (low, high) with low <= high, got {value!r}.")
+    return float(lo), float(hi)
+
+
+@keras.saving.register_keras_serializable(package="kerastl")
+class RandomAffine(keras.layers.RandomRotation):
+    """Random rotation, zoom and translation in one resampling.
+
+    ``RandomRotation`` then ``RandomZoom`` then ``RandomTranslation`` resample
+    the image three times (three interpolations, three passes over the pixels);
+    this layer composes the three transforms into one matrix per image and
+    resamples once, with the same parameter conventions as those layers:
+    ``rotation`` in fractions of a full turn, ``zoom`` as ``RandomZoom``'s
+    ``height_factor`` (positive zooms out, aspect ratio kept), ``translation``
+    as fractions of height and width.
+
+    Args:
+        rotation: ``f`` or ``(low, high)``: angle uniform in ``2*pi*[low, high]``.
+        zoom: ``f`` or ``(low, high)``: scale ``1 + u``, ``u`` uniform in ``[low, high]``.
+        translation: ``(height_factor, width_factor)``, each ``f`` or ``(low, high)``.
+        fill_mode, interpolation, seed, fill_value: as in ``RandomRotation``.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = RandomAffine(rotation=0.08, zoom=0.15, seed=0)
+        >>> layer(np.zeros((2, 32, 32, 3), "float32"), training=True).shape
+        TensorShape([2, 32, 32, 3])
+    """
+
+    def __init__(
+        self,
+        rotation: float | tuple[float, float] = 0.0,
+        zoom: float | tuple[float, float] = 0.0,
+        translation: tuple[float | tuple[float, float], float | tuple[float, float]] = (0.0, 0.0),
+        fill_mode: str = "reflect",
+        interpolation: str = "bilinear",
+        seed: int | None = None,
+        fill_value: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(
+            factor=_range(rotation, "rotation"),
+            fill_mode=fill_mode,
+            interpolation=interpolation,
+            seed=seed,
+            fill_value=fill_value,
+            **kwargs,
+        )
+        self.zoom = _range(zoom, "zoom")
+        self.translation = (
+            _range(translation[0], "translation[0]"),
+            _range(translation[1], "translation[1]"),
+        )
+
+    def get_random_transformation(self, data, training=True, seed=None):
+        if not training:
+            return None
+        ops_ = self.backend
+        images = data["images"] if isinstance(data, dict) else data
+        shape = ops_.core.shape(images)
+        batched = len(shape) == 4
+        batch = shape[0] if batched else 1
+        h, w = (shape[1], shape[2]) if batched else (shape[0], shape[1])
+        if self.data_format == "channels_first":
+            h, w = (shape[2], shape[3]) if batched else (shape[1], shape[2])
+        if seed is None:
+            seed = self._get_seed_generator(ops_._backend)
+
+        def uniform(bounds):
+            return ops_.random.uniform((batch,), minval=bounds[0], maxval=bounds[1], seed=seed)
+
+        angle = uniform((self.factor[0] * 360.0, self.factor[1] * 360.0))
+        scale = 1.0 + uniform(self.zoom)
+        dy = uniform(self.translation[0]) * ops_.cast(h, "float32")
+        dx = uniform(self.translation[1]) * ops_.cast(w, "float32")
+        zeros = ops_.numpy.zeros((batch,))
+        matrix = self._compute_affine_matrix(
+            center_x=0.5,
+            center_y=0.5,
+            angle=angle,
+            translate_x=-dx,
+            translate_y=-dy,
+            scale=scale,
+            shear_x=zeros,
+            shear_y=zeros,
+            height=h,
+            width=w,
+        )
+        if not batched:
+            matrix = ops_.numpy.squeeze(matrix, axis=0)
+        return {
+            "angle": angle,
+            "rotation_matrix": matrix,
+            "image_height": h,
+            "image_width": w,
+            "batch_size": batch,
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("factor", None)
+        return {
+            **config,
+            "rotation": self.factor,
+            "zoom": self.zoom,
+            "translation": self.translation,
+        }

@@ -191,3 +191,63 @@ def test_tfds_source_offline(tmp_path):
     assert ((means > 128).astype(int) == yb.numpy()).all()
     with pytest.raises(DataError, match=r"kerastl does not download"):
         kdata.from_tfds("kerastl_no_such_dataset", data_dir=tmp_path)
+
+
+def _smooth_images(n=3, h=40, w=48, seed=0):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    return tf.image.resize(rng.uniform(0, 255, (n, 10, 12, 3)).astype("float32"), (h, w)).numpy()
+
+
+@pytest.mark.parametrize(
+    "fused, keras_layer",
+    [
+        ({"rotation": (0.1, 0.1)}, ("RandomRotation", {"factor": (0.1, 0.1)})),
+        ({"zoom": (0.3, 0.3)}, ("RandomZoom", {"height_factor": (0.3, 0.3)})),
+        ({"zoom": (-0.3, -0.3)}, ("RandomZoom", {"height_factor": (-0.3, -0.3)})),
+        (
+            {"translation": ((0.1, 0.1), (-0.2, -0.2))},
+            ("RandomTranslation", {"height_factor": (0.1, 0.1), "width_factor": (-0.2, -0.2)}),
+        ),
+    ],
+)
+def test_random_affine_matches_each_keras_layer(fused, keras_layer):
+    """Fixed-parameter ranges: the fused layer computes what the Keras layer computes."""
+    import keras
+
+    from kerastl.layers import RandomAffine
+
+    x = _smooth_images()
+    ours = np.asarray(RandomAffine(seed=1, **fused)(x, training=True))
+    cls, kwargs = keras_layer
+    theirs = np.asarray(getattr(keras.layers, cls)(seed=1, **kwargs)(x, training=True))
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+    assert not np.allclose(ours, x)
+
+
+def test_geometric_blocks_are_fused_into_one_resampling():
+    import keras
+
+    from kerastl.layers import RandomAffine
+
+    aug = kdata.build_augmenter("standard", seed=0)
+    kinds = [type(layer).__name__ for layer in aug.layers]
+    assert kinds == ["RandomFlip", "RandomAffine", "RandomContrast"]
+    affine = aug.layers[1]
+    assert affine.factor == (-0.08, 0.08) and affine.zoom == (-0.15, 0.15)
+    assert [type(la).__name__ for la in kdata.build_augmenter(["rotation"]).layers] == [
+        "RandomRotation"
+    ]
+    # Rotation and isotropic zoom about the centre commute: the fused layer equals the
+    # two Keras layers in sequence up to the second interpolation of the latter.
+    x = _smooth_images(seed=2)
+    seq = keras.Sequential(
+        [keras.layers.RandomRotation((0.05, 0.05)), keras.layers.RandomZoom((0.2, 0.2))]
+    )
+    one = RandomAffine(rotation=(0.05, 0.05), zoom=(0.2, 0.2))
+    diff = np.abs(np.asarray(seq(x, training=True)) - np.asarray(one(x, training=True)))
+    assert diff[:, 8:-8, 8:-8].mean() < 3.0  # 0-255 scale; a wrong matrix gives tens
+    np.testing.assert_array_equal(np.asarray(one(x, training=False)), x)
+    again = RandomAffine.from_config(one.get_config())
+    assert again.zoom == one.zoom and again.factor == one.factor

@@ -67,17 +67,48 @@ def augment_names(augment: Any) -> list[str]:
 
 
 def build_augmenter(augment: Any, seed: int = 0):
-    """A ``keras.Sequential`` of random layers for ``augment`` (``None`` if empty)."""
+    """A ``keras.Sequential`` of random layers for ``augment`` (``None`` if empty).
+
+    Consecutive rotation / zoom / translation blocks become one
+    :class:`kerastl.layers.RandomAffine` (one resampling instead of several, same
+    parameter ranges); the other blocks are the Keras layers named in
+    :data:`AUGMENTATIONS`.
+    """
     import keras
 
     names = augment_names(augment)
     if not names:
         return None
+    from kerastl.layers import RandomAffine
+
     layers = []
-    for i, n in enumerate(names):
-        cls_name, kwargs = AUGMENTATIONS[n]
+    i = 0
+    while i < len(names):
+        run = []  # consecutive rotation / zoom / translation: one resampling for all of them
+        while i + len(run) < len(names) and names[i + len(run)] in _GEOMETRIC:
+            run.append(names[i + len(run)])
+        if len(run) > 1:
+            kw = {_GEOMETRIC[n]: _affine_arg(n) for n in run}
+            layers.append(RandomAffine(seed=seed + i, **kw))
+            i += len(run)
+            continue
+        cls_name, kwargs = AUGMENTATIONS[names[i]]
         layers.append(getattr(keras.layers, cls_name)(seed=seed + i, **kwargs))
+        i += 1
     return keras.Sequential(layers, name="augmentation")
+
+
+#: Geometric blocks that :class:`kerastl.layers.RandomAffine` fuses -> its argument name.
+_GEOMETRIC = {"rotation": "rotation", "zoom": "zoom", "translation": "translation"}
+
+
+def _affine_arg(name: str) -> Any:
+    kwargs = AUGMENTATIONS[name][1]
+    if name == "rotation":
+        return kwargs["factor"]
+    if name == "zoom":
+        return kwargs["height_factor"]
+    return (kwargs["height_factor"], kwargs["width_factor"])
 
 
 def _resolve_size(image_size: Any) -> tuple[int, int] | None:
