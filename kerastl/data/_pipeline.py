@@ -122,9 +122,33 @@ def _resolve_size(image_size: Any) -> tuple[int, int] | None:
 
 def _decode_file(path, size, channels):
     data = tf.io.read_file(path)
-    img = tf.io.decode_image(data, channels=channels, expand_animations=False)
+    if size is None or channels not in (1, 3):
+        img = tf.io.decode_image(data, channels=channels, expand_animations=False)
+    else:
+        img = tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: _decode_jpeg_reduced(data, size, channels),
+            lambda: tf.io.decode_image(data, channels=channels, expand_animations=False),
+        )
     img.set_shape([None, None, channels])
     return _resize(img, size)
+
+
+def _decode_jpeg_reduced(data, size, channels):
+    """Decode a JPEG at 1/2, 1/4 or 1/8 scale when it stays at least ``size``.
+
+    libjpeg's scaled IDCT (what PIL's ``draft`` mode uses) skips most of the
+    decoding work; the antialiased resize then brings it to ``size``.
+    """
+    shape = tf.image.extract_jpeg_shape(data)
+    h, w = shape[0], shape[1]
+    ratios = (8, 4, 2)
+    fits = [tf.logical_and(h // r >= size[0], w // r >= size[1]) for r in ratios]
+    index = tf.where(fits[0], 0, tf.where(fits[1], 1, tf.where(fits[2], 2, 3)))
+    branches = [
+        (lambda r=r: tf.io.decode_jpeg(data, channels=channels, ratio=r)) for r in ratios
+    ] + [lambda: tf.io.decode_jpeg(data, channels=channels)]
+    return tf.switch_case(index, branches)
 
 
 def _resize(img, size):
