@@ -98,7 +98,7 @@ class Prepared:
             xb = np.asarray(x[i : i + batch_size])
             if xb.dtype.kind == "f":
                 xb = xb.astype(np.float64)
-            outs = clone(xb, training=False)
+            outs = clone([xb], training=False)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
             for name, value in zip(names, outs):
                 parts.setdefault(name, []).append(np.asarray(value, dtype=np.float64))
