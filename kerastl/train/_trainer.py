@@ -675,12 +675,16 @@ def _fit_on_cached_features(
         head.kerastl_config = model.kerastl_config  # compile_for_task reads the task
         # A step of a small head on feature vectors costs less than Keras' per-step
         # dispatch; running a whole epoch per execution gives the same updates, faster.
+        # (Not under MultiWorkerMirroredStrategy: its collectives fail with several
+        # steps per execution in Keras 3.15.)
         spe = cfg["train"]["steps_per_execution"]
+        if spe == 1 and strategy_name(strategy) != "MultiWorkerMirroredStrategy":
+            spe = max(1, min(steps, 256))
         compile_for_task(
             head,
             optimizer=optimizer,
             jit_compile=cfg["train"]["jit_compile"],
-            steps_per_execution=spe if spe > 1 else max(1, min(steps, 256)),
+            steps_per_execution=spe,
         )
     h = prepare_fit(head, strategy).fit(
         feats_ds,
