@@ -260,15 +260,25 @@ def _format_table(rows: list[dict], n_target_val: int, n_source_val: int) -> str
 
 
 def _export_summary(exports: Any) -> str:
+    """One line per exported file: path, size, parity (from the export report)."""
     if exports is None:
         return "not asked"
     if isinstance(exports, dict) and ("skipped" in exports or "failed" in exports):
         return str(exports.get("skipped") or exports.get("failed"))
-    for attr in ("summary", "to_dict"):
-        fn = getattr(exports, attr, None)
-        if callable(fn):
-            try:
-                return str(fn())
-            except Exception:  # noqa: BLE001 - a report we do not know; fall back to repr
-                break
+    if isinstance(exports, dict) and isinstance(exports.get("artifacts"), list):
+        parts = []
+        for a in exports["artifacts"]:
+            parity = a.get("parity") or {}
+            size = a.get("size_bytes")
+            parts.append(
+                f"{a.get('path')} ({'ok' if a.get('passed') else 'FAILED'}"
+                + (f", {size / 1e6:.1f} MB" if size else "")
+                + (
+                    f", rel err {parity['max_rel_err']:.1g}"
+                    if parity.get("max_rel_err") is not None
+                    else ""
+                )
+                + ")"
+            )
+        return "; ".join(parts)
     return str(exports)[:500]
