@@ -34,6 +34,8 @@ BACKBONE = "mobilenet_v3_small"
 EPOCHS = 10
 BATCH = 32
 ACC_TOLERANCE = 0.03
+#: Training images of the one-repetition large run the bar is judged on (full mode).
+LARGE = 20000
 
 
 def make_data(n_train: int, n_val: int, size: int, seed: int = 0):
@@ -229,6 +231,10 @@ def run(quick: bool = False) -> Section:
     size = 64 if quick else 128
     sizes = [100, 200, 400] if quick else [250, 500, 1000]
     reps = 1 if quick else 2
+    # Fixed costs (build, tracing) are alike on both sides and bound the ratio at small
+    # sizes, so the bar is judged where a frozen-backbone run is worth caching: one
+    # repetition on a large set (the three small sizes give the scaling fit).
+    large = None if quick else LARGE
     n_val = 100 if quick else 200
     side_names = (
         ["guide", "kerastl"] if quick else ["guide", "kerastl", "primitives", "primitives spe32"]
@@ -264,13 +270,16 @@ def run(quick: bool = False) -> Section:
         cols,
     )
     medians: dict[str, list[float]] = {k: [] for k in side_names}
+    all_sides = list(side_names)
     bar = 0.8 * EPOCHS
     with tempfile.TemporaryDirectory(prefix="kerastl_bench_feat_") as tmp:
         tmp_path = Path(tmp)
         weights = tmp_path / "backbone.weights.h5"
         make_weights(weights, size)
         log("weights ready")
-        for n in sizes:
+        for n in sizes + ([large] if large else []):
+            if n == large:
+                side_names = ["guide", "kerastl"]  # one repetition each at the large size
             train, val = make_data(n, n_val, size)
             store: dict[str, list] = {k: [] for k in side_names}
             kt_go, info = kerastl_side(weights, size, train, val, tmp_path / f"runs_{n}")
@@ -282,23 +291,31 @@ def run(quick: bool = False) -> Section:
                     weights, size, train, val, steps_per_execution=32
                 )
             sides = {k: _collect(makers[k], store[k]) for k in side_names}
-            s = alternate(sides, reps, warmup=0)
+            s = alternate(sides, 1 if n == large else reps, warmup=0)
             log(f"size {n}: " + ", ".join(f"{k} {v.median:.1f}s" for k, v in s.items()))
-            for k in side_names:
-                medians[k].append(s[k].median)
+            if n != large:
+                for k in side_names:
+                    medians[k].append(s[k].median)
             acc = {k: float(np.median([r["val_accuracy"] for r in v])) for k, v in store.items()}
             sp = ratio(s["guide"].median, s["kerastl"].median)
             prim = s.get("primitives")
             sp_prim = ratio(s["guide"].median, prim.median) if prim else float("nan")
             row = [n, fmt(s["guide"].median)]
-            for k in side_names[1:]:
-                row += [fmt(s[k].median), fmt(ratio(s["guide"].median, s[k].median))]
-            row += [" / ".join(f"{acc[k]:.3f}" for k in side_names), fmt(s["guide"].load)]
+            for k in all_sides[1:]:
+                row += (
+                    [fmt(s[k].median), fmt(ratio(s["guide"].median, s[k].median))]
+                    if k in s
+                    else ["-", "-"]
+                )
+            row += [
+                " / ".join(f"{acc[k]:.3f}" if k in acc else "-" for k in all_sides),
+                fmt(s["guide"].load),
+            ]
             t.rows.append(row)
             sec.data[f"n={n}"] = {k: v.as_dict() for k, v in s.items()}
             sec.data[f"n={n}"]["runs"] = store
             sec.data[f"n={n}"]["kerastl_timings"] = {k: str(v) for k, v in info.items()}
-            if n == sizes[-1]:
+            if n == (large or sizes[-1]):
                 same_acc = abs(acc["guide"] - acc["kerastl"]) <= ACC_TOLERANCE
                 sec.bars.append(
                     Bar(
@@ -316,14 +333,14 @@ def run(quick: bool = False) -> Section:
         "three sizes",
         ["side", "fixed s", "ms per train image (10 epochs)", "asymptotic speed-up vs guide"],
     )
-    lines = {k: _fit_line(sizes, medians[k]) for k in side_names}
+    lines = {k: _fit_line(sizes, medians[k]) for k in all_sides}
     g_fixed, g_slope = lines["guide"]
-    for k in side_names:
+    for k in all_sides:
         fixed, slope = lines[k]
         t2.rows.append([k, fmt(fixed), fmt(slope * 1000), fmt(ratio(g_slope, slope))])
     sec.data["scaling"] = {k: {"fixed_s": v[0], "per_image_s": v[1]} for k, v in lines.items()}
     notes = []
-    for k in side_names[1:]:
+    for k in all_sides[1:]:
         fixed, slope = lines[k]
         if g_slope > bar * slope > 0 or (slope <= 0 < g_slope):
             n_star = (bar * fixed - g_fixed) / (g_slope - bar * slope)
