@@ -102,7 +102,7 @@ def keras_side(root: Path, size: int, augment: str, store: list):
             seed=0,
             verbose=False,
         )
-        aug = build_augmenter(augment, seed=0)
+        aug = build_augmenter(augment, seed=0, fuse=False)  # Keras' own layers, one per block
         if aug is not None:
             ds = ds.map(
                 lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE

@@ -110,6 +110,8 @@ class RandomAffine(keras.layers.RandomRotation):
         rotation: ``f`` or ``(low, high)``: angle uniform in ``2*pi*[low, high]``.
         zoom: ``f`` or ``(low, high)``: scale ``1 + u``, ``u`` uniform in ``[low, high]``.
         translation: ``(height_factor, width_factor)``, each ``f`` or ``(low, high)``.
+        horizontal_flip: Also mirror half of the images left-right (``RandomFlip``
+            in ``"horizontal"`` mode), inside the same resampling.
         fill_mode, interpolation, seed, fill_value: as in ``RandomRotation``.
 
     Example:
@@ -124,6 +126,7 @@ class RandomAffine(keras.layers.RandomRotation):
         rotation: float | tuple[float, float] = 0.0,
         zoom: float | tuple[float, float] = 0.0,
         translation: tuple[float | tuple[float, float], float | tuple[float, float]] = (0.0, 0.0),
+        horizontal_flip: bool = False,
         fill_mode: str = "reflect",
         interpolation: str = "bilinear",
         seed: int | None = None,
@@ -143,6 +146,7 @@ class RandomAffine(keras.layers.RandomRotation):
             _range(translation[0], "translation[0]"),
             _range(translation[1], "translation[1]"),
         )
+        self.horizontal_flip = bool(horizontal_flip)
 
     def get_random_transformation(self, data, training=True, seed=None):
         if not training:
@@ -178,6 +182,26 @@ class RandomAffine(keras.layers.RandomRotation):
             height=h,
             width=w,
         )
+        if self.horizontal_flip:
+            # Output pixel x reads where x' = (w - 1) - x would have read: negate the
+            # x column of the map and move its offset, for the images drawn to flip.
+            flip = ops_.cast(uniform((0.0, 1.0)) < 0.5, matrix.dtype)
+            sign = 1.0 - 2.0 * flip
+            wm1 = ops_.cast(w, matrix.dtype) - 1.0
+            a0, b0 = matrix[:, 0], matrix[:, 3]
+            matrix = ops_.numpy.stack(
+                [
+                    a0 * sign,
+                    matrix[:, 1],
+                    matrix[:, 2] + flip * a0 * wm1,
+                    b0 * sign,
+                    matrix[:, 4],
+                    matrix[:, 5] + flip * b0 * wm1,
+                    matrix[:, 6],
+                    matrix[:, 7],
+                ],
+                axis=1,
+            )
         if not batched:
             matrix = ops_.numpy.squeeze(matrix, axis=0)
         return {
@@ -196,4 +220,5 @@ class RandomAffine(keras.layers.RandomRotation):
             "rotation": self.factor,
             "zoom": self.zoom,
             "translation": self.translation,
+            "horizontal_flip": self.horizontal_flip,
         }

@@ -233,11 +233,20 @@ def test_geometric_blocks_are_fused_into_one_resampling():
 
     aug = kdata.build_augmenter("standard", seed=0)
     kinds = [type(layer).__name__ for layer in aug.layers]
-    assert kinds == ["RandomFlip", "RandomAffine", "RandomContrast"]
-    affine = aug.layers[1]
+    assert kinds == ["RandomAffine", "RandomContrast"]
+    affine = aug.layers[0]
     assert affine.factor == (-0.08, 0.08) and affine.zoom == (-0.15, 0.15)
+    assert affine.horizontal_flip
+    assert [type(la).__name__ for la in kdata.build_augmenter("light").layers] == ["RandomFlip"]
     assert [type(la).__name__ for la in kdata.build_augmenter(["rotation"]).layers] == [
         "RandomRotation"
+    ]
+    plain = kdata.build_augmenter("standard", seed=0, fuse=False)
+    assert [type(la).__name__ for la in plain.layers] == [
+        "RandomFlip",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomContrast",
     ]
     # Rotation and isotropic zoom about the centre commute: the fused layer equals the
     # two Keras layers in sequence up to the second interpolation of the latter.
@@ -275,3 +284,14 @@ def test_large_jpegs_decode_at_reduced_scale_with_the_same_result(tmp_path):
         ref = P._resize(full, (96, 96)).numpy().astype(int)
         assert ours.shape == (96, 96, 3)
         assert np.abs(ours - ref).mean() < 1.5 and np.abs(ours - ref).max() <= 16, name
+
+
+def test_random_affine_flip_mirrors_about_half_the_images_exactly():
+    from kerastl.layers import RandomAffine
+
+    x = np.random.default_rng(0).uniform(0, 255, (32, 20, 24, 3)).astype("float32")
+    y = np.asarray(RandomAffine(horizontal_flip=True, seed=3)(x, training=True))
+    kept = [np.allclose(y[i], x[i], atol=1e-3) for i in range(32)]
+    flipped = [np.allclose(y[i], x[i, :, ::-1], atol=1e-3) for i in range(32)]
+    assert all(k != f for k, f in zip(kept, flipped))  # each image is one or the other
+    assert 6 <= sum(flipped) <= 26
