@@ -427,3 +427,34 @@ def test_jit_compile_trains_like_the_plain_graph(tmp_path):
     assert np.isfinite(loss_xla) and loss_xla == pytest.approx(loss_plain, rel=1e-3)
     for a, b in zip(runs[False].model.weights, runs[True].model.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4, err_msg=a.path)
+
+
+def test_deferred_best_checkpoint_writes_the_best_epoch_once(tmp_path):
+    """On cached features an epoch is cheaper than a save: keep the best, write it at the end."""
+    import keras
+
+    from kerastl.train._callbacks import BestCheckpoint
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    path = tmp_path / "best.keras"
+    best = BestCheckpoint(str(path), monitor="loss", mode="min", verbose=0)
+    best.defer = True
+    values = iter([3.0, 1.0, 2.0])
+    saved_during_fit = []
+
+    class FakeLoss(keras.callbacks.Callback):  # runs before BestCheckpoint in the list
+        def on_epoch_end(self, epoch, logs=None):
+            logs["loss"] = next(values)
+            self.model.layers[0].kernel.assign(np.full((2, 1), float(epoch), "float32"))
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            saved_during_fit.append(path.exists())
+
+    x, y = np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[FakeLoss(), best, Watch()])
+    assert saved_during_fit == [False, False, False] and path.is_file()
+    kernel = keras.saving.load_model(path).layers[0].kernel.numpy()
+    np.testing.assert_array_equal(kernel, np.full((2, 1), 1.0))  # epoch 1 had the best loss
+    assert model.layers[0].kernel.numpy()[0, 0] == 2.0  # the live model is left as it was

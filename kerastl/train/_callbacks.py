@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -103,6 +104,10 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.best_epoch: int | None = None
         self.best_weights: list[np.ndarray] | None = None
         self.verbose = verbose
+        #: Keep the best weights in memory and write the file once, when fit() ends (for
+        #: the head on cached features: an epoch takes less time than a save).
+        self.defer = False
+        self._unsaved = False
 
     def _better(self, value: float) -> bool:
         return value > self.best if self.mode == "max" else value < self.best
@@ -116,14 +121,43 @@ class BestCheckpoint(keras.callbacks.Callback):
             if self.verbose:
                 print(
                     f"\n[kerastl] epoch {epoch + 1}: {self.monitor} improved to "
-                    f"{float(value):.4f}; saving {self.path}"
+                    f"{float(value):.4f}; "
+                    + ("kept for the end of the phase" if self.defer else f"saving {self.path}")
                 )
             self.best = float(value)
             self.best_epoch = epoch
             self.best_weights = model.get_weights()
-            tmp = self.path + ".tmp.keras"
-            model.save(tmp)
-            os.replace(tmp, self.path)  # never leave a half-written best model
+            if self.defer:
+                self._unsaved = True
+            else:
+                self._save(model)
+
+    def on_train_end(self, logs=None):
+        self.flush()
+
+    @contextlib.contextmanager
+    def flushed_on_interrupt(self):
+        """Write the kept best model before a Ctrl-C leaves ``fit()``."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.flush()
+            raise
+
+    def flush(self) -> None:
+        """Write a best model kept in memory (``defer``); also called on Ctrl-C."""
+        if self._unsaved and self.best_weights is not None:
+            model = self.target or self.model
+            current = model.get_weights()
+            model.set_weights(self.best_weights)
+            self._save(model)
+            model.set_weights(current)
+
+    def _save(self, model) -> None:
+        tmp = self.path + ".tmp.keras"
+        model.save(tmp)
+        os.replace(tmp, self.path)  # never leave a half-written best model
+        self._unsaved = False
 
     def restore(self) -> bool:
         """Load the best weights back into the target; False if none were seen."""

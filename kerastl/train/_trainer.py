@@ -351,6 +351,7 @@ def train(
             ResumableCSVLogger(str(logs_dir / "history.csv")),
         ]
         best.target = model
+        best.defer = fitted is not model  # the head on cached features: save once per phase
         cbs.append(best)
         patience = t["early_stopping"]
         if patience and patience is not True:
@@ -416,21 +417,22 @@ def train(
                 t["weight_decay"],
             )
         if cache_mode:
-            h, info = _fit_on_cached_features(
-                model,
-                cfg,
-                train_ex,
-                val_ex,
-                train_ds,
-                val_ds,
-                optimizer,
-                strategy,
-                cache_mode,
-                global_batch,
-                epochs1,
-                verbose,
-                common_callbacks,
-            )
+            with best.flushed_on_interrupt():
+                h, info = _fit_on_cached_features(
+                    model,
+                    cfg,
+                    train_ex,
+                    val_ex,
+                    train_ds,
+                    val_ds,
+                    optimizer,
+                    strategy,
+                    cache_mode,
+                    global_batch,
+                    epochs1,
+                    verbose,
+                    common_callbacks,
+                )
             timings["feature_cache"] = info
         else:
             with strategy.scope():
