@@ -174,3 +174,42 @@ def test_pretrained_minilm_beats_random_init_on_the_same_split():
     )
     assert frozen_acc > 0.7 and tuned_acc > 0.7
     assert tuned_acc > scratch_acc + 0.2
+
+
+def _tar(folder: str, out, extra: dict | None = None) -> str:
+    import io
+    import tarfile
+
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(folder, arcname="model")
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(out)
+
+
+def test_a_preset_archive_loads_like_its_folder(tmp_path, monkeypatch):
+    """weights= a .tar.gz of the checkpoint: unpacked once under ~/.cache/kerastl/presets."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    archive = _tar(MODEL_DIR, tmp_path / "minilm.tar.gz")
+    kw = dict(num_classes=2, sequence_length=16, task="embedding")
+    from_dir = kerastl.build("all_minilm_l6_v2_en", weights=MODEL_DIR, **kw)
+    from_tar = kerastl.build("all_minilm_l6_v2_en", weights=archive, **kw)
+    np.testing.assert_array_equal(_backbone_weights(from_tar), _backbone_weights(from_dir))
+    presets = list((tmp_path / "home" / ".cache" / "kerastl" / "presets").iterdir())
+    assert len(presets) == 1 and (presets[0] / "model" / "config.json").is_file()
+
+
+def _backbone_weights(model) -> np.ndarray:
+    return np.concatenate([np.ravel(w) for w in model.get_layer("backbone").get_weights()])
+
+
+def test_a_preset_archive_that_escapes_is_refused_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    archive = _tar(MODEL_DIR, tmp_path / "evil.tar.gz", {"../../escaped.txt": b"owned"})
+    with pytest.raises(kerastl.KerastlError, match=r"outside|escape|\.\."):
+        kerastl.build("all_minilm_l6_v2_en", weights=archive, num_classes=2, sequence_length=16)
+    assert not list(tmp_path.rglob("escaped.txt"))
+    presets = tmp_path / "home" / ".cache" / "kerastl" / "presets"
+    assert not presets.exists() or not [p for p in presets.iterdir()]

@@ -333,6 +333,50 @@ def _is_path(weights: Any) -> bool:
     return os.sep in s or s.startswith((".", "~")) or os.path.exists(s)
 
 
+def _is_archive(path: Path) -> bool:
+    import tarfile
+    import zipfile
+
+    return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
+
+
+def extract_preset(archive: Path, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Unpack a preset archive (``.zip`` / ``.tar[.gz]``) once, safely; return its folder.
+
+    Members that would land outside the target (``..``, absolute paths, links) are
+    refused before anything is written (:func:`kerastl._safety.safe_extract`). The
+    folder is keyed by the archive's SHA-256 and appears by an atomic rename, so a
+    killed extraction never leaves a half preset. An archive holding one top-level
+    folder yields that folder.
+
+    Example:
+        >>> extract_preset(Path("minilm.tar.gz"))  # doctest: +SKIP
+        PosixPath('/root/.cache/kerastl/presets/3f2a.../model')
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    from kerastl._safety import safe_extract
+
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    root = Path(cache_dir or os.path.expanduser("~/.cache/kerastl/presets"))
+    target = root / digest.hexdigest()[:24]
+    if not target.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+        try:
+            safe_extract(archive, staging)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    entries = [p for p in target.iterdir() if not p.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
+
+
 def check_preset_dir(path: Path, name: str) -> str:
     """Check ``path`` is a KerasHub or Hugging Face preset folder; return its format.
 
@@ -647,6 +691,8 @@ class KerasHubAdapter(Adapter):
         spec = self.spec
         if isinstance(weights, (str, os.PathLike)) and _is_path(weights):
             path = Path(os.path.expanduser(os.fspath(weights)))
+            if path.is_file() and _is_archive(path):
+                path = extract_preset(path)
             check_preset_dir(path, spec.name)
             return str(path)
         if isinstance(weights, str):
