@@ -1,4 +1,4 @@
-"""Handling untrusted files: archive extraction that cannot escape its folder.
+"""Safe file handling: atomic text writes, archive extraction that cannot escape.
 
 Used for anything kerastl unpacks (preset archives, dataset archives). Tar files
 go through the standard library's ``data`` filter (PEP 706), which refuses
@@ -68,3 +68,21 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
             tf.extractall(dest, filter="data")
         return dest
     raise DataError(f"archive: {str(archive)!r} is not a zip or tar archive.")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    A reader (or a process killed mid-write) sees the old file or the new one,
+    never half of it.
+
+    Example:
+        >>> atomic_write_text("/tmp/kerastl_example.txt", "hello")
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

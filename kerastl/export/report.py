@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from kerastl._safety import atomic_write_text
 
 JSON_NAME = "export_report.json"
 MD_NAME = "export_report.md"
@@ -115,18 +116,9 @@ def write(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     failed = report.get("status") != "passed"
     json_path = out_dir / (FAILED_JSON_NAME if failed else JSON_NAME)
     md_path = out_dir / (FAILED_MD_NAME if failed else MD_NAME)
-    _atomic_write(json_path, json.dumps(report, indent=1, default=str) + "\n")
-    _atomic_write(md_path, to_markdown(report))
+    atomic_write_text(json_path, json.dumps(report, indent=1, default=str) + "\n")
+    atomic_write_text(md_path, to_markdown(report))
     if not failed:  # a stale failure report would contradict the new published one
         for stale in (FAILED_JSON_NAME, FAILED_MD_NAME):
             (out_dir / stale).unlink(missing_ok=True)
     return json_path, md_path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import numpy as np
 
 from kerastl import _interrupt
 from kerastl._errors import KerastlError, choice_error
+from kerastl._safety import atomic_write_text
 from kerastl.train._config import OPTIMIZERS, SCHEDULES
 
 
@@ -360,10 +361,7 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
                 continue
         new = "".join(kept)
         if new != text:
-            tmp = f"{self.filename}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(new)
-            os.replace(tmp, self.filename)
+            atomic_write_text(self.filename, new)
 
 
 class InterruptCheck(keras.callbacks.Callback):

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kerastl._safety import atomic_write_text
+
 RUN_FILES = {
     "config": "config.yaml",
     "model": "model.keras",
@@ -31,9 +33,7 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
     """Write JSON atomically (temp file then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=_jsonable) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=1, default=_jsonable) + "\n")
 
 
 def _jsonable(v: Any) -> Any:
