@@ -19,7 +19,12 @@ from kerastl import _interrupt
 from kerastl import data as kdata
 from kerastl._errors import ConfigError, DataError
 from kerastl.train import _run
-from kerastl.train._cache import FeatureCache, backbone_is_frozen, split_model
+from kerastl.train._cache import (
+    FeatureCache,
+    backbone_is_frozen,
+    feature_batch_size,
+    split_model,
+)
 from kerastl.train._callbacks import (
     BestCheckpoint,
     InterruptCheck,
@@ -635,29 +640,22 @@ def _fit_on_cached_features(
     with strategy.scope():  # the head model fits with the strategy, like the full model
         feature_model, head = split_model(model)
     cache = FeatureCache(mode, cfg["train"]["cache_dir"])
-    plain = kdata.make_dataset(
-        train_ex,
-        _image_size(model),
-        global_batch,
-        shuffle=False,
-        cache=False,
-        channels=cfg["model"]["channels"],
-    )
+    size = _image_size(model)
+    batch = feature_batch_size(size, global_batch)
+
+    def features_of(ex, label):
+        # Uncached, in order, at the inference batch size (not the training one).
+        plain = kdata.make_dataset(
+            ex, size, batch, shuffle=False, cache=False, channels=cfg["model"]["channels"]
+        )
+        steps = math.ceil(len(ex) / batch)
+        return cache.get(model, feature_model, ex.fingerprint(), plain, steps, verbose, label)
+
+    xtr, ytr = features_of(train_ex, "training features")
     steps = math.ceil(len(train_ex) / global_batch)
-    xtr, ytr = cache.get(
-        model, feature_model, train_ex.fingerprint(), plain, steps, verbose, "training features"
-    )
     val_feats = None
     if val_ds is not None:
-        xva, yva = cache.get(
-            model,
-            feature_model,
-            val_ex.fingerprint(),
-            val_ds,
-            math.ceil(len(val_ex) / global_batch),
-            verbose,
-            "validation features",
-        )
+        xva, yva = features_of(val_ex, "validation features")
         val_feats = tf.data.Dataset.from_tensor_slices((xva, yva)).batch(global_batch)
     feats_ds = shuffle_and_batch(
         tf.data.Dataset.from_tensor_slices((xtr, ytr)),
@@ -702,6 +700,7 @@ def _fit_on_cached_features(
         )
     info = {
         "mode": mode,
+        "batch": batch,
         "feature_seconds": round(seconds, 3),
         "hits": cache.hits,
         "misses": cache.misses,
