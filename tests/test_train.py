@@ -234,6 +234,37 @@ def test_cached_features_train_the_same_head_as_end_to_end(tmp_path, weights):
     )
 
 
+def test_feature_pass_traces_the_backbone_once_for_any_batch_and_dtype():
+    """Train and validation passes, a partial last batch and uint8 input share one graph."""
+    import keras
+    import tensorflow as tf
+
+    from kerastl.train._cache import compute_features
+
+    traces = []
+
+    class Counted(keras.layers.Layer):
+        def call(self, x):
+            traces.append(tuple(x.shape))  # runs at trace time only
+            return keras.ops.mean(x, axis=(1, 2))
+
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, Counted()(inp))
+    x = np.random.default_rng(0).uniform(0, 255, (10, 8, 8, 3)).astype("float32")
+    traces.clear()
+    a, y = compute_features(
+        model, tf.data.Dataset.from_tensor_slices((x, np.arange(10))).batch(4), verbose=0
+    )
+    x8 = x.astype("uint8")
+    b, _ = compute_features(
+        model, tf.data.Dataset.from_tensor_slices((x8, np.arange(10))).batch(3), verbose=0
+    )
+    assert len(traces) == 1, traces
+    np.testing.assert_allclose(a, x.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(b, x8.astype("float32").mean(axis=(1, 2)), rtol=1e-6)
+    assert y.tolist() == list(range(10))
+
+
 def test_augmentation_disables_the_cache_with_a_message(tmp_path, capsys):
     from kerastl.train import train
 

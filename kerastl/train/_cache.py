@@ -115,6 +115,35 @@ def feature_batch_size(image_size: tuple[int, int] | None, batch_size: int) -> i
     return max(batch_size, min(FEATURE_BATCH_MAX, pow2))
 
 
+def _inference_fn(feature_model: keras.Model) -> Any:
+    """``feature_model`` in inference mode as one graph for any batch size.
+
+    Traced once per model (train and validation passes and the last, partial batch
+    share it: each trace of a backbone costs about as much as a second of inference).
+    """
+    import tensorflow as tf
+
+    fn = feature_model.__dict__.get("_kerastl_inference_fn")
+    if fn is None:
+        inp = feature_model.inputs[0]
+
+        @tf.function(reduce_retracing=True)
+        def graph(x):
+            return feature_model(x, training=False)
+
+        spec = tf.TensorSpec((None, *inp.shape[1:]), inp.dtype)
+        if spec.shape[1:].is_fully_defined():
+            graph = graph.get_concrete_function(spec)
+
+        def fn(x):
+            x = tf.convert_to_tensor(x)
+            return graph(x if x.dtype == spec.dtype else tf.cast(x, spec.dtype))
+
+        # Kept on the model (outside Keras' attribute tracking), freed with it.
+        object.__setattr__(feature_model, "_kerastl_inference_fn", fn)
+    return fn
+
+
 def compute_features(
     feature_model: keras.Model,
     dataset: Any,
@@ -127,16 +156,7 @@ def compute_features(
     Returns:
         ``(features, labels)`` as NumPy arrays.
     """
-    import tensorflow as tf
-
-    dtype = feature_model.inputs[0].dtype
-
-    @tf.function(reduce_retracing=True)
-    def run(x):
-        if x.dtype != dtype and x.dtype.is_integer:  # uint8 images: cast in the graph
-            x = tf.cast(x, dtype)
-        return feature_model(x, training=False)
-
+    run = _inference_fn(feature_model)
     feats, labels = [], []
     bar = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
     if verbose:
