@@ -11,17 +11,40 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+def _release_custom_gradients() -> bool:
+    """Drop the gradients TensorFlow registered for ``tf.custom_gradient`` while tracing.
+
+    In graph mode every traced ``custom_gradient`` call registers a gradient function
+    under a fresh ``CustomGradient-<n>`` name in a global registry that is never
+    cleared, and each function holds its whole traced graph, so every ``fit`` leaks
+    its training graph and the model it captured (plain Keras too): about 300 MB per
+    registry entry fitted, enough to take a test worker past 12 GB and into the OOM
+    killer. Between tests no graph needs them any more.
+    """
+    from tensorflow.python.framework import ops
+
+    registry = ops._gradient_registry._registry
+    stale = [name for name in registry if name.startswith("CustomGradient-")]
+    for name in stale:
+        del registry[name]
+    return bool(stale)
+
+
 @pytest.fixture(autouse=True)
 def _clear_keras_session():
-    """Each test starts from a clean Keras session (names, global state)."""
+    """Each test starts from a clean Keras session (names, global state) and frees the last."""
     yield
     import sys
 
     if "keras" in sys.modules:
+        import gc
+
         import keras
 
         keras.backend.clear_session()
         keras.config.set_dtype_policy("float32")
+        if "tensorflow" in sys.modules and _release_custom_gradients():
+            gc.collect()
 
 
 def random_images(n: int, size: int, channels: int = 3, seed: int = 0) -> np.ndarray:
