@@ -555,3 +555,16 @@ def test_saved_text_model_reloads_in_a_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.split()[-1]) < 1e-5
+
+
+def test_swin_sides_are_multiples_of_patch_window_and_stages():
+    """Swin attends in 7x7 windows at four stages: its sides are multiples of 4*7*8 = 224."""
+    from kerastl.zoo import get_spec
+
+    assert get_spec("swin_tiny_patch4_window7_224").min_input_size == 224
+    assert get_spec("swin_base_patch4_window12_384").min_input_size == 384
+    assert get_spec("vit_base_patch16_224_imagenet").min_input_size == 32
+    with pytest.raises(kerastl.ConfigError, match=r"7x7 windows.*multiples of 224.*\(256, 256"):
+        kerastl.build("swin_tiny_patch4_window7_224", num_classes=2, input_shape=(256, 256, 3))
+    with pytest.raises(kerastl.ConfigError, match=r"at least 224 px"):
+        kerastl.build("swin_tiny_patch4_window7_224", num_classes=2, input_shape=(32, 32, 3))

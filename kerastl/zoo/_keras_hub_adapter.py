@@ -39,7 +39,7 @@ from kerastl._errors import (
     choice_error,
     missing_dependency,
 )
-from kerastl.zoo._keras_hub_family import group_names_for
+from kerastl.zoo._keras_hub_family import group_names_for, side_multiple
 from kerastl.zoo.adapter import Adapter
 
 _IMAGE_POOLINGS = ("avg", "max")
@@ -542,11 +542,18 @@ class KerasHubAdapter(Adapter):
                     f"input_shape: {spec.name} needs sides of at least {spec.min_input_size} "
                     f"px (default {spec.input_size}); got input_shape={input_shape!r}."
                 )
-        patch = self._config().get("patch_size")
-        if patch and (shape[0] % patch or shape[1] % patch):
+        cfg = self._config()
+        multiple = side_multiple(cfg)
+        if multiple > 1 and (shape[0] % multiple or shape[1] % multiple):
+            why = f"cuts images into {cfg.get('patch_size')}x{cfg.get('patch_size')} patches"
+            if multiple != cfg.get("patch_size"):
+                why += (
+                    f" and attends in {cfg['window_size']}x{cfg['window_size']} windows at "
+                    f"each of {len(cfg['depths'])} stages"
+                )
             raise ConfigError(
-                f"input_shape: {spec.name} cuts images into {patch}x{patch} patches; the "
-                f"sides must be multiples of {patch}, got input_shape={input_shape!r}."
+                f"input_shape: {spec.name} {why}; the sides must be multiples of {multiple}, "
+                f"got input_shape={input_shape!r}."
             )
         return tuple(int(s) for s in shape)
 

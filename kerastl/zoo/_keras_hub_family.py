@@ -24,6 +24,23 @@ SAMPLE_RATE = 16000
 _AUDIO_SECONDS = {"whisper": 30, "moonshine": 10}
 
 
+def side_multiple(config: dict[str, Any]) -> int:
+    """What an image side must be a multiple of: the patch, and for windowed attention
+    (Swin) the window at every stage: ``patch x window x 2 ** (stages - 1)``.
+
+    Example:
+        >>> side_multiple({"patch_size": 4, "window_size": 7, "depths": [2, 2, 6, 2]})
+        224
+        >>> side_multiple({"patch_size": 16}), side_multiple({})
+        (16, 1)
+    """
+    patch = int(config.get("patch_size") or 1)
+    window, depths = config.get("window_size"), config.get("depths")
+    if window and depths:
+        return patch * int(window) * 2 ** (len(depths) - 1)
+    return patch
+
+
 def declare_hub_family(
     family: str,
     modality: str,
@@ -82,7 +99,8 @@ def declare_hub_family(
         if modality == "image":
             extra["converter"] = converter
             extra["fixed_size"] = fixed_size
-            input_size, min_size = facts.pop("input_size"), min_input_size
+            input_size = facts.pop("input_size")
+            min_size = max(min_input_size, side_multiple(config))
         elif modality == "text":
             max_len = int(config.get("max_sequence_length", 512))
             extra.update(
