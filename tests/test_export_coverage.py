@@ -310,3 +310,35 @@ def test_cli_export_and_predict_on_every_format(tmp_path, capsys):
     assert main(["export", str(model_path), "--formats", "onnx"]) == 2
     err = capsys.readouterr().err
     assert "overwrite" in err and len(err.strip().splitlines()) == 1
+
+
+def test_roll_exports_to_tflite_as_builtins(tmp_path):
+    """Swin's shifted windows use ``ops.roll``; LiteRT has no Roll op, so kerastl traces it
+    as slices + concat and the TFLite file needs no Flex ops."""
+    import keras
+
+    import kerastl
+
+    base = kerastl.build(
+        "mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3), compile=False
+    )
+    informative(base, _images(32, 32))
+
+    class ShiftWindows(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.roll(x, shift=(-3, 5), axis=(1, 2))
+
+    inputs = keras.Input((32, 32, 3), name="image")
+    model = keras.Model(inputs, base(ShiftWindows()(inputs)), name="rolled")
+    images = _images(6, 32, seed=4)
+    infer = model(images, training=False).numpy()
+    shifted = np.roll(images, (-3, 5), (1, 2))
+    np.testing.assert_allclose(base(shifted, training=False).numpy(), infer, atol=1e-6)
+    report = kerastl.export(
+        model, tmp_path, formats=["tflite", "onnx"], validation_data=images, latency_runs=1
+    )
+    assert report["status"] == "passed"
+    for a in report["artifacts"]:
+        assert a["non_builtin_ops"] == []
+        art = kerastl.load_artifact(tmp_path / a["path"])
+        np.testing.assert_allclose(art.run(images)["probabilities"], infer, atol=1e-5)

@@ -8,10 +8,14 @@
 * Mixed-precision models (``mixed_bfloat16`` / ``mixed_float16``) are cloned
   with a ``float32`` policy and the same weights: bfloat16 kernels are missing
   from onnxruntime and the LiteRT interpreter.
+* Ops that LiteRT lacks are traced as builtins where an exact rewrite exists:
+  ``roll`` (Swin's shifted windows) by a static shift becomes two slices and a
+  concat instead of a Flex ``Roll`` op.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from dataclasses import dataclass, field
@@ -28,6 +32,59 @@ from kerastl.export._modality import ModalityExporter, get_modality
 CLASS_ID_TASKS = ("classification", "binary")
 #: Tasks whose head has a ``logits`` layer worth exporting too.
 LOGIT_TASKS = ("classification", "binary", "multilabel")
+
+
+def roll_by_slices(x: Any, shift: Any, axis: Any = None, fallback: Any = None) -> Any:
+    """``np.roll`` along static axes by static shifts, as slices and a concat.
+
+    Every runtime has those as builtins (LiteRT has no ``Roll``). Other cases go to
+    ``fallback`` (the backend's own roll).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.arange(12.0).reshape(3, 4)
+        >>> bool((np.asarray(roll_by_slices(x, (1, -1), (0, 1))) == np.roll(x, (1, -1), (0, 1))).all())
+        True
+    """
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    axes = axis if isinstance(axis, (list, tuple)) else (axis,)
+    shifts = shift if isinstance(shift, (list, tuple)) else (shift,) * len(axes)
+    static = (
+        axis is not None
+        and len(shifts) == len(axes)
+        and all(isinstance(s, (int, np.integer)) for s in shifts)
+        and all(isinstance(a, (int, np.integer)) and x.shape[a] is not None for a in axes)
+    )
+    if not static:
+        return fallback(x, shift, axis=axis)
+    for s, a in zip(shifts, axes):
+        n = x.shape[a]
+        s = int(s) % n
+        if s:
+            head = [slice(None)] * x.shape.rank
+            tail = list(head)
+            head[a], tail[a] = slice(n - s, None), slice(None, n - s)
+            x = tf.concat([x[tuple(head)], x[tuple(tail)]], axis=a)
+    return x
+
+
+@contextlib.contextmanager
+def builtin_ops():
+    """While tracing, swap backend ops LiteRT lacks for exact builtin rewrites."""
+    from keras.src.backend.tensorflow import numpy as backend_numpy
+
+    original = backend_numpy.roll
+
+    def roll(x, shift, axis=None):
+        return roll_by_slices(x, shift, axis, fallback=original)
+
+    backend_numpy.roll = roll
+    try:
+        yield
+    finally:
+        backend_numpy.roll = original
 
 
 @dataclass
@@ -56,7 +113,8 @@ class Prepared:
         model, names, task = self.model, self.output_names, self.task
 
         def serve(inputs):
-            outs = model(inputs, training=False)
+            with builtin_ops():
+                outs = model(inputs, training=False)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
             result = {}
             for name, value in zip([n for n in names if n != "class_id"], outs):
