@@ -295,3 +295,29 @@ def test_random_affine_flip_mirrors_about_half_the_images_exactly():
     flipped = [np.allclose(y[i], x[i, :, ::-1], atol=1e-3) for i in range(32)]
     assert all(k != f for k, f in zip(kept, flipped))  # each image is one or the other
     assert 6 <= sum(flipped) <= 26
+
+
+def test_array_fingerprint_is_computed_once_and_sees_edits():
+    from kerastl.data import from_numpy
+
+    x = np.random.default_rng(0).integers(0, 255, (20, 8, 8, 3), dtype=np.uint8)
+    ex = from_numpy(x, [0, 1] * 10)
+    calls = []
+    original = type(ex)._fingerprint
+
+    def counted(self):
+        calls.append(1)
+        return original(self)
+
+    type(ex)._fingerprint = counted
+    try:
+        first = ex.fingerprint()
+        assert ex.fingerprint() == first and len(calls) == 1  # memoised
+        x[0, 0, 0, 0] ^= 1  # an in-place edit of a sampled value
+        assert ex.fingerprint() != first and len(calls) == 2
+        x[0, 0, 0, 0] ^= 1
+        assert ex.fingerprint() == first  # same content, same hash
+        other = from_numpy(x.copy(), [0, 1] * 10)
+        assert other.fingerprint() == first  # content, not identity
+    finally:
+        type(ex)._fingerprint = original
