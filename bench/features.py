@@ -346,7 +346,8 @@ def run(quick: bool = False) -> Section:
             n_star = (bar * fixed - g_fixed) / (g_slope - bar * slope)
             notes.append(
                 f"{k}: {bar:.0f} x is reached from about {max(n_star, 0):.0f} training "
-                "images on (extrapolated from the fit)"
+                "images on (extrapolated from the fit over the three small sizes, where "
+                "fixed costs dominate; the large run is measured)"
             )
         else:
             notes.append(
