@@ -78,13 +78,15 @@ def test_entry_declares_what_the_built_backbone_has(name):
         assert _nearest_stride(size, out.shape[1]) == tap.stride, (tap, out.shape)
 
 
-def _build_and_predict(name: str, **kwargs):
+def _build_and_predict(name: str, num_classes: int, **kwargs):
     spec = get_spec(name)
     s = spec.min_input_size
-    model = kerastl.build(name, input_shape=(s, s, 3), weights=None, **kwargs)
+    model = kerastl.build(
+        name, num_classes=num_classes, input_shape=(s, s, 3), weights=None, **kwargs
+    )
     x = np.random.default_rng(0).uniform(0, 255, (2, s, s, 3)).astype("float32")
     probs = model.predict(x, verbose=0)
-    assert probs.shape == (2, kwargs["num_classes"])
+    assert probs.shape == (2, num_classes)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert model.kerastl_config["backbone"] == name
     return model, x

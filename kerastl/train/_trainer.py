@@ -428,8 +428,6 @@ def train(
                     cfg,
                     train_ex,
                     val_ex,
-                    train_ds,
-                    val_ds,
                     optimizer,
                     strategy,
                     cache_mode,
@@ -621,8 +619,6 @@ def _fit_on_cached_features(
     cfg,
     train_ex,
     val_ex,
-    train_ds,
-    val_ds,
     optimizer,
     strategy,
     mode,
@@ -654,7 +650,7 @@ def _fit_on_cached_features(
     xtr, ytr = features_of(train_ex, "training features")
     steps = math.ceil(len(train_ex) / global_batch)
     val_feats = None
-    if val_ds is not None:
+    if val_ex is not None:
         xva, yva = features_of(val_ex, "validation features")
         val_feats = tf.data.Dataset.from_tensor_slices((xva, yva)).batch(global_batch)
     feats_ds = shuffle_and_batch(
