@@ -38,12 +38,14 @@ def roll_by_slices(x: Any, shift: Any, axis: Any = None, fallback: Any = None) -
     """``np.roll`` along static axes by static shifts, as slices and a concat.
 
     Every runtime has those as builtins (LiteRT has no ``Roll``). Other cases go to
-    ``fallback`` (the backend's own roll).
+    ``fallback`` (default ``keras.ops.roll``).
 
     Example:
         >>> import numpy as np
         >>> x = np.arange(12.0).reshape(3, 4)
         >>> bool((np.asarray(roll_by_slices(x, (1, -1), (0, 1))) == np.roll(x, (1, -1), (0, 1))).all())
+        True
+        >>> bool((np.asarray(roll_by_slices(x, 1)) == np.roll(x, 1)).all())  # axis=None: fallback
         True
     """
     import tensorflow as tf
@@ -58,7 +60,7 @@ def roll_by_slices(x: Any, shift: Any, axis: Any = None, fallback: Any = None) -
         and all(isinstance(a, (int, np.integer)) and x.shape[a] is not None for a in axes)
     )
     if not static:
-        return fallback(x, shift, axis=axis)
+        return (fallback or keras.ops.roll)(x, shift, axis=axis)
     for s, a in zip(shifts, axes):
         n = x.shape[a]
         s = int(s) % n
