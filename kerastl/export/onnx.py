@@ -25,6 +25,7 @@ metadata goes into ``metadata_props``.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from pathlib import Path
@@ -140,7 +141,23 @@ def _optimizers():
 
     opts = dict(optimizer._get_optimizers())
     opts["optimize_transpose"] = SafeTransposeOptimizer
-    return opts
+    return {name: _collecting(factory) for name, factory in opts.items()}
+
+
+def _collecting(factory):
+    """``factory`` that first frees the graphs earlier optimiser passes left behind.
+
+    tf2onnx deep-copies the whole graph (constants included) before every optimiser
+    pass and drops the old copy into a reference cycle, which only Python's cyclic
+    collector frees. On ViT-B (343 MB of weights) those copies piled up to a 15 GB peak;
+    collecting before each pass keeps about two copies alive.
+    """
+
+    def make():
+        gc.collect()
+        return factory()
+
+    return make
 
 
 class _Collect(logging.Handler):
@@ -184,14 +201,16 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = N
     from tf2onnx.convert import tensor_names_from_structed
 
     concrete, graph_def, input_names, output_names = _frozen_graph_def(prepared)
+    gc.collect()  # the frozen function's graph is a cycle holding a copy of every weight
     rename = tensor_names_from_structed(concrete, input_names, output_names)
-    with tf.device("/cpu:0"):
-        with tf.Graph().as_default() as graph, tf_loader.tf_session(graph=graph):
-            tf.import_graph_def(graph_def, name="")
-            graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
+    # Grappler only needs a graph context for its MetaGraph; importing the GraphDef into
+    # it (as tf2onnx.from_function does) would hold one more copy of the weights.
+    with tf.device("/cpu:0"), tf.Graph().as_default():
+        graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
     reference = prepared.predict(probe) if probe is not None else None
     problems: list[str] = []
     for disabled in OPTIMIZER_FALLBACKS:
+        model_proto = None  # free the failed attempt before converting again
         model_proto, notes = _convert_once(
             prepared, graph_def, opset, input_names, output_names, rename, disabled
         )
@@ -232,6 +251,7 @@ def _convert_once(prepared, graph_def, opset, input_names, output_names, rename,
         raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {exc}") from exc
     finally:
         tf2onnx_logger.removeHandler(collect)
+        gc.collect()  # the optimisers' discarded graph copies
     unknown = non_standard_ops(model_proto)
     if unknown:
         raise ExportError(
