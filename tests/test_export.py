@@ -608,3 +608,46 @@ def test_onnx_falls_back_when_an_optimiser_breaks_the_graph(model, tmp_path, mon
     report = kerastl.export(model, tmp_path, formats=["onnx"], latency_runs=1)
     assert len(calls) == 2 and report["status"] == "passed"
     assert "['reshape_optimizer'] switched off" in report["artifacts"][0]["details"]["tf2onnx"]
+
+
+def test_onnx_over_the_single_file_limit_keeps_weights_beside_it(model, tmp_path, monkeypatch):
+    """Graphs over protobuf's 2 GiB go out as ONNX external data, probed, checked, published.
+
+    The limit is lowered so a small model takes the path a ViT-H (2.5 GB) would.
+    """
+    import onnx
+
+    import kerastl
+    from kerastl.export import onnx as kx_onnx
+
+    x = _photo_like(8)
+    first = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x, latency_runs=1)
+    small = tmp_path / first["artifacts"][0]["path"]
+    assert not kx_onnx.data_file(small).exists()
+
+    monkeypatch.setattr(kx_onnx, "SINGLE_FILE_LIMIT", 1000)
+    report = kerastl.export(
+        model, tmp_path, formats=["onnx"], validation_data=x, latency_runs=1, overwrite=True
+    )
+    art = report["artifacts"][0]
+    path = tmp_path / art["path"]
+    data = kx_onnx.data_file(path)
+    assert report["status"] == "passed" and art["parity"]["max_rel_err"] < 1e-4
+    assert art["details"]["external_data"] == data.name
+    assert data.stat().st_size > 20 * path.stat().st_size  # the weights left the graph file
+    assert art["size_bytes"] == path.stat().st_size + data.stat().st_size
+    graph = onnx.load(str(path), load_external_data=False).graph
+    external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and all(len(t.raw_data) < 1024 for t in graph.initializer)
+    ref = model.predict(x[:3], verbose=0)
+    got = kerastl.load_artifact(path).predict(x[:3])["probabilities"]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert not list(tmp_path.glob(".*staging*")) and sorted(
+        p.name for p in tmp_path.iterdir() if p.suffix in (".onnx", ".data")
+    ) == [path.name, data.name]
+
+    monkeypatch.setattr(kx_onnx, "SINGLE_FILE_LIMIT", 2**31 - 2**26)
+    kerastl.export(
+        model, tmp_path, formats=["onnx"], validation_data=x, latency_runs=1, overwrite=True
+    )
+    assert path.exists() and not data.exists()  # the replaced file's weights went with it

@@ -121,7 +121,8 @@ def _require(formats: list[str]) -> None:
 
 def _size(path: Path) -> int:
     if path.is_file():
-        return path.stat().st_size
+        data = path.with_name(path.name + ".data")  # an ONNX graph's external weights
+        return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
@@ -380,12 +381,10 @@ def export(
             path = staging / f"{name}.onnx"
 
             def write_onnx():
-                import onnx
-
                 proto, onnx_notes = kx_onnx.convert(
                     prepared, opset_value, prepared.meta, probe=x_val[:4]
                 )
-                onnx.save(proto, str(path))
+                files = kx_onnx.save(proto, path)
                 kx_onnx.check(path)
                 counts: dict[str, int] = {}
                 for node in proto.graph.node:
@@ -397,6 +396,8 @@ def export(
                 }
                 if onnx_notes:
                     details["tf2onnx"] = "; ".join(onnx_notes)
+                if len(files) > 1:
+                    details["external_data"] = files[1].name
                 return details
 
             records.append(
@@ -520,7 +521,9 @@ def _run_one(
 
         from kerastl.export import onnx as kx_onnx
 
-        record["non_builtin_ops"] = kx_onnx.non_standard_ops(onnx.load(str(path)))
+        record["non_builtin_ops"] = kx_onnx.non_standard_ops(
+            onnx.load(str(path), load_external_data=False)
+        )
     else:
         record["non_builtin_ops"] = []
     try:
@@ -557,7 +560,16 @@ def _publish(staging: Path, records: list[dict[str, Any]], targets) -> None:
                     f"Could not publish {str(target)!r}: {exc}. Nothing was overwritten."
                 ) from exc
         else:
+            # An ONNX graph over 2 GiB has its weights in "<file>.data": moved first, so
+            # the new graph never points at a missing file.
+            data = source.with_name(source.name + ".data")
+            target_data = target.with_name(target.name + ".data")
+            has_data = data.exists()
+            if has_data:
+                os.replace(data, target_data)
             os.replace(source, target)
+            if fmt == "onnx" and not has_data and target_data.exists():
+                target_data.unlink()  # the weights of a large file this one replaced
 
 
 class _CallableModule(types.ModuleType):

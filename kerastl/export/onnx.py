@@ -42,6 +42,79 @@ DEFAULT_OPSET = 17
 METADATA_KEY = "kerastl"
 #: ONNX domains whose ops every runtime knows.
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+#: Most tensor bytes kept inside the ``.onnx`` file itself. protobuf cannot serialise a
+#: message of 2 GiB or more, so a bigger graph keeps its weights in ``<file>.data``
+#: beside it (ONNX external data; onnxruntime and onnx.checker read it from the path).
+SINGLE_FILE_LIMIT = 2**31 - 2**26
+
+
+def tensor_bytes(model_proto) -> int:
+    """Bytes of the graph's initializers and constant-node tensors."""
+    total = sum(t.ByteSize() for t in model_proto.graph.initializer)
+    for node in model_proto.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                total += attr.t.ByteSize()
+    return total
+
+
+def data_file(path: Path) -> Path:
+    """Where the weights of a graph too big for one file go: ``<name>.onnx.data``."""
+    return path.with_name(path.name + ".data")
+
+
+def save(model_proto, path: Path) -> list[Path]:
+    """Write ``model_proto`` to ``path``, with its weights beside it if it is over 2 GiB.
+
+    Returns the files written. Over :data:`SINGLE_FILE_LIMIT` the tensors move out of
+    ``model_proto`` into :func:`data_file` (the proto is left without them).
+
+    Example:
+        >>> import onnx
+        >>> from onnx import helper, TensorProto
+        >>> graph = helper.make_graph(
+        ...     [helper.make_node("Identity", ["x"], ["y"])], "g",
+        ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        >>> import tempfile; d = tempfile.mkdtemp()
+        >>> [p.name for p in save(helper.make_model(graph), Path(d) / "m.onnx")]
+        ['m.onnx']
+    """
+    import onnx
+
+    path = Path(path)
+    if tensor_bytes(model_proto) <= SINGLE_FILE_LIMIT:
+        onnx.save(model_proto, str(path))
+        return [path]
+    data = data_file(path)
+    onnx.save_model(
+        model_proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
+    return [path, data]
+
+
+def _session(model_proto, options):
+    """onnxruntime session on an in-memory proto, through a temporary file if it is large."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if tensor_bytes(model_proto) <= SINGLE_FILE_LIMIT:
+        return ort.InferenceSession(model_proto.SerializeToString(), options, providers=providers)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "probe.onnx"
+        save(model_proto, path)
+        try:
+            return ort.InferenceSession(str(path), options, providers=providers)
+        finally:
+            onnx.load_external_data_for_model(model_proto, tmp)  # give the proto its weights back
 
 
 def check_opset(opset: int | None) -> int:
@@ -272,9 +345,7 @@ def _probe(model_proto, prepared: Prepared, probe, reference) -> str | None:
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        session = ort.InferenceSession(
-            model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        session = _session(model_proto, options)
         names = [o.name for o in session.get_outputs()]
         name = prepared.modality.input_name
         kind = session.get_inputs()[0].type  # token ids (text) are int32, pixels float
