@@ -510,6 +510,15 @@ def test_float64_referee_tells_rounding_from_a_broken_artifact():
     )
     assert calls == []
 
+    def no_float64(v):  # a layer that cannot be rebuilt in float64
+        raise ValueError("Could not automatically infer the output shape")
+
+    stuck = validate(
+        _Fake(lambda v: off_by(v, -3e-4)), keras32, x, "onnx/float32", None, exact=no_float64
+    )
+    assert not stuck["passed"]
+    assert "float64 referee could not run the model: ValueError: Could not" in stuck["failures"][0]
+
 
 def test_float64_clone_runs_a_kerastl_model_in_float64():
     import kerastl

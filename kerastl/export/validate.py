@@ -218,6 +218,8 @@ def validate(
                     f"float64, Keras float32 {verdict['keras_vs_float64']:.3g}; allowed "
                     f"{verdict['allowed']:.3g})"
                 )
+            elif verdict and "error" in verdict:
+                line += f" (the float64 referee could not run the model: {verdict['error']})"
             failures.append(line)
     again = artifact.run(x[:big])
     first = runs[big]

@@ -286,33 +286,42 @@ class SequencePooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+#: ``EfficientNetBackbone`` arguments its ``get_config`` (keras-hub 0.32) leaves out.
+_EFFICIENTNET_OMITTED = ("num_features", "stackwise_nores_option")
+
+
 @keras.saving.register_keras_serializable(package="kerastl")
 class EfficientNetBackbone(_keras_hub().models.EfficientNetBackbone):
-    """KerasHub's ``EfficientNetBackbone`` whose config keeps ``num_features``.
+    """KerasHub's ``EfficientNetBackbone`` whose config keeps every argument.
 
-    ``EfficientNetBackbone.get_config`` (keras-hub 0.32) omits ``num_features``, so a
-    saved EfficientNetV2-rw (or width-scaled) model reloads with a 1280-wide top conv
-    and its weights no longer fit. Random-init instances are switched to this subclass
-    (same layers and weights); its config keeps the argument.
+    ``EfficientNetBackbone.get_config`` (keras-hub 0.32) omits ``num_features`` and
+    ``stackwise_nores_option``, so a saved EfficientNetV2-rw (or width-scaled) model
+    reloads with a 1280-wide top conv, and a saved EfficientNet-EdgeTPU (``es``/``em``/
+    ``el``) does not reload at all (its first block gets a residual it never had). Built
+    instances are switched to this subclass (same layers and weights); its config keeps
+    those arguments.
     """
 
     def get_config(self):
         config = super().get_config()
-        config["num_features"] = self._kerastl_num_features
+        config.update(getattr(self, "_kerastl_kept", {}))
         return config
 
     @classmethod
     def from_config(cls, config):
         model = super().from_config(config)
-        model._kerastl_num_features = config.get("num_features", 1280)
+        model._kerastl_kept = {k: config[k] for k in _EFFICIENTNET_OMITTED if k in config}
         return model
 
 
 def _keep_config(hub, config: dict[str, Any]) -> None:
-    """Switch a random-init EfficientNet to :class:`EfficientNetBackbone` (see there)."""
-    if type(hub).__name__ == "EfficientNetBackbone" and "num_features" in config:
+    """Switch an EfficientNet to :class:`EfficientNetBackbone` (see there)."""
+    if type(hub).__name__ != "EfficientNetBackbone":
+        return
+    kept = {k: config[k] for k in _EFFICIENTNET_OMITTED if k in config}
+    if kept:
         hub.__class__ = EfficientNetBackbone
-        hub._kerastl_num_features = int(config["num_features"])
+        hub._kerastl_kept = kept
 
 
 def _jsonable(v):
@@ -690,8 +699,8 @@ class KerasHubAdapter(Adapter):
                         f"preset ({max_len} tokens)."
                     )
         self._attach_preprocessing(preset, hub)
-        if preset is None:
-            _keep_config(hub, cfg)
+        # A preset loads from its own config.json, which is this entry's architecture.
+        _keep_config(hub, cfg if preset is None else spec.extra.get("config") or {})
         return self._wrap(hub)
 
     def _resolve_preset(self, weights: Any) -> str:
