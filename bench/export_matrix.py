@@ -160,19 +160,32 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
             fh.write(json.dumps(row) + "\n")
 
 
-def _done(results: Path) -> set[tuple[str, str]]:
+def _done(results: Path, retry: bool = False) -> set[tuple[str, str]]:
+    """Cells with a result (``retry``: only those whose latest result is a pass)."""
     if not results.exists():
         return set()
-    return {(r["entry"], r["format"]) for r in map(json.loads, results.read_text().splitlines())}
+    latest = {}
+    for r in map(json.loads, results.read_text().splitlines()):
+        latest[(r["entry"], r["format"])] = r["status"]
+    return {cell for cell, status in latest.items() if status == "pass" or not retry}
+
+
+def _lines(results: Path, skip: int = 0) -> list[str]:
+    return results.read_text().splitlines()[skip:] if results.exists() else []
 
 
 def run_parent(
-    entries: list[str], formats: list[str], results: Path, timeout: float, max_rss_gb: float
+    entries: list[str],
+    formats: list[str],
+    results: Path,
+    timeout: float,
+    max_rss_gb: float,
+    retry: bool = False,
 ) -> None:
     import psutil
 
     for entry in entries:
-        todo = [f for f in formats if (entry, f) not in _done(results)]
+        todo = [f for f in formats if (entry, f) not in _done(results, retry)]
         if not todo:
             continue
         print(f"== {entry}: {todo}", flush=True)
@@ -186,6 +199,7 @@ def run_parent(
             "--results",
             str(results),
         ]
+        seen = len(_lines(results))
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         start, reason, peak = time.time(), None, 0.0
         while proc.poll() is None:
@@ -204,7 +218,8 @@ def run_parent(
                 proc.wait()
                 break
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        missing = [f for f in todo if (entry, f) not in _done(results)]
+        finished = {(r["entry"], r["format"]) for r in map(json.loads, _lines(results, seen))}
+        missing = [f for f in todo if (entry, f) not in finished]
         for fmt in missing:
             row = {
                 "entry": entry,
@@ -318,6 +333,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1500, help="seconds per entry")
     p.add_argument("--max-rss-gb", type=float, default=12.0)
     p.add_argument("--summarize", action="store_true", help="only rewrite the Markdown")
+    p.add_argument("--retry", action="store_true", help="run failed cells again")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     results = Path(args.results)
@@ -333,7 +349,7 @@ def main() -> None:
         from kerastl.zoo import get_spec
 
         entries.sort(key=lambda n: get_spec(n).params)
-        run_parent(entries, formats, results, args.timeout, args.max_rss_gb)
+        run_parent(entries, formats, results, args.timeout, args.max_rss_gb, args.retry)
     print(summarize(results, Path(args.markdown)))
 
 
