@@ -170,6 +170,43 @@ def _done(results: Path, retry: bool = False) -> set[tuple[str, str]]:
     return {cell for cell, status in latest.items() if status == "pass" or not retry}
 
 
+def architecture(name: str) -> str | None:
+    """Identity of a KerasHub entry's graph: backbone class, config, tokenizer class.
+
+    Presets that share it (``bge_base_en`` and ``bert_base_en_uncased``, the two MiT
+    checkpoints of each size) differ only in their downloaded weights, so with
+    ``weights=None`` they export the very same graph.
+    """
+    from kerastl.zoo import get_spec
+
+    spec = get_spec(name)
+    if spec.source != "keras_hub":
+        return None
+    key = [spec.extra["backbone_class"], spec.extra.get("config"), spec.extra.get("tokenizer")]
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def _copy_twin(entry: str, todo: list[str], results: Path) -> bool:
+    """Record ``entry``'s cells as those of an entry already run with the same graph."""
+    key = architecture(entry)
+    if key is None:
+        return False
+    latest = {}
+    for r in map(json.loads, _lines(results)):
+        if "same_as" not in r:
+            latest[(r["entry"], r["format"])] = r
+    for (other, _), _row in latest.items():
+        if other != entry and architecture(other) == key:
+            if all((other, f) in latest for f in todo):
+                with results.open("a") as fh:
+                    for f in todo:
+                        row = {**latest[(other, f)], "entry": entry, "same_as": other}
+                        fh.write(json.dumps(row) + "\n")
+                print(f"== {entry}: same architecture as {other}, cells copied", flush=True)
+                return True
+    return False
+
+
 def _lines(results: Path, skip: int = 0) -> list[str]:
     return results.read_text().splitlines()[skip:] if results.exists() else []
 
@@ -181,12 +218,15 @@ def run_parent(
     timeout: float,
     max_rss_gb: float,
     retry: bool = False,
+    twins: bool = True,
 ) -> None:
     import psutil
 
     for entry in entries:
         todo = [f for f in formats if (entry, f) not in _done(results, retry)]
         if not todo:
+            continue
+        if twins and _copy_twin(entry, todo, results):
             continue
         print(f"== {entry}: {todo}", flush=True)
         cmd = [
@@ -242,7 +282,9 @@ def summarize(results: Path, md: Path) -> str:
     for r in rows:
         latest[(r["entry"], r["format"])] = r
     entries = sorted({e for e, _ in latest})
-    built = {k: r for k, r in latest.items() if r["status"] != "build_error"}
+    twins = sorted({e for (e, _), r in latest.items() if "same_as" in r})
+    latest = {k: r for k, r in latest.items() if "same_as" not in r or r["entry"] in twins}
+    built = {k: r for k, r in latest.items() if r["status"] != "build_error" and "same_as" not in r}
     broken = sorted({e for (e, _), r in latest.items() if r["status"] == "build_error"})
     passed = sum(1 for r in built.values() if r["status"] == "pass")
     lines = [
@@ -256,8 +298,11 @@ def summarize(results: Path, md: Path) -> str:
         "jobs, so times are inflated. Cell: max rel err / size MB / export s.",
         "",
         f"**{passed} of {len(built)} entry x format cells pass** "
-        f"({len(entries) - len(broken)} entries exported; {len(broken)} more could not be built "
-        "by kerastl.build at their minimum input, listed below).",
+        f"({len(entries) - len(broken) - len(twins)} entries exported; {len(broken)} more could "
+        "not be built by kerastl.build at their minimum input, listed below). "
+        f"{len(twins)} more KerasHub entries have exactly the graph of an entry that was run "
+        "(same backbone class, config and tokenizer class; only their downloadable weights "
+        "differ), so their cells repeat that entry's result, marked `= entry`.",
         "",
         "What kerastl does where Keras 3.15 `model.export` falls short (see PRODUCT.md): traces "
         "with `training=False`; freezes every variable and captured tensor (EfficientNet's "
@@ -283,6 +328,8 @@ def summarize(results: Path, md: Path) -> str:
             r = latest.get((e, f))
             if r is None:
                 cells.append("not run")
+            elif "same_as" in r:
+                cells.append(f"= {r['same_as']} ({'ok' if r['status'] == 'pass' else 'FAIL'})")
             elif r["status"] == "pass":
                 cells.append(f"ok {r['max_rel_err']:.1g} / {r['size_mb']} / {r['export_s']}")
             elif r["status"] == "build_error":
@@ -334,6 +381,9 @@ def main() -> None:
     p.add_argument("--max-rss-gb", type=float, default=12.0)
     p.add_argument("--summarize", action="store_true", help="only rewrite the Markdown")
     p.add_argument("--retry", action="store_true", help="run failed cells again")
+    p.add_argument(
+        "--no-twins", action="store_true", help="also run entries whose graph was already run"
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     results = Path(args.results)
@@ -349,7 +399,15 @@ def main() -> None:
         from kerastl.zoo import get_spec
 
         entries.sort(key=lambda n: get_spec(n).params)
-        run_parent(entries, formats, results, args.timeout, args.max_rss_gb, args.retry)
+        run_parent(
+            entries,
+            formats,
+            results,
+            args.timeout,
+            args.max_rss_gb,
+            args.retry,
+            not args.no_twins,
+        )
     print(summarize(results, Path(args.markdown)))
 
 
