@@ -660,3 +660,74 @@ def test_onnx_over_the_single_file_limit_keeps_weights_beside_it(model, tmp_path
         model, tmp_path, formats=["onnx"], validation_data=x, latency_runs=1, overwrite=True
     )
     assert path.exists() and not data.exists()  # the replaced file's weights went with it
+
+
+def _plain_classifier(classes: int = 3, name: str = "plain"):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(classes, activation="softmax"),
+        ],
+        name=name,
+    )
+
+
+def test_plain_keras_softmax_model_exports_as_a_classifier(tmp_path):
+    import onnx
+
+    import kerastl
+
+    x = _photo_like(8)
+    y = np.arange(8) % 3
+    report = kerastl.export(
+        _plain_classifier(), tmp_path, formats=["tflite", "onnx"], validation_data=(x, y)
+    )
+    assert report["model"]["task"] == "classification"
+    assert report["model"]["outputs"] == ["probabilities", "class_id"]
+    for art in report["artifacts"]:
+        assert art["parity"]["agreement"] == 1.0 and art["parity"]["metric"]["name"] == "accuracy"
+    props = {p.key for p in onnx.load(str(tmp_path / "plain.onnx")).metadata_props}
+    assert {"kerastl", "kerastl.task", "kerastl.kerastl_version"} <= props
+    got = kerastl.load_artifact(tmp_path / "plain.tflite").predict(x[:2])
+    assert got["class_id"].shape == (2,) and got["probabilities"].shape == (2, 3)
+
+
+def test_new_head_on_a_kerastl_model_does_not_inherit_its_labels(model, tmp_path):
+    import keras
+
+    import kerastl
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    outer = keras.Model(
+        inputs, keras.layers.Dense(5, activation="softmax")(model(inputs)), name="wrapped"
+    )
+    report = kerastl.export(outer, tmp_path, formats=["tflite"], latency_runs=1)
+    assert report["model"]["class_names"] is None  # not the inner model's 3 labels
+    got = kerastl.load_artifact(tmp_path / "wrapped.tflite").predict(_photo_like(2))
+    assert got["probabilities"].shape == (2, 5)
+
+
+def test_subclassed_model_is_refused_clearly(tmp_path):
+    import keras
+
+    import kerastl
+    from kerastl import ConfigError
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    sub = Sub()
+    sub(np.zeros((1, 4), "float32"))
+    with pytest.raises(ConfigError, match="model: Sub is a subclassed Keras model"):
+        kerastl.export(sub, tmp_path, formats=["onnx"])

@@ -204,15 +204,47 @@ def _short(value: Any) -> str:
 
 
 def find_metadata(model: keras.Model) -> dict[str, Any]:
-    """kerastl metadata of ``model`` or of a kerastl model nested inside it."""
+    """kerastl metadata of ``model`` or of a kerastl model nested inside it.
+
+    A nested model's metadata (labels, task) is used only when the outer model ends in
+    an output of the same width (an augmentation or mixed-precision wrapper); a new head
+    on top makes them wrong, and the outer model is treated as a plain Keras model.
+    """
     meta = getattr(model, "kerastl_config", None)
     if meta:
         return copy.deepcopy(meta)
     for layer in model._flatten_layers(include_self=False, recursive=True):
         meta = getattr(layer, "kerastl_config", None)
         if meta:
-            return copy.deepcopy(meta)
+            if _width(layer) == _width(model):
+                return copy.deepcopy(meta)
+            return {}
     return {}
+
+
+#: Final activation of a plain Keras model -> the kerastl task it is exported as.
+_TASK_OF = {"softmax": "classification", "sigmoid (1 unit)": "binary"}
+
+
+def _guess_task(model: keras.Model) -> str | None:
+    """``"softmax"`` / ``"sigmoid (1 unit)"`` when a plain model ends in one, else None."""
+    layer = model.layers[-1] if model.layers else None
+    width = _width(model)
+    if layer is None or not width or len(width) != 1:
+        return None
+    act = getattr(getattr(layer, "activation", None), "__name__", "")
+    if isinstance(layer, keras.layers.Softmax) or (act == "softmax" and width[0] >= 2):
+        return "softmax"
+    if act == "sigmoid" and width[0] == 1:
+        return "sigmoid (1 unit)"
+    return None
+
+
+def _width(model: Any) -> Any:
+    try:
+        return tuple(model.outputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
 
 
 def _is_mixed(model: keras.Model) -> bool:
@@ -296,6 +328,14 @@ def prepare(model: Any) -> Prepared:
         ['probabilities', 'logits', 'class_id']
     """
     model = resolve_model(model)
+    try:
+        model.inputs  # noqa: B018 - subclassed models have no such attribute
+    except AttributeError:
+        raise ConfigError(
+            f"model: {type(model).__name__} is a subclassed Keras model with no known inputs; "
+            "export traces functional or Sequential models (kerastl.build, keras.Model(inputs, "
+            "outputs), keras.Sequential with an Input)."
+        ) from None
     if len(model.inputs or []) != 1:
         raise ConfigError(
             f"model: export supports models with one input, {model.name!r} has "
@@ -307,11 +347,23 @@ def prepare(model: Any) -> Prepared:
             f"{model.name!r} has {len(model.outputs or [])}; features_only extractors are "
             "not exportable yet."
         )
+    from kerastl import __version__
+
     notes: list[str] = []
     meta = find_metadata(model)
     if not meta:
-        notes.append("model has no kerastl metadata; input/output spec inferred from its shapes")
-        meta = {"modality": "image", "task": None, "class_names": None, "output": "outputs"}
+        task = _guess_task(model)
+        notes.append(
+            "model has no kerastl metadata; input/output spec inferred from its shapes"
+            + (f"; its {task} output exported as a classifier" if task else "")
+        )
+        meta = {
+            "modality": "image",
+            "task": _TASK_OF.get(task),
+            "class_names": None,
+            "output": "probabilities" if task else "outputs",
+            "kerastl_version": __version__,
+        }
     shape = list(model.inputs[0].shape[1:])
     meta["input"] = {
         **(meta.get("input") or {}),
@@ -336,8 +388,9 @@ def prepare(model: Any) -> Prepared:
     if task in LOGIT_TASKS and main != "logits":
         try:
             logits = model.get_layer("logits").output
-            infer = keras.Model(model.inputs, [model.outputs[0], logits], name=model.name)
-            names.append("logits")
+            if tuple(logits.shape) == tuple(model.outputs[0].shape):
+                infer = keras.Model(model.inputs, [model.outputs[0], logits], name=model.name)
+                names.append("logits")
         except (ValueError, AttributeError, TypeError):
             infer = model  # not a functional graph with a reachable "logits" layer
     if task in CLASS_ID_TASKS:
