@@ -316,6 +316,9 @@ def test_out_dir_is_a_file(model, tmp_path):
     f.write_text("x")
     with pytest.raises(kerastl.ConfigError, match=r"out_dir: .*file.txt' is a file"):
         kerastl.export(model, f)
+    with pytest.raises(kerastl.ConfigError, match=r"out_dir: .* contains \['\[', '\]'\]"):
+        kerastl.export(model, tmp_path / "run [3]", formats=["tflite"])
+    assert not (tmp_path / "run [3]").exists()
 
 
 def test_unknown_format_and_quantize_list_choices(model, tmp_path):
@@ -352,6 +355,19 @@ def test_calibration_data_of_wrong_shape(model, tmp_path):
             calibration_data=random_images(5, 64),
         )
     assert not list(tmp_path.glob("*.tflite")) and not list(tmp_path.glob(".kerastl-staging-*"))
+
+
+def test_labels_that_do_not_fit_the_output_are_refused_before_converting(model, tmp_path):
+    import kerastl
+
+    x = _photo_like(6)
+    with pytest.raises(
+        kerastl.DataError,
+        match=r"validation_data: the labels have shape \(6, 2\) but this classification model's "
+        r"output has shape \(6, 3\); give labels of shape \(6,\) \(class ids\) or \(6, 3\)",
+    ):
+        kerastl.export(model, tmp_path, formats=["onnx"], validation_data=(x, np.zeros((6, 2))))
+    assert not list(tmp_path.iterdir())
 
 
 def test_missing_optional_dependency_names_pip_install(model, tmp_path, monkeypatch):

@@ -224,6 +224,14 @@ def export(
         raise ConfigError(
             f"out_dir: {str(out)!r} is a file; pass a folder (it is created if missing)."
         )
+    brackets = sorted(set("[]") & set(str(out.absolute())))
+    if brackets and {"saved_model", "tflite"} & set(formats):
+        raise ConfigError(
+            f"out_dir: {str(out)!r} contains {brackets}; TensorFlow reads SavedModel "
+            "variables through a glob pattern, where brackets are special, so the SavedModel "
+            "(and the TFLite files converted from it) could not be loaded back. Choose a "
+            "folder without '[' or ']'."
+        )
     _require(formats)
 
     prepared = prepare(model)
@@ -295,6 +303,9 @@ def export(
         tflite.check_calibration(len(x_cal))
 
     reference = prepared.predict(x_val)
+    if y_val is not None:
+        main = prepared.output_names[0]
+        validate.check_labels(reference[main], y_val, prepared.task, "validation_data")
     notes = list(prepared.notes)
     if prepared.mixed_precision:
         orig = prepared.original.predict(x_val, verbose=0)

@@ -117,6 +117,33 @@ def top1(values: np.ndarray, task: str | None) -> np.ndarray:
     return np.argmax(values, axis=-1)
 
 
+def check_labels(pred: np.ndarray, labels: Any, task: str | None, argument: str) -> None:
+    """Raise :class:`DataError` when ``labels`` cannot be scored against ``pred``.
+
+    Example:
+        >>> check_labels(np.zeros((4, 2)), np.zeros(4), "regression", "validation_data")
+        Traceback (most recent call last):
+        ...
+        kerastl._errors.DataError: validation_data: the labels have shape (4,) but this regression model's output has shape (4, 2); give labels of shape (4, 2) (or no labels).
+    """
+    from kerastl._errors import DataError
+
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    if task in ("classification", "binary"):
+        ok = labels.size == len(pred) or labels.shape == pred.shape
+        want = f"({len(pred)},) (class ids) or {pred.shape} (one-hot)"
+    elif task in ("multilabel", "regression"):
+        ok = labels.size == pred.size
+        want = str(pred.shape)
+    else:
+        return
+    if not ok:
+        raise DataError(
+            f"{argument}: the labels have shape {labels.shape} but this {task} model's output "
+            f"has shape {pred.shape}; give labels of shape {want} (or no labels)."
+        )
+
+
 def _metric(pred: np.ndarray, labels: np.ndarray, task: str | None) -> tuple[str, float] | None:
     labels = np.asarray(labels)
     if task in ("classification", "binary", "multilabel"):
