@@ -285,6 +285,21 @@ CLI_CASES = [
         r"pdf.*(onnx|saved_model|tflite)",
     ),
     (
+        "export-unknown-quantize-named-as-the-flag",
+        lambda t, d: [
+            "export",
+            t / "keep" / "model.keras",
+            "--formats",
+            "tflite,",
+            "--quantize",
+            "int4",
+            "--out",
+            t / "exp",
+        ],
+        2,
+        r"--quantize.*int4.*(float16|dynamic|int8)",
+    ),
+    (
         "predict-wrong-extension",
         lambda t, d: ["predict", _touch(t / "model.pdf"), d / "cat" / "0.jpg"],
         2,

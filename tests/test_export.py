@@ -142,6 +142,10 @@ def test_saved_model_tf_serving_layout(exported, model):
     cli = (version / "assets.extra" / "saved_model_cli.txt").read_text()
     assert "signature_def['serving_bytes']" in cli and "image_bytes" in cli
     assert "signature_def['serving_default']" in cli and "class_id" in cli
+    # Each weight stored once (Keras' ExportArchive alone stores them twice).
+    stored = sum(p.stat().st_size for p in (version / "variables").iterdir())
+    weights = sum(np.asarray(w).nbytes for w in model.weights)
+    assert weights <= stored < 1.2 * weights
 
 
 def test_saved_model_signatures_and_bytes(exported, model):
@@ -159,6 +163,26 @@ def test_saved_model_signatures_and_bytes(exported, model):
     np.testing.assert_array_equal(raw["class_id"], np.argmax(raw["probabilities"], -1))
     ref = model.predict(x, verbose=0)
     np.testing.assert_allclose(raw["probabilities"], ref, atol=1e-5)
+
+
+def test_serving_bytes_resizes_like_kerastl_predict(exported, model, tmp_path):
+    """A large photo sent to TF Serving gets the pixels `kerastl predict` gives the model."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from kerastl.export._image import ImageExporter
+
+    out, _, _ = exported
+    big = ImageExporter({"input": {"name": "image", "shape": [4 * SIZE, 3 * SIZE, 3]}})
+    img = big.sample_inputs(1, seed=7)[0].astype(np.uint8)
+    img[::2, ::2] = 255 - img[::2, ::2]  # fine detail that aliases without a low-pass filter
+    Image.fromarray(img).save(tmp_path / "big.png")
+    pixels = ImageExporter(model.kerastl_config).load_files([str(tmp_path / "big.png")])
+    loaded = tf.saved_model.load(str(out / "saved_model" / model.name / "1"))
+    png = (tmp_path / "big.png").read_bytes()
+    by_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant([png]))
+    by_pixels = loaded.signatures["serving_default"](image=tf.constant(pixels))
+    np.testing.assert_allclose(by_bytes["logits"], by_pixels["logits"], rtol=0, atol=2e-2)
 
 
 def _read_fields(buf: bytes) -> list[tuple[int, bytes]]:
@@ -370,6 +394,34 @@ def test_labels_that_do_not_fit_the_output_are_refused_before_converting(model, 
     assert not list(tmp_path.iterdir())
 
 
+def test_nan_inputs_ragged_lists_and_bad_counts_are_refused(model, tmp_path):
+    import kerastl
+
+    x = _photo_like(4)
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(kerastl.DataError, match="validation_data: 1 values are NaN or infinite"):
+        kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x)
+    ragged = [_photo_like(1)[0], random_images(1, 16)[0]]
+    with pytest.raises(kerastl.DataError, match="validation_data: could not read it as one array"):
+        kerastl.export(model, tmp_path, formats=["onnx"], validation_data=ragged)
+    with pytest.raises(
+        kerastl.ConfigError, match="latency_runs: expected a positive integer, got 0"
+    ):
+        kerastl.export(model, tmp_path, formats=["onnx"], latency_runs=0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_one_validation_example_still_checks_two_batch_sizes(model, tmp_path):
+    import kerastl
+
+    report = kerastl.export(
+        model, tmp_path, formats=["onnx"], validation_data=_photo_like(1), latency_runs=1
+    )
+    assert report["validation"]["batch_sizes"] == [1, 2]
+    assert report["artifacts"][0]["parity"]["batch_sizes"] == [1, 2]
+    assert any("repeated" in n for n in report["notes"])
+
+
 def test_missing_optional_dependency_names_pip_install(model, tmp_path, monkeypatch):
     import kerastl
 
@@ -578,6 +630,27 @@ def test_validate_reports_agreement_and_metric_delta():
         {"tflite/int8": {"min_agreement": 1.1}},
     )
     assert not strict["passed"] and "agreement" in strict["failures"][0]
+
+
+def test_quantized_file_whose_outputs_collapsed_fails_the_cosine_floor():
+    """An int8 embedding that outputs zeros has no agreement to report: the floor catches it."""
+    from kerastl.export.validate import validate
+
+    x = random_images(12, 8, seed=4)
+    emb = {"embedding": np.stack([x.mean((1, 2, 3)), -x.std((1, 2, 3)), x[:, 0, 0, 0]], -1)}
+
+    def zeros(v):
+        return {"embedding": np.zeros((len(v), 3), np.float32)}
+
+    def rounded(v):  # int8-like rounding of the right answer
+        e = np.stack([v.mean((1, 2, 3)), -v.std((1, 2, 3)), v[:, 0, 0, 0]], -1)
+        return {"embedding": (np.round(e / 4) * 4).astype(np.float32)}
+
+    dead = validate(_Fake(zeros), emb, x, "tflite/int8", "embedding")
+    assert not dead["passed"] and dead["cosine"] == 0.0
+    assert "mean cosine similarity with Keras 0.000 < 0.8" in dead["failures"][0]
+    good = validate(_Fake(rounded), emb, x, "tflite/dynamic", "embedding")
+    assert good["passed"] and good["cosine"] > 0.99
 
 
 def test_unknown_tolerance_key():

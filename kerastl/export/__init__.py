@@ -31,6 +31,7 @@ import numpy as np
 
 from kerastl._errors import (
     ConfigError,
+    DataError,
     ExportError,
     ValidationError,
     choice_error,
@@ -117,6 +118,22 @@ def _require(formats: list[str]) -> None:
         from kerastl.export import onnx as kx_onnx
 
         kx_onnx.require()
+
+
+def _check_finite(x: np.ndarray, argument: str) -> None:
+    if np.asarray(x).dtype.kind == "f":
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        if bad:
+            raise DataError(
+                f"{argument}: {bad} values are NaN or infinite; give finite raw inputs "
+                "(0-255 pixels for image models)."
+            )
+
+
+def _check_counts(**counts: Any) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}: expected a positive integer, got {value!r}.")
 
 
 def _size(path: Path) -> int:
@@ -219,6 +236,11 @@ def export(
     _check_options(formats, quantize, calibration_data, int8_io, opset, allow_flex)
     opset_value = kx_onnx.check_opset(opset) if "onnx" in formats else None
     validate.check_overrides(tolerances)
+    _check_counts(
+        max_validation_samples=max_validation_samples,
+        max_calibration_samples=max_calibration_samples,
+        latency_runs=latency_runs,
+    )
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(
@@ -291,22 +313,29 @@ def export(
         )
 
     # Data: validation (or synthetic) inputs, calibration inputs.
+    extra_notes = []
     if validation_data is not None:
         x_val, y_val = modality.coerce(validation_data, "validation_data", max_validation_samples)
+        _check_finite(x_val, "validation_data")
         source = "validation_data"
+        if len(x_val) == 1:  # batch 1 alone would not show that the batch axis is dynamic
+            x_val = np.concatenate([x_val, x_val])
+            y_val = None if y_val is None else np.concatenate([y_val, y_val])
+            extra_notes.append("one validation example: repeated to also validate batch size 2")
     else:
         x_val, y_val = modality.sample_inputs(16), None
         source = "synthetic sample inputs (pass validation_data for real ones)"
     x_cal = None
     if "int8" in precisions:
         x_cal, _ = modality.coerce(calibration_data, "calibration_data", max_calibration_samples)
+        _check_finite(x_cal, "calibration_data")
         tflite.check_calibration(len(x_cal))
 
     reference = prepared.predict(x_val)
     if y_val is not None:
         main = prepared.output_names[0]
         validate.check_labels(reference[main], y_val, prepared.task, "validation_data")
-    notes = list(prepared.notes)
+    notes = list(prepared.notes) + extra_notes
     if prepared.mixed_precision:
         orig = prepared.original.predict(x_val, verbose=0)
         orig = orig[0] if isinstance(orig, (list, tuple)) else orig

@@ -83,19 +83,31 @@ def run_export(args: argparse.Namespace) -> int:
         )
     from kerastl._errors import choice_error
     from kerastl.export import FORMATS
+    from kerastl.export.tflite import INT8_IO, QUANTIZATIONS
 
-    fmts = args.formats.split(",") if isinstance(args.formats, str) else args.formats or []
-    for fmt in (f.strip() for f in fmts):  # usage errors before the (slow) model load
+    def items(value: str | list | None) -> list[str]:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value or [])
+
+    fmts = items(args.formats)
+    # Usage errors before the (slow) model load, named as the flags.
+    for fmt in fmts:
         if fmt not in FORMATS:
             raise choice_error("--formats", fmt, FORMATS)
+    for q in items(args.quantize):
+        if q not in QUANTIZATIONS:
+            raise choice_error("--quantize", q, QUANTIZATIONS)
+    if args.int8_io not in INT8_IO:
+        raise choice_error("--int8-io", args.int8_io, INT8_IO)
     model = load_keras(model_path, safe_mode=not args.unsafe)
     class_names = find_metadata(model).get("class_names")
     out = Path(args.out) if args.out else model_path.parent / "export"
     report = export(
         model,
         out,
-        formats=args.formats,
-        quantize=args.quantize or None,
+        formats=fmts,
+        quantize=items(args.quantize) or None,
         calibration_data=_load_data(args.calibration_data, "--calibration-data", class_names),
         validation_data=_load_data(args.validation_data, "--validation-data", class_names),
         name=args.name,

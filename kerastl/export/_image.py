@@ -43,7 +43,8 @@ class ImageExporter(ModalityExporter):
             img = tf.io.decode_image(data, channels=c, expand_animations=False, dtype=tf.uint8)
             img = tf.cast(img, tf.float32)
             if h is not None and w is not None:
-                img = tf.image.resize(img, (h, w), method="bilinear")
+                # antialiased like PIL (what `kerastl predict` uses): same pixels within 1
+                img = tf.image.resize(img, (h, w), method="bilinear", antialias=True)
                 img = tf.ensure_shape(img, (h, w, c))
             return img
 
@@ -103,7 +104,14 @@ class ImageExporter(ModalityExporter):
                 xs = [xs[i] for i in keep]
                 ys = None if ys is None else np.asarray(ys)[keep]
             return self.load_files(xs), ys
-        x = self._check(np.asarray(xs), argument)
+        try:
+            array = np.asarray(xs)
+        except ValueError as exc:  # ragged: images of different sizes, or [x, y] as a list
+            raise DataError(
+                f"{argument}: could not read it as one array of images ({exc}). Give an array "
+                "(N, H, W, C), a tuple (x, y), a tf.data.Dataset, or image file paths."
+            ) from exc
+        x = self._check(array, argument)
         if limit is not None:
             x = x[:limit]
             ys = None if ys is None else np.asarray(ys)[:limit]

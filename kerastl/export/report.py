@@ -65,9 +65,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         metric = p.get("metric")
         delta = f"{metric['name']} {metric['delta']:+.3f}" if metric else "-"
         tol = (p.get("tolerance") or {}).get("max_rel_err")
+        tol_text = _fmt(tol, "g") if tol is not None else "report"
         lines.append(
             f"| {a['path']} | {a['format']} | {a['precision']} | {human_size(a.get('size_bytes'))} "
-            f"| {_fmt(p.get('max_rel_err'))} | {_fmt(tol, 'g') if tol else 'report'} "
+            f"| {_fmt(p.get('max_rel_err'))} | {tol_text} "
             f"| {_fmt(p.get('agreement'), '.3f')} | {delta} "
             f"| {_fmt(a.get('latency_ms'), '.2f')} | {', '.join(a.get('non_builtin_ops') or []) or 'none'} "
             f"| {'ok' if a.get('passed') else 'FAILED'} |"
@@ -83,7 +84,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         p = a.get("parity") or {}
         if p:
             lines.append(
-                f"- parity: rel_err {p.get('rel_err')}, deterministic {p.get('deterministic')}"
+                f"- parity: rel_err {p.get('rel_err')}, cosine {p.get('cosine')}, "
+                f"deterministic {p.get('deterministic')}"
             )
         for name, v in (p.get("float64_referee") or {}).items():
             if "artifact_vs_float64" in v:

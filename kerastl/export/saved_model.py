@@ -76,9 +76,24 @@ def write_graph(prepared: Prepared, path: Path, extras: bool = True) -> list[str
         for sig_name, (fn, spec) in prepared.modality.extra_signatures(serve).items():
             archive.add_endpoint(sig_name, fn, spec)
             signatures.append(sig_name)
+    _share_variables(archive)
     with contextlib.redirect_stdout(io.StringIO()):
         archive.write_out(str(path), verbose=False)
     return signatures
+
+
+def _share_variables(archive) -> None:
+    """Make the archive's variable lists hold the TensorFlow variables the signatures use.
+
+    Keras 3.15's ``ExportArchive`` lists the Keras wrappers under ``variables`` and the
+    ``tf.Variable`` objects they wrap under ``_all_variables``; the checkpoint sees two
+    objects and stores every weight twice (MobileNetV3-Small: 12.3 MB instead of 6.2 MB).
+    Listing the wrapped variables themselves stores each once; the revived model still
+    has ``.variables`` / ``.trainable_variables``.
+    """
+    tracked = archive._tf_trackable
+    for attr in ("variables", "trainable_variables", "non_trainable_variables"):
+        setattr(tracked, attr, [getattr(v, "_value", v) for v in getattr(tracked, attr)])
 
 
 def write(prepared: Prepared, path: Path, samples: np.ndarray, model_name: str) -> dict[str, Any]:

@@ -38,11 +38,16 @@ class Tolerance:
     Attributes:
         max_rel_err: Largest relative error of float outputs; ``None`` = report only.
         min_agreement: Smallest top-1 agreement with Keras; ``None`` = report only.
+        min_cosine: Smallest mean cosine similarity, example by example, between the
+            file's main output and Keras'; ``None`` = report only. The floor that catches
+            a quantized file whose outputs no longer follow the model (all zeros, a
+            constant) when no agreement can be computed (embeddings, regression).
         determinism_rel_err: Largest difference between two identical calls.
     """
 
     max_rel_err: float | None = 1e-4
     min_agreement: float | None = None
+    min_cosine: float | None = None
     determinism_rel_err: float = 1e-6
 
 
@@ -53,8 +58,8 @@ TOLERANCES: dict[str, Tolerance] = {
     "onnx/float32": Tolerance(max_rel_err=1e-4),
     "tflite/float32": Tolerance(max_rel_err=1e-4),
     "tflite/float16": Tolerance(max_rel_err=1e-2),
-    "tflite/dynamic": Tolerance(max_rel_err=None),
-    "tflite/int8": Tolerance(max_rel_err=None),
+    "tflite/dynamic": Tolerance(max_rel_err=None, min_cosine=0.8),
+    "tflite/int8": Tolerance(max_rel_err=None, min_cosine=0.8),
 }
 
 #: An artifact may be this many times further from the float64 result than Keras float32 is.
@@ -115,6 +120,25 @@ def top1(values: np.ndarray, task: str | None) -> np.ndarray:
     if task == "multilabel":
         return (values > 0.5).astype(np.int64)
     return np.argmax(values, axis=-1)
+
+
+def cosine(out: np.ndarray, ref: np.ndarray) -> float:
+    """Mean over examples of the cosine similarity of ``out`` and ``ref`` (flattened).
+
+    An example where exactly one side is all zeros scores 0; both all zeros scores 1.
+
+    Example:
+        >>> round(cosine(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([[2.0, 0.0], [1.0, 1.0]])), 3)
+        0.5
+    """
+    out = np.asarray(out, np.float64).reshape(len(out), -1)
+    ref = np.asarray(ref, np.float64).reshape(len(ref), -1)[: len(out)]
+    if out.shape != ref.shape:
+        return 0.0
+    na, nb = np.linalg.norm(out, axis=1), np.linalg.norm(ref, axis=1)
+    dot = np.sum(out * ref, axis=1)
+    sims = np.where((na == 0) & (nb == 0), 1.0, dot / np.maximum(na * nb, 1e-300))
+    return float(np.mean(np.where((na == 0) ^ (nb == 0), 0.0, sims)))
 
 
 def check_labels(pred: np.ndarray, labels: Any, task: str | None, argument: str) -> None:
@@ -275,6 +299,14 @@ def validate(
     if referee:
         result["float64_referee"] = referee
     out = runs[big]
+    if main in out and np.asarray(out[main]).dtype.kind == "f":
+        cos = cosine(out[main], reference[main])
+        result["cosine"] = round(cos, 6)
+        if tol.min_cosine is not None and not cos >= tol.min_cosine:
+            failures.append(
+                f"{main}: mean cosine similarity with Keras {cos:.3f} < {tol.min_cosine} "
+                "(the file's outputs no longer follow the model's)"
+            )
     if task in ("classification", "binary", "multilabel") and main in out:
         agree = float(np.mean(top1(out[main], task) == top1(reference[main], task)))
         result["agreement"] = agree
