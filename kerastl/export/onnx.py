@@ -168,6 +168,50 @@ def _frozen_graph_def(prepared: Prepared):
     return concrete, graph_def, input_names, output_names
 
 
+def merge_duplicate_constants(graph_def) -> int:
+    """Make nodes that read identical ``Const`` tensors read one of them; returns how many went.
+
+    Grappler folds the per-use transforms of a shared weight into a new constant at every
+    use: ALBERT's one set of layer weights, used by all 12 (base) or 24 (large) layers,
+    grows from 48 MB to 356 MB of constants (base), and tf2onnx's per-pass graph copies
+    multiply that past 12 GB for ALBERT-large. tf2onnx merges them again only at the end.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> g = tf.Graph()
+        >>> with g.as_default():
+        ...     a, b = tf.constant([1.0, 2.0], name="a"), tf.constant([1.0, 2.0], name="b")
+        ...     _ = tf.add(a, b, name="sum")
+        >>> gd = g.as_graph_def()
+        >>> merge_duplicate_constants(gd), [list(n.input) for n in gd.node if n.name == "sum"]
+        (1, [['a', 'a']])
+    """
+    import hashlib
+
+    first: dict[tuple[int, bytes], str] = {}
+    rename: dict[str, str] = {}
+    duplicates = []
+    for index, node in enumerate(graph_def.node):
+        if node.op == "Const" and not node.input:
+            tensor = node.attr["value"].tensor.SerializeToString(deterministic=True)
+            key = (node.attr["dtype"].type, hashlib.sha256(tensor).digest())
+            if key in first:
+                rename[node.name] = first[key]
+                duplicates.append(index)
+            else:
+                first[key] = node.name
+    for node in graph_def.node:
+        for i, name in enumerate(node.input):
+            control = name.startswith("^")
+            base = name[1:] if control else name.split(":")[0]
+            if base in rename:
+                suffix = name[len(base) + control :]
+                node.input[i] = ("^" if control else "") + rename[base] + suffix
+    for index in reversed(duplicates):  # in place: no copy of the remaining weights
+        del graph_def.node[index]
+    return len(duplicates)
+
+
 def _strip_xla(graph_def) -> None:
     for fdef in graph_def.library.function:
         for key in ("_XlaMustCompile", "_noinline"):
@@ -280,6 +324,7 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = N
     # it (as tf2onnx.from_function does) would hold one more copy of the weights.
     with tf.device("/cpu:0"), tf.Graph().as_default():
         graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
+    merge_duplicate_constants(graph_def)
     reference = prepared.predict(probe) if probe is not None else None
     problems: list[str] = []
     for disabled in OPTIMIZER_FALLBACKS:
