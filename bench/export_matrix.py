@@ -102,6 +102,9 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
     from kerastl.export._modality import get_modality
 
     try:
+        import keras
+
+        keras.utils.set_random_seed(0)  # reproducible random-init weights per entry
         model = kerastl.build(entry, num_classes=3, compile=False, **build_kwargs(spec))
         modality = get_modality(kerastl.metadata(model))
         samples = validation_inputs(spec, modality, 32, seed=1)
