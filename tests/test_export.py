@@ -819,3 +819,10 @@ def test_subclassed_model_is_refused_clearly(tmp_path):
     sub(np.zeros((1, 4), "float32"))
     with pytest.raises(ConfigError, match="model: Sub is a subclassed Keras model"):
         kerastl.export(sub, tmp_path, formats=["onnx"])
+
+
+def test_format_and_quantize_lists_drop_blanks_and_repeats():
+    from kerastl.export import _as_list
+
+    assert _as_list("float16, float16,,int8", "quantize") == ["float16", "int8"]
+    assert _as_list(["onnx", "onnx", "tflite"], "formats") == ["onnx", "tflite"]

@@ -62,7 +62,7 @@ def _as_list(value: Any, argument: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
+        return list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
     if isinstance(value, (list, tuple, set)):
         if not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{argument}: expected names (strings), got {value!r}.")
