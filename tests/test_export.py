@@ -826,3 +826,34 @@ def test_format_and_quantize_lists_drop_blanks_and_repeats():
 
     assert _as_list("float16, float16,,int8", "quantize") == ["float16", "int8"]
     assert _as_list(["onnx", "onnx", "tflite"], "formats") == ["onnx", "tflite"]
+
+
+def test_any_size_model_predicts_files_of_different_sizes(tmp_path):
+    import keras
+    from PIL import Image
+
+    import kerastl
+
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.Input((None, None, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ],
+        name="anysize",
+    )
+    kerastl.export(model, tmp_path, formats=["onnx"], validation_data=_photo_like(4))
+    files = []
+    for i, (h, w) in enumerate([(20, 30), (40, 24)]):
+        img = random_images(1, 64, seed=i)[0, :h, :w].astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        files.append(str(tmp_path / f"{i}.png"))
+    got = kerastl.load_artifact(tmp_path / "anysize.onnx").predict(files)
+    ref = np.concatenate(
+        [model.predict(np.asarray(Image.open(f), np.float32)[None], verbose=0) for f in files]
+    )
+    np.testing.assert_allclose(got["probabilities"], ref, atol=1e-5)
+    assert got["class_id"].shape == (2,)

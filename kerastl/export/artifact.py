@@ -76,6 +76,13 @@ class Artifact:
         """
         from kerastl.export._modality import get_modality
 
+        spec = self.metadata.get("input") or {}
+        is_files = isinstance(inputs, (list, tuple)) and all(
+            isinstance(p, (str, os.PathLike)) for p in inputs
+        )
+        if is_files and len(inputs) > 1 and spec.get("name") == "image":
+            if None in list(spec.get("shape") or [])[:2]:  # any size: files one by one
+                return _merge([self.predict([p], batch_size) for p in inputs])
         modality = get_modality(self.metadata)
         x, _ = modality.coerce(inputs, "inputs")
         out = self.run_batched(x, batch_size)
@@ -94,6 +101,14 @@ class Artifact:
             self.run(x)
             times.append(time.perf_counter() - start)
         return float(np.median(times) * 1000.0)
+
+
+def _merge(outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for key, value in outputs[0].items():
+        parts = [o[key] for o in outputs]
+        merged[key] = sum(parts, []) if isinstance(value, list) else np.concatenate(parts)
+    return merged
 
 
 class SavedModelArtifact(Artifact):
