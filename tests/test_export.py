@@ -403,6 +403,8 @@ def test_nan_inputs_ragged_lists_and_bad_counts_are_refused(model, tmp_path):
     ragged = [_photo_like(1)[0], random_images(1, 16)[0]]
     with pytest.raises(kerastl.DataError, match="validation_data: could not read it as one array"):
         kerastl.export(model, tmp_path, formats=["onnx"], validation_data=ragged)
+    with pytest.raises(kerastl.DataError, match="validation_data: no file at 'val/none.png'"):
+        kerastl.export(model, tmp_path, formats=["onnx"], validation_data=["val/none.png"])
     with pytest.raises(
         kerastl.ConfigError, match="latency_runs: expected a positive integer, got 0"
     ):

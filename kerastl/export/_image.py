@@ -103,7 +103,7 @@ class ImageExporter(ModalityExporter):
                 keep = np.linspace(0, len(xs) - 1, limit).round().astype(int)
                 xs = [xs[i] for i in keep]
                 ys = None if ys is None else np.asarray(ys)[keep]
-            return self.load_files(xs), ys
+            return self.load_files(xs, argument), ys
         try:
             array = np.asarray(xs)
         except ValueError as exc:  # ragged: images of different sizes, or [x, y] as a list
@@ -119,7 +119,7 @@ class ImageExporter(ModalityExporter):
             raise DataError(f"{argument}: no images found.")
         return x, ys
 
-    def load_files(self, paths: list[str]) -> np.ndarray:
+    def load_files(self, paths: list[str], argument: str = "inputs") -> np.ndarray:
         """Read image files, convert to RGB (or grayscale) and resize to the input size."""
         from PIL import Image, UnidentifiedImageError
 
@@ -133,9 +133,9 @@ class ImageExporter(ModalityExporter):
                         img = img.resize((w, h), Image.BILINEAR)
                     arr = np.asarray(img, dtype=np.float32)
             except FileNotFoundError as exc:
-                raise DataError(f"inputs: no file at {p!r}.") from exc
+                raise DataError(f"{argument}: no file at {p!r}.") from exc
             except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"inputs: {p!r} is not a readable image ({exc}).") from exc
+                raise DataError(f"{argument}: {p!r} is not a readable image ({exc}).") from exc
             batch.append(arr.reshape(arr.shape[0], arr.shape[1], c))
         return np.stack(batch)
 
