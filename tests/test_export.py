@@ -859,3 +859,20 @@ def test_any_size_model_predicts_files_of_different_sizes(tmp_path):
     )
     np.testing.assert_allclose(got["probabilities"], ref, atol=1e-5)
     assert got["class_id"].shape == (2,)
+
+
+def test_validation_data_can_be_an_image_folder_with_class_subfolders(model, tmp_path):
+    from PIL import Image
+
+    import kerastl
+
+    images = _photo_like(6, seed=9)
+    for i, img in enumerate(images):
+        folder = tmp_path / "val" / CLASSES[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"{i}.png")
+    report = kerastl.export(
+        model, tmp_path / "out", formats=["onnx"], validation_data=str(tmp_path / "val")
+    )
+    assert report["validation"]["samples"] == 6 and report["validation"]["labels"]
+    assert report["artifacts"][0]["parity"]["metric"]["name"] == "accuracy"

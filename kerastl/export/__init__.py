@@ -187,10 +187,12 @@ def export(
         formats: Subset of :data:`FORMATS` (list or comma-separated string).
         quantize: Extra TFLite precisions from :data:`QUANTIZE`: ``float16``,
             ``dynamic`` (int8 weights) and ``int8`` (full integer, calibrated).
-        calibration_data: Raw inputs for ``int8`` calibration: array, ``(x, y)``
-            or ``tf.data.Dataset`` (a few hundred samples; fewer warns).
+        calibration_data: Raw inputs for ``int8`` calibration: array, ``(x, y)``,
+            ``tf.data.Dataset``, image file paths, or the path of an image folder /
+            ``.npy`` / ``.npz`` (a few hundred samples; fewer warns).
         validation_data: Inputs (and optionally labels) to compare artifacts with
-            Keras on; labels add the metric delta. Default: synthetic samples.
+            Keras on, in the same forms (an image folder with one subfolder per class
+            gives labels); labels add the metric delta. Default: synthetic samples.
         name: Model name in file names and TF Serving (default: the model's name).
         version: TF Serving version; ``None`` = highest present + 1. An existing
             version is an error.
@@ -312,7 +314,15 @@ def export(
             "them once the new files pass validation, or choose another out_dir or name."
         )
 
-    # Data: validation (or synthetic) inputs, calibration inputs.
+    # Data: validation (or synthetic) inputs, calibration inputs. A path (image folder with
+    # optional class subfolders, .npy, .npz) is read as the CLI reads it.
+    from kerastl.export._cli import load_data_path
+
+    labels = prepared.meta.get("class_names")
+    if isinstance(validation_data, (str, os.PathLike)):
+        validation_data = load_data_path(validation_data, "validation_data", labels)
+    if isinstance(calibration_data, (str, os.PathLike)):
+        calibration_data = load_data_path(calibration_data, "calibration_data", labels)
     extra_notes = []
     if validation_data is not None:
         x_val, y_val = modality.coerce(validation_data, "validation_data", max_validation_samples)

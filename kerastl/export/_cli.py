@@ -40,7 +40,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unsafe", action="store_true", help="load .keras files with Lambda layers")
 
 
-def _load_data(path: str | None, argument: str, class_names: list[str] | None) -> Any:
+def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> Any:
     """An image folder -> list of paths (+ labels from class subfolders); .npy/.npz -> arrays."""
     if path is None:
         return None
@@ -108,8 +108,8 @@ def run_export(args: argparse.Namespace) -> int:
         out,
         formats=fmts,
         quantize=items(args.quantize) or None,
-        calibration_data=_load_data(args.calibration_data, "--calibration-data", class_names),
-        validation_data=_load_data(args.validation_data, "--validation-data", class_names),
+        calibration_data=load_data_path(args.calibration_data, "--calibration-data", class_names),
+        validation_data=load_data_path(args.validation_data, "--validation-data", class_names),
         name=args.name,
         version=args.version,
         int8_io=args.int8_io,
