@@ -190,7 +190,7 @@ def architecture(name: str) -> str | None:
 
 
 def _copy_twin(entry: str, todo: list[str], results: Path) -> bool:
-    """Record ``entry``'s cells as those of an entry already run with the same graph."""
+    """Record ``entry``'s cells as those of an entry with the same graph that passed them."""
     key = architecture(entry)
     if key is None:
         return False
@@ -200,7 +200,7 @@ def _copy_twin(entry: str, todo: list[str], results: Path) -> bool:
             latest[(r["entry"], r["format"])] = r
     for (other, _), _row in latest.items():
         if other != entry and architecture(other) == key:
-            if all((other, f) in latest for f in todo):
+            if all(latest.get((other, f), {}).get("status") == "pass" for f in todo):
                 with results.open("a") as fh:
                     for f in todo:
                         row = {**latest[(other, f)], "entry": entry, "same_as": other}
@@ -332,7 +332,8 @@ def summarize(results: Path, md: Path) -> str:
             if r is None:
                 cells.append("not run")
             elif "same_as" in r:
-                cells.append(f"= {r['same_as']} ({'ok' if r['status'] == 'pass' else 'FAIL'})")
+                twin = latest.get((r["same_as"], f), r)
+                cells.append(f"= {r['same_as']} ({'ok' if twin['status'] == 'pass' else 'FAIL'})")
             elif r["status"] == "pass":
                 cells.append(f"ok {r['max_rel_err']:.1g} / {r['size_mb']} / {r['export_s']}")
             elif r["status"] == "build_error":
