@@ -124,3 +124,29 @@ def test_main_rejects_unknown_section(capsys):
         main(["--only", "nope"])
     assert exc.value.code == 2
     assert "unknown section 'nope'" in capsys.readouterr().err
+
+
+def test_export_matrix_summary_counts_cells_twins_and_failures(tmp_path):
+    """The matrix table counts run cells only; a twin shows its twin's current result."""
+    from bench.export_matrix import summarize
+
+    def row(entry, fmt, status, **kw):
+        base = {"entry": entry, "format": fmt, "status": status, "input": 16, "params": 4e6}
+        if status == "pass":
+            base.update(max_rel_err=1e-7, size_mb=17.3, export_s=2.0, output_spread=0.05)
+        return json.dumps({**base, **kw})
+
+    lines = [
+        row("bert_tiny_en_uncased", "onnx", "fail", error="killed: resident memory"),
+        row("resnet50", "onnx", "pass"),
+        row("bert_tiny_en_uncased_sst2", "onnx", "pass", same_as="bert_tiny_en_uncased"),
+        row("bert_tiny_en_uncased", "onnx", "pass"),  # a --retry later passed
+    ]
+    results = tmp_path / "m.jsonl"
+    results.write_text("\n".join(lines) + "\n")
+    text = summarize(results, tmp_path / "m.md")
+    assert "**2 of 2 entry x format cells pass** (2 entries exported" in text
+    assert "1 more KerasHub entries have exactly the graph" in text
+    twin = next(ln for ln in text.splitlines() if ln.startswith("| bert_tiny_en_uncased_sst2"))
+    assert "= bert_tiny_en_uncased (ok)" in twin
+    assert "Failures:" not in text
