@@ -579,6 +579,23 @@ def test_float64_referee_tells_rounding_from_a_broken_artifact():
     )
     assert calls == []
 
+    # Keras float32 itself far from float64 (a deep random-init net): a file within the
+    # tolerance of the exact result is right; one as far off as Keras is not judged right.
+    keras_lost = off_by(x, 5e-2)
+    exact_file = validate(
+        _Fake(lambda v: off_by(v, 1e-6)),
+        keras_lost,
+        x,
+        "onnx/float32",
+        None,
+        exact=float64_result,
+    )
+    assert exact_file["passed"], exact_file["failures"]
+    lost_file = validate(
+        _Fake(lambda v: off_by(v, -5e-2)), keras_lost, x, "onnx/float32", None, exact=float64_result
+    )
+    assert not lost_file["passed"]
+
     def no_float64(v):  # a layer that cannot be rebuilt in float64
         raise ValueError("Could not automatically infer the output shape")
 
