@@ -138,7 +138,9 @@ def _check_counts(**counts: Any) -> None:
 
 def _size(path: Path) -> int:
     if path.is_file():
-        data = path.with_name(path.name + ".data")  # an ONNX graph's external weights
+        from kerastl.export.onnx import data_file  # an ONNX graph's external weights
+
+        data = data_file(path)
         return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -612,8 +614,9 @@ def _publish(staging: Path, records: list[dict[str, Any]], targets) -> None:
         else:
             # An ONNX graph over 2 GiB has its weights in "<file>.data": moved first, so
             # the new graph never points at a missing file.
-            data = source.with_name(source.name + ".data")
-            target_data = target.with_name(target.name + ".data")
+            from kerastl.export.onnx import data_file
+
+            data, target_data = data_file(source), data_file(target)
             has_data = data.exists()
             if has_data:
                 os.replace(data, target_data)
