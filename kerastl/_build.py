@@ -31,6 +31,7 @@ def build(
     embedding_dim: int = 128,
     compile: bool = True,
     learning_rate: float = 1e-3,
+    pretrained_head: bool = False,
     **adapter_kwargs: Any,
 ) -> keras.Model:
     """Build a transfer-learning model from a registry backbone.
@@ -59,6 +60,9 @@ def build(
         embedding_dim: Width of the ``embedding`` task's output.
         compile: Compile with the task's default loss and metrics (Adam).
         learning_rate: Adam's learning rate when ``compile`` is true.
+        pretrained_head: Keep the classifier that comes with ``weights`` (ImageNet's
+            1000 classes, names attached) instead of a new head: the model then
+            names the ImageNet class of a photo, a zero-shot starting point.
         **adapter_kwargs: Source-specific options (``sequence_length`` for text).
 
     Returns:
@@ -78,6 +82,10 @@ def build(
     spec = get_spec(name)
     adapter = get_adapter(spec)
     task_spec = resolve_task(task)
+    source_head = None
+    if pretrained_head:
+        source_head = _source_classifier(adapter, task_spec, weights, num_classes)
+        num_classes, class_names = len(source_head[2]), source_head[2]
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if len(set(class_names)) != len(class_names):
@@ -121,10 +129,28 @@ def build(
     model = KerastlModel(
         inputs, outputs, name=f"{spec.name}_{task_spec.name}", kerastl_config=config
     )
+    if source_head is not None:
+        model.get_layer("logits").set_weights(list(source_head[:2]))
     apply_policy(model, policy)
     if compile:
         compile_for_task(model, learning_rate=learning_rate)
     return model
+
+
+def _source_classifier(adapter, task_spec, weights: Any, num_classes: Any) -> tuple:
+    """Kernel, bias and class names of the classifier that comes with ``weights``."""
+    if task_spec.name != "classification":
+        raise ConfigError(
+            f"pretrained_head: the pretrained classifier is a softmax over its classes; it "
+            f"needs task='classification', got task={task_spec.name!r}."
+        )
+    kernel, bias, names = adapter.classifier_weights(weights)
+    if num_classes is not None and num_classes != len(names):
+        raise ConfigError(
+            f"pretrained_head: the pretrained classifier has {len(names)} classes; got "
+            f"num_classes={num_classes!r}. Leave num_classes unset."
+        )
+    return kernel, bias, names
 
 
 def compile_for_task(

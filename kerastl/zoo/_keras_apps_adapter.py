@@ -172,10 +172,38 @@ class KerasAppsAdapter(Adapter):
         )(inputs)
 
     def _construct(self, input_shape: tuple, weights: str | None) -> keras.Model:
-        ctor = getattr(keras.applications, self.spec.constructor)
+        ctor = getattr(keras.applications, self.spec.constructor, None)
+        if ctor is None:  # a backbone kerastl builds itself (EfficientNet-Lite)
+            from kerastl.zoo import _native
+
+            return _native.construct(self.spec, input_shape, weights)
         with _weights_download_guard(self.spec.name):
             model = ctor(include_top=False, weights=weights, input_shape=input_shape)
         return model
+
+    def classifier_weights(self, weights: Any) -> tuple[Any, Any, list[str]]:
+        """The ImageNet classifier that comes with ``weights``: kernel, bias, class names.
+
+        Example:
+            >>> get_adapter = __import__("kerastl.zoo", fromlist=["x"]).get_adapter
+            >>> kernel, bias, names = get_adapter("efficientnet_lite0").classifier_weights(
+            ...     "imagenet")  # doctest: +SKIP
+        """
+        from kerastl.zoo import _native
+
+        spec = self.spec
+        if getattr(keras.applications, spec.constructor, None) is None:
+            return _native.classifier_weights(spec, weights)
+        if weights not in spec.pretrained:
+            raise ConfigError(
+                f"pretrained_head: needs weights={spec.pretrained[0]!r} for {spec.name} "
+                f"(the classifier comes with Keras' download); got weights={weights!r}."
+            )
+        ctor = getattr(keras.applications, spec.constructor)
+        with _weights_download_guard(spec.name):
+            full = ctor(include_top=True, weights=weights)
+        kernel, bias = full.get_layer("predictions").get_weights()
+        return kernel, bias, _native.imagenet_class_names()
 
     def backbone(self, input_shape: tuple, weights: Any = None) -> keras.Model:
         spec = self.spec
@@ -192,6 +220,13 @@ class KerasAppsAdapter(Adapter):
         elif isinstance(weights, (str, os.PathLike)) and _looks_like_path(weights):
             if str(weights).startswith(URL_SCHEMES):
                 weights = fetch_weights_url(str(weights), spec.name)
+            if _is_checkpoint(weights):
+                from kerastl.zoo import _native
+
+                return keras.Model(
+                    *_io(_native.construct(spec, input_shape, os.fspath(weights))),
+                    name="backbone",
+                )
             model = self._construct(input_shape, None)
             try:
                 load_backbone_weights(model, Path(weights), spec.name)
@@ -206,7 +241,8 @@ class KerasAppsAdapter(Adapter):
             raise ConfigError(
                 f"weights: got weights={weights!r}. Valid: None (random init), "
                 + ", ".join(repr(w) for w in spec.pretrained)
-                + ", the path of a weights file (.weights.h5, .h5) or saved kerastl model "
+                + ", the path of a weights file (.weights.h5, .h5), a PyTorch/safetensors "
+                "checkpoint (.pth, .pt, .bin, .safetensors or a folder) or saved kerastl model "
                 "(.keras), or a URL with its checksum ('https://.../w.weights.h5#sha256=...')."
             )
         return keras.Model(model.input, model.output, name="backbone")
@@ -229,9 +265,22 @@ def _looks_like_path(weights) -> bool:
     return (
         s.startswith(URL_SCHEMES)
         or os.sep in s
-        or s.endswith((".h5", ".keras"))
+        or s.endswith((".h5", ".keras", *CHECKPOINT_SUFFIXES))
         or os.path.exists(s)
     )
+
+
+#: File endings of PyTorch / safetensors checkpoints (see kerastl.zoo.checkpoint).
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def _is_checkpoint(weights) -> bool:
+    path = Path(os.fspath(weights))
+    return path.suffix in CHECKPOINT_SUFFIXES or path.is_dir()
+
+
+def _io(model: keras.Model) -> tuple:
+    return model.input, model.output
 
 
 URL_SCHEMES = ("https://", "http://", "file://")

@@ -58,6 +58,19 @@ class Adapter:
         """Build the backbone (named ``"backbone"``), with weights loaded."""
         raise NotImplementedError
 
+    def classifier_weights(self, weights: Any) -> tuple[Any, Any, list[str]]:
+        """The pretrained classifier of ``weights``: ``(kernel, bias, class names)``.
+
+        Raises:
+            ConfigError: this source keeps no classifier with its weights.
+        """
+        from kerastl._errors import ConfigError
+
+        raise ConfigError(
+            f"pretrained_head: {self.spec.name} ({self.spec.source}) has no pretrained "
+            "classifier kerastl can attach; build a new head (pretrained_head=False)."
+        )
+
     def pooled(self, features: Any, pooling: str) -> Any:
         """Reduce backbone output to one feature vector per example."""
         raise NotImplementedError
