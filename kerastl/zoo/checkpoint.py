@@ -32,6 +32,7 @@ This module imports only numpy, the standard library, ``safetensors`` (lazily) a
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import json
 import os
@@ -210,10 +211,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _Marker("storage", name)
         if module == "torch" and name in _TORCH_DTYPES:
             return _Marker("dtype", _TORCH_DTYPES[name])
+        # Name the Python 3 global that plain pickle would import (protocol 2 spells
+        # builtins as __builtin__, subprocess as commands...).
+        py3 = _compat_pickle.NAME_MAPPING.get((module, name))
+        py3 = py3 or (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
+        refused = f"'{py3[0]}.{py3[1]}'"
+        if py3 != (module, name):
+            refused += f" (pickled as '{module}.{name}')"
         raise WeightsError(
             f"{self._path} holds code, not only tensors: its pickle refers to the global "
-            f"'{module}.{name}', which kerastl refuses to load (it resolves only tensors, "
-            f"storages and OrderedDict, and runs nothing). {_SAVE_HINT}"
+            f"{refused}, which kerastl refuses to load (it resolves only tensors, storages "
+            f"and OrderedDict, and runs nothing). {_SAVE_HINT}"
         )
 
     def persistent_load(self, pid: Any) -> Any:
