@@ -22,9 +22,11 @@ anything is called. TorchScript archives (which carry code) are refused.
 Memory: each storage is read once into one numpy buffer and every tensor is a view of it
 (``np.lib.stride_tricks.as_strided``); a tensor is copied only when it is not C-contiguous
 (e.g. saved transposed), when it is bfloat16 (widened to float32) or when its file is
-big-endian. Tensors that share a storage in the file share memory in the result. Only the
-storages of the returned state dict are read: the optimizer state of a training checkpoint
-is skipped.
+big-endian. Storages become arrays one at a time, and the buffer of a storage whose
+tensors were all copied is released before the next is read, so the peak is the result plus
+at most one storage. Tensors that share a storage in the file share memory in the result.
+Only the storages of the returned state dict are read: the optimizer state of a training
+checkpoint is skipped.
 
 This module imports only numpy, the standard library, ``safetensors`` (lazily) and
 ``kerastl._errors``: never torch, TensorFlow or Keras.
@@ -402,13 +404,6 @@ def _root(storage: _Storage) -> _Storage:
     return storage.root if storage.root is not None else storage
 
 
-def _needed_roots(state: dict[str, Any]) -> dict[str, _Storage]:
-    """Root storages of the tensors in ``state``, by key."""
-    return {
-        _root(v.storage).key: _root(v.storage) for v in state.values() if isinstance(v, _TensorRef)
-    }
-
-
 def _as_numpy_dtype(name: str, big_endian: bool) -> np.dtype:
     dtype = np.dtype("uint16" if name == "bfloat16" else name)
     return dtype.newbyteorder(">") if big_endian else dtype
@@ -449,11 +444,34 @@ def _materialize(ref: _TensorRef, name: str, path: Path, big_endian: bool) -> np
     return array
 
 
-def _finish(state: dict[str, Any], path: Path, big_endian: bool = False) -> dict[str, np.ndarray]:
-    return {
-        name: _materialize(v, name, path, big_endian) if isinstance(v, _TensorRef) else v
-        for name, v in state.items()
-    }
+class _Assembler:
+    """Turns the tensors of a state dict into arrays one storage at a time.
+
+    Once a storage's tensors are arrays, the reader drops its own reference to the buffer:
+    views keep it alive, while tensors that had to be copied (not C-contiguous, e.g.
+    channels-last convolution kernels) let it go, so at most one storage is held twice.
+    """
+
+    def __init__(self, state: dict[str, _TensorRef], path: Path) -> None:
+        self.state, self.path, self.big_endian = state, path, False
+        self.names: dict[str, list[str]] = {}  # root storage key -> tensor names
+        self.roots: dict[str, _Storage] = {}  # the storages to read
+        for name, ref in state.items():
+            root = _root(ref.storage)
+            self.roots[root.key] = root
+            self.names.setdefault(root.key, []).append(name)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def fill(self, storage: _Storage, data: np.ndarray) -> None:
+        storage.data = data
+        for name in self.names.pop(storage.key):
+            self.arrays[name] = _materialize(self.state[name], name, self.path, self.big_endian)
+        storage.data = None
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self.names:
+            raise _corrupt(self.path, f"storages {list(self.names)[:5]} are named but not stored")
+        return {name: self.arrays[name] for name in self.state}
 
 
 def _read_into(f, nbytes: int, path: Path, what: str) -> np.ndarray:
@@ -480,21 +498,19 @@ def _read_torch_legacy(path: Path) -> dict[str, np.ndarray]:
         keys = _RestrictedUnpickler(f, path, None).load()
         if not isinstance(keys, list):
             raise _corrupt(path, "the list of storage keys is missing")
-        needed = _needed_roots(state)
+        tensors = _Assembler(state, path)
+        tensors.big_endian = big_endian
         for key in keys:
             (count,) = struct.unpack("<q", _read_into(f, 8, path, "a storage size").tobytes())
             storage = storages.get(str(key))
             if storage is None or count < 0:
                 raise _corrupt(path, f"storage {key!r} is not the one the pickle names")
             nbytes = count * storage.itemsize
-            if storage.key in needed:
-                storage.data = _read_into(f, nbytes, path, f"storage {key!r}")
+            if storage.key in tensors.names:
+                tensors.fill(storage, _read_into(f, nbytes, path, f"storage {key!r}"))
             else:
                 f.seek(nbytes, os.SEEK_CUR)
-        missing = [k for k, s in needed.items() if s.data is None]
-        if missing:
-            raise _corrupt(path, f"storages {missing[:5]} are named but not stored")
-        return _finish(state, path, big_endian)
+        return tensors.result()
 
 
 def _zip_layout(zf: zipfile.ZipFile, path: Path) -> str:
@@ -540,18 +556,18 @@ def _read_torch_zip(path: Path) -> dict[str, np.ndarray]:
         prefix = _zip_layout(zf, path)
         pkl = zf.read(f"{prefix}/data.pkl")
         state = _unwrap(_RestrictedUnpickler(io.BytesIO(pkl), path, storages).load(), path)
-        big_endian = False
+        tensors = _Assembler(state, path)
         if f"{prefix}/byteorder" in zf.namelist():
-            big_endian = zf.read(f"{prefix}/byteorder").strip() == b"big"
-        for key, storage in _needed_roots(state).items():
+            tensors.big_endian = zf.read(f"{prefix}/byteorder").strip() == b"big"
+        for key, storage in list(tensors.roots.items()):
             try:
                 info = zf.getinfo(f"{prefix}/data/{key}")
             except KeyError:
                 raise _corrupt(path, f"storage {prefix}/data/{key} is missing") from None
             if info.file_size < storage.numel * storage.itemsize:
                 raise _corrupt(path, f"storage {key} is shorter than its {storage.numel} items")
-            storage.data = _read_zip_member(zf, f, info, path)
-    return _finish(state, path, big_endian)
+            tensors.fill(storage, _read_zip_member(zf, f, info, path))
+    return tensors.result()
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
