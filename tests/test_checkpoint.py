@@ -487,6 +487,13 @@ def test_unknown_extension_names_accepted_ones(tmp_path):
         assert ext in message
 
 
+def test_dtype_numpy_lacks_is_named(tmp_path):
+    entries = [("t", "QInt8Storage", "0", 4, 0, (4,), (1,))]
+    path = _write_zip(tmp_path / "q.pt", _state_pickle(entries), {"0": bytes(4)})
+    with pytest.raises(WeightsError, match=r"torch\.QInt8Storage, which numpy has no dtype"):
+        read_state_dict(path)
+
+
 def test_not_a_pickle_nor_zip(tmp_path):
     path = tmp_path / "weights.bin"
     path.write_bytes(b"GGUF\x00\x00\x00\x03")

@@ -113,6 +113,10 @@ _TORCH_DTYPES = {
 }
 
 
+# torch dtypes and storages numpy cannot represent: refused with their own message.
+_NO_NUMPY_DTYPES = ("float8_", "float4_", "complex32", "bits", "qint", "quint", "QInt", "QUInt")
+
+
 class _Storage:
     """A storage named by the pickle; ``data`` (raw uint8 bytes) is filled in afterwards."""
 
@@ -213,6 +217,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _Marker("storage", name)
         if module == "torch" and name in _TORCH_DTYPES:
             return _Marker("dtype", _TORCH_DTYPES[name])
+        if module in ("torch", "torch.storage") and name.startswith(_NO_NUMPY_DTYPES):
+            raise WeightsError(
+                f"{self._path} holds tensors of type torch.{name}, which numpy has no dtype "
+                "for, so kerastl cannot read them. Convert them in PyTorch (e.g. to float32 "
+                "or float16) and save the state_dict again."
+            )
         # Name the Python 3 global that plain pickle would import (protocol 2 spells
         # builtins as __builtin__, subprocess as commands...).
         py3 = _compat_pickle.NAME_MAPPING.get((module, name))
