@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -132,11 +133,27 @@ def run_export(args: argparse.Namespace) -> int:
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``kerastl predict``."""
-    p.add_argument("artifact", help="SavedModel folder, .tflite, .onnx or .keras")
+    p.add_argument(
+        "artifact",
+        help="SavedModel folder, .tflite, .onnx or .keras; or a registry name with pretrained "
+        "weights (efficientnet_lite0): its ImageNet classifier names the class of a photo",
+    )
     p.add_argument("inputs", nargs="+", help="input files (images), or one .npy of raw inputs")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per input (default 3)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def _artifact_or_pretrained(name: str) -> Any:
+    """An exported file or folder; else a registry name: its pretrained ImageNet classifier."""
+    from kerastl.export.artifact import KerasArtifact, load_artifact
+
+    if os.path.exists(name) or os.sep in name or "." in os.path.basename(name):
+        return load_artifact(name)
+    import kerastl
+
+    model = kerastl.build(name, weights="imagenet", pretrained_head=True, compile=False)
+    return KerasArtifact.from_model(model, f"{name} (pretrained ImageNet classifier)")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -148,7 +165,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: expected >= 1, got {args.top_k}.")
-    artifact = load_artifact(args.artifact)
+    artifact = _artifact_or_pretrained(args.artifact)
     if len(args.inputs) == 1 and args.inputs[0].endswith(".npy"):
         inputs: Any = np.load(args.inputs[0])
         ids = [f"{args.inputs[0]}[{i}]" for i in range(len(inputs))]

@@ -225,6 +225,16 @@ class KerasArtifact(Artifact):
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return self._prepared.predict(np.asarray(x, np.float32))
 
+    @classmethod
+    def from_model(cls, model: Any, label: str) -> KerasArtifact:
+        """Wrap an in-memory kerastl model (``kerastl predict MODEL_NAME`` uses it)."""
+        from kerastl.export._trace import prepare
+
+        self = cls.__new__(cls)
+        self._prepared = prepare(model)
+        Artifact.__init__(self, Path(label), self._prepared.meta)
+        return self
+
 
 def _saved_model_root(path: Path) -> Path:
     if (path / "saved_model.pb").is_file():

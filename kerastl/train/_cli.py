@@ -187,21 +187,31 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``kerastl demo``."""
     p.add_argument("--output-dir", default="runs/demo", help="where the demo writes (runs/demo)")
     p.add_argument(
-        "--backbone", default="mobilenet_v2", help="registry backbone trained on the source task"
+        "--backbone",
+        default="efficientnet_lite0",
+        help="registry backbone with pretrained weights (efficientnet_lite0)",
     )
-    p.add_argument("--shots", type=int, default=10, help="labelled examples per target class")
-    p.add_argument("--quick", action="store_true", help="fewer epochs (a smoke test)")
-    p.add_argument("--no-export", action="store_true", help="skip exporting the transferred model")
+    p.add_argument(
+        "--weights", default="imagenet", help="its pretrained weights: 'imagenet' or a path"
+    )
+    p.add_argument("--shots", type=int, default=10, help="labelled examples per class (1-100)")
+    p.add_argument("--quick", action="store_true", help="fewer epochs, no export (a smoke test)")
+    p.add_argument("--no-export", action="store_true", help="skip exporting the fine-tuned model")
     p.add_argument("--seed", type=int, default=0)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """``kerastl demo``: transfer vs scratch on scikit-learn's digits, then export."""
+    """``kerastl demo``: pretrained transfer vs scratch on scikit-learn's digits, then export."""
+    from kerastl._errors import ConfigError
+
+    if not 1 <= args.shots <= 100:
+        raise ConfigError(f"--shots: expected 1 to 100 labelled images per class, got {args.shots}.")
     from kerastl.train.demo import run_demo as demo
 
     result = demo(
         output_dir=args.output_dir,
         backbone=args.backbone,
+        weights=args.weights,
         shots=args.shots,
         quick=args.quick,
         export=not args.no_export,
