@@ -161,7 +161,6 @@ def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from kerastl._errors import ConfigError
-    from kerastl.export.artifact import load_artifact
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: expected >= 1, got {args.top_k}.")

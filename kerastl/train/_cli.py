@@ -205,7 +205,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from kerastl._errors import ConfigError
 
     if not 1 <= args.shots <= 100:
-        raise ConfigError(f"--shots: expected 1 to 100 labelled images per class, got {args.shots}.")
+        raise ConfigError(
+            f"--shots: expected 1 to 100 labelled images per class, got {args.shots}."
+        )
     from kerastl.train.demo import run_demo as demo
 
     result = demo(

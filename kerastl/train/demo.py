@@ -25,6 +25,7 @@ import numpy as np
 
 from kerastl._errors import ExportError, missing_dependency
 
+
 def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as ``(N, 8, 8)`` uint8 images (0-255) and int labels."""
     try:
@@ -236,10 +237,14 @@ def _finish(rows: list, runs: dict, output_dir: str, n_val: int, t0: float) -> d
     failed = _export_failed(exports)
     if exports is not None:
         state = "FAILED" if failed else "exported"
-        print(f"Fine-tuned model {state} to {Path(runs['finetune'].run_dir) / 'export'}: "
-              f"{_export_summary(exports)}")
+        print(
+            f"Fine-tuned model {state} to {Path(runs['finetune'].run_dir) / 'export'}: "
+            f"{_export_summary(exports)}"
+        )
     total = time.perf_counter() - t0
-    print(f"Total demo time: {total:.0f} s. Run folders: {output_dir}/{{features,finetune,scratch}}")
+    print(
+        f"Total demo time: {total:.0f} s. Run folders: {output_dir}/{{features,finetune,scratch}}"
+    )
     summary = {
         "rows": rows,
         "held_out": n_val,

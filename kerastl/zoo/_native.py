@@ -20,7 +20,11 @@ from kerastl._errors import ConfigError, WeightsError
 from kerastl.zoo._spec import ModelSpec
 
 #: Registry constructor name -> EfficientNet-Lite variant.
-LITE_VARIANTS = {"EfficientNetLite0": "lite0", "EfficientNetLite1": "lite1", "EfficientNetLite2": "lite2"}
+LITE_VARIANTS = {
+    "EfficientNetLite0": "lite0",
+    "EfficientNetLite1": "lite1",
+    "EfficientNetLite2": "lite2",
+}
 
 
 def _variant(spec: ModelSpec) -> str:
