@@ -194,7 +194,13 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights", default="imagenet", help="its pretrained weights: 'imagenet' or a path"
     )
-    p.add_argument("--shots", type=int, default=10, help="labelled examples per class (1-100)")
+    p.add_argument(
+        "--task",
+        default="digits",
+        choices=["digits", "faces"],
+        help="target data: scikit-learn digits (10 classes) or scikit-image LFW faces (2)",
+    )
+    p.add_argument("--shots", type=int, default=5, help="labelled examples per class (1-100)")
     p.add_argument("--quick", action="store_true", help="fewer epochs, no export (a smoke test)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the fine-tuned model")
     p.add_argument("--seed", type=int, default=0)
@@ -214,6 +220,7 @@ def run_demo(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         backbone=args.backbone,
         weights=args.weights,
+        task=args.task,
         shots=args.shots,
         quick=args.quick,
         export=not args.no_export,

@@ -151,13 +151,13 @@ def _plans(weights: str, e_head: int, e_ft: int, export: bool) -> list[tuple[str
 def run_demo(
     output_dir: str = "runs/demo",
     backbone: str = "efficientnet_lite0",
-    shots: int = 10,
+    shots: int = 5,
     quick: bool = False,
     export: bool = True,
     seed: int = 0,
     weights: str = "imagenet",
     input_size: int = 64,
-    task: str = "faces",
+    task: str = "digits",
 ) -> dict[str, Any]:
     """Run the demo; return its table as a dict (also written to ``summary.json``).
 
@@ -170,7 +170,8 @@ def run_demo(
         seed: Seed of data selection and training.
         weights: Pretrained weights of ``backbone``.
         input_size: Side the images are resized to.
-        task: ``"faces"`` (scikit-image's LFW subset) or ``"digits"`` (scikit-learn).
+        task: ``"digits"`` (scikit-learn, ten classes) or ``"faces"`` (scikit-image's
+            LFW subset, face or not).
 
     Raises:
         ExportError: the export failed (the trained models stay in ``output_dir``).
@@ -189,7 +190,7 @@ def run_demo(
     t0 = time.perf_counter()
     loader, names, held_out, about = TASKS[task]
     x, y = loader()
-    train_idx, val_idx = _split(y, shots, held_out, seed)
+    train_idx, val_idx = _split(y, shots, min(held_out, 20) if quick else held_out, seed)
     ex = kdata.from_numpy(x, y, class_names=names, source=about)
     t_train, t_val = ex.subset(train_idx), ex.subset(val_idx)
     print(f"[demo] data: {about}")

