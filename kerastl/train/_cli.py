@@ -103,10 +103,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     """``kerastl train``: one run, or k-fold cross-validation with ``--folds``."""
-    from kerastl.train._config import load_config
+    from kerastl.train._config import check_data_paths, load_config
 
     overrides = _overrides(args)
     cfg = load_config(args.config, overrides)  # validates before TensorFlow loads
+    check_data_paths(cfg, args.config or "config")
     if args.print_config:
         import yaml
 
@@ -189,14 +190,37 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backbone", default="mobilenet_v2", help="registry backbone trained on the source task"
     )
-    p.add_argument("--shots", type=int, default=10, help="labelled examples per target class")
+    p.add_argument(
+        "--shots",
+        type=_positive_int("--shots"),
+        default=10,
+        help="labelled examples per target class (>= 1)",
+    )
     p.add_argument("--quick", action="store_true", help="fewer epochs (a smoke test)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the transferred model")
     p.add_argument("--seed", type=int, default=0)
 
 
+def _positive_int(flag: str):
+    """An argparse ``type`` accepting whole numbers >= 1 (exit 2 with the value otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1 or str(value) != text.strip():
+            raise argparse.ArgumentTypeError(f"{flag}: expected a whole number >= 1, got {text!r}.")
+        return value
+
+    return parse
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """``kerastl demo``: transfer vs scratch on scikit-learn's digits, then export."""
+    from kerastl.zoo import get_spec
+
+    get_spec(args.backbone)  # an unknown backbone fails here, not after minutes of training
     from kerastl.train.demo import run_demo as demo
 
     result = demo(
