@@ -1,9 +1,11 @@
 """Safe file handling: atomic text writes, archive extraction that cannot escape.
 
-Used for anything kerastl unpacks (preset archives, dataset archives). Tar files
-go through the standard library's ``data`` filter (PEP 706), which refuses
-absolute paths, ``..`` components, links pointing outside, and device files;
-zip files are checked member by member, and symlink members are refused.
+Used for anything kerastl unpacks (preset archives, dataset archives). Every
+member of a zip or tar archive is checked before anything is written: absolute
+paths, ``..`` components that leave the target, links of any kind (symbolic or
+hard, even ones pointing inside the target) and device / FIFO files are refused.
+Tar files are then extracted through the standard library's ``data`` filter
+(PEP 706) as a second line of defence.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
         ``dest`` as a resolved path.
 
     Raises:
-        DataError: not an archive, or a member would land outside ``dest``
-            (path traversal, absolute path, symlink or hard link, device file).
+        DataError: not an archive, or a member is refused: an absolute path, a
+            path that leaves ``dest``, a symbolic or hard link (wherever it points),
+            or a device / FIFO file.
 
     Example:
         >>> safe_extract("preset.tar.gz", "/tmp/preset")  # doctest: +SKIP
@@ -40,17 +43,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    raise DataError(
-                        f"archive: {str(archive)!r} holds a symlink {info.filename!r}; refused."
-                    )
-                target = (dest / info.filename).resolve()
-                if not target.is_relative_to(dest) or os.path.isabs(info.filename):
-                    raise DataError(
-                        f"archive: member {info.filename!r} of {str(archive)!r} would be written "
-                        f"outside {str(dest)!r}; refused."
-                    )
+                _check_zip_member(info, archive, dest)
             dest.mkdir(parents=True, exist_ok=True)
             zf.extractall(dest)
         return dest
@@ -58,16 +51,52 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
             for m in members:  # check all first: nothing written if one is bad
-                try:
-                    tarfile.data_filter(m, str(dest))
-                except tarfile.FilterError as exc:
-                    raise DataError(
-                        f"archive: member {m.name!r} of {str(archive)!r} refused: {exc}."
-                    ) from None
+                _check_tar_member(m, archive, dest)
             dest.mkdir(parents=True, exist_ok=True)
             tf.extractall(dest, filter="data")
         return dest
     raise DataError(f"archive: {str(archive)!r} is not a zip or tar archive.")
+
+
+def _is_absolute(name: str) -> bool:
+    """True for ``/x``, ``\\x`` and ``C:/x`` / ``C:\\x`` member names."""
+    return name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":")
+
+
+def _refuse(archive: Path, name: str, why: str) -> DataError:
+    return DataError(f"archive: member {name!r} of {str(archive)!r} refused: {why}.")
+
+
+def _check_inside(name: str, archive: Path, dest: Path) -> None:
+    if _is_absolute(name):
+        raise _refuse(archive, name, "absolute paths are not extracted")
+    target = (dest / name).resolve()
+    if not target.is_relative_to(dest):
+        raise _refuse(archive, name, f"it would be written outside {str(dest)!r}")
+
+
+def _check_zip_member(info: zipfile.ZipInfo, archive: Path, dest: Path) -> None:
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise _refuse(archive, info.filename, "it is a symlink; links are not extracted")
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise _refuse(archive, info.filename, "it is a device or FIFO file")
+    _check_inside(info.filename, archive, dest)
+
+
+def _check_tar_member(m: tarfile.TarInfo, archive: Path, dest: Path) -> None:
+    if m.issym() or m.islnk():
+        kind = "symlink" if m.issym() else "hard link"
+        raise _refuse(
+            archive, m.name, f"it is a {kind} (to {m.linkname!r}); links are not extracted"
+        )
+    if not (m.isfile() or m.isdir()):
+        raise _refuse(archive, m.name, "it is a device or FIFO file")
+    _check_inside(m.name, archive, dest)
+    try:
+        tarfile.data_filter(m, str(dest))
+    except tarfile.FilterError as exc:
+        raise _refuse(archive, m.name, str(exc)) from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

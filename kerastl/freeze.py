@@ -14,104 +14,14 @@ Also here: :class:`GradualUnfreezing` (a callback), :func:`discriminative_optimi
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 
 from kerastl._errors import ConfigError, choice_error
-
-POLICY_KINDS = ("backbone", "none", "up_to", "last", "regex", "lora")
-
-
-@dataclass(frozen=True)
-class FreezePolicy:
-    """Which part of the backbone is frozen.
-
-    Attributes:
-        kind: ``"backbone"`` (feature extraction: all frozen), ``"none"`` (full
-            fine-tune), ``"up_to"`` (freeze groups from the stem up to and
-            including ``value``), ``"last"`` (train only the last ``value``
-            groups), ``"regex"`` (freeze layers whose name matches ``value``).
-        value: Group name, group count or regex, per ``kind``.
-        train_batchnorm: Let BatchNorm layers of trainable groups update their
-            statistics and affine weights. Off by default.
-
-    Example:
-        >>> parse_policy("up_to:stage2")
-        FreezePolicy(kind='up_to', value='stage2', train_batchnorm=False)
-    """
-
-    kind: str
-    value: Any = None
-    train_batchnorm: bool = False
-
-    def to_string(self) -> str:
-        """The policy in its string form (``"last:2"``)."""
-        return self.kind if self.value is None else f"{self.kind}:{self.value}"
-
-
-def parse_policy(freeze: Any, train_batchnorm: bool = False) -> FreezePolicy:
-    """Read a policy from a string, dict, bool or :class:`FreezePolicy`.
-
-    Accepted: ``"backbone"``, ``"none"``, ``"up_to:GROUP"``, ``"last:N"``,
-    ``"regex:PATTERN"``, ``{"up_to": "stage2"}``, ``{"last": 2}``,
-    ``{"regex": "^conv1"}``, ``True`` (= backbone), ``False``/``None`` (= none),
-    ``"lora:RANK"`` / ``{"lora": 8}`` (KerasHub text backbones: frozen backbone
-    plus trainable LoRA adapters of that rank on the attention projections).
-    """
-    if isinstance(freeze, FreezePolicy):
-        return freeze
-    if freeze is None or freeze is False:
-        return FreezePolicy("none", None, train_batchnorm)
-    if freeze is True:
-        return FreezePolicy("backbone", None, train_batchnorm)
-    if isinstance(freeze, dict):
-        if len(freeze) != 1:
-            raise ConfigError(
-                f"freeze: a dict policy has exactly one key of {POLICY_KINDS[2:]}, got {freeze!r}."
-            )
-        ((kind, value),) = freeze.items()
-    elif isinstance(freeze, str):
-        kind, _, value = freeze.partition(":")
-        value = value or None
-    else:
-        raise ConfigError(
-            f"freeze: expected a string such as 'backbone', 'none', 'up_to:stage2', "
-            f"'last:2' or 'regex:^conv1', got {type(freeze).__name__} {freeze!r}."
-        )
-    kind = kind.strip().lower()
-    if kind not in POLICY_KINDS:
-        raise choice_error("freeze", freeze if isinstance(freeze, str) else kind, POLICY_KINDS)
-    if kind in ("backbone", "none") and value is not None:
-        raise ConfigError(f"freeze: {kind!r} takes no value, got {freeze!r}.")
-    if kind == "lora":  # LoRA adapters of rank N on a frozen KerasHub text backbone
-        try:
-            value = int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"freeze: 'lora' needs a rank, e.g. 'lora:8', got {freeze!r}."
-            ) from None
-        if value < 1:
-            raise ConfigError(f"freeze: 'lora' needs a rank >= 1, got {value}.")
-    if kind in ("up_to", "regex") and not value:
-        raise ConfigError(f"freeze: {kind!r} needs a value, e.g. '{kind}:...', got {freeze!r}.")
-    if kind == "last":
-        try:
-            value = int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"freeze: 'last' needs a whole number of groups, got {freeze!r}."
-            ) from None
-        if value < 0:
-            raise ConfigError(f"freeze: 'last' needs N >= 0, got {value}.")
-    if kind == "regex":
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ConfigError(f"freeze: invalid regex {value!r}: {exc}.") from None
-    return FreezePolicy(kind, value, train_batchnorm)
+from kerastl._policy import POLICY_KINDS, FreezePolicy, parse_policy  # noqa: F401
 
 
 def _backbone_and_groups(model: keras.Model):
@@ -150,6 +60,7 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
         ``{group name: True if it trains}`` for the backbone groups.
 
     Example:
+        >>> import kerastl
         >>> m = kerastl.build("resnet50", num_classes=2, input_shape=(32, 32, 3))
         >>> apply_policy(m, "last:1")["stage4"]
         True
@@ -333,6 +244,7 @@ def discriminative_optimizer(
     learning_rate: float = 1e-3,
     decay: float = 0.5,
     optimizer: str = "adam",
+    factory: Callable[[float], keras.optimizers.Optimizer] | None = None,
     **optimizer_kwargs,
 ) -> keras.optimizers.MultiOptimizer:
     """Layer-wise learning-rate decay: one optimizer per backbone group.
@@ -348,6 +260,10 @@ def discriminative_optimizer(
         learning_rate: Rate of the head.
         decay: Factor per group going down, in (0, 1].
         optimizer: Any name ``keras.optimizers.get`` knows.
+        factory: ``rate -> optimizer`` building each group's optimizer (e.g. with a
+            learning-rate schedule that starts from ``rate``, warm-up and weight decay);
+            replaces ``optimizer`` and ``optimizer_kwargs``. Each group's schedule counts
+            that group's own steps.
         **optimizer_kwargs: Passed to each optimizer.
 
     Returns:
@@ -363,6 +279,8 @@ def discriminative_optimizer(
     n = len(names)
 
     def make(lr: float) -> keras.optimizers.Optimizer:
+        if factory is not None:
+            return factory(lr)
         opt = keras.optimizers.get(optimizer)
         cfg = opt.get_config()
         cfg.update(optimizer_kwargs)
@@ -388,7 +306,15 @@ class L2SP(keras.regularizers.Regularizer):
     """``alpha/2 * ||w - w0||^2``: keep a fine-tuned weight near its start ``w0``.
 
     Li et al. 2018, "Explicit inductive bias for transfer learning". Attached
-    to variables by :func:`apply_l2sp`; the starting point is not serialised.
+    to variables by :func:`apply_l2sp`.
+
+    A training-time regulariser only: it is not saved. Keras does not serialise
+    regularisers attached to variables, and the starting point (a copy of every
+    backbone kernel) does not belong in a model file, so a saved and reloaded
+    model predicts the same but carries no penalty (``model.losses`` is empty).
+    To continue fine-tuning with L2-SP, call :func:`apply_l2sp` again after
+    loading (the pull is then towards the loaded weights) or keep the original
+    starting weights and load them first.
     """
 
     def __init__(self, start: Any, alpha: float = 1e-2):
@@ -404,14 +330,16 @@ class L2SP(keras.regularizers.Regularizer):
 
     @classmethod
     def from_config(cls, config):
-        return keras.regularizers.L2(0.0)  # start values are not stored
+        # The start values are not stored (see the class docstring): no penalty.
+        return keras.regularizers.L2(0.0)
 
 
 def apply_l2sp(model: keras.Model, alpha: float = 1e-2, head_l2: float = 0.0) -> int:
     """Add an L2-SP penalty to every trainable backbone weight (and L2 to the head).
 
     Call after freezing and before ``compile``/``fit``. The penalty appears in
-    ``model.losses`` and therefore in the training loss.
+    ``model.losses`` and therefore in the training loss. It is not saved with the
+    model (see :class:`L2SP`): apply it again after loading to keep using it.
 
     Args:
         model: A kerastl model whose backbone holds the starting (pretrained) weights.

@@ -86,6 +86,10 @@ def exported(model, tmp_path_factory):
             validation_data=_photo_like(12, seed=2),
             int8_io="uint8",
             latency_runs=3,
+            # A random-init model's class scores are close to ties, so int8 rounding flips
+            # about one in six of the 12 validation examples (measured 0.833): below the 0.9
+            # default gate, which a trained model meets (test_export_coverage).
+            tolerances={"tflite/int8": {"min_agreement": 0.75}},
         )
     return out, report, [str(w.message) for w in caught]
 
@@ -634,20 +638,22 @@ def test_validate_reports_agreement_and_metric_delta():
         out["probabilities"] = out["probabilities"][:, ::-1].copy()
         return out
 
-    res = validate(_Fake(flipped), ref, x, "tflite/int8", "classification", labels)
-    assert res["passed"]  # int8 is report-only by default
-    assert res["metric"]["keras"] == pytest.approx(0.75)
-    assert res["metric"]["delta"] == pytest.approx(res["metric"]["artifact"] - 0.75)
-    strict = validate(
+    report_only = {"min_agreement": None, "max_metric_drop": None, "min_cosine": None}
+    res = validate(
         _Fake(flipped),
         ref,
         x,
         "tflite/int8",
         "classification",
         labels,
-        {"tflite/int8": {"min_agreement": 1.1}},
+        {"tflite/int8": report_only},
     )
-    assert not strict["passed"] and "agreement" in strict["failures"][0]
+    assert res["passed"]  # every gate switched off: figures are reported only
+    assert res["metric"]["keras"] == pytest.approx(0.75)
+    assert res["metric"]["delta"] == pytest.approx(res["metric"]["artifact"] - 0.75)
+    strict = validate(_Fake(flipped), ref, x, "tflite/int8", "classification", labels)
+    assert not strict["passed"]  # the default agreement gate (0.9) refuses it
+    assert any("top-1 agreement with Keras" in f for f in strict["failures"])
 
 
 def test_quantized_file_whose_outputs_collapsed_fails_the_cosine_floor():

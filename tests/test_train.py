@@ -384,19 +384,17 @@ def test_export_is_called_with_the_run_options(tmp_path, monkeypatch):
 
     calls = {}
 
-    def fake_export(
-        model, out_dir, formats, quantize, calibration_data, validation_data, name, version
-    ):
+    def fake_export(model, out_dir, formats, quantize, calibration_data, validation_data, **kw):
         calls.update(
             formats=formats,
             quantize=quantize,
-            name=name,
-            version=version,
             shape=calibration_data.shape,
+            validation=validation_data,
             out_dir=out_dir,
             task=model.kerastl_config["task"],
+            **kw,
         )
-        return {"ok": True}
+        return {"ok": True, "validation": {"samples": len(validation_data[0])}}
 
     fake = types.ModuleType("kerastl.export")
     fake.export = fake_export
@@ -406,12 +404,16 @@ def test_export_is_called_with_the_run_options(tmp_path, monkeypatch):
         tmp_path,
         "ex",
         train={"epochs": 1},
-        export={"formats": ["onnx", "tflite"], "quantize": ["float16"], "version": 3},
+        export={"formats": ["saved_model", "tflite"], "quantize": ["int8"], "version": 3},
     )
     r = train(cfg, examples=kdata.from_numpy(x, y).split(0.25, seed=0))
-    assert r.exports == {"ok": True}
-    assert calls["formats"] == ["onnx", "tflite"] and calls["quantize"] == ["float16"]
-    assert calls["version"] == 3 and calls["name"] == "ex" and calls["shape"][1:] == (32, 32, 3)
+    assert r.exports["ok"] is True
+    assert calls["formats"] == ["saved_model", "tflite"] and calls["quantize"] == ["int8"]
+    assert calls["version"] == 3 and calls["name"] == "ex" and calls["shape"] == (6, 32, 32, 3)
+    assert calls["overwrite"] is True  # a rerun's files replace the last run's once validated
+    xv, yv = calls["validation"]  # validation data with labels: accuracy with and without int8
+    assert xv.shape == (2, 32, 32, 3) and sorted(yv.tolist()) == [0, 1]
+    assert r.exports["calibration"]["class_counts"] == {"0": 3, "1": 3}
     assert calls["out_dir"].endswith("ex/export")
 
 

@@ -215,10 +215,12 @@ class LogMelExporter(ModalityExporter):
 def export_audio(model, out_dir, formats, **kwargs) -> dict[str, Any]:
     """Export a Whisper-based model: SavedModel on waveforms, TFLite/ONNX on log-mel features.
 
-    Same arguments and report as :func:`kerastl.export`.
+    Same arguments and report as :func:`kerastl.export`; both parts are staged and
+    published as one unit (:mod:`kerastl.export._staged`).
     """
     from kerastl.export import export
-    from kerastl.export import report as report_mod
+    from kerastl.export._staged import planned_files, resolve_targets, staged_export
+    from kerastl.export.text import _merge
 
     out = Path(out_dir)
     waves = [f for f in formats if f not in AudioExporter.feature_formats]
@@ -226,18 +228,10 @@ def export_audio(model, out_dir, formats, **kwargs) -> dict[str, Any]:
     name = kwargs.pop("name", None) or model.name
     validation = kwargs.pop("validation_data", None)
     calibration = kwargs.pop("calibration_data", None)
-    reports = []
-    if waves:
-        reports.append(
-            export(
-                model,
-                out,
-                formats=waves,
-                name=name,
-                validation_data=validation,
-                **{k: v for k, v in kwargs.items() if k != "quantize"},
-            )
-        )
+    version = kwargs.pop("version", None)
+    files = planned_files(name, feats, list(kwargs.get("quantize") or []))
+    overwrite = bool(kwargs.get("overwrite"))
+    version = resolve_targets(out, name, version, "saved_model" in waves, files, overwrite)
     sub = feature_model(model)
     mel = LogMelExporter(sub.kerastl_config)
 
@@ -247,28 +241,33 @@ def export_audio(model, out_dir, formats, **kwargs) -> dict[str, Any]:
         x, y = mel.coerce(data, "validation_data")
         return x if y is None else (x, y)
 
-    reports.append(
-        export(
+    def waves_part(staging: Path, version: int | None) -> dict:
+        rest = {k: v for k, v in kwargs.items() if k != "quantize"}
+        return export(
+            model, staging, waves, name=name, version=version, validation_data=validation, **rest
+        )
+
+    def feats_part(staging: Path, version: int | None) -> dict:
+        return export(
             sub,
-            out,
+            staging,
             formats=feats,
             name=name,
             validation_data=to_feats(validation),
             calibration_data=to_feats(calibration),
             **kwargs,
         )
-    )
-    merged = dict(reports[-1])
-    merged["formats"] = list(formats)
-    merged["artifacts"] = [a for r in reports for a in r["artifacts"]]
-    merged["notes"] = [n for r in reports for n in r.get("notes", [])] + [
-        "audio model: SavedModel takes waveforms (log-mel in the graph); TFLite/ONNX take "
-        "log_mel features (RaggedTensorToTensor and RFFT+slice do not convert with builtin "
-        "ops); load_artifact computes the features from waveforms"
-    ]
-    merged["model"] = dict(reports[0]["model"])
-    report_mod.write(merged, out)
-    return merged
+
+    def finish(staging: Path, reports: list[dict]) -> tuple[dict, list[str]]:
+        note = (
+            "audio model: SavedModel takes waveforms (log-mel in the graph); TFLite/ONNX take "
+            "log_mel features (RaggedTensorToTensor and RFFT+slice do not convert with builtin "
+            "ops); load_artifact computes the features from waveforms"
+        )
+        return _merge(reports, formats, note), []
+
+    parts = ([waves_part] if waves else []) + ([feats_part] if feats else [])
+    return staged_export(out, version, parts, finish)
 
 
 register_modality("audio", AudioExporter)

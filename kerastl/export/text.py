@@ -19,7 +19,6 @@ it hands over to :func:`export_text`, which exports the token-id sub-model
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -349,11 +348,12 @@ def export_text(model, out_dir, formats, **kwargs) -> dict[str, Any]:
     """Export a text model: SavedModel from strings, TFLite/ONNX from token ids.
 
     Same arguments and report as :func:`kerastl.export`; the two parts are
-    validated separately (token-id files against the Keras model on token ids)
-    and their reports merged.
+    validated separately (token-id files against the Keras model on token ids),
+    staged together with the tokenizer folder and published as one unit
+    (:mod:`kerastl.export._staged`): if either part fails, nothing is published.
     """
     from kerastl.export import export
-    from kerastl.export import report as report_mod
+    from kerastl.export._staged import planned_files, resolve_targets, staged_export
 
     out = Path(out_dir)
     strings = [f for f in formats if f not in TextExporter.token_formats]
@@ -361,18 +361,10 @@ def export_text(model, out_dir, formats, **kwargs) -> dict[str, Any]:
     name = kwargs.pop("name", None) or model.name
     validation = kwargs.pop("validation_data", None)
     calibration = kwargs.pop("calibration_data", None)
-    reports = []
-    if strings:
-        reports.append(
-            export(
-                model,
-                out,
-                formats=strings,
-                name=name,
-                validation_data=validation,
-                **{k: v for k, v in kwargs.items() if k != "quantize"},
-            )
-        )
+    version = kwargs.pop("version", None)
+    files = planned_files(name, tokens, list(kwargs.get("quantize") or []))
+    overwrite = bool(kwargs.get("overwrite"))
+    version = resolve_targets(out, name, version, "saved_model" in strings, files, overwrite)
     sub = token_id_model(model)
     ids_exporter = TokenIdsExporter(sub.kerastl_config)
 
@@ -383,33 +375,52 @@ def export_text(model, out_dir, formats, **kwargs) -> dict[str, Any]:
         ids = ids_exporter.tokenize(x)
         return ids if y is None else (ids, y)
 
-    folder = out / TOKENIZER_DIR.format(name=name)
-    if tokens:
-        reports.append(
-            export(
-                sub,
-                out,
-                formats=tokens,
-                name=name,
-                validation_data=to_ids(validation),
-                calibration_data=to_ids(calibration),
-                **kwargs,
-            )
+    def strings_part(staging: Path, version: int | None) -> dict:
+        rest = {k: v for k, v in kwargs.items() if k != "quantize"}
+        return export(
+            model, staging, strings, name=name, version=version, validation_data=validation, **rest
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        files = write_tokenizer(model, folder)
-        reports[-1]["tokenizer"] = {"folder": str(folder), "files": files}
+
+    def tokens_part(staging: Path, version: int | None) -> dict:
+        return export(
+            sub,
+            staging,
+            formats=tokens,
+            name=name,
+            validation_data=to_ids(validation),
+            calibration_data=to_ids(calibration),
+            **kwargs,
+        )
+
+    folder_name = TOKENIZER_DIR.format(name=name)
+
+    def finish(staging: Path, reports: list[dict]) -> tuple[dict, list[str]]:
+        folders = []
+        if tokens:
+            written = write_tokenizer(model, staging / folder_name)
+            reports[-1]["tokenizer"] = {"folder": str(out / folder_name), "files": written}
+            folders.append(folder_name)
+        note = (
+            "text model: SavedModel takes raw strings (tokenizer in the graph) and token ids "
+            "(serving_token_ids); TFLite/ONNX take token_ids, tokenizer files in "
+            f"{folder_name}/ and in the metadata"
+        )
+        return _merge(reports, formats, note), folders
+
+    parts = ([strings_part] if strings else []) + ([tokens_part] if tokens else [])
+    return staged_export(out, version, parts, finish)
+
+
+def _merge(reports: list[dict], formats: list[str], note: str) -> dict[str, Any]:
+    """One report of a multi-part export: every part's artifacts and notes."""
     merged = dict(reports[-1])
     merged["formats"] = list(formats)
     merged["artifacts"] = [a for r in reports for a in r["artifacts"]]
-    merged["notes"] = [n for r in reports for n in r.get("notes", [])] + [
-        "text model: SavedModel takes raw strings (tokenizer in the graph) and token ids "
-        "(serving_token_ids); TFLite/ONNX take token_ids, tokenizer files in "
-        f"{folder.name}/ and in the metadata"
-    ]
+    merged["notes"] = [n for r in reports for n in r.get("notes", [])] + [note]
     merged["model"] = dict(reports[0]["model"])
-    report_mod.write(merged, out)
+    merged["saved_model_version"] = next(
+        (r["saved_model_version"] for r in reports if r.get("saved_model_version")), None
+    )
     return merged
 
 

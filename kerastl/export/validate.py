@@ -18,6 +18,18 @@ artifact passes if it is within ``max_rel_err`` of the float64 result, or no
 further from it than ``REFEREE_FACTOR`` x Keras' own float32 distance from it
 (and Keras' distance is itself below :data:`REFEREE_MAX`). The report shows all three figures. A
 ``max_rel_err`` the caller sets explicitly is applied as given, without referee.
+
+Quantized files (``tflite/dynamic``, ``tflite/int8``) have no elementwise bound; they
+must instead (defaults in :data:`TOLERANCES`, each overridable through ``tolerances``):
+
+- agree with the float model's top-1 on at least ``min_agreement`` (90%) of the
+  validation examples (classifiers: multi-class, binary, multi-label per label);
+- lose at most ``max_metric_drop`` (0.05) accuracy when labels are given;
+- keep outputs that vary across inputs: a file whose main output spreads over less
+  than ``min_spread`` (10%) of the Keras model's spread across the same inputs has
+  collapsed to a constant (judged when Keras' own spread exceeds :data:`SPREAD_FLOOR`),
+  whatever the head (softmax, one sigmoid, sigmoid per label, embedding, regression);
+- keep a mean cosine similarity of ``min_cosine`` (0.8) with Keras' main output.
 """
 
 from __future__ import annotations
@@ -43,24 +55,43 @@ class Tolerance:
             a quantized file whose outputs no longer follow the model (all zeros, a
             constant) when no agreement can be computed (embeddings, regression).
         determinism_rel_err: Largest difference between two identical calls.
+        max_metric_drop: Largest accuracy loss against Keras on labelled validation data
+            (classifiers); ``None`` = report only.
+        min_spread: Smallest ratio of the file's spread of its main output across the
+            validation inputs to Keras' spread (a constant output has 0); ``None`` = off.
     """
 
     max_rel_err: float | None = 1e-4
     min_agreement: float | None = None
     min_cosine: float | None = None
     determinism_rel_err: float = 1e-6
+    max_metric_drop: float | None = None
+    min_spread: float | None = None
 
 
-#: Declared tolerances, ``"format/precision"`` -> rule. Quantized files are judged by the
-#: agreement and metric delta they report (set ``min_agreement`` to enforce one).
+_QUANTIZED = {
+    "max_rel_err": None,
+    "min_agreement": 0.9,
+    "max_metric_drop": 0.05,
+    "min_spread": 0.1,
+    "min_cosine": 0.8,
+}
+
+#: Declared tolerances, ``"format/precision"`` -> rule. Quantized files are gated on top-1
+#: agreement with Keras, accuracy drop (with labels), output spread and cosine similarity;
+#: override any of them, e.g. ``{"tflite/int8": {"min_agreement": 0.8}}`` (``None`` = report).
 TOLERANCES: dict[str, Tolerance] = {
     "saved_model/float32": Tolerance(max_rel_err=1e-4),
     "onnx/float32": Tolerance(max_rel_err=1e-4),
     "tflite/float32": Tolerance(max_rel_err=1e-4),
     "tflite/float16": Tolerance(max_rel_err=1e-2),
-    "tflite/dynamic": Tolerance(max_rel_err=None, min_cosine=0.8),
-    "tflite/int8": Tolerance(max_rel_err=None, min_cosine=0.8),
+    "tflite/dynamic": Tolerance(**_QUANTIZED),
+    "tflite/int8": Tolerance(**_QUANTIZED),
 }
+
+#: The spread gate judges a file only when Keras' own output moves by more than this
+#: across the validation inputs (a near-constant model may legitimately quantize to one value).
+SPREAD_FLOOR = 0.02
 
 #: An artifact may be this many times further from the float64 result than Keras float32 is.
 REFEREE_FACTOR = 2.0
@@ -243,44 +274,15 @@ def validate(
         big: artifact.run_batched(x, big),
     }
     failures: list[str] = []
-    errors: dict[str, float] = {}
-    main = next(iter(reference))
-    for bs, out in runs.items():
-        count = n1 if bs == 1 else len(x)
-        missing = sorted(set(reference) - set(out))
-        if missing:
-            failures.append(f"outputs {missing} missing (artifact has {sorted(out)})")
-            continue
-        for name, ref in reference.items():
-            if ref.dtype.kind != "f":
-                continue
-            err = rel_err(out[name], ref[:count])
-            errors[name] = max(errors.get(name, 0.0), err)
+    errors = _output_errors(runs, reference, n1, len(x), failures)
     referee: dict[str, dict[str, Any]] = {}
     if tol.max_rel_err is not None:
-        over = [n for n, err in errors.items() if not err <= tol.max_rel_err]
         explicit = "max_rel_err" in ((overrides or {}).get(key) or {})
-        if over and exact is not None and not failures and not explicit:
-            referee = _referee(exact, x, runs, reference, over, tol.max_rel_err)
-        for name in over:
-            verdict = referee.get(name)
-            if verdict and verdict["passed"]:
-                continue
-            line = f"{name}: rel_err {errors[name]:.3g} > {tol.max_rel_err:g}"
-            if verdict and "artifact_vs_float64" in verdict:
-                line += (
-                    f" (float64 referee: artifact {verdict['artifact_vs_float64']:.3g} from "
-                    f"float64, Keras float32 {verdict['keras_vs_float64']:.3g}; allowed "
-                    f"{verdict['allowed']:.3g})"
-                )
-            elif verdict and "error" in verdict:
-                line += f" (the float64 referee could not run the model: {verdict['error']})"
-            failures.append(line)
+        referee = _check_rel_err(errors, tol, runs, reference, x, exact, explicit, failures)
     again = artifact.run(x[:big])
-    first = runs[big]
     det = max(
         (
-            rel_err(again[k], first[k][:big])
+            rel_err(again[k], runs[big][k][:big])
             for k in again
             if np.asarray(again[k]).dtype.kind == "f"
         ),
@@ -302,29 +304,108 @@ def validate(
     }
     if referee:
         result["float64_referee"] = referee
-    out = runs[big]
-    if main in out and np.asarray(out[main]).dtype.kind == "f":
-        cos = cosine(out[main], reference[main])
-        result["cosine"] = round(cos, 6)
-        if tol.min_cosine is not None and not cos >= tol.min_cosine:
-            failures.append(
-                f"{main}: mean cosine similarity with Keras {cos:.3f} < {tol.min_cosine} "
-                "(the file's outputs no longer follow the model's)"
-            )
-    if task in ("classification", "binary", "multilabel") and main in out:
-        agree = float(np.mean(top1(out[main], task) == top1(reference[main], task)))
-        result["agreement"] = agree
-        if tol.min_agreement is not None and agree < tol.min_agreement:
-            failures.append(f"top-1 agreement {agree:.3f} < {tol.min_agreement}")
-    if labels is not None and main in out:
-        ours, keras_ = _metric(out[main], labels, task), _metric(reference[main], labels, task)
-        if ours and keras_:
-            result["metric"] = {
-                "name": ours[0],
-                "keras": keras_[1],
-                "artifact": ours[1],
-                "delta": ours[1] - keras_[1],
-            }
+    main = next(iter(reference))
+    if main in runs[big]:
+        _follow_gates(runs[big][main], reference[main], task, labels, tol, result, failures)
     result["failures"] = failures
     result["passed"] = not failures
     return result
+
+
+def _output_errors(runs, reference, n1, n, failures: list[str]) -> dict[str, float]:
+    """Worst ``rel_err`` of every float output over both batch sizes."""
+    errors: dict[str, float] = {}
+    for bs, out in runs.items():
+        count = n1 if bs == 1 else n
+        missing = sorted(set(reference) - set(out))
+        if missing:
+            failures.append(f"outputs {missing} missing (artifact has {sorted(out)})")
+            continue
+        for name, ref in reference.items():
+            if ref.dtype.kind != "f":
+                continue
+            err = rel_err(out[name], ref[:count])
+            errors[name] = max(errors.get(name, 0.0), err)
+    return errors
+
+
+def _check_rel_err(errors, tol, runs, reference, x, exact, explicit, failures) -> dict:
+    """Apply ``max_rel_err`` (with the float64 referee); returns the referee's verdicts."""
+    referee: dict[str, dict[str, Any]] = {}
+    over = [n for n, err in errors.items() if not err <= tol.max_rel_err]
+    if over and exact is not None and not failures and not explicit:
+        referee = _referee(exact, x, runs, reference, over, tol.max_rel_err)
+    for name in over:
+        verdict = referee.get(name)
+        if verdict and verdict["passed"]:
+            continue
+        line = f"{name}: rel_err {errors[name]:.3g} > {tol.max_rel_err:g}"
+        if verdict and "artifact_vs_float64" in verdict:
+            line += (
+                f" (float64 referee: artifact {verdict['artifact_vs_float64']:.3g} from "
+                f"float64, Keras float32 {verdict['keras_vs_float64']:.3g}; allowed "
+                f"{verdict['allowed']:.3g})"
+            )
+        elif verdict and "error" in verdict:
+            line += f" (the float64 referee could not run the model: {verdict['error']})"
+        failures.append(line)
+    return referee
+
+
+def spread(values: np.ndarray) -> float:
+    """Largest range of any output unit across the examples (0 for a constant output).
+
+    Example:
+        >>> spread(np.array([[0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]))
+        0.4
+    """
+    v = np.asarray(values, np.float64).reshape(len(values), -1)
+    if len(v) < 2 or v.size == 0:
+        return 0.0
+    return round(float(np.max(v.max(0) - v.min(0))), 12)
+
+
+def _follow_gates(out, ref, task, labels, tol: Tolerance, result: dict, failures: list) -> None:
+    """Gates that say whether the file's main output still follows the model's."""
+    if np.asarray(out).dtype.kind != "f":
+        return
+    cos = cosine(out, ref)
+    result["cosine"] = round(cos, 6)
+    if tol.min_cosine is not None and not cos >= tol.min_cosine:
+        failures.append(
+            f"mean cosine similarity with Keras {cos:.3f} < {tol.min_cosine} "
+            "(the file's outputs no longer follow the model's)"
+        )
+    ours, keras_spread = spread(out), spread(ref)
+    result["spread"] = {"artifact": ours, "keras": keras_spread}
+    if (
+        tol.min_spread is not None
+        and keras_spread > SPREAD_FLOOR
+        and not ours >= tol.min_spread * keras_spread
+    ):
+        failures.append(
+            f"outputs collapsed: they vary by {ours:.3g} across the {len(out)} validation "
+            f"inputs where Keras' vary by {keras_spread:.3g} (min_spread {tol.min_spread})"
+        )
+    if task in ("classification", "binary", "multilabel"):
+        agree = float(np.mean(top1(out, task) == top1(ref, task)))
+        result["agreement"] = agree
+        if tol.min_agreement is not None and agree < tol.min_agreement:
+            failures.append(f"top-1 agreement with Keras {agree:.3f} < {tol.min_agreement}")
+    if labels is None:
+        return
+    mine, keras_ = _metric(out, labels, task), _metric(ref, labels, task)
+    if not (mine and keras_):
+        return
+    result["metric"] = {
+        "name": mine[0],
+        "keras": keras_[1],
+        "artifact": mine[1],
+        "delta": mine[1] - keras_[1],
+    }
+    drop = keras_[1] - mine[1]
+    if mine[0] == "accuracy" and tol.max_metric_drop is not None and drop > tol.max_metric_drop:
+        failures.append(
+            f"accuracy {mine[1]:.3f} vs Keras {keras_[1]:.3f}: drop {drop:.3f} > "
+            f"max_metric_drop {tol.max_metric_drop}"
+        )

@@ -103,10 +103,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     """``kerastl train``: one run, or k-fold cross-validation with ``--folds``."""
-    from kerastl.train._config import load_config
+    from kerastl.train._config import check_data_paths, load_config
 
     overrides = _overrides(args)
     cfg = load_config(args.config, overrides)  # validates before TensorFlow loads
+    check_data_paths(cfg, args.config or "config")
     if args.print_config:
         import yaml
 
@@ -200,20 +201,37 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         choices=["digits", "faces"],
         help="target data: scikit-learn digits (10 classes) or scikit-image LFW faces (2)",
     )
-    p.add_argument("--shots", type=int, default=5, help="labelled examples per class (1-100)")
+    p.add_argument(
+        "--shots",
+        type=_positive_int("--shots"),
+        default=5,
+        help="labelled examples per class (>= 1; default 5)",
+    )
     p.add_argument("--quick", action="store_true", help="fewer epochs, no export (a smoke test)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the fine-tuned model")
     p.add_argument("--seed", type=int, default=0)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """``kerastl demo``: pretrained transfer vs scratch on scikit-learn's digits, then export."""
-    from kerastl._errors import ConfigError
+def _positive_int(flag: str):
+    """An argparse ``type`` accepting whole numbers >= 1 (exit 2 with the value otherwise)."""
 
-    if not 1 <= args.shots <= 100:
-        raise ConfigError(
-            f"--shots: expected 1 to 100 labelled images per class, got {args.shots}."
-        )
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1 or str(value) != text.strip():
+            raise argparse.ArgumentTypeError(f"{flag}: expected a whole number >= 1, got {text!r}.")
+        return value
+
+    return parse
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``kerastl demo``: pretrained transfer vs scratch on few labels, then export."""
+    from kerastl.zoo import get_spec
+
+    get_spec(args.backbone)  # an unknown backbone fails here, not after minutes of training
     from kerastl.train.demo import run_demo as demo
 
     result = demo(

@@ -25,6 +25,13 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SOURCES = ("folder", "csv", "numpy", "tfds", "text")
 TASKS = ("classification", "binary", "multilabel", "regression", "embedding")
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "keras")
+#: TFLite precisions of ``export.quantize`` (as :data:`kerastl.export.QUANTIZE`; no TF import).
+QUANTIZE = ("float32", "float16", "dynamic", "int8")
+#: ``data.augment`` presets and blocks (as ``kerastl.data`` declares them; a test keeps them equal).
+AUGMENT_PRESETS = ("none", "light", "standard", "strong")
+AUGMENT_BLOCKS = ("flip", "vflip", "rotation", "zoom", "translation", "contrast", "brightness")
+_URL_SCHEMES = ("https://", "http://", "file://")
+_PATH_SUFFIXES = (".h5", ".keras", ".zip", ".tar", ".tar.gz", ".tgz")
 
 _REQUIRED = object()
 
@@ -127,7 +134,9 @@ SCHEMA: dict[str, Any] = {
         "formats": Field((list, str), [], help=f"any of {list(EXPORT_FORMATS)}"),
         "quantize": Field((list, str), []),
         "name": Field((str, _NONE), None),
-        "version": Field((int,), 1, min=1),
+        "version": Field(
+            (int, _NONE), None, min=1, help="SavedModel version; null = highest present + 1"
+        ),
     },
 }
 
@@ -236,7 +245,7 @@ def validate_config(config: dict, where: str = "config") -> dict:
         ConfigError: pointing at the offending key, with close matches.
 
     Example:
-        >>> validate_config({"model": {"backbone": "resnet50"}})["train"]["epochs"]
+        >>> validate_config({"model": {"backbone": "resnet50"}, "data": {"path": "x"}})["train"]["epochs"]
         10
         >>> validate_config({"model": {"backbone": "resnet50"}, "train": {"epoch": 3}})
         Traceback (most recent call last):
@@ -252,7 +261,7 @@ def _cross_checks(cfg: dict, where: str) -> None:
     from kerastl.zoo import get_spec
 
     try:
-        get_spec(cfg["model"]["backbone"])
+        spec = get_spec(cfg["model"]["backbone"])
     except ConfigError as exc:
         raise ConfigError(f"{where}: model.backbone: {exc}") from None
     data = cfg["data"]
@@ -260,17 +269,126 @@ def _cross_checks(cfg: dict, where: str) -> None:
         raise ConfigError(f"{where}: data.name: source 'tfds' needs the dataset name.")
     if data["source"] != "tfds" and not data["path"]:
         raise ConfigError(f"{where}: data.path: missing (a folder, CSV, .npz or JSONL file).")
-    size = cfg["model"]["input_size"]
-    if isinstance(size, list) and (len(size) != 2 or not all(isinstance(v, int) for v in size)):
-        raise ConfigError(
-            f"{where}: model.input_size: expected an int or [height, width], got {size!r}."
-        )
+    _check_input_size(cfg["model"]["input_size"], spec, where)
+    _check_weights(cfg["model"]["weights"], spec, where)
+    _check_augment(data["augment"], where)
+    _check_policies(cfg, spec, where)
     decay = cfg["finetune"]["layer_decay"]
     if decay is not None and not 0.0 < decay <= 1.0:
         raise ConfigError(
             f"{where}: finetune.layer_decay: expected a factor in (0, 1], got {decay!r}."
         )
-    export = cfg["export"]
+    _check_export(cfg["export"], where)
+    if cfg["train"]["epochs"] == 0 and cfg["finetune"]["epochs"] == 0:
+        raise ConfigError(
+            f"{where}: train.epochs and finetune.epochs are both 0: nothing to train."
+        )
+
+
+def _choices(where: str, key: str, value: Any, valid: tuple | list) -> ConfigError:
+    from kerastl._errors import choice_error
+
+    return ConfigError(f"{where}: {key}: {choice_error(key, value, valid)}")
+
+
+def _check_input_size(size: Any, spec: Any, where: str) -> None:
+    if isinstance(size, list) and (len(size) != 2 or not all(isinstance(v, int) for v in size)):
+        raise ConfigError(
+            f"{where}: model.input_size: expected an int or [height, width], got {size!r}."
+        )
+    if size is None or spec.modality != "image":
+        return
+    sides = size if isinstance(size, list) else [size, size]
+    if min(sides) < spec.min_input_size:
+        raise ConfigError(
+            f"{where}: model.input_size: {size!r} is below the minimum of {spec.name} "
+            f"({spec.min_input_size} px per side; default {spec.input_size}). Valid: an int "
+            f">= {spec.min_input_size} or [height, width] with both >= {spec.min_input_size}."
+        )
+
+
+def _weight_names(spec: Any) -> list[str]:
+    """Named weights ``model.weights`` accepts for ``spec`` (no TensorFlow needed)."""
+    names = list(spec.pretrained)
+    if spec.source == "keras_hub":  # presets of the same family load into this architecture
+        from kerastl.zoo import get_spec, list_models
+
+        for other in list_models(source="keras_hub"):
+            o = get_spec(other)
+            if o.family == spec.family:
+                names.extend(o.pretrained)
+    return sorted(set(names))
+
+
+def _check_weights(weights: Any, spec: Any, where: str) -> None:
+    if weights is None or weights.startswith(_URL_SCHEMES):
+        return
+    looks_like_path = (
+        os.sep in weights or weights.startswith((".", "~")) or weights.endswith(_PATH_SUFFIXES)
+    )
+    if os.path.exists(os.path.expanduser(weights)):
+        return
+    if looks_like_path:
+        raise ConfigError(
+            f"{where}: model.weights: no file or folder at {weights!r}. Valid: null (random "
+            f"init), {', '.join(repr(w) for w in spec.pretrained)}, an existing weights file / "
+            "preset folder / archive, or a URL with '#sha256='."
+        )
+    names = _weight_names(spec)
+    if weights not in names:
+        raise _choices(where, "model.weights", weights, [*names, "null", "<a file path>"])
+
+
+def _check_augment(augment: Any, where: str) -> None:
+    if augment is None or augment is False:
+        return
+    if augment is True:
+        raise ConfigError(
+            f"{where}: data.augment: got true; name a preset {list(AUGMENT_PRESETS)} "
+            f"or list blocks from {list(AUGMENT_BLOCKS)}."
+        )
+    if isinstance(augment, str):
+        if augment not in AUGMENT_PRESETS + AUGMENT_BLOCKS:
+            raise _choices(where, "data.augment", augment, AUGMENT_PRESETS + AUGMENT_BLOCKS)
+        return
+    for block in augment:
+        if block not in AUGMENT_BLOCKS:
+            raise _choices(where, "data.augment", block, AUGMENT_BLOCKS)
+
+
+def _check_policies(cfg: dict, spec: Any, where: str) -> None:
+    from kerastl._policy import parse_policy
+
+    groups = [g for g, _ in spec.groups]
+    policies = {
+        "model.freeze": cfg["model"]["freeze"],
+        "finetune.freeze": cfg["finetune"]["freeze"],
+    }
+    for key, value in policies.items():
+        try:
+            policy = parse_policy(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {key}: {exc}") from None
+        if policy.kind == "up_to" and groups and policy.value not in groups:
+            raise _choices(where, key, f"up_to:{policy.value}", [f"up_to:{g}" for g in groups])
+        if policy.kind == "last" and groups and policy.value > len(groups):
+            raise ConfigError(
+                f"{where}: {key}: 'last:{policy.value}' asks for more groups than "
+                f"{spec.name} has ({len(groups)}: {groups})."
+            )
+    ft = cfg["finetune"]
+    if ft["gradual_every"] and ft["epochs"]:
+        kind = parse_policy(ft["freeze"]).kind
+        if kind not in ("none", "last", "up_to"):
+            raise ConfigError(
+                f"{where}: finetune.freeze: {ft['freeze']!r} cannot be combined with "
+                f"finetune.gradual_every={ft['gradual_every']}: gradual unfreezing opens groups "
+                "from the top down to the limit finetune.freeze sets. Valid with gradual_every: "
+                "'none' (every group), 'last:N' or 'up_to:GROUP'."
+            )
+
+
+def _check_export(export: dict, where: str) -> None:
     for key in ("formats", "quantize"):
         if isinstance(export[key], str):
             export[key] = [s.strip() for s in export[key].split(",") if s.strip()]
@@ -283,10 +401,39 @@ def _cross_checks(cfg: dict, where: str) -> None:
                 + ", ".join(repr(c) for c in EXPORT_FORMATS)
                 + "."
             )
-    if cfg["train"]["epochs"] == 0 and cfg["finetune"]["epochs"] == 0:
+    for q in export["quantize"]:
+        if q not in QUANTIZE:
+            raise _choices(where, "export.quantize", q, QUANTIZE)
+    if export["quantize"] and "tflite" not in export["formats"]:
         raise ConfigError(
-            f"{where}: train.epochs and finetune.epochs are both 0: nothing to train."
+            f"{where}: export.quantize: {export['quantize']} applies to TFLite files only; "
+            f"add 'tflite' to export.formats (now {export['formats']})."
         )
+    formats = export["formats"]
+    if export["version"] is not None and formats and "saved_model" not in formats:
+        raise ConfigError(
+            f"{where}: export.version: {export['version']!r} applies to saved_model only; "
+            f"add 'saved_model' to export.formats (now {export['formats']}) or set it to null."
+        )
+
+
+def check_data_paths(cfg: dict, where: str = "config") -> None:
+    """Refuse data paths that do not exist (before any run file is written).
+
+    Example:
+        >>> cfg = load_config(None, {"model.backbone": "resnet50", "data.path": "/no/such"})
+        >>> check_data_paths(cfg)
+        Traceback (most recent call last):
+        ...
+        kerastl._errors.ConfigError: config: data.path: no file or folder at '/no/such'.
+    """
+    data = cfg["data"]
+    if data["source"] == "tfds":
+        return
+    for key in ("path", "val_path"):
+        value = data[key]
+        if value and not os.path.exists(value):
+            raise ConfigError(f"{where}: data.{key}: no file or folder at {value!r}.")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from kerastl._errors import ExportError, missing_dependency
+from kerastl._errors import ConfigError, ExportError, missing_dependency
 
 
 def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +190,12 @@ def run_demo(
     t0 = time.perf_counter()
     loader, names, held_out, about = TASKS[task]
     x, y = loader()
+    most = int(np.bincount(y).min()) - 10
+    if not isinstance(shots, int) or not 1 <= shots <= most:
+        raise ConfigError(
+            f"shots: expected 1 to {most} labelled images per class for task={task!r} "
+            f"(at least 10 per class stay held out), got shots={shots!r}."
+        )
     train_idx, val_idx = _split(y, shots, min(held_out, 20) if quick else held_out, seed)
     ex = kdata.from_numpy(x, y, class_names=names, source=about)
     t_train, t_val = ex.subset(train_idx), ex.subset(val_idx)

@@ -1,0 +1,149 @@
+"""Quantized files are gated, not just reported: top-1 agreement with the float model, the
+accuracy drop on labelled data, and a spread floor that refuses a constant-output file for
+every classifier head (softmax, one sigmoid, sigmoid per label) and for embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kerastl.export.validate import TOLERANCES, spread, validate
+
+
+class _Fixed:
+    """An artifact whose main output is ``fn(x)``."""
+
+    def __init__(self, fn, name):
+        self.fn, self.name = fn, name
+
+    def run(self, x):
+        return {self.name: self.fn(x).astype(np.float32)}
+
+    def run_batched(self, x, bs):
+        return {
+            self.name: np.concatenate(
+                [self.run(x[i : i + bs])[self.name] for i in range(0, len(x), bs)]
+            )
+        }
+
+
+def _x(n=40, seed=0):
+    return np.random.default_rng(seed).uniform(0, 1, (n, 4)).astype(np.float32)
+
+
+def _heads(x):
+    """Keras-like outputs of three heads; 95% of examples fall in one class / label state."""
+    score = x[:, 0]
+    binary = np.where(score > 0.05, 0.55 + 0.4 * score, 0.45 - 0.4 * score)[:, None]
+    logits = np.stack([3 * score + 2, score, 1 - score], -1)
+    multiclass = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    multilabel = np.stack([0.55 + 0.4 * x[:, 1], 0.45 - 0.4 * x[:, 2] ** 4], -1)
+    return {"binary": binary, "classification": multiclass, "multilabel": multilabel}
+
+
+def _flipping(x, k):
+    """Multi-class outputs reversed (another top-1) on the k examples with the smallest x[:, 3]."""
+    threshold = np.sort(x[:, 3])[k - 1]
+
+    def fn(v):
+        out = _heads(v)["classification"]
+        flip = v[:, 3] <= threshold
+        out[flip] = out[flip, ::-1]
+        return out
+
+    return fn
+
+
+@pytest.mark.parametrize("task", ["binary", "classification", "multilabel"])
+def test_constant_output_classifier_is_refused(task):
+    x = _x()
+    ref = _heads(x)[task].astype(np.float32)
+    constant = np.broadcast_to(ref.mean(0), ref.shape).copy()
+    art = _Fixed(lambda v: np.broadcast_to(constant[0], (len(v), ref.shape[1])), "probabilities")
+    res = validate(art, {"probabilities": ref}, x, "tflite/int8", task)
+    # The old gates could not see it: high agreement (one dominant class) and cosine near 1.
+    assert res["agreement"] >= 0.9 and res["cosine"] > 0.9, res
+    assert not res["passed"]
+    assert any("outputs collapsed" in f for f in res["failures"]), res["failures"]
+    assert res["spread"]["artifact"] == 0.0 and res["spread"]["keras"] > 0.02
+
+
+@pytest.mark.parametrize("task", ["binary", "classification", "multilabel"])
+def test_a_faithful_quantized_classifier_passes(task):
+    x = _x()
+    ref = _heads(x)[task].astype(np.float32)
+    art = _Fixed(lambda v: np.round(_heads(v)[task] * 255) / 255, "probabilities")
+    res = validate(art, {"probabilities": ref}, x, "tflite/int8", task)
+    assert res["passed"], res["failures"]
+    assert res["agreement"] == 1.0
+
+
+def test_agreement_gate_is_on_by_default_and_overridable():
+    x = _x()
+    ref = _heads(x)["classification"].astype(np.float32)
+
+    shuffled = _flipping(x, 6)  # wrong class on 6 of the 40 examples
+
+    art = _Fixed(shuffled, "probabilities")
+    res = validate(art, {"probabilities": ref}, x, "tflite/dynamic", "classification")
+    assert res["agreement"] == pytest.approx(34 / 40)
+    assert not res["passed"] and "top-1 agreement with Keras 0.850 < 0.9" in res["failures"]
+    loose = validate(
+        art,
+        {"probabilities": ref},
+        x,
+        "tflite/dynamic",
+        "classification",
+        overrides={"tflite/dynamic": {"min_agreement": 0.8}},
+    )
+    assert loose["passed"], loose["failures"]
+    assert TOLERANCES["tflite/int8"].min_agreement == 0.9
+
+
+def test_accuracy_drop_gate_with_labels():
+    x = _x(50, seed=1)
+    ref = _heads(x)["classification"].astype(np.float32)
+    labels = ref.argmax(-1)  # Keras is right on all 50
+
+    two_flipped = _flipping(x, 2)  # agreement 48/50 = 0.96 passes; accuracy drops by 0.04
+    four_flipped = _flipping(x, 4)  # agreement 0.92 still passes; accuracy drops by 0.08 > 0.05
+
+    ok = validate(
+        _Fixed(two_flipped, "probabilities"),
+        {"probabilities": ref},
+        x,
+        "tflite/int8",
+        "classification",
+        labels,
+    )
+    assert ok["passed"], ok["failures"]
+    assert ok["metric"]["delta"] == pytest.approx(-0.04)
+    bad = validate(
+        _Fixed(four_flipped, "probabilities"),
+        {"probabilities": ref},
+        x,
+        "tflite/int8",
+        "classification",
+        labels,
+    )
+    assert bad["agreement"] == pytest.approx(0.92)
+    assert not bad["passed"]
+    assert bad["failures"] == ["accuracy 0.920 vs Keras 1.000: drop 0.080 > max_metric_drop 0.05"]
+
+
+def test_constant_embedding_is_refused_even_when_it_points_the_right_way():
+    x = _x()
+    ref = np.stack([1 + 0.5 * x[:, 0], 1 + 0.5 * x[:, 1]], -1).astype(np.float32)
+    art = _Fixed(lambda v: np.ones((len(v), 2)), "embedding")
+    res = validate(art, {"embedding": ref}, x, "tflite/int8", "embedding")
+    assert res["cosine"] > 0.9  # the cosine floor alone lets it through
+    assert not res["passed"] and "outputs collapsed" in res["failures"][0]
+
+
+def test_spread_of_a_near_constant_model_is_not_judged():
+    x = _x()
+    ref = (0.5 + 0.001 * x[:, :1]).astype(np.float32)  # Keras itself barely moves
+    art = _Fixed(lambda v: np.full((len(v), 1), 0.5), "probabilities")
+    res = validate(art, {"probabilities": ref}, x, "tflite/int8", "binary")
+    assert not any("collapsed" in f for f in res["failures"])
+    assert spread(ref) < 0.02

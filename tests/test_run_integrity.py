@@ -1,0 +1,315 @@
+"""Runs that never mislead: stale state is not resumed, export failures fail the command,
+int8 calibration is a stratified sample of the training data, options are combined or refused.
+Tiny models (mobilenet_v3_small at 32 px, random init, 1-2 epochs, a few images)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import keras
+import numpy as np
+import pytest
+from test_train import _cfg, _images
+
+from kerastl import data as kdata
+from kerastl._errors import ConfigError, ExportError
+
+
+def _examples(seed=0, n=4, classes=2):
+    x, y = _images(n, classes, seed=seed)
+    return kdata.from_numpy(x, y)
+
+
+def _two_phase(tmp_path, name, **sections):
+    return _cfg(tmp_path, name, train={"epochs": 1}, finetune={"epochs": 1}, **sections)
+
+
+def test_finished_run_and_changed_data_train_phase1_again(tmp_path, capsys):
+    from kerastl.train import train
+
+    cfg = _cfg(tmp_path, "rerun", train={"epochs": 1})
+    first = train(cfg, examples=(_examples(0), None), evaluate=False)
+    assert "phase1_seconds" in first.timings
+    marker = json.loads((tmp_path / "runs" / "rerun" / "state" / "run.json").read_text())
+    assert marker["finished"] is True
+    capsys.readouterr()
+    again = train(cfg, examples=(_examples(1), None), evaluate=False)  # other data, same name
+    out = capsys.readouterr().out
+    assert "resuming" not in out and "phase1_seconds" in again.timings
+    assert "starting fresh (the earlier run with this name finished)" in out
+    new = json.loads((tmp_path / "runs" / "rerun" / "state" / "run.json").read_text())
+    assert new["fingerprint"] != marker["fingerprint"]
+
+
+def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, capsys, monkeypatch):
+    from kerastl.train import _trainer, train
+
+    real_phase2 = _trainer._phase2
+
+    def killed(run, done1):
+        raise RuntimeError("killed in phase 2")
+
+    monkeypatch.setattr(_trainer, "_phase2", killed)
+    cfg = _two_phase(tmp_path, "kill")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, examples=(_examples(0), None), evaluate=False)
+    monkeypatch.setattr(_trainer, "_phase2", real_phase2)
+    capsys.readouterr()
+    resumed = train(cfg, examples=(_examples(0), None), evaluate=False)  # unchanged: resume
+    assert "resuming: phase 1 already done" in capsys.readouterr().out
+    assert "phase1_seconds" not in resumed.timings
+
+    monkeypatch.setattr(_trainer, "_phase2", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, examples=(_examples(0), None), evaluate=False)
+    monkeypatch.setattr(_trainer, "_phase2", real_phase2)
+    capsys.readouterr()
+    changed = train(cfg, examples=(_examples(2), None), evaluate=False)  # data changed: fresh
+    out = capsys.readouterr().out
+    assert "resuming" not in out and "phase1_seconds" in changed.timings
+    assert "the config or data changed since the interrupted run" in out
+
+
+def test_kfold_rerun_with_another_k_reuses_no_fold_state(tmp_path, capsys):
+    from kerastl.train import cross_validate
+
+    x, y = _images(3, 2)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    cfg = _cfg(tmp_path, "kf", data={"path": str(tmp_path / "d.npz")}, train={"epochs": 1})
+    cfg["evaluate"] = {"top_k": 1}
+    cross_validate(cfg, folds=2)
+    fold0 = tmp_path / "runs" / "kf" / "folds" / "fold0" / "state" / "run.json"
+    before = json.loads(fold0.read_text())
+    capsys.readouterr()
+    cross_validate(cfg, folds=3)
+    out = capsys.readouterr().out
+    assert "resuming" not in out
+    assert out.count("starting fresh") == 2  # fold0 and fold1 had state from the 2-fold run
+    assert json.loads(fold0.read_text())["fingerprint"] != before["fingerprint"]
+
+
+# -- export failures and calibration ---------------------------------------------------
+
+
+def _fake_export_module(monkeypatch, fail: bool, calls: dict):
+    def fake_export(model, out_dir, formats, quantize, calibration_data, validation_data, **kw):
+        calls.update(calibration=calibration_data, validation=validation_data, **kw)
+        if fail:
+            raise ExportError("version: 'runs/x/export/saved_model/x/1' already exists")
+        return {"validation": {"samples": len(validation_data[0])}, "artifacts": []}
+
+    fake = types.ModuleType("kerastl.export")
+    fake.export = fake_export
+    monkeypatch.setitem(sys.modules, "kerastl.export", fake)
+
+
+def test_failed_export_keeps_the_model_and_fails_the_command(tmp_path, monkeypatch, capsys):
+    from kerastl.cli import main
+    from kerastl.train import train
+
+    _fake_export_module(monkeypatch, fail=True, calls={})
+    cfg = _cfg(tmp_path, "exf", train={"epochs": 1}, export={"formats": ["saved_model"]})
+    with pytest.raises(ExportError, match="model is kept at .*model.keras.*already exists") as err:
+        train(cfg, examples=_examples(0).split(0.25, seed=0))
+    run = tmp_path / "runs" / "exf"
+    assert (run / "model.keras").is_file() and (run / "README.md").is_file()
+    assert err.value.result.metrics["accuracy"] >= 0.0  # the run result is attached
+    assert "failed" in err.value.result.exports
+
+    x, y = _images(4, 2)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    args = ["train", "--backbone", "mobilenet_v3_small", "--data", str(tmp_path / "d.npz")]
+    args += ["--input-size", "32", "--epochs", "1", "--export", "saved_model", "--name", "cli"]
+    args += ["--output-dir", str(tmp_path / "runs"), "--weights", "none"]
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "runs" / "cli" / "model.keras").is_file()
+
+
+def test_export_version_defaults_to_auto_increment():
+    from kerastl.train._config import validate_config
+
+    cfg = validate_config({"model": {"backbone": "mobilenet_v3_small"}, "data": {"path": "x"}})
+    assert cfg["export"]["version"] is None
+
+
+def test_calibration_is_a_stratified_sample_of_the_training_data():
+    from kerastl.train._trainer import CALIBRATION_SAMPLES, sample_indices
+
+    # Folder data is ordered by class: 700 / 200 / 100. The first 64 were all class 0.
+    y = np.repeat([0, 1, 2], [700, 200, 100])
+    ex = kdata.Examples("arrays", np.zeros((1000, 1, 1, 3), "uint8"), y, class_names=list("abc"))
+    idx = sample_indices(ex, CALIBRATION_SAMPLES, seed=0)
+    assert CALIBRATION_SAMPLES == 300 and len(idx) == 300
+    assert np.bincount(y[idx]).tolist() == [210, 60, 30]
+    assert np.bincount(y[:64], minlength=3).tolist() == [64, 0, 0]  # what the old sample was
+    assert sample_indices(ex.subset(np.arange(10)), 300, seed=0).tolist() == list(range(10))
+
+
+def test_run_export_calibrates_on_training_and_validates_on_labelled_validation(
+    tmp_path, monkeypatch
+):
+    from kerastl.train import train
+
+    calls: dict = {}
+    _fake_export_module(monkeypatch, fail=False, calls=calls)
+    x, y = _images(8, 3)  # ordered by class
+    train_ex, val_ex = kdata.from_numpy(x, y).split(0.25, seed=0)
+    cfg = _cfg(
+        tmp_path,
+        "cal",
+        train={"epochs": 1},
+        export={"formats": ["tflite"], "quantize": ["int8"]},
+    )
+    r = train(cfg, examples=(train_ex, val_ex))
+    assert calls["calibration"].shape[0] == len(train_ex) == 18
+    assert r.exports["calibration"]["class_counts"] == {"0": 6, "1": 6, "2": 6}
+    xv, yv = calls["validation"]
+    assert len(xv) == len(val_ex) == 6 and np.bincount(yv).tolist() == [2, 2, 2]
+    # The validation images are the validation examples, not training ones.
+    assert np.allclose(np.sort(xv.reshape(6, -1).mean(1)), np.sort(val_ex.x.reshape(6, -1).mean(1)))
+    assert calls["max_calibration_samples"] == 300
+
+
+# -- fine-tuning options: combined, not dropped ----------------------------------------
+
+
+def test_gradual_unfreezing_stops_at_finetune_freeze(tmp_path):
+    from kerastl.train import train
+
+    cfg = _cfg(
+        tmp_path,
+        "grad",
+        train={"epochs": 0},
+        finetune={"epochs": 3, "gradual_every": 1, "freeze": "last:1"},
+    )
+    r = train(cfg, examples=(_examples(0), None), evaluate=False)
+    # Epoch 1 opens the last group; epoch 2 would open a second one without the limit.
+    assert r.model.kerastl_config["freeze"] == "last:1"
+
+
+def test_gradual_unfreezing_refuses_a_policy_it_cannot_combine(tmp_path):
+    from kerastl.train._config import validate_config
+
+    for freeze in ("regex:^conv", "backbone"):
+        cfg = _cfg(tmp_path, "g", finetune={"epochs": 2, "gradual_every": 1, "freeze": freeze})
+        with pytest.raises(ConfigError, match="cannot be combined with finetune.gradual_every"):
+            validate_config(cfg)
+
+
+def test_layer_decay_keeps_schedule_warmup_and_weight_decay(tmp_path):
+    from kerastl.train import train
+
+    cfg = _cfg(
+        tmp_path,
+        "ld",
+        train={"epochs": 0, "weight_decay": 0.01, "optimizer": "sgd"},
+        finetune={"epochs": 2, "layer_decay": 0.5, "schedule": "cosine", "warmup_epochs": 1},
+    )
+    r = train(cfg, examples=(_examples(0), None), evaluate=False)
+    opt = r.model.optimizer
+    assert isinstance(opt, keras.optimizers.MultiOptimizer)
+    inner = opt._inner_optimizers
+    assert len(inner) == len(opt.kerastl_group_rates)
+    for o in inner:
+        assert isinstance(o, keras.optimizers.SGD) and o.weight_decay == pytest.approx(0.01)
+        sched = o._learning_rate
+        assert isinstance(sched, keras.optimizers.schedules.CosineDecay)
+        assert sched.warmup_steps == 1 and sched.initial_learning_rate == 0.0
+    targets = sorted(o._learning_rate.warmup_target for o in inner)
+    assert targets == pytest.approx(sorted(opt.kerastl_group_rates.values()))
+
+
+def test_l2sp_is_training_time_only_and_says_so(tmp_path):
+    import kerastl
+    from kerastl.freeze import L2SP, apply_l2sp
+
+    model = kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3))
+    assert apply_l2sp(model, alpha=0.1) > 0
+    x = _images(2, 2)[0].astype("float32")
+    kernel = next(v for v in model.get_layer("backbone").trainable_variables if len(v.shape) >= 2)
+    kernel.assign(kernel + 0.1)
+    model(x)
+    assert float(sum(model.losses)) > 0  # the pull towards the start is in the training loss
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5
+    )
+    reloaded(x)
+    assert reloaded.losses == []  # no penalty after reload: documented, not silent
+    assert "not saved" in L2SP.__doc__ and "apply_l2sp" in L2SP.__doc__
+    assert apply_l2sp(reloaded, alpha=0.1) > 0  # re-applied: anchored at the loaded weights
+    reloaded(x)
+    assert float(sum(reloaded.losses)) == pytest.approx(0.0, abs=1e-6)
+
+
+# -- every key and value checked before TensorFlow or any file --------------------------
+
+_BAD_FLAGS = [
+    (["--augment", "heavy"], "data.augment", "'strong'"),
+    (["--freeze", "last:x"], "model.freeze", "whole number of groups"),
+    (["--freeze", "up_to:stage9"], "model.freeze", "'up_to:stage4'"),
+    (["--weights", "imagnet"], "model.weights", "Did you mean 'imagenet'"),
+    (["--weights", "missing/w.weights.h5"], "model.weights", "no file or folder"),
+    (["--quantize", "int4"], "export.quantize", "'int8'"),
+    (["--input-size", "8"], "model.input_size", "below the minimum of mobilenet_v3_small (32"),
+    (["--data", "no/such/folder"], "data.path", "no file or folder at"),
+    (["--set", "export.version=2"], "export.version", "applies to saved_model only"),
+]
+
+
+def test_bad_values_exit_2_before_tensorflow_and_before_any_file(tmp_path):
+    import subprocess
+    import textwrap
+
+    (tmp_path / "imgs").mkdir()
+    code = textwrap.dedent(f"""
+        import sys
+        from kerastl.cli import main
+        base = ["train", "--backbone", "mobilenet_v3_small", "--data", "{tmp_path / "imgs"}",
+                "--output-dir", "{tmp_path / "runs"}", "--export", "tflite"]
+        for extra in {[flags for flags, _, _ in _BAD_FLAGS]!r}:
+            for pc in ([], ["--print-config"]):
+                rc = main(base + extra + pc)
+                assert rc == 2, (extra, pc, rc)
+        assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("kerastl train: error:")]
+    assert len(lines) == 2 * len(_BAD_FLAGS)
+    for (flags, key, choices), line in zip(_BAD_FLAGS, lines[::2]):
+        assert key in line and choices in line, (flags, line)
+    assert not (tmp_path / "runs").exists()  # no run folder, no config.yaml
+
+
+def test_config_augment_choices_match_the_pipeline():
+    from kerastl.data import _pipeline
+    from kerastl.train import _config
+
+    assert set(_config.AUGMENT_PRESETS) == set(_pipeline.AUGMENT_PRESETS)
+    assert set(_config.AUGMENT_BLOCKS) == set(_pipeline.AUGMENTATIONS)
+    from kerastl.export import QUANTIZE
+
+    assert _config.QUANTIZE == QUANTIZE
+
+
+@pytest.mark.parametrize("shots", ["0", "-3", "two"])
+def test_demo_shots_is_checked_before_training(shots, capsys):
+    from kerastl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--shots", shots, "--output-dir", "/nonexistent/demo"])
+    assert exit_.value.code == 2
+    assert f"--shots: expected a whole number >= 1, got {shots!r}" in capsys.readouterr().err
+
+
+def test_demo_unknown_backbone_is_checked_before_training(capsys):
+    from kerastl.cli import main
+
+    assert main(["demo", "--backbone", "mobilenet_v9", "--output-dir", "/nonexistent/d"]) == 2
+    assert "mobilenet_v9" in capsys.readouterr().err
