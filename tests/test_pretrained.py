@@ -176,3 +176,75 @@ def test_demo_premise_transfer_beats_scratch(tmp_path):
     assert max(feats, finetune) >= 0.5, summary["table"]  # ten classes: chance is 0.1
     assert max(feats, finetune) - scratch >= 0.15, summary["table"]
     assert summary["ok"]
+
+
+def _timm_resnet18_state(rng) -> dict[str, np.ndarray]:
+    """A state dict with timm's ResNet-18 names and shapes (random values)."""
+    state: dict[str, np.ndarray] = {}
+
+    def bn(prefix: str, c: int) -> None:
+        for key in ("weight", "running_var"):
+            state[f"{prefix}.{key}"] = rng.uniform(0.5, 1.5, c).astype("float32")
+        for key in ("bias", "running_mean"):
+            state[f"{prefix}.{key}"] = rng.normal(0, 0.1, c).astype("float32")
+
+    def conv(key: str, shape: tuple) -> None:
+        state[key] = rng.normal(0, 0.05, shape).astype("float32")
+
+    conv("conv1.weight", (64, 3, 7, 7))
+    bn("bn1", 64)
+    c_in = 64
+    for i, c in enumerate((64, 128, 256, 512)):
+        for b in range(2):
+            p = f"layer{i + 1}.{b}"
+            conv(f"{p}.conv1.weight", (c, c_in if b == 0 else c, 3, 3))
+            bn(f"{p}.bn1", c)
+            conv(f"{p}.conv2.weight", (c, c, 3, 3))
+            bn(f"{p}.bn2", c)
+            if b == 0 and i > 0:
+                conv(f"{p}.downsample.0.weight", (c, c_in, 1, 1))
+                bn(f"{p}.downsample.1", c)
+        c_in = c
+    conv("fc.weight", (1000, 512))
+    state["fc.bias"] = np.zeros(1000, "float32")
+    return state
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pytorch_bin"])
+def test_timm_folder_loads_through_keras_hubs_timm_converter(fmt, tmp_path, monkeypatch):
+    """A timm folder (config.json + weights) seeds the KerasHub entry of its family via
+    KerasHub's own timm converter; PyTorch-only folders are converted without torch."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    state = _timm_resnet18_state(np.random.default_rng(0))
+    folder = tmp_path / "timm_resnet18"
+    folder.mkdir()
+    config = {"architecture": "resnet18", "num_classes": 1000, "num_features": 512}
+    (folder / "config.json").write_text(json.dumps(config))
+    if fmt == "safetensors":
+        save_file(state, folder / "model.safetensors")
+    else:
+        _write_torch_zip(folder / "pytorch_model.bin", state)
+    model = kerastl.build("resnet_18_imagenet", num_classes=2, weights=str(folder), input_shape=64)
+    conv1 = next(
+        layer
+        for layer in model.get_layer("backbone")._flatten_layers()
+        if layer.name == "conv1_conv"
+    )
+    np.testing.assert_array_equal(conv1.kernel.numpy(), state["conv1.weight"].transpose(2, 3, 1, 0))
+
+
+def _write_torch_zip(path, state: dict[str, np.ndarray]) -> None:
+    """Write ``state`` in PyTorch's zip layout with the opcodes torch writes (no torch)."""
+    from test_checkpoint import _state_pickle, _write_zip
+
+    entries, storages = [], {}
+    for i, (name, arr) in enumerate(state.items()):
+        arr = np.ascontiguousarray(arr, "<f4")
+        stride = [int(s // 4) for s in arr.strides]
+        entries.append((name, "FloatStorage", str(i), arr.size, 0, list(arr.shape), stride))
+        storages[str(i)] = arr.tobytes()
+    _write_zip(path, _state_pickle(entries), storages)

@@ -386,6 +386,54 @@ def extract_preset(archive: Path, cache_dir: str | os.PathLike | None = None) ->
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
 
 
+#: Weight files of a Hugging Face / timm folder that KerasHub cannot read itself.
+_TORCH_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def torch_folder_as_safetensors(path: Path) -> Path:
+    """A Hugging Face / timm folder holding PyTorch weights, as one KerasHub can load.
+
+    KerasHub's converters (timm, transformers) read ``model.safetensors``. A folder
+    with ``config.json`` and only PyTorch weights (``pytorch_model.bin``, shards, a
+    ``.pth``) is converted once, without torch (:mod:`kerastl.zoo.checkpoint`), into
+    a cached copy: the folder's other files plus ``model.safetensors``. Any other
+    path is returned as it is.
+
+    Example:
+        >>> torch_folder_as_safetensors(Path("/no/such/folder"))
+        PosixPath('/no/such/folder')
+    """
+    if not path.is_dir() or not (path / "config.json").is_file():
+        return path
+    names = {p.name for p in path.iterdir()}
+    if any(n.endswith(".safetensors") for n in names) or not names & set(_TORCH_WEIGHTS):
+        return path
+    import hashlib
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from kerastl.zoo._keras_apps_adapter import keras_cache_dir
+    from kerastl.zoo.checkpoint import read_state_dict
+
+    stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in path.iterdir())
+    key = hashlib.sha256(f"{path.resolve()}|{stamp}".encode()).hexdigest()[:16]
+    target = keras_cache_dir() / "kerastl" / "converted" / f"{path.name}-{key}"
+    if (target / "model.safetensors").is_file():
+        return target
+    staging = target.with_name(target.name + ".part")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for p in path.iterdir():
+        if p.is_file() and p.name not in _TORCH_WEIGHTS and not p.name.endswith(".bin"):
+            shutil.copy2(p, staging / p.name)
+    state = read_state_dict(path)
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, staging / "model.safetensors")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target
+
+
 def check_preset_dir(path: Path, name: str) -> str:
     """Check ``path`` is a KerasHub or Hugging Face preset folder; return its format.
 
@@ -709,6 +757,7 @@ class KerasHubAdapter(Adapter):
             path = Path(os.path.expanduser(os.fspath(weights)))
             if path.is_file() and _is_archive(path):
                 path = extract_preset(path)
+            path = torch_folder_as_safetensors(path)
             check_preset_dir(path, spec.name)
             return str(path)
         if isinstance(weights, str):
