@@ -212,12 +212,42 @@ def run_demo(
         epochs = extra["train"]["epochs"] + extra.get("finetune", {}).get("epochs", 0)
         print(f"[demo] {i}/{len(plans)} {label}: {epochs} epochs ...", flush=True)
         t1 = time.perf_counter()
-        run = train(_merge(base, extra), examples=(t_train, t_val))
+        with _EpochBar(epochs, label) as bar:
+            run = train(_merge(base, extra), examples=(t_train, t_val), callbacks=[bar.callback()])
         seconds = time.perf_counter() - t1
         runs[extra["name"]] = run
         rows.append(_row(label, len(t_train), run.metrics, seconds))
         print(f"[demo]     held-out accuracy {run.metrics['accuracy']:.3f} ({seconds:.0f} s)")
     return _finish(rows, runs, output_dir, len(t_val), t0)
+
+
+class _EpochBar:
+    """A tqdm bar over a run's epochs (both phases), fed by a Keras callback."""
+
+    def __init__(self, epochs: int, label: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=epochs, desc=f"[demo]     {label.split(' (')[0]}", unit="epoch")
+
+    def callback(self):
+        import keras
+
+        bar = self.bar
+
+        class _Tick(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                acc = (logs or {}).get("val_accuracy")
+                if acc is not None:
+                    bar.set_postfix(val_accuracy=f"{acc:.3f}")
+                bar.update(1)
+
+        return _Tick()
+
+    def __enter__(self) -> _EpochBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
 def _row(label: str, labels: int, metrics: dict, seconds: float) -> dict[str, Any]:
