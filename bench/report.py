@@ -125,7 +125,16 @@ def render(data: dict[str, Any]) -> str:
         lines.append(
             "Not run yet: `python bench/export_matrix.py` writes results_export_matrix.md."
         )
+    for extra in sorted(HERE_DIR.glob("results_*.md")):
+        if extra.name == EXPORT_MATRIX_MD.name:
+            continue
+        lines += ["", extra.read_text().strip()]
     return "\n".join(lines) + "\n"
+
+
+#: Stand-alone benchmarks keep their section in ``bench/results_<name>.md`` (a file
+#: their script writes); RESULTS.md includes each verbatim after the sections above.
+HERE_DIR = Path(__file__).resolve().parent
 
 
 def write(data: dict[str, Any], path: Path = RESULTS_MD) -> Path:
