@@ -232,7 +232,7 @@ def export(
     from kerastl import __version__
     from kerastl.export import onnx as kx_onnx
     from kerastl.export import report as report_mod
-    from kerastl.export import saved_model, tflite, validate
+    from kerastl.export import saved_model, tflite, tflite_metadata, validate
     from kerastl.export._trace import prepare
 
     formats = _as_list(formats, "formats")
@@ -307,6 +307,9 @@ def export(
         raise ConfigError(f"version={version!r} applies to saved_model only; add it to formats.")
     for q in precisions:
         targets[("tflite", q)] = out / tflite.file_name(name, q)
+    if precisions and tflite_metadata.supports(prepared.meta) and tflite_metadata.available():
+        mp = tflite_metadata.MEDIAPIPE_SUFFIX
+        targets[("tflite", mp)] = out / tflite.file_name(name, mp)
     if "onnx" in formats:
         targets[("onnx", "float32")] = out / f"{name}.onnx"
     clash = [str(p) for (f, _), p in targets.items() if f != "saved_model" and p.exists()]
@@ -429,6 +432,20 @@ def export(
                         latency_runs,
                     )
                 )
+        if ("tflite", tflite_metadata.MEDIAPIPE_SUFFIX) in targets:
+            records.append(
+                _mediapipe_record(
+                    staging,
+                    name,
+                    targets,
+                    out,
+                    prepared,
+                    reference,
+                    (x_val, y_val),
+                    tolerances,
+                    latency_runs,
+                )
+            )
         if "onnx" in formats:
             path = staging / f"{name}.onnx"
 
@@ -527,6 +544,46 @@ def _keras_latency(prepared, x: np.ndarray, runs: int) -> float:
         fn(x)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000.0)
+
+
+def _mediapipe_record(
+    staging, name, targets, out, prepared, reference, data, tolerances, latency_runs
+) -> dict[str, Any]:
+    """Derive, load and validate ``<name>_mediapipe.tflite`` from the staged float32 file."""
+    from kerastl.export import tflite, tflite_metadata
+
+    mp = tflite_metadata.MEDIAPIPE_SUFFIX
+    path = staging / tflite.file_name(name, mp)
+    scores = tflite_metadata.SCORES_OUTPUT
+
+    def write_mediapipe() -> dict[str, Any]:
+        source = staging / tflite.file_name(name, "float32")
+        meta = prepared.meta
+        description = (
+            f"kerastl {meta.get('backbone')} classifier, {len(meta['class_names'])} classes; "
+            "raw 0-255 RGB in (preprocessing in the graph)."
+        )
+        content = tflite_metadata.mediapipe_classifier(
+            source.read_bytes(), meta["class_names"], description
+        )
+        path.write_bytes(content)
+        return {"metadata": "TFLite Metadata (MediaPipe ImageClassifier)", "outputs": [scores]}
+
+    x, y = data
+    return _run_one(
+        "tflite",
+        mp,
+        path,
+        targets,
+        out,
+        write_mediapipe,
+        prepared,
+        {scores: reference[scores]},
+        x,
+        y,
+        tolerances,
+        latency_runs,
+    )
 
 
 def _run_one(
