@@ -78,7 +78,7 @@ def min_parser_version(metadata_buf: bytes) -> str:
         >>> import flatbuffers
         >>> from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
         >>> md = fb.ModelMetadataT(); md.subgraphMetadata = [fb.SubGraphMetadataT()]
-        >>> b = flatbuffers.Builder(0); b.Finish(md.Pack(b), b"M001")
+        >>> b = flatbuffers.Builder(0); _ = b.Finish(md.Pack(b), b"M001")
         >>> min_parser_version(bytes(b.Output()))
         '1.0.0'
     """
