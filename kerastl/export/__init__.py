@@ -15,6 +15,7 @@ and only then renamed into place; a failure publishes nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ from kerastl._errors import (
 )
 from kerastl.export._modality import ModalityExporter, register_modality
 from kerastl.export.artifact import Artifact, load_artifact
+
+log = logging.getLogger(__name__)
 
 #: The closed list of export formats.
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -586,7 +589,40 @@ def _mediapipe_record(
     )
 
 
-def _run_one(
+def _progress_line(record: dict[str, Any]) -> str:
+    """One line per artifact: name, status, size, seconds (and why it failed).
+
+    Example:
+        >>> _progress_line({"path": "m.tflite", "passed": True, "size_bytes": 2_500_000,
+        ...                 "export_seconds": 3.25, "validate_seconds": 1.0, "failures": []})
+        '  ok      m.tflite                                    2.5 MB    4.2 s'
+    """
+    from kerastl.export.report import human_size
+
+    seconds = record.get("export_seconds", 0.0) + record.get("validate_seconds", 0.0)
+    line = (
+        f"  {'ok' if record['passed'] else 'FAILED':6}  {record['path']:40} "
+        f"{human_size(record.get('size_bytes')):>9} {seconds:6.1f} s"
+    )
+    if record["failures"]:
+        line += "  " + "; ".join(record["failures"])[:200]
+    return line
+
+
+def _run_one(*args: Any) -> dict[str, Any]:
+    """:func:`_write_and_validate`, logging a progress line before and after (``kerastl``)."""
+    fmt, precision = args[0], args[1]
+    log.info("  ...     %s/%s: writing and validating", fmt, precision)
+    start = time.perf_counter()
+    record = _write_and_validate(*args)
+    record["validate_seconds"] = round(
+        time.perf_counter() - start - record.get("export_seconds", 0.0), 2
+    )
+    log.log(logging.INFO if record["passed"] else logging.WARNING, _progress_line(record))
+    return record
+
+
+def _write_and_validate(
     fmt, precision, path, targets, out, writer, prepared, reference, x, y, tolerances, latency_runs
 ) -> dict[str, Any]:
     """Write one artifact into staging, load it in its runtime, validate and time it."""
