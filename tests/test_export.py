@@ -896,3 +896,20 @@ def test_validation_data_can_be_an_image_folder_with_class_subfolders(model, tmp
     )
     assert report["validation"]["samples"] == 6 and report["validation"]["labels"]
     assert report["artifacts"][0]["parity"]["metric"]["name"] == "accuracy"
+
+
+def test_predict_applies_exif_orientation(tmp_path):
+    from PIL import Image
+
+    from kerastl.export._image import ImageExporter
+
+    rng = np.random.default_rng(3)
+    upright = np.repeat(np.repeat(rng.integers(0, 255, (4, 2, 3), dtype=np.uint8), 8, 0), 8, 1)
+    stored = np.rot90(upright, k=1)  # what a phone stores; EXIF 6 says "rotate 90 CW to show"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "phone.png", exif=exif)
+    exporter = ImageExporter({"input": {"name": "image", "shape": [32, 16, 3]}})
+    x = exporter.load_files([str(tmp_path / "phone.png")])
+    assert x.shape == (1, 32, 16, 3)  # upright: 32 high, 16 wide, like the shown photo
+    assert np.abs(x[0] - upright).max() <= 1
