@@ -255,16 +255,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
-    """kerastl's log lines (progress, notes) on stderr: INFO, WARNING with --quiet."""
-    import logging
+def _setup_logging(args: argparse.Namespace) -> Any:
+    """kerastl's log lines (progress, notes) on stderr: INFO, WARNING with --quiet.
 
-    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    Only the ``kerastl`` logger is configured, and it does not propagate (TensorFlow and
+    absl install root handlers that would print each line twice). Returns a function that
+    puts the logger back as it was (for in-process callers such as tests).
+
+    Example:
+        >>> import logging
+        >>> restore = _setup_logging(argparse.Namespace(debug=False, quiet=True))
+        >>> logging.getLogger("kerastl").level == logging.WARNING
+        True
+        >>> restore(); logging.getLogger("kerastl").propagate
+        True
+    """
+    import logging
 
     class StderrHandler(logging.StreamHandler):
         """Writes to the current ``sys.stderr`` (tests and callers may swap it)."""
-
-        _kerastl = True
 
         @property  # type: ignore[override]
         def stream(self):  # noqa: D102
@@ -274,12 +283,21 @@ def _setup_logging(args: argparse.Namespace) -> None:
         def stream(self, value) -> None:
             pass
 
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logger = logging.getLogger("kerastl")
-    if not any(getattr(h, "_kerastl", False) for h in logger.handlers):
-        handler = StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    saved = (logger.level, logger.propagate)
+    handler = StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
     logger.setLevel(level)
+    logger.propagate = False
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+    return restore
 
 
 def _unavailable(name: str):
@@ -299,10 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    restore = _setup_logging(args)
+    try:
+        return _dispatch(args)
+    finally:
+        restore()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the subcommand; errors become one line and an exit code."""
     from kerastl import _interrupt, _quiet
     from kerastl._errors import ConfigError, DataError, KerastlError
 
-    _setup_logging(args)
     _interrupt.install()
     quiet = contextlib.nullcontext() if args.debug else _quiet.NativeLogFilter()
     if not args.debug:

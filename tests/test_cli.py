@@ -75,6 +75,7 @@ def test_export_and_predict_are_quiet_show_progress_and_take_a_folder(tiny, tmp_
     assert res.returncode == 0, res.stderr
     assert _native_lines(res.stderr) == [], res.stderr
     progress = [ln for ln in res.stderr.splitlines() if re.match(r"  (ok|FAILED) ", ln)]
+    assert not [ln for ln in res.stderr.splitlines() if ln.startswith("INFO:")]  # not twice
     line = next(ln for ln in progress if " model.tflite " in ln)  # name, status, size, seconds
     assert re.match(r"  ok\s+model\.tflite\s+[\d.]+ [KM]B\s+[\d.]+ s$", line), line
     tflite = tmp_path / "out" / "model.tflite"
@@ -134,8 +135,16 @@ def test_models_substring_hint_and_pretrained(capsys):
     assert "resnet50" in tagged and "resnet_50_imagenet" not in tagged
 
 
-def test_quiet_sets_kerastl_logging_to_warnings(capsys):
+def test_quiet_and_debug_set_kerastl_logging_and_main_restores_it():
+    from kerastl.cli import _setup_logging
+
+    logger = logging.getLogger("kerastl")
+    before = (logger.level, logger.propagate, len(logger.handlers))
+    restore = _setup_logging(argparse.Namespace(debug=False, quiet=True))
+    assert logger.level == logging.WARNING and not logger.propagate  # no doubled lines
+    restore()
+    restore = _setup_logging(argparse.Namespace(debug=False, quiet=False))
+    assert logger.level == logging.INFO
+    restore()
     assert main(["--quiet", "models", "mobilenet_v3_small"]) == 0
-    assert logging.getLogger("kerastl").level == logging.WARNING
-    assert main(["models", "mobilenet_v3_small"]) == 0
-    assert logging.getLogger("kerastl").level == logging.INFO
+    assert (logger.level, logger.propagate, len(logger.handlers)) == before
