@@ -13,6 +13,7 @@ Also here: :class:`GradualUnfreezing` (a callback), :func:`discriminative_optimi
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 
 from kerastl._errors import ConfigError, choice_error
 from kerastl._policy import POLICY_KINDS, FreezePolicy, parse_policy  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 
 def _backbone_and_groups(model: keras.Model):
@@ -204,7 +207,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.model.make_train_function(force=True)
         if self.verbose:
             names = self.group_names[len(self.group_names) - want :]
-            print(f"\n[kerastl] epoch {epoch}: training backbone groups {names}")
+            log.info(f"epoch {epoch}: training backbone groups {names}")
 
 
 @keras.saving.register_keras_serializable(package="kerastl")

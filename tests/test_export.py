@@ -106,6 +106,7 @@ def test_report_lists_every_artifact_validated(exported):
         ("tflite", "float32"),
         ("tflite", "float16"),
         ("tflite", "int8"),
+        ("tflite", "mediapipe"),  # float32 file, probabilities only, standard metadata
         ("onnx", "float32"),
     ]
     for a in report["artifacts"]:
@@ -188,70 +189,66 @@ def test_serving_bytes_resizes_like_kerastl_predict(tmp_path):
     assert np.abs(by_serving - by_predict).max() <= 1.0  # PIL rounds to uint8, TF does not
 
 
-def _read_fields(buf: bytes) -> list[tuple[int, bytes]]:
-    """Decode length-delimited protobuf fields (all a PredictionLog uses)."""
-    fields, i = [], 0
-    while i < len(buf):
-        key, shift = 0, 0
-        while True:
-            b = buf[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        assert key & 7 == 2, f"unexpected wire type {key & 7}"
-        size, shift = 0, 0
-        while True:
-            b = buf[i]
-            i += 1
-            size |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        fields.append((key >> 3, buf[i : i + size]))
-        i += size
-    return fields
-
-
 def test_warmup_requests_are_prediction_logs(exported, model):
     import tensorflow as tf
-    from tensorflow.core.framework import tensor_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     out, _, _ = exported
-    path = out / "saved_model" / model.name / "1" / "assets.extra" / "tf_serving_warmup_requests"
-    records = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
+    extra = out / "saved_model" / model.name / "1" / "assets.extra"
+    records = [
+        r.numpy() for r in tf.data.TFRecordDataset(str(extra / "tf_serving_warmup_requests"))
+    ]
     assert len(records) == 2
     seen = {}
     for record in records:
-        ((tag, predict_log),) = _read_fields(record)
-        assert tag == 6  # PredictionLog.predict_log
-        ((tag, request),) = _read_fields(predict_log)
-        assert tag == 1  # PredictLog.request
-        fields = _read_fields(request)
-        spec = dict(_read_fields(dict(fields)[1]))
-        assert spec[1].decode() == model.name
-        inputs = [dict(_read_fields(v)) for t, v in fields if t == 2]
-        assert len(inputs) == 1
-        tensor = tensor_pb2.TensorProto.FromString(inputs[0][2])
-        seen[spec[3].decode()] = (inputs[0][1].decode(), tf.make_ndarray(tensor))
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        assert request.model_spec.name == model.name
+        ((name, tensor),) = request.inputs.items()
+        seen[request.model_spec.signature_name] = (name, tf.make_ndarray(tensor))
+        # the sample gRPC body of the same signature is the same PredictRequest
+        grpc = extra / ("predict_request.pb" if name == "image" else "predict_request_bytes.pb")
+        assert predict_pb2.PredictRequest.FromString(grpc.read_bytes()) == request
     name, arr = seen["serving_default"]
     assert name == "image" and arr.shape == (1, SIZE, SIZE, 3) and arr.dtype == np.float32
     name, arr = seen["serving_bytes"]
     assert name == "image_bytes" and arr.shape == (1,) and arr[0][:4] == b"\x89PNG"
 
 
-def test_rest_request_samples(exported, model):
+def test_rest_request_samples_fit_the_loaded_signature(exported, model):
+    import tensorflow as tf
     from PIL import Image
 
+    from kerastl._errors import ExportError
+    from kerastl.export.saved_model import check_rest_request
+
     out, _, _ = exported
-    extra = out / "saved_model" / model.name / "1" / "assets.extra"
+    version = out / "saved_model" / model.name / "1"
+    extra = version / "assets.extra"
     body = json.loads((extra / "rest_request_bytes.json").read_text())
     assert body["signature_name"] == "serving_bytes"
     img = Image.open(io.BytesIO(base64.b64decode(body["instances"][0]["b64"])))
     assert img.size == (SIZE, SIZE)
     raw = json.loads((extra / "rest_request.json").read_text())
-    assert np.asarray(raw["instances"]).shape == (1, SIZE, SIZE, 3)
+    # saved_model_cli's facts, from the loaded signature
+    (spec,) = (
+        tf.saved_model.load(str(version))
+        .signatures[raw["signature_name"]]
+        .structured_input_signature[1]
+        .values()
+    )
+    assert spec.name == "image" and spec.dtype == tf.float32
+    assert np.asarray(raw["instances"]).shape[1:] == tuple(spec.shape[1:])
+    check_rest_request(version, raw)
+    check_rest_request(version, body)
+    wrong_size = {**raw, "instances": np.zeros((1, SIZE + 1, SIZE, 3)).tolist()}
+    with pytest.raises(ExportError, match=r"input 'image': shape \[33, 32, 3\]"):
+        check_rest_request(version, wrong_size)
+    with pytest.raises(ExportError, match="signature_name 'serving_pixels'"):
+        check_rest_request(version, {**raw, "signature_name": "serving_pixels"})
+    with pytest.raises(ExportError, match="inputs \\['pixels'\\]"):
+        check_rest_request(version, {**raw, "instances": [{"pixels": raw["instances"][0]}]})
 
 
 def test_tflite_metadata_builtin_ops_and_int8_io(exported, model):
@@ -899,3 +896,20 @@ def test_validation_data_can_be_an_image_folder_with_class_subfolders(model, tmp
     )
     assert report["validation"]["samples"] == 6 and report["validation"]["labels"]
     assert report["artifacts"][0]["parity"]["metric"]["name"] == "accuracy"
+
+
+def test_predict_applies_exif_orientation(tmp_path):
+    from PIL import Image
+
+    from kerastl.export._image import ImageExporter
+
+    rng = np.random.default_rng(3)
+    upright = np.repeat(np.repeat(rng.integers(0, 255, (4, 2, 3), dtype=np.uint8), 8, 0), 8, 1)
+    stored = np.rot90(upright, k=1)  # what a phone stores; EXIF 6 says "rotate 90 CW to show"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "phone.png", exif=exif)
+    exporter = ImageExporter({"input": {"name": "image", "shape": [32, 16, 3]}})
+    x = exporter.load_files([str(tmp_path / "phone.png")])
+    assert x.shape == (1, 32, 16, 3)  # upright: 32 high, 16 wide, like the shown photo
+    assert np.abs(x[0] - upright).max() <= 1

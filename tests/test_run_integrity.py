@@ -5,6 +5,7 @@ Tiny models (mobilenet_v3_small at 32 px, random init, 1-2 epochs, a few images)
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import types
 
@@ -26,7 +27,8 @@ def _two_phase(tmp_path, name, **sections):
     return _cfg(tmp_path, name, train={"epochs": 1}, finetune={"epochs": 1}, **sections)
 
 
-def test_finished_run_and_changed_data_train_phase1_again(tmp_path, capsys):
+def test_finished_run_and_changed_data_train_phase1_again(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged
     from kerastl.train import train
 
     cfg = _cfg(tmp_path, "rerun", train={"epochs": 1})
@@ -34,16 +36,17 @@ def test_finished_run_and_changed_data_train_phase1_again(tmp_path, capsys):
     assert "phase1_seconds" in first.timings
     marker = json.loads((tmp_path / "runs" / "rerun" / "state" / "run.json").read_text())
     assert marker["finished"] is True
-    capsys.readouterr()
+    caplog.clear()
     again = train(cfg, examples=(_examples(1), None), evaluate=False)  # other data, same name
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "resuming" not in out and "phase1_seconds" in again.timings
     assert "starting fresh (the earlier run with this name finished)" in out
     new = json.loads((tmp_path / "runs" / "rerun" / "state" / "run.json").read_text())
     assert new["fingerprint"] != marker["fingerprint"]
 
 
-def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, capsys, monkeypatch):
+def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged
     from kerastl.train import _trainer, train
 
     real_phase2 = _trainer._phase2
@@ -56,23 +59,24 @@ def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, ca
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg, examples=(_examples(0), None), evaluate=False)
     monkeypatch.setattr(_trainer, "_phase2", real_phase2)
-    capsys.readouterr()
+    caplog.clear()
     resumed = train(cfg, examples=(_examples(0), None), evaluate=False)  # unchanged: resume
-    assert "resuming: phase 1 already done" in capsys.readouterr().out
+    assert "resuming: phase 1 already done" in caplog.text
     assert "phase1_seconds" not in resumed.timings
 
     monkeypatch.setattr(_trainer, "_phase2", killed)
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg, examples=(_examples(0), None), evaluate=False)
     monkeypatch.setattr(_trainer, "_phase2", real_phase2)
-    capsys.readouterr()
+    caplog.clear()
     changed = train(cfg, examples=(_examples(2), None), evaluate=False)  # data changed: fresh
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "resuming" not in out and "phase1_seconds" in changed.timings
     assert "the config or data changed since the interrupted run" in out
 
 
-def test_kfold_rerun_with_another_k_reuses_no_fold_state(tmp_path, capsys):
+def test_kfold_rerun_with_another_k_reuses_no_fold_state(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged
     from kerastl.train import cross_validate
 
     x, y = _images(3, 2)
@@ -82,9 +86,9 @@ def test_kfold_rerun_with_another_k_reuses_no_fold_state(tmp_path, capsys):
     cross_validate(cfg, folds=2)
     fold0 = tmp_path / "runs" / "kf" / "folds" / "fold0" / "state" / "run.json"
     before = json.loads(fold0.read_text())
-    capsys.readouterr()
+    caplog.clear()
     cross_validate(cfg, folds=3)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "resuming" not in out
     assert out.count("starting fresh") == 2  # fold0 and fold1 had state from the 2-fold run
     assert json.loads(fold0.read_text())["fingerprint"] != before["fingerprint"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import types
 
@@ -150,8 +151,8 @@ def test_cli_train_writes_run_folder_then_evaluate(tmp_path, capsys):
         )
     )
     assert main(["train", str(tmp_path / "run.yaml"), "--seed", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "corrupt.jpg" in out  # reported
+    captured = capsys.readouterr()
+    assert "corrupt.jpg" in captured.err  # reported (a logged warning, on stderr)
     run = tmp_path / "runs" / "run"
     for f in (
         "config.yaml",
@@ -265,15 +266,17 @@ def test_feature_pass_traces_the_backbone_once_for_any_batch_and_dtype():
     assert y.tolist() == list(range(10))
 
 
-def test_augmentation_disables_the_cache_with_a_message(tmp_path, capsys):
+def test_augmentation_disables_the_cache_with_a_message(tmp_path, caplog):
     from kerastl.train import train
+
+    caplog.set_level(logging.INFO, logger="kerastl")
 
     x, y = _images(4, 2)
     ex = kdata.from_numpy(x, y)
     cfg = _cfg(tmp_path, "aug", data={"augment": "light"}, train={"epochs": 1})
     r = train(cfg, examples=ex.split(0.25, seed=0), evaluate=False)
     assert r.timings["feature_cache"] == "no"
-    assert "cached features disabled: augmentation ['flip']" in capsys.readouterr().out
+    assert "cached features disabled: augmentation ['flip']" in caplog.text
     # augmentation stays out of the model
     assert not [layer for layer in r.model._flatten_layers() if "Random" in type(layer).__name__]
 
@@ -495,3 +498,48 @@ def test_deferred_best_checkpoint_writes_the_best_epoch_once(tmp_path):
     kernel = keras.saving.load_model(path).layers[0].kernel.numpy()
     np.testing.assert_array_equal(kernel, np.full((2, 1), 1.0))  # epoch 1 had the best loss
     assert model.layers[0].kernel.numpy()[0, 0] == 2.0  # the live model is left as it was
+
+
+def test_model_card_is_a_hugging_face_card_with_metrics_datasets_and_base_model():
+    from huggingface_hub import ModelCard
+
+    from kerastl.train._config import validate_config
+    from kerastl.train._run import model_card
+
+    cfg = validate_config(
+        {"name": "flowers", "model": {"backbone": "mobilenet_v3_small"}, "data": {"path": "d/fl"}}
+    )
+    metrics = M.classification_metrics(np.array([0, 1, 1]), np.eye(2)[[0, 1, 0]], ["a", "b"])
+    report = {"modality": "image", "class_names": ["a", "b"], "input_shape": [224, 224, 3]}
+    exports = {"artifacts": [{"path": "m.tflite", "passed": True, "size_bytes": 123}]}
+    text = model_card(cfg, metrics, report, {"total_seconds": 1.0}, exports, "runs/flowers")
+    card = ModelCard(text)  # parses and validates the YAML front matter
+    assert card.data.base_model == "mobilenet_v3_small"
+    assert card.data.datasets == ["fl"] and card.data.library_name == "keras"
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["accuracy"] == pytest.approx(2 / 3) and "macro_f1" in results
+    assert card.data.pipeline_tag == "image-classification"
+    assert "| `m.tflite` | passed | 123 |" in card.text and "{'artifacts'" not in card.text
+    assert "| accuracy |" in card.text  # the body is unchanged
+
+
+def test_confusion_and_roc_plots_come_from_sklearn_displays(tmp_path, monkeypatch):
+    import sklearn.metrics
+
+    from kerastl.train._plots import plot_confusion, plot_roc
+
+    used = []
+    for cls in ("ConfusionMatrixDisplay", "RocCurveDisplay"):
+        real = getattr(sklearn.metrics, cls)
+        spy = type(
+            cls,
+            (real,),
+            {"plot": lambda self, *a, _r=real, **k: used.append(self) or _r.plot(self, *a, **k)},
+        )
+        monkeypatch.setattr(sklearn.metrics, cls, spy)
+    plot_confusion([[3, 1], [0, 4]], ["a", "b"], tmp_path / "cm.png")
+    y = np.array([[1, 0], [0, 0], [1, 0]])  # class 1 never occurs: no curve, no error
+    plot_roc(y, np.array([[0.9, 0.2], [0.3, 0.8], [0.6, 0.7]]), ["x", "y"], tmp_path / "roc.png")
+    assert [type(u).__name__ for u in used] == ["ConfusionMatrixDisplay", "RocCurveDisplay"]
+    for name in ("cm.png", "roc.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

@@ -15,6 +15,7 @@ and only then renamed into place; a failure publishes nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ from kerastl._errors import (
 )
 from kerastl.export._modality import ModalityExporter, register_modality
 from kerastl.export.artifact import Artifact, load_artifact
+
+log = logging.getLogger(__name__)
 
 #: The closed list of export formats.
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -232,7 +235,7 @@ def export(
     from kerastl import __version__
     from kerastl.export import onnx as kx_onnx
     from kerastl.export import report as report_mod
-    from kerastl.export import saved_model, tflite, validate
+    from kerastl.export import saved_model, tflite, tflite_metadata, validate
     from kerastl.export._trace import prepare
 
     formats = _as_list(formats, "formats")
@@ -307,6 +310,9 @@ def export(
         raise ConfigError(f"version={version!r} applies to saved_model only; add it to formats.")
     for q in precisions:
         targets[("tflite", q)] = out / tflite.file_name(name, q)
+    if precisions and tflite_metadata.supports(prepared.meta) and tflite_metadata.available():
+        mp = tflite_metadata.MEDIAPIPE_SUFFIX
+        targets[("tflite", mp)] = out / tflite.file_name(name, mp)
     if "onnx" in formats:
         targets[("onnx", "float32")] = out / f"{name}.onnx"
     clash = [str(p) for (f, _), p in targets.items() if f != "saved_model" and p.exists()]
@@ -429,6 +435,20 @@ def export(
                         latency_runs,
                     )
                 )
+        if ("tflite", tflite_metadata.MEDIAPIPE_SUFFIX) in targets:
+            records.append(
+                _mediapipe_record(
+                    staging,
+                    name,
+                    targets,
+                    out,
+                    prepared,
+                    reference,
+                    (x_val, y_val),
+                    tolerances,
+                    latency_runs,
+                )
+            )
         if "onnx" in formats:
             path = staging / f"{name}.onnx"
 
@@ -529,7 +549,80 @@ def _keras_latency(prepared, x: np.ndarray, runs: int) -> float:
     return float(np.median(times) * 1000.0)
 
 
-def _run_one(
+def _mediapipe_record(
+    staging, name, targets, out, prepared, reference, data, tolerances, latency_runs
+) -> dict[str, Any]:
+    """Derive, load and validate ``<name>_mediapipe.tflite`` from the staged float32 file."""
+    from kerastl.export import tflite, tflite_metadata
+
+    mp = tflite_metadata.MEDIAPIPE_SUFFIX
+    path = staging / tflite.file_name(name, mp)
+    scores = tflite_metadata.SCORES_OUTPUT
+
+    def write_mediapipe() -> dict[str, Any]:
+        source = staging / tflite.file_name(name, "float32")
+        meta = prepared.meta
+        description = (
+            f"kerastl {meta.get('backbone')} classifier, {len(meta['class_names'])} classes; "
+            "raw 0-255 RGB in (preprocessing in the graph)."
+        )
+        content = tflite_metadata.mediapipe_classifier(
+            source.read_bytes(), meta["class_names"], description
+        )
+        path.write_bytes(content)
+        return {"metadata": "TFLite Metadata (MediaPipe ImageClassifier)", "outputs": [scores]}
+
+    x, y = data
+    return _run_one(
+        "tflite",
+        mp,
+        path,
+        targets,
+        out,
+        write_mediapipe,
+        prepared,
+        {scores: reference[scores]},
+        x,
+        y,
+        tolerances,
+        latency_runs,
+    )
+
+
+def _progress_line(record: dict[str, Any]) -> str:
+    """One line per artifact: name, status, size, seconds (and why it failed).
+
+    Example:
+        >>> _progress_line({"path": "m.tflite", "passed": True, "size_bytes": 2_500_000,
+        ...                 "export_seconds": 3.25, "validate_seconds": 1.0, "failures": []})
+        '  ok      m.tflite                                    2.5 MB    4.2 s'
+    """
+    from kerastl.export.report import human_size
+
+    seconds = record.get("export_seconds", 0.0) + record.get("validate_seconds", 0.0)
+    line = (
+        f"  {'ok' if record['passed'] else 'FAILED':6}  {record['path']:40} "
+        f"{human_size(record.get('size_bytes')):>9} {seconds:6.1f} s"
+    )
+    if record["failures"]:
+        line += "  " + "; ".join(record["failures"])[:200]
+    return line
+
+
+def _run_one(*args: Any) -> dict[str, Any]:
+    """:func:`_write_and_validate`, logging a progress line before and after (``kerastl``)."""
+    fmt, precision = args[0], args[1]
+    log.info("  ...     %s/%s: writing and validating", fmt, precision)
+    start = time.perf_counter()
+    record = _write_and_validate(*args)
+    record["validate_seconds"] = round(
+        time.perf_counter() - start - record.get("export_seconds", 0.0), 2
+    )
+    log.log(logging.INFO if record["passed"] else logging.WARNING, _progress_line(record))
+    return record
+
+
+def _write_and_validate(
     fmt, precision, path, targets, out, writer, prepared, reference, x, y, tolerances, latency_runs
 ) -> dict[str, Any]:
     """Write one artifact into staging, load it in its runtime, validate and time it."""

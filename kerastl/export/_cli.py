@@ -15,13 +15,23 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``kerastl export``."""
     p.add_argument("model", help="a .keras file (e.g. runs/exp1/model.keras)")
-    p.add_argument("--out", help="output folder (default: <model folder>/export)")
+    p.add_argument(
+        "--output-dir",
+        "--out",
+        dest="out",
+        metavar="DIR",
+        help="output folder (default: <model folder>/export); --out is the old spelling",
+    )
     p.add_argument(
         "--formats",
         default="saved_model,tflite,onnx",
-        help="comma-separated: saved_model, tflite, onnx (default: all three)",
+        help="comma-separated, from: saved_model, tflite, onnx (default: all three)",
     )
-    p.add_argument("--quantize", default="", help="extra TFLite precisions: float16,dynamic,int8")
+    p.add_argument(
+        "--quantize",
+        default="",
+        help="comma-separated extra TFLite precisions, from: float16, dynamic, int8",
+    )
     p.add_argument(
         "--calibration-data",
         help="int8 calibration inputs: an image folder, or a .npy/.npz file of raw inputs",
@@ -33,7 +43,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="model name in file names and TF Serving")
     p.add_argument("--version", type=int, help="TF Serving version (default: next free)")
     p.add_argument(
-        "--int8-io", default="float32", help="int8 file input/output: float32|int8|uint8"
+        "--int8-io",
+        default="float32",
+        choices=["float32", "int8", "uint8"],
+        help="input/output type of the int8 file (default float32)",
     )
     p.add_argument("--allow-flex", action="store_true", help="allow Flex (select TF) ops in TFLite")
     p.add_argument("--opset", type=int, help="ONNX opset (13-18, default 17)")
@@ -69,12 +82,27 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
     raise DataError(f"{argument}: expected an image folder, .npy or .npz file, got {path!r}.")
 
 
-def run_export(args: argparse.Namespace) -> int:
-    """Load a .keras model, export it, print the summary."""
-    from kerastl._errors import ConfigError
-    from kerastl.export import export
-    from kerastl.export._trace import find_metadata, load_keras
-    from kerastl.export.report import MD_NAME, human_size
+def _items(value: str | list | None) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``.
+
+    Example:
+        >>> _items("saved_model, tflite,")
+        ['saved_model', 'tflite']
+    """
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value or [])
+
+
+def check_export_args(args: argparse.Namespace) -> None:
+    """Every ``kerastl export`` argument that can be checked without TensorFlow.
+
+    Raises:
+        ConfigError / DataError: naming the flag, its value and the valid choices.
+    """
+    from kerastl._errors import ConfigError, DataError, choice_error
+    from kerastl.export import FORMATS
+    from kerastl.export.tflite import INT8_IO, QUANTIZATIONS
 
     model_path = Path(args.model)
     if model_path.suffix != ".keras":
@@ -82,25 +110,36 @@ def run_export(args: argparse.Namespace) -> int:
             f"model: expected a .keras file, got {args.model!r}. Exported artifacts are "
             "already exported; run them with `kerastl predict`."
         )
-    from kerastl._errors import choice_error
-    from kerastl.export import FORMATS
-    from kerastl.export.tflite import INT8_IO, QUANTIZATIONS
-
-    def items(value: str | list | None) -> list[str]:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return list(value or [])
-
-    fmts = items(args.formats)
-    # Usage errors before the (slow) model load, named as the flags.
-    for fmt in fmts:
+    if not model_path.is_file():
+        raise DataError(f"model: no file at {args.model!r}.")
+    for fmt in _items(args.formats) or [""]:
         if fmt not in FORMATS:
             raise choice_error("--formats", fmt, FORMATS)
-    for q in items(args.quantize):
+    for q in _items(args.quantize):
         if q not in QUANTIZATIONS:
             raise choice_error("--quantize", q, QUANTIZATIONS)
     if args.int8_io not in INT8_IO:
         raise choice_error("--int8-io", args.int8_io, INT8_IO)
+    for flag, value in (
+        ("--calibration-data", args.calibration_data),
+        ("--validation-data", args.validation_data),
+    ):
+        if value is not None and not os.path.exists(value):
+            raise DataError(f"{flag}: no file or folder at {value!r}.")
+    if args.out and Path(args.out).is_file():
+        raise ConfigError(f"--output-dir: {args.out!r} is a file; pass a folder.")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Load a .keras model, export it, print the summary."""
+    check_export_args(args)  # before TensorFlow is imported
+    from kerastl.export import export
+    from kerastl.export._trace import find_metadata, load_keras
+    from kerastl.export.report import MD_NAME, human_size
+
+    model_path = Path(args.model)
+    items = _items
+    fmts = items(args.formats)
     model = load_keras(model_path, safe_mode=not args.unsafe)
     class_names = find_metadata(model).get("class_names")
     out = Path(args.out) if args.out else model_path.parent / "export"
@@ -138,9 +177,14 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         help="SavedModel folder, .tflite, .onnx or .keras; or a registry name with pretrained "
         "weights (efficientnet_lite0): its ImageNet classifier names the class of a photo",
     )
-    p.add_argument("inputs", nargs="+", help="input files (images), or one .npy of raw inputs")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="input files (images), folders of images (searched recursively), or one .npy "
+        "of raw inputs",
+    )
     p.add_argument("--top-k", type=int, default=3, help="classes to show per input (default 3)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per runtime call")
     p.add_argument("--json", action="store_true", help="print JSON lines")
 
 
@@ -156,6 +200,31 @@ def _artifact_or_pretrained(name: str) -> Any:
     return KerasArtifact.from_model(model, f"{name} (pretrained ImageNet classifier)")
 
 
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Input paths with every folder replaced by the images under it (sorted).
+
+    Raises:
+        DataError: a folder holds no image, or a path does not exist.
+
+    Example:
+        >>> expand_inputs(["a.jpg"])  # files are kept as given (checked when read)
+        ['a.jpg']
+    """
+    from kerastl._errors import DataError
+
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise DataError(f"inputs: no images ({', '.join(IMAGE_SUFFIXES)}) under {item!r}.")
+            out += [str(f) for f in files]
+        else:
+            out.append(item)
+    return out
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """Run an artifact on inputs and print the predictions."""
     import numpy as np
@@ -164,12 +233,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: expected >= 1, got {args.top_k}.")
-    artifact = _artifact_or_pretrained(args.artifact)
     if len(args.inputs) == 1 and args.inputs[0].endswith(".npy"):
         inputs: Any = np.load(args.inputs[0])
         ids = [f"{args.inputs[0]}[{i}]" for i in range(len(inputs))]
     else:
-        inputs, ids = list(args.inputs), list(args.inputs)
+        inputs = expand_inputs(args.inputs)
+        ids = list(inputs)
+    artifact = _artifact_or_pretrained(args.artifact)
     out = artifact.predict(inputs, batch_size=args.batch_size)
     meta = artifact.metadata
     task, names = meta.get("task"), meta.get("class_names")

@@ -120,15 +120,19 @@ class ImageExporter(ModalityExporter):
         return x, ys
 
     def load_files(self, paths: list[str], argument: str = "inputs") -> np.ndarray:
-        """Read image files, convert to RGB (or grayscale) and resize to the input size."""
-        from PIL import Image, UnidentifiedImageError
+        """Read image files, turn them upright, convert to RGB (or grayscale), resize.
+
+        The EXIF orientation tag is applied first (``PIL.ImageOps.exif_transpose``), so a
+        phone photo stored sideways is predicted the way it is shown.
+        """
+        from PIL import Image, ImageOps, UnidentifiedImageError
 
         h, w, c = self.shape
         batch = []
         for p in paths:
             try:
                 with Image.open(p) as img:
-                    img = img.convert("RGB" if c == 3 else "L")
+                    img = ImageOps.exif_transpose(img).convert("RGB" if c == 3 else "L")
                     if h is not None and w is not None and img.size != (w, h):
                         img = img.resize((w, h), Image.BILINEAR)
                     arr = np.asarray(img, dtype=np.float32)

@@ -89,6 +89,8 @@ class Artifact:
         names = self.metadata.get("class_names")
         if names and "class_id" in out:
             out["labels"] = [names[int(i)] for i in out["class_id"]]
+        elif names and "probabilities" in out:  # e.g. the MediaPipe file: scores only
+            out["labels"] = [names[int(i)] for i in np.argmax(out["probabilities"], axis=-1)]
         return out
 
     def latency_ms(self, x: np.ndarray, runs: int = 10, warmup: int = 2) -> float:

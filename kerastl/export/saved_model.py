@@ -5,8 +5,12 @@ function (``training=False``) as ``serving_default`` and the modality's extra
 signatures (``serving_bytes`` for images). Next to the graph:
 
 * ``assets/labels.txt`` (one class name a line) and ``assets/kerastl_metadata.json``;
-* ``assets.extra/tf_serving_warmup_requests``: ``PredictionLog`` TFRecords;
-* ``assets.extra/rest_request*.json``: sample REST bodies;
+* ``assets.extra/tf_serving_warmup_requests``: ``PredictionLog`` TFRecords, written with
+  ``tensorflow-serving-api``'s messages;
+* ``assets.extra/predict_request*.pb``: the same requests as serialized gRPC
+  ``PredictRequest`` messages;
+* ``assets.extra/rest_request*.json``: sample REST bodies, each checked against the loaded
+  signature (input names, dtypes, shapes) before it is written;
 * ``assets.extra/saved_model_cli.txt``: the ``saved_model_cli show --all`` dump.
 
 The version folder is built under a non-numeric temporary name beside its
@@ -109,7 +113,11 @@ def write(prepared: Prepared, path: Path, samples: np.ndarray, model_name: str) 
     extra.mkdir(exist_ok=True)
     requests = prepared.modality.warmup_requests(samples)
     write_warmup_requests(extra / WARMUP_FILE, model_name, requests)
+    for signature, inputs in requests:  # the same requests as gRPC bodies
+        request = predict_request(model_name, signature, inputs)
+        (extra / grpc_request_file(signature)).write_bytes(request.SerializeToString())
     for fname, body in prepared.modality.rest_examples(samples).items():
+        check_rest_request(path, body)
         (extra / fname).write_text(json.dumps(body))
     (extra / "saved_model_cli.txt").write_text(saved_model_cli_show(path))
     return {"signatures": signatures, "warmup_requests": len(requests)}
@@ -125,34 +133,11 @@ def saved_model_cli_show(path: Path) -> str:
     return re.sub(r"\n{3,}", "\n\n", buf.getvalue())
 
 
-# -- PredictionLog wire format ------------------------------------------------------------------
-# tensorflow_serving's protos are not a dependency; the few messages a warm-up file needs are
-# written field by field (proto3 wire format):
-#   PredictionLog { PredictLog predict_log = 6; }
-#   PredictLog { PredictRequest request = 1; }
-#   PredictRequest { ModelSpec model_spec = 1; map<string, TensorProto> inputs = 2; }
-#   ModelSpec { string name = 1; string signature_name = 3; }
+# -- TF Serving messages (tensorflow-serving-api) -----------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def prediction_log(model_name: str, signature: str, inputs: dict[str, Any]) -> bytes:
-    """Serialized ``tensorflow.serving.PredictionLog`` holding one ``PredictRequest``.
+def predict_request(model_name: str, signature: str, inputs: dict[str, Any]) -> Any:
+    """A ``tensorflow.serving.PredictRequest`` (the gRPC ``Predict`` body).
 
     Args:
         model_name: The model name TF Serving serves it under.
@@ -160,15 +145,45 @@ def prediction_log(model_name: str, signature: str, inputs: dict[str, Any]) -> b
         inputs: Input name -> ``tensorflow.TensorProto``.
 
     Example:
-        >>> prediction_log("m", "serving_default", {})[:2]
-        b'2\\x13'
+        >>> predict_request("m", "serving_default", {}).model_spec.signature_name
+        'serving_default'
     """
-    spec = _field(1, model_name.encode()) + _field(3, signature.encode())
-    request = _field(1, spec)
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
     for key, tensor in inputs.items():
-        entry = _field(1, key.encode()) + _field(2, tensor.SerializeToString())
-        request += _field(2, entry)
-    return _field(6, _field(1, request))
+        request.inputs[key].CopyFrom(tensor)
+    return request
+
+
+def prediction_log(model_name: str, signature: str, inputs: dict[str, Any]) -> bytes:
+    """Serialized ``tensorflow.serving.PredictionLog`` holding one ``PredictRequest``.
+
+    Example:
+        >>> from tensorflow_serving.apis import prediction_log_pb2
+        >>> log = prediction_log_pb2.PredictionLog.FromString(
+        ...     prediction_log("m", "serving_default", {}))
+        >>> log.predict_log.request.model_spec.name
+        'm'
+    """
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.CopyFrom(predict_request(model_name, signature, inputs))
+    return log.SerializeToString()
+
+
+def grpc_request_file(signature: str) -> str:
+    """File name of the sample gRPC ``PredictRequest`` of ``signature``.
+
+    Example:
+        >>> grpc_request_file("serving_default"), grpc_request_file("serving_bytes")
+        ('predict_request.pb', 'predict_request_bytes.pb')
+    """
+    suffix = "" if signature == "serving_default" else "_" + signature.removeprefix("serving_")
+    return f"predict_request{suffix}.pb"
 
 
 def write_warmup_requests(path: Path, model_name: str, requests: list) -> None:
@@ -178,3 +193,55 @@ def write_warmup_requests(path: Path, model_name: str, requests: list) -> None:
     with tf.io.TFRecordWriter(str(path)) as writer:
         for signature, inputs in requests:
             writer.write(prediction_log(model_name, signature, inputs))
+
+
+def check_rest_request(saved_model_dir: Path, body: dict[str, Any]) -> None:
+    """Check a REST ``predict`` body against the loaded SavedModel's signature.
+
+    The ``saved_model_cli show`` facts, read from the loaded signature: the body's
+    ``signature_name`` exists, every instance has the signature's input names (a bare
+    value for a single input), each value's shape matches the input's shape without
+    the batch axis and its type the input's dtype (``{"b64": ...}`` for strings).
+
+    Raises:
+        ExportError: naming the signature, the input and what differs.
+    """
+    import tensorflow as tf
+
+    from kerastl._errors import ExportError
+
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    name = body.get("signature_name", "serving_default")
+    if name not in loaded.signatures:
+        raise ExportError(
+            f"REST body: signature_name {name!r} is not in the SavedModel "
+            f"(signatures: {sorted(loaded.signatures)})."
+        )
+    specs = loaded.signatures[name].structured_input_signature[1]
+    for instance in body["instances"]:
+        named = isinstance(instance, dict) and set(instance) != {"b64"}  # {"b64": ...} is a value
+        single = len(specs) == 1 and not named
+        values = {next(iter(specs)): instance} if single else instance
+        if not isinstance(values, dict) or set(values) != set(specs):
+            got = sorted(values) if isinstance(values, dict) else type(values).__name__
+            raise ExportError(
+                f"REST body for {name!r}: inputs {got} != signature inputs {sorted(specs)}."
+            )
+        for key, spec in specs.items():
+            _check_rest_value(name, key, spec, values[key])
+
+
+def _check_rest_value(signature: str, key: str, spec: Any, value: Any) -> None:
+    from kerastl._errors import ExportError
+
+    where = f"REST body for {signature!r}, input {key!r}"
+    if spec.dtype.name == "string":
+        if not (isinstance(value, dict) and set(value) == {"b64"}) and not isinstance(value, str):
+            raise ExportError(f"{where}: expected a string or {{'b64': ...}}, got {value!r:.60}.")
+        return
+    arr = np.asarray(value)
+    want = spec.shape.as_list()[1:]
+    if arr.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, arr.shape)):
+        raise ExportError(f"{where}: shape {list(arr.shape)} does not fit the signature's {want}.")
+    if arr.dtype.kind not in ("fiu" if spec.dtype.is_floating else "iu"):
+        raise ExportError(f"{where}: {arr.dtype} values for a {spec.dtype.name} input.")

@@ -84,6 +84,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "saved_model/float32": Tolerance(max_rel_err=1e-4),
     "onnx/float32": Tolerance(max_rel_err=1e-4),
     "tflite/float32": Tolerance(max_rel_err=1e-4),
+    "tflite/mediapipe": Tolerance(max_rel_err=1e-4),  # float32 file, probabilities only
     "tflite/float16": Tolerance(max_rel_err=1e-2),
     "tflite/dynamic": Tolerance(**_QUANTIZED),
     "tflite/int8": Tolerance(**_QUANTIZED),

@@ -15,6 +15,7 @@ fingerprint.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ import keras
 import numpy as np
 
 from kerastl._errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Head layer names written by kerastl.heads.attach_head, input side first.
 HEAD_LAYERS = ("head_dropout", "logits", "predictions", "projection", "probabilities", "embedding")
@@ -160,7 +163,7 @@ def compute_features(
     feats, labels = [], []
     bar = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
     if verbose:
-        print(f"[kerastl] caching {label}")
+        log.info(f"caching {label}")
     for i, (x, y) in enumerate(dataset):
         feats.append(np.asarray(run(x), dtype=np.float32))
         labels.append(np.asarray(y))
@@ -215,7 +218,7 @@ class FeatureCache:
                 value = (z["x"], z["y"])
             self.hits += 1
             if verbose:
-                print(f"[kerastl] {label}: loaded cached features {path}")
+                log.info(f"{label}: loaded cached features {path}")
             self._memory[key] = value
             return value
         self.misses += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from typing import Any
@@ -15,6 +16,8 @@ from kerastl import _interrupt
 from kerastl._errors import KerastlError, choice_error
 from kerastl._safety import atomic_write_text
 from kerastl.train._config import OPTIMIZERS, SCHEDULES
+
+log = logging.getLogger(__name__)
 
 
 def make_schedule(
@@ -120,8 +123,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         if self._better(float(value)):
             model = self.target or self.model
             if self.verbose:
-                print(
-                    f"\n[kerastl] epoch {epoch + 1}: {self.monitor} improved to "
+                log.info(
+                    f"epoch {epoch + 1}: {self.monitor} improved to "
                     f"{float(value):.4f}; "
                     + ("kept for the end of the phase" if self.defer else f"saving {self.path}")
                 )
@@ -306,8 +309,8 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
             for path in (self._weights_path, self._training_metadata_path):
                 if os.path.exists(path):
                     os.replace(path, f"{path}.corrupt")
-            print(
-                f"[kerastl] the backup in {self.backup_dir} was unreadable; moved it aside "
+            log.warning(
+                f"the backup in {self.backup_dir} was unreadable; moved it aside "
                 "(*.corrupt) and restarting this phase from its start."
             )
 

@@ -50,20 +50,35 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", help="image folder, CSV, .npz or text CSV/JSONL")
     g.add_argument("--val-data", help="separate validation data")
     g.add_argument("--val-split", type=float, help="validation fraction (default 0.2)")
-    g.add_argument("--augment", help="none, light, standard, strong")
+    g.add_argument(
+        "--augment", help="preset none, light, standard, strong (checked with the YAML's keys)"
+    )
     g.add_argument("--epochs", type=int, help="phase-1 epochs")
     g.add_argument("--finetune-epochs", type=int, help="phase-2 (fine-tune) epochs")
     g.add_argument("--batch-size", type=int, help="per-replica batch size")
     g.add_argument("--lr", type=float, help="phase-1 learning rate")
-    g.add_argument("--strategy", choices=STRATEGIES)
-    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    g.add_argument("--precision", choices=PRECISIONS, help="training precision policy")
     g.add_argument("--jit", action="store_true", help="compile with XLA (jit_compile)")
-    g.add_argument("--cache-features", choices=["auto", "memory", "disk", "off"])
+    g.add_argument(
+        "--cache-features",
+        choices=["auto", "memory", "disk", "off"],
+        help="cache frozen-backbone features (default auto)",
+    )
     g.add_argument("--output-dir", help="parent of the run folder (default runs/)")
     g.add_argument("--name", help="run name (default: the YAML's stem)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--export", help="formats to export, e.g. saved_model,tflite,onnx")
-    g.add_argument("--quantize", help="e.g. float16,int8")
+    g.add_argument("--seed", type=int, help="random seed")
+    g.add_argument(
+        "--formats",
+        "--export",
+        dest="export",
+        metavar="FORMATS",
+        help="comma-separated formats to export, from: saved_model, tflite, onnx "
+        "(--export is the old spelling)",
+    )
+    g.add_argument(
+        "--quantize", help="comma-separated extra TFLite precisions, from: float16, dynamic, int8"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -209,7 +224,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--quick", action="store_true", help="fewer epochs, no export (a smoke test)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the fine-tuned model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def _positive_int(flag: str):

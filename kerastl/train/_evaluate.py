@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from kerastl.train._plots import (
     plot_roc,
     read_history,
 )
+
+log = logging.getLogger(__name__)
 
 
 def predict(
@@ -196,7 +199,7 @@ def cross_validate(
         fold_cfg["output_dir"] = str(base / "folds")
         fold_cfg["name"] = f"fold{i}"
         fold_cfg["export"]["formats"] = []
-        print(f"[kerastl] fold {i + 1}/{folds}: {len(tr)} training, {len(va)} validation")
+        log.info(f"fold {i + 1}/{folds}: {len(tr)} training, {len(va)} validation")
         result = train(fold_cfg, examples=(ex.subset(tr), ex.subset(va)))
         per_fold.append(scalar_metrics(result.metrics))
     keys = sorted(set.intersection(*(set(m) for m in per_fold))) if per_fold else []

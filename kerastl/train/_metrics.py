@@ -1,9 +1,10 @@
-"""Evaluation metrics in NumPy: one function per task, results as plain JSON-able dicts.
+"""Evaluation metrics from scikit-learn: one function per task, results as JSON-able dicts.
 
 Classification: accuracy, top-k, macro F1, per-class precision/recall/F1,
 confusion matrix. Binary: accuracy, ROC AUC, precision/recall/F1. Multilabel:
 per-class and macro ROC AUC, micro/macro F1 at a threshold. Regression: MAE,
-RMSE, R^2 per output.
+RMSE, R^2 per output. Every number comes from :mod:`sklearn.metrics`; this module
+only picks the arguments (all classes listed, ``zero_division=0``) and the JSON shape.
 """
 
 from __future__ import annotations
@@ -11,70 +12,54 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
 from kerastl._errors import ConfigError
 
 
-def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
-
-
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
-    """``cm[i, j]`` = examples of true class ``i`` predicted as ``j``.
+    """``cm[i, j]`` = examples of true class ``i`` predicted as ``j`` (all ``n`` classes).
 
     Example:
         >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0]), 2).tolist()
         [[1, 0], [1, 1]]
     """
-    cm = np.zeros((n, n), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    return cm
+    return skm.confusion_matrix(
+        np.asarray(y_true, int), np.asarray(y_pred, int), labels=np.arange(n)
+    ).astype(np.int64)
 
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U with tie correction); ``None`` if one class.
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``); ``None`` if one class.
 
     Example:
         >>> roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
         0.75
     """
     y = np.asarray(y_true).astype(bool).reshape(-1)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return None
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y, np.asarray(scores, dtype=np.float64).reshape(-1)))
 
 
 def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates over all thresholds (for plotting)."""
+    """False- and true-positive rates over all thresholds (``sklearn.metrics.roc_curve``).
+
+    Example:
+        >>> fpr, tpr = roc_curve(np.array([0, 1]), np.array([0.2, 0.9]))
+        >>> fpr.tolist(), tpr.tolist()
+        ([0.0, 0.0, 1.0], [0.0, 1.0, 1.0])
+    """
     y = np.asarray(y_true).astype(bool).reshape(-1)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    order = np.argsort(-s, kind="mergesort")
-    y = y[order]
-    tps = np.concatenate([[0], np.cumsum(y)])
-    fps = np.concatenate([[0], np.cumsum(~y)])
-    return _safe_div(fps, max(fps[-1], 1)), _safe_div(tps, max(tps[-1], 1))
+    fpr, tpr, _ = skm.roc_curve(y, np.asarray(scores, dtype=np.float64).reshape(-1))
+    return fpr, tpr
 
 
-def _prf(tp, fp, fn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    precision = _safe_div(tp, tp + fp)
-    recall = _safe_div(tp, tp + fn)
-    f1 = _safe_div(2 * precision * recall, precision + recall)
-    return precision, recall, f1
+def _prf(y: np.ndarray, pred: np.ndarray, labels: Any = None, average: str | None = None):
+    """(precision, recall, F1, support) from scikit-learn, 0 where undefined."""
+    return skm.precision_recall_fscore_support(
+        y, pred, labels=labels, average=average, zero_division=0
+    )
 
 
 def classification_metrics(
@@ -93,22 +78,21 @@ def classification_metrics(
     names = list(class_names) if class_names else [str(i) for i in range(n)]
     pred = p.argmax(axis=1)
     cm = confusion_matrix(y, pred, n)
-    tp = np.diag(cm)
-    precision, recall, f1 = _prf(tp, cm.sum(axis=0) - tp, cm.sum(axis=1) - tp)
-    support = cm.sum(axis=1)
-    present = support > 0
+    labels = np.arange(n)
+    precision, recall, f1, support = _prf(y, pred, labels=labels)
+    present = labels[support > 0]  # macro averages over the classes that occur
+    macro = _prf(y, pred, labels=present, average="macro") if len(present) else (0.0,) * 3
     out: dict[str, Any] = {
         "task": "classification",
         "num_examples": int(len(y)),
-        "accuracy": float((pred == y).mean()) if len(y) else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
-        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
+        "accuracy": float(skm.accuracy_score(y, pred)) if len(y) else 0.0,
+        "macro_f1": float(macro[2]),
+        "macro_precision": float(macro[0]),
+        "macro_recall": float(macro[1]),
     }
     k = min(top_k, n - 1)
     if k >= 2:
-        top = np.argsort(-p, axis=1)[:, :k]
-        out[f"top{k}_accuracy"] = float((top == y[:, None]).any(axis=1).mean())
+        out[f"top{k}_accuracy"] = float(skm.top_k_accuracy_score(y, p, k=k, labels=labels))
     out["per_class"] = {
         c: {
             "precision": float(precision[i]),
@@ -134,13 +118,14 @@ def binary_metrics(
     s = np.asarray(probs, dtype=np.float64).reshape(-1)
     pred = (s >= threshold).astype(int)
     cm = confusion_matrix(y, pred, 2)
-    tp, fp, fn = cm[1, 1], cm[0, 1], cm[1, 0]
-    precision, recall, f1 = (float(v) for v in _prf(np.array(tp), np.array(fp), np.array(fn)))
+    precision, recall, f1, _ = (
+        float(v) if v is not None else 0.0 for v in _prf(y, pred, labels=[1], average="binary")
+    )
     names = list(class_names) if class_names else ["0", "1"]
     return {
         "task": "binary",
         "num_examples": int(len(y)),
-        "accuracy": float((pred == y).mean()) if len(y) else 0.0,
+        "accuracy": float(skm.accuracy_score(y, pred)) if len(y) else 0.0,
         "auc": roc_auc(y, s),
         "precision": precision,
         "recall": recall,
@@ -162,20 +147,17 @@ def multilabel_metrics(
     s = np.asarray(probs, dtype=np.float64)
     names = list(class_names) if class_names else [str(i) for i in range(y.shape[1])]
     pred = (s >= threshold).astype(int)
-    tp = (pred & y).sum(axis=0)
-    fp = (pred & (1 - y)).sum(axis=0)
-    fn = ((1 - pred) & y).sum(axis=0)
-    precision, recall, f1 = _prf(tp, fp, fn)
+    precision, recall, f1, _ = _prf(y, pred)
     aucs = [roc_auc(y[:, i], s[:, i]) for i in range(y.shape[1])]
     valid = [a for a in aucs if a is not None]
-    _, _, micro_f1 = _prf(np.array(tp.sum()), np.array(fp.sum()), np.array(fn.sum()))
+    micro_f1 = skm.f1_score(y, pred, average="micro", zero_division=0)
     return {
         "task": "multilabel",
         "num_examples": int(len(y)),
         "macro_auc": float(np.mean(valid)) if valid else None,
         "micro_f1": float(micro_f1),
         "macro_f1": float(f1.mean()),
-        "subset_accuracy": float((pred == y).all(axis=1).mean()),
+        "subset_accuracy": float(skm.accuracy_score(y, pred)),
         "threshold": threshold,
         "per_class": {
             c: {
@@ -200,21 +182,17 @@ def regression_metrics(y_true: np.ndarray, preds: np.ndarray) -> dict[str, Any]:
     """
     y = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)
     p = np.asarray(preds, dtype=np.float64).reshape(len(preds), -1)
-    err = p - y
-    var = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
-    r2 = 1.0 - _safe_div((err**2).sum(axis=0), var)
+    mae = skm.mean_absolute_error(y, p, multioutput="raw_values")
+    mse = skm.mean_squared_error(y, p, multioutput="raw_values")
+    r2 = skm.r2_score(y, p, multioutput="raw_values") if len(y) > 1 else np.zeros(y.shape[1])
     return {
         "task": "regression",
         "num_examples": int(len(y)),
-        "mae": float(np.abs(err).mean()),
-        "rmse": float(np.sqrt((err**2).mean())),
+        "mae": float(mae.mean()),
+        "rmse": float(np.sqrt(mse.mean())),
         "r2": float(r2.mean()),
         "per_output": [
-            {
-                "mae": float(np.abs(err[:, i]).mean()),
-                "rmse": float(np.sqrt((err[:, i] ** 2).mean())),
-                "r2": float(r2[i]),
-            }
+            {"mae": float(mae[i]), "rmse": float(np.sqrt(mse[i])), "r2": float(r2[i])}
             for i in range(y.shape[1])
         ],
     }

