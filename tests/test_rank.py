@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from kerastl._errors import ConfigError
 from kerastl.decide import knn_loo_accuracy, linear_probe_accuracy, logme, pareto_flags
 from kerastl.decide._advise import decide
 from kerastl.decide._rank import RankTable
@@ -170,3 +171,19 @@ def test_logme_ranks_pretrained_lite0_above_random_init(tmp_path, capsys):
     assert scores["efficientnet_lite0"] > scores["efficientnet_lite0@random"] + 0.1, scores
     assert [r["candidate"] for r in out["rows"]][0] == "efficientnet_lite0"
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_config_overrides_carry_out_the_advice():
+    from kerastl.decide import config_overrides
+
+    fe = config_overrides(decide(3, 10, 0.9, [], 0.5, 5))
+    assert fe["model"]["freeze"] == "backbone" and fe["finetune"] == {"epochs": 0}
+    part = config_overrides(decide(20, 10, 0.5, [0.0, 0.9, 0.1, 0.2], 0.5, 5), 7)
+    assert part["finetune"] == {"epochs": 7, "freeze": "last:3", "learning_rate": 1e-4}
+
+
+def test_strategy_from_names_its_choices():
+    from kerastl.decide import resolve_strategy_from
+
+    with pytest.raises(ConfigError, match="strategy_from.*'advise'"):
+        resolve_strategy_from({"strategy_from": "guess", "model": {"backbone": "resnet50"}})

@@ -30,6 +30,8 @@ _LAZY = {
     "features_of": "kerastl.decide._rank",
     "advise": "kerastl.decide._advise",
     "Advice": "kerastl.decide._advise",
+    "config_overrides": "kerastl.decide._advise",
+    "resolve_strategy_from": "kerastl.decide._advise",
 }
 
 

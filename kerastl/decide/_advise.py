@@ -182,3 +182,66 @@ def advise(
         }
     )
     return a
+
+
+def config_overrides(a: Advice, finetune_epochs: int = 10) -> dict[str, dict[str, Any]]:
+    """The run-config sections (``kerastl train``) that carry out advice ``a``.
+
+    Example:
+        >>> a = decide(20, 10, 0.5, [0.0, 0.1], 0.5, 5)
+        >>> config_overrides(a)["finetune"]
+        {'epochs': 10, 'freeze': 'last:2', 'learning_rate': 0.0003}
+        >>> config_overrides(decide(3, 10, 0.5, [], 0.5, 5))["finetune"]
+        {'epochs': 0}
+    """
+    out: dict[str, dict[str, Any]] = {
+        "model": {"freeze": "backbone"},
+        "train": {"learning_rate": a.head_learning_rate},
+    }
+    if a.groups == 0:
+        out["finetune"] = {"epochs": 0}
+    else:
+        out["finetune"] = {
+            "epochs": finetune_epochs,
+            "freeze": a.freeze,
+            "learning_rate": a.finetune_learning_rate,
+        }
+    return out
+
+
+def resolve_strategy_from(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A run config with ``strategy_from: advise`` turned into the advised keys.
+
+    The advice is measured on the config's training data; ``finetune.epochs``
+    keeps the user's value when it is set above 0. A config without the key is
+    returned unchanged (a copy).
+
+    Example:
+        >>> resolve_strategy_from({"model": {"backbone": "resnet50"}})
+        {'model': {'backbone': 'resnet50'}}
+    """
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    how = cfg.pop("strategy_from", None)
+    if how is None:
+        return cfg
+    if how != "advise":
+        from kerastl._errors import choice_error
+
+        raise choice_error("strategy_from", how, ["advise"])
+    from kerastl.train import validate_config
+    from kerastl.train._trainer import load_examples
+    from kerastl.zoo import get_spec
+
+    v = validate_config(copy.deepcopy(cfg))
+    train_ex, _ = load_examples(v)
+    m = v["model"]
+    size = m["input_size"]
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    a = advise(train_ex, m["backbone"], m["weights"], size or get_spec(m["backbone"]).input_size)
+    epochs = (cfg.get("finetune") or {}).get("epochs") or 10
+    for section, values in config_overrides(a, epochs).items():
+        cfg.setdefault(section, {}).update(values)
+    print(a.text())
+    return cfg

@@ -33,6 +33,8 @@ class Candidate:
     def label(self) -> str:
         """The candidate as written on the command line (defaults left out)."""
         w = "" if self.weights == "imagenet" else f"@{self.weights or 'random'}"
+        if self.weights not in (None, "imagenet") and os.sep in self.weights:
+            w = "@…/" + "/".join(os.path.normpath(self.weights).split(os.sep)[-2:])
         return f"{self.name}{w}" + ("" if self.tap is None else f":tap{self.tap}")
 
     @property

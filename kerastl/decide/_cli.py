@@ -34,6 +34,9 @@ def add_rank_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="tflite", help=f"cost runtime: {', '.join(RUNTIMES)}")
     p.add_argument("--score", default="logme", help=f"sort by: {', '.join(ESTIMATORS)}")
     p.add_argument("--plot", default=None, help="write score vs latency to this .png")
+    p.add_argument(
+        "--tokenizer", default=None, help="text: preset folder for random-init candidates' vocab"
+    )
 
 
 def add_advise_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,11 +78,18 @@ def check_rank(args: argparse.Namespace) -> list:
             raise ConfigError(f"--plot: expected a .png, .svg or .pdf path, got {args.plot!r}.")
         if not os.path.isdir(parent):
             raise ConfigError(f"--plot: the folder {parent!r} does not exist.")
+    if args.tokenizer is not None and not os.path.isdir(args.tokenizer):
+        raise ConfigError(f"--tokenizer: expected a preset folder, got {args.tokenizer!r}.")
     return parse_candidates(args.candidates)
 
 
 def _build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {} if args.sequence_length is None else {"sequence_length": args.sequence_length}
+    kw: dict[str, Any] = {}
+    if args.sequence_length is not None:
+        kw["sequence_length"] = args.sequence_length
+    if getattr(args, "tokenizer", None):
+        kw["tokenizer"] = args.tokenizer
+    return kw
 
 
 def _load(path: str) -> Any:

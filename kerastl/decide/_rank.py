@@ -66,8 +66,10 @@ def features_of(
     from kerastl.train._cache import FeatureCache, feature_batch_size
 
     keras.utils.set_random_seed(seed)
-    model, feature_model = candidate_model(c, len(examples.class_names), input_size, **kw)
     text = examples.modality == "text"
+    if c.weights is not None or not text:
+        kw = {k: v for k, v in kw.items() if k != "tokenizer"}  # only random-init text needs it
+    model, feature_model = candidate_model(c, len(examples.class_names), input_size, **kw)
     size = None if text else (input_size, input_size)
     bs = feature_batch_size(size, 16)
     ds = kdata.make_dataset(examples, image_size=None if text else input_size, batch_size=bs)
@@ -91,7 +93,11 @@ def measure_cost(
             report = kerastl.export(model, tmp, formats=[runtime], latency_runs=1)
             art = next(a for a in report["artifacts"] if a["format"] == runtime)
             loaded = kerastl.load_artifact(os.path.join(tmp, art["path"]))
-            latency = loaded.latency_ms(sample[:1], runs=20, warmup=3)
+            from kerastl.export._modality import get_modality
+
+            # raw input -> the runtime's input (text: token ids; tokenising is not timed)
+            x, _ = get_modality(loaded.metadata).coerce(sample[:1], "inputs")
+            latency = loaded.latency_ms(x, runs=20, warmup=3)
             _COSTS[key] = (art["size_bytes"] / 1e6, latency)
     return _COSTS[key]
 
@@ -170,7 +176,8 @@ def rank(
         estimators: Estimators computed (``by`` is always among them).
         cache: ``"memory"`` or ``"disk"`` feature cache.
         progress: Show a progress bar across candidates.
-        **build_kwargs: Passed to :func:`kerastl.build` (e.g. ``sequence_length``).
+        **build_kwargs: Passed to :func:`kerastl.build` (e.g. ``sequence_length``;
+            ``tokenizer``: a preset folder whose vocabulary random-init text candidates use).
 
     Example:
         >>> from sklearn.datasets import load_digits
