@@ -192,6 +192,41 @@ def check_advice(tr_ex, tr, te, acc: dict, e_head: int, e_ft: int) -> dict:
     }  # fmt: skip
 
 
+def rescore(results: list[dict], quick: bool) -> list[dict]:
+    """Recompute every score (new feature pass) against the stored accuracies and costs."""
+    from scipy.stats import kendalltau
+
+    from kerastl import data as kdata
+    from kerastl.decide import pareto_flags, rank
+    from kerastl.train.demo import _split
+
+    chosen = tasks(quick)
+    for r in results:
+        x, y, shots, held, about = chosen[r["task"]]
+        tri, _ = _split(y, shots, held, seed=0)
+        ex = kdata.from_numpy(x, y, class_names=[str(c) for c in np.unique(y)], source=about)
+        t0 = time.perf_counter()
+        new = rank(ex.subset(tri), list(r["accuracy"]), input_size=SIZE, runtime="none")
+        r["rank_seconds"]["features_and_scores"] = time.perf_counter() - t0
+        old = {row["candidate"]: row for row in r["rank_rows"]}
+        for row in new.rows:
+            row["size_mb"], row["latency_ms"] = (
+                old[row["candidate"]][k] for k in ("size_mb", "latency_ms")
+            )
+        flags = pareto_flags([q["logme"] for q in new.rows], [q["latency_ms"] for q in new.rows])
+        for row, f in zip(new.rows, flags):
+            row["pareto"] = f
+        r["rank_rows"] = new.rows
+        labels = list(r["accuracy"])
+        target = [r["accuracy"][k]["ft"] for k in labels]
+        rows = {q["candidate"]: q for q in new.rows}
+        r["tau"] = {
+            e: float(kendalltau([rows[k][e] for k in labels], target)[0])
+            for e in ("logme", "knn", "probe")
+        }
+    return results
+
+
 def markdown(results: list[dict], command: str, runtime: str) -> str:
     """The RESULTS.md section: tau table, cost ratio, advice table."""
     lines = ["## Rank and advise: transferability vs two-phase accuracy", "", f"`{command}`", ""]
@@ -255,8 +290,21 @@ def main() -> int:
     p.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     p.add_argument("--json", default=str(Path(__file__).with_name("rank_results.json")))
     p.add_argument("--tasks", default="", help="comma-separated subset of the tasks")
+    p.add_argument(
+        "--rescore",
+        default="",
+        help="a results JSON: redo the feature pass and scores, keep its accuracies and costs",
+    )
     args = p.parse_args()
     results, t0 = [], time.perf_counter()
+    if args.rescore:
+        results = rescore(json.loads(Path(args.rescore).read_text()), args.quick)
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        md = markdown(results, "python bench/rank.py " + " ".join(sys.argv[1:]), args.runtime)
+        print(md)
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write("\n" + md)
+        return 0
     chosen = tasks(args.quick)
     keep = [t for t in args.tasks.split(",") if t] or list(chosen)
     for name in keep:

@@ -53,7 +53,8 @@ def test_logme_invariances():
     assert logme(f[:, rng.permutation(8)], y) == pytest.approx(base, rel=1e-6)  # of dims
     assert logme(f @ q, y) == pytest.approx(base, rel=1e-6)  # any rotation
     assert logme(f, (y + 1) % 4 + 10) == pytest.approx(base, rel=1e-6)  # class names
-    assert logme(f * 7.0, y) == pytest.approx(base, rel=1e-4)  # feature scale
+    for scale in (7.0, 1e-12, 1e9):  # feature scale, down to collapsed random-init features
+        assert logme(f * scale, y) == pytest.approx(base, rel=1e-4)
 
 
 def test_logme_is_label_sensitive():

@@ -59,7 +59,7 @@ def _evidence(
     for _ in range(max_iter):
         shrink = beta * sigma / (alpha + beta * sigma)
         gamma = float(shrink.sum())
-        m_sq = float(np.sum(shrink**2 * z**2 / np.maximum(sigma, eps)))  # ||m||^2
+        m_sq = float(np.sum(shrink**2 * z**2 / sigma))  # ||m||^2 (sigma > 0: rank cut)
         res = float(np.sum((alpha / (alpha + beta * sigma)) ** 2 * z**2)) + outside
         new_alpha = gamma / (m_sq + eps)
         new_beta = max(n - gamma, eps) / (res + eps)
@@ -68,7 +68,7 @@ def _evidence(
         if done:
             break
     shrink = beta * sigma / (alpha + beta * sigma)
-    m_sq = float(np.sum(shrink**2 * z**2 / np.maximum(sigma, eps)))
+    m_sq = float(np.sum(shrink**2 * z**2 / sigma))
     res = float(np.sum((alpha / (alpha + beta * sigma)) ** 2 * z**2)) + outside
     logdet = float(np.sum(np.log(alpha + beta * sigma))) + (d - r) * np.log(alpha)
     ev = (
@@ -102,7 +102,12 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     """
     f, y = _check(features, labels)
     n, d = f.shape
-    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    rms = float(np.sqrt(np.mean(f**2)))
+    if rms == 0.0:
+        raise DataError("features: all zero; nothing to score.")
+    # The evidence is exactly invariant to the features' scale (alpha absorbs it); dividing
+    # by the RMS keeps the fixed point well conditioned for tiny (1e-12) or huge features.
+    u, s, _ = np.linalg.svd(f / rms, full_matrices=False)
     keep = s > s.max() * max(n, d) * np.finfo(np.float64).eps if s.size else s > 0
     u, sigma = u[:, keep], s[keep] ** 2
     scores = []
