@@ -220,6 +220,8 @@ def rescore(results: list[dict], quick: bool) -> list[dict]:
         labels = list(r["accuracy"])
         target = [r["accuracy"][k]["ft"] for k in labels]
         rows = {q["candidate"]: q for q in new.rows}
+        guard = [-np.inf if rows[k]["collapsed"] else rows[k]["logme"] for k in labels]
+        r["tau_guarded"] = float(kendalltau(guard, target)[0])
         r["tau"] = {
             e: float(kendalltau([rows[k][e] for k in labels], target)[0])
             for e in ("logme", "knn", "probe")
@@ -231,27 +233,29 @@ def markdown(results: list[dict], command: str, runtime: str) -> str:
     """The RESULTS.md section: tau table, cost ratio, advice table."""
     lines = ["## Rank and advise: transferability vs two-phase accuracy", "", f"`{command}`", ""]
     lines += ["Kendall's tau between each score and the two-phase held-out accuracy:", ""]
-    lines += ["| task | train / held-out | candidates | tau LogME | tau kNN | tau probe |"]
-    lines += ["|---|---|---|---|---|---|"]
+    lines += ["| task | train / held-out | candidates | tau LogME | tau kNN | tau probe | "
+              "tau LogME, collapsed last |"]  # fmt: skip
+    lines += ["|---|---|---|---|---|---|---|"]
     for r in results:
-        t = r["tau"]
+        t, g = r["tau"], r.get("tau_guarded")
         lines.append(
             f"| {r['task']} | {r['train']} / {r['held_out']} | {len(r['accuracy'])} | "
-            f"{t['logme']:.2f} | {t['knn']:.2f} | {t['probe']:.2f} |"
+            f"{t['logme']:.2f} | {t['knn']:.2f} | {t['probe']:.2f} | "
+            + ("-" if g is None else f"{g:.2f}")
+            + " |"
         )
     for r in results:
         lines += ["", f"{r['task']} ({r['about']}):", ""]
-        lines += [
-            "| candidate | LogME | kNN | probe | MB | ms | Pareto | feat. extr. | two-phase |"
-        ]
-        lines += ["|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| candidate | LogME | kNN | probe | feature RMS | MB | ms | Pareto | "
+                  "feat. extr. | two-phase |"]  # fmt: skip
+        lines += ["|---|---|---|---|---|---|---|---|---|---|"]
         for row in r["rank_rows"]:
             a = r["accuracy"][row["candidate"]]
             mb = "-" if row["size_mb"] is None else f"{row['size_mb']:.1f}"
             ms = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f}"
             lines.append(
                 f"| {row['candidate']} | {row['logme']:.3f} | {row['knn']:.3f} | "
-                f"{row['probe']:.3f} | {mb} | {ms} | {'yes' if row['pareto'] else ''} | "
+                f"{row['probe']:.3f} | {row.get('feature_rms', float('nan')):.2g} | {mb} | {ms} | {'yes' if row['pareto'] else ''} | "
                 f"{a['fe']:.3f} | {a['ft']:.3f} |"
             )
     lines += ["", f"Cost (same process; cost column = {runtime} export + batch-1 latency):", ""]

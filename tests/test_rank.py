@@ -155,22 +155,27 @@ def test_cli_checks_arguments_without_tensorflow():
 
 
 def test_logme_ranks_pretrained_lite0_above_random_init(tmp_path, capsys):
-    """Real ImageNet weights vs random init, 100 real digits at 64 px, through the CLI."""
+    """Real ImageNet weights vs random init on 80 real LFW photos at 64 px, through the CLI.
+
+    With these labels the two-phase recipe reaches 0.98 with the ImageNet weights and
+    chance with random init (bench/RESULTS.md); LogME must say so, and the random-init
+    features (about 1e-12 in size: BatchNorm frozen at its initial statistics) are flagged.
+    """
     pytest.importorskip("tensorflow")
     from kerastl.cli import main
-    from kerastl.train.demo import load_digits_uint8
+    from kerastl.train.demo import load_faces_uint8
 
-    x, y = load_digits_uint8()
-    idx = np.concatenate([np.flatnonzero(y == c)[:10] for c in range(10)])
-    data = tmp_path / "digits.npz"
+    x, y = load_faces_uint8()
+    idx = np.concatenate([np.flatnonzero(y == c)[:40] for c in (0, 1)])
+    data = tmp_path / "faces.npz"
     np.savez(data, x=x[idx], y=y[idx])
     argv = ["rank", str(data), "--candidates", "efficientnet_lite0,efficientnet_lite0@random"]
     argv += ["--input-size", "64", "--runtime", "none", "--json", "--plot", str(tmp_path / "r.png")]
     assert main(argv) == 0
-    out = json.loads(capsys.readouterr().out)
-    scores = {r["candidate"]: r["logme"] for r in out["rows"]}
-    assert scores["efficientnet_lite0"] > scores["efficientnet_lite0@random"] + 0.1, scores
-    assert [r["candidate"] for r in out["rows"]][0] == "efficientnet_lite0"
+    rows = {r["candidate"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    pre, rnd = rows["efficientnet_lite0"], rows["efficientnet_lite0@random"]
+    assert pre["logme"] > rnd["logme"] + 0.2, (pre["logme"], rnd["logme"])
+    assert not pre["collapsed"] and rnd["collapsed"], (pre["feature_rms"], rnd["feature_rms"])
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 

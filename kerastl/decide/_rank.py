@@ -21,6 +21,11 @@ import numpy as np
 from kerastl.decide._candidates import Candidate, check_runtime, parse_candidates
 from kerastl.decide._scores import ESTIMATORS, pareto_flags, score
 
+#: Feature RMS below which a candidate is "collapsed": its frozen features are numerically
+#: near zero (e.g. random init with BatchNorm frozen at its initial statistics), so a head
+#: trained on the raw features cannot learn, whatever the scale-invariant scores say.
+COLLAPSED_RMS = 1e-6
+
 _COSTS: dict[tuple[str, int, str], tuple[float | None, float | None]] = {}
 
 
@@ -122,8 +127,12 @@ class RankTable:
                 f"{r['candidate']:34} {r['logme']:7.3f} {r.get('knn', float('nan')):6.3f} "
                 f"{r.get('probe', float('nan')):6.3f} {mb:>6} {ms:>7}  "
                 + ("*" if r["pareto"] else "")
+                + (" collapsed" if r.get("collapsed") else "")
             )
-        lines.append(f"(sorted by {self.by}; cost: {self.runtime}, batch 1; * = Pareto)")
+        lines.append(
+            f"(sorted by {self.by}, collapsed features last; cost: {self.runtime}, batch 1; "
+            "* = Pareto)"
+        )
         return "\n".join(lines)
 
     def json(self) -> str:
@@ -205,7 +214,9 @@ def rank(
     for c in tqdm(cands, desc="kerastl rank", unit="model", disable=not progress):
         t0 = time.perf_counter()
         x, y, model = features_of(c, examples, input_size, cache, **build_kwargs)
-        row = {"candidate": c.label, "dim": int(x.shape[1])}
+        rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+        row = {"candidate": c.label, "dim": int(x.shape[1]), "feature_rms": rms}
+        row["collapsed"] = rms < COLLAPSED_RMS
         row.update({e: score(x, y, e) for e in estimators})
         t1 = time.perf_counter()
         sample = _sample(examples, input_size)
@@ -214,8 +225,8 @@ def rank(
         rows.append(row)
     flags = pareto_flags([r[by] for r in rows], [r["latency_ms"] for r in rows])
     for r, f in zip(rows, flags):
-        r["pareto"] = f
-    rows.sort(key=lambda r: -r[by])
+        r["pareto"] = f and not r["collapsed"]
+    rows.sort(key=lambda r: (r["collapsed"], -r[by]))
     return RankTable(rows, by, runtime, {"features_and_scores": t_feat, "cost": t_cost})
 
 
