@@ -215,7 +215,7 @@ def rescore(results: list[dict], quick: bool) -> list[dict]:
             )
         flags = pareto_flags([q["logme"] for q in new.rows], [q["latency_ms"] for q in new.rows])
         for row, f in zip(new.rows, flags):
-            row["pareto"] = f
+            row["pareto"] = f and not row["collapsed"]
         r["rank_rows"] = new.rows
         labels = list(r["accuracy"])
         target = [r["accuracy"][k]["ft"] for k in labels]
