@@ -42,6 +42,8 @@ _LAZY = {
     "apply_l2sp": "kerastl.freeze",
     "export": "kerastl.export",
     "load_artifact": "kerastl.export",
+    "rank": "kerastl.decide._rank",
+    "advise": "kerastl.decide._advise",
 }
 
 

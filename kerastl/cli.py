@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kerastl.train._cli", "the main job: transfer learning vs scratch, then export"),
     "export": ("kerastl.export._cli", "export a .keras model to SavedModel/TFLite/ONNX"),
     "predict": ("kerastl.export._cli", "run an exported artifact or .keras model on inputs"),
+    "rank": ("kerastl.decide._cli", "rank candidate backbones on your data: score, size, latency"),
+    "advise": ("kerastl.decide._cli", "advise feature extraction / partial / full fine-tuning"),
 }
 
 

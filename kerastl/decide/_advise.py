@@ -1,0 +1,247 @@
+"""``kerastl.advise``: feature extraction, partial or full fine-tuning, from measurements.
+
+Two measurements on the user's labelled data, one feature pass each:
+
+* the label budget: labels in the smallest class;
+* domain similarity, read from the backbone's own layers: LogME of every
+  multi-scale tap and of the final features, and a cross-validated linear
+  probe of the final features. When the final features score best, what the
+  backbone learnt at the top transfers (a near domain); when an earlier tap
+  scores higher, the layers above it are specific to the source data (a far
+  domain) and are the ones to retrain.
+
+The decision (:func:`decide`) is pure and documented by its reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kerastl.decide._scores import linear_probe_accuracy, logme
+
+#: Smallest class size below which no backbone weight is trained.
+MIN_SHOTS_TO_TUNE = 5
+#: Chance-corrected probe accuracy above which frozen features are "already separable".
+SEPARABLE = 0.8
+#: Labels per class from which full fine-tuning of a far domain is advised.
+FULL_SHOTS = 100
+
+
+@dataclass
+class Advice:
+    """A strategy with its learning rates and one reason per line."""
+
+    strategy: str  # "feature_extraction" | "partial_finetune" | "full_finetune"
+    groups: int  # backbone groups to fine-tune (0 = frozen)
+    head_learning_rate: float
+    finetune_learning_rate: float | None
+    freeze: str  # the kerastl freeze policy of the fine-tuning phase
+    reasons: list[str] = field(default_factory=list)
+    measurements: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """The advice as lines of text."""
+        lr = (
+            ""
+            if self.finetune_learning_rate is None
+            else f", fine-tune lr {self.finetune_learning_rate:g}"
+        )
+        lines = [
+            f"advice: {self.strategy} (freeze {self.freeze}; head lr {self.head_learning_rate:g}{lr})"
+        ]
+        return "\n".join(lines + [f"  - {r}" for r in self.reasons])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def decide(
+    shots: int,
+    n_classes: int,
+    probe: float,
+    tap_logme: list[float],
+    final_logme: float,
+    n_groups: int,
+) -> Advice:
+    """The strategy from the measurements (no TensorFlow).
+
+    Args:
+        shots: Labels in the smallest class.
+        n_classes: Classes.
+        probe: Linear-probe CV accuracy of the frozen final features.
+        tap_logme: LogME of each earlier tap, shallow to deep (may be empty).
+        final_logme: LogME of the final features.
+        n_groups: Layer groups of the backbone.
+
+    Example:
+        >>> decide(3, 10, 0.5, [0.1], 0.2, 5).strategy
+        'feature_extraction'
+        >>> a = decide(20, 10, 0.6, [-0.1, 0.4, 0.1], 0.2, 5)
+        >>> a.strategy, a.groups
+        ('partial_finetune', 2)
+    """
+    chance = 1.0 / n_classes
+    sep = (probe - chance) / (1 - chance)
+    why = [f"{shots} labels in the smallest class of {n_classes}"]
+    why.append(f"frozen final features: linear probe {probe:.2f} (chance {chance:.2f})")
+    best = int(np.argmax([*tap_logme, final_logme]))
+    near = best == len(tap_logme)
+    if tap_logme:
+        why.append(
+            "final features score best (LogME): the top layers transfer, a near domain"
+            if near
+            else f"tap {best} scores above the final features (LogME {tap_logme[best]:.3f} > "
+            f"{final_logme:.3f}): the layers above it are specific to the source data"
+        )
+    if shots < MIN_SHOTS_TO_TUNE:
+        why.append(f"fewer than {MIN_SHOTS_TO_TUNE} labels per class: fine-tuning would overfit")
+        return _advice(0, n_groups, why, sep, best)
+    if near and sep >= SEPARABLE:
+        why.append(f"frozen features already separate the classes ({sep:.2f} >= {SEPARABLE})")
+        return _advice(1 if shots >= FULL_SHOTS else 0, n_groups, why, sep, best)
+    if near:
+        groups = max(1, n_groups // 2)
+        why.append(f"features not separable enough ({sep:.2f} < {SEPARABLE}): tune the top half")
+        return _advice(groups, n_groups, why, sep, best)
+    groups = min(n_groups, len(tap_logme) - best)
+    if shots >= FULL_SHOTS and groups > n_groups // 2:
+        why.append(f"{shots} >= {FULL_SHOTS} labels per class and a far domain: tune everything")
+        groups = n_groups
+    else:
+        why.append(f"retrain the {groups} group(s) above the best tap")
+    return _advice(groups, n_groups, why, sep, best)
+
+
+def _advice(groups: int, n_groups: int, why: list[str], sep: float, best: int) -> Advice:
+    meas = {"separability": sep, "best_layer": best}
+    if groups == 0:
+        return Advice("feature_extraction", 0, 1e-2, None, "backbone", why, meas)
+    if groups >= n_groups:
+        why.append("all layers move: the lowest rate, 1e-4")
+        return Advice("full_finetune", n_groups, 1e-2, 1e-4, "none", why, meas)
+    lr = 3e-4 if groups <= 2 else 1e-4
+    why.append(f"{groups} of {n_groups} groups move: fine-tune rate {lr:g} after the head")
+    return Advice("partial_finetune", groups, 1e-2, lr, f"last:{groups}", why, meas)
+
+
+def advise(
+    examples: Any,
+    backbone: str,
+    weights: str | None = "imagenet",
+    input_size: int = 64,
+    cache: str = "memory",
+    **build_kwargs: Any,
+) -> Advice:
+    """Measure the data against ``backbone`` and advise a fine-tuning strategy.
+
+    Args:
+        examples: Labelled :class:`kerastl.data.Examples` or ``(x, y)`` arrays.
+        backbone: Registry name.
+        weights: Its pretrained weights (``"imagenet"``, a path).
+        input_size: Side images are resized to.
+        cache: ``"memory"`` or ``"disk"`` feature cache.
+        **build_kwargs: Passed to :func:`kerastl.build`.
+
+    Example:
+        >>> a = kerastl.advise((x, y), "efficientnet_lite0", input_size=64)  # doctest: +SKIP
+        >>> print(a.text())  # doctest: +SKIP
+    """
+    from kerastl import data as kdata
+    from kerastl.decide._candidates import Candidate
+    from kerastl.decide._rank import features_of
+    from kerastl.zoo import get_spec
+
+    if isinstance(examples, tuple):
+        examples = kdata.from_numpy(np.asarray(examples[0]), np.asarray(examples[1]))
+    spec = get_spec(backbone)
+    x, y, _ = features_of(
+        Candidate(spec.name, weights), examples, input_size, cache, **build_kwargs
+    )
+    final, probe = logme(x, y), linear_probe_accuracy(x, y)
+    taps = []
+    last = len(spec.taps) - 1 if spec.taps and spec.taps[-1].channels == x.shape[1] else None
+    for k in range(len(spec.taps)):
+        if k == last:
+            continue
+        xk, _, _ = features_of(Candidate(spec.name, weights, k), examples, input_size, cache)
+        taps.append(logme(xk, y))
+    shots = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
+    n_groups = len(spec.groups) or 1
+    a = decide(shots, len(np.unique(y)), probe, taps, final, n_groups)
+    a.measurements.update(
+        {
+            "shots": shots,
+            "probe": probe,
+            "final_logme": final,
+            "tap_logme": taps,
+            "groups": n_groups,
+        }
+    )
+    return a
+
+
+def config_overrides(a: Advice, finetune_epochs: int = 10) -> dict[str, dict[str, Any]]:
+    """The run-config sections (``kerastl train``) that carry out advice ``a``.
+
+    Example:
+        >>> a = decide(20, 10, 0.5, [0.0, 0.1], 0.5, 5)
+        >>> config_overrides(a)["finetune"]
+        {'epochs': 10, 'freeze': 'last:2', 'learning_rate': 0.0003}
+        >>> config_overrides(decide(3, 10, 0.5, [], 0.5, 5))["finetune"]
+        {'epochs': 0}
+    """
+    out: dict[str, dict[str, Any]] = {
+        "model": {"freeze": "backbone"},
+        "train": {"learning_rate": a.head_learning_rate},
+    }
+    if a.groups == 0:
+        out["finetune"] = {"epochs": 0}
+    else:
+        out["finetune"] = {
+            "epochs": finetune_epochs,
+            "freeze": a.freeze,
+            "learning_rate": a.finetune_learning_rate,
+        }
+    return out
+
+
+def resolve_strategy_from(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A run config with ``strategy_from: advise`` turned into the advised keys.
+
+    The advice is measured on the config's training data; ``finetune.epochs``
+    keeps the user's value when it is set above 0. A config without the key is
+    returned unchanged (a copy).
+
+    Example:
+        >>> resolve_strategy_from({"model": {"backbone": "resnet50"}})
+        {'model': {'backbone': 'resnet50'}}
+    """
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    how = cfg.pop("strategy_from", None)
+    if how is None:
+        return cfg
+    if how != "advise":
+        from kerastl._errors import choice_error
+
+        raise choice_error("strategy_from", how, ["advise"])
+    from kerastl.train import validate_config
+    from kerastl.train._trainer import load_examples
+    from kerastl.zoo import get_spec
+
+    v = validate_config(copy.deepcopy(cfg))
+    train_ex, _ = load_examples(v)
+    m = v["model"]
+    size = m["input_size"]
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    a = advise(train_ex, m["backbone"], m["weights"], size or get_spec(m["backbone"]).input_size)
+    epochs = (cfg.get("finetune") or {}).get("epochs") or 10
+    for section, values in config_overrides(a, epochs).items():
+        cfg.setdefault(section, {}).update(values)
+    print(a.text())
+    return cfg

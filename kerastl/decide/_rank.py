@@ -1,0 +1,246 @@
+"""``kerastl.rank``: score candidate backbones on the user's data and measure their cost.
+
+One feature pass per candidate (through kerastl's training feature cache, so a
+repeated rank or a later ``kerastl train`` with ``cache_features`` reuses it),
+then the transferability scores of :mod:`kerastl.decide._scores`, then the cost
+on the target runtime: the exported file's size and its batch-1 latency,
+measured once per architecture (weights do not change either).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kerastl.decide._candidates import Candidate, check_runtime, parse_candidates
+from kerastl.decide._scores import ESTIMATORS, pareto_flags, score
+
+#: Feature RMS below which a candidate is "collapsed": its frozen features are numerically
+#: near zero (e.g. random init with BatchNorm frozen at its initial statistics), so a head
+#: trained on the raw features cannot learn, whatever the scale-invariant scores say.
+COLLAPSED_RMS = 1e-6
+
+_COSTS: dict[tuple[str, int, str], tuple[float | None, float | None]] = {}
+
+
+def candidate_model(c: Candidate, num_classes: int, input_size: int, **kw: Any):
+    """``(full_model, feature_model)``: a kerastl classifier and its pooled-feature part."""
+    import keras
+
+    import kerastl
+    from kerastl.train._cache import split_model
+
+    spec = kerastl.get_spec(c.name)
+    shape = (input_size, input_size, 3) if spec.modality == "image" else None
+    if c.tap is None:
+        model = kerastl.build(
+            c.name, num_classes=num_classes, weights=c.weights, input_shape=shape, **kw
+        )
+        return model, split_model(model)[0]
+    fm = kerastl.build(
+        c.name, weights=c.weights, input_shape=shape, features_only=True, out_indices=[c.tap]
+    )
+    out = fm.outputs[0] if isinstance(fm.outputs, list) else fm.outputs
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(out)
+    feature_model = keras.Model(fm.inputs, pooled, name=f"{c.name}_tap{c.tap}")
+    probs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(pooled)
+    return keras.Model(fm.inputs, probs, name=feature_model.name + "_clf"), feature_model
+
+
+def features_of(
+    c: Candidate,
+    examples: Any,
+    input_size: int,
+    cache: str = "memory",
+    seed: int = 0,
+    **kw: Any,
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """``(features, labels, full_model)`` of ``examples`` under candidate ``c`` (cached).
+
+    ``seed`` fixes random-init weights, so a rerun (or a later fine-tune) sees the same.
+    """
+    import keras
+
+    from kerastl import data as kdata
+    from kerastl.train._cache import FeatureCache, feature_batch_size
+
+    keras.utils.set_random_seed(seed)
+    text = examples.modality == "text"
+    if c.weights is not None or not text:
+        kw = {k: v for k, v in kw.items() if k != "tokenizer"}  # only random-init text needs it
+    model, feature_model = candidate_model(c, len(examples.class_names), input_size, **kw)
+    size = None if text else (input_size, input_size)
+    bs = feature_batch_size(size, 16)
+    ds = kdata.make_dataset(examples, image_size=None if text else input_size, batch_size=bs)
+    x, y = FeatureCache(cache).get(
+        model, feature_model, examples.fingerprint(), ds, verbose=0, label=c.label
+    )
+    return x.reshape(len(x), -1), y, model
+
+
+def measure_cost(
+    c: Candidate, model: Any, input_size: int, runtime: str, sample: Any
+) -> tuple[float | None, float | None]:
+    """``(size_mb, latency_ms)`` of ``model`` exported to ``runtime`` (batch 1), per architecture."""
+    key = (c.arch_key, input_size, runtime)
+    if runtime == "none":
+        return None, None
+    if key not in _COSTS:
+        import kerastl
+
+        with tempfile.TemporaryDirectory(prefix="kerastl-rank-") as tmp:
+            report = kerastl.export(model, tmp, formats=[runtime], latency_runs=1)
+            art = next(a for a in report["artifacts"] if a["format"] == runtime)
+            loaded = kerastl.load_artifact(os.path.join(tmp, art["path"]))
+            from kerastl.export._modality import get_modality
+
+            # raw input -> the runtime's input (text: token ids; tokenising is not timed)
+            x, _ = get_modality(loaded.metadata).coerce(sample[:1], "inputs")
+            latency = loaded.latency_ms(x, runs=20, warmup=3)
+            _COSTS[key] = (art["size_bytes"] / 1e6, latency)
+    return _COSTS[key]
+
+
+@dataclass
+class RankTable:
+    """Rows sorted by the chosen score, best first; ``.text()``, ``.json()``, ``.plot()``."""
+
+    rows: list[dict[str, Any]]
+    by: str
+    runtime: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """A plain-text table."""
+        head = f"{'candidate':34} {'logme':>7} {'knn':>6} {'probe':>6} {'MB':>6} {'ms':>7}  pareto"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            mb = "-" if r["size_mb"] is None else f"{r['size_mb']:.1f}"
+            ms = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
+            lines.append(
+                f"{r['candidate']:34} {r['logme']:7.3f} {r.get('knn', float('nan')):6.3f} "
+                f"{r.get('probe', float('nan')):6.3f} {mb:>6} {ms:>7}  "
+                + ("*" if r["pareto"] else "")
+                + (" collapsed" if r.get("collapsed") else "")
+            )
+        lines.append(
+            f"(sorted by {self.by}, collapsed features last; cost: {self.runtime}, batch 1; "
+            "* = Pareto)"
+        )
+        return "\n".join(lines)
+
+    def json(self) -> str:
+        """The table as JSON."""
+        return json.dumps(
+            {"by": self.by, "runtime": self.runtime, "rows": self.rows, "seconds": self.seconds},
+            indent=1,
+        )
+
+    def plot(self, path: str) -> str:
+        """Score against latency (or rank position without a runtime), saved to ``path``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for i, r in enumerate(self.rows):
+            xv = r["latency_ms"] if r["latency_ms"] is not None else i
+            ax.scatter(xv, r[self.by], c="C1" if r["pareto"] else "C0")
+            ax.annotate(r["candidate"], (xv, r[self.by]), fontsize=7)
+        ax.set_xlabel(f"{self.runtime} latency (ms)" if self.runtime != "none" else "rank")
+        ax.set_ylabel(self.by)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def rank(
+    examples: Any,
+    candidates: Any,
+    input_size: int = 64,
+    runtime: str = "tflite",
+    by: str = "logme",
+    estimators: tuple[str, ...] = ESTIMATORS,
+    cache: str = "memory",
+    progress: bool = True,
+    **build_kwargs: Any,
+) -> RankTable:
+    """Score each candidate backbone on ``examples`` and measure its cost; best first.
+
+    Args:
+        examples: Labelled :class:`kerastl.data.Examples` (or ``(x, y)`` arrays).
+        candidates: ``"efficientnet_lite*,efficientnet_lite0@random"`` or a list
+            (see :mod:`kerastl.decide._candidates`).
+        input_size: Side images are resized to.
+        runtime: ``"tflite"``, ``"onnx"`` or ``"none"`` (no cost measured).
+        by: The estimator that sorts the table.
+        estimators: Estimators computed (``by`` is always among them).
+        cache: ``"memory"`` or ``"disk"`` feature cache.
+        progress: Show a progress bar across candidates.
+        **build_kwargs: Passed to :func:`kerastl.build` (e.g. ``sequence_length``;
+            ``tokenizer``: a preset folder whose vocabulary random-init text candidates use).
+
+    Example:
+        >>> from sklearn.datasets import load_digits
+        >>> d = load_digits()
+        >>> x = (d.images[:60] * 16).astype("uint8")
+        >>> t = kerastl.rank((x, d.target[:60]), "efficientnet_lite0,efficientnet_lite0@random",
+        ...                  input_size=32, runtime="none", progress=False)  # doctest: +SKIP
+        >>> t.rows[0]["candidate"]  # doctest: +SKIP
+        'efficientnet_lite0'
+    """
+    from tqdm.auto import tqdm
+
+    from kerastl import data as kdata
+
+    runtime = check_runtime(runtime)
+    if by not in ESTIMATORS:
+        from kerastl._errors import choice_error
+
+        raise choice_error("by", by, ESTIMATORS)
+    estimators = tuple(dict.fromkeys((by, *estimators)))
+    if isinstance(examples, tuple):
+        examples = kdata.from_numpy(np.asarray(examples[0]), np.asarray(examples[1]))
+    cands = parse_candidates(candidates) if not _is_parsed(candidates) else list(candidates)
+    rows, t_feat, t_cost = [], 0.0, 0.0
+    for c in tqdm(cands, desc="kerastl rank", unit="model", disable=not progress):
+        t0 = time.perf_counter()
+        x, y, model = features_of(c, examples, input_size, cache, **build_kwargs)
+        rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+        row = {"candidate": c.label, "dim": int(x.shape[1]), "feature_rms": rms}
+        row["collapsed"] = rms < COLLAPSED_RMS
+        row.update({e: score(x, y, e) for e in estimators})
+        t1 = time.perf_counter()
+        sample = _sample(examples, input_size)
+        row["size_mb"], row["latency_ms"] = measure_cost(c, model, input_size, runtime, sample)
+        t_feat, t_cost = t_feat + t1 - t0, t_cost + time.perf_counter() - t1
+        rows.append(row)
+    flags = pareto_flags([r[by] for r in rows], [r["latency_ms"] for r in rows])
+    for r, f in zip(rows, flags):
+        r["pareto"] = f and not r["collapsed"]
+    rows.sort(key=lambda r: (r["collapsed"], -r[by]))
+    return RankTable(rows, by, runtime, {"features_and_scores": t_feat, "cost": t_cost})
+
+
+def _is_parsed(candidates: Any) -> bool:
+    return isinstance(candidates, (list, tuple)) and all(
+        isinstance(c, Candidate) for c in candidates
+    )
+
+
+def _sample(examples: Any, input_size: int) -> Any:
+    """One raw input of ``examples`` as a batch of one (what the latency is measured on)."""
+    if examples.modality == "text":
+        return np.asarray([str(examples.x[0])])
+    from kerastl import data as kdata
+
+    x, _ = next(iter(kdata.make_dataset(examples.subset([0]), image_size=input_size)))
+    return np.asarray(x, dtype=np.float32)
