@@ -1,6 +1,6 @@
 """Does ``kerastl rank`` order backbones the way fine-tuning does, and is ``advise`` right?
 
-    python bench/rank.py [--quick] [--out bench/RESULTS.md]
+    python bench/rank.py [--quick] [--out bench/results_rank.md]
 
 Tasks (real data shipped in PyPI wheels, nothing downloaded):
 
@@ -287,11 +287,15 @@ def markdown(results: list[dict], command: str, runtime: str) -> str:
 
 
 def main() -> int:
-    """Run the benchmark; write JSON beside it and append a section to RESULTS.md."""
+    """Run the benchmark; write JSON beside it and its section (bench/results_rank.md)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one task, four candidates")
     p.add_argument("--runtime", default="tflite", choices=["tflite", "onnx", "none"])
-    p.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    p.add_argument(
+        "--out",
+        default=str(Path(__file__).with_name("results_rank.md")),
+        help="the section RESULTS.md includes (rewritten)",
+    )
     p.add_argument("--json", default=str(Path(__file__).with_name("rank_results.json")))
     p.add_argument("--tasks", default="", help="comma-separated subset of the tasks")
     p.add_argument(
@@ -306,8 +310,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
         md = markdown(results, "python bench/rank.py " + " ".join(sys.argv[1:]), args.runtime)
         print(md)
-        with open(args.out, "a", encoding="utf-8") as f:
-            f.write("\n" + md)
+        Path(args.out).write_text(md)
         return 0
     chosen = tasks(args.quick)
     keep = [t for t in args.tasks.split(",") if t] or list(chosen)
@@ -318,8 +321,7 @@ def main() -> int:
     md = markdown(results, cmd.strip(), args.runtime)
     md += f"\nTotal wall time {time.perf_counter() - t0:.0f} s.\n"
     print(md)
-    with open(args.out, "a", encoding="utf-8") as f:
-        f.write("\n" + md)
+    Path(args.out).write_text(md)
     return 0
 
 
