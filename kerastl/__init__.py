@@ -40,6 +40,9 @@ _LAZY = {
     "GradualUnfreezing": "kerastl.freeze",
     "discriminative_optimizer": "kerastl.freeze",
     "apply_l2sp": "kerastl.freeze",
+    "add_class": "kerastl.prototypes",
+    "add_examples": "kerastl.prototypes",
+    "forgetting_report": "kerastl.forgetting",
     "export": "kerastl.export",
     "load_artifact": "kerastl.export",
 }
