@@ -511,3 +511,84 @@ def finetune(
     apply_policy(model, "backbone")
     refit(model, x, ids, batch_size)
     return hist.history
+
+
+def _artifact_kind(path: Any) -> str:
+    from pathlib import Path
+
+    suffix = Path(path).suffix
+    if suffix not in (".tflite", ".onnx"):
+        raise choice_error("path", str(path), [".tflite", ".onnx"], what="file type")
+    return suffix[1:]
+
+
+def read_prototypes(path: Any) -> tuple[str, np.ndarray]:
+    """``(tensor name, rows)`` of the prototype tensor in an exported float32 file.
+
+    In TFLite it is the ``(num_classes, dim)`` constant of the ``logits`` layer's
+    ``MatMul``; in ONNX the ``(dim, num_classes)`` initializer ``.../logits/transpose:0``
+    (tf2onnx stores it transposed; the rows returned here are un-transposed).
+
+    Example:
+        >>> name, rows = read_prototypes("out/model.onnx")  # doctest: +SKIP
+    """
+    if _artifact_kind(path) == "onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        for init in onnx.load(str(path)).graph.initializer:
+            if "logits" in init.name and "transpose" in init.name and len(init.dims) == 2:
+                return init.name, numpy_helper.to_array(init).T
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(path))
+        for d in interp.get_tensor_details():
+            if "logits" in d["name"] and "MatMul" in d["name"] and len(d["shape"]) == 2:
+                try:
+                    value = interp.get_tensor(d["index"])
+                except ValueError:
+                    continue
+                if value.dtype == np.float32:
+                    return d["name"], value
+    raise ConfigError(
+        f"path: no float32 prototype tensor in {str(path)!r}; expected a float32 export of a "
+        "prototype model (quantized files store it in another type)."
+    )
+
+
+def replace_prototypes(path: Any, rows: np.ndarray, out_path: Any) -> str:
+    """Write a copy of an exported prototype model with new prototype rows.
+
+    ``rows`` has the tensor's shape ``(num_classes, dim)`` (same class count: the
+    output width is fixed in the file) and should come from :func:`prototype_rows`
+    over new support embeddings (``embed`` with the Keras model, or the same
+    backbone's embeddings on device).
+
+    Returns:
+        The tensor name that was replaced.
+
+    Example:
+        >>> replace_prototypes("out/model.tflite", rows, "new.tflite")  # doctest: +SKIP
+    """
+    name, old = read_prototypes(path)
+    rows = np.asarray(rows, dtype="float32")
+    if rows.shape != old.shape:
+        raise ConfigError(f"rows: expected shape {old.shape} (the file's), got {rows.shape}.")
+    if _artifact_kind(path) == "onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(path))
+        for init in graph.graph.initializer:
+            if init.name == name:
+                init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(rows.T), name))
+        onnx.save(graph, str(out_path))
+        return name
+    data = open(path, "rb").read()
+    needle = np.ascontiguousarray(old, "<f4").tobytes()
+    if data.count(needle) != 1:
+        raise ConfigError(f"path: the prototype buffer of {str(path)!r} is not unique.")
+    with open(out_path, "wb") as f:
+        f.write(data.replace(needle, np.ascontiguousarray(rows, "<f4").tobytes()))
+    return name

@@ -156,6 +156,15 @@ def test_export_to_saved_model_tflite_onnx_validates_and_keeps_the_prototype_ten
                 continue
     assert hits, "the prototype matrix is not one tensor of the TFLite file"
     print("\nprototype tensor: onnx", found, "tflite", hits)
+    # on-device update: swap classes 0 and 1 by rewriting that one tensor
+    swapped = rows[[1, 0, *range(2, 9)]]
+    for path in (onnx_path, tfl):
+        name, got = P.read_prototypes(path)
+        np.testing.assert_allclose(got, rows, atol=1e-6)
+        out = tmp_path / f"swapped{path.suffix}"
+        assert P.replace_prototypes(path, swapped, out) == name
+        probs = kerastl.load_artifact(out).predict(x[:6])["probabilities"]
+        np.testing.assert_allclose(probs, want[:, [1, 0, *range(2, 9)]], atol=1e-4)
 
 
 def _same(a, b) -> bool:
