@@ -44,11 +44,14 @@ PROTOTYPE_TASKS = ("prototypes", "prototype", "few_shot", "fewshot", "zero_shot"
 class PrototypeHead(keras.layers.Layer):
     """Cosine-similarity logits against class prototypes (no bias, float32).
 
-    Weights: ``prototypes`` ``(num_classes, dim)``, the used one, holding
-    ``unit prototype / temperature`` per row; ``support_sums`` and
-    ``support_counts`` keep the running sum of unit support embeddings and their
-    count per class so that new examples move a prototype as a true mean. The
-    last two are bookkeeping only and are not part of exported graphs.
+    Weights: ``prototypes`` ``(num_classes, dim)`` holding ``unit prototype /
+    temperature`` per row, and ``center`` ``(dim,)``, subtracted from each
+    embedding before it is normalised (the mean support embedding, fixed when the
+    model is built: centring then L2-normalising is what makes nearest-prototype
+    classification competitive, Wang et al. 2019, "SimpleShot"). ``support_sums``
+    and ``support_counts`` keep the running sum of unit support embeddings and
+    their count per class so that new examples move a prototype as a true mean;
+    they are bookkeeping only and are not part of exported graphs.
 
     Args:
         num_classes: Number of classes (rows).
@@ -58,7 +61,8 @@ class PrototypeHead(keras.layers.Layer):
         >>> head = PrototypeHead(2, temperature=0.5)
         >>> _ = head(np.zeros((1, 3), "float32"))
         >>> head.set_weights([np.eye(2, 3, dtype="float32") * 2.0,
-        ...                   np.eye(2, 3, dtype="float32"), np.ones(2, "float32")])
+        ...                   np.eye(2, 3, dtype="float32"), np.ones(2, "float32"),
+        ...                   np.zeros(3, "float32")])
         >>> np.asarray(head(np.array([[0.0, 5.0, 0.0]], "float32"))).tolist()
         [[0.0, 2.0]]
     """
@@ -84,9 +88,12 @@ class PrototypeHead(keras.layers.Layer):
         self.support_counts = self.add_weight(
             name="support_counts", shape=(self.num_classes,), initializer="zeros", trainable=False
         )
+        self.center = self.add_weight(
+            name="center", shape=(dim,), initializer="zeros", trainable=False
+        )
 
     def call(self, x: Any) -> Any:
-        x = ops.cast(x, "float32")
+        x = ops.cast(x, "float32") - self.center
         x = x * ops.rsqrt(ops.maximum(ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
         return ops.matmul(x, ops.transpose(self.prototypes))
 
@@ -157,19 +164,24 @@ def embedder(model: keras.Model) -> keras.Model:
     return KerastlModel(model.inputs, head.input, name=f"{model.name}_embedder")
 
 
-def embed(model: keras.Model, x: Any, batch_size: int = 32) -> np.ndarray:
-    """Unit embeddings of raw inputs ``x`` (images 0-255 or strings) as float64.
-
-    Example:
-        >>> e = embed(model, images)  # doctest: +SKIP
-    """
+def features(model: keras.Model, x: Any, batch_size: int = 32) -> np.ndarray:
+    """Raw pooled features of inputs ``x`` (images 0-255 or strings), before centring."""
     from kerastl._model import _strings_as_objects
 
     x = _strings_as_objects(x)
     if len(x) == 0:
         raise DataError("examples: got no examples to embed.")
-    out = embedder(model).predict(x, batch_size=batch_size, verbose=0)
-    return unit_rows(np.asarray(out))
+    return np.asarray(embedder(model).predict(x, batch_size=batch_size, verbose=0), "float64")
+
+
+def embed(model: keras.Model, x: Any, batch_size: int = 32) -> np.ndarray:
+    """What the head compares: ``unit(features - center)`` of raw inputs ``x``, float64.
+
+    Example:
+        >>> e = embed(model, images)  # doctest: +SKIP
+    """
+    center = np.asarray(head_of(model).center, "float64")
+    return unit_rows(features(model, x, batch_size) - center)
 
 
 def _class_ids(y: Any, class_names: list[str]) -> np.ndarray:
@@ -197,7 +209,8 @@ def _write(head: PrototypeHead, sums: np.ndarray, counts: np.ndarray, touched: A
 
     Other rows are kept bit for bit, so their logits cannot change.
     """
-    rows = np.array(head.get_weights()[0], dtype="float32")
+    rows, *_, center = head.get_weights()
+    rows = np.array(rows, dtype="float32")
     if rows.shape != np.shape(sums):
         rows = np.zeros(np.shape(sums), "float32")
     touched = np.arange(len(counts)) if touched is None else np.unique(touched)
@@ -209,6 +222,7 @@ def _write(head: PrototypeHead, sums: np.ndarray, counts: np.ndarray, touched: A
             rows,
             np.asarray(sums, "float32"),
             np.asarray(counts, "float32"),
+            center,
         ]
     )
 
@@ -240,7 +254,7 @@ def add_examples(
     if len(ids) != len(x):
         raise DataError(f"support: {len(x)} examples but {len(ids)} labels.")
     e = embed(model, x, batch_size)
-    _, sums, counts = (np.asarray(w, "float64") for w in head.get_weights())
+    _, sums, counts, _ = (np.asarray(w, "float64") for w in head.get_weights())
     np.add.at(sums, ids, e * weight)
     np.add.at(counts, ids, weight)
     _write(head, sums, counts, ids)
@@ -292,11 +306,11 @@ def add_class(
         raise ConfigError(f"name: expected a new class name (not one of {names!r}), got {name!r}.")
     if examples is None and description is None:
         raise ConfigError("examples: add_class needs examples=, description= or both; got neither.")
-    rows, sums, counts = head.get_weights()
+    rows, sums, counts, center = head.get_weights()
     new = _new_head_model(model, len(names) + 1, names + [name])
     zero = np.zeros((1, rows.shape[1]), "float32")
     head_of(new).set_weights(
-        [np.vstack([rows, zero]), np.vstack([sums, zero]), np.append(counts, 0.0)]
+        [np.vstack([rows, zero]), np.vstack([sums, zero]), np.append(counts, 0.0), center]
     )
     weight = float(model.kerastl_config.get("prototypes", {}).get("description_weight", 1.0))
     if description is not None:
@@ -364,6 +378,7 @@ def build_prototypes(
     pooling: str = "avg",
     description_weight: float = 1.0,
     batch_size: int = 32,
+    center: bool = True,
     **adapter_kwargs: Any,
 ) -> keras.Model:
     """A prototype classifier on a registry backbone, built from data without training.
@@ -383,6 +398,9 @@ def build_prototypes(
         pooling: How the backbone output is pooled into one embedding.
         description_weight: How many examples one description counts as.
         batch_size: Inference batch used to embed the support set.
+        center: Centre embeddings on the mean support feature before normalising
+            (only when built from ``support`` without descriptions; the centre then
+            stays fixed, so :func:`add_class` cannot change other classes' logits).
         **adapter_kwargs: Source options (``sequence_length`` for text).
 
     Returns:
@@ -439,11 +457,13 @@ def build_prototypes(
     model = KerastlModel(inputs, out, name=f"{spec.name}_prototypes", kerastl_config=config)
     apply_policy(model, "backbone")
     _compile(model)
-    _fill(model, names, support, class_descriptions, description_weight, batch_size)
+    _fill(model, names, support, class_descriptions, description_weight, batch_size, center)
     return model
 
 
-def _fill(model, names, support, class_descriptions, description_weight, batch_size) -> None:
+def _fill(
+    model, names, support, class_descriptions, description_weight, batch_size, center
+) -> None:
     if class_descriptions is not None:
         texts = (
             [class_descriptions[n] for n in names]
@@ -460,16 +480,36 @@ def _fill(model, names, support, class_descriptions, description_weight, batch_s
     if support is not None:
         if not isinstance(support, (tuple, list)) or len(support) != 2:
             raise ConfigError(f"support: expected (x, y), got {type(support).__name__}.")
+        if center and class_descriptions is None:
+            set_center(model, support[0], batch_size)
         add_examples(model, support[0], support[1], batch_size)
 
 
-def refit(model: keras.Model, x: Any, y: Any, batch_size: int = 32) -> keras.Model:
-    """Recompute every prototype from ``(x, y)`` alone (descriptions dropped), in place.
+def set_center(model: keras.Model, x: Any = None, batch_size: int = 32) -> np.ndarray:
+    """Set the head's centre to the mean feature of inputs ``x`` (None: no centring).
+
+    Changes every logit: call it before adding prototypes (:func:`refit` does).
+    """
+    head = head_of(model)
+    weights = head.get_weights()
+    dim = weights[-1].shape[0]
+    center = np.zeros(dim) if x is None else features(model, x, batch_size).mean(0)
+    head.set_weights([*weights[:-1], np.asarray(center, "float32")])
+    return center
+
+
+def refit(
+    model: keras.Model, x: Any, y: Any, batch_size: int = 32, center: bool = True
+) -> keras.Model:
+    """Recompute the centre and every prototype from ``(x, y)`` alone, in place.
+
+    Class descriptions given before are dropped.
 
     Example:
         >>> refit(model, images, labels)  # doctest: +SKIP
     """
     head = head_of(model)
+    set_center(model, x if center else None, batch_size)
     _write(head, np.zeros(head.prototypes.shape), np.zeros(head.num_classes))
     return add_examples(model, x, y, batch_size)
 

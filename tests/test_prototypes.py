@@ -47,8 +47,12 @@ def model(digits):
 def test_prototypes_are_scaled_means_of_unit_support_embeddings(model, digits):
     x, y = digits
     idx = np.concatenate([np.flatnonzero(y == c)[:3] for c in range(9)])
-    e = P.embed(model, x[idx])
-    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-6)
+    raw = np.asarray(P.embedder(model).predict(x[idx], verbose=0), "float64")
+    center = raw.mean(0)  # the centre is the mean support feature
+    np.testing.assert_allclose(model.get_layer("logits").get_weights()[3], center, rtol=1e-4)
+    e = raw - center
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    np.testing.assert_allclose(P.embed(model, x[idx]), e, atol=1e-5)
     means = np.stack([e[y[idx] == c].mean(0) for c in range(9)])
     expected = means / np.linalg.norm(means, axis=1, keepdims=True) / 0.1
     got = model.get_layer("logits").get_weights()[0]
@@ -56,8 +60,8 @@ def test_prototypes_are_scaled_means_of_unit_support_embeddings(model, digits):
     assert model.kerastl_config["prototypes"]["weight"] == P.PROTOTYPE_WEIGHT
     assert [w.path for w in model.get_layer("logits").weights][0] == P.PROTOTYPE_WEIGHT
     # logits are cosine / temperature of each input with each prototype
-    logits = P.embedder(model).predict(x[:5], verbose=0)
-    logits = P.unit_rows(logits) @ got.T
+    q = np.asarray(P.embedder(model).predict(x[:5], verbose=0), "float64") - center
+    logits = P.unit_rows(q) @ got.T
     probs = model.predict(x[:5], verbose=0)
     np.testing.assert_allclose(
         probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), rtol=1e-4, atol=1e-6
@@ -94,9 +98,7 @@ def test_add_class_leaves_the_other_logits_unchanged(model, digits):
 
 
 def _logits(model, x):
-    return P.unit_rows(P.embedder(model).predict(x, verbose=0)) @ (
-        model.get_layer("logits").get_weights()[0].T
-    )
+    return P.embed(model, x) @ model.get_layer("logits").get_weights()[0].T
 
 
 def test_add_examples_moves_only_their_class(model, digits, tmp_path):
