@@ -46,9 +46,9 @@ class PrototypeHead(keras.layers.Layer):
 
     Weights: ``prototypes`` ``(num_classes, dim)`` holding ``unit prototype /
     temperature`` per row, and ``center`` ``(dim,)``, subtracted from each
-    embedding before it is normalised (the mean support embedding, fixed when the
-    model is built: centring then L2-normalising is what makes nearest-prototype
-    classification competitive, Wang et al. 2019, "SimpleShot"). ``support_sums``
+    embedding before it is normalised (zeros by default; with ``center=True`` the
+    mean support feature, fixed when the model is built, as in SimpleShot, Wang
+    et al. 2019). ``support_sums``
     and ``support_counts`` keep the running sum of unit support embeddings and
     their count per class so that new examples move a prototype as a true mean;
     they are bookkeeping only and are not part of exported graphs.
@@ -378,7 +378,7 @@ def build_prototypes(
     pooling: str = "avg",
     description_weight: float = 1.0,
     batch_size: int = 32,
-    center: bool = True,
+    center: bool = False,
     **adapter_kwargs: Any,
 ) -> keras.Model:
     """A prototype classifier on a registry backbone, built from data without training.
@@ -399,8 +399,10 @@ def build_prototypes(
         description_weight: How many examples one description counts as.
         batch_size: Inference batch used to embed the support set.
         center: Centre embeddings on the mean support feature before normalising
-            (only when built from ``support`` without descriptions; the centre then
-            stays fixed, so :func:`add_class` cannot change other classes' logits).
+            (SimpleShot; only when built from ``support`` without descriptions; the
+            centre then stays fixed, so :func:`add_class` cannot change other
+            classes' logits). Off by default: on the digits benchmark it helped at
+            1 shot and hurt at 5 and 10 (bench/RESULTS.md).
         **adapter_kwargs: Source options (``sequence_length`` for text).
 
     Returns:
