@@ -501,9 +501,9 @@ def set_center(model: keras.Model, x: Any = None, batch_size: int = 32) -> np.nd
 
 
 def refit(
-    model: keras.Model, x: Any, y: Any, batch_size: int = 32, center: bool = True
+    model: keras.Model, x: Any, y: Any, batch_size: int = 32, center: bool = False
 ) -> keras.Model:
-    """Recompute the centre and every prototype from ``(x, y)`` alone, in place.
+    """Recompute every prototype (and the centre if ``center``) from ``(x, y)``, in place.
 
     Class descriptions given before are dropped.
 
@@ -551,7 +551,7 @@ def finetune(
     trainer.compile(keras.optimizers.Adam(learning_rate), SupervisedContrastiveLoss(temperature))
     hist = trainer.fit(x, ids, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
     apply_policy(model, "backbone")
-    refit(model, x, ids, batch_size)
+    refit(model, x, ids, batch_size, center=bool(np.any(np.asarray(head.center))))
     return hist.history
 
 

@@ -112,7 +112,6 @@ def test_run_evaluation_and_model_card_show_the_report(tmp_path, images, referen
             "tensorboard": False,
             "early_stopping": 0,
         },
-        "finetune": {"epochs": 1, "freeze": "none", "learning_rate": 1e-3},
     }
     train(cfg, examples=(tr, va))
     run = tmp_path / "runs" / "fg"

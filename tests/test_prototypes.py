@@ -232,3 +232,25 @@ def test_zero_shot_text_from_descriptions_and_add_class(minilm):
     bigger = P.add_class(m, "music", description="music: a song, the band, a concert, guitar")
     np.testing.assert_allclose(_logits(bigger, texts)[:, :4], logits, rtol=0, atol=1e-5)
     assert bigger.predict(["the band played a new song live"], verbose=0).argmax() == 4
+
+
+def test_supervised_contrastive_finetune_trains_the_backbone_then_refits(digits):
+    x, y = digits
+    keep = np.flatnonzero(y < 2)[:12]
+    m = kerastl.build(
+        "mobilenet_v3_small",
+        task="prototypes",
+        input_shape=(32, 32, 3),
+        support=(x[keep, :32, :32], y[keep]),
+        class_names=["0", "1"],
+    )
+    before = [w.copy() for w in m.get_layer("backbone").get_weights()]
+    history = P.finetune(m, x[keep, :32, :32], y[keep], epochs=1, freeze="last:1", batch_size=12)
+    assert np.isfinite(history["loss"]).all()
+    after = m.get_layer("backbone").get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+    assert not m.get_layer("backbone").trainable_weights  # frozen again for prototype use
+    e = P.embed(m, x[keep, :32, :32])
+    means = np.stack([e[y[keep] == c].mean(0) for c in (0, 1)])
+    rows = means / np.linalg.norm(means, axis=1, keepdims=True) / 0.1
+    np.testing.assert_allclose(m.get_layer("logits").get_weights()[0], rows, atol=1e-4)
