@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-#: policy name -> (freeze, L2-SP alpha)
+#: policy name -> (freeze, L2-SP alpha); ``--l2sp`` adds more L2-SP strengths.
 POLICIES = {
     "full fine-tuning": ("none", 0.0),
     "L2-SP (alpha 0.01)": ("none", 0.01),
@@ -80,7 +80,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--l2sp", default="", help="extra L2-SP alphas, e.g. 1,10")
+    ap.add_argument("--only", default="", help="run only policies whose name contains this")
     args = ap.parse_args()
+    policies = dict(POLICIES)
+    for a in filter(None, args.l2sp.split(",")):
+        policies[f"L2-SP (alpha {float(a):g})"] = ("none", float(a))
+    policies = {k: v for k, v in policies.items() if args.only in k}
 
     import kerastl
 
@@ -93,7 +99,7 @@ def main() -> None:
         compile=False,
     )
     results = {}
-    for name, (freeze, alpha) in POLICIES.items():
+    for name, (freeze, alpha) in policies.items():
         results[name] = run_policy(freeze, alpha, data, args.size, args.epochs, args.lr, reference)
         r = results[name]
         print(
@@ -111,12 +117,16 @@ def main() -> None:
             "## Forgetting: full fine-tuning vs L2-SP vs freezing (issue 17)",
             "",
             f"Command: `python bench/forgetting.py --size {args.size} --epochs {args.epochs} "
-            f"--lr {args.lr} --write`. EfficientNet-Lite0 (ImageNet weights), fine-tuned on 600 scikit-learn "
+            f"--lr {args.lr}"
+            + (f" --l2sp {args.l2sp}" if args.l2sp else "")
+            + (f" --only '{args.only}'" if args.only else "")
+            + " --write`. EfficientNet-Lite0 (ImageNet weights), fine-tuned on 600 scikit-learn "
             f"digits at {args.size} px, {args.epochs} epochs, Adam {args.lr}, batch 32, seed 0, the "
             "same for every policy. Source task = the ImageNet classifier that ships with the "
             "checkpoint, run on the pretrained vs fine-tuned backbone. Agreement on 200 held-out "
             "digits and on scikit-image's 200 LFW photos (not the training task). Drift = "
-            "||w - w0|| / ||w0|| over the backbone (BatchNorm statistics included).",
+            "||w - w0|| / ||w0|| over the backbone's learned weights (BatchNorm moving statistics "
+            "left out).",
             "",
         ]
         path.write_text(path.read_text() + "\n".join(head + table) + "\n")
@@ -137,8 +147,8 @@ def _table(results: dict) -> list[str]:
         rows.append(
             f"| {name} | {r['acc']:.3f} | {d['top1_agreement']:.3f} | "
             f"{lfw['top1_agreement']:.3f} | {lfw['top5_overlap']:.3f} | {lfw['mean_kl']:.3f} | "
-            f"{drift['all']:.4f} | "
-            + " | ".join(f"{drift[g]:.4f}" for g in groups if g != "all")
+            f"{drift['all']:.2e} | "
+            + " | ".join(f"{drift[g]:.2e}" for g in groups if g != "all")
             + " |"
         )
     return rows

@@ -5,7 +5,8 @@ instance ImageNet's 1000 classes, kept with ``pretrained_head=True``). The
 report runs that classifier on the pretrained backbone and on the fine-tuned
 backbone over the same inputs, and compares the predictions (top-1 agreement,
 top-5 overlap, mean KL divergence), then measures each layer group's relative
-weight drift ``||w_after - w_before|| / ||w_before||``.
+weight drift ``||w_after - w_before|| / ||w_before||`` (learned weights;
+BatchNorm moving statistics left out).
 
 Example:
     >>> relative_drift([np.ones(4)], [np.ones(4) * 1.5])
@@ -63,7 +64,8 @@ def weight_drift(model: keras.Model, reference: keras.Model) -> dict[str, float]
     """Relative drift of each backbone layer group of ``model`` from ``reference``.
 
     Both models must have the same backbone architecture (layer ``backbone``).
-    BatchNorm moving statistics count as weights (they are what inference uses).
+    BatchNorm moving statistics are left out: their variances are large numbers
+    that would swamp the norm, and kerastl keeps them frozen by default.
     """
     ref_backbone = reference.get_layer("backbone")
     backbone = model.get_layer("backbone")
@@ -75,7 +77,7 @@ def weight_drift(model: keras.Model, reference: keras.Model) -> dict[str, float]
             f"({len(theirs)} vs {len(mine)} weight tensors); give the pretrained model of the "
             "same backbone."
         )
-    paired = {id(m): t for m, t in zip(mine, theirs)}
+    paired = {id(m): t for m, t in zip(mine, theirs) if not _is_statistic(m)}
     drift = {}
     for group, layers in _groups(model).items():
         vs = [v for layer in layers for v in layer.weights if id(v) in paired]
@@ -83,8 +85,16 @@ def weight_drift(model: keras.Model, reference: keras.Model) -> dict[str, float]
             drift[group] = relative_drift(
                 [np.asarray(paired[id(v)]) for v in vs], [np.asarray(v) for v in vs]
             )
-    drift["all"] = relative_drift([np.asarray(v) for v in theirs], [np.asarray(v) for v in mine])
+    kept = [(t, m) for m, t in zip(mine, theirs) if id(m) in paired]
+    drift["all"] = relative_drift(
+        [np.asarray(t) for t, _ in kept], [np.asarray(m) for _, m in kept]
+    )
     return drift
+
+
+def _is_statistic(variable: Any) -> bool:
+    """BatchNorm moving mean / variance (state, not learned weights)."""
+    return str(getattr(variable, "name", "")).startswith("moving_")
 
 
 def _source_predictions(reference: keras.Model, backbone_weights: list, x: Any, batch: int):
