@@ -417,7 +417,6 @@ def build_prototypes(
         >>> m.kerastl_config["class_names"], m.output_shape
         (['a', 'b'], (None, 2))
     """
-    from kerastl import __version__
     from kerastl._model import KerastlModel
     from kerastl.freeze import apply_policy
     from kerastl.zoo import get_spec
@@ -434,7 +433,28 @@ def build_prototypes(
     pooled = adapter.pooled(features, pooling)
     logits = PrototypeHead(len(names), temperature, name="logits")(pooled)
     out = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-    config = {
+    config = _config(spec, adapter, shape, names, weights, pooling, temperature, description_weight)
+    model = KerastlModel(inputs, out, name=f"{spec.name}_prototypes", kerastl_config=config)
+    apply_policy(model, "backbone")
+    _compile(model)
+    _fill(model, names, support, class_descriptions, description_weight, batch_size, center)
+    return model
+
+
+def _config(
+    spec: Any,
+    adapter: Any,
+    shape: tuple,
+    names: list[str],
+    weights: Any,
+    pooling: str,
+    temperature: float,
+    description_weight: float,
+) -> dict[str, Any]:
+    """The ``kerastl_config`` of a prototype model (a classifier with a prototype head)."""
+    from kerastl import __version__
+
+    return {
         "kerastl_version": __version__,
         "backbone": spec.name,
         "source": spec.source,
@@ -456,15 +476,16 @@ def build_prototypes(
             "logits": "cosine(unit(embedding), prototype) / temperature",
         },
     }
-    model = KerastlModel(inputs, out, name=f"{spec.name}_prototypes", kerastl_config=config)
-    apply_policy(model, "backbone")
-    _compile(model)
-    _fill(model, names, support, class_descriptions, description_weight, batch_size, center)
-    return model
 
 
 def _fill(
-    model, names, support, class_descriptions, description_weight, batch_size, center
+    model: keras.Model,
+    names: list[str],
+    support: Any,
+    class_descriptions: Any,
+    description_weight: float,
+    batch_size: int,
+    center: bool,
 ) -> None:
     if class_descriptions is not None:
         texts = (
