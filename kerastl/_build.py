@@ -43,7 +43,9 @@ def build(
     Args:
         name: Registry name or alias (``"resnet50"``, ``"ResNet50"``).
         task: ``"classification"``, ``"binary"``, ``"multilabel"``,
-            ``"regression"`` or ``"embedding"``.
+            ``"regression"``, ``"embedding"`` or ``"prototypes"`` (few/zero-shot,
+            no training: ``support=(x, y)`` and/or ``class_descriptions=``, see
+            :func:`kerastl.prototypes.build_prototypes`).
         num_classes: Classes (or regression outputs). Derived from
             ``class_names`` when omitted.
         weights: ``None`` (random init), ``"imagenet"`` / a preset name, or a
@@ -79,6 +81,17 @@ def build(
         >>> model.output_shape
         (None, 5)
     """
+    if isinstance(task, str) and task.lower() in _prototype_tasks():
+        from kerastl.prototypes import build_prototypes
+
+        return build_prototypes(
+            name,
+            class_names=class_names,
+            weights=weights,
+            input_shape=input_shape,
+            pooling=pooling,
+            **adapter_kwargs,
+        )
     spec = get_spec(name)
     adapter = get_adapter(spec)
     task_spec = resolve_task(task)
@@ -135,6 +148,12 @@ def build(
     if compile:
         compile_for_task(model, learning_rate=learning_rate)
     return model
+
+
+def _prototype_tasks() -> tuple[str, ...]:
+    from kerastl.prototypes import PROTOTYPE_TASKS
+
+    return PROTOTYPE_TASKS
 
 
 def _source_classifier(adapter, task_spec, weights: Any, num_classes: Any) -> tuple:

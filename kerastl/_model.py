@@ -13,6 +13,7 @@ import keras
 from kerastl import freeze as _freeze  # noqa: E402,F401
 from kerastl import heads as _heads  # noqa: E402,F401
 from kerastl import layers as _layers  # noqa: E402,F401
+from kerastl import prototypes as _prototypes  # noqa: E402,F401
 from kerastl._errors import ConfigError, KerastlError
 
 

