@@ -55,7 +55,8 @@ def main() -> None:
                 model, tmp / entry, formats=FORMATS, validation_data=photos, latency_runs=1
             )
             for a in report["artifacts"]:
-                paths[a["format"]] = tmp / entry / a["path"]
+                kind = "mediapipe tflite" if "mediapipe" in a["path"] else a["format"]
+                paths[kind] = tmp / entry / a["path"]
             for runtime, path in paths.items():
                 out = load_artifact(path).predict(photos)
                 cells = [
