@@ -150,6 +150,7 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
         ``{group name: True if it trains}`` for the backbone groups.
 
     Example:
+        >>> import kerastl
         >>> m = kerastl.build("resnet50", num_classes=2, input_shape=(32, 32, 3))
         >>> apply_policy(m, "last:1")["stage4"]
         True

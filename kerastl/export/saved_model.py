@@ -161,7 +161,7 @@ def prediction_log(model_name: str, signature: str, inputs: dict[str, Any]) -> b
 
     Example:
         >>> prediction_log("m", "serving_default", {})[:2]
-        b'2\\x13'
+        b'2\\x18'
     """
     spec = _field(1, model_name.encode()) + _field(3, signature.encode())
     request = _field(1, spec)
