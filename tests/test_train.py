@@ -432,6 +432,15 @@ def test_csv_log_drops_rows_a_resumed_epoch_will_rewrite(tmp_path):
     logger.on_train_end()
     rows = ["0,1.5,1.6", "1,1.2,1.3", "2,0.9,1.0", "3,0.8,0.9"]
     assert path.read_text().splitlines() == ["epoch,loss,val_loss", *rows]
+    # The csv module ends rows with "\r\n": rows kept from the killed run keep them too, so
+    # a resumed log has one line ending throughout.
+    path.write_bytes(b"epoch,loss,val_loss\r\n0,1.5,1.6\r\n1,1.2,1.3\r\n")
+    logger = ResumableCSVLogger(str(path))
+    logger.on_train_begin()
+    logger.on_epoch_begin(1)
+    logger.on_epoch_end(1, {"loss": 1.1, "val_loss": 1.2})
+    logger.on_train_end()
+    assert path.read_bytes() == b"epoch,loss,val_loss\r\n0,1.5,1.6\r\n1,1.1,1.2\r\n"
 
     fresh = ResumableCSVLogger(str(tmp_path / "new.csv"))  # first run: header, then rows
     fresh.on_train_begin()
