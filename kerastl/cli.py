@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -355,6 +356,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.debug:
             raise
         print(f"kerastl {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a folder that vanished: one line, exit 1
+        if args.debug:
+            raise
+        reason = os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0]
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"kerastl {args.command}: failed: {reason}{where}", file=sys.stderr)
         return 1
 
 

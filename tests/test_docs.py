@@ -42,3 +42,20 @@ def test_console_script_is_declared():
         timeout=60,
     )
     assert res.returncode == 0 and res.stdout.startswith("kerastl ")
+
+
+def test_readme_test_command_runs_the_docstring_examples():
+    """``python -m pytest`` (no path) collects kerastl/ with --doctest-modules from pyproject."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'testpaths = \[[^\]]*"kerastl"', pyproject), "kerastl/ is not collected"
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+        + ["kerastl/export/saved_model.py", "kerastl/zoo/_registry.py"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "saved_model.py::kerastl.export.saved_model.prediction_log" in res.stdout
+    assert "_registry.py::kerastl.zoo._registry.list_models" in res.stdout

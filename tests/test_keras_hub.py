@@ -252,29 +252,8 @@ _ONE_PER_FAMILY = sorted({get_spec(n).family: n for n in reversed(HUB)}.values()
 _REDERIVED_ON_LOAD = ("interpolated_position_embeddings",)
 
 
-#: Families whose fit + save/reload runs by default (each has its own code path: pooler,
-#: SentencePiece, audio front ends, pyramid, nested encoder, config fix, dict output); the
-#: others run in the opt-in slow tier to keep the default suite within minutes.
-_DEFAULT_FAMILIES = {
-    "bert",
-    "deberta_v3",
-    "whisper",
-    "moonshine",
-    "resnet",
-    "vit",
-    "dinov2",
-    "efficientnet",
-    "hgnetv2",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        n if get_spec(n).family in _DEFAULT_FAMILIES else pytest.param(n, marks=pytest.mark.slow)
-        for n in _ONE_PER_FAMILY
-    ],
-)
+#: Every family's fit + save/reload runs by default, at its tiny architecture and input.
+@pytest.mark.parametrize("name", _ONE_PER_FAMILY)
 def test_one_entry_per_family_fits_and_reloads(name, tmp_path):
     model = kerastl.build(name, num_classes=2, **tiny_kwargs(name))
     x, y = tiny_data(model)
@@ -335,13 +314,76 @@ def test_text_tasks(task, labels):
     x = np.array(SENTENCES[:4], dtype=object)
     model.fit(x, labels, batch_size=4, epochs=1, verbose=0)
     out = model.predict(x, verbose=0)
-    assert out.shape[0] == 4
+    assert out.shape == ((4, 1) if task == "binary" else (4, 3) if n else (4, 8))
+    assert np.ptp(out, axis=0).max() > 1e-4, "the output does not depend on the sentence"
+    if task == "embedding":
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    else:  # sigmoid outputs
+        assert ((out > 0) & (out < 1)).all()
 
 
-@pytest.mark.parametrize("pooling", ["avg", "max", "cls", "pooler"])
-def test_text_poolings(pooling):
-    model = tiny_bert(pooling=pooling)
-    assert model.get_layer("pool").output.shape[-1] == 16
+def test_text_poolings_compute_what_they_name():
+    """One backbone, four poolings: each equals its formula over the token outputs."""
+    x = np.array(["good movie", "a bad bad awful plot", "rain"], dtype=object)
+    models = {p: tiny_bert(pooling=p, sequence_length=8, compile=False) for p in _TEXT_POOLS}
+    ref = models["avg"].get_layer("backbone")
+    for m in models.values():
+        m.get_layer("backbone").set_weights(ref.get_weights())
+    pooled = {
+        p: keras.Model(m.input, m.get_layer("pool").output).predict(x, verbose=0)
+        for p, m in models.items()
+    }
+    hub = next(
+        layer for layer in ref._flatten_layers() if isinstance(layer, keras_hub.models.Backbone)
+    )
+    ids = models["avg"].get_layer("preprocess")(keras.ops.convert_to_tensor(list(x)))
+    tokens = keras.ops.convert_to_numpy(ids["token_ids"])
+    out = hub(
+        {
+            "token_ids": tokens,
+            "padding_mask": keras.ops.convert_to_numpy(ids["padding_mask"]),
+            "segment_ids": np.zeros_like(tokens),
+        }
+    )
+    seq = keras.ops.convert_to_numpy(out["sequence_output"])
+    mask = keras.ops.convert_to_numpy(ids["padding_mask"]).astype(bool)[..., None]
+    want = {
+        "avg": (seq * mask).sum(1) / mask.sum(1),
+        "max": np.where(mask, seq, -np.inf).max(1),
+        "cls": seq[:, 0],
+        "pooler": keras.ops.convert_to_numpy(out["pooled_output"]),
+    }
+    for p in _TEXT_POOLS:
+        assert pooled[p].shape == (3, 16)
+        np.testing.assert_allclose(pooled[p], want[p], rtol=1e-4, atol=1e-5, err_msg=p)
+        assert np.ptp(pooled[p], axis=0).max() > 1e-4, f"{p}: the same vector for every sentence"
+    for a, b in [("avg", "max"), ("avg", "cls"), ("cls", "pooler"), ("max", "cls")]:
+        assert np.abs(pooled[a] - pooled[b]).max() > 1e-3, (a, b)
+
+
+_TEXT_POOLS = ("avg", "max", "cls", "pooler")
+_POSITIVE = ("good", "great", "lovely", "win")
+_NEGATIVE = ("bad", "awful", "boring", "lose")
+
+
+def test_trained_text_head_separates_two_classes_of_sentences():
+    """Sentences with positive vs negative words: after training, unseen ones are told apart."""
+    fillers = ["the movie", "a film", "the game", "the plot", "the music", "a scene"]
+
+    def sentences(words, order):
+        return [f"{f} was {w}" if order else f"{w} {f}" for f in fillers for w in words]
+
+    x_train = np.array(sentences(_POSITIVE, 1) + sentences(_NEGATIVE, 1), dtype=object)
+    y_train = np.repeat([1, 0], len(x_train) // 2)
+    x_test = np.array(sentences(_POSITIVE, 0) + sentences(_NEGATIVE, 0), dtype=object)
+    y_test = np.repeat([1, 0], len(x_test) // 2)
+    keras.utils.set_random_seed(0)
+    model = tiny_bert(sequence_length=8, freeze="none")
+    before = (model.predict(x_test, verbose=0).argmax(1) == y_test).mean()
+    model.fit(x_train, y_train, batch_size=8, epochs=15, verbose=0, shuffle=True)
+    after = (model.predict(x_test, verbose=0).argmax(1) == y_test).mean()
+    assert after >= 0.9, (before, after)
+    assert after - before >= 0.3, (before, after)  # learnt, not there from the start
 
 
 def test_pooler_refused_without_pooler_layer():
@@ -470,7 +512,9 @@ def test_whisper_audio_model_takes_waveforms():
         lyr.name for lyr in model.get_layer("backbone").layers
     ]
     x = np.random.default_rng(0).uniform(-1, 1, (2, 16000)).astype("float32")
-    assert model.predict(x, verbose=0).shape == (2, 3)
+    p = model.predict(x, verbose=0)
+    assert p.shape == (2, 3)
+    assert np.abs(p[0] - p[1]).max() > 1e-4, "the same answer for two different waveforms"
     with pytest.raises(ConfigError, match="mono waveforms"):
         kerastl.build("whisper_tiny_en", num_classes=2, input_shape=(32, 32, 3))
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 GROWTH_MB = 64
@@ -22,12 +23,25 @@ SCRIPT = textwrap.dedent("""
     import numpy as np, psutil
     import kerastl
     out, loads, requests = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    import keras
+    keras.utils.set_random_seed(0)
     m = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3),
                       class_names=["a", "b", "c"])
+    # BatchNorm statistics measured on images: a random-init model with the default ones
+    # gives every input the same output, and "the same answer every call" would be empty.
+    calib = np.random.default_rng(1).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    calib[8:] *= 0.3  # dark and bright images
+    bns = [l for l in m._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    for b in bns:
+        b.trainable, b.momentum = True, 0.0
+    m(calib, training=True)
+    for b in bns:
+        b.trainable = False
     report = kerastl.export(m, out, formats=["saved_model", "tflite", "onnx"])
     import os
     paths = [os.path.join(out, a["path"]) for a in report["artifacts"]]
-    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    x = calib[[0, 8]]  # one bright, one dark image
+    spread = float(np.abs(np.diff(m.predict(x, verbose=0), axis=0)).max())
     proc = psutil.Process()
     rss, first, same = [], {}, True
     for i in range(loads):
@@ -48,7 +62,8 @@ SCRIPT = textwrap.dedent("""
         same &= bool(np.array_equal(got, ref))
         if i % 50 == 0:
             rss_req.append(proc.memory_info().rss / 2**20)
-    print(json.dumps({"paths": paths, "rss": rss, "rss_requests": rss_req, "same": same}))
+    print(json.dumps({"paths": paths, "rss": rss, "rss_requests": rss_req, "same": same,
+                      "spread": spread, "ref": ref.tolist(), "first": first[paths[0]].tolist()}))
 """)
 
 
@@ -63,7 +78,10 @@ def _soak(tmp_path, loads: int, requests: int) -> dict:
     )
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert r["spread"] > 1e-3, "the model answers every input alike: the check would be empty"
     assert r["same"], "an answer changed between calls"
+    # ...and the answers are the model's own: the single request equals row 0 of the batch
+    np.testing.assert_allclose(r["ref"][0], r["first"][0], rtol=1e-4, atol=1e-6)
     assert len(r["paths"]) == 3
     warm = loads // 3
     growth = max(r["rss"][warm:]) - r["rss"][warm]

@@ -182,6 +182,22 @@ def test_cli_train_writes_run_folder_then_evaluate(tmp_path, capsys):
     assert main(["evaluate", str(run), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["accuracy"] == pytest.approx(metrics["accuracy"])
+    # k-fold cross-validation of the same run config, from the CLI: each fold trains on
+    # two thirds and is scored on the rest; every example is scored exactly once.
+    assert main(["evaluate", str(run), "--folds", "3", "--json"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{\n") :])
+    assert summary["folds"] == 3 and len(summary["per_fold"]) == 3
+    assert summary["num_examples"] == 12
+    accs = [f["accuracy"] for f in summary["per_fold"]]
+    assert summary["mean"]["accuracy"] == pytest.approx(np.mean(accs))
+    assert summary["std"]["accuracy"] == pytest.approx(np.std(accs), abs=1e-6)
+    assert json.loads((run / "kfold.json").read_text())["folds"] == 3
+    fold_metrics = [
+        json.loads((run / "folds" / f"fold{i}" / "metrics.json").read_text()) for i in range(3)
+    ]
+    assert sum(m["num_examples"] for m in fold_metrics) == 12  # each example scored once
+    assert [m["accuracy"] for m in fold_metrics] == pytest.approx(accs)
 
 
 def test_label_head_mismatch_is_caught_before_training(tmp_path):
@@ -437,6 +453,15 @@ def test_csv_log_drops_rows_a_resumed_epoch_will_rewrite(tmp_path):
     logger.on_train_end()
     rows = ["0,1.5,1.6", "1,1.2,1.3", "2,0.9,1.0", "3,0.8,0.9"]
     assert path.read_text().splitlines() == ["epoch,loss,val_loss", *rows]
+    # The csv module ends rows with "\r\n": rows kept from the killed run keep them too, so
+    # a resumed log has one line ending throughout.
+    path.write_bytes(b"epoch,loss,val_loss\r\n0,1.5,1.6\r\n1,1.2,1.3\r\n")
+    logger = ResumableCSVLogger(str(path))
+    logger.on_train_begin()
+    logger.on_epoch_begin(1)
+    logger.on_epoch_end(1, {"loss": 1.1, "val_loss": 1.2})
+    logger.on_train_end()
+    assert path.read_bytes() == b"epoch,loss,val_loss\r\n0,1.5,1.6\r\n1,1.1,1.2\r\n"
 
     fresh = ResumableCSVLogger(str(tmp_path / "new.csv"))  # first run: header, then rows
     fresh.on_train_begin()

@@ -501,9 +501,13 @@ def from_text(
     per line, anything else is CSV. Empty texts are skipped and reported.
 
     Example:
-        >>> ex = from_text("reviews.jsonl")  # doctest: +SKIP
-        >>> ex.kind
-        'text'
+        >>> import json, pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "reviews.jsonl"
+        >>> rows = [{"text": "great film", "label": "pos"}, {"text": "dull", "label": "neg"}]
+        >>> _ = path.write_text("\\n".join(json.dumps(r) for r in rows))
+        >>> ex = from_text(path)
+        >>> ex.kind, len(ex), sorted(ex.class_names)
+        ('text', 2, ['neg', 'pos'])
     """
     path = Path(path)
     if not path.is_file():

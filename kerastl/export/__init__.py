@@ -493,7 +493,10 @@ def export(
         if ok:
             _publish(staging, records, targets)
             published = True
-    except OSError as exc:  # full disk, permissions, ...: nothing half-written is published
+    except Exception as exc:  # full disk, permissions, ...: nothing half-written is published
+        # TensorFlow reports a full disk while saving variables as ResourceExhaustedError.
+        if not isinstance(exc, OSError) and "No space left on device" not in str(exc):
+            raise
         raise ExportError(
             f"export to {str(out)!r} failed while writing: {exc}. Nothing was published "
             "and the staging folder was removed; earlier versions are untouched."

@@ -347,7 +347,7 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
     def _truncate(self, start_epoch: int) -> None:
         if not os.path.exists(self.filename):
             return
-        with open(self.filename, encoding="utf-8") as f:
+        with open(self.filename, encoding="utf-8", newline="") as f:  # keep csv's "\r\n"
             text = f.read()
         lines = text.splitlines(keepends=True)
         if not lines:

@@ -245,9 +245,10 @@ def validate_config(config: dict, where: str = "config") -> dict:
         ConfigError: pointing at the offending key, with close matches.
 
     Example:
-        >>> validate_config({"model": {"backbone": "resnet50"}, "data": {"path": "x"}})["train"]["epochs"]
+        >>> cfg = {"model": {"backbone": "resnet50"}, "data": {"path": "x"}}
+        >>> validate_config(cfg)["train"]["epochs"]
         10
-        >>> validate_config({"model": {"backbone": "resnet50"}, "train": {"epoch": 3}})
+        >>> validate_config({**cfg, "train": {"epoch": 3}})
         Traceback (most recent call last):
         ...
         kerastl._errors.ConfigError: config: unknown key 'train.epoch'. Did you mean 'train.epochs'? ...

@@ -98,8 +98,10 @@ def list_models(
         Matching registry names.
 
     Example:
-        >>> list_models("mobilenet_v3*")
+        >>> list_models("mobilenet_v3*", source="keras.applications")
         ['mobilenet_v3_large', 'mobilenet_v3_small']
+        >>> list_models("mobilenet_v3_small*", source="keras_hub")
+        ['mobilenet_v3_small_050_imagenet', 'mobilenet_v3_small_100_imagenet']
     """
     _ensure_loaded()
     if modality is not None and modality not in MODALITIES:
