@@ -43,6 +43,9 @@ EXAMPLES: dict[str, str] = {
     "demo": "kerastl demo --quick",
     "export": "kerastl export runs/exp1/model.keras --formats tflite,onnx --output-dir out/",
     "predict": "kerastl predict out/model.tflite photos/  (a folder: every image in it)",
+    "rank": "kerastl rank data/flowers --candidates 'efficientnet_lite*,mobilenet_v3_small' "
+    "--runtime tflite",
+    "advise": "kerastl advise data/flowers --backbone efficientnet_lite0",
 }
 
 
