@@ -82,7 +82,7 @@ def _soak(tmp_path, loads: int, requests: int) -> dict:
     assert r["same"], "an answer changed between calls"
     # ...and the answers are the model's own: the single request equals row 0 of the batch
     np.testing.assert_allclose(r["ref"][0], r["first"][0], rtol=1e-4, atol=1e-6)
-    assert len(r["paths"]) == 3
+    assert len(r["paths"]) == 4  # SavedModel, TFLite, its MediaPipe copy, ONNX
     warm = loads // 3
     growth = max(r["rss"][warm:]) - r["rss"][warm]
     growth_req = max(r["rss_requests"]) - r["rss_requests"][0]
