@@ -710,15 +710,9 @@ def _publish(staging: Path, records: list[dict[str, Any]], targets) -> None:
         else:
             # An ONNX graph over 2 GiB has its weights in "<file>.data": moved first, so
             # the new graph never points at a missing file.
-            from kerastl.export.onnx import data_file
+            from kerastl.export.onnx import replace_file
 
-            data, target_data = data_file(source), data_file(target)
-            has_data = data.exists()
-            if has_data:
-                os.replace(data, target_data)
-            os.replace(source, target)
-            if fmt == "onnx" and not has_data and target_data.exists():
-                target_data.unlink()  # the weights of a large file this one replaced
+            replace_file(source, target)
 
 
 class _CallableModule(types.ModuleType):

@@ -130,12 +130,6 @@ def _publish_one(source: Path, target: Path, fmt: str) -> None:
     if fmt == "saved_model":
         os.rename(source, target)  # fails if the version appeared meanwhile
         return
-    from kerastl.export.onnx import data_file
+    from kerastl.export.onnx import replace_file
 
-    data, target_data = data_file(source), data_file(target)
-    has_data = data.exists()
-    if has_data:
-        os.replace(data, target_data)
-    os.replace(source, target)
-    if fmt == "onnx" and not has_data and target_data.exists():
-        target_data.unlink()
+    replace_file(source, target)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,21 @@ def tensor_bytes(model_proto) -> int:
 def data_file(path: Path) -> Path:
     """Where the weights of a graph too big for one file go: ``<name>.onnx.data``."""
     return path.with_name(path.name + ".data")
+
+
+def replace_file(source: Path, target: Path) -> None:
+    """Move an exported file over ``target``, with its ``<name>.data`` weights if any.
+
+    The weights move first, so the new graph never points at a missing file; a
+    stale ``.data`` of a large file this one replaced is removed.
+    """
+    data, target_data = data_file(source), data_file(target)
+    has_data = data.exists()
+    if has_data:
+        os.replace(data, target_data)
+    os.replace(source, target)
+    if source.suffix == ".onnx" and not has_data and target_data.exists():
+        target_data.unlink()
 
 
 def save(model_proto, path: Path) -> list[Path]:
