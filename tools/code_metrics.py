@@ -31,7 +31,10 @@ def _module_name(path: Path) -> str:
 def _functions(tree: ast.AST, path: Path):
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield node.end_lineno - node.lineno + 1, f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
+            yield (
+                node.end_lineno - node.lineno + 1,
+                f"{path.relative_to(ROOT)}:{node.lineno} {node.name}",
+            )
 
 
 def _is_type_checking(node: ast.If) -> bool:
