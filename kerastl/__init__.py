@@ -14,9 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
-from kerastl._errors import (  # noqa: E402
+from kerastl._version import __version__  # noqa: E402
+from kerastl.errors import (  # noqa: E402
     ConfigError,
     DataError,
     ExportError,
@@ -30,11 +29,11 @@ from kerastl.zoo import get_spec, list_models, model_info  # noqa: E402
 
 # Public name -> module that defines it (imported lazily: these import TensorFlow).
 _LAZY = {
-    "build": "kerastl._build",
-    "compile_for_task": "kerastl._build",
-    "KerastlModel": "kerastl._model",
-    "load_model": "kerastl._model",
-    "metadata": "kerastl._model",
+    "build": "kerastl.builder",
+    "compile_for_task": "kerastl.core.heads",
+    "KerastlModel": "kerastl.core.model",
+    "load_model": "kerastl.builder",
+    "metadata": "kerastl.core.model",
     "FreezePolicy": "kerastl.freeze",
     "apply_policy": "kerastl.freeze",
     "GradualUnfreezing": "kerastl.freeze",

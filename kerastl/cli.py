@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the subcommand; errors become one line and an exit code."""
     from kerastl import _interrupt, _quiet
-    from kerastl._errors import ConfigError, DataError, KerastlError
+    from kerastl.errors import ConfigError, DataError, KerastlError
 
     _interrupt.install()
     quiet = contextlib.nullcontext() if args.debug else _quiet.NativeLogFilter()

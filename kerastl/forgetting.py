@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerastl._errors import ConfigError, KerastlError
+from kerastl.errors import ConfigError, KerastlError
 
 
 def relative_drift(before: list[np.ndarray], after: list[np.ndarray]) -> float:
@@ -129,7 +129,7 @@ def forgetting_report(
         ...                     pretrained_head=True)  # doctest: +SKIP
         >>> forgetting_report(tuned, ref, images)["top1_agreement"]  # doctest: +SKIP
     """
-    from kerastl._model import _strings_as_objects
+    from kerastl.core.model import _strings_as_objects
 
     x = _strings_as_objects(x)
     drift = weight_drift(model, reference)
@@ -144,7 +144,7 @@ def source_reference(model: keras.Model, weights: Any) -> keras.Model:
     Raises:
         KerastlError: the backbone's weights keep no classifier kerastl can attach.
     """
-    from kerastl._build import build
+    from kerastl.builder import build
 
     meta = getattr(model, "kerastl_config", {}) or {}
     if not meta.get("backbone") or weights is None:

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
 
-from kerastl._errors import ConfigError, choice_error
-from kerastl._policy import POLICY_KINDS, FreezePolicy, parse_policy  # noqa: F401
+from kerastl.core.losses import L2SP  # noqa: F401 - public here since 0.1
+from kerastl.core.optimizers import GroupRatesOptimizer
+from kerastl.core.policy import POLICY_KINDS, FreezePolicy, parse_policy  # noqa: F401
+from kerastl.errors import ConfigError, choice_error
 
 log = logging.getLogger(__name__)
 
@@ -210,38 +211,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
             log.info(f"epoch {epoch}: training backbone groups {names}")
 
 
-@keras.saving.register_keras_serializable(package="kerastl")
-class GroupRatesOptimizer(keras.optimizers.MultiOptimizer):
-    """``keras.optimizers.MultiOptimizer`` that also steps a subset of its variables.
-
-    Keras' version insists that every step gets gradients for every variable it
-    was built with, which rules out :class:`GradualUnfreezing` (the trainable set
-    grows during training). Here a step may cover any subset of those variables;
-    each goes to its group's optimizer as before. An unknown variable is an error.
-    """
-
-    def apply(self, grads, trainable_variables=None):
-        if (
-            trainable_variables is None
-            or not self.built
-            or len(grads) == len(self._trainable_variables_indices)
-        ):
-            return super().apply(grads, trainable_variables)
-        per_opt: list[list] = [[] for _ in self._inner_optimizers]
-        for grad, var in zip(grads, trainable_variables):
-            idx = self._var_to_optimizer_idx.get(self._var_key(var))
-            if idx is None:
-                raise ValueError(
-                    f"variable {var.path!r} was not known when the optimizer was built; "
-                    "build it on every variable that may become trainable."
-                )
-            per_opt[idx].append((grad, var))
-        for opt, pairs in zip(self._inner_optimizers, per_opt):
-            if pairs:
-                opt.apply([g for g, _ in pairs], [v for _, v in pairs])
-        self._iterations.assign_add(1)
-
-
 def discriminative_optimizer(
     model: keras.Model,
     learning_rate: float = 1e-3,
@@ -302,39 +271,6 @@ def discriminative_optimizer(
         g: learning_rate * decay ** (n - i) for i, g in enumerate(names)
     }
     return multi
-
-
-@keras.saving.register_keras_serializable(package="kerastl")
-class L2SP(keras.regularizers.Regularizer):
-    """``alpha/2 * ||w - w0||^2``: keep a fine-tuned weight near its start ``w0``.
-
-    Li et al. 2018, "Explicit inductive bias for transfer learning". Attached
-    to variables by :func:`apply_l2sp`.
-
-    A training-time regulariser only: it is not saved. Keras does not serialise
-    regularisers attached to variables, and the starting point (a copy of every
-    backbone kernel) does not belong in a model file, so a saved and reloaded
-    model predicts the same but carries no penalty (``model.losses`` is empty).
-    To continue fine-tuning with L2-SP, call :func:`apply_l2sp` again after
-    loading (the pull is then towards the loaded weights) or keep the original
-    starting weights and load them first.
-    """
-
-    def __init__(self, start: Any, alpha: float = 1e-2):
-        self.start = keras.ops.convert_to_tensor(np.asarray(start))
-        self.alpha = float(alpha)
-
-    def __call__(self, x):
-        d = keras.ops.cast(x, "float32") - keras.ops.cast(self.start, "float32")
-        return 0.5 * self.alpha * keras.ops.sum(keras.ops.square(d))
-
-    def get_config(self):
-        return {"alpha": self.alpha, "start": None}
-
-    @classmethod
-    def from_config(cls, config):
-        # The start values are not stored (see the class docstring): no penalty.
-        return keras.regularizers.L2(0.0)
 
 
 def apply_l2sp(model: keras.Model, alpha: float = 1e-2, head_l2: float = 0.0) -> int:

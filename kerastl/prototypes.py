@@ -30,89 +30,14 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
-from kerastl._errors import ConfigError, DataError, choice_error
+from kerastl.core.heads import PrototypeHead, check_temperature
+from kerastl.errors import ConfigError, DataError, choice_error
 
 #: Path of the prototype tensor in the Keras model (``layer/weight``).
 PROTOTYPE_WEIGHT = "logits/prototypes"
 #: ``task=`` spellings that :func:`kerastl.build` sends here.
 PROTOTYPE_TASKS = ("prototypes", "prototype", "few_shot", "fewshot", "zero_shot")
-
-
-@keras.saving.register_keras_serializable(package="kerastl")
-class PrototypeHead(keras.layers.Layer):
-    """Cosine-similarity logits against class prototypes (no bias, float32).
-
-    Weights: ``prototypes`` ``(num_classes, dim)`` holding ``unit prototype /
-    temperature`` per row, and ``center`` ``(dim,)``, subtracted from each
-    embedding before it is normalised (zeros by default; with ``center=True`` the
-    mean support feature, fixed when the model is built, as in SimpleShot, Wang
-    et al. 2019). ``support_sums``
-    and ``support_counts`` keep the running sum of unit support embeddings and
-    their count per class so that new examples move a prototype as a true mean;
-    they are bookkeeping only and are not part of exported graphs.
-
-    Args:
-        num_classes: Number of classes (rows).
-        temperature: Softmax temperature of the cosine similarities.
-
-    Example:
-        >>> head = PrototypeHead(2, temperature=0.5)
-        >>> _ = head(np.zeros((1, 3), "float32"))
-        >>> head.set_weights([np.eye(2, 3, dtype="float32") * 2.0,
-        ...                   np.eye(2, 3, dtype="float32"), np.ones(2, "float32"),
-        ...                   np.zeros(3, "float32")])
-        >>> np.asarray(head(np.array([[0.0, 5.0, 0.0]], "float32"))).tolist()
-        [[0.0, 2.0]]
-    """
-
-    def __init__(self, num_classes: int, temperature: float = 0.1, **kwargs: Any):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"num_classes: expected an integer >= 1, got {num_classes!r}.")
-        _check_temperature(temperature)
-        self.num_classes = num_classes
-        self.temperature = float(temperature)
-
-    def build(self, input_shape: Any) -> None:
-        dim = int(input_shape[-1])
-        shape = (self.num_classes, dim)
-        self.prototypes = self.add_weight(
-            name="prototypes", shape=shape, initializer="zeros", trainable=False
-        )
-        self.support_sums = self.add_weight(
-            name="support_sums", shape=shape, initializer="zeros", trainable=False
-        )
-        self.support_counts = self.add_weight(
-            name="support_counts", shape=(self.num_classes,), initializer="zeros", trainable=False
-        )
-        self.center = self.add_weight(
-            name="center", shape=(dim,), initializer="zeros", trainable=False
-        )
-
-    def call(self, x: Any) -> Any:
-        x = ops.cast(x, "float32") - self.center
-        x = x * ops.rsqrt(ops.maximum(ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
-        return ops.matmul(x, ops.transpose(self.prototypes))
-
-    def compute_output_shape(self, input_shape: Any) -> tuple:
-        return (*tuple(input_shape[:-1]), self.num_classes)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "num_classes": self.num_classes,
-            "temperature": self.temperature,
-        }
-
-
-def _check_temperature(temperature: Any) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ConfigError(f"temperature: expected a positive number, got {temperature!r}.")
-    if not temperature > 0:
-        raise ConfigError(f"temperature: expected a positive number, got {temperature!r}.")
 
 
 def prototype_rows(sums: np.ndarray, counts: np.ndarray, temperature: float) -> np.ndarray:
@@ -158,7 +83,7 @@ def head_of(model: keras.Model) -> PrototypeHead:
 
 def embedder(model: keras.Model) -> keras.Model:
     """The sub-model from ``model``'s raw input to the embedding its head compares."""
-    from kerastl._model import KerastlModel
+    from kerastl.core.model import KerastlModel
 
     head = model.get_layer("logits")
     return KerastlModel(model.inputs, head.input, name=f"{model.name}_embedder")
@@ -166,7 +91,7 @@ def embedder(model: keras.Model) -> keras.Model:
 
 def features(model: keras.Model, x: Any, batch_size: int = 32) -> np.ndarray:
     """Raw pooled features of inputs ``x`` (images 0-255 or strings), before centring."""
-    from kerastl._model import _strings_as_objects
+    from kerastl.core.model import _strings_as_objects
 
     x = _strings_as_objects(x)
     if len(x) == 0:
@@ -262,7 +187,7 @@ def add_examples(
 
 
 def _new_head_model(model: keras.Model, num_classes: int, class_names: list[str]) -> keras.Model:
-    from kerastl._model import KerastlModel
+    from kerastl.core.model import KerastlModel
 
     old = head_of(model)
     head = PrototypeHead(num_classes, old.temperature, name="logits")
@@ -333,7 +258,7 @@ def _check_text(model: keras.Model, text: Any) -> str:
 
 
 def _compile(model: keras.Model) -> None:
-    from kerastl._build import compile_for_task
+    from kerastl.core.heads import compile_for_task
 
     compile_for_task(model)
 
@@ -417,12 +342,12 @@ def build_prototypes(
         >>> m.kerastl_config["class_names"], m.output_shape
         (['a', 'b'], (None, 2))
     """
-    from kerastl._model import KerastlModel
+    from kerastl.core.model import KerastlModel
     from kerastl.freeze import apply_policy
     from kerastl.zoo import get_spec
     from kerastl.zoo.adapter import get_adapter
 
-    _check_temperature(temperature)
+    check_temperature(temperature)
     names = _resolve_classes(support, class_names, class_descriptions)
     spec = get_spec(name)
     adapter = get_adapter(spec)
@@ -559,9 +484,9 @@ def finetune(
     Example:
         >>> finetune(model, images, labels, epochs=2)  # doctest: +SKIP
     """
-    from kerastl._model import KerastlModel
+    from kerastl.core.losses import SupervisedContrastiveLoss
+    from kerastl.core.model import KerastlModel
     from kerastl.freeze import apply_policy
-    from kerastl.heads import SupervisedContrastiveLoss
 
     names = list(model.kerastl_config.get("class_names") or [])
     ids = _class_ids(y, names)

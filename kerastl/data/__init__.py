@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kerastl._errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, choice_error
 from kerastl.data._sources import (
     IMAGE_EXTENSIONS,
     Examples,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kerastl._errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, choice_error
 from kerastl.data._sources import Examples
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -79,7 +79,7 @@ def build_augmenter(augment: Any, seed: int = 0, fuse: bool = True):
     names = augment_names(augment)
     if not names:
         return None
-    from kerastl.layers import RandomAffine
+    from kerastl.core.layers import RandomAffine
 
     layers = []
     i = 0

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kerastl._errors import ConfigError, DataError, choice_error
+from kerastl.errors import ConfigError, DataError, choice_error
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 LABEL_TASKS = ("classification", "binary", "multilabel", "regression", "embedding")
@@ -273,7 +273,7 @@ def _split_multi(r: Any) -> list[str]:
 
 
 def _task_name(task: str) -> str:
-    from kerastl._errors import UnknownNameError
+    from kerastl.errors import UnknownNameError
 
     aliases = {
         "multiclass": "classification",

@@ -227,7 +227,7 @@ def resolve_strategy_from(cfg: dict[str, Any]) -> dict[str, Any]:
     if how is None:
         return cfg
     if how != "advise":
-        from kerastl._errors import choice_error
+        from kerastl.errors import choice_error
 
         raise choice_error("strategy_from", how, ["advise"])
     from kerastl.train import validate_config

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from kerastl._errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, choice_error
 
 RUNTIMES = ("tflite", "onnx", "none")
 
@@ -44,7 +44,7 @@ class Candidate:
 
 
 def _one(word: str, default_weights: str | None, arg: str = "--candidates") -> list[Candidate]:
-    from kerastl._errors import UnknownNameError
+    from kerastl.errors import UnknownNameError
     from kerastl.zoo import get_spec, list_models
 
     name, tap = word, None

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from kerastl._errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, choice_error
 from kerastl.decide._candidates import RUNTIMES, check_runtime, parse_candidates
 from kerastl.decide._scores import ESTIMATORS
 
@@ -54,7 +54,7 @@ def check_common(args: argparse.Namespace) -> None:
         >>> check_common(ns)
         Traceback (most recent call last):
         ...
-        kerastl._errors.ConfigError: --input-size: expected an integer >= 32, got 0.
+        kerastl.errors.ConfigError: --input-size: expected an integer >= 32, got 0.
     """
     if not os.path.exists(args.data):
         raise ConfigError(f"DATA: nothing at {args.data!r} (an image folder, CSV, .npz, JSONL).")

@@ -203,7 +203,7 @@ def rank(
 
     runtime = check_runtime(runtime)
     if by not in ESTIMATORS:
-        from kerastl._errors import choice_error
+        from kerastl.errors import choice_error
 
         raise choice_error("by", by, ESTIMATORS)
     estimators = tuple(dict.fromkeys((by, *estimators)))

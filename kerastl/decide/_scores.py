@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kerastl._errors import DataError
+from kerastl.errors import DataError
 
 #: Estimators :func:`score` knows; the first is the default.
 ESTIMATORS = ("logme", "knn", "probe")
@@ -179,7 +179,7 @@ def score(features: np.ndarray, labels: np.ndarray, estimator: str = "logme") ->
         return knn_loo_accuracy(features, labels)
     if estimator == "probe":
         return linear_probe_accuracy(features, labels)
-    from kerastl._errors import choice_error
+    from kerastl.errors import choice_error
 
     raise choice_error("score", estimator, ESTIMATORS)
 

@@ -6,8 +6,40 @@ Example:
     ['convnext_base', 'convnext_large', 'convnext_small', 'convnext_tiny', 'convnext_xlarge']
 """
 
+from collections.abc import Iterable
+from typing import Any
+
 from kerastl.zoo._registry import all_specs, get_spec, list_models, model_info, register
 from kerastl.zoo._spec import PREPROCESSING, ModelSpec, Tap
+
+#: Registered names of the zoo's serialisable classes; they import keras_hub.
+HUB_OBJECTS = (
+    "kerastl>HubImagePreprocessing",
+    "kerastl>HubTextPreprocessing",
+    "kerastl>HubAudioPreprocessing",
+    "kerastl>SequencePooling",
+    "kerastl>EfficientNetBackbone",
+)
+
+
+def custom_objects(needed: Iterable[str] = HUB_OBJECTS) -> dict[str, Any]:
+    """Every kerastl class a saved model may name: the core's and the zoo's.
+
+    The zoo's KerasHub layers are imported (with keras_hub) only when ``needed``,
+    the registered names a file uses, includes one of them.
+
+    Example:
+        >>> sorted(custom_objects([]))[:2]
+        ['kerastl>GroupRatesOptimizer', 'kerastl>ImagePreprocessing']
+    """
+    from kerastl.core.model import CUSTOM_OBJECTS
+
+    table = dict(CUSTOM_OBJECTS)
+    if any(name in HUB_OBJECTS for name in needed):
+        from kerastl.zoo import _keras_hub_adapter as hub
+
+        table.update({name: getattr(hub, name.split(">")[1]) for name in HUB_OBJECTS})
+    return table
 
 
 def get_adapter(name_or_spec):
@@ -22,6 +54,7 @@ __all__ = [
     "ModelSpec",
     "Tap",
     "all_specs",
+    "custom_objects",
     "get_adapter",
     "get_spec",
     "list_models",

@@ -1,0 +1,227 @@
+"""``kerastl.build`` and ``kerastl.load_model``: assemble a model, or read one back.
+
+The module is ``builder``, not ``build``: ``kerastl.build`` is the public function,
+and a submodule of that name would replace it on the package once imported.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import keras
+
+from kerastl.core import model as core_model
+from kerastl.core.heads import TaskSpec, attach_head, compile_for_task, output_units, resolve_task
+from kerastl.core.meta import ModelMeta
+from kerastl.core.model import KerastlModel
+from kerastl.errors import ConfigError
+from kerastl.freeze import apply_policy, parse_policy
+from kerastl.prototypes import PROTOTYPE_TASKS, build_prototypes
+from kerastl.zoo import custom_objects, get_spec
+from kerastl.zoo.adapter import get_adapter
+
+
+def build(
+    name: str,
+    task: str = "classification",
+    num_classes: int | None = None,
+    weights: Any = None,
+    input_shape: Any = None,
+    freeze: Any = "none",
+    dropout: float = 0.0,
+    pooling: str = "avg",
+    features_only: bool = False,
+    out_indices: Any = None,
+    class_names: list[str] | None = None,
+    train_batchnorm: bool = False,
+    embedding_dim: int = 128,
+    compile: bool = True,
+    learning_rate: float = 1e-3,
+    pretrained_head: bool = False,
+    **adapter_kwargs: Any,
+) -> keras.Model:
+    """Build a transfer-learning model from a registry backbone.
+
+    The model takes raw data: 0-255 RGB images (any legal size), raw strings
+    for text backbones, raw waveforms for audio backbones. The backbone's own
+    preprocessing runs inside the graph, so exported artifacts take the same.
+
+    Args:
+        name: Registry name or alias (``"resnet50"``, ``"ResNet50"``).
+        task: ``"classification"``, ``"binary"``, ``"multilabel"``,
+            ``"regression"``, ``"embedding"`` or ``"prototypes"`` (few/zero-shot,
+            no training: ``support=(x, y)`` and/or ``class_descriptions=``, see
+            :func:`kerastl.prototypes.build_prototypes`).
+        num_classes: Classes (or regression outputs). Derived from
+            ``class_names`` when omitted.
+        weights: ``None`` (random init), ``"imagenet"`` / a preset name, or a
+            path to a weights file or saved kerastl model.
+        input_shape: ``(height, width, channels)`` or an int side; channels 1
+            adapts pretrained stem weights to grayscale.
+        freeze: Freezing policy, see :func:`kerastl.freeze.parse_policy`.
+        dropout: Dropout rate before the output layer.
+        pooling: ``"avg"`` or ``"max"`` over the backbone's feature map.
+        features_only: Return a multi-scale feature extractor instead.
+        out_indices: Which feature taps to return with ``features_only``.
+        class_names: Labels, stored in the model and its exports.
+        train_batchnorm: Let BatchNorm layers of trainable groups update.
+        embedding_dim: Width of the ``embedding`` task's output.
+        compile: Compile with the task's default loss and metrics (Adam).
+        learning_rate: Adam's learning rate when ``compile`` is true.
+        pretrained_head: Keep the classifier that comes with ``weights`` (ImageNet's
+            1000 classes, names attached) instead of a new head: the model then
+            names the ImageNet class of a photo, a zero-shot starting point.
+        **adapter_kwargs: Source-specific options (``sequence_length`` for text).
+
+    Returns:
+        A :class:`kerastl.KerastlModel` (a functional ``keras.Model``).
+
+    Raises:
+        ConfigError: an argument is invalid; the message lists valid choices.
+        WeightsError: weights cannot be found or do not match.
+
+    Example:
+        >>> import kerastl
+        >>> model = kerastl.build("mobilenet_v3_small", num_classes=5,
+        ...                       input_shape=(96, 96, 3), freeze="backbone")
+        >>> model.output_shape
+        (None, 5)
+    """
+    if isinstance(task, str) and task.lower() in PROTOTYPE_TASKS:
+        return build_prototypes(
+            name,
+            class_names=class_names,
+            weights=weights,
+            input_shape=input_shape,
+            pooling=pooling,
+            **adapter_kwargs,
+        )
+    adapter = get_adapter(get_spec(name))
+    if features_only:
+        return _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs)
+    task_spec = resolve_task(task)
+    source_head = None
+    if pretrained_head:
+        source_head = _source_classifier(adapter, task_spec, weights, num_classes)
+        num_classes, class_names = len(source_head[2]), source_head[2]
+    class_names, units = _outputs(task_spec, num_classes, class_names, embedding_dim)
+    policy = parse_policy(freeze, train_batchnorm)
+    shape, inputs, features = _backbone_graph(adapter, input_shape, weights, adapter_kwargs)
+    outputs = attach_head(adapter.pooled(features, pooling), task_spec, units, dropout)
+    meta = ModelMeta(
+        backbone=adapter.spec.name,
+        source=adapter.spec.source,
+        modality=adapter.spec.modality,
+        task=task_spec.name,
+        num_outputs=units,
+        class_names=class_names,
+        input=adapter.input_spec(shape),
+        output=task_spec.output_name,
+        preprocessing=adapter.spec.preprocessing,
+        weights=weights if weights is None or isinstance(weights, str) else str(weights),
+        pooling=pooling,
+        dropout=dropout,
+    )
+    model = KerastlModel(
+        inputs, outputs, name=f"{adapter.spec.name}_{task_spec.name}", kerastl_config=meta.to_dict()
+    )
+    if source_head is not None:
+        model.get_layer("logits").set_weights(list(source_head[:2]))
+    apply_policy(model, policy)
+    if compile:
+        compile_for_task(model, learning_rate=learning_rate)
+    return model
+
+
+def _outputs(
+    task_spec: TaskSpec, num_classes: int | None, class_names: Any, embedding_dim: int
+) -> tuple[list[str] | None, int]:
+    """Checked class names and the head's width."""
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if len(set(class_names)) != len(class_names):
+            raise ConfigError(f"class_names: duplicate names in {class_names!r}.")
+        if num_classes is None and task_spec.name in ("classification", "multilabel"):
+            num_classes = len(class_names)
+        if task_spec.name == "binary" and num_classes is None:
+            num_classes = 1
+    units = output_units(task_spec, num_classes, embedding_dim)
+    if class_names is not None and task_spec.name in ("classification", "multilabel"):
+        if len(class_names) != units:
+            raise ConfigError(
+                f"class_names: {len(class_names)} names for num_classes={units}; they must agree."
+            )
+    return class_names, units
+
+
+def _backbone_graph(adapter: Any, input_shape: Any, weights: Any, adapter_kwargs: dict) -> tuple:
+    """Input shape, input tensor and backbone features of the functional graph."""
+    shape = adapter.resolve_input_shape(input_shape, **adapter_kwargs)
+    inputs = adapter.make_inputs(shape)
+    backbone = adapter.backbone(shape, weights)
+    return shape, inputs, backbone(adapter.preprocess(inputs, shape))
+
+
+def _source_classifier(adapter, task_spec, weights: Any, num_classes: Any) -> tuple:
+    """Kernel, bias and class names of the classifier that comes with ``weights``."""
+    if task_spec.name != "classification":
+        raise ConfigError(
+            f"pretrained_head: the pretrained classifier is a softmax over its classes; it "
+            f"needs task='classification', got task={task_spec.name!r}."
+        )
+    kernel, bias, names = adapter.classifier_weights(weights)
+    if num_classes is not None and num_classes != len(names):
+        raise ConfigError(
+            f"pretrained_head: the pretrained classifier has {len(names)} classes; got "
+            f"num_classes={num_classes!r}. Leave num_classes unset."
+        )
+    return kernel, bias, names
+
+
+def _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs) -> keras.Model:
+    shape = adapter.resolve_input_shape(input_shape, **adapter_kwargs)
+    inputs = adapter.make_inputs(shape)
+    x = adapter.preprocess(inputs, shape)
+    extractor = adapter.feature_extractor(adapter.backbone(shape, weights), out_indices)
+    outs = extractor(x)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    taps = [adapter.spec.taps[i] for i in (out_indices or range(len(adapter.spec.taps)))]
+    meta = ModelMeta(
+        backbone=adapter.spec.name,
+        source=adapter.spec.source,
+        modality=adapter.spec.modality,
+        task="features",
+        input=adapter.input_spec(shape),
+        preprocessing=adapter.spec.preprocessing,
+        feature_info=[{"layer": t.layer, "channels": t.channels, "stride": t.stride} for t in taps],
+    )
+    return KerastlModel(
+        inputs, list(outs), name=f"{adapter.spec.name}_features", kerastl_config=meta.to_dict()
+    )
+
+
+def load_model(
+    path: str | os.PathLike, safe_mode: bool = True, compile: bool = True
+) -> keras.Model:
+    """Load a ``.keras`` file saved from a kerastl (or plain Keras) model.
+
+    Every kerastl class a file may name is resolved from one table (the core's
+    and the zoo's, :func:`kerastl.zoo.custom_objects`), so files saved by earlier
+    releases, whose configs name older module paths, load too. Runs with Keras'
+    ``safe_mode``: a file holding a ``Lambda`` layer or other arbitrary code is
+    refused unless ``safe_mode=False``.
+
+    Args:
+        path: The ``.keras`` file.
+        safe_mode: Refuse to deserialise arbitrary code.
+        compile: Restore the training configuration.
+
+    Raises:
+        ConfigError: wrong extension or no file. KerastlError: unreadable or unsafe file.
+
+    Example:
+        >>> model = kerastl.load_model("runs/exp1/model.keras")  # doctest: +SKIP
+    """
+    table = custom_objects(core_model.registered_names(path))
+    return core_model.load_model(path, safe_mode=safe_mode, compile=compile, custom_objects=table)

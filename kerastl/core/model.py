@@ -1,0 +1,197 @@
+"""The model class kerastl returns, and loading saved models safely."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from kerastl.core import heads, layers, losses, optimizers
+from kerastl.core.meta import ModelMeta
+from kerastl.errors import ConfigError, KerastlError
+
+
+@keras.saving.register_keras_serializable(package="kerastl")
+class KerastlModel(keras.Model):
+    """A functional ``keras.Model`` that also carries kerastl's metadata.
+
+    ``kerastl_config`` records the backbone, task, classes, input spec and
+    preprocessing. It is saved inside ``.keras`` files and copied into every
+    exported artifact. Everything else is plain Keras: ``fit``, ``predict``,
+    ``save`` and ``keras.saving.load_model`` work as usual.
+
+    Example:
+        >>> import kerastl
+        >>> m = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(64, 64, 3))
+        >>> m.kerastl_config["task"]
+        'classification'
+    """
+
+    def __init__(self, *args, kerastl_config: dict[str, Any] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kerastl_config = kerastl_config or {}
+
+    # Kept out of Keras' attribute tracking: a dict assigned to a layer becomes a
+    # TrackedDict that references the model, and deep-copying that pickles the whole
+    # model (1 s per get_config(), so per save, for MobileNetV3-Small).
+    @property
+    def kerastl_config(self) -> dict[str, Any]:
+        return self.__dict__.setdefault("_kerastl_meta", {})
+
+    @kerastl_config.setter
+    def kerastl_config(self, value: dict[str, Any] | None) -> None:
+        self.__dict__["_kerastl_meta"] = plain(value or {})
+
+    @property
+    def meta(self) -> ModelMeta:
+        """``kerastl_config`` as a typed :class:`~kerastl.core.meta.ModelMeta`."""
+        return ModelMeta.from_dict(self.kerastl_config)
+
+    # Raw strings are the input of text models, but Keras' data adapters refuse
+    # NumPy unicode arrays and lists of str; hand them over as object arrays.
+    def fit(self, x=None, *args, **kwargs):
+        return super().fit(_strings_as_objects(x), *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        return super().predict(_strings_as_objects(x), *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        return super().evaluate(_strings_as_objects(x), *args, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config["kerastl_config"] = plain(self.kerastl_config)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        meta = config.pop("kerastl_config", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.kerastl_config = meta or {}
+        return model
+
+
+def _strings_as_objects(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, (list, tuple)) and x and all(isinstance(v, str) for v in x):
+        return np.asarray(x, dtype=object)
+    if isinstance(x, np.ndarray) and x.dtype.kind in "US":
+        return x.astype(object)
+    return x
+
+
+def plain(value: Any) -> Any:
+    """A deep copy of nested dicts / lists / tuples as plain Python containers.
+
+    Keras wraps containers assigned to layers in tracking classes that reference
+    the layer; ``copy.deepcopy`` of those pickles the model. Leaves are copied as is.
+
+    Example:
+        >>> plain({"a": [1, (2, 3)]})
+        {'a': [1, (2, 3)]}
+    """
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def metadata(model: keras.Model) -> dict[str, Any]:
+    """kerastl's metadata of ``model`` (empty for a plain Keras model)."""
+    return plain(getattr(model, "kerastl_config", {}) or {})
+
+
+#: Every serialisable class of the core, by the name Keras records in a saved
+#: config. Higher layers add theirs (KerasHub layers: ``kerastl.zoo.custom_objects``).
+CUSTOM_OBJECTS: dict[str, Any] = {
+    f"kerastl>{cls.__name__}": cls
+    for cls in (
+        KerastlModel,
+        layers.ImagePreprocessing,
+        layers.RandomAffine,
+        heads.PrototypeHead,
+        losses.SupervisedContrastiveLoss,
+        losses.L2SP,
+        optimizers.GroupRatesOptimizer,
+    )
+}
+
+
+def registered_names(path: str | os.PathLike) -> set[str]:
+    """The ``registered_name`` entries of a ``.keras`` file's config (empty if unreadable)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return set()  # keras.saving.load_model reports the broken file
+    names: set[str] = set()
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("registered_name"), str):
+                names.add(node["registered_name"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return names
+
+
+def load_model(
+    path: str | os.PathLike,
+    safe_mode: bool = True,
+    compile: bool = True,
+    custom_objects: dict[str, Any] | None = None,
+) -> keras.Model:
+    """Load a ``.keras`` file saved from a kerastl (or plain Keras) model.
+
+    Runs with Keras' ``safe_mode`` by default: a file holding a ``Lambda`` layer
+    or other arbitrary code is refused unless ``safe_mode=False``.
+
+    Args:
+        path: The ``.keras`` file.
+        safe_mode: Refuse to deserialise arbitrary code.
+        compile: Restore the training configuration.
+        custom_objects: Classes beyond :data:`CUSTOM_OBJECTS`, by registered name.
+
+    Raises:
+        ConfigError: wrong extension. KerastlError: unreadable or unsafe file.
+
+    Example:
+        >>> model = kerastl.load_model("runs/exp1/model.keras")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ConfigError(
+            f"path: expected a .keras file, got {str(path)!r} (suffix {path.suffix!r}). "
+            "Exported artifacts (SavedModel folder, .tflite, .onnx) load with "
+            "kerastl.load_artifact()."
+        )
+    if not path.is_file():
+        raise ConfigError(f"path: no file at {str(path)!r}.")
+    table = {**CUSTOM_OBJECTS, **(custom_objects or {})}
+    try:
+        return keras.saving.load_model(
+            str(path), safe_mode=safe_mode, compile=compile, custom_objects=table
+        )
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise KerastlError(
+                f"Refused to load {str(path)!r}: it contains arbitrary Python code "
+                "(a Lambda layer or similar), which safe mode does not run. If you trust "
+                "the file, pass safe_mode=False (CLI: --unsafe)."
+            ) from exc
+        raise KerastlError(f"Could not load {str(path)!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - zip/h5/json errors of a corrupt file
+        raise KerastlError(f"Could not load {str(path)!r}: {type(exc).__name__}: {exc}") from exc

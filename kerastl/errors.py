@@ -1,0 +1,100 @@
+"""Typed errors raised by kerastl, and the helper that words them.
+
+Every error about user input names the argument, echoes the value received and
+lists the valid choices, with close matches first (``difflib``), so a typo is
+one glance away from its fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class KerastlError(Exception):
+    """Base class of every error kerastl raises on purpose."""
+
+
+class ConfigError(KerastlError, ValueError):
+    """An argument, option or config key has a value kerastl cannot use."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name (model, task, policy, format...) is not one of the known choices."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise.
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsError(KerastlError):
+    """Weights could not be found, downloaded, verified or matched to the model."""
+
+
+class DataError(KerastlError, ValueError):
+    """Input data is missing, empty, corrupt or inconsistent with the task."""
+
+
+class ExportError(KerastlError):
+    """An export could not be written or did not pass validation."""
+
+
+class ValidationError(ExportError):
+    """An exported artifact does not match the Keras model within tolerance."""
+
+
+class MissingDependencyError(KerastlError, ImportError):
+    """An optional dependency is not installed; the message says what to install."""
+
+
+def choice_error(
+    argument: str,
+    value: object,
+    choices: Iterable[str],
+    *,
+    what: str = "value",
+    cls: type[KerastlError] = UnknownNameError,
+    limit: int = 40,
+    canonical: dict[str, str] | None = None,
+) -> KerastlError:
+    """Build an error for a value that is not one of ``choices``.
+
+    Args:
+        argument: Name of the argument or config key, e.g. ``"task"``.
+        value: What was received.
+        choices: The valid choices.
+        what: Noun for the value in the message (``"model"``, ``"format"``).
+        cls: Error class to instantiate.
+        limit: Longest list of choices to print in full.
+        canonical: Maps aliases among ``choices`` to the names to suggest.
+
+    Returns:
+        The error, ready to ``raise``.
+
+    Example:
+        >>> str(choice_error("task", "clasification", ["classification", "regression"]))
+        "Unknown task='clasification'. Did you mean 'classification'? Valid choices: 'classification', 'regression'."
+    """
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(str(value).lower(), choices, n=3, cutoff=0.6)
+    if canonical:
+        close = list(dict.fromkeys(canonical.get(c, c) for c in close))
+        choices = sorted(set(canonical.get(c, c) for c in choices))
+    if what == "value":
+        msg = f"Unknown {argument}={value!r}."
+    else:
+        msg = f"Unknown {what} {value!r} (argument {argument!r})."
+    if close:
+        msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    if len(choices) <= limit:
+        msg += " Valid choices: " + ", ".join(repr(c) for c in choices) + "."
+    else:
+        msg += f" {len(choices)} choices; list them with `kerastl models` or kerastl.list_models()."
+    return cls(msg)
+
+
+def missing_dependency(module: str, pip_name: str, feature: str) -> MissingDependencyError:
+    """Error for an optional dependency that is not importable."""
+    return MissingDependencyError(
+        f"{feature} needs the optional package {module!r}, which is not installed. "
+        f"Run: pip install {pip_name}"
+    )
