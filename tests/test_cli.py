@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kerastl._quiet import is_native_log
 from kerastl.cli import EXAMPLES, SUBCOMMANDS, build_parser, main
+from kerastl.cli.quiet import is_native_log
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -136,7 +136,7 @@ def test_models_substring_hint_and_pretrained(capsys):
 
 
 def test_quiet_and_debug_set_kerastl_logging_and_main_restores_it():
-    from kerastl.cli import _setup_logging
+    from kerastl.cli.app import _setup_logging
 
     logger = logging.getLogger("kerastl")
     before = (logger.level, logger.propagate, len(logger.handlers))

@@ -334,7 +334,7 @@ def test_a_swallowed_ctrl_c_is_raised_again_at_the_next_step():
     """Keras' bare ``except:`` blocks can eat a KeyboardInterrupt; the run must still stop."""
     import keras
 
-    from kerastl import _interrupt
+    from kerastl.core import interrupt as _interrupt
     from kerastl.train._callbacks import InterruptCheck
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])

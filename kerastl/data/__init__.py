@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kerastl.errors import ConfigError, choice_error
 from kerastl.data._sources import (
     IMAGE_EXTENSIONS,
     Examples,
@@ -33,6 +32,7 @@ from kerastl.data._sources import (
     from_tfds,
     verify_images,
 )
+from kerastl.errors import ConfigError, choice_error
 
 SOURCES = ("folder", "csv", "numpy", "tfds", "text")
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kerastl.errors import ConfigError, choice_error
 from kerastl.data._sources import Examples
+from kerastl.errors import ConfigError, choice_error
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER_CAP = 8192

