@@ -47,7 +47,8 @@ def test_finished_run_and_changed_data_train_phase1_again(tmp_path, caplog):
 
 def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged
-    from kerastl.train import _trainer, train
+    from kerastl.train import run as _trainer
+    from kerastl.train import train
 
     real_phase2 = _trainer._phase2
 
@@ -141,7 +142,7 @@ def test_export_version_defaults_to_auto_increment():
 
 
 def test_calibration_is_a_stratified_sample_of_the_training_data():
-    from kerastl.train._trainer import CALIBRATION_SAMPLES, sample_indices
+    from kerastl.train.run import CALIBRATION_SAMPLES, sample_indices
 
     # Folder data is ordered by class: 700 / 200 / 100. The first 64 were all class 0.
     y = np.repeat([0, 1, 2], [700, 200, 100])

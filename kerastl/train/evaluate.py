@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from kerastl import data as kdata
-from kerastl.train import _run
+from kerastl.train import runfolder
 from kerastl.train._metrics import HEADLINE, compute_metrics, scalar_metrics
 from kerastl.train._plots import (
     plot_confusion,
@@ -28,7 +28,7 @@ def predict(
     model: Any, ex: kdata.Examples, batch_size: int = 64, channels: int = 3
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, model outputs)`` over ``ex`` in order (no augmentation, no shuffle)."""
-    from kerastl.train._trainer import _image_size
+    from kerastl.train.run import _image_size
 
     ds = kdata.make_dataset(ex, _image_size(model), batch_size, cache=False, channels=channels)
     outputs = model.predict(ds.map(lambda x, y: x), verbose=0)
@@ -69,7 +69,7 @@ def write_plots(
     plots = Path(out_dir) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     written = []
-    hist = history or read_history(_run.run_path(out_dir, "history"))
+    hist = history or read_history(runfolder.run_path(out_dir, "history"))
     if hist:
         p = plot_history(hist, plots / "curves.png", phase_boundary)
         if p:
@@ -114,7 +114,7 @@ def evaluate_run_model(
         out_dir, metrics["task"], metrics, ex.y, outputs, None, phase_boundary
     )
     add_forgetting(metrics, model, ex, cfg)
-    _run.write_json(_run.run_path(out_dir, "metrics"), metrics)
+    runfolder.write_json(runfolder.run_path(out_dir, "metrics"), metrics)
     return metrics
 
 
@@ -139,7 +139,7 @@ def add_forgetting(metrics: dict, model: Any, ex: kdata.Examples, cfg: dict, n: 
     EfficientNet-Lite ImageNet checkpoints); otherwise records why it was skipped.
     """
     from kerastl.forgetting import run_forgetting
-    from kerastl.train._trainer import _image_size
+    from kerastl.train.run import _image_size
 
     weights = cfg["model"].get("weights")
     meta = getattr(model, "kerastl_config", {}) or {}
@@ -176,15 +176,15 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> di
         >>> evaluate_run("runs/exp1")["accuracy"]  # doctest: +SKIP
     """
     from kerastl._errors import ConfigError
-    from kerastl.train._trainer import load_examples
+    from kerastl.train.run import load_examples
 
-    cfg = _run.read_config(run_dir)
-    model_path = _run.run_path(run_dir, "model")
+    cfg = runfolder.read_config(run_dir)
+    model_path = runfolder.run_path(run_dir, "model")
     if not model_path.is_file():
         raise ConfigError(f"RUN_DIR: no model.keras in {str(run_dir)!r}; did training finish?")
     if data_path:
         cfg = copy.deepcopy(cfg)
-        report_path = _run.run_path(run_dir, "data_report")
+        report_path = runfolder.run_path(run_dir, "data_report")
         names = None
         if report_path.is_file():
             import json
@@ -230,7 +230,7 @@ def cross_validate(
         >>> summary["mean"]["accuracy"], summary["std"]["accuracy"]  # doctest: +SKIP
     """
     from kerastl.train._config import load_config, validate_config
-    from kerastl.train._trainer import load_examples, train
+    from kerastl.train.run import load_examples, train
 
     if isinstance(config, dict):
         cfg = validate_config(copy.deepcopy(config))
@@ -261,7 +261,7 @@ def cross_validate(
         "mean": {k: float(np.mean([m[k] for m in per_fold])) for k in keys},
         "std": {k: float(np.std([m[k] for m in per_fold])) for k in keys},
     }
-    _run.write_json(base / "kfold.json", summary)
+    runfolder.write_json(base / "kfold.json", summary)
     return summary
 
 

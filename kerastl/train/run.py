@@ -19,7 +19,7 @@ import numpy as np
 from kerastl import _interrupt
 from kerastl import data as kdata
 from kerastl._errors import DataError
-from kerastl.train import _run
+from kerastl.train import runfolder
 from kerastl.train._cache import (
     FeatureCache,
     backbone_is_frozen,
@@ -444,8 +444,10 @@ def _prepare_run_dir(run: _Run, fingerprint: str) -> None:
     Path(run.out_dir).mkdir(parents=True, exist_ok=True)
     run.state_dir.mkdir(parents=True, exist_ok=True)
     if run.chief:
-        _run.write_json(run.state_dir / "run.json", {"fingerprint": fingerprint, "finished": False})
-        _run.write_config(run.out_dir, run.cfg)
+        runfolder.write_json(
+            run.state_dir / "run.json", {"fingerprint": fingerprint, "finished": False}
+        )
+        runfolder.write_config(run.out_dir, run.cfg)
 
 
 def _make_datasets(run: _Run, skipped: list) -> dict:
@@ -482,7 +484,7 @@ def _make_datasets(run: _Run, skipped: list) -> dict:
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
     }
     if run.chief:
-        _run.write_json(_run.run_path(run.out_dir, "data_report"), data_report)
+        runfolder.write_json(runfolder.run_path(run.out_dir, "data_report"), data_report)
     run.best = BestCheckpoint(
         run.model_path, target=model, monitor=run.monitor, verbose=int(run.verbose > 0)
     )
@@ -686,7 +688,7 @@ def _finish(run: _Run, data_report: dict, done1: int, evaluate: bool) -> RunResu
     metrics: dict[str, Any] = {}
     exports, export_error = None, None
     if run.chief and evaluate:
-        from kerastl.train._evaluate import evaluate_run_model
+        from kerastl.train.evaluate import evaluate_run_model
 
         if run.val_ex is not None:
             boundary = done1 if cfg["finetune"]["epochs"] else None
@@ -699,13 +701,13 @@ def _finish(run: _Run, data_report: dict, done1: int, evaluate: bool) -> RunResu
             export_error = exc
             exports = {"failed": f"{type(exc).__name__}: {exc}"}
             log.warning(f"export failed: {type(exc).__name__}: {exc}")
-        card = _run.model_card(cfg, metrics, data_report, run.timings, exports, out_dir)
-        _run.run_path(out_dir, "card").write_text(card, encoding="utf-8")
-        _run.write_json(Path(out_dir) / "timings.json", run.timings)
+        card = runfolder.model_card(cfg, metrics, data_report, run.timings, exports, out_dir)
+        runfolder.run_path(out_dir, "card").write_text(card, encoding="utf-8")
+        runfolder.write_json(Path(out_dir) / "timings.json", run.timings)
     # Only now is the run complete: a kill before this point resumes without redoing epochs.
     if run.chief:
         marker = run.state_dir / "run.json"
-        _run.write_json(marker, {**_read_json(marker), "finished": True})
+        runfolder.write_json(marker, {**_read_json(marker), "finished": True})
     shutil.rmtree(run.backup_root, ignore_errors=True)
     with contextlib.suppress(OSError):
         run.backup_root.parent.rmdir()  # only when no other worker's backup is left
@@ -789,7 +791,7 @@ def _write_state(state_dir: Path, model: keras.Model, state: dict) -> None:
     tmp = state_dir / "phase1.tmp.weights.h5"
     model.save_weights(str(tmp))
     os.replace(tmp, state_dir / "phase1.weights.h5")
-    _run.write_json(state_dir / "state.json", state)
+    runfolder.write_json(state_dir / "state.json", state)
 
 
 def _fit_on_cached_features(
