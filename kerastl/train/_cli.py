@@ -129,7 +129,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return 0
     if args.folds:
-        from kerastl.train.evaluate import cross_validate
+        from kerastl.train.kfold import cross_validate
 
         summary = cross_validate(cfg, args.folds)
         _print_kfold(summary)
@@ -173,7 +173,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cfg = read_config(args.run_dir)
     if args.folds:
         from kerastl.train._config import validate_config
-        from kerastl.train.evaluate import cross_validate
+        from kerastl.train.kfold import cross_validate
 
         summary = cross_validate(
             validate_config(cfg, where=f"{args.run_dir}/config.yaml"),

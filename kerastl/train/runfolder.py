@@ -1,13 +1,23 @@
-"""The run folder: resolved config, data report, metrics, plots and the model card."""
+"""The run folder: its standard files, and the state that lets an interrupted run resume.
+
+The model card (the folder's README.md) is written by :mod:`kerastl.train.card`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kerastl._safety import atomic_write_text
+from kerastl.train._strategy import is_chief, worker_id, write_dir
+
+log = logging.getLogger(__name__)
 
 RUN_FILES = {
     "config": "config.yaml",
@@ -80,191 +90,134 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return "-" if v is None else str(v)
+def read_json(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``, or ``{}`` when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _forgetting_lines(report: dict | None) -> list[str]:
-    """The model card's section on how much the source task changed."""
-    if not report:
-        return []
-    if "skipped" in report:
-        return ["", "## Forgetting (source task)", "", f"Not measured: {report['skipped']}"]
-    lines = [
-        "",
-        "## Forgetting (source task)",
-        "",
-        f"The pretrained classifier run on the pretrained vs the fine-tuned backbone, over "
-        f"{report['num_examples']} validation inputs: top-1 agreement "
-        f"{report['top1_agreement']:.4f}, top-5 overlap {report['top5_overlap']:.4f}, mean KL "
-        f"{report['mean_kl']:.4f}.",
-        "",
-        "| layer group | relative weight drift |",
-        "|---|---|",
-    ]
-    lines += [f"| {g} | {v:.5f} |" for g, v in report["weight_drift"].items()]
-    return lines
+@dataclass(frozen=True)
+class RunFolder:
+    """The folders of one run as this process sees them, and the rules for resuming it.
 
-
-def model_card(
-    config: dict,
-    metrics: dict,
-    data_report: dict,
-    timings: dict,
-    exports: Any = None,
-    run_dir: str | os.PathLike = ".",
-) -> str:
-    """The README.md of a run: backbone, data, training, metrics, how to load."""
-    from kerastl import __version__
-    from kerastl.train._metrics import scalar_metrics
-
-    m, d, t, f = config["model"], config["data"], config["train"], config["finetune"]
-    lines = [
-        f"# {config['name']}: {m['backbone']} ({m['task']})",
-        "",
-        f"Trained with kerastl {__version__}. Files in this folder: `model.keras` (best "
-        "checkpoint), `config.yaml` (resolved config), `metrics.json`, `logs/` (CSV and "
-        "TensorBoard), `plots/`" + (", `export/`" if exports else "") + ".",
-        "",
-        "## Model",
-        "",
-        f"- backbone: `{m['backbone']}`, weights: `{m['weights']}`",
-        f"- input: {data_report.get('input_shape')} raw 0-255 RGB "
-        "(preprocessing is inside the model)"
-        if data_report.get("modality", "image") == "image"
-        else "- input: raw strings (tokenization is inside the model)",
-        f"- task: `{m['task']}`, classes: {data_report.get('class_names')}",
-        f"- head dropout {m['dropout']}, pooling `{m['pooling']}`",
-        "",
-        "## Data",
-        "",
-        f"- source: {data_report.get('source')}",
-        f"- training examples: {data_report.get('num_train')}, validation: "
-        f"{data_report.get('num_val')}",
-        f"- per class (training): {data_report.get('train_class_counts')}",
-        f"- skipped unreadable files: {len(data_report.get('skipped', []))}"
-        + (" (listed in data_report.json)" if data_report.get("skipped") else ""),
-        f"- augmentation: `{d['augment']}`",
-        "",
-        "## Training",
-        "",
-        f"- phase 1: {t['epochs']} epoch(s), freeze `{m['freeze']}`, {t['optimizer']} at "
-        f"lr {t['learning_rate']} ({t['schedule']}, warmup {t['warmup_epochs']})",
-    ]
-    if f["epochs"]:
-        lines.append(
-            f"- phase 2 (fine-tune): {f['epochs']} epoch(s), freeze `{f['freeze']}`, lr "
-            f"{f['learning_rate']}"
-            + (f", gradual unfreezing every {f['gradual_every']}" if f["gradual_every"] else "")
-            + (f", layer decay {f['layer_decay']}" if f["layer_decay"] else "")
-        )
-    lines += [
-        f"- batch size {t['batch_size']} per replica x {timings.get('replicas', 1)} replica(s), "
-        f"strategy `{timings.get('strategy')}`, precision `{timings.get('precision')}`",
-        f"- cached backbone features: {timings.get('feature_cache', 'no')}",
-        f"- wall time: {timings.get('total_seconds', 0):.1f} s",
-        "",
-        "## Validation metrics",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    for k, v in scalar_metrics(metrics).items():
-        lines.append(f"| {k} | {_fmt(v)} |")
-    if "per_class" in metrics and len(metrics["per_class"]) <= 30:
-        cols = [
-            c
-            for c in ("precision", "recall", "f1", "auc", "support")
-            if c in next(iter(metrics["per_class"].values()))
-        ]
-        lines += ["", "| class | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for c, row in metrics["per_class"].items():
-            lines.append(f"| {c} | " + " | ".join(_fmt(row[k]) for k in cols) + " |")
-    lines += _forgetting_lines(metrics.get("forgetting"))
-    lines += [
-        "",
-        "## How to load",
-        "",
-        "```python",
-        "import kerastl",
-        f'model = kerastl.load_model("{Path(run_dir) / "model.keras"}")',
-        "probabilities = model.predict(images)  # float32 0-255 RGB, NHWC"
-        if data_report.get("modality", "image") == "image"
-        else "scores = model.predict(texts)  # raw strings",
-        "```",
-        "",
-        "```",
-        f"kerastl evaluate {run_dir}",
-        f"kerastl export {Path(run_dir) / 'model.keras'} --formats saved_model,tflite,onnx",
-        "```",
-    ]
-    if exports:
-        lines += ["", "## Exports", "", *_exports_table(exports)]
-    body = "\n".join(lines) + "\n"
-    return card_front_matter(config, metrics, data_report) + body
-
-
-def _exports_table(exports: Any) -> list[str]:
-    """The exported files as a Markdown table (a failure as one line)."""
-    if not isinstance(exports, dict) or "artifacts" not in exports:
-        return [f"- {k}: {v}" for k, v in exports.items()] if isinstance(exports, dict) else []
-    rows = ["| file | status | size (bytes) |", "|---|---|---|"]
-    for a in exports["artifacts"]:
-        status = "passed" if a.get("passed") else "FAILED"
-        rows.append(f"| `{a.get('path')}` | {status} | {a.get('size_bytes', '-')} |")
-    return rows
-
-
-def card_front_matter(config: dict, metrics: dict, data_report: dict) -> str:
-    """Hugging Face model-card YAML front matter (``huggingface_hub.ModelCardData``).
-
-    ``base_model``, ``datasets``, ``metrics`` and ``model-index`` eval results, so the
-    run folder can be pushed to the Hub as is (``huggingface_hub.ModelCard.load``).
+    ``run_dir`` is the run folder. ``out_dir`` is where this process writes: the run
+    folder on the chief; on another worker of a multi-worker job, a temporary folder
+    (every worker runs the same saving code, but only the chief's files are kept).
 
     Example:
-        >>> cfg = {"name": "run", "model": {"backbone": "resnet50", "task": "classification",
-        ...        "weights": "imagenet"}, "data": {"path": "data/flowers"}}
-        >>> text = card_front_matter(cfg, {"accuracy": 0.9}, {"modality": "image"})
-        >>> text.splitlines()[0], "base_model: resnet50" in text, "value: 0.9" in text
-        ('---', True, True)
+        >>> folder = RunFolder("runs/exp1", "runs/exp1", chief=True, worker="chief")
+        >>> folder.model_path, str(folder.backup_root)
+        ('runs/exp1/model.keras', 'runs/exp1/backup/chief')
     """
-    from huggingface_hub import EvalResult, ModelCardData
 
-    from kerastl.train._metrics import scalar_metrics
+    run_dir: str
+    out_dir: str
+    chief: bool
+    worker: str
 
-    m = config["model"]
-    path = str((config.get("data") or {}).get("path") or "")
-    dataset = Path(path).name if path else str(data_report.get("source") or "custom")
-    pipeline = {
-        ("image", "classification"): "image-classification",
-        ("image", "binary"): "image-classification",
-        ("image", "multilabel"): "image-classification",
-        ("text", "classification"): "text-classification",
-        ("text", "binary"): "text-classification",
-        ("audio", "classification"): "audio-classification",
-    }.get((data_report.get("modality", "image"), m["task"]))
-    values = scalar_metrics(metrics)
-    results = [
-        EvalResult(
-            task_type=pipeline or m["task"],
-            dataset_type=dataset,
-            dataset_name=dataset,
-            dataset_split="validation",
-            metric_type=k,
-            metric_value=round(v, 6),
-        )
-        for k, v in values.items()
-    ]
-    data = ModelCardData(
-        model_name=config.get("name"),
-        library_name="keras",
-        tags=["kerastl", m["task"], str(m["backbone"])],
-        base_model=str(m["backbone"]),
-        datasets=[dataset],
-        metrics=sorted(values),
-        pipeline_tag=pipeline,
-        eval_results=results or None,
-    )
-    return "---\n" + data.to_yaml() + "\n---\n\n"
+    @classmethod
+    def for_config(cls, cfg: dict) -> RunFolder:
+        """The folder of ``output_dir/name`` (making this worker's temporary folder if needed)."""
+        run_dir = str(Path(cfg["output_dir"]) / cfg["name"])
+        return cls(run_dir, write_dir(run_dir), is_chief(), worker_id())
+
+    @property
+    def backup_root(self) -> Path:
+        return Path(self.run_dir) / RUN_FILES["backup"] / self.worker
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.out_dir) / RUN_FILES["state"]
+
+    @property
+    def logs_dir(self) -> Path:
+        return Path(self.out_dir) / "logs"
+
+    @property
+    def history_csv(self) -> Path:
+        return run_path(self.out_dir, "history")
+
+    @property
+    def model_path(self) -> str:
+        return str(run_path(self.out_dir, "model"))
+
+    @property
+    def _marker(self) -> Path:
+        return Path(self.run_dir) / RUN_FILES["state"] / "run.json"
+
+    def resume_refusal(self, fingerprint: str, resume: bool) -> str | None:
+        """Why the saved state of this run folder must not be resumed (None: resume it)."""
+        if not resume:
+            return "train.resume is false"
+        leftovers = [p for p in (self.backup_root, self.state_dir, self.logs_dir) if p.exists()]
+        if not leftovers:
+            return None
+        if not self._marker.is_file():
+            return "its saved state records no config/data fingerprint"
+        prev = json.loads(self._marker.read_text())
+        if prev.get("finished"):
+            return "the earlier run with this name finished"
+        if prev.get("fingerprint") != fingerprint:
+            return "the config or data changed since the interrupted run"
+        return None
+
+    def prepare(self, cfg: dict, fingerprint: str) -> dict:
+        """Create the folder; returns the saved state of an unfinished, unchanged run, else {}."""
+        state: dict = {}
+        reason = self.resume_refusal(fingerprint, cfg["train"]["resume"])
+        if reason is not None:
+            if reason != "train.resume is false" and (
+                self.state_dir.exists() or self.logs_dir.exists()
+            ):
+                log.info(
+                    f"{self.run_dir}: starting fresh ({reason}); its saved state, "
+                    "backups and logs are not reused."
+                )
+            for p in (self.backup_root, self.state_dir, self.logs_dir):
+                shutil.rmtree(p, ignore_errors=True)
+        else:
+            state = self.read_state()
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.chief:
+            write_json(self.state_dir / "run.json", {"fingerprint": fingerprint, "finished": False})
+            write_config(self.out_dir, cfg)
+        return state
+
+    def read_state(self) -> dict:
+        """The state saved after phase 1 (``{}`` unless both its files are there)."""
+        path = self.state_dir / "state.json"
+        if path.is_file() and (self.state_dir / "phase1.weights.h5").is_file():
+            return json.loads(path.read_text())
+        return {}
+
+    def write_state(self, model: Any, state: dict) -> None:
+        """Save the model's weights and ``state`` at the end of phase 1."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / "phase1.tmp.weights.h5"
+        model.save_weights(str(tmp))
+        os.replace(tmp, self.state_dir / "phase1.weights.h5")
+        write_json(self.state_dir / "state.json", state)
+
+    def phase1_weights(self) -> str:
+        return str(self.state_dir / "phase1.weights.h5")
+
+    def epochs_done(self, fallback: int) -> int:
+        """Epochs in the CSV log, which spans every process of a resumed run."""
+        from kerastl.train._plots import read_history
+
+        epochs = read_history(self.history_csv).get("epoch")
+        return int(max(epochs)) + 1 if epochs else fallback
+
+    def close(self) -> None:
+        """Mark the run finished (chief) and delete the backups and a worker's temporary files."""
+        if self.chief:
+            marker = self.state_dir / "run.json"
+            write_json(marker, {**read_json(marker), "finished": True})
+        shutil.rmtree(self.backup_root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.backup_root.parent.rmdir()  # only when no other worker's backup is left
+        if (
+            not self.chief
+        ):  # a non-chief worker's files only existed to keep the collectives in step
+            shutil.rmtree(self.out_dir, ignore_errors=True)
