@@ -140,7 +140,7 @@ def phase1(ctx: RunContext) -> int:
     if not epochs:
         return 0
     if state.get("phase1_done"):
-        model.load_weights(ctx.folder.phase1_weights())
+        model.load_weights(str(ctx.folder.phase1_weights))
         done = int(state.get("phase1_epochs", epochs))
         ctx.history = state.get("history", {})
         log.info(f"resuming: phase 1 already done ({done} epochs)")

@@ -142,6 +142,11 @@ class RunFolder:
         return str(run_path(self.out_dir, "model"))
 
     @property
+    def phase1_weights(self) -> Path:
+        """The weights saved at the end of phase 1 (a resumed run starts from them)."""
+        return self.state_dir / "phase1.weights.h5"
+
+    @property
     def _marker(self) -> Path:
         return Path(self.run_dir) / RUN_FILES["state"] / "run.json"
 
@@ -187,7 +192,7 @@ class RunFolder:
     def read_state(self) -> dict:
         """The state saved after phase 1 (``{}`` unless both its files are there)."""
         path = self.state_dir / "state.json"
-        if path.is_file() and (self.state_dir / "phase1.weights.h5").is_file():
+        if path.is_file() and self.phase1_weights.is_file():
             return json.loads(path.read_text())
         return {}
 
@@ -196,11 +201,8 @@ class RunFolder:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / "phase1.tmp.weights.h5"
         model.save_weights(str(tmp))
-        os.replace(tmp, self.state_dir / "phase1.weights.h5")
+        os.replace(tmp, self.phase1_weights)
         write_json(self.state_dir / "state.json", state)
-
-    def phase1_weights(self) -> str:
-        return str(self.state_dir / "phase1.weights.h5")
 
     def epochs_done(self, fallback: int) -> int:
         """Epochs in the CSV log, which spans every process of a resumed run."""
