@@ -47,27 +47,27 @@ def test_finished_run_and_changed_data_train_phase1_again(tmp_path, caplog):
 
 def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged
-    from kerastl.train import _trainer, train
+    from kerastl.train import phases, train
 
-    real_phase2 = _trainer._phase2
+    real_phase2 = phases.phase2
 
     def killed(run, done1):
         raise RuntimeError("killed in phase 2")
 
-    monkeypatch.setattr(_trainer, "_phase2", killed)
+    monkeypatch.setattr(phases, "phase2", killed)
     cfg = _two_phase(tmp_path, "kill")
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg, examples=(_examples(0), None), evaluate=False)
-    monkeypatch.setattr(_trainer, "_phase2", real_phase2)
+    monkeypatch.setattr(phases, "phase2", real_phase2)
     caplog.clear()
     resumed = train(cfg, examples=(_examples(0), None), evaluate=False)  # unchanged: resume
     assert "resuming: phase 1 already done" in caplog.text
     assert "phase1_seconds" not in resumed.timings
 
-    monkeypatch.setattr(_trainer, "_phase2", killed)
+    monkeypatch.setattr(phases, "phase2", killed)
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg, examples=(_examples(0), None), evaluate=False)
-    monkeypatch.setattr(_trainer, "_phase2", real_phase2)
+    monkeypatch.setattr(phases, "phase2", real_phase2)
     caplog.clear()
     changed = train(cfg, examples=(_examples(2), None), evaluate=False)  # data changed: fresh
     out = caplog.text
@@ -141,7 +141,7 @@ def test_export_version_defaults_to_auto_increment():
 
 
 def test_calibration_is_a_stratified_sample_of_the_training_data():
-    from kerastl.train._trainer import CALIBRATION_SAMPLES, sample_indices
+    from kerastl.train.export_step import CALIBRATION_SAMPLES, sample_indices
 
     # Folder data is ordered by class: 700 / 200 / 100. The first 64 were all class 0.
     y = np.repeat([0, 1, 2], [700, 200, 100])

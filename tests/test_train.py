@@ -529,7 +529,7 @@ def test_model_card_is_a_hugging_face_card_with_metrics_datasets_and_base_model(
     from huggingface_hub import ModelCard
 
     from kerastl.train._config import validate_config
-    from kerastl.train._run import model_card
+    from kerastl.train.card import model_card
 
     cfg = validate_config(
         {"name": "flowers", "model": {"backbone": "mobilenet_v3_small"}, "data": {"path": "d/fl"}}

@@ -129,12 +129,12 @@ def run_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return 0
     if args.folds:
-        from kerastl.train._evaluate import cross_validate
+        from kerastl.train.kfold import cross_validate
 
         summary = cross_validate(cfg, args.folds)
         _print_kfold(summary)
         return 0
-    from kerastl.train._trainer import train
+    from kerastl.train.run import train
 
     result = train(cfg)
     print(f"run folder: {result.run_dir}")
@@ -168,12 +168,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``kerastl evaluate RUN_DIR``: metrics and plots again, or k-fold with ``--folds``."""
-    from kerastl.train._run import read_config
+    from kerastl.train.runfolder import read_config
 
     cfg = read_config(args.run_dir)
     if args.folds:
         from kerastl.train._config import validate_config
-        from kerastl.train._evaluate import cross_validate
+        from kerastl.train.kfold import cross_validate
 
         summary = cross_validate(
             validate_config(cfg, where=f"{args.run_dir}/config.yaml"),
@@ -185,7 +185,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         else:
             _print_kfold(summary)
         return 0
-    from kerastl.train._evaluate import evaluate_run
+    from kerastl.train.evaluate import evaluate_run
 
     metrics = evaluate_run(args.run_dir, args.data)
     if args.json:

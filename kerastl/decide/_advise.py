@@ -231,7 +231,7 @@ def resolve_strategy_from(cfg: dict[str, Any]) -> dict[str, Any]:
 
         raise choice_error("strategy_from", how, ["advise"])
     from kerastl.train import validate_config
-    from kerastl.train._trainer import load_examples
+    from kerastl.train.context import load_examples
     from kerastl.zoo import get_spec
 
     v = validate_config(copy.deepcopy(cfg))

@@ -17,12 +17,12 @@ from typing import Any
 from kerastl.train._config import SCHEMA, load_config, validate_config
 
 _LAZY = {
-    "train": "kerastl.train._trainer",
-    "RunResult": "kerastl.train._trainer",
-    "load_examples": "kerastl.train._trainer",
-    "evaluate_model": "kerastl.train._evaluate",
-    "evaluate_run": "kerastl.train._evaluate",
-    "cross_validate": "kerastl.train._evaluate",
+    "train": "kerastl.train.run",
+    "RunResult": "kerastl.train.run",
+    "load_examples": "kerastl.train.context",
+    "evaluate_model": "kerastl.train.evaluate",
+    "evaluate_run": "kerastl.train.evaluate",
+    "cross_validate": "kerastl.train.kfold",
     "get_strategy": "kerastl.train._strategy",
     "is_chief": "kerastl.train._strategy",
     "FeatureCache": "kerastl.train._cache",

@@ -381,3 +381,19 @@ class InterruptCheck(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         _interrupt.check()
+
+
+class OffsetEpochs(keras.callbacks.Callback):
+    """Feed a callback epoch numbers relative to the start of its phase."""
+
+    def __init__(self, inner: keras.callbacks.Callback, offset: int):
+        super().__init__()
+        self.inner = inner
+        self.offset = offset
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.inner.set_model(model)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.inner.on_epoch_begin(epoch - self.offset, logs)

@@ -181,7 +181,7 @@ def run_demo(
         >>> table = run_demo(quick=True)  # doctest: +SKIP
     """
     from kerastl import data as kdata
-    from kerastl.train._trainer import train
+    from kerastl.train.run import train
 
     if task not in TASKS:
         from kerastl._errors import choice_error

@@ -1,89 +1,98 @@
-"""The run folder: resolved config, data report, metrics, plots and the model card."""
+"""The model card of a run folder: its README.md, with Hugging Face front matter."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
-
-from kerastl._safety import atomic_write_text
-
-RUN_FILES = {
-    "config": "config.yaml",
-    "model": "model.keras",
-    "metrics": "metrics.json",
-    "history": "logs/history.csv",
-    "tensorboard": "logs/tensorboard",
-    "data_report": "data_report.json",
-    "card": "README.md",
-    "plots": "plots",
-    "export": "export",
-    "state": "state",
-    "backup": "backup",
-}
-
-
-def run_path(run_dir: str | os.PathLike, what: str) -> Path:
-    """Path of a standard file of a run folder (see :data:`RUN_FILES`)."""
-    return Path(run_dir) / RUN_FILES[what]
-
-
-def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Write JSON atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(value, indent=1, default=_jsonable) + "\n")
-
-
-def _jsonable(v: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(v, np.generic):
-            return v.item()
-        if isinstance(v, np.ndarray):
-            return v.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    return str(v)
-
-
-def write_config(run_dir: str | os.PathLike, config: dict) -> Path:
-    """Write the resolved config as YAML (re-runnable with ``kerastl train``)."""
-    import yaml
-
-    path = run_path(run_dir, "config")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "# Resolved kerastl run config (every default filled in).\n"
-        "# Re-run with: kerastl train "
-        + str(path)
-        + "\n"
-        + yaml.safe_dump(config, sort_keys=False),
-        encoding="utf-8",
-    )
-    return path
-
-
-def read_config(run_dir: str | os.PathLike) -> dict:
-    """The resolved config of a run folder."""
-    import yaml
-
-    from kerastl._errors import ConfigError
-
-    path = run_path(run_dir, "config")
-    if not path.is_file():
-        raise ConfigError(
-            f"RUN_DIR: {str(run_dir)!r} is not a kerastl run folder (no {RUN_FILES['config']})."
-        )
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
     return "-" if v is None else str(v)
+
+
+def _is_image(data_report: dict) -> bool:
+    return data_report.get("modality", "image") == "image"
+
+
+def _model_lines(config: dict, data_report: dict, exports: Any) -> list[str]:
+    """The card's title, what the folder holds and the model section."""
+    from kerastl import __version__
+
+    m = config["model"]
+    return [
+        f"# {config['name']}: {m['backbone']} ({m['task']})",
+        "",
+        f"Trained with kerastl {__version__}. Files in this folder: `model.keras` (best "
+        "checkpoint), `config.yaml` (resolved config), `metrics.json`, `logs/` (CSV and "
+        "TensorBoard), `plots/`" + (", `export/`" if exports else "") + ".",
+        "",
+        "## Model",
+        "",
+        f"- backbone: `{m['backbone']}`, weights: `{m['weights']}`",
+        f"- input: {data_report.get('input_shape')} raw 0-255 RGB "
+        "(preprocessing is inside the model)"
+        if _is_image(data_report)
+        else "- input: raw strings (tokenization is inside the model)",
+        f"- task: `{m['task']}`, classes: {data_report.get('class_names')}",
+        f"- head dropout {m['dropout']}, pooling `{m['pooling']}`",
+    ]
+
+
+def _data_lines(config: dict, data_report: dict) -> list[str]:
+    return [
+        "",
+        "## Data",
+        "",
+        f"- source: {data_report.get('source')}",
+        f"- training examples: {data_report.get('num_train')}, validation: "
+        f"{data_report.get('num_val')}",
+        f"- per class (training): {data_report.get('train_class_counts')}",
+        f"- skipped unreadable files: {len(data_report.get('skipped', []))}"
+        + (" (listed in data_report.json)" if data_report.get("skipped") else ""),
+        f"- augmentation: `{config['data']['augment']}`",
+    ]
+
+
+def _training_lines(config: dict, timings: dict) -> list[str]:
+    m, t, f = config["model"], config["train"], config["finetune"]
+    lines = [
+        "",
+        "## Training",
+        "",
+        f"- phase 1: {t['epochs']} epoch(s), freeze `{m['freeze']}`, {t['optimizer']} at "
+        f"lr {t['learning_rate']} ({t['schedule']}, warmup {t['warmup_epochs']})",
+    ]
+    if f["epochs"]:
+        lines.append(
+            f"- phase 2 (fine-tune): {f['epochs']} epoch(s), freeze `{f['freeze']}`, lr "
+            f"{f['learning_rate']}"
+            + (f", gradual unfreezing every {f['gradual_every']}" if f["gradual_every"] else "")
+            + (f", layer decay {f['layer_decay']}" if f["layer_decay"] else "")
+        )
+    return lines + [
+        f"- batch size {t['batch_size']} per replica x {timings.get('replicas', 1)} replica(s), "
+        f"strategy `{timings.get('strategy')}`, precision `{timings.get('precision')}`",
+        f"- cached backbone features: {timings.get('feature_cache', 'no')}",
+        f"- wall time: {timings.get('total_seconds', 0):.1f} s",
+    ]
+
+
+def _metrics_lines(metrics: dict) -> list[str]:
+    """The validation metrics table, per-class rows (up to 30 classes) and forgetting."""
+    from kerastl.train._metrics import scalar_metrics
+
+    lines = ["", "## Validation metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in scalar_metrics(metrics).items()]
+    if "per_class" in metrics and len(metrics["per_class"]) <= 30:
+        first = next(iter(metrics["per_class"].values()))
+        cols = [c for c in ("precision", "recall", "f1", "auc", "support") if c in first]
+        lines += ["", "| class | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for c, row in metrics["per_class"].items():
+            lines.append(f"| {c} | " + " | ".join(_fmt(row[k]) for k in cols) + " |")
+    return lines + _forgetting_lines(metrics.get("forgetting"))
 
 
 def _forgetting_lines(report: dict | None) -> list[str]:
@@ -108,6 +117,26 @@ def _forgetting_lines(report: dict | None) -> list[str]:
     return lines
 
 
+def _how_to_load_lines(data_report: dict, run_dir: str | os.PathLike) -> list[str]:
+    return [
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "import kerastl",
+        f'model = kerastl.load_model("{Path(run_dir) / "model.keras"}")',
+        "probabilities = model.predict(images)  # float32 0-255 RGB, NHWC"
+        if _is_image(data_report)
+        else "scores = model.predict(texts)  # raw strings",
+        "```",
+        "",
+        "```",
+        f"kerastl evaluate {run_dir}",
+        f"kerastl export {Path(run_dir) / 'model.keras'} --formats saved_model,tflite,onnx",
+        "```",
+    ]
+
+
 def model_card(
     config: dict,
     metrics: dict,
@@ -117,88 +146,12 @@ def model_card(
     run_dir: str | os.PathLike = ".",
 ) -> str:
     """The README.md of a run: backbone, data, training, metrics, how to load."""
-    from kerastl import __version__
-    from kerastl.train._metrics import scalar_metrics
-
-    m, d, t, f = config["model"], config["data"], config["train"], config["finetune"]
     lines = [
-        f"# {config['name']}: {m['backbone']} ({m['task']})",
-        "",
-        f"Trained with kerastl {__version__}. Files in this folder: `model.keras` (best "
-        "checkpoint), `config.yaml` (resolved config), `metrics.json`, `logs/` (CSV and "
-        "TensorBoard), `plots/`" + (", `export/`" if exports else "") + ".",
-        "",
-        "## Model",
-        "",
-        f"- backbone: `{m['backbone']}`, weights: `{m['weights']}`",
-        f"- input: {data_report.get('input_shape')} raw 0-255 RGB "
-        "(preprocessing is inside the model)"
-        if data_report.get("modality", "image") == "image"
-        else "- input: raw strings (tokenization is inside the model)",
-        f"- task: `{m['task']}`, classes: {data_report.get('class_names')}",
-        f"- head dropout {m['dropout']}, pooling `{m['pooling']}`",
-        "",
-        "## Data",
-        "",
-        f"- source: {data_report.get('source')}",
-        f"- training examples: {data_report.get('num_train')}, validation: "
-        f"{data_report.get('num_val')}",
-        f"- per class (training): {data_report.get('train_class_counts')}",
-        f"- skipped unreadable files: {len(data_report.get('skipped', []))}"
-        + (" (listed in data_report.json)" if data_report.get("skipped") else ""),
-        f"- augmentation: `{d['augment']}`",
-        "",
-        "## Training",
-        "",
-        f"- phase 1: {t['epochs']} epoch(s), freeze `{m['freeze']}`, {t['optimizer']} at "
-        f"lr {t['learning_rate']} ({t['schedule']}, warmup {t['warmup_epochs']})",
-    ]
-    if f["epochs"]:
-        lines.append(
-            f"- phase 2 (fine-tune): {f['epochs']} epoch(s), freeze `{f['freeze']}`, lr "
-            f"{f['learning_rate']}"
-            + (f", gradual unfreezing every {f['gradual_every']}" if f["gradual_every"] else "")
-            + (f", layer decay {f['layer_decay']}" if f["layer_decay"] else "")
-        )
-    lines += [
-        f"- batch size {t['batch_size']} per replica x {timings.get('replicas', 1)} replica(s), "
-        f"strategy `{timings.get('strategy')}`, precision `{timings.get('precision')}`",
-        f"- cached backbone features: {timings.get('feature_cache', 'no')}",
-        f"- wall time: {timings.get('total_seconds', 0):.1f} s",
-        "",
-        "## Validation metrics",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    for k, v in scalar_metrics(metrics).items():
-        lines.append(f"| {k} | {_fmt(v)} |")
-    if "per_class" in metrics and len(metrics["per_class"]) <= 30:
-        cols = [
-            c
-            for c in ("precision", "recall", "f1", "auc", "support")
-            if c in next(iter(metrics["per_class"].values()))
-        ]
-        lines += ["", "| class | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for c, row in metrics["per_class"].items():
-            lines.append(f"| {c} | " + " | ".join(_fmt(row[k]) for k in cols) + " |")
-    lines += _forgetting_lines(metrics.get("forgetting"))
-    lines += [
-        "",
-        "## How to load",
-        "",
-        "```python",
-        "import kerastl",
-        f'model = kerastl.load_model("{Path(run_dir) / "model.keras"}")',
-        "probabilities = model.predict(images)  # float32 0-255 RGB, NHWC"
-        if data_report.get("modality", "image") == "image"
-        else "scores = model.predict(texts)  # raw strings",
-        "```",
-        "",
-        "```",
-        f"kerastl evaluate {run_dir}",
-        f"kerastl export {Path(run_dir) / 'model.keras'} --formats saved_model,tflite,onnx",
-        "```",
+        *_model_lines(config, data_report, exports),
+        *_data_lines(config, data_report),
+        *_training_lines(config, timings),
+        *_metrics_lines(metrics),
+        *_how_to_load_lines(data_report, run_dir),
     ]
     if exports:
         lines += ["", "## Exports", "", *_exports_table(exports)]

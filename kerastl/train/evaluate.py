@@ -1,4 +1,4 @@
-"""Evaluation of a trained model and of a run folder, and k-fold cross-validation."""
+"""Evaluation of a trained model and of a run folder: metrics, plots, forgetting report."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from kerastl import data as kdata
-from kerastl.train import _run
-from kerastl.train._metrics import HEADLINE, compute_metrics, scalar_metrics
+from kerastl.train import runfolder
+from kerastl.train._metrics import compute_metrics
 from kerastl.train._plots import (
     plot_confusion,
     plot_history,
@@ -20,6 +20,7 @@ from kerastl.train._plots import (
     plot_roc,
     read_history,
 )
+from kerastl.train.context import image_size, load_examples
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,7 @@ def predict(
     model: Any, ex: kdata.Examples, batch_size: int = 64, channels: int = 3
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, model outputs)`` over ``ex`` in order (no augmentation, no shuffle)."""
-    from kerastl.train._trainer import _image_size
-
-    ds = kdata.make_dataset(ex, _image_size(model), batch_size, cache=False, channels=channels)
+    ds = kdata.make_dataset(ex, image_size(model), batch_size, cache=False, channels=channels)
     outputs = model.predict(ds.map(lambda x, y: x), verbose=0)
     return ex.y, np.asarray(outputs)
 
@@ -69,7 +68,7 @@ def write_plots(
     plots = Path(out_dir) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     written = []
-    hist = history or read_history(_run.run_path(out_dir, "history"))
+    hist = history or read_history(runfolder.run_path(out_dir, "history"))
     if hist:
         p = plot_history(hist, plots / "curves.png", phase_boundary)
         if p:
@@ -114,7 +113,7 @@ def evaluate_run_model(
         out_dir, metrics["task"], metrics, ex.y, outputs, None, phase_boundary
     )
     add_forgetting(metrics, model, ex, cfg)
-    _run.write_json(_run.run_path(out_dir, "metrics"), metrics)
+    runfolder.write_json(runfolder.run_path(out_dir, "metrics"), metrics)
     return metrics
 
 
@@ -139,7 +138,6 @@ def add_forgetting(metrics: dict, model: Any, ex: kdata.Examples, cfg: dict, n: 
     EfficientNet-Lite ImageNet checkpoints); otherwise records why it was skipped.
     """
     from kerastl.forgetting import run_forgetting
-    from kerastl.train._trainer import _image_size
 
     weights = cfg["model"].get("weights")
     meta = getattr(model, "kerastl_config", {}) or {}
@@ -147,7 +145,7 @@ def add_forgetting(metrics: dict, model: Any, ex: kdata.Examples, cfg: dict, n: 
         return
     ds = kdata.make_dataset(
         ex,
-        _image_size(model),
+        image_size(model),
         cfg["train"]["batch_size"],
         cache=False,
         channels=cfg["model"]["channels"],
@@ -176,20 +174,15 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> di
         >>> evaluate_run("runs/exp1")["accuracy"]  # doctest: +SKIP
     """
     from kerastl._errors import ConfigError
-    from kerastl.train._trainer import load_examples
 
-    cfg = _run.read_config(run_dir)
-    model_path = _run.run_path(run_dir, "model")
+    cfg = runfolder.read_config(run_dir)
+    model_path = runfolder.run_path(run_dir, "model")
     if not model_path.is_file():
         raise ConfigError(f"RUN_DIR: no model.keras in {str(run_dir)!r}; did training finish?")
     if data_path:
         cfg = copy.deepcopy(cfg)
-        report_path = _run.run_path(run_dir, "data_report")
-        names = None
-        if report_path.is_file():
-            import json
-
-            names = json.loads(report_path.read_text()).get("class_names")
+        report = runfolder.read_json(runfolder.run_path(run_dir, "data_report"))
+        names = report.get("class_names")
         cfg["data"].update(
             path=str(data_path),
             val_path=None,
@@ -207,73 +200,3 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> di
             )
     metrics = evaluate_run_model(str(model_path), ex, cfg, str(run_dir))
     return metrics
-
-
-def cross_validate(
-    config: dict | str | os.PathLike,
-    folds: int = 5,
-    overrides: dict[str, Any] | None = None,
-    out_dir: str | os.PathLike | None = None,
-) -> dict:
-    """k-fold cross-validation of a run config: train k times, report mean and spread.
-
-    All data (training + validation of the config) is split into ``folds``
-    stratified parts; fold ``i`` trains on the others and validates on part
-    ``i``. Fold runs are written to ``<run>/folds/fold<i>``; the summary to
-    ``<run>/kfold.json``.
-
-    Returns:
-        ``{"folds": k, "per_fold": [...], "mean": {...}, "std": {...}}``.
-
-    Example:
-        >>> summary = cross_validate("run.yaml", folds=3)  # doctest: +SKIP
-        >>> summary["mean"]["accuracy"], summary["std"]["accuracy"]  # doctest: +SKIP
-    """
-    from kerastl.train._config import load_config, validate_config
-    from kerastl.train._trainer import load_examples, train
-
-    if isinstance(config, dict):
-        cfg = validate_config(copy.deepcopy(config))
-        cfg["name"] = cfg["name"] or "run"
-    else:
-        cfg = load_config(config, overrides)
-    base = Path(out_dir) if out_dir else Path(cfg["output_dir"]) / cfg["name"]
-    cfg_all = copy.deepcopy(cfg)
-    cfg_all["data"]["val_split"] = 0.0
-    ex, extra = load_examples(cfg_all)
-    if extra is not None:  # a separate validation set joins the pool
-        ex = _concat(ex, extra)
-    per_fold = []
-    for i, (tr, va) in enumerate(ex.folds(folds, seed=cfg["seed"])):
-        fold_cfg = copy.deepcopy(cfg)
-        fold_cfg["output_dir"] = str(base / "folds")
-        fold_cfg["name"] = f"fold{i}"
-        fold_cfg["export"]["formats"] = []
-        log.info(f"fold {i + 1}/{folds}: {len(tr)} training, {len(va)} validation")
-        result = train(fold_cfg, examples=(ex.subset(tr), ex.subset(va)))
-        per_fold.append(scalar_metrics(result.metrics))
-    keys = sorted(set.intersection(*(set(m) for m in per_fold))) if per_fold else []
-    summary = {
-        "folds": folds,
-        "num_examples": len(ex),
-        "headline": HEADLINE.get(cfg["model"]["task"]),
-        "per_fold": per_fold,
-        "mean": {k: float(np.mean([m[k] for m in per_fold])) for k in keys},
-        "std": {k: float(np.std([m[k] for m in per_fold])) for k in keys},
-    }
-    _run.write_json(base / "kfold.json", summary)
-    return summary
-
-
-def _concat(a: kdata.Examples, b: kdata.Examples) -> kdata.Examples:
-    from dataclasses import replace
-
-    if a.kind == "tfds" or b.kind == "tfds":
-        return a
-    return replace(
-        a,
-        x=np.concatenate([a.x, b.x]),
-        y=np.concatenate([a.y, b.y]),
-        skipped=a.skipped + b.skipped,
-        source=f"{a.source} + {b.source}",
-    )

@@ -1,0 +1,304 @@
+"""The context of one training run: resolved config, strategy, data, folder, model, datasets.
+
+:func:`open_run` makes it (config -> session -> strategy -> data -> run folder);
+:func:`build_model` and :func:`make_datasets` fill in the model and the input
+pipelines. Every later step of :func:`kerastl.train.train` reads and updates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+
+from kerastl import data as kdata
+from kerastl._errors import DataError
+from kerastl.train import runfolder
+from kerastl.train._callbacks import BestCheckpoint
+from kerastl.train._config import check_data_paths, load_config, validate_config
+from kerastl.train._strategy import get_strategy, set_precision, strategy_name
+from kerastl.train.runfolder import RunFolder
+
+log = logging.getLogger(__name__)
+
+#: Keys that do not change what a run trains (a resumed run may differ in them).
+_NOT_TRAINING = {"name", "output_dir", "export", "evaluate"}
+_NOT_TRAINING_TRAIN = {"resume", "verbose", "tensorboard", "cache_dir"}
+
+
+@dataclass
+class RunContext:
+    """What the steps of one :func:`kerastl.train.train` call share."""
+
+    cfg: dict
+    strategy: Any
+    verbose: int
+    train_ex: kdata.Examples
+    val_ex: kdata.Examples | None
+    callbacks: list
+    folder: RunFolder
+    state: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    model: Any = None
+    best: Any = None
+    train_ds: Any = None
+    val_ds: Any = None
+    monitor: str = ""
+    data_report: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg["train"]["batch_size"] * self.replicas
+
+    @property
+    def steps(self) -> int:
+        """Training steps per epoch."""
+        return max(1, math.ceil(len(self.train_ex) / self.global_batch))
+
+    @property
+    def chief(self) -> bool:
+        return self.folder.chief
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        return image_size(self.model)
+
+    def dataset(self, ex: kdata.Examples, batch: int, **options: Any) -> Any:
+        """``ex`` as a dataset at the model's input size and the config's channels."""
+        channels = self.cfg["model"]["channels"]
+        return kdata.make_dataset(ex, self.image_size, batch, channels=channels, **options)
+
+
+def open_run(
+    config: Any, overrides: dict | None, examples: Any, callbacks: list | None
+) -> RunContext:
+    """Resolve the config, start a fresh session and strategy, read the data, prepare the folder.
+
+    Data comes before the folder: nothing is written for a run whose data cannot be read.
+    """
+    cfg = resolve_config(config, overrides, examples)
+    if examples is None:
+        check_data_paths(cfg)
+    t = cfg["train"]
+    # A fresh Keras session per run: layer-name counters restart (layer groups of some
+    # backbones are declared by auto-generated names) and earlier runs' graphs are freed.
+    keras.utils.clear_session()
+    keras.utils.set_random_seed(cfg["seed"])
+    precision = set_precision(t["precision"])
+    strategy = get_strategy(t["strategy"])
+    train_ex, val_ex = examples if examples is not None else load_examples(cfg)
+    check_task(cfg, train_ex, val_ex)
+    folder = RunFolder.for_config(cfg)
+    ctx = RunContext(
+        cfg, strategy, verbose_level(t["verbose"]), train_ex, val_ex, list(callbacks or []), folder
+    )
+    ctx.state = folder.prepare(cfg, run_fingerprint(cfg, train_ex, val_ex))
+    ctx.skipped = report_skipped(train_ex, val_ex)
+    ctx.timings.update(
+        {
+            "strategy": strategy_name(strategy),
+            "replicas": ctx.replicas,
+            "precision": precision,
+            "feature_cache": "no",
+        }
+    )
+    return ctx
+
+
+def resolve_config(config: Any, overrides: dict | None, examples: Any) -> dict:
+    """The validated config: a YAML path loaded, or a dict with ``overrides`` applied."""
+    if not isinstance(config, dict):
+        return load_config(config, overrides)
+    cfg = dict(config)
+    if overrides:
+        from kerastl.train._config import set_key
+
+        for k, v in overrides.items():
+            set_key(cfg, k, v)
+    if examples is not None:
+        cfg["data"] = {
+            **(cfg.get("data") or {}),
+            "path": (cfg.get("data") or {}).get("path") or "<in-memory examples>",
+        }
+    cfg = validate_config(cfg)
+    if cfg["name"] is None:
+        cfg["name"] = "run"
+    return cfg
+
+
+def verbose_level(value: Any) -> int:
+    """``train.verbose`` as Keras' ``verbose`` (``"auto"``: a progress bar on a terminal)."""
+    if value == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(value)
+
+
+def image_size(model: keras.Model) -> tuple[int, int] | None:
+    """The ``(height, width)`` of an image model's input, else None."""
+    spec = (getattr(model, "kerastl_config", {}) or {}).get("input", {})
+    shape = spec.get("shape")
+    if spec.get("name") == "image" and shape and len(shape) == 3:
+        return (int(shape[0]), int(shape[1]))
+    return None
+
+
+def load_examples(cfg: dict) -> tuple[kdata.Examples, kdata.Examples | None]:
+    """Read the config's data into ``(train, validation)`` examples (validation may be None)."""
+    d, m = cfg["data"], cfg["model"]
+    keys = ("path_column", "label_column", "text_column", "root", "name", "data_dir", "split")
+    opts = {k: d[k] for k in keys}
+
+    def read(path: str, class_names: Any) -> kdata.Examples:
+        return kdata.load(
+            d["source"], path, m["task"], class_names, m["channels"], d["verify"], **opts
+        )
+
+    ex = read(d["path"], d["class_names"])
+    if d["val_path"]:
+        return ex, read(d["val_path"], ex.class_names)
+    if d["source"] == "tfds" and d["val_tfds_split"]:
+        val = kdata.from_tfds(d["name"], d["data_dir"], d["val_tfds_split"], m["task"])
+        return ex, val
+    if d["val_split"] > 0:
+        train, val = ex.split(d["val_split"], seed=cfg["seed"])
+        train.skipped = ex.skipped
+        return train, val
+    return ex, None
+
+
+def check_task(cfg: dict, train_ex: kdata.Examples, val_ex: kdata.Examples | None) -> None:
+    """Raise when the examples' labels were encoded for another task than ``model.task``."""
+    from kerastl.heads import resolve_task
+
+    want = resolve_task(cfg["model"]["task"]).name
+    for part in (train_ex, val_ex):
+        if part is not None and part.task != want:
+            raise DataError(
+                f"{part.source}: the labels were encoded for task={part.task!r} but "
+                f"model.task is {want!r}; load the data with task={want!r}."
+            )
+
+
+def run_fingerprint(cfg: dict, train_ex: kdata.Examples, val_ex: kdata.Examples | None) -> str:
+    """A hash of what the run trains: the training keys of the config and both data sets."""
+    relevant = {k: v for k, v in cfg.items() if k not in _NOT_TRAINING}
+    relevant["train"] = {k: v for k, v in cfg["train"].items() if k not in _NOT_TRAINING_TRAIN}
+    h = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
+    h.update(train_ex.fingerprint().encode())
+    h.update((val_ex.fingerprint() if val_ex is not None else "-").encode())
+    return h.hexdigest()[:16]
+
+
+def report_skipped(ex: kdata.Examples, val: kdata.Examples | None) -> list[tuple[str, str]]:
+    """Log the unreadable files both data sets skipped; returns them."""
+    skipped = list(ex.skipped) + (list(val.skipped) if val is not None else [])
+    if skipped:
+        log.warning(f"skipped {len(skipped)} unreadable file(s):")
+        for p, why in skipped[:20]:
+            log.warning(f"  {p}: {why}")
+        if len(skipped) > 20:
+            log.warning(f"  ... and {len(skipped) - 20} more (see data_report.json)")
+    return skipped
+
+
+def build_model(ctx: RunContext) -> keras.Model:
+    """The uncompiled model of ``model`` (in the strategy's scope), frozen per ``model.freeze``."""
+    from kerastl._build import build
+
+    m, ex = ctx.cfg["model"], ctx.train_ex
+    task = m["task"]
+    if task == "regression":
+        num = int(ex.y.shape[1])
+    elif task in ("binary", "embedding"):
+        num = None
+    else:
+        num = len(ex.class_names or [])
+    class_names = ex.class_names if task in ("classification", "multilabel", "binary") else None
+    with ctx.strategy.scope():
+        model = build(
+            m["backbone"],
+            task=task,
+            num_classes=num,
+            weights=m["weights"],
+            input_shape=_input_shape(m),
+            freeze=m["freeze"],
+            dropout=m["dropout"],
+            pooling=m["pooling"],
+            class_names=class_names,
+            train_batchnorm=m["train_batchnorm"],
+            embedding_dim=m["embedding_dim"],
+            compile=False,
+            **(m["options"] or {}),
+        )
+    meta = model.kerastl_config
+    kdata.check_head(ex, meta["num_outputs"], meta["task"], None)
+    return model
+
+
+def _input_shape(m: dict) -> tuple[int, int, int] | None:
+    """``model.input_size`` and ``channels`` as an input shape (None: the backbone's own)."""
+    size = m["input_size"]
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        return (h, w, m["channels"])
+    if m["channels"] != 3:
+        from kerastl.zoo import get_spec
+
+        s = get_spec(m["backbone"]).input_size
+        return (s, s, m["channels"])
+    return None
+
+
+def make_datasets(ctx: RunContext) -> None:
+    """The training and validation pipelines, the monitored metric, the best checkpoint."""
+    cfg, d = ctx.cfg, ctx.cfg["data"]
+    ctx.train_ds = ctx.dataset(
+        ctx.train_ex,
+        ctx.global_batch,
+        shuffle=d["shuffle"],
+        seed=cfg["seed"],
+        augment=d["augment"],
+        cache=d["cache"] if isinstance(d["cache"], str) else True,
+    )
+    if ctx.val_ex is not None:
+        ctx.val_ds = ctx.dataset(ctx.val_ex, ctx.global_batch, cache=True)
+    monitor = cfg["train"]["monitor"]
+    ctx.monitor = monitor if ctx.val_ds is not None else monitor.replace("val_", "")
+    ctx.data_report = _data_report(ctx)
+    if ctx.chief:
+        runfolder.write_json(runfolder.run_path(ctx.folder.out_dir, "data_report"), ctx.data_report)
+    ctx.best = BestCheckpoint(
+        ctx.folder.model_path, target=ctx.model, monitor=ctx.monitor, verbose=int(ctx.verbose > 0)
+    )
+    if ctx.state.get("best") is not None:
+        ctx.best.best = ctx.state["best"]
+    ctx.folder.logs_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _data_report(ctx: RunContext) -> dict:
+    """``data_report.json``: source, sizes, classes, input shape and skipped files."""
+    train_ex, val_ex = ctx.train_ex, ctx.val_ex
+    return {
+        "source": train_ex.source,
+        "modality": train_ex.modality,
+        "num_train": len(train_ex),
+        "num_val": len(val_ex) if val_ex is not None else 0,
+        "class_names": train_ex.class_names,
+        "train_class_counts": train_ex.class_counts(),
+        "val_class_counts": val_ex.class_counts() if val_ex is not None else {},
+        "input_shape": ctx.model.kerastl_config.get("input", {}).get("shape"),
+        "fingerprint": train_ex.fingerprint(),
+        "skipped": [{"path": p, "reason": r} for p, r in ctx.skipped],
+    }

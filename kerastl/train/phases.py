@@ -1,0 +1,327 @@
+"""The two phases of a run: phase 1 (on cached features when it can) and fine-tuning.
+
+Each phase reads and updates a :class:`~kerastl.train.context.RunContext`; the
+callbacks of both are made by :func:`phase_callbacks` from that context.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from typing import Any
+
+import keras
+
+from kerastl import data as kdata
+from kerastl.train._cache import FeatureCache, backbone_is_frozen, feature_batch_size, split_model
+from kerastl.train._callbacks import (
+    InterruptCheck,
+    NanGuard,
+    OffsetEpochs,
+    PreciseBatchNorm,
+    ResumableCSVLogger,
+    SafeBackupAndRestore,
+    make_optimizer,
+    make_schedule,
+)
+from kerastl.train._strategy import prepare_fit, strategy_name
+from kerastl.train.context import RunContext
+
+log = logging.getLogger(__name__)
+
+
+def compile_model(model: keras.Model, optimizer: Any, cfg: dict, **overrides: Any) -> None:
+    """Compile ``model`` for its task with ``train.jit_compile`` and ``steps_per_execution``."""
+    from kerastl._build import compile_for_task
+
+    t = cfg["train"]
+    options = {"jit_compile": t["jit_compile"], "steps_per_execution": t["steps_per_execution"]}
+    compile_for_task(model, optimizer=optimizer, **{**options, **overrides})
+
+
+def phase_callbacks(ctx: RunContext, phase: str, fitted: keras.Model) -> list:
+    """The callbacks of one phase, fitting ``fitted`` (the model, or its head on features).
+
+    Order matters for a kill between two callbacks: NanGuard first (a NaN loss aborts
+    before anything saves it); the CSV row and the best checkpoint of an epoch are
+    written before its backup, so a resumed run never misses them (it redoes the
+    epoch and the logger drops the duplicate row).
+    """
+    folder, best = ctx.folder, ctx.best
+    cbs: list = [InterruptCheck(), NanGuard(phase), ResumableCSVLogger(str(folder.history_csv))]
+    best.target = ctx.model
+    best.defer = fitted is not ctx.model  # the head on cached features: save once per phase
+    cbs.append(best)
+    cbs += _early_stopping(ctx)
+    if fitted is ctx.model:
+        cbs += _precise_bn(ctx)
+    cbs.append(SafeBackupAndRestore(str(folder.backup_root / phase), double_checkpoint=True))
+    if ctx.cfg["train"]["tensorboard"] and _has_tensorboard():
+        logs = str(folder.logs_dir / "tensorboard" / phase)
+        cbs.append(keras.callbacks.TensorBoard(logs, write_graph=False, profile_batch=0))
+    return cbs + ctx.callbacks
+
+
+def _early_stopping(ctx: RunContext) -> list:
+    patience = ctx.cfg["train"]["early_stopping"]
+    if patience is True:
+        patience = 5
+    if not patience:
+        return []
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor=ctx.monitor,
+            patience=int(patience),
+            mode=ctx.best.mode,
+            verbose=int(ctx.verbose > 0),
+        )
+    ]
+
+
+def _precise_bn(ctx: RunContext) -> list:
+    pbn = ctx.cfg["train"]["precise_bn"]
+    if not pbn:
+        return []
+    plain = ctx.dataset(
+        ctx.train_ex, max(ctx.global_batch, 64), shuffle=True, seed=ctx.cfg["seed"] + 1, cache=True
+    )
+    return [PreciseBatchNorm(plain, 4 if pbn is True else int(pbn))]
+
+
+def _has_tensorboard() -> bool:
+    if importlib.util.find_spec("tensorboard") is None:
+        log.warning(
+            "TensorBoard logs skipped: the 'tensorboard' package is not installed "
+            "(pip install tensorboard)."
+        )
+        return False
+    return True
+
+
+def history_merge(total: dict[str, list[float]], h: keras.callbacks.History | None) -> None:
+    """Append the epochs of ``h`` to ``total``."""
+    if h is None:
+        return
+    for k, v in h.history.items():
+        total.setdefault(k, []).extend(float(x) for x in v)
+
+
+def decide_cache(cfg: dict, model: keras.Model, ex: kdata.Examples) -> str | None:
+    """``"memory"``/``"disk"`` when training the head on cached features, else None."""
+    want = cfg["train"]["cache_features"]
+    want = {True: "auto", False: "off"}.get(want, want)
+    if want == "off":
+        return None
+    frozen = backbone_is_frozen(model)
+    augment = kdata.augment_names(cfg["data"]["augment"]) if ex.kind != "text" else []
+    if augment:
+        if want != "auto" or frozen:
+            log.info(
+                f"cached features disabled: augmentation {augment} changes the "
+                "images every epoch, so backbone features cannot be computed once."
+            )
+        return None
+    if not frozen:
+        if want != "auto":
+            log.info(
+                "cached features disabled: the backbone is not frozen "
+                f"(freeze={cfg['model']['freeze']!r}); they need freeze: backbone."
+            )
+        return None
+    return "memory" if want == "auto" else want
+
+
+def phase1(ctx: RunContext) -> int:
+    """Phase 1 (or its saved result when resuming); returns the epochs it ran."""
+    t, model, state = ctx.cfg["train"], ctx.model, ctx.state
+    epochs = t["epochs"]
+    if not epochs:
+        return 0
+    if state.get("phase1_done"):
+        model.load_weights(str(ctx.folder.phase1_weights))
+        done = int(state.get("phase1_epochs", epochs))
+        ctx.history = state.get("history", {})
+        log.info(f"resuming: phase 1 already done ({done} epochs)")
+        return done
+    t1 = time.perf_counter()
+    cache_mode = decide_cache(ctx.cfg, model, ctx.train_ex)
+    with ctx.strategy.scope():
+        schedule = make_schedule(
+            t["learning_rate"], t["schedule"], ctx.steps, epochs, t["warmup_epochs"]
+        )
+        optimizer = make_optimizer(t["optimizer"], schedule, t["weight_decay"])
+    if cache_mode:
+        with ctx.best.flushed_on_interrupt():
+            h = _fit_on_cached_features(ctx, optimizer, cache_mode)
+    else:
+        with ctx.strategy.scope():
+            compile_model(model, optimizer, ctx.cfg)
+        h = prepare_fit(model, ctx.strategy).fit(
+            ctx.train_ds,
+            validation_data=ctx.val_ds,
+            epochs=epochs,
+            verbose=ctx.verbose,
+            shuffle=False,
+            callbacks=phase_callbacks(ctx, "phase1", model),
+        )
+    history_merge(ctx.history, h)
+    ctx.best.restore()
+    done = ctx.folder.epochs_done(len(h.history.get("loss", [])))
+    ctx.timings["phase1_seconds"] = time.perf_counter() - t1
+    best = ctx.best.best if math.isfinite(ctx.best.best) else None
+    saved = {"phase1_done": True, "phase1_epochs": done, "best": best, "history": ctx.history}
+    ctx.folder.write_state(model, saved)
+    return done
+
+
+def _fit_on_cached_features(ctx: RunContext, optimizer: Any, mode: str) -> Any:
+    """Phase 1 on cached backbone features; returns the history (cache use in the timings)."""
+    t0 = time.perf_counter()
+    with ctx.strategy.scope():  # the head model fits with the strategy, like the full model
+        feature_model, head = split_model(ctx.model)
+    cache = FeatureCache(mode, ctx.cfg["train"]["cache_dir"])
+    batch = feature_batch_size(ctx.image_size, ctx.global_batch)
+    train_ds, val_ds, shape = _feature_datasets(ctx, cache, feature_model, batch)
+    seconds = time.perf_counter() - t0
+    log.info(
+        f"training the head on cached {mode} features "
+        f"({shape[0]} x {shape[1:]}; feature pass {seconds:.1f} s)"
+    )
+    with ctx.strategy.scope():
+        head.kerastl_config = ctx.model.kerastl_config  # compile_for_task reads the task
+        compile_model(head, optimizer, ctx.cfg, steps_per_execution=_head_steps(ctx))
+    h = prepare_fit(head, ctx.strategy).fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=ctx.cfg["train"]["epochs"],
+        verbose=ctx.verbose,
+        shuffle=False,
+        callbacks=phase_callbacks(ctx, "phase1", head),
+    )
+    t = ctx.cfg["train"]
+    with ctx.strategy.scope():  # the full model, with the trained head, ready for phase 2 / saving
+        compile_model(ctx.model, make_optimizer(t["optimizer"], t["learning_rate"]), ctx.cfg)
+    ctx.timings["feature_cache"] = {
+        "mode": mode,
+        "batch": batch,
+        "feature_seconds": round(seconds, 3),
+        "hits": cache.hits,
+        "misses": cache.misses,
+    }
+    return h
+
+
+def _feature_datasets(
+    ctx: RunContext, cache: FeatureCache, feature_model: keras.Model, batch: int
+) -> tuple[Any, Any, tuple]:
+    """Training and validation datasets of cached features; also the training features' shape."""
+    import tensorflow as tf
+
+    from kerastl.data._pipeline import shuffle_and_batch
+
+    def features_of(ex: kdata.Examples, label: str) -> tuple[Any, Any]:
+        # Uncached, in order, at the inference batch size (not the training one).
+        plain = ctx.dataset(ex, batch, shuffle=False, cache=False)
+        steps = math.ceil(len(ex) / batch)
+        return cache.get(
+            ctx.model, feature_model, ex.fingerprint(), plain, steps, ctx.verbose, label
+        )
+
+    xtr, ytr = features_of(ctx.train_ex, "training features")
+    val_ds = None
+    if ctx.val_ex is not None:
+        xva, yva = features_of(ctx.val_ex, "validation features")
+        val_ds = tf.data.Dataset.from_tensor_slices((xva, yva)).batch(ctx.global_batch)
+    d = ctx.cfg["data"]
+    train_ds = shuffle_and_batch(
+        tf.data.Dataset.from_tensor_slices((xtr, ytr)),
+        len(xtr),
+        ctx.global_batch,
+        d["shuffle"],
+        ctx.cfg["seed"],
+    ).prefetch(tf.data.AUTOTUNE)
+    return train_ds, val_ds, xtr.shape
+
+
+def _head_steps(ctx: RunContext) -> int:
+    """``steps_per_execution`` of the head on features.
+
+    A step of a small head on feature vectors costs less than Keras' per-step
+    dispatch; running a whole epoch per execution gives the same updates, faster.
+    (Not under MultiWorkerMirroredStrategy: its collectives fail with several
+    steps per execution in Keras 3.15.)
+    """
+    spe = ctx.cfg["train"]["steps_per_execution"]
+    if spe == 1 and strategy_name(ctx.strategy) != "MultiWorkerMirroredStrategy":
+        spe = max(1, min(ctx.steps, 256))
+    return spe
+
+
+def finetune_setup(ctx: RunContext) -> tuple[float, list]:
+    """Freeze, optimizer and callbacks of phase 2; returns (rate, extra callbacks).
+
+    ``finetune.freeze`` is the limit of gradual unfreezing when ``gradual_every`` is
+    set (``last:N`` / ``up_to:GROUP``: those groups join one by one; ``none``: all).
+    ``layer_decay`` gives each group its own rate, each with the schedule, warm-up
+    and weight decay of ``finetune`` / ``train``.
+    """
+    from kerastl.freeze import GradualUnfreezing, apply_policy, discriminative_optimizer
+
+    cfg, model = ctx.cfg, ctx.model
+    t, ft = cfg["train"], cfg["finetune"]
+    lr2 = ft["learning_rate"] if ft["learning_rate"] is not None else t["learning_rate"] / 10
+    bn = cfg["model"]["train_batchnorm"]
+
+    def group_optimizer(rate: float) -> keras.optimizers.Optimizer:
+        schedule = make_schedule(rate, ft["schedule"], ctx.steps, ft["epochs"], ft["warmup_epochs"])
+        return make_optimizer(t["optimizer"], schedule, t["weight_decay"])
+
+    extra: list = []
+    with ctx.strategy.scope():
+        if ft["gradual_every"]:
+            limit = apply_policy(model, ft["freeze"], train_batchnorm=bn)
+            max_groups = sum(limit.values())
+            apply_policy(model, "backbone", train_batchnorm=bn)
+        else:
+            apply_policy(model, ft["freeze"], train_batchnorm=bn)
+        if ft["layer_decay"]:
+            optimizer = discriminative_optimizer(
+                model, lr2, decay=ft["layer_decay"], factory=group_optimizer
+            )
+        else:
+            optimizer = group_optimizer(lr2)
+        compile_model(model, optimizer, cfg)
+        if ft["gradual_every"]:
+            extra.append(
+                GradualUnfreezing(
+                    model, every=ft["gradual_every"], max_groups=max_groups, verbose=ctx.verbose > 0
+                )
+            )
+    return lr2, extra
+
+
+def phase2(ctx: RunContext, done1: int) -> None:
+    """Fine-tune from epoch ``done1`` for ``finetune.epochs`` epochs."""
+    ft = ctx.cfg["finetune"]
+    t2 = time.perf_counter()
+    lr2, extra = finetune_setup(ctx)
+    log.info(
+        f"phase 2: fine-tuning (freeze={ft['freeze']!r}, lr={lr2:g}) for {ft['epochs']} epoch(s)"
+    )
+    cbs = phase_callbacks(ctx, "phase2", ctx.model)
+    if extra:
+        cbs.insert(1, OffsetEpochs(extra[0], done1))
+    h2 = prepare_fit(ctx.model, ctx.strategy).fit(
+        ctx.train_ds,
+        validation_data=ctx.val_ds,
+        initial_epoch=done1,
+        epochs=done1 + ft["epochs"],
+        verbose=ctx.verbose,
+        shuffle=False,
+        callbacks=cbs,
+    )
+    history_merge(ctx.history, h2)
+    ctx.best.restore()
+    ctx.timings["phase2_seconds"] = time.perf_counter() - t2

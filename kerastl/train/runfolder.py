@@ -1,0 +1,225 @@
+"""The run folder: its standard files, and the state that lets an interrupted run resume.
+
+The model card (the folder's README.md) is written by :mod:`kerastl.train.card`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kerastl._safety import atomic_write_text
+from kerastl.train._strategy import is_chief, worker_id, write_dir
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = {
+    "config": "config.yaml",
+    "model": "model.keras",
+    "metrics": "metrics.json",
+    "history": "logs/history.csv",
+    "tensorboard": "logs/tensorboard",
+    "data_report": "data_report.json",
+    "card": "README.md",
+    "plots": "plots",
+    "export": "export",
+    "state": "state",
+    "backup": "backup",
+}
+
+
+def run_path(run_dir: str | os.PathLike, what: str) -> Path:
+    """Path of a standard file of a run folder (see :data:`RUN_FILES`)."""
+    return Path(run_dir) / RUN_FILES[what]
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """Write JSON atomically (temp file then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(value, indent=1, default=_jsonable) + "\n")
+
+
+def _jsonable(v: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(v)
+
+
+def write_config(run_dir: str | os.PathLike, config: dict) -> Path:
+    """Write the resolved config as YAML (re-runnable with ``kerastl train``)."""
+    import yaml
+
+    path = run_path(run_dir, "config")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Resolved kerastl run config (every default filled in).\n"
+        "# Re-run with: kerastl train "
+        + str(path)
+        + "\n"
+        + yaml.safe_dump(config, sort_keys=False),
+        encoding="utf-8",
+    )
+    return path
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """The resolved config of a run folder."""
+    import yaml
+
+    from kerastl._errors import ConfigError
+
+    path = run_path(run_dir, "config")
+    if not path.is_file():
+        raise ConfigError(
+            f"RUN_DIR: {str(run_dir)!r} is not a kerastl run folder (no {RUN_FILES['config']})."
+        )
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``, or ``{}`` when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folders of one run as this process sees them, and the rules for resuming it.
+
+    ``run_dir`` is the run folder. ``out_dir`` is where this process writes: the run
+    folder on the chief; on another worker of a multi-worker job, a temporary folder
+    (every worker runs the same saving code, but only the chief's files are kept).
+
+    Example:
+        >>> folder = RunFolder("runs/exp1", "runs/exp1", chief=True, worker="chief")
+        >>> folder.model_path, str(folder.backup_root)
+        ('runs/exp1/model.keras', 'runs/exp1/backup/chief')
+    """
+
+    run_dir: str
+    out_dir: str
+    chief: bool
+    worker: str
+
+    @classmethod
+    def for_config(cls, cfg: dict) -> RunFolder:
+        """The folder of ``output_dir/name`` (making this worker's temporary folder if needed)."""
+        run_dir = str(Path(cfg["output_dir"]) / cfg["name"])
+        return cls(run_dir, write_dir(run_dir), is_chief(), worker_id())
+
+    @property
+    def backup_root(self) -> Path:
+        return Path(self.run_dir) / RUN_FILES["backup"] / self.worker
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.out_dir) / RUN_FILES["state"]
+
+    @property
+    def logs_dir(self) -> Path:
+        return Path(self.out_dir) / "logs"
+
+    @property
+    def history_csv(self) -> Path:
+        return run_path(self.out_dir, "history")
+
+    @property
+    def model_path(self) -> str:
+        return str(run_path(self.out_dir, "model"))
+
+    @property
+    def phase1_weights(self) -> Path:
+        """The weights saved at the end of phase 1 (a resumed run starts from them)."""
+        return self.state_dir / "phase1.weights.h5"
+
+    @property
+    def _marker(self) -> Path:
+        return Path(self.run_dir) / RUN_FILES["state"] / "run.json"
+
+    def resume_refusal(self, fingerprint: str, resume: bool) -> str | None:
+        """Why the saved state of this run folder must not be resumed (None: resume it)."""
+        if not resume:
+            return "train.resume is false"
+        leftovers = [p for p in (self.backup_root, self.state_dir, self.logs_dir) if p.exists()]
+        if not leftovers:
+            return None
+        if not self._marker.is_file():
+            return "its saved state records no config/data fingerprint"
+        prev = json.loads(self._marker.read_text())
+        if prev.get("finished"):
+            return "the earlier run with this name finished"
+        if prev.get("fingerprint") != fingerprint:
+            return "the config or data changed since the interrupted run"
+        return None
+
+    def prepare(self, cfg: dict, fingerprint: str) -> dict:
+        """Create the folder; returns the saved state of an unfinished, unchanged run, else {}."""
+        state: dict = {}
+        reason = self.resume_refusal(fingerprint, cfg["train"]["resume"])
+        if reason is not None:
+            if reason != "train.resume is false" and (
+                self.state_dir.exists() or self.logs_dir.exists()
+            ):
+                log.info(
+                    f"{self.run_dir}: starting fresh ({reason}); its saved state, "
+                    "backups and logs are not reused."
+                )
+            for p in (self.backup_root, self.state_dir, self.logs_dir):
+                shutil.rmtree(p, ignore_errors=True)
+        else:
+            state = self.read_state()
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.chief:
+            write_json(self.state_dir / "run.json", {"fingerprint": fingerprint, "finished": False})
+            write_config(self.out_dir, cfg)
+        return state
+
+    def read_state(self) -> dict:
+        """The state saved after phase 1 (``{}`` unless both its files are there)."""
+        path = self.state_dir / "state.json"
+        if path.is_file() and self.phase1_weights.is_file():
+            return json.loads(path.read_text())
+        return {}
+
+    def write_state(self, model: Any, state: dict) -> None:
+        """Save the model's weights and ``state`` at the end of phase 1."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / "phase1.tmp.weights.h5"
+        model.save_weights(str(tmp))
+        os.replace(tmp, self.phase1_weights)
+        write_json(self.state_dir / "state.json", state)
+
+    def epochs_done(self, fallback: int) -> int:
+        """Epochs in the CSV log, which spans every process of a resumed run."""
+        from kerastl.train._plots import read_history
+
+        epochs = read_history(self.history_csv).get("epoch")
+        return int(max(epochs)) + 1 if epochs else fallback
+
+    def close(self) -> None:
+        """Mark the run finished (chief) and delete the backups and a worker's temporary files."""
+        if self.chief:
+            marker = self.state_dir / "run.json"
+            write_json(marker, {**read_json(marker), "finished": True})
+        shutil.rmtree(self.backup_root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.backup_root.parent.rmdir()  # only when no other worker's backup is left
+        if (
+            not self.chief
+        ):  # a non-chief worker's files only existed to keep the collectives in step
+            shutil.rmtree(self.out_dir, ignore_errors=True)
