@@ -28,13 +28,16 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _functions(tree: ast.AST, path: Path):
+def _functions(tree: ast.AST, path: Path, docstrings: bool = True):
+    """(length, where) of every function; its docstring counts only if ``docstrings``."""
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield (
-                node.end_lineno - node.lineno + 1,
-                f"{path.relative_to(ROOT)}:{node.lineno} {node.name}",
-            )
+            n = node.end_lineno - node.lineno + 1
+            first = node.body[0]
+            if not docstrings and isinstance(first, ast.Expr):
+                if isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                    n -= first.end_lineno - first.lineno + 1
+            yield n, f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -125,12 +128,14 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def measure(lazy: bool = False) -> dict:
+def measure(lazy: bool = False, docstrings: bool = True) -> dict:
     files = sorted(PKG.rglob("*.py"))
     trees = {p: ast.parse(p.read_text(), str(p)) for p in files}
     known = {_module_name(p) for p in files}
     lines = sum(len(p.read_text().splitlines()) for p in files)
-    funcs = sorted((f for p, t in trees.items() for f in _functions(t, p)), reverse=True)
+    funcs = sorted(
+        (f for p, t in trees.items() for f in _functions(t, p, docstrings)), reverse=True
+    )
     # A package's __init__ importing its own submodules is not a cycle worth
     # counting unless the submodule imports the package back: keep every edge.
     graph = {
@@ -151,10 +156,14 @@ def main() -> int:
     parser.add_argument(
         "--lazy", action="store_true", help="count imports inside functions towards cycles too"
     )
+    parser.add_argument(
+        "--no-docstrings", action="store_true", help="leave docstrings out of function lengths"
+    )
     args = parser.parse_args()
-    m = measure(args.lazy)
+    m = measure(args.lazy, not args.no_docstrings)
     print(f"files: {m['files']}  lines: {m['lines']}")
-    print(f"ten longest functions (of {len(m['functions'])}):")
+    what = "without docstrings" if args.no_docstrings else "with docstrings"
+    print(f"longest functions, {what} (of {len(m['functions'])}):")
     for n, where in m["functions"][: args.top]:
         print(f"  {n:5d}  {where}")
     kind = "all imports" if args.lazy else "module-level imports"
