@@ -256,7 +256,7 @@ def run(quick: bool = False) -> Section:
         "Same settings, different work: both sides apply horizontal flip, rotation +-0.08 "
         "turn, zoom +-15% and contrast +-20% with Keras' random layers, except that kerastl "
         "folds flip, rotation and zoom into one matrix per image and resamples once "
-        "(`kerastl.layers.RandomAffine`, tested to equal each Keras layer on its own). "
+        "(`kerastl.core.layers.RandomAffine`, tested to equal each Keras layer on its own). "
         "kerastl caches the decoded, resized uint8 images after the first epoch (4 x smaller "
         "than float32), so later epochs skip decoding and resizing; it decodes JPEGs at least "
         "2x the target at 1/2, 1/4 or 1/8 scale (libjpeg's scaled IDCT), and shrinks by more "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import kerastl
-from kerastl.heads import SupervisedContrastiveLoss
+from kerastl.core.heads import SupervisedContrastiveLoss
 
 S = (32, 32, 3)
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from kerastl import data as kdata
-from kerastl._errors import ConfigError, DataError
+from kerastl.errors import ConfigError, DataError
 
 
 def _folder(root, classes=("cat", "dog"), n=6, size=(20, 24), seed=0):
@@ -216,7 +216,7 @@ def test_random_affine_matches_each_keras_layer(fused, keras_layer):
     """Fixed-parameter ranges: the fused layer computes what the Keras layer computes."""
     import keras
 
-    from kerastl.layers import RandomAffine
+    from kerastl.core.layers import RandomAffine
 
     x = _smooth_images()
     ours = np.asarray(RandomAffine(seed=1, **fused)(x, training=True))
@@ -229,7 +229,7 @@ def test_random_affine_matches_each_keras_layer(fused, keras_layer):
 def test_geometric_blocks_are_fused_into_one_resampling():
     import keras
 
-    from kerastl.layers import RandomAffine
+    from kerastl.core.layers import RandomAffine
 
     aug = kdata.build_augmenter("standard", seed=0)
     kinds = [type(layer).__name__ for layer in aug.layers]
@@ -287,7 +287,7 @@ def test_large_jpegs_decode_at_reduced_scale_with_the_same_result(tmp_path):
 
 
 def test_random_affine_flip_mirrors_about_half_the_images_exactly():
-    from kerastl.layers import RandomAffine
+    from kerastl.core.layers import RandomAffine
 
     x = np.random.default_rng(0).uniform(0, 255, (32, 20, 24, 3)).astype("float32")
     y = np.asarray(RandomAffine(horizontal_flip=True, seed=3)(x, training=True))

@@ -36,7 +36,7 @@ COMMON = textwrap.dedent("""
         # Random weights with BatchNorm statistics measured on the data: a stand-in for
         # pretrained weights (a random backbone with frozen BN outputs ~0 and learns nothing).
         import keras
-        from kerastl._build import build
+        from kerastl.builder import build
         keras.utils.set_random_seed(5)
         m = build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3), compile=False)
         for layer in m.get_layer("backbone")._flatten_layers():
@@ -88,7 +88,7 @@ MIRRORED = COMMON + textwrap.dedent("""
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w2))
     # the same seeded initial weights, to show that training moved them
     import keras
-    from kerastl._build import build
+    from kerastl.builder import build
     keras.utils.clear_session()
     keras.utils.set_random_seed(0)
     w0 = build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3), dropout=0.0,
@@ -123,7 +123,7 @@ def _free_ports(n: int) -> list[int]:
 WORKER = COMMON + textwrap.dedent("""
     import hashlib
     from kerastl import data as kdata
-    from kerastl._model import load_model
+    from kerastl.builder import load_model
     from kerastl.train import train
 
     def digest(weights):

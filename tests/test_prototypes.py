@@ -11,7 +11,7 @@ import pytest
 
 import kerastl
 from kerastl import prototypes as P
-from kerastl._errors import ConfigError, DataError
+from kerastl.errors import ConfigError, DataError
 
 SIZE = 64
 

@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from kerastl._errors import ConfigError
 from kerastl.decide import knn_loo_accuracy, linear_probe_accuracy, logme, pareto_flags
 from kerastl.decide._advise import decide
 from kerastl.decide._rank import RankTable
+from kerastl.errors import ConfigError
 
 
 def _blobs(n_per: int = 30, k: int = 4, d: int = 16, sep: float = 3.0, seed: int = 0):

@@ -15,7 +15,7 @@ import pytest
 from test_train import _cfg, _images
 
 from kerastl import data as kdata
-from kerastl._errors import ConfigError, ExportError
+from kerastl.errors import ConfigError, ExportError
 
 
 def _examples(seed=0, n=4, classes=2):

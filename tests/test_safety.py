@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kerastl
-from kerastl._safety import safe_extract
+from kerastl.core.safety import safe_extract
 
 
 def _tar(path, entries):

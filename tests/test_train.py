@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from kerastl import data as kdata
-from kerastl._errors import DataError
+from kerastl.errors import DataError
 from kerastl.train import _metrics as M
 
 BACKBONE = "mobilenet_v3_small"
@@ -41,7 +41,7 @@ def calibrate_backbone(path, seed=0):
     """
     import keras
 
-    from kerastl._build import build
+    from kerastl.builder import build
 
     keras.utils.clear_session()
     keras.utils.set_random_seed(seed)
@@ -298,7 +298,7 @@ def test_augmentation_disables_the_cache_with_a_message(tmp_path, caplog):
 
 
 def test_disk_cache_is_reused(tmp_path):
-    from kerastl._build import build
+    from kerastl.builder import build
     from kerastl.train._cache import FeatureCache, split_model
 
     x, y = _images(3, 2)
@@ -338,7 +338,7 @@ def test_two_phase_recipe_unfreezes_and_keeps_batchnorm_statistics(tmp_path, wei
     )
     import keras
 
-    from kerastl._build import build
+    from kerastl.builder import build
 
     keras.utils.set_random_seed(1)
     ref = build(BACKBONE, num_classes=2, input_shape=(32, 32, 3), compile=False, weights=weights)

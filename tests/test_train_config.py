@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from kerastl._errors import ConfigError
+from kerastl.errors import ConfigError
 from kerastl.train._config import load_config, parse_override, validate_config
 
 BASE = {"model": {"backbone": "mobilenet_v3_small"}, "data": {"path": "imgs"}}

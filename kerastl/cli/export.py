@@ -60,7 +60,7 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
         return None
     import numpy as np
 
-    from kerastl._errors import DataError
+    from kerastl.errors import DataError
 
     p = Path(path)
     if p.is_dir():
@@ -100,7 +100,7 @@ def check_export_args(args: argparse.Namespace) -> None:
     Raises:
         ConfigError / DataError: naming the flag, its value and the valid choices.
     """
-    from kerastl._errors import ConfigError, DataError, choice_error
+    from kerastl.errors import ConfigError, DataError, choice_error
     from kerastl.export import FORMATS
     from kerastl.export.tflite import INT8_IO, QUANTIZATIONS
 
@@ -210,7 +210,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         >>> expand_inputs(["a.jpg"])  # files are kept as given (checked when read)
         ['a.jpg']
     """
-    from kerastl._errors import DataError
+    from kerastl.errors import DataError
 
     out: list[str] = []
     for item in inputs:
@@ -229,7 +229,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """Run an artifact on inputs and print the predictions."""
     import numpy as np
 
-    from kerastl._errors import ConfigError
+    from kerastl.errors import ConfigError
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: expected >= 1, got {args.top_k}.")

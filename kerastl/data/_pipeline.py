@@ -70,7 +70,7 @@ def build_augmenter(augment: Any, seed: int = 0, fuse: bool = True):
     """A ``keras.Sequential`` of random layers for ``augment`` (``None`` if empty).
 
     Consecutive flip / rotation / zoom / translation blocks become one
-    :class:`kerastl.layers.RandomAffine` (one resampling instead of several, same
+    :class:`kerastl.core.layers.RandomAffine` (one resampling instead of several, same
     parameter ranges); the other blocks are the Keras layers named in
     :data:`AUGMENTATIONS`. ``fuse=False`` keeps one Keras layer per block.
     """
@@ -98,7 +98,7 @@ def build_augmenter(augment: Any, seed: int = 0, fuse: bool = True):
     return keras.Sequential(layers, name="augmentation")
 
 
-#: Geometric blocks that :class:`kerastl.layers.RandomAffine` fuses -> its argument name.
+#: Geometric blocks that :class:`kerastl.core.layers.RandomAffine` fuses -> its argument name.
 _GEOMETRIC = {
     "flip": "horizontal_flip",
     "rotation": "rotation",

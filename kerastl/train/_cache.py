@@ -24,11 +24,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerastl._errors import ConfigError
+from kerastl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: Head layer names written by kerastl.heads.attach_head, input side first.
+#: Head layer names written by kerastl.core.heads.attach_head, input side first.
 HEAD_LAYERS = ("head_dropout", "logits", "predictions", "projection", "probabilities", "embedding")
 
 

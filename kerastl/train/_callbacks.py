@@ -12,9 +12,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerastl import _interrupt
-from kerastl._errors import KerastlError, choice_error
-from kerastl._safety import atomic_write_text
+from kerastl.core import interrupt as _interrupt
+from kerastl.core.safety import atomic_write_text
+from kerastl.errors import KerastlError, choice_error
 from kerastl.train._config import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kerastl._errors import ConfigError
+from kerastl.errors import ConfigError
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -251,7 +251,7 @@ def validate_config(config: dict, where: str = "config") -> dict:
         >>> validate_config({**cfg, "train": {"epoch": 3}})
         Traceback (most recent call last):
         ...
-        kerastl._errors.ConfigError: config: unknown key 'train.epoch'. Did you mean 'train.epochs'? ...
+        kerastl.errors.ConfigError: config: unknown key 'train.epoch'. Did you mean 'train.epochs'? ...
     """
     resolved = _validate(config or {}, SCHEMA, "", where)
     _cross_checks(resolved, where)
@@ -287,7 +287,7 @@ def _cross_checks(cfg: dict, where: str) -> None:
 
 
 def _choices(where: str, key: str, value: Any, valid: tuple | list) -> ConfigError:
-    from kerastl._errors import choice_error
+    from kerastl.errors import choice_error
 
     return ConfigError(f"{where}: {key}: {choice_error(key, value, valid)}")
 
@@ -358,7 +358,7 @@ def _check_augment(augment: Any, where: str) -> None:
 
 
 def _check_policies(cfg: dict, spec: Any, where: str) -> None:
-    from kerastl._policy import parse_policy
+    from kerastl.core.policy import parse_policy
 
     groups = [g for g, _ in spec.groups]
     policies = {
@@ -426,7 +426,7 @@ def check_data_paths(cfg: dict, where: str = "config") -> None:
         >>> check_data_paths(cfg)
         Traceback (most recent call last):
         ...
-        kerastl._errors.ConfigError: config: data.path: no file or folder at '/no/such'.
+        kerastl.errors.ConfigError: config: data.path: no file or folder at '/no/such'.
     """
     data = cfg["data"]
     if data["source"] == "tfds":

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from kerastl._errors import ConfigError
+from kerastl.errors import ConfigError
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:

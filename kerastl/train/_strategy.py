@@ -8,7 +8,7 @@ import os
 import tempfile
 from typing import Any
 
-from kerastl._errors import ConfigError, KerastlError, choice_error
+from kerastl.errors import ConfigError, KerastlError, choice_error
 from kerastl.train._config import PRECISIONS, STRATEGIES
 
 log = logging.getLogger(__name__)

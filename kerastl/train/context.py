@@ -18,7 +18,7 @@ from typing import Any
 import keras
 
 from kerastl import data as kdata
-from kerastl._errors import DataError
+from kerastl.errors import DataError
 from kerastl.train import runfolder
 from kerastl.train._callbacks import BestCheckpoint
 from kerastl.train._config import check_data_paths, load_config, validate_config
@@ -180,7 +180,7 @@ def load_examples(cfg: dict) -> tuple[kdata.Examples, kdata.Examples | None]:
 
 def check_task(cfg: dict, train_ex: kdata.Examples, val_ex: kdata.Examples | None) -> None:
     """Raise when the examples' labels were encoded for another task than ``model.task``."""
-    from kerastl.heads import resolve_task
+    from kerastl.core.heads import resolve_task
 
     want = resolve_task(cfg["model"]["task"]).name
     for part in (train_ex, val_ex):
@@ -215,7 +215,7 @@ def report_skipped(ex: kdata.Examples, val: kdata.Examples | None) -> list[tuple
 
 def build_model(ctx: RunContext) -> keras.Model:
     """The uncompiled model of ``model`` (in the strategy's scope), frozen per ``model.freeze``."""
-    from kerastl._build import build
+    from kerastl.builder import build
 
     m, ex = ctx.cfg["model"], ctx.train_ex
     task = m["task"]

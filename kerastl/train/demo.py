@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from kerastl._errors import ConfigError, ExportError, missing_dependency
+from kerastl.errors import ConfigError, ExportError, missing_dependency
 
 
 def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +184,7 @@ def run_demo(
     from kerastl.train.run import train
 
     if task not in TASKS:
-        from kerastl._errors import choice_error
+        from kerastl.errors import choice_error
 
         raise choice_error("task", task, TASKS)
     t0 = time.perf_counter()

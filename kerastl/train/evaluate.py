@@ -95,9 +95,9 @@ def evaluate_run_model(
     phase_boundary: int | None = None,
 ) -> dict:
     """Load the best model, compute metrics on ``ex``, write ``metrics.json`` and plots."""
-    import kerastl.heads  # noqa: F401 - registers the serializable loss
-    import kerastl.layers  # noqa: F401 - registers ImagePreprocessing before loading
-    from kerastl._model import load_model
+    import kerastl.core.heads  # noqa: F401 - registers the serializable loss
+    import kerastl.core.layers  # noqa: F401 - registers ImagePreprocessing before loading
+    from kerastl.builder import load_model
 
     model = load_model(model_path)
     ev = cfg["evaluate"]
@@ -173,7 +173,7 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> di
     Example:
         >>> evaluate_run("runs/exp1")["accuracy"]  # doctest: +SKIP
     """
-    from kerastl._errors import ConfigError
+    from kerastl.errors import ConfigError
 
     cfg = runfolder.read_config(run_dir)
     model_path = runfolder.run_path(run_dir, "model")

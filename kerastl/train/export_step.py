@@ -91,9 +91,9 @@ def export_run(
     formats = cfg["export"]["formats"]
     if not formats:
         return None
-    import kerastl.heads  # noqa: F401 - registers the serializable loss
-    import kerastl.layers  # noqa: F401 - registers ImagePreprocessing before loading
-    from kerastl._model import load_model
+    import kerastl.core.heads  # noqa: F401 - registers the serializable loss
+    import kerastl.core.layers  # noqa: F401 - registers ImagePreprocessing before loading
+    from kerastl.builder import load_model
     from kerastl.export import export
 
     model = load_model(model_path)

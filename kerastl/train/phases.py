@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def compile_model(model: keras.Model, optimizer: Any, cfg: dict, **overrides: Any) -> None:
     """Compile ``model`` for its task with ``train.jit_compile`` and ``steps_per_execution``."""
-    from kerastl._build import compile_for_task
+    from kerastl.builder import compile_for_task
 
     t = cfg["train"]
     options = {"jit_compile": t["jit_compile"], "steps_per_execution": t["steps_per_execution"]}

@@ -15,8 +15,8 @@ from typing import Any
 
 import keras
 
-from kerastl import _interrupt
 from kerastl import data as kdata
+from kerastl.core import interrupt as _interrupt
 from kerastl.train import phases, runfolder
 from kerastl.train._metrics import HEADLINE
 from kerastl.train.card import model_card
@@ -116,7 +116,7 @@ def _save_best(ctx: RunContext) -> None:
 
 def _finish(ctx: RunContext, done1: int, evaluate: bool) -> RunResult:
     """Evaluate, export, write the card; close the run folder. Raise if the export failed."""
-    from kerastl._errors import ExportError
+    from kerastl.errors import ExportError
     from kerastl.train._plots import read_history
 
     # The CSV log spans every process of a resumed run; fit()'s History only this one's.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kerastl._safety import atomic_write_text
+from kerastl.core.safety import atomic_write_text
 from kerastl.train._strategy import is_chief, worker_id, write_dir
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     """The resolved config of a run folder."""
     import yaml
 
-    from kerastl._errors import ConfigError
+    from kerastl.errors import ConfigError
 
     path = run_path(run_dir, "config")
     if not path.is_file():
