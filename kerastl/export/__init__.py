@@ -1,12 +1,12 @@
 """``kerastl.export``: SavedModel (TF Serving), TFLite and ONNX in one validated call.
 
 One dispatch over a closed list of formats, one module per format
-(:mod:`~kerastl.export.saved_model`, :mod:`~kerastl.export.tflite`,
-:mod:`~kerastl.export.onnx`), validation in each artifact's real runtime
+(:mod:`~kerastl.export.formats.saved_model`, :mod:`~kerastl.export.formats.tflite`,
+:mod:`~kerastl.export.formats.onnx`), validation in each artifact's real runtime
 (:mod:`~kerastl.export.validate`), a report (:mod:`~kerastl.export.report`) and
 :func:`load_artifact` to read any artifact back. Modality-specific parts (input
 signature, ``serving_bytes``, sample inputs, reading files) are hooks in
-:mod:`~kerastl.export._modality`, so a text or audio exporter plugs in without
+:mod:`~kerastl.export.modalities`, so a text or audio exporter plugs in without
 touching the format modules.
 
 Everything is built in a hidden staging folder inside ``out_dir``, validated,
@@ -38,8 +38,8 @@ from kerastl._errors import (
     choice_error,
     missing_dependency,
 )
-from kerastl.export._modality import ModalityExporter, register_modality
 from kerastl.export.artifact import Artifact, load_artifact
+from kerastl.export.modalities import ModalityExporter, register_modality
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _as_list(value: Any, argument: str) -> list[str]:
 
 
 def _check_options(formats, quantize, calibration_data, int8_io, opset, allow_flex) -> None:
-    from kerastl.export import tflite
+    from kerastl.export.formats import tflite
 
     if not formats:
         raise ConfigError(f"formats: empty; choose from {list(FORMATS)}.")
@@ -118,7 +118,7 @@ def _require(formats: list[str]) -> None:
                 "ai_edge_litert", "ai-edge-litert", "TFLite export (validation)"
             ) from exc
     if "onnx" in formats:
-        from kerastl.export import onnx as kx_onnx
+        from kerastl.export.formats import onnx as kx_onnx
 
         kx_onnx.require()
 
@@ -141,7 +141,7 @@ def _check_counts(**counts: Any) -> None:
 
 def _size(path: Path) -> int:
     if path.is_file():
-        from kerastl.export.onnx import data_file  # an ONNX graph's external weights
+        from kerastl.export.formats.onnx import data_file  # an ONNX graph's external weights
 
         data = data_file(path)
         return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
@@ -233,10 +233,11 @@ def export(
         ['mobilenet_v3_small_classification.tflite', 'mobilenet_v3_small_classification.onnx']
     """
     from kerastl import __version__
-    from kerastl.export import onnx as kx_onnx
     from kerastl.export import report as report_mod
-    from kerastl.export import saved_model, tflite, tflite_metadata, validate
+    from kerastl.export import validate
     from kerastl.export._trace import prepare
+    from kerastl.export.formats import onnx as kx_onnx
+    from kerastl.export.formats import saved_model, tflite, tflite_metadata
 
     formats = _as_list(formats, "formats")
     quantize = _as_list(quantize, "quantize")
@@ -556,7 +557,7 @@ def _mediapipe_record(
     staging, name, targets, out, prepared, reference, data, tolerances, latency_runs
 ) -> dict[str, Any]:
     """Derive, load and validate ``<name>_mediapipe.tflite`` from the staged float32 file."""
-    from kerastl.export import tflite, tflite_metadata
+    from kerastl.export.formats import tflite, tflite_metadata
 
     mp = tflite_metadata.MEDIAPIPE_SUFFIX
     path = staging / tflite.file_name(name, mp)
@@ -667,7 +668,7 @@ def _write_and_validate(
     elif fmt == "onnx":
         import onnx
 
-        from kerastl.export import onnx as kx_onnx
+        from kerastl.export.formats import onnx as kx_onnx
 
         record["non_builtin_ops"] = kx_onnx.non_standard_ops(
             onnx.load(str(path), load_external_data=False)
@@ -710,7 +711,7 @@ def _publish(staging: Path, records: list[dict[str, Any]], targets) -> None:
         else:
             # An ONNX graph over 2 GiB has its weights in "<file>.data": moved first, so
             # the new graph never points at a missing file.
-            from kerastl.export.onnx import replace_file
+            from kerastl.export.formats.onnx import replace_file
 
             replace_file(source, target)
 

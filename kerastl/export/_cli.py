@@ -102,7 +102,7 @@ def check_export_args(args: argparse.Namespace) -> None:
     """
     from kerastl._errors import ConfigError, DataError, choice_error
     from kerastl.export import FORMATS
-    from kerastl.export.tflite import INT8_IO, QUANTIZATIONS
+    from kerastl.export.formats.tflite import INT8_IO, QUANTIZATIONS
 
     model_path = Path(args.model)
     if model_path.suffix != ".keras":

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from kerastl._errors import ConfigError
-from kerastl.export._modality import ModalityExporter, get_modality
+from kerastl.export.modalities import ModalityExporter, get_modality
 
 #: Tasks whose artifacts get a ``class_id`` output.
 CLASS_ID_TASKS = ("classification", "binary")

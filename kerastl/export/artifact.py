@@ -74,7 +74,7 @@ class Artifact:
         Returns:
             Output name -> array, plus ``"labels"`` (list of names) for classifiers.
         """
-        from kerastl.export._modality import get_modality
+        from kerastl.export.modalities import get_modality
 
         spec = self.metadata.get("input") or {}
         is_files = isinstance(inputs, (list, tuple)) and all(
@@ -143,7 +143,7 @@ class TFLiteArtifact(Artifact):
     format = "tflite"
 
     def __init__(self, path: Path):
-        from kerastl.export import tflite as tfl
+        from kerastl.export.formats import tflite as tfl
 
         content = path.read_bytes()
         super().__init__(path, tfl.read_metadata(content))
@@ -195,7 +195,7 @@ class OnnxArtifact(Artifact):
             import onnxruntime as ort
         except ImportError as exc:
             raise missing_dependency("onnxruntime", "onnx onnxruntime", "ONNX") from exc
-        from kerastl.export import onnx as kx_onnx
+        from kerastl.export.formats import onnx as kx_onnx
 
         proto = onnx.load(str(path), load_external_data=False)
         super().__init__(path, kx_onnx.read_metadata(proto))

@@ -23,11 +23,11 @@ from kerastl._errors import ConfigError, choice_error
 
 #: Modality -> module that registers its exporter on import (imported lazily).
 MODALITY_MODULES: dict[str, str] = {
-    "image": "kerastl.export._image",
-    "text": "kerastl.export.text",
-    "token_ids": "kerastl.export.text",
-    "audio": "kerastl.export.audio",
-    "log_mel": "kerastl.export.audio",
+    "image": "kerastl.export.modalities.image",
+    "text": "kerastl.export.modalities.text",
+    "token_ids": "kerastl.export.modalities.text",
+    "audio": "kerastl.export.modalities.audio",
+    "log_mel": "kerastl.export.modalities.audio",
 }
 
 _REGISTRY: dict[str, type[ModalityExporter]] = {}

@@ -31,7 +31,7 @@ def planned_files(name: str, formats: list[str], quantize: list[str]) -> list[st
         >>> planned_files("m", ["tflite", "onnx"], ["int8"])
         ['m.tflite', 'm_int8.tflite', 'm.onnx']
     """
-    from kerastl.export import tflite
+    from kerastl.export.formats import tflite
 
     files = []
     if "tflite" in formats:
@@ -46,7 +46,7 @@ def resolve_targets(
     out: Path, name: str, version: int | None, saved_model: bool, files: list[str], overwrite: bool
 ) -> int | None:
     """Check the targets before anything is written; returns the SavedModel version."""
-    from kerastl.export import saved_model as sm
+    from kerastl.export.formats import saved_model as sm
 
     resolved = None
     if saved_model:
@@ -130,6 +130,6 @@ def _publish_one(source: Path, target: Path, fmt: str) -> None:
     if fmt == "saved_model":
         os.rename(source, target)  # fails if the version appeared meanwhile
         return
-    from kerastl.export.onnx import replace_file
+    from kerastl.export.formats.onnx import replace_file
 
     replace_file(source, target)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from kerastl._errors import DataError
-from kerastl.export._modality import ModalityExporter, register_modality
+from kerastl.export.modalities import ModalityExporter, register_modality
 
 
 def _is_whisper(meta: dict[str, Any]) -> bool:
@@ -216,11 +216,11 @@ def export_audio(model, out_dir, formats, **kwargs) -> dict[str, Any]:
     """Export a Whisper-based model: SavedModel on waveforms, TFLite/ONNX on log-mel features.
 
     Same arguments and report as :func:`kerastl.export`; both parts are staged and
-    published as one unit (:mod:`kerastl.export._staged`).
+    published as one unit (:mod:`kerastl.export.modalities._split`).
     """
     from kerastl.export import export
-    from kerastl.export._staged import planned_files, resolve_targets, staged_export
-    from kerastl.export.text import _merge
+    from kerastl.export.modalities._split import planned_files, resolve_targets, staged_export
+    from kerastl.export.modalities.text import _merge
 
     out = Path(out_dir)
     waves = [f for f in formats if f not in AudioExporter.feature_formats]

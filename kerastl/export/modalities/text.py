@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from kerastl._errors import DataError
-from kerastl.export._modality import ModalityExporter, register_modality
+from kerastl.export.modalities import ModalityExporter, register_modality
 
 _WORDS = (
     "the a good bad movie film great awful plot actor music scene team game goal match player "
@@ -350,10 +350,10 @@ def export_text(model, out_dir, formats, **kwargs) -> dict[str, Any]:
     Same arguments and report as :func:`kerastl.export`; the two parts are
     validated separately (token-id files against the Keras model on token ids),
     staged together with the tokenizer folder and published as one unit
-    (:mod:`kerastl.export._staged`): if either part fails, nothing is published.
+    (:mod:`kerastl.export.modalities._split`): if either part fails, nothing is published.
     """
     from kerastl.export import export
-    from kerastl.export._staged import planned_files, resolve_targets, staged_export
+    from kerastl.export.modalities._split import planned_files, resolve_targets, staged_export
 
     out = Path(out_dir)
     strings = [f for f in formats if f not in TextExporter.token_formats]

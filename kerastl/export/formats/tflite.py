@@ -46,7 +46,7 @@ def convert(
     """Convert the ``serving_default`` signature of a SavedModel to a TFLite flatbuffer.
 
     Args:
-        saved_model_dir: SavedModel written by :mod:`kerastl.export.saved_model`.
+        saved_model_dir: SavedModel written by :mod:`kerastl.export.formats.saved_model`.
         quantization: One of :data:`QUANTIZATIONS`.
         input_name: Name of the signature's input, for the calibration feed.
         calibration: Raw inputs for ``int8`` calibration.

@@ -1,0 +1,1 @@
+"""Export formats: SavedModel, TFLite and ONNX, one module each."""
