@@ -325,7 +325,7 @@ def export(
 
     # Data: validation (or synthetic) inputs, calibration inputs. A path (image folder with
     # optional class subfolders, .npy, .npz) is read as the CLI reads it.
-    from kerastl.export._cli import load_data_path
+    from kerastl.export.data_path import load_data_path
 
     labels = prepared.meta.get("class_names")
     if isinstance(validation_data, (str, os.PathLike)):
