@@ -844,7 +844,7 @@ def test_subclassed_model_is_refused_clearly(tmp_path):
 
 
 def test_format_and_quantize_lists_drop_blanks_and_repeats():
-    from kerastl.export import _as_list
+    from kerastl.export.pipeline import _as_list
 
     assert _as_list("float16, float16,,int8", "quantize") == ["float16", "int8"]
     assert _as_list(["onnx", "onnx", "tflite"], "formats") == ["onnx", "tflite"]

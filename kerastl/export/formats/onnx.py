@@ -29,11 +29,16 @@ import gc
 import json
 import logging
 import os
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kerastl._errors import ConfigError, ExportError, missing_dependency
-from kerastl.export._trace import Prepared
+from kerastl.export.formats.base import Format, Job, Options, Staged
+
+if TYPE_CHECKING:
+    from kerastl.export._trace import Prepared
 
 #: Opsets kerastl tests and accepts; tf2onnx 1.17 writes up to 18.
 OPSETS = tuple(range(13, 19))
@@ -481,3 +486,53 @@ def read_metadata(model_proto) -> dict[str, Any]:
         if prop.key == METADATA_KEY:
             return json.loads(prop.value)
     return {}
+
+
+class OnnxFormat(Format):
+    """``<name>.onnx`` (weights in ``<name>.onnx.data`` over 2 GiB). Option: ``opset``."""
+
+    name = "onnx"
+
+    def check_options(self, options: Options, formats: list[str]) -> None:
+        if options.opset is not None and self.name not in formats:
+            raise ConfigError(
+                f"opset={options.opset!r} applies to ONNX only; add 'onnx' to formats."
+            )
+        if self.name in formats:
+            check_opset(options.opset)
+
+    def require(self) -> None:
+        require()
+
+    def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
+        return {"float32": out / f"{name}.onnx"}
+
+    def artifacts(self, job: Job) -> Iterator[Staged]:
+        path = job.staging / f"{job.name}.onnx"
+        yield Staged("float32", path, partial(self._write, job, path))
+
+    @staticmethod
+    def _write(job: Job, path: Path) -> dict[str, Any]:
+        opset = check_opset(job.options.opset)
+        prepared = job.prepared
+        proto, notes = convert(prepared, opset, prepared.meta, probe=job.x_val[:4])
+        files = save(proto, path)
+        check(path)
+        counts: dict[str, int] = {}
+        for node in proto.graph.node:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        details: dict[str, Any] = {
+            "opset": opset,
+            "nodes": len(proto.graph.node),
+            "transposes": counts.get("Transpose", 0),
+        }
+        if notes:
+            details["tf2onnx"] = "; ".join(notes)
+        if len(files) > 1:
+            details["external_data"] = files[1].name
+        return details
+
+    def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
+        import onnx
+
+        return non_standard_ops(onnx.load(str(path), load_external_data=False))

@@ -23,14 +23,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kerastl._errors import ConfigError
-from kerastl.export._trace import Prepared
+from kerastl.export.formats.base import Format, Job, Staged
+
+if TYPE_CHECKING:
+    from kerastl.export._trace import Prepared
 
 METADATA_FILE = "kerastl_metadata.json"
 LABELS_FILE = "labels.txt"
@@ -245,3 +249,21 @@ def _check_rest_value(signature: str, key: str, spec: Any, value: Any) -> None:
         raise ExportError(f"{where}: shape {list(arr.shape)} does not fit the signature's {want}.")
     if arr.dtype.kind not in ("fiu" if spec.dtype.is_floating else "iu"):
         raise ExportError(f"{where}: {arr.dtype} values for a {spec.dtype.name} input.")
+
+
+class SavedModelFormat(Format):
+    """``saved_model/<name>/<version>/``: a new TF Serving version, never overwritten."""
+
+    name = "saved_model"
+    versioned = True
+    reads_saved_model = True
+
+    def targets(self, out: Path, name: str, options, meta: dict) -> dict[str, Path]:
+        return {"float32": version_dir(out, name, options.version)[0]}
+
+    def artifacts(self, job: Job):
+        path = job.staging / "saved_model"
+        yield Staged("float32", path, lambda: write(job.prepared, path, job.x_val, job.name))
+
+    def publish(self, source: Path, target: Path) -> None:
+        os.rename(source, target)  # fails if the version appeared meanwhile

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kerastl._errors import ExportError
+from kerastl._errors import ConfigError, ExportError, choice_error, missing_dependency
+from kerastl.export.formats import tflite_metadata
+from kerastl.export.formats.base import Format, Job, Options, Staged
 
 #: Precisions kerastl writes (``quantize=`` choices).
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -164,3 +167,120 @@ def check_calibration(n: int) -> None:
             f"{MIN_CALIBRATION_SAMPLES} representative inputs for a reliable int8 file.",
             stacklevel=3,
         )
+
+
+def precisions(quantize: list[str]) -> list[str]:
+    """The files written: float32 always, then the extra ``quantize`` precisions.
+
+    Example:
+        >>> precisions(["int8", "float32", "float16"])
+        ['float32', 'int8', 'float16']
+    """
+    return ["float32", *[q for q in quantize if q != "float32"]]
+
+
+class TFLiteFormat(Format):
+    """``<name>.tflite`` and ``<name>_<quantization>.tflite``, converted from the SavedModel.
+
+    Options: ``quantize``, ``calibration_data`` (int8), ``int8_io``, ``allow_flex``; a
+    ``<name>_mediapipe.tflite`` is derived for image classifiers when MediaPipe is installed.
+    """
+
+    name = "tflite"
+    reads_saved_model = True  # converted from the staged SavedModel
+
+    def check_options(self, options: Options, formats: list[str]) -> None:
+        quantize, int8_io = options.quantize, options.int8_io
+        for q in quantize:
+            if q not in QUANTIZATIONS:
+                raise choice_error("quantize", q, QUANTIZATIONS)
+        if quantize and set(quantize) != {"float32"} and self.name not in formats:
+            raise ConfigError(
+                f"quantize={quantize!r} applies to TFLite files only, and formats={formats!r} "
+                "has no 'tflite'. Add 'tflite' to formats or drop quantize."
+            )
+        if "int8" in quantize and options.calibration_data is None:
+            raise ConfigError(
+                "quantize: 'int8' needs calibration_data (a few hundred representative raw "
+                "inputs) to set the integer ranges."
+            )
+        if int8_io not in INT8_IO:
+            raise choice_error("int8_io", int8_io, INT8_IO)
+        if int8_io != "float32" and "int8" not in quantize:
+            raise ConfigError(
+                f"int8_io={int8_io!r} sets the input/output type of int8 TFLite files; add "
+                "'int8' to quantize or leave int8_io='float32'."
+            )
+        if options.allow_flex and self.name not in formats:
+            raise ConfigError("allow_flex=True applies to TFLite only; add 'tflite' to formats.")
+
+    def require(self) -> None:
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+        except ImportError as exc:
+            raise missing_dependency(
+                "ai_edge_litert", "ai-edge-litert", "TFLite export (validation)"
+            ) from exc
+
+    def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
+        paths = {q: out / file_name(name, q) for q in precisions(options.quantize)}
+        if tflite_metadata.supports(meta) and tflite_metadata.available():
+            mp = tflite_metadata.MEDIAPIPE_SUFFIX
+            paths[mp] = out / file_name(name, mp)
+        return paths
+
+    def artifacts(self, job: Job) -> Iterator[Staged]:
+        from kerastl.export.formats.saved_model import write_graph
+
+        source = job.staging / "saved_model"
+        if not (source / "saved_model.pb").exists():  # no (passing) SavedModel staged
+            source = job.staging / "tflite_source"
+            write_graph(job.prepared, source, extras=False)
+        for q in precisions(job.options.quantize):
+            path = job.staging / file_name(job.name, q)
+            yield Staged(q, path, partial(self._write, job, source, q, path))
+        if (self.name, tflite_metadata.MEDIAPIPE_SUFFIX) in job.targets:
+            yield self._mediapipe(job)
+
+    @staticmethod
+    def _write(job: Job, source: Path, q: str, path: Path) -> dict[str, Any]:
+        int8_io = job.options.int8_io
+        content = convert(
+            source,
+            q,
+            job.prepared.modality.input_name,
+            calibration=job.x_cal,
+            int8_io=int8_io if q == "int8" else "float32",
+            allow_flex=job.options.allow_flex,
+        )
+        content = embed_metadata(content, job.prepared.meta)
+        path.write_bytes(content)
+        ops, _custom = list_ops(content)
+        details: dict[str, Any] = {"ops": len(ops)}
+        if q == "int8":
+            details["io_type"] = int8_io
+        return details
+
+    def _mediapipe(self, job: Job) -> Staged:
+        """``<name>_mediapipe.tflite``, derived from the staged float32 file."""
+        mp = tflite_metadata.MEDIAPIPE_SUFFIX
+        path = job.staging / file_name(job.name, mp)
+        scores = tflite_metadata.SCORES_OUTPUT
+
+        def write_mediapipe() -> dict[str, Any]:
+            source = job.staging / file_name(job.name, "float32")
+            meta = job.prepared.meta
+            description = (
+                f"kerastl {meta.get('backbone')} classifier, {len(meta['class_names'])} "
+                "classes; raw 0-255 RGB in (preprocessing in the graph)."
+            )
+            content = tflite_metadata.mediapipe_classifier(
+                source.read_bytes(), meta["class_names"], description
+            )
+            path.write_bytes(content)
+            return {"metadata": "TFLite Metadata (MediaPipe ImageClassifier)", "outputs": [scores]}
+
+        return Staged(mp, path, write_mediapipe, reference={scores: job.reference[scores]})
+
+    def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
+        return artifact.custom_ops

@@ -1,24 +1,32 @@
 """Multi-part exports (text, audio) staged, validated and published as one unit.
 
-A text or audio model is exported in two parts (e.g. the SavedModel on raw strings, and
-TFLite/ONNX files on token ids with the tokenizer folder beside them). Each part is a full
-:func:`kerastl.export` call, but into one private staging folder inside ``out_dir``; only
-when every part passed are the artifacts (and extra folders such as the tokenizer) moved
-to their places by atomic renames, and the merged report written. A part that fails
-leaves nothing of the new version visible: the staging folder is removed and only
-``export_report.failed.{json,md}`` is written.
+A modality with :attr:`~kerastl.export.modalities.ModalityExporter.sub_model_formats`
+is exported in two parts (e.g. the SavedModel on raw strings, and TFLite/ONNX files on
+token ids with the tokenizer folder beside them). Each part is a full run of the export
+pipeline, but into one private staging folder inside ``out_dir``; only when every part
+passed are the artifacts (and extra folders such as the tokenizer) moved to their places
+by atomic renames, and the merged report written. A part that fails leaves nothing of
+the new version visible: the staging folder is removed and only
+``export_report.failed.{json,md}`` is written. Text and audio share this one code path;
+what differs (the sub-model, its inputs, the folders beside it, the note) are hooks of
+their modality.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kerastl._errors import ConfigError, ExportError
+from kerastl.export.formats import FORMATS, Options
+
+if TYPE_CHECKING:
+    from kerastl.export._trace import Prepared
 
 #: ``part(staging, version) -> report``: one :func:`kerastl.export` call into ``staging``.
 Part = Callable[[Path, "int | None"], dict]
@@ -31,26 +39,24 @@ def planned_files(name: str, formats: list[str], quantize: list[str]) -> list[st
         >>> planned_files("m", ["tflite", "onnx"], ["int8"])
         ['m.tflite', 'm_int8.tflite', 'm.onnx']
     """
-    from kerastl.export.formats import tflite
-
-    files = []
-    if "tflite" in formats:
-        precisions = ["float32", *[q for q in quantize if q != "float32"]]
-        files += [tflite.file_name(name, q) for q in precisions]
-    if "onnx" in formats:
-        files.append(f"{name}.onnx")
-    return files
+    options = Options(quantize=list(quantize))
+    return [
+        path.name
+        for fmt in FORMATS.values()
+        if fmt.name in formats and not fmt.versioned
+        for path in fmt.targets(Path(), name, options, {}).values()
+    ]
 
 
 def resolve_targets(
     out: Path, name: str, version: int | None, saved_model: bool, files: list[str], overwrite: bool
 ) -> int | None:
     """Check the targets before anything is written; returns the SavedModel version."""
-    from kerastl.export.formats import saved_model as sm
+    from kerastl.export.formats.saved_model import version_dir
 
     resolved = None
     if saved_model:
-        _, resolved = sm.version_dir(out, name, version)
+        _, resolved = version_dir(out, name, version)
     clash = [str(out / f) for f in files if (out / f).exists()]
     if clash and not overwrite:
         raise ConfigError(
@@ -127,9 +133,73 @@ def _replace_folder(source: Path, target: Path) -> None:
 
 def _publish_one(source: Path, target: Path, fmt: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "saved_model":
-        os.rename(source, target)  # fails if the version appeared meanwhile
-        return
-    from kerastl.export.formats.onnx import replace_file
+    FORMATS[fmt].publish(source, target)  # a SavedModel version that appeared meanwhile: OSError
 
-    replace_file(source, target)
+
+def export_split(
+    prepared: Prepared, out_dir: str | os.PathLike, formats: list[str], options: Options
+) -> dict[str, Any]:
+    """Export a model in two parts: the model itself, and its modality's sub-model.
+
+    Same arguments and report as :func:`kerastl.export`; the parts are validated
+    separately (the sub-model's files against the Keras sub-model on its inputs), staged
+    together with the folders the sub-model needs beside it and published as one unit:
+    if either part fails, nothing is published.
+    """
+    from kerastl.export.modalities import get_modality
+    from kerastl.export.pipeline import run
+
+    modality, model, out = prepared.modality, prepared.original, Path(out_dir)
+    own = [f for f in formats if f not in modality.sub_model_formats]
+    subs = [f for f in formats if f in modality.sub_model_formats]
+    name = options.name or model.name
+    files = planned_files(name, subs, options.quantize)
+    versioned = any(FORMATS[f].versioned for f in own)
+    version = resolve_targets(out, name, options.version, versioned, files, options.overwrite)
+    sub = modality.sub_model(model)
+    sub_modality = get_modality(sub.kerastl_config)
+
+    def sub_data(data: Any) -> Any:
+        if data is None:
+            return None
+        x, y = modality.sub_inputs(sub_modality, data)
+        return x if y is None else (x, y)
+
+    def own_part(staging: Path, version: int | None) -> dict:
+        part = dataclasses.replace(
+            options, quantize=[], calibration_data=None, name=name, version=version
+        )
+        return run(model, staging, own, part)
+
+    def sub_part(staging: Path, version: int | None) -> dict:
+        part = dataclasses.replace(
+            options,
+            name=name,
+            version=None,
+            validation_data=sub_data(options.validation_data),
+            calibration_data=sub_data(options.calibration_data),
+        )
+        return run(sub, staging, subs, part)
+
+    def finish(staging: Path, reports: list[dict]) -> tuple[dict, list[str]]:
+        folders = []
+        for key, (folder, written) in modality.write_beside(model, staging, name).items():
+            reports[-1][key] = {"folder": str(out / folder), "files": written}
+            folders.append(folder)
+        return _merge(reports, formats, modality.split_note(name)), folders
+
+    parts = ([own_part] if own else []) + [sub_part]
+    return staged_export(out, version, parts, finish)
+
+
+def _merge(reports: list[dict], formats: list[str], note: str) -> dict[str, Any]:
+    """One report of a multi-part export: every part's artifacts and notes."""
+    merged = dict(reports[-1])
+    merged["formats"] = list(formats)
+    merged["artifacts"] = [a for r in reports for a in r["artifacts"]]
+    merged["notes"] = [n for r in reports for n in r.get("notes", [])] + [note]
+    merged["model"] = dict(reports[0]["model"])
+    merged["saved_model_version"] = next(
+        (r["saved_model_version"] for r in reports if r.get("saved_model_version")), None
+    )
+    return merged
