@@ -327,7 +327,33 @@ def prepare(model: Any) -> Prepared:
         >>> p.output_names  # doctest: +SKIP
         ['probabilities', 'logits', 'class_id']
     """
-    model = resolve_model(model)
+    model = _check_model(resolve_model(model))
+    notes: list[str] = []
+    meta = _metadata(model, notes)
+    modality = get_modality(meta)
+    original = model
+    mixed = _is_mixed(model)
+    if mixed:
+        model = float32_clone(model)
+        notes.append(
+            "mixed-precision model: exported graph computes in float32 (same weights); "
+            "bfloat16/float16 kernels are missing in onnxruntime and LiteRT"
+        )
+    modality.model = model  # hooks that need the graph (text: token-id signature)
+    infer, names = _inference_outputs(model, meta)
+    return Prepared(
+        model=infer,
+        original=original,
+        meta=meta,
+        modality=modality,
+        output_names=names,
+        notes=notes,
+        mixed_precision=mixed,
+    )
+
+
+def _check_model(model: keras.Model) -> keras.Model:
+    """Refuse what export cannot trace: subclassed models, several inputs or outputs."""
     try:
         model.inputs  # noqa: B018 - subclassed models have no such attribute
     except AttributeError:
@@ -347,9 +373,13 @@ def prepare(model: Any) -> Prepared:
             f"{model.name!r} has {len(model.outputs or [])}; features_only extractors are "
             "not exportable yet."
         )
+    return model
+
+
+def _metadata(model: keras.Model, notes: list[str]) -> dict[str, Any]:
+    """kerastl's metadata of ``model`` (inferred for a plain Keras model), input spec set."""
     from kerastl import __version__
 
-    notes: list[str] = []
     meta = find_metadata(model)
     if not meta:
         task = _guess_task(model)
@@ -371,16 +401,11 @@ def prepare(model: Any) -> Prepared:
         "shape": shape,
         "dtype": (meta.get("input") or {}).get("dtype") or "float32",
     }
-    modality = get_modality(meta)
-    original = model
-    mixed = _is_mixed(model)
-    if mixed:
-        model = float32_clone(model)
-        notes.append(
-            "mixed-precision model: exported graph computes in float32 (same weights); "
-            "bfloat16/float16 kernels are missing in onnxruntime and LiteRT"
-        )
-    modality.model = model  # hooks that need the graph (text: token-id signature)
+    return meta
+
+
+def _inference_outputs(model: keras.Model, meta: dict[str, Any]) -> tuple[keras.Model, list[str]]:
+    """The model to trace (with ``logits`` as a second output when reachable) and output names."""
     task = meta.get("task")
     main = meta.get("output") or "outputs"
     names = [main]
@@ -395,12 +420,4 @@ def prepare(model: Any) -> Prepared:
             infer = model  # not a functional graph with a reachable "logits" layer
     if task in CLASS_ID_TASKS:
         names.append("class_id")
-    return Prepared(
-        model=infer,
-        original=original,
-        meta=meta,
-        modality=modality,
-        output_names=names,
-        notes=notes,
-        mixed_precision=mixed,
-    )
+    return infer, names

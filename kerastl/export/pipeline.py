@@ -40,6 +40,7 @@ from kerastl.export import validate
 from kerastl.export.formats import FORMATS as FORMAT_TABLE
 from kerastl.export.formats import Format, Job, Options, Staged
 from kerastl.export.formats.tflite import QUANTIZATIONS
+from kerastl.export.modalities._split import export_split
 
 if TYPE_CHECKING:
     from kerastl.export._trace import Prepared
@@ -80,9 +81,8 @@ def export(
     dynamic batch), returns named outputs (``probabilities`` / ``logits`` /
     ``predictions`` / ``embedding``, ``class_id`` for classifiers), carries
     kerastl's metadata, and is loaded back in its runtime and compared with the
-    Keras model at two batch sizes before it is published.
-
-    The layout of ``out_dir`` is in the docstring of :mod:`kerastl.export.pipeline`.
+    Keras model at two batch sizes before it is published (``out_dir`` layout:
+    :mod:`kerastl.export.pipeline`).
 
     Args:
         model: A ``keras.Model`` (from :func:`kerastl.build` or plain Keras) or a
@@ -111,9 +111,8 @@ def export(
         latency_runs: Timed runs per artifact (median reported).
 
     Returns:
-        The report (also written as ``export_report.json`` / ``.md``): model,
-        validation setup, and per artifact its path, size, parity, agreement,
-        latency and non-builtin ops.
+        The report (also written as ``export_report.json`` / ``.md``): model, validation
+        setup, and per artifact its path, size, parity, agreement, latency, non-builtin ops.
 
     Raises:
         ConfigError: bad argument (unknown format, file as ``out_dir``, existing
@@ -149,9 +148,7 @@ def run(model: Any, out_dir: str | os.PathLike, formats: Any, options: Options) 
     selected = _check(formats, options, Path(out_dir))
     prepared = prepare(model)
     if prepared.modality.splits(formats):  # e.g. text: TFLite/ONNX from the token-id sub-model
-        from kerastl.export.modalities._split import export_split
-
-        return export_split(prepared, out_dir, formats, options)
+        return export_split(prepared, out_dir, formats, options, run)
     return _export_one(prepared, Path(out_dir), formats, selected, options)
 
 

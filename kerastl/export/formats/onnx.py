@@ -34,8 +34,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from kerastl._errors import ConfigError, ExportError, missing_dependency
-from kerastl.export.formats.base import Format, Job, Options, Staged
+from kerastl.export.formats.base import Artifact, Format, Job, Options, Staged
 
 if TYPE_CHECKING:
     from kerastl.export._trace import Prepared
@@ -403,7 +405,6 @@ def _convert_once(prepared, graph_def, opset, input_names, output_names, rename,
 
 def _probe(model_proto, prepared: Prepared, probe, reference) -> str | None:
     """Run the graph at batch 1 and ``len(probe)``; a description of what went wrong, or None."""
-    import numpy as np
     import onnxruntime as ort
 
     from kerastl.export.validate import rel_err
@@ -492,6 +493,7 @@ class OnnxFormat(Format):
     """``<name>.onnx`` (weights in ``<name>.onnx.data`` over 2 GiB). Option: ``opset``."""
 
     name = "onnx"
+    suffix = ".onnx"
 
     def check_options(self, options: Options, formats: list[str]) -> None:
         if options.opset is not None and self.name not in formats:
@@ -505,10 +507,10 @@ class OnnxFormat(Format):
         require()
 
     def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
-        return {"float32": out / f"{name}.onnx"}
+        return {"float32": out / f"{name}{self.suffix}"}
 
     def artifacts(self, job: Job) -> Iterator[Staged]:
-        path = job.staging / f"{job.name}.onnx"
+        path = job.staging / f"{job.name}{self.suffix}"
         yield Staged("float32", path, partial(self._write, job, path))
 
     @staticmethod
@@ -532,7 +534,40 @@ class OnnxFormat(Format):
             details["external_data"] = files[1].name
         return details
 
+    def load(self, path: Path) -> Artifact:
+        return OnnxArtifact(path)
+
     def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
         import onnx
 
         return non_standard_ops(onnx.load(str(path), load_external_data=False))
+
+    def publish(self, source: Path, target: Path) -> None:
+        replace_file(source, target)  # with the graph's external weights, if any
+
+
+class OnnxArtifact(Artifact):
+    format = "onnx"
+    runtime = "onnxruntime (CPUExecutionProvider)"
+
+    def __init__(self, path: Path):
+        try:
+            import onnx
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise missing_dependency("onnxruntime", "onnx onnxruntime", "ONNX") from exc
+        proto = onnx.load(str(path), load_external_data=False)
+        super().__init__(path, read_metadata(proto))
+        self.opset = max(
+            (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None
+        )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._out_names = [o.name for o in self._session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        kind = self._session.get_inputs()[0].type  # "tensor(float)", "tensor(int32)"...
+        dtype = np.int32 if "int32" in kind else np.int64 if "int64" in kind else np.float32
+        values = self._session.run(None, {self.input_name: np.asarray(x, dtype)})
+        return dict(zip(self._out_names, values))

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerastl._errors import ConfigError
-from kerastl.export.formats.base import Format, Job, Staged
+from kerastl._errors import ConfigError, choice_error
+from kerastl.export.formats.base import Artifact, Format, Job, Staged
 
 if TYPE_CHECKING:
     from kerastl.export._trace import Prepared
@@ -265,5 +265,48 @@ class SavedModelFormat(Format):
         path = job.staging / "saved_model"
         yield Staged("float32", path, lambda: write(job.prepared, path, job.x_val, job.name))
 
+    def load(self, path: Path) -> Artifact:
+        return SavedModelArtifact(saved_model_root(path))
+
     def publish(self, source: Path, target: Path) -> None:
         os.rename(source, target)  # fails if the version appeared meanwhile
+
+
+class SavedModelArtifact(Artifact):
+    format = "saved_model"
+    runtime = "tensorflow SavedModel signature 'serving_default'"
+
+    def __init__(self, path: Path, signature: str = "serving_default"):
+        import tensorflow as tf
+
+        meta_file = path / "assets" / "kerastl_metadata.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        super().__init__(path, meta)
+        self._loaded = tf.saved_model.load(str(path))
+        if signature not in self._loaded.signatures:
+            raise choice_error("signature", signature, list(self._loaded.signatures))
+        self._fn = self._loaded.signatures[signature]
+        self.signature = signature
+        self.runtime = f"tensorflow SavedModel signature {signature!r}"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        out = self._fn(**{self.input_name: tf.constant(x)})
+        return {k: v.numpy() for k, v in out.items()}
+
+
+def saved_model_root(path: Path) -> Path:
+    """The version folder to load: ``path`` itself, its latest version, or its only model."""
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = sorted((p for p in path.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    if versions and (versions[-1] / "saved_model.pb").is_file():
+        return versions[-1]
+    children = [p for p in path.iterdir() if p.is_dir()]
+    if path.name == "saved_model" and len(children) == 1:
+        return saved_model_root(children[0])
+    raise ConfigError(
+        f"path: {str(path)!r} is a folder without saved_model.pb or numeric version "
+        "folders; pass an export's saved_model/<name>/<version> folder."
+    )

@@ -21,7 +21,7 @@ import numpy as np
 
 from kerastl._errors import ConfigError, ExportError, choice_error, missing_dependency
 from kerastl.export.formats import tflite_metadata
-from kerastl.export.formats.base import Format, Job, Options, Staged
+from kerastl.export.formats.base import Artifact, Format, Job, Options, Staged
 
 #: Precisions kerastl writes (``quantize=`` choices).
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -187,6 +187,7 @@ class TFLiteFormat(Format):
     """
 
     name = "tflite"
+    suffix = ".tflite"
     reads_saved_model = True  # converted from the staged SavedModel
 
     def check_options(self, options: Options, formats: list[str]) -> None:
@@ -282,5 +283,52 @@ class TFLiteFormat(Format):
 
         return Staged(mp, path, write_mediapipe, reference={scores: job.reference[scores]})
 
+    def load(self, path: Path) -> Artifact:
+        return TFLiteArtifact(path)
+
     def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
         return artifact.custom_ops
+
+
+class TFLiteArtifact(Artifact):
+    format = "tflite"
+
+    def __init__(self, path: Path):
+        content = path.read_bytes()
+        super().__init__(path, read_metadata(content))
+        self.ops, self.custom_ops = list_ops(content)
+        if any(op.startswith("Flex") for op in self.custom_ops):
+            import tensorflow as tf  # its interpreter links the Flex delegate
+
+            self._interp = tf.lite.Interpreter(model_content=content)
+            self.runtime = "tf.lite.Interpreter (Flex delegate)"
+        else:
+            try:
+                from ai_edge_litert.interpreter import Interpreter
+            except ImportError as exc:
+                raise missing_dependency("ai_edge_litert", "ai-edge-litert", "TFLite") from exc
+            self._interp = Interpreter(model_content=content)
+            self.runtime = "ai_edge_litert.Interpreter"
+        self._runner = self._interp.get_signature_runner("serving_default")
+        self._inputs = self._runner.get_input_details()
+        self._outputs = self._runner.get_output_details()
+
+    @property
+    def input_dtype(self) -> str:
+        return np.dtype(self._inputs[self.input_name]["dtype"]).name
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        detail = self._inputs[self.input_name]
+        dtype = np.dtype(detail["dtype"])
+        scale, zero = detail["quantization"]
+        if dtype.kind in "iu" and scale:  # quantized input (not token ids)
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        out = self._runner(**{self.input_name: np.ascontiguousarray(x, dtype=dtype)})
+        result = {}
+        for name, value in out.items():
+            scale, zero = self._outputs[name]["quantization"]
+            if scale and np.dtype(value.dtype).kind in "iu":
+                value = (value.astype(np.float32) - zero) * scale
+            result[name] = np.array(value)
+        return result

@@ -137,17 +137,22 @@ def _publish_one(source: Path, target: Path, fmt: str) -> None:
 
 
 def export_split(
-    prepared: Prepared, out_dir: str | os.PathLike, formats: list[str], options: Options
+    prepared: Prepared,
+    out_dir: str | os.PathLike,
+    formats: list[str],
+    options: Options,
+    run: Callable[[Any, Any, list[str], Options], dict],
 ) -> dict[str, Any]:
     """Export a model in two parts: the model itself, and its modality's sub-model.
 
-    Same arguments and report as :func:`kerastl.export`; the parts are validated
+    ``run`` is the pipeline's single-model export
+    (:func:`kerastl.export.pipeline.run`), called once per part. Same report as
+    :func:`kerastl.export`; the parts are validated
     separately (the sub-model's files against the Keras sub-model on its inputs), staged
     together with the folders the sub-model needs beside it and published as one unit:
     if either part fails, nothing is published.
     """
     from kerastl.export.modalities import get_modality
-    from kerastl.export.pipeline import run
 
     modality, model, out = prepared.modality, prepared.original, Path(out_dir)
     own = [f for f in formats if f not in modality.sub_model_formats]
