@@ -165,7 +165,7 @@ def check_calibration(n: int) -> None:
         warnings.warn(
             f"calibration_data: {n} samples calibrate the int8 ranges; use at least "
             f"{MIN_CALIBRATION_SAMPLES} representative inputs for a reliable int8 file.",
-            stacklevel=3,
+            stacklevel=6,  # kerastl.export's caller: <- _inputs <- _export_one <- run <- export
         )
 
 
