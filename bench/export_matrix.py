@@ -99,7 +99,7 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
     spec = get_spec(entry)
     side = input_size(spec)
     start = time.perf_counter()
-    from kerastl.export._modality import get_modality
+    from kerastl.export.modalities import get_modality
 
     try:
         import keras

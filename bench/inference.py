@@ -78,7 +78,7 @@ def export_child(
 
     keras.utils.set_random_seed(0)
     model = kerastl.build(name, num_classes=5, input_shape=(size, size, 3), compile=False)
-    from kerastl.export._modality import get_modality
+    from kerastl.export.modalities import get_modality
 
     modality = get_modality(kerastl.metadata(model))
     _plain.informative_batchnorm(model, modality.sample_inputs(16, seed=1))
@@ -423,7 +423,7 @@ def run(quick: bool = False) -> Section:
             if not (out / "model.keras").is_file():
                 continue
             runners, problems = _runners(out, child)
-            from kerastl.export._modality import get_modality
+            from kerastl.export.modalities import get_modality
 
             x32 = get_modality(
                 {"input": {"name": "image", "shape": [size, size, 3]}, "modality": "image"}

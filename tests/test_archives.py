@@ -1,4 +1,4 @@
-"""safe_extract does what kerastl._safety promises: absolute member paths, links of any kind
+"""safe_extract does what kerastl.core.safety promises: absolute member paths, links of any kind
 and device files are refused in tar and zip archives alike, and nothing is written."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 import kerastl
-from kerastl._safety import safe_extract
+from kerastl.core.safety import safe_extract
 
 
 def _tar(path, info: tarfile.TarInfo, payload: bytes | None = None) -> None:

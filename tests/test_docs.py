@@ -50,12 +50,12 @@ def test_readme_test_command_runs_the_docstring_examples():
     assert re.search(r'testpaths = \[[^\]]*"kerastl"', pyproject), "kerastl/ is not collected"
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
-        + ["kerastl/export/saved_model.py", "kerastl/zoo/_registry.py"],
+        + ["kerastl/export/formats/saved_model.py", "kerastl/zoo/_registry.py"],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert "saved_model.py::kerastl.export.saved_model.prediction_log" in res.stdout
+    assert "saved_model.py::kerastl.export.formats.saved_model.prediction_log" in res.stdout
     assert "_registry.py::kerastl.zoo._registry.list_models" in res.stdout

@@ -21,7 +21,7 @@ SIZE = 32
 
 
 def _photo_like(n: int, seed: int = 0) -> np.ndarray:
-    from kerastl.export._image import ImageExporter
+    from kerastl.export.modalities.image import ImageExporter
 
     return ImageExporter({"input": {"name": "image", "shape": [SIZE, SIZE, 3]}}).sample_inputs(
         n, seed
@@ -175,7 +175,7 @@ def test_serving_bytes_resizes_like_kerastl_predict(tmp_path):
     import tensorflow as tf
     from PIL import Image
 
-    from kerastl.export._image import ImageExporter
+    from kerastl.export.modalities.image import ImageExporter
 
     small = ImageExporter({"input": {"name": "image", "shape": [SIZE, SIZE, 3]}})
     big = ImageExporter({"input": {"name": "image", "shape": [4 * SIZE, 3 * SIZE, 3]}})
@@ -220,8 +220,8 @@ def test_rest_request_samples_fit_the_loaded_signature(exported, model):
     import tensorflow as tf
     from PIL import Image
 
-    from kerastl._errors import ExportError
-    from kerastl.export.saved_model import check_rest_request
+    from kerastl.errors import ExportError
+    from kerastl.export.formats.saved_model import check_rest_request
 
     out, _, _ = exported
     version = out / "saved_model" / model.name / "1"
@@ -686,7 +686,7 @@ def test_unknown_tolerance_key():
 
 def test_modality_dispatch_is_pluggable():
     from kerastl import ConfigError
-    from kerastl.export._modality import (
+    from kerastl.export.modalities import (
         ModalityExporter,
         get_modality,
         get_modality_class,
@@ -706,14 +706,14 @@ def test_modality_dispatch_is_pluggable():
         meta = {"input": {"name": "fake_text", "shape": []}}
         assert isinstance(get_modality(meta), FakeText)
     finally:
-        from kerastl.export import _modality
+        from kerastl.export import modalities as _modality
 
         _modality._REGISTRY.pop("fake_text")
 
 
 def test_onnx_falls_back_when_an_optimiser_breaks_the_graph(model, tmp_path, monkeypatch):
     import kerastl
-    from kerastl.export import onnx as kx_onnx
+    from kerastl.export.formats import onnx as kx_onnx
 
     real_probe, calls = kx_onnx._probe, []
 
@@ -737,7 +737,7 @@ def test_onnx_over_the_single_file_limit_keeps_weights_beside_it(model, tmp_path
     import onnx
 
     import kerastl
-    from kerastl.export import onnx as kx_onnx
+    from kerastl.export.formats import onnx as kx_onnx
 
     x = _photo_like(8)
     first = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x, latency_runs=1)
@@ -844,7 +844,7 @@ def test_subclassed_model_is_refused_clearly(tmp_path):
 
 
 def test_format_and_quantize_lists_drop_blanks_and_repeats():
-    from kerastl.export import _as_list
+    from kerastl.export.pipeline import _as_list
 
     assert _as_list("float16, float16,,int8", "quantize") == ["float16", "int8"]
     assert _as_list(["onnx", "onnx", "tflite"], "formats") == ["onnx", "tflite"]
@@ -901,7 +901,7 @@ def test_validation_data_can_be_an_image_folder_with_class_subfolders(model, tmp
 def test_predict_applies_exif_orientation(tmp_path):
     from PIL import Image
 
-    from kerastl.export._image import ImageExporter
+    from kerastl.export.modalities.image import ImageExporter
 
     rng = np.random.default_rng(3)
     upright = np.repeat(np.repeat(rng.integers(0, 255, (4, 2, 3), dtype=np.uint8), 8, 0), 8, 1)

@@ -44,7 +44,7 @@ def informative(model, x):
 
 
 def _images(n: int, side: int, seed: int = 0) -> np.ndarray:
-    from kerastl.export._image import ImageExporter
+    from kerastl.export.modalities.image import ImageExporter
 
     meta = {"input": {"name": "image", "shape": [side, side, 3]}}
     return ImageExporter(meta).sample_inputs(n, seed)

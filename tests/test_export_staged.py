@@ -28,7 +28,7 @@ def _visible(out):
 
 
 def test_failing_second_part_publishes_nothing(text_model, tmp_path, monkeypatch):
-    from kerastl.export import tflite
+    from kerastl.export.formats import tflite
 
     x = np.array(SENTENCES[:6], dtype=object)
 

@@ -309,7 +309,7 @@ def test_export_survives_ten_sigkills(tmp_path, small_model):
 
 def test_full_disk_during_export_is_clean(tmp_path, small_model, monkeypatch):
     """ENOSPC injected in the writer mid-file: a clear error, staging removed, nothing published."""
-    from kerastl.export import saved_model as sm
+    from kerastl.export.formats import saved_model as sm
 
     model = kerastl.load_model(small_model, compile=False)
     out = tmp_path / "serving"

@@ -80,7 +80,7 @@ def test_saved_model_token_id_signature_matches_strings(text_export):
 
 
 def test_whisper_export_waveform_saved_model_and_log_mel_files(tmp_path):
-    from kerastl.export.audio import AudioExporter
+    from kerastl.export.modalities.audio import AudioExporter
 
     model = kerastl.build("whisper_tiny_en", num_classes=2, **tiny_kwargs("whisper_tiny_en"))
     waves = AudioExporter(model.kerastl_config).sample_inputs(8)

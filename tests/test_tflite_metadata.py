@@ -65,8 +65,8 @@ def test_mediapipe_image_classifier_names_the_photo_like_kerastl_predict(exporte
 def test_mediapipe_file_carries_standard_metadata_and_kerastls(exported):
     from mediapipe.tasks.python.metadata import metadata
 
-    from kerastl.export import tflite
-    from kerastl.export.tflite_metadata import _install_version_shim
+    from kerastl.export.formats import tflite
+    from kerastl.export.formats.tflite_metadata import _install_version_shim
 
     _install_version_shim()
     out, _ = exported
@@ -91,7 +91,7 @@ def test_min_parser_version_follows_the_schema_history():
     import flatbuffers
     from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
 
-    from kerastl.export.tflite_metadata import min_parser_version
+    from kerastl.export.formats.tflite_metadata import min_parser_version
 
     def version(md) -> str:
         b = flatbuffers.Builder(0)

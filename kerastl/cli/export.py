@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+from kerastl.export.data_path import IMAGE_SUFFIXES, load_data_path
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,34 +54,6 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unsafe", action="store_true", help="load .keras files with Lambda layers")
 
 
-def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> Any:
-    """An image folder -> list of paths (+ labels from class subfolders); .npy/.npz -> arrays."""
-    if path is None:
-        return None
-    import numpy as np
-
-    from kerastl.errors import DataError
-
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{argument}: no images ({', '.join(IMAGE_SUFFIXES)}) under {path!r}.")
-        paths = [str(f) for f in files]
-        if class_names and all(f.parent.name in class_names for f in files):
-            return paths, np.array([class_names.index(f.parent.name) for f in files])
-        return paths
-    if p.suffix == ".npy" and p.is_file():
-        return np.load(p)
-    if p.suffix == ".npz" and p.is_file():
-        data = np.load(p)
-        keys = list(data.keys())
-        x = data["x"] if "x" in data else data[keys[0]]
-        y = data["y"] if "y" in data else None
-        return x if y is None else (x, y)
-    raise DataError(f"{argument}: expected an image folder, .npy or .npz file, got {path!r}.")
-
-
 def _items(value: str | list | None) -> list[str]:
     """``"a, b"`` -> ``["a", "b"]``.
 
@@ -102,7 +74,7 @@ def check_export_args(args: argparse.Namespace) -> None:
     """
     from kerastl.errors import ConfigError, DataError, choice_error
     from kerastl.export import FORMATS
-    from kerastl.export.tflite import INT8_IO, QUANTIZATIONS
+    from kerastl.export.formats.tflite import INT8_IO, QUANTIZATIONS
 
     model_path = Path(args.model)
     if model_path.suffix != ".keras":

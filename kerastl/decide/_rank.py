@@ -98,7 +98,7 @@ def measure_cost(
             report = kerastl.export(model, tmp, formats=[runtime], latency_runs=1)
             art = next(a for a in report["artifacts"] if a["format"] == runtime)
             loaded = kerastl.load_artifact(os.path.join(tmp, art["path"]))
-            from kerastl.export._modality import get_modality
+            from kerastl.export.modalities import get_modality
 
             # raw input -> the runtime's input (text: token ids; tokenising is not timed)
             x, _ = get_modality(loaded.metadata).coerce(sample[:1], "inputs")

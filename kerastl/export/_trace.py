@@ -25,8 +25,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerastl._errors import ConfigError
-from kerastl.export._modality import ModalityExporter, get_modality
+from kerastl.errors import ConfigError
+from kerastl.export.modalities import ModalityExporter, get_modality
 
 #: Tasks whose artifacts get a ``class_id`` output.
 CLASS_ID_TASKS = ("classification", "binary")
@@ -178,10 +178,8 @@ class Prepared:
 
 
 def load_keras(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
-    """:func:`kerastl.load_model` with kerastl's custom layers registered first."""
-    import kerastl.heads  # noqa: F401 - registers SupervisedContrastiveLoss
-    import kerastl.layers  # noqa: F401 - registers ImagePreprocessing
-    from kerastl._model import load_model
+    """:func:`kerastl.load_model` without the training configuration."""
+    from kerastl.builder import load_model
 
     return load_model(Path(path), safe_mode=safe_mode, compile=False)
 
@@ -327,7 +325,33 @@ def prepare(model: Any) -> Prepared:
         >>> p.output_names  # doctest: +SKIP
         ['probabilities', 'logits', 'class_id']
     """
-    model = resolve_model(model)
+    model = _check_model(resolve_model(model))
+    notes: list[str] = []
+    meta = _metadata(model, notes)
+    modality = get_modality(meta)
+    original = model
+    mixed = _is_mixed(model)
+    if mixed:
+        model = float32_clone(model)
+        notes.append(
+            "mixed-precision model: exported graph computes in float32 (same weights); "
+            "bfloat16/float16 kernels are missing in onnxruntime and LiteRT"
+        )
+    modality.model = model  # hooks that need the graph (text: token-id signature)
+    infer, names = _inference_outputs(model, meta)
+    return Prepared(
+        model=infer,
+        original=original,
+        meta=meta,
+        modality=modality,
+        output_names=names,
+        notes=notes,
+        mixed_precision=mixed,
+    )
+
+
+def _check_model(model: keras.Model) -> keras.Model:
+    """Refuse what export cannot trace: subclassed models, several inputs or outputs."""
     try:
         model.inputs  # noqa: B018 - subclassed models have no such attribute
     except AttributeError:
@@ -347,9 +371,13 @@ def prepare(model: Any) -> Prepared:
             f"{model.name!r} has {len(model.outputs or [])}; features_only extractors are "
             "not exportable yet."
         )
+    return model
+
+
+def _metadata(model: keras.Model, notes: list[str]) -> dict[str, Any]:
+    """kerastl's metadata of ``model`` (inferred for a plain Keras model), input spec set."""
     from kerastl import __version__
 
-    notes: list[str] = []
     meta = find_metadata(model)
     if not meta:
         task = _guess_task(model)
@@ -371,16 +399,11 @@ def prepare(model: Any) -> Prepared:
         "shape": shape,
         "dtype": (meta.get("input") or {}).get("dtype") or "float32",
     }
-    modality = get_modality(meta)
-    original = model
-    mixed = _is_mixed(model)
-    if mixed:
-        model = float32_clone(model)
-        notes.append(
-            "mixed-precision model: exported graph computes in float32 (same weights); "
-            "bfloat16/float16 kernels are missing in onnxruntime and LiteRT"
-        )
-    modality.model = model  # hooks that need the graph (text: token-id signature)
+    return meta
+
+
+def _inference_outputs(model: keras.Model, meta: dict[str, Any]) -> tuple[keras.Model, list[str]]:
+    """The model to trace (with ``logits`` as a second output when reachable) and output names."""
     task = meta.get("task")
     main = meta.get("output") or "outputs"
     names = [main]
@@ -395,12 +418,4 @@ def prepare(model: Any) -> Prepared:
             infer = model  # not a functional graph with a reachable "logits" layer
     if task in CLASS_ID_TASKS:
         names.append("class_id")
-    return Prepared(
-        model=infer,
-        original=original,
-        meta=meta,
-        modality=modality,
-        output_names=names,
-        notes=notes,
-        mixed_precision=mixed,
-    )
+    return infer, names

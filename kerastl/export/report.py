@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kerastl._safety import atomic_write_text
+from kerastl.core.safety import atomic_write_text
 
 JSON_NAME = "export_report.json"
 MD_NAME = "export_report.md"

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from kerastl._errors import ConfigError
+from kerastl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def tolerance_for(key: str, overrides: dict[str, Any] | None = None) -> Toleranc
 
 def check_overrides(overrides: dict[str, Any] | None) -> None:
     """Refuse tolerance overrides for unknown ``format/precision`` keys."""
-    from kerastl._errors import choice_error
+    from kerastl.errors import choice_error
 
     for key in overrides or {}:
         if key not in TOLERANCES:
@@ -180,9 +180,9 @@ def check_labels(pred: np.ndarray, labels: Any, task: str | None, argument: str)
         >>> check_labels(np.zeros((4, 2)), np.zeros(4), "regression", "validation_data")
         Traceback (most recent call last):
         ...
-        kerastl._errors.DataError: validation_data: the labels have shape (4,) but this regression model's output has shape (4, 2); give labels of shape (4, 2) (or no labels).
+        kerastl.errors.DataError: validation_data: the labels have shape (4,) but this regression model's output has shape (4, 2); give labels of shape (4, 2) (or no labels).
     """
-    from kerastl._errors import DataError
+    from kerastl.errors import DataError
 
     pred, labels = np.asarray(pred), np.asarray(labels)
     if task in ("classification", "binary"):

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from kerastl._errors import DataError
-from kerastl.export._modality import ModalityExporter, register_modality
+from kerastl.errors import DataError
+from kerastl.export.modalities import ModalityExporter, register_modality
 
 
 def _is_whisper(meta: dict[str, Any]) -> bool:
@@ -34,7 +34,7 @@ def feature_model(model):
     """The part of a Whisper-based kerastl model after the log-mel front end."""
     import keras
 
-    from kerastl._model import KerastlModel
+    from kerastl.core.model import KerastlModel
 
     pre = model.get_layer("preprocess")
     feats = keras.Input(shape=tuple(pre.output.shape[1:]), dtype="float32", name="log_mel")
@@ -69,14 +69,25 @@ class AudioExporter(ModalityExporter):
 
     name = "audio"
     formats = ("saved_model", "tflite", "onnx")
-    #: Formats exported from the log-mel feature sub-model (Whisper models).
-    feature_formats = ("tflite", "onnx")
+    #: Formats exported from the log-mel feature sub-model (Whisper models only).
+    sub_model_formats = ("tflite", "onnx")
 
-    def delegate(self, formats: list[str]):
-        """:func:`export_audio` when a Whisper model goes to TFLite/ONNX, else ``None``."""
-        if _is_whisper(self.meta) and any(f in self.feature_formats for f in formats):
-            return export_audio
-        return None
+    def splits(self, formats: list[str]) -> bool:
+        """Only Whisper models split; Moonshine takes the waveform in every format."""
+        return _is_whisper(self.meta) and super().splits(formats)
+
+    def sub_model(self, model):
+        return feature_model(model)
+
+    def sub_inputs(self, sub: ModalityExporter, data: Any) -> tuple[np.ndarray, Any]:
+        return sub.coerce(data, "validation_data")
+
+    def split_note(self, name: str) -> str:
+        return (
+            "audio model: SavedModel takes waveforms (log-mel in the graph); TFLite/ONNX take "
+            "log_mel features (RaggedTensorToTensor and RFFT+slice do not convert with builtin "
+            "ops); load_artifact computes the features from waveforms"
+        )
 
     @property
     def samples(self) -> int | None:
@@ -210,64 +221,6 @@ class LogMelExporter(ModalityExporter):
 
     def load_files(self, paths: list[str]) -> np.ndarray:
         return self.features(self._audio().load_files(paths))
-
-
-def export_audio(model, out_dir, formats, **kwargs) -> dict[str, Any]:
-    """Export a Whisper-based model: SavedModel on waveforms, TFLite/ONNX on log-mel features.
-
-    Same arguments and report as :func:`kerastl.export`; both parts are staged and
-    published as one unit (:mod:`kerastl.export._staged`).
-    """
-    from kerastl.export import export
-    from kerastl.export._staged import planned_files, resolve_targets, staged_export
-    from kerastl.export.text import _merge
-
-    out = Path(out_dir)
-    waves = [f for f in formats if f not in AudioExporter.feature_formats]
-    feats = [f for f in formats if f in AudioExporter.feature_formats]
-    name = kwargs.pop("name", None) or model.name
-    validation = kwargs.pop("validation_data", None)
-    calibration = kwargs.pop("calibration_data", None)
-    version = kwargs.pop("version", None)
-    files = planned_files(name, feats, list(kwargs.get("quantize") or []))
-    overwrite = bool(kwargs.get("overwrite"))
-    version = resolve_targets(out, name, version, "saved_model" in waves, files, overwrite)
-    sub = feature_model(model)
-    mel = LogMelExporter(sub.kerastl_config)
-
-    def to_feats(data):
-        if data is None:
-            return None
-        x, y = mel.coerce(data, "validation_data")
-        return x if y is None else (x, y)
-
-    def waves_part(staging: Path, version: int | None) -> dict:
-        rest = {k: v for k, v in kwargs.items() if k != "quantize"}
-        return export(
-            model, staging, waves, name=name, version=version, validation_data=validation, **rest
-        )
-
-    def feats_part(staging: Path, version: int | None) -> dict:
-        return export(
-            sub,
-            staging,
-            formats=feats,
-            name=name,
-            validation_data=to_feats(validation),
-            calibration_data=to_feats(calibration),
-            **kwargs,
-        )
-
-    def finish(staging: Path, reports: list[dict]) -> tuple[dict, list[str]]:
-        note = (
-            "audio model: SavedModel takes waveforms (log-mel in the graph); TFLite/ONNX take "
-            "log_mel features (RaggedTensorToTensor and RFFT+slice do not convert with builtin "
-            "ops); load_artifact computes the features from waveforms"
-        )
-        return _merge(reports, formats, note), []
-
-    parts = ([waves_part] if waves else []) + ([feats_part] if feats else [])
-    return staged_export(out, version, parts, finish)
 
 
 register_modality("audio", AudioExporter)

@@ -23,14 +23,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerastl._errors import ConfigError
-from kerastl.export._trace import Prepared
+from kerastl.errors import ConfigError, choice_error
+from kerastl.export.formats.base import Artifact, Format, Job, Staged
+
+if TYPE_CHECKING:
+    from kerastl.export._trace import Prepared
 
 METADATA_FILE = "kerastl_metadata.json"
 LABELS_FILE = "labels.txt"
@@ -208,7 +212,7 @@ def check_rest_request(saved_model_dir: Path, body: dict[str, Any]) -> None:
     """
     import tensorflow as tf
 
-    from kerastl._errors import ExportError
+    from kerastl.errors import ExportError
 
     loaded = tf.saved_model.load(str(saved_model_dir))
     name = body.get("signature_name", "serving_default")
@@ -232,7 +236,7 @@ def check_rest_request(saved_model_dir: Path, body: dict[str, Any]) -> None:
 
 
 def _check_rest_value(signature: str, key: str, spec: Any, value: Any) -> None:
-    from kerastl._errors import ExportError
+    from kerastl.errors import ExportError
 
     where = f"REST body for {signature!r}, input {key!r}"
     if spec.dtype.name == "string":
@@ -245,3 +249,64 @@ def _check_rest_value(signature: str, key: str, spec: Any, value: Any) -> None:
         raise ExportError(f"{where}: shape {list(arr.shape)} does not fit the signature's {want}.")
     if arr.dtype.kind not in ("fiu" if spec.dtype.is_floating else "iu"):
         raise ExportError(f"{where}: {arr.dtype} values for a {spec.dtype.name} input.")
+
+
+class SavedModelFormat(Format):
+    """``saved_model/<name>/<version>/``: a new TF Serving version, never overwritten."""
+
+    name = "saved_model"
+    versioned = True
+    reads_saved_model = True
+
+    def targets(self, out: Path, name: str, options, meta: dict) -> dict[str, Path]:
+        return {"float32": version_dir(out, name, options.version)[0]}
+
+    def artifacts(self, job: Job):
+        path = job.staging / "saved_model"
+        yield Staged("float32", path, lambda: write(job.prepared, path, job.x_val, job.name))
+
+    def load(self, path: Path) -> Artifact:
+        return SavedModelArtifact(saved_model_root(path))
+
+    def publish(self, source: Path, target: Path) -> None:
+        os.rename(source, target)  # fails if the version appeared meanwhile
+
+
+class SavedModelArtifact(Artifact):
+    format = "saved_model"
+    runtime = "tensorflow SavedModel signature 'serving_default'"
+
+    def __init__(self, path: Path, signature: str = "serving_default"):
+        import tensorflow as tf
+
+        meta_file = path / "assets" / "kerastl_metadata.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        super().__init__(path, meta)
+        self._loaded = tf.saved_model.load(str(path))
+        if signature not in self._loaded.signatures:
+            raise choice_error("signature", signature, list(self._loaded.signatures))
+        self._fn = self._loaded.signatures[signature]
+        self.signature = signature
+        self.runtime = f"tensorflow SavedModel signature {signature!r}"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        out = self._fn(**{self.input_name: tf.constant(x)})
+        return {k: v.numpy() for k, v in out.items()}
+
+
+def saved_model_root(path: Path) -> Path:
+    """The version folder to load: ``path`` itself, its latest version, or its only model."""
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = sorted((p for p in path.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    if versions and (versions[-1] / "saved_model.pb").is_file():
+        return versions[-1]
+    children = [p for p in path.iterdir() if p.is_dir()]
+    if path.name == "saved_model" and len(children) == 1:
+        return saved_model_root(children[0])
+    raise ConfigError(
+        f"path: {str(path)!r} is a folder without saved_model.pb or numeric version "
+        "folders; pass an export's saved_model/<name>/<version> folder."
+    )

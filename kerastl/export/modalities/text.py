@@ -11,9 +11,10 @@
   (``<name>_tokenizer/``) and recorded in their metadata, and
   :func:`kerastl.load_artifact` uses them to accept raw strings.
 
-:class:`TextExporter` is the modality of string models; asked for TFLite/ONNX,
-it hands over to :func:`export_text`, which exports the token-id sub-model
-(modality :class:`TokenIdsExporter`) through the same validated pipeline.
+:class:`TextExporter` is the modality of string models. It declares TFLite/ONNX as
+:attr:`~TextExporter.sub_model_formats`, so those are exported from the token-id
+sub-model (modality :class:`TokenIdsExporter`) through the same validated pipeline, and
+both parts are published as one unit (:mod:`kerastl.export.modalities._split`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from kerastl._errors import DataError
-from kerastl.export._modality import ModalityExporter, register_modality
+from kerastl.errors import DataError
+from kerastl.export.modalities import ModalityExporter, register_modality
 
 _WORDS = (
     "the a good bad movie film great awful plot actor music scene team game goal match player "
@@ -91,7 +92,7 @@ def token_id_model(model):
     """
     import keras
 
-    from kerastl._model import KerastlModel
+    from kerastl.core.model import KerastlModel
 
     pre, preprocessor = _text_layers(model)
     pad = int(preprocessor.tokenizer.pad_token_id)
@@ -196,18 +197,31 @@ def write_tokenizer(model, folder: Path) -> list[str]:
 class TextExporter(ModalityExporter):
     """Raw strings in (``tf.string``); SavedModel only, plus a token-id signature.
 
-    TFLite and ONNX go through :func:`export_text` (see the module docstring).
+    TFLite and ONNX come from the token-id sub-model (see the module docstring).
     """
 
     name = "text"
     formats = ("saved_model", "tflite", "onnx")
-    #: Formats exported from the token-id sub-model instead of the string model.
-    token_formats = ("tflite", "onnx")
+    sub_model_formats = ("tflite", "onnx")
     model = None  # the Keras model, set by the exporter's prepare()
 
-    def delegate(self, formats: list[str]):
-        """:func:`export_text` when token-id formats are asked for, else ``None``."""
-        return export_text if any(f in self.token_formats for f in formats) else None
+    def sub_model(self, model):
+        return token_id_model(model)
+
+    def sub_inputs(self, sub: ModalityExporter, data: Any) -> tuple[np.ndarray, Any]:
+        x, y = self.coerce(data, "validation_data")
+        return sub.tokenize(x), y
+
+    def write_beside(self, model, staging: Path, name: str) -> dict[str, tuple[str, list]]:
+        folder = TOKENIZER_DIR.format(name=name)
+        return {"tokenizer": (folder, write_tokenizer(model, staging / folder))}
+
+    def split_note(self, name: str) -> str:
+        return (
+            "text model: SavedModel takes raw strings (tokenizer in the graph) and token ids "
+            "(serving_token_ids); TFLite/ONNX take token_ids, tokenizer files in "
+            f"{TOKENIZER_DIR.format(name=name)}/ and in the metadata"
+        )
 
     def input_signature(self) -> list:
         import tensorflow as tf
@@ -342,86 +356,6 @@ class TokenIdsExporter(ModalityExporter):
 
     def load_files(self, paths: list[str]) -> np.ndarray:
         return self.tokenize(TextExporter(self.meta).load_files(paths))
-
-
-def export_text(model, out_dir, formats, **kwargs) -> dict[str, Any]:
-    """Export a text model: SavedModel from strings, TFLite/ONNX from token ids.
-
-    Same arguments and report as :func:`kerastl.export`; the two parts are
-    validated separately (token-id files against the Keras model on token ids),
-    staged together with the tokenizer folder and published as one unit
-    (:mod:`kerastl.export._staged`): if either part fails, nothing is published.
-    """
-    from kerastl.export import export
-    from kerastl.export._staged import planned_files, resolve_targets, staged_export
-
-    out = Path(out_dir)
-    strings = [f for f in formats if f not in TextExporter.token_formats]
-    tokens = [f for f in formats if f in TextExporter.token_formats]
-    name = kwargs.pop("name", None) or model.name
-    validation = kwargs.pop("validation_data", None)
-    calibration = kwargs.pop("calibration_data", None)
-    version = kwargs.pop("version", None)
-    files = planned_files(name, tokens, list(kwargs.get("quantize") or []))
-    overwrite = bool(kwargs.get("overwrite"))
-    version = resolve_targets(out, name, version, "saved_model" in strings, files, overwrite)
-    sub = token_id_model(model)
-    ids_exporter = TokenIdsExporter(sub.kerastl_config)
-
-    def to_ids(data):
-        if data is None:
-            return None
-        x, y = TextExporter(model.kerastl_config).coerce(data, "validation_data")
-        ids = ids_exporter.tokenize(x)
-        return ids if y is None else (ids, y)
-
-    def strings_part(staging: Path, version: int | None) -> dict:
-        rest = {k: v for k, v in kwargs.items() if k != "quantize"}
-        return export(
-            model, staging, strings, name=name, version=version, validation_data=validation, **rest
-        )
-
-    def tokens_part(staging: Path, version: int | None) -> dict:
-        return export(
-            sub,
-            staging,
-            formats=tokens,
-            name=name,
-            validation_data=to_ids(validation),
-            calibration_data=to_ids(calibration),
-            **kwargs,
-        )
-
-    folder_name = TOKENIZER_DIR.format(name=name)
-
-    def finish(staging: Path, reports: list[dict]) -> tuple[dict, list[str]]:
-        folders = []
-        if tokens:
-            written = write_tokenizer(model, staging / folder_name)
-            reports[-1]["tokenizer"] = {"folder": str(out / folder_name), "files": written}
-            folders.append(folder_name)
-        note = (
-            "text model: SavedModel takes raw strings (tokenizer in the graph) and token ids "
-            "(serving_token_ids); TFLite/ONNX take token_ids, tokenizer files in "
-            f"{folder_name}/ and in the metadata"
-        )
-        return _merge(reports, formats, note), folders
-
-    parts = ([strings_part] if strings else []) + ([tokens_part] if tokens else [])
-    return staged_export(out, version, parts, finish)
-
-
-def _merge(reports: list[dict], formats: list[str], note: str) -> dict[str, Any]:
-    """One report of a multi-part export: every part's artifacts and notes."""
-    merged = dict(reports[-1])
-    merged["formats"] = list(formats)
-    merged["artifacts"] = [a for r in reports for a in r["artifacts"]]
-    merged["notes"] = [n for r in reports for n in r.get("notes", [])] + [note]
-    merged["model"] = dict(reports[0]["model"])
-    merged["saved_model_version"] = next(
-        (r["saved_model_version"] for r in reports if r.get("saved_model_version")), None
-    )
-    return merged
 
 
 register_modality("text", TextExporter)

@@ -1,12 +1,15 @@
-"""Per-modality hooks of the exporter: what the input is and how to serve it.
+"""Modalities: what a model's input is, how to serve it, and how the model splits into parts.
 
-The format modules (``saved_model``, ``tflite``, ``onnx``) never look at pixels
-or strings themselves. They ask the model's :class:`ModalityExporter` for the
-input signature, extra serving signatures (``serving_bytes`` for images),
-realistic sample inputs, how to coerce user data and how to read input files.
-A new modality (text, audio) is one module that subclasses
-:class:`ModalityExporter` and either appears in :data:`MODALITY_MODULES` or
-calls :func:`register_modality` itself; nothing else changes.
+The format classes (:mod:`kerastl.export.formats`) never look at pixels or strings
+themselves. They ask the model's :class:`ModalityExporter` for the input signature,
+extra serving signatures (``serving_bytes`` for images), realistic sample inputs, how
+to coerce user data and how to read input files. A modality whose model cannot go to
+every format whole declares it (:attr:`ModalityExporter.sub_model_formats`): text
+models go to TFLite/ONNX as their token-id sub-model, Whisper audio models as their
+log-mel one, and :mod:`kerastl.export.modalities._split` exports and publishes the
+parts as one unit. A new modality is one module that subclasses
+:class:`ModalityExporter` and either appears in :data:`MODALITY_MODULES` or calls
+:func:`register_modality` itself; nothing else changes.
 
 Which hook a model gets is decided by ``kerastl_config["input"]["name"]``
 (``"image"``, ``"text"``, ...), falling back to ``kerastl_config["modality"]``.
@@ -15,19 +18,20 @@ Which hook a model gets is decided by ``kerastl_config["input"]["name"]``
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kerastl._errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, choice_error
 
 #: Modality -> module that registers its exporter on import (imported lazily).
 MODALITY_MODULES: dict[str, str] = {
-    "image": "kerastl.export._image",
-    "text": "kerastl.export.text",
-    "token_ids": "kerastl.export.text",
-    "audio": "kerastl.export.audio",
-    "log_mel": "kerastl.export.audio",
+    "image": "kerastl.export.modalities.image",
+    "text": "kerastl.export.modalities.text",
+    "token_ids": "kerastl.export.modalities.text",
+    "audio": "kerastl.export.modalities.audio",
+    "log_mel": "kerastl.export.modalities.audio",
 }
 
 _REGISTRY: dict[str, type[ModalityExporter]] = {}
@@ -51,6 +55,9 @@ class ModalityExporter:
     name = "base"
     #: Formats this modality can be exported to.
     formats: tuple[str, ...] = ("saved_model", "tflite", "onnx")
+    #: Formats exported from a sub-model (:meth:`sub_model`) instead of the model itself,
+    #: e.g. text: TFLite and ONNX take token ids. Empty: the model goes whole to every format.
+    sub_model_formats: tuple[str, ...] = ()
 
     def __init__(self, meta: dict[str, Any]):
         self.meta = meta
@@ -91,6 +98,39 @@ class ModalityExporter:
     def rest_examples(self, samples: np.ndarray) -> dict[str, Any]:
         """File name -> JSON body of sample TF Serving REST requests."""
         return {}
+
+    # -- multi-part exports (only for a non-empty ``sub_model_formats``) --------------------
+
+    def splits(self, formats: list[str]) -> bool:
+        """Whether exporting ``formats`` takes two parts: the model and its sub-model.
+
+        Example:
+            >>> ModalityExporter({}).splits(["tflite"])
+            False
+        """
+        return any(f in self.sub_model_formats for f in formats)
+
+    def sub_model(self, model: Any) -> Any:
+        """The part of ``model`` that :attr:`sub_model_formats` are exported from."""
+        raise NotImplementedError
+
+    def sub_inputs(self, sub: ModalityExporter, data: Any) -> tuple[np.ndarray, Any]:
+        """User data of the whole model as ``(inputs, labels or None)`` of the sub-model.
+
+        ``sub`` is the sub-model's modality (its tokenizer, feature converter...).
+        """
+        raise NotImplementedError
+
+    def write_beside(self, model: Any, staging: Path, name: str) -> dict[str, tuple[str, list]]:
+        """Folders the sub-model's files need beside them, written into ``staging``.
+
+        Returns report key -> (folder name, files written), e.g. the text tokenizer.
+        """
+        return {}
+
+    def split_note(self, name: str) -> str:
+        """The report's note on which part takes which input."""
+        return ""
 
 
 def register_modality(name: str, exporter: type[ModalityExporter]) -> None:

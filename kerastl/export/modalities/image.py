@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from kerastl._errors import DataError
-from kerastl.export._modality import ModalityExporter, register_modality
+from kerastl.errors import DataError
+from kerastl.export.modalities import ModalityExporter, register_modality
 
 
 class ImageExporter(ModalityExporter):

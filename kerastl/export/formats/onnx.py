@@ -29,11 +29,18 @@ import gc
 import json
 import logging
 import os
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kerastl._errors import ConfigError, ExportError, missing_dependency
-from kerastl.export._trace import Prepared
+import numpy as np
+
+from kerastl.errors import ConfigError, ExportError, missing_dependency
+from kerastl.export.formats.base import Artifact, Format, Job, Options, Staged
+
+if TYPE_CHECKING:
+    from kerastl.export._trace import Prepared
 
 #: Opsets kerastl tests and accepts; tf2onnx 1.17 writes up to 18.
 OPSETS = tuple(range(13, 19))
@@ -398,7 +405,6 @@ def _convert_once(prepared, graph_def, opset, input_names, output_names, rename,
 
 def _probe(model_proto, prepared: Prepared, probe, reference) -> str | None:
     """Run the graph at batch 1 and ``len(probe)``; a description of what went wrong, or None."""
-    import numpy as np
     import onnxruntime as ort
 
     from kerastl.export.validate import rel_err
@@ -481,3 +487,87 @@ def read_metadata(model_proto) -> dict[str, Any]:
         if prop.key == METADATA_KEY:
             return json.loads(prop.value)
     return {}
+
+
+class OnnxFormat(Format):
+    """``<name>.onnx`` (weights in ``<name>.onnx.data`` over 2 GiB). Option: ``opset``."""
+
+    name = "onnx"
+    suffix = ".onnx"
+
+    def check_options(self, options: Options, formats: list[str]) -> None:
+        if options.opset is not None and self.name not in formats:
+            raise ConfigError(
+                f"opset={options.opset!r} applies to ONNX only; add 'onnx' to formats."
+            )
+        if self.name in formats:
+            check_opset(options.opset)
+
+    def require(self) -> None:
+        require()
+
+    def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
+        return {"float32": out / f"{name}{self.suffix}"}
+
+    def artifacts(self, job: Job) -> Iterator[Staged]:
+        path = job.staging / f"{job.name}{self.suffix}"
+        yield Staged("float32", path, partial(self._write, job, path))
+
+    @staticmethod
+    def _write(job: Job, path: Path) -> dict[str, Any]:
+        opset = check_opset(job.options.opset)
+        prepared = job.prepared
+        proto, notes = convert(prepared, opset, prepared.meta, probe=job.x_val[:4])
+        files = save(proto, path)
+        check(path)
+        counts: dict[str, int] = {}
+        for node in proto.graph.node:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        details: dict[str, Any] = {
+            "opset": opset,
+            "nodes": len(proto.graph.node),
+            "transposes": counts.get("Transpose", 0),
+        }
+        if notes:
+            details["tf2onnx"] = "; ".join(notes)
+        if len(files) > 1:
+            details["external_data"] = files[1].name
+        return details
+
+    def load(self, path: Path) -> Artifact:
+        return OnnxArtifact(path)
+
+    def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
+        import onnx
+
+        return non_standard_ops(onnx.load(str(path), load_external_data=False))
+
+    def publish(self, source: Path, target: Path) -> None:
+        replace_file(source, target)  # with the graph's external weights, if any
+
+
+class OnnxArtifact(Artifact):
+    format = "onnx"
+    runtime = "onnxruntime (CPUExecutionProvider)"
+
+    def __init__(self, path: Path):
+        try:
+            import onnx
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise missing_dependency("onnxruntime", "onnx onnxruntime", "ONNX") from exc
+        proto = onnx.load(str(path), load_external_data=False)
+        super().__init__(path, read_metadata(proto))
+        self.opset = max(
+            (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None
+        )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._out_names = [o.name for o in self._session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        kind = self._session.get_inputs()[0].type  # "tensor(float)", "tensor(int32)"...
+        dtype = np.int32 if "int32" in kind else np.int64 if "int64" in kind else np.float32
+        values = self._session.run(None, {self.input_name: np.asarray(x, dtype)})
+        return dict(zip(self._out_names, values))

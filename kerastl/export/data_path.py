@@ -1,0 +1,41 @@
+"""Read the validation / calibration inputs a user names by path (no TensorFlow).
+
+:func:`kerastl.export` and ``kerastl export`` accept an image folder (class
+subfolders give labels) or a ``.npy`` / ``.npz`` file wherever they take data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: Suffixes of the files read as images from a folder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> Any:
+    """An image folder -> list of paths (+ labels from class subfolders); .npy/.npz -> arrays."""
+    if path is None:
+        return None
+    import numpy as np
+
+    from kerastl.errors import DataError
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{argument}: no images ({', '.join(IMAGE_SUFFIXES)}) under {path!r}.")
+        paths = [str(f) for f in files]
+        if class_names and all(f.parent.name in class_names for f in files):
+            return paths, np.array([class_names.index(f.parent.name) for f in files])
+        return paths
+    if p.suffix == ".npy" and p.is_file():
+        return np.load(p)
+    if p.suffix == ".npz" and p.is_file():
+        data = np.load(p)
+        keys = list(data.keys())
+        x = data["x"] if "x" in data else data[keys[0]]
+        y = data["y"] if "y" in data else None
+        return x if y is None else (x, y)
+    raise DataError(f"{argument}: expected an image folder, .npy or .npz file, got {path!r}.")

@@ -1,0 +1,205 @@
+"""The contract every export format implements: writing artifacts and loading them back.
+
+:func:`kerastl.export.pipeline.export` knows no format by name: it asks each selected
+:class:`Format` to check its options, plan its published paths, write its artifacts
+into the staging folder, load them back and publish them. A format is one class in
+one module of :mod:`kerastl.export.formats`, listed once in its ``FORMATS`` table.
+:class:`Artifact` is what a format's ``load`` returns: the file in its runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from kerastl.export._trace import Prepared
+
+
+@dataclass(frozen=True)
+class Options:
+    """The arguments of :func:`kerastl.export` after the format list (as given)."""
+
+    quantize: list[str] = field(default_factory=list)
+    calibration_data: Any = None
+    validation_data: Any = None
+    name: str | None = None
+    version: int | None = None
+    int8_io: str = "float32"
+    allow_flex: bool = False
+    opset: int | None = None
+    overwrite: bool = False
+    tolerances: dict[str, dict[str, float]] | None = None
+    max_validation_samples: int = 64
+    max_calibration_samples: int = 500
+    latency_runs: int = 10
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`kerastl.export` (values not copied)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class Job:
+    """What a format writes from: the traced model, its data and the staging folder."""
+
+    prepared: Prepared
+    name: str
+    out: Path
+    staging: Path
+    options: Options
+    targets: dict[tuple[str, str], Path]
+    x_val: np.ndarray
+    y_val: np.ndarray | None
+    x_cal: np.ndarray | None
+    reference: dict[str, np.ndarray]
+
+
+@dataclass
+class Staged:
+    """One artifact to write into staging: ``write()`` returns the report's details.
+
+    ``reference`` narrows the Keras outputs it is validated against (default: all).
+    """
+
+    precision: str
+    path: Path
+    write: Callable[[], dict[str, Any]]
+    reference: dict[str, Any] | None = None
+
+
+class Format:
+    """An export format: the protocol :mod:`kerastl.export.pipeline` runs over.
+
+    Attributes:
+        name: The format's name in ``formats=`` and in the report.
+        versioned: Published into a new numbered folder that is never overwritten
+            (TF Serving); otherwise a file replaced only with ``overwrite=True``.
+        reads_saved_model: Writes or converts from a SavedModel under ``out_dir``, which
+            TensorFlow reads through a glob pattern (so ``[`` ``]`` in the path break it).
+    """
+
+    name: str = "base"
+    #: File suffix of the artifacts (``None``: a folder).
+    suffix: str | None = None
+    versioned: bool = False
+    reads_saved_model: bool = False
+
+    def check_options(self, options: Options, formats: list[str]) -> None:
+        """Refuse this format's options that are bad or given without the format."""
+
+    def require(self) -> None:
+        """Raise :class:`MissingDependencyError` when the format's packages are missing."""
+
+    def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
+        """Precision -> published path of every artifact this format writes."""
+        raise NotImplementedError
+
+    def artifacts(self, job: Job) -> Iterator[Staged]:
+        """The artifacts to write, in order (code between items runs outside their checks)."""
+        raise NotImplementedError
+
+    def load(self, path: Path) -> Artifact:
+        """The artifact at ``path`` loaded in its runtime (validation, ``load_artifact``)."""
+        raise NotImplementedError
+
+    def non_builtin_ops(self, artifact: Artifact, path: Path) -> list[str]:
+        """Ops outside the runtime's builtin set (reported per artifact)."""
+        return []
+
+    def publish(self, source: Path, target: Path) -> None:
+        """Move a validated artifact from staging to ``target`` (its folder exists)."""
+        os.replace(source, target)
+
+
+class Artifact:
+    """An exported model loaded in its runtime.
+
+    Attributes:
+        path: File or folder loaded.
+        format: One of :data:`ARTIFACT_FORMATS`.
+        metadata: kerastl's metadata (labels, task, input spec...).
+        runtime: Which runtime executes it.
+
+    Example:
+        >>> art = kerastl.load_artifact("out/model.tflite")  # doctest: +SKIP
+        >>> art.predict(["cat.jpg"])["labels"]  # doctest: +SKIP
+        ['cat']
+    """
+
+    format = "base"
+    runtime = "?"
+
+    def __init__(self, path: Path, metadata: dict[str, Any]):
+        self.path = path
+        self.metadata = metadata
+
+    @property
+    def input_name(self) -> str:
+        return (self.metadata.get("input") or {}).get("name", "image")
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw runtime call on a batch of raw inputs; returns numpy outputs by name."""
+        raise NotImplementedError
+
+    def run_batched(self, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+        """:meth:`run` over ``x`` in chunks of ``batch_size``, outputs concatenated."""
+        parts: dict[str, list] = {}
+        for i in range(0, len(x), batch_size):
+            for k, v in self.run(x[i : i + batch_size]).items():
+                parts.setdefault(k, []).append(np.asarray(v))
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def predict(self, inputs: Any, batch_size: int = 32) -> dict[str, Any]:
+        """Outputs for raw inputs or input files, with class labels when known.
+
+        Args:
+            inputs: An array of raw inputs, or a list of file paths.
+            batch_size: Inputs per runtime call.
+
+        Returns:
+            Output name -> array, plus ``"labels"`` (list of names) for classifiers.
+        """
+        from kerastl.export.modalities import get_modality
+
+        spec = self.metadata.get("input") or {}
+        is_files = isinstance(inputs, (list, tuple)) and all(
+            isinstance(p, (str, os.PathLike)) for p in inputs
+        )
+        if is_files and len(inputs) > 1 and spec.get("name") == "image":
+            if None in list(spec.get("shape") or [])[:2]:  # any size: files one by one
+                return _merge([self.predict([p], batch_size) for p in inputs])
+        modality = get_modality(self.metadata)
+        x, _ = modality.coerce(inputs, "inputs")
+        out = self.run_batched(x, batch_size)
+        names = self.metadata.get("class_names")
+        if names and "class_id" in out:
+            out["labels"] = [names[int(i)] for i in out["class_id"]]
+        elif names and "probabilities" in out:  # e.g. the MediaPipe file: scores only
+            out["labels"] = [names[int(i)] for i in np.argmax(out["probabilities"], axis=-1)]
+        return out
+
+    def latency_ms(self, x: np.ndarray, runs: int = 10, warmup: int = 2) -> float:
+        """Median wall time of one call on ``x`` (use a batch of one), in milliseconds."""
+        for _ in range(warmup):
+            self.run(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.run(x)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times) * 1000.0)
+
+
+def _merge(outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for key, value in outputs[0].items():
+        parts = [o[key] for o in outputs]
+        merged[key] = sum(parts, []) if isinstance(value, list) else np.concatenate(parts)
+    return merged

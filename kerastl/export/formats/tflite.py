@@ -1,0 +1,334 @@
+"""TFLite (LiteRT) files: float32, float16, dynamic-range and full-integer int8.
+
+Converted with ``tf.lite.TFLiteConverter.from_saved_model`` from the
+``serving_default`` signature of the inference SavedModel (the path Keras'
+own ``format="litert"`` takes), but with **builtin ops only** unless
+``allow_flex=True``: Keras allows Flex (select TF) ops, whose files then fail in
+the ``ai-edge-litert`` interpreter. kerastl's metadata JSON is embedded in the
+file's ``metadata`` table under :data:`METADATA_NAME`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerastl.errors import ConfigError, ExportError, choice_error, missing_dependency
+from kerastl.export.formats import tflite_metadata
+from kerastl.export.formats.base import Artifact, Format, Job, Options, Staged
+
+#: Precisions kerastl writes (``quantize=`` choices).
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+#: Input/output types of full-integer files.
+INT8_IO = ("float32", "int8", "uint8")
+#: Name of the metadata entry that holds kerastl's JSON.
+METADATA_NAME = "kerastl_metadata"
+#: Below this many calibration samples, int8 ranges are unreliable: warn.
+MIN_CALIBRATION_SAMPLES = 300
+
+
+def file_name(name: str, quantization: str) -> str:
+    """``name.tflite`` for float32, ``name_<quantization>.tflite`` otherwise."""
+    return f"{name}.tflite" if quantization == "float32" else f"{name}_{quantization}.tflite"
+
+
+def convert(
+    saved_model_dir: Path,
+    quantization: str,
+    input_name: str,
+    calibration: np.ndarray | None = None,
+    int8_io: str = "float32",
+    allow_flex: bool = False,
+) -> bytes:
+    """Convert the ``serving_default`` signature of a SavedModel to a TFLite flatbuffer.
+
+    Args:
+        saved_model_dir: SavedModel written by :mod:`kerastl.export.formats.saved_model`.
+        quantization: One of :data:`QUANTIZATIONS`.
+        input_name: Name of the signature's input, for the calibration feed.
+        calibration: Raw inputs for ``int8`` calibration.
+        int8_io: Input/output type of ``int8`` files (:data:`INT8_IO`).
+        allow_flex: Allow Flex (select TensorFlow) ops.
+
+    Raises:
+        ExportError: the graph needs ops LiteRT has no builtin for.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model_dir), signature_keys=["serving_default"]
+    )
+    ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization == "int8":
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io == "float32":  # float in/out needs the float QUANTIZE/DEQUANTIZE builtins
+            ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
+    if allow_flex:
+        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    converter.target_spec.supported_ops = ops
+    if quantization in ("float16", "dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "int8":
+        data = np.asarray(calibration, np.float32)
+
+        def representative() -> Iterable[dict[str, np.ndarray]]:
+            for i in range(len(data)):
+                yield {input_name: data[i : i + 1]}
+
+        converter.representative_dataset = representative
+        if int8_io != "float32":
+            converter.inference_input_type = getattr(tf, int8_io)
+            converter.inference_output_type = getattr(tf, int8_io)
+    try:
+        return converter.convert()
+    except Exception as exc:  # noqa: BLE001 - ConverterError and friends
+        text = str(exc)
+        flex = "Select TF" in text or "flex" in text.lower() or "not supported" in text
+        hint = (
+            " The graph needs ops that are not LiteRT builtins; pass allow_flex=True "
+            "(CLI --allow-flex) to use select TensorFlow ops (the app then needs the "
+            "Flex delegate)."
+            if flex and not allow_flex
+            else ""
+        )
+        raise ExportError(
+            f"TFLite conversion ({quantization}) failed: {_first_lines(text)}{hint}"
+        ) from exc
+
+
+def _first_lines(text: str, n: int = 6) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[:n])[:800]
+
+
+def embed_metadata(flatbuffer: bytes, meta: dict[str, Any]) -> bytes:
+    """Add kerastl's metadata JSON to the file's ``metadata`` table."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(flatbuffer, 0))
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(json.dumps(meta, default=str).encode(), np.uint8)
+    model.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_metadata(flatbuffer: bytes) -> dict[str, Any]:
+    """kerastl's metadata embedded in a ``.tflite`` file (``{}`` if absent)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() and entry.Name().decode() == METADATA_NAME:
+            data = model.Buffers(entry.Buffer()).DataAsNumpy()
+            return json.loads(bytes(data).decode())
+    return {}
+
+
+def list_ops(flatbuffer: bytes) -> tuple[list[str], list[str]]:
+    """(all op names, non-builtin op names) used by the file."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    ops, custom = set(), set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            name = (code.CustomCode() or b"?").decode()
+            custom.add(name)
+            ops.add(name)
+        else:
+            ops.add(names.get(builtin, str(builtin)))
+    return sorted(ops), sorted(custom)
+
+
+def check_calibration(n: int) -> None:
+    """Warn when too few samples calibrate an int8 file."""
+    if n < MIN_CALIBRATION_SAMPLES:
+        warnings.warn(
+            f"calibration_data: {n} samples calibrate the int8 ranges; use at least "
+            f"{MIN_CALIBRATION_SAMPLES} representative inputs for a reliable int8 file.",
+            stacklevel=6,  # kerastl.export's caller: <- _inputs <- _export_one <- run <- export
+        )
+
+
+def precisions(quantize: list[str]) -> list[str]:
+    """The files written: float32 always, then the extra ``quantize`` precisions.
+
+    Example:
+        >>> precisions(["int8", "float32", "float16"])
+        ['float32', 'int8', 'float16']
+    """
+    return ["float32", *[q for q in quantize if q != "float32"]]
+
+
+class TFLiteFormat(Format):
+    """``<name>.tflite`` and ``<name>_<quantization>.tflite``, converted from the SavedModel.
+
+    Options: ``quantize``, ``calibration_data`` (int8), ``int8_io``, ``allow_flex``; a
+    ``<name>_mediapipe.tflite`` is derived for image classifiers when MediaPipe is installed.
+    """
+
+    name = "tflite"
+    suffix = ".tflite"
+    reads_saved_model = True  # converted from the staged SavedModel
+
+    def check_options(self, options: Options, formats: list[str]) -> None:
+        quantize, int8_io = options.quantize, options.int8_io
+        for q in quantize:
+            if q not in QUANTIZATIONS:
+                raise choice_error("quantize", q, QUANTIZATIONS)
+        if quantize and set(quantize) != {"float32"} and self.name not in formats:
+            raise ConfigError(
+                f"quantize={quantize!r} applies to TFLite files only, and formats={formats!r} "
+                "has no 'tflite'. Add 'tflite' to formats or drop quantize."
+            )
+        if "int8" in quantize and options.calibration_data is None:
+            raise ConfigError(
+                "quantize: 'int8' needs calibration_data (a few hundred representative raw "
+                "inputs) to set the integer ranges."
+            )
+        if int8_io not in INT8_IO:
+            raise choice_error("int8_io", int8_io, INT8_IO)
+        if int8_io != "float32" and "int8" not in quantize:
+            raise ConfigError(
+                f"int8_io={int8_io!r} sets the input/output type of int8 TFLite files; add "
+                "'int8' to quantize or leave int8_io='float32'."
+            )
+        if options.allow_flex and self.name not in formats:
+            raise ConfigError("allow_flex=True applies to TFLite only; add 'tflite' to formats.")
+
+    def require(self) -> None:
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+        except ImportError as exc:
+            raise missing_dependency(
+                "ai_edge_litert", "ai-edge-litert", "TFLite export (validation)"
+            ) from exc
+
+    def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
+        paths = {q: out / file_name(name, q) for q in precisions(options.quantize)}
+        if tflite_metadata.supports(meta) and tflite_metadata.available():
+            mp = tflite_metadata.MEDIAPIPE_SUFFIX
+            paths[mp] = out / file_name(name, mp)
+        return paths
+
+    def artifacts(self, job: Job) -> Iterator[Staged]:
+        from kerastl.export.formats.saved_model import write_graph
+
+        source = job.staging / "saved_model"
+        if not (source / "saved_model.pb").exists():  # no (passing) SavedModel staged
+            source = job.staging / "tflite_source"
+            write_graph(job.prepared, source, extras=False)
+        for q in precisions(job.options.quantize):
+            path = job.staging / file_name(job.name, q)
+            yield Staged(q, path, partial(self._write, job, source, q, path))
+        if (self.name, tflite_metadata.MEDIAPIPE_SUFFIX) in job.targets:
+            yield self._mediapipe(job)
+
+    @staticmethod
+    def _write(job: Job, source: Path, q: str, path: Path) -> dict[str, Any]:
+        int8_io = job.options.int8_io
+        content = convert(
+            source,
+            q,
+            job.prepared.modality.input_name,
+            calibration=job.x_cal,
+            int8_io=int8_io if q == "int8" else "float32",
+            allow_flex=job.options.allow_flex,
+        )
+        content = embed_metadata(content, job.prepared.meta)
+        path.write_bytes(content)
+        ops, _custom = list_ops(content)
+        details: dict[str, Any] = {"ops": len(ops)}
+        if q == "int8":
+            details["io_type"] = int8_io
+        return details
+
+    def _mediapipe(self, job: Job) -> Staged:
+        """``<name>_mediapipe.tflite``, derived from the staged float32 file."""
+        mp = tflite_metadata.MEDIAPIPE_SUFFIX
+        path = job.staging / file_name(job.name, mp)
+        scores = tflite_metadata.SCORES_OUTPUT
+
+        def write_mediapipe() -> dict[str, Any]:
+            source = job.staging / file_name(job.name, "float32")
+            meta = job.prepared.meta
+            description = (
+                f"kerastl {meta.get('backbone')} classifier, {len(meta['class_names'])} "
+                "classes; raw 0-255 RGB in (preprocessing in the graph)."
+            )
+            content = tflite_metadata.mediapipe_classifier(
+                source.read_bytes(), meta["class_names"], description
+            )
+            path.write_bytes(content)
+            return {"metadata": "TFLite Metadata (MediaPipe ImageClassifier)", "outputs": [scores]}
+
+        return Staged(mp, path, write_mediapipe, reference={scores: job.reference[scores]})
+
+    def load(self, path: Path) -> Artifact:
+        return TFLiteArtifact(path)
+
+    def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
+        return artifact.custom_ops
+
+
+class TFLiteArtifact(Artifact):
+    format = "tflite"
+
+    def __init__(self, path: Path):
+        content = path.read_bytes()
+        super().__init__(path, read_metadata(content))
+        self.ops, self.custom_ops = list_ops(content)
+        if any(op.startswith("Flex") for op in self.custom_ops):
+            import tensorflow as tf  # its interpreter links the Flex delegate
+
+            self._interp = tf.lite.Interpreter(model_content=content)
+            self.runtime = "tf.lite.Interpreter (Flex delegate)"
+        else:
+            try:
+                from ai_edge_litert.interpreter import Interpreter
+            except ImportError as exc:
+                raise missing_dependency("ai_edge_litert", "ai-edge-litert", "TFLite") from exc
+            self._interp = Interpreter(model_content=content)
+            self.runtime = "ai_edge_litert.Interpreter"
+        self._runner = self._interp.get_signature_runner("serving_default")
+        self._inputs = self._runner.get_input_details()
+        self._outputs = self._runner.get_output_details()
+
+    @property
+    def input_dtype(self) -> str:
+        return np.dtype(self._inputs[self.input_name]["dtype"]).name
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        detail = self._inputs[self.input_name]
+        dtype = np.dtype(detail["dtype"])
+        scale, zero = detail["quantization"]
+        if dtype.kind in "iu" and scale:  # quantized input (not token ids)
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        out = self._runner(**{self.input_name: np.ascontiguousarray(x, dtype=dtype)})
+        result = {}
+        for name, value in out.items():
+            scale, zero = self._outputs[name]["quantization"]
+            if scale and np.dtype(value.dtype).kind in "iu":
+                value = (value.astype(np.float32) - zero) * scale
+            result[name] = np.array(value)
+        return result
