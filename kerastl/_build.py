@@ -11,8 +11,7 @@ from kerastl._errors import ConfigError
 from kerastl._model import KerastlModel
 from kerastl.freeze import apply_policy, parse_policy
 from kerastl.heads import attach_head, output_units, resolve_task
-from kerastl.zoo import get_spec
-from kerastl.zoo.adapter import get_adapter
+from kerastl.zoo import get_adapter, get_spec
 
 
 def build(

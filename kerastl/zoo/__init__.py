@@ -12,7 +12,7 @@ from kerastl.zoo._spec import PREPROCESSING, ModelSpec, Tap
 
 def get_adapter(name_or_spec):
     """Return the adapter of a registry entry (imports TensorFlow)."""
-    from kerastl.zoo.adapter import get_adapter as _get
+    from kerastl.zoo.sources.base import get_adapter as _get
 
     return _get(name_or_spec)
 
