@@ -130,7 +130,8 @@ def transfer_weights(src: keras.Model, dst: keras.Model, where: str) -> None:
         b.set_weights(values)
 
 
-def looks_like_weights_path(weights) -> bool:
+def looks_like_weights_path(weights: Any) -> bool:
+    """True when ``weights`` names a URL, a file or a folder rather than a preset name."""
     s = os.fspath(weights)
     return (
         s.startswith(URL_SCHEMES)
@@ -140,7 +141,8 @@ def looks_like_weights_path(weights) -> bool:
     )
 
 
-def is_checkpoint(weights) -> bool:
+def is_checkpoint(weights: Any) -> bool:
+    """True for a PyTorch / safetensors checkpoint file or a checkpoint folder."""
     path = Path(os.fspath(weights))
     return path.suffix in CHECKPOINT_SUFFIXES or path.is_dir()
 
@@ -243,6 +245,7 @@ def load_backbone_weights(backbone: keras.Model, path: Path, name: str) -> None:
 
 
 def is_path(weights: Any) -> bool:
+    """True when ``weights`` is a path (a KerasHub preset name otherwise)."""
     if isinstance(weights, os.PathLike):
         return True
     s = str(weights)
@@ -250,6 +253,7 @@ def is_path(weights: Any) -> bool:
 
 
 def is_archive(path: Path) -> bool:
+    """True for a ``.zip`` or ``.tar[.gz]`` file."""
     import tarfile
     import zipfile
 
@@ -371,7 +375,8 @@ def check_preset_dir(path: Path, name: str) -> str:
     )
 
 
-def offline_message(spec, preset: str, exc: Exception) -> WeightsError:
+def offline_message(spec: ModelSpec, preset: str, exc: Exception) -> WeightsError:
+    """The error for a preset KerasHub could not get: where it looks, what to do offline."""
     cache = os.environ.get("KAGGLEHUB_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "kagglehub"
     )
@@ -413,6 +418,7 @@ def packaged_checkpoint(spec: ModelSpec) -> Path:
 
 
 def checkpoint_path(spec: ModelSpec, weights: str) -> Path:
+    """The checkpoint file ``weights`` names: the packaged one or a local path."""
     if weights in spec.pretrained:
         return packaged_checkpoint(spec)
     path = Path(os.path.expanduser(weights))

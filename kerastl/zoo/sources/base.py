@@ -80,6 +80,10 @@ def options_of(input_shape: Any) -> dict[str, Any]:
 class Adapter:
     """Base class: the contract. Subclasses implement one backbone source.
 
+    Call order: :meth:`resolve_input_shape` first (its result carries the
+    options), then :meth:`make_inputs`, :meth:`preprocess`, :meth:`backbone`
+    (which may complete the preprocessing, e.g. with the preset's tokenizer).
+
     Example:
         >>> from kerastl.zoo import get_adapter
         >>> adapter = get_adapter("mobilenet_v3_small")
@@ -99,7 +103,10 @@ class Adapter:
 
     # -- input -----------------------------------------------------------------
     def resolve_input_shape(self, input_shape: Any, **options: Any) -> tuple:
-        """Validate and normalise the user's ``input_shape`` (and source options)."""
+        """Validate and normalise the user's ``input_shape`` (and source options).
+
+        Sources that take options return an :class:`InputShape`, which carries them.
+        """
         raise NotImplementedError
 
     def input_spec(self, input_shape: tuple) -> dict[str, Any]:

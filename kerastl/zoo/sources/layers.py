@@ -22,6 +22,7 @@ from kerastl._errors import ConfigError, DataError, missing_dependency
 
 
 def import_keras_hub():
+    """The ``keras_hub`` module, or the error that says how to install it."""
     try:
         import keras_hub
     except ImportError:  # pragma: no cover - keras-hub is a dependency
@@ -288,7 +289,8 @@ def keep_config(hub, config: dict[str, Any]) -> None:
         hub._kerastl_kept = kept
 
 
-def jsonable(v):
+def jsonable(v: Any) -> Any:
+    """A converter's scale or offset as JSON-ready floats."""
     if isinstance(v, np.ndarray):
         return v.tolist()
     if isinstance(v, (list, tuple)):
