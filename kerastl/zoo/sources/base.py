@@ -20,7 +20,7 @@ from typing import Any
 
 import keras
 
-from kerastl._errors import ConfigError
+from kerastl._errors import ConfigError, choice_error
 from kerastl.zoo._spec import ModelSpec
 
 #: ``(source, modality)`` -> ``"module:Class"`` of its adapter (imported on first use).
@@ -75,6 +75,37 @@ class InputShape(tuple):
 def options_of(input_shape: Any) -> dict[str, Any]:
     """The source options of a resolved shape (none for a plain tuple)."""
     return dict(input_shape.options) if isinstance(input_shape, InputShape) else {}
+
+
+#: Global poolings of a ``(batch, height, width, channels)`` feature map.
+MAP_POOLINGS = ("avg", "max")
+
+
+def pool_feature_map(features: Any, pooling: str) -> Any:
+    """Global average or max pooling of a feature map, as the layer ``"pool"``."""
+    if pooling not in MAP_POOLINGS:
+        raise choice_error("pooling", pooling, MAP_POOLINGS)
+    layer = (
+        keras.layers.GlobalAveragePooling2D(name="pool")
+        if pooling == "avg"
+        else keras.layers.GlobalMaxPooling2D(name="pool")
+    )
+    return layer(features)
+
+
+def image_shape(input_shape: Any, default_size: int) -> tuple:
+    """``None``, a side or ``(height, width)`` as ``(height, width, channels)`` (RGB default).
+
+    Example:
+        >>> image_shape(None, 224), image_shape(96, 224), image_shape((64, 80), 224)
+        ((224, 224, 3), (96, 96, 3), (64, 80, 3))
+    """
+    if input_shape is None:
+        return (default_size, default_size, 3)
+    if isinstance(input_shape, int):
+        return (input_shape, input_shape, 3)
+    shape = tuple(input_shape)
+    return (*shape, 3) if len(shape) == 2 else shape
 
 
 class Adapter:

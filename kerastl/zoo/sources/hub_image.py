@@ -11,7 +11,7 @@ import numpy as np
 
 from kerastl._errors import ConfigError
 from kerastl.zoo._keras_hub_family import side_multiple
-from kerastl.zoo.sources.base import Capabilities
+from kerastl.zoo.sources.base import Capabilities, image_shape
 from kerastl.zoo.sources.keras_hub import KerasHubAdapter, hub_backbone_of, init_args
 from kerastl.zoo.sources.layers import (
     HubImagePreprocessing,
@@ -46,13 +46,11 @@ class HubImageAdapter(KerasHubAdapter):
 
     def _resolve(self, input_shape: Any, options: dict[str, Any]) -> tuple:
         spec = self.spec
+        shape = image_shape(input_shape, spec.input_size)
         if input_shape is None:
-            return (spec.input_size, spec.input_size, 3)
+            return shape
         if isinstance(input_shape, int):
-            input_shape = (input_shape, input_shape, 3)
-        shape = tuple(input_shape)
-        if len(shape) == 2:
-            shape = (*shape, 3)
+            input_shape = shape  # messages echo the expanded shape
         if len(shape) != 3 or shape[-1] != 3:
             raise ConfigError(
                 f"input_shape: {spec.name} takes RGB images (height, width, 3); got "

@@ -12,7 +12,7 @@ import numpy as np
 from kerastl._errors import ConfigError, WeightsError
 from kerastl.layers import ImagePreprocessing
 from kerastl.zoo.sources import native
-from kerastl.zoo.sources.base import Adapter, Capabilities
+from kerastl.zoo.sources.base import Adapter, Capabilities, image_shape, pool_feature_map
 from kerastl.zoo.weights import (
     URL_SCHEMES,
     download_guard,
@@ -23,8 +23,6 @@ from kerastl.zoo.weights import (
     looks_like_weights_path,
     transfer_weights,
 )
-
-_POOLINGS = ("avg", "max")
 
 
 class KerasAppsAdapter(Adapter):
@@ -40,13 +38,11 @@ class KerasAppsAdapter(Adapter):
                 f"{spec.name} is an image backbone and takes no {sorted(options)}; "
                 "valid options: input_shape, weights, pooling."
             )
+        shape = image_shape(input_shape, spec.input_size)
         if input_shape is None:
-            return (spec.input_size, spec.input_size, 3)
+            return shape
         if isinstance(input_shape, int):
-            input_shape = (input_shape, input_shape, 3)
-        shape = tuple(input_shape)
-        if len(shape) == 2:
-            shape = (*shape, 3)
+            input_shape = shape  # messages echo the expanded shape
         if len(shape) != 3:
             raise ConfigError(
                 f"input_shape: expected (height, width, channels) for an image model, "
@@ -159,16 +155,7 @@ class KerasAppsAdapter(Adapter):
         return keras.Model(model.input, model.output, name="backbone")
 
     def pooled(self, features, pooling: str):
-        if pooling not in _POOLINGS:
-            from kerastl._errors import choice_error
-
-            raise choice_error("pooling", pooling, _POOLINGS)
-        layer = (
-            keras.layers.GlobalAveragePooling2D(name="pool")
-            if pooling == "avg"
-            else keras.layers.GlobalMaxPooling2D(name="pool")
-        )
-        return layer(features)
+        return pool_feature_map(features, pooling)
 
 
 def _io(model: keras.Model) -> tuple:

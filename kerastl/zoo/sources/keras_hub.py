@@ -31,7 +31,7 @@ import keras
 
 from kerastl._errors import ConfigError, WeightsError, choice_error
 from kerastl.zoo._keras_hub_family import group_names_for
-from kerastl.zoo.sources.base import Adapter, InputShape, options_of
+from kerastl.zoo.sources.base import Adapter, InputShape, options_of, pool_feature_map
 from kerastl.zoo.sources.layers import SequencePooling, import_keras_hub
 from kerastl.zoo.weights import (
     check_preset_dir,
@@ -42,7 +42,6 @@ from kerastl.zoo.weights import (
     torch_folder_as_safetensors,
 )
 
-_IMAGE_POOLINGS = ("avg", "max")
 _TOKEN_POOLINGS = ("avg", "max", "cls")
 
 
@@ -214,14 +213,7 @@ class KerasHubAdapter(Adapter):
             if pooling not in _TOKEN_POOLINGS:
                 raise choice_error("pooling", pooling, _TOKEN_POOLINGS)
             return SequencePooling(pooling, name="pool")(features)
-        if pooling not in _IMAGE_POOLINGS:
-            raise choice_error("pooling", pooling, _IMAGE_POOLINGS)
-        layer = (
-            keras.layers.GlobalAveragePooling2D(name="pool")
-            if pooling == "avg"
-            else keras.layers.GlobalMaxPooling2D(name="pool")
-        )
-        return layer(features)
+        return pool_feature_map(features, pooling)
 
     def layer_groups(self, backbone: keras.Model) -> OrderedDict[str, list[keras.Layer]]:
         """Transformer / stage groups of the backbone, from the family's group rule.
