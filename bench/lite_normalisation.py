@@ -41,9 +41,10 @@ def main() -> None:
     from PIL import Image
 
     from kerastl.zoo import get_spec
-    from kerastl.zoo._efficientnet_lite import efficientnet_lite, load_torch_state_dict
-    from kerastl.zoo._native import LITE_VARIANTS, imagenet_class_names, packaged_checkpoint
     from kerastl.zoo.checkpoint import read_state_dict
+    from kerastl.zoo.sources.efficientnet_lite import efficientnet_lite, load_torch_state_dict
+    from kerastl.zoo.sources.native import LITE_VARIANTS
+    from kerastl.zoo.weights import imagenet_class_names, packaged_checkpoint
 
     names = imagenet_class_names()
     folder = Path(skimage.__file__).parent / "data"

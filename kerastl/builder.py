@@ -18,8 +18,7 @@ from kerastl.core.model import KerastlModel
 from kerastl.errors import ConfigError
 from kerastl.freeze import apply_policy, parse_policy
 from kerastl.prototypes import PROTOTYPE_TASKS, build_prototypes
-from kerastl.zoo import custom_objects, get_spec
-from kerastl.zoo.adapter import get_adapter
+from kerastl.zoo import custom_objects, get_adapter, get_spec
 
 
 def build(

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def _backbone_and_groups(model: keras.Model):
-    from kerastl.zoo.adapter import get_adapter
+    from kerastl.zoo import get_adapter
 
     try:
         backbone = model.get_layer("backbone")
@@ -76,7 +76,7 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
     backbone, adapter, groups = _backbone_and_groups(model)
     names = list(groups)
     if policy.kind in ("backbone", "lora"):
-        if policy.kind == "lora" and not hasattr(adapter, "enable_lora"):
+        if policy.kind == "lora" and not adapter.capabilities.lora:
             raise ConfigError(
                 f"freeze: 'lora:{policy.value}' is for KerasHub text backbones; "
                 f"{adapter.spec.name} has no LoRA support."

@@ -345,8 +345,7 @@ def build_prototypes(
     """
     from kerastl.core.model import KerastlModel
     from kerastl.freeze import apply_policy
-    from kerastl.zoo import get_spec
-    from kerastl.zoo.adapter import get_adapter
+    from kerastl.zoo import get_adapter, get_spec
 
     check_temperature(temperature)
     names = _resolve_classes(support, class_names, class_descriptions)

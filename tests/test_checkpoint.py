@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kerastl._errors import WeightsError
+from kerastl.errors import WeightsError
 from kerastl.zoo.checkpoint import checkpoint_format, read_folder_config, read_state_dict
 
 DATA = Path(__file__).parent / "data" / "checkpoints"

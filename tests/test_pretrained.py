@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 import kerastl
-from kerastl._errors import ConfigError, WeightsError
+from kerastl.errors import ConfigError, WeightsError
 from kerastl.zoo import get_spec
-from kerastl.zoo._native import packaged_checkpoint
 from kerastl.zoo.checkpoint import read_state_dict
+from kerastl.zoo.weights import packaged_checkpoint
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 

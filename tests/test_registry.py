@@ -31,7 +31,7 @@ def test_all_40_keras_applications_registered():
     assert len(constructors) == 40
     registered = {get_spec(n).constructor for n in KERAS_APP_NAMES}
     # EfficientNet-Lite sits beside them: built by kerastl (keras.applications has none).
-    from kerastl.zoo._native import LITE_VARIANTS
+    from kerastl.zoo.sources.native import LITE_VARIANTS
 
     assert registered == constructors | set(LITE_VARIANTS)
     # The Keras class name resolves to the snake-case entry.
@@ -44,7 +44,7 @@ def test_all_40_keras_applications_registered():
 @pytest.mark.parametrize("name", KERAS_APP_NAMES)
 def test_entry_declares_what_the_built_backbone_has(name):
     """Feature dim, params, groups and taps agree with a freshly built backbone."""
-    from kerastl.zoo.adapter import get_adapter
+    from kerastl.zoo import get_adapter
 
     spec = get_spec(name)
     adapter = get_adapter(spec)

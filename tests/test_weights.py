@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import kerastl
-from kerastl.layers import ImagePreprocessing
+from kerastl.core.layers import ImagePreprocessing
 
 SIZE = 32
 

@@ -760,9 +760,9 @@ def measure(family, fam, preset, config, size, max_params) -> dict:
     """Build one architecture with random weights and read its facts."""
     import keras_hub  # noqa: PLC0415 - heavy
 
-    from kerastl.zoo._keras_hub_adapter import KerasHubAdapter
     from kerastl.zoo._keras_hub_family import declare_hub_family
     from kerastl.zoo._spec import ModelSpec
+    from kerastl.zoo.sources.base import get_adapter
 
     config = {
         k: (
@@ -819,7 +819,7 @@ def measure(family, fam, preset, config, size, max_params) -> dict:
             check="not built (too large): params from KerasHub metadata",
         )
         return facts
-    adapter = KerasHubAdapter(spec)
+    adapter = get_adapter(spec)
     if fam["modality"] == "image":
         shape = adapter.resolve_input_shape((size, size, 3))
     elif fam["modality"] == "text":
@@ -835,7 +835,7 @@ def measure(family, fam, preset, config, size, max_params) -> dict:
     groups = adapter.layer_groups(backbone)
     facts["groups"] = [(g, layers[-1].name) for g, layers in groups.items()]
     taps = []
-    for level, tensor in adapter._pyramid:
+    for level, tensor in adapter.pyramid(backbone):
         stride = size // tensor.shape[1] if tensor.shape[1] else None
         taps.append((level, int(tensor.shape[-1]), int(stride) if stride else 0))
     facts["taps"] = taps

@@ -36,15 +36,15 @@ def custom_objects(needed: Iterable[str] = HUB_OBJECTS) -> dict[str, Any]:
 
     table = dict(CUSTOM_OBJECTS)
     if any(name in HUB_OBJECTS for name in needed):
-        from kerastl.zoo import _keras_hub_adapter as hub
+        from kerastl.zoo.sources.layers import CUSTOM_OBJECTS as HUB
 
-        table.update({name: getattr(hub, name.split(">")[1]) for name in HUB_OBJECTS})
+        table.update(HUB)
     return table
 
 
 def get_adapter(name_or_spec):
     """Return the adapter of a registry entry (imports TensorFlow)."""
-    from kerastl.zoo.adapter import get_adapter as _get
+    from kerastl.zoo.sources.base import get_adapter as _get
 
     return _get(name_or_spec)
 

