@@ -40,7 +40,7 @@ from kerastl.export import validate
 from kerastl.export.formats import FORMATS as FORMAT_TABLE
 from kerastl.export.formats import Format, Job, Options, Staged
 from kerastl.export.formats.tflite import QUANTIZATIONS
-from kerastl.export.modalities._split import export_split
+from kerastl.export.split import export_split
 
 if TYPE_CHECKING:
     from kerastl.export._trace import Prepared
@@ -139,7 +139,7 @@ def run(model: Any, out_dir: str | os.PathLike, formats: Any, options: Options) 
     """:func:`export` with its options gathered: check them, prepare the model, export.
 
     A model whose modality splits it (text, audio) goes through
-    :func:`kerastl.export.modalities._split.export_split`, which runs this once per part.
+    :func:`kerastl.export.split.export_split`, which runs this once per part.
     """
     from kerastl.export._trace import prepare
 

@@ -6,7 +6,7 @@ extra serving signatures (``serving_bytes`` for images), realistic sample inputs
 to coerce user data and how to read input files. A modality whose model cannot go to
 every format whole declares it (:attr:`ModalityExporter.sub_model_formats`): text
 models go to TFLite/ONNX as their token-id sub-model, Whisper audio models as their
-log-mel one, and :mod:`kerastl.export.modalities._split` exports and publishes the
+log-mel one, and :mod:`kerastl.export.split` exports and publishes the
 parts as one unit. A new modality is one module that subclasses
 :class:`ModalityExporter` and either appears in :data:`MODALITY_MODULES` or calls
 :func:`register_modality` itself; nothing else changes.

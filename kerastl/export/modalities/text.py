@@ -14,7 +14,7 @@
 :class:`TextExporter` is the modality of string models. It declares TFLite/ONNX as
 :attr:`~TextExporter.sub_model_formats`, so those are exported from the token-id
 sub-model (modality :class:`TokenIdsExporter`) through the same validated pipeline, and
-both parts are published as one unit (:mod:`kerastl.export.modalities._split`).
+both parts are published as one unit (:mod:`kerastl.export.split`).
 """
 
 from __future__ import annotations
