@@ -158,8 +158,8 @@ def _backbone_graph(adapter: Any, input_shape: Any, weights: Any, adapter_kwargs
     """Input shape, input tensor and backbone features of the functional graph."""
     shape = adapter.resolve_input_shape(input_shape, **adapter_kwargs)
     inputs = adapter.make_inputs(shape)
-    backbone = adapter.backbone(shape, weights)
-    return shape, inputs, backbone(adapter.preprocess(inputs, shape))
+    x = adapter.preprocess(inputs, shape)  # before backbone(): see the Adapter contract
+    return shape, inputs, adapter.backbone(shape, weights)(x)
 
 
 def _source_classifier(adapter, task_spec, weights: Any, num_classes: Any) -> tuple:
