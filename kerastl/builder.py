@@ -40,7 +40,7 @@ def build(
     pretrained_head: bool = False,
     **adapter_kwargs: Any,
 ) -> keras.Model:
-    """Build a transfer-learning model from a registry backbone.
+    """Build a transfer-learning :class:`kerastl.KerastlModel` from a registry backbone.
 
     The model takes raw data: 0-255 RGB images (any legal size), raw strings
     for text backbones, raw waveforms for audio backbones. The backbone's own
@@ -48,12 +48,10 @@ def build(
 
     Args:
         name: Registry name or alias (``"resnet50"``, ``"ResNet50"``).
-        task: ``"classification"``, ``"binary"``, ``"multilabel"``,
-            ``"regression"``, ``"embedding"`` or ``"prototypes"`` (few/zero-shot,
-            no training: ``support=(x, y)`` and/or ``class_descriptions=``, see
+        task: ``"classification"``, ``"binary"``, ``"multilabel"``, ``"regression"``,
+            ``"embedding"`` or ``"prototypes"`` (few/zero-shot, no training, see
             :func:`kerastl.prototypes.build_prototypes`).
-        num_classes: Classes (or regression outputs). Derived from
-            ``class_names`` when omitted.
+        num_classes: Classes (or regression outputs); else from ``class_names``.
         weights: ``None`` (random init), ``"imagenet"`` / a preset name, or a
             path to a weights file or saved kerastl model.
         input_shape: ``(height, width, channels)`` or an int side; channels 1
@@ -69,12 +67,8 @@ def build(
         compile: Compile with the task's default loss and metrics (Adam).
         learning_rate: Adam's learning rate when ``compile`` is true.
         pretrained_head: Keep the classifier that comes with ``weights`` (ImageNet's
-            1000 classes, names attached) instead of a new head: the model then
-            names the ImageNet class of a photo, a zero-shot starting point.
+            1000 named classes) instead of a new head.
         **adapter_kwargs: Source-specific options (``sequence_length`` for text).
-
-    Returns:
-        A :class:`kerastl.KerastlModel` (a functional ``keras.Model``).
 
     Raises:
         ConfigError: an argument is invalid; the message lists valid choices.
@@ -88,27 +82,30 @@ def build(
         (None, 5)
     """
     if isinstance(task, str) and task.lower() in PROTOTYPE_TASKS:
-        return build_prototypes(
-            name,
-            class_names=class_names,
-            weights=weights,
-            input_shape=input_shape,
-            pooling=pooling,
-            **adapter_kwargs,
-        )
+        kw = {"class_names": class_names, "weights": weights, "input_shape": input_shape}
+        return build_prototypes(name, pooling=pooling, **kw, **adapter_kwargs)
     adapter = get_adapter(get_spec(name))
     if features_only:
         return _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs)
     task_spec = resolve_task(task)
-    source_head = None
-    if pretrained_head:
-        source_head = _source_classifier(adapter, task_spec, weights, num_classes)
-        num_classes, class_names = len(source_head[2]), source_head[2]
+    head = _source_classifier(adapter, task_spec, weights, num_classes) if pretrained_head else None
+    if head is not None:
+        num_classes, class_names = len(head[2]), head[2]
     class_names, units = _outputs(task_spec, num_classes, class_names, embedding_dim)
     policy = parse_policy(freeze, train_batchnorm)
     shape, inputs, features = _backbone_graph(adapter, input_shape, weights, adapter_kwargs)
     outputs = attach_head(adapter.pooled(features, pooling), task_spec, units, dropout)
-    meta = ModelMeta(
+    meta = _head_meta(adapter, shape, task_spec, units, class_names, weights, pooling, dropout)
+    model = KerastlModel(inputs, outputs, name=meta.backbone + "_" + meta.task, kerastl_config=meta)
+    if head is not None:
+        model.get_layer("logits").set_weights(list(head[:2]))
+    apply_policy(model, policy)
+    return compile_for_task(model, learning_rate=learning_rate) if compile else model
+
+
+def _head_meta(adapter, shape, task_spec, units, class_names, weights, pooling, dropout):
+    """The :class:`ModelMeta` of a backbone + head model."""
+    return ModelMeta(
         backbone=adapter.spec.name,
         source=adapter.spec.source,
         modality=adapter.spec.modality,
@@ -122,15 +119,6 @@ def build(
         pooling=pooling,
         dropout=dropout,
     )
-    model = KerastlModel(
-        inputs, outputs, name=f"{adapter.spec.name}_{task_spec.name}", kerastl_config=meta.to_dict()
-    )
-    if source_head is not None:
-        model.get_layer("logits").set_weights(list(source_head[:2]))
-    apply_policy(model, policy)
-    if compile:
-        compile_for_task(model, learning_rate=learning_rate)
-    return model
 
 
 def _outputs(
@@ -196,7 +184,7 @@ def _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs) 
         feature_info=[{"layer": t.layer, "channels": t.channels, "stride": t.stride} for t in taps],
     )
     return KerastlModel(
-        inputs, list(outs), name=f"{adapter.spec.name}_features", kerastl_config=meta.to_dict()
+        inputs, list(outs), name=f"{adapter.spec.name}_features", kerastl_config=meta
     )
 
 

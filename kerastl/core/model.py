@@ -30,7 +30,7 @@ class KerastlModel(keras.Model):
         'classification'
     """
 
-    def __init__(self, *args, kerastl_config: dict[str, Any] | None = None, **kwargs):
+    def __init__(self, *args, kerastl_config: dict[str, Any] | ModelMeta | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.kerastl_config = kerastl_config or {}
 
@@ -42,7 +42,9 @@ class KerastlModel(keras.Model):
         return self.__dict__.setdefault("_kerastl_meta", {})
 
     @kerastl_config.setter
-    def kerastl_config(self, value: dict[str, Any] | None) -> None:
+    def kerastl_config(self, value: dict[str, Any] | ModelMeta | None) -> None:
+        if isinstance(value, ModelMeta):
+            value = value.to_dict()
         self.__dict__["_kerastl_meta"] = plain(value or {})
 
     @property
