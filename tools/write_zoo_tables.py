@@ -45,10 +45,14 @@ def family_names(source: str) -> list[str]:
     return list(_source(source).NAMES)
 
 
-def regenerate(source: str, families: list[str] | None = None) -> dict[str, Any]:
-    """Measure ``families`` (default: all) of ``source`` afresh, as JSON-ready data."""
+def regenerate(
+    source: str, families: list[str] | None = None, presets: list[str] | None = None
+) -> dict[str, Any]:
+    """Measure ``families`` (default: all) of ``source`` afresh, as JSON-ready data;
+    ``presets`` (KerasHub) keeps only those variants, for a quick partial check."""
     module = _source(source)
-    fresh = {f: module.family_table(f) for f in families or module.NAMES}
+    opts = {} if presets is None else {"presets": presets}
+    fresh = {f: module.family_table(f, **opts) for f in families or module.NAMES}
     return json.loads(json.dumps(fresh))  # tuples -> lists, exactly as stored
 
 
@@ -57,8 +61,9 @@ def checked_in(source: str) -> dict[str, Any]:
     return json.loads((TABLES / f"{source}.json").read_text(encoding="utf-8"))
 
 
-def differences(source: str, fresh: dict[str, Any]) -> list[str]:
-    """Every fact of ``fresh`` families that differs from the checked-in table."""
+def differences(source: str, fresh: dict[str, Any], partial: bool = False) -> list[str]:
+    """Every fact of ``fresh`` families that differs from the checked-in table
+    (``partial``: ``fresh`` holds only some variants of each family)."""
     stored, out = checked_in(source), []
     for family, fam in fresh.items():
         old = stored.get(family)
@@ -69,7 +74,7 @@ def differences(source: str, fresh: dict[str, Any]) -> list[str]:
             if key != "variants" and fam.get(key) != old.get(key):
                 out.append(f"{source}/{family}.{key}: {old.get(key)!r} -> {fam.get(key)!r}")
         new_v, old_v = fam.get("variants", {}), old.get("variants", {})
-        if list(new_v) != list(old_v):
+        if not partial and list(new_v) != list(old_v):
             out.append(f"{source}/{family}: variants {list(old_v)} -> {list(new_v)}")
         for name in new_v.keys() & old_v.keys():
             for key in sorted(set(new_v[name]) | set(old_v[name])):
@@ -105,7 +110,9 @@ def write(source: str, fresh: dict[str, Any]) -> Path:
     """Write ``fresh`` families into the table of ``source`` (others, and the order, kept)."""
     path = TABLES / f"{source}.json"
     table = checked_in(source) if path.exists() else {}
-    table = {f: fresh.get(f, table.get(f)) for f in family_names(source) if f in fresh or f in table}
+    table = {
+        f: fresh.get(f, table.get(f)) for f in family_names(source) if f in fresh or f in table
+    }
     path.write_text(dumps(table), encoding="utf-8")
     return path
 

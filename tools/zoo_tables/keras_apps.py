@@ -10,6 +10,8 @@ EfficientNet-Lite, which Keras does not ship, is hand data in full (``LITE``).
 
 from .introspect_keras_apps import introspect
 
+# One line per variant reads better as a table:
+# fmt: off
 # family: (doc, preprocessing, licence, {registry name: (class, default size, top1)})
 FAMILIES = {
     "convnext": ("ConvNeXt (Liu et al. 2022)", "in_model", "MIT (weights), Apache-2.0 (code)", {
@@ -93,6 +95,7 @@ GROUP_OVERRIDES = {
           ("stage3", "block4_pool"), ("stage4", "block5_pool")]
     for cls in ("VGG16", "VGG19")
 }
+# fmt: on
 
 
 def _lite(n: int, size: int, params: int, top1: float, c3: int, c4: int, ends: tuple) -> dict:

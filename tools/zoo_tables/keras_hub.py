@@ -752,12 +752,17 @@ HEAD_KEYS = (
 )
 
 
-def family_table(family: str, max_params: float = MAX_PARAMS, verbose: bool = True) -> dict:
-    """The table entry of ``family``: its family-wide facts and the measured presets."""
+def family_table(
+    family: str, presets: list[str] | None = None, max_params: float = MAX_PARAMS, verbose=True
+) -> dict:
+    """The table entry of ``family``: its family-wide facts and the measured presets
+    (``presets``: only those, for a quick partial check)."""
     fam = FAMILIES[family]
     out = {("group_rule" if k == "groups" else k): fam[k] for k in HEAD_KEYS if k in fam}
     out["variants"] = {}
     for preset, value in fam["presets"].items():
+        if presets is not None and preset not in presets:
+            continue
         config, size = value if isinstance(value, tuple) else (value, None)
         facts = measure(family, fam, preset, config, size, max_params)
         out["variants"][preset] = facts
