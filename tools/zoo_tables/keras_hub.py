@@ -25,7 +25,8 @@ import importlib
 import keras
 import numpy as np
 
-#: Architectures whose KerasHub metadata counts more parameters are not built.
+#: Architectures whose KerasHub metadata counts more parameters are not built (a family
+#: may raise it with ``max_params``: ViT-Huge and DeBERTaV3-Large are built).
 MAX_PARAMS = 4e8
 IMAGENET = {  # timm / torchvision ImageNet mean and std, as an ImageConverter's scale/offset
     "scale": [1 / (0.229 * 255), 1 / (0.224 * 255), 1 / (0.225 * 255)],
@@ -174,6 +175,7 @@ def _image(
     min_size=32,
     fixed_size=False,
     description="",
+    max_params=MAX_PARAMS,
 ):
     return dict(
         modality="image",
@@ -186,11 +188,20 @@ def _image(
         min_input_size=min_size,
         fixed_size=fixed_size,
         description=description,
+        max_params=max_params,
     )
 
 
 def _text(
-    cls, tokenizer, preprocessor, groups, tiny, presets, license="Apache-2.0", description=""
+    cls,
+    tokenizer,
+    preprocessor,
+    groups,
+    tiny,
+    presets,
+    license="Apache-2.0",
+    description="",
+    max_params=MAX_PARAMS,
 ):
     return dict(
         modality="text",
@@ -202,6 +213,7 @@ def _text(
         presets=presets,
         license=license,
         description=description,
+        max_params=max_params,
     )
 
 
@@ -450,6 +462,7 @@ FAMILIES = {
         },
         fixed_size=True,
         description="Vision Transformer (Dosovitskiy et al. 2021)",
+        max_params=7e8,
     ),
     "deit": _image(
         "DeiTBackbone",
@@ -610,6 +623,7 @@ FAMILIES = {
         },
         license="MIT",
         description="DeBERTaV3 (He et al. 2021)",
+        max_params=5e8,
     ),
     "albert": _text(
         "AlbertBackbone",
@@ -752,9 +766,7 @@ HEAD_KEYS = (
 )
 
 
-def family_table(
-    family: str, presets: list[str] | None = None, max_params: float = MAX_PARAMS, verbose=True
-) -> dict:
+def family_table(family: str, presets: list[str] | None = None, verbose: bool = True) -> dict:
     """The table entry of ``family``: its family-wide facts and the measured presets
     (``presets``: only those, for a quick partial check)."""
     fam = FAMILIES[family]
@@ -764,7 +776,7 @@ def family_table(
         if presets is not None and preset not in presets:
             continue
         config, size = value if isinstance(value, tuple) else (value, None)
-        facts = measure(family, fam, preset, config, size, max_params)
+        facts = measure(family, fam, preset, config, size, fam.get("max_params", MAX_PARAMS))
         out["variants"][preset] = facts
         if verbose:
             print(
