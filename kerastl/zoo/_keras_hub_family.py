@@ -1,20 +1,20 @@
-"""How a KerasHub family module turns its table into registry entries (no TensorFlow here).
+"""How the KerasHub table (``tables/keras_hub.json``) becomes registry entries (no TensorFlow).
 
-A family module (``kerastl/zoo/keras_hub/<family>.py``) calls :func:`declare_hub_family`
-once with family-wide facts (backbone class, preprocessing, layer-group rule, a tiny
-config for tests) and one dict per KerasHub preset holding the backbone's
-constructor kwargs, so ``weights=None`` builds the real architecture offline.
+The table holds, per family, family-wide facts (backbone class, preprocessing,
+layer-group rule, a tiny config for tests) and one dict per KerasHub preset with
+the backbone's constructor kwargs, so ``weights=None`` builds the real
+architecture offline. ``tools/write_zoo_tables.py`` writes it.
 
 Also here: :func:`group_names_for`, the pure-Python rule that assigns backbone layers
-(by name) to layer groups; the adapter and the family generator share it.
+(by name) to layer groups; the adapter and the table generator share it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
-from kerastl.zoo._registry import register
 from kerastl.zoo._spec import ModelSpec, Tap
 
 #: Default text sequence length when the user does not choose one.
@@ -41,100 +41,92 @@ def side_multiple(config: dict[str, Any]) -> int:
     return patch
 
 
-def declare_hub_family(
-    family: str,
-    modality: str,
-    backbone_class: str,
-    license: str,
-    description: str,
-    groups: dict[str, Any],
-    variants: dict[str, dict[str, Any]],
-    tiny: dict[str, Any] | None = None,
-    converter: dict[str, Any] | None = None,
-    tokenizer: str | None = None,
-    preprocessor: str | None = None,
-    audio: str | None = None,
-    min_input_size: int = 32,
-    fixed_size: bool = False,
-) -> None:
-    """Register every preset of a KerasHub family.
+def hub_specs(table: dict[str, dict[str, Any]]) -> Iterator[ModelSpec]:
+    """One :class:`ModelSpec` per preset of every KerasHub family.
 
     Args:
-        family: Family name shared by the variants.
-        modality: ``"image"``, ``"text"`` or ``"audio"``.
-        backbone_class: ``keras_hub.models`` class of the backbone.
-        license: Licence of code and weights.
-        description: One line about the family.
-        groups: Layer-group rule: ``first`` (group before the first block),
-            ``block`` (regex on layer names whose first capture is the block
-            index), ``name`` (format of a block group), ``last`` (group after the
-            last block, or ``None`` to keep those layers in the last block),
-            optional ``expand`` (layers whose sublayers are grouped instead).
-        variants: Preset name -> measured facts: ``config`` (constructor kwargs),
-            ``params``, ``feature_dim``, ``input_size``, ``groups``, ``taps``.
-        tiny: Constructor overrides giving a tiny model of the same family
-            (tests and quick from-scratch experiments).
-        converter: Image scale/offset used with ``weights=None``.
-        tokenizer: ``keras_hub.models`` tokenizer class (text).
-        preprocessor: ``keras_hub.models`` text-classifier preprocessor class.
-        audio: Audio front end: ``"whisper"`` (log-mel) or ``"moonshine"`` (raw).
-        min_input_size: Smallest image side.
-        fixed_size: The architecture's position embeddings fix the image size
-            of pretrained weights (ViT, DeiT, Swin).
+        table: Family name -> family facts: ``modality``, ``backbone_class``,
+            ``license``, ``description``, ``group_rule`` (see :func:`group_names_for`;
+            optional ``expand``: layers whose sublayers are grouped instead),
+            optional ``tiny`` (constructor overrides giving a tiny model of the
+            family), ``converter`` (image scale/offset used with ``weights=None``),
+            ``tokenizer`` and ``preprocessor`` (text), ``audio`` (``"whisper"``
+            log-mel or ``"moonshine"`` raw), ``min_input_size``, ``fixed_size``
+            (position embeddings fix the image size of pretrained weights), and
+            ``variants``: preset name -> measured facts (``config`` constructor
+            kwargs, ``params``, ``feature_dim``, ``input_size``, ``groups``, ``taps``,
+            ``check``: how the generator verified ``params``).
+
+    Example:
+        >>> fam = {"modality": "text", "backbone_class": "BertBackbone",
+        ...     "license": "Apache-2.0", "description": "BERT", "group_rule": {},
+        ...     "variants": {"Bert_X": {"config": {"max_sequence_length": 64},
+        ...     "params": 10, "feature_dim": 8, "groups": [["embeddings", "emb"]]}}}
+        >>> spec = next(hub_specs({"bert": fam}))
+        >>> spec.name, spec.input_size, spec.groups, spec.extra["max_sequence_length"]
+        ('bert_x', 64, (('embeddings', 'emb'),), 64)
     """
-    for name, facts in variants.items():
-        facts = dict(facts)
-        config = facts.pop("config")
-        note = facts.pop("check", "")  # the generator's note on how params were verified
-        extra: dict[str, Any] = {
-            "preset": name,
-            "backbone_class": backbone_class,
-            "config": config,
-            "tiny_config": tiny or {},
-            "group_rule": groups,
-            "description": description,
-        }
-        if note.startswith("not built"):  # too large to build: groups/params from metadata
-            extra["params_note"] = note
-        if modality == "image":
-            extra["converter"] = converter
-            extra["fixed_size"] = fixed_size
-            input_size = facts.pop("input_size")
-            min_size = max(min_input_size, side_multiple(config))
-        elif modality == "text":
-            max_len = int(config.get("max_sequence_length", 512))
-            extra.update(
-                tokenizer=tokenizer,
-                preprocessor=preprocessor,
-                max_sequence_length=max_len,
-                vocabulary_size=config.get("vocabulary_size", config.get("vocab_size")),
-            )
-            facts.pop("input_size", None)
-            input_size, min_size = min(DEFAULT_SEQUENCE_LENGTH, max_len), 4
-        else:
-            seconds = _AUDIO_SECONDS[audio]
-            extra.update(audio=audio, sample_rate=SAMPLE_RATE, max_seconds=seconds)
-            facts.pop("input_size", None)
-            input_size, min_size = SAMPLE_RATE * seconds, SAMPLE_RATE // 10
-        register(
-            ModelSpec(
-                name=name.lower(),
-                family=family,
-                source="keras_hub",
-                modality=modality,
-                constructor=name,
-                input_size=input_size,
-                min_input_size=min_size,
-                preprocessing="keras_hub",
-                feature_dim=facts.pop("feature_dim"),
-                params=facts.pop("params"),
-                license=license,
-                pretrained=(name,),
-                groups=tuple(tuple(g) for g in facts.pop("groups")),
-                taps=tuple(Tap(*t) for t in facts.pop("taps", ())),
-                extra={**extra, **facts},
-            )
+    for family, fam in table.items():
+        for name, facts in fam["variants"].items():
+            yield _hub_spec(family, fam, name, dict(facts))
+
+
+def _hub_spec(family: str, fam: dict[str, Any], name: str, facts: dict[str, Any]) -> ModelSpec:
+    config = facts.pop("config")
+    note = facts.pop("check", "")  # the generator's note on how params were verified
+    extra: dict[str, Any] = {
+        "preset": name,
+        "backbone_class": fam["backbone_class"],
+        "config": config,
+        "tiny_config": fam.get("tiny") or {},
+        "group_rule": fam["group_rule"],
+        "description": fam["description"],
+    }
+    if note.startswith("not built"):  # too large to build: groups/params from metadata
+        extra["params_note"] = note
+    input_size, min_size = _sizes(fam, config, facts, extra)
+    return ModelSpec(
+        name=name.lower(),
+        family=family,
+        source="keras_hub",
+        modality=fam["modality"],
+        constructor=name,
+        input_size=input_size,
+        min_input_size=min_size,
+        preprocessing="keras_hub",
+        feature_dim=facts.pop("feature_dim"),
+        params=facts.pop("params"),
+        license=fam["license"],
+        pretrained=(name,),
+        groups=tuple(tuple(g) for g in facts.pop("groups")),
+        taps=tuple(Tap(*t) for t in facts.pop("taps", ())),
+        extra={**extra, **facts},
+    )
+
+
+def _sizes(
+    fam: dict[str, Any], config: dict[str, Any], facts: dict[str, Any], extra: dict[str, Any]
+) -> tuple[int, int]:
+    """Default and smallest input size by modality; adds the modality's facts to ``extra``."""
+    modality = fam["modality"]
+    if modality == "image":
+        extra["converter"] = fam.get("converter")
+        extra["fixed_size"] = fam.get("fixed_size", False)
+        min_size = max(fam.get("min_input_size", 32), side_multiple(config))
+        return facts.pop("input_size"), min_size
+    facts.pop("input_size", None)
+    if modality == "text":
+        max_len = int(config.get("max_sequence_length", 512))
+        extra.update(
+            tokenizer=fam.get("tokenizer"),
+            preprocessor=fam.get("preprocessor"),
+            max_sequence_length=max_len,
+            vocabulary_size=config.get("vocabulary_size", config.get("vocab_size")),
         )
+        return min(DEFAULT_SEQUENCE_LENGTH, max_len), 4
+    seconds = _AUDIO_SECONDS[fam["audio"]]
+    extra.update(audio=fam["audio"], sample_rate=SAMPLE_RATE, max_seconds=seconds)
+    return SAMPLE_RATE * seconds, SAMPLE_RATE // 10
 
 
 def group_names_for(layer_names: list[str], rule: dict[str, Any]) -> list[str]:

@@ -1,20 +1,26 @@
 """The model registry: register specs, resolve names, list with wildcards.
 
-Importing this module never imports TensorFlow: family modules are plain data.
+Importing this module never imports TensorFlow: the entries are read, on the first
+lookup or listing, from the JSON tables in ``kerastl/zoo/tables/`` (written by
+``tools/write_zoo_tables.py``).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import importlib
+import json
+from pathlib import Path
 
-from kerastl._errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, choice_error
+from kerastl.zoo._keras_apps_family import apps_specs
+from kerastl.zoo._keras_hub_family import hub_specs
 from kerastl.zoo._spec import MODALITIES, SOURCES, ModelSpec
 
 _REGISTRY: dict[str, ModelSpec] = {}
 _ALIASES: dict[str, str] = {}
-# Family modules holding the data tables. Adding a family = one module + one line.
-_FAMILY_MODULES = ("kerastl.zoo.keras_apps", "kerastl.zoo.keras_hub")
+_TABLE_DIR = Path(__file__).resolve().parent / "tables"
+# Each table and what turns it into specs, in registration order.
+_TABLES = (("keras_apps.json", apps_specs), ("keras_hub.json", hub_specs))
 _loaded = False
 
 
@@ -52,8 +58,10 @@ def _ensure_loaded() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in _FAMILY_MODULES:
-        importlib.import_module(module)
+    for file, specs_of in _TABLES:
+        table = json.loads((_TABLE_DIR / file).read_text(encoding="utf-8"))
+        for spec in specs_of(table):
+            register(spec)
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -44,7 +44,7 @@ class ModelSpec:
 
     Attributes:
         name: Registry name, lowercase snake case (``"resnet50"``).
-        family: Family name (``"resnet"``); one module declares a family.
+        family: Family name (``"resnet"``); one entry of a zoo table declares a family.
         source: ``"keras.applications"`` or ``"keras_hub"``.
         modality: ``"image"``, ``"text"`` or ``"audio"``.
         constructor: Keras class name, or the KerasHub preset/architecture name.

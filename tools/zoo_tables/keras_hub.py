@@ -1,34 +1,33 @@
-"""Write kerastl/zoo/keras_hub/<family>.py from the architecture table below.
+"""The KerasHub table: every family and preset kerastl registers, and how its facts are measured.
 
 Every KerasHub preset kerastl registers is listed here with the constructor
 kwargs of its backbone class, so that ``weights=None`` builds the real
-architecture offline (no preset config download). The script builds each
-architecture with random weights and measures what the family modules record:
+architecture offline (no preset config download). :func:`family_table` builds
+each architecture with random weights and measures what the registry records:
 parameter count, feature width, pyramid taps (layer, channels, stride) and
-layer groups. For text backbones it also checks the measured parameter count
-against the KerasHub preset metadata, which proves the stored config right.
+layer groups (the family's ``group_rule`` applied to the built backbone). For
+text backbones it also checks the measured parameter count against the
+KerasHub preset metadata, which proves the stored config right.
 
 Image CNN configs come from KerasHub's own timm converters
 (``keras_hub.src.utils.timm.convert_*.convert_backbone_config``); transformer
 configs are the published sizes of each checkpoint.
 
-Run: ``python tools/write_keras_hub_families.py [family ...]`` (minutes; the
-largest architectures, over ``--max-params``, are not built and keep the
-KerasHub metadata parameter count).
+``tools/write_zoo_tables.py`` writes the result to ``kerastl/zoo/tables/keras_hub.json``
+(minutes; the largest architectures, over ``MAX_PARAMS``, are not built and keep
+the KerasHub metadata parameter count).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import pprint
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
 
-OUT = Path(__file__).resolve().parents[1] / "kerastl" / "zoo" / "keras_hub"
+#: Architectures whose KerasHub metadata counts more parameters are not built (a family
+#: may raise it with ``max_params``: ViT-Huge and DeBERTaV3-Large are built).
+MAX_PARAMS = 4e8
 IMAGENET = {  # timm / torchvision ImageNet mean and std, as an ImageConverter's scale/offset
     "scale": [1 / (0.229 * 255), 1 / (0.224 * 255), 1 / (0.225 * 255)],
     "offset": [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],
@@ -176,6 +175,7 @@ def _image(
     min_size=32,
     fixed_size=False,
     description="",
+    max_params=MAX_PARAMS,
 ):
     return dict(
         modality="image",
@@ -188,11 +188,20 @@ def _image(
         min_input_size=min_size,
         fixed_size=fixed_size,
         description=description,
+        max_params=max_params,
     )
 
 
 def _text(
-    cls, tokenizer, preprocessor, groups, tiny, presets, license="Apache-2.0", description=""
+    cls,
+    tokenizer,
+    preprocessor,
+    groups,
+    tiny,
+    presets,
+    license="Apache-2.0",
+    description="",
+    max_params=MAX_PARAMS,
 ):
     return dict(
         modality="text",
@@ -204,6 +213,7 @@ def _text(
         presets=presets,
         license=license,
         description=description,
+        max_params=max_params,
     )
 
 
@@ -452,6 +462,7 @@ FAMILIES = {
         },
         fixed_size=True,
         description="Vision Transformer (Dosovitskiy et al. 2021)",
+        max_params=7e8,
     ),
     "deit": _image(
         "DeiTBackbone",
@@ -612,6 +623,7 @@ FAMILIES = {
         },
         license="MIT",
         description="DeBERTaV3 (He et al. 2021)",
+        max_params=5e8,
     ),
     "albert": _text(
         "AlbertBackbone",
@@ -735,34 +747,48 @@ FAMILIES = {
 }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("families", nargs="*")
-    parser.add_argument("--max-params", type=float, default=4e8)
-    args = parser.parse_args()
-    names = args.families or list(FAMILIES)
-    for family in names:
-        fam = FAMILIES[family]
-        variants = {}
-        for preset, value in fam["presets"].items():
-            config, size = value if isinstance(value, tuple) else (value, None)
-            facts = measure(family, fam, preset, config, size, args.max_params)
-            variants[preset] = facts
+#: Every family, in registration order.
+NAMES = list(FAMILIES)
+#: Family-wide facts copied to the table (``groups`` is stored as ``group_rule``).
+HEAD_KEYS = (
+    "modality",
+    "backbone_class",
+    "license",
+    "description",
+    "groups",
+    "tiny",
+    "converter",
+    "tokenizer",
+    "preprocessor",
+    "audio",
+    "min_input_size",
+    "fixed_size",
+)
+
+
+def family_table(family: str, presets: list[str] | None = None, verbose: bool = True) -> dict:
+    """The table entry of ``family``: its family-wide facts and the measured presets
+    (``presets``: only those, for a quick partial check)."""
+    fam = FAMILIES[family]
+    out = {("group_rule" if k == "groups" else k): fam[k] for k in HEAD_KEYS if k in fam}
+    out["variants"] = {}
+    for preset, value in fam["presets"].items():
+        if presets is not None and preset not in presets:
+            continue
+        config, size = value if isinstance(value, tuple) else (value, None)
+        facts = measure(family, fam, preset, config, size, fam.get("max_params", MAX_PARAMS))
+        out["variants"][preset] = facts
+        if verbose:
             print(
                 f"{family:12s} {preset:45s} {facts['params']:>12,d} {facts.get('check', '')}",
                 flush=True,
             )
-        write_module(family, fam, variants)
-    return 0
+    return out
 
 
 def measure(family, fam, preset, config, size, max_params) -> dict:
     """Build one architecture with random weights and read its facts."""
     import keras_hub  # noqa: PLC0415 - heavy
-
-    from kerastl.zoo._keras_hub_family import declare_hub_family
-    from kerastl.zoo._spec import ModelSpec
-    from kerastl.zoo.sources.base import get_adapter
 
     config = {
         k: (
@@ -772,7 +798,6 @@ def measure(family, fam, preset, config, size, max_params) -> dict:
         )
         for k, v in config.items()
     }
-    meta = keras_hub.models.Backbone  # noqa: F841
     cls = getattr(keras_hub.models, fam["backbone_class"])
     hub_params = (
         cls.presets.get(preset, {}).get("metadata", {}).get("params")
@@ -782,6 +807,32 @@ def measure(family, fam, preset, config, size, max_params) -> dict:
     facts = {"config": config}
     if fam["modality"] == "image":
         facts["input_size"] = size
+    if (hub_params or 0) > max_params:
+        facts.update(
+            params=int(hub_params),
+            feature_dim=_width(config),
+            groups=[],
+            taps=[],
+            check="not built (too large): params from KerasHub metadata",
+        )
+        return facts
+    facts.update(_measure_built(cls, _probe_spec(family, fam, preset, config, size), size))
+    if fam["modality"] == "text" and hub_params:
+        facts["check"] = (
+            "== KerasHub metadata"
+            if facts["params"] == hub_params
+            else (f"!= KerasHub metadata {hub_params:,d}")
+        )
+    elif hub_params:
+        facts["check"] = f"(KerasHub metadata, with task head: {hub_params:,d})"
+    keras.backend.clear_session()
+    return facts
+
+
+def _probe_spec(family, fam, preset, config, size):
+    """A provisional spec, enough for the adapter to build and group the architecture."""
+    from kerastl.zoo._spec import ModelSpec
+
     extra = {
         "config": config,
         "group_rule": fam["groups"],
@@ -796,7 +847,7 @@ def measure(family, fam, preset, config, size, max_params) -> dict:
         "max_sequence_length": config.get("max_sequence_length", 512),
         "fixed_size": fam.get("fixed_size", False),
     }
-    spec = ModelSpec(
+    return ModelSpec(
         preset,
         family,
         "keras_hub",
@@ -809,47 +860,33 @@ def measure(family, fam, preset, config, size, max_params) -> dict:
         0,
         extra=extra,
     )
-    estimate = hub_params or 0
-    if estimate > max_params:
-        facts.update(
-            params=int(hub_params),
-            feature_dim=_width(config),
-            groups=[],
-            taps=[],
-            check="not built (too large): params from KerasHub metadata",
-        )
-        return facts
+
+
+def _measure_built(cls, spec, size) -> dict:
+    """Params, feature width, groups (the rule on the built layers) and taps of ``spec``."""
+    from kerastl.zoo.sources.base import get_adapter
+
     adapter = get_adapter(spec)
-    if fam["modality"] == "image":
+    if spec.modality == "image":
         shape = adapter.resolve_input_shape((size, size, 3))
-    elif fam["modality"] == "text":
+    elif spec.modality == "text":
         shape = adapter.resolve_input_shape(None, sequence_length=16)
     else:
         shape = adapter.resolve_input_shape(None)
-    backbone = adapter._wrap(_build_hub(cls, config, fam, shape))
-    params = int(sum(np.prod(v.shape) for v in backbone.weights))
+    backbone = adapter._wrap(_build_hub(cls, spec.extra["config"], spec.modality, shape))
     out = backbone.output
     out = out["sequence_output"] if isinstance(out, dict) else out
-    facts["params"] = params
-    facts["feature_dim"] = int(out.shape[-1])
     groups = adapter.layer_groups(backbone)
-    facts["groups"] = [(g, layers[-1].name) for g, layers in groups.items()]
     taps = []
     for level, tensor in adapter.pyramid(backbone):
         stride = size // tensor.shape[1] if tensor.shape[1] else None
         taps.append((level, int(tensor.shape[-1]), int(stride) if stride else 0))
-    facts["taps"] = taps
-    if fam["modality"] == "text" and hub_params:
-        facts["check"] = (
-            "== KerasHub metadata"
-            if params == hub_params
-            else (f"!= KerasHub metadata {hub_params:,d}")
-        )
-    elif hub_params:
-        facts["check"] = f"(KerasHub metadata, with task head: {hub_params:,d})"
-    keras.backend.clear_session()
-    del declare_hub_family
-    return facts
+    return {
+        "params": int(sum(np.prod(v.shape) for v in backbone.weights)),
+        "feature_dim": int(out.shape[-1]),
+        "groups": [(g, layers[-1].name) for g, layers in groups.items()],
+        "taps": taps,
+    }
 
 
 def _width(config):
@@ -859,59 +896,13 @@ def _width(config):
     return 0
 
 
-def _build_hub(cls, config, fam, shape):
+def _build_hub(cls, config, modality, shape):
     import inspect  # noqa: PLC0415
 
     kwargs = dict(config)
     for k in ("image_shape", "position_embedding_shape"):
         if k in kwargs:
             kwargs[k] = tuple(kwargs[k])
-    if fam["modality"] == "image" and "image_shape" in inspect.signature(cls.__init__).parameters:
+    if modality == "image" and "image_shape" in inspect.signature(cls.__init__).parameters:
         kwargs["image_shape"] = tuple(shape)
     return cls(**kwargs)
-
-
-def write_module(family: str, fam: dict, variants: dict) -> None:
-    keys = (
-        "modality",
-        "backbone_class",
-        "license",
-        "description",
-        "groups",
-        "tiny",
-        "converter",
-        "tokenizer",
-        "preprocessor",
-        "audio",
-        "min_input_size",
-        "fixed_size",
-    )
-    head = {k: fam[k] for k in keys if k in fam}
-    text = (
-        f'"""{fam["description"]}, from KerasHub. Data only: see '
-        "kerastl/zoo/_keras_hub_family.py.\n\nGenerated by tools/write_keras_hub_families.py "
-        "from random-init builds of each\narchitecture (no download); do not edit by hand.\n"
-        '"""\n\nfrom kerastl.zoo._keras_hub_family import declare_hub_family\n\n'
-        f"declare_hub_family(\n    family={family!r},\n"
-    )
-    for k, v in head.items():
-        text += (
-            f"    {k}={pprint.pformat(v, width=90, sort_dicts=False)},\n".replace(
-                "\n", "\n    "
-            ).rstrip()
-            + "\n"
-        )
-    text += (
-        "    variants="
-        + pprint.pformat(variants, width=94, sort_dicts=False).replace("\n", "\n    ")
-        + ",\n)\n"
-    )
-    path = OUT / f"{family}.py"
-    path.write_text(text)
-    import subprocess  # noqa: PLC0415
-
-    subprocess.run([sys.executable, "-m", "ruff", "format", "-q", str(path)], check=False)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
