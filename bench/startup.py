@@ -119,10 +119,9 @@ def run(quick: bool = False, reps: int | None = None) -> Section:
     sec.data["heavy_imports"] = heavy
     if any("numpy" in v for v in heavy.values()):
         sec.notes.append(
-            "The CLI imports numpy before it prints anything: `kerastl.cli` imports "
-            "`kerastl.export._cli`, which runs `kerastl/export/__init__.py`, whose top-level "
-            "`import numpy` costs the `import numpy` time above. Importing numpy inside "
-            "`export()` (and keeping the `_cli` modules free of package-level imports) would "
-            "close most of the gap to the bar."
+            "The CLI imports numpy before it prints anything (see heavy_imports for the "
+            "command): a module on the path of `kerastl.cli` imports it at package level, "
+            "which costs the `import numpy` time above. Importing numpy inside the functions "
+            "that need it would close most of the gap to the bar."
         )
     return sec
