@@ -85,10 +85,10 @@ def build(
         kw = {"class_names": class_names, "weights": weights, "input_shape": input_shape}
         return build_prototypes(name, pooling=pooling, **kw, **adapter_kwargs)
     adapter = get_adapter(get_spec(name))
-    if features_only:
-        return _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs)
     task_spec = resolve_task(task)
     head = _source_classifier(adapter, task_spec, weights, num_classes) if pretrained_head else None
+    if features_only:
+        return _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs)
     if head is not None:
         num_classes, class_names = len(head[2]), head[2]
     class_names, units = _outputs(task_spec, num_classes, class_names, embedding_dim)

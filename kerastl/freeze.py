@@ -13,6 +13,7 @@ Also here: :class:`GradualUnfreezing` (a callback), :func:`discriminative_optimi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable
@@ -114,9 +115,11 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
         backbone.trainable = False
     if policy.kind == "lora":
         adapter.enable_lora(backbone, policy.value)
-    if hasattr(model, "kerastl_config"):
-        model.kerastl_config["freeze"] = policy.to_string()
-        model.kerastl_config["train_batchnorm"] = policy.train_batchnorm
+    meta = ModelMeta.of(model)
+    meta = dataclasses.replace(
+        meta, freeze=policy.to_string(), train_batchnorm=policy.train_batchnorm
+    )
+    model.kerastl_config = meta.to_dict()
     return trains
 
 

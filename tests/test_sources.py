@@ -5,8 +5,7 @@ from __future__ import annotations
 import keras
 import pytest
 
-from kerastl.zoo import all_specs, get_adapter
-from kerastl.zoo.sources import custom_objects
+from kerastl.zoo import HUB_OBJECTS, all_specs, custom_objects, get_adapter
 from kerastl.zoo.sources.base import ADAPTERS, Capabilities, options_of
 
 
@@ -32,8 +31,17 @@ def test_resolved_shape_carries_the_options_not_the_adapter():
     assert adapter.input_spec(short)["sequence_length"] == 16
 
 
-@pytest.mark.parametrize("name", sorted(custom_objects()))
+def test_the_names_that_trigger_the_hub_import_are_the_hub_layer_table():
+    # load_model imports the KerasHub layers only for a file naming one of HUB_OBJECTS
+    # (a TensorFlow-free list): it must be exactly the layers module's table.
+    from kerastl.zoo.sources.layers import CUSTOM_OBJECTS
+
+    assert set(HUB_OBJECTS) == set(CUSTOM_OBJECTS)
+    assert set(custom_objects([])).isdisjoint(HUB_OBJECTS)
+
+
+@pytest.mark.parametrize("name", sorted(custom_objects(HUB_OBJECTS)))
 def test_the_layer_table_resolves_by_registered_name(name):
-    cls = custom_objects()[name]
+    cls = custom_objects(HUB_OBJECTS)[name]
     assert keras.saving.get_registered_object(name) is cls
     assert name == f"kerastl>{cls.__name__}"

@@ -2,7 +2,7 @@
 
 ``kerastl --help``, ``kerastl models`` and ``kerastl info`` never import
 TensorFlow. Other subcommands live in their own modules, each exposing
-``add_arguments(parser)`` and ``run(args) -> int``; those modules import
+``add_<command>_arguments(parser)`` and ``run_<command>(args) -> int``; those modules import
 TensorFlow only inside ``run``.
 
 Exit codes: 0 success, 1 failure, 2 usage error (bad argument, config or
@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-# subcommand -> (module, help). The module provides add_arguments() and run().
+# subcommand -> (module, help). The module provides add_<command>_arguments() and run_<command>().
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "models": ("kerastl.cli.models", "list registry models (wildcards, filters)"),
     "info": ("kerastl.cli.models", "describe one model: input, preprocessing, groups, taps"),

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kerastl.export.data_path import IMAGE_SUFFIXES, load_data_path
+from kerastl.data.files import IMAGE_SUFFIXES, load_data_path
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:

@@ -86,10 +86,3 @@ class ModelMeta:
             True
         """
         return cls.from_dict(getattr(model, "kerastl_config", None) or {})
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """Dict-style read of a field or an ``extra`` key."""
-        if key in self._ORDER:
-            value = getattr(self, key)
-            return default if value is None else value
-        return self.extra.get(key, default)

@@ -47,11 +47,6 @@ class KerastlModel(keras.Model):
             value = value.to_dict()
         self.__dict__["_kerastl_meta"] = plain(value or {})
 
-    @property
-    def meta(self) -> ModelMeta:
-        """``kerastl_config`` as a typed :class:`~kerastl.core.meta.ModelMeta`."""
-        return ModelMeta.from_dict(self.kerastl_config)
-
     # Raw strings are the input of text models, but Keras' data adapters refuse
     # NumPy unicode arrays and lists of str; hand them over as object arrays.
     def fit(self, x=None, *args, **kwargs):

@@ -262,7 +262,7 @@ def _inputs(prepared: Prepared, options: Options) -> tuple:
     A path (image folder with optional class subfolders, .npy, .npz) is read as the CLI
     reads it.
     """
-    from kerastl.export.data_path import load_data_path
+    from kerastl.data.files import load_data_path
     from kerastl.export.formats import tflite
 
     modality, labels = prepared.modality, prepared.meta.get("class_names")

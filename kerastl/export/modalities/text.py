@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from kerastl.core.meta import ModelMeta
 from kerastl.errors import DataError
 from kerastl.export.modalities import ModalityExporter, register_modality
 
@@ -108,7 +109,7 @@ def token_id_model(model):
     key_of = {t.name: k for k, t in tensors.items()}
     # Keras names the sub-model's inputs after the intermediate tensors, plus "CLONE".
     outputs = inner({t.name: feats[key_of[t.name.removesuffix("CLONE")]] for t in inner.inputs})
-    meta = json.loads(json.dumps(getattr(model, "kerastl_config", {}) or {}, default=str))
+    meta = json.loads(json.dumps(ModelMeta.of(model).to_dict(), default=str))
     meta["input"] = {
         "name": "token_ids",
         "shape": [length],
@@ -116,7 +117,7 @@ def token_id_model(model):
         "range": [0, int(preprocessor.tokenizer.vocabulary_size()) - 1],
         "layout": "token ids from the tokenizer beside the file; 0-padded per pad_token_id",
         "preprocessing": "tokenize with the recorded tokenizer, pad/truncate to sequence_length",
-        "text_input": (model.kerastl_config or {}).get("input"),
+        "text_input": ModelMeta.of(model).input,
     }
     meta["tokenizer"] = tokenizer_info(model)
     return KerastlModel(ids, outputs, name=model.name, kerastl_config=meta)

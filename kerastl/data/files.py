@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-#: Suffixes of the files read as images from a folder.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+from kerastl.data._sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
 
 
 def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> Any:
