@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kerastl.data.files import IMAGE_SUFFIXES, load_data_path
+from kerastl.data.files import image_files, load_data_path
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -182,16 +182,10 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         >>> expand_inputs(["a.jpg"])  # files are kept as given (checked when read)
         ['a.jpg']
     """
-    from kerastl.errors import DataError
-
     out: list[str] = []
     for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise DataError(f"inputs: no images ({', '.join(IMAGE_SUFFIXES)}) under {item!r}.")
-            out += [str(f) for f in files]
+        if Path(item).is_dir():
+            out += [str(f) for f in image_files(Path(item), "inputs")]
         else:
             out.append(item)
     return out

@@ -12,6 +12,18 @@ from typing import Any
 from kerastl.data._sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
 
 
+def image_files(folder: Path, argument: str) -> list[Path]:
+    """Every image under ``folder`` (recursively, sorted); ``DataError`` naming ``argument`` if none."""
+    from kerastl.errors import DataError
+
+    files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"{argument}: no images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}."
+        )
+    return files
+
+
 def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> Any:
     """An image folder -> list of paths (+ labels from class subfolders); .npy/.npz -> arrays."""
     if path is None:
@@ -22,9 +34,7 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
 
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{argument}: no images ({', '.join(IMAGE_SUFFIXES)}) under {path!r}.")
+        files = image_files(p, argument)
         paths = [str(f) for f in files]
         if class_names and all(f.parent.name in class_names for f in files):
             return paths, np.array([class_names.index(f.parent.name) for f in files])
