@@ -268,20 +268,21 @@ def test_large_jpegs_decode_at_reduced_scale_with_the_same_result(tmp_path):
     from PIL import Image
 
     from kerastl.data import _pipeline as P
+    from kerastl.data import images as I
 
     rng = np.random.default_rng(0)
     smooth = tf.image.resize(rng.uniform(0, 255, (1, 12, 16, 3)), (360, 480)).numpy()[0]
     Image.fromarray(smooth.astype("uint8")).save(tmp_path / "big.jpg", quality=92)
     Image.fromarray(smooth.astype("uint8")).save(tmp_path / "big.png")
     data = tf.io.read_file(str(tmp_path / "big.jpg"))
-    assert P._decode_jpeg_reduced(data, (40, 40), 3).shape == (45, 60, 3)  # 1/8 scale
-    assert P._decode_jpeg_reduced(data, (100, 100), 3).shape == (180, 240, 3)  # 1/2 scale
-    assert P._decode_jpeg_reduced(data, (200, 200), 3).shape == (360, 480, 3)  # full
+    assert I._decode_jpeg_reduced(data, (40, 40), 3).shape == (45, 60, 3)  # 1/8 scale
+    assert I._decode_jpeg_reduced(data, (100, 100), 3).shape == (180, 240, 3)  # 1/2 scale
+    assert I._decode_jpeg_reduced(data, (200, 200), 3).shape == (360, 480, 3)  # full
     for name in ("big.jpg", "big.png"):
         path = str(tmp_path / name)
         ours = P._decode_file(tf.constant(path), (96, 96), 3).numpy().astype(int)
         full = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        ref = P._resize(full, (96, 96)).numpy().astype(int)
+        ref = I.resize_uint8(full, (96, 96)).numpy().astype(int)
         assert ours.shape == (96, 96, 3)
         assert np.abs(ours - ref).mean() < 1.5 and np.abs(ours - ref).max() <= 16, name
 

@@ -7,6 +7,7 @@ import io
 import json
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,23 +171,53 @@ def test_saved_model_signatures_and_bytes(exported, model):
     np.testing.assert_allclose(raw["probabilities"], ref, atol=1e-5)
 
 
-def test_serving_bytes_resizes_like_kerastl_predict(tmp_path):
-    """A large photo sent to TF Serving gives the model the pixels `kerastl predict` gives it."""
-    import tensorflow as tf
+def _sideways_jpeg(folder, png_folder, seed: int):
+    """A real photo at 4x3 the model size, stored sideways (EXIF orientation 6), and upright PNG."""
     from PIL import Image
+    from skimage import data
 
+    photo = data.chelsea() if seed % 2 else data.astronaut()
+    upright = np.asarray(Image.fromarray(photo).resize((3 * SIZE, 4 * SIZE)))
+    stored = np.rot90(upright, 1)  # what the camera wrote; orientation 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(folder / "photo.jpg", quality=95, exif=exif.tobytes())
+    Image.fromarray(upright).save(png_folder / "upright.png")
+    return folder / "photo.jpg", png_folder / "upright.png"
+
+
+def test_one_decoder_for_training_predict_and_serving(tmp_path, exported, model):
+    """The same sideways JPEG gives the same tensor to training, `predict` and TF Serving."""
+    import tensorflow as tf
+
+    from kerastl import data
     from kerastl.export.modalities.image import ImageExporter
 
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+    _sideways_jpeg(tmp_path / "dog", tmp_path, seed=8)
+    jpg, png = _sideways_jpeg(tmp_path / "cat", tmp_path, seed=7)
+    examples = data.from_image_folder(tmp_path)
+    assert [Path(p).parent.name for p in examples.x] == ["cat", "dog"]
+    by_training = next(data.examples_to_dataset(examples, image_size=SIZE).as_numpy_iterator())[0]
     small = ImageExporter({"input": {"name": "image", "shape": [SIZE, SIZE, 3]}})
-    big = ImageExporter({"input": {"name": "image", "shape": [4 * SIZE, 3 * SIZE, 3]}})
-    img = big.sample_inputs(1, seed=7)[0].astype(np.uint8)
-    img[::2, ::2] = 255 - img[::2, ::2]  # fine detail that aliases without a low-pass filter
-    Image.fromarray(img).save(tmp_path / "big.png")
-    by_predict = small.load_files([str(tmp_path / "big.png")])
+    by_predict = small.load_files([str(jpg)])[0]
     decode = small.extra_signatures(lambda images: images)["serving_bytes"][0]
-    by_serving = decode(tf.constant([(tmp_path / "big.png").read_bytes()])).numpy()
-    assert by_serving.shape == by_predict.shape == (1, SIZE, SIZE, 3)
-    assert np.abs(by_serving - by_predict).max() <= 1.0  # PIL rounds to uint8, TF does not
+    by_bytes = decode(tf.constant([jpg.read_bytes()])).numpy()[0]
+    assert by_training.shape == by_predict.shape == by_bytes.shape == (SIZE, SIZE, 3)
+    np.testing.assert_array_equal(by_predict, by_training.astype(np.float32))
+    np.testing.assert_array_equal(by_bytes, by_training.astype(np.float32))
+    # turned upright: close to the upright original, far from the stored (sideways) pixels
+    upright = small.load_files([str(png)])[0]
+    near = np.abs(by_predict - upright).mean()  # JPEG loss on fine detail only
+    far = min(np.abs(by_predict - np.rot90(upright, k)).mean() for k in (1, 2, 3))
+    assert near < 4 and far > 5 * near, (near, far)
+    # the exported SavedModel: bytes in == the training tensor in
+    out, _, _ = exported
+    loaded = tf.saved_model.load(str(out / "saved_model" / model.name / "1"))
+    served = loaded.signatures["serving_bytes"](image_bytes=tf.constant([jpg.read_bytes()]))
+    direct = loaded.signatures["serving_default"](image=tf.constant(by_training[None], tf.float32))
+    np.testing.assert_allclose(served["probabilities"], direct["probabilities"], atol=1e-6)
 
 
 def test_warmup_requests_are_prediction_logs(exported, model):

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerastl.data._sources import Examples
+from kerastl.data.images import decode_and_resize, resize_uint8
 from kerastl.errors import ConfigError, choice_error
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -128,54 +129,8 @@ def _resolve_size(image_size: Any) -> tuple[int, int] | None:
 
 
 def _decode_file(path, size, channels):
-    data = tf.io.read_file(path)
-    if size is None or channels not in (1, 3):
-        img = tf.io.decode_image(data, channels=channels, expand_animations=False)
-    else:
-        img = tf.cond(
-            tf.io.is_jpeg(data),
-            lambda: _decode_jpeg_reduced(data, size, channels),
-            lambda: tf.io.decode_image(data, channels=channels, expand_animations=False),
-        )
-    img.set_shape([None, None, channels])
-    return _resize(img, size)
-
-
-def _decode_jpeg_reduced(data, size, channels):
-    """Decode a JPEG at 1/2, 1/4 or 1/8 scale when it stays at least ``size``.
-
-    libjpeg's scaled IDCT (what PIL's ``draft`` mode uses) skips most of the
-    decoding work; the antialiased resize then brings it to ``size``.
-    """
-    shape = tf.image.extract_jpeg_shape(data)
-    h, w = shape[0], shape[1]
-    ratios = (8, 4, 2)
-    fits = [tf.logical_and(h // r >= size[0], w // r >= size[1]) for r in ratios]
-    index = tf.where(fits[0], 0, tf.where(fits[1], 1, tf.where(fits[2], 2, 3)))
-    branches = [
-        (lambda r=r: tf.io.decode_jpeg(data, channels=channels, ratio=r)) for r in ratios
-    ] + [lambda: tf.io.decode_jpeg(data, channels=channels)]
-    return tf.switch_case(index, branches)
-
-
-def _resize(img, size):
-    """Resize to ``size`` and round to uint8.
-
-    Shrinking by more than 2x aliases with plain bilinear sampling, so it goes
-    through an area (box-filter) resize; up to 2x (every JPEG after the
-    reduced-scale decode) and when enlarging, bilinear. Not ``antialias=True``:
-    its kernel does not run in parallel in tf.data (one image at a time, about
-    930 images/s here whatever the thread count).
-    """
-    if size is not None:
-        shape = tf.shape(img)
-        big = tf.logical_or(shape[0] > 2 * size[0], shape[1] > 2 * size[1])
-        img = tf.cond(
-            big,
-            lambda: tf.image.resize(img, size, method="area"),
-            lambda: tf.image.resize(img, size),
-        )
-    return tf.cast(tf.clip_by_value(tf.round(tf.cast(img, tf.float32)), 0, 255), tf.uint8)
+    """Read one image file the way ``predict`` and ``serving_bytes`` read bytes."""
+    return decode_and_resize(tf.io.read_file(path), size, channels)
 
 
 def _fit_channels(img, channels):
@@ -209,7 +164,10 @@ def examples_to_dataset(ex: Examples, image_size: Any = None, channels: int = 3)
         need = size is not None and tuple(x.shape[1:3]) != size
         if need or x.dtype != np.uint8 or x.shape[-1] != channels:
             ds = ds.map(
-                lambda img, y: (_fit_channels(_resize(img, size if need else None), channels), y),
+                lambda img, y: (
+                    _fit_channels(resize_uint8(img, size if need else None), channels),
+                    y,
+                ),
                 num_parallel_calls=AUTOTUNE,
                 deterministic=True,
             )
@@ -228,7 +186,7 @@ def examples_to_dataset(ex: Examples, image_size: Any = None, channels: int = 3)
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(labels)))
         ikey = info["image_key"]
         return ds.map(
-            lambda e, y: (_fit_channels(_resize(e[ikey], size), channels), y),
+            lambda e, y: (_fit_channels(resize_uint8(e[ikey], size), channels), y),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )

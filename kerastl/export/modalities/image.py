@@ -13,6 +13,27 @@ from kerastl.errors import DataError
 from kerastl.export.modalities import ModalityExporter, register_modality
 
 
+def _decode(data: bytes, size: Any, channels: int, path: str, argument: str) -> np.ndarray:
+    """Pixels of one encoded image as float32 (TensorFlow's decoder first, then PIL)."""
+    import tensorflow as tf
+
+    from kerastl.data.images import decode_and_resize, resize_uint8
+
+    try:
+        return decode_and_resize(data, size, channels).numpy().astype(np.float32)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        pass  # not a format TensorFlow decodes: PIL below
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB" if channels == 3 else "L")
+            arr = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, channels)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{argument}: {path!r} is not a readable image ({exc}).") from exc
+    return resize_uint8(arr, size).numpy().astype(np.float32)
+
+
 class ImageExporter(ModalityExporter):
     """Raw ``float32`` NHWC pixels in ``[0, 255]``; ``serving_bytes`` takes JPEG/PNG strings.
 
@@ -39,14 +60,13 @@ class ImageExporter(ModalityExporter):
 
         h, w, c = self.shape
 
+        from kerastl.data.images import decode_and_resize
+
+        size = (h, w) if h is not None and w is not None else None
+
         def decode(data):
-            img = tf.io.decode_image(data, channels=c, expand_animations=False, dtype=tf.uint8)
-            img = tf.cast(img, tf.float32)
-            if h is not None and w is not None:
-                # antialiased like PIL (what `kerastl predict` uses): same pixels within 1
-                img = tf.image.resize(img, (h, w), method="bilinear", antialias=True)
-                img = tf.ensure_shape(img, (h, w, c))
-            return img
+            # the decoder/resizer training and `kerastl predict` use: same uint8 pixels
+            return tf.cast(decode_and_resize(data, size, c), tf.float32)
 
         def serve_bytes(image_bytes):
             images = tf.map_fn(
@@ -120,26 +140,25 @@ class ImageExporter(ModalityExporter):
         return x, ys
 
     def load_files(self, paths: list[str], argument: str = "inputs") -> np.ndarray:
-        """Read image files, turn them upright, convert to RGB (or grayscale), resize.
+        """Read image files as training does: upright (EXIF), RGB or grayscale, resized.
 
-        The EXIF orientation tag is applied first (``PIL.ImageOps.exif_transpose``), so a
-        phone photo stored sideways is predicted the way it is shown.
+        Each file goes through :func:`kerastl.data.images.decode_and_resize`, the decoder the
+        training pipeline and the ``serving_bytes`` signature use, so a JPEG gives the same
+        pixels on all three paths. Formats TensorFlow cannot decode (TIFF, ...) are read by
+        PIL (``exif_transpose``) and resized by the same :func:`~kerastl.data.images.resize_uint8`.
         """
-        from PIL import Image, ImageOps, UnidentifiedImageError
-
         h, w, c = self.shape
+        size = (h, w) if h is not None and w is not None else None
         batch = []
         for p in paths:
             try:
-                with Image.open(p) as img:
-                    img = ImageOps.exif_transpose(img).convert("RGB" if c == 3 else "L")
-                    if h is not None and w is not None and img.size != (w, h):
-                        img = img.resize((w, h), Image.BILINEAR)
-                    arr = np.asarray(img, dtype=np.float32)
+                with open(p, "rb") as f:
+                    data = f.read()
             except FileNotFoundError as exc:
                 raise DataError(f"{argument}: no file at {p!r}.") from exc
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"{argument}: {p!r} is not a readable image ({exc}).") from exc
+            except OSError as exc:
+                raise DataError(f"{argument}: could not read {p!r} ({exc}).") from exc
+            arr = _decode(data, size, c, p, argument)
             batch.append(arr.reshape(arr.shape[0], arr.shape[1], c))
         return np.stack(batch)
 
