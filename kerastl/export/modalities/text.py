@@ -100,9 +100,7 @@ def bert_inputs_model(model):
 
     pre, _ = _text_layers(model)
     length = pre.sequence_length
-    ids, mask, segments = (
-        keras.Input(shape=(length,), dtype="int32", name=n) for n in BERT_INPUTS
-    )
+    ids, mask, segments = (keras.Input(shape=(length,), dtype="int32", name=n) for n in BERT_INPUTS)
     feats = {"token_ids": ids, "padding_mask": keras.ops.not_equal(mask, 0)}
     if "segment_ids" in pre.keys:
         feats["segment_ids"] = segments
