@@ -183,7 +183,8 @@ class TFLiteFormat(Format):
     """``<name>.tflite`` and ``<name>_<quantization>.tflite``, converted from the SavedModel.
 
     Options: ``quantize``, ``calibration_data`` (int8), ``int8_io``, ``allow_flex``; a
-    ``<name>_mediapipe.tflite`` is derived for image classifiers when MediaPipe is installed.
+    ``<name>_mediapipe.tflite`` is derived for image classifiers and WordPiece text
+    classifiers when MediaPipe is installed (:func:`tflite_metadata.unsupported_reason`).
     """
 
     name = "tflite"

@@ -1,4 +1,4 @@
-"""Standard TFLite Metadata (the ``M001`` schema) for image classifiers, for MediaPipe Tasks.
+"""Standard TFLite Metadata (the ``M001`` schema) for image and text classifiers (MediaPipe).
 
 MediaPipe Tasks' ``ImageClassifier`` (and the TFLite Task Library) refuse a float-input
 model without the standard metadata: ``ImageProperties`` and ``NormalizationOptions`` on
@@ -13,6 +13,15 @@ outputs cut down to ``probabilities`` and the metadata written by MediaPipe's ow
 the backbone's preprocessing in the graph, so ``NormalizationOptions`` are mean 0,
 std 1: MediaPipe then feeds the pixel values unchanged. kerastl's own JSON metadata stays
 in the file's ``kerastl_metadata`` entry for :func:`kerastl.load_artifact`.
+
+Text classifiers (the token-id sub-model of a KerasHub text model) get
+:func:`mediapipe_text_classifier`: MediaPipe's ``TextClassifier`` tokenizes the raw
+string itself and feeds three int32 tensors, ``ids``, ``mask`` and ``segment_ids``, so
+the file is converted from the three-input model
+(:func:`kerastl.export.modalities.text.bert_inputs_model`) and carries
+``BertTokenizerOptions`` with the WordPiece vocabulary as ``vocab.txt``. Only tokenizers
+MediaPipe reproduces get one (:func:`text_tokenizer_reason`); for the others the export
+report says why.
 
 The ``mediapipe`` 1.2.x wheels ship the metadata writers without their compiled helper
 ``mediapipe.tasks.cc.metadata.python._pywrap_metadata_version`` (it only computes the

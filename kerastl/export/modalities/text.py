@@ -10,6 +10,10 @@
   tokenizer's vocabulary and settings are written beside the files
   (``<name>_tokenizer/``) and recorded in their metadata, and
   :func:`kerastl.load_artifact` uses them to accept raw strings.
+* **MediaPipe** (``<name>_mediapipe.tflite``, WordPiece classifiers): converted from
+  :func:`bert_inputs_model`, on MediaPipe's three inputs (``ids``, ``mask``,
+  ``segment_ids``); MediaPipe's ``TextClassifier`` tokenizes raw strings with the
+  vocabulary stored in the file (:mod:`kerastl.export.formats.tflite_metadata`).
 
 :class:`TextExporter` is the modality of string models. It declares TFLite/ONNX as
 :attr:`~TextExporter.sub_model_formats`, so those are exported from the token-id
