@@ -216,6 +216,10 @@ def _export_one(
         )
     targets = _plan(out, name, selected, options, prepared.meta)
     x_val, y_val, source, x_cal, notes = _inputs(prepared, options)
+    for fmt in selected:
+        for note in fmt.notes(name, options, prepared.meta):
+            log.info("  skipped %s", note)
+            notes.append(note)
     reference, notes = _reference(prepared, x_val, y_val, notes)
     keras_latency = _keras_latency(prepared, x_val[:1], options.latency_runs)
     staging = out / f".kerastl-staging-{uuid.uuid4().hex[:8]}"

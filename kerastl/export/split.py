@@ -32,8 +32,10 @@ if TYPE_CHECKING:
 Part = Callable[[Path, "int | None"], dict]
 
 
-def planned_files(name: str, formats: list[str], quantize: list[str]) -> list[str]:
-    """File names (not SavedModel folders) a part writes into ``out_dir``.
+def planned_files(
+    name: str, formats: list[str], quantize: list[str], meta: dict[str, Any] | None = None
+) -> list[str]:
+    """File names (not SavedModel folders) a part writes into ``out_dir`` (``meta``: its model's).
 
     Example:
         >>> planned_files("m", ["tflite", "onnx"], ["int8"])
@@ -44,7 +46,7 @@ def planned_files(name: str, formats: list[str], quantize: list[str]) -> list[st
         path.name
         for fmt in FORMATS.values()
         if fmt.name in formats and not fmt.versioned
-        for path in fmt.targets(Path(), name, options, {}).values()
+        for path in fmt.targets(Path(), name, options, meta or {}).values()
     ]
 
 
@@ -158,10 +160,10 @@ def export_split(
     own = [f for f in formats if f not in modality.sub_model_formats]
     subs = [f for f in formats if f in modality.sub_model_formats]
     name = options.name or model.name
-    files = planned_files(name, subs, options.quantize)
+    sub = modality.sub_model(model)
+    files = planned_files(name, subs, options.quantize, sub.kerastl_config)
     versioned = any(FORMATS[f].versioned for f in own)
     version = resolve_targets(out, name, options.version, versioned, files, options.overwrite)
-    sub = modality.sub_model(model)
     sub_modality = get_modality(sub.kerastl_config)
 
     def sub_data(data: Any) -> Any:

@@ -97,6 +97,10 @@ class Format:
         """Precision -> published path of every artifact this format writes."""
         raise NotImplementedError
 
+    def notes(self, name: str, options: Options, meta: dict) -> list[str]:
+        """Report notes on artifacts this format does not write for this model, and why."""
+        return []
+
     def artifacts(self, job: Job) -> Iterator[Staged]:
         """The artifacts to write, in order (code between items runs outside their checks)."""
         raise NotImplementedError

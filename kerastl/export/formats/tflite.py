@@ -183,7 +183,8 @@ class TFLiteFormat(Format):
     """``<name>.tflite`` and ``<name>_<quantization>.tflite``, converted from the SavedModel.
 
     Options: ``quantize``, ``calibration_data`` (int8), ``int8_io``, ``allow_flex``; a
-    ``<name>_mediapipe.tflite`` is derived for image classifiers when MediaPipe is installed.
+    ``<name>_mediapipe.tflite`` is derived for image classifiers and WordPiece text
+    classifiers when MediaPipe is installed (:func:`tflite_metadata.unsupported_reason`).
     """
 
     name = "tflite"
@@ -262,24 +263,41 @@ class TFLiteFormat(Format):
             details["io_type"] = int8_io
         return details
 
+    def notes(self, name: str, options: Options, meta: dict) -> list[str]:
+        """Why a text classifier gets no ``<name>_mediapipe.tflite`` (tokenizer, package)."""
+        text = (meta.get("input") or {}).get("name") == "token_ids"
+        if not text or meta.get("task") not in ("classification", "binary", "multilabel"):
+            return []
+        reason = tflite_metadata.unsupported_reason(meta)
+        if reason is None and not tflite_metadata.available():
+            reason = "the mediapipe package is not installed (pip install mediapipe)"
+        mp = file_name(name, tflite_metadata.MEDIAPIPE_SUFFIX)
+        return [] if reason is None else [f"no {mp} (MediaPipe TextClassifier): {reason}"]
+
     def _mediapipe(self, job: Job) -> Staged:
-        """``<name>_mediapipe.tflite``, derived from the staged float32 file."""
+        """``<name>_mediapipe.tflite``: image copy of the float32 file, or text conversion."""
         mp = tflite_metadata.MEDIAPIPE_SUFFIX
         path = job.staging / file_name(job.name, mp)
         scores = tflite_metadata.SCORES_OUTPUT
+        meta = job.prepared.meta
+        text = meta["input"]["name"] == "token_ids"
 
         def write_mediapipe() -> dict[str, Any]:
-            source = job.staging / file_name(job.name, "float32")
-            meta = job.prepared.meta
-            description = (
-                f"kerastl {meta.get('backbone')} classifier, {len(meta['class_names'])} "
-                "classes; raw 0-255 RGB in (preprocessing in the graph)."
-            )
-            content = tflite_metadata.mediapipe_classifier(
-                source.read_bytes(), meta["class_names"], description
-            )
+            if text:
+                content = _mediapipe_text(job)
+                kind = "TextClassifier, BertTokenizer with vocab.txt"
+            else:
+                source = job.staging / file_name(job.name, "float32")
+                description = (
+                    f"kerastl {meta.get('backbone')} classifier, {len(meta['class_names'])} "
+                    "classes; raw 0-255 RGB in (preprocessing in the graph)."
+                )
+                content = tflite_metadata.mediapipe_classifier(
+                    source.read_bytes(), meta["class_names"], description
+                )
+                kind = "ImageClassifier"
             path.write_bytes(content)
-            return {"metadata": "TFLite Metadata (MediaPipe ImageClassifier)", "outputs": [scores]}
+            return {"metadata": f"TFLite Metadata (MediaPipe {kind})", "outputs": [scores]}
 
         return Staged(mp, path, write_mediapipe, reference={scores: job.reference[scores]})
 
@@ -288,6 +306,54 @@ class TFLiteFormat(Format):
 
     def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
         return artifact.custom_ops
+
+
+def _mediapipe_text(job: Job) -> bytes:
+    """The text classifier on MediaPipe's three BERT inputs, converted, with metadata."""
+    from kerastl.export.modalities.text import BERT_INPUTS_LAYER
+
+    meta = job.prepared.meta
+    source = job.staging / "mediapipe_source"
+    write_bert_graph(job.prepared.modality.model.get_layer(BERT_INPUTS_LAYER), source)
+    content = convert(source, "float32", "ids", allow_flex=job.options.allow_flex)
+    content = embed_metadata(content, meta)
+    tokenizer = meta["tokenizer"]
+    description = (
+        f"kerastl {meta.get('backbone')} text classifier, {len(meta['class_names'])} classes; "
+        f"{tokenizer['class_name']} (WordPiece, lowercased), {tokenizer['sequence_length']} "
+        "tokens with [CLS] and [SEP]."
+    )
+    return tflite_metadata.mediapipe_text_classifier(
+        content, meta["class_names"], description, tokenizer["vocabulary"]
+    )
+
+
+def write_bert_graph(model: Any, path: Path) -> None:
+    """SavedModel of a three-input text model (``ids``, ``mask``, ``segment_ids``)."""
+    import contextlib
+    import io
+
+    import keras
+    import tensorflow as tf
+
+    from kerastl.export._trace import builtin_ops
+    from kerastl.export.formats.saved_model import _share_variables
+
+    length = model.inputs[0].shape[1]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(ids, mask, segment_ids):
+        with builtin_ops():
+            out = model([ids, mask, segment_ids], training=False)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        return {tflite_metadata.SCORES_OUTPUT: tf.cast(out, tf.float32)}
+
+    spec = [tf.TensorSpec((None, length), tf.int32, name=n) for n in tflite_metadata.TEXT_INPUTS]
+    archive.add_endpoint("serving_default", serve, spec)
+    _share_variables(archive)
+    with contextlib.redirect_stdout(io.StringIO()):
+        archive.write_out(str(path), verbose=False)
 
 
 class TFLiteArtifact(Artifact):
@@ -312,12 +378,23 @@ class TFLiteArtifact(Artifact):
         self._runner = self._interp.get_signature_runner("serving_default")
         self._inputs = self._runner.get_input_details()
         self._outputs = self._runner.get_output_details()
+        # MediaPipe's text file: token ids in, mask and segment ids made here as MediaPipe does
+        self._bert = set(self._inputs) == set(tflite_metadata.TEXT_INPUTS)
+        self._feed_name = "ids" if self._bert else self.input_name
 
     @property
     def input_dtype(self) -> str:
-        return np.dtype(self._inputs[self.input_name]["dtype"]).name
+        return np.dtype(self._inputs[self._feed_name]["dtype"]).name
+
+    def _bert_feed(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        ids = np.ascontiguousarray(x, dtype=np.int32)
+        pad = int((self.metadata.get("tokenizer") or {}).get("pad_token_id", 0))
+        mask = (ids != pad).astype(np.int32)
+        return {"ids": ids, "mask": mask, "segment_ids": np.zeros_like(ids)}
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if self._bert:
+            return {k: np.array(v) for k, v in self._runner(**self._bert_feed(x)).items()}
         detail = self._inputs[self.input_name]
         dtype = np.dtype(detail["dtype"])
         scale, zero = detail["quantization"]

@@ -1,4 +1,4 @@
-"""Standard TFLite Metadata (the ``M001`` schema) for image classifiers, for MediaPipe Tasks.
+"""Standard TFLite Metadata (the ``M001`` schema) for image and text classifiers (MediaPipe).
 
 MediaPipe Tasks' ``ImageClassifier`` (and the TFLite Task Library) refuse a float-input
 model without the standard metadata: ``ImageProperties`` and ``NormalizationOptions`` on
@@ -13,6 +13,15 @@ outputs cut down to ``probabilities`` and the metadata written by MediaPipe's ow
 the backbone's preprocessing in the graph, so ``NormalizationOptions`` are mean 0,
 std 1: MediaPipe then feeds the pixel values unchanged. kerastl's own JSON metadata stays
 in the file's ``kerastl_metadata`` entry for :func:`kerastl.load_artifact`.
+
+Text classifiers (the token-id sub-model of a KerasHub text model) get
+:func:`mediapipe_text_classifier`: MediaPipe's ``TextClassifier`` tokenizes the raw
+string itself and feeds three int32 tensors, ``ids``, ``mask`` and ``segment_ids``, so
+the file is converted from the three-input model
+(:func:`kerastl.export.modalities.text.bert_inputs_model`) and carries
+``BertTokenizerOptions`` with the WordPiece vocabulary as ``vocab.txt``. Only tokenizers
+MediaPipe reproduces get one (:func:`text_tokenizer_reason`); for the others the export
+report says why.
 
 The ``mediapipe`` 1.2.x wheels ship the metadata writers without their compiled helper
 ``mediapipe.tasks.cc.metadata.python._pywrap_metadata_version`` (it only computes the
@@ -30,32 +39,102 @@ from typing import Any
 MEDIAPIPE_SUFFIX = "mediapipe"
 #: The output MediaPipe classifies on.
 SCORES_OUTPUT = "probabilities"
+#: Inputs of the ``TextClassifier`` file, as MediaPipe's BERT metadata names them.
+TEXT_INPUTS = ("ids", "mask", "segment_ids")
+#: Tokenizer kinds in reasons.
+ALGORITHMS = {"bpe": "BPE", "wordpiece": "WordPiece", "sentencepiece": "SentencePiece"}
 _PYWRAP = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 
 
 def supports(meta: dict[str, Any]) -> bool:
-    """Whether a MediaPipe ``ImageClassifier`` file is derived for this model.
-
-    Softmax classifiers on images of a fixed size (MediaPipe resizes to the input
-    tensor's height and width, so they must be known).
+    """Whether a MediaPipe ``ImageClassifier`` / ``TextClassifier`` file is derived.
 
     Example:
         >>> supports({"task": "classification", "class_names": ["a", "b"],
         ...           "input": {"name": "image", "shape": [96, 96, 3]}})
         True
-        >>> supports({"task": "classification", "class_names": ["a", "b"],
-        ...           "input": {"name": "image", "shape": [None, None, 3]}})  # any size
-        False
         >>> supports({"task": "regression", "input": {"name": "image"}})
         False
     """
-    return (
-        meta.get("task") == "classification"
-        and bool(meta.get("class_names"))
-        and (meta.get("input") or {}).get("name") == "image"
-        and None not in list((meta.get("input") or {}).get("shape") or [None])[:2]
-        and SCORES_OUTPUT in (meta.get("outputs") or [SCORES_OUTPUT])
-    )
+    return unsupported_reason(meta) is None
+
+
+def unsupported_reason(meta: dict[str, Any]) -> str | None:
+    """Why no MediaPipe file is derived for this model (``None``: one is).
+
+    Image models: softmax classifiers on images of a fixed size (MediaPipe resizes to
+    the input tensor's height and width). Text models (the ``token_ids`` sub-model):
+    softmax classifiers whose tokenizer MediaPipe's ``BertTokenizer`` reproduces
+    (:func:`text_tokenizer_reason`).
+
+    Example:
+        >>> unsupported_reason({"task": "classification", "class_names": ["a", "b"],
+        ...                     "input": {"name": "image", "shape": [None, None, 3]}})
+        'MediaPipe resizes images to the input tensor size, and this model takes any size'
+        >>> unsupported_reason({"task": "regression", "input": {"name": "token_ids"}})
+        "MediaPipe's TextClassifier needs a softmax classifier with class names; task is 'regression'"
+    """
+    spec = meta.get("input") or {}
+    kind = {"image": "ImageClassifier", "token_ids": "TextClassifier"}.get(spec.get("name"))
+    if kind is None:
+        return f"MediaPipe classifiers take images or text, not {spec.get('name')!r} inputs"
+    if meta.get("task") != "classification" or not meta.get("class_names"):
+        return (
+            f"MediaPipe's {kind} needs a softmax classifier with class names; task is "
+            f"{meta.get('task')!r}"
+        )
+    if SCORES_OUTPUT not in (meta.get("outputs") or [SCORES_OUTPUT]):
+        return f"MediaPipe's {kind} reads the {SCORES_OUTPUT!r} output, which this model lacks"
+    if kind == "TextClassifier":
+        return text_tokenizer_reason(meta.get("tokenizer") or {})
+    if None in list(spec.get("shape") or [None])[:2]:
+        return "MediaPipe resizes images to the input tensor size, and this model takes any size"
+    return None
+
+
+def text_tokenizer_reason(info: dict[str, Any]) -> str | None:
+    """Why MediaPipe's tokenizer cannot reproduce the model's token ids (``None``: it can).
+
+    MediaPipe's ``TextClassifier`` (1.2.x) tokenizes for BERT-style models itself, with
+    the vocabulary and options stored in the file: WordPiece (``BertTokenizerOptions``)
+    that lowercases, keeps accents, splits on punctuation, adds ``[CLS]`` / ``[SEP]``
+    and pads with id 0; or SentencePiece, which kerastl does not write (its special
+    tokens and id offsets differ between KerasHub models and are not checked here).
+    BPE and other tokenizers have no MediaPipe counterpart.
+
+    Example:
+        >>> text_tokenizer_reason({"class_name": "GPT2Tokenizer", "algorithm": "bpe"})
+        "MediaPipe's TextClassifier has WordPiece (BERT) and SentencePiece tokenizers, not GPT2Tokenizer's BPE"
+    """
+    name, algorithm = info.get("class_name"), info.get("algorithm")
+    config = (info.get("config") or {}).get("config") or {}
+    vocab = info.get("vocabulary")
+    if algorithm == "sentencepiece":
+        return (
+            f"{name} is SentencePiece: kerastl writes MediaPipe files for WordPiece (BERT) "
+            "tokenizers only (SentencePiece special tokens and id offsets differ per model "
+            "and are not checked against MediaPipe)"
+        )
+    if algorithm != "wordpiece":
+        return (
+            "MediaPipe's TextClassifier has WordPiece (BERT) and SentencePiece tokenizers, "
+            f"not {name}'s {ALGORITHMS.get(algorithm, algorithm)}"
+        )
+    checks = [
+        (isinstance(vocab, list), "its vocabulary is not recorded as a list"),
+        (config.get("lowercase", True), "it is cased, and MediaPipe lowercases the text"),
+        (not config.get("strip_accents"), "it strips accents, and MediaPipe does not"),
+        (config.get("suffix_indicator", "##") == "##", "its suffix indicator is not '##'"),
+        (info.get("pad_token_id") == 0, "MediaPipe pads with id 0, its pad id is not 0"),
+        (
+            (info.get("start_token"), info.get("end_token")) == ("[CLS]", "[SEP]"),
+            "MediaPipe adds [CLS] and [SEP], it adds other tokens",
+        ),
+    ]
+    failed = [why for ok, why in checks if not ok]
+    if failed:
+        return f"{name} (WordPiece) differs from MediaPipe's BertTokenizer: " + "; ".join(failed)
+    return None
 
 
 def available() -> bool:
@@ -189,3 +268,56 @@ def mediapipe_classifier(flatbuffer: bytes, class_names: list[str], description:
     content, _ = writer.populate()
     del writer  # removes its temporary folder now, not at interpreter exit
     return bytes(content)
+
+
+def mediapipe_text_classifier(
+    flatbuffer: bytes, class_names: list[str], description: str, vocabulary: list[str]
+) -> bytes:
+    """A MediaPipe ``TextClassifier``-ready copy of a three-input BERT-style classifier file.
+
+    Args:
+        flatbuffer: A ``.tflite`` whose signature takes :data:`TEXT_INPUTS` (int32 token
+            ids, mask, segment ids) and returns ``probabilities``.
+        class_names: Labels, one per class, in output order.
+        description: The model description written into the metadata.
+        vocabulary: The WordPiece vocabulary, one token per id.
+
+    Returns:
+        The file with only ``probabilities`` as output and MediaPipe's BERT text
+        metadata: ``BertTokenizerOptions`` with the vocabulary as ``vocab.txt``, the three
+        inputs named ``ids`` / ``mask`` / ``segment_ids``, labels as ``labels.txt``.
+    """
+    import tempfile
+    from pathlib import Path
+
+    _install_version_shim()
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer as mw
+
+    trimmed = keep_output(flatbuffer, SCORES_OUTPUT)
+    names = _signature_input_tensors(trimmed)
+    missing = [n for n in TEXT_INPUTS if n not in names]
+    if missing:
+        raise ValueError(f"inputs: the file lacks {missing}; it takes {sorted(names)}.")
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = Path(tmp) / "vocab.txt"
+        vocab.write_text("".join(f"{token}\n" for token in vocabulary), encoding="utf-8")
+        # What text_classifier.MetadataWriter.create_for_bert_model does, with our text.
+        writer = (
+            mw.MetadataWriter.create(bytearray(trimmed))
+            .add_general_info("TextClassifier", description)
+            .add_bert_text_input(mw.BertTokenizer(str(vocab)), *(names[n] for n in TEXT_INPUTS))
+            .add_classification_output(mw.Labels().add([str(c) for c in class_names]))
+        )
+        content, _ = writer.populate()
+        del writer
+    return bytes(content)
+
+
+def _signature_input_tensors(flatbuffer: bytes) -> dict[str, str]:
+    """Signature input name -> tensor name (``ids`` -> ``serving_default_ids:0``)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(flatbuffer, 0))
+    sig = model.signatureDefs[0]
+    tensors = model.subgraphs[sig.subgraphIndex].tensors
+    return {t.name.decode(): tensors[t.tensorIndex].name.decode() for t in sig.inputs}

@@ -10,6 +10,10 @@
   tokenizer's vocabulary and settings are written beside the files
   (``<name>_tokenizer/``) and recorded in their metadata, and
   :func:`kerastl.load_artifact` uses them to accept raw strings.
+* **MediaPipe** (``<name>_mediapipe.tflite``, WordPiece classifiers): converted from
+  :func:`bert_inputs_model`, on MediaPipe's three inputs (``ids``, ``mask``,
+  ``segment_ids``); MediaPipe's ``TextClassifier`` tokenizes raw strings with the
+  vocabulary stored in the file (:mod:`kerastl.export.formats.tflite_metadata`).
 
 :class:`TextExporter` is the modality of string models. It declares TFLite/ONNX as
 :attr:`~TextExporter.sub_model_formats`, so those are exported from the token-id
@@ -34,6 +38,10 @@ _WORDS = (
     "rain sun cloud storm weather price market stock bank money trade food pizza chef"
 ).split()
 TOKENIZER_DIR = "{name}_tokenizer"
+#: Inputs of :func:`bert_inputs_model`, named as MediaPipe's BERT metadata names them.
+BERT_INPUTS = ("ids", "mask", "segment_ids")
+#: Name of the nested :func:`bert_inputs_model` inside :func:`token_id_model`.
+BERT_INPUTS_LAYER = "bert_inputs"
 
 
 def _sentences(n: int, seed: int) -> np.ndarray:
@@ -81,10 +89,43 @@ def _text_layers(model):
     return pre, pre.preprocessor
 
 
+def bert_inputs_model(model):
+    """The part of a kerastl text model after tokenization, on three BERT-style inputs.
+
+    ``ids``, ``mask`` (1 for real tokens, 0 for padding) and ``segment_ids`` (int32,
+    ``(batch, sequence_length)``): the inputs MediaPipe's ``TextClassifier`` feeds.
+    Segment ids go to backbones that take them; others ignore them.
+
+    Example:
+        >>> bert_inputs_model(text_model).input_names  # doctest: +SKIP
+        ['ids', 'mask', 'segment_ids']
+    """
+    import keras
+
+    pre, _ = _text_layers(model)
+    length = pre.sequence_length
+    ids, mask, segments = (keras.Input(shape=(length,), dtype="int32", name=n) for n in BERT_INPUTS)
+    feats = {"token_ids": ids, "padding_mask": keras.ops.not_equal(mask, 0)}
+    if "segment_ids" in pre.keys:
+        feats["segment_ids"] = segments
+    else:  # keep the input in the graph (and so in the converted file's signature)
+        feats["token_ids"] = ids + 0 * segments
+    # Re-run the layers after "preprocess" on the new tensors.
+    inner = keras.Model(pre.output, model.outputs)
+    # The preprocess layer's dict output comes back flattened in sorted-key order.
+    tensors = dict(zip(sorted(pre.keys), keras.tree.flatten(pre.output)))
+    key_of = {t.name: k for k, t in tensors.items()}
+    # Keras names the sub-model's inputs after the intermediate tensors, plus "CLONE".
+    outputs = inner({t.name: feats[key_of[t.name.removesuffix("CLONE")]] for t in inner.inputs})
+    return keras.Model([ids, mask, segments], outputs, name=BERT_INPUTS_LAYER)
+
+
 def token_id_model(model):
     """The part of a kerastl text model after tokenization, on one ``token_ids`` input.
 
-    The padding mask and segment ids are computed from the ids inside the graph.
+    The padding mask (``token_ids != pad id``) and segment ids (zeros) are computed
+    from the ids inside the graph, and fed to :func:`bert_inputs_model`, nested as the
+    layer :data:`BERT_INPUTS_LAYER` (the MediaPipe file is converted from it).
 
     Example:
         >>> sub = token_id_model(text_model)  # doctest: +SKIP
@@ -99,16 +140,8 @@ def token_id_model(model):
     pad = int(preprocessor.tokenizer.pad_token_id)
     length = pre.sequence_length
     ids = keras.Input(shape=(length,), dtype="int32", name="token_ids")
-    feats = {"token_ids": ids, "padding_mask": keras.ops.not_equal(ids, pad)}
-    if "segment_ids" in pre.keys:
-        feats["segment_ids"] = keras.ops.zeros_like(ids)
-    # Re-run the layers after "preprocess" on the new tensors.
-    inner = keras.Model(pre.output, model.outputs)
-    # The preprocess layer's dict output comes back flattened in sorted-key order.
-    tensors = dict(zip(sorted(pre.keys), keras.tree.flatten(pre.output)))
-    key_of = {t.name: k for k, t in tensors.items()}
-    # Keras names the sub-model's inputs after the intermediate tensors, plus "CLONE".
-    outputs = inner({t.name: feats[key_of[t.name.removesuffix("CLONE")]] for t in inner.inputs})
+    mask = keras.ops.cast(keras.ops.not_equal(ids, pad), "int32")
+    outputs = bert_inputs_model(model)([ids, mask, keras.ops.zeros_like(ids)])
     meta = json.loads(json.dumps(ModelMeta.of(model).to_dict(), default=str))
     meta["input"] = {
         "name": "token_ids",
@@ -137,6 +170,9 @@ def tokenizer_info(model) -> dict[str, Any]:
         "keys": list(pre.keys),
         "pad_token_id": int(tok.pad_token_id),
         "vocabulary_size": int(tok.vocabulary_size()),
+        "algorithm": _algorithm(tok),
+        "start_token": getattr(tok, "start_token", None),
+        "end_token": getattr(tok, "end_token", None),
         "config": json.loads(json.dumps(config, default=str)),
     }
     vocab = getattr(tok, "vocabulary", None)
@@ -151,6 +187,18 @@ def tokenizer_info(model) -> dict[str, Any]:
 
         info["proto_base64"] = base64.b64encode(proto).decode("ascii")
     return info
+
+
+def _algorithm(tok) -> str:
+    """``wordpiece``, ``sentencepiece``, ``bpe``, or the tokenizer's class name."""
+    from keras_hub import tokenizers
+
+    kinds = (
+        ("wordpiece", tokenizers.WordPieceTokenizer),
+        ("sentencepiece", tokenizers.SentencePieceTokenizer),
+        ("bpe", tokenizers.BytePairTokenizer),
+    )
+    return next((name for name, cls in kinds if isinstance(tok, cls)), type(tok).__name__)
 
 
 def rebuild_preprocessor(info: dict[str, Any]):
