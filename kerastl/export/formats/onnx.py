@@ -513,7 +513,11 @@ def read_metadata(model_proto) -> dict[str, Any]:
 
 
 class OnnxFormat(Format):
-    """``<name>.onnx`` (weights in ``<name>.onnx.data`` over 2 GiB). Option: ``opset``."""
+    """``<name>.onnx`` (weights in ``<name>.onnx.data`` over 2 GiB). Option: ``opset``.
+
+    Text models with a WordPiece tokenizer also get ``<name>_strings.onnx`` (raw strings
+    in, :mod:`~kerastl.export.formats.onnx_strings`) when onnxruntime-extensions is installed.
+    """
 
     name = "onnx"
     suffix = ".onnx"

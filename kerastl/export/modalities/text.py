@@ -9,7 +9,9 @@
   the graph, so one int32 input is all a mobile or ONNX client sends. The
   tokenizer's vocabulary and settings are written beside the files
   (``<name>_tokenizer/``) and recorded in their metadata, and
-  :func:`kerastl.load_artifact` uses them to accept raw strings.
+  :func:`kerastl.load_artifact` uses them to accept raw strings. For WordPiece
+  tokenizers, ``<name>_strings.onnx`` takes raw strings, the tokenizer in the graph as
+  onnxruntime-extensions ops (:mod:`kerastl.export.formats.onnx_strings`).
 
 :class:`TextExporter` is the modality of string models. It declares TFLite/ONNX as
 :attr:`~TextExporter.sub_model_formats`, so those are exported from the token-id
@@ -221,7 +223,8 @@ class TextExporter(ModalityExporter):
         return (
             "text model: SavedModel takes raw strings (tokenizer in the graph) and token ids "
             "(serving_token_ids); TFLite/ONNX take token_ids, tokenizer files in "
-            f"{TOKENIZER_DIR.format(name=name)}/ and in the metadata"
+            f"{TOKENIZER_DIR.format(name=name)}/ and in the metadata; {name}_strings.onnx "
+            "(WordPiece tokenizers) takes raw strings and needs onnxruntime-extensions"
         )
 
     def input_signature(self) -> list:
