@@ -82,6 +82,11 @@ def test_strings_file_matches_keras_on_real_sentences(exported):
     strings = records["strings"]
     assert strings["passed"] and strings["path"] == f"{model.name}_strings.onnx"
     assert strings["details"]["token_ids_checked"] == len(SENTENCES)
+    assert strings["non_builtin_ops"] == [
+        "ai.onnx.contrib:BasicTokenizer",
+        "ai.onnx.contrib:WordpieceTokenizer",
+    ]
+    assert records["float32"]["non_builtin_ops"] == []
     session = _session(out / strings["path"])
     (inp,) = session.get_inputs()
     assert (inp.name, inp.type) == ("text", "tensor(string)")
@@ -149,6 +154,21 @@ def test_known_difference_nfkc_is_caught(exported):
     want = np.asarray(model.get_layer("preprocess")(tf.constant(list(texts)))["token_ids"])
     problem = onnx_strings.check_token_ids(onnx_strings.tokenizer_model(info), texts, want)
     assert problem and "a ﬁne day" in problem
+
+
+def test_export_without_extensions_writes_no_strings_file_and_says_why(tmp_path, monkeypatch):
+    from test_keras_hub import SENTENCES as TINY_SENTENCES
+    from test_keras_hub import tiny_kwargs
+
+    model = kerastl.build(
+        "bert_tiny_en_uncased", num_classes=2, **tiny_kwargs("bert_tiny_en_uncased")
+    )
+    monkeypatch.setattr(onnx_strings, "available", lambda: False)
+    x = np.array(TINY_SENTENCES[:8], dtype=object)
+    report = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x)
+    (record,) = [a for a in report["artifacts"] if a["format"] == "onnx"]
+    assert "onnxruntime-extensions is not installed" in record["details"]["strings_file"]
+    assert not list(tmp_path.glob("*_strings.onnx")) and (tmp_path / f"{model.name}.onnx").is_file()
 
 
 def test_no_strings_file_without_extensions_or_for_other_tokenizers(monkeypatch):

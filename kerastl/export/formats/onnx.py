@@ -433,14 +433,18 @@ def _probe(model_proto, prepared: Prepared, probe, reference) -> str | None:
 
 
 def non_standard_ops(model_proto) -> list[str]:
-    """Ops of ``model_proto`` outside the standard ONNX domains (``domain:op``)."""
-    return sorted(
-        {
-            f"{n.domain}:{n.op_type}"
-            for n in model_proto.graph.node
-            if n.domain not in STANDARD_DOMAINS
-        }
-    )
+    """Ops of ``model_proto`` outside the standard ONNX domains (``domain:op``).
+
+    Subgraphs (``Loop``/``If``/``Scan`` bodies) included.
+    """
+    found, graphs = set(), [model_proto.graph]
+    while graphs:
+        for node in graphs.pop().node:
+            if node.domain not in STANDARD_DOMAINS:
+                found.add(f"{node.domain}:{node.op_type}")
+            for attr in node.attribute:
+                graphs.extend([attr.g] if attr.HasField("g") else list(attr.graphs))
+    return sorted(found)
 
 
 def _finish(model_proto, output_order: list[str], meta: dict[str, Any]) -> None:
