@@ -171,6 +171,22 @@ def test_export_without_extensions_writes_no_strings_file_and_says_why(tmp_path,
     assert not list(tmp_path.glob("*_strings.onnx")) and (tmp_path / f"{model.name}.onnx").is_file()
 
 
+def test_export_without_validation_data_checks_sample_sentences(tmp_path):
+    from test_keras_hub import tiny_kwargs
+
+    model = kerastl.build(
+        "bert_tiny_en_uncased", num_classes=2, **tiny_kwargs("bert_tiny_en_uncased")
+    )
+    report = kerastl.export(model, tmp_path, formats=["onnx"])
+    (record,) = [a for a in report["artifacts"] if a["precision"] == "strings"]
+    assert record["passed"] and record["details"]["token_ids_checked"] == 16
+    art = kerastl.load_artifact(tmp_path / record["path"])
+    x = ["A great movie!", "the plot was awful"]
+    np.testing.assert_allclose(
+        art.predict(x)["probabilities"], model.predict(np.array(x), verbose=0), atol=ATOL
+    )
+
+
 def test_no_strings_file_without_extensions_or_for_other_tokenizers(monkeypatch):
     from pathlib import Path
 

@@ -562,7 +562,8 @@ class OnnxFormat(Format):
         if texts is None:
             from kerastl.export.modalities import get_modality
 
-            texts = get_modality(job.prepared.meta["input"]["text_input"]).sample_inputs(16)
+            meta = job.prepared.meta
+            texts = get_modality({**meta, "input": meta["input"]["text_input"]}).sample_inputs(16)
         texts = np.asarray(texts, dtype=object)
         ids = job.prepared.modality.tokenize(texts)
         meta = job.prepared.meta
