@@ -436,15 +436,16 @@ def _write_and_validate(fmt: Format, item: Staged, job: Job) -> dict[str, Any]:
         return record
     record["runtime"] = artifact.runtime
     record["non_builtin_ops"] = fmt.non_builtin_ops(artifact, item.path)
-    prepared = job.prepared
+    prepared, own_inputs = job.prepared, item.inputs is not None
+    x = item.inputs if own_inputs else job.x_val
     try:
         parity = validate.validate(
             artifact,
             job.reference if item.reference is None else item.reference,
-            job.x_val,
+            x,
             f"{fmt.name}/{item.precision}",
             prepared.task,
-            job.y_val,
+            None if own_inputs else job.y_val,
             job.options.tolerances,
             exact=prepared.exact_predict if item.precision == "float32" else None,
         )
@@ -452,9 +453,7 @@ def _write_and_validate(fmt: Format, item: Staged, job: Job) -> dict[str, Any]:
         record["failures"] = [f"running it failed: {type(exc).__name__}: {exc}"]
         return record
     record["parity"] = parity
-    record["latency_ms"] = round(
-        artifact.latency_ms(job.x_val[:1], runs=job.options.latency_runs), 3
-    )
+    record["latency_ms"] = round(artifact.latency_ms(x[:1], runs=job.options.latency_runs), 3)
     record["failures"] = parity["failures"]
     record["passed"] = parity["passed"]
     return record

@@ -179,12 +179,17 @@ def export_split(
         return run(model, staging, own, part)
 
     def sub_part(staging: Path, version: int | None) -> dict:
+        source = None
+        if options.validation_data is not None:
+            limit = options.max_validation_samples
+            source, _ = modality.coerce(options.validation_data, "validation_data", limit)
         part = dataclasses.replace(
             options,
             name=name,
             version=None,
             validation_data=sub_data(options.validation_data),
             calibration_data=sub_data(options.calibration_data),
+            source_inputs=source,
         )
         return run(sub, staging, subs, part)
 

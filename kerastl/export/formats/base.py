@@ -39,6 +39,9 @@ class Options:
     max_validation_samples: int = 64
     max_calibration_samples: int = 500
     latency_runs: int = 10
+    #: The raw inputs behind ``validation_data`` when a part exports a sub-model (text: the
+    #: sentences whose token ids ``validation_data`` holds); set by :mod:`kerastl.export.split`.
+    source_inputs: Any = None
 
 
 @dataclass
@@ -61,13 +64,16 @@ class Job:
 class Staged:
     """One artifact to write into staging: ``write()`` returns the report's details.
 
-    ``reference`` narrows the Keras outputs it is validated against (default: all).
+    ``reference`` narrows the Keras outputs it is validated against (default: all);
+    ``inputs`` replaces the job's validation inputs (a file on other inputs, with
+    ``reference`` the Keras outputs on them).
     """
 
     precision: str
     path: Path
     write: Callable[[], dict[str, Any]]
     reference: dict[str, Any] | None = None
+    inputs: Any = None
 
 
 class Format:

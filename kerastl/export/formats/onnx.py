@@ -29,6 +29,7 @@ import gc
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -41,6 +42,10 @@ from kerastl.export.formats.base import Artifact, Format, Job, Options, Staged
 
 if TYPE_CHECKING:
     from kerastl.export._trace import Prepared
+
+log = logging.getLogger("kerastl.export")
+#: Precision key of the strings-input file (``<name>_strings.onnx``, text models).
+STRINGS_SUFFIX = "strings"
 
 #: Opsets kerastl tests and accepts; tf2onnx 1.17 writes up to 18.
 OPSETS = tuple(range(13, 19))
@@ -428,14 +433,18 @@ def _probe(model_proto, prepared: Prepared, probe, reference) -> str | None:
 
 
 def non_standard_ops(model_proto) -> list[str]:
-    """Ops of ``model_proto`` outside the standard ONNX domains (``domain:op``)."""
-    return sorted(
-        {
-            f"{n.domain}:{n.op_type}"
-            for n in model_proto.graph.node
-            if n.domain not in STANDARD_DOMAINS
-        }
-    )
+    """Ops of ``model_proto`` outside the standard ONNX domains (``domain:op``).
+
+    Subgraphs (``Loop``/``If``/``Scan`` bodies) included.
+    """
+    found, graphs = set(), [model_proto.graph]
+    while graphs:
+        for node in graphs.pop().node:
+            if node.domain not in STANDARD_DOMAINS:
+                found.add(f"{node.domain}:{node.op_type}")
+            for attr in node.attribute:
+                graphs.extend([attr.g] if attr.HasField("g") else list(attr.graphs))
+    return sorted(found)
 
 
 def _finish(model_proto, output_order: list[str], meta: dict[str, Any]) -> None:
@@ -471,14 +480,32 @@ def _finish(model_proto, output_order: list[str], meta: dict[str, Any]) -> None:
     )
 
 
-def check(path: Path) -> None:
-    """``onnx.checker`` on the written file (full check, with shape inference)."""
+def check(path: Path, full: bool = True) -> None:
+    """``onnx.checker`` on the written file (``full``: with shape inference).
+
+    onnx 1.23's shape inference crashes the process (segmentation fault) on the
+    onnxruntime-extensions ops inside a ``Loop`` body, so the strings file gets the
+    structural check only (its token-id graph had the full one).
+    """
     import onnx
 
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        onnx.checker.check_model(str(path), full_check=full)
     except Exception as exc:  # noqa: BLE001 - ValidationError and InferenceError
         raise ExportError(f"onnx.checker refused {path.name}: {exc}") from exc
+
+
+def strings_skipped(meta: dict[str, Any]) -> str | None:
+    """Why ``<name>_strings.onnx`` is not derived for ``meta`` (``None``: it is)."""
+    from kerastl.export.formats import onnx_strings
+
+    why = onnx_strings.unsupported(meta)
+    if why is None and not onnx_strings.available():
+        why = (
+            "onnxruntime-extensions is not installed (pip install onnxruntime-extensions); "
+            "its tokenizer ops run the tokenizer inside the graph"
+        )
+    return why
 
 
 def read_metadata(model_proto) -> dict[str, Any]:
@@ -490,7 +517,11 @@ def read_metadata(model_proto) -> dict[str, Any]:
 
 
 class OnnxFormat(Format):
-    """``<name>.onnx`` (weights in ``<name>.onnx.data`` over 2 GiB). Option: ``opset``."""
+    """``<name>.onnx`` (weights in ``<name>.onnx.data`` over 2 GiB). Option: ``opset``.
+
+    Text models with a WordPiece tokenizer also get ``<name>_strings.onnx`` (raw strings
+    in, :mod:`~kerastl.export.formats.onnx_strings`) when onnxruntime-extensions is installed.
+    """
 
     name = "onnx"
     suffix = ".onnx"
@@ -507,11 +538,63 @@ class OnnxFormat(Format):
         require()
 
     def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
-        return {"float32": out / f"{name}{self.suffix}"}
+        paths = {"float32": out / f"{name}{self.suffix}"}
+        if strings_skipped(meta) is None:
+            paths[STRINGS_SUFFIX] = out / f"{name}_{STRINGS_SUFFIX}{self.suffix}"
+        return paths
 
     def artifacts(self, job: Job) -> Iterator[Staged]:
         path = job.staging / f"{job.name}{self.suffix}"
         yield Staged("float32", path, partial(self._write, job, path))
+        if (self.name, STRINGS_SUFFIX) in job.targets:
+            yield self._strings(job, path)
+
+    def _strings(self, job: Job, source: Path) -> Staged:
+        """``<name>_strings.onnx``: the validated token-id file with the tokenizer in front.
+
+        Validated on sentences (the raw validation data, else sample sentences) against
+        the Keras token-id model on KerasHub's token ids for them.
+        """
+        from kerastl.export.formats import onnx_strings
+
+        path = job.staging / f"{job.name}_{STRINGS_SUFFIX}{self.suffix}"
+        texts = job.options.source_inputs
+        if texts is None:
+            from kerastl.export.modalities import get_modality
+
+            meta = job.prepared.meta
+            texts = get_modality({**meta, "input": meta["input"]["text_input"]}).sample_inputs(16)
+        texts = np.asarray(texts, dtype=object)
+        ids = job.prepared.modality.tokenize(texts)
+        meta = job.prepared.meta
+
+        def write_strings() -> dict[str, Any]:
+            import onnx
+
+            start = time.perf_counter()
+            id_proto = onnx.load(str(source))
+            proto = onnx_strings.with_strings_input(id_proto, meta["tokenizer"])
+            _finish(proto, [o.name for o in proto.graph.output], onnx_strings.strings_meta(meta))
+            onnx_strings.label(proto, meta)
+            name = id_proto.graph.input[0].name
+            problem = onnx_strings.check_token_ids(proto, texts, ids, name)
+            if problem:
+                raise ExportError(
+                    f"strings ONNX: {problem}. Known differences of the onnxruntime-extensions "
+                    "tokenizer: kerastl.export.formats.onnx_strings."
+                )
+            save(proto, path)
+            check(path, full=False)
+            return {
+                "input": "text: string[batch] (raw sentences)",
+                "requires": "onnxruntime-extensions",
+                "token_ids_checked": len(texts),
+                "tokenizer_seconds": round(time.perf_counter() - start, 2),
+            }
+
+        return Staged(
+            STRINGS_SUFFIX, path, write_strings, reference=job.prepared.predict(ids), inputs=texts
+        )
 
     @staticmethod
     def _write(job: Job, path: Path) -> dict[str, Any]:
@@ -532,6 +615,10 @@ class OnnxFormat(Format):
             details["tf2onnx"] = "; ".join(notes)
         if len(files) > 1:
             details["external_data"] = files[1].name
+        why = strings_skipped(prepared.meta)
+        if why and prepared.meta.get("tokenizer"):
+            details["strings_file"] = f"not written: {why}"
+            log.info("  onnx: no %s_strings.onnx: %s", job.name, why)
         return details
 
     def load(self, path: Path) -> Artifact:
@@ -544,6 +631,18 @@ class OnnxFormat(Format):
 
     def publish(self, source: Path, target: Path) -> None:
         replace_file(source, target)  # with the graph's external weights, if any
+
+
+def _extension_options(path: Path):
+    """Session options with onnxruntime-extensions' ops, for a file that uses them."""
+    from kerastl.export.formats import onnx_strings
+
+    try:
+        return onnx_strings.session_options()
+    except ImportError as exc:
+        raise missing_dependency(
+            "onnxruntime_extensions", "onnxruntime-extensions", f"{path.name} (tokenizer ops)"
+        ) from exc
 
 
 class OnnxArtifact(Artifact):
@@ -562,6 +661,9 @@ class OnnxArtifact(Artifact):
             (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None
         )
         options = ort.SessionOptions()
+        if any(o.domain not in STANDARD_DOMAINS for o in proto.opset_import):
+            options = _extension_options(path)
+            self.runtime = "onnxruntime (CPUExecutionProvider) + onnxruntime-extensions"
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._out_names = [o.name for o in self._session.get_outputs()]
@@ -569,5 +671,7 @@ class OnnxArtifact(Artifact):
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         kind = self._session.get_inputs()[0].type  # "tensor(float)", "tensor(int32)"...
         dtype = np.int32 if "int32" in kind else np.int64 if "int64" in kind else np.float32
+        if "string" in kind:  # <name>_strings.onnx: raw sentences
+            x, dtype = np.asarray([str(s) for s in np.asarray(x).reshape(-1)]), object
         values = self._session.run(None, {self.input_name: np.asarray(x, dtype)})
         return dict(zip(self._out_names, values))

@@ -14,6 +14,9 @@
   :func:`bert_inputs_model`, on MediaPipe's three inputs (``ids``, ``mask``,
   ``segment_ids``); MediaPipe's ``TextClassifier`` tokenizes raw strings with the
   vocabulary stored in the file (:mod:`kerastl.export.formats.tflite_metadata`).
+* **ONNX on raw strings**: for WordPiece
+  tokenizers, ``<name>_strings.onnx`` takes raw strings, the tokenizer in the graph as
+  onnxruntime-extensions ops (:mod:`kerastl.export.formats.onnx_strings`).
 
 :class:`TextExporter` is the modality of string models. It declares TFLite/ONNX as
 :attr:`~TextExporter.sub_model_formats`, so those are exported from the token-id
@@ -269,7 +272,8 @@ class TextExporter(ModalityExporter):
         return (
             "text model: SavedModel takes raw strings (tokenizer in the graph) and token ids "
             "(serving_token_ids); TFLite/ONNX take token_ids, tokenizer files in "
-            f"{TOKENIZER_DIR.format(name=name)}/ and in the metadata"
+            f"{TOKENIZER_DIR.format(name=name)}/ and in the metadata; {name}_strings.onnx "
+            "(WordPiece tokenizers) takes raw strings and needs onnxruntime-extensions"
         )
 
     def input_signature(self) -> list:
