@@ -156,6 +156,19 @@ def test_known_difference_nfkc_is_caught(exported):
     assert problem and "a ﬁne day" in problem
 
 
+def test_a_sentence_the_ops_tokenize_differently_leaves_the_strings_file_out(exported, tmp_path):
+    """Validation data KerasHub tokenizes differently: token-id files publish, strings file not."""
+    model, _, _, x, _ = exported
+    x = np.array([*x[:5], "a ﬁne day"], dtype=object)
+    report = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x)
+    assert report["status"] == "passed"
+    assert (tmp_path / f"{model.name}.onnx").is_file()
+    assert not list(tmp_path.glob("*_strings.onnx"))
+    (note,) = [n for n in report["notes"] if n.startswith("not written")]
+    assert "_strings.onnx" in note and "a ﬁne day" in note
+    assert [a["path"] for a in report["artifacts"]] == [f"{model.name}.onnx"]
+
+
 def test_export_without_extensions_writes_no_strings_file_and_says_why(tmp_path, monkeypatch):
     from test_keras_hub import SENTENCES as TINY_SENTENCES
     from test_keras_hub import tiny_kwargs

@@ -38,7 +38,7 @@ import numpy as np
 from kerastl.errors import ConfigError, DataError, ExportError, ValidationError, choice_error
 from kerastl.export import validate
 from kerastl.export.formats import FORMATS as FORMAT_TABLE
-from kerastl.export.formats import Format, Job, Options, Staged
+from kerastl.export.formats import Format, Job, NotWritten, Options, Staged
 from kerastl.export.formats.tflite import QUANTIZATIONS
 from kerastl.export.split import export_split
 
@@ -225,6 +225,9 @@ def _export_one(
     staging = out / f".kerastl-staging-{uuid.uuid4().hex[:8]}"
     job = Job(prepared, name, out, staging, options, targets, x_val, y_val, x_cal, reference)
     records, published = _stage(job, selected)
+    left_out = [r for r in records if "not_written" in r]
+    notes += [f"not written: {r['path']}: {r['not_written']}" for r in left_out]
+    records = [r for r in records if "not_written" not in r]
     report = _report(job, formats, source, notes, keras_latency, records, published)
     from kerastl.export import report as report_mod
 
@@ -356,8 +359,9 @@ def _stage(job: Job, selected: list[Format]) -> tuple[list[dict[str, Any]], bool
                 staged.append((fmt, item))
         if not all(r["passed"] for r in records):
             return records, False
-        for fmt, item in staged:
-            publish(fmt, item.path, job.targets[(fmt.name, item.precision)])
+        for (fmt, item), record in zip(staged, records):
+            if "not_written" not in record:
+                publish(fmt, item.path, job.targets[(fmt.name, item.precision)])
         return records, True
     except Exception as exc:  # full disk, permissions, ...: nothing half-written is published
         # TensorFlow reports a full disk while saving variables as ResourceExhaustedError.
@@ -395,6 +399,8 @@ def _progress_line(record: dict[str, Any]) -> str:
     from kerastl.export.report import human_size
 
     seconds = record.get("export_seconds", 0.0) + record.get("validate_seconds", 0.0)
+    if "not_written" in record:
+        return f"  {'skip':6}  {record['path']:40} not written: {record['not_written'][:200]}"
     line = (
         f"  {'ok' if record['passed'] else 'FAILED':6}  {record['path']:40} "
         f"{human_size(record.get('size_bytes')):>9} {seconds:6.1f} s"
@@ -466,6 +472,9 @@ def _write(fmt: Format, item: Staged, record: dict[str, Any]) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             record["details"] = item.write() or {}
+    except NotWritten as exc:  # an optional derived file left out: not a failure
+        record["not_written"] = str(exc)
+        record["passed"] = True
     except ExportError as exc:
         record["failures"] = [str(exc)]
     except OSError:  # full disk, permissions: abort the whole export, not just this file

@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from kerastl.export.formats.base import Format, Job, Options, Staged
+from kerastl.export.formats.base import Format, Job, NotWritten, Options, Staged
 from kerastl.export.formats.onnx import OnnxFormat
 from kerastl.export.formats.saved_model import SavedModelFormat
 from kerastl.export.formats.tflite import TFLiteFormat
@@ -21,4 +21,4 @@ from kerastl.export.formats.tflite import TFLiteFormat
 #: Format name -> format, in the order artifacts are written (TFLite reads the SavedModel).
 FORMATS: dict[str, Format] = {f.name: f for f in (SavedModelFormat(), TFLiteFormat(), OnnxFormat())}
 
-__all__ = ["FORMATS", "Format", "Job", "Options", "Staged"]
+__all__ = ["FORMATS", "Format", "Job", "NotWritten", "Options", "Staged"]

@@ -60,6 +60,14 @@ class Job:
     reference: dict[str, np.ndarray]
 
 
+class NotWritten(Exception):  # noqa: N818 - an outcome, not an error
+    """Raised by an optional derived file's writer: the file is left out, with the reason.
+
+    The rest of the export publishes; the report's record says ``not written`` and why.
+    A required file never raises this: its failures are failures.
+    """
+
+
 @dataclass
 class Staged:
     """One artifact to write into staging: ``write()`` returns the report's details.
