@@ -244,7 +244,9 @@ def test_whiten_add_class_is_exact_and_survives_save_load(whitened, digits, tmp_
     loaded = kerastl.load_model(tmp_path / "w.keras")
     assert loaded.get_layer("logits").whiten
     assert loaded.kerastl_config["prototypes"]["whiten"] == {"on": True, "shrinkage": None}
-    np.testing.assert_array_equal(loaded.predict(x[:8], verbose=0), bigger.predict(x[:8], verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict(x[:8], verbose=0), bigger.predict(x[:8], verbose=0)
+    )
 
 
 def test_whiten_exports_as_plain_ops(whitened, digits, tmp_path):
