@@ -608,34 +608,46 @@ def read_prototypes(path: Any) -> tuple[str, np.ndarray]:
 
     In TFLite it is the ``(num_classes, dim)`` constant of the ``logits`` layer's
     ``MatMul``; in ONNX the ``(dim, num_classes)`` initializer ``.../logits/transpose:0``
-    (tf2onnx stores it transposed; the rows returned here are un-transposed).
+    (tf2onnx stores it transposed; the rows returned here are un-transposed). The
+    ``(dim, dim)`` matrix of a whitening head (``whiten=True``) is skipped.
 
     Example:
         >>> name, rows = read_prototypes("out/model.onnx")  # doctest: +SKIP
     """
+    found = _prototype_candidates(path)
+    # a whitening head (whiten=True) adds a square (dim, dim) matrix to the same layer
+    found = [f for f in found if f[1].shape[0] != f[1].shape[1]] or found
+    if found:
+        return found[0]
+    raise ConfigError(
+        f"path: no float32 prototype tensor in {str(path)!r}; expected a float32 export of a "
+        "prototype model (quantized files store it in another type)."
+    )
+
+
+def _prototype_candidates(path: Any) -> list[tuple[str, np.ndarray]]:
+    """``(name, rows)`` of the float32 2-D constants of the ``logits`` layer's matmuls."""
+    found = []
     if _artifact_kind(path) == "onnx":
         import onnx
         from onnx import numpy_helper
 
         for init in onnx.load(str(path)).graph.initializer:
             if "logits" in init.name and "transpose" in init.name and len(init.dims) == 2:
-                return init.name, numpy_helper.to_array(init).T
-    else:
-        from ai_edge_litert.interpreter import Interpreter
+                found.append((init.name, numpy_helper.to_array(init).T))
+        return found
+    from ai_edge_litert.interpreter import Interpreter
 
-        interp = Interpreter(model_path=str(path))
-        for d in interp.get_tensor_details():
-            if "logits" in d["name"] and "MatMul" in d["name"] and len(d["shape"]) == 2:
-                try:
-                    value = interp.get_tensor(d["index"])
-                except ValueError:
-                    continue
-                if value.dtype == np.float32:
-                    return d["name"], value
-    raise ConfigError(
-        f"path: no float32 prototype tensor in {str(path)!r}; expected a float32 export of a "
-        "prototype model (quantized files store it in another type)."
-    )
+    interp = Interpreter(model_path=str(path))
+    for d in interp.get_tensor_details():
+        if "logits" in d["name"] and "MatMul" in d["name"] and len(d["shape"]) == 2:
+            try:
+                value = interp.get_tensor(d["index"])
+            except ValueError:
+                continue
+            if value.dtype == np.float32:
+                found.append((d["name"], value))
+    return found
 
 
 def replace_prototypes(path: Any, rows: np.ndarray, out_path: Any) -> str:

@@ -265,7 +265,12 @@ def test_whiten_exports_as_plain_ops(whitened, digits, tmp_path):
             kerastl.load_artifact(path).predict(x[:6])["probabilities"], want, atol=1e-4
         )
         if path.suffix == ".onnx" or ("float16" not in path.name and "mediapipe" not in path.name):
+            print("\ncandidates", path.name, [n for n, _ in P._prototype_candidates(path)])
             np.testing.assert_allclose(P.read_prototypes(path)[1], rows, atol=1e-6)
+            out = tmp_path / f"swapped{path.suffix}"
+            P.replace_prototypes(path, rows[[1, 0, *range(2, 9)]], out)
+            probs = kerastl.load_artifact(out).predict(x[:6])["probabilities"]
+            np.testing.assert_allclose(probs, want[:, [1, 0, *range(2, 9)]], atol=1e-4)
 
 
 def test_whiten_shrinkage_one_is_centring_only_and_bad_values_are_named():
@@ -337,6 +342,18 @@ def test_zero_shot_text_from_descriptions_and_add_class(minilm):
     bigger = P.add_class(m, "music", description="music: a song, the band, a concert, guitar")
     np.testing.assert_allclose(_logits(bigger, texts)[:, :4], logits, rtol=0, atol=1e-5)
     assert bigger.predict(["the band played a new song live"], verbose=0).argmax() == 4
+    # whiten=True with descriptions only: the transform stays the identity (same outputs)
+    w = kerastl.build(
+        "all_minilm_l6_v2_en",
+        task="prototypes",
+        weights=minilm,
+        sequence_length=24,
+        class_descriptions=TOPICS,
+        whiten=True,
+    )
+    shift, matrix = w.get_layer("logits").get_weights()[4:]
+    assert not shift.any() and np.array_equal(matrix, np.eye(len(matrix), dtype="float32"))
+    np.testing.assert_allclose(w.predict(texts, verbose=0), m.predict(texts, verbose=0), atol=1e-6)
 
 
 def test_supervised_contrastive_finetune_trains_the_backbone_then_refits(digits):
