@@ -7,7 +7,9 @@ Embeddings are computed once per task with the prototype model's own embedder
 each of ``--draws`` random draws then picks k support examples per class and
 scores the rest. The prototype head is :func:`kerastl.prototypes.prototype_rows`
 over the support's ``unit(feature)`` (the default) or ``unit(feature - mean
-support feature)`` (``center=True``); the linear head is a multinomial logistic
+support feature)`` (``center=True``), or the ``whiten=True`` head (support
+mean unit embedding subtracted, then :func:`kerastl.prototypes.whitening` with
+Ledoit-Wolf shrinkage, or ``shrinkage=1``: centring only); the linear head is a multinomial logistic
 regression (scikit-learn, C=10, with bias) trained on the support's
 ``unit(feature)``. ``--write`` writes the tables to bench/results_fewshot.md (included by RESULTS.md).
 
@@ -151,6 +153,19 @@ def prototype_accuracy(raw, y, s, q, extra_sums=None, center=True) -> float:
     return float(np.mean((e[q] @ rows.T).argmax(1) == y[q]))
 
 
+def whitened_accuracy(raw, y, s, q, shrinkage=None) -> float:
+    """The ``whiten=True`` head: ``unit((unit(raw) - shift) @ matrix)``, fixed from the support."""
+    from kerastl.prototypes import prototype_rows, unit_rows, whitening
+
+    u = unit_rows(raw)
+    shift, matrix = whitening(u[s], y[s], shrinkage)
+    e = unit_rows((u - shift) @ matrix)
+    classes = np.unique(y)
+    sums = np.stack([e[s][y[s] == c].sum(0) for c in classes])
+    rows = prototype_rows(sums, np.ones(len(classes)), 0.1)
+    return float(np.mean((e[q] @ rows.T).argmax(1) == y[q]))
+
+
 def linear_accuracy(raw, y, s, q) -> float:
     from sklearn.linear_model import LogisticRegression
 
@@ -164,17 +179,19 @@ def linear_accuracy(raw, y, s, q) -> float:
 def shots_rows(task: str, e: np.ndarray, y: np.ndarray, draws: int) -> list[str]:
     rows = []
     for k in SHOTS:
-        proto, cent, lin = [], [], []
+        acc = {"default": [], "center": [], "whiten": [], "centre only": [], "linear": []}
         for i in range(draws):
             s, q = _draw(y, k, np.random.default_rng(1000 * k + i))
-            proto.append(prototype_accuracy(e, y, s, q, center=False))
-            cent.append(prototype_accuracy(e, y, s, q, center=True))
-            lin.append(linear_accuracy(e, y, s, q))
-        p, c, li = np.array(proto) * 100, np.array(cent) * 100, np.array(lin) * 100
-        rows.append(
-            f"| {task} | {k} | {p.mean():.1f} ± {p.std():.1f} | {c.mean():.1f} ± {c.std():.1f} "
-            f"| {li.mean():.1f} ± {li.std():.1f} | {p.mean() - li.mean():+.1f} |"
-        )
+            acc["default"].append(prototype_accuracy(e, y, s, q, center=False))
+            acc["center"].append(prototype_accuracy(e, y, s, q, center=True))
+            acc["whiten"].append(whitened_accuracy(e, y, s, q))
+            acc["centre only"].append(whitened_accuracy(e, y, s, q, shrinkage=1.0))
+            acc["linear"].append(linear_accuracy(e, y, s, q))
+        a = {n: np.array(v) * 100 for n, v in acc.items()}
+        li = a["linear"].mean()
+        cells = " | ".join(f"{v.mean():.1f} ± {v.std():.1f}" for v in a.values())
+        gaps = " | ".join(f"{a[n].mean() - li:+.1f}" for n in ("default", "whiten", "centre only"))
+        rows.append(f"| {task} | {k} | {cells} | {gaps} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -222,9 +239,10 @@ def main() -> None:
     from kerastl.prototypes import features
 
     header = [
-        "| task | shots/class | prototype head (default) | prototype head, center=True | "
-        "linear head (logistic regression) | default - linear |",
-        "|---|---|---|---|---|---|",
+        "| task | shots/class | prototype head (default) | center=True | whiten=True | "
+        "whiten=True, shrinkage=1 | linear head (logistic regression) | default - linear | "
+        "whiten - linear | shrinkage=1 - linear |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     image_model = kerastl.build(
@@ -275,8 +293,11 @@ def _write(args, shots: list[str], zero: list[str], counts: dict) -> None:
         f"Command: `python bench/fewshot.py --draws {args.draws} --size {args.size} --write`. "
         f"Held-out accuracy (%) over the examples not drawn as support, mean ± std over "
         f"{args.draws} random support draws (the same draws for every head); all heads see the "
-        "same frozen features, L2-normalised (center=True: centred on the support mean first); "
-        "linear head = multinomial logistic regression, C=10, trained on the support.",
+        "same frozen features, L2-normalised (center=True: centred on the support mean first; "
+        "whiten=True: then centred on the support's mean unit embedding and whitened with its "
+        "pooled within-class covariance, Ledoit-Wolf shrinkage, renormalised; shrinkage=1: "
+        "that centring without whitening); linear head = multinomial logistic regression, "
+        "C=10, trained on the support.",
         "",
         *shots,
         "",

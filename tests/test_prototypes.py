@@ -179,6 +179,112 @@ def _same(a, b) -> bool:
     return a.shape == b.shape and np.allclose(a, b, atol=1e-6)
 
 
+# -- whiten=True: centre + shrunk within-class whitening, fixed at build time ------------
+
+
+@pytest.fixture(scope="module")
+def whitened(digits):
+    x, y = digits
+    idx = np.concatenate([np.flatnonzero(y == c)[:3] for c in range(9)])
+    m = kerastl.build(
+        "efficientnet_lite0",
+        task="prototypes",
+        weights="imagenet",
+        input_shape=(SIZE, SIZE, 3),
+        support=(x[idx], y[idx]),
+        class_names=[str(c) for c in range(9)],
+        whiten=True,
+    )
+    return m, idx
+
+
+def test_whiten_is_estimated_from_the_support_and_changes_predictions(whitened, digits):
+    m, idx = whitened
+    x, y = digits
+    head = m.get_layer("logits")
+    assert head.whiten and [w.path for w in head.weights][-2:] == [
+        "logits/shift",
+        "logits/whitening",
+    ]
+    raw = np.asarray(P.embedder(m).predict(x, verbose=0), "float64")
+    u = P.unit_rows(raw)
+    shift, matrix = P.whitening(u[idx], y[idx])
+    assert not np.allclose(matrix / matrix[0, 0], np.eye(len(matrix)), atol=1e-2)
+    np.testing.assert_allclose(head.get_weights()[4], shift, atol=1e-6)
+    np.testing.assert_allclose(head.get_weights()[5], matrix, rtol=1e-4, atol=1e-6)
+    e = P.unit_rows((u - shift) @ matrix)
+    means = np.stack([e[idx][y[idx] == c].mean(0) for c in range(9)])
+    rows = P.unit_rows(means) / 0.1
+    np.testing.assert_allclose(head.get_weights()[0], rows, rtol=1e-4, atol=1e-4)
+    logits = e @ rows.T
+    want = np.exp(logits - logits.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    np.testing.assert_allclose(m.predict(x, verbose=0), want, atol=1e-4)
+    # the same support without the transform: other predictions
+    plain = u @ P.unit_rows(np.stack([u[idx][y[idx] == c].mean(0) for c in range(9)])).T
+    assert (plain.argmax(1) != logits.argmax(1)).sum() >= 3
+
+
+def test_whiten_add_class_is_exact_and_survives_save_load(whitened, digits, tmp_path):
+    m, _ = whitened
+    x, y = digits
+    before = m.get_layer("logits").get_weights()
+    bigger = P.add_class(m, "9", examples=x[np.flatnonzero(y == 9)[:3]])
+    after = bigger.get_layer("logits").get_weights()
+    np.testing.assert_array_equal(after[0][:9], before[0])
+    for a, b in zip(after[3:], before[3:]):  # centre, shift, whitening: not re-estimated
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(_logits(bigger, x)[:, :9], _logits(m, x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        bigger.get_layer("logits")(P.embedder(m).predict(x[:8], verbose=0))[:, :9],
+        m.get_layer("logits")(P.embedder(m).predict(x[:8], verbose=0)),
+        atol=1e-5,
+    )
+    bigger.save(tmp_path / "w.keras")
+    loaded = kerastl.load_model(tmp_path / "w.keras")
+    assert loaded.get_layer("logits").whiten
+    assert loaded.kerastl_config["prototypes"]["whiten"] == {"on": True, "shrinkage": None}
+    np.testing.assert_array_equal(
+        loaded.predict(x[:8], verbose=0), bigger.predict(x[:8], verbose=0)
+    )
+
+
+def test_whiten_exports_as_plain_ops(whitened, digits, tmp_path):
+    m, _ = whitened
+    x, _ = digits
+    report = kerastl.export(
+        m, tmp_path / "out", formats=["tflite", "onnx"], validation_data=x[:6], latency_runs=1
+    )
+    arts = report["artifacts"] if isinstance(report, dict) else report.artifacts
+    want = m.predict(x[:6], verbose=0)
+    rows = m.get_layer("logits").get_weights()[0]
+    for a in arts:
+        a = a if isinstance(a, dict) else a.__dict__
+        path = tmp_path / "out" / a["path"]
+        np.testing.assert_allclose(
+            kerastl.load_artifact(path).predict(x[:6])["probabilities"], want, atol=1e-4
+        )
+        if path.suffix == ".onnx" or ("float16" not in path.name and "mediapipe" not in path.name):
+            print("\ncandidates", path.name, [n for n, _ in P._prototype_candidates(path)])
+            np.testing.assert_allclose(P.read_prototypes(path)[1], rows, atol=1e-6)
+            out = tmp_path / f"swapped{path.suffix}"
+            P.replace_prototypes(path, rows[[1, 0, *range(2, 9)]], out)
+            probs = kerastl.load_artifact(out).predict(x[:6])["probabilities"]
+            np.testing.assert_allclose(probs, want[:, [1, 0, *range(2, 9)]], atol=1e-4)
+
+
+def test_whiten_shrinkage_one_is_centring_only_and_bad_values_are_named():
+    e = P.unit_rows(np.random.default_rng(0).normal(size=(12, 5)))
+    ids = np.repeat(np.arange(3), 4)
+    shift, matrix = P.whitening(e, ids, shrinkage=1.0)
+    np.testing.assert_allclose(shift, e.mean(0))
+    np.testing.assert_allclose(matrix, np.eye(5) * matrix[0, 0], atol=1e-12)
+    _, one_shot = P.whitening(e[:3], np.arange(3))
+    np.testing.assert_array_equal(one_shot, np.eye(5))
+    with pytest.raises(ConfigError, match="shrinkage"):
+        P.whitening(e, ids, shrinkage=2.0)
+
+
 def test_errors_name_the_argument():
     with pytest.raises(ConfigError, match="support"):
         kerastl.build("mobilenet_v3_small", task="prototypes", input_shape=(32, 32, 3))
@@ -236,6 +342,18 @@ def test_zero_shot_text_from_descriptions_and_add_class(minilm):
     bigger = P.add_class(m, "music", description="music: a song, the band, a concert, guitar")
     np.testing.assert_allclose(_logits(bigger, texts)[:, :4], logits, rtol=0, atol=1e-5)
     assert bigger.predict(["the band played a new song live"], verbose=0).argmax() == 4
+    # whiten=True with descriptions only: the transform stays the identity (same outputs)
+    w = kerastl.build(
+        "all_minilm_l6_v2_en",
+        task="prototypes",
+        weights=minilm,
+        sequence_length=24,
+        class_descriptions=TOPICS,
+        whiten=True,
+    )
+    shift, matrix = w.get_layer("logits").get_weights()[4:]
+    assert not shift.any() and np.array_equal(matrix, np.eye(len(matrix), dtype="float32"))
+    np.testing.assert_allclose(w.predict(texts, verbose=0), m.predict(texts, verbose=0), atol=1e-6)
 
 
 def test_supervised_contrastive_finetune_trains_the_backbone_then_refits(digits):

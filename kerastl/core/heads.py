@@ -199,9 +199,16 @@ class PrototypeHead(keras.layers.Layer):
     their count per class so that new examples move a prototype as a true mean;
     they are bookkeeping only and are not part of exported graphs.
 
+    With ``whiten=True`` two more weights, ``shift`` ``(dim,)`` and ``whitening``
+    ``(dim, dim)``, transform the unit embedding before the cosine:
+    ``unit((unit(x - center) - shift) @ whitening)`` (identity until set; see
+    :func:`kerastl.prototypes.whitening`). They are fixed once estimated, so
+    adding a class never changes the other classes' logits.
+
     Args:
         num_classes: Number of classes (rows).
         temperature: Softmax temperature of the cosine similarities.
+        whiten: Add the ``shift`` and ``whitening`` transform.
 
     Example:
         >>> import numpy as np
@@ -214,7 +221,9 @@ class PrototypeHead(keras.layers.Layer):
         [[0.0, 2.0]]
     """
 
-    def __init__(self, num_classes: int, temperature: float = 0.1, **kwargs: Any):
+    def __init__(
+        self, num_classes: int, temperature: float = 0.1, whiten: bool = False, **kwargs: Any
+    ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -222,6 +231,7 @@ class PrototypeHead(keras.layers.Layer):
         check_temperature(temperature)
         self.num_classes = num_classes
         self.temperature = float(temperature)
+        self.whiten = bool(whiten)
 
     def build(self, input_shape: Any) -> None:
         dim = int(input_shape[-1])
@@ -238,10 +248,18 @@ class PrototypeHead(keras.layers.Layer):
         self.center = self.add_weight(
             name="center", shape=(dim,), initializer="zeros", trainable=False
         )
+        if self.whiten:
+            self.shift = self.add_weight(
+                name="shift", shape=(dim,), initializer="zeros", trainable=False
+            )
+            self.whitening = self.add_weight(
+                name="whitening", shape=(dim, dim), initializer="identity", trainable=False
+            )
 
     def call(self, x: Any) -> Any:
-        x = ops.cast(x, "float32") - self.center
-        x = x * ops.rsqrt(ops.maximum(ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
+        x = _unit(ops.cast(x, "float32") - self.center)
+        if self.whiten:
+            x = _unit(ops.matmul(x - self.shift, self.whitening))
         return ops.matmul(x, ops.transpose(self.prototypes))
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
@@ -252,7 +270,13 @@ class PrototypeHead(keras.layers.Layer):
             **super().get_config(),
             "num_classes": self.num_classes,
             "temperature": self.temperature,
+            "whiten": self.whiten,
         }
+
+
+def _unit(x: Any) -> Any:
+    """Row-wise L2 normalisation as plain ops (rsqrt of the clipped squared norm)."""
+    return x * ops.rsqrt(ops.maximum(ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
 def compile_for_task(
