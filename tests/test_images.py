@@ -94,3 +94,84 @@ def test_predict_reads_a_tiff_through_pil_with_the_same_resize(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really")
     with pytest.raises(DataError, match="bad.jpg"):
         reader.load_files([str(tmp_path / "bad.jpg")])
+
+
+def _tiff(orientation: int, endian: str = "<") -> bytes:
+    import struct
+
+    entry = struct.pack(endian + "HHIHH", 0x0112, 3, 1, orientation, 0)
+    head = b"II*\x00" if endian == "<" else b"MM\x00*"
+    return head + struct.pack(endian + "I", 8) + struct.pack(endian + "H", 1) + entry + b"\0" * 4
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    import struct
+
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def test_exif_found_where_pil_finds_it_in_unusual_layouts():
+    """Fill bytes, many APP segments, eXIf after the PNG pixels, WebP: as PIL reads them."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from kerastl.data.images import exif_orientation
+
+    body = _jpeg(_photo(), None)[2:]
+    app1 = _segment(0xE1, b"Exif\0\0" + _tiff(6, ">"))
+    layouts = {
+        "fill byte": b"\xff\xd8\xff" + app1 + body,
+        "40 APP2 first": b"\xff\xd8" + _segment(0xE2, b"Z" * 10) * 40 + app1 + body,
+        "XMP APP1 first": b"\xff\xd8"
+        + _segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0x")
+        + app1
+        + body,
+    }
+    png = io.BytesIO()
+    Image.fromarray(_photo()).save(png, "PNG")
+    png = png.getvalue()
+    chunk = _tiff(3)
+    chunk = (
+        struct.pack(">I", len(chunk))
+        + b"eXIf"
+        + chunk
+        + struct.pack(">I", zlib.crc32(b"eXIf" + chunk))
+    )
+    end = png.index(b"IEND") - 4
+    layouts["PNG eXIf after IDAT"] = png[:end] + chunk + png[end:]
+    webp = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(_photo()).save(webp, "WEBP", exif=exif.tobytes())
+    layouts["WebP"] = webp.getvalue()
+    for name, data in layouts.items():
+        want = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+        assert want != 1 and int(exif_orientation(data)) == want, name
+
+
+def test_truncated_or_tag_lookalike_bytes_read_as_upright():
+    from kerastl.data.images import exif_orientation
+
+    jpeg = _jpeg(_photo(), 6)
+    assert {int(exif_orientation(jpeg[:n])) for n in range(0, 48)} == {1}
+    # the tag inside compressed data without a TIFF header after it is not EXIF
+    assert int(exif_orientation(_jpeg(_photo(), None) + b"Exif\0\0garbage")) == 1
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "WEBP", "PNG", "JPEG"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_listed_format_decodes_for_grey_and_rgb_models(fmt, channels):
+    import tensorflow as tf
+    from PIL import Image
+
+    from kerastl.data.images import decode_and_resize
+
+    buf = io.BytesIO()
+    Image.fromarray(_photo()).save(buf, fmt)
+    img = decode_and_resize(buf.getvalue(), (20, 30), channels)
+    assert img.shape == (20, 30, channels) and img.dtype == tf.uint8
+    assert float(tf.math.reduce_std(tf.cast(img, tf.float32))) > 10  # a picture, not a blank
+    native = decode_and_resize(tf.constant(buf.getvalue()), None, channels)
+    assert native.shape == (100, 150, channels)

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerastl.data._sources import Examples
-from kerastl.data.images import decode_and_resize, resize_uint8
+from kerastl.data.images import decode_and_resize, fit_channels, resize_uint8
 from kerastl.errors import ConfigError, choice_error
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -133,17 +133,6 @@ def _decode_file(path, size, channels):
     return decode_and_resize(tf.io.read_file(path), size, channels)
 
 
-def _fit_channels(img, channels):
-    have = img.shape[-1]
-    if have == channels or have is None:
-        return img
-    if have == 1 and channels == 3:
-        return tf.image.grayscale_to_rgb(img)
-    if have == 3 and channels == 1:
-        return tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(img, tf.float32))), img.dtype)
-    return img
-
-
 def examples_to_dataset(ex: Examples, image_size: Any = None, channels: int = 3) -> tf.data.Dataset:
     """Unbatched ``(input, label)`` dataset in index order: decoded uint8 images or strings."""
     size = _resolve_size(image_size)
@@ -165,7 +154,7 @@ def examples_to_dataset(ex: Examples, image_size: Any = None, channels: int = 3)
         if need or x.dtype != np.uint8 or x.shape[-1] != channels:
             ds = ds.map(
                 lambda img, y: (
-                    _fit_channels(resize_uint8(img, size if need else None), channels),
+                    fit_channels(resize_uint8(img, size if need else None), channels),
                     y,
                 ),
                 num_parallel_calls=AUTOTUNE,
@@ -186,7 +175,7 @@ def examples_to_dataset(ex: Examples, image_size: Any = None, channels: int = 3)
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(labels)))
         ikey = info["image_key"]
         return ds.map(
-            lambda e, y: (_fit_channels(resize_uint8(e[ikey], size), channels), y),
+            lambda e, y: (fit_channels(resize_uint8(e[ikey], size), channels), y),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )

@@ -31,9 +31,9 @@ from typing import Any
 
 import tensorflow as tf
 
-#: Largest number of IFD0 entries read when looking for the orientation tag.
-_MAX_ENTRIES = 64
-_ORIENTATION_TAG = 0x0112
+#: The orientation entry's first 8 bytes (tag 0x0112, type 3 = SHORT, count 1) per byte order.
+_ENTRY_LE = b"\x12\x01\x03\x00\x01\x00\x00\x00"
+_ENTRY_BE = b"\x01\x12\x00\x03\x00\x00\x00\x01"
 
 
 def _bytes_at(data: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
@@ -53,73 +53,48 @@ def _number(b: tf.Tensor, little: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.where(little, le, be), tf.int32)
 
 
-def _walk(data: tf.Tensor, start: int, segment: Any) -> tf.Tensor:
-    """Follow a JPEG's segments or a PNG's chunks to the EXIF TIFF header; -1 if none.
-
-    ``segment(pos)`` returns ``(tiff offset or -1, stop here, next position)`` for the
-    segment/chunk at ``pos``. At most 32 steps: EXIF comes before the pixel data.
-    """
-    n = tf.strings.length(data)
-
-    def cond(pos, found, steps):
-        return tf.logical_and(tf.logical_and(found < 0, pos + 8 <= n), steps < 32)
-
-    def body(pos, found, steps):
-        tiff, stop, following = segment(pos)
-        found = tf.where(tiff >= 0, tiff, tf.where(stop, n, found))
-        return following, found, steps + 1
-
-    _, found, _ = tf.while_loop(cond, body, (tf.constant(start), tf.constant(-1), tf.constant(0)))
-    return tf.where(found >= n, -1, found)
+def _is_png(data: tf.Tensor) -> tf.Tensor:
+    return tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
 
 
-def _jpeg_segment(data: tf.Tensor):
-    exif = tf.constant([0x45, 0x78, 0x69, 0x66, 0, 0])  # APP1 payload starts "Exif\0\0"
-
-    def segment(pos):
-        head = _bytes_at(data, pos, 4)  # FF, marker, length (big-endian, without the FF xx)
-        is_exif = tf.logical_and(
-            tf.equal(head[1], 0xE1), tf.reduce_all(tf.equal(_bytes_at(data, pos + 4, 6), exif))
-        )
-        # not a marker, start of scan or end of image: no EXIF before the pixels
-        stop = tf.logical_or(
-            tf.not_equal(head[0], 0xFF), tf.reduce_any(tf.equal(head[1], [0xDA, 0xD9]))
-        )
-        return tf.where(is_exif, pos + 10, -1), stop, pos + 2 + head[2] * 256 + head[3]
-
-    return segment
-
-
-def _png_chunk(data: tf.Tensor):
-    def segment(pos):
-        head = _bytes_at(data, pos, 8)  # length (big-endian), type
-        kind = head[4:8]
-        is_exif = tf.reduce_all(tf.equal(kind, [0x65, 0x58, 0x49, 0x66]))  # "eXIf"
-        stop = tf.logical_or(
-            tf.reduce_all(tf.equal(kind, [0x49, 0x44, 0x41, 0x54])),  # "IDAT"
-            tf.reduce_all(tf.equal(kind, [0x49, 0x45, 0x4E, 0x44])),  # "IEND"
-        )
-        length = _number(head[0:4], tf.constant(False))
-        return tf.where(is_exif, pos + 8, -1), stop, pos + 12 + length
-
-    return segment
+def _is_webp(data: tf.Tensor) -> tf.Tensor:
+    riff = tf.equal(tf.strings.substr(data, 0, 4), b"RIFF")
+    kind = tf.strings.substr(data, tf.minimum(8, tf.strings.length(data)), 4)
+    return tf.logical_and(riff, tf.equal(kind, b"WEBP"))
 
 
 def _tiff_offset(data: tf.Tensor) -> tf.Tensor:
-    """Where the EXIF TIFF header starts in a JPEG (APP1) or PNG (eXIf chunk); -1 if none."""
-    png = tf.constant([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
-    is_png = tf.reduce_all(tf.equal(_bytes_at(data, 0, 8), png))
-    return tf.case(
-        [
-            (tf.io.is_jpeg(data), lambda: _walk(data, 2, _jpeg_segment(data))),
-            (is_png, lambda: _walk(data, 8, _png_chunk(data))),
-        ],
-        default=lambda: tf.constant(-1),
-    )
+    """Where the EXIF TIFF header starts, or -1: found by a search, not a segment walk.
+
+    The EXIF block is tagged ``Exif\\0\\0`` in a JPEG's APP1 segment (searched in the first
+    64 KiB: EXIF must come first, and an APP segment holds at most 64 KiB), ``eXIf`` in a PNG chunk and ``EXIF`` in a WebP
+    chunk (searched in the whole file: both may follow the pixels). A hit counts only if
+    a TIFF header (``II*\\0`` or ``MM\\0*``) follows, so bytes that happen to spell the tag
+    inside compressed data are not taken for it. One string split, no loop: the walk over
+    segments it replaces cost more than the decode of a small JPEG.
+    """
+    jpeg, png, webp = tf.io.is_jpeg(data), _is_png(data), _is_webp(data)
+    n = tf.strings.length(data)
+    tag = tf.where(jpeg, b"Exif\0\0", tf.where(png, b"eXIf", b"EXIF"))
+    skip = tf.where(jpeg, 6, tf.where(png, 4, 8))  # tag (+ chunk size in WebP)
+    searched = tf.where(jpeg, tf.strings.substr(data, 0, 65536), data)
+    parts = tf.strings.split(searched, sep=tag, maxsplit=1)
+    tiff = tf.strings.length(parts[0]) + skip
+    # some WebP writers keep JPEG's "Exif\0\0" prefix inside the chunk
+    prefixed = tf.equal(tf.strings.substr(data, tf.minimum(tiff, n), 6), b"Exif\0\0")
+    tiff = tf.where(tf.logical_and(webp, prefixed), tiff + 6, tiff)
+    head = tf.strings.substr(data, tf.minimum(tiff, n), 4)
+    valid = tf.logical_or(tf.equal(head, b"II*\0"), tf.equal(head, b"MM\0*"))
+    found = tf.logical_and(tf.logical_or(jpeg, tf.logical_or(png, webp)), tf.size(parts) > 1)
+    return tf.where(tf.logical_and(found, valid), tiff, -1)
 
 
 def exif_orientation(data: tf.Tensor) -> tf.Tensor:
-    """The EXIF orientation (1-8) of JPEG or PNG bytes; 1 when absent or another format.
+    """The EXIF orientation (1-8) of JPEG, PNG or WebP bytes; 1 when absent or unreadable.
+
+    The orientation entry (tag 0x0112, type SHORT, count 1) is found by searching the
+    EXIF block for its 8 bytes in the block's byte order, then its value is read: a few
+    string ops per image, cheap enough for the training pipeline.
 
     Example:
         >>> import numpy as np, tensorflow as tf
@@ -128,32 +103,38 @@ def exif_orientation(data: tf.Tensor) -> tf.Tensor:
     """
     data = tf.convert_to_tensor(data, tf.string)
     tiff = _tiff_offset(data)
-    little = tf.reduce_all(tf.equal(_bytes_at(data, tiff, 2), [0x49, 0x49]))  # "II"
-    ifd = tiff + _number(_bytes_at(data, tiff + 4, 4), little)
-    count = _number(_bytes_at(data, ifd, 2), little)
-    entries = tf.reshape(_bytes_at(data, ifd + 2, 12 * _MAX_ENTRIES), [_MAX_ENTRIES, 12])
-    tags = _number(entries[:, 0:2], little)
-    values = _number(entries[:, 8:10], little)
-    hit = tf.logical_and(tf.equal(tags, _ORIENTATION_TAG), tf.range(_MAX_ENTRIES) < count)
-    value = tf.reduce_max(tf.where(hit, values, 0))
-    ok = tf.logical_and(tiff >= 0, tf.logical_and(value >= 1, value <= 8))
-    return tf.where(ok, value, 1)
+
+    def read() -> tf.Tensor:
+        block = tf.strings.substr(data, tiff, 65536)
+        little = tf.equal(tf.strings.substr(block, 0, 2), b"II")
+        parts = tf.strings.split(block, sep=tf.where(little, _ENTRY_LE, _ENTRY_BE), maxsplit=1)
+        value = _number(_bytes_at(block, tf.strings.length(parts[0]) + 8, 2), little)
+        ok = tf.logical_and(tf.size(parts) > 1, tf.logical_and(value >= 1, value <= 8))
+        return tf.where(ok, value, 1)
+
+    return tf.cond(tiff >= 0, read, lambda: tf.constant(1))
 
 
 def apply_orientation(img: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
-    """Turn an ``(H, W, C)`` image upright for an EXIF orientation (1-8)."""
-    upright = [
-        lambda: img,
-        lambda: img,
-        lambda: tf.image.flip_left_right(img),
-        lambda: tf.image.rot90(img, 2),
-        lambda: tf.image.flip_up_down(img),
-        lambda: tf.transpose(img, [1, 0, 2]),
-        lambda: tf.image.rot90(img, 3),
-        lambda: tf.image.rot90(tf.transpose(img, [1, 0, 2]), 2),
-        lambda: tf.image.rot90(img, 1),
-    ]
-    return tf.switch_case(tf.clip_by_value(orientation, 0, 8), upright)
+    """Turn an ``(H, W, C)`` image upright for an EXIF orientation (1-8).
+
+    Each case is a transpose (5-8) followed by flips, with the permutation and flip axes
+    computed from ``orientation`` (no branches): 2 mirror, 3 half turn, 4 flip, 5
+    transpose, 6 quarter turn clockwise, 7 transverse, 8 quarter turn anticlockwise.
+
+    Example:
+        >>> import numpy as np
+        >>> img = np.arange(6, dtype=np.uint8).reshape(2, 3, 1)
+        >>> apply_orientation(img, 6)[..., 0].numpy().tolist()
+        [[3, 0], [4, 1], [5, 2]]
+    """
+    o = tf.clip_by_value(tf.cast(orientation, tf.int32), 1, 8)
+    transpose = o >= 5
+    flip_lr = tf.reduce_any(tf.equal(o, [2, 3, 6, 7]))
+    flip_ud = tf.reduce_any(tf.equal(o, [3, 4, 7, 8]))
+    img = tf.transpose(img, tf.where(transpose, [1, 0, 2], [0, 1, 2]))
+    axes = tf.boolean_mask(tf.constant([0, 1]), tf.stack([flip_ud, flip_lr]))
+    return tf.reverse(img, axes)
 
 
 def resize_uint8(img: tf.Tensor, size: tuple[int, int] | None) -> tf.Tensor:
@@ -177,6 +158,25 @@ def resize_uint8(img: tf.Tensor, size: tuple[int, int] | None) -> tf.Tensor:
             lambda: tf.image.resize(img, size),
         )
     return tf.cast(tf.clip_by_value(tf.round(tf.cast(img, tf.float32)), 0, 255), tf.uint8)
+
+
+def fit_channels(img: tf.Tensor, channels: int) -> tf.Tensor:
+    """Grey -> RGB by repetition, RGB -> grey by luma (rounded), as uint8; else unchanged.
+
+    Example:
+        >>> import numpy as np
+        >>> fit_channels(np.full((2, 2, 1), 9, np.uint8), 3).shape
+        TensorShape([2, 2, 3])
+    """
+    img = tf.convert_to_tensor(img)
+    have = img.shape[-1]
+    if have == channels or have is None:
+        return img
+    if have == 1 and channels == 3:
+        return tf.image.grayscale_to_rgb(img)
+    if have == 3 and channels == 1:
+        return tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(img, tf.float32))), img.dtype)
+    return img
 
 
 def _decode_jpeg_reduced(data: tf.Tensor, size: Any, channels: int) -> tf.Tensor:
@@ -205,19 +205,39 @@ def decode_and_resize(data: Any, size: tuple[int, int] | None, channels: int) ->
     orientation = exif_orientation(data)
 
     def decode_any() -> tf.Tensor:
-        return tf.io.decode_image(data, channels=channels, expand_animations=False)
+        if channels != 1:
+            return tf.io.decode_image(data, channels=channels, expand_animations=False)
+        # TensorFlow's GIF, BMP and WebP decoders refuse channels=1: decode RGB, then grey
+        return tf.cond(
+            tf.logical_or(tf.io.is_jpeg(data), _is_png(data)),
+            lambda: tf.io.decode_image(data, channels=1, expand_animations=False),
+            lambda: fit_channels(
+                tf.ensure_shape(
+                    tf.io.decode_image(data, channels=3, expand_animations=False), [None, None, 3]
+                ),
+                1,
+            ),
+        )
 
+    turned = orientation >= 5  # a quarter turn swaps the stored height and width
+    stored = None
+    if size is not None:
+        stored = (tf.where(turned, size[1], size[0]), tf.where(turned, size[0], size[1]))
     if size is None or channels not in (1, 3):
         img = decode_any()
     else:
-        # the size check runs on the stored axes, swapped for a quarter turn
-        turned = orientation >= 5
-        stored = (tf.where(turned, size[1], size[0]), tf.where(turned, size[0], size[1]))
         img = tf.cond(
             tf.io.is_jpeg(data),
             lambda: _decode_jpeg_reduced(data, stored, channels),
             decode_any,
         )
     img.set_shape([None, None, channels])
-    img = apply_orientation(img, orientation)
-    return resize_uint8(img, size)
+    # resize the stored image, then turn the small result: flips and transposes commute
+    # with the (symmetric) area and bilinear kernels, and turning fewer pixels is cheaper
+    img = resize_uint8(img, stored)
+    img = tf.cond(
+        tf.equal(orientation, 1), lambda: img, lambda: apply_orientation(img, orientation)
+    )
+    if size is not None:
+        img = tf.ensure_shape(img, [size[0], size[1], channels])
+    return img
