@@ -944,3 +944,24 @@ def test_predict_applies_exif_orientation(tmp_path):
     x = exporter.load_files([str(tmp_path / "phone.png")])
     assert x.shape == (1, 32, 16, 3)  # upright: 32 high, 16 wide, like the shown photo
     assert np.abs(x[0] - upright).max() <= 1
+
+
+def test_a_mediapipe_file_left_by_an_earlier_export_is_removed_on_overwrite(
+    model, tmp_path, monkeypatch
+):
+    """Without mediapipe the copy is not written: the earlier one must not outlive its model."""
+    import kerastl
+    from kerastl.errors import ConfigError
+    from kerastl.export.formats import tflite_metadata
+
+    x = _photo_like(8, seed=3)
+    kerastl.export(model, tmp_path, formats=["tflite"], validation_data=x)
+    old = tmp_path / f"{model.name}_mediapipe.tflite"
+    assert old.is_file()
+    monkeypatch.setattr(tflite_metadata, "available", lambda: False)
+    (tmp_path / f"{model.name}.tflite").unlink()  # only the stale copy is in the way
+    with pytest.raises(ConfigError, match="_mediapipe.tflite"):
+        kerastl.export(model, tmp_path, formats=["tflite"], validation_data=x)
+    report = kerastl.export(model, tmp_path, formats=["tflite"], validation_data=x, overwrite=True)
+    assert not old.exists() and (tmp_path / f"{model.name}.tflite").is_file()
+    assert any(n.startswith(f"removed {old.name}") for n in report["notes"])

@@ -184,6 +184,31 @@ def test_export_without_extensions_writes_no_strings_file_and_says_why(tmp_path,
     assert not list(tmp_path.glob("*_strings.onnx")) and (tmp_path / f"{model.name}.onnx").is_file()
 
 
+def test_a_strings_file_left_by_an_earlier_export_is_a_clash_then_removed(tmp_path, monkeypatch):
+    """Re-export without the extensions: the old strings file must not outlive its model."""
+    from test_keras_hub import SENTENCES as TINY_SENTENCES
+    from test_keras_hub import tiny_kwargs
+
+    from kerastl.errors import ConfigError
+
+    model = kerastl.build(
+        "bert_tiny_en_uncased", num_classes=2, **tiny_kwargs("bert_tiny_en_uncased")
+    )
+    x = np.array(TINY_SENTENCES[:8], dtype=object)
+    kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x)
+    old = tmp_path / f"{model.name}_strings.onnx"
+    assert old.is_file()
+    monkeypatch.setattr(onnx_strings, "available", lambda: False)
+    with pytest.raises(ConfigError, match="already exist"):  # the token-id file clashes
+        kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x)
+    (tmp_path / f"{model.name}.onnx").unlink()  # now only the stale strings file is in the way
+    with pytest.raises(ConfigError, match="_strings.onnx"):
+        kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x)
+    report = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x, overwrite=True)
+    assert not old.exists() and (tmp_path / f"{model.name}.onnx").is_file()
+    assert any(n.startswith(f"removed {old.name}") for n in report["notes"])
+
+
 def test_export_without_validation_data_checks_sample_sentences(tmp_path):
     from test_keras_hub import tiny_kwargs
 

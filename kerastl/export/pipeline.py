@@ -227,6 +227,12 @@ def _export_one(
     records, published = _stage(job, selected)
     left_out = [r for r in records if "not_written" in r]
     notes += [f"not written: {r['path']}: {r['not_written']}" for r in left_out]
+    if published:  # the earlier export's optional files this one did not write
+        written = {out / r["path"] for r in records if "not_written" not in r}
+        for path in _stale(out, name, selected, written):
+            path.unlink()
+            notes.append(f"removed {path.name}: left by an earlier export, not written by this one")
+            log.info("  removed %s (stale: not written by this export)", path.name)
     records = [r for r in records if "not_written" not in r]
     report = _report(job, formats, source, notes, keras_latency, records, published)
     from kerastl.export import report as report_mod
@@ -255,12 +261,23 @@ def _plan(
     clash = [
         str(p) for (f, _), p in targets.items() if not FORMAT_TABLE[f].versioned and p.exists()
     ]
+    clash += [str(p) for p in _stale(out, name, selected, set(targets.values()))]
     if clash and not options.overwrite:
         raise ConfigError(
             f"out_dir: {clash} already exist; pass overwrite=True (CLI --overwrite) to replace "
             "them once the new files pass validation, or choose another out_dir or name."
         )
     return targets
+
+
+def _stale(out: Path, name: str, selected: list[Format], written: set[Path]) -> list[Path]:
+    """Optional derived files of an earlier export that this export does not write."""
+    return [
+        p
+        for fmt in selected
+        for p in fmt.optional_files(out, name)
+        if p not in written and p.exists()
+    ]
 
 
 def _inputs(prepared: Prepared, options: Options) -> tuple:

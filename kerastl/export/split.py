@@ -73,6 +73,7 @@ def staged_export(
     version: int | None,
     parts: list[Part],
     finish: Callable[[Path, list[dict]], tuple[dict, list[str]]],
+    optional: list[str] | tuple = (),
 ) -> dict[str, Any]:
     """Run ``parts`` into one staging folder, then publish everything or nothing.
 
@@ -82,6 +83,8 @@ def staged_export(
         parts: The export calls, in order.
         finish: ``(staging, reports) -> (merged report, extra folder names)``: writes
             extra folders (the tokenizer) into ``staging`` and merges the reports.
+        optional: Names of derived files the formats write for some models only; one
+            in ``out`` that this export did not publish is stale and removed after it.
 
     Returns:
         The merged report, also written to ``out/export_report.{json,md}``.
@@ -103,6 +106,12 @@ def staged_export(
             _replace_folder(staging / folder, out / folder)
         for record in merged["artifacts"]:
             _publish_one(staging / record["path"], out / record["path"], record["format"])
+        published = {record["path"] for record in merged["artifacts"]}
+        for stale in [f for f in optional if f not in published and (out / f).exists()]:
+            (out / stale).unlink()
+            merged["notes"].append(
+                f"removed {stale}: left by an earlier export, not written by this one"
+            )
     except OSError as exc:
         raise ExportError(
             f"export to {str(out)!r} failed while publishing: {exc}. Earlier versions are "
@@ -162,8 +171,12 @@ def export_split(
     name = options.name or model.name
     sub = modality.sub_model(model)
     files = planned_files(name, subs, options.quantize, sub.kerastl_config)
+    optional = [p.name for f in subs for p in FORMATS[f].optional_files(Path(), name)]
+    stale = [f for f in optional if f not in files and (out / f).exists()]
     versioned = any(FORMATS[f].versioned for f in own)
-    version = resolve_targets(out, name, options.version, versioned, files, options.overwrite)
+    version = resolve_targets(
+        out, name, options.version, versioned, files + stale, options.overwrite
+    )
     sub_modality = get_modality(sub.kerastl_config)
 
     def sub_data(data: Any) -> Any:
@@ -201,7 +214,7 @@ def export_split(
         return _merge(reports, formats, modality.split_note(name)), folders
 
     parts = ([own_part] if own else []) + [sub_part]
-    return staged_export(out, version, parts, finish)
+    return staged_export(out, version, parts, finish, optional)
 
 
 def _merge(reports: list[dict], formats: list[str], note: str) -> dict[str, Any]:

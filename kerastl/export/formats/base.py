@@ -111,6 +111,14 @@ class Format:
         """Precision -> published path of every artifact this format writes."""
         raise NotImplementedError
 
+    def optional_files(self, out: Path, name: str) -> list[Path]:
+        """Derived files this format writes for some models only (MediaPipe, strings).
+
+        One left from an earlier export that this export does not write is stale: it
+        counts as a clash without ``overwrite=True`` and is removed after a publish.
+        """
+        return []
+
     def notes(self, name: str, options: Options, meta: dict) -> list[str]:
         """Report notes on artifacts this format does not write for this model, and why."""
         return []

@@ -39,13 +39,13 @@ import numpy as np
 
 from kerastl.errors import ConfigError, ExportError, missing_dependency
 from kerastl.export.formats.base import Artifact, Format, Job, NotWritten, Options, Staged
+from kerastl.export.formats.onnx_strings import STRINGS_SUFFIX
 
 if TYPE_CHECKING:
     from kerastl.export._trace import Prepared
 
 log = logging.getLogger("kerastl.export")
 #: Precision key of the strings-input file (``<name>_strings.onnx``, text models).
-STRINGS_SUFFIX = "strings"
 
 #: Opsets kerastl tests and accepts; tf2onnx 1.17 writes up to 18.
 OPSETS = tuple(range(13, 19))
@@ -536,6 +536,9 @@ class OnnxFormat(Format):
 
     def require(self) -> None:
         require()
+
+    def optional_files(self, out: Path, name: str) -> list[Path]:
+        return [out / f"{name}_{STRINGS_SUFFIX}{self.suffix}"]
 
     def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
         paths = {"float32": out / f"{name}{self.suffix}"}

@@ -224,6 +224,9 @@ class TFLiteFormat(Format):
                 "ai_edge_litert", "ai-edge-litert", "TFLite export (validation)"
             ) from exc
 
+    def optional_files(self, out: Path, name: str) -> list[Path]:
+        return [out / file_name(name, tflite_metadata.MEDIAPIPE_SUFFIX)]
+
     def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
         paths = {q: out / file_name(name, q) for q in precisions(options.quantize)}
         if tflite_metadata.supports(meta) and tflite_metadata.available():
