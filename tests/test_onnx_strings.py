@@ -81,7 +81,7 @@ def test_strings_file_matches_keras_on_real_sentences(exported):
     records = {a["precision"]: a for a in report["artifacts"] if a["format"] == "onnx"}
     strings = records["strings"]
     assert strings["passed"] and strings["path"] == f"{model.name}_strings.onnx"
-    assert strings["details"]["token_ids_checked"] == len(SENTENCES)
+    assert strings["details"]["token_ids_checked"] == len(SENTENCES) + len(onnx_strings.PROBES)
     assert strings["non_builtin_ops"] == [
         "ai.onnx.contrib:BasicTokenizer",
         "ai.onnx.contrib:WordpieceTokenizer",
@@ -217,7 +217,9 @@ def test_export_without_validation_data_checks_sample_sentences(tmp_path):
     )
     report = kerastl.export(model, tmp_path, formats=["onnx"])
     (record,) = [a for a in report["artifacts"] if a["precision"] == "strings"]
-    assert record["passed"] and record["details"]["token_ids_checked"] == 16
+    assert record["passed"] and record["details"]["token_ids_checked"] == 16 + len(
+        onnx_strings.PROBES
+    )
     art = kerastl.load_artifact(tmp_path / record["path"])
     x = ["A great movie!", "the plot was awful"]
     np.testing.assert_allclose(

@@ -211,10 +211,14 @@ def export_split(
         for key, (folder, written) in modality.write_beside(model, staging, name).items():
             reports[-1][key] = {"folder": str(out / folder), "files": written}
             folders.append(folder)
-        return _merge(reports, formats, modality.split_note(name)), folders
+        return _merge(reports, formats, modality.split_note(name, _paths(reports))), folders
 
     parts = ([own_part] if own else []) + [sub_part]
     return staged_export(out, version, parts, finish, optional)
+
+
+def _paths(reports: list[dict]) -> list[str]:
+    return [a["path"] for r in reports for a in r["artifacts"]]
 
 
 def _merge(reports: list[dict], formats: list[str], note: str) -> dict[str, Any]:

@@ -128,8 +128,8 @@ class ModalityExporter:
         """
         return {}
 
-    def split_note(self, name: str) -> str:
-        """The report's note on which part takes which input."""
+    def split_note(self, name: str, paths: list[str]) -> str:
+        """The report's note on which part takes which input (``paths``: the files published)."""
         return ""
 
 

@@ -83,7 +83,7 @@ class AudioExporter(ModalityExporter):
     def sub_inputs(self, sub: ModalityExporter, data: Any) -> tuple[np.ndarray, Any]:
         return sub.coerce(data, "validation_data")
 
-    def split_note(self, name: str) -> str:
+    def split_note(self, name: str, paths: list[str]) -> str:
         return (
             "audio model: SavedModel takes waveforms (log-mel in the graph); TFLite/ONNX take "
             "log_mel features (RaggedTensorToTensor and RFFT+slice do not convert with builtin "

@@ -268,13 +268,17 @@ class TextExporter(ModalityExporter):
         folder = TOKENIZER_DIR.format(name=name)
         return {"tokenizer": (folder, write_tokenizer(model, staging / folder))}
 
-    def split_note(self, name: str) -> str:
-        return (
+    def split_note(self, name: str, paths: list[str]) -> str:
+        note = (
             "text model: SavedModel takes raw strings (tokenizer in the graph) and token ids "
             "(serving_token_ids); TFLite/ONNX take token_ids, tokenizer files in "
-            f"{TOKENIZER_DIR.format(name=name)}/ and in the metadata; {name}_strings.onnx "
-            "(WordPiece tokenizers) takes raw strings and needs onnxruntime-extensions"
+            f"{TOKENIZER_DIR.format(name=name)}/ and in the metadata"
         )
+        if f"{name}_strings.onnx" in paths:
+            note += f"; {name}_strings.onnx takes raw strings and needs onnxruntime-extensions"
+        if f"{name}_mediapipe.tflite" in paths:
+            note += f"; {name}_mediapipe.tflite runs in MediaPipe's TextClassifier on raw strings"
+        return note
 
     def input_signature(self) -> list:
         import tensorflow as tf
