@@ -277,3 +277,23 @@ def test_a_cased_or_accent_stripping_wordpiece_is_refused_with_its_reason():
         "BertTokenizer (WordPiece) differs from MediaPipe's BertTokenizer: it is cased, and "
         "MediaPipe lowercases the text; it strips accents, and MediaPipe does not"
     )
+
+
+def test_a_sentence_mediapipe_scores_differently_leaves_its_file_out(exported, tmp_path):
+    """Upper-case Æ/Ø: MediaPipe does not lower-case them; the export runs MediaPipe and says so."""
+    model, _, _, _ = exported
+    x = np.array([*SENTENCES[:6], "ÆRØ is a small island"], dtype=object)
+    report = kerastl.export(model, tmp_path, formats=["tflite"], validation_data=x)
+    assert report["status"] == "passed" and (tmp_path / f"{model.name}.tflite").is_file()
+    assert not (tmp_path / f"{model.name}_mediapipe.tflite").exists()
+    (note,) = [n for n in report["notes"] if n.startswith("not written")]
+    assert "_mediapipe.tflite" in note and "ÆRØ is a small island" in note
+
+
+def test_the_published_file_reports_how_mediapipe_scored_the_probe_sentences(exported):
+    from kerastl.export.modalities.text import PROBE_SENTENCES
+
+    _, _, report, _ = exported
+    (mp,) = [a for a in report["artifacts"] if a["precision"] == "mediapipe"]
+    assert mp["details"]["mediapipe_checked"] == len(SENTENCES) + len(PROBE_SENTENCES)
+    assert mp["details"]["mediapipe_max_abs_diff"] < 1e-4

@@ -19,6 +19,7 @@ from test_keras_hub_minilm import MODEL_DIR  # noqa: E402 - skips without the we
 
 import kerastl  # noqa: E402
 from kerastl.export.formats import onnx_strings  # noqa: E402
+from kerastl.export.modalities.text import PROBE_SENTENCES  # noqa: E402
 
 pytestmark = pytest.mark.hub
 LENGTH = 24
@@ -81,7 +82,7 @@ def test_strings_file_matches_keras_on_real_sentences(exported):
     records = {a["precision"]: a for a in report["artifacts"] if a["format"] == "onnx"}
     strings = records["strings"]
     assert strings["passed"] and strings["path"] == f"{model.name}_strings.onnx"
-    assert strings["details"]["token_ids_checked"] == len(SENTENCES) + len(onnx_strings.PROBES)
+    assert strings["details"]["token_ids_checked"] == len(SENTENCES) + len(PROBE_SENTENCES)
     assert strings["non_builtin_ops"] == [
         "ai.onnx.contrib:BasicTokenizer",
         "ai.onnx.contrib:WordpieceTokenizer",
@@ -217,9 +218,7 @@ def test_export_without_validation_data_checks_sample_sentences(tmp_path):
     )
     report = kerastl.export(model, tmp_path, formats=["onnx"])
     (record,) = [a for a in report["artifacts"] if a["precision"] == "strings"]
-    assert record["passed"] and record["details"]["token_ids_checked"] == 16 + len(
-        onnx_strings.PROBES
-    )
+    assert record["passed"] and record["details"]["token_ids_checked"] == 16 + len(PROBE_SENTENCES)
     art = kerastl.load_artifact(tmp_path / record["path"])
     x = ["A great movie!", "the plot was awful"]
     np.testing.assert_allclose(

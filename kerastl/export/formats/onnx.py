@@ -559,15 +559,13 @@ class OnnxFormat(Format):
         the Keras token-id model on KerasHub's token ids for them.
         """
         from kerastl.export.formats import onnx_strings
+        from kerastl.export.modalities.text import PROBE_SENTENCES
 
         path = job.staging / f"{job.name}_{STRINGS_SUFFIX}{self.suffix}"
         texts = job.options.source_inputs
         if texts is None:
-            from kerastl.export.modalities import get_modality
-
-            meta = job.prepared.meta
-            texts = get_modality({**meta, "input": meta["input"]["text_input"]}).sample_inputs(16)
-        texts = np.asarray([*texts, *onnx_strings.PROBES], dtype=object)
+            texts = job.prepared.modality.sample_texts(16)
+        texts = np.asarray([*texts, *PROBE_SENTENCES], dtype=object)
         ids = job.prepared.modality.tokenize(texts)
         meta = job.prepared.meta
 

@@ -247,20 +247,6 @@ def tokenizer_nodes(info: dict[str, Any], text: str, token_ids: str) -> list:
     ]
 
 
-#: Sentences every strings file's token ids are checked on, besides the validation data:
-#: case, punctuation, numbers, URLs, accents, CJK, emoji, whitespace, a long word, truncation.
-PROBES = (
-    "Hello, World! It's 3:45 p.m. on 12/05/2024.",
-    "THE QUICK BROWN FOX -- jumps over the lazy dog?!",
-    "e-mail someone@example.com or visit https://example.org/a_b?q=1&x=2",
-    "naïve café owners in Zürich, Ærøskøbing and São Paulo",
-    "東京 is in 日本; emoji 🙂 and symbols © € too",
-    "tabs\tand\nnewlines   and  spaces",
-    "a" + "b" * 120 + " long word",
-    " ".join(["many words to cut at the sequence length"] * 12),
-)
-
-
 def tokenizer_model(info: dict[str, Any], opset: int = 17, ir_version: int = 8):
     """The tokenizer alone: ``text`` (``string[batch]``) -> ``token_ids`` (``int32``).
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from kerastl.errors import ConfigError, ExportError, choice_error, missing_dependency
 from kerastl.export.formats import tflite_metadata
-from kerastl.export.formats.base import Artifact, Format, Job, Options, Staged
+from kerastl.export.formats.base import Artifact, Format, Job, NotWritten, Options, Staged
 
 #: Precisions kerastl writes (``quantize=`` choices).
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -287,8 +287,13 @@ class TFLiteFormat(Format):
 
         def write_mediapipe() -> dict[str, Any]:
             if text:
-                content = _mediapipe_text(job)
+                path.write_bytes(_mediapipe_text(job))
+                checked = _check_in_mediapipe(job, path)
                 kind = "TextClassifier, BertTokenizer with vocab.txt"
+                return {
+                    "metadata": f"TFLite Metadata (MediaPipe {kind})",
+                    "outputs": [scores],
+                } | checked
             else:
                 source = job.staging / file_name(job.name, "float32")
                 description = (
@@ -309,6 +314,35 @@ class TFLiteFormat(Format):
 
     def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
         return artifact.custom_ops
+
+
+def _check_in_mediapipe(job: Job, path: Path) -> dict[str, Any]:
+    """Run MediaPipe's ``TextClassifier`` (its own tokenizer) on raw sentences vs Keras.
+
+    The staged validation feeds kerastl's token ids; this feeds MediaPipe the strings.
+    A sentence MediaPipe scores differently leaves the file out (:class:`NotWritten`).
+    """
+    from kerastl.export.modalities.text import PROBE_SENTENCES
+    from kerastl.export.validate import tolerance_for
+
+    texts = job.options.source_inputs
+    if texts is None:
+        texts = job.prepared.modality.sample_texts(16)
+    texts = np.asarray([*texts, *PROBE_SENTENCES], dtype=object)
+    scores = tflite_metadata.SCORES_OUTPUT
+    want = np.asarray(job.prepared.predict(job.prepared.modality.tokenize(texts))[scores])
+    got = tflite_metadata.mediapipe_text_scores(path, list(texts))
+    diff = np.abs(got - want).max(axis=1)
+    limit = tolerance_for("tflite/mediapipe", job.options.tolerances).max_rel_err
+    bad = np.flatnonzero((diff > limit) | (got.argmax(1) != want.argmax(1)))
+    if bad.size:
+        i = int(bad[0])
+        raise NotWritten(
+            f"MediaPipe's own tokenizer scores {str(texts[i])[:80]!r} differently from Keras "
+            f"(max abs diff {diff[i]:.2g}, top-1 {int(got[i].argmax())} vs "
+            f"{int(want[i].argmax())}); MediaPipe's WordPiece skips Unicode normalisation"
+        )
+    return {"mediapipe_checked": len(texts), "mediapipe_max_abs_diff": float(diff.max())}
 
 
 def _mediapipe_text(job: Job) -> bytes:

@@ -35,6 +35,8 @@ import sys
 import types
 from typing import Any
 
+import numpy as np
+
 #: Suffix of the MediaPipe-ready file: ``<name>_mediapipe.tflite``.
 MEDIAPIPE_SUFFIX = "mediapipe"
 #: The output MediaPipe classifies on.
@@ -321,3 +323,22 @@ def _signature_input_tensors(flatbuffer: bytes) -> dict[str, str]:
     sig = model.signatureDefs[0]
     tensors = model.subgraphs[sig.subgraphIndex].tensors
     return {t.name.decode(): tensors[t.tensorIndex].name.decode() for t in sig.inputs}
+
+
+def mediapipe_text_scores(path: Any, texts: list[str]) -> np.ndarray:
+    """MediaPipe ``TextClassifier``'s scores on raw ``texts``, one row each, in class order.
+
+    Example:
+        >>> mediapipe_text_scores("m_mediapipe.tflite", ["a fine day"]).shape  # doctest: +SKIP
+        (1, 4)
+    """
+    from mediapipe.tasks.python import text
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+
+    options = text.TextClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)))
+    rows = []
+    with text.TextClassifier.create_from_options(options) as classifier:
+        for t in texts:
+            categories = classifier.classify(str(t)).classifications[0].categories
+            rows.append([c.score for c in sorted(categories, key=lambda c: c.index)])
+    return np.asarray(rows, dtype=np.float32)

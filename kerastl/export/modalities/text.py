@@ -41,6 +41,20 @@ _WORDS = (
     "rain sun cloud storm weather price market stock bank money trade food pizza chef"
 ).split()
 TOKENIZER_DIR = "{name}_tokenizer"
+
+#: Sentences the raw-string files (strings ONNX, MediaPipe) are checked on, besides the
+#: validation data:
+#: case, punctuation, numbers, URLs, accents, CJK, emoji, whitespace, a long word, truncation.
+PROBE_SENTENCES = (
+    "Hello, World! It's 3:45 p.m. on 12/05/2024.",
+    "THE QUICK BROWN FOX -- jumps over the lazy dog?!",
+    "e-mail someone@example.com or visit https://example.org/a_b?q=1&x=2",
+    "naïve café owners in Zürich, Malmö and São Paulo",
+    "東京 is in 日本; emoji 🙂 and symbols © € too",
+    "tabs\tand\nnewlines   and  spaces",
+    "a" + "b" * 120 + " long word",
+    " ".join(["many words to cut at the sequence length"] * 12),
+)
 #: Inputs of :func:`bert_inputs_model`, named as MediaPipe's BERT metadata names them.
 BERT_INPUTS = ("ids", "mask", "segment_ids")
 #: Name of the nested :func:`bert_inputs_model` inside :func:`token_id_model`.
@@ -381,9 +395,13 @@ class TokenIdsExporter(ModalityExporter):
         out = self._preprocessor()(tf.constant([str(t) for t in texts]))
         return np.asarray(out["token_ids"], dtype=np.int32)
 
+    def sample_texts(self, n: int, seed: int = 0) -> np.ndarray:
+        """Raw sentences of common words: what :meth:`sample_inputs` tokenizes."""
+        return _sentences(n, seed)
+
     def sample_inputs(self, n: int, seed: int = 0) -> np.ndarray:
         if self.meta.get("tokenizer"):
-            return self.tokenize(_sentences(n, seed))
+            return self.tokenize(self.sample_texts(n, seed))
         rng = np.random.default_rng(seed)
         return rng.integers(1, 100, (n, self.length)).astype(np.int32)
 
