@@ -540,6 +540,12 @@ class OnnxFormat(Format):
     def optional_files(self, out: Path, name: str) -> list[Path]:
         return [out / f"{name}_{STRINGS_SUFFIX}{self.suffix}"]
 
+    def notes(self, name: str, options: Options, meta: dict) -> list[str]:
+        """Why a text model gets no ``<name>_strings.onnx`` (tokenizer, package)."""
+        why = strings_skipped(meta) if meta.get("tokenizer") else None
+        strings = f"{name}_{STRINGS_SUFFIX}{self.suffix}"
+        return [] if why is None else [f"no {strings} (raw strings in): {why}"]
+
     def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
         paths = {"float32": out / f"{name}{self.suffix}"}
         if strings_skipped(meta) is None:
@@ -615,10 +621,6 @@ class OnnxFormat(Format):
             details["tf2onnx"] = "; ".join(notes)
         if len(files) > 1:
             details["external_data"] = files[1].name
-        why = strings_skipped(prepared.meta)
-        if why and prepared.meta.get("tokenizer"):
-            details["strings_file"] = f"not written: {why}"
-            log.info("  onnx: no %s_strings.onnx: %s", job.name, why)
         return details
 
     def load(self, path: Path) -> Artifact:
