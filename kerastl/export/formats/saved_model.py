@@ -73,21 +73,28 @@ def version_dir(root: Path, name: str, version: int | None) -> tuple[Path, int]:
 
 def write_graph(prepared: Prepared, path: Path, extras: bool = True) -> list[str]:
     """Write the inference SavedModel (``serving_default`` + modality signatures) to ``path``."""
+    serve = prepared.serve_fn()
+    endpoints = {"serving_default": (serve, prepared.modality.input_signature())}
+    if extras:
+        endpoints.update(prepared.modality.extra_signatures(serve))
+    write_archive(prepared.model, endpoints, path)
+    return list(endpoints)
+
+
+def write_archive(model: Any, endpoints: dict[str, tuple[Any, list]], path: Path) -> None:
+    """Keras' ``ExportArchive`` of ``model`` with ``endpoints`` (name -> (fn, input specs)).
+
+    Each weight is stored once (:func:`_share_variables`); Keras' progress output is muted.
+    """
     import keras
 
     archive = keras.export.ExportArchive()
-    archive.track(prepared.model)
-    serve = prepared.serve_fn()
-    archive.add_endpoint("serving_default", serve, prepared.modality.input_signature())
-    signatures = ["serving_default"]
-    if extras:
-        for sig_name, (fn, spec) in prepared.modality.extra_signatures(serve).items():
-            archive.add_endpoint(sig_name, fn, spec)
-            signatures.append(sig_name)
+    archive.track(model)
+    for name, (fn, spec) in endpoints.items():
+        archive.add_endpoint(name, fn, spec)
     _share_variables(archive)
     with contextlib.redirect_stdout(io.StringIO()):
         archive.write_out(str(path), verbose=False)
-    return signatures
 
 
 def _share_variables(archive) -> None:

@@ -367,18 +367,12 @@ def _mediapipe_text(job: Job) -> bytes:
 
 def write_bert_graph(model: Any, path: Path) -> None:
     """SavedModel of a three-input text model (``ids``, ``mask``, ``segment_ids``)."""
-    import contextlib
-    import io
-
-    import keras
     import tensorflow as tf
 
     from kerastl.export._trace import builtin_ops
-    from kerastl.export.formats.saved_model import _share_variables
+    from kerastl.export.formats.saved_model import write_archive
 
     length = model.inputs[0].shape[1]
-    archive = keras.export.ExportArchive()
-    archive.track(model)
 
     def serve(ids, mask, segment_ids):
         with builtin_ops():
@@ -387,10 +381,7 @@ def write_bert_graph(model: Any, path: Path) -> None:
         return {tflite_metadata.SCORES_OUTPUT: tf.cast(out, tf.float32)}
 
     spec = [tf.TensorSpec((None, length), tf.int32, name=n) for n in tflite_metadata.TEXT_INPUTS]
-    archive.add_endpoint("serving_default", serve, spec)
-    _share_variables(archive)
-    with contextlib.redirect_stdout(io.StringIO()):
-        archive.write_out(str(path), verbose=False)
+    write_archive(model, {"serving_default": (serve, spec)}, path)
 
 
 class TFLiteArtifact(Artifact):
