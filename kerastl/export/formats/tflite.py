@@ -183,8 +183,8 @@ class TFLiteFormat(Format):
     """``<name>.tflite`` and ``<name>_<quantization>.tflite``, converted from the SavedModel.
 
     Options: ``quantize``, ``calibration_data`` (int8), ``int8_io``, ``allow_flex``; a
-    ``<name>_mediapipe.tflite`` is derived for image classifiers and WordPiece text
-    classifiers when MediaPipe is installed (:func:`tflite_metadata.unsupported_reason`).
+    ``<name>_mediapipe.tflite`` is derived for image classifiers, WordPiece text
+    classifiers and waveform audio classifiers when MediaPipe is installed (:func:`tflite_metadata.unsupported_reason`).
     """
 
     name = "tflite"
@@ -267,45 +267,43 @@ class TFLiteFormat(Format):
         return details
 
     def notes(self, name: str, options: Options, meta: dict) -> list[str]:
-        """Why a text classifier gets no ``<name>_mediapipe.tflite`` (tokenizer, package)."""
-        text = (meta.get("input") or {}).get("name") == "token_ids"
-        if not text or meta.get("task") not in ("classification", "binary", "multilabel"):
+        """Why a text or audio classifier gets no ``<name>_mediapipe.tflite``."""
+        kind = tflite_metadata.KINDS.get((meta.get("input") or {}).get("name"))
+        if kind in (None, "ImageClassifier"):
+            return []
+        if meta.get("task") not in ("classification", "binary", "multilabel"):
             return []
         reason = tflite_metadata.unsupported_reason(meta)
         if reason is None and not tflite_metadata.available():
             reason = "the mediapipe package is not installed (pip install mediapipe)"
         mp = file_name(name, tflite_metadata.MEDIAPIPE_SUFFIX)
-        return [] if reason is None else [f"no {mp} (MediaPipe TextClassifier): {reason}"]
+        return [] if reason is None else [f"no {mp} (MediaPipe {kind}): {reason}"]
 
     def _mediapipe(self, job: Job) -> Staged:
-        """``<name>_mediapipe.tflite``: image copy of the float32 file, or text conversion."""
+        """``<name>_mediapipe.tflite``: image/audio copy of the float32 file, or text conversion."""
         mp = tflite_metadata.MEDIAPIPE_SUFFIX
         path = job.staging / file_name(job.name, mp)
         scores = tflite_metadata.SCORES_OUTPUT
-        meta = job.prepared.meta
-        text = meta["input"]["name"] == "token_ids"
+        kind = tflite_metadata.KINDS[job.prepared.meta["input"]["name"]]
 
         def write_mediapipe() -> dict[str, Any]:
-            if text:
+            checked: dict[str, Any] = {}
+            if kind == "TextClassifier":
                 path.write_bytes(_mediapipe_text(job))
                 checked = _check_in_mediapipe(job, path)
-                kind = "TextClassifier, BertTokenizer with vocab.txt"
-                return {
-                    "metadata": f"TFLite Metadata (MediaPipe {kind})",
-                    "outputs": [scores],
-                } | checked
+                kind_note = "TextClassifier, BertTokenizer with vocab.txt"
+            elif kind == "AudioClassifier":
+                path.write_bytes(_mediapipe_copy(job, kind))
+                checked = _check_audio_in_mediapipe(job, path)
+                rate = job.prepared.meta["input"].get("sample_rate", 16000)
+                kind_note = f"AudioClassifier, AudioProperties {rate} Hz mono"
             else:
-                source = job.staging / file_name(job.name, "float32")
-                description = (
-                    f"kerastl {meta.get('backbone')} classifier, {len(meta['class_names'])} "
-                    "classes; raw 0-255 RGB in (preprocessing in the graph)."
-                )
-                content = tflite_metadata.mediapipe_classifier(
-                    source.read_bytes(), meta["class_names"], description
-                )
-                kind = "ImageClassifier"
-            path.write_bytes(content)
-            return {"metadata": f"TFLite Metadata (MediaPipe {kind})", "outputs": [scores]}
+                path.write_bytes(_mediapipe_copy(job, kind))
+                kind_note = kind
+            return {
+                "metadata": f"TFLite Metadata (MediaPipe {kind_note})",
+                "outputs": [scores],
+            } | checked
 
         return Staged(mp, path, write_mediapipe, reference={scores: job.reference[scores]})
 
@@ -314,6 +312,51 @@ class TFLiteFormat(Format):
 
     def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
         return artifact.custom_ops
+
+
+def _mediapipe_copy(job: Job, kind: str) -> bytes:
+    """The staged float32 file with only ``probabilities`` and image or audio metadata."""
+    meta = job.prepared.meta
+    content = (job.staging / file_name(job.name, "float32")).read_bytes()
+    head = f"kerastl {meta.get('backbone')} classifier, {len(meta['class_names'])} classes; "
+    if kind == "AudioClassifier":
+        rate = int(meta["input"].get("sample_rate", 16000))
+        samples = meta["input"]["shape"][0]
+        description = f"{head}mono waveform in [-1, 1], {samples} samples at {rate} Hz."
+        return tflite_metadata.mediapipe_audio_classifier(
+            content, meta["class_names"], description, rate
+        )
+    description = f"{head}raw 0-255 RGB in (preprocessing in the graph)."
+    return tflite_metadata.mediapipe_classifier(content, meta["class_names"], description)
+
+
+def _check_audio_in_mediapipe(job: Job, path: Path) -> dict[str, Any]:
+    """Run MediaPipe's ``AudioClassifier`` (its own audio pipeline) on the validation audio.
+
+    The staged validation feeds the file directly; this feeds MediaPipe the waveforms
+    (plus a few chirps) as ``AudioData`` at the model's sample rate. A clip MediaPipe
+    scores differently from Keras leaves the file out (:class:`NotWritten`).
+    """
+    from kerastl.export.validate import tolerance_for
+
+    modality = job.prepared.modality
+    waves = np.concatenate([np.asarray(job.x_val, np.float32), modality.sample_inputs(4, seed=7)])
+    scores = tflite_metadata.SCORES_OUTPUT
+    want = np.asarray(job.prepared.predict(waves)[scores], np.float32)
+    try:
+        got = tflite_metadata.mediapipe_audio_scores(path, waves, modality.sample_rate)
+    except Exception as exc:  # noqa: BLE001 - MediaPipe raises ValueError/RuntimeError
+        raise NotWritten(f"MediaPipe's AudioClassifier could not run the file: {exc}") from exc
+    diff = np.abs(got - want).max(axis=1)
+    limit = tolerance_for("tflite/mediapipe", job.options.tolerances).max_rel_err
+    bad = np.flatnonzero((diff > limit) | (got.argmax(1) != want.argmax(1)))
+    if bad.size:
+        i = int(bad[0])
+        raise NotWritten(
+            f"MediaPipe's AudioClassifier scores waveform {i} differently from Keras (max abs "
+            f"diff {diff[i]:.2g}, top-1 {int(got[i].argmax())} vs {int(want[i].argmax())})"
+        )
+    return {"mediapipe_checked": len(waves), "mediapipe_max_abs_diff": float(diff.max())}
 
 
 def _check_in_mediapipe(job: Job, path: Path) -> dict[str, Any]:

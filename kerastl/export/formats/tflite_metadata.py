@@ -1,4 +1,4 @@
-"""Standard TFLite Metadata (the ``M001`` schema) for image and text classifiers (MediaPipe).
+"""Standard TFLite Metadata (the ``M001`` schema) for image, text and audio classifiers (MediaPipe).
 
 MediaPipe Tasks' ``ImageClassifier`` (and the TFLite Task Library) refuse a float-input
 model without the standard metadata: ``ImageProperties`` and ``NormalizationOptions`` on
@@ -23,6 +23,14 @@ the file is converted from the three-input model
 MediaPipe reproduces get one (:func:`text_tokenizer_reason`); for the others the export
 report says why.
 
+Audio classifiers that take the raw waveform in their TFLite file (KerasHub Moonshine
+entries) get :func:`mediapipe_audio_classifier`: MediaPipe's ``AudioClassifier`` reads
+``AudioProperties`` (sample rate, channels) on the input tensor, resamples the clip to
+that rate and classifies it in windows of the input tensor's length (one result per
+window). The 1.2.x wheels have no audio writer (``metadata_info.TensorMd`` writes an empty
+``AudioProperties``), so the sample rate and channel count are filled in here. Whisper
+files take log-mel features, which MediaPipe cannot feed: no file, and a report note.
+
 The ``mediapipe`` 1.2.x wheels ship the metadata writers without their compiled helper
 ``mediapipe.tasks.cc.metadata.python._pywrap_metadata_version`` (it only computes the
 schema's ``min_parser_version``); :func:`min_parser_version` is a Python port of it,
@@ -45,11 +53,18 @@ SCORES_OUTPUT = "probabilities"
 TEXT_INPUTS = ("ids", "mask", "segment_ids")
 #: Tokenizer kinds in reasons.
 ALGORITHMS = {"bpe": "BPE", "wordpiece": "WordPiece", "sentencepiece": "SentencePiece"}
+#: MediaPipe task per kerastl input name (``log_mel``: Whisper's TFLite input).
+KINDS = {
+    "image": "ImageClassifier",
+    "token_ids": "TextClassifier",
+    "audio": "AudioClassifier",
+    "log_mel": "AudioClassifier",
+}
 _PYWRAP = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 
 
 def supports(meta: dict[str, Any]) -> bool:
-    """Whether a MediaPipe ``ImageClassifier`` / ``TextClassifier`` file is derived.
+    """Whether a MediaPipe ``ImageClassifier`` / ``TextClassifier`` / ``AudioClassifier`` file is derived.
 
     Example:
         >>> supports({"task": "classification", "class_names": ["a", "b"],
@@ -67,7 +82,8 @@ def unsupported_reason(meta: dict[str, Any]) -> str | None:
     Image models: softmax classifiers on images of a fixed size (MediaPipe resizes to
     the input tensor's height and width). Text models (the ``token_ids`` sub-model):
     softmax classifiers whose tokenizer MediaPipe's ``BertTokenizer`` reproduces
-    (:func:`text_tokenizer_reason`).
+    (:func:`text_tokenizer_reason`). Audio models: softmax classifiers whose TFLite file
+    takes a fixed-length waveform (:func:`audio_reason`).
 
     Example:
         >>> unsupported_reason({"task": "classification", "class_names": ["a", "b"],
@@ -77,9 +93,9 @@ def unsupported_reason(meta: dict[str, Any]) -> str | None:
         "MediaPipe's TextClassifier needs a softmax classifier with class names; task is 'regression'"
     """
     spec = meta.get("input") or {}
-    kind = {"image": "ImageClassifier", "token_ids": "TextClassifier"}.get(spec.get("name"))
+    kind = KINDS.get(spec.get("name"))
     if kind is None:
-        return f"MediaPipe classifiers take images or text, not {spec.get('name')!r} inputs"
+        return f"MediaPipe classifiers take images, text or audio, not {spec.get('name')!r} inputs"
     if meta.get("task") != "classification" or not meta.get("class_names"):
         return (
             f"MediaPipe's {kind} needs a softmax classifier with class names; task is "
@@ -89,8 +105,36 @@ def unsupported_reason(meta: dict[str, Any]) -> str | None:
         return f"MediaPipe's {kind} reads the {SCORES_OUTPUT!r} output, which this model lacks"
     if kind == "TextClassifier":
         return text_tokenizer_reason(meta.get("tokenizer") or {})
+    if kind == "AudioClassifier":
+        return audio_reason(spec)
     if None in list(spec.get("shape") or [None])[:2]:
         return "MediaPipe resizes images to the input tensor size, and this model takes any size"
+    return None
+
+
+def audio_reason(spec: dict[str, Any]) -> str | None:
+    """Why MediaPipe's ``AudioClassifier`` cannot feed this audio input (``None``: it can).
+
+    MediaPipe feeds raw mono or multi-channel samples, resampled to the metadata's rate,
+    in windows of the input tensor's length.
+
+    Example:
+        >>> audio_reason({"name": "audio", "shape": [3200], "sample_rate": 16000}) is None
+        True
+        >>> audio_reason({"name": "audio", "shape": [None], "sample_rate": 16000})
+        "MediaPipe's AudioClassifier cuts audio into windows of the input length, and this model takes any length"
+    """
+    if spec.get("name") == "log_mel" or "log-mel" in str(spec.get("preprocessing", "")):
+        return (
+            "the TFLite file takes log_mel features (the Whisper log-mel front end does not "
+            "convert to LiteRT builtins), and MediaPipe's AudioClassifier feeds the model raw "
+            "waveform samples"
+        )
+    if not (spec.get("shape") or [None])[0]:
+        return (
+            "MediaPipe's AudioClassifier cuts audio into windows of the input length, and "
+            "this model takes any length"
+        )
     return None
 
 
@@ -340,5 +384,80 @@ def mediapipe_text_scores(path: Any, texts: list[str]) -> np.ndarray:
     with text.TextClassifier.create_from_options(options) as classifier:
         for t in texts:
             categories = classifier.classify(str(t)).classifications[0].categories
+            rows.append([c.score for c in sorted(categories, key=lambda c: c.index)])
+    return np.asarray(rows, dtype=np.float32)
+
+
+def mediapipe_audio_classifier(
+    flatbuffer: bytes, class_names: list[str], description: str, sample_rate: int
+) -> bytes:
+    """A MediaPipe ``AudioClassifier``-ready copy of a kerastl waveform classifier file.
+
+    Args:
+        flatbuffer: The float32 ``.tflite`` (mono waveform ``(1, samples)`` in [-1, 1],
+            ``probabilities`` out).
+        class_names: Labels, one per class, in output order.
+        description: The model description written into the metadata.
+        sample_rate: The model's sample rate in Hz (MediaPipe resamples input to it).
+
+    Returns:
+        The file with only ``probabilities`` as output and standard metadata: audio input
+        (``AudioProperties``: ``sample_rate``, 1 channel), classification output with the
+        labels as ``labels.txt``.
+    """
+    _install_version_shim()
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_info as mi
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer as mw
+
+    class AudioTensorMd(mi.TensorMd):
+        """``TensorMd`` with the sample rate and channels MediaPipe's writer leaves empty."""
+
+        def create_metadata(self) -> Any:
+            tensor = super().create_metadata()
+            tensor.content.contentProperties.sampleRate = int(sample_rate)
+            tensor.content.contentProperties.channels = 1
+            return tensor
+
+    trimmed = keep_output(flatbuffer, SCORES_OUTPUT)
+    writer = mw.MetadataWriter.create(bytearray(trimmed)).add_general_info(
+        "AudioClassifier", description
+    )
+    # MetadataWriter has no add_audio_input in mediapipe 1.2.x: the input, as it adds others.
+    writer._input_mds.append(
+        AudioTensorMd(
+            name="audio",
+            description=f"Mono waveform in [-1, 1] at {int(sample_rate)} Hz.",
+            min_values=[-1.0],
+            max_values=[1.0],
+            content_type=fb.ContentProperties.AudioProperties,
+        )
+    )
+    writer.add_classification_output(mw.Labels().add([str(c) for c in class_names]))
+    content, _ = writer.populate()
+    del writer
+    return bytes(content)
+
+
+def mediapipe_audio_scores(path: Any, waves: np.ndarray, sample_rate: int) -> np.ndarray:
+    """MediaPipe ``AudioClassifier``'s scores on ``waves``, one row each, in class order.
+
+    Each waveform should be exactly the model's input length: MediaPipe classifies
+    longer clips window by window, and this keeps the first window's scores.
+
+    Example:
+        >>> mediapipe_audio_scores("m.tflite", np.zeros((1, 3200)), 16000).shape  # doctest: +SKIP
+        (1, 3)
+    """
+    from mediapipe.tasks.python import audio
+    from mediapipe.tasks.python.components.containers.audio_data import AudioData
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+
+    options = audio.AudioClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)))
+    rows = []
+    with audio.AudioClassifier.create_from_options(options) as classifier:
+        for wave in np.asarray(waves, np.float64):
+            result = classifier.classify(AudioData.create_from_array(wave, int(sample_rate)))
+            categories = result[0].classifications[0].categories
             rows.append([c.score for c in sorted(categories, key=lambda c: c.index)])
     return np.asarray(rows, dtype=np.float32)
