@@ -96,18 +96,20 @@ def unsupported_reason(meta: dict[str, Any]) -> str | None:
     kind = KINDS.get(spec.get("name"))
     if kind is None:
         return f"MediaPipe classifiers take images, text or audio, not {spec.get('name')!r} inputs"
-    if meta.get("task") != "classification" or not meta.get("class_names"):
+    if kind == "AudioClassifier" and audio_reason(spec):
+        return audio_reason(spec)  # what the file takes rules it out whatever the head
+    if meta.get("task") != "classification":
         return (
             f"MediaPipe's {kind} needs a softmax classifier with class names; task is "
             f"{meta.get('task')!r}"
         )
+    if not meta.get("class_names"):
+        return f"MediaPipe's {kind} needs class names for its labels file; the model has none"
     if SCORES_OUTPUT not in (meta.get("outputs") or [SCORES_OUTPUT]):
         return f"MediaPipe's {kind} reads the {SCORES_OUTPUT!r} output, which this model lacks"
     if kind == "TextClassifier":
         return text_tokenizer_reason(meta.get("tokenizer") or {})
-    if kind == "AudioClassifier":
-        return audio_reason(spec)
-    if None in list(spec.get("shape") or [None])[:2]:
+    if kind == "ImageClassifier" and None in list(spec.get("shape") or [None])[:2]:
         return "MediaPipe resizes images to the input tensor size, and this model takes any size"
     return None
 
