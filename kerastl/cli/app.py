@@ -68,8 +68,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
     common = argparse.ArgumentParser(add_help=False)  # also accepted after the command
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="")
-    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="")
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks and TensorFlow's C++/absl logs",
+    )
+    common.add_argument(
+        "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in SUBCOMMANDS.items():
         example = EXAMPLES.get(name)
