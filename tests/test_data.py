@@ -322,3 +322,32 @@ def test_array_fingerprint_is_computed_once_and_sees_edits():
         assert other.fingerprint() == first  # content, not identity
     finally:
         type(ex)._fingerprint = original
+
+
+def test_checking_a_large_image_folder_shows_a_progress_bar_unless_quiet(tmp_path, capsys):
+    """500+ files: a tqdm bar on stderr while verifying; none when the kerastl logger is quiet."""
+    import logging
+
+    from PIL import Image
+
+    from kerastl import data
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(260):
+            pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / c / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "a" / "g.gif")
+    log = logging.getLogger("kerastl")
+    old = log.level
+    try:
+        log.setLevel(logging.INFO)
+        ex = data.from_image_folder(tmp_path, channels=1)  # a GIF for a grey model is readable
+        assert len(ex) == 521 and not ex.skipped
+        assert "checking images" in capsys.readouterr().err
+        log.setLevel(logging.WARNING)
+        data.from_image_folder(tmp_path)
+        assert "checking images" not in capsys.readouterr().err
+    finally:
+        log.setLevel(old)

@@ -688,18 +688,23 @@ def check_head(
 def verify_images(ex: Examples, channels: int = 3, workers: int = 8) -> Examples:
     """Decode every file once; drop unreadable ones and record them in ``skipped``.
 
-    Uses TensorFlow's decoder (the one the input pipeline uses) in a thread pool.
+    Uses the input pipeline's decoder (:func:`kerastl.data.images.decode_and_resize`) in a
+    thread pool, with a progress bar (``tqdm``, on standard error) over 500 files or more
+    unless the ``kerastl`` logger is quiet (``--quiet``).
     """
     if ex.kind != "files" or len(ex) == 0:
         return ex
+    import logging
     from concurrent.futures import ThreadPoolExecutor
 
     import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    from kerastl.data.images import decode_and_resize
 
     def check(p: str) -> str | None:
         try:
-            data = tf.io.read_file(p)
-            img = tf.io.decode_image(data, channels=channels, expand_animations=False)
+            img = decode_and_resize(tf.io.read_file(p), None, channels)
             if img.shape[0] == 0 or img.shape[1] == 0:
                 return "empty image"
             return None
@@ -708,8 +713,11 @@ def verify_images(ex: Examples, channels: int = 3, workers: int = 8) -> Examples
             msg = text.splitlines()[0] if text else type(exc).__name__
             return f"{type(exc).__name__}: {msg[:160]}"
 
+    quiet = not logging.getLogger("kerastl").isEnabledFor(logging.INFO)
+    bar = {"desc": "checking images", "unit": "img", "leave": False}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = list(pool.map(check, list(ex.x)))
+        results = pool.map(check, list(ex.x))
+        problems = list(tqdm(results, total=len(ex), disable=quiet or len(ex) < 500, **bar))
     bad = [i for i, p in enumerate(problems) if p]
     if not bad:
         return ex
