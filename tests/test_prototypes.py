@@ -29,20 +29,26 @@ def digits():
     return _digits()
 
 
-@pytest.fixture(scope="module")
-def model(digits):
-    """Classes 0-8 from 3 examples each (the first ones of each class in the data)."""
+def _digit_prototypes(digits, **option):
+    """Classes 0-8 from 3 examples each (the first ones of each class); the support indices."""
     x, y = digits
     idx = np.concatenate([np.flatnonzero(y == c)[:3] for c in range(9)])
-    return kerastl.build(
+    model = kerastl.build(
         "efficientnet_lite0",
         task="prototypes",
         weights="imagenet",
         input_shape=(SIZE, SIZE, 3),
         support=(x[idx], y[idx]),
         class_names=[str(c) for c in range(9)],
-        center=True,  # the harder case for add_class: a centre the new class must not move
+        **option,
     )
+    return model, idx
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    # center: the harder case for add_class, a centre the new class must not move
+    return _digit_prototypes(digits, center=True)[0]
 
 
 def test_prototypes_are_scaled_means_of_unit_support_embeddings(model, digits):
@@ -184,18 +190,7 @@ def _same(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def whitened(digits):
-    x, y = digits
-    idx = np.concatenate([np.flatnonzero(y == c)[:3] for c in range(9)])
-    m = kerastl.build(
-        "efficientnet_lite0",
-        task="prototypes",
-        weights="imagenet",
-        input_shape=(SIZE, SIZE, 3),
-        support=(x[idx], y[idx]),
-        class_names=[str(c) for c in range(9)],
-        whiten=True,
-    )
-    return m, idx
+    return _digit_prototypes(digits, whiten=True)
 
 
 def test_whiten_is_estimated_from_the_support_and_changes_predictions(whitened, digits):

@@ -67,8 +67,9 @@ def _tiff_offset(data: tf.Tensor) -> tf.Tensor:
     """Where the EXIF TIFF header starts, or -1: found by a search, not a segment walk.
 
     The EXIF block is tagged ``Exif\\0\\0`` in a JPEG's APP1 segment (searched in the first
-    64 KiB: EXIF must come first, and an APP segment holds at most 64 KiB), ``eXIf`` in a PNG chunk and ``EXIF`` in a WebP
-    chunk (searched in the whole file: both may follow the pixels). A hit counts only if
+    64 KiB: EXIF must come first, and an APP segment holds at most 64 KiB), ``eXIf`` in a
+    PNG chunk and ``EXIF`` in a WebP chunk (searched in the whole file: both may follow the
+    pixels). A hit counts only if
     a TIFF header (``II*\\0`` or ``MM\\0*``) follows, so bytes that happen to spell the tag
     inside compressed data are not taken for it. One string split, no loop: the walk over
     segments it replaces cost more than the decode of a small JPEG.

@@ -39,6 +39,7 @@ from kerastl.errors import ConfigError, DataError, ExportError, ValidationError,
 from kerastl.export import validate
 from kerastl.export.formats import FORMATS as FORMAT_TABLE
 from kerastl.export.formats import Format, Job, NotWritten, Options, Staged
+from kerastl.export.formats.base import remove_stale, stale_files
 from kerastl.export.formats.tflite import QUANTIZATIONS
 from kerastl.export.split import export_split
 
@@ -229,10 +230,9 @@ def _export_one(
     notes += [f"not written: {r['path']}: {r['not_written']}" for r in left_out]
     if published:  # the earlier export's optional files this one did not write
         written = {out / r["path"] for r in records if "not_written" not in r}
-        for path in _stale(out, name, selected, written):
-            path.unlink()
-            notes.append(f"removed {path.name}: left by an earlier export, not written by this one")
-            log.info("  removed %s (stale: not written by this export)", path.name)
+        for note in remove_stale(stale_files(out, name, selected, written)):
+            notes.append(note)
+            log.info("  %s", note)
     records = [r for r in records if "not_written" not in r]
     report = _report(job, formats, source, notes, keras_latency, records, published)
     from kerastl.export import report as report_mod
@@ -261,23 +261,13 @@ def _plan(
     clash = [
         str(p) for (f, _), p in targets.items() if not FORMAT_TABLE[f].versioned and p.exists()
     ]
-    clash += [str(p) for p in _stale(out, name, selected, set(targets.values()))]
+    clash += [str(p) for p in stale_files(out, name, selected, set(targets.values()))]
     if clash and not options.overwrite:
         raise ConfigError(
             f"out_dir: {clash} already exist; pass overwrite=True (CLI --overwrite) to replace "
             "them once the new files pass validation, or choose another out_dir or name."
         )
     return targets
-
-
-def _stale(out: Path, name: str, selected: list[Format], written: set[Path]) -> list[Path]:
-    """Optional derived files of an earlier export that this export does not write."""
-    return [
-        p
-        for fmt in selected
-        for p in fmt.optional_files(out, name)
-        if p not in written and p.exists()
-    ]
 
 
 def _inputs(prepared: Prepared, options: Options) -> tuple:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from kerastl.errors import ConfigError, ExportError
 from kerastl.export.formats import FORMATS, Options
+from kerastl.export.formats.base import remove_stale, stale_files
 
 if TYPE_CHECKING:
     from kerastl.export._trace import Prepared
@@ -73,7 +74,7 @@ def staged_export(
     version: int | None,
     parts: list[Part],
     finish: Callable[[Path, list[dict]], tuple[dict, list[str]]],
-    optional: list[str] | tuple = (),
+    cleanup: Callable[[set[Path]], list[str]] | None = None,
 ) -> dict[str, Any]:
     """Run ``parts`` into one staging folder, then publish everything or nothing.
 
@@ -83,8 +84,8 @@ def staged_export(
         parts: The export calls, in order.
         finish: ``(staging, reports) -> (merged report, extra folder names)``: writes
             extra folders (the tokenizer) into ``staging`` and merges the reports.
-        optional: Names of derived files the formats write for some models only; one
-            in ``out`` that this export did not publish is stale and removed after it.
+        cleanup: ``(published paths) -> report notes``, run after publishing: removes
+            what an earlier export left that this one did not write.
 
     Returns:
         The merged report, also written to ``out/export_report.{json,md}``.
@@ -106,12 +107,8 @@ def staged_export(
             _replace_folder(staging / folder, out / folder)
         for record in merged["artifacts"]:
             _publish_one(staging / record["path"], out / record["path"], record["format"])
-        published = {record["path"] for record in merged["artifacts"]}
-        for stale in [f for f in optional if f not in published and (out / f).exists()]:
-            (out / stale).unlink()
-            merged["notes"].append(
-                f"removed {stale}: left by an earlier export, not written by this one"
-            )
+        if cleanup is not None:
+            merged["notes"] += cleanup({out / r["path"] for r in merged["artifacts"]})
     except OSError as exc:
         raise ExportError(
             f"export to {str(out)!r} failed while publishing: {exc}. Earlier versions are "
@@ -171,11 +168,11 @@ def export_split(
     name = options.name or model.name
     sub = modality.sub_model(model)
     files = planned_files(name, subs, options.quantize, sub.kerastl_config)
-    optional = [p.name for f in subs for p in FORMATS[f].optional_files(Path(), name)]
-    stale = [f for f in optional if f not in files and (out / f).exists()]
+    sub_formats = [FORMATS[f] for f in subs]
+    stale = stale_files(out, name, sub_formats, {out / f for f in files})
     versioned = any(FORMATS[f].versioned for f in own)
     version = resolve_targets(
-        out, name, options.version, versioned, files + stale, options.overwrite
+        out, name, options.version, versioned, files + [p.name for p in stale], options.overwrite
     )
     sub_modality = get_modality(sub.kerastl_config)
 
@@ -214,7 +211,11 @@ def export_split(
         return _merge(reports, formats, modality.split_note(name, _paths(reports))), folders
 
     parts = ([own_part] if own else []) + [sub_part]
-    return staged_export(out, version, parts, finish, optional)
+
+    def cleanup(written: set[Path]) -> list[str]:
+        return remove_stale(stale_files(out, name, sub_formats, written))
+
+    return staged_export(out, version, parts, finish, cleanup)
 
 
 def _paths(reports: list[dict]) -> list[str]:

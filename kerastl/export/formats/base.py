@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -225,3 +225,24 @@ def _merge(outputs: list[dict[str, Any]]) -> dict[str, Any]:
         parts = [o[key] for o in outputs]
         merged[key] = sum(parts, []) if isinstance(value, list) else np.concatenate(parts)
     return merged
+
+
+def stale_files(out: Path, name: str, formats: Iterable[Format], written: set[Path]) -> list[Path]:
+    """Optional derived files (:meth:`Format.optional_files`) an earlier export left in ``out``.
+
+    Those this export does not write (``written``): a clash without ``overwrite=True``,
+    removed by :func:`remove_stale` once the new files are published.
+    """
+    return [
+        p
+        for fmt in formats
+        for p in fmt.optional_files(out, name)
+        if p not in written and p.exists()
+    ]
+
+
+def remove_stale(paths: list[Path]) -> list[str]:
+    """Delete the :func:`stale_files` ``paths``; the report notes saying so."""
+    for path in paths:
+        path.unlink()
+    return [f"removed {p.name}: left by an earlier export, not written by this one" for p in paths]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -337,8 +337,6 @@ def _check_audio_in_mediapipe(job: Job, path: Path) -> dict[str, Any]:
     (plus a few chirps) as ``AudioData`` at the model's sample rate. A clip MediaPipe
     scores differently from Keras leaves the file out (:class:`NotWritten`).
     """
-    from kerastl.export.validate import tolerance_for
-
     modality = job.prepared.modality
     waves = np.concatenate([np.asarray(job.x_val, np.float32), modality.sample_inputs(4, seed=7)])
     scores = tflite_metadata.SCORES_OUTPUT
@@ -347,16 +345,30 @@ def _check_audio_in_mediapipe(job: Job, path: Path) -> dict[str, Any]:
         got = tflite_metadata.mediapipe_audio_scores(path, waves, modality.sample_rate)
     except Exception as exc:  # noqa: BLE001 - MediaPipe raises ValueError/RuntimeError
         raise NotWritten(f"MediaPipe's AudioClassifier could not run the file: {exc}") from exc
+    return _agrees_with_keras(
+        job, got, want, lambda i: f"MediaPipe's AudioClassifier scores waveform {i}"
+    )
+
+
+def _agrees_with_keras(
+    job: Job, got: np.ndarray, want: np.ndarray, scored: Callable[[int], str], why: str = ""
+) -> dict[str, Any]:
+    """MediaPipe's scores ``got`` vs Keras' ``want`` (one row per input), or :class:`NotWritten`.
+
+    ``scored(i)`` names input ``i`` in the message; ``why`` is appended to it.
+    """
+    from kerastl.export.validate import tolerance_for
+
     diff = np.abs(got - want).max(axis=1)
     limit = tolerance_for("tflite/mediapipe", job.options.tolerances).max_rel_err
     bad = np.flatnonzero((diff > limit) | (got.argmax(1) != want.argmax(1)))
     if bad.size:
         i = int(bad[0])
         raise NotWritten(
-            f"MediaPipe's AudioClassifier scores waveform {i} differently from Keras (max abs "
-            f"diff {diff[i]:.2g}, top-1 {int(got[i].argmax())} vs {int(want[i].argmax())})"
+            f"{scored(i)} differently from Keras (max abs diff {diff[i]:.2g}, top-1 "
+            f"{int(got[i].argmax())} vs {int(want[i].argmax())}){why}"
         )
-    return {"mediapipe_checked": len(waves), "mediapipe_max_abs_diff": float(diff.max())}
+    return {"mediapipe_checked": len(got), "mediapipe_max_abs_diff": float(diff.max())}
 
 
 def _check_in_mediapipe(job: Job, path: Path) -> dict[str, Any]:
@@ -366,7 +378,6 @@ def _check_in_mediapipe(job: Job, path: Path) -> dict[str, Any]:
     A sentence MediaPipe scores differently leaves the file out (:class:`NotWritten`).
     """
     from kerastl.export.modalities.text import PROBE_SENTENCES
-    from kerastl.export.validate import tolerance_for
 
     texts = job.options.source_inputs
     if texts is None:
@@ -375,17 +386,13 @@ def _check_in_mediapipe(job: Job, path: Path) -> dict[str, Any]:
     scores = tflite_metadata.SCORES_OUTPUT
     want = np.asarray(job.prepared.predict(job.prepared.modality.tokenize(texts))[scores])
     got = tflite_metadata.mediapipe_text_scores(path, list(texts))
-    diff = np.abs(got - want).max(axis=1)
-    limit = tolerance_for("tflite/mediapipe", job.options.tolerances).max_rel_err
-    bad = np.flatnonzero((diff > limit) | (got.argmax(1) != want.argmax(1)))
-    if bad.size:
-        i = int(bad[0])
-        raise NotWritten(
-            f"MediaPipe's own tokenizer scores {str(texts[i])[:80]!r} differently from Keras "
-            f"(max abs diff {diff[i]:.2g}, top-1 {int(got[i].argmax())} vs "
-            f"{int(want[i].argmax())}); MediaPipe's WordPiece skips Unicode normalisation"
-        )
-    return {"mediapipe_checked": len(texts), "mediapipe_max_abs_diff": float(diff.max())}
+    return _agrees_with_keras(
+        job,
+        got,
+        want,
+        lambda i: f"MediaPipe's own tokenizer scores {str(texts[i])[:80]!r}",
+        "; MediaPipe's WordPiece skips Unicode normalisation",
+    )
 
 
 def _mediapipe_text(job: Job) -> bytes:
