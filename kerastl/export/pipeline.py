@@ -39,7 +39,7 @@ from kerastl.errors import ConfigError, DataError, ExportError, ValidationError,
 from kerastl.export import validate
 from kerastl.export.formats import FORMATS as FORMAT_TABLE
 from kerastl.export.formats import Format, Job, NotWritten, Options, Staged
-from kerastl.export.formats.base import remove_stale, stale_files
+from kerastl.export.formats.base import release_memory, remove_stale, stale_files
 from kerastl.export.formats.tflite import QUANTIZATIONS
 from kerastl.export.split import export_split
 
@@ -223,6 +223,7 @@ def _export_one(
             notes.append(note)
     reference, notes = _reference(prepared, x_val, y_val, notes)
     keras_latency = _keras_latency(prepared, x_val[:1], options.latency_runs)
+    release_memory()
     staging = out / f".kerastl-staging-{uuid.uuid4().hex[:8]}"
     job = Job(prepared, name, out, staging, options, targets, x_val, y_val, x_cal, reference)
     records, published = _stage(job, selected)
@@ -422,6 +423,7 @@ def _run_one(fmt: Format, item: Staged, job: Job) -> dict[str, Any]:
     log.info("  ...     %s/%s: writing and validating", fmt.name, item.precision)
     start = time.perf_counter()
     record = _write_and_validate(fmt, item, job)
+    release_memory()  # the converter's graphs and the loaded artifact, before the next one
     record["validate_seconds"] = round(
         time.perf_counter() - start - record.get("export_seconds", 0.0), 2
     )

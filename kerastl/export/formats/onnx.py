@@ -38,7 +38,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kerastl.errors import ConfigError, ExportError, missing_dependency
-from kerastl.export.formats.base import Artifact, Format, Job, NotWritten, Options, Staged
+from kerastl.export.formats.base import (
+    Artifact,
+    Format,
+    Job,
+    NotWritten,
+    Options,
+    Staged,
+    release_memory,
+)
 from kerastl.export.formats.onnx_strings import STRINGS_SUFFIX
 
 if TYPE_CHECKING:
@@ -175,17 +183,14 @@ def require() -> None:
 def _frozen_graph_def(prepared: Prepared):
     """Frozen, XLA-free, Erfc-free GraphDef of the inference function, and its names."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
 
     concrete = prepared.tf_function().get_concrete_function()
-    frozen = convert_variables_to_constants_v2(
-        concrete, lower_control_flow=False, aggressive_inlining=True
-    )
-    graph_def = frozen.graph.as_graph_def(add_shapes=True)
-    input_names = [t.name for t in frozen.inputs if t.dtype != tf.resource]
-    output_names = [t.name for t in frozen.outputs]
+    graph_def, converted = _freeze(concrete)
+    captured = {id(concrete.graph.internal_captures[i]) for i in converted}
+    input_names = [
+        t.name for t in concrete.inputs if id(t) not in captured and t.dtype != tf.resource
+    ]
+    output_names = [t.name for t in concrete.outputs]
     if len(input_names) != 1:
         raise ExportError(
             f"ONNX export: the frozen graph has inputs {input_names}; expected only the model "
@@ -194,6 +199,23 @@ def _frozen_graph_def(prepared: Prepared):
     _strip_xla(graph_def)
     _rewrite_erfc(graph_def)
     return concrete, graph_def, input_names, output_names
+
+
+def _freeze(concrete) -> tuple[Any, list[int]]:
+    """The function's GraphDef with its variables as constants, and the captures frozen.
+
+    TensorFlow's public ``convert_variables_to_constants_v2`` goes on to import that
+    GraphDef into a new function, whose graph is then serialised again: on ResNet-50
+    that held about ten copies of the weights at once. The two steps it runs first
+    (the ones tf2onnx itself uses for large models) give the GraphDef alone.
+    """
+    from tensorflow.python.framework import convert_to_constants as c2c
+
+    data = c2c._FunctionConverterDataInEager(
+        func=concrete, lower_control_flow=False, aggressive_inlining=True
+    )
+    graph_def, converted = c2c._replace_variables_by_constants(converter_data=data)
+    return graph_def, list(converted)
 
 
 def merge_duplicate_constants(graph_def) -> int:
@@ -346,12 +368,13 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = N
     from tf2onnx.convert import tensor_names_from_structed
 
     concrete, graph_def, input_names, output_names = _frozen_graph_def(prepared)
-    gc.collect()  # the frozen function's graph is a cycle holding a copy of every weight
+    release_memory()  # the frozen function's graph is a cycle holding a copy of every weight
     rename = tensor_names_from_structed(concrete, input_names, output_names)
     # Grappler only needs a graph context for its MetaGraph; importing the GraphDef into
     # it (as tf2onnx.from_function does) would hold one more copy of the weights.
     with tf.device("/cpu:0"), tf.Graph().as_default():
         graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
+    release_memory()  # grappler's input graph
     merge_duplicate_constants(graph_def)
     reference = prepared.predict(probe) if probe is not None else None
     problems: list[str] = []
@@ -397,7 +420,7 @@ def _convert_once(prepared, graph_def, opset, input_names, output_names, rename,
         raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {exc}") from exc
     finally:
         tf2onnx_logger.removeHandler(collect)
-        gc.collect()  # the optimisers' discarded graph copies
+        release_memory()  # the optimisers' discarded graph copies
     unknown = non_standard_ops(model_proto)
     if unknown:
         raise ExportError(
