@@ -16,7 +16,7 @@ memory left after the step. The ``all`` run's report gives the batch-1 latency o
 file (median of 10 runs, in its runtime).
 
 Bar (issue 19): peak <= 3 x float32 weight bytes + 2 GB (GB = 1e9 bytes), per run.
-Writes ``bench/results_export_memory.md`` (included by RESULTS.md) and
+Writes ``bench/results_export_memory.md`` (and re-renders RESULTS.md, which includes it) and
 ``bench/results_export_memory.json`` (one entry per finished child; reruns skip them
 unless ``--fresh``).
 """
@@ -130,7 +130,9 @@ class _Steps:
                 def label_of(args, _label=label):
                     return _label
 
-            setattr(mod, attr, self.wrap(getattr(mod, attr), label_of))
+            owner, _, name = attr.rpartition(".")
+            target = getattr(mod, owner) if owner else mod  # "Class.method" or a function
+            setattr(target, name, self.wrap(getattr(target, name), label_of))
         for name, fmt in FORMATS.items():
             cls = type(fmt)
             cls.load = self.wrap(cls.load, lambda args, _n=name: f"{_n} load")
@@ -211,7 +213,12 @@ def child(entry: str, size: int, run: str) -> dict[str, Any]:
     result["export_s"] = round(time.perf_counter() - start, 1)
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
     result["steps"] = {
-        k: {"peak_mb": v["peak"] / 1e6, "after_mb": v["after"] / 1e6, "seconds": v["seconds"]}
+        k: {
+            "peak_mb": v["peak"] / 1e6,
+            "after_mb": v["after"] / 1e6,
+            "seconds": v["seconds"],
+            "calls": v["calls"],
+        }
         for k, v in steps.rows.items()
     }
     return result
@@ -353,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: (order.get(r["entry"], 99), list(RUNS).index(r["run"])))
     command = "python -m bench.export_memory" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     RESULTS_MD.write_text(markdown(rows, command))
+    from bench import report
+
+    report.write(report.load())  # RESULTS.md includes this section
     return 0
 
 

@@ -262,6 +262,28 @@ def merge_duplicate_constants(graph_def) -> int:
     return len(duplicates)
 
 
+def _has_calls(graph_def) -> bool:
+    """Whether function calls survived the freeze's inlining (XLA-marked functions do)."""
+    return any(n.op in ("StatefulPartitionedCall", "PartitionedCall") for n in graph_def.node)
+
+
+def _inline_calls(graph_def, input_names: list[str], output_names: list[str]):
+    """Grappler as tf2onnx runs it (function inlining, constant folding), weights included.
+
+    Only for graphs that still call functions once their XLA marks are gone; the
+    copies Grappler makes of the weights cost memory, so other graphs skip it.
+    """
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+
+    # Grappler only needs a graph context for its MetaGraph; importing the GraphDef into
+    # it (as tf2onnx.from_function does) would hold one more copy of the weights.
+    with tf.device("/cpu:0"), tf.Graph().as_default():
+        graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
+    release_memory()  # grappler's input graph
+    return graph_def
+
+
 def _strip_xla(graph_def) -> None:
     for fdef in graph_def.library.function:
         for key in ("_XlaMustCompile", "_noinline"):
@@ -363,25 +385,26 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = N
     Raises:
         ExportError: conversion failed or left ops outside the ONNX standard.
     """
-    import tensorflow as tf
-    from tf2onnx import tf_loader
     from tf2onnx.convert import tensor_names_from_structed
+    from tf2onnx.tf_utils import compress_graph_def
 
     concrete, graph_def, input_names, output_names = _frozen_graph_def(prepared)
-    release_memory()  # the frozen function's graph is a cycle holding a copy of every weight
+    release_memory()
     rename = tensor_names_from_structed(concrete, input_names, output_names)
-    # Grappler only needs a graph context for its MetaGraph; importing the GraphDef into
-    # it (as tf2onnx.from_function does) would hold one more copy of the weights.
-    with tf.device("/cpu:0"), tf.Graph().as_default():
-        graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
-    release_memory()  # grappler's input graph
+    if _has_calls(graph_def):  # e.g. ConvNeXt's XLA-marked grouped convolutions
+        graph_def = _inline_calls(graph_def, input_names, output_names)
     merge_duplicate_constants(graph_def)
+    # tf2onnx's large-model route, for every model: the weights leave the GraphDef (held
+    # once, by node name) so TensorFlow's importer and tf2onnx's passes copy only the
+    # small graph, and Grappler (whose constant folding tf2onnx redoes with TensorFlow)
+    # is not run on the weights.
+    weights = compress_graph_def(graph_def)
     reference = prepared.predict(probe) if probe is not None else None
     problems: list[str] = []
     for disabled in OPTIMIZER_FALLBACKS:
         model_proto = None  # free the failed attempt before converting again
         model_proto, notes = _convert_once(
-            prepared, graph_def, opset, input_names, output_names, rename, disabled
+            prepared, (graph_def, weights), opset, input_names, output_names, rename, disabled
         )
         problem = _probe(model_proto, prepared, probe, reference) if probe is not None else None
         if problem is None:
@@ -396,26 +419,15 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = N
     raise ExportError(f"ONNX conversion gives a graph onnxruntime cannot run right: {problems[-1]}")
 
 
-def _convert_once(prepared, graph_def, opset, input_names, output_names, rename, disabled):
-    import tensorflow as tf
-    import tf2onnx
-
+def _convert_once(prepared, graph, opset, input_names, output_names, rename, disabled):
+    """tf2onnx on ``graph`` = (GraphDef without its large constants, name -> their bytes)."""
     collect = _Collect()
     tf2onnx_logger = logging.getLogger("tf2onnx")
     tf2onnx_logger.addHandler(collect)
     optimizers = {k: v for k, v in _optimizers().items() if k not in disabled}
+    args = (prepared.model.name, graph, opset, input_names, output_names, rename, optimizers)
     try:
-        with tf.device("/cpu:0"):
-            model_proto, _ = tf2onnx.convert._convert_common(
-                graph_def,
-                name=prepared.model.name,
-                continue_on_error=True,
-                opset=opset,
-                input_names=input_names,
-                output_names=output_names,
-                tensors_to_rename=rename,
-                optimizers=optimizers,
-            )
+        model_proto = _tf2onnx(*args)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises bare exceptions
         raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -453,6 +465,34 @@ def _probe(model_proto, prepared: Prepared, probe, reference) -> str | None:
     except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail / InvalidGraph
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _tf2onnx(name, graph, opset, input_names, output_names, rename, optimizers):
+    """What ``tf2onnx.convert`` runs, on a GraphDef whose large constants are held apart.
+
+    tf2onnx copies the whole graph, weights included, before each optimiser pass (so a
+    pass that raises is skipped, not fatal): on ResNet-50 that is most of the ONNX
+    export's peak (+0.7 GB). Without those copies (``catch_errors=False``) the peak was
+    higher still (+2.2 GB), so they stay.
+    """
+    import tensorflow as tf
+    from tf2onnx import optimizer
+    from tf2onnx.tfonnx import process_tf_graph
+
+    graph_def, weights = graph
+    with tf.device("/cpu:0"), tf.Graph().as_default() as tf_graph:
+        tf.import_graph_def(graph_def, name="")
+        onnx_graph = process_tf_graph(
+            tf_graph,
+            continue_on_error=True,
+            opset=opset,
+            input_names=input_names,
+            output_names=output_names,
+            tensors_to_rename=rename,
+            const_node_values=weights,
+        )
+    onnx_graph = optimizer.optimize_graph(onnx_graph, True, optimizers=optimizers)
+    return onnx_graph.make_model(f"converted from {name}")
 
 
 def non_standard_ops(model_proto) -> list[str]:

@@ -11,7 +11,8 @@ signatures (``serving_bytes`` for images). Next to the graph:
   ``PredictRequest`` messages;
 * ``assets.extra/rest_request*.json``: sample REST bodies, each checked against the loaded
   signature (input names, dtypes, shapes) before it is written;
-* ``assets.extra/saved_model_cli.txt``: the ``saved_model_cli show --all`` dump.
+* ``assets.extra/saved_model_cli.txt``: the signatures as ``saved_model_cli show --all``
+  prints them.
 
 The version folder is built under a non-numeric temporary name beside its
 final place and renamed only after validation, so TF Serving (which loads any
@@ -127,21 +128,52 @@ def write(prepared: Prepared, path: Path, samples: np.ndarray, model_name: str) 
     for signature, inputs in requests:  # the same requests as gRPC bodies
         request = predict_request(model_name, signature, inputs)
         (extra / grpc_request_file(signature)).write_bytes(request.SerializeToString())
+    signatures = signature_inputs(path)
     for fname, body in prepared.modality.rest_examples(samples).items():
-        check_rest_request(path, body)
+        check_rest_request(path, body, signatures)
         (extra / fname).write_text(json.dumps(body))
     (extra / "saved_model_cli.txt").write_text(saved_model_cli_show(path))
     return {"signatures": signatures, "warmup_requests": len(requests)}
 
 
 def saved_model_cli_show(path: Path) -> str:
-    """The text ``saved_model_cli show --dir PATH --all`` prints."""
-    from tensorflow.python.tools import saved_model_cli
+    """What ``saved_model_cli show --dir PATH --all`` prints about the signatures.
+
+    Read from ``saved_model.pb`` alone: the tag-sets, each SignatureDef's inputs and
+    outputs, and the ops. The listing of the concrete functions that ``--all`` ends with
+    is left out: it loads the whole model (variables included) a second time.
+    """
+    from tensorflow.python.tools import saved_model_cli, saved_model_utils
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        saved_model_cli._show_all(str(path))
+        for meta in saved_model_utils.read_saved_model(str(path)).meta_graphs:
+            tags = ", ".join(meta.meta_info_def.tags)
+            print(f"\nMetaGraphDef with tag-set: '{tags}' contains the following SignatureDefs:")
+            for key in sorted(meta.signature_def):
+                print(f"\nsignature_def['{key}']:")
+                saved_model_cli._show_inputs_outputs_mgd(meta, key, indent=1)
+            saved_model_cli._show_ops_in_metagraph_mgd(meta)
     return re.sub(r"\n{3,}", "\n\n", buf.getvalue())
+
+
+def signature_inputs(saved_model_dir: Path) -> dict[str, dict[str, Any]]:
+    """Signature name -> input name -> ``tf.TensorSpec``, read from ``saved_model.pb``.
+
+    The facts ``saved_model_cli show`` prints, without loading the model.
+    """
+    import tensorflow as tf
+    from tensorflow.python.tools import saved_model_utils
+
+    meta = saved_model_utils.get_meta_graph_def(str(saved_model_dir), "serve")
+    return {
+        name: {
+            key: tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.as_dtype(info.dtype), key)
+            for key, info in sig.inputs.items()
+        }
+        for name, sig in meta.signature_def.items()
+        if not name.startswith("__")  # __saved_model_init_op
+    }
 
 
 # -- TF Serving messages (tensorflow-serving-api) -----------------------------------------------
@@ -206,29 +238,31 @@ def write_warmup_requests(path: Path, model_name: str, requests: list) -> None:
             writer.write(prediction_log(model_name, signature, inputs))
 
 
-def check_rest_request(saved_model_dir: Path, body: dict[str, Any]) -> None:
-    """Check a REST ``predict`` body against the loaded SavedModel's signature.
+def check_rest_request(
+    saved_model_dir: Path, body: dict[str, Any], signatures: dict[str, Any] | None = None
+) -> None:
+    """Check a REST ``predict`` body against the SavedModel's signatures.
 
-    The ``saved_model_cli show`` facts, read from the loaded signature: the body's
-    ``signature_name`` exists, every instance has the signature's input names (a bare
-    value for a single input), each value's shape matches the input's shape without
-    the batch axis and its type the input's dtype (``{"b64": ...}`` for strings).
+    The ``saved_model_cli show`` facts (:func:`signature_inputs`, or ``signatures``
+    already read): the body's ``signature_name`` exists, every instance has the
+    signature's input names (a bare value for a single input), each value's shape
+    matches the input's shape without the batch axis and its type the input's dtype
+    (``{"b64": ...}`` for strings).
 
     Raises:
         ExportError: naming the signature, the input and what differs.
     """
-    import tensorflow as tf
-
     from kerastl.errors import ExportError
 
-    loaded = tf.saved_model.load(str(saved_model_dir))
+    if signatures is None:
+        signatures = signature_inputs(saved_model_dir)
     name = body.get("signature_name", "serving_default")
-    if name not in loaded.signatures:
+    if name not in signatures:
         raise ExportError(
             f"REST body: signature_name {name!r} is not in the SavedModel "
-            f"(signatures: {sorted(loaded.signatures)})."
+            f"(signatures: {sorted(signatures)})."
         )
-    specs = loaded.signatures[name].structured_input_signature[1]
+    specs = signatures[name]
     for instance in body["instances"]:
         named = isinstance(instance, dict) and set(instance) != {"b64"}  # {"b64": ...} is a value
         single = len(specs) == 1 and not named

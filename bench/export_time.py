@@ -1,0 +1,140 @@
+"""Export time of kerastl against the raw tool doing the same conversion, side by side.
+
+    python -m bench.export_time                     # MODELS, every format, both tools
+    python -m bench.export_time --models resnet50 --formats onnx
+
+For each model and format, two fresh child processes build the same model (random
+init, fixed seed) and time one call each, after import and build:
+
+* raw: Keras' own ``model.export(path, format=...)`` (``tf_saved_model``, ``litert``,
+  ``onnx``: the TFLite converter and tf2onnx behind Keras' API), writing one file and
+  checking nothing;
+* kerastl: ``kerastl.export(model, out, formats=[format])`` with 16 validation inputs,
+  which also loads the file back in its runtime, compares it with Keras at batch
+  sizes 1 and 8, times it, and writes the report (and, for SavedModel, the serving
+  signatures, warm-up and request files).
+
+The pair runs in alternating order (raw first for one model, kerastl first for the
+next) in the same benchmark run. Bar (issue 19): kerastl within 1.3 x raw, per format.
+Writes ``bench/results_export_time.md`` (and re-renders RESULTS.md, which includes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS_MD = HERE / "results_export_time.md"
+RESULTS_JSON = HERE / "results_export_time.json"
+MODELS = (("mobilenet_v3_small", 224), ("resnet50", 224), ("convnext_base", 224))
+FORMATS = {"saved_model": "tf_saved_model", "tflite": "litert", "onnx": "onnx"}
+BAR = 1.3
+
+
+def child(entry: str, size: int, fmt: str, tool: str) -> dict[str, Any]:
+    """In the child: build the model, then time one export call with ``tool``."""
+    import keras
+    import numpy as np
+
+    import kerastl
+
+    keras.utils.set_random_seed(0)
+    model = kerastl.build(entry, num_classes=10, input_shape=(size, size, 3), weights=None)
+    x = np.random.default_rng(1).uniform(0, 255, (16, size, size, 3)).astype("float32")
+    model(x[:1])  # Keras' ONNX export refuses a model that was never called
+    with tempfile.TemporaryDirectory(prefix="kerastl_time_") as out:
+        start = time.perf_counter()
+        if tool == "raw":
+            suffix = {"saved_model": "", "tflite": ".tflite", "onnx": ".onnx"}[fmt]
+            model.export(os.path.join(out, "model" + suffix), format=FORMATS[fmt], verbose=False)
+        else:
+            kerastl.export(model, out, formats=[fmt], validation_data=x)
+        seconds = time.perf_counter() - start
+    return {"entry": entry, "format": fmt, "tool": tool, "seconds": round(seconds, 2)}
+
+
+def measure(entry: str, size: int, fmt: str, tool: str) -> dict[str, Any]:
+    from bench._harness import last_json_line, run_child
+
+    res = run_child(
+        ["-m", "bench.export_time", "--child", entry, str(size), fmt, tool], timeout=1800
+    )
+    row = last_json_line(res["stdout"])
+    if row is None or res["returncode"] != 0:
+        tail = [ln for ln in res["stderr"].splitlines() if ln.strip()][-1:] or ["-"]
+        row = {"entry": entry, "format": fmt, "tool": tool, "error": tail[0][:200]}
+    return row
+
+
+def markdown(rows: list[dict[str, Any]], command: str) -> str:
+    """One line per (model, format): raw s, kerastl s, ratio, bar met."""
+    lines = [
+        "## Export time against the raw tools (bench/export_time.py)",
+        "",
+        f"`{command}`. " + " ".join(" ".join(__doc__.split("\n\n")[2:5]).split()),
+        "",
+        f"| entry | format | raw s (Keras `model.export`) | kerastl s (with validation) | "
+        f"ratio | bar {BAR}x |",
+        "|---|---|---|---|---|---|",
+    ]
+    by = {(r["entry"], r["format"], r["tool"]): r for r in rows}
+    for entry in dict.fromkeys(r["entry"] for r in rows):
+        for fmt in FORMATS:
+            raw, ours = by.get((entry, fmt, "raw")), by.get((entry, fmt, "kerastl"))
+            if raw is None or ours is None:
+                continue
+            if "seconds" not in raw or "seconds" not in ours:
+                err = raw.get("error") or ours.get("error")
+                lines.append(
+                    f"| {entry} | {fmt} | {raw.get('seconds', '-')} | "
+                    f"{ours.get('seconds', '-')} | - | failed: {err} |"
+                )
+                continue
+            ratio = ours["seconds"] / raw["seconds"]
+            met = "met" if ratio <= BAR else "**missed**"
+            lines.append(
+                f"| {entry} | {fmt} | {raw['seconds']:.1f} | {ours['seconds']:.1f} | "
+                f"{ratio:.2f}x | {met} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.export_time", description=__doc__)
+    p.add_argument("--models", default="", help="comma-separated entries (default: MODELS)")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"subset of {list(FORMATS)}")
+    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        entry, size, fmt, tool = args.child
+        print(json.dumps(child(entry, int(size), fmt, tool)))
+        return 0
+    sizes = dict(MODELS)
+    models = [m for m in args.models.split(",") if m] or list(sizes)
+    rows: list[dict[str, Any]] = []
+    for i, entry in enumerate(models):
+        for fmt in [f for f in args.formats.split(",") if f]:
+            tools = ("raw", "kerastl") if i % 2 == 0 else ("kerastl", "raw")
+            for tool in tools:
+                row = measure(entry, sizes.get(entry, 224), fmt, tool)
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    RESULTS_JSON.write_text(json.dumps(rows, indent=1))
+    command = "python -m bench.export_time" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
+    RESULTS_MD.write_text(markdown(rows, command))
+    from bench import report
+
+    report.write(report.load())  # RESULTS.md includes this section
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
