@@ -115,7 +115,7 @@ def test_report_lists_every_artifact_validated(exported):
         assert (out / a["path"]).exists()
         assert a["size_bytes"] > 100_000
         assert a["latency_ms"] > 0
-        assert a["parity"]["batch_sizes"] == [1, 8]
+        assert a["parity"]["batch_sizes"] == [1, 4]
         assert a["parity"]["deterministic"] is True
         assert a["non_builtin_ops"] == []
         if a["precision"] == "float32":
@@ -522,7 +522,7 @@ def test_validate_passes_exact_and_catches_noise_shift_and_static_batch():
     x = random_images(10, 8)
     ref = _reference(x)
     ok = validate(_Fake(_reference), ref, x, "onnx/float32", "classification")
-    assert ok["passed"] and ok["max_rel_err"] == 0.0 and ok["batch_sizes"] == [1, 8]
+    assert ok["passed"] and ok["max_rel_err"] == 0.0 and ok["batch_sizes"] == [1, 4]
     rng = np.random.default_rng(0)
 
     def noisy(v):
