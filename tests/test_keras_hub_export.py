@@ -101,3 +101,27 @@ def test_whisper_export_waveform_saved_model_and_log_mel_files(tmp_path):
     onnx_art = kerastl.load_artifact(tmp_path / f"{model.name}.onnx")
     assert onnx_art.metadata["input"]["name"] == "log_mel"
     assert onnx_art.metadata["input"]["shape"] == [100, 80]
+
+
+def test_text_int8_calibrates_on_token_ids(tmp_path):
+    """Full-integer TFLite of a text model: calibration feeds int32 token ids, not floats."""
+    model = kerastl.build(
+        "bert_tiny_en_uncased", num_classes=2, **tiny_kwargs("bert_tiny_en_uncased")
+    )
+    x = np.array(SENTENCES[:24], dtype=object)
+    model.fit(x, np.arange(24) % 2, epochs=2, verbose=0)
+    loose = {"min_agreement": 0.0, "max_metric_drop": 1.0, "min_cosine": -1.0, "min_spread": 0.0}
+    report = kerastl.export(
+        model,
+        tmp_path,
+        formats=["tflite"],
+        quantize=["int8"],
+        calibration_data=x,
+        validation_data=x,
+        tolerances={"tflite/int8": loose},
+    )
+    (int8,) = [a for a in report["artifacts"] if a["precision"] == "int8"]
+    assert int8["passed"], int8["failures"]
+    art = kerastl.load_artifact(tmp_path / int8["path"])
+    out = art.predict(x[:4])["probabilities"]
+    assert out.shape == (4, 2) and np.allclose(out.sum(1), 1, atol=0.05)

@@ -77,7 +77,8 @@ def convert(
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":
-        data = np.asarray(calibration, np.float32)
+        data = np.asarray(calibration)  # pixels / waveforms are float, token ids int32
+        data = data.astype(np.float32 if data.dtype.kind == "f" else np.int32)
 
         def representative() -> Iterable[dict[str, np.ndarray]]:
             for i in range(len(data)):
