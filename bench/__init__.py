@@ -6,7 +6,9 @@
 
 Sections (issue 6): ``startup`` (6), ``finetune`` (2 + batch scaling, XLA, bfloat16),
 ``features`` (1 + dataset-size scaling), ``pipeline`` (3), ``inference`` (4),
-``export_cost`` (5), ``distribute`` (MirroredStrategy 1 vs 2 logical CPUs).
+``distribute`` (MirroredStrategy 1 vs 2 logical CPUs). Export memory and time (issue 19)
+are measured by the stand-alone ``python -m bench.export_memory`` and
+``python -m bench.export_time``, whose sections RESULTS.md includes.
 Each section runs in its own subprocess (fresh TensorFlow, isolated memory);
 inside it, both sides of every comparison alternate in the same process.
 Raw figures go to ``bench/results.json`` (``results_quick.json``), rendered by
@@ -20,6 +22,5 @@ SECTIONS = {
     "features": "bench.features",
     "pipeline": "bench.pipeline",
     "inference": "bench.inference",
-    "export_cost": "bench.export_cost",
     "distribute": "bench.distribute",
 }

@@ -22,7 +22,6 @@ TIMEOUTS = {
     "features": (900, 300),
     "pipeline": (600, 240),
     "inference": (1200, 400),
-    "export_cost": (900, 300),
     "distribute": (400, 200),
 }
 

@@ -13,7 +13,7 @@ RESULTS_MD = HERE / "RESULTS.md"
 EXPORT_MATRIX_MD = HERE / "results_export_matrix.md"
 
 #: Report order of the sections (issue items 6, 2, 1, 3, 4, 5 + scaling).
-ORDER = ("startup", "finetune", "features", "pipeline", "inference", "export_cost", "distribute")
+ORDER = ("startup", "finetune", "features", "pipeline", "inference", "distribute")
 
 
 def load(path: Path = RESULTS_JSON) -> dict[str, Any]:
