@@ -85,7 +85,7 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     by = {(r["entry"], r["format"], r["tool"]): r for r in rows}
-    for entry in dict.fromkeys(r["entry"] for r in rows):
+    for entry in dict.fromkeys(e for e, _ in MODELS if any(r["entry"] == e for r in rows)):
         for fmt in FORMATS:
             raw, ours = by.get((entry, fmt, "raw")), by.get((entry, fmt, "kerastl"))
             if raw is None or ours is None:
@@ -120,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = dict(MODELS)
     models = [m for m in args.models.split(",") if m] or list(sizes)
     rows: list[dict[str, Any]] = []
+    if RESULTS_JSON.is_file():  # a partial rerun replaces its own rows only
+        rows = json.loads(RESULTS_JSON.read_text())
     for i, entry in enumerate(models):
         for fmt in [f for f in args.formats.split(",") if f]:
             tools = ("raw", "kerastl") if i % 2 == 0 else ("kerastl", "raw")
             for tool in tools:
                 row = measure(entry, sizes.get(entry, 224), fmt, tool)
-                rows.append(row)
+                key = (entry, fmt, tool)
+                rows = [r for r in rows if (r["entry"], r["format"], r["tool"]) != key] + [row]
                 print(json.dumps(row), file=sys.stderr, flush=True)
     RESULTS_JSON.write_text(json.dumps(rows, indent=1))
     command = "python -m bench.export_time" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
