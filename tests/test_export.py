@@ -965,3 +965,23 @@ def test_a_mediapipe_file_left_by_an_earlier_export_is_removed_on_overwrite(
     report = kerastl.export(model, tmp_path, formats=["tflite"], validation_data=x, overwrite=True)
     assert not old.exists() and (tmp_path / f"{model.name}.tflite").is_file()
     assert any(n.startswith(f"removed {old.name}") for n in report["notes"])
+
+
+def test_latency_stops_at_its_time_budget_after_three_runs(monkeypatch):
+    import time as _time
+
+    from kerastl.export.formats import base
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        _time.sleep(0.03)
+
+    monkeypatch.setattr(base, "LATENCY_BUDGET_S", 0.05)
+    assert base.median_ms(slow, runs=10) >= 30
+    assert len(calls) == 1 + 3  # warm-up, then stopped by the budget at the minimum
+    calls.clear()
+    monkeypatch.setattr(base, "LATENCY_BUDGET_S", 10.0)
+    base.median_ms(slow, runs=5)
+    assert len(calls) == 1 + 5  # within the budget: every requested run

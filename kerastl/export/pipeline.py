@@ -39,7 +39,7 @@ from kerastl.errors import ConfigError, DataError, ExportError, ValidationError,
 from kerastl.export import validate
 from kerastl.export.formats import FORMATS as FORMAT_TABLE
 from kerastl.export.formats import Format, Job, NotWritten, Options, Staged
-from kerastl.export.formats.base import release_memory, remove_stale, stale_files
+from kerastl.export.formats.base import median_ms, release_memory, remove_stale, stale_files
 from kerastl.export.formats.tflite import QUANTIZATIONS
 from kerastl.export.split import export_split
 
@@ -109,7 +109,8 @@ def export(
             ``{"tflite/int8": {"min_agreement": 0.95}}``.
         max_validation_samples: Validation inputs used at most.
         max_calibration_samples: Calibration inputs used at most.
-        latency_runs: Timed runs per artifact (median reported).
+        latency_runs: Timed runs per artifact at most (median reported; they stop after
+            2 s once 3 were made).
 
     Returns:
         The report (also written as ``export_report.json`` / ``.md``): model, validation
@@ -345,13 +346,7 @@ def _reference(
 
 def _keras_latency(prepared: Prepared, x: np.ndarray, runs: int) -> float:
     fn = prepared.tf_function()
-    fn(x)
-    times = []
-    for _ in range(max(runs, 1)):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000.0)
+    return median_ms(lambda: fn(x), runs)
 
 
 def _stage(job: Job, selected: list[Format]) -> tuple[list[dict[str, Any]], bool]:
