@@ -25,6 +25,7 @@ metadata goes into ``metadata_props``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -349,6 +350,45 @@ def _collecting(factory):
     return make
 
 
+#: Tensor attributes at least this large are shared, not copied, by the graph copies
+#: tf2onnx makes before each optimiser pass (:func:`_sharing_large_tensors`).
+SHARED_TENSOR_BYTES = 1 << 16
+
+
+@contextlib.contextmanager
+def _sharing_large_tensors():
+    """While converting, ``copy.deepcopy`` of a large tensor attribute returns it as is.
+
+    tf2onnx deep-copies the whole graph before every optimiser pass, so that a pass
+    that raises can be undone; the copies held each weight several times (ResNet-50:
+    +0.7 GB). A pass never edits a tensor attribute in place: it replaces the node's
+    attribute with a new one (``Node.set_tensor_value``), so the copies can share the
+    old ones. Registered in ``copy``'s dispatch table for ``AttributeProto`` only, and
+    removed afterwards.
+    """
+    import copy
+
+    import onnx
+
+    def share(attr, memo):
+        if attr.type == onnx.AttributeProto.TENSOR and attr.t.ByteSize() >= SHARED_TENSOR_BYTES:
+            return attr
+        clone = type(attr)()
+        clone.CopyFrom(attr)
+        return clone
+
+    cls = onnx.AttributeProto
+    before = copy._deepcopy_dispatch.get(cls)
+    copy._deepcopy_dispatch[cls] = share
+    try:
+        yield
+    finally:
+        if before is None:
+            copy._deepcopy_dispatch.pop(cls, None)
+        else:
+            copy._deepcopy_dispatch[cls] = before
+
+
 class _Collect(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -497,7 +537,8 @@ def _tf2onnx(name, graph, opset, input_names, output_names, rename, optimizers):
             tensors_to_rename=rename,
             const_node_values=weights,
         )
-    onnx_graph = optimizer.optimize_graph(onnx_graph, True, optimizers=optimizers)
+    with _sharing_large_tensors():
+        onnx_graph = optimizer.optimize_graph(onnx_graph, True, optimizers=optimizers)
     return onnx_graph.make_model(f"converted from {name}")
 
 
