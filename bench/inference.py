@@ -4,8 +4,8 @@ and kerastl's ONNX against the raw ``model.export(format="onnx")`` file.
 For each backbone a kerastl classifier (``weights=None``, BatchNorm statistics set from
 sample images so the outputs vary, 5 classes) is exported in a separate process by
 ``kerastl.export(model, out, formats=all, quantize=[float16, dynamic, int8],
-calibration_data=...)`` (that process's wall time and peak memory are the export cost,
-section 5), then by Keras' own ``model.export(path, format="onnx")``. This process loads
+calibration_data=...)`` (export memory and time per format: ``bench/export_memory.py``
+and ``bench/export_time.py``), then by Keras' own ``model.export(path, format="onnx")``. This process loads
 every artifact in its real runtime and times them alternately:
 
 * Keras: ``model.predict(x)`` and the model called in a ``tf.function``;

@@ -112,7 +112,6 @@ def _first_lines(text: str, n: int = 6) -> str:
 
 def embed_metadata(flatbuffer: bytes, meta: dict[str, Any]) -> bytes:
     """Add kerastl's metadata JSON to the file's ``metadata`` table."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(flatbuffer, 0))
@@ -123,9 +122,7 @@ def embed_metadata(flatbuffer: bytes, meta: dict[str, Any]) -> bytes:
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), entry]
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return tflite_metadata.pack(model, len(flatbuffer))
 
 
 def read_metadata(flatbuffer: bytes) -> dict[str, Any]:
