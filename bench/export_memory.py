@@ -13,7 +13,7 @@ the export step running at that moment (wrappers around kerastl's step functions
 prepare, Keras reference, SavedModel write, TFLite convert per precision, ONNX freeze /
 grappler / tf2onnx / save, loading each file back, validation), with the resident
 memory left after the step. The ``all`` run's report gives the batch-1 latency of every
-file (median of 10 runs, in its runtime).
+file (median of up to 10 runs in its runtime, stopping after 2 s once 3 were made).
 
 Bar (issue 19): peak <= 3 x float32 weight bytes + 2 GB (GB = 1e9 bytes), per run.
 Writes ``bench/results_export_memory.md`` (and re-renders RESULTS.md, which includes it) and
@@ -293,7 +293,7 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
             continue
         lines += [
             "",
-            f"Steps of `{r['entry']}` (all formats): import {_gb(r['import_mb'])} GB, after "
+            f"Steps of `{r['entry']}` (all formats): {_gb(r['import_mb'])} GB before TensorFlow, after "
             f"build {_gb(r['after_build_mb'])} GB",
             "",
             "| step | peak GB | GB after | s |",
@@ -312,7 +312,8 @@ def _latency(rows: list[dict[str, Any]]) -> list[str]:
     cols = ["tflite/float32", "tflite/float16", "tflite/dynamic", "tflite/int8", "onnx/float32"]
     out = [
         "",
-        "Batch-1 latency, ms (median of 10 runs in the file's runtime; Keras = the traced "
+        "Batch-1 latency, ms (median of up to 10 runs in the file's runtime, at least 3, "
+        "stopping after 2 s; measured inside the export, under the same load; Keras = the traced "
         "model in TensorFlow)",
         "",
         "| entry | Keras | " + " | ".join(cols) + " | int8 speed-up over tflite float32 |",

@@ -73,12 +73,14 @@ def measure(entry: str, size: int, fmt: str, tool: str) -> dict[str, Any]:
     return row
 
 
-def markdown(rows: list[dict[str, Any]], command: str) -> str:
+def markdown(rows: list[dict[str, Any]]) -> str:
     """One line per (model, format): raw s, kerastl s, ratio, bar met."""
+    commands = ", ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", "?") for r in rows))
     lines = [
         "## Export time against the raw tools (bench/export_time.py)",
         "",
-        f"`{command}`. " + " ".join(" ".join(__doc__.split("\n\n")[2:5]).split()),
+        f"Rows from {commands} (a later command replaces its own rows). "
+        + " ".join(" ".join(__doc__.split("\n\n")[2:5]).split()),
         "",
         f"| entry | format | raw s (Keras `model.export`) | kerastl s (with validation) | "
         f"ratio | bar {BAR}x |",
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = dict(MODELS)
     models = [m for m in args.models.split(",") if m] or list(sizes)
+    command = "python -m bench.export_time" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     rows: list[dict[str, Any]] = []
     if RESULTS_JSON.is_file():  # a partial rerun replaces its own rows only
         rows = json.loads(RESULTS_JSON.read_text())
@@ -127,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
             tools = ("raw", "kerastl") if i % 2 == 0 else ("kerastl", "raw")
             for tool in tools:
                 row = measure(entry, sizes.get(entry, 224), fmt, tool)
+                row["command"] = command
                 key = (entry, fmt, tool)
                 rows = [r for r in rows if (r["entry"], r["format"], r["tool"]) != key] + [row]
                 print(json.dumps(row), file=sys.stderr, flush=True)
     RESULTS_JSON.write_text(json.dumps(rows, indent=1))
-    command = "python -m bench.export_time" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
-    RESULTS_MD.write_text(markdown(rows, command))
+    RESULTS_MD.write_text(markdown(rows))
     from bench import report
 
     report.write(report.load())  # RESULTS.md includes this section
