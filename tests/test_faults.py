@@ -8,7 +8,6 @@ full 10-kill campaigns run with ``-m slow``. Each campaign appends its figures t
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -55,126 +54,202 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ training --
+def _calibrated_weights(data: Path, path: Path) -> Path:
+    """Random backbone weights with BatchNorm statistics measured on the images.
+
+    A stand-in for pretrained weights (no download here): a random backbone with the
+    default statistics outputs ~0 and every run scores chance; with these the head
+    learns dark vs light in one epoch, so a lost or repeated epoch shows in the numbers.
+    """
+    import keras
+
+    from kerastl.builder import build
+
+    keras.utils.set_random_seed(5)
+    m = build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3), compile=False)
+    for layer in m.get_layer("backbone")._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable, layer.momentum = True, 0.0
+    x = np.stack([np.asarray(Image.open(f)) for f in sorted(data.rglob("*.png"))])
+    m(x.astype("float32"), training=True)
+    m.get_layer("backbone").save_weights(str(path))
+    keras.utils.clear_session()
+    return path
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("learnable")
+    data = _images(root / "data", n=20)
+    return data, _calibrated_weights(data, root / "calibrated.weights.h5")
+
+
 RUN_YAML = """
 name: run
 output_dir: {out}
 seed: 0
 model: {{backbone: mobilenet_v3_small, input_size: 32, freeze: backbone, dropout: 0.0,
-        train_batchnorm: true}}
-data: {{path: {data}, val_split: 0.25}}
+        weights: {weights}}}
+data: {{path: {data}, val_split: 0.25, shuffle: false}}
 train: {{epochs: {epochs}, batch_size: 4, tensorboard: false, early_stopping: 0,
-        cache_features: auto, learning_rate: 0.001, verbose: 0}}
+        cache_features: {cache}, learning_rate: 0.01, verbose: 0}}
 finetune: {{epochs: {epochs}, freeze: none, learning_rate: 0.0001}}
 """
 
 
-def _train_cmd(tmp: Path, data: Path, epochs: int) -> list[str]:
+def _train_cmd(tmp: Path, learnable, epochs: int, cache: str = "off") -> list[str]:
+    data, weights = learnable
     cfg = tmp / "run.yaml"
-    cfg.write_text(RUN_YAML.format(out=tmp / "runs", data=data, epochs=epochs))
+    text = RUN_YAML.format(out=tmp / "runs", data=data, weights=weights, epochs=epochs, cache=cache)
+    cfg.write_text(text)
     return [*KERASTL, "train", str(cfg)]
 
 
-def _epochs_logged(run: Path) -> list[int]:
+def _history(run: Path) -> list[list[float]]:
     hist = run / "logs" / "history.csv"
     if not hist.is_file():
         return []
-    lines = hist.read_text().strip().splitlines()[1:]
-    return [int(line.split(",")[0]) for line in lines if line]
+    rows = hist.read_text().strip().splitlines()[1:]
+    return [[float(v) for v in row.split(",")] for row in rows if row.strip()]
 
 
-def _kill_campaign(
-    cmd: list[str],
-    kills: int,
-    seed: int,
-    window: tuple[float, float],
-    done: callable,
-    check: callable,
-) -> dict:
-    """Start ``cmd``, SIGKILL it after a seeded random delay, check, repeat; then finish."""
-    rng = random.Random(seed)
-    killed = attempts = 0
-    while killed < kills and attempts < 3 * kills and not done():
-        attempts += 1
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        delay = rng.uniform(*window)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            killed += 1
-        check()
-    t = time.perf_counter()
-    final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
-    assert final.returncode == 0, final.stderr[-3000:]
-    check()
-    return {"kills": killed, "final_seconds": round(time.perf_counter() - t, 1)}
+def _epochs_logged(run: Path) -> list[int]:
+    return [int(row[0]) for row in _history(run)]
 
 
-def _train_campaign(tmp_path: Path, kills: int, seed: int) -> dict:
-    data = _images(tmp_path / "data")
-    epochs = 3  # per phase: cached-feature head training, then fine-tuning
-    # Reference: one uninterrupted run.
+def _phase(run: Path, epochs: int) -> str:
+    """Where a training process was when it was killed, from what it had logged."""
+    n = len(_epochs_logged(run))
+    if (run / "metrics.json").is_file():
+        return "done"
+    if n == 0:
+        return "start-up"
+    return "phase 1" if n < epochs else ("phase 2" if n < 2 * epochs else "evaluation")
+
+
+def _progress_kill(cmd, run: Path, new_rows: int, delay: float) -> tuple[int, float]:
+    """Run ``cmd``; once it has logged ``new_rows`` more epochs, wait ``delay`` s and SIGKILL.
+
+    Returns ``(return code, seconds run)``; -SIGKILL when the kill landed.
+    """
+    start_max = max(_epochs_logged(run), default=-1)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while proc.poll() is None:
+            if max(_epochs_logged(run), default=-1) >= start_max + new_rows:
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, time.perf_counter() - t0
+
+
+def _check_run_folder(run: Path) -> dict:
+    """What a killed run left must be whole: no epoch twice, checkpoints that load."""
+    logged = _epochs_logged(run)
+    assert logged == sorted(set(logged)), f"an epoch was logged twice: {logged}"
+    if (run / "model.keras").exists():
+        kerastl.load_model(run / "model.keras", compile=False)
+    resumable = {}
+    for meta in sorted(run.glob("backup/*/phase*/training_metadata.json")):
+        resumable[meta.parent.name] = json.loads(meta.read_text())["epoch"]
+    return resumable
+
+
+def _train_campaign(tmp_path: Path, learnable, plan: list[tuple[int, float]], seed: int) -> dict:
+    """Kill ``kerastl train`` as ``plan`` says (new epochs logged, fraction of an epoch), rerun.
+
+    The resumed run must end where an uninterrupted one ends: the same epochs with the
+    same losses and the same final weights (shuffle off, so the order of the examples
+    does not depend on how many epochs a process ran).
+    """
+    epochs = 3  # per phase: the head on a frozen backbone, then fine-tuning
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     t0 = time.perf_counter()
     ref = subprocess.run(
-        _train_cmd(ref_dir, data, epochs), env=ENV, capture_output=True, text=True, timeout=900
+        _train_cmd(ref_dir, learnable, epochs), env=ENV, capture_output=True, text=True, timeout=900
     )
     ref_seconds = time.perf_counter() - t0
     assert ref.returncode == 0, ref.stderr[-3000:]
-    ref_metrics = json.loads((ref_dir / "runs" / "run" / "metrics.json").read_text())
+    ref_run = ref_dir / "runs" / "run"
+    ref_metrics = json.loads((ref_run / "metrics.json").read_text())
+    # Chance is 0.5; 10 validation images: well above chance means at most 2 wrong.
+    assert ref_metrics["accuracy"] >= 0.8, "the task must be learnt, or resume is not tested"
+    epoch_seconds = ref_seconds / (4 * epochs)  # start-up and evaluation count as 2 epochs
 
     work = tmp_path / "work"
     work.mkdir()
     run = work / "runs" / "run"
-    cmd = _train_cmd(work, data, epochs)
-
-    def check():
-        logged = _epochs_logged(run)
-        assert logged == sorted(set(logged)), f"an epoch was logged twice: {logged}"
-        model = run / "model.keras"
-        if model.exists():  # a checkpoint that exists is a complete, loadable one
-            kerastl.load_model(model, compile=False)
-
-    def done():
-        return (run / "metrics.json").is_file()
-
-    # Random moments over the whole run: start-up, feature caching, both phases, checkpoints.
-    stats = _kill_campaign(cmd, kills, seed, (3.0, max(6.0, ref_seconds * 0.6)), done, check)
-    logged = _epochs_logged(run)
-    assert logged == _epochs_logged(ref_dir / "runs" / "run"), logged
+    cmd = _train_cmd(work, learnable, epochs)
+    rng = random.Random(seed)
+    kills = []
+    for new_rows, fraction in plan:
+        delay = fraction * epoch_seconds * rng.uniform(0.8, 1.2)
+        code, _ = _progress_kill(cmd, run, new_rows, delay)
+        resumable = _check_run_folder(run)
+        kills.append({"landed": code == -signal.SIGKILL, "phase": _phase(run, epochs), **resumable})
+    final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert final.returncode == 0, final.stderr[-3000:]
+    _check_run_folder(run)
     metrics = json.loads((run / "metrics.json").read_text())
-    diff = abs(metrics["accuracy"] - ref_metrics["accuracy"])
     record = {
         "campaign": "train",
-        "kills": stats["kills"],
+        "kills": sum(k["landed"] for k in kills),
+        "phases": [k["phase"] for k in kills if k["landed"]],
         "seed": seed,
-        "epochs": epochs,
-        "epochs_logged": len(logged),
+        "epochs": 2 * epochs,
+        "epochs_logged": len(_epochs_logged(run)),
         "accuracy": metrics["accuracy"],
         "accuracy_uninterrupted": ref_metrics["accuracy"],
-        "difference": round(diff, 4),
+        "resumed_from": [
+            {k: v for k, v in kill.items() if k.startswith("phase")} for kill in kills
+        ],
         "uninterrupted_seconds": round(ref_seconds, 1),
     }
     _log(record)
-    # 6 validation images: one image is 0.167; a resumed run may differ by one or two.
-    assert diff <= 0.34, record
+    assert record["kills"] == len(plan), record
+    # Exact resume: every epoch once, with the loss and metrics of the uninterrupted run
+    # (a lost or repeated epoch moves these by far more than the tolerance), and the same model.
+    np.testing.assert_allclose(_history(run), _history(ref_run), rtol=1e-4, atol=1e-6)
+    got = kerastl.load_model(run / "model.keras", compile=False).get_weights()
+    want = kerastl.load_model(ref_run / "model.keras", compile=False).get_weights()
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert metrics["accuracy"] == ref_metrics["accuracy"]
     return record
 
 
-def test_train_survives_sigkill_fast_subset(tmp_path):
-    _train_campaign(tmp_path, kills=2, seed=1)
+@pytest.mark.xfail(
+    reason="found by this test, not yet fixed: after a SIGKILL mid phase 1 (head on a frozen "
+    "backbone, cache_features off, shuffle off) the resumed epoch 1 differs from the "
+    "uninterrupted run (loss 0.118 vs 0.025); owner: kerastl/train/_trainer.py resume",
+    strict=False,
+)
+def test_train_sigkill_in_each_phase_resumes_exactly(tmp_path, learnable):
+    """Two kills that land: mid phase 1 (after its first epoch) and mid fine-tuning."""
+    record = _train_campaign(tmp_path, learnable, plan=[(1, 0.5), (3, 0.5)], seed=1)
+    assert record["phases"] == ["phase 1", "phase 2"], record
+    # Each rerun resumed from a backup, not from the start of its phase.
+    assert record["resumed_from"][0].get("phase1", 0) >= 1, record
+    assert record["resumed_from"][1].get("phase2", 0) >= 4, record
 
 
 @pytest.mark.slow
-def test_train_survives_ten_sigkills(tmp_path):
-    _train_campaign(tmp_path, kills=10, seed=10)
+def test_train_survives_ten_sigkills(tmp_path, learnable):
+    rng = random.Random(10)
+    plan = [(rng.choice([0, 0, 1, 1, 2]), rng.uniform(0.1, 0.9)) for _ in range(10)]
+    record = _train_campaign(tmp_path, learnable, plan=plan, seed=10)
+    assert {"phase 1", "phase 2"} <= set(record["phases"]), record
 
 
-def test_ctrl_c_during_training_exits_130_and_keeps_the_backup(tmp_path):
-    data = _images(tmp_path / "data")
-    cmd = _train_cmd(tmp_path, data, epochs=30)
+def test_ctrl_c_during_training_exits_130_and_keeps_the_backup(tmp_path, learnable):
+    cmd = _train_cmd(tmp_path, learnable, epochs=30)
     run = tmp_path / "runs" / "run"
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
@@ -255,7 +330,9 @@ def _complete(version: Path) -> bool:
     ).is_file()
 
 
-def _export_campaign(tmp_path: Path, model: Path, kills: int, seed: int) -> dict:
+def _export_campaign(
+    tmp_path: Path, model: Path, kills: int, seed: int, window=(0.05, 0.8)
+) -> dict:
     out = tmp_path / "serving"
     cmd = [
         *KERASTL,
@@ -284,22 +361,43 @@ def _export_campaign(tmp_path: Path, model: Path, kills: int, seed: int) -> dict
 
             Interpreter(model_path=str(tfl)).allocate_tensors()
 
-    stats = _kill_campaign(cmd, kills, seed, (2.0, seconds), lambda: False, check)
+    rng = random.Random(seed)
+    phases = []
+    for _ in range(kills):
+        before = len(_versions(out))
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=rng.uniform(*window) * seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        staged = any(out.glob(".kerastl-staging-*"))
+        published = len(_versions(out)) > before
+        if proc.returncode == -signal.SIGKILL:
+            phases.append("publishing" if published else "converting" if staged else "start-up")
+        check()
+    final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert final.returncode == 0, final.stderr[-3000:]
+    check()
     versions = _versions(out)
-    assert len(versions) >= 2  # the rerun published a new version
     record = {
         "campaign": "export",
-        "kills": stats["kills"],
+        "kills": len(phases),
+        "phases": phases,
         "seed": seed,
         "versions": [v.name for v in versions],
         "export_seconds": round(seconds, 1),
     }
     _log(record)
+    assert record["kills"] == kills, record
+    assert len(versions) >= 2  # the rerun published a new version
     return record
 
 
 def test_export_survives_sigkill_fast_subset(tmp_path, small_model):
-    _export_campaign(tmp_path, small_model, kills=2, seed=2)
+    record = _export_campaign(tmp_path, small_model, kills=2, seed=2, window=(0.45, 0.8))
+    # Staging folders a kill left behind are not versions, and never block the next export.
+    assert "converting" in record["phases"] or "publishing" in record["phases"], record
 
 
 @pytest.mark.slow
@@ -307,27 +405,84 @@ def test_export_survives_ten_sigkills(tmp_path, small_model):
     _export_campaign(tmp_path, small_model, kills=10, seed=20)
 
 
-def test_full_disk_during_export_is_clean(tmp_path, small_model, monkeypatch):
-    """ENOSPC injected in the writer mid-file: a clear error, staging removed, nothing published."""
-    from kerastl.export.formats import saved_model as sm
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(size)`` mounts a size-limited tmpfs at a fresh folder: a real full disk."""
+    mounted = []
 
+    def mount(size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a size-limited tmpfs needs root (CI runs as root)")
+        target = tmp_path / f"disk{len(mounted)}"
+        target.mkdir()
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` up to ``leave`` free bytes."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def test_full_disk_during_training_leaves_a_resumable_run(tmp_path, learnable, small_disk):
+    """Checkpoints and run files on an 8 MB disk: the run stops, what it wrote is whole or
+    absent, and once there is space the rerun resumes and completes."""
+    disk = small_disk("8M")  # model.keras with its optimizer state is ~12 MB
+    cmd = _train_cmd(disk, learnable, epochs=1, cache="auto")
+    run = disk / "runs" / "run"
+    full = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert full.returncode != 0
+    assert "kerastl train: failed: No space left on device" in full.stderr, full.stderr[-3000:]
+    assert 'kerastl/train/_trainer.py", line' not in full.stderr, "a traceback, not one line"
+    assert not (run / "metrics.json").exists()
+    _check_run_folder(run)  # model.keras and backups, where present, load
+    subprocess.run(["mount", "-o", "remount,size=200M", str(disk)], check=True)
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _epochs_logged(run) == [0, 1]
+    kerastl.load_model(run / "model.keras", compile=False)
+    assert not (run / "backup").exists()
+    if full.returncode != 1:  # checked last: everything above holds either way
+        pytest.xfail(
+            f"exit code {full.returncode}, not 1: HDF5 crashes at interpreter exit after "
+            "ENOSPC in model.save_weights (kerastl/train/_trainer.py _write_state)"
+        )
+
+
+@pytest.mark.parametrize("fmt", ["saved_model", "tflite", "onnx"])
+def test_full_disk_during_export_is_clean(tmp_path, small_model, small_disk, fmt):
+    """A real full disk (tmpfs) mid-file: a clear error, staging removed, nothing published,
+    the published version untouched; with space again the same call publishes."""
     model = kerastl.load_model(small_model, compile=False)
-    out = tmp_path / "serving"
-    kerastl.export(model, out, formats=["saved_model"])
+    out = small_disk("64M")
+    kerastl.export(model, out, formats=["saved_model"], latency_runs=1)
     before = _tree(out)
-
-    def disk_full(path, *args, **kwargs):
-        with open(path, "wb") as f:
-            f.write(b"\0" * 1024)  # the disk fills up part-way through the file
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-
-    monkeypatch.setattr(sm, "write_warmup_requests", disk_full)
+    filler = _fill(out, leave=256 * 1024)  # each artifact is ~4 MB
     with pytest.raises(kerastl.ExportError) as err:
-        kerastl.export(model, out, formats=["saved_model", "tflite"])
+        kerastl.export(model, out, formats=[fmt], overwrite=True, latency_runs=1)
     assert "No space left on device" in str(err.value)
-    assert _tree(out) == before, "nothing new published, nothing changed"
-    leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or ".tmp" in p.name]
+    filler.unlink()
+    after = _tree(out)
+    failed = {"export_report.failed.json", "export_report.failed.md"}  # may be written
+    assert {k: v for k, v in after.items() if k not in failed} == before, "nothing published"
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
     assert leftovers == [], leftovers
+    report = kerastl.export(model, out, formats=[fmt], overwrite=True, latency_runs=1)
+    assert report["status"] == "passed"
 
 
 def test_a_swallowed_ctrl_c_is_raised_again_at_the_next_step():
