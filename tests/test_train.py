@@ -122,6 +122,49 @@ def test_auc_regression_multilabel_metrics():
     assert ml["per_class"]["x"]["auc"] == 1.0 and ml["macro_auc"] == pytest.approx(0.75)
 
 
+def test_binary_and_embedding_metrics_by_hand():
+    y = np.array([0, 0, 1, 1, 1])
+    s = np.array([0.2, 0.6, 0.7, 0.4, 0.9])
+    m = M.compute_metrics("binary", y, s[:, None], ["neg", "pos"], threshold=0.5)
+    assert m["confusion_matrix"] == [[1, 1], [1, 2]]  # rows: true neg, true pos
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["auc"] == pytest.approx(5 / 6)  # 5 of the 6 (pos, neg) pairs ranked right
+    assert M.compute_metrics("binary", y, s, threshold=0.65)["confusion_matrix"] == [[2, 0], [1, 2]]
+    fpr, tpr = M.roc_curve(y, s)
+    assert fpr.tolist() == [0, 0, 0, 0.5, 0.5, 1] and tpr.tolist() == pytest.approx(
+        [0, 1 / 3, 2 / 3, 2 / 3, 1, 1]
+    )
+    # Leave-one-out nearest neighbour: the 4th point's neighbour is of the other class.
+    emb = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.6, 0.4]])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    e = M.compute_metrics("embedding", np.array([0, 0, 1, 1]), emb)
+    assert e["nn_accuracy"] == pytest.approx(3 / 4) and e["num_examples"] == 4
+    with pytest.raises(Exception, match="no metrics defined"):
+        M.compute_metrics("segmentation", y, s)
+
+
+def test_roc_and_regression_plots_are_written(tmp_path):
+    from kerastl.train._evaluate import write_plots
+
+    y = np.array([0, 1, 1, 0])
+    s = np.array([[0.1], [0.8], [0.6], [0.3]])
+    m = M.compute_metrics("binary", y, s, ["a", "b"])
+    written = write_plots(tmp_path / "bin", "binary", m, y, s, {"loss": [1.0, 0.5]})
+    names = sorted(p.split("/")[-1] for p in written)
+    assert names == ["confusion_matrix.png", "curves.png", "roc.png"]
+    yr, pr = np.array([[1.0], [2.0], [3.0]]), np.array([[1.1], [1.9], [3.2]])
+    mr = M.compute_metrics("regression", yr, pr)
+    written = write_plots(tmp_path / "reg", "regression", mr, yr, pr, {"loss": [1.0]})
+    assert [p.split("/")[-1] for p in written][-1] == "regression.png"
+    for p in (
+        tmp_path / "bin" / "plots" / "roc.png",
+        tmp_path / "reg" / "plots" / "regression.png",
+    ):
+        assert Image.open(p).size[0] > 100  # a real PNG
+
+
 # -- the run folder ------------------------------------------------------------
 
 
