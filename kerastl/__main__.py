@@ -1,7 +1,5 @@
 """``python -m kerastl``: the console script."""
 
-import sys
+from kerastl.cli.app import console
 
-from kerastl.cli.app import main
-
-sys.exit(main())
+console()

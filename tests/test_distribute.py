@@ -161,7 +161,7 @@ ONE_DEVICE = COMMON + textwrap.dedent("""
     from kerastl import data as kdata
     from kerastl.train import train
     import keras
-    from kerastl._build import build
+    from kerastl.builder import build
     root = sys.argv[1]
     x, y = one_image_per_batch()
     w = calibrated(os.path.join(root, "calibrated.weights.h5"))

@@ -36,7 +36,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_console_script_is_declared():
     text = (ROOT / "pyproject.toml").read_text()
-    assert 'kerastl = "kerastl.cli:main"' in text
+    assert 'kerastl = "kerastl.cli.app:console"' in text
     res = subprocess.run(
         [sys.executable, "-m", "kerastl.cli", "--version"],
         capture_output=True,

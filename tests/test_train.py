@@ -146,7 +146,7 @@ def test_binary_and_embedding_metrics_by_hand():
 
 
 def test_roc_and_regression_plots_are_written(tmp_path):
-    from kerastl.train._evaluate import write_plots
+    from kerastl.train.evaluate import write_plots
 
     y = np.array([0, 1, 1, 0])
     s = np.array([[0.1], [0.8], [0.6], [0.3]])

@@ -1,7 +1,5 @@
 """``python -m kerastl.cli``: the console script."""
 
-import sys
+from kerastl.cli.app import console
 
-from kerastl.cli.app import main
-
-sys.exit(main())
+console()

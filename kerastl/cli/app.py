@@ -208,7 +208,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         reason = os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0]
         where = f": {exc.filename}" if exc.filename else ""
         print(f"kerastl {args.command}: failed: {reason}{where}", file=sys.stderr)
+        global _FAILED_WRITE
+        _FAILED_WRITE = True
         return 1
+
+
+#: Set when a command failed on an OSError (a full disk): see :func:`console`.
+_FAILED_WRITE = False
+
+
+def console() -> None:
+    """The ``kerastl`` console script: :func:`main`, then exit with its code.
+
+    After a write failed on a full disk, HDF5 (h5py) can crash the interpreter's
+    shutdown with SIGSEGV while it closes the file it could not write, so the
+    process would end with -11 instead of 1. The message is already printed and
+    every file kerastl publishes is written to a temporary name first, so in that
+    case the process exits at once with the code.
+    """
+    code = main()
+    if _FAILED_WRITE:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

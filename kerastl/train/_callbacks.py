@@ -80,8 +80,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         monitor: Log key, e.g. ``"val_loss"``.
         mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracy/auc/f1).
         best: Best value so far (to continue across the phases of a recipe).
-        save: Write the file (False on non-chief workers is not needed: they
-            get a temporary path instead).
+        record: A JSON file that keeps the best value next to each save, so a run
+            killed and resumed keeps comparing with the model that ``path`` holds.
     """
 
     def __init__(
@@ -92,9 +92,11 @@ class BestCheckpoint(keras.callbacks.Callback):
         mode: str = "auto",
         best: float | None = None,
         verbose: int = 1,
+        record: str | os.PathLike | None = None,
     ):
         super().__init__()
         self.path = str(path)
+        self.record = record
         self.target = target
         self.monitor = monitor
         if mode == "auto":
@@ -112,6 +114,17 @@ class BestCheckpoint(keras.callbacks.Callback):
         #: the head on cached features: an epoch takes less time than a save).
         self.defer = False
         self._unsaved = False
+        #: The best value came from an earlier process; its weights are in ``path``.
+        self._best_on_disk = False
+
+    def resume(self) -> bool:
+        """Continue from the best value an earlier process recorded; False if there is none."""
+        if self.record is None or not os.path.isfile(self.record) or not os.path.isfile(self.path):
+            return False
+        with open(self.record) as f:
+            self.best = float(json.load(f)["best"])
+        self._best_on_disk = True
+        return True
 
     def _better(self, value: float) -> bool:
         return value > self.best if self.mode == "max" else value < self.best
@@ -162,13 +175,33 @@ class BestCheckpoint(keras.callbacks.Callback):
         model.save(tmp)
         os.replace(tmp, self.path)  # never leave a half-written best model
         self._unsaved = False
+        if self.record is not None:
+            os.makedirs(os.path.dirname(self.record), exist_ok=True)
+            tmp = f"{self.record}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"best": self.best, "epoch": self.best_epoch}, f)
+            os.replace(tmp, self.record)
+
+    @property
+    def saved(self) -> bool:
+        """``path`` holds the best model (of this process or of the one it resumes)."""
+        return self.best_weights is not None or self._best_on_disk
 
     def restore(self) -> bool:
-        """Load the best weights back into the target; False if none were seen."""
-        if self.best_weights is None:
-            return False
-        (self.target or self.model).set_weights(self.best_weights)
-        return True
+        """Load the best weights back into the target; False if none were seen.
+
+        After a resume with no improvement in this process, they come from ``path``.
+        """
+        model = self.target or self.model
+        if self.best_weights is not None:
+            model.set_weights(self.best_weights)
+            return True
+        if self._best_on_disk:
+            from kerastl.builder import load_model
+
+            model.set_weights(load_model(self.path, compile=False).get_weights())
+            return True
+        return False
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):
@@ -301,6 +334,13 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         with open(meta, "w") as f:
             json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
         os.replace(meta, self._training_metadata_path)
+
+    def on_train_end(self, logs=None):
+        # Keras stores the resumed epoch on the model (``model._initial_epoch``) and
+        # ``fit()`` prefers it to its own ``initial_epoch`` argument; left set, the next
+        # phase's fit() of the same model would start at this phase's resumed epoch.
+        self.model._initial_epoch = None
+        super().on_train_end(logs)
 
     def on_train_begin(self, logs=None):
         try:

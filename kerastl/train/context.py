@@ -281,10 +281,13 @@ def make_datasets(ctx: RunContext) -> None:
     if ctx.chief:
         runfolder.write_json(runfolder.run_path(ctx.folder.out_dir, "data_report"), ctx.data_report)
     ctx.best = BestCheckpoint(
-        ctx.folder.model_path, target=ctx.model, monitor=ctx.monitor, verbose=int(ctx.verbose > 0)
+        ctx.folder.model_path,
+        target=ctx.model,
+        monitor=ctx.monitor,
+        verbose=int(ctx.verbose > 0),
+        record=ctx.folder.state_dir / "best.json",
     )
-    if ctx.state.get("best") is not None:
-        ctx.best.best = ctx.state["best"]
+    ctx.best.resume()  # a resumed run compares with the best model an earlier process saved
     ctx.folder.logs_dir.mkdir(parents=True, exist_ok=True)
 
 

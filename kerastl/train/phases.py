@@ -170,8 +170,7 @@ def phase1(ctx: RunContext) -> int:
     ctx.best.restore()
     done = ctx.folder.epochs_done(len(h.history.get("loss", [])))
     ctx.timings["phase1_seconds"] = time.perf_counter() - t1
-    best = ctx.best.best if math.isfinite(ctx.best.best) else None
-    saved = {"phase1_done": True, "phase1_epochs": done, "best": best, "history": ctx.history}
+    saved = {"phase1_done": True, "phase1_epochs": done, "history": ctx.history}
     ctx.folder.write_state(model, saved)
     return done
 

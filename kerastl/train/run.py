@@ -108,7 +108,7 @@ def _save_best(ctx: RunContext) -> None:
     Without validation data there is no best checkpoint: the last weights are saved.
     """
     model_path = ctx.folder.model_path
-    if ctx.best.best_weights is None or not Path(model_path).exists():
+    if not ctx.best.saved or not Path(model_path).exists():
         tmp = model_path + ".tmp.keras"
         ctx.model.save(tmp)
         os.replace(tmp, model_path)

@@ -200,7 +200,11 @@ class RunFolder:
         """Save the model's weights and ``state`` at the end of phase 1."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / "phase1.tmp.weights.h5"
-        model.save_weights(str(tmp))
+        try:
+            model.save_weights(str(tmp))
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk: free what the failed write took
+            raise
         os.replace(tmp, self.phase1_weights)
         write_json(self.state_dir / "state.json", state)
 
