@@ -127,17 +127,6 @@ def _phase(run: Path, epochs: int) -> str:
     return "phase 1" if n < epochs else ("phase 2" if n < 2 * epochs else "evaluation")
 
 
-def _progress_kill(cmd, run: Path, new_rows: int, delay: float) -> tuple[int, float]:
-    """Run ``cmd``; once it has logged ``new_rows`` more epochs, wait ``delay`` s and SIGKILL.
-
-    Returns ``(return code, seconds run)``; -SIGKILL when the kill landed.
-    """
-    start_max = max(_epochs_logged(run), default=-1)
-    return _kill_when(
-        cmd, lambda: max(_epochs_logged(run), default=-1) >= start_max + new_rows, delay
-    )
-
-
 def _backup_epoch(run: Path, phase: str) -> int:
     meta = run / "backup" / "chief" / phase / "training_metadata.json"
     try:
@@ -179,9 +168,9 @@ def _check_run_folder(run: Path) -> dict:
 def _train_campaign(tmp_path: Path, learnable, plan: list[tuple], seed: int) -> dict:
     """Kill ``kerastl train`` as ``plan`` says, then rerun it to the end.
 
-    A step ``(new_rows, fraction)`` kills once the process logged ``new_rows`` more epochs
-    and a ``fraction`` of an epoch passed; ``(phase, epoch)`` kills as soon as the backup
-    of ``phase`` (``"phase1"``, ``"phase2"``) records ``epoch`` epochs done.
+    A step ``(phase, epoch, delay)`` starts the command and kills it ``delay`` seconds
+    after the backup of ``phase`` (``"phase1"``, ``"phase2"``) records ``epoch`` epochs
+    done (at once, in start-up, when a killed process had got that far already).
 
     The resumed run must end where an uninterrupted one ends: the same epochs with the
     same losses and the same final weights (shuffle off, so the order of the examples
@@ -200,21 +189,15 @@ def _train_campaign(tmp_path: Path, learnable, plan: list[tuple], seed: int) -> 
     ref_metrics = json.loads((ref_run / "metrics.json").read_text())
     # Chance is 0.5; 10 validation images: well above chance means at most 2 wrong.
     assert ref_metrics["accuracy"] >= 0.8, "the task must be learnt, or resume is not tested"
-    epoch_seconds = ref_seconds / (4 * epochs)  # start-up and evaluation count as 2 epochs
 
     work = tmp_path / "work"
     work.mkdir()
     run = work / "runs" / "run"
     cmd = _train_cmd(work, learnable, epochs)
-    rng = random.Random(seed)
     kills = []
-    for when, amount in plan:
-        if isinstance(when, str):
-            ready = lambda w=when, a=amount: _backup_epoch(run, w) >= a  # noqa: E731
-            code, _ = _kill_when(cmd, ready, 0.0)
-        else:
-            delay = amount * epoch_seconds * rng.uniform(0.8, 1.2)
-            code, _ = _progress_kill(cmd, run, when, delay)
+    for phase, epoch, delay in plan:
+        ready = lambda p=phase, e=epoch: _backup_epoch(run, p) >= e  # noqa: E731
+        code, _ = _kill_when(cmd, ready, delay)
         resumable = _check_run_folder(run)
         kills.append({"landed": code == -signal.SIGKILL, "phase": _phase(run, epochs), **resumable})
     final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
@@ -251,7 +234,7 @@ def _train_campaign(tmp_path: Path, learnable, plan: list[tuple], seed: int) -> 
 def test_train_sigkill_in_each_phase_resumes_exactly(tmp_path, learnable):
     """Two kills that land: mid phase 1 (once its first epoch is backed up) and mid
     fine-tuning (once the run's fourth epoch, the first of fine-tuning, is backed up)."""
-    plan = [("phase1", 1), ("phase2", 4)]
+    plan = [("phase1", 1, 0.0), ("phase2", 4, 0.0)]
     record = _train_campaign(tmp_path, learnable, plan=plan, seed=1)
     assert record["phases"] == ["phase 1", "phase 2"], record
     # Each rerun resumed from a backup, not from the start of its phase.
@@ -261,8 +244,11 @@ def test_train_sigkill_in_each_phase_resumes_exactly(tmp_path, learnable):
 
 @pytest.mark.slow
 def test_train_survives_ten_sigkills(tmp_path, learnable):
+    """Ten kills at seeded moments: in start-up, mid phase 1, mid fine-tuning, and in the
+    last epoch and evaluation (up to 1 s after the fifth epoch's backup)."""
     rng = random.Random(10)
-    plan = [(rng.choice([0, 0, 1, 1, 2]), rng.uniform(0.1, 0.9)) for _ in range(10)]
+    moments = [("phase1", 1), ("phase1", 2), ("phase2", 4), ("phase2", 5)]
+    plan = [(*m, rng.uniform(0.0, 1.0)) for m in sorted(rng.choices(moments, k=10))]
     record = _train_campaign(tmp_path, learnable, plan=plan, seed=10)
     assert {"phase 1", "phase 2"} <= set(record["phases"]), record
 
