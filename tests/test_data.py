@@ -351,3 +351,38 @@ def test_checking_a_large_image_folder_shows_a_progress_bar_unless_quiet(tmp_pat
         assert "checking images" not in capsys.readouterr().err
     finally:
         log.setLevel(old)
+
+
+def test_validation_and_calibration_data_by_path(tmp_path):
+    """kerastl.export's ``validation_data``/``calibration_data`` given as a path: an image
+    folder (labels from class subfolders that name the model's classes), .npy or .npz."""
+    from kerastl.data.files import load_data_path
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / "val" / cls / f"{i}.PNG")
+    paths, labels = load_data_path(tmp_path / "val", "validation_data", ["dog", "cat"])
+    assert [p.split("/")[-2] for p in paths] == ["cat", "cat", "dog", "dog"]
+    assert labels.tolist() == [1, 1, 0, 0]  # indices into the model's class names
+    # Subfolders that are not the model's classes give unlabelled inputs.
+    unlabelled = load_data_path(tmp_path / "val", "calibration_data", ["a", "b"])
+    assert unlabelled == paths
+    assert load_data_path(None, "validation_data", None) is None
+
+    x = np.arange(24, dtype="float32").reshape(2, 3, 4)
+    np.save(tmp_path / "x.npy", x)
+    np.testing.assert_array_equal(load_data_path(tmp_path / "x.npy", "v", None), x)
+    np.savez(tmp_path / "xy.npz", y=np.array([1, 0]), x=x)
+    got_x, got_y = load_data_path(tmp_path / "xy.npz", "v", None)
+    np.testing.assert_array_equal(got_x, x)
+    assert got_y.tolist() == [1, 0]
+    np.savez(tmp_path / "any.npz", images=x)  # no "x" key: the first array, no labels
+    np.testing.assert_array_equal(load_data_path(tmp_path / "any.npz", "v", None), x)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"calibration_data: no images \(.*\.png.*'"):
+        load_data_path(tmp_path / "empty", "calibration_data", None)
+    for bad in (tmp_path / "missing.npy", tmp_path / "data.csv"):
+        with pytest.raises(DataError, match=r"validation_data: expected an image folder"):
+            load_data_path(bad, "validation_data", None)
