@@ -193,3 +193,47 @@ def test_strategy_from_names_its_choices():
 
     with pytest.raises(ConfigError, match="strategy_from.*'advise'"):
         resolve_strategy_from({"strategy_from": "guess", "model": {"backbone": "resnet50"}})
+
+
+def test_train_refuses_an_unresolved_strategy_from(tmp_path):
+    """The key is checked up front; kerastl.train does not silently drop it."""
+    from kerastl.train import train, validate_config
+
+    with pytest.raises(ConfigError, match=r"strategy_from.*'advise'"):
+        validate_config({"strategy_from": "guess", "model": {"backbone": "resnet50"}})
+    cfg = {"output_dir": str(tmp_path), "strategy_from": "advise"}
+    cfg |= {"model": {"backbone": "mobilenet_v3_small"}, "data": {"path": str(tmp_path)}}
+    with pytest.raises(ConfigError, match="resolve_strategy_from"):
+        train(cfg)
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_cli_train_strategy_from_advise_trains_with_the_advice(tmp_path, capsys):
+    """`kerastl train` with strategy_from: advise measures the data, prints the advice and
+    trains with the advised freeze policy and learning rates (80 real LFW photos)."""
+    pytest.importorskip("tensorflow")
+    import yaml
+
+    from kerastl.cli import main
+    from kerastl.train.demo import load_faces_uint8
+
+    x, y = load_faces_uint8()
+    idx = np.concatenate([np.flatnonzero(y == c)[:40] for c in (0, 1)])
+    np.savez(tmp_path / "faces.npz", x=x[idx], y=y[idx])
+    argv = ["train", "--backbone", "efficientnet_lite0", "--data", str(tmp_path / "faces.npz")]
+    argv += ["--input-size", "64", "--epochs", "1", "--finetune-epochs", "1", "--name", "adv"]
+    argv += ["--output-dir", str(tmp_path / "runs"), "--set", "strategy_from=advise"]
+    argv += ["--set", "train.verbose=0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    advice = next(line for line in out.splitlines() if line.startswith("advice: "))
+    cfg = yaml.safe_load((tmp_path / "runs" / "adv" / "config.yaml").read_text())
+    assert cfg["strategy_from"] is None  # resolved, not left for a rerun
+    assert cfg["model"]["freeze"] == "backbone"
+    assert f"head lr {cfg['train']['learning_rate']:g}" in advice, (advice, cfg["train"])
+    ft = cfg["finetune"]
+    if "fine-tune lr" in advice:
+        assert f"freeze {ft['freeze']};" in advice and ft["epochs"] == 1, (advice, ft)
+        assert f"fine-tune lr {ft['learning_rate']:g}" in advice, (advice, ft)
+    else:  # feature extraction: no fine-tuning phase
+        assert ft["epochs"] == 0, (advice, ft)

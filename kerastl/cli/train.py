@@ -128,6 +128,10 @@ def run_train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return 0
+    if cfg["strategy_from"] is not None:  # measures the data: TensorFlow loads here
+        from kerastl.decide import resolve_strategy_from
+
+        cfg = resolve_strategy_from(cfg)
     if args.folds:
         from kerastl.train.kfold import cross_validate
 

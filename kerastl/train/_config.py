@@ -57,6 +57,13 @@ SCHEMA: dict[str, Any] = {
     "name": Field((str, _NONE), None, help="run name (default: the YAML file's stem)"),
     "output_dir": Field((str,), "runs", help="runs are written to output_dir/name"),
     "seed": Field((int,), 0, min=0),
+    "strategy_from": Field(
+        (str, _NONE),
+        None,
+        choices=("advise", None),
+        help="advise: `kerastl train` measures the data first and sets model.freeze, the "
+        "learning rates and finetune as `kerastl advise` recommends",
+    ),
     "model": {
         "backbone": Field((str,), _REQUIRED, help="registry name, e.g. mobilenet_v3_small"),
         "task": Field((str,), "classification", choices=TASKS),

@@ -19,7 +19,7 @@ import keras
 
 from kerastl import data as kdata
 from kerastl.core.meta import ModelMeta
-from kerastl.errors import DataError
+from kerastl.errors import ConfigError, DataError
 from kerastl.train import runfolder
 from kerastl.train._callbacks import BestCheckpoint
 from kerastl.train._config import check_data_paths, load_config, validate_config
@@ -120,9 +120,20 @@ def open_run(
 
 def resolve_config(config: Any, overrides: dict | None, examples: Any) -> dict:
     """The validated config: a YAML path loaded, or a dict with ``overrides`` applied."""
-    if not isinstance(config, dict):
-        return load_config(config, overrides)
-    cfg = dict(config)
+    if isinstance(config, dict):
+        cfg = _with_overrides(dict(config), overrides, examples)
+    else:
+        cfg = load_config(config, overrides)
+    if cfg["strategy_from"] is not None:
+        raise ConfigError(
+            f"strategy_from: {cfg['strategy_from']!r} is applied before training, by "
+            "`kerastl train` or by kerastl.decide.resolve_strategy_from(config); pass the "
+            "config it returns to kerastl.train."
+        )
+    return cfg
+
+
+def _with_overrides(cfg: dict, overrides: dict | None, examples: Any) -> dict:
     if overrides:
         from kerastl.train._config import set_key
 
