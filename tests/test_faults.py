@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -452,7 +453,7 @@ def test_full_disk_during_training_leaves_a_resumable_run(tmp_path, learnable, s
     full = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
     assert full.returncode != 0
     assert "kerastl train: failed: No space left on device" in full.stderr, full.stderr[-3000:]
-    assert 'kerastl/train/_trainer.py", line' not in full.stderr, "a traceback, not one line"
+    assert not re.search(r'File ".*kerastl/.*", line', full.stderr), "a traceback, not one line"
     assert not (run / "metrics.json").exists()
     _check_run_folder(run)  # model.keras and backups, where present, load
     subprocess.run(["mount", "-o", "remount,size=200M", str(disk)], check=True)

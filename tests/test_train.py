@@ -568,6 +568,44 @@ def test_deferred_best_checkpoint_writes_the_best_epoch_once(tmp_path):
     assert model.layers[0].kernel.numpy()[0, 0] == 2.0  # the live model is left as it was
 
 
+def test_best_checkpoint_resumes_from_the_model_an_earlier_process_saved(tmp_path):
+    """A resumed process compares with the recorded best and, seeing nothing better,
+    restores the weights of the saved best model, not its own last epoch's."""
+    import keras
+
+    from kerastl.train._callbacks import BestCheckpoint
+
+    def fit(best, losses):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        best.target = model
+        values = iter(losses)
+
+        class FakeLoss(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs["loss"] = next(values)
+                self.model.layers[0].kernel.assign(np.full((2, 1), logs["loss"], "float32"))
+
+        x, y = np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")
+        model.fit(x, y, epochs=len(losses), verbose=0, callbacks=[FakeLoss(), best])
+        return model
+
+    path, record = tmp_path / "model.keras", tmp_path / "state" / "best.json"
+    first = BestCheckpoint(str(path), monitor="loss", verbose=0, record=record)
+    fit(first, [3.0, 1.0, 2.0])  # "killed" after its third epoch: model.keras holds epoch 1
+    assert json.loads(record.read_text()) == {"best": 1.0, "epoch": 1}
+
+    again = BestCheckpoint(str(path), monitor="loss", verbose=0, record=record)
+    assert not again.resume(record, tmp_path / "missing.keras")  # no model: nothing resumed
+    assert again.resume(record, path) and again.best == 1.0 and again.saved
+    model = fit(again, [1.5])  # worse than the recorded best: model.keras is not rewritten
+    assert again.best_weights is None
+    assert again.restore()
+    np.testing.assert_array_equal(model.layers[0].kernel.numpy(), np.full((2, 1), 1.0))
+    fresh = BestCheckpoint(str(path), monitor="loss", verbose=0, record=record)
+    assert not fresh.saved and not fresh.restore()  # a fresh run trusts no earlier file
+
+
 def test_model_card_is_a_hugging_face_card_with_metrics_datasets_and_base_model():
     from huggingface_hub import ModelCard
 

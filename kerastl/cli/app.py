@@ -228,11 +228,12 @@ def console() -> None:
     """
     code = main()
     if _FAILED_WRITE:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe cannot be flushed
+            sys.stdout.flush()
+            sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

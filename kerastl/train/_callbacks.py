@@ -114,16 +114,17 @@ class BestCheckpoint(keras.callbacks.Callback):
         #: the head on cached features: an epoch takes less time than a save).
         self.defer = False
         self._unsaved = False
-        #: The best value came from an earlier process; its weights are in ``path``.
-        self._best_on_disk = False
+        #: The ``.keras`` file of an earlier process's best model, when resumed from it.
+        self._resumed_from: str | None = None
 
-    def resume(self) -> bool:
-        """Continue from the best value an earlier process recorded; False if there is none."""
-        if self.record is None or not os.path.isfile(self.record) or not os.path.isfile(self.path):
+    def resume(self, record: str | os.PathLike, saved: str | os.PathLike) -> bool:
+        """Continue from the best value in ``record``, whose model an earlier process saved
+        as ``saved``; False if either file is missing."""
+        if not (os.path.isfile(record) and os.path.isfile(saved)):
             return False
-        with open(self.record) as f:
+        with open(record) as f:
             self.best = float(json.load(f)["best"])
-        self._best_on_disk = True
+        self._resumed_from = str(saved)
         return True
 
     def _better(self, value: float) -> bool:
@@ -185,21 +186,22 @@ class BestCheckpoint(keras.callbacks.Callback):
     @property
     def saved(self) -> bool:
         """``path`` holds the best model (of this process or of the one it resumes)."""
-        return self.best_weights is not None or self._best_on_disk
+        return self.best_weights is not None or self._resumed_from is not None
 
     def restore(self) -> bool:
         """Load the best weights back into the target; False if none were seen.
 
-        After a resume with no improvement in this process, they come from ``path``.
+        After a resume with no improvement in this process, they come from the earlier
+        process's file.
         """
         model = self.target or self.model
         if self.best_weights is not None:
             model.set_weights(self.best_weights)
             return True
-        if self._best_on_disk:
+        if self._resumed_from is not None:
             from kerastl.builder import load_model
 
-            model.set_weights(load_model(self.path, compile=False).get_weights())
+            model.set_weights(load_model(self._resumed_from, compile=False).get_weights())
             return True
         return False
 

@@ -45,6 +45,7 @@ class RunContext:
     callbacks: list
     folder: RunFolder
     state: dict = field(default_factory=dict)
+    resuming: bool = False
     skipped: list = field(default_factory=list)
     model: Any = None
     best: Any = None
@@ -105,7 +106,10 @@ def open_run(
     ctx = RunContext(
         cfg, strategy, verbose_level(t["verbose"]), train_ex, val_ex, list(callbacks or []), folder
     )
-    ctx.state = folder.prepare(cfg, run_fingerprint(cfg, train_ex, val_ex))
+    fingerprint = run_fingerprint(cfg, train_ex, val_ex)
+    # Decided before prepare() rewrites the marker: every worker reads the chief's marker.
+    ctx.resuming = folder.resume_refusal(fingerprint, t["resume"]) is None
+    ctx.state = folder.prepare(cfg, fingerprint)
     ctx.skipped = report_skipped(train_ex, val_ex)
     ctx.timings.update(
         {
@@ -298,7 +302,11 @@ def make_datasets(ctx: RunContext) -> None:
         verbose=int(ctx.verbose > 0),
         record=ctx.folder.state_dir / "best.json",
     )
-    ctx.best.resume()  # a resumed run compares with the best model an earlier process saved
+    if ctx.resuming:  # compare with the best model an earlier process saved (the chief's
+        # files, on every worker: a resumed multi-worker job needs the run folder shared)
+        chief = ctx.folder.run_dir
+        record = runfolder.run_path(chief, "state") / "best.json"
+        ctx.best.resume(record, runfolder.run_path(chief, "model"))
     ctx.folder.logs_dir.mkdir(parents=True, exist_ok=True)
 
 
