@@ -15,6 +15,7 @@ import numpy as np
 from kerastl.core import interrupt as _interrupt
 from kerastl.core.safety import atomic_write_text
 from kerastl.errors import KerastlError, choice_error
+from kerastl.train import runfolder
 from kerastl.train._config import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         as ``saved``; False if either file is missing."""
         if not (os.path.isfile(record) and os.path.isfile(saved)):
             return False
-        with open(record) as f:
-            self.best = float(json.load(f)["best"])
+        self.best = float(runfolder.read_json(record)["best"])
         self._resumed_from = str(saved)
         return True
 
@@ -177,11 +177,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         os.replace(tmp, self.path)  # never leave a half-written best model
         self._unsaved = False
         if self.record is not None:
-            os.makedirs(os.path.dirname(self.record), exist_ok=True)
-            tmp = f"{self.record}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({"best": self.best, "epoch": self.best_epoch}, f)
-            os.replace(tmp, self.record)
+            runfolder.write_json(self.record, {"best": self.best, "epoch": self.best_epoch})
 
     @property
     def saved(self) -> bool:

@@ -300,13 +300,12 @@ def make_datasets(ctx: RunContext) -> None:
         target=ctx.model,
         monitor=ctx.monitor,
         verbose=int(ctx.verbose > 0),
-        record=ctx.folder.state_dir / "best.json",
+        record=runfolder.run_path(ctx.folder.out_dir, "best"),
     )
     if ctx.resuming:  # compare with the best model an earlier process saved (the chief's
         # files, on every worker: a resumed multi-worker job needs the run folder shared)
         chief = ctx.folder.run_dir
-        record = runfolder.run_path(chief, "state") / "best.json"
-        ctx.best.resume(record, runfolder.run_path(chief, "model"))
+        ctx.best.resume(runfolder.run_path(chief, "best"), runfolder.run_path(chief, "model"))
     ctx.folder.logs_dir.mkdir(parents=True, exist_ok=True)
 
 

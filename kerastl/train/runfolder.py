@@ -30,6 +30,7 @@ RUN_FILES = {
     "plots": "plots",
     "export": "export",
     "state": "state",
+    "best": "state/best.json",  # the best checkpoint's value, for a resumed run
     "backup": "backup",
 }
 
