@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,9 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
             except Exception as exc:  # noqa: BLE001 - the matrix records every failure
                 row.update(status="fail", error=f"{type(exc).__name__}: {str(exc)[:300]}")
             row["total_s"] = round(time.perf_counter() - t0, 1)
+        # The child's own peak (Linux reports kilobytes): with one format per child,
+        # this is the cell's peak resident memory, build and validation included.
+        row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
         with results.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
 
@@ -223,57 +227,60 @@ def run_parent(
     retry: bool = False,
     twins: bool = True,
 ) -> None:
-    import psutil
+    """Run each entry's missing cells, one child process per format.
 
+    One child per format gives each cell its own peak memory, and a format that is
+    killed (memory or time) does not take the entry's other formats with it.
+    """
     for entry in entries:
         todo = [f for f in formats if (entry, f) not in _done(results, retry)]
         if not todo:
             continue
         if twins and _copy_twin(entry, todo, results):
             continue
-        print(f"== {entry}: {todo}", flush=True)
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            entry,
-            "--formats",
-            ",".join(todo),
-            "--results",
-            str(results),
-        ]
-        seen = len(_lines(results))
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        start, reason, peak = time.time(), None, 0.0
-        while proc.poll() is None:
-            time.sleep(2)
-            try:
-                rss = psutil.Process(proc.pid).memory_info().rss / 1e9
-            except psutil.NoSuchProcess:
-                break
-            peak = max(peak, rss)
-            if rss > max_rss_gb:
-                reason = f"killed: resident memory {rss:.1f} GB > {max_rss_gb} GB"
-            elif time.time() - start > timeout:
-                reason = f"killed: over {timeout:.0f} s"
-            if reason:
-                proc.kill()
-                proc.wait()
-                break
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        finished = {(r["entry"], r["format"]) for r in map(json.loads, _lines(results, seen))}
-        missing = [f for f in todo if (entry, f) not in finished]
-        for fmt in missing:
-            row = {
-                "entry": entry,
-                "format": fmt,
-                "status": "fail",
-                "error": reason or f"child exited {proc.returncode}: {err.strip()[-300:]}",
-                "peak_rss_gb": round(peak, 1),
-            }
-            with results.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-        print(f"   done in {time.time() - start:.0f} s, peak RSS {peak:.1f} GB", flush=True)
+        for fmt in todo:
+            _run_cell(entry, fmt, results, timeout, max_rss_gb)
+
+
+def _run_cell(entry: str, fmt: str, results: Path, timeout: float, max_rss_gb: float) -> None:
+    """One (entry, format) cell in a child, killed past ``max_rss_gb`` or ``timeout``."""
+    import psutil
+
+    print(f"== {entry}: {fmt}", flush=True)
+    cmd = [sys.executable, __file__, "--child", entry, "--formats", fmt, "--results", str(results)]
+    seen = len(_lines(results))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    start, reason, peak = time.time(), None, 0.0
+    while proc.poll() is None:
+        time.sleep(1)
+        try:
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in tree) / 1e9
+        except psutil.NoSuchProcess:
+            break
+        peak = max(peak, rss)
+        if rss > max_rss_gb:
+            reason = f"killed: resident memory {rss:.1f} GB > {max_rss_gb} GB"
+        elif time.time() - start > timeout:
+            reason = f"killed: over {timeout:.0f} s"
+        if reason:
+            proc.kill()
+            proc.wait()
+            break
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    finished = {(r["entry"], r["format"]) for r in map(json.loads, _lines(results, seen))}
+    if (entry, fmt) not in finished:
+        row = {
+            "entry": entry,
+            "format": fmt,
+            "status": "fail",
+            "error": reason or f"child exited {proc.returncode}: {err.strip()[-300:]}",
+            "peak_rss_gb": round(peak, 1),
+            "total_s": round(time.time() - start, 1),
+        }
+        with results.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    print(f"   done in {time.time() - start:.0f} s, peak RSS {peak:.1f} GB", flush=True)
 
 
 def summarize(results: Path, md: Path) -> str:
@@ -381,7 +388,7 @@ def main() -> None:
     p.add_argument("--formats", default=",".join(FORMATS))
     p.add_argument("--results", default=str(HERE / "export_matrix.jsonl"))
     p.add_argument("--markdown", default=str(HERE / "results_export_matrix.md"))
-    p.add_argument("--timeout", type=float, default=1500, help="seconds per entry")
+    p.add_argument("--timeout", type=float, default=1500, help="seconds per cell")
     p.add_argument("--max-rss-gb", type=float, default=12.0)
     p.add_argument("--summarize", action="store_true", help="only rewrite the Markdown")
     p.add_argument("--retry", action="store_true", help="run failed cells again")

@@ -985,3 +985,59 @@ def test_latency_stops_at_its_time_budget_after_three_runs(monkeypatch):
     monkeypatch.setattr(base, "LATENCY_BUDGET_S", 10.0)
     base.median_ms(slow, runs=5)
     assert len(calls) == 1 + 5  # within the budget: every requested run
+
+
+def test_float64_referee_measures_the_rounding_noise_of_an_ill_conditioned_model():
+    """One Keras run can under-state a model's rounding noise; inputs one rounding step away
+    show it, and the referee allows that much (no more) for the artifact."""
+    from kerastl.export.validate import rounding_noise, validate
+
+    x = random_images(10, 8, seed=5)
+    truth = {"probabilities": _reference(x)["probabilities"].astype(np.float64)}
+
+    def off_by(v, amount):
+        out = _reference(v)
+        p = out["probabilities"].astype(np.float64)
+        out["probabilities"] = (p * (1 + amount * np.cos(p * 1e4))).astype(np.float32)
+        return out
+
+    seen = []
+
+    def chaotic(v):  # Keras float32 of a model that amplifies an input change 4000 times
+        seen.append(v)
+        moved = np.abs(v.astype(np.float64) / x - 1).max((1, 2, 3))
+        out = _reference(v)
+        p = out["probabilities"].astype(np.float64)
+        gain = 1 + 4000 * moved[:, None] * np.cos(p * 1e4 + 1)
+        out["probabilities"] = (p * gain).astype(np.float32)
+        return out
+
+    keras32 = off_by(x, 3e-4)  # this one run is 3e-4 from float64
+
+    def judge(amount, keras_float32):
+        return validate(
+            _Fake(lambda v: off_by(v, amount)),
+            keras32,
+            x,
+            "onnx/float32",
+            "classification",
+            exact=lambda v: {"probabilities": truth["probabilities"][: len(v)]},
+            keras_float32=keras_float32,
+        )
+
+    close = judge(-1.2e-3, chaotic)  # 4x the one run, within 2x the measured noise
+    verdict = close["float64_referee"]["probabilities"]
+    assert close["passed"], close["failures"]
+    assert verdict["keras_perturbed_vs_float64"] > 2 * verdict["keras_vs_float64"]
+    moved = np.abs(seen[0].astype(np.float64) / x - 1)
+    assert 0 < moved.max() < 1e-6 and seen[0].dtype == np.float32  # a rounding step, not more
+
+    # Without the noise measurement the same file fails; a broken one fails with it.
+    assert not judge(-1.2e-3, None)["passed"]
+    broken = judge(5e-3, chaotic)
+    assert not broken["passed"]
+    assert "one rounding step away" in broken["failures"][0]
+
+    # Token ids are not moved: there is no rounding step to measure.
+    ids = np.arange(12).reshape(3, 4)
+    assert rounding_noise(chaotic, ids, truth, ["probabilities"]) == {}

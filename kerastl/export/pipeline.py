@@ -458,6 +458,7 @@ def _write_and_validate(fmt: Format, item: Staged, job: Job) -> dict[str, Any]:
             None if own_inputs else job.y_val,
             job.options.tolerances,
             exact=prepared.exact_predict if item.precision == "float32" else None,
+            keras_float32=prepared.predict,
         )
     except Exception as exc:  # noqa: BLE001 - a runtime error on valid input is a failure
         record["failures"] = [f"running it failed: {type(exc).__name__}: {exc}"]
