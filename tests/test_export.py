@@ -345,6 +345,10 @@ def test_next_export_takes_next_version_and_never_touches_published(exported, mo
     before = sorted(p.name for p in (out / "saved_model" / model.name).iterdir())
     report = kerastl.export(model, out, formats=["saved_model"], latency_runs=1)
     assert report["saved_model_version"] == 2
+    # The returned report is plain data: a user can json.dumps it as it is.
+    assert json.loads(json.dumps(report))["artifacts"][0]["details"]["signatures"][0] == (
+        "serving_default"
+    )
     assert sorted(p.name for p in (out / "saved_model" / model.name).iterdir()) == before + ["2"]
     pb = out / "saved_model" / model.name / "1" / "saved_model.pb"
     stamp = pb.stat().st_mtime_ns

@@ -123,7 +123,7 @@ def _share_variables(archive) -> None:
 
 def write(prepared: Prepared, path: Path, samples: np.ndarray, model_name: str) -> dict[str, Any]:
     """Write the SavedModel with its signatures, assets and serving extras into ``path``."""
-    signatures = write_graph(prepared, path)
+    names = write_graph(prepared, path)
 
     assets = path / "assets"
     assets.mkdir(exist_ok=True)
@@ -142,7 +142,7 @@ def write(prepared: Prepared, path: Path, samples: np.ndarray, model_name: str) 
         check_rest_request(path, body, signatures)
         (extra / fname).write_text(json.dumps(body))
     (extra / "saved_model_cli.txt").write_text(saved_model_cli_show(path))
-    return {"signatures": signatures, "warmup_requests": len(requests)}
+    return {"signatures": names, "warmup_requests": len(requests)}
 
 
 def saved_model_cli_show(path: Path) -> str:
