@@ -30,11 +30,13 @@ FORMATS = ("saved_model", "tflite", "onnx")
 
 #: BatchNorm scale of the random-init models (see :func:`informative`).
 BN_GAMMA = 0.5
+#: The parent hands ``--bn-gamma`` to its children in this variable.
+GAMMA_ENV = "EXPORT_MATRIX_BN_GAMMA"
 #: Recorded in each row: rows without it were calibrated with scale 1 and dropout on.
-CALIBRATION = f"bn scale {BN_GAMMA}, dropout off"
+CALIBRATION = "bn scale {}, dropout off"
 
 
-def informative(model, x) -> None:
+def informative(model, x, gamma: float = BN_GAMMA) -> None:
     """Set BatchNorm moving statistics from one batch of ``x``, dropout off, scale 0.5.
 
     With ``weights=None`` the default statistics (mean 0, variance 1) shrink activations
@@ -42,7 +44,7 @@ def informative(model, x) -> None:
     stochastic depth are off while the statistics are taken: statistics of thinned
     activations do not normalise the full ones at inference, and on a deep residual net
     (EfficientNet-B7) the mismatch grows the activations to ~5e4, where float32 rounding
-    alone moves the output by 100%. The BatchNorm scale is :data:`BN_GAMMA`, so each
+    alone moves the output by 100%. The BatchNorm scale is ``gamma`` (0.5), so each
     residual branch adds half the size of its input: with the default scale 1, a deep
     random-init residual net amplifies float32 rounding from 1e-7 to 1e-1 over its depth
     (measured on EfficientNet-B7 at 32 px: TensorFlow's graph and eager results differ by
@@ -67,7 +69,7 @@ def informative(model, x) -> None:
         d.rate = 0.0
     for b in bns:
         if b.gamma is not None:
-            b.gamma.assign(b.gamma * BN_GAMMA)
+            b.gamma.assign(b.gamma * gamma)
     model(x, training=True)
     for b, (trainable, momentum) in zip(bns, saved):
         b.trainable, b.momentum = trainable, momentum
@@ -122,6 +124,7 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
 
     warnings.simplefilter("ignore")
     spec = get_spec(entry)
+    gamma = float(os.environ.get(GAMMA_ENV, BN_GAMMA))
     side = input_size(spec)
     start = time.perf_counter()
     from kerastl.export.modalities import get_modality
@@ -133,7 +136,7 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
         model = kerastl.build(entry, num_classes=3, compile=False, **build_kwargs(spec))
         modality = get_modality(kerastl.metadata(model))
         samples = validation_inputs(spec, modality, 32, seed=1)
-        informative(model, samples)  # BatchNorm statistics of the data it is validated on
+        informative(model, samples, gamma)  # BatchNorm statistics of the validation data
     except Exception as exc:  # noqa: BLE001 - a registry/build problem, not an export one
         with results.open("a") as fh:
             for fmt in formats:
@@ -160,7 +163,7 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
             "params": int(model.count_params()),
             "build_s": round(build_s, 1),
             "output_spread": round(spread, 4),
-            "calibration": CALIBRATION,
+            "calibration": CALIBRATION.format(gamma),
         }
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -327,10 +330,16 @@ def summarize(results: Path, md: Path) -> str:
         "",
         "Every registry entry at its minimum input, `weights=None`, 3 classes, exported by "
         "`kerastl.export` one format at a time and validated in the format's runtime "
-        "(float32, rel err <= 1e-4 or, failing that, the float64 referee of kerastl.export.validate; batch sizes 1 and 8, determinism). BatchNorm statistics are "
+        "(float32, rel err <= 1e-4 or, failing that, the float64 referee of "
+        "kerastl.export.validate; batch sizes 1 and 4, determinism). BatchNorm statistics are "
         "set from one batch first so random-init outputs vary with the input (otherwise every "
-        "output is a constant and parity is vacuous). Machine: 2 CPU cores shared with other "
-        "jobs, so times are inflated. Cell: max rel err / size MB / export s.",
+        "output is a constant and parity is vacuous); rows run since 2026-11-30 take them "
+        f"with dropout off and BatchNorm scale {BN_GAMMA} (`informative()`: a deep random-init "
+        "residual net otherwise amplifies float32 rounding past any tolerance), earlier rows "
+        "with scale 1 and dropout on. Each cell runs in its own process, killed past the "
+        "memory limit. Machine: 2 CPU cores shared with other jobs, so times are inflated. "
+        "Cell: max rel err / size MB / export s / peak resident memory GB of the cell's "
+        "process (build and validation included; `-` for rows from before it was recorded).",
         "",
         f"**{passed} of {len(built)} entry x format cells pass** "
         f"({len(entries) - len(broken) - len(twins)} entries exported; {len(broken)} more could "
@@ -367,9 +376,15 @@ def summarize(results: Path, md: Path) -> str:
                 twin = latest.get((r["same_as"], f), r)
                 cells.append(f"= {r['same_as']} ({'ok' if twin['status'] == 'pass' else 'FAIL'})")
             elif r["status"] == "pass":
-                cells.append(f"ok {r['max_rel_err']:.1g} / {r['size_mb']} / {r['export_s']}")
+                peak = r.get("peak_rss_gb", "-")
+                cells.append(
+                    f"ok {r['max_rel_err']:.1g} / {r['size_mb']} / {r['export_s']} / {peak}"
+                    + _calibration_mark(r)
+                )
             elif r["status"] == "build_error":
                 cells.append("not built")
+            elif str(r.get("error", "")).startswith("killed: resident memory"):
+                cells.append(f"does not fit ({r.get('peak_rss_gb')} GB)")
             else:
                 cells.append("FAIL")
         params = f"{first['params'] / 1e6:.1f}M" if first.get("params") else "-"
@@ -380,6 +395,7 @@ def summarize(results: Path, md: Path) -> str:
             + " |"
         )
     fails = [r for r in built.values() if r["status"] != "pass"]
+    lines += _other_scale_notes(rows, latest)
     if fails:
         lines += ["", "Failures:", ""]
         lines += [f"- {r['entry']} / {r['format']}: {r.get('error')}" for r in fails]
@@ -401,6 +417,34 @@ def summarize(results: Path, md: Path) -> str:
     return text
 
 
+def _calibration_mark(row: dict) -> str:
+    """`` (bn scale X)`` for a row run at another BatchNorm scale than the default."""
+    cal = row.get("calibration")
+    if cal is None or cal == CALIBRATION.format(BN_GAMMA):
+        return ""
+    return f" ({cal.split(',')[0]})"
+
+
+def _other_scale_notes(rows: list[dict], latest: dict) -> list[str]:
+    """What each cell shown at another BatchNorm scale did at the default one."""
+    default = CALIBRATION.format(BN_GAMMA)
+    notes = []
+    for (entry, fmt), r in sorted(latest.items()):
+        if not _calibration_mark(r):
+            continue
+        before = [x for x in rows if (x["entry"], x["format"]) == (entry, fmt)]
+        before = [x for x in before if x.get("calibration") == default]
+        if before:
+            notes.append(f"- {entry} / {fmt} at {default}: {before[-1].get('error', 'pass')}")
+    if not notes:
+        return []
+    head = (
+        "Cells marked with another BatchNorm scale, and what they did at the default one "
+        "(a deeper net amplifies float32 rounding more; see `informative()`):"
+    )
+    return ["", head, "", *notes]
+
+
 def latest_spread(latest: dict, entry: str) -> float | None:
     spreads = [r.get("output_spread") for (e, _), r in latest.items() if e == entry]
     spreads = [v for v in spreads if v is not None]
@@ -420,10 +464,17 @@ def main() -> None:
     p.add_argument(
         "--no-twins", action="store_true", help="also run entries whose graph was already run"
     )
+    p.add_argument(
+        "--bn-gamma",
+        type=float,
+        default=BN_GAMMA,
+        help="BatchNorm scale of the random-init models (recorded in each row)",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     results = Path(args.results)
     formats = [f for f in args.formats.split(",") if f]
+    os.environ.setdefault(GAMMA_ENV, str(args.bn_gamma))
     if args.child:
         run_child(args.child, formats, results)
         return
