@@ -205,3 +205,18 @@ def test_cli_help_is_tensorflow_free():
         timeout=60,
     )
     assert res.stdout.strip() == "False"
+
+
+def test_every_image_entry_minimum_size_is_a_legal_size():
+    """An entry's smallest input is a multiple of its patch (and window) size: ViT-H's
+    patches are 14 px, so 32 px could not build; its minimum is 42."""
+    from kerastl.zoo._keras_hub_family import side_multiple
+
+    hub_images = [
+        s for s in map(get_spec, list_models()) if s.modality == "image" and s.source == "keras_hub"
+    ]
+    assert len(hub_images) > 50
+    for spec in hub_images:
+        step = side_multiple(spec.extra.get("config") or {})
+        assert spec.min_input_size % step == 0, (spec.name, spec.min_input_size, step)
+    assert get_spec("vit_huge_patch14_224_imagenet21k").min_input_size == 42

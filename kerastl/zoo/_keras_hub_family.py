@@ -112,8 +112,9 @@ def _sizes(
     if modality == "image":
         extra["converter"] = fam.get("converter")
         extra["fixed_size"] = fam.get("fixed_size", False)
-        min_size = max(fam.get("min_input_size", 32), side_multiple(config))
-        return facts.pop("input_size"), min_size
+        step = side_multiple(config)
+        floor = fam.get("min_input_size", 32)
+        return facts.pop("input_size"), -(-floor // step) * step  # the first multiple >= floor
     facts.pop("input_size", None)
     if modality == "text":
         max_len = int(config.get("max_sequence_length", 512))
