@@ -1045,3 +1045,28 @@ def test_float64_referee_measures_the_rounding_noise_of_an_ill_conditioned_model
     # Token ids are not moved: there is no rounding step to measure.
     ids = np.arange(12).reshape(3, 4)
     assert rounding_noise(chaotic, ids, truth, ["probabilities"]) == {}
+
+
+def test_a_tflite_file_over_the_flatbuffer_limit_publishes_without_embedded_metadata(
+    model, tmp_path, monkeypatch
+):
+    """flatbuffers cannot pack 2 GiB (ViT-H's float32 file is 2.5 GB): such a file is
+    published as converted, its metadata left in the report; no MediaPipe copy, with why."""
+    import kerastl
+    from kerastl.export.formats import tflite, tflite_metadata
+
+    monkeypatch.setattr(tflite_metadata, "FLATBUFFER_LIMIT", 1000)  # every file is "too big"
+    report = kerastl.export(model, tmp_path, formats=["tflite"], latency_runs=1)
+    assert report["status"] == "passed"
+    arts = {a.get("precision"): a for a in report["artifacts"]}
+    assert "not embedded" in arts["float32"]["details"]["metadata"]
+    flatbuffer = (tmp_path / f"{model.name}.tflite").read_bytes()
+    assert tflite.read_metadata(flatbuffer) == {}
+    assert "mediapipe" not in arts
+    assert any("_mediapipe.tflite" in n and "2 GiB" in n for n in report["notes"]), report["notes"]
+    assert not (tmp_path / f"{model.name}_mediapipe.tflite").exists()
+    monkeypatch.undo()  # under the limit, the metadata is embedded
+    again = kerastl.export(model, tmp_path / "b", formats=["tflite"], latency_runs=1)
+    assert "metadata" not in again["artifacts"][0]["details"]
+    embedded = tflite.read_metadata((tmp_path / "b" / f"{model.name}.tflite").read_bytes())
+    assert embedded["class_names"] == CLASSES

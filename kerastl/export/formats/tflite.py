@@ -256,10 +256,14 @@ class TFLiteFormat(Format):
             int8_io=int8_io if q == "int8" else "float32",
             allow_flex=job.options.allow_flex,
         )
-        content = embed_metadata(content, job.prepared.meta)
+        details: dict[str, Any] = {}
+        if tflite_metadata.repackable(len(content)):
+            content = embed_metadata(content, job.prepared.meta)
+        else:
+            details["metadata"] = f"not embedded: {OVER_LIMIT}; it is in export_report.json"
         path.write_bytes(content)
         ops, _custom = list_ops(content)
-        details: dict[str, Any] = {"ops": len(ops)}
+        details["ops"] = len(ops)
         if q == "int8":
             details["io_type"] = int8_io
         return details
@@ -312,10 +316,17 @@ class TFLiteFormat(Format):
         return artifact.custom_ops
 
 
+#: Why a file over flatbuffers' limit gets no embedded metadata.
+OVER_LIMIT = "the file is over flatbuffers' 2 GiB limit"
+
+
 def _mediapipe_copy(job: Job, kind: str) -> bytes:
     """The staged float32 file with only ``probabilities`` and image or audio metadata."""
     meta = job.prepared.meta
-    content = (job.staging / file_name(job.name, "float32")).read_bytes()
+    source = job.staging / file_name(job.name, "float32")
+    if not tflite_metadata.repackable(source.stat().st_size):
+        raise NotWritten(f"{OVER_LIMIT}, and MediaPipe's metadata must go inside it")
+    content = source.read_bytes()
     head = f"kerastl {meta.get('backbone')} classifier, {len(meta['class_names'])} classes; "
     if kind == "AudioClassifier":
         rate = int(meta["input"].get("sample_rate", 16000))

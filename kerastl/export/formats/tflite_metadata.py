@@ -270,6 +270,21 @@ def _install_version_shim() -> None:
     sys.modules[".".join(parts[:-1])]._pywrap_metadata_version = module
 
 
+#: flatbuffers cannot build a buffer of 2 GiB or more. The TFLite converter writes a larger
+#: model with its weights after the flatbuffer, which unpacking and packing would not carry.
+FLATBUFFER_LIMIT = 2**31 - 1
+
+
+def repackable(size: int) -> bool:
+    """Whether a ``.tflite`` file of ``size`` bytes can be unpacked and packed again.
+
+    Example:
+        >>> repackable(100 * 2**20), repackable(2**31)
+        (True, False)
+    """
+    return size + (1 << 20) < FLATBUFFER_LIMIT
+
+
 def pack(model: Any, size_hint: int) -> bytes:
     """Serialise a TFLite ``ModelT`` into a builder sized for it from the start.
 
