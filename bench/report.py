@@ -114,12 +114,12 @@ def render(data: dict[str, Any]) -> str:
     lines += ["", "## Export matrix (owned by bench/export_matrix.py)", ""]
     if EXPORT_MATRIX_MD.is_file():
         text = EXPORT_MATRIX_MD.read_text()
-        headline = next((ln for ln in text.splitlines() if ln.startswith("**")), None)
+        bold = [ln.replace("**", "").rstrip(".") for ln in text.splitlines() if ln.startswith("**")]
         lines.append(
             "The per-entry export matrix (every registry entry x SavedModel / TFLite / ONNX, "
             "validated in each runtime) is kept in "
             "[results_export_matrix.md](results_export_matrix.md)"
-            + (f": {headline.replace('**', '').rstrip('.')}." if headline else ".")
+            + (": " + ". ".join(bold) + "." if bold else ".")
         )
     else:
         lines.append(
