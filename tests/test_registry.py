@@ -220,3 +220,4 @@ def test_every_image_entry_minimum_size_is_a_legal_size():
         step = side_multiple(spec.extra.get("config") or {})
         assert spec.min_input_size % step == 0, (spec.name, spec.min_input_size, step)
     assert get_spec("vit_huge_patch14_224_imagenet21k").min_input_size == 42
+    assert get_spec("swin_base_patch4_window7_224").min_input_size == 224  # 4 x 7 x 2**3

@@ -91,7 +91,13 @@ def to_markdown(report: dict[str, Any]) -> str:
             if "artifact_vs_float64" in v:
                 lines.append(
                     f"- float64 referee, {name}: artifact {v['artifact_vs_float64']:.3g} from "
-                    f"the float64 result, Keras float32 {v['keras_vs_float64']:.3g}, allowed "
+                    f"the float64 result, Keras float32 {v['keras_vs_float64']:.3g}"
+                    + (
+                        f" ({v['keras_perturbed_vs_float64']:.3g} on inputs one rounding step away)"
+                        if "keras_perturbed_vs_float64" in v
+                        else ""
+                    )
+                    + ", allowed "
                     f"{v['allowed']:.3g} -> {'passed' if v['passed'] else 'failed'}"
                 )
             else:

@@ -412,6 +412,8 @@ def _mediapipe_text(job: Job) -> bytes:
     source = job.staging / "mediapipe_source"
     write_bert_graph(job.prepared.modality.model.get_layer(BERT_INPUTS_LAYER), source)
     content = convert(source, "float32", "ids", allow_flex=job.options.allow_flex)
+    if not tflite_metadata.repackable(len(content)):
+        raise NotWritten(f"{OVER_LIMIT}, and MediaPipe's metadata must go inside it")
     content = embed_metadata(content, meta)
     tokenizer = meta["tokenizer"]
     description = (
@@ -468,6 +470,9 @@ class TFLiteArtifact(Artifact):
         # MediaPipe's text file: token ids in, mask and segment ids made here as MediaPipe does
         self._bert = set(self._inputs) == set(tflite_metadata.TEXT_INPUTS)
         self._feed_name = "ids" if self._bert else self.input_name
+        if self._feed_name not in self._inputs and len(self._inputs) == 1:
+            # No metadata inside (a file over flatbuffers' limit): its one input is the feed.
+            self._feed_name = next(iter(self._inputs))
 
     @property
     def input_dtype(self) -> str:
