@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -188,9 +187,11 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
             except Exception as exc:  # noqa: BLE001 - the matrix records every failure
                 row.update(status="fail", error=f"{type(exc).__name__}: {str(exc)[:300]}")
             row["total_s"] = round(time.perf_counter() - t0, 1)
-        # The child's own peak (Linux reports kilobytes): with one format per child,
+        # The child's own peak (Linux reports KiB; GB here are 1e9 bytes): one format per child,
         # this is the cell's peak resident memory, build and validation included.
-        row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
+        row["peak_rss_gb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2
+        )
         with results.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
 
@@ -272,43 +273,29 @@ def run_parent(
 
 def _run_cell(entry: str, fmt: str, results: Path, timeout: float, max_rss_gb: float) -> None:
     """One (entry, format) cell in a child, killed past ``max_rss_gb`` or ``timeout``."""
-    import psutil
+    sys.path.insert(0, str(HERE.parent))
+    from bench._harness import run_child
 
     print(f"== {entry}: {fmt}", flush=True)
-    cmd = [sys.executable, __file__, "--child", entry, "--formats", fmt, "--results", str(results)]
     seen = len(_lines(results))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    start, reason, peak = time.time(), None, 0.0
-    while proc.poll() is None:
-        time.sleep(1)
-        try:
-            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            rss = sum(p.memory_info().rss for p in tree) / 1e9
-        except psutil.NoSuchProcess:
-            break
-        peak = max(peak, rss)
-        if rss > max_rss_gb:
-            reason = f"killed: resident memory {rss:.1f} GB > {max_rss_gb} GB"
-        elif time.time() - start > timeout:
-            reason = f"killed: over {timeout:.0f} s"
-        if reason:
-            proc.kill()
-            proc.wait()
-            break
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    args = [__file__, "--child", entry, "--formats", fmt, "--results", str(results)]
+    child = run_child(args, timeout, max_rss_gb, poll=1.0)
+    peak = child["peak_rss_mb"] / 1000
     finished = {(r["entry"], r["format"]) for r in map(json.loads, _lines(results, seen))}
     if (entry, fmt) not in finished:
+        reason = child["killed"] and f"killed: {child['killed']}"
+        err = child["stderr"].strip()[-300:]
         row = {
             "entry": entry,
             "format": fmt,
             "status": "fail",
-            "error": reason or f"child exited {proc.returncode}: {err.strip()[-300:]}",
+            "error": reason or f"child exited {child['returncode']}: {err}",
             "peak_rss_gb": round(peak, 1),
-            "total_s": round(time.time() - start, 1),
+            "total_s": round(child["seconds"], 1),
         }
         with results.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-    print(f"   done in {time.time() - start:.0f} s, peak RSS {peak:.1f} GB", flush=True)
+    print(f"   done in {child['seconds']:.0f} s, peak RSS {peak:.1f} GB", flush=True)
 
 
 def summarize(results: Path, md: Path) -> str:
