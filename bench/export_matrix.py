@@ -222,8 +222,21 @@ def architecture(name: str) -> str | None:
     return json.dumps(key, sort_keys=True, default=str)
 
 
+def _settled(row: dict | None) -> bool:
+    """A cell whose result a twin can share: passed, or killed at the memory limit."""
+    if row is None:
+        return False
+    return row["status"] == "pass" or str(row.get("error", "")).startswith(
+        "killed: resident memory"
+    )
+
+
 def _copy_twin(entry: str, todo: list[str], results: Path) -> bool:
-    """Record ``entry``'s cells as those of an entry with the same graph that passed them."""
+    """Record ``entry``'s cells as those of an entry with the same graph that settled them.
+
+    Settled means passed or did not fit in memory: the same graph needs the same memory,
+    so a twin of an entry that does not fit is not run again for the same answer.
+    """
     key = architecture(entry)
     if key is None:
         return False
@@ -233,7 +246,7 @@ def _copy_twin(entry: str, todo: list[str], results: Path) -> bool:
             latest[(r["entry"], r["format"])] = r
     for (other, _), _row in latest.items():
         if other != entry and architecture(other) == key:
-            if all(latest.get((other, f), {}).get("status") == "pass" for f in todo):
+            if all(_settled(latest.get((other, f))) for f in todo):
                 with results.open("a") as fh:
                     for f in todo:
                         row = {**latest[(other, f)], "entry": entry, "same_as": other}
@@ -361,7 +374,7 @@ def summarize(results: Path, md: Path) -> str:
                 cells.append("not run")
             elif "same_as" in r:
                 twin = latest.get((r["same_as"], f), r)
-                cells.append(f"= {r['same_as']} ({'ok' if twin['status'] == 'pass' else 'FAIL'})")
+                cells.append(f"= {r['same_as']} ({_twin_result(twin)})")
             elif r["status"] == "pass":
                 peak = r.get("peak_rss_gb", "-")
                 cells.append(
@@ -403,6 +416,15 @@ def summarize(results: Path, md: Path) -> str:
     text = "\n".join(lines) + "\n"
     md.write_text(text)
     return text
+
+
+def _twin_result(row: dict) -> str:
+    """Short result of the cell a twin shares."""
+    if row["status"] == "pass":
+        return "ok"
+    if str(row.get("error", "")).startswith("killed: resident memory"):
+        return f"does not fit, {row.get('peak_rss_gb')} GB"
+    return "FAIL"
 
 
 def _not_run(entries: list[str]) -> list[str]:

@@ -150,3 +150,39 @@ def test_export_matrix_summary_counts_cells_twins_and_failures(tmp_path):
     twin = next(ln for ln in text.splitlines() if ln.startswith("| bert_tiny_en_uncased_sst2"))
     assert "= bert_tiny_en_uncased (ok)" in twin
     assert "Failures:" not in text
+
+
+def test_export_matrix_twin_shares_pass_and_does_not_fit_but_not_other_failures(tmp_path):
+    """A twin of an entry that did not fit is not run again; one of a plain failure is."""
+    from bench.export_matrix import _copy_twin, summarize
+
+    def row(entry, fmt, status, **kw):
+        base = {"entry": entry, "format": fmt, "status": status, "input": 1600, "params": 6e8}
+        if status == "pass":
+            base.update(max_rel_err=1e-6, size_mb=2552.9, export_s=15.4, output_spread=0.05)
+        return json.dumps({**base, **kw})
+
+    results = tmp_path / "m.jsonl"
+    results.write_text(
+        row("whisper_large_multi", "saved_model", "pass")
+        + "\n"
+        + row(
+            "whisper_large_multi",
+            "tflite",
+            "fail",
+            error="killed: resident memory 20.2 GB > 20.0 GB",
+            peak_rss_gb=20.2,
+        )
+        + "\n"
+        + row("whisper_large_multi", "onnx", "fail", error="ValidationError: rel_err 0.3")
+        + "\n"
+    )
+    formats = ["saved_model", "tflite", "onnx"]
+    assert not _copy_twin("whisper_large_multi_v2", formats, results)
+    assert _copy_twin("whisper_large_multi_v2", formats[:2], results)
+    assert not _copy_twin("resnet50", formats[:2], results)  # not a KerasHub twin
+    text = summarize(results, tmp_path / "m.md")
+    twin = next(ln for ln in text.splitlines() if ln.startswith("| whisper_large_multi_v2"))
+    assert "= whisper_large_multi (ok)" in twin
+    assert "= whisper_large_multi (does not fit, 20.2 GB)" in twin
+    assert twin.endswith("| not run |")
