@@ -122,7 +122,7 @@ def embed_metadata(flatbuffer: bytes, meta: dict[str, Any]) -> bytes:
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), entry]
-    return tflite_metadata.pack(model, len(flatbuffer))
+    return tflite_metadata.repack(model, flatbuffer)
 
 
 def read_metadata(flatbuffer: bytes) -> dict[str, Any]:
@@ -257,10 +257,9 @@ class TFLiteFormat(Format):
             allow_flex=job.options.allow_flex,
         )
         details: dict[str, Any] = {}
-        if tflite_metadata.repackable(len(content)):
-            content = embed_metadata(content, job.prepared.meta)
-        else:
-            details["metadata"] = f"not embedded: {OVER_LIMIT}; it is in export_report.json"
+        if tflite_metadata.uses_buffer_offsets(content):
+            details["weights"] = "after the flatbuffer (buffer offsets: a large model)"
+        content = embed_metadata(content, job.prepared.meta)
         path.write_bytes(content)
         ops, _custom = list_ops(content)
         details["ops"] = len(ops)
@@ -316,17 +315,19 @@ class TFLiteFormat(Format):
         return artifact.custom_ops
 
 
-#: Why a file over flatbuffers' limit gets no embedded metadata.
-OVER_LIMIT = "the file is over flatbuffers' 2 GiB limit"
+#: Why a large model's file gets no MediaPipe copy.
+OVER_LIMIT = (
+    "the model is too large for one flatbuffer (2 GiB): the converter stored its weights "
+    "after it, which MediaPipe's metadata writer does not carry"
+)
 
 
 def _mediapipe_copy(job: Job, kind: str) -> bytes:
     """The staged float32 file with only ``probabilities`` and image or audio metadata."""
     meta = job.prepared.meta
-    source = job.staging / file_name(job.name, "float32")
-    if not tflite_metadata.repackable(source.stat().st_size):
-        raise NotWritten(f"{OVER_LIMIT}, and MediaPipe's metadata must go inside it")
-    content = source.read_bytes()
+    content = (job.staging / file_name(job.name, "float32")).read_bytes()
+    if tflite_metadata.uses_buffer_offsets(content):
+        raise NotWritten(OVER_LIMIT)
     head = f"kerastl {meta.get('backbone')} classifier, {len(meta['class_names'])} classes; "
     if kind == "AudioClassifier":
         rate = int(meta["input"].get("sample_rate", 16000))
@@ -412,8 +413,8 @@ def _mediapipe_text(job: Job) -> bytes:
     source = job.staging / "mediapipe_source"
     write_bert_graph(job.prepared.modality.model.get_layer(BERT_INPUTS_LAYER), source)
     content = convert(source, "float32", "ids", allow_flex=job.options.allow_flex)
-    if not tflite_metadata.repackable(len(content)):
-        raise NotWritten(f"{OVER_LIMIT}, and MediaPipe's metadata must go inside it")
+    if tflite_metadata.uses_buffer_offsets(content):
+        raise NotWritten(OVER_LIMIT)
     content = embed_metadata(content, meta)
     tokenizer = meta["tokenizer"]
     description = (
@@ -471,7 +472,7 @@ class TFLiteArtifact(Artifact):
         self._bert = set(self._inputs) == set(tflite_metadata.TEXT_INPUTS)
         self._feed_name = "ids" if self._bert else self.input_name
         if self._feed_name not in self._inputs and len(self._inputs) == 1:
-            # No metadata inside (a file over flatbuffers' limit): its one input is the feed.
+            # No kerastl metadata (a file made elsewhere): its one input is the feed.
             self._feed_name = next(iter(self._inputs))
 
     @property
@@ -487,13 +488,13 @@ class TFLiteArtifact(Artifact):
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if self._bert:
             return {k: np.array(v) for k, v in self._runner(**self._bert_feed(x)).items()}
-        detail = self._inputs[self.input_name]
+        detail = self._inputs[self._feed_name]
         dtype = np.dtype(detail["dtype"])
         scale, zero = detail["quantization"]
         if dtype.kind in "iu" and scale:  # quantized input (not token ids)
             info = np.iinfo(dtype)
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        out = self._runner(**{self.input_name: np.ascontiguousarray(x, dtype=dtype)})
+        out = self._runner(**{self._feed_name: np.ascontiguousarray(x, dtype=dtype)})
         result = {}
         for name, value in out.items():
             scale, zero = self._outputs[name]["quantization"]

@@ -270,19 +270,47 @@ def _install_version_shim() -> None:
     sys.modules[".".join(parts[:-1])]._pywrap_metadata_version = module
 
 
-#: flatbuffers cannot build a buffer of 2 GiB or more. The TFLite converter writes a larger
-#: model with its weights after the flatbuffer, which unpacking and packing would not carry.
-FLATBUFFER_LIMIT = 2**31 - 1
+#: flatbuffers cannot build a buffer of 2 GiB or more. For a large model (seen from 1.7 GB)
+#: the TFLite converter stores the weights after the flatbuffer, at absolute offsets
+#: (``Buffer.offset`` > 1), and says so with this metadata entry.
+BUFFER_LOCATION = b"buffer_location"
+#: Offsets of those weights move by a multiple of this, so their alignment is kept.
+TAIL_ALIGN = 64
 
 
-def repackable(size: int) -> bool:
-    """Whether a ``.tflite`` file of ``size`` bytes can be unpacked and packed again.
+def uses_buffer_offsets(flatbuffer: bytes) -> bool:
+    """Whether the converter stored the file's weights after its flatbuffer (large models)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    return any(model.Metadata(i).Name() == BUFFER_LOCATION for i in range(model.MetadataLength()))
+
+
+def repack(model: Any, flatbuffer: bytes) -> bytes:
+    """Serialise ``model`` (a ``ModelT`` unpacked from ``flatbuffer`` and edited) to a file.
+
+    Weights the converter stored after the flatbuffer are not in ``model``: they are
+    copied from ``flatbuffer`` behind the new flatbuffer, and their offsets moved by the
+    change in its size (a multiple of :data:`TAIL_ALIGN`).
 
     Example:
-        >>> repackable(100 * 2**20), repackable(2**31)
-        (True, False)
+        >>> from ai_edge_litert import schema_py_generated as schema
+        >>> m = schema.ModelT(); m.version = 3
+        >>> schema.Model.GetRootAs(repack(m, pack(m, 0)), 0).Version()
+        3
     """
-    return size + (1 << 20) < FLATBUFFER_LIMIT
+    outside = [buf for buf in model.buffers or [] if buf.offset > 1]
+    if not outside:
+        return pack(model, len(flatbuffer))
+    start = min(buf.offset for buf in outside)
+    size = len(pack(model, start))
+    new_start = size + (start - size) % TAIL_ALIGN
+    for buf in outside:
+        buf.offset += new_start - start
+    head = pack(model, start)
+    if len(head) != size:  # offsets are fixed-width fields: the size cannot change
+        raise ValueError(f"repack: the flatbuffer changed size ({size} -> {len(head)} bytes).")
+    return b"".join((head, bytes(new_start - size), memoryview(flatbuffer)[start:]))
 
 
 def pack(model: Any, size_hint: int) -> bytes:
@@ -319,7 +347,7 @@ def keep_output(flatbuffer: bytes, output: str) -> bytes:
     index = keep[0].tensorIndex
     sig.outputs = keep
     model.subgraphs[sig.subgraphIndex].outputs = [index]
-    return pack(model, len(flatbuffer))
+    return repack(model, flatbuffer)
 
 
 def mediapipe_classifier(flatbuffer: bytes, class_names: list[str], description: str) -> bytes:
