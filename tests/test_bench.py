@@ -186,3 +186,19 @@ def test_export_matrix_twin_shares_pass_and_does_not_fit_but_not_other_failures(
     assert "= whisper_large_multi (ok)" in twin
     assert "= whisper_large_multi (does not fit, 20.2 GB)" in twin
     assert twin.endswith("| not run |")
+
+
+def test_fewshot_verdicts_apply_the_issue_bar_per_setting_and_task():
+    from bench import fewshot
+
+    def means(gaps):  # gap of every compared setting to the linear head, per shot count
+        return {k: {"linear": 50.0, **{h: 50.0 + g for h in fewshot.COMPARED}} for k, g in gaps}
+
+    ok = {"digits (10 classes), Lite0": means([(1, 0.0), (5, 0.3), (10, -1.9)])}
+    assert all("**met**" in line for line in fewshot.verdicts(ok))
+    bad = {**ok, "tfds descriptions, MiniLM": means([(1, 0.5), (5, -0.04), (10, -2.1)])}
+    lines = fewshot.verdicts(bad)
+    assert len(lines) == len(fewshot.COMPARED)
+    for line in lines:
+        assert "missed: tfds descriptions at 5 (-0.04); tfds descriptions at 10 (-2.10)" in line
+        assert "digits" not in line

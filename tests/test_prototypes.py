@@ -280,6 +280,96 @@ def test_whiten_shrinkage_one_is_centring_only_and_bad_values_are_named():
         P.whitening(e, ids, shrinkage=2.0)
 
 
+def test_whitening_matches_the_shrunk_covariances_inverse_square_root():
+    """The low-rank form (SVD of the residuals) equals C^(-1/2) from a full eigendecomposition."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    rng = np.random.default_rng(1)
+    for n, d in ((12, 30), (40, 6)):  # fewer examples than dimensions, and more
+        e = P.unit_rows(rng.normal(size=(n, d)) * np.linspace(0.2, 3.0, d))
+        ids = np.arange(n) % 3
+        r = np.concatenate([e[ids == c] - e[ids == c].mean(0) for c in range(3)])
+        cov, mu = r.T @ r / n, np.trace(r.T @ r / n) / d
+        for shrinkage in (None, 0.3, 1.0):
+            a = ledoit_wolf_shrinkage(r, assume_centered=True) if shrinkage is None else shrinkage
+            w, v = np.linalg.eigh((1 - a) * cov + a * mu * np.eye(d))
+            want = (v / np.sqrt(w)) @ v.T * np.sqrt(mu)
+            shift, got = P.whitening(e, ids, shrinkage)
+            np.testing.assert_allclose(shift, e.mean(0))
+            np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8)
+
+
+def _nuisance(rng, per_class: int):
+    """Three classes apart on dims 0-2 plus a large shared nuisance on dims 3-4."""
+    means = np.eye(10)[:3]
+    x = np.repeat(means, per_class, 0) + rng.normal(size=(3 * per_class, 10)) * 0.05
+    x[:, 3:5] += rng.normal(size=(3 * per_class, 2)) * 2.0
+    return P.unit_rows(x + np.eye(10)[9] * 2.0), np.repeat(np.arange(3), per_class)
+
+
+def test_shrinkage_auto_is_the_leave_one_out_best_and_beats_centring_on_a_nuisance():
+    rng = np.random.default_rng(0)
+    e, ids = _nuisance(rng, 6)
+    counts = {a: P._left_out_correct(e, ids, a) for a in P.SHRINKAGE_GRID}
+    # each left-out count, refitted from scratch with the full-matrix whitening
+    for a, count in counts.items():
+        brute = 0
+        for i in range(len(e)):
+            rest = np.arange(len(e)) != i
+            shift, m = P.whitening(e[rest], ids[rest], a)
+            z = P.unit_rows((e - shift) @ m)
+            protos = P.unit_rows(np.stack([z[rest][ids[rest] == c].sum(0) for c in range(3)]))
+            brute += int(np.argmax(protos @ z[i]) == ids[i])
+        assert count == brute, (a, count, brute)
+    chosen = P.choose_shrinkage(e, ids)
+    best = max(counts.values())
+    assert counts[chosen] == best
+    assert chosen == max((a for a in P.SHRINKAGE_GRID if counts[a] == best), key=lambda a: a or -1)
+    assert counts[1.0] < best  # centring only loses to whitening here
+    # and on new data from the same classes, the chosen transform beats centring only
+    test, test_ids = _nuisance(np.random.default_rng(1), 50)
+
+    def accuracy(shrinkage):
+        shift, m = P.whitening(e, ids, shrinkage)
+        z, q = P.unit_rows((e - shift) @ m), P.unit_rows((test - shift) @ m)
+        protos = P.unit_rows(np.stack([z[ids == c].sum(0) for c in range(3)]))
+        return np.mean((q @ protos.T).argmax(1) == test_ids)
+
+    assert accuracy("auto") == accuracy(chosen) > accuracy(1.0) + 0.1
+    with pytest.raises(ConfigError, match="'auto'"):
+        P.whitening(e, ids, shrinkage="bogus")
+
+
+def test_a_whitening_head_with_shrinkage_auto_builds_and_keeps_auto(digits):
+    x, y = digits
+    m = kerastl.build(
+        "efficientnet_lite0",
+        task="prototypes",
+        weights=None,
+        input_shape=(SIZE, SIZE, 3),
+        support=(x[:30], [str(v) for v in y[:30]]),
+        whiten=True,
+        shrinkage="auto",
+    )
+    assert m.kerastl_config["prototypes"]["whiten"] == {"on": True, "shrinkage": "auto"}
+    e = P.unit_rows(P.features(m, x[:30]) - m.get_layer("logits").get_weights()[3])
+    ids = np.array([m.kerastl_config["class_names"].index(str(v)) for v in y[:30]])
+    shift, matrix = P.whitening(e, ids, P.choose_shrinkage(e, ids))
+    weights = m.get_layer("logits").get_weights()
+    np.testing.assert_allclose(weights[4], shift, atol=1e-5)
+    np.testing.assert_allclose(weights[5], matrix, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="shrinkage"):
+        kerastl.build(
+            "efficientnet_lite0",
+            task="prototypes",
+            weights=None,
+            input_shape=(SIZE, SIZE, 3),
+            support=(x[:30], [str(v) for v in y[:30]]),
+            whiten=True,
+            shrinkage="atuo",
+        )
+
+
 def test_errors_name_the_argument():
     with pytest.raises(ConfigError, match="support"):
         kerastl.build("mobilenet_v3_small", task="prototypes", input_shape=(32, 32, 3))
