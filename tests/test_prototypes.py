@@ -310,7 +310,8 @@ def _nuisance(rng, per_class: int):
 def test_shrinkage_auto_is_the_leave_one_out_best_and_beats_centring_on_a_nuisance():
     rng = np.random.default_rng(0)
     e, ids = _nuisance(rng, 6)
-    counts = {a: P._left_out_correct(e, ids, a) for a in P.SHRINKAGE_GRID}
+    one_out = np.arange(len(e))
+    counts = {a: P._held_out_correct(e, ids, a, one_out) for a in P.SHRINKAGE_GRID}
     # each left-out count, refitted from scratch with the full-matrix whitening
     for a, count in counts.items():
         brute = 0
@@ -338,6 +339,15 @@ def test_shrinkage_auto_is_the_leave_one_out_best_and_beats_centring_on_a_nuisan
     assert accuracy("auto") == accuracy(chosen) > accuracy(1.0) + 0.1
     with pytest.raises(ConfigError, match="'auto'"):
         P.whitening(e, ids, shrinkage="bogus")
+    # a large support is scored on folds (5 refits per value, not one per example)
+    big, big_ids = _nuisance(np.random.default_rng(2), 100)
+    folds = np.arange(len(big)) % P.FOLDS
+    big_counts = {a: P._held_out_correct(big, big_ids, a, folds) for a in P.SHRINKAGE_GRID}
+    assert P.choose_shrinkage(big, big_ids) == max(
+        (a for a in P.SHRINKAGE_GRID if big_counts[a] == max(big_counts.values())),
+        key=lambda a: a or -1,
+    )
+    assert big_counts[1.0] < max(big_counts.values())
 
 
 def test_a_whitening_head_with_shrinkage_auto_builds_and_keeps_auto(digits):
