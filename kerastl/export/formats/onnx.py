@@ -263,6 +263,82 @@ def merge_duplicate_constants(graph_def) -> int:
     return len(duplicates)
 
 
+def merge_constant_expressions(graph_def, keep=()) -> int:
+    """Make identical nodes computed from constants alone one node; returns how many went.
+
+    ALBERT reads its one shared layer's weights in every layer through a per-layer
+    ``Identity`` (and ``Reshape``) of the same constant. tf2onnx folds each such node into
+    a constant of its own (``compute_const_folding_using_tf``): on ALBERT-base 16 weight
+    tensors (47 MB) came out as 74 large ONNX constants (356 MB, 8 distinct values), and
+    every optimiser pass copies them. Run after :func:`merge_duplicate_constants`, this
+    merges deterministic nodes with the same op, attributes and (constant) inputs, so each
+    transform of a shared weight is folded once. Nodes named in ``keep`` stay.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> g = tf.Graph()
+        >>> with g.as_default():
+        ...     a = tf.constant([1.0, 2.0], name="a")
+        ...     x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+        ...     i1, i2 = tf.identity(a, name="i1"), tf.identity(a, name="i2")
+        ...     _ = tf.add(x * i1, i2, name="out")
+        >>> gd = g.as_graph_def()
+        >>> merge_constant_expressions(gd), [list(n.input) for n in gd.node if n.name == "out"]
+        (1, [['mul', 'i1']])
+    """
+    from tensorflow.python.framework import op_def_registry
+
+    def base(name: str) -> str:
+        return name[1:] if name.startswith("^") else name.split(":")[0]
+
+    def mapped(name: str) -> str:
+        b = base(name)
+        if b not in rename:
+            return name
+        control = name.startswith("^")
+        return ("^" if control else "") + rename[b] + name[len(b) + control :]
+
+    constant = {n.name for n in graph_def.node if n.op == "Const" and not n.input}
+    keep = {base(k) for k in keep}
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    progress = True
+    while progress:  # GraphDef order is not topological: repeat until nothing is added
+        progress = False
+        for node in graph_def.node:
+            if node.name in constant or node.name in rename or not node.input:
+                continue
+            inputs = tuple(mapped(i) for i in node.input)
+            if any(i.startswith("^") or base(i) not in constant for i in inputs):
+                continue
+            op_def = op_def_registry.get(node.op)
+            if op_def is None or op_def.is_stateful:
+                continue
+            attrs = tuple(
+                (k, node.attr[k].SerializeToString(deterministic=True)) for k in sorted(node.attr)
+            )
+            key = (node.op, node.device, inputs, attrs)
+            progress = True
+            if key in first and node.name not in keep:
+                rename[node.name] = first[key]
+            else:
+                first.setdefault(key, node.name)
+                constant.add(node.name)
+    if not rename:
+        return 0
+    for node in graph_def.node:
+        inputs = [mapped(i) for i in node.input]
+        seen: set[str] = set()
+        inputs = [i for i in inputs if not i.startswith("^") or not (i in seen or seen.add(i))]
+        if inputs != list(node.input):
+            del node.input[:]
+            node.input.extend(inputs)
+    gone = [i for i, n in enumerate(graph_def.node) if n.name in rename]
+    for index in reversed(gone):  # in place: no copy of the remaining weights
+        del graph_def.node[index]
+    return len(rename)
+
+
 def _has_calls(graph_def) -> bool:
     """Whether function calls survived the freeze's inlining (XLA-marked functions do)."""
     return any(n.op in ("StatefulPartitionedCall", "PartitionedCall") for n in graph_def.node)
@@ -434,6 +510,7 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = N
     if _has_calls(graph_def):  # e.g. ConvNeXt's XLA-marked grouped convolutions
         graph_def = _inline_calls(graph_def, input_names, output_names)
     merge_duplicate_constants(graph_def)
+    merge_constant_expressions(graph_def, keep=output_names)
     # tf2onnx's large-model route, for every model: the weights leave the GraphDef (held
     # once, by node name) so TensorFlow's importer and tf2onnx's passes copy only the
     # small graph, and Grappler (whose constant folding tf2onnx redoes with TensorFlow)
