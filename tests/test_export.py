@@ -165,7 +165,10 @@ def test_saved_model_signatures_and_bytes(exported, model):
     assert set(raw) == {"probabilities", "logits", "class_id"}
     pngs = [tf.io.encode_png(img.astype(np.uint8)).numpy() for img in x]
     enc = loaded.signatures["serving_bytes"](image_bytes=tf.constant(pngs))
-    np.testing.assert_allclose(enc["probabilities"], raw["probabilities"], atol=1e-6)
+    # PNG is lossless: the same pixels through a second traced graph (decoding first), so
+    # only float32 rounding differs (1.6e-6 seen with this machine's oneDNN kernels)
+    np.testing.assert_allclose(enc["probabilities"], raw["probabilities"], atol=1e-5)
+    np.testing.assert_array_equal(enc["class_id"], raw["class_id"])
     np.testing.assert_array_equal(raw["class_id"], np.argmax(raw["probabilities"], -1))
     ref = model.predict(x, verbose=0)
     np.testing.assert_allclose(raw["probabilities"], ref, atol=1e-5)
