@@ -177,17 +177,15 @@ def linear_accuracy(raw, y, s, q) -> float:
     return float(np.mean(clf.predict(e[q]) == y[q]))
 
 
-#: Heads of the shots table, in column order (the last is the reference).
-HEADS = ("default", "center", "whiten", "centre only", "auto", "linear")
-#: Column titles of :data:`HEADS`.
-TITLES = (
-    "prototype head (default)",
-    "center=True",
-    "whiten=True",
-    "whiten=True, shrinkage=1",
-    "whiten=True, shrinkage='auto'",
-    "linear head (logistic regression)",
-)
+#: Heads of the shots table -> column title, in column order (the last is the reference).
+HEADS = {
+    "default": "prototype head (default)",
+    "center": "center=True",
+    "whiten": "whiten=True",
+    "centre only": "whiten=True, shrinkage=1",
+    "auto": "whiten=True, shrinkage='auto'",
+    "linear": "linear head (logistic regression)",
+}
 #: Settings compared with the linear head against the issue's bar.
 COMPARED = {
     "default": "default",
@@ -284,11 +282,11 @@ def main() -> None:
 
     header = [
         "| task | shots/class | "
-        + " | ".join(TITLES)
+        + " | ".join(HEADS.values())
         + " | "
         + " | ".join(f"{t} - linear" for t in COMPARED.values())
         + " |",
-        "|---|---|" + "---|" * (len(TITLES) + len(COMPARED)),
+        "|---|---|" + "---|" * (len(HEADS) + len(COMPARED)),
     ]
     image_model = kerastl.build(
         "efficientnet_lite0",

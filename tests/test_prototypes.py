@@ -352,15 +352,14 @@ def test_shrinkage_auto_is_the_leave_one_out_best_and_beats_centring_on_a_nuisan
 
 def test_a_whitening_head_with_shrinkage_auto_builds_and_keeps_auto(digits):
     x, y = digits
-    m = kerastl.build(
-        "efficientnet_lite0",
+    head = dict(
         task="prototypes",
         weights=None,
         input_shape=(SIZE, SIZE, 3),
         support=(x[:30], [str(v) for v in y[:30]]),
         whiten=True,
-        shrinkage="auto",
     )
+    m = kerastl.build("efficientnet_lite0", shrinkage="auto", **head)
     assert m.kerastl_config["prototypes"]["whiten"] == {"on": True, "shrinkage": "auto"}
     e = P.unit_rows(P.features(m, x[:30]) - m.get_layer("logits").get_weights()[3])
     ids = np.array([m.kerastl_config["class_names"].index(str(v)) for v in y[:30]])
@@ -369,15 +368,7 @@ def test_a_whitening_head_with_shrinkage_auto_builds_and_keeps_auto(digits):
     np.testing.assert_allclose(weights[4], shift, atol=1e-5)
     np.testing.assert_allclose(weights[5], matrix, rtol=1e-4, atol=1e-4)
     with pytest.raises(ConfigError, match="shrinkage"):
-        kerastl.build(
-            "efficientnet_lite0",
-            task="prototypes",
-            weights=None,
-            input_shape=(SIZE, SIZE, 3),
-            support=(x[:30], [str(v) for v in y[:30]]),
-            whiten=True,
-            shrinkage="atuo",
-        )
+        kerastl.build("efficientnet_lite0", shrinkage="atuo", **head)
 
 
 def test_errors_name_the_argument():

@@ -222,10 +222,10 @@ def _freeze(concrete) -> tuple[Any, list[int]]:
 def merge_duplicate_constants(graph_def) -> int:
     """Make nodes that read identical ``Const`` tensors read one of them; returns how many went.
 
-    Grappler folds the per-use transforms of a shared weight into a new constant at every
-    use: ALBERT's one set of layer weights, used by all 12 (base) or 24 (large) layers,
-    grows from 48 MB to 356 MB of constants (base), and tf2onnx's per-pass graph copies
-    multiply that past 12 GB for ALBERT-large. tf2onnx merges them again only at the end.
+    A weight can reach the frozen graph as several equal constants (ALBERT-base's 16 weight
+    tensors held one duplicate), and tf2onnx copies the graph at every optimiser pass and
+    merges equal constants only at the end. Identical nodes computed from one constant are
+    :func:`merge_constant_expressions`'s part.
 
     Example:
         >>> import tensorflow as tf
@@ -241,26 +241,44 @@ def merge_duplicate_constants(graph_def) -> int:
 
     first: dict[tuple[int, bytes], str] = {}
     rename: dict[str, str] = {}
-    duplicates = []
-    for index, node in enumerate(graph_def.node):
+    for node in graph_def.node:
         if node.op == "Const" and not node.input:
             tensor = node.attr["value"].tensor.SerializeToString(deterministic=True)
             key = (node.attr["dtype"].type, hashlib.sha256(tensor).digest())
             if key in first:
                 rename[node.name] = first[key]
-                duplicates.append(index)
             else:
                 first[key] = node.name
+    return _replace_nodes(graph_def, rename)
+
+
+def _node_of(name: str) -> str:
+    """The node an input names: ``^n`` (control input), ``n:1`` and ``n`` all name ``n``."""
+    return name[1:] if name.startswith("^") else name.split(":")[0]
+
+
+def _renamed(name: str, rename: dict[str, str]) -> str:
+    """The input ``name`` with its node replaced by ``rename[node]``, port or ``^`` kept."""
+    node = _node_of(name)
+    if node not in rename:
+        return name
+    control = name.startswith("^")
+    return ("^" if control else "") + rename[node] + name[len(node) + control :]
+
+
+def _replace_nodes(graph_def, rename: dict[str, str]) -> int:
+    """Point every input at ``rename``'s targets, then delete the renamed nodes; how many went."""
     for node in graph_def.node:
-        for i, name in enumerate(node.input):
-            control = name.startswith("^")
-            base = name[1:] if control else name.split(":")[0]
-            if base in rename:
-                suffix = name[len(base) + control :]
-                node.input[i] = ("^" if control else "") + rename[base] + suffix
-    for index in reversed(duplicates):  # in place: no copy of the remaining weights
+        inputs = [_renamed(i, rename) for i in node.input]
+        seen: set[str] = set()
+        inputs = [i for i in inputs if not i.startswith("^") or not (i in seen or seen.add(i))]
+        if inputs != list(node.input):
+            del node.input[:]
+            node.input.extend(inputs)
+    gone = [i for i, n in enumerate(graph_def.node) if n.name in rename]
+    for index in reversed(gone):  # in place: no copy of the remaining weights
         del graph_def.node[index]
-    return len(duplicates)
+    return len(gone)
 
 
 def merge_constant_expressions(graph_def, keep=()) -> int:
@@ -288,18 +306,8 @@ def merge_constant_expressions(graph_def, keep=()) -> int:
     """
     from tensorflow.python.framework import op_def_registry
 
-    def base(name: str) -> str:
-        return name[1:] if name.startswith("^") else name.split(":")[0]
-
-    def mapped(name: str) -> str:
-        b = base(name)
-        if b not in rename:
-            return name
-        control = name.startswith("^")
-        return ("^" if control else "") + rename[b] + name[len(b) + control :]
-
     constant = {n.name for n in graph_def.node if n.op == "Const" and not n.input}
-    keep = {base(k) for k in keep}
+    keep = {_node_of(k) for k in keep}
     first: dict[tuple, str] = {}
     rename: dict[str, str] = {}
     progress = True
@@ -308,8 +316,8 @@ def merge_constant_expressions(graph_def, keep=()) -> int:
         for node in graph_def.node:
             if node.name in constant or node.name in rename or not node.input:
                 continue
-            inputs = tuple(mapped(i) for i in node.input)
-            if any(i.startswith("^") or base(i) not in constant for i in inputs):
+            inputs = tuple(_renamed(i, rename) for i in node.input)
+            if any(i.startswith("^") or _node_of(i) not in constant for i in inputs):
                 continue
             op_def = op_def_registry.get(node.op)
             if op_def is None or op_def.is_stateful:
@@ -324,19 +332,7 @@ def merge_constant_expressions(graph_def, keep=()) -> int:
             else:
                 first.setdefault(key, node.name)
                 constant.add(node.name)
-    if not rename:
-        return 0
-    for node in graph_def.node:
-        inputs = [mapped(i) for i in node.input]
-        seen: set[str] = set()
-        inputs = [i for i in inputs if not i.startswith("^") or not (i in seen or seen.add(i))]
-        if inputs != list(node.input):
-            del node.input[:]
-            node.input.extend(inputs)
-    gone = [i for i, n in enumerate(graph_def.node) if n.name in rename]
-    for index in reversed(gone):  # in place: no copy of the remaining weights
-        del graph_def.node[index]
-    return len(rename)
+    return _replace_nodes(graph_def, rename)
 
 
 def _has_calls(graph_def) -> bool:
