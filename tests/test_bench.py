@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # bench/ is a top-level folder of the repository, not part of the installed package.
@@ -202,3 +203,34 @@ def test_fewshot_verdicts_apply_the_issue_bar_per_setting_and_task():
     for line in lines:
         assert "missed: tfds descriptions at 5 (-0.04); tfds descriptions at 10 (-2.10)" in line
         assert "digits" not in line
+
+
+def test_rank_textures_train_on_the_top_half_and_hold_out_the_bottom_half():
+    from bench import rank as rb
+
+    spec = rb.tasks(quick=False, seed=3)["textures"]
+    x, y, shots, held, _, half = spec
+    tri, tei = rb.split(spec, seed=3)
+    assert x.shape[1:] == (48, 48) and x.dtype == np.uint8
+    assert set(half[tri]) == {0} and set(half[tei]) == {1}
+    assert np.bincount(y[tri]).tolist() == [shots] * len(rb.TEXTURES)
+    assert np.bincount(y[tei]).tolist() == [held] * len(rb.TEXTURES)
+    # another seed draws other crops and another training subset
+    other = rb.tasks(quick=False, seed=4)["textures"]
+    assert not np.array_equal(other[0], x)
+
+
+def test_rank_advice_bar_is_judged_on_the_mean_over_seeds():
+    from bench import rank as rb
+
+    def row(task, seed, advised, fe, top, full):
+        m = {"feature_extraction": fe, "top_half": top, "full_finetune": full}
+        return {"task": task, "seed": seed,
+                "advice": {"advised_accuracy": advised, "measured": m, "best": max(m.values())}}  # fmt: skip
+
+    # one seed misses by 5 points, the mean over two seeds is within 2 points
+    s = rb.advice_summary([row("a", 0, 0.85, 0.90, 0.80, 0.8), row("a", 1, 0.95, 0.92, 0.9, 0.9)])
+    assert s["a"]["advised_mean"] == pytest.approx(0.90)
+    assert s["a"]["best"] == pytest.approx(0.91) and s["a"]["met"]
+    s = rb.advice_summary([row("b", 0, 0.85, 0.90, 0.80, 0.8), row("b", 1, 0.88, 0.92, 0.9, 0.9)])
+    assert not s["b"]["met"]
