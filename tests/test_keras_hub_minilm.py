@@ -213,3 +213,29 @@ def test_a_preset_archive_that_escapes_is_refused_before_writing(tmp_path, monke
     assert not list(tmp_path.rglob("escaped.txt"))
     presets = tmp_path / "home" / ".cache" / "kerastl" / "presets"
     assert not presets.exists() or not [p for p in presets.iterdir()]
+
+
+def test_rank_and_advise_take_texts_and_order_pretrained_minilm_above_random_init():
+    """``kerastl.rank`` / ``advise`` on ``(texts, labels)``: text candidates work like image ones.
+
+    The sentences mix both word lists, 40 per class; the pretrained checkpoint groups the
+    topics in its features, random init (same tokenizer) does not.
+    """
+    x0, y0 = make_split(0)
+    x1, y1 = make_split(1)
+    x, y = np.concatenate([x0, x1]), np.concatenate([y0, y1])
+    idx = np.concatenate([np.flatnonzero(y == c)[::4] for c in range(4)])
+    data = (x[idx], y[idx])
+    pre, rnd = f"all_minilm_l6_v2_en@{MODEL_DIR}", "all_minilm_l6_v2_en@random"
+    table = kerastl.rank(
+        data, [pre, rnd], runtime="none", progress=False, tokenizer=MODEL_DIR, sequence_length=24
+    )
+    rows = table.rows
+    assert [r["candidate"] for r in rows][1] == "all_minilm_l6_v2_en@random"
+    assert rows[0]["logme"] > rows[1]["logme"] + 0.2, rows
+    assert not rows[0]["collapsed"] and not rows[1]["collapsed"]
+    assert rows[0]["probe"] >= 0.9 and rows[0]["knn"] > rows[1]["knn"] + 0.3, rows
+    advice = kerastl.advise(data, "all_minilm_l6_v2_en", weights=MODEL_DIR, sequence_length=24)
+    assert advice.measurements["shots"] == 40 and advice.measurements["probe"] >= 0.9
+    assert advice.strategy in ("feature_extraction", "partial_finetune", "full_finetune")
+    assert advice.reasons and "40 labels in the smallest class of 4" in advice.reasons[0]

@@ -425,7 +425,7 @@ def from_numpy(
     class_names: list[str] | None = None,
     source: str = "NumPy arrays",
 ) -> Examples:
-    """Wrap NumPy image arrays ``(N, H, W[, C])`` (0-255) and labels.
+    """Wrap NumPy image arrays ``(N, H, W[, C])`` (0-255), or a 1-D array of texts, and labels.
 
     Integer labels for classification are class ids; ``class_names`` default
     to ``"0".."K-1"``.
@@ -433,17 +433,23 @@ def from_numpy(
     Example:
         >>> from_numpy(np.zeros((2, 8, 8), "uint8"), [0, 1]).x.shape
         (2, 8, 8, 1)
+        >>> from_numpy(np.array(["a good film", "a dull film"]), ["pos", "neg"]).kind
+        'text'
     """
     x = np.asarray(x)
     y = np.asarray(y)
-    if x.ndim == 3:
+    kind = "arrays"
+    if x.ndim == 1 and x.dtype.kind in "USO":
+        kind, x = "text", np.asarray([str(t) for t in x], dtype=object)
+    elif x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+    if kind == "arrays" and (x.ndim != 4 or x.shape[-1] not in (1, 3)):
         raise DataError(
-            f"x: expected images of shape (N, H, W), (N, H, W, 1) or (N, H, W, 3), got {x.shape}."
+            "x: expected images of shape (N, H, W), (N, H, W, 1) or (N, H, W, 3), or a 1-D "
+            f"array of N texts, got shape {x.shape} ({x.dtype})."
         )
     if len(x) != len(y):
-        raise DataError(f"x and y: {len(x)} images but {len(y)} labels.")
+        raise DataError(f"x and y: {len(x)} examples but {len(y)} labels.")
     task = _task_name(task)
     if task in ("classification", "embedding", "binary") and np.issubdtype(y.dtype, np.integer):
         n = int(y.max()) + 1 if len(y) else 0
@@ -456,17 +462,17 @@ def from_numpy(
         enc = y.astype(np.int32).reshape(-1)
         if task == "binary":
             enc = enc.astype(np.float32).reshape(-1, 1)
-        ex = Examples("arrays", x, enc, task, names, source)
+        ex = Examples(kind, x, enc, task, names, source)
     elif task == "multilabel" and y.ndim == 2 and np.issubdtype(y.dtype, np.number):
         names = (
             [str(c) for c in class_names] if class_names else [str(i) for i in range(y.shape[1])]
         )
-        ex = Examples("arrays", x, y.astype(np.float32), task, names, source)
+        ex = Examples(kind, x, y.astype(np.float32), task, names, source)
     elif task == "regression":
-        ex = Examples("arrays", x, y.astype(np.float32).reshape(len(y), -1), task, None, source)
+        ex = Examples(kind, x, y.astype(np.float32).reshape(len(y), -1), task, None, source)
     else:
         enc, names = encode_labels(list(y), task, class_names, where=source)
-        ex = Examples("arrays", x, enc, task, names, source)
+        ex = Examples(kind, x, enc, task, names, source)
     check_classes(ex)
     return ex
 
