@@ -804,6 +804,40 @@ def test_onnx_folds_a_shared_layers_weights_once(tmp_path):
     np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
 
 
+def test_onnx_inlines_grouped_convolutions_with_the_weights_held_apart(tmp_path):
+    """A grouped convolution (ConvNeXt's) stays a function call after freezing on CPU; the
+    call is inlined by Grappler on the graph whose large constants are emptied (tf2onnx's
+    own route ran Grappler with constant folding on the weights: ConvNeXt-Base peaked at
+    5.7 GB in that step). The file must still match Keras."""
+    import keras
+
+    import kerastl
+    from kerastl.export._trace import prepare
+    from kerastl.export.formats import onnx as kx_onnx
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 8), name="image")
+    h = keras.layers.Conv2D(32, 3, padding="same", groups=4, name="grouped")(inputs)
+    h = keras.layers.Conv2D(32, 3, padding="same", groups=32, name="depthwise")(h)
+    out = keras.layers.Dense(5, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, out, name="grouped_conv")
+    _, graph_def, ins, outs = kx_onnx._frozen_graph_def(prepare(model))
+    assert kx_onnx._has_calls(graph_def)
+    from tf2onnx.tf_utils import compress_graph_def
+
+    weights = compress_graph_def(graph_def)
+    assert any(n.op == "Const" and not n.attr["value"].tensor.tensor_content
+               for n in graph_def.node if n.name in weights)  # fmt: skip
+    inlined = kx_onnx._inline_calls(graph_def, ins, outs)
+    assert not kx_onnx._has_calls(inlined)
+    assert set(weights) <= {n.name for n in inlined.node}  # the weights' names survive
+    x = np.random.default_rng(0).uniform(0, 255, size=(8, 16, 16, 8)).astype("float32")
+    report = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x, latency_runs=1)
+    assert report["status"] == "passed"
+    got = kerastl.load_artifact(tmp_path / "grouped_conv.onnx").run(x)["probabilities"]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
+
+
 def test_onnx_over_the_single_file_limit_keeps_weights_beside_it(model, tmp_path, monkeypatch):
     """Graphs over protobuf's 2 GiB go out as ONNX external data, probed, checked, published.
 
