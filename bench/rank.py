@@ -51,6 +51,8 @@ CANDIDATES = [
 ]
 SIZE = 64
 ADVISED = "efficientnet_lite0"
+#: Rules version of kerastl.advise this bench runs (kerastl.decide._advise.RULES).
+from kerastl.decide._advise import RULES  # noqa: E402
 
 
 TEXTURES = ("brick", "grass", "gravel", "moon", "cell", "hubble_deep_field",
@@ -218,6 +220,26 @@ def run_task(name: str, spec: tuple, quick: bool, runtime: str, seed: int = 0) -
     }  # fmt: skip
 
 
+def run_advice(name: str, spec: tuple, quick: bool, seed: int) -> dict:
+    """Only the advice check on one task (no ranking, no other candidates)."""
+    from kerastl import data as kdata
+    from kerastl.decide import Candidate
+
+    x, y, _, _, about, _ = spec
+    tri, tei = split(spec, seed)
+    names = [str(c) for c in np.unique(y)]
+    ex = kdata.from_numpy(x, y, class_names=names, source=about)
+    tr_ex, te_ex = ex.subset(tri), ex.subset(tei)
+    tr, te = (*_arrays(tr_ex, SIZE), names), (*_arrays(te_ex, SIZE), names)
+    e_head, e_ft = (10, 2) if quick else (40, 8)
+    acc = {ADVISED: two_phase(Candidate(ADVISED), tr, te, 2, 3e-4, e_head, e_ft)}
+    advice = check_advice(tr_ex, tr, te, acc, e_head, e_ft)
+    print(f"[{name}] advice {advice['strategy']} {advice['advised_accuracy']:.3f} "
+          f"measured {advice['measured']}")  # fmt: skip
+    return {"task": name, "seed": seed, "about": about, "train": len(tri),
+            "held_out": len(tei), "accuracy": acc, "advice": advice, "advice_only": True}  # fmt: skip
+
+
 def check_advice(tr_ex, tr, te, acc: dict, e_head: int, e_ft: int) -> dict:
     """The advised strategy's held-out accuracy vs feature extraction / top half / full."""
     from kerastl.decide import Candidate, advise
@@ -232,19 +254,32 @@ def check_advice(tr_ex, tr, te, acc: dict, e_head: int, e_ft: int) -> dict:
         "top_half": acc[ADVISED]["ft"],
         "full_finetune": full["ft"],
     }
-    if a.strategy == "feature_extraction":
-        got = measured["feature_extraction"]
-    elif a.strategy == "full_finetune":
-        got = measured["full_finetune"]
-    elif a.groups == 2 and a.finetune_learning_rate == 3e-4:
-        got = measured["top_half"]
-    else:
+    got = _measured_accuracy(a.strategy, a.groups, a.finetune_learning_rate, measured)
+    if got is None:
         got = two_phase(c, tr, te, a.groups, a.finetune_learning_rate, e_head, e_ft)["ft"]
     return {
         "strategy": a.strategy, "groups": a.groups, "lr": a.finetune_learning_rate,
         "reasons": a.reasons, "measurements": a.measurements, "advised_accuracy": got,
-        "measured": measured, "best": max(measured.values()), "seconds": t_adv,
+        "measured": measured, "best": max(measured.values()), "seconds": t_adv, "rules": RULES,
     }  # fmt: skip
+
+
+def _measured_accuracy(strategy: str, groups: int, lr, measured: dict) -> float | None:
+    """The accuracy of an advised strategy among the measured ones (None: not measured)."""
+    if strategy in ("feature_extraction", "full_finetune"):
+        return measured[strategy]
+    return measured["top_half"] if (groups, lr) == (2, 3e-4) else None
+
+
+def readvise(advice: dict, n_classes: int) -> dict:
+    """The current rules' advice from a stored draw's measurements (no new training)."""
+    from kerastl.decide._advise import decide
+
+    m = advice["measurements"]
+    a = decide(m["shots"], n_classes, m["probe"], m["tap_logme"], m["final_logme"], m["groups"])
+    got = _measured_accuracy(a.strategy, a.groups, a.finetune_learning_rate, advice["measured"])
+    return {**advice, "strategy": a.strategy, "groups": a.groups, "rules": RULES,
+            "lr": a.finetune_learning_rate, "reasons": a.reasons, "advised_accuracy": got}  # fmt: skip
 
 
 def rescore(results: list[dict], quick: bool) -> list[dict]:
@@ -417,6 +452,7 @@ def main() -> int:
     p.add_argument("--json", default=str(Path(__file__).with_name("rank_results.json")))
     p.add_argument("--tasks", default="", help="comma-separated subset of the tasks")
     p.add_argument("--seed", type=int, default=0, help="the draw of training/held-out examples")
+    p.add_argument("--advice-only", action="store_true", help="only check kerastl.advise")
     p.add_argument(
         "--combine",
         default="",
@@ -448,7 +484,10 @@ def main() -> int:
     chosen = tasks(args.quick, args.seed)
     keep = [t for t in args.tasks.split(",") if t] or list(chosen)
     for name in keep:
-        results.append(run_task(name, chosen[name], args.quick, args.runtime, args.seed))
+        if args.advice_only:
+            results.append(run_advice(name, chosen[name], args.quick, args.seed))
+        else:
+            results.append(run_task(name, chosen[name], args.quick, args.runtime, args.seed))
         results[-1]["command"] = cmd
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     md = markdown(results, [cmd], args.runtime)

@@ -95,15 +95,20 @@ def test_pareto_flags(scores, costs, want):
 
 def test_decide_rules():
     assert decide(3, 10, 0.9, [0.0, 0.1], 0.5, 5).strategy == "feature_extraction"
+    # a near domain whose features already separate the classes: everything at 1e-4
     near = decide(20, 10, 0.95, [0.0, 0.1], 0.5, 5)
-    assert near.strategy == "feature_extraction" and near.freeze == "backbone"
+    assert (near.strategy, near.freeze, near.finetune_learning_rate) == ("full_finetune", "none", 1e-4)
+    assert "already separate" in near.reasons[-2]
     weak = decide(20, 10, 0.5, [0.0, 0.1], 0.5, 5)
     assert (weak.strategy, weak.groups, weak.freeze) == ("partial_finetune", 2, "last:2")
-    far = decide(20, 10, 0.5, [0.0, 0.9, 0.1, 0.2], 0.5, 5)  # tap 1 best: 3 groups above it
-    assert (far.strategy, far.groups, far.finetune_learning_rate) == ("partial_finetune", 3, 1e-4)
-    many = decide(200, 10, 0.5, [0.9, 0.1, 0.1, 0.2], 0.5, 5)
-    assert (many.strategy, many.freeze) == ("full_finetune", "none")
-    assert all(isinstance(r, str) and r for r in many.reasons)
+    assert weak.finetune_learning_rate == 3e-4
+    far = decide(20, 10, 0.5, [0.0, 0.9, 0.1, 0.2], 0.5, 5)  # tap 1 scores best: far domain
+    assert (far.strategy, far.groups, far.freeze) == ("full_finetune", 5, "none")
+    assert "far domain" in far.reasons[-2] and "tap 1 scores above" in far.reasons[2]
+    # the probe decides between the two near-domain rules, chance-corrected
+    assert decide(20, 2, 0.85, [0.0], 0.5, 4).strategy == "partial_finetune"  # (0.85-0.5)/0.5
+    assert decide(20, 2, 0.95, [0.0], 0.5, 4).strategy == "full_finetune"
+    assert all(isinstance(r, str) and r for r in far.reasons)
 
 
 def test_rank_table_text_json_plot(tmp_path):
@@ -184,8 +189,10 @@ def test_config_overrides_carry_out_the_advice():
 
     fe = config_overrides(decide(3, 10, 0.9, [], 0.5, 5))
     assert fe["model"]["freeze"] == "backbone" and fe["finetune"] == {"epochs": 0}
-    part = config_overrides(decide(20, 10, 0.5, [0.0, 0.9, 0.1, 0.2], 0.5, 5), 7)
-    assert part["finetune"] == {"epochs": 7, "freeze": "last:3", "learning_rate": 1e-4}
+    part = config_overrides(decide(20, 10, 0.5, [0.0, 0.1], 0.5, 5), 7)
+    assert part["finetune"] == {"epochs": 7, "freeze": "last:2", "learning_rate": 3e-4}
+    full = config_overrides(decide(20, 10, 0.5, [0.0, 0.9, 0.1, 0.2], 0.5, 5), 7)
+    assert full["finetune"] == {"epochs": 7, "freeze": "none", "learning_rate": 1e-4}
 
 
 def test_strategy_from_names_its_choices():
