@@ -234,3 +234,26 @@ def test_rank_advice_bar_is_judged_on_the_mean_over_seeds():
     assert s["a"]["best"] == pytest.approx(0.91) and s["a"]["met"]
     s = rb.advice_summary([row("b", 0, 0.85, 0.90, 0.80, 0.8), row("b", 1, 0.88, 0.92, 0.9, 0.9)])
     assert not s["b"]["met"]
+
+
+def test_rank_reapplies_the_current_advice_rules_to_stored_measurements():
+    from bench import rank as rb
+
+    measured = {"feature_extraction": 0.90, "top_half": 0.91, "full_finetune": 0.95}
+    far = {"shots": 20, "probe": 0.75, "tap_logme": [-0.3, -0.2, 0.1, 0.2], "final_logme": 0.0,
+           "groups": 5, "separability": 0.69}  # fmt: skip
+    old = {"strategy": "partial_finetune", "groups": 1, "lr": 3e-4, "advised_accuracy": 0.85,
+           "measured": measured, "measurements": far, "reasons": []}  # fmt: skip
+    now = rb.current_advice({"task": "digits5-9", "advice": old})
+    assert (now["strategy"], now["groups"], now["rules"]) == ("full_finetune", 5, rb.RULES)
+    assert now["advised_accuracy"] == 0.95 and old["advised_accuracy"] == 0.85
+    near = {**far, "tap_logme": [-0.3, -0.2], "final_logme": 0.2}
+    now = rb.current_advice({"task": "digits5-9", "advice": {**old, "measurements": near}})
+    assert (now["strategy"], now["groups"], now["advised_accuracy"]) == (
+        "partial_finetune",
+        2,
+        0.91,
+    )
+    # advice run under the current rules is taken as it is
+    same = {**old, "rules": rb.RULES}
+    assert rb.current_advice({"task": "faces", "advice": same}) is same
