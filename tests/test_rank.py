@@ -97,7 +97,11 @@ def test_decide_rules():
     assert decide(3, 10, 0.9, [0.0, 0.1], 0.5, 5).strategy == "feature_extraction"
     # a near domain whose features already separate the classes: everything at 1e-4
     near = decide(20, 10, 0.95, [0.0, 0.1], 0.5, 5)
-    assert (near.strategy, near.freeze, near.finetune_learning_rate) == ("full_finetune", "none", 1e-4)
+    assert (near.strategy, near.freeze, near.finetune_learning_rate) == (
+        "full_finetune",
+        "none",
+        1e-4,
+    )
     assert "already separate" in near.reasons[-2]
     weak = decide(20, 10, 0.5, [0.0, 0.1], 0.5, 5)
     assert (weak.strategy, weak.groups, weak.freeze) == ("partial_finetune", 2, "last:2")
