@@ -443,7 +443,8 @@ def _advice_row(r: dict, a: dict, rules: str) -> str:
     m = a["measured"]
     ok = a["advised_accuracy"] >= max(m.values()) - ADVICE_POINTS - 1e-9
     return (
-        f"| {r['task']} | {r.get('seed', 0)} | {rules} | {a['strategy']} ({a['groups']} groups, "
+        f"| {r['task']} | {r.get('seed', 0)} | {rules} | {r.get('runs', 1)} | {a['strategy']} "
+        f"({a['groups']} groups, "
         f"lr {a['lr']}) | {a['advised_accuracy']:.3f} | {m['feature_extraction']:.3f} | "
         f"{m['top_half']:.3f} | {m['full_finetune']:.3f} | {'yes' if ok else 'NO'} |"
     )
@@ -463,13 +464,24 @@ def _mean_lines(title: str, summary: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _one_per_draw(results: list[dict]) -> list[dict]:
+    """One result per (task, seed) for the advice tables: the one with the most runs."""
+    best: dict[tuple, dict] = {}
+    for r in results:
+        key = (r["task"], r.get("seed", 0))
+        if key not in best or r.get("runs", 1) > best[key].get("runs", 1):
+            best[key] = r
+    return [r for r in results if best[(r["task"], r.get("seed", 0))] is r]
+
+
 def _advice_lines(results: list[dict]) -> list[str]:
+    results = _one_per_draw(results)
     lines = ["", f"Advice for {ADVISED} (held-out accuracy; bar: within "
              f"{ADVICE_POINTS * 100:.0f} points of the best of the three strategies). Rules 1 "
              f"as run; rules {RULES} (kerastl today) as run, or reapplied to the same draw's "
              "measurements (no new training: each choice is one of the three measured):", "",
-             "| task | seed | rules | advice | advised acc | feat. extr. | top half | full | "
-             "within 2 pts |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| task | seed | rules | runs | advice | advised acc | feat. extr. | top half | full | "
+             "within 2 pts |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         rules = r["advice"].get("rules", 1)
         lines.append(_advice_row(r, r["advice"], str(rules)))

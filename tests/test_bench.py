@@ -234,6 +234,9 @@ def test_rank_advice_bar_is_judged_on_the_mean_over_seeds():
     assert s["a"]["best"] == pytest.approx(0.91) and s["a"]["met"]
     s = rb.advice_summary([row("b", 0, 0.85, 0.90, 0.80, 0.8), row("b", 1, 0.88, 0.92, 0.9, 0.9)])
     assert not s["b"]["met"]
+    # a draw measured twice counts once in the tables: the measurement with more runs
+    once, thrice = row("c", 3, 0.8, 0.8, 0.8, 0.8), {**row("c", 3, 0.9, 0.9, 0.9, 0.9), "runs": 3}
+    assert rb._one_per_draw([once, row("c", 4, 0.7, 0.7, 0.7, 0.7), thrice])[1] is thrice
 
 
 def test_rank_reapplies_the_current_advice_rules_to_stored_measurements():
