@@ -511,6 +511,10 @@ def markdown(results: list[dict], commands: list[str], runtime: str) -> str:
     """The RESULTS.md section: tau table, candidate tables, cost ratio, advice tables."""
     lines = ["## Rank and advise: transferability vs two-phase accuracy", ""]
     lines += [f"`{c}`" + ("" if i == len(commands) - 1 else ",") for i, c in enumerate(commands)]
+    if any(r.get("rescored") for r in results):
+        lines += ["", "Rescored draws: accuracies, costs and advice from the first run, scores "
+                  "recomputed in a second process after the LogME fix (features divided by "
+                  "their RMS, no clamp); their ranking time is left out of the cost ratio."]  # fmt: skip
     lines += [""] + _tau_lines(results)
     for r in results:
         lines += [] if r.get("advice_only") else _candidate_lines(r)
