@@ -141,7 +141,8 @@ def test_pretrained_minilm_beats_random_init_on_the_same_split():
     x_train, y_train = make_split(0)  # 320 sentences, 4 classes
     x_test, y_test = make_split(1)  # 320 sentences, only unseen topic words
     keras.utils.set_random_seed(0)
-    common = dict(num_classes=4, class_names=list(TOPICS), sequence_length=24)
+    # the longest sentence is 12 word pieces: 16 tokens hold every one with [CLS] and [SEP]
+    common = dict(num_classes=4, class_names=list(TOPICS), sequence_length=16)
 
     # Pretrained: head only on the frozen backbone, then the top two groups unfrozen.
     model = kerastl.build(
@@ -228,14 +229,14 @@ def test_rank_and_advise_take_texts_and_order_pretrained_minilm_above_random_ini
     data = (x[idx], y[idx])
     pre, rnd = f"all_minilm_l6_v2_en@{MODEL_DIR}", "all_minilm_l6_v2_en@random"
     table = kerastl.rank(
-        data, [pre, rnd], runtime="none", progress=False, tokenizer=MODEL_DIR, sequence_length=24
+        data, [pre, rnd], runtime="none", progress=False, tokenizer=MODEL_DIR, sequence_length=16
     )
     rows = table.rows
     assert [r["candidate"] for r in rows][1] == "all_minilm_l6_v2_en@random"
     assert rows[0]["logme"] > rows[1]["logme"] + 0.2, rows
     assert not rows[0]["collapsed"] and not rows[1]["collapsed"]
     assert rows[0]["probe"] >= 0.9 and rows[0]["knn"] > rows[1]["knn"] + 0.3, rows
-    advice = kerastl.advise(data, "all_minilm_l6_v2_en", weights=MODEL_DIR, sequence_length=24)
+    advice = kerastl.advise(data, "all_minilm_l6_v2_en", weights=MODEL_DIR, sequence_length=16)
     assert advice.measurements["shots"] == 40 and advice.measurements["probe"] >= 0.9
     assert advice.strategy in ("feature_extraction", "partial_finetune", "full_finetune")
     assert advice.reasons and "40 labels in the smallest class of 4" in advice.reasons[0]
