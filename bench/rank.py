@@ -113,11 +113,23 @@ def split(spec: tuple, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return tri, np.sort(tei)
 
 
-def _arrays(ex, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _examples(spec: tuple, seed: int) -> tuple:
+    """``(training examples, held-out examples, what, (n train, n held-out))`` of a draw."""
+    from kerastl import data as kdata
+
+    x, y, _, _, about, _ = spec
+    tri, tei = split(spec, seed)
+    names = [str(c) for c in np.unique(y)]
+    ex = kdata.from_numpy(x, y, class_names=names, source=about)
+    return ex.subset(tri), ex.subset(tei), about, (len(tri), len(tei))
+
+
+def _arrays(ex, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(images, labels, class names)`` of ``ex`` at ``size``."""
     from kerastl import data as kdata
 
     xs, ys = zip(*[(np.asarray(a), np.asarray(b)) for a, b in kdata.make_dataset(ex, size, 256)])
-    return np.concatenate(xs), np.concatenate(ys)
+    return np.concatenate(xs), np.concatenate(ys), list(ex.class_names)
 
 
 def _leaves(layer) -> list:
@@ -190,28 +202,31 @@ def repeated(c, tr, te, groups: int, lr: float, e_head: int, e_ft: int, runs: in
     return out
 
 
+def tau_collapsed_last(rows: dict, labels: list[str], target: list[float]) -> float:
+    """Kendall's tau of the order kerastl rank sorts by: collapsed last (tied), then LogME."""
+    from scipy.stats import kendalltau
+
+    guard = [-np.inf if rows[k]["collapsed"] else rows[k]["logme"] for k in labels]
+    return float(kendalltau(guard, target)[0])
+
+
 def run_task(
     name: str, spec: tuple, quick: bool, runtime: str, seed: int = 0, runs: int = 1
 ) -> dict:
     """Rank, fine-tune every candidate (``runs`` times), and check the advice, on one task."""
     from scipy.stats import kendalltau
 
-    from kerastl import data as kdata
     from kerastl.decide import parse_candidates, rank
     from kerastl.train._cache import FeatureCache
 
-    x, y, _, _, about, _ = spec
-    tri, tei = split(spec, seed)
-    names = [str(c) for c in np.unique(y)]
-    ex = kdata.from_numpy(x, y, class_names=names, source=about)
-    tr_ex, te_ex = ex.subset(tri), ex.subset(tei)
+    tr_ex, te_ex, about, n = _examples(spec, seed)
     cands = parse_candidates(CANDIDATES[:3] + CANDIDATES[5:6] if quick else CANDIDATES)
     FeatureCache.clear_memory()
     t0 = time.perf_counter()
     table = rank(tr_ex, cands, input_size=SIZE, runtime=runtime, progress=True)
     t_rank = time.perf_counter() - t0
     FeatureCache.clear_memory()  # fine-tuning pays for its own feature pass
-    tr, te = (*_arrays(tr_ex, SIZE), names), (*_arrays(te_ex, SIZE), names)
+    tr, te = _arrays(tr_ex, SIZE), _arrays(te_ex, SIZE)
     e_head, e_ft = (10, 2) if quick else (40, 8)
     acc, t_ft = {}, 0.0
     for c in cands:
@@ -226,12 +241,10 @@ def run_task(
         for e in rows[labels[0]]
         if e in ("logme", "knn", "probe")
     }
-    # the rule kerastl rank sorts by: collapsed candidates last (tied), the others by LogME
-    guard = [-np.inf if rows[k]["collapsed"] else rows[k]["logme"] for k in labels]
-    tau_guarded = float(kendalltau(guard, target)[0])
+    tau_guarded = tau_collapsed_last(rows, labels, target)
     advice = check_advice(tr_ex, tr, te, acc, e_head, e_ft, runs)
     return {
-        "task": name, "seed": seed, "about": about, "train": len(tri), "held_out": len(tei),
+        "task": name, "seed": seed, "about": about, "train": n[0], "held_out": n[1],
         "tau_guarded": tau_guarded, "runs": runs,
         "rank_rows": table.rows, "rank_seconds": table.seconds, "rank_wall": t_rank,
         "finetune_seconds": t_ft, "accuracy": acc, "tau": taus, "advice": advice,
@@ -240,22 +253,17 @@ def run_task(
 
 def run_advice(name: str, spec: tuple, quick: bool, seed: int, runs: int = 1) -> dict:
     """Only the advice check on one task (no ranking, no other candidates)."""
-    from kerastl import data as kdata
     from kerastl.decide import Candidate
 
-    x, y, _, _, about, _ = spec
-    tri, tei = split(spec, seed)
-    names = [str(c) for c in np.unique(y)]
-    ex = kdata.from_numpy(x, y, class_names=names, source=about)
-    tr_ex, te_ex = ex.subset(tri), ex.subset(tei)
-    tr, te = (*_arrays(tr_ex, SIZE), names), (*_arrays(te_ex, SIZE), names)
+    tr_ex, te_ex, about, n = _examples(spec, seed)
+    tr, te = _arrays(tr_ex, SIZE), _arrays(te_ex, SIZE)
     e_head, e_ft = (10, 2) if quick else (40, 8)
     acc = {ADVISED: repeated(Candidate(ADVISED), tr, te, 2, 3e-4, e_head, e_ft, runs)}
     advice = check_advice(tr_ex, tr, te, acc, e_head, e_ft, runs)
     print(f"[{name}] advice {advice['strategy']} {advice['advised_accuracy']:.3f} "
           f"measured {advice['measured']}")  # fmt: skip
-    return {"task": name, "seed": seed, "about": about, "train": len(tri),
-            "held_out": len(tei), "accuracy": acc, "advice": advice, "advice_only": True,
+    return {"task": name, "seed": seed, "about": about, "train": n[0],
+            "held_out": n[1], "accuracy": acc, "advice": advice, "advice_only": True,
             "runs": runs}  # fmt: skip
 
 
@@ -329,8 +337,7 @@ def rescore(results: list[dict], quick: bool) -> list[dict]:
         labels = list(r["accuracy"])
         target = [r["accuracy"][k]["ft"] for k in labels]
         rows = {q["candidate"]: q for q in new.rows}
-        guard = [-np.inf if rows[k]["collapsed"] else rows[k]["logme"] for k in labels]
-        r["tau_guarded"] = float(kendalltau(guard, target)[0])
+        r["tau_guarded"] = tau_collapsed_last(rows, labels, target)
         r["tau"] = {
             e: float(kendalltau([rows[k][e] for k in labels], target)[0])
             for e in ("logme", "knn", "probe")
