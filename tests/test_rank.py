@@ -248,3 +248,32 @@ def test_cli_train_strategy_from_advise_trains_with_the_advice(tmp_path, capsys)
         assert f"fine-tune lr {ft['learning_rate']:g}" in advice, (advice, ft)
     else:  # feature extraction: no fine-tuning phase
         assert ft["epochs"] == 0, (advice, ft)
+
+
+def test_a_saved_kerastl_lite0_is_a_candidate(tmp_path):
+    """``efficientnet_lite0@model.keras``: a Lite0 trained on another task (here: its
+    weights shifted so they differ from any init) is scored with the saved weights."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    import kerastl
+    from kerastl.decide import parse_candidates
+    from kerastl.decide._rank import candidate_model
+    from kerastl.train._cache import split_model
+
+    keras.utils.set_random_seed(0)
+    src = kerastl.build("efficientnet_lite0", num_classes=3, weights=None, input_shape=(32, 32, 3))
+    bb = src.get_layer("backbone")
+    rng = np.random.default_rng(1)
+    bb.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in bb.get_weights()])
+    path = tmp_path / "other_task.keras"
+    src.save(path)
+    (cand,) = parse_candidates(f"efficientnet_lite0@{path}")
+    assert cand.weights == str(path) and cand.label.endswith("other_task.keras"), cand
+    x = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    _, fm = candidate_model(cand, 5, 32)
+    want = split_model(src)[0](x)  # the saved model's own pooled features
+    assert float(np.sqrt(np.mean(np.square(want)))) > 1e-3  # not collapsed: a real comparison
+    np.testing.assert_allclose(np.asarray(fm(x)), np.asarray(want), rtol=1e-4, atol=1e-5)
+    _, fresh = candidate_model(parse_candidates("efficientnet_lite0@random")[0], 5, 32)
+    assert not np.allclose(np.asarray(fresh(x)), np.asarray(want), atol=1e-4)
