@@ -260,3 +260,19 @@ def test_rank_reapplies_the_current_advice_rules_to_stored_measurements():
     # advice run under the current rules is taken as it is
     same = {**old, "rules": rb.RULES}
     assert rb.current_advice({"task": "faces", "advice": same}) is same
+
+
+def test_rank_imagenet_only_columns_leave_other_weights_out():
+    from bench import rank as rb
+
+    accs = {"a": 0.90, "b": 0.80, "c": 0.70, "a@random": 0.1, "a@…/photos8/x.keras": 0.5}
+    logme = {"a": 0.1, "b": 0.3, "c": 0.2, "a@random": 0.9, "a@…/photos8/x.keras": 0.95}
+    r = {"held_out": 100, "accuracy": {k: {"ft": v} for k, v in accs.items()},
+         "rank_rows": [{"candidate": k, "logme": v} for k, v in logme.items()]}  # fmt: skip
+    tau, spread, se = rb.imagenet_only(r)
+    # a > b > c by accuracy; LogME orders b > c > a: one concordant pair of three
+    assert tau == pytest.approx(-1 / 3)
+    assert spread == pytest.approx(20.0) and se == pytest.approx(100 * (0.8 * 0.2 / 100) ** 0.5)
+    assert rb.candidate_words(quick=True, other_task=False) == [
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite0@random"
+    ]  # fmt: skip
