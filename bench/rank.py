@@ -140,6 +140,12 @@ def candidate_words(quick: bool, other_task: bool) -> list[str]:
     return words + ([f"efficientnet_lite0@{other_task_model()}"] if other_task else [])
 
 
+def _word(label: str) -> str:
+    """The candidate a stored label names (the other-task model's path is shortened there)."""
+    tail = "/".join(OTHER_TASK.parts[-2:])
+    return f"efficientnet_lite0@{other_task_model()}" if label.endswith("@…/" + tail) else label
+
+
 def tasks(quick: bool, seed: int = 0) -> dict:
     """``name -> (x uint8, y, labels per class, held-out per class, what, half or None)``.
 
@@ -387,7 +393,8 @@ def rescore(results: list[dict], quick: bool) -> list[dict]:
         tri, _ = split(spec, r.get("seed", 0))
         ex = kdata.from_numpy(x, y, class_names=[str(c) for c in np.unique(y)], source=about)
         t0 = time.perf_counter()
-        new = rank(ex.subset(tri), list(r["accuracy"]), input_size=SIZE, runtime="none")
+        words = [_word(label) for label in r["accuracy"]]
+        new = rank(ex.subset(tri), words, input_size=SIZE, runtime="none")
         r["rank_seconds"]["features_and_scores"] = time.perf_counter() - t0
         old = {row["candidate"]: row for row in r["rank_rows"]}
         for row in new.rows:
