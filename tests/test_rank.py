@@ -277,3 +277,12 @@ def test_a_saved_kerastl_lite0_is_a_candidate(tmp_path):
     np.testing.assert_allclose(np.asarray(fm(x)), np.asarray(want), rtol=1e-4, atol=1e-5)
     _, fresh = candidate_model(parse_candidates("efficientnet_lite0@random")[0], 5, 32)
     assert not np.allclose(np.asarray(fresh(x)), np.asarray(want), atol=1e-4)
+
+
+def test_logme_center_ignores_a_feature_offset():
+    """``center=True`` scores the features' spread only: a constant offset changes plain
+    LogME but not the centred one."""
+    f, y = _blobs(sep=1.0)
+    shifted = f + 25.0
+    assert logme(shifted, y, center=True) == pytest.approx(logme(f, y, center=True), abs=1e-6)
+    assert abs(logme(shifted, y) - logme(f, y)) > 1e-3

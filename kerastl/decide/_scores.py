@@ -82,7 +82,7 @@ def _evidence(
     return float(ev / n)
 
 
-def logme(features: np.ndarray, labels: np.ndarray) -> float:
+def logme(features: np.ndarray, labels: np.ndarray, center: bool = False) -> float:
     """LogME of ``features`` for class ``labels``: mean over classes of the evidence / n.
 
     Higher is better; values of different candidates on the same data compare.
@@ -92,6 +92,9 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     Args:
         features: ``(n, d)`` frozen features.
         labels: ``(n,)`` class ids.
+        center: subtract the features' mean first (the targets are left as they are),
+            so that the mean feature vector earns no evidence for the targets' mean.
+            An experimental variant measured by ``bench/rank.py``; off by default.
 
     Example:
         >>> y = np.array([0, 0, 1, 1, 2, 2] * 5)
@@ -101,6 +104,7 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
         True
     """
     f, y = _check(features, labels)
+    f = f - f.mean(axis=0) if center else f
     n, d = f.shape
     rms = float(np.sqrt(np.mean(f**2)))
     if rms == 0.0:
