@@ -717,7 +717,9 @@ def main() -> int:
     if args.combine:
         for f in args.combine.split(","):
             results += json.loads(Path(f).read_text())
-        commands = list(dict.fromkeys(r.get("command", "?") for r in results))
+        commands = list(
+            dict.fromkeys(c for r in results for c in [r.get("command", "?"), *r.get("added", [])])
+        )
         Path(args.out).write_text(markdown(results, [*commands, cmd], args.runtime))
         return 0
     if args.add_centred:
