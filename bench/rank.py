@@ -507,6 +507,12 @@ def _tau_lines(results: list[dict]) -> list[str]:
                   "run before it was added. The last two columns: LogME's tau among the "
                   "ImageNet candidates alone, and their two-phase accuracy spread next to one "
                   "binomial standard error of a held-out accuracy."]  # fmt: skip
+    if any(r.get("tau_centred") is not None for r in results):
+        lines += ["", "Last column: the same collapsed-last tau for LogME of the centred "
+                  "features (`logme(..., center=True)`), an experimental variant chosen after "
+                  "seeds 0-7 (added to them with `--add-centred`) and checked on seed 8 on; "
+                  "`kerastl rank` still sorts by plain LogME, so the bar column is judged on "
+                  "plain LogME."]  # fmt: skip
     return lines
 
 
