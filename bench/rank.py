@@ -38,6 +38,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -137,13 +138,26 @@ def other_task_model(path: Path = OTHER_TASK, per_photo: int = 150, epochs: int 
 def candidate_words(quick: bool, other_task: bool) -> list[str]:
     """The candidates of a run: :data:`CANDIDATES` (four with ``quick``), then the other-task Lite0."""
     words = CANDIDATES[:3] + CANDIDATES[5:6] if quick else list(CANDIDATES)
-    return words + ([f"efficientnet_lite0@{other_task_model()}"] if other_task else [])
+    return words + ([_other_task_word(other_task_model())] if other_task else [])
+
+
+def _other_task_word(path: Path) -> str:
+    return f"efficientnet_lite0@{path}"
 
 
 def _word(label: str) -> str:
-    """The candidate a stored label names (the other-task model's path is shortened there)."""
-    tail = "/".join(OTHER_TASK.parts[-2:])
-    return f"efficientnet_lite0@{other_task_model()}" if label.endswith("@…/" + tail) else label
+    """The candidate a stored label names (the other-task model's path is shortened there).
+
+    Stored accuracies belong to the kept model file: a missing file is an error, not a rebuild.
+    """
+    if not label.endswith("@…/" + "/".join(OTHER_TASK.parts[-2:])):
+        return label
+    if not OTHER_TASK.exists():
+        raise FileNotFoundError(
+            f"{OTHER_TASK}: the other-task model these results were measured with is gone; "
+            "a rebuilt one would not be the same model (run the draws again instead)."
+        )
+    return _other_task_word(OTHER_TASK)
 
 
 def tasks(quick: bool, seed: int = 0) -> dict:
@@ -314,20 +328,18 @@ def run_task(
         if e in ("logme", "knn", "probe")
     }
     tau_guarded = tau_collapsed_last(rows, labels, target)
-    tau_centred = tau_collapsed_last(
-        {k: {**rows[k], "logme": centred[k]} for k in labels}, labels, target
-    )
     advice = check_advice(tr_ex, tr, te, acc, e_head, e_ft, runs)
     return {
         "task": name, "seed": seed, "about": about, "train": n[0], "held_out": n[1],
         "tau_guarded": tau_guarded, "runs": runs,
-        "logme_centred": centred, "tau_centred": tau_centred,
+        "logme_centred": centred,
+        "tau_centred": tau_centred({"accuracy": acc, "rank_rows": table.rows}, centred),
         "rank_rows": table.rows, "rank_seconds": table.seconds, "rank_wall": t_rank,
         "finetune_seconds": t_ft, "accuracy": acc, "tau": taus, "advice": advice,
     }  # fmt: skip
 
 
-def centred_logme(examples, cands: list, rows: list[dict]) -> dict[str, float]:
+def centred_logme(examples: Any, cands: list, rows: list[dict]) -> dict[str, float | None]:
     """LogME of each candidate's centred features (``logme(..., center=True)``), collapsed: -inf.
 
     An experimental variant, fixed after seeds 0-7 (where it ordered textures better) and
@@ -335,16 +347,27 @@ def centred_logme(examples, cands: list, rows: list[dict]) -> dict[str, float]:
     """
     from kerastl.decide import logme
     from kerastl.decide._rank import features_of
+    from kerastl.errors import DataError
 
     collapsed = {r["candidate"]: r["collapsed"] for r in rows}
-    out = {}
+    out: dict[str, float | None] = {}
     for c in cands:
-        if collapsed[c.label]:
-            out[c.label] = float("-inf")
-            continue
-        f, y, _ = features_of(c, examples, SIZE)
-        out[c.label] = logme(f.astype(np.float64), y, center=True)
+        out[c.label] = None  # collapsed (listed last anyway) or constant features
+        if not collapsed[c.label]:
+            f, y, _ = features_of(c, examples, SIZE)
+            try:
+                out[c.label] = logme(f.astype(np.float64), y, center=True)
+            except DataError:
+                pass
     return out
+
+
+def tau_centred(r: dict, centred: dict) -> float:
+    """:func:`tau_collapsed_last` with the centred LogME in place of the plain one."""
+    labels = list(r["accuracy"])
+    rows = {q["candidate"]: {**q, "collapsed": q["collapsed"] or centred[q["candidate"]] is None,
+                             "logme": centred[q["candidate"]]} for q in r["rank_rows"]}  # fmt: skip
+    return tau_collapsed_last(rows, labels, [r["accuracy"][k]["ft"] for k in labels])
 
 
 def add_centred(results: list[dict], quick: bool) -> list[dict]:
@@ -358,11 +381,7 @@ def add_centred(results: list[dict], quick: bool) -> list[dict]:
         labels = list(r["accuracy"])
         cands = [parse_candidates(_word(k))[0] for k in labels]
         r["logme_centred"] = centred_logme(tr_ex, cands, r["rank_rows"])
-        rows = {q["candidate"]: {**q, "logme": r["logme_centred"][q["candidate"]]}
-                for q in r["rank_rows"]}  # fmt: skip
-        r["tau_centred"] = tau_collapsed_last(
-            rows, labels, [r["accuracy"][k]["ft"] for k in labels]
-        )
+        r["tau_centred"] = tau_centred(r, r["logme_centred"])
     return results
 
 
@@ -504,8 +523,8 @@ def _tau_lines(results: list[dict]) -> list[str]:
                   "Lite0 trained from random init on another small task (which of "
                   f"{len(SOURCE_PHOTOS)} other scikit-image photos a crop comes from), the "
                   "'model trained on another small task' the issue names; the draws with 7 were "
-                  "run before it was added. The last two columns: LogME's tau among the "
-                  "ImageNet candidates alone, and their two-phase accuracy spread next to one "
+                  "run before it was added. The two columns before the last: LogME's tau among the "
+                  "ImageNet-weight candidates alone (taps included), and their two-phase accuracy spread next to one "
                   "binomial standard error of a held-out accuracy."]  # fmt: skip
     if any(r.get("tau_centred") is not None for r in results):
         lines += ["", "Last column: the same collapsed-last tau for LogME of the centred "
@@ -525,7 +544,9 @@ def imagenet_only(r: dict) -> tuple[float, float, float]:
     from scipy.stats import kendalltau
 
     rows = {x["candidate"]: x for x in r["rank_rows"]}
-    labels = [k for k in r["accuracy"] if "@" not in k]
+    labels = [k for k in r["accuracy"] if "@" not in k]  # ImageNet weights, taps included
+    if len(labels) < 2:
+        return float("nan"), float("nan"), float("nan")
     acc = np.array([r["accuracy"][k]["ft"] for k in labels])
     tau = float(kendalltau([rows[k]["logme"] for k in labels], acc)[0])
     p = float(acc.mean())
@@ -680,8 +701,7 @@ def markdown(results: list[dict], commands: list[str], runtime: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    """Run the benchmark; write JSON beside it and its section (bench/results_rank.md)."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one task, four candidates")
     p.add_argument("--runtime", default="tflite", choices=["tflite", "onnx", "none"])
@@ -717,52 +737,58 @@ def main() -> int:
         default="",
         help="a results JSON: redo the feature pass and scores, keep its accuracies and costs",
     )
-    args = p.parse_args()
-    results, t0 = [], time.perf_counter()
+    return p
+
+
+def _combine(args, cmd: str) -> int:
+    """Render the section from stored results (nothing run)."""
+    results = [r for f in args.combine.split(",") for r in json.loads(Path(f).read_text())]
+    added = (c for r in results for c in [r.get("command", "?"), *r.get("added", [])])
+    Path(args.out).write_text(markdown(results, [*dict.fromkeys(added), cmd], args.runtime))
+    return 0
+
+
+def _add_centred(args, cmd: str) -> int:
+    """Add the centred-LogME tau to a stored results file, in place."""
+    path = Path(args.add_centred)
+    results = add_centred(json.loads(path.read_text()), args.quick)
+    for r in results:
+        r.setdefault("added", []).append(cmd)
+    path.write_text(json.dumps(results, indent=1, default=str, allow_nan=False))
+    return 0
+
+
+def _rescore(args, cmd: str) -> int:
+    """Rescore a stored results file (new feature pass), written to ``--json``."""
+    results = rescore(json.loads(Path(args.rescore).read_text()), args.quick)
+    for r in results:
+        r["command"] = cmd
+    Path(args.json).write_text(json.dumps(results, indent=1, default=str, allow_nan=False))
+    md = markdown(results, [cmd], args.runtime)
+    print(md)
+    Path(args.out).write_text(md)
+    return 0
+
+
+def main() -> int:
+    """Run the benchmark; write JSON beside it and its section (bench/results_rank.md)."""
+    args = _parser().parse_args()
     cmd = ("python bench/rank.py " + " ".join(sys.argv[1:])).strip()
-    if args.combine:
-        for f in args.combine.split(","):
-            results += json.loads(Path(f).read_text())
-        commands = list(
-            dict.fromkeys(c for r in results for c in [r.get("command", "?"), *r.get("added", [])])
-        )
-        Path(args.out).write_text(markdown(results, [*commands, cmd], args.runtime))
-        return 0
-    if args.add_centred:
-        path = Path(args.add_centred)
-        results = add_centred(json.loads(path.read_text()), args.quick)
-        for r in results:
-            r.setdefault("added", []).append(cmd)
-        path.write_text(json.dumps(results, indent=1, default=str))
-        return 0
-    if args.rescore:
-        results = rescore(json.loads(Path(args.rescore).read_text()), args.quick)
-        for r in results:
-            r["command"] = cmd
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-        md = markdown(results, [cmd], args.runtime)
-        print(md)
-        Path(args.out).write_text(md)
-        return 0
+    for flag, mode in ((args.combine, _combine), (args.add_centred, _add_centred),
+                       (args.rescore, _rescore)):  # fmt: skip
+        if flag:
+            return mode(args, cmd)
+    results, t0 = [], time.perf_counter()
     chosen = tasks(args.quick, args.seed)
     keep = [t for t in args.tasks.split(",") if t] or list(chosen)
     for name in keep:
         if args.advice_only:
             results.append(run_advice(name, chosen[name], args.quick, args.seed, args.runs))
         else:
-            results.append(
-                run_task(
-                    name,
-                    chosen[name],
-                    args.quick,
-                    args.runtime,
-                    args.seed,
-                    args.runs,
-                    not args.no_other_task,
-                )  # fmt: skip
-            )
+            results.append(run_task(name, chosen[name], args.quick, args.runtime, args.seed,
+                                    args.runs, not args.no_other_task))  # fmt: skip
         results[-1]["command"] = cmd
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str, allow_nan=False))
     md = markdown(results, [cmd], args.runtime)
     md += f"\nTotal wall time {time.perf_counter() - t0:.0f} s.\n"
     print(md)

@@ -276,3 +276,19 @@ def test_rank_imagenet_only_columns_leave_other_weights_out():
     assert rb.candidate_words(quick=True, other_task=False) == [
         "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite0@random"
     ]  # fmt: skip
+
+
+def test_rank_centred_tau_lists_unscored_candidates_last(tmp_path, monkeypatch):
+    from bench import rank as rb
+
+    acc = {"a": 0.9, "b": 0.8, "c": 0.5, "d": 0.1}
+    r = {"accuracy": {k: {"ft": v} for k, v in acc.items()},
+         "rank_rows": [{"candidate": k, "collapsed": k == "d"} for k in acc]}  # fmt: skip
+    # d collapsed, c constant (no centred score): both last; a > b agrees
+    assert rb.tau_centred(r, {"a": 0.3, "b": 0.1, "c": None, "d": None}) > 0.8
+    assert rb.tau_centred(r, {"a": 0.1, "b": 0.3, "c": None, "d": None}) < 0.8
+    # a stored label of the other-task model needs the kept file; it is never rebuilt
+    monkeypatch.setattr(rb, "OTHER_TASK", tmp_path / "photos8" / "efficientnet_lite0.keras")
+    with pytest.raises(FileNotFoundError, match="gone"):
+        rb._word("efficientnet_lite0@…/photos8/efficientnet_lite0.keras")
+    assert rb._word("efficientnet_lite0:tap2") == "efficientnet_lite0:tap2"

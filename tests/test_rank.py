@@ -16,7 +16,7 @@ import pytest
 from kerastl.decide import knn_loo_accuracy, linear_probe_accuracy, logme, pareto_flags
 from kerastl.decide._advise import decide
 from kerastl.decide._rank import RankTable
-from kerastl.errors import ConfigError
+from kerastl.errors import ConfigError, DataError
 
 
 def _blobs(n_per: int = 30, k: int = 4, d: int = 16, sep: float = 3.0, seed: int = 0):
@@ -286,3 +286,10 @@ def test_logme_center_ignores_a_feature_offset():
     shifted = f + 25.0
     assert logme(shifted, y, center=True) == pytest.approx(logme(f, y, center=True), abs=1e-6)
     assert abs(logme(shifted, y) - logme(f, y)) > 1e-3
+
+
+def test_logme_center_refuses_constant_features():
+    y = np.array([0, 1] * 10)
+    const = np.tile(np.array([3.0, -1.0, 7.0]), (20, 1))
+    with pytest.raises(DataError, match="same for every example"):
+        logme(const + 1e-12 * np.random.default_rng(0).normal(size=const.shape), y, center=True)
