@@ -104,14 +104,16 @@ def logme(features: np.ndarray, labels: np.ndarray, center: bool = False) -> flo
         True
     """
     f, y = _check(features, labels)
-    before = float(np.sqrt(np.mean(f**2)))
-    f = f - f.mean(axis=0) if center else f
     n, d = f.shape
     rms = float(np.sqrt(np.mean(f**2)))
-    if rms == 0.0 and not center:
+    if rms == 0.0:
         raise DataError("features: all zero; nothing to score.")
-    if center and rms <= 1e-6 * before:  # what is left is rounding noise
-        raise DataError("features: the same for every example (center=True); nothing to score.")
+    if center:
+        f = f - f.mean(axis=0)
+        centred = float(np.sqrt(np.mean(f**2)))
+        if centred <= 1e-6 * rms:  # what is left is rounding noise
+            raise DataError("features: the same for every example (center=True); nothing to score.")
+        rms = centred
     # The evidence is exactly invariant to the features' scale (alpha absorbs it); dividing
     # by the RMS keeps the fixed point well conditioned for tiny (1e-12) or huge features.
     u, s, _ = np.linalg.svd(f / rms, full_matrices=False)
