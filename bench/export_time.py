@@ -11,8 +11,9 @@ init, fixed seed) and time one call each, after import and build:
   checking nothing;
 * kerastl: ``kerastl.export(model, out, formats=[format])`` with 16 validation inputs,
   which also loads the file back in its runtime, compares it with Keras at batch
-  sizes 1 and 8, times it, and writes the report (and, for SavedModel, the serving
-  signatures, warm-up and request files).
+  sizes 1 and 4, times it at batch 1 (validation's one-by-one calls are the first timed
+  runs), and writes the report (and, for SavedModel, the serving signatures, warm-up
+  and request files).
 
 The pair runs in alternating order (raw first for one model, kerastl first for the
 next) in the same benchmark run. Bar (issue 19): kerastl within 1.3 x raw, per format.

@@ -523,6 +523,56 @@ def _reference(x):
     return {"probabilities": p.astype(np.float32), "class_id": p.argmax(-1)}
 
 
+def test_latency_takes_the_calls_already_made_as_its_first_runs():
+    from kerastl.export.formats.base import median_ms
+
+    calls = []
+    # three calls done (as validation's batch-1 calls after the first): nothing more to run
+    assert median_ms(lambda: calls.append(1), runs=3, done=[0.004, 0.001, 0.002]) == 2.0
+    assert calls == []
+    # one done: two more timed calls, and no warm-up call
+    median_ms(lambda: calls.append(1), runs=3, done=[0.001])
+    assert len(calls) == 2
+    # none done: a warm-up call, then the timed ones
+    calls.clear()
+    median_ms(lambda: calls.append(1), runs=3)
+    assert len(calls) == 4
+    # done calls count towards the time budget: over it with three runs, nothing is added
+    median_ms(lambda: 1 / 0, runs=10, done=[1.0, 1.0, 1.0])
+
+
+def test_export_times_the_validation_calls_instead_of_repeating_them(tmp_path, monkeypatch):
+    """Batch-1 latency (Keras' and the file's) is taken from the calls validation makes one
+    example at a time; only the runs still missing are made. 16 inputs, latency_runs=3:
+    validation calls the file 4 times at batch 1, 4 times at batch 4, once more to check
+    determinism, and the latency adds none (before: a warm-up and 3 timed calls more)."""
+    import keras
+
+    import kerastl
+    from kerastl.export.formats import onnx as kx_onnx
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), name="image")
+    h = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, h, name="tiny")
+    file_calls = []
+    real_run = kx_onnx.OnnxArtifact.run
+
+    def run(self, x):
+        file_calls.append(len(x))
+        return real_run(self, x)
+
+    monkeypatch.setattr(kx_onnx.OnnxArtifact, "run", run)
+    x = random_images(16, 8)
+    report = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x, latency_runs=3)
+    assert report["status"] == "passed"
+    assert file_calls == [1, 1, 1, 1, 4, 4, 4, 4, 4], file_calls
+    art = report["artifacts"][0]
+    median = float(np.median(art["parity"]["batch1_ms"][1:]))
+    assert art["latency_ms"] == pytest.approx(median, abs=2e-3)
+    assert report["keras_latency_ms"] > 0
+
+
 def test_validate_passes_exact_and_catches_noise_shift_and_static_batch():
     from kerastl.export.validate import validate
 

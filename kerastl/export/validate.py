@@ -37,6 +37,7 @@ must instead (defaults in :data:`TOLERANCES`, each overridable through ``toleran
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -324,10 +325,8 @@ def validate(
     tol = tolerance_for(key, overrides)
     n1 = min(len(x), BATCH1_SAMPLES)
     big = min(len(x), LARGE_BATCH) if len(x) > 1 else 1
-    runs = {
-        1: artifact.run_batched(x[:n1], 1),
-        big: artifact.run_batched(x, big),
-    }
+    batch1, batch1_seconds = run_one_by_one(artifact.run, x[:n1])
+    runs = {1: batch1, big: artifact.run_batched(x, big)}
     failures: list[str] = []
     errors = _output_errors(runs, reference, n1, len(x), failures)
     referee: dict[str, dict[str, Any]] = {}
@@ -358,6 +357,7 @@ def validate(
         "max_rel_err": max(errors.values(), default=0.0),
         "deterministic": deterministic,
         "tolerance": asdict(tol),
+        "batch1_ms": [round(t * 1000.0, 3) for t in batch1_seconds],
     }
     if referee:
         result["float64_referee"] = referee
@@ -367,6 +367,30 @@ def validate(
     result["failures"] = failures
     result["passed"] = not failures
     return result
+
+
+def run_one_by_one(
+    call: Callable[[np.ndarray], dict[str, Any]], x: np.ndarray
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    """``call`` on each example of ``x`` alone: outputs concatenated, and seconds per call.
+
+    The calls after the first double as batch-1 latency runs
+    (:func:`kerastl.export.formats.base.median_ms` takes them as ``done``).
+
+    Example:
+        >>> out, seconds = run_one_by_one(lambda b: {"y": b * 2}, np.arange(3.0))
+        >>> out["y"].tolist(), len(seconds)
+        ([0.0, 2.0, 4.0], 3)
+    """
+    parts: dict[str, list] = {}
+    seconds = []
+    for i in range(len(x)):
+        start = time.perf_counter()
+        out = call(x[i : i + 1])
+        seconds.append(time.perf_counter() - start)
+        for k, v in out.items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in parts.items()}, seconds
 
 
 def _output_errors(runs, reference, n1, n, failures: list[str]) -> dict[str, float]:
