@@ -130,6 +130,31 @@ def test_rank_table_text_json_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_rank_table_shows_the_centred_score_and_a_collapsed_candidate_it_cannot_rate(tmp_path):
+    rows = [
+        {"candidate": "a", "logme": 0.5, "logme_centred": 0.4, "knn": 0.9, "probe": 0.9,
+         "size_mb": 4.0, "latency_ms": 2.0, "pareto": True},
+        {"candidate": "b", "logme": 0.1, "logme_centred": None, "knn": 0.5, "probe": 0.6,
+         "size_mb": 1.0, "latency_ms": 1.0, "pareto": False, "collapsed": True},
+    ]  # fmt: skip
+    t = RankTable(rows, "logme_centred", "tflite")
+    head, _, a, b = t.text().splitlines()[:4]
+    assert "logme_centred" in head and " 0.400 " in a
+    assert b.split()[2] == "-" and b.endswith("collapsed"), b
+    assert "sorted by logme_centred" in t.text()
+    t.plot(str(tmp_path / "p.png"))  # the unrated candidate is left out of the plot
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_score_logme_centred_is_logme_of_the_centred_features():
+    from kerastl.decide import score
+
+    f, y = _blobs(sep=1.0)
+    shifted = f + 5.0
+    assert score(shifted, y, "logme_centred") == pytest.approx(logme(f, y, center=True))
+    assert score(shifted, y, "logme_centred") != pytest.approx(score(shifted, y, "logme"))
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
@@ -184,6 +209,7 @@ def test_logme_ranks_pretrained_lite0_above_random_init(tmp_path, capsys):
     rows = {r["candidate"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
     pre, rnd = rows["efficientnet_lite0"], rows["efficientnet_lite0@random"]
     assert pre["logme"] > rnd["logme"] + 0.2, (pre["logme"], rnd["logme"])
+    assert pre["logme_centred"] > rnd["logme_centred"], (pre, rnd)  # measured -0.92 vs -0.97
     assert not pre["collapsed"] and rnd["collapsed"], (pre["feature_rms"], rnd["feature_rms"])
     assert (tmp_path / "r.png").stat().st_size > 1000
 

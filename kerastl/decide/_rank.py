@@ -118,14 +118,17 @@ class RankTable:
 
     def text(self) -> str:
         """A plain-text table."""
-        head = f"{'candidate':34} {'logme':>7} {'knn':>6} {'probe':>6} {'MB':>6} {'ms':>7}  pareto"
+        names = [e for e in ESTIMATORS if any(e in r for r in self.rows)]
+        width = {e: max(7, len(e)) for e in names}
+        head = f"{'candidate':34} " + " ".join(f"{e:>{width[e]}}" for e in names)
+        head += f" {'MB':>6} {'ms':>7}  pareto"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             mb = "-" if r["size_mb"] is None else f"{r['size_mb']:.1f}"
             ms = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
+            cells = " ".join(_cell(r.get(e), width[e]) for e in names)
             lines.append(
-                f"{r['candidate']:34} {r['logme']:7.3f} {r.get('knn', float('nan')):6.3f} "
-                f"{r.get('probe', float('nan')):6.3f} {mb:>6} {ms:>7}  "
+                f"{r['candidate']:34} {cells} {mb:>6} {ms:>7}  "
                 + ("*" if r["pareto"] else "")
                 + (" collapsed" if r.get("collapsed") else "")
             )
@@ -151,6 +154,8 @@ class RankTable:
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for i, r in enumerate(self.rows):
+            if r[self.by] is None:  # a collapsed candidate the score could not rate
+                continue
             xv = r["latency_ms"] if r["latency_ms"] is not None else i
             ax.scatter(xv, r[self.by], c="C1" if r["pareto"] else "C0")
             ax.annotate(r["candidate"], (xv, r[self.by]), fontsize=7)
@@ -217,17 +222,40 @@ def rank(
         rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
         row = {"candidate": c.label, "dim": int(x.shape[1]), "feature_rms": rms}
         row["collapsed"] = rms < COLLAPSED_RMS
-        row.update({e: score(x, y, e) for e in estimators})
+        row.update({e: _score(x, y, e, row["collapsed"]) for e in estimators})
         t1 = time.perf_counter()
         sample = _sample(examples, input_size)
         row["size_mb"], row["latency_ms"] = measure_cost(c, model, input_size, runtime, sample)
         t_feat, t_cost = t_feat + t1 - t0, t_cost + time.perf_counter() - t1
         rows.append(row)
-    flags = pareto_flags([r[by] for r in rows], [r["latency_ms"] for r in rows])
+    flags = pareto_flags([_value(r[by]) for r in rows], [r["latency_ms"] for r in rows])
     for r, f in zip(rows, flags):
         r["pareto"] = f and not r["collapsed"]
-    rows.sort(key=lambda r: (r["collapsed"], -r[by]))
+    rows.sort(key=lambda r: (r["collapsed"], -_value(r[by])))
     return RankTable(rows, by, runtime, {"features_and_scores": t_feat, "cost": t_cost})
+
+
+def _score(x: np.ndarray, y: np.ndarray, estimator: str, collapsed: bool) -> float | None:
+    """:func:`score`; ``None`` for a collapsed candidate whose features it cannot score.
+
+    (Centred LogME refuses features that are the same for every example.)
+    """
+    from kerastl.errors import DataError
+
+    try:
+        return score(x, y, estimator)
+    except DataError:
+        if not collapsed:
+            raise
+        return None
+
+
+def _value(s: float | None) -> float:
+    return float("-inf") if s is None else s
+
+
+def _cell(value: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"
 
 
 def _is_parsed(candidates: Any) -> bool:
