@@ -541,6 +541,33 @@ def test_latency_takes_the_calls_already_made_as_its_first_runs():
     median_ms(lambda: 1 / 0, runs=10, done=[1.0, 1.0, 1.0])
 
 
+def test_release_memory_skips_objects_alive_before_the_export_but_frees_its_own_cycles():
+    import gc
+    import weakref
+
+    from kerastl.export.formats.base import objects_alive_now_uncollected, release_memory
+
+    class Node:
+        pass
+
+    assert gc.get_freeze_count() == 0
+    with objects_alive_now_uncollected():
+        frozen = gc.get_freeze_count()
+        assert frozen > 1000  # everything alive at entry is out of the collector's sight
+        alive = [Node() for _ in range(500)]  # allocated by the export, still alive
+        with objects_alive_now_uncollected():  # nested: no second freeze
+            assert gc.get_freeze_count() < frozen + len(alive)
+            a, b = Node(), Node()
+            a.other, b.other = b, a  # a cycle the export allocates and drops
+            ref = weakref.ref(a)
+            del a, b
+            release_memory()
+            assert ref() is None, "a cycle allocated inside the block was not collected"
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    del alive
+
+
 def test_export_times_the_validation_calls_instead_of_repeating_them(tmp_path, monkeypatch):
     """Batch-1 latency (Keras' and the file's) is taken from the calls validation makes one
     example at a time; only the runs still missing are made. 16 inputs, latency_runs=3:

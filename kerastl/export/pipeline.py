@@ -39,7 +39,13 @@ from kerastl.errors import ConfigError, DataError, ExportError, ValidationError,
 from kerastl.export import validate
 from kerastl.export.formats import FORMATS as FORMAT_TABLE
 from kerastl.export.formats import Format, Job, NotWritten, Options, Staged
-from kerastl.export.formats.base import median_ms, release_memory, remove_stale, stale_files
+from kerastl.export.formats.base import (
+    median_ms,
+    objects_alive_now_uncollected,
+    release_memory,
+    remove_stale,
+    stale_files,
+)
 from kerastl.export.formats.tflite import QUANTIZATIONS
 from kerastl.export.split import export_split
 
@@ -148,10 +154,11 @@ def run(model: Any, out_dir: str | os.PathLike, formats: Any, options: Options) 
     formats = _as_list(formats, "formats")
     options = dataclasses.replace(options, quantize=_as_list(options.quantize, "quantize"))
     selected = _check(formats, options, Path(out_dir))
-    prepared = prepare(model)
-    if prepared.modality.splits(formats):  # e.g. text: TFLite/ONNX from the token-id sub-model
-        return export_split(prepared, out_dir, formats, options, run)
-    return _export_one(prepared, Path(out_dir), formats, selected, options)
+    with objects_alive_now_uncollected():  # release_memory() then skips the user's objects
+        prepared = prepare(model)
+        if prepared.modality.splits(formats):  # e.g. text: TFLite/ONNX from the token-id part
+            return export_split(prepared, out_dir, formats, options, run)
+        return _export_one(prepared, Path(out_dir), formats, selected, options)
 
 
 def _as_list(value: Any, argument: str) -> list[str]:

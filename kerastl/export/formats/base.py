@@ -9,6 +9,7 @@ one module of :mod:`kerastl.export.formats`, listed once in its ``FORMATS`` tabl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,6 +43,37 @@ def release_memory() -> None:
     trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
     if trim is not None:
         trim(0)
+
+
+_FROZEN = [False]
+
+
+@contextlib.contextmanager
+def objects_alive_now_uncollected() -> Iterator[None]:
+    """Move every object alive now out of the cyclic collector's sight until the block ends.
+
+    :func:`release_memory` between export steps then collects only what was allocated
+    since: a full collection walks every TensorFlow, Keras and user object (0.2-0.4 s
+    each on MobileNetV3-Small, four of them per ONNX export). Inside a block already
+    open this is a no-op: freezing again would also hide what the export allocated so
+    far, and a graph it drops later would then stay in memory until the end.
+
+    Example:
+        >>> with objects_alive_now_uncollected():
+        ...     release_memory()
+    """
+    import gc
+
+    if _FROZEN[0]:
+        yield
+        return
+    gc.freeze()
+    _FROZEN[0] = True
+    try:
+        yield
+    finally:
+        _FROZEN[0] = False
+        gc.unfreeze()
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from kerastl.export.formats.base import (
     NotWritten,
     Options,
     Staged,
+    objects_alive_now_uncollected,
     release_memory,
 )
 from kerastl.export.formats.onnx_strings import STRINGS_SUFFIX
@@ -557,13 +558,12 @@ def _convert_once(prepared, graph, opset, input_names, output_names, rename, dis
     # tf2onnx allocates: every object alive now (TensorFlow, Keras, the model) is moved
     # out of the collector's sight until the conversion ends. On MobileNetV3-Small the
     # 24 full collections took 8.6 s of an 18 s export.
-    gc.freeze()
     try:
-        model_proto = _tf2onnx(*args)
+        with objects_alive_now_uncollected():
+            model_proto = _tf2onnx(*args)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises bare exceptions
         raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {exc}") from exc
     finally:
-        gc.unfreeze()
         tf2onnx_logger.removeHandler(collect)
         release_memory()  # the optimisers' discarded graph copies
     unknown = non_standard_ops(model_proto)
