@@ -214,6 +214,36 @@ def test_logme_ranks_pretrained_lite0_above_random_init(tmp_path, capsys):
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
+def test_rank_measures_the_exported_file_once_per_architecture(monkeypatch):
+    """The cost columns: one validated export per architecture (weights do not change the
+    file's size or speed), checked on the one sample it is timed on."""
+    pytest.importorskip("tensorflow")
+    from sklearn.datasets import load_digits
+
+    import kerastl
+    from kerastl.decide import _rank
+
+    d = load_digits()
+    x, y = (d.images[:40] * 16).astype("uint8"), d.target[:40] % 2
+    calls, real = [], kerastl.export
+
+    def spy(model, out, **kw):
+        calls.append(kw)
+        return real(model, out, **kw)
+
+    monkeypatch.setattr(kerastl, "export", spy)
+    monkeypatch.setattr(_rank, "_COSTS", {})
+    t = kerastl.rank(
+        (x, y), "efficientnet_lite0@random,efficientnet_lite0", input_size=32, runtime="onnx",
+        progress=False,
+    )  # fmt: skip
+    assert len(calls) == 1 and len(calls[0]["validation_data"]) == 1, calls
+    sizes = {r["size_mb"] for r in t.rows}
+    assert len(sizes) == 1 and 10 < sizes.pop() < 30  # Lite0: 4.7 M float32 weights
+    assert all(r["latency_ms"] > 0 for r in t.rows)
+    assert t.rows[0]["candidate"] == "efficientnet_lite0" and t.rows[1]["collapsed"]
+
+
 def test_config_overrides_carry_out_the_advice():
     from kerastl.decide import config_overrides
 
