@@ -21,9 +21,10 @@ import numpy as np
 from kerastl.decide._candidates import Candidate, check_runtime, parse_candidates
 from kerastl.decide._scores import ESTIMATORS, pareto_flags, score
 
-#: Feature RMS below which a candidate is "collapsed": its frozen features are numerically
-#: near zero (e.g. random init with BatchNorm frozen at its initial statistics), so a head
-#: trained on the raw features cannot learn, whatever the scale-invariant scores say.
+#: Feature RMS below which a candidate is "collapsed" (:func:`collapsed`): its frozen features
+#: are numerically near zero (e.g. random init with BatchNorm frozen at its initial
+#: statistics), so a head trained on the raw features cannot learn, whatever the
+#: scale-invariant scores say.
 COLLAPSED_RMS = 1e-6
 
 _COSTS: dict[tuple[str, int, str], tuple[float | None, float | None]] = {}
@@ -225,7 +226,7 @@ def rank(
         x, y, model = features_of(c, examples, input_size, cache, **build_kwargs)
         rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
         row = {"candidate": c.label, "dim": int(x.shape[1]), "feature_rms": rms}
-        row["collapsed"] = rms < COLLAPSED_RMS
+        row["collapsed"] = collapsed(x, rms)
         row.update({e: _score(x, y, e, row["collapsed"]) for e in estimators})
         t1 = time.perf_counter()
         sample = _sample(examples, input_size)
@@ -237,6 +238,24 @@ def rank(
         r["pareto"] = f and not r["collapsed"]
     rows.sort(key=lambda r: (r["collapsed"], -_value(r[by])))
     return RankTable(rows, by, runtime, {"features_and_scores": t_feat, "cost": t_cost})
+
+
+def collapsed(features: np.ndarray, rms: float | None = None) -> bool:
+    """Whether frozen features carry nothing a head can learn from.
+
+    Numerically zero (RMS below :data:`COLLAPSED_RMS`: random init with BatchNorm frozen
+    at its initial statistics), or the same vector for every example (what varies is
+    below a millionth of their size).
+
+    Example:
+        >>> collapsed(np.ones((4, 3))), collapsed(np.eye(3)), collapsed(np.eye(3) * 1e-9)
+        (True, False, True)
+    """
+    f = np.asarray(features, dtype=np.float64)
+    rms = float(np.sqrt(np.mean(f**2))) if rms is None else rms
+    if rms < COLLAPSED_RMS:
+        return True
+    return float(np.sqrt(np.mean((f - f.mean(axis=0)) ** 2))) <= 1e-6 * rms
 
 
 def _score(x: np.ndarray, y: np.ndarray, estimator: str, collapsed: bool) -> float | None:
