@@ -10,7 +10,7 @@ downloaded), then calls ``kerastl.export`` once with the run's formats: ``saved_
 maximum, model and TensorFlow included: what the user's process needs) and the parent's
 0.5 s poll of the process tree. Inside the child a 20 ms sampler attributes the peak to
 the export step running at that moment (wrappers around kerastl's step functions:
-prepare, Keras reference, SavedModel write, TFLite convert per precision, ONNX freeze /
+prepare, Keras reference (with Keras' batch-1 latency since 6edcac1), SavedModel write, TFLite convert per precision, ONNX freeze /
 grappler / tf2onnx / save, loading each file back, validation), with the resident
 memory left after the step. The ``all`` run's report gives the batch-1 latency of every
 file (median of up to 10 runs in its runtime, stopping after 2 s once 3 were made).

@@ -224,7 +224,7 @@ def rank(
     for c in tqdm(cands, desc="kerastl rank", unit="model", disable=not progress):
         t0 = time.perf_counter()
         x, y, model = features_of(c, examples, input_size, cache, **build_kwargs)
-        rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+        rms = float(np.sqrt(np.einsum("ij,ij->", x, x, dtype=np.float64) / max(x.size, 1)))
         row = {"candidate": c.label, "dim": int(x.shape[1]), "feature_rms": rms}
         row["collapsed"] = collapsed(x, rms)
         row.update({e: _score(x, y, e, row["collapsed"]) for e in estimators})
@@ -233,11 +233,29 @@ def rank(
         row["size_mb"], row["latency_ms"] = measure_cost(c, model, input_size, runtime, sample)
         t_feat, t_cost = t_feat + t1 - t0, t_cost + time.perf_counter() - t1
         rows.append(row)
-    flags = pareto_flags([_value(r[by]) for r in rows], [r["latency_ms"] for r in rows])
-    for r, f in zip(rows, flags):
-        r["pareto"] = f and not r["collapsed"]
+    mark_pareto(rows, by)
     rows.sort(key=lambda r: (r["collapsed"], -_value(r[by])))
     return RankTable(rows, by, runtime, {"features_and_scores": t_feat, "cost": t_cost})
+
+
+def mark_pareto(rows: list[dict[str, Any]], by: str) -> None:
+    """Set each row's ``pareto``: among the candidates not collapsed, none beats it on both.
+
+    A collapsed candidate is never on the front and never pushes another one off it
+    (random init shares its architecture's latency and may score high on noise).
+
+    Example:
+        >>> rows = [{"s": 0.2, "latency_ms": 5.0, "collapsed": False},
+        ...         {"s": 0.9, "latency_ms": 5.0, "collapsed": True}]
+        >>> mark_pareto(rows, "s"); [r["pareto"] for r in rows]
+        [True, False]
+    """
+    alive = [r for r in rows if not r["collapsed"]]
+    flags = pareto_flags([_value(r[by]) for r in alive], [r["latency_ms"] for r in alive])
+    for r in rows:
+        r["pareto"] = False
+    for r, f in zip(alive, flags):
+        r["pareto"] = f
 
 
 def collapsed(features: np.ndarray, rms: float | None = None) -> bool:
@@ -251,11 +269,14 @@ def collapsed(features: np.ndarray, rms: float | None = None) -> bool:
         >>> collapsed(np.ones((4, 3))), collapsed(np.eye(3)), collapsed(np.eye(3) * 1e-9)
         (True, False, True)
     """
-    f = np.asarray(features, dtype=np.float64)
-    rms = float(np.sqrt(np.mean(f**2))) if rms is None else rms
+    f = np.asarray(features)
+    mean_sq = float(np.einsum("ij,ij->", f, f, dtype=np.float64)) / max(f.size, 1)
+    rms = float(np.sqrt(mean_sq)) if rms is None else rms
     if rms < COLLAPSED_RMS:
         return True
-    return float(np.sqrt(np.mean((f - f.mean(axis=0)) ** 2))) <= 1e-6 * rms
+    # what varies around each feature's mean, without an (n, d) float64 copy
+    spread_sq = mean_sq - float(np.mean(np.square(f.mean(axis=0, dtype=np.float64))))
+    return float(np.sqrt(max(spread_sq, 0.0))) <= 1e-6 * rms
 
 
 def _score(x: np.ndarray, y: np.ndarray, estimator: str, collapsed: bool) -> float | None:
@@ -267,8 +288,8 @@ def _score(x: np.ndarray, y: np.ndarray, estimator: str, collapsed: bool) -> flo
 
     try:
         return score(x, y, estimator)
-    except DataError:
-        if not collapsed:
+    except DataError as exc:
+        if not collapsed or not str(exc).startswith("features:"):  # e.g. labels: one class
             raise
         return None
 

@@ -320,7 +320,8 @@ def validate(
 
     Returns:
         A dict: ``passed``, ``failures``, per-output ``rel_err``, ``batch_sizes``,
-        ``deterministic``, ``agreement``, ``metric`` figures and ``tolerance``.
+        ``deterministic``, ``agreement``, ``metric`` figures, ``tolerance``, and
+        ``batch1_ms`` (the wall time of each batch-1 call, the first one included).
     """
     tol = tolerance_for(key, overrides)
     n1 = min(len(x), BATCH1_SAMPLES)

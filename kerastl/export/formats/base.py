@@ -54,9 +54,11 @@ def objects_alive_now_uncollected() -> Iterator[None]:
 
     :func:`release_memory` between export steps then collects only what was allocated
     since: a full collection walks every TensorFlow, Keras and user object (0.2-0.4 s
-    each on MobileNetV3-Small, four of them per ONNX export). Inside a block already
-    open this is a no-op: freezing again would also hide what the export allocated so
-    far, and a graph it drops later would then stay in memory until the end.
+    each on MobileNetV3-Small, four of them per ONNX export). Garbage already waiting is
+    collected first, so it is not kept for the whole block. Inside a block already open,
+    or when the caller froze objects itself (``gc.freeze()`` before forking workers),
+    this is a no-op: freezing again would also hide what the export allocated so far,
+    and ``gc.unfreeze()`` would undo the caller's freeze.
 
     Example:
         >>> with objects_alive_now_uncollected():
@@ -64,9 +66,10 @@ def objects_alive_now_uncollected() -> Iterator[None]:
     """
     import gc
 
-    if _FROZEN[0]:
+    if _FROZEN[0] or gc.get_freeze_count():
         yield
         return
+    gc.collect()
     gc.freeze()
     _FROZEN[0] = True
     try:
@@ -287,7 +290,8 @@ def median_ms(
     more than its conversion (ConvNeXt-B at 224 px: 11 calls of 1.7 s each before).
     ``done`` are the seconds of equivalent calls made already after a warm-up (the
     batch-1 calls of validation): they count as the first timed runs and towards the
-    budget, so they are not made again and no warm-up is needed.
+    budget, so they are not made again; one untimed call precedes any further runs
+    (the runtime may have been resized to another batch size since).
 
     Example:
         >>> median_ms(lambda: sum(range(1000)), runs=5) < 100
@@ -296,15 +300,16 @@ def median_ms(
         2.0
     """
     times = [float(t) for t in done][: max(runs, 1)]
-    if not times:
-        for _ in range(warmup):
-            call()
     start = time.perf_counter() - sum(times)
 
     def finished() -> bool:
         over = time.perf_counter() - start > LATENCY_BUDGET_S
         return len(times) >= max(runs, 1) or (over and len(times) >= min(MIN_LATENCY_RUNS, runs))
 
+    if not finished():  # after ``done`` one untimed call too: the batch size may have changed
+        for _ in range(max(warmup, 1) if times else warmup):
+            call()
+        start = time.perf_counter() - sum(times)
     while not finished():
         t = time.perf_counter()
         call()
