@@ -292,3 +292,15 @@ def test_rank_centred_tau_lists_unscored_candidates_last(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="gone"):
         rb._word("efficientnet_lite0@…/photos8/efficientnet_lite0.keras")
     assert rb._word("efficientnet_lite0:tap2") == "efficientnet_lite0:tap2"
+
+
+def test_rank_centred_check_counts_only_draws_after_the_variant_was_fixed():
+    from bench import rank as rb
+
+    def draw(seed, plain, centred):
+        return {"seed": seed, "tau_guarded": plain, "tau_centred": centred}
+
+    results = [draw(0, 0.1, 0.9), draw(8, 0.7, 0.5), draw(9, 0.61, 0.6), draw(9, 0.2, None)]
+    words = rb.centred_check(results)
+    assert "centred LogME reaches the bar on 1 of 2 task draws and plain LogME on 2" in words
+    assert rb.centred_check([draw(3, 0.7, 0.7)]) == ""
