@@ -734,17 +734,24 @@ def test_float64_referee_tells_rounding_from_a_broken_artifact():
 
 def test_float64_clone_runs_a_kerastl_model_in_float64():
     import kerastl
-    from kerastl.export._trace import prepare
+    from kerastl.export._trace import float64_clone, prepare
 
     model = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3))
     prepared = prepare(model)
+    assert float64_clone(prepared.model).get_layer("backbone").compute_dtype == "float64"
     x = random_images(4, 32, seed=2)
     exact = prepared.exact_predict(x)
     ref = prepared.predict(x)
     assert exact["probabilities"].dtype == np.float64
-    assert prepared._exact_model.get_layer("backbone").compute_dtype == "float64"
     np.testing.assert_allclose(exact["probabilities"], ref["probabilities"], rtol=1e-3, atol=1e-5)
     assert prepared.exact_predict(x) is exact  # cached for the next artifact
+    # the float64 copy (twice the weights) is not kept once its outputs are
+    import gc
+
+    gc.collect()
+    assert prepared._exact_model() is None
+    again = prepared.exact_predict(x.copy())  # other inputs: built again
+    np.testing.assert_allclose(again["probabilities"], exact["probabilities"], rtol=1e-6)
 
 
 def test_validate_reports_agreement_and_metric_delta():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,14 +145,16 @@ class Prepared:
     def exact_predict(self, x: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
         """Float outputs of the same model computed in float64 (slow; for the referee).
 
+        The result is kept for the next artifact validated on the same ``x``; the float64
+        copy of the model (twice the float32 weights) is not: kept, it stayed in memory
+        through every later conversion (ConvNeXt-B: 0.7 GB). Another ``x`` builds it again.
+
         Raises whatever Keras raises when a layer has no float64 kernel.
         """
         cached = self._exact_cache
         if cached is not None and cached[0] is x:
             return cached[1]
-        clone = self._exact_model
-        if clone is None:
-            clone = self._exact_model = float64_clone(self.model)
+        clone = float64_clone(self.model)
         names = [n for n in self.output_names if n != "class_id"]
         parts: dict[str, list] = {}
         for i in range(0, len(x), batch_size):
@@ -164,6 +167,7 @@ class Prepared:
                 parts.setdefault(name, []).append(np.asarray(value, dtype=np.float64))
         result = {k: np.concatenate(v) for k, v in parts.items()}
         self._exact_cache = (x, result)
+        self._exact_model = weakref.ref(clone)  # for tests: gone once collected
         return result
 
     def predict(self, x: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
