@@ -511,6 +511,33 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = N
     Raises:
         ExportError: conversion failed or left ops outside the ONNX standard.
     """
+    reference = prepared.predict(probe) if probe is not None else None
+    problems: list[str] = []
+    for disabled in OPTIMIZER_FALLBACKS:
+        model_proto = None  # free the failed attempt before converting again
+        # frozen again for each attempt: tf2onnx drops the weights once it holds its own
+        # copy (one copy less at its peak), so a retry (rare) cannot reuse them
+        graph, names = _graph_for_tf2onnx(prepared)
+        model_proto, notes = _convert_once(prepared, graph, opset, *names, disabled)
+        problem = _probe(model_proto, prepared, probe, reference) if probe is not None else None
+        if problem is None:
+            if disabled:
+                notes.append(
+                    f"tf2onnx optimisers {list(disabled)} switched off: with them the graph "
+                    f"failed in onnxruntime ({problems[-1][:160]})"
+                )
+            _finish(model_proto, prepared.output_names, meta)
+            return model_proto, notes
+        problems.append(problem)
+    raise ExportError(f"ONNX conversion gives a graph onnxruntime cannot run right: {problems[-1]}")
+
+
+def _graph_for_tf2onnx(prepared: Prepared) -> tuple[list, tuple]:
+    """``([GraphDef without its large constants, name -> their bytes], (inputs, outputs,
+    renames))``: the frozen inference function as tf2onnx's large-model route takes it.
+
+    The list is emptied by :func:`_tf2onnx` as soon as tf2onnx holds the weights itself.
+    """
     from tf2onnx.convert import tensor_names_from_structed
     from tf2onnx.tf_utils import compress_graph_def
 
@@ -527,28 +554,11 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = N
     if _has_calls(graph_def):  # e.g. ConvNeXt's XLA-marked grouped convolutions
         graph_def = _inline_calls(graph_def, input_names, output_names)
         weights.update(compress_graph_def(graph_def))  # large constants of the bodies
-    reference = prepared.predict(probe) if probe is not None else None
-    problems: list[str] = []
-    for disabled in OPTIMIZER_FALLBACKS:
-        model_proto = None  # free the failed attempt before converting again
-        model_proto, notes = _convert_once(
-            prepared, (graph_def, weights), opset, input_names, output_names, rename, disabled
-        )
-        problem = _probe(model_proto, prepared, probe, reference) if probe is not None else None
-        if problem is None:
-            if disabled:
-                notes.append(
-                    f"tf2onnx optimisers {list(disabled)} switched off: with them the graph "
-                    f"failed in onnxruntime ({problems[-1][:160]})"
-                )
-            _finish(model_proto, prepared.output_names, meta)
-            return model_proto, notes
-        problems.append(problem)
-    raise ExportError(f"ONNX conversion gives a graph onnxruntime cannot run right: {problems[-1]}")
+    return [graph_def, weights], (input_names, output_names, rename)
 
 
 def _convert_once(prepared, graph, opset, input_names, output_names, rename, disabled):
-    """tf2onnx on ``graph`` = (GraphDef without its large constants, name -> their bytes)."""
+    """tf2onnx on ``graph`` = [GraphDef without its large constants, name -> their bytes]."""
     collect = _Collect()
     tf2onnx_logger = logging.getLogger("tf2onnx")
     tf2onnx_logger.addHandler(collect)
@@ -613,9 +623,8 @@ def _tf2onnx(name, graph, opset, input_names, output_names, rename, optimizers):
     from tf2onnx import optimizer
     from tf2onnx.tfonnx import process_tf_graph
 
-    graph_def, weights = graph
     with tf.device("/cpu:0"), tf.Graph().as_default() as tf_graph:
-        tf.import_graph_def(graph_def, name="")
+        tf.import_graph_def(graph[0], name="")
         onnx_graph = process_tf_graph(
             tf_graph,
             continue_on_error=True,
@@ -623,8 +632,9 @@ def _tf2onnx(name, graph, opset, input_names, output_names, rename, optimizers):
             input_names=input_names,
             output_names=output_names,
             tensors_to_rename=rename,
-            const_node_values=weights,
+            const_node_values=graph[1],
         )
+    graph.clear()  # tf2onnx holds its own copy of every weight now
     with _sharing_large_tensors():
         onnx_graph = optimizer.optimize_graph(onnx_graph, True, optimizers=optimizers)
     return onnx_graph.make_model(f"converted from {name}")
