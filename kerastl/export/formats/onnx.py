@@ -637,7 +637,38 @@ def _tf2onnx(name, graph, opset, input_names, output_names, rename, optimizers):
     graph.clear()  # tf2onnx holds its own copy of every weight now
     with _sharing_large_tensors():
         onnx_graph = optimizer.optimize_graph(onnx_graph, True, optimizers=optimizers)
-    return onnx_graph.make_model(f"converted from {name}")
+    held = [onnx_graph]
+    del onnx_graph
+    return _model_proto(held, f"converted from {name}")
+
+
+def _model_proto(held: list, doc: str):
+    """tf2onnx's ``Graph.make_model``, with its graph let go before the model is built.
+
+    ``make_model`` holds three copies of every weight at once: in tf2onnx's graph, in
+    the GraphProto it makes, and in the ModelProto that copies that GraphProto. The
+    tf2onnx graph (a web of reference cycles), passed in ``held`` as the only reference
+    to it, is freed here before the last copy.
+    """
+    import tf2onnx
+    from onnx import helper
+    from tf2onnx import constants
+
+    onnx_graph = held.pop()
+    opset = onnx_graph.opset
+    opsets = [helper.make_opsetid(constants.ONNX_DOMAIN, opset), constants.AI_ONNX_ML_OPSET]
+    opsets += list(onnx_graph.extra_opset or [])
+    graph_proto = onnx_graph.make_graph(doc, "tf2onnx")
+    del onnx_graph  # nothing else holds it: freed by the collection below
+    release_memory()
+    model = helper.make_model(
+        graph_proto,
+        producer_name="tf2onnx",
+        producer_version=f"{tf2onnx.__version__} {tf2onnx.version.git_version[:6]}",
+        opset_imports=opsets,
+    )
+    model.ir_version = constants.OPSET_TO_IR_VERSION.get(opset, model.ir_version)
+    return model
 
 
 def non_standard_ops(model_proto) -> list[str]:
