@@ -10,15 +10,17 @@ downloaded), then calls ``kerastl.export`` once with the run's formats: ``saved_
 maximum, model and TensorFlow included: what the user's process needs) and the parent's
 0.5 s poll of the process tree. Inside the child a 20 ms sampler attributes the peak to
 the export step running at that moment (wrappers around kerastl's step functions:
-prepare, Keras reference (with Keras' batch-1 latency since 6edcac1), SavedModel write, TFLite convert per precision, ONNX freeze /
-grappler / tf2onnx / save, loading each file back, validation), with the resident
+prepare, Keras reference (with Keras' batch-1 latency since 6edcac1), SavedModel write,
+TFLite convert per precision, ONNX freeze / grappler / tf2onnx / save, loading each file
+back, validation), with the resident
 memory left after the step. The ``all`` run's report gives the batch-1 latency of every
 file (median of up to 10 runs in its runtime, stopping after 2 s once 3 were made).
 
 Bar (issue 19): peak <= 3 x float32 weight bytes + 2 GB (GB = 1e9 bytes), per run.
 Writes ``bench/results_export_memory.md`` (and re-renders RESULTS.md, which includes it) and
-``bench/results_export_memory.json`` (one entry per finished child; reruns skip them
-unless ``--fresh``).
+``bench/results_export_memory.json`` (one entry per finished child, with the command and
+the commit that measured it; reruns skip passed entries unless ``--fresh``, or
+``--rerun`` for the entries named, which keeps each replaced entry's peak as "before").
 """
 
 from __future__ import annotations
@@ -255,6 +257,18 @@ def measure(entry: str, size: int, run: str, timeout: float, cap_gb: float) -> d
     return row
 
 
+def _git() -> str:
+    """The commit measured, ``+changes`` when kerastl/ or bench/ differ from it."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        res = subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True)
+        return res.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "../kerastl", ".")
+    return git("rev-parse", "--short", "HEAD") + (" +changes" if dirty else "")
+
+
 def _gb(mb: float | None) -> str:
     return "-" if mb is None else f"{mb / 1000:.2f}"
 
@@ -263,15 +277,22 @@ def _peak(row: dict[str, Any]) -> float:
     return max(row.get("peak_mb") or 0.0, row.get("polled_peak_mb") or 0.0)
 
 
-def markdown(rows: list[dict[str, Any]], command: str) -> str:
+def markdown(rows: list[dict[str, Any]]) -> str:
     """The results section: bar table per run, steps of each ``all`` run, latency table."""
+    commands = list(dict.fromkeys(r.get("command", "?") for r in rows))
     lines = [
         "## Export memory per format and step (bench/export_memory.py)",
         "",
-        f"`{command}`. {' '.join(__doc__.split(chr(10) + chr(10))[2].split())}",
+        "Each row names the command that measured it (`[k]` below) and the commit it ran on "
+        "(`+changes`: with uncommitted edits); `before`: the row it replaced (`--rerun`). "
+        "Other benchmarks or CI shared the 2 cores during these runs: seconds are inflated, "
+        "memory is not. " + " ".join(__doc__.split(chr(10) + chr(10))[2].split()),
         "",
-        "| entry | params M | run | status | peak GB | bar GB (3 x weights + 2) | met | export s |",
-        "|---|---|---|---|---|---|---|---|",
+        *[f"- [{i + 1}] `{c}`" for i, c in enumerate(commands)],
+        "",
+        "| entry | params M | run | status | peak GB | bar GB (3 x weights + 2) | met | "
+        "export s | before GB | by |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         params = r.get("params")
@@ -282,12 +303,16 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
             if bar is None or r.get("status") != "passed"
             else ("yes" if peak <= bar else "**no**")
         )
+        before = r.get("before") or {}
+        by = f"[{commands.index(r.get('command', '?')) + 1}] {r.get('git', '')}".strip()
+        was = f"{_gb(before['peak_mb'])} ({before.get('git') or '?'})" if before else "-"
+        tail = f" {was} | {by} |"
         lines.append(
             f"| {r['entry']} | {params / 1e6:.0f} | {r['run']} | {str(r.get('status'))[:90]} | "
-            f"{_gb(peak)} | {_gb(bar)} | {met} | {r.get('export_s', '-')} |"
+            f"{_gb(peak)} | {_gb(bar)} | {met} | {r.get('export_s', '-')} |{tail}"
             if params
             else f"| {r['entry']} | - | {r['run']} | {str(r.get('status'))[:90]} | "
-            f"{_gb(peak)} | - | - | - |"
+            f"{_gb(peak)} | - | - | - |{tail}"
         )
     for r in rows:
         if r["run"] != "all" or not r.get("steps"):
@@ -336,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="", help="comma-separated entries (default: MODELS)")
     p.add_argument("--runs", default=",".join(RUNS), help=f"subset of {list(RUNS)}")
     p.add_argument("--fresh", action="store_true", help="forget earlier results")
+    p.add_argument("--rerun", action="store_true", help="measure the named entries and runs again")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -351,20 +377,25 @@ def main(argv: list[str] | None = None) -> int:
     runs = [r for r in args.runs.split(",") if r]
     rows = [] if args.fresh else _load()
     done = {(r["entry"], r["run"]) for r in rows if r.get("status") == "passed"}
+    command = "python -m bench.export_memory" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     for entry in models:
         for run in runs:
-            if (entry, run) in done:
+            if (entry, run) in done and not args.rerun:
                 continue
             cap = max(2.0, psutil.virtual_memory().available / GB - 1.0)
             print(f"{entry} {run} (cap {cap:.1f} GB)", file=sys.stderr, flush=True)
             row = measure(entry, sizes.get(entry, 224), run, args.timeout, cap)
+            row["command"], row["git"] = command, _git()
+            old = [r for r in rows if (r["entry"], r["run"]) == (entry, run)]
+            if old and old[0].get("status") == "passed":
+                row["before"] = {k: old[0].get(k) for k in ("peak_mb", "command", "git")}
+                row["before"]["peak_mb"] = _peak(old[0])
             rows = [r for r in rows if (r["entry"], r["run"]) != (entry, run)] + [row]
             RESULTS_JSON.write_text(json.dumps(rows, indent=1, default=str))
             print(f"  {row.get('status')} peak {_gb(_peak(row))} GB", file=sys.stderr, flush=True)
     order = {m: i for i, m in enumerate(sizes)}
     rows.sort(key=lambda r: (order.get(r["entry"], 99), list(RUNS).index(r["run"])))
-    command = "python -m bench.export_memory" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
-    RESULTS_MD.write_text(markdown(rows, command))
+    RESULTS_MD.write_text(markdown(rows))
     from bench import report
 
     report.write(report.load())  # RESULTS.md includes this section

@@ -304,3 +304,18 @@ def test_rank_centred_check_counts_only_draws_after_the_variant_was_fixed():
     words = rb.centred_check(results)
     assert "centred LogME reaches the bar on 1 of 2 task draws and plain LogME on 2" in words
     assert rb.centred_check([draw(3, 0.7, 0.7)]) == ""
+
+
+def test_export_memory_rows_name_their_command_and_the_row_they_replaced():
+    from bench import export_memory as em
+
+    row = {"entry": "resnet50", "run": "onnx", "params": 25_000_000, "status": "passed",
+           "peak_mb": 2000.0, "export_s": 10.0, "command": "python -m bench.export_memory x",
+           "git": "abc1234", "before": {"peak_mb": 2500.0, "git": "0ld0ld0"}}  # fmt: skip
+    old = {"entry": "resnet50", "run": "tflite", "params": 25_000_000, "status": "passed",
+           "peak_mb": 2400.0, "export_s": 10.0, "command": "python -m bench.export_memory"}  # fmt: skip
+    md = em.markdown([old, row])
+    assert "- [1] `python -m bench.export_memory`" in md
+    assert "- [2] `python -m bench.export_memory x`" in md
+    assert "| 2.00 | 2.30 | yes | 10.0 | 2.50 (0ld0ld0) | [2] abc1234 |" in md
+    assert "| 2.40 | 2.30 | **no** | 10.0 | - | [1] |" in md
