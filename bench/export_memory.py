@@ -258,14 +258,17 @@ def measure(entry: str, size: int, run: str, timeout: float, cap_gb: float) -> d
 
 
 def _git() -> str:
-    """The commit measured, ``+changes`` when kerastl/ or bench/ differ from it."""
+    """The commit measured, ``+changes`` when kerastl's or bench's code differs from it.
+
+    (Result files, which this benchmark itself rewrites, do not count.)
+    """
     import subprocess
 
     def git(*a: str) -> str:
         res = subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True)
         return res.stdout.strip()
 
-    dirty = git("status", "--porcelain", "--", "../kerastl", ".")
+    dirty = git("status", "--porcelain", "--", "../kerastl", "*.py")
     return git("rev-parse", "--short", "HEAD") + (" +changes" if dirty else "")
 
 
