@@ -308,7 +308,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         )
         before = r.get("before") or {}
         by = f"[{commands.index(r.get('command', '?')) + 1}] {r.get('git', '')}".strip()
-        was = f"{_gb(before['peak_mb'])} ({before.get('git') or '?'})" if before else "-"
+        was = "-" if not before else _gb(before["peak_mb"])
+        was += f" ({before['git']})" if before.get("git") else ""
         tail = f" {was} | {by} |"
         lines.append(
             f"| {r['entry']} | {params / 1e6:.0f} | {r['run']} | {str(r.get('status'))[:90]} | "
