@@ -310,7 +310,8 @@ def run_task(
     t0 = time.perf_counter()
     table = rank(tr_ex, cands, input_size=SIZE, runtime=runtime, progress=True)
     t_rank = time.perf_counter() - t0
-    centred = centred_logme(tr_ex, cands, table.rows)  # from the cached features, not timed
+    # kerastl.rank computed it (estimator logme_centred); collapsed candidates: None
+    centred = {r["candidate"]: None if r["collapsed"] else r["logme_centred"] for r in table.rows}
     FeatureCache.clear_memory()  # fine-tuning pays for its own feature pass
     tr, te = _arrays(tr_ex, SIZE), _arrays(te_ex, SIZE)
     e_head, e_ft = (10, 2) if quick else (40, 8)

@@ -732,7 +732,7 @@ def test_float64_referee_tells_rounding_from_a_broken_artifact():
     assert "float64 referee could not run the model: ValueError: Could not" in stuck["failures"][0]
 
 
-def test_float64_clone_runs_a_kerastl_model_in_float64():
+def test_float64_clone_runs_a_kerastl_model_in_float64(monkeypatch):
     import kerastl
     from kerastl.export._trace import float64_clone, prepare
 
@@ -740,6 +740,18 @@ def test_float64_clone_runs_a_kerastl_model_in_float64():
     prepared = prepare(model)
     assert float64_clone(prepared.model).get_layer("backbone").compute_dtype == "float64"
     x = random_images(4, 32, seed=2)
+    import weakref
+
+    from kerastl.export import _trace
+
+    clones = []
+
+    def tracked_clone(m):
+        clone = float64_clone(m)
+        clones.append(weakref.ref(clone))
+        return clone
+
+    monkeypatch.setattr(_trace, "float64_clone", tracked_clone)
     exact = prepared.exact_predict(x)
     ref = prepared.predict(x)
     assert exact["probabilities"].dtype == np.float64
@@ -749,8 +761,9 @@ def test_float64_clone_runs_a_kerastl_model_in_float64():
     import gc
 
     gc.collect()
-    assert prepared._exact_model() is None
+    assert len(clones) == 1 and clones[0]() is None
     again = prepared.exact_predict(x.copy())  # other inputs: built again
+    assert len(clones) == 2
     np.testing.assert_allclose(again["probabilities"], exact["probabilities"], rtol=1e-6)
 
 

@@ -270,8 +270,9 @@ def collapsed(features: np.ndarray, rms: float | None = None) -> bool:
         (True, False, True)
     """
     f = np.asarray(features)
-    mean_sq = float(np.einsum("ij,ij->", f, f, dtype=np.float64)) / max(f.size, 1)
-    rms = float(np.sqrt(mean_sq)) if rms is None else rms
+    if rms is None:  # rank() passes the RMS it has already computed
+        rms = float(np.sqrt(np.einsum("ij,ij->", f, f, dtype=np.float64) / max(f.size, 1)))
+    mean_sq = rms**2
     if rms < COLLAPSED_RMS:
         return True
     # what varies around each feature's mean, without an (n, d) float64 copy

@@ -326,7 +326,8 @@ def validate(
     tol = tolerance_for(key, overrides)
     n1 = min(len(x), BATCH1_SAMPLES)
     big = min(len(x), LARGE_BATCH) if len(x) > 1 else 1
-    batch1, batch1_seconds = run_one_by_one(artifact.run, x[:n1])
+    batch1_seconds: list[float] = []
+    batch1 = run_in_batches(artifact.run, x[:n1], 1, batch1_seconds)
     runs = {1: batch1, big: artifact.run_batched(x, big)}
     failures: list[str] = []
     errors = _output_errors(runs, reference, n1, len(x), failures)
@@ -370,28 +371,33 @@ def validate(
     return result
 
 
-def run_one_by_one(
-    call: Callable[[np.ndarray], dict[str, Any]], x: np.ndarray
-) -> tuple[dict[str, np.ndarray], list[float]]:
-    """``call`` on each example of ``x`` alone: outputs concatenated, and seconds per call.
+def run_in_batches(
+    call: Callable[[np.ndarray], dict[str, Any]],
+    x: np.ndarray,
+    batch_size: int,
+    seconds: list[float] | None = None,
+) -> dict[str, np.ndarray]:
+    """``call`` on ``x`` in chunks of ``batch_size``, outputs as numpy, concatenated by name.
 
-    The calls after the first double as batch-1 latency runs
+    ``seconds``, when given, receives each call's wall time (its outputs read back as
+    numpy included): at batch size 1 those calls after the first double as latency runs
     (:func:`kerastl.export.formats.base.median_ms` takes them as ``done``).
 
     Example:
-        >>> out, seconds = run_one_by_one(lambda b: {"y": b * 2}, np.arange(3.0))
+        >>> seconds = []
+        >>> out = run_in_batches(lambda b: {"y": b * 2}, np.arange(3.0), 1, seconds)
         >>> out["y"].tolist(), len(seconds)
         ([0.0, 2.0, 4.0], 3)
     """
     parts: dict[str, list] = {}
-    seconds = []
-    for i in range(len(x)):
+    for i in range(0, len(x), batch_size):
         start = time.perf_counter()
-        out = call(x[i : i + 1])
-        seconds.append(time.perf_counter() - start)
+        out = {k: np.asarray(v) for k, v in call(x[i : i + batch_size]).items()}
+        if seconds is not None:
+            seconds.append(time.perf_counter() - start)
         for k, v in out.items():
-            parts.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in parts.items()}, seconds
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def _output_errors(runs, reference, n1, n, failures: list[str]) -> dict[str, float]:

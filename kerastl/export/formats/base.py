@@ -229,11 +229,9 @@ class Artifact:
 
     def run_batched(self, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
         """:meth:`run` over ``x`` in chunks of ``batch_size``, outputs concatenated."""
-        parts: dict[str, list] = {}
-        for i in range(0, len(x), batch_size):
-            for k, v in self.run(x[i : i + batch_size]).items():
-                parts.setdefault(k, []).append(np.asarray(v))
-        return {k: np.concatenate(v) for k, v in parts.items()}
+        from kerastl.export.validate import run_in_batches
+
+        return run_in_batches(self.run, x, batch_size)
 
     def predict(self, inputs: Any, batch_size: int = 32) -> dict[str, Any]:
         """Outputs for raw inputs or input files, with class labels when known.
