@@ -231,17 +231,19 @@ def _settled(row: dict | None) -> bool:
     )
 
 
-def _copy_twin(entry: str, todo: list[str], results: Path) -> bool:
+def _copy_twin(entry: str, todo: list[str], results: Path, since: int = 0) -> bool:
     """Record ``entry``'s cells as those of an entry with the same graph that settled them.
 
     Settled means passed or did not fit in memory: the same graph needs the same memory,
-    so a twin of an entry that does not fit is not run again for the same answer.
+    so a twin of an entry that does not fit is not run again for the same answer. Only
+    rows from line ``since`` on count: a retry (after a change to the export) must not
+    copy a result measured before it.
     """
     key = architecture(entry)
     if key is None:
         return False
     latest = {}
-    for r in map(json.loads, _lines(results)):
+    for r in map(json.loads, _lines(results, since)):
         if "same_as" not in r:
             latest[(r["entry"], r["format"])] = r
     for (other, _), _row in latest.items():
@@ -274,11 +276,12 @@ def run_parent(
     One child per format gives each cell its own peak memory, and a format that is
     killed (memory or time) does not take the entry's other formats with it.
     """
+    since = len(_lines(results)) if retry else 0  # a retry copies only its own results
     for entry in entries:
         todo = [f for f in formats if (entry, f) not in _done(results, retry)]
         if not todo:
             continue
-        if twins and _copy_twin(entry, todo, results):
+        if twins and _copy_twin(entry, todo, results, since):
             continue
         for fmt in todo:
             _run_cell(entry, fmt, results, timeout, max_rss_gb)
@@ -320,10 +323,12 @@ def summarize(results: Path, md: Path) -> str:
     for r in rows:
         latest[(r["entry"], r["format"])] = r
     entries = sorted({e for e, _ in latest})
-    twins = sorted({e for (e, _), r in latest.items() if "same_as" in r})
-    latest = {k: r for k, r in latest.items() if "same_as" not in r or r["entry"] in twins}
-    built = {k: r for k, r in latest.items() if r["status"] != "build_error" and "same_as" not in r}
-    broken = sorted({e for (e, _), r in latest.items() if r["status"] == "build_error"})
+    own = {k: r for k, r in latest.items() if "same_as" not in r}
+    # A twin: every cell of the entry repeats another entry's result. An entry with a cell
+    # of its own (a rerun, say) is counted as exported, its own cells with the others.
+    twins = sorted(set(entries) - {e for e, _ in own})
+    built = {k: r for k, r in own.items() if r["status"] != "build_error"}
+    broken = sorted({e for (e, _), r in own.items() if r["status"] == "build_error"})
     passed = sum(1 for r in built.values() if r["status"] == "pass")
     lines = [
         "## Export matrix (bench/export_matrix.py)",

@@ -189,6 +189,54 @@ def test_export_matrix_twin_shares_pass_and_does_not_fit_but_not_other_failures(
     assert twin.endswith("| not run |")
 
 
+def test_export_matrix_entry_with_own_and_copied_cells_counts_as_exported(tmp_path):
+    """An entry rerun for one format keeps its copied cells and counts its own one."""
+    from bench.export_matrix import summarize
+
+    def row(entry, fmt, status, **kw):
+        base = {"entry": entry, "format": fmt, "status": status, "input": 16, "params": 5e8}
+        if status == "pass":
+            base.update(max_rel_err=1e-6, size_mb=2000.0, export_s=90.0, output_spread=0.1)
+        return json.dumps({**base, **kw})
+
+    lines = [
+        row("multilingual_e5_large", "saved_model", "pass"),
+        row("multilingual_e5_large", "onnx", "fail", error="killed: resident memory 20.1 GB"),
+        row("xlm_roberta_large_multi", "saved_model", "pass", same_as="multilingual_e5_large"),
+        row(
+            "xlm_roberta_large_multi",
+            "onnx",
+            "fail",
+            error="killed: resident memory 20.1 GB",
+            same_as="multilingual_e5_large",
+        ),
+        row("xlm_roberta_large_multi", "onnx", "pass"),  # its own rerun
+    ]
+    results = tmp_path / "m.jsonl"
+    results.write_text("\n".join(lines) + "\n")
+    text = summarize(results, tmp_path / "m.md")
+    assert "**2 of 3 entry x format cells pass** (2 entries exported" in text
+    assert "0 more KerasHub entries have exactly the graph" in text
+    xlmr = next(ln for ln in text.splitlines() if ln.startswith("| xlm_roberta_large_multi"))
+    assert "= multilingual_e5_large (ok)" in xlmr and "| ok 1e-06 / 2000.0 / 90.0" in xlmr
+
+
+def test_export_matrix_retry_does_not_copy_a_twin_result_from_before_it(tmp_path, monkeypatch):
+    """``--retry`` runs a twin's cell again unless its twin was rerun in the same call."""
+    from bench import export_matrix
+
+    killed = {"status": "fail", "error": "killed: resident memory 20.1 GB > 20.0 GB"}
+    results = tmp_path / "m.jsonl"
+    results.write_text(
+        json.dumps({"entry": "multilingual_e5_large", "format": "onnx", **killed}) + "\n"
+    )
+    ran = []
+    monkeypatch.setattr(export_matrix, "_run_cell", lambda e, f, *a: ran.append((e, f)))
+    export_matrix.run_parent(["xlm_roberta_large_multi"], ["onnx"], results, 60, 20, True)
+    assert ran == [("xlm_roberta_large_multi", "onnx")]
+    assert export_matrix._copy_twin("xlm_roberta_large_multi", ["onnx"], results)  # no retry
+
+
 def test_fewshot_verdicts_apply_the_issue_bar_per_setting_and_task():
     from bench import fewshot
 
