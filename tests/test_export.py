@@ -862,16 +862,54 @@ def test_onnx_falls_back_when_an_optimiser_breaks_the_graph(model, tmp_path, mon
 
     real_probe, calls = kx_onnx._probe, []
 
-    def probe(proto, prepared, batch, reference):
-        calls.append(len(proto.graph.node))
+    def probe(path, prepared, batch, reference):
+        calls.append(path.stat().st_size)  # the probed graph is on disk already
         if len(calls) == 1:  # as if the first graph failed in onnxruntime (SegFormer does)
             return "Fail: Reshape node cannot reshape"
-        return real_probe(proto, prepared, batch, reference)
+        return real_probe(path, prepared, batch, reference)
 
     monkeypatch.setattr(kx_onnx, "_probe", probe)
     report = kerastl.export(model, tmp_path, formats=["onnx"], latency_runs=1)
     assert len(calls) == 2 and report["status"] == "passed"
     assert "['reshape_optimizer'] switched off" in report["artifacts"][0]["details"]["tf2onnx"]
+
+
+def test_onnx_file_written_in_parts_is_the_model_onnx_save_writes(model, tmp_path):
+    """write_in_parts (one initializer at a time) gives the message onnx.save gives."""
+    import onnx
+
+    import kerastl
+    from kerastl.export.formats import onnx as kx_onnx
+
+    report = kerastl.export(model, tmp_path, formats=["onnx"], latency_runs=1)
+    proto = onnx.load(str(tmp_path / report["artifacts"][0]["path"]))
+    assert len(proto.graph.initializer) > 10 and proto.metadata_props
+    kx_onnx.write_in_parts(proto, tmp_path / "parts.onnx")
+    onnx.save(proto, str(tmp_path / "whole.onnx"))
+    again = onnx.load(str(tmp_path / "parts.onnx"))
+    assert again == proto
+    assert (tmp_path / "parts.onnx").stat().st_size == (tmp_path / "whole.onnx").stat().st_size
+    onnx.checker.check_model(str(tmp_path / "parts.onnx"), full_check=True)
+
+
+def test_tf2onnx_constant_node_protos_do_not_copy_their_values():
+    """Inside the conversion a constant's NodeProto holds no copy of its value; the
+    value stays in the node and reaches the ONNX graph as an initializer."""
+    from tf2onnx.graph import Graph
+
+    from kerastl.export.formats import onnx as kx_onnx
+
+    graph = Graph([], opset=17)
+    const = graph.make_const("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    graph.add_graph_output(const.output[0])
+    with kx_onnx._const_protos_without_values():
+        graph.update_proto()
+        assert [a.name for a in const.op.attribute] == []
+        proto = graph.make_graph("doc")
+    assert const.get_tensor_value() == [[0, 1, 2], [3, 4, 5]]
+    assert [t.name for t in proto.initializer] == [const.output[0]]
+    graph.update_proto()  # outside: tf2onnx's own behaviour is back
+    assert [a.name for a in const.op.attribute] == ["value"]
 
 
 def test_onnx_folds_a_shared_layers_weights_once(tmp_path):

@@ -26,7 +26,6 @@ metadata goes into ``metadata_props``.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -122,7 +121,7 @@ def save(model_proto, path: Path) -> list[Path]:
 
     path = Path(path)
     if tensor_bytes(model_proto) <= SINGLE_FILE_LIMIT:
-        onnx.save(model_proto, str(path))
+        write_in_parts(model_proto, path)
         return [path]
     data = data_file(path)
     onnx.save_model(
@@ -136,23 +135,76 @@ def save(model_proto, path: Path) -> list[Path]:
     return [path, data]
 
 
-def _session(model_proto, options):
-    """onnxruntime session on an in-memory proto, through a temporary file if it is large."""
-    import tempfile
+def write_in_parts(model_proto, path: Path) -> None:
+    """Write ``model_proto`` as ``onnx.save`` does, one initializer at a time.
 
+    ``onnx.save`` serialises the whole model into one bytes object first, a copy of every
+    weight (twice, while protobuf hands its buffer to Python): ConvNeXt-B +0.9 GB. The
+    protobuf wire format of a message is its fields' encodings one after another, in
+    any order, so the graph is written as its other fields, then each initializer as a
+    field of its own; a reader parses the same message.
+
+    Example:
+        >>> import onnx, tempfile
+        >>> from onnx import helper, numpy_helper
+        >>> w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+        >>> graph = helper.make_graph(
+        ...     [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        ...     [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
+        ...     [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])], [w])
+        >>> model = helper.make_model(graph)
+        >>> path = Path(tempfile.mkdtemp()) / "m.onnx"
+        >>> write_in_parts(model, path)
+        >>> onnx.load(str(path)) == model
+        True
+    """
     import onnx
-    import onnxruntime as ort
 
-    providers = ["CPUExecutionProvider"]
-    if tensor_bytes(model_proto) <= SINGLE_FILE_LIMIT:
-        return ort.InferenceSession(model_proto.SerializeToString(), options, providers=providers)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "probe.onnx"
-        save(model_proto, path)
-        try:
-            return ort.InferenceSession(str(path), options, providers=providers)
-        finally:
-            onnx.load_external_data_for_model(model_proto, tmp)  # give the proto its weights back
+    graph = model_proto.graph
+    model_head, graph_head = onnx.ModelProto(), onnx.GraphProto()
+    _copy_fields(model_proto, model_head, skip="graph")
+    _copy_fields(graph, graph_head, skip="initializer")
+    graph_field = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+    init_field = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+    sizes = [t.ByteSize() for t in graph.initializer]
+    graph_size = graph_head.ByteSize() + sum(
+        len(_key(init_field)) + len(_varint(n)) + n for n in sizes
+    )
+    with open(path, "wb") as fh:
+        fh.write(model_head.SerializeToString())
+        fh.write(_key(graph_field) + _varint(graph_size))
+        fh.write(graph_head.SerializeToString())
+        for tensor, size in zip(graph.initializer, sizes):
+            fh.write(_key(init_field) + _varint(size))
+            fh.write(tensor.SerializeToString())
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Copy every set field of protobuf message ``source`` into ``target`` but ``skip``."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field (protobuf 5 and 6 alike)
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _key(field_number: int) -> bytes:
+    """Protobuf key of a length-delimited field (wire type 2)."""
+    return _varint(field_number << 3 | 2)
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative ``n``."""
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 def check_opset(opset: int | None) -> int:
@@ -430,7 +482,7 @@ def _collecting(factory):
     """
 
     def make():
-        gc.collect()
+        release_memory()  # and hand the freed copies back to the OS
         return factory()
 
     return make
@@ -475,6 +527,38 @@ def _sharing_large_tensors():
             copy._deepcopy_dispatch[cls] = before
 
 
+@contextlib.contextmanager
+def _const_protos_without_values():
+    """While converting, a constant node's own NodeProto does not keep a copy of its value.
+
+    tf2onnx keeps each node's attributes twice: in the node (``Node.attr``, which every
+    pass reads and ``make_graph`` turns into initializers) and copied into the node's
+    NodeProto at every ``update_proto`` (after each optimiser pass and in ``make_graph``),
+    which only ``make_graph`` reads, for the nodes that are not constants. For constants
+    that copy was one more copy of every weight, copied again by each pass's graph copy
+    (ConvNeXt-B: +0.7 GB live through the passes, +0.35 GB more at each). The NodeProto
+    of a constant keeps its other attributes.
+    """
+    from tf2onnx.graph import Node
+
+    original = Node.update_proto
+
+    def update_proto(self, external_tensor_storage=None):
+        # Not copied and then deleted: a deleted field's bytes stay in the proto's arena.
+        value = self._attr.pop("value", None) if self.type == "Const" else None
+        try:
+            original(self, external_tensor_storage)
+        finally:
+            if value is not None:
+                self._attr["value"] = value
+
+    Node.update_proto = update_proto
+    try:
+        yield
+    finally:
+        Node.update_proto = original
+
+
 class _Collect(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -494,19 +578,27 @@ OPTIMIZER_FALLBACKS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = None):
-    """Convert the inference function to an ONNX ``ModelProto``.
+def convert(
+    prepared: Prepared, opset: int, meta: dict[str, Any], path: Path, probe: Any = None
+) -> tuple[dict[str, int], list[str], list[Path]]:
+    """Convert the inference function to ONNX and write it to ``path``.
+
+    The graph is written (:func:`save`) and let go before onnxruntime loads the file to
+    probe it: holding the ``ModelProto`` (one copy of the weights), its serialisation
+    and onnxruntime's session at once was the ONNX export's peak.
 
     Args:
         prepared: The traced model.
         opset: ONNX opset.
         meta: Metadata for ``metadata_props``.
-        probe: A few raw inputs; the converted graph is run on them in onnxruntime at two
+        path: Where the ``.onnx`` file goes (with ``<name>.data`` beside it when large).
+        probe: A few raw inputs; the written graph is run on them in onnxruntime at two
             batch sizes and, if it fails or disagrees with Keras, converted again with the
             next entry of :data:`OPTIMIZER_FALLBACKS` switched off.
 
     Returns:
-        ``(model_proto, notes)``: tf2onnx's warnings and any optimiser fallback taken.
+        ``(op counts, notes, files written)``: notes are tf2onnx's warnings and any
+        optimiser fallback taken.
 
     Raises:
         ExportError: conversion failed or left ops outside the ONNX standard.
@@ -514,20 +606,26 @@ def convert(prepared: Prepared, opset: int, meta: dict[str, Any], probe: Any = N
     reference = prepared.predict(probe) if probe is not None else None
     problems: list[str] = []
     for disabled in OPTIMIZER_FALLBACKS:
-        model_proto = None  # free the failed attempt before converting again
         # frozen again for each attempt: tf2onnx drops the weights once it holds its own
         # copy (one copy less at its peak), so a retry (rare) cannot reuse them
         graph, names = _graph_for_tf2onnx(prepared)
         model_proto, notes = _convert_once(prepared, graph, opset, *names, disabled)
-        problem = _probe(model_proto, prepared, probe, reference) if probe is not None else None
+        _finish(model_proto, prepared.output_names, meta)
+        counts: dict[str, int] = {}
+        for node in model_proto.graph.node:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        files = save(model_proto, path)
+        del model_proto
+        release_memory()
+        problem = _probe(path, prepared, probe, reference) if probe is not None else None
+        release_memory()  # onnxruntime's session
         if problem is None:
             if disabled:
                 notes.append(
                     f"tf2onnx optimisers {list(disabled)} switched off: with them the graph "
                     f"failed in onnxruntime ({problems[-1][:160]})"
                 )
-            _finish(model_proto, prepared.output_names, meta)
-            return model_proto, notes
+            return counts, notes, files
         problems.append(problem)
     raise ExportError(f"ONNX conversion gives a graph onnxruntime cannot run right: {problems[-1]}")
 
@@ -587,8 +685,8 @@ def _convert_once(prepared, graph, opset, input_names, output_names, rename, dis
     return model_proto, notes
 
 
-def _probe(model_proto, prepared: Prepared, probe, reference) -> str | None:
-    """Run the graph at batch 1 and ``len(probe)``; a description of what went wrong, or None."""
+def _probe(path: Path, prepared: Prepared, probe, reference) -> str | None:
+    """Run the written graph at batch 1 and ``len(probe)``; what went wrong, or None."""
     import onnxruntime as ort
 
     from kerastl.export.validate import rel_err
@@ -596,7 +694,7 @@ def _probe(model_proto, prepared: Prepared, probe, reference) -> str | None:
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        session = _session(model_proto, options)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         name = prepared.modality.input_name
         kind = session.get_inputs()[0].type  # token ids (text) are int32, pixels float
@@ -623,23 +721,24 @@ def _tf2onnx(name, graph, opset, input_names, output_names, rename, optimizers):
     from tf2onnx import optimizer
     from tf2onnx.tfonnx import process_tf_graph
 
-    with tf.device("/cpu:0"), tf.Graph().as_default() as tf_graph:
-        tf.import_graph_def(graph[0], name="")
-        onnx_graph = process_tf_graph(
-            tf_graph,
-            continue_on_error=True,
-            opset=opset,
-            input_names=input_names,
-            output_names=output_names,
-            tensors_to_rename=rename,
-            const_node_values=graph[1],
-        )
-    graph.clear()  # tf2onnx holds its own copy of every weight now
-    with _sharing_large_tensors():
-        onnx_graph = optimizer.optimize_graph(onnx_graph, True, optimizers=optimizers)
-    held = [onnx_graph]
-    del onnx_graph
-    return _model_proto(held, f"converted from {name}")
+    with _const_protos_without_values():
+        with tf.device("/cpu:0"), tf.Graph().as_default() as tf_graph:
+            tf.import_graph_def(graph[0], name="")
+            onnx_graph = process_tf_graph(
+                tf_graph,
+                continue_on_error=True,
+                opset=opset,
+                input_names=input_names,
+                output_names=output_names,
+                tensors_to_rename=rename,
+                const_node_values=graph[1],
+            )
+        graph.clear()  # tf2onnx holds its own copy of every weight now
+        with _sharing_large_tensors():
+            onnx_graph = optimizer.optimize_graph(onnx_graph, True, optimizers=optimizers)
+        held = [onnx_graph]
+        del onnx_graph
+        return _model_proto(held, f"converted from {name}")
 
 
 def _model_proto(held: list, doc: str):
@@ -655,6 +754,7 @@ def _model_proto(held: list, doc: str):
     from tf2onnx import constants
 
     onnx_graph = held.pop()
+    release_memory()  # the graph copies of the optimiser's last passes, before one more
     opset = onnx_graph.opset
     opsets = [helper.make_opsetid(constants.ONNX_DOMAIN, opset), constants.AI_ONNX_ML_OPSET]
     opsets += list(onnx_graph.extra_opset or [])
@@ -845,15 +945,11 @@ class OnnxFormat(Format):
     def _write(job: Job, path: Path) -> dict[str, Any]:
         opset = check_opset(job.options.opset)
         prepared = job.prepared
-        proto, notes = convert(prepared, opset, prepared.meta, probe=job.x_val[:4])
-        files = save(proto, path)
+        counts, notes, files = convert(prepared, opset, prepared.meta, path, job.x_val[:4])
         check(path)
-        counts: dict[str, int] = {}
-        for node in proto.graph.node:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
         details: dict[str, Any] = {
             "opset": opset,
-            "nodes": len(proto.graph.node),
+            "nodes": sum(counts.values()),
             "transposes": counts.get("Transpose", 0),
         }
         if notes:
