@@ -113,3 +113,61 @@ def test_min_parser_version_follows_the_schema_history():
     assert version(md) == "1.2.0"
     labels.version = "2"
     assert version(md) == "1.4.1"
+
+
+def test_lean_packing_writes_the_model_the_converter_writes():
+    """With the converter's repacking made lean the file computes the same outputs, and
+    TensorFlow's functions are put back afterwards."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.python import lite
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from kerastl.export.formats import tflite as kx_tflite
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, keras.layers.Dense(8)(keras.layers.Dense(16)(inputs)))
+    before = (flatbuffer_utils.convert_object_to_bytearray, lite._deduplicate_readonly_buffers)
+    plain = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with kx_tflite._lean_packing():
+        lean = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    assert (
+        flatbuffer_utils.convert_object_to_bytearray,
+        lite._deduplicate_readonly_buffers,
+    ) == before
+    x = np.random.default_rng(0).normal(size=(1, 16)).astype(np.float32)
+    outs = []
+    for content in (plain, lean):
+        runner = Interpreter(model_content=content).get_signature_runner()
+        outs.append(next(iter(runner(**{runner.get_input_details().popitem()[0]: x}).values())))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[1], model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_lean_packing_merges_buffers_only_when_two_are_equal(monkeypatch):
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+    from tensorflow.lite.python import lite
+
+    from kerastl.export.formats import tflite as kx_tflite
+    from kerastl.export.formats.tflite_metadata import pack
+
+    def file(*buffers):
+        model = schema.ModelT()
+        model.buffers = []
+        for data in buffers:
+            buf = schema.BufferT()
+            buf.data = np.asarray(data, np.uint8)
+            model.buffers.append(buf)
+        return pack(model, 0)
+
+    distinct, equal = file([1, 2], [3], [2, 1]), file([1, 2], [3], [1, 2])
+    calls = []
+    monkeypatch.setattr(lite, "_deduplicate_readonly_buffers", lambda f: calls.append(f) or b"m")
+    with kx_tflite._lean_packing():
+        assert lite._deduplicate_readonly_buffers(distinct) is distinct
+        assert lite._deduplicate_readonly_buffers(equal) == b"m"
+    assert calls == [equal]

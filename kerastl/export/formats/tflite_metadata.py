@@ -331,7 +331,8 @@ def pack(model: Any, size_hint: int) -> bytes:
 
     builder = flatbuffers.Builder(size_hint + (1 << 20))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    # one copy out of the builder (``Output()`` copies, and ``bytes()`` of it again)
+    return bytes(memoryview(builder.Bytes)[builder.Head() :])
 
 
 def keep_output(flatbuffer: bytes, output: str) -> bytes:
