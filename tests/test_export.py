@@ -738,7 +738,18 @@ def test_float64_clone_runs_a_kerastl_model_in_float64(monkeypatch):
 
     model = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3))
     prepared = prepare(model)
-    assert float64_clone(prepared.model).get_layer("backbone").compute_dtype == "float64"
+    clone = float64_clone(prepared.model)
+    assert clone.get_layer("backbone").compute_dtype == "float64"
+    # every weight, BatchNorm statistics included, copied (variable by variable) and cast
+    pairs = list(zip(clone.weights, prepared.model.weights, strict=True))
+    assert len(pairs) > 100 and any("moving" in w.path for w, _ in pairs)
+    for mine, theirs in pairs:
+        assert mine.path.split("/")[-1] == theirs.path.split("/")[-1]
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs).astype(mine.dtype))
+        assert np.asarray(mine).dtype == (
+            np.float64 if theirs.dtype.startswith("float") else theirs.dtype
+        )
+    del clone, pairs
     x = random_images(4, 32, seed=2)
     import weakref
 
