@@ -145,6 +145,10 @@ class _Steps:
 
                 def label_of(args, _label=label):
                     return f"{_label} {args[1]}"
+            elif label == "validate":  # one row per file: validate(artifact, ref, x, key, ...)
+
+                def label_of(args, _label=label):
+                    return f"{_label} {args[3]}" if len(args) > 3 else _label
             else:
 
                 def label_of(args, _label=label):
