@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -127,15 +128,20 @@ def test_main_rejects_unknown_section(capsys):
     assert "unknown section 'nope'" in capsys.readouterr().err
 
 
+def _matrix_row(entry, fmt, status, *, passed=None, **kw) -> str:
+    """One line of bench/export_matrix.jsonl; a pass gets figures (``passed`` overrides them)."""
+    base = {"entry": entry, "format": fmt, "status": status, "input": 16, "params": 4e6}
+    if status == "pass":
+        figures = {"max_rel_err": 1e-7, "size_mb": 17.3, "export_s": 2.0, "output_spread": 0.05}
+        base.update({**figures, **(passed or {})})
+    return json.dumps({**base, **kw})
+
+
 def test_export_matrix_summary_counts_cells_twins_and_failures(tmp_path):
     """The matrix table counts run cells only; a twin shows its twin's current result."""
     from bench.export_matrix import summarize
 
-    def row(entry, fmt, status, **kw):
-        base = {"entry": entry, "format": fmt, "status": status, "input": 16, "params": 4e6}
-        if status == "pass":
-            base.update(max_rel_err=1e-7, size_mb=17.3, export_s=2.0, output_spread=0.05)
-        return json.dumps({**base, **kw})
+    row = _matrix_row
 
     lines = [
         row("bert_tiny_en_uncased", "onnx", "fail", error="killed: resident memory"),
@@ -157,11 +163,8 @@ def test_export_matrix_twin_shares_pass_and_does_not_fit_but_not_other_failures(
     """A twin of an entry that did not fit is not run again; one of a plain failure is."""
     from bench.export_matrix import _copy_twin, summarize
 
-    def row(entry, fmt, status, **kw):
-        base = {"entry": entry, "format": fmt, "status": status, "input": 1600, "params": 6e8}
-        if status == "pass":
-            base.update(max_rel_err=1e-6, size_mb=2552.9, export_s=15.4, output_spread=0.05)
-        return json.dumps({**base, **kw})
+    passed = {"max_rel_err": 1e-6, "size_mb": 2552.9, "export_s": 15.4}
+    row = partial(_matrix_row, input=1600, params=6e8, passed=passed)
 
     results = tmp_path / "m.jsonl"
     results.write_text(
@@ -193,11 +196,8 @@ def test_export_matrix_entry_with_own_and_copied_cells_counts_as_exported(tmp_pa
     """An entry rerun for one format keeps its copied cells and counts its own one."""
     from bench.export_matrix import summarize
 
-    def row(entry, fmt, status, **kw):
-        base = {"entry": entry, "format": fmt, "status": status, "input": 16, "params": 5e8}
-        if status == "pass":
-            base.update(max_rel_err=1e-6, size_mb=2000.0, export_s=90.0, output_spread=0.1)
-        return json.dumps({**base, **kw})
+    passed = {"max_rel_err": 1e-6, "size_mb": 2000.0, "export_s": 90.0, "output_spread": 0.1}
+    row = partial(_matrix_row, params=5e8, passed=passed)
 
     lines = [
         row("multilingual_e5_large", "saved_model", "pass"),

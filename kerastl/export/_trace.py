@@ -162,16 +162,15 @@ class Prepared:
             lambda xb: clone([xb], training=False), autograph=False, reduce_retracing=True
         )
         names = [n for n in self.output_names if n != "class_id"]
-        parts: dict[str, list] = {}
-        for i in range(0, len(x), batch_size):
-            xb = np.asarray(x[i : i + batch_size])
-            if xb.dtype.kind == "f":
-                xb = xb.astype(np.float64)
-            outs = run(xb)
+
+        def call(xb: np.ndarray) -> dict[str, np.ndarray]:
+            outs = run(xb.astype(np.float64) if xb.dtype.kind == "f" else xb)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-            for name, value in zip(names, outs):
-                parts.setdefault(name, []).append(np.asarray(value, dtype=np.float64))
-        result = {k: np.concatenate(v) for k, v in parts.items()}
+            return {name: np.asarray(v, dtype=np.float64) for name, v in zip(names, outs)}
+
+        from kerastl.export.validate import run_in_batches
+
+        result = run_in_batches(call, np.asarray(x), batch_size)
         self._exact_cache = (x, result)
         return result
 

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -611,9 +612,7 @@ def convert(
         graph, names = _graph_for_tf2onnx(prepared)
         model_proto, notes = _convert_once(prepared, graph, opset, *names, disabled)
         _finish(model_proto, prepared.output_names, meta)
-        counts: dict[str, int] = {}
-        for node in model_proto.graph.node:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        counts = dict(Counter(node.op_type for node in model_proto.graph.node))
         files = save(model_proto, path)
         del model_proto
         release_memory()
