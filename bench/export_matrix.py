@@ -270,15 +270,20 @@ def run_parent(
     max_rss_gb: float,
     retry: bool = False,
     twins: bool = True,
+    rerun: bool = False,
 ) -> None:
     """Run each entry's missing cells, one child process per format.
 
     One child per format gives each cell its own peak memory, and a format that is
     killed (memory or time) does not take the entry's other formats with it.
+    ``rerun``: every cell again (after a change to what they export); the newest row of
+    a cell is the one the summary shows.
     """
-    since = len(_lines(results)) if retry else 0  # a retry copies only its own results
+    # a retry or rerun copies only its own results
+    since = len(_lines(results)) if retry or rerun else 0
     for entry in entries:
-        todo = [f for f in formats if (entry, f) not in _done(results, retry)]
+        done = set() if rerun else _done(results, retry)
+        todo = [f for f in formats if (entry, f) not in done]
         if not todo:
             continue
         if twins and _copy_twin(entry, todo, results, since):
@@ -494,6 +499,9 @@ def main() -> None:
     p.add_argument("--summarize", action="store_true", help="only rewrite the Markdown")
     p.add_argument("--retry", action="store_true", help="run failed cells again")
     p.add_argument(
+        "--rerun", action="store_true", help="run the --entries' cells again, passed ones too"
+    )
+    p.add_argument(
         "--no-twins", action="store_true", help="also run entries whose graph was already run"
     )
     p.add_argument(
@@ -506,6 +514,8 @@ def main() -> None:
     args = p.parse_args()
     results = Path(args.results)
     formats = [f for f in args.formats.split(",") if f]
+    if args.rerun and not args.entries:
+        p.error("--rerun measures named entries again: give --entries")
     os.environ.setdefault(GAMMA_ENV, str(args.bn_gamma))
     if args.child:
         run_child(args.child, formats, results)
@@ -526,6 +536,7 @@ def main() -> None:
             args.max_rss_gb,
             args.retry,
             not args.no_twins,
+            args.rerun,
         )
     print(summarize(results, Path(args.markdown)))
 

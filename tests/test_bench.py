@@ -237,6 +237,33 @@ def test_export_matrix_retry_does_not_copy_a_twin_result_from_before_it(tmp_path
     assert export_matrix._copy_twin("xlm_roberta_large_multi", ["onnx"], results)  # no retry
 
 
+def test_export_matrix_rerun_measures_passed_cells_again_and_the_newest_row_shows(
+    tmp_path, monkeypatch
+):
+    """``--rerun`` (after a change to what an entry exports) runs its passed cells again."""
+    from bench import export_matrix
+
+    old = {"max_rel_err": 1e-6, "size_mb": 225.1, "export_s": 6.0, "output_spread": 0.1}
+    new = {**old, "size_mb": 111.0}
+    results = tmp_path / "m.jsonl"
+    results.write_text(_matrix_row("convnext_tiny", "onnx", "pass", passed=old) + "\n")
+    ran = []
+
+    def run_cell(entry, fmt, path, *args):
+        ran.append((entry, fmt))
+        with path.open("a") as fh:
+            fh.write(_matrix_row(entry, fmt, "pass", passed=new) + "\n")
+
+    monkeypatch.setattr(export_matrix, "_run_cell", run_cell)
+    export_matrix.run_parent(["convnext_tiny"], ["onnx"], results, 60, 20)
+    assert ran == []  # done: skipped
+    export_matrix.run_parent(["convnext_tiny"], ["onnx"], results, 60, 20, rerun=True)
+    assert ran == [("convnext_tiny", "onnx")]
+    text = export_matrix.summarize(results, tmp_path / "m.md")
+    tiny = next(ln for ln in text.splitlines() if ln.startswith("| convnext_tiny"))
+    assert "/ 111.0 /" in tiny and "225.1" not in tiny
+
+
 def test_fewshot_verdicts_apply_the_issue_bar_per_setting_and_task():
     from bench import fewshot
 
