@@ -335,6 +335,40 @@ def _replace_nodes(graph_def, rename: dict[str, str]) -> int:
     return len(gone)
 
 
+def bypass_constant_identities(graph_def, keep=()) -> int:
+    """Make readers of ``Identity(Const)`` read the constant; returns how many went.
+
+    Freezing turns every variable read into an ``Identity`` of a constant, and tf2onnx's
+    constant folding (``compute_const_folding_using_tf``) computes each of those in
+    TensorFlow: a second copy of every weight, held until folding ends (ConvNeXt-B:
+    138 tensors, 350 MB). Nodes named in ``keep`` (the outputs) stay.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> g = tf.Graph()
+        >>> with g.as_default():
+        ...     a = tf.constant([1.0, 2.0], name="a")
+        ...     x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+        ...     _ = tf.add(x, tf.identity(tf.identity(a, name="i1"), name="i2"), name="out")
+        >>> gd = g.as_graph_def()
+        >>> bypass_constant_identities(gd), [list(n.input) for n in gd.node if n.name == "out"]
+        (2, [['x', 'a']])
+    """
+    constant = {n.name for n in graph_def.node if n.op == "Const" and not n.input}
+    rename: dict[str, str] = {}
+    progress = True
+    while progress:  # chains of Identity, in any node order
+        progress = False
+        for node in graph_def.node:
+            if node.op != "Identity" or len(node.input) != 1 or node.name in rename:
+                continue
+            source = _renamed(node.input[0], rename)
+            if node.name not in keep and source.split(":")[0] in constant:
+                rename[node.name] = source.split(":")[0]
+                progress = True
+    return _replace_nodes(graph_def, rename)
+
+
 def merge_constant_expressions(graph_def, keep=()) -> int:
     """Make identical nodes computed from constants alone one node; returns how many went.
 
@@ -642,6 +676,7 @@ def _graph_for_tf2onnx(prepared: Prepared) -> tuple[list, tuple]:
     release_memory()
     rename = tensor_names_from_structed(concrete, input_names, output_names)
     merge_duplicate_constants(graph_def)
+    bypass_constant_identities(graph_def, keep=output_names)
     merge_constant_expressions(graph_def, keep=output_names)
     # tf2onnx's large-model route, for every model: the weights leave the GraphDef (held
     # once, by node name) so TensorFlow's importer and tf2onnx's passes copy only the
