@@ -409,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{entry} {run} (cap {cap:.1f} GB)", file=sys.stderr, flush=True)
             row = measure(entry, sizes.get(entry, 224), run, args.timeout, cap)
             row["command"], row["git"] = command, _git()
+            # read again: another run of this benchmark may have written rows meanwhile
+            rows = rows if args.fresh else _load()
             old = [r for r in rows if (r["entry"], r["run"]) == (entry, run)]
             if old and old[0].get("status") == "passed":
                 row["before"] = {k: old[0].get(k) for k in ("peak_mb", "command", "git")}

@@ -394,3 +394,29 @@ def test_export_memory_rows_name_their_command_and_the_row_they_replaced():
     assert "- [2] `python -m bench.export_memory x`" in md
     assert "| 2.00 | 2.30 | yes | 10.0 | 2.50 (0ld0ld0) | [2] abc1234 |" in md
     assert "| 2.40 | 2.30 | **no** | 10.0 | - | [1] |" in md
+
+
+def test_export_memory_keeps_rows_another_run_wrote_while_it_measured(tmp_path, monkeypatch):
+    """Two runs of the benchmark at once: each row is merged into the file as it is then."""
+    from bench import export_memory as em
+    from bench import report
+
+    results = tmp_path / "mem.json"
+    monkeypatch.setattr(em, "RESULTS_JSON", results)
+    monkeypatch.setattr(em, "RESULTS_MD", tmp_path / "mem.md")
+    monkeypatch.setattr(report, "write", lambda *a: None)
+    monkeypatch.setattr(report, "load", lambda: None)
+    row = {"params": 25_000_000, "status": "passed", "peak_mb": 2000.0, "export_s": 1.0}
+    results.write_text(json.dumps([{"entry": "resnet50", "run": "onnx", **row}]))
+
+    def measure(entry, size, run, timeout, cap):  # meanwhile, another run adds its row
+        other = {"entry": "convnext_base", "run": "all", **row}
+        results.write_text(json.dumps([*json.loads(results.read_text()), other]))
+        return {"entry": entry, "run": run, **row, "peak_mb": 1500.0}
+
+    monkeypatch.setattr(em, "measure", measure)
+    assert em.main(["--models", "resnet50", "--runs", "onnx", "--rerun"]) == 0
+    rows = {(r["entry"], r["run"]): r for r in json.loads(results.read_text())}
+    assert set(rows) == {("resnet50", "onnx"), ("convnext_base", "all")}
+    assert rows[("resnet50", "onnx")]["peak_mb"] == 1500.0
+    assert rows[("resnet50", "onnx")]["before"]["peak_mb"] == 2000.0
