@@ -649,3 +649,59 @@ def test_confusion_and_roc_plots_come_from_sklearn_displays(tmp_path, monkeypatc
     assert [type(u).__name__ for u in used] == ["ConfusionMatrixDisplay", "RocCurveDisplay"]
     for name in ("cm.png", "roc.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+# -- grouped convolutions as depthwise (ConvNeXt) -------------------------------
+
+
+def test_a_training_step_through_depthwise_convs_equals_keras_grouped_conv():
+    """One SGD step inside ``grouped_convs_as_depthwise`` moves every weight as Keras'
+    own (XLA-compiled) grouped convolution does, the grouped kernel included."""
+    import keras
+
+    from kerastl.core.convs import grouped_convs_as_depthwise
+
+    def step(patched: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((9, 9, 4))
+        x = keras.layers.Conv2D(8, 3, groups=4, padding="same")(inputs)  # 2 filters a group
+        x = keras.layers.Conv2D(8, 1)(keras.layers.Activation("gelu")(x))
+        outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+        model = keras.Model(inputs, outputs)
+        model.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(True))
+        start = model.weights[0].numpy()  # the grouped kernel
+        rng = np.random.default_rng(1)
+        x, y = rng.normal(size=(6, 9, 9, 4)).astype("float32"), np.arange(6) % 3
+        if patched:
+            with grouped_convs_as_depthwise():
+                model.train_on_batch(x, y)
+        else:
+            model.train_on_batch(x, y)
+        return start, [w.numpy() for w in model.weights]
+
+    start, keras_step = step(False)
+    _, depthwise_step = step(True)
+    assert np.abs(keras_step[0] - start).max() > 1e-3  # the step moved the grouped kernel
+    assert max(np.abs(a - b).max() for a, b in zip(depthwise_step, keras_step)) < 1e-5
+
+
+def test_convnext_trains_through_depthwise_convs_and_keras_is_restored(tmp_path):
+    import keras
+    from keras.src.backend.tensorflow import nn as backend_nn
+
+    from kerastl.train import train
+
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(getattr(backend_nn.conv, "_kerastl_depthwise", False))
+
+    keras_conv = backend_nn.conv
+    x, y = _images(4, 2)
+    cfg = _cfg(tmp_path, "cnx", train={"epochs": 1}, finetune={"epochs": 1})
+    cfg["model"]["backbone"] = "convnext_tiny"
+    r = train(cfg, examples=(kdata.from_numpy(x, y), None), callbacks=[Spy()], evaluate=False)
+    assert seen and all(seen)
+    assert backend_nn.conv is keras_conv
+    assert np.isfinite(r.history["loss"]).all()

@@ -69,6 +69,7 @@ def features_of(
     import keras
 
     from kerastl import data as kdata
+    from kerastl.core.convs import grouped_convs_as_depthwise
     from kerastl.train._cache import FeatureCache, feature_batch_size
 
     keras.utils.set_random_seed(seed)
@@ -79,9 +80,10 @@ def features_of(
     size = None if text else (input_size, input_size)
     bs = feature_batch_size(size, 16)
     ds = kdata.make_dataset(examples, image_size=None if text else input_size, batch_size=bs)
-    x, y = FeatureCache(cache).get(
-        model, feature_model, examples.fingerprint(), ds, verbose=0, label=c.label
-    )
+    with grouped_convs_as_depthwise():  # ConvNeXt candidates: no XLA grouped convs
+        x, y = FeatureCache(cache).get(
+            model, feature_model, examples.fingerprint(), ds, verbose=0, label=c.label
+        )
     return x.reshape(len(x), -1), y, model
 
 

