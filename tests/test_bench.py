@@ -420,3 +420,12 @@ def test_export_memory_keeps_rows_another_run_wrote_while_it_measured(tmp_path, 
     assert set(rows) == {("resnet50", "onnx"), ("convnext_base", "all")}
     assert rows[("resnet50", "onnx")]["peak_mb"] == 1500.0
     assert rows[("resnet50", "onnx")]["before"]["peak_mb"] == 2000.0
+
+
+def test_grouped_conv_table_gives_the_speed_up_of_kerastl_over_keras():
+    from bench.grouped_conv import markdown
+
+    rows = [{"entry": "convnext_base", "job": "inference, batch 1", "keras_s": 0.9,
+             "kerastl_s": 0.24, "max_abs_diff": 2.2e-8}]  # fmt: skip
+    text = markdown(rows, "python -m bench.grouped_conv")
+    assert "| convnext_base | inference, batch 1 | 0.900 | 0.240 | 3.75x | 2.2e-08 |" in text
