@@ -362,7 +362,7 @@ def _latency(rows: list[dict[str, Any]]) -> list[str]:
         "Batch-1 latency, ms (median of up to 10 runs in the file's runtime, at least 3, "
         "stopping after 2 s; measured inside the export, under the same load; Keras = kerastl's "
         "traced inference function in TensorFlow, the graph the SavedModel holds; in rows "
-        "measured after the depthwise rewrite (`kerastl.export._trace.conv_as_depthwise`), "
+        "measured after the depthwise rewrite (`kerastl.core.convs.conv_as_depthwise`), "
         "ConvNeXt's grouped convolutions run in it as depthwise convolutions, not through XLA)",
         "",
         "| entry | Keras | " + " | ".join(cols) + " | int8 speed-up over tflite float32 |",

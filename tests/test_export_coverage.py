@@ -423,6 +423,32 @@ def test_grouped_conv_with_one_channel_per_group_is_traced_as_depthwise(
     assert ("StatefulPartitionedCall" in ops or "PartitionedCall" in ops) is not depthwise, ops
 
 
+def test_conv_as_depthwise_leaves_what_it_cannot_rewrite_to_keras():
+    """An unknown kernel dimension, or a valid conv with no output, goes to Keras' conv."""
+    import tensorflow as tf
+
+    from kerastl.core.convs import conv_as_depthwise
+
+    calls = []
+
+    def keras_conv(*args):
+        calls.append(args[1].shape)
+        return "keras"
+
+    small = tf.zeros((1, 2, 2, 4))
+    assert conv_as_depthwise(small, tf.zeros((3, 3, 1, 4)), fallback=keras_conv) == "keras"
+    same = conv_as_depthwise(small, tf.zeros((3, 3, 1, 4)), padding="same", fallback=keras_conv)
+    assert tuple(same.shape) == (1, 2, 2, 4)
+
+    def traced(x, k):
+        assert conv_as_depthwise(x, k, fallback=keras_conv) == "keras"
+        return x
+
+    fn = tf.function(traced, autograph=False)
+    fn.get_concrete_function(tf.TensorSpec((1, 9, 9, 4)), tf.TensorSpec((3, 3, 1, None)))
+    assert len(calls) == 2
+
+
 def test_convnext_exports_its_grouped_convs_as_depthwise(tmp_path):
     """ConvNeXt's 7x7 ``Conv2D(groups=channels)``: Keras runs it through an XLA-compiled
     function on TensorFlow; the exported SavedModel, TFLite and ONNX files hold depthwise
@@ -450,8 +476,14 @@ def test_convnext_exports_its_grouped_convs_as_depthwise(tmp_path):
     for path in paths.values():
         got = kerastl.load_artifact(path).run(images)["probabilities"]
         np.testing.assert_allclose(got, want, atol=1e-4)
+    from tensorflow.python.tools import saved_model_utils
+
     from kerastl.export.formats.tflite import list_ops
 
+    graph = saved_model_utils.get_meta_graph_def(str(paths["saved_model"]), "serve").graph_def
+    ops = {n.op for f in graph.library.function for n in f.node_def}
+    assert "DepthwiseConv2dNative" in ops
+    assert not any("_XlaMustCompile" in f.attr for f in graph.library.function)
     assert "DEPTHWISE_CONV_2D" in list_ops(paths["tflite"].read_bytes())[0]
     convs = [n for n in onnx.load(str(paths["onnx"])).graph.node if n.op_type == "Conv"]
     grouped = [a.i for n in convs for a in n.attribute if a.name == "group" and a.i > 1]

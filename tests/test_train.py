@@ -679,19 +679,40 @@ def test_a_training_step_through_depthwise_convs_equals_keras_grouped_conv():
             model.train_on_batch(x, y)
         return start, [w.numpy() for w in model.weights]
 
+    from keras.src.backend.tensorflow import nn as backend_nn
+
     start, keras_step = step(False)
-    _, depthwise_step = step(True)
+    depthwise = backend_nn.depthwise_conv
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return depthwise(*args, **kwargs)
+
+    backend_nn.depthwise_conv = counted
+    try:
+        _, depthwise_step = step(True)
+    finally:
+        backend_nn.depthwise_conv = depthwise
+    assert calls  # the grouped conv went the depthwise way
     assert np.abs(keras_step[0] - start).max() > 1e-3  # the step moved the grouped kernel
     assert max(np.abs(a - b).max() for a, b in zip(depthwise_step, keras_step)) < 1e-5
 
 
-def test_convnext_trains_through_depthwise_convs_and_keras_is_restored(tmp_path):
+def test_convnext_trains_through_depthwise_convs_and_keras_is_restored(tmp_path, monkeypatch):
     import keras
     from keras.src.backend.tensorflow import nn as backend_nn
 
     from kerastl.train import train
 
-    seen = []
+    seen, depthwise_calls = [], []
+    depthwise = backend_nn.depthwise_conv
+
+    def counted(*args, **kwargs):
+        depthwise_calls.append(1)
+        return depthwise(*args, **kwargs)
+
+    monkeypatch.setattr(backend_nn, "depthwise_conv", counted)
 
     class Spy(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -703,5 +724,6 @@ def test_convnext_trains_through_depthwise_convs_and_keras_is_restored(tmp_path)
     cfg["model"]["backbone"] = "convnext_tiny"
     r = train(cfg, examples=(kdata.from_numpy(x, y), None), callbacks=[Spy()], evaluate=False)
     assert seen and all(seen)
+    assert len(depthwise_calls) >= 18  # ConvNeXt-T's 18 blocks, traced at least once
     assert backend_nn.conv is keras_conv
     assert np.isfinite(r.history["loss"]).all()

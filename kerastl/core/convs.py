@@ -53,9 +53,15 @@ def conv_as_depthwise(
     data_format = data_format or keras.config.image_data_format()
     shape = tuple(kernel.shape)
     channels = inputs.shape[-1 if data_format == "channels_last" else 1]
-    if len(inputs.shape) not in (3, 4) or shape[-2] != 1 or not channels or channels == 1:
-        return fallback(inputs, kernel, strides, padding, data_format, dilation_rate)
-    if shape[-1] % channels:
+    if (
+        len(inputs.shape) not in (3, 4)
+        or None in shape
+        or shape[-2] != 1
+        or not channels
+        or channels == 1
+        or shape[-1] % channels
+        or _too_small(inputs.shape, shape, padding, data_format, dilation_rate)
+    ):
         return fallback(inputs, kernel, strides, padding, data_format, dilation_rate)
     import tensorflow as tf
 
@@ -63,6 +69,18 @@ def conv_as_depthwise(
     as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
     return backend_nn.depthwise_conv(
         inputs, kernel, as_tuple(strides), padding, data_format, as_tuple(dilation_rate)
+    )
+
+
+def _too_small(input_shape, kernel_shape, padding, data_format, dilation_rate) -> bool:
+    """Whether a ``valid`` convolution has no output: Keras' own conv says so, TF's would not."""
+    if str(padding).lower() != "valid":
+        return False
+    spatial = input_shape[1:-1] if data_format == "channels_last" else input_shape[2:]
+    rates = dilation_rate if isinstance(dilation_rate, (list, tuple)) else [dilation_rate] * 2
+    return any(
+        size is not None and size < (k - 1) * r + 1
+        for size, k, r in zip(spatial, kernel_shape[:-2], rates)
     )
 
 

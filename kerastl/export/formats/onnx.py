@@ -353,7 +353,13 @@ def bypass_constant_identities(graph_def, keep=()) -> int:
         >>> gd = g.as_graph_def()
         >>> bypass_constant_identities(gd), [list(n.input) for n in gd.node if n.name == "out"]
         (2, [['x', 'a']])
+        >>> with g.as_default():  # an output that is a constant's Identity stays
+        ...     _ = tf.identity(a, name="const_out")
+        >>> gd = g.as_graph_def()
+        >>> bypass_constant_identities(gd, keep=["const_out:0"]), "const_out" in {n.name for n in gd.node}
+        (2, True)
     """
+    keep = {_node_of(k) for k in keep}  # tensor names ("out:0") name their node
     constant = {n.name for n in graph_def.node if n.op == "Const" and not n.input}
     rename: dict[str, str] = {}
     progress = True
