@@ -171,3 +171,81 @@ def test_lean_packing_merges_buffers_only_when_two_are_equal(monkeypatch):
         assert lite._deduplicate_readonly_buffers(distinct) is distinct
         assert lite._deduplicate_readonly_buffers(equal) == b"m"
     assert calls == [equal]
+
+
+def test_lean_calibration_writes_the_same_int8_file(monkeypatch):
+    """The int8 file is byte for byte the converter's own, the repack that adds
+    intermediate tensors is skipped for a graph without recurrent ops, and TensorFlow's
+    functions are put back afterwards."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.lite.python import lite
+    from tensorflow.lite.python.optimize import calibrator
+
+    from kerastl.export.formats import tflite as kx_tflite
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3), batch_size=1)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    data = np.random.default_rng(0).normal(size=(20, 12, 12, 3)).astype(np.float32)
+
+    def int8() -> bytes:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+        converter.representative_dataset = lambda: ([data[i : i + 1]] for i in range(20))
+        return converter.convert()
+
+    plain = int8()
+    adds = []
+    original = calibrator.add_intermediate_tensors
+    monkeypatch.setattr(
+        calibrator, "add_intermediate_tensors", lambda m: adds.append(m) or original(m)
+    )
+    before = (calibrator.add_intermediate_tensors, lite._mlir_quantize)
+    calibrate = calibrator.Calibrator.calibrate
+    with kx_tflite._lean_calibration():
+        lean = int8()
+    assert lean == plain
+    assert adds == []
+    assert (calibrator.add_intermediate_tensors, lite._mlir_quantize) == before
+    assert calibrator.Calibrator.calibrate is calibrate
+
+
+def test_lean_calibration_leaves_recurrent_graphs_to_tflites_repack(monkeypatch):
+    """Only a file with a recurrent (or custom) op goes through TFLite's repack that adds
+    intermediate tensors; a Keras LSTM converts to a WHILE loop, which needs none."""
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert import schema_py_generated as schema
+    from tensorflow.lite.python.optimize import calibrator
+
+    from kerastl.export.formats import tflite as kx_tflite
+    from kerastl.export.formats.tflite_metadata import pack
+
+    def file(op: int, custom: str | None = None) -> bytes:
+        model, code = schema.ModelT(), schema.OperatorCodeT()
+        code.builtinCode, code.customCode = op, custom
+        model.operatorCodes = [code]
+        return pack(model, 0)
+
+    ops = schema.BuiltinOperator
+    lstm = file(ops.UNIDIRECTIONAL_SEQUENCE_LSTM)
+    custom = file(ops.CUSTOM, "MyFusedCell")
+    keras_in = keras.Input((6, 4), batch_size=1)
+    keras_lstm = tf.lite.TFLiteConverter.from_keras_model(
+        keras.Model(keras_in, keras.layers.LSTM(8)(keras_in))
+    ).convert()
+    assert "WHILE" in kx_tflite.list_ops(keras_lstm)[0]
+    calls = []
+    monkeypatch.setattr(calibrator, "add_intermediate_tensors", lambda m: calls.append(m) or b"+")
+    with kx_tflite._lean_calibration():
+        assert calibrator.add_intermediate_tensors(keras_lstm) is keras_lstm
+        assert calibrator.add_intermediate_tensors(lstm) == b"+"
+        assert calibrator.add_intermediate_tensors(custom) == b"+"
+    assert calls == [lstm, custom]

@@ -90,7 +90,7 @@ def convert(
             converter.inference_input_type = getattr(tf, int8_io)
             converter.inference_output_type = getattr(tf, int8_io)
     try:
-        with _lean_packing():
+        with _lean_packing(), _lean_calibration():
             return converter.convert()
     except Exception as exc:  # noqa: BLE001 - ConverterError and friends
         text = str(exc)
@@ -142,6 +142,78 @@ def _lean_packing() -> Iterator[None]:
     finally:
         flatbuffer_utils.convert_object_to_bytearray = to_bytes
         lite._deduplicate_readonly_buffers = dedup
+
+
+#: Op names whose int8 calibration needs the intermediate tensors TFLite adds first.
+_NEEDS_INTERMEDIATES = ("LSTM", "RNN")
+
+
+def needs_intermediate_tensors(flatbuffer: bytes) -> bool:
+    """Whether int8 calibration must first add intermediate tensors to this file.
+
+    Only recurrent (LSTM) ops get them. For any other graph, TFLite's
+    ``add_intermediate_tensors`` unpacks the model and packs it again unchanged, which
+    costs about 4 copies of the weights at once. Custom ops count as needing them.
+
+    Example:
+        >>> from ai_edge_litert import schema_py_generated as schema
+        >>> m = schema.ModelT(); code = schema.OperatorCodeT()
+        >>> code.builtinCode = schema.BuiltinOperator.CONV_2D; m.operatorCodes = [code]
+        >>> needs_intermediate_tensors(tflite_metadata.pack(m, 0))
+        False
+        >>> code.builtinCode = schema.BuiltinOperator.UNIDIRECTIONAL_SEQUENCE_LSTM
+        >>> needs_intermediate_tensors(tflite_metadata.pack(m, 0))
+        True
+    """
+    ops, custom = list_ops(bytes(flatbuffer))
+    return bool(custom) or any(key in op for op in ops for key in _NEEDS_INTERMEDIATES)
+
+
+@contextlib.contextmanager
+def _lean_calibration() -> Iterator[None]:
+    """While the TFLite converter quantizes to int8, it holds fewer copies of the model.
+
+    The converter adds intermediate tensors (a repack, skipped when
+    :func:`needs_intermediate_tensors` says the result would be the same model), then
+    calibrates and quantizes. Before calibrating and before quantizing, the copies the
+    previous stage dropped are handed back to the OS (:func:`~.base.release_memory`).
+    The int8 file is byte for byte the one the converter writes without this
+    (``tests/test_tflite_metadata.py::test_lean_calibration_writes_the_same_int8_file``).
+    """
+    from tensorflow.lite.python import lite
+    from tensorflow.lite.python.optimize import calibrator
+
+    from kerastl.export.formats.base import release_memory
+
+    add, quantize, calibrate = (
+        calibrator.add_intermediate_tensors,
+        lite._mlir_quantize,
+        calibrator.Calibrator.calibrate,
+    )
+
+    def lean_add(model: bytes) -> bytes:
+        if not needs_intermediate_tensors(model):
+            return model
+        release_memory()
+        return add(model)
+
+    def lean_calibrate(self: Any, dataset_gen: Any) -> bytes:
+        release_memory()
+        return calibrate(self, dataset_gen)
+
+    def lean_quantize(*args: Any, **kwargs: Any) -> bytes:
+        release_memory()
+        return quantize(*args, **kwargs)
+
+    calibrator.add_intermediate_tensors = lean_add
+    calibrator.Calibrator.calibrate = lean_calibrate
+    lite._mlir_quantize = lean_quantize
+    try:
+        yield
+    finally:
+        calibrator.add_intermediate_tensors = add
+        calibrator.Calibrator.calibrate = calibrate
+        lite._mlir_quantize = quantize
 
 
 def has_equal_buffers(flatbuffer: bytes) -> bool:
