@@ -314,6 +314,41 @@ def test_onnx_names_batch_axis_opset_and_metadata(exported, model):
     assert props["kerastl.labels"].split("\n") == CLASSES
 
 
+def test_onnx_file_is_read_once_and_let_go_before_onnxruntime_loads_it(
+    exported, model, monkeypatch
+):
+    """Loading an .onnx file for validation parses the graph once, for its metadata and its
+    ops, and nothing but this test holds the graph while onnxruntime builds its session."""
+    import sys
+
+    import onnx
+    import onnxruntime as ort
+
+    from kerastl.export.formats import FORMATS
+
+    out, _, _ = exported
+    loads, holders = [], []
+    real_load, real_session = onnx.load, ort.InferenceSession
+
+    def load(*args, **kwargs):
+        loads.append(real_load(*args, **kwargs))
+        return loads[-1]
+
+    def session(*args, **kwargs):
+        # references: the list's and getrefcount's argument; a third is a holder in kerastl
+        holders.extend(sys.getrefcount(loads[i]) - 2 for i in range(len(loads)))
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", load)
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    fmt = FORMATS["onnx"]
+    path = out / f"{model.name}.onnx"
+    artifact = fmt.load(path)
+    ops = fmt.non_builtin_ops(artifact, path)
+    assert len(loads) == 1 and holders == [0]
+    assert ops == [] and artifact.metadata["class_names"] == CLASSES
+
+
 def test_load_artifact_predicts_files_in_every_format(exported, model, tmp_path):
     from PIL import Image
 
