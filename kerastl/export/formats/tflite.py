@@ -165,7 +165,7 @@ def needs_intermediate_tensors(flatbuffer: bytes) -> bool:
         >>> needs_intermediate_tensors(tflite_metadata.pack(m, 0))
         True
     """
-    ops, custom = list_ops(bytes(flatbuffer))
+    ops, custom = list_ops(flatbuffer)  # read in place: no copy of the weights
     return bool(custom) or any(key in op for op in ops for key in _NEEDS_INTERMEDIATES)
 
 
