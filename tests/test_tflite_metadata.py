@@ -183,6 +183,7 @@ def test_lean_calibration_writes_the_same_int8_file(monkeypatch):
     from tensorflow.lite.python import lite
     from tensorflow.lite.python.optimize import calibrator
 
+    from kerastl.export.formats import base
     from kerastl.export.formats import tflite as kx_tflite
 
     keras.utils.set_random_seed(0)
@@ -209,10 +210,12 @@ def test_lean_calibration_writes_the_same_int8_file(monkeypatch):
     )
     before = (calibrator.add_intermediate_tensors, lite._mlir_quantize)
     calibrate = calibrator.Calibrator.calibrate
+    releases = []
+    monkeypatch.setattr(base, "release_memory", lambda: releases.append(1))
     with kx_tflite._lean_calibration():
         lean = int8()
     assert lean == plain
-    assert adds == []
+    assert adds == [] and len(releases) == 2  # before calibrating, before quantizing
     assert (calibrator.add_intermediate_tensors, lite._mlir_quantize) == before
     assert calibrator.Calibrator.calibrate is calibrate
 

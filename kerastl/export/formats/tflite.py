@@ -90,7 +90,8 @@ def convert(
             converter.inference_input_type = getattr(tf, int8_io)
             converter.inference_output_type = getattr(tf, int8_io)
     try:
-        with _lean_packing(), _lean_calibration():
+        lean_int8 = _lean_calibration() if quantization == "int8" else contextlib.nullcontext()
+        with _lean_packing(), lean_int8:
             return converter.convert()
     except Exception as exc:  # noqa: BLE001 - ConverterError and friends
         text = str(exc)
@@ -153,7 +154,8 @@ def needs_intermediate_tensors(flatbuffer: bytes) -> bool:
 
     Only recurrent (LSTM) ops get them. For any other graph, TFLite's
     ``add_intermediate_tensors`` unpacks the model and packs it again unchanged, which
-    costs about 4 copies of the weights at once. Custom ops count as needing them.
+    costs about 4 copies of the weights at once. Files with custom ops are left to that
+    repack too (TensorFlow adds nothing for them; the rule stays simple).
 
     Example:
         >>> from ai_edge_litert import schema_py_generated as schema
