@@ -30,6 +30,25 @@ def _release_custom_gradients() -> bool:
     return bool(stale)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with a test marked ``heavy`` run first, their heavy tests leading.
+
+    Two workers draw tests in collection order. A two-minute test drawn last keeps one
+    worker busy while the other idles; drawn early, the short tests fill in around it.
+    A module's tests stay together, so its module-scoped fixtures are built once per worker.
+    """
+    module_of = {item: item.nodeid.split("::")[0] for item in items}
+    first_seen = {m: i for i, m in reversed(list(enumerate(module_of.values())))}
+    heavy_modules = {module_of[i] for i in items if i.get_closest_marker("heavy")}
+
+    def key(item: pytest.Item) -> tuple[bool, int, bool]:
+        module = module_of[item]
+        heavy = item.get_closest_marker("heavy") is not None
+        return module not in heavy_modules, first_seen[module], not heavy
+
+    items.sort(key=key)
+
+
 @pytest.fixture(autouse=True)
 def _clear_keras_session():
     """Each test starts from a clean Keras session (names, global state) and frees the last."""

@@ -67,6 +67,7 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
     return tmp / "model.keras", photos
 
 
+@pytest.mark.heavy
 def test_export_and_predict_are_quiet_show_progress_and_take_a_folder(tiny, tmp_path):
     model, photos = tiny
     res = _cli(

@@ -106,6 +106,7 @@ MIRRORED = COMMON + textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 def test_mirrored_on_two_logical_cpus_matches_one_device(tmp_path):
     out = _run(MIRRORED, str(tmp_path))
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -180,6 +181,7 @@ ONE_DEVICE = COMMON + textwrap.dedent("""
 
 # "full" (the whole model, BatchNorm moving statistics all-reduced) runs in CI and is compared
 # with one device on the same global batch; "head" (cached features) is the slow tier.
+@pytest.mark.heavy
 @pytest.mark.parametrize("variant", ["full", pytest.param("head", marks=pytest.mark.slow)])
 def test_multi_worker_two_local_workers_write_one_model(tmp_path, variant):
     root = tmp_path

@@ -122,6 +122,7 @@ def test_hub_image_family_exports_tiny(entry, tmp_path):
     np.testing.assert_allclose(got, out, atol=1e-4)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("entry", _family_subset())
 def test_family_representative_exports(entry, tmp_path):
     import keras
@@ -246,6 +247,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.heavy
 def test_model_trained_under_mirrored_strategy(tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
@@ -449,6 +451,7 @@ def test_conv_as_depthwise_leaves_what_it_cannot_rewrite_to_keras():
     assert len(calls) == 2
 
 
+@pytest.mark.heavy
 def test_convnext_exports_its_grouped_convs_as_depthwise(tmp_path):
     """ConvNeXt's 7x7 ``Conv2D(groups=channels)``: Keras runs it through an XLA-compiled
     function on TensorFlow; the exported SavedModel, TFLite and ONNX files hold depthwise

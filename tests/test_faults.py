@@ -232,6 +232,7 @@ def _train_campaign(tmp_path: Path, learnable, plan: list[tuple], seed: int) -> 
     return record
 
 
+@pytest.mark.heavy
 def test_train_sigkill_in_each_phase_resumes_exactly(tmp_path, learnable):
     """Two kills that land: mid phase 1 (once its first epoch is backed up) and mid
     fine-tuning (once the run's fourth epoch, the first of fine-tuning, is backed up)."""
@@ -400,6 +401,7 @@ def _export_campaign(
     return record
 
 
+@pytest.mark.heavy
 def test_export_survives_sigkill_fast_subset(tmp_path, small_model):
     record = _export_campaign(tmp_path, small_model, kills=2, seed=2, window=(0.45, 0.8))
     # Staging folders a kill left behind are not versions, and never block the next export.
@@ -444,6 +446,7 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.heavy
 def test_full_disk_during_training_leaves_a_resumable_run(tmp_path, learnable, small_disk):
     """Checkpoints and run files on an 8 MB disk: the run stops, what it wrote is whole or
     absent, and once there is space the rerun resumes and completes."""

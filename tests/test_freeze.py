@@ -219,6 +219,7 @@ def test_discriminative_learning_rates_scale_each_groups_update():
         np.testing.assert_allclose(delta, expected, rtol=2e-3, atol=1e-7, err_msg=g)
 
 
+@pytest.mark.heavy
 def test_l2sp_pulls_weights_towards_their_start():
     def distance_after_training(alpha):
         keras.utils.set_random_seed(3)

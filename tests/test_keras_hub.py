@@ -253,6 +253,7 @@ _REDERIVED_ON_LOAD = ("interpolated_position_embeddings",)
 
 
 #: Every family's fit + save/reload runs by default, at its tiny architecture and input.
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", _ONE_PER_FAMILY)
 def test_one_entry_per_family_fits_and_reloads(name, tmp_path):
     model = kerastl.build(name, num_classes=2, **tiny_kwargs(name))

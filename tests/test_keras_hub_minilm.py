@@ -137,6 +137,7 @@ def accuracy(model, x, y) -> float:
     return float((model.predict(x, batch_size=64, verbose=0).argmax(1) == y).mean())
 
 
+@pytest.mark.heavy
 def test_pretrained_minilm_beats_random_init_on_the_same_split():
     x_train, y_train = make_split(0)  # 320 sentences, 4 classes
     x_test, y_test = make_split(1)  # 320 sentences, only unseen topic words

@@ -55,6 +55,7 @@ def _check(top: list[str], where: str) -> None:
         assert got in ok, f"{where}: {photo} was named {got!r}, expected one of {sorted(ok)}"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", LITES)
 def test_lite_checkpoint_names_real_photos_in_keras_and_every_export(name, photo_files, tmp_path):
     from kerastl.export.artifact import load_artifact
@@ -165,6 +166,7 @@ def test_loading_reads_no_torch():
     assert "torch" not in sys.modules
 
 
+@pytest.mark.heavy
 def test_demo_premise_transfer_beats_scratch(tmp_path):
     """A shortened demo, same code path: a regression in loading, preprocessing or
     freezing drops the pretrained rows to the scratch level and turns this red."""

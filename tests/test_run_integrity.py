@@ -45,6 +45,7 @@ def test_finished_run_and_changed_data_train_phase1_again(tmp_path, caplog):
     assert new["fingerprint"] != marker["fingerprint"]
 
 
+@pytest.mark.heavy
 def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged
     from kerastl.train import phases, train
@@ -75,6 +76,7 @@ def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, ca
     assert "the config or data changed since the interrupted run" in out
 
 
+@pytest.mark.heavy
 def test_kfold_rerun_with_another_k_reuses_no_fold_state(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged
     from kerastl.train import cross_validate

@@ -101,6 +101,7 @@ def _soak(tmp_path, loads: int, requests: int) -> dict:
     return summary
 
 
+@pytest.mark.heavy
 def test_soak_fast_subset(tmp_path):
     _soak(tmp_path, loads=30, requests=200)
 

@@ -178,6 +178,7 @@ def _folder(root, n=8, size=36):
     return root
 
 
+@pytest.mark.heavy
 def test_cli_train_writes_run_folder_then_evaluate(tmp_path, capsys):
     from kerastl.cli import main
 
@@ -514,6 +515,7 @@ def test_csv_log_drops_rows_a_resumed_epoch_will_rewrite(tmp_path):
     assert (tmp_path / "new.csv").read_text().splitlines() == ["epoch,loss,val_loss", "0,2.0,2.1"]
 
 
+@pytest.mark.heavy
 def test_jit_compile_trains_like_the_plain_graph(tmp_path):
     """train.jit_compile=True: XLA-compiled steps, the same numbers as without XLA."""
     from kerastl.train import train
@@ -699,6 +701,7 @@ def test_a_training_step_through_depthwise_convs_equals_keras_grouped_conv():
     assert max(np.abs(a - b).max() for a, b in zip(depthwise_step, keras_step)) < 1e-5
 
 
+@pytest.mark.heavy
 def test_convnext_trains_through_depthwise_convs_and_keras_is_restored(tmp_path, monkeypatch):
     import keras
     from keras.src.backend.tensorflow import nn as backend_nn
