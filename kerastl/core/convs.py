@@ -20,6 +20,8 @@ from typing import Any
 
 import keras
 
+from kerastl.core.patching import patched
+
 
 def conv_as_depthwise(
     inputs: Any,
@@ -117,8 +119,5 @@ def grouped_convs_as_depthwise() -> Iterator[None]:
         )
 
     conv._kerastl_depthwise = True
-    backend_nn.conv = conv
-    try:
+    with patched((backend_nn, "conv", conv)):
         yield
-    finally:
-        backend_nn.conv = before

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from kerastl.core.convs import grouped_convs_as_depthwise
+from kerastl.core.patching import patched
 from kerastl.errors import ConfigError
 from kerastl.export.modalities import ModalityExporter, get_modality
 
@@ -90,12 +91,8 @@ def builtin_ops():
     def roll(x, shift, axis=None):
         return roll_by_slices(x, shift, axis, fallback=roll_before)
 
-    backend_numpy.roll = roll
-    try:
-        with grouped_convs_as_depthwise():
-            yield
-    finally:
-        backend_numpy.roll = roll_before
+    with patched((backend_numpy, "roll", roll)), grouped_convs_as_depthwise():
+        yield
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from kerastl.core.patching import patched
 from kerastl.errors import ConfigError, ExportError, choice_error, missing_dependency
 from kerastl.export.formats import tflite_metadata
 from kerastl.export.formats.base import Artifact, Format, Job, NotWritten, Options, Staged
@@ -123,10 +124,7 @@ def _lean_packing() -> Iterator[None]:
     from tensorflow.lite.python import lite
     from tensorflow.lite.tools import flatbuffer_utils
 
-    to_bytes, dedup = (
-        flatbuffer_utils.convert_object_to_bytearray,
-        lite._deduplicate_readonly_buffers,
-    )
+    dedup = lite._deduplicate_readonly_buffers
 
     def lean_to_bytes(model_object: Any, extra_buffer: bytes = b"") -> bytes:
         weights = sum(getattr(b.data, "nbytes", 0) for b in model_object.buffers or [])
@@ -136,13 +134,11 @@ def _lean_packing() -> Iterator[None]:
     def lean_dedup(flatbuffer: bytes) -> bytes:
         return dedup(flatbuffer) if has_equal_buffers(flatbuffer) else flatbuffer
 
-    flatbuffer_utils.convert_object_to_bytearray = lean_to_bytes
-    lite._deduplicate_readonly_buffers = lean_dedup
-    try:
+    with patched(
+        (flatbuffer_utils, "convert_object_to_bytearray", lean_to_bytes),
+        (lite, "_deduplicate_readonly_buffers", lean_dedup),
+    ):
         yield
-    finally:
-        flatbuffer_utils.convert_object_to_bytearray = to_bytes
-        lite._deduplicate_readonly_buffers = dedup
 
 
 #: Op names whose int8 calibration needs the intermediate tensors TFLite adds first.
@@ -207,15 +203,12 @@ def _lean_calibration() -> Iterator[None]:
         release_memory()
         return quantize(*args, **kwargs)
 
-    calibrator.add_intermediate_tensors = lean_add
-    calibrator.Calibrator.calibrate = lean_calibrate
-    lite._mlir_quantize = lean_quantize
-    try:
+    with patched(
+        (calibrator, "add_intermediate_tensors", lean_add),
+        (calibrator.Calibrator, "calibrate", lean_calibrate),
+        (lite, "_mlir_quantize", lean_quantize),
+    ):
         yield
-    finally:
-        calibrator.add_intermediate_tensors = add
-        calibrator.Calibrator.calibrate = calibrate
-        lite._mlir_quantize = quantize
 
 
 def has_equal_buffers(flatbuffer: bytes) -> bool:
