@@ -345,7 +345,7 @@ def test_onnx_file_is_read_once_and_let_go_before_onnxruntime_loads_it(
     fmt = FORMATS["onnx"]
     path = out / f"{model.name}.onnx"
     artifact = fmt.load(path)
-    ops = fmt.non_builtin_ops(artifact, path)
+    ops = artifact.non_builtin_ops
     assert len(loads) == 1 and holders == [0]
     # nor does the artifact keep a part of it (a upb sub-message holds the whole file)
     kept = [k for k, v in vars(artifact).items() if isinstance(v, google.protobuf.message.Message)]

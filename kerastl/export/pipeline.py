@@ -468,7 +468,7 @@ def _write_and_validate(fmt: Format, item: Staged, job: Job) -> dict[str, Any]:
         record["failures"] = [f"{fmt.name} runtime could not load it: {type(exc).__name__}: {exc}"]
         return record
     record["runtime"] = artifact.runtime
-    record["non_builtin_ops"] = fmt.non_builtin_ops(artifact, item.path)
+    record["non_builtin_ops"] = artifact.non_builtin_ops
     prepared, own_inputs = job.prepared, item.inputs is not None
     x = item.inputs if own_inputs else job.x_val
     try:

@@ -188,10 +188,6 @@ class Format:
         """The artifact at ``path`` loaded in its runtime (validation, ``load_artifact``)."""
         raise NotImplementedError
 
-    def non_builtin_ops(self, artifact: Artifact, path: Path) -> list[str]:
-        """Ops outside the runtime's builtin set (reported per artifact)."""
-        return []
-
     def publish(self, source: Path, target: Path) -> None:
         """Move a validated artifact from staging to ``target`` (its folder exists)."""
         os.replace(source, target)
@@ -205,6 +201,8 @@ class Artifact:
         format: One of :data:`ARTIFACT_FORMATS`.
         metadata: kerastl's metadata (labels, task, input spec...).
         runtime: Which runtime executes it.
+        non_builtin_ops: Ops outside the runtime's builtin set, read from the file when
+            it was loaded (TFLite custom ops, ONNX ops outside the standard domains).
 
     Example:
         >>> art = kerastl.load_artifact("out/model.tflite")  # doctest: +SKIP
@@ -215,9 +213,10 @@ class Artifact:
     format = "base"
     runtime = "?"
 
-    def __init__(self, path: Path, metadata: dict[str, Any]):
+    def __init__(self, path: Path, metadata: dict[str, Any], non_builtin_ops: Sequence[str] = ()):
         self.path = path
         self.metadata = metadata
+        self.non_builtin_ops = list(non_builtin_ops)
 
     @property
     def input_name(self) -> str:

@@ -1001,13 +1001,6 @@ class OnnxFormat(Format):
     def load(self, path: Path) -> Artifact:
         return OnnxArtifact(path)
 
-    def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
-        if isinstance(artifact, OnnxArtifact):  # read when the file was loaded
-            return list(artifact.non_standard_ops)
-        import onnx
-
-        return non_standard_ops(onnx.load(str(path), load_external_data=False))
-
     def publish(self, source: Path, target: Path) -> None:
         replace_file(source, target)  # with the graph's external weights, if any
 
@@ -1038,12 +1031,11 @@ class OnnxArtifact(Artifact):
         # onnxruntime loads the file: weights stored inside the .onnx file are in it
         # (ConvNeXt-L: 0.8 GB held beside the session, and read a second time for its ops).
         proto = onnx.load(str(path), load_external_data=False)
-        super().__init__(path, read_metadata(proto))
+        # non_builtin_ops: ops outside the standard ONNX domains (``domain:op``)
+        super().__init__(path, read_metadata(proto), non_standard_ops(proto))
         self.opset = max(
             (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None
         )
-        #: Ops outside the standard ONNX domains (``domain:op``).
-        self.non_standard_ops = non_standard_ops(proto)
         extensions = any(o.domain not in STANDARD_DOMAINS for o in proto.opset_import)
         del proto
         options = ort.SessionOptions()

@@ -448,9 +448,6 @@ class TFLiteFormat(Format):
     def load(self, path: Path) -> Artifact:
         return TFLiteArtifact(path)
 
-    def non_builtin_ops(self, artifact: Any, path: Path) -> list[str]:
-        return artifact.custom_ops
-
 
 #: Why a large model's file gets no MediaPipe copy.
 OVER_LIMIT = (
@@ -588,8 +585,8 @@ class TFLiteArtifact(Artifact):
 
     def __init__(self, path: Path):
         content = path.read_bytes()
-        super().__init__(path, read_metadata(content))
         self.ops, self.custom_ops = list_ops(content)
+        super().__init__(path, read_metadata(content), self.custom_ops)
         if any(op.startswith("Flex") for op in self.custom_ops):
             import tensorflow as tf  # its interpreter links the Flex delegate
 
