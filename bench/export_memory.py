@@ -30,6 +30,7 @@ import functools
 import importlib
 import json
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -227,7 +228,10 @@ def child(entry: str, size: int, run: str) -> dict[str, Any]:
             )
             result["status"] = "passed"
             result["artifacts"] = [
-                {k: a.get(k) for k in ("path", "format", "precision", "size_bytes", "latency_ms")}
+                {
+                    k: a.get(k)
+                    for k in ("path", "format", "precision", "size_bytes", "latency_ms", "runtime")
+                }
                 for a in report["artifacts"]
             ]
             result["keras_latency_ms"] = report["keras_latency_ms"]
@@ -363,10 +367,14 @@ def _latency(rows: list[dict[str, Any]]) -> list[str]:
         "stopping after 2 s; measured inside the export, under the same load; Keras = kerastl's "
         "traced inference function in TensorFlow, the graph the SavedModel holds; in rows "
         "measured after the depthwise rewrite (`kerastl.core.convs.conv_as_depthwise`), "
-        "ConvNeXt's grouped convolutions run in it as depthwise convolutions, not through XLA)",
+        "ConvNeXt's grouped convolutions run in it as depthwise convolutions, not through XLA; "
+        "TFLite threads: as the report's runtime names them, 1 (LiteRT's default) in runs made "
+        "before the interpreter took every core)",
         "",
-        "| entry | Keras | " + " | ".join(cols) + " | int8 speed-up over tflite float32 |",
-        "|---" * (len(cols) + 3) + "|",
+        "| entry | Keras | "
+        + " | ".join(cols)
+        + " | int8 speed-up over tflite float32 | TFLite threads |",
+        "|---" * (len(cols) + 4) + "|",
     ]
     for r in rows:
         if r["run"] != "all" or not r.get("artifacts"):
@@ -375,7 +383,18 @@ def _latency(rows: list[dict[str, Any]]) -> list[str]:
         f32, i8 = lat.get("tflite/float32"), lat.get("tflite/int8")
         speed = f"{f32 / i8:.2f}x" if f32 and i8 else "-"
         cells = " | ".join("-" if lat.get(c) is None else f"{lat[c]:.1f}" for c in cols)
-        out.append(f"| {r['entry']} | {r['keras_latency_ms']:.1f} | {cells} | {speed} |")
+        threads = next(
+            (
+                m.group(1)
+                for a in r["artifacts"]
+                if a["format"] == "tflite"
+                and (m := re.search(r"(\d+) threads?", a.get("runtime") or ""))
+            ),
+            "1",
+        )
+        out.append(
+            f"| {r['entry']} | {r['keras_latency_ms']:.1f} | {cells} | {speed} | {threads} |"
+        )
     return out
 
 

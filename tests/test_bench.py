@@ -396,6 +396,23 @@ def test_export_memory_rows_name_their_command_and_the_row_they_replaced():
     assert "| 2.40 | 2.30 | **no** | 10.0 | - | [1] |" in md
 
 
+def test_export_memory_latency_table_names_the_tflite_threads():
+    from bench import export_memory as em
+
+    def all_run(entry, runtime):
+        arts = [
+            {"format": "tflite", "precision": p, "latency_ms": ms, "runtime": runtime}
+            for p, ms in (("float32", 100.0), ("int8", 25.0))
+        ]
+        return {"entry": entry, "run": "all", "keras_latency_ms": 120.0, "artifacts": arts}
+
+    lines = em._latency(
+        [all_run("old", None), all_run("new", "ai_edge_litert.Interpreter, 2 threads")]
+    )
+    assert lines[-2] == "| old | 120.0 | 100.0 | - | - | 25.0 | - | 4.00x | 1 |"
+    assert lines[-1] == "| new | 120.0 | 100.0 | - | - | 25.0 | - | 4.00x | 2 |"
+
+
 def test_export_memory_keeps_rows_another_run_wrote_while_it_measured(tmp_path, monkeypatch):
     """Two runs of the benchmark at once: each row is merged into the file as it is then."""
     from bench import export_memory as em
