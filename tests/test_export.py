@@ -404,6 +404,30 @@ def test_onnx_file_is_read_once_and_let_go_before_onnxruntime_loads_it(
     assert ops == [] and artifact.metadata["class_names"] == CLASSES
 
 
+def test_tf2onnx_gets_a_compact_graph_def_and_the_frozen_one_is_let_go(model, monkeypatch):
+    """The frozen GraphDef's arena keeps the bytes of the weights moved out of it: tf2onnx
+    must get a copy parsed from the small graph, and nothing may hold the frozen one."""
+    import sys
+
+    import tf2onnx.tf_utils
+
+    from kerastl.export._trace import prepare
+    from kerastl.export.formats import onnx as kx_onnx
+
+    seen, real = [], tf2onnx.tf_utils.compress_graph_def
+
+    def compress(graph_def):
+        seen.append(graph_def)
+        return real(graph_def)
+
+    monkeypatch.setattr(tf2onnx.tf_utils, "compress_graph_def", compress)
+    graph, _ = kx_onnx._graph_for_tf2onnx(prepare(model))
+    assert graph[0] is not seen[0] and graph[0] == seen[0]  # same graph, a fresh message
+    refs = sys.getrefcount(seen[0])  # outside the assert: pytest's rewrite holds its values
+    assert refs == 2  # this test's list and the call's argument: nothing in kerastl
+    assert sum(len(v) for v in graph[1].values()) > 4 * model.count_params() * 0.9
+
+
 def test_load_artifact_predicts_files_in_every_format(exported, model, tmp_path):
     from PIL import Image
 

@@ -692,7 +692,28 @@ def _graph_for_tf2onnx(prepared: Prepared) -> tuple[list, tuple]:
     if _has_calls(graph_def):  # e.g. ConvNeXt's XLA-marked grouped convolutions
         graph_def = _inline_calls(graph_def, input_names, output_names)
         weights.update(compress_graph_def(graph_def))  # large constants of the bodies
-    return [graph_def, weights], (input_names, output_names, rename)
+    return [compact(graph_def), weights], (input_names, output_names, rename)
+
+
+def compact(proto: Any) -> Any:
+    """A fresh copy of ``proto``, parsed from its bytes, so the original can be let go.
+
+    Protobuf keeps a message's fields in an arena that grows and never shrinks: once
+    ``compress_graph_def`` has moved the weights out of the frozen GraphDef, its arena
+    still held their bytes, one more copy of every weight through the whole conversion.
+    The copy holds only the graph.
+
+    Example:
+        >>> from tensorflow.core.framework import graph_pb2
+        >>> g = graph_pb2.GraphDef()
+        >>> g.node.add(name="x", op="Const").attr["value"].tensor.tensor_content = bytes(9)
+        >>> g.node[0].attr["value"].tensor.ClearField("tensor_content")
+        >>> compact(g) == g
+        True
+    """
+    fresh = type(proto)()
+    fresh.ParseFromString(proto.SerializeToString())
+    return fresh
 
 
 def _convert_once(prepared, graph, opset, input_names, output_names, rename, disabled):
