@@ -333,6 +333,11 @@ def test_tflite_interpreter_runs_on_every_core_unless_told(exported, model):
     np.testing.assert_allclose(
         default.run(x)["probabilities"], one.run(x)["probabilities"], atol=1e-6
     )
+    from kerastl.errors import ConfigError
+
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ConfigError, match=f"num_threads: .*got {bad!r}"):
+            TFLiteArtifact(path, num_threads=bad)
 
 
 def test_tflite_metadata_builtin_ops_and_int8_io(exported, model):

@@ -604,6 +604,9 @@ class TFLiteArtifact(Artifact):
     Args:
         path: The file.
         num_threads: Interpreter threads; ``None`` takes :func:`cpu_threads`.
+
+    Raises:
+        ConfigError: ``num_threads`` is not a positive integer.
     """
 
     format = "tflite"
@@ -612,6 +615,13 @@ class TFLiteArtifact(Artifact):
         content = path.read_bytes()
         self.ops, self.custom_ops = list_ops(content)
         super().__init__(path, read_metadata(content), self.custom_ops)
+        if num_threads is not None and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        ):
+            raise ConfigError(
+                f"num_threads: expected a positive integer or None (every core: "
+                f"{cpu_threads()}), got {num_threads!r}."
+            )
         self.num_threads = num_threads or cpu_threads()
         if any(op.startswith("Flex") for op in self.custom_ops):
             import tensorflow as tf  # its interpreter links the Flex delegate
