@@ -92,6 +92,29 @@ def choice_error(
     return cls(msg)
 
 
+def check_positive_int(argument: str, value: object, none_means: str | None = None) -> None:
+    """Raise a :class:`ConfigError` unless ``value`` is an integer >= 1 (not a bool).
+
+    With ``none_means`` set, ``None`` is accepted too, and the message says what it means.
+
+    Example:
+        >>> check_positive_int("runs", 3)
+        >>> check_positive_int("runs", 0)
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: runs: expected a positive integer, got 0.
+        >>> check_positive_int("threads", 1.5, none_means="every core")
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: threads: expected a positive integer or None (every core), got 1.5.
+    """
+    if value is None and none_means is not None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        alt = "" if none_means is None else f" or None ({none_means})"
+        raise ConfigError(f"{argument}: expected a positive integer{alt}, got {value!r}.")
+
+
 def missing_dependency(module: str, pip_name: str, feature: str) -> MissingDependencyError:
     """Error for an optional dependency that is not importable."""
     return MissingDependencyError(

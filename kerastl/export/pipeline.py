@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerastl.errors import ConfigError, DataError, ExportError, ValidationError, choice_error
+from kerastl.errors import (
+    ConfigError,
+    DataError,
+    ExportError,
+    ValidationError,
+    check_positive_int,
+    choice_error,
+)
 from kerastl.export import validate
 from kerastl.export.formats import FORMATS as FORMAT_TABLE
 from kerastl.export.formats import Format, Job, NotWritten, Options, Staged
@@ -186,9 +193,7 @@ def _check(formats: list[str], options: Options, out: Path) -> list[Format]:
         fmt.check_options(options, formats)
     validate.check_overrides(options.tolerances)
     for arg in ("max_validation_samples", "max_calibration_samples", "latency_runs"):
-        value = getattr(options, arg)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{arg}: expected a positive integer, got {value!r}.")
+        check_positive_int(arg, getattr(options, arg))
     if out.exists() and not out.is_dir():
         raise ConfigError(
             f"out_dir: {str(out)!r} is a file; pass a folder (it is created if missing)."

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerastl.errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, check_positive_int, choice_error
 from kerastl.export.formats.base import Artifact, Format, Job, Staged
 
 if TYPE_CHECKING:
@@ -60,8 +60,7 @@ def version_dir(root: Path, name: str, version: int | None) -> tuple[Path, int]:
     )
     if version is None:
         version = (existing[-1] + 1) if existing else 1
-    elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ConfigError(f"version: expected a positive integer or None, got {version!r}.")
+    check_positive_int("version", version, none_means="the next version")
     target = base / str(version)
     if target.exists():
         raise ConfigError(

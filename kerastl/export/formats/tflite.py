@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from kerastl.core.patching import patched
-from kerastl.errors import ConfigError, ExportError, choice_error, missing_dependency
+from kerastl.errors import (
+    ConfigError,
+    ExportError,
+    check_positive_int,
+    choice_error,
+    missing_dependency,
+)
 from kerastl.export.formats import tflite_metadata
 from kerastl.export.formats.base import Artifact, Format, Job, NotWritten, Options, Staged
 
@@ -615,13 +621,7 @@ class TFLiteArtifact(Artifact):
         content = path.read_bytes()
         self.ops, self.custom_ops = list_ops(content)
         super().__init__(path, read_metadata(content), self.custom_ops)
-        if num_threads is not None and (
-            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-        ):
-            raise ConfigError(
-                f"num_threads: expected a positive integer or None (every core: "
-                f"{cpu_threads()}), got {num_threads!r}."
-            )
+        check_positive_int("num_threads", num_threads, none_means=f"every core: {cpu_threads()}")
         self.num_threads = num_threads or cpu_threads()
         if any(op.startswith("Flex") for op in self.custom_ops):
             import tensorflow as tf  # its interpreter links the Flex delegate
