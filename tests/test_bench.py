@@ -381,6 +381,36 @@ def test_rank_centred_check_counts_only_draws_after_the_variant_was_fixed():
     assert rb.centred_check([draw(3, 0.7, 0.7)]) == ""
 
 
+def test_rank_pooled_tau_averages_the_draws_of_one_candidate_set():
+    from bench import rank as rb
+
+    def draw(task, seed, acc, logme, collapsed=()):
+        return {"task": task, "seed": seed, "held_out": 100,
+                "accuracy": {k: {"ft": v} for k, v in acc.items()},
+                "rank_rows": [{"candidate": k, "logme": v, "collapsed": k in collapsed}
+                              for k, v in logme.items()]}  # fmt: skip
+
+    logme = {"a": 0.3, "b": 0.2, "c": 0.1, "a@random": 0.9}
+    # each draw alone orders two of a, b, c wrongly; their means follow LogME
+    draws = [
+        draw("t", 0, {"a": 0.90, "b": 0.70, "c": 0.80, "a@random": 0.1}, logme, {"a@random"}),
+        draw("t", 1, {"a": 0.76, "b": 0.84, "c": 0.66, "a@random": 0.1}, logme, {"a@random"}),
+        draw("t", 2, {"a": 0.5}, {"a": 0.1}),  # another candidate set: a row of its own
+        {"task": "t", "seed": 3, "advice_only": True, "accuracy": {"a": {"ft": 0.9}}},
+    ]
+    rows = rb.pooled(draws)
+    assert [(r["draws"], r["candidates"]) for r in rows] == [(2, 4), (1, 1)]
+    assert rows[0]["means"]["b"] == pytest.approx(0.77)
+    assert rows[0]["tau"] == pytest.approx(1.0)  # collapsed a@random last despite its LogME
+    assert rows[0]["spread"] == pytest.approx(100 * (0.83 - 0.73))
+    p = (0.83 + 0.77 + 0.73) / 3  # mean accuracy of the ImageNet candidates, 200 held out
+    assert rows[0]["se"] == pytest.approx(100 * (p * (1 - p) / 200) ** 0.5)
+    text = "\n".join(rb._pooled_lines(draws))
+    assert "| t | 4 | 2 (0,1) | 1.00 | met |" in text and "(2)" not in text
+    worse = [draw("t", s, {"a": 0.7, "b": 0.8, "c": 0.9}, logme) for s in (0, 1)]
+    assert "| -1.00 | **missed** |" in "\n".join(rb._pooled_lines(worse))
+
+
 def test_export_memory_rows_name_their_command_and_the_row_they_replaced():
     from bench import export_memory as em
 
