@@ -86,6 +86,15 @@ def test_export_and_predict_are_quiet_show_progress_and_take_a_folder(tiny, tmp_
     assert _native_lines(res.stderr) == [], res.stderr
     rows = [ln for ln in res.stdout.splitlines() if ln.startswith(str(photos))]
     assert [Path(r.split()[0]).name for r in rows] == ["0.jpg", "1.jpg"]
+    one = _cli("predict", tflite, photos, "--threads", "1")  # the same answers on one thread
+    assert one.returncode == 0, one.stderr
+    assert [ln for ln in one.stdout.splitlines() if ln.startswith(str(photos))] == rows
+    for artifact, threads, words in (
+        (tflite, "0", "--threads: expected a positive integer, got 0"),
+        (model, "2", "--threads: a keras artifact runs in TensorFlow"),
+    ):
+        bad = _cli("predict", artifact, photos, "--threads", threads)
+        assert bad.returncode != 0 and words in bad.stderr, bad.stderr
 
     debug = _cli("predict", tflite, photos, "--debug")
     if not _native_lines(debug.stderr):

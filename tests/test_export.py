@@ -340,6 +340,29 @@ def test_tflite_interpreter_runs_on_every_core_unless_told(exported, model):
             TFLiteArtifact(path, num_threads=bad)
 
 
+def test_load_artifact_passes_num_threads_to_tflite_and_onnx_and_refuses_it_elsewhere(
+    exported, model
+):
+    import kerastl
+    from kerastl.errors import ConfigError
+
+    out, _, _ = exported
+    tfl = kerastl.load_artifact(out / f"{model.name}.tflite", num_threads=1)
+    assert tfl.num_threads == 1 and tfl.runtime.endswith(", 1 thread")
+    onnx_path = out / f"{model.name}.onnx"
+    one, default = kerastl.load_artifact(onnx_path, num_threads=1), kerastl.load_artifact(onnx_path)
+    assert one._session.get_session_options().intra_op_num_threads == 1
+    assert one.runtime.endswith(", 1 thread") and "thread" not in default.runtime
+    x = _photo_like(2, seed=5)
+    np.testing.assert_allclose(
+        one.run(x)["probabilities"], default.run(x)["probabilities"], atol=1e-6
+    )
+    with pytest.raises(ConfigError, match="num_threads: expected a positive integer, got 0"):
+        kerastl.load_artifact(onnx_path, num_threads=0)
+    with pytest.raises(ConfigError, match="num_threads: a saved_model artifact .* tflite and onnx"):
+        kerastl.load_artifact(out / "saved_model" / model.name, num_threads=2)
+
+
 def test_tflite_metadata_builtin_ops_and_int8_io(exported, model):
     import kerastl
 

@@ -157,15 +157,32 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--top-k", type=int, default=3, help="classes to show per input (default 3)")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per runtime call")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads of the runtime, for .tflite and .onnx files (default: every core)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines")
 
 
-def _artifact_or_pretrained(name: str) -> Any:
+def _artifact_or_pretrained(name: str, threads: int | None = None) -> Any:
     """An exported file or folder; else a registry name: its pretrained ImageNet classifier."""
+    from kerastl.errors import ConfigError
     from kerastl.export.artifact import KerasArtifact, load_artifact
 
     if os.path.exists(name) or os.sep in name or "." in os.path.basename(name):
-        return load_artifact(name)
+        try:
+            return load_artifact(name, num_threads=threads)
+        except ConfigError as exc:  # the flag's name, not the API argument's
+            if not str(exc).startswith("num_threads:"):
+                raise
+            raise ConfigError("--threads:" + str(exc).removeprefix("num_threads:")) from None
+    if threads is not None:
+        raise ConfigError(
+            f"--threads: {name!r} runs in Keras, whose threads TensorFlow sets once per process; "
+            "--threads applies to .tflite and .onnx files."
+        )
     import kerastl
 
     model = kerastl.build(name, weights="imagenet", pretrained_head=True, compile=False)
@@ -205,7 +222,7 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         inputs = expand_inputs(args.inputs)
         ids = list(inputs)
-    artifact = _artifact_or_pretrained(args.artifact)
+    artifact = _artifact_or_pretrained(args.artifact, args.threads)
     out = artifact.predict(inputs, batch_size=args.batch_size)
     meta = artifact.metadata
     task, names = meta.get("task"), meta.get("class_names")

@@ -18,17 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from kerastl.errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, check_positive_int, choice_error
 from kerastl.export.formats import FORMATS
 from kerastl.export.formats.base import Artifact
 
 #: Artifact kinds :func:`load_artifact` reads.
 ARTIFACT_FORMATS = (*FORMATS, "keras")
+#: Artifact kinds whose runtime takes a thread count of its own (TensorFlow sets its
+#: thread pools once per process: ``tf.config.threading``).
+THREADED_FORMATS = ("tflite", "onnx")
 #: File suffix -> artifact kind (a folder is a SavedModel).
 _SUFFIXES = {**{f.suffix: f.name for f in FORMATS.values() if f.suffix}, ".keras": "keras"}
 _FOLDER = next(f.name for f in FORMATS.values() if f.suffix is None)
 
-__all__ = ["ARTIFACT_FORMATS", "Artifact", "KerasArtifact", "load_artifact"]
+__all__ = ["ARTIFACT_FORMATS", "THREADED_FORMATS", "Artifact", "KerasArtifact", "load_artifact"]
 
 
 class KerasArtifact(Artifact):
@@ -55,7 +58,9 @@ class KerasArtifact(Artifact):
         return self
 
 
-def load_artifact(path: str | os.PathLike, format: str | None = None) -> Artifact:
+def load_artifact(
+    path: str | os.PathLike, format: str | None = None, num_threads: int | None = None
+) -> Artifact:
     """Load an exported artifact (or a ``.keras`` model) in its runtime.
 
     Args:
@@ -64,12 +69,15 @@ def load_artifact(path: str | os.PathLike, format: str | None = None) -> Artifac
             ``.onnx`` file, or a ``.keras`` file.
         format: Force the kind instead of guessing it from ``path``
             (one of :data:`ARTIFACT_FORMATS`).
+        num_threads: Threads of the runtime, for the kinds in :data:`THREADED_FORMATS`
+            (``None``: every core this process may use).
 
     Returns:
         An :class:`Artifact`: ``.metadata``, ``.run(x)``, ``.predict(inputs)``.
 
     Raises:
-        ConfigError: unknown format or nothing loadable at ``path``.
+        ConfigError: unknown format, nothing loadable at ``path``, or ``num_threads``
+            not a positive integer or given for a kind that does not take it.
 
     Example:
         >>> art = kerastl.load_artifact("out/saved_model/flowers")  # doctest: +SKIP
@@ -92,6 +100,15 @@ def load_artifact(path: str | os.PathLike, format: str | None = None) -> Artifac
                     f"{path.suffix!r}; expected a SavedModel folder, .tflite, .onnx or .keras "
                     "(or pass format=...)."
                 )
+    if num_threads is not None:
+        check_positive_int("num_threads", num_threads)
+        if format not in THREADED_FORMATS:
+            raise ConfigError(
+                f"num_threads: a {format} artifact runs in TensorFlow, whose threads are set "
+                "once per process (tf.config.threading); num_threads applies to "
+                f"{' and '.join(THREADED_FORMATS)} files."
+            )
+        return FORMATS[format].load(path, num_threads=num_threads)
     if format in FORMATS:
         return FORMATS[format].load(path)
     return KerasArtifact(path)

@@ -184,8 +184,12 @@ class Format:
         """The artifacts to write, in order (code between items runs outside their checks)."""
         raise NotImplementedError
 
-    def load(self, path: Path) -> Artifact:
-        """The artifact at ``path`` loaded in its runtime (validation, ``load_artifact``)."""
+    def load(self, path: Path, num_threads: int | None = None) -> Artifact:
+        """The artifact at ``path`` loaded in its runtime (validation, ``load_artifact``).
+
+        ``num_threads`` (``None``: every core) is taken by the formats in
+        :data:`kerastl.export.artifact.THREADED_FORMATS`; the others are never given one.
+        """
         raise NotImplementedError
 
     def publish(self, source: Path, target: Path) -> None:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerastl.errors import ConfigError, ExportError, missing_dependency
+from kerastl.errors import ConfigError, ExportError, check_positive_int, missing_dependency
 from kerastl.export.formats.base import (
     Artifact,
     Format,
@@ -1019,8 +1019,8 @@ class OnnxFormat(Format):
             details["external_data"] = files[1].name
         return details
 
-    def load(self, path: Path) -> Artifact:
-        return OnnxArtifact(path)
+    def load(self, path: Path, num_threads: int | None = None) -> Artifact:
+        return OnnxArtifact(path, num_threads)
 
     def publish(self, source: Path, target: Path) -> None:
         replace_file(source, target)  # with the graph's external weights, if any
@@ -1042,7 +1042,8 @@ class OnnxArtifact(Artifact):
     format = "onnx"
     runtime = "onnxruntime (CPUExecutionProvider)"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, num_threads: int | None = None):
+        check_positive_int("num_threads", num_threads, none_means="every core")
         try:
             import onnx
             import onnxruntime as ort
@@ -1064,6 +1065,9 @@ class OnnxArtifact(Artifact):
             options = _extension_options(path)
             self.runtime = "onnxruntime (CPUExecutionProvider) + onnxruntime-extensions"
         options.log_severity_level = 3
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+            self.runtime += f", {num_threads} thread{'s' if num_threads > 1 else ''}"
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._out_names = [o.name for o in self._session.get_outputs()]
 

@@ -323,7 +323,7 @@ class SavedModelFormat(Format):
         path = job.staging / "saved_model"
         yield Staged("float32", path, lambda: write(job.prepared, path, job.x_val, job.name))
 
-    def load(self, path: Path) -> Artifact:
+    def load(self, path: Path, num_threads: int | None = None) -> Artifact:
         return SavedModelArtifact(saved_model_root(path))
 
     def publish(self, source: Path, target: Path) -> None:

@@ -452,8 +452,8 @@ class TFLiteFormat(Format):
 
         return Staged(mp, path, write_mediapipe, reference={scores: job.reference[scores]})
 
-    def load(self, path: Path) -> Artifact:
-        return TFLiteArtifact(path)
+    def load(self, path: Path, num_threads: int | None = None) -> Artifact:
+        return TFLiteArtifact(path, num_threads)
 
 
 #: Why a large model's file gets no MediaPipe copy.
