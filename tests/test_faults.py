@@ -89,7 +89,7 @@ RUN_YAML = """
 name: run
 output_dir: {out}
 seed: 0
-model: {{backbone: mobilenet_v3_small, input_size: 32, freeze: backbone, dropout: 0.0,
+model: {{backbone: mobilenet_v3_small, input_size: 32, freeze: backbone, dropout: 0.3,
         weights: {weights}}}
 data: {{path: {data}, val_split: 0.25, shuffle: false}}
 train: {{epochs: {epochs}, batch_size: 4, tensorboard: false, early_stopping: 0,

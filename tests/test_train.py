@@ -480,6 +480,40 @@ def test_export_is_called_with_the_run_options(tmp_path, monkeypatch):
     assert calls["out_dir"].endswith("ex/export")
 
 
+def test_backup_carries_the_dropout_random_state_so_a_resume_ends_with_the_same_weights(tmp_path):
+    """The weights file does not hold the dropout layers' generator counters; the backup does."""
+    import keras
+
+    from kerastl.train._callbacks import SafeBackupAndRestore
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 6)).astype("float32"), rng.normal(size=(32, 2)).astype("float32")
+
+    def fit(epochs: int, backup) -> list[np.ndarray]:
+        keras.utils.clear_session()
+        keras.utils.set_random_seed(0)  # what a rerun of the same config does
+        inp = keras.Input((6,))
+        h = keras.layers.Dropout(0.5)(keras.layers.Dense(16, activation="relu")(inp))
+        model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Dropout(0.3)(h)))
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        cb = SafeBackupAndRestore(str(backup))
+        model.fit(x, y, batch_size=8, epochs=epochs, shuffle=False, verbose=0, callbacks=[cb])
+        return [w.numpy() for w in model.weights]
+
+    whole = fit(3, tmp_path / "whole")
+    fit(2, tmp_path / "killed")  # the run that was killed after its second epoch
+    meta = json.loads((tmp_path / "killed" / "training_metadata.json").read_text())
+    assert meta["epoch"] == 2 and len(meta["seeds"]) == 2 and meta["seeds"][0][1] > 0
+    resumed = fit(3, tmp_path / "killed")  # the rerun: restores epoch 2, trains epoch 3
+    for a, b in zip(whole, resumed):
+        np.testing.assert_array_equal(a, b)
+    # without the generator state the third epoch draws the first epoch's masks again
+    fit(2, tmp_path / "old")  # a backup of epoch 2 without seeds, as older kerastl wrote
+    (tmp_path / "old" / "training_metadata.json").write_text(json.dumps({"epoch": 2, "batch": 0}))
+    stale = fit(3, tmp_path / "old")
+    assert any(not np.array_equal(a, b) for a, b in zip(whole, stale))
+
+
 def test_csv_log_drops_rows_a_resumed_epoch_will_rewrite(tmp_path):
     """A killed run may have logged epoch k (and half of k+1) before its backup of epoch k."""
     from kerastl.train._callbacks import ResumableCSVLogger

@@ -330,8 +330,41 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         os.replace(tmp, self._weights_path)
         meta = f"{self._training_metadata_path}.tmp"
         with open(meta, "w") as f:
-            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+            json.dump(
+                {
+                    "epoch": self._current_epoch,
+                    "batch": self._last_batch_seen,
+                    "seeds": [np.asarray(g.state.value).tolist() for g in self._generators()],
+                },
+                f,
+            )
         os.replace(meta, self._training_metadata_path)
+
+    def _generators(self) -> list:
+        """The model's random-number generators (dropout, drop-connect, noise), in layer order.
+
+        Their state is a counter that every training step advances. The weights file
+        does not hold it, so a resumed run without it would redraw the masks of the
+        steps the killed run already took, and end with other weights.
+        """
+        layers = self.model._flatten_layers(include_self=True, recursive=True)
+        return [g for layer in layers for g in getattr(layer, "_seed_generators", [])]
+
+    def _load_model(self):
+        super()._load_model()
+        if not os.path.exists(self._training_metadata_path):
+            return
+        with open(self._training_metadata_path) as f:
+            seeds = json.load(f).get("seeds")
+        generators = self._generators()
+        if generators and (seeds is None or len(seeds) != len(generators)):
+            log.warning(
+                f"the backup in {self.backup_dir} holds no random-number state for this "
+                "model's dropout layers: the resumed epochs draw other dropout masks."
+            )
+            return
+        for g, state in zip(generators, seeds or []):
+            g.state.assign(np.asarray(state, dtype=g.state.dtype))
 
     def on_train_end(self, logs=None):
         # Keras stores the resumed epoch on the model (``model._initial_epoch``) and
