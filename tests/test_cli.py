@@ -102,6 +102,50 @@ def test_export_and_predict_are_quiet_show_progress_and_take_a_folder(tiny, tmp_
     assert debug.returncode == 0
 
 
+def test_predict_on_a_messy_folder_skips_hidden_and_unreadable_files(tiny, tmp_path, capsys):
+    from PIL import Image
+
+    from kerastl.cli.export import expand_inputs
+
+    model, _ = tiny
+    messy = tmp_path / "messy"
+    (messy / "a").mkdir(parents=True)
+    (messy / ".ipynb_checkpoints").mkdir()
+    rng = np.random.default_rng(1)
+    for path in (messy / "a" / "0.jpg", messy / ".ipynb_checkpoints" / "x.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+    (messy / "a" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # hidden
+    (messy / "a" / "bad.jpg").write_bytes(b"not a jpeg")
+    files, found = expand_inputs([str(messy)])
+    assert [Path(f).name for f in files] == ["0.jpg", "bad.jpg"] and set(files) == found
+
+    assert main(["predict", str(model), str(messy)]) == 0
+    out = capsys.readouterr()
+    rows = [ln.split()[0] for ln in out.out.splitlines() if ln.startswith(str(messy))]
+    assert rows == [str(messy / "a" / "0.jpg")]
+    assert "skipped 1 unreadable image file(s): " + str(messy / "a" / "bad.jpg") in out.err
+    # a file named on the command line must be readable; the reason shows no object repr
+    assert main(["predict", str(model), str(messy / "a" / "bad.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a readable image" in err and "<_io" not in err and "0x" not in err
+
+
+def test_predict_refuses_a_bad_batch_size_and_an_unreadable_npy(tiny, tmp_path, capsys):
+    model, photos = tiny
+    for size in ("0", "-1"):
+        assert main(["predict", str(model), str(photos), "--batch-size", size]) == 2
+        assert f"--batch-size: expected >= 1, got {size}" in capsys.readouterr().err
+    np.save(tmp_path / "obj.npy", np.array(["a.png"], dtype=object), allow_pickle=True)
+    (tmp_path / "torn.npy").write_bytes(b"[1,2")
+    for name, words in (
+        ("obj.npy", "is not a .npy array of raw inputs"),
+        ("torn.npy", "is not a .npy array of raw inputs"),
+        ("missing.npy", "inputs: no file at"),
+    ):
+        assert main(["predict", str(model), str(tmp_path / name)]) == 2
+        assert words in capsys.readouterr().err
+
+
 def test_old_flag_spellings_are_aliases():
     parser = build_parser()
     new = parser.parse_args(["export", "m.keras", "--output-dir", "d", "--formats", "onnx"])

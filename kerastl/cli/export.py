@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -189,41 +190,103 @@ def _artifact_or_pretrained(name: str, threads: int | None = None) -> Any:
     return KerasArtifact.from_model(model, f"{name} (pretrained ImageNet classifier)")
 
 
-def expand_inputs(inputs: list[str]) -> list[str]:
+def expand_inputs(inputs: list[str]) -> tuple[list[str], set[str]]:
     """Input paths with every folder replaced by the images under it (sorted).
+
+    Returns the paths and those of them found in folders (an unreadable one is skipped
+    with a warning; a file named on the command line must be readable).
 
     Raises:
         DataError: a folder holds no image, or a path does not exist.
 
     Example:
         >>> expand_inputs(["a.jpg"])  # files are kept as given (checked when read)
-        ['a.jpg']
+        (['a.jpg'], set())
     """
     out: list[str] = []
+    found: set[str] = set()
     for item in inputs:
         if Path(item).is_dir():
-            out += [str(f) for f in image_files(Path(item), "inputs")]
+            files = [str(f) for f in image_files(Path(item), "inputs")]
+            out += files
+            found.update(files)
         else:
             out.append(item)
-    return out
+    return out, found
+
+
+def _read_npy(path: str) -> Any:
+    """Raw inputs saved with ``numpy.save``; a DataError naming ``inputs`` otherwise."""
+    import numpy as np
+
+    from kerastl.errors import DataError
+
+    if not os.path.isfile(path):
+        raise DataError(f"inputs: no file at {path!r}.")
+    try:
+        return np.load(path)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(
+            f"inputs: {path!r} is not a .npy array of raw inputs that numpy can read without "
+            f"pickle ({exc})."
+        ) from None
+
+
+def _predict_readable(artifact: Any, inputs: list[str], found: set[str], batch_size: int):
+    """Predict the readable files one by one; skip unreadable ones found in folders."""
+    from kerastl.errors import DataError
+
+    parts, kept, skipped = [], [], []
+    for path in inputs:
+        try:
+            parts.append(artifact.predict([path], batch_size=batch_size))
+            kept.append(path)
+        except DataError:
+            if path not in found:
+                raise
+            skipped.append(path)
+    if not kept:
+        raise DataError(f"inputs: none of the {len(inputs)} images could be read.")
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    logging.getLogger("kerastl").warning(
+        f"skipped {len(skipped)} unreadable image file(s): {', '.join(skipped[:5])}{more}"
+    )
+    return {k: _concat([p[k] for p in parts]) for k in parts[0]}, kept
+
+
+def _concat(values: list) -> Any:
+    import numpy as np
+
+    return (
+        sum((list(v) for v in values), [])
+        if isinstance(values[0], list)
+        else np.concatenate(values)
+    )
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Run an artifact on inputs and print the predictions."""
     import numpy as np
 
-    from kerastl.errors import ConfigError
+    from kerastl.errors import ConfigError, DataError
 
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k: expected >= 1, got {args.top_k}.")
+    for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{flag}: expected >= 1, got {value}.")
+    found: set[str] = set()
     if len(args.inputs) == 1 and args.inputs[0].endswith(".npy"):
-        inputs: Any = np.load(args.inputs[0])
+        inputs: Any = _read_npy(args.inputs[0])
         ids = [f"{args.inputs[0]}[{i}]" for i in range(len(inputs))]
     else:
-        inputs = expand_inputs(args.inputs)
+        inputs, found = expand_inputs(args.inputs)
         ids = list(inputs)
     artifact = _artifact_or_pretrained(args.artifact, args.threads)
-    out = artifact.predict(inputs, batch_size=args.batch_size)
+    try:
+        out = artifact.predict(inputs, batch_size=args.batch_size)
+    except DataError:
+        if not found:
+            raise
+        out, ids = _predict_readable(artifact, inputs, found, args.batch_size)
     meta = artifact.metadata
     task, names = meta.get("task"), meta.get("class_names")
     main = meta.get("output") or next(k for k in out if k not in ("class_id", "labels"))

@@ -13,10 +13,20 @@ from kerastl.data._sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
 
 
 def image_files(folder: Path, argument: str) -> list[Path]:
-    """Every image under ``folder`` (recursively, sorted); ``DataError`` naming ``argument`` if none."""
+    """Every image under ``folder`` (recursively, sorted); ``DataError`` naming ``argument`` if none.
+
+    Hidden files and folders (``.ipynb_checkpoints``, macOS' ``._*`` files) are left out, as
+    the training loader leaves out hidden class folders.
+    """
     from kerastl.errors import DataError
 
-    files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    folder = Path(folder)
+    files = sorted(
+        f
+        for f in folder.rglob("*")
+        if f.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
     if not files:
         raise DataError(
             f"{argument}: no images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import warnings
 from typing import Any
 
@@ -30,7 +31,8 @@ def _decode(data: bytes, size: Any, channels: int, path: str, argument: str) -> 
             img = ImageOps.exif_transpose(img).convert("RGB" if channels == 3 else "L")
             arr = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, channels)
     except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{argument}: {path!r} is not a readable image ({exc}).") from exc
+        reason = re.sub(r" <[^>]*>", "", str(exc))  # PIL names its BytesIO object
+        raise DataError(f"{argument}: {path!r} is not a readable image ({reason}).") from exc
     return resize_uint8(arr, size).numpy().astype(np.float32)
 
 
