@@ -147,3 +147,27 @@ def test_spread_of_a_near_constant_model_is_not_judged():
     res = validate(art, {"probabilities": ref}, x, "tflite/int8", "binary")
     assert not any("collapsed" in f for f in res["failures"])
     assert spread(ref) < 0.02
+
+
+def test_a_one_value_regression_output_that_drifts_from_keras_is_refused():
+    """Cosine similarity of one-value outputs is 1 whatever their size; the error gate is not."""
+    x = _x(60)
+    ref = (0.3 + 0.05 * x[:, :1]).astype(np.float32)  # Keras varies by 0.05 across inputs
+
+    def fine(v):  # an int8 file off by about 0.002 (4% of Keras' range)
+        return 0.3 + 0.05 * v[:, :1] + 0.002 * np.sin(100 * v[:, 1:2])
+
+    good = validate(_Fixed(fine, "outputs"), {"outputs": ref}, x, "tflite/int8", None)
+    assert good["passed"], good["failures"]
+    assert good["error_ratio"] < 0.2
+    # miscalibrated: a squeezed, shifted copy that still points the same way and spreads 30%
+    drifted = _Fixed(lambda v: 0.55 + 0.3 * 0.05 * v[:, :1], "outputs")
+    bad = validate(drifted, {"outputs": ref}, x, "tflite/int8", "regression")
+    assert bad["cosine"] == pytest.approx(1.0) and bad["spread"]["artifact"] > 0.1 * 0.05
+    assert not bad["passed"] and "outputs drift from Keras'" in bad["failures"][0]
+    assert bad["error_ratio"] > 10
+    # classifiers are judged by top-1 agreement, not by this gate
+    probs = _heads(x)["classification"]
+    shifted = _Fixed(lambda v: _heads(v)["classification"] * 0.9 + 0.0333, "probabilities")
+    res = validate(shifted, {"probabilities": probs}, x, "tflite/int8", "classification")
+    assert "error_ratio" not in res and res["passed"], res["failures"]

@@ -32,7 +32,11 @@ must instead (defaults in :data:`TOLERANCES`, each overridable through ``toleran
   than ``min_spread`` (10%) of the Keras model's spread across the same inputs has
   collapsed to a constant (judged when Keras' own spread exceeds :data:`SPREAD_FLOOR`),
   whatever the head (softmax, one sigmoid, sigmoid per label, embedding, regression);
-- keep a mean cosine similarity of ``min_cosine`` (0.8) with Keras' main output.
+- keep a mean cosine similarity of ``min_cosine`` (0.8) with Keras' main output;
+- outputs that are not class scores (regression values, embeddings): differ from Keras'
+  by at most ``max_error_ratio`` (0.5) of Keras' own variation across the validation
+  inputs (root-mean-square, :func:`error_ratio`), judged when that variation exceeds
+  :data:`SPREAD_FLOOR`. Cosine similarity alone cannot see a one-value output drift.
 """
 
 from __future__ import annotations
@@ -63,6 +67,11 @@ class Tolerance:
             (classifiers); ``None`` = report only.
         min_spread: Smallest ratio of the file's spread of its main output across the
             validation inputs to Keras' spread (a constant output has 0); ``None`` = off.
+        max_error_ratio: Largest root-mean-square difference between the file's main output
+            and Keras', over Keras' own variation across the validation inputs
+            (:func:`error_ratio`), for outputs that are not class scores (regression,
+            embeddings), where no top-1 agreement says whether the file follows the model;
+            ``None`` = report only.
     """
 
     max_rel_err: float | None = 1e-4
@@ -71,6 +80,7 @@ class Tolerance:
     determinism_rel_err: float = 1e-6
     max_metric_drop: float | None = None
     min_spread: float | None = None
+    max_error_ratio: float | None = None
 
 
 _QUANTIZED = {
@@ -79,6 +89,7 @@ _QUANTIZED = {
     "max_metric_drop": 0.05,
     "min_spread": 0.1,
     "min_cosine": 0.8,
+    "max_error_ratio": 0.5,
 }
 
 #: Declared tolerances, ``"format/precision"`` -> rule. Quantized files are gated on top-1
@@ -94,6 +105,9 @@ TOLERANCES: dict[str, Tolerance] = {
     "tflite/dynamic": Tolerance(**_QUANTIZED),
     "tflite/int8": Tolerance(**_QUANTIZED),
 }
+
+#: Tasks whose main output holds class scores (top-1 agreement applies).
+CLASSIFIERS = ("classification", "binary", "multilabel")
 
 #: The spread gate judges a file only when Keras' own output moves by more than this
 #: across the validation inputs (a near-constant model may legitimately quantize to one value).
@@ -464,6 +478,37 @@ def spread(values: np.ndarray) -> float:
     return round(float(np.max(v.max(0) - v.min(0))), 12)
 
 
+def _error_gate(out, ref, keras_spread: float, tol: Tolerance, result: dict, failures) -> None:
+    ratio = error_ratio(out, ref)
+    result["error_ratio"] = ratio
+    if tol.max_error_ratio is not None and keras_spread > SPREAD_FLOOR:
+        if not ratio <= tol.max_error_ratio:
+            failures.append(
+                f"outputs drift from Keras': their RMS difference is {ratio:.3g} x Keras' own "
+                f"variation across the {len(out)} validation inputs (max_error_ratio "
+                f"{tol.max_error_ratio})"
+            )
+
+
+def error_ratio(out: np.ndarray, ref: np.ndarray) -> float:
+    """RMS of ``out - ref`` over the RMS variation of ``ref`` across examples (per unit).
+
+    0 for a file that matches Keras; 1 when its error is as large as the differences
+    between the outputs of different inputs (a file that outputs Keras' mean scores 1).
+
+    Example:
+        >>> ref = np.array([[1.0], [2.0], [3.0], [4.0]])
+        >>> error_ratio(ref + 0.1, ref), error_ratio(np.full((4, 1), 2.5), ref)
+        (0.089443, 1.0)
+    """
+    out = np.asarray(out, np.float64).reshape(len(out), -1)
+    ref = np.asarray(ref, np.float64).reshape(len(ref), -1)[: len(out)]
+    scale = float(np.sqrt(np.mean(np.var(ref, axis=0))))
+    if out.shape != ref.shape or scale == 0.0:
+        return float("inf") if out.shape != ref.shape else 0.0
+    return round(float(np.sqrt(np.mean((out - ref) ** 2))) / scale, 6)
+
+
 def _follow_gates(out, ref, task, labels, tol: Tolerance, result: dict, failures: list) -> None:
     """Gates that say whether the file's main output still follows the model's."""
     if np.asarray(out).dtype.kind != "f":
@@ -486,7 +531,9 @@ def _follow_gates(out, ref, task, labels, tol: Tolerance, result: dict, failures
             f"outputs collapsed: they vary by {ours:.3g} across the {len(out)} validation "
             f"inputs where Keras' vary by {keras_spread:.3g} (min_spread {tol.min_spread})"
         )
-    if task in ("classification", "binary", "multilabel"):
+    if task not in CLASSIFIERS:
+        _error_gate(out, ref, keras_spread, tol, result, failures)
+    if task in CLASSIFIERS:
         agree = float(np.mean(top1(out, task) == top1(ref, task)))
         result["agreement"] = agree
         if tol.min_agreement is not None and agree < tol.min_agreement:
