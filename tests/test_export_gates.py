@@ -171,3 +171,33 @@ def test_a_one_value_regression_output_that_drifts_from_keras_is_refused():
     shifted = _Fixed(lambda v: _heads(v)["classification"] * 0.9 + 0.0333, "probabilities")
     res = validate(shifted, {"probabilities": probs}, x, "tflite/int8", "classification")
     assert "error_ratio" not in res and res["passed"], res["failures"]
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"tflite/float32": {"max_rel_err": "1e-3"}}, "['max_rel_err']: expected a finite number"),
+        ({"tflite/float32": {"max_rel_err": -1}}, "got -1"),
+        ({"tflite/float32": {"max_rel_err": float("nan")}}, "got nan"),
+        ({"tflite/float32": {"max_rel_err": True}}, "got True"),
+        ({"tflite/int8": {"min_agreement": 1.5}}, "expected a number in [0, 1] or None"),
+        ({"tflite/int8": {"determinism_rel_err": None}}, "a finite number >= 0, got None"),
+        ({"tflite/float32": 0.1}, "tolerances['tflite/float32']: expected a dict of fields"),
+        ([("tflite/float32", 1)], "tolerances: expected a dict {'format/precision'"),
+    ],
+)
+def test_tolerance_values_are_checked_before_any_work(overrides, words):
+    from kerastl.errors import ConfigError
+    from kerastl.export.validate import check_overrides
+
+    with pytest.raises(ConfigError) as err:
+        check_overrides(overrides)
+    assert words in str(err.value)
+
+
+def test_valid_tolerance_overrides_pass_the_check():
+    from kerastl.export.validate import check_overrides
+
+    check_overrides({"tflite/int8": {"min_agreement": 0.8, "max_error_ratio": None},
+                     "onnx/float32": {"max_rel_err": 1e-3}})  # fmt: skip
+    check_overrides(None)

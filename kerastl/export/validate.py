@@ -144,14 +144,55 @@ def tolerance_for(key: str, overrides: dict[str, Any] | None = None) -> Toleranc
     return Tolerance(**{**asdict(base), **extra})
 
 
+#: Tolerance fields that are fractions (ratios of agreement, cosine, spread) in [0, 1].
+_FRACTIONS = ("min_agreement", "min_cosine", "min_spread")
+
+
 def check_overrides(overrides: dict[str, Any] | None) -> None:
-    """Refuse tolerance overrides for unknown ``format/precision`` keys."""
+    """Refuse tolerance overrides with unknown keys or values out of range, before any work.
+
+    Each value is a number (``None``: report only, no gate): errors and ratios ``>= 0``,
+    fractions (``min_agreement``, ``min_cosine``, ``min_spread``) in ``[0, 1]``;
+    ``determinism_rel_err`` cannot be ``None``.
+
+    Example:
+        >>> check_overrides({"tflite/int8": {"min_agreement": 0.8}})
+        >>> check_overrides({"tflite/int8": {"min_agreement": 1.5}})
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: tolerances['tflite/int8']['min_agreement']: expected a number in [0, 1] or None (report only), got 1.5.
+    """
     from kerastl.errors import choice_error
 
-    for key in overrides or {}:
+    if overrides is None:
+        return
+    if not isinstance(overrides, dict):
+        raise ConfigError(
+            "tolerances: expected a dict {'format/precision': {field: value}}, e.g. "
+            f"{{'tflite/int8': {{'min_agreement': 0.8}}}}; got {type(overrides).__name__}."
+        )
+    for key, fields in overrides.items():
         if key not in TOLERANCES:
             raise choice_error("tolerances", key, TOLERANCES)
+        if not isinstance(fields, dict):
+            raise ConfigError(
+                f"tolerances[{key!r}]: expected a dict of fields, e.g. {{'max_rel_err': 1e-3}}; "
+                f"got {fields!r}."
+            )
         tolerance_for(key, overrides)
+        for name, value in fields.items():
+            _check_value(f"tolerances[{key!r}][{name!r}]", name, value)
+
+
+def _check_value(where: str, name: str, value: Any) -> None:
+    fraction = name in _FRACTIONS
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = number and np.isfinite(value) and value >= 0 and (not fraction or value <= 1)
+    if ok or (value is None and name != "determinism_rel_err"):
+        return
+    valid = "a number in [0, 1]" if fraction else "a finite number >= 0"
+    alt = "" if name == "determinism_rel_err" else " or None (report only)"
+    raise ConfigError(f"{where}: expected {valid}{alt}, got {value!r}.")
 
 
 def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
