@@ -4,6 +4,8 @@ every classifier head (softmax, one sigmoid, sigmoid per label) and for embeddin
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -201,3 +203,60 @@ def test_valid_tolerance_overrides_pass_the_check():
     check_overrides({"tflite/int8": {"min_agreement": 0.8, "max_error_ratio": None},
                      "onnx/float32": {"max_rel_err": 1e-3}})  # fmt: skip
     check_overrides(None)
+
+
+def test_class_labels_must_be_ids_of_the_model_classes():
+    from kerastl.errors import DataError
+    from kerastl.export.validate import check_labels
+
+    pred = np.full((6, 4), 0.25)
+    check_labels(pred, np.array([0, 1, 2, 3, 0, 1]), "classification", "validation_data")
+    check_labels(pred, np.eye(4)[[0, 1, 2, 3, 0, 1]], "classification", "validation_data")
+    for labels, words in (
+        (np.array([0, 1, 2, 3, 4, 13]), "class ids must be in 0..3 (the model has 4 classes)"),
+        (np.array(["cat", "dog", "owl"] * 2), "must be integer class ids 0..3, got str"),
+        (np.array([0.5, 1, 2, 3, 0, 1]), "must be integer class ids 0..3, got float64"),
+    ):
+        with pytest.raises(DataError, match=re.escape(words)):
+            check_labels(pred, labels, "classification", "validation_data")
+    with pytest.raises(DataError, match=re.escape("0..1 (the model has 2 classes)")):
+        check_labels(np.full((3, 1), 0.5), np.array([0, 1, 2]), "binary", "validation_data")
+
+
+def test_a_folder_whose_sub_folders_give_no_labels_says_why(tmp_path, caplog):
+    from PIL import Image
+
+    from kerastl.data.files import load_data_path
+
+    for name in ("cat", "Owl"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "0.png")
+    with caplog.at_level("WARNING", logger="kerastl"):
+        assert len(load_data_path(tmp_path, "validation_data", ["cat", "dog", "owl"])) == 2
+    assert "sub-folders ['Owl'] are not among the model's class names" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kerastl"):
+        load_data_path(tmp_path, "validation_data", None)
+    assert "the model has no class names" in caplog.text
+    caplog.clear()
+    (tmp_path / "Owl").rename(tmp_path / "owl")
+    x, y = load_data_path(tmp_path, "validation_data", ["cat", "dog", "owl"])
+    assert y.tolist() == [0, 2] and not caplog.text
+
+
+def test_labels_given_for_a_model_of_unknown_task_are_reported_unscored(tmp_path, caplog):
+    import keras
+
+    import kerastl
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(inp))
+    model = keras.Model(inp, out)  # plain Keras: no task, an unnamed output
+    x = np.random.default_rng(0).uniform(0, 255, (6, 8, 8, 3)).astype("float32")
+    with caplog.at_level("WARNING", logger="kerastl"):
+        report = kerastl.export(
+            model, tmp_path, formats=["onnx"], validation_data=(x, np.arange(6)), latency_runs=1
+        )
+    assert any("validation labels not scored" in n for n in report["notes"])
+    assert "validation labels not scored" in caplog.text

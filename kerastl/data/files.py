@@ -48,6 +48,7 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
         paths = [str(f) for f in files]
         if class_names and all(f.parent.name in class_names for f in files):
             return paths, np.array([class_names.index(f.parent.name) for f in files])
+        _warn_unlabelled(files, p, class_names, argument)
         return paths
     if p.suffix == ".npy" and p.is_file():
         return np.load(p)
@@ -58,3 +59,21 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
         y = data["y"] if "y" in data else None
         return x if y is None else (x, y)
     raise DataError(f"{argument}: expected an image folder, .npy or .npz file, got {path!r}.")
+
+
+def _warn_unlabelled(files: list[Path], root: Path, class_names: list[str] | None, argument: str):
+    """Say why the class sub-folders of ``root`` give no labels (validation runs without them)."""
+    import logging
+
+    folders = sorted({f.parent.name for f in files if f.parent != root})
+    if not folders:
+        return
+    if not class_names:
+        why = "the model has no class names (a model not built by kerastl)"
+    else:
+        other = [f for f in folders if f not in class_names]
+        why = f"sub-folders {other[:5]} are not among the model's class names {class_names[:10]}"
+    logging.getLogger("kerastl").warning(
+        f"{argument}: the class sub-folders of {str(root)!r} give no labels: {why}; the "
+        "files are used without labels (no accuracy check)."
+    )

@@ -361,6 +361,13 @@ def _reference_notes(
     if y_val is not None:
         validate.check_labels(reference[main], y_val, prepared.task, "validation_data")
     notes = list(prepared.notes) + extra
+    if y_val is not None and prepared.task is None:
+        line = (
+            "validation labels not scored: the model's task is unknown (a model not built by "
+            "kerastl), so no metric or accuracy-drop check applies; build it with kerastl for one"
+        )
+        logging.getLogger("kerastl").warning(line)
+        notes.append(line)
     if prepared.mixed_precision:
         orig = prepared.original.predict(x_val, verbose=0)
         orig = orig[0] if isinstance(orig, (list, tuple)) else orig

@@ -243,6 +243,10 @@ def check_labels(pred: np.ndarray, labels: Any, task: str | None, argument: str)
         Traceback (most recent call last):
         ...
         kerastl.errors.DataError: validation_data: the labels have shape (4,) but this regression model's output has shape (4, 2); give labels of shape (4, 2) (or no labels).
+        >>> check_labels(np.zeros((3, 4)), np.array([0, 2, 14]), "classification", "labels")
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.DataError: labels: class ids must be in 0..3 (the model has 4 classes), got ids from 0 to 14.
     """
     from kerastl.errors import DataError
 
@@ -259,6 +263,28 @@ def check_labels(pred: np.ndarray, labels: Any, task: str | None, argument: str)
         raise DataError(
             f"{argument}: the labels have shape {labels.shape} but this {task} model's output "
             f"has shape {pred.shape}; give labels of shape {want} (or no labels)."
+        )
+    if task in ("classification", "binary") and labels.shape != pred.shape:
+        _check_class_ids(labels.reshape(-1), 2 if task == "binary" else pred.shape[-1], argument)
+
+
+def _check_class_ids(ids: np.ndarray, n: int, argument: str) -> None:
+    """Class-id labels must be integers in ``[0, n)``: anything else scores 0 on both sides."""
+    from kerastl.errors import DataError
+
+    whole = ids.dtype.kind in "iub" or (
+        ids.dtype.kind == "f" and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids))
+    )
+    if not whole:
+        raise DataError(
+            f"{argument}: class labels must be integer class ids 0..{n - 1}, got "
+            f"{ids.dtype.name} values such as {ids[:3].tolist()} (map class names to ids in the "
+            "order of the model's class_names)."
+        )
+    if ids.size and (ids.min() < 0 or ids.max() >= n):
+        raise DataError(
+            f"{argument}: class ids must be in 0..{n - 1} (the model has {n} classes), got "
+            f"ids from {int(ids.min())} to {int(ids.max())}."
         )
 
 
