@@ -1343,6 +1343,19 @@ def test_a_mediapipe_file_left_by_an_earlier_export_is_removed_on_overwrite(
     assert any(n.startswith(f"removed {old.name}") for n in report["notes"])
 
 
+def test_tflite_files_of_precisions_this_export_does_not_write_are_stale(tmp_path):
+    """An earlier export's float16 file beside a new float32 file would come from another model."""
+    from kerastl.export.formats import FORMATS
+    from kerastl.export.formats.base import stale_files
+
+    for q in ("", "_float16", "_int8"):
+        (tmp_path / f"m{q}.tflite").write_bytes(b"old")
+    (tmp_path / "other_float16.tflite").write_bytes(b"another model's")
+    written = {tmp_path / "m.tflite", tmp_path / "m_int8.tflite"}
+    stale = stale_files(tmp_path, "m", [FORMATS["tflite"]], written)
+    assert stale == [tmp_path / "m_float16.tflite"]
+
+
 def test_latency_stops_at_its_time_budget_after_three_runs(monkeypatch):
     import time as _time
 

@@ -367,7 +367,10 @@ class TFLiteFormat(Format):
             ) from exc
 
     def optional_files(self, out: Path, name: str) -> list[Path]:
-        return [out / file_name(name, tflite_metadata.MEDIAPIPE_SUFFIX)]
+        # every precision: a file of another precision left beside this export's files
+        # would come from another model
+        kinds = (*QUANTIZATIONS, tflite_metadata.MEDIAPIPE_SUFFIX)
+        return [out / file_name(name, q) for q in kinds]
 
     def targets(self, out: Path, name: str, options: Options, meta: dict) -> dict[str, Path]:
         paths = {q: out / file_name(name, q) for q in precisions(options.quantize)}
