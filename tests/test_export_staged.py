@@ -68,3 +68,26 @@ def test_passing_export_publishes_all_parts_then_next_version(text_model, tmp_pa
     with pytest.raises(kerastl.ConfigError, match="already exist"):  # checked before writing
         kerastl.export(text_model, tmp_path, formats=["saved_model", "tflite"], validation_data=x)
     assert not (tmp_path / "saved_model" / text_model.name / "3").exists()
+
+
+def test_only_staging_folders_of_dead_exports_on_this_host_are_swept(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from kerastl.export.pipeline import STAGING_PREFIX, sweep_staging
+
+    host = socket.gethostname()
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp_path / f"{STAGING_PREFIX}{host}-{done.stdout.strip()}-0badf00d"
+    alive = tmp_path / f"{STAGING_PREFIX}{host}-{os.getpid()}-0123abcd"
+    other_host = tmp_path / f"{STAGING_PREFIX}not-{host}-{done.stdout.strip()}-77777777"
+    unknown = tmp_path / f"{STAGING_PREFIX}1a2b3c4d"  # named by an older kerastl
+    for folder in (dead, alive, other_host, unknown):
+        (folder / "saved_model").mkdir(parents=True)
+    notes = sweep_staging(tmp_path)
+    assert not dead.exists() and alive.exists() and other_host.exists() and unknown.exists()
+    assert notes == ["removed a staging folder left by an export that was killed (1 folder(s))"]
+    assert sweep_staging(tmp_path) == []

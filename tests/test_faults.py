@@ -386,6 +386,7 @@ def _export_campaign(
     final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stderr[-3000:]
     check()
+    assert not list(out.glob(".kerastl-staging-*")), "the rerun left the killed runs' staging"
     versions = _versions(out)
     record = {
         "campaign": "export",

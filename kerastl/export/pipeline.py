@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 import warnings
@@ -168,6 +169,47 @@ def run(model: Any, out_dir: str | os.PathLike, formats: Any, options: Options) 
         return _export_one(prepared, Path(out_dir), formats, selected, options)
 
 
+#: Staging folders are named ``<prefix><host>-<pid>-<random>``: a sweep can tell whose they are.
+STAGING_PREFIX = ".kerastl-staging-"
+
+
+def sweep_staging(out: Path) -> list[str]:
+    """Remove staging folders in ``out`` left by killed exports of this host; notes saying so.
+
+    A folder is swept when the process named in it is no longer running on this machine;
+    folders of running exports, of other hosts (a shared disk) and of unknown names stay.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp())
+        >>> (out / f"{STAGING_PREFIX}{socket.gethostname()}-999999999-ab12cd34").mkdir()
+        >>> sweep_staging(out)
+        ['removed a staging folder left by an export that was killed (1 folder(s))']
+    """
+    host, gone = socket.gethostname(), []
+    for folder in Path(out).glob(f"{STAGING_PREFIX}*"):
+        owner = folder.name[len(STAGING_PREFIX) :].rsplit("-", 2)
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit():
+            if not _running(int(owner[1])):
+                shutil.rmtree(folder, ignore_errors=True)
+                gone.append(folder)
+    if not gone:
+        return []
+    note = f"removed a staging folder left by an export that was killed ({len(gone)} folder(s))"
+    log.info("  %s", note)
+    return [note]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process (or no such pid)
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _as_list(value: Any, argument: str) -> list[str]:
     if value is None:
         return []
@@ -237,7 +279,8 @@ def _export_one(
     reference, keras_latency = _reference(prepared, x_val, options.latency_runs)
     notes = _reference_notes(prepared, x_val, y_val, reference, notes)
     release_memory()
-    staging = out / f".kerastl-staging-{uuid.uuid4().hex[:8]}"
+    notes += sweep_staging(out)
+    staging = out / f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     job = Job(prepared, name, out, staging, options, targets, x_val, y_val, x_cal, reference)
     records, published = _stage(job, selected)
     left_out = [r for r in records if "not_written" in r]
