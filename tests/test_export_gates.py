@@ -260,3 +260,12 @@ def test_labels_given_for_a_model_of_unknown_task_are_reported_unscored(tmp_path
         )
     assert any("validation labels not scored" in n for n in report["notes"])
     assert "validation labels not scored" in caplog.text
+
+
+@pytest.mark.parametrize("arg", ["overwrite", "allow_flex"])
+def test_yes_no_arguments_must_be_booleans(tmp_path, arg):
+    import kerastl
+    from kerastl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{arg}: expected True or False, got 'no'"):
+        kerastl.export(object(), tmp_path, formats=["onnx"], **{arg: "no"})  # before the model
