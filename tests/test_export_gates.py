@@ -268,4 +268,4 @@ def test_yes_no_arguments_must_be_booleans(tmp_path, arg):
     from kerastl.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"{arg}: expected True or False, got 'no'"):
-        kerastl.export(object(), tmp_path, formats=["tflite"], **{arg: "no"})  # before the model
+        kerastl.export(object(), tmp_path, formats=["onnx"], **{arg: "no"})  # before the model

@@ -231,15 +231,15 @@ def _check(formats: list[str], options: Options, out: Path) -> list[Format]:
     for f in formats:
         if f not in FORMAT_TABLE:
             raise choice_error("formats", f, FORMATS)
+    for arg in ("overwrite", "allow_flex"):  # "no" would be true
+        value = getattr(options, arg)
+        if not isinstance(value, (bool, np.bool_)):
+            raise ConfigError(f"{arg}: expected True or False, got {value!r}.")
     for fmt in FORMAT_TABLE.values():
         fmt.check_options(options, formats)
     validate.check_overrides(options.tolerances)
     for arg in ("max_validation_samples", "max_calibration_samples", "latency_runs"):
         check_positive_int(arg, getattr(options, arg))
-    for arg in ("overwrite", "allow_flex"):  # "no" would be true
-        value = getattr(options, arg)
-        if not isinstance(value, (bool, np.bool_)):
-            raise ConfigError(f"{arg}: expected True or False, got {value!r}.")
     if out.exists() and not out.is_dir():
         raise ConfigError(
             f"out_dir: {str(out)!r} is a file; pass a folder (it is created if missing)."
