@@ -10,6 +10,7 @@ messages (errors, warnings, ``logging``) go through untouched.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
@@ -28,7 +29,8 @@ _NATIVE = re.compile(
     r"|WARNING: All log messages before absl::InitializeLog\(\)"
     r"|INFO: Created TensorFlow Lite"
     r"|To enable the following instructions: .* rebuild TensorFlow"
-    r"|This TensorFlow binary is optimized to use available CPU instructions)"
+    r"|This TensorFlow binary is optimized to use available CPU instructions"
+    r"|fully_quantize: \d+, inference_type: \d+)"  # the TFLite quantizer's settings
 )
 
 
@@ -37,6 +39,8 @@ def is_native_log(line: str) -> bool:
 
     Example:
         >>> is_native_log("E0000 00:00:1795.123  1452 cuda_platform.cc:52] failed call to cuInit")
+        True
+        >>> is_native_log("fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32")
         True
         >>> is_native_log("kerastl export: error: model: expected a .keras file")
         False
@@ -56,6 +60,7 @@ class NativeLogFilter:
         self._stream = stream
         self._saved: int | None = None
         self._thread: threading.Thread | None = None
+        self._python_stderr: IO[str] | None = None
 
     def __enter__(self) -> NativeLogFilter:
         try:
@@ -68,6 +73,17 @@ class NativeLogFilter:
         os.close(write)
         self._thread = threading.Thread(target=self._pump, args=(read,), daemon=True)
         self._thread.start()
+        if sys.stderr is sys.__stderr__ and sys.stderr is not None:
+            # Python's own lines (logging, warnings) are never native log lines: they
+            # skip the pipe, so they reach the terminal in order with stdout's lines
+            # (through the pump thread they could come after later stdout lines).
+            self._python_stderr = sys.stderr
+            sys.stderr = io.TextIOWrapper(
+                os.fdopen(self._saved, "wb", closefd=False),
+                encoding=sys.stderr.encoding,
+                errors="backslashreplace",
+                line_buffering=True,
+            )
         return self
 
     def _pump(self, read: int) -> None:
@@ -85,6 +101,9 @@ class NativeLogFilter:
             sys.stderr.flush()
         except ValueError:
             pass
+        if self._python_stderr is not None:
+            sys.stderr = self._python_stderr
+            self._python_stderr = None
         os.dup2(self._saved, 2)  # closes the pipe's last writer: the pump sees EOF
         if self._thread is not None:
             self._thread.join(timeout=5)

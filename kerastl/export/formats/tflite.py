@@ -210,11 +210,17 @@ def _lean_calibration() -> Iterator[None]:
         release_memory()
         return quantize(*args, **kwargs)
 
-    with patched(
-        (calibrator, "add_intermediate_tensors", lean_add),
-        (calibrator.Calibrator, "calibrate", lean_calibrate),
-        (lite, "_mlir_quantize", lean_quantize),
+    with (
+        patched(
+            (calibrator, "add_intermediate_tensors", lean_add),
+            (calibrator.Calibrator, "calibrate", lean_calibrate),
+            (lite, "_mlir_quantize", lean_quantize),
+        ),
+        warnings.catch_warnings(),
     ):
+        # the calibrator reads the signature through tf.lite.Interpreter, which warns that it
+        # is deprecated on every int8 export; kerastl's own runs use ai_edge_litert
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
         yield
 
 
