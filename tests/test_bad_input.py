@@ -447,3 +447,77 @@ def test_table_is_documented():
     for case, *_ in CLI_CASES:
         assert f"`{case}`" in doc, case
     assert json  # the table lists API and data cases too
+
+
+# ------------------------------------------ kerastl export: refused before TensorFlow --
+# (argv after "export", regex the one-line error must match); files come from _export_files.
+EXPORT_FLAG_CASES = [
+    (["{h5}"], r"model: expected a \.keras file.*legacy Keras HDF5.*\.save\('model\.keras'\)"),
+    (["{model}", "--output-dir", "{afile}/sub"], r"--output-dir: .*afile/sub.*a file"),
+    (["{model}", "--output-dir", "{afile}"], r"--output-dir: .*afile.* is a file"),
+    (["{model}", "--formats", "tflite", "--quantize", "int8"], r"--quantize int8 needs --cal"),
+    (["{model}", "--formats", "onnx", "--quantize", "float16"], r"--quantize.*tflite.*--formats"),
+    (["{model}", "--opset", "11"], r"--opset: .*11.*13\.\.18"),
+    (["{model}", "--formats", "tflite", "--opset", "17"], r"--opset 17 applies to onnx"),
+    (["{model}", "--formats", "tflite", "--version", "2"], r"--version 2 applies to saved_model"),
+    (["{model}", "--version", "0"], r"--version: expected a positive integer, got 0"),
+    (["{model}", "--name", "a b"], r"--name: 'a b' is not usable"),
+    (["{model}", "--int8-io", "uint8"], r"--int8-io uint8 .*int8 to --quantize"),
+    (["{model}", "--formats", "onnx", "--allow-flex"], r"--allow-flex applies to tflite"),
+    (["{model}", "--validation-data", "{obj}"], r"--validation-data: .*obj\.npy.*pickle"),
+    (["{model}", "--calibration-data", "{obj}", "--quantize", "int8"], r"--calibration-data: "),
+    (["{model}", "--quantize", "int4"], r"Valid choices: 'dynamic', 'float16', 'int8'\.$"),
+]
+
+
+def test_export_flag_errors_come_before_tensorflow_is_imported(tmp_path):
+    """Each bad flag (or file) is one line naming it, exit 2, before TensorFlow's ~10 s import."""
+    import re
+    import subprocess
+    import sys
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"never loaded: every check fails before")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    (tmp_path / "model.h5").write_bytes(b"x")
+    files = {"model": model, "obj": tmp_path / "obj.npy", "afile": tmp_path / "afile"}
+    files["h5"] = tmp_path / "model.h5"
+    runs = [["export"] + [a.format(**files) for a in argv] for argv, _ in EXPORT_FLAG_CASES]
+    code = (
+        "import sys\nfrom kerastl.cli import main\n"
+        f"for argv in {runs!r}:\n"
+        "    print('RC', main(argv), file=sys.stderr, flush=True)\n"
+        "print('TF_IMPORTED', 'tensorflow' in sys.modules)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "TF_IMPORTED False" in res.stdout, res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 2 * len(EXPORT_FLAG_CASES), res.stderr
+    for i, (argv, pattern) in enumerate(EXPORT_FLAG_CASES):
+        message, rc = lines[2 * i], lines[2 * i + 1]
+        assert rc == "RC 2", (argv, message, rc)
+        assert message.startswith("kerastl export: error: "), (argv, message)
+        assert re.search(pattern, message), (argv, message)
+    assert not (tmp_path / "afile" / "sub").exists()
+
+
+def test_export_quantize_help_and_error_list_the_same_choices(tmp_path, capsys):
+    """``--help`` and the error of a wrong ``--quantize`` name the same precisions."""
+    from kerastl.cli.export import QUANTIZE_CHOICES
+    from kerastl.export.formats.tflite import QUANTIZATIONS
+
+    assert set(QUANTIZE_CHOICES) == set(QUANTIZATIONS) - {"float32"}
+    code, out, _ = run_cli(capsys, "export", "--help")
+    assert code == 0
+    helptext = " ".join(out.split())
+    assert "from: " + ", ".join(QUANTIZE_CHOICES) + " (the float32 file is always written)" in (
+        helptext
+    )
+    (tmp_path / "m.keras").write_bytes(b"x")
+    code, _, err = run_cli(capsys, "export", tmp_path / "m.keras", "--quantize", "int4")
+    assert code == 2 and "float32" not in err
+    assert all(f"'{q}'" in err for q in QUANTIZE_CHOICES), err

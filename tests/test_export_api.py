@@ -47,3 +47,104 @@ def test_both_spellings_of_export_call_the_pipeline(tmp_path, first):
     lines = res.stdout.splitlines()
     assert len(lines) == 2 and len(set(lines)) == 1, lines
     assert "UnknownNameError" in lines[0] and "'nope'" in lines[0] and "saved_model" in lines[0]
+
+
+# ------------------------------------------------- plain Keras models a new user brings --
+def _conv_head(x, units: int = 3, name: str | None = None):
+    from keras import layers
+
+    x = layers.Rescaling(1 / 255.0)(x)
+    x = layers.Conv2D(4, 3, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return layers.Dense(units, activation="softmax", name=name)(x)
+
+
+@pytest.mark.parametrize(
+    "shape, why",
+    [
+        ((10,), r"\(batch, 10\).*Tabular and sequence inputs are not exportable yet"),
+        ((3, 32, 32), r"\(batch, 3, 32, 32\).*channels-first.*keras\.Input\(\(32, 32, 3\)\)"),
+        ((32, 32, 5), r"\(batch, 32, 32, 5\).*1 or 3 channels"),
+    ],
+)
+def test_inputs_other_than_nhwc_images_are_refused_before_any_work(tmp_path, shape, why):
+    import keras
+
+    import kerastl
+
+    inp = keras.Input(shape)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(inp)), name="odd")
+    with pytest.raises(kerastl.ConfigError, match=r"model: 'odd' takes inputs of shape " + why):
+        kerastl.export(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_one_key_dict_output_is_exported_under_its_key(tmp_path):
+    import keras
+    import numpy as np
+
+    import kerastl
+
+    inp = keras.Input((16, 16, 3))
+    model = keras.Model(inp, {"probs": _conv_head(inp)}, name="dictout")
+    report = kerastl.export(model, tmp_path, formats="tflite")
+    assert report["model"]["outputs"] == ["probs", "class_id"]
+    assert all(a["passed"] for a in report["artifacts"])
+    x = np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
+    got = kerastl.load_artifact(tmp_path / "dictout.tflite").predict(x)
+    want = model.predict(x, verbose=0)["probs"]
+    np.testing.assert_allclose(got["probs"], want, atol=1e-5)
+    assert list(got["class_id"]) == list(want.argmax(-1))
+
+
+def test_several_outputs_are_refused_with_what_to_do(tmp_path):
+    import keras
+
+    import kerastl
+
+    inp = keras.Input((16, 16, 3))
+    feats = keras.layers.GlobalAveragePooling2D()(inp)
+    cls, box = keras.layers.Dense(3, name="cls")(feats), keras.layers.Dense(2, name="box")(feats)
+    two = keras.Model(inp, [cls, box], name="two")
+    with pytest.raises(kerastl.ConfigError, match=r"'two' has 2 \(cls, box\).*one model per") as e:
+        kerastl.export(two, tmp_path / "out")
+    assert "features_only" not in str(e.value)
+
+
+def test_a_lambda_file_says_how_each_caller_loads_it_unsafely(tmp_path, capsys):
+    import keras
+
+    import kerastl
+    from kerastl.cli import main
+
+    inp = keras.Input((16, 16, 3))
+    model = keras.Model(inp, _conv_head(keras.layers.Lambda(lambda t: t * 1.0)(inp)))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(kerastl.KerastlError) as e:
+        kerastl.export(str(path), tmp_path / "out")
+    assert f"kerastl.load_model({str(path)!r}, safe_mode=False) and pass the model" in str(e.value)
+    assert "--unsafe" not in str(e.value)
+    assert main(["export", str(path), "--formats", "tflite"]) == 1
+    assert "If you trust the file, rerun with --unsafe." in capsys.readouterr().err
+
+
+def test_a_model_name_with_a_space_exports_under_name(tmp_path, capsys):
+    import keras
+
+    import kerastl
+    from kerastl.cli import main
+
+    inp = keras.Input((16, 16, 3))
+    model = keras.Model(inp, _conv_head(inp), name="my model")
+    with pytest.raises(kerastl.ConfigError, match=r"name: 'my model' is not usable"):
+        kerastl.export(model, tmp_path / "refused")  # no name: the file names would hold a space
+    report = kerastl.export(model, tmp_path, name="ok_name", formats="tflite")
+    assert [a["path"] for a in report["artifacts"]] == ["ok_name.tflite"]
+    assert report["artifacts"][0]["passed"] and model.name == "my model"
+    model.save(tmp_path / "spaced.keras")
+    assert main(["export", str(tmp_path / "spaced.keras"), "--formats", "tflite"]) == 2
+    assert "--name: the model's own name 'my model'" in capsys.readouterr().err
+    bad = keras.Model(inp, _conv_head(inp, name="my dense"), name="ok")
+    with pytest.raises(kerastl.ConfigError, match=r"layer names \['my dense'\] of 'ok'"):
+        kerastl.export(bad, tmp_path / "bad")

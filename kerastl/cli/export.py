@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize",
         default="",
-        help="comma-separated extra TFLite precisions, from: float16, dynamic, int8",
+        help="comma-separated extra TFLite precisions, from: float16, dynamic, int8 (the "
+        "float32 file is always written)",
     )
     p.add_argument(
         "--calibration-data",
@@ -67,62 +69,170 @@ def _items(value: str | list | None) -> list[str]:
     return list(value or [])
 
 
+#: ``--quantize`` choices: TFLite precisions besides the float32 file, which is always written.
+QUANTIZE_CHOICES = ("float16", "dynamic", "int8")
+
+
 def check_export_args(args: argparse.Namespace) -> None:
     """Every ``kerastl export`` argument that can be checked without TensorFlow.
 
     Raises:
         ConfigError / DataError: naming the flag, its value and the valid choices.
     """
-    from kerastl.errors import ConfigError, DataError, choice_error
+    from kerastl.errors import DataError, choice_error
     from kerastl.export import FORMATS
-    from kerastl.export.formats.tflite import INT8_IO, QUANTIZATIONS
+    from kerastl.export.formats.tflite import INT8_IO
 
-    model_path = Path(args.model)
-    if model_path.suffix != ".keras":
-        raise ConfigError(
-            f"model: expected a .keras file, got {args.model!r}. Exported artifacts are "
-            "already exported; run them with `kerastl predict`."
-        )
-    if not model_path.is_file():
-        raise DataError(f"model: no file at {args.model!r}.")
-    for fmt in _items(args.formats) or [""]:
+    _check_model_path(args.model)
+    fmts = _items(args.formats)
+    for fmt in fmts or [""]:
         if fmt not in FORMATS:
             raise choice_error("--formats", fmt, FORMATS)
     for q in _items(args.quantize):
-        if q not in QUANTIZATIONS:
-            raise choice_error("--quantize", q, QUANTIZATIONS)
+        if q not in QUANTIZE_CHOICES and q != "float32":  # float32: always written anyway
+            raise choice_error("--quantize", q, QUANTIZE_CHOICES)
     if args.int8_io not in INT8_IO:
         raise choice_error("--int8-io", args.int8_io, INT8_IO)
+    _check_format_flags(args, fmts)
     for flag, value in (
         ("--calibration-data", args.calibration_data),
         ("--validation-data", args.validation_data),
     ):
         if value is not None and not os.path.exists(value):
             raise DataError(f"{flag}: no file or folder at {value!r}.")
-    if args.out and Path(args.out).is_file():
-        raise ConfigError(f"--output-dir: {args.out!r} is a file; pass a folder.")
+    _check_output_dir(args.out)
+
+
+def _check_model_path(model: str) -> None:
+    """The model argument: an existing ``.keras`` file (an ``.h5`` one: how to convert it)."""
+    from kerastl.errors import ConfigError, DataError
+
+    path = Path(model)
+    if path.suffix in (".h5", ".hdf5"):
+        raise ConfigError(
+            f"model: expected a .keras file, got {model!r}, a legacy Keras HDF5 file. Convert "
+            "it once in Python: keras.models.load_model('model.h5').save('model.keras') (a "
+            "'.weights.h5' file holds weights only: build the model, model.load_weights(...), "
+            "then model.save('model.keras')); then run kerastl export model.keras."
+        )
+    if path.suffix != ".keras":
+        raise ConfigError(
+            f"model: expected a .keras file, got {model!r}. A SavedModel folder, .tflite or "
+            ".onnx file is already exported; run it with `kerastl predict`."
+        )
+    if not path.is_file():
+        raise DataError(f"model: no file at {model!r}.")
+
+
+def _check_format_flags(args: argparse.Namespace, fmts: list[str]) -> None:
+    """Flags that apply to one format only, and their values (as the API checks them)."""
+    from kerastl.errors import ConfigError, check_positive_int
+    from kerastl.export.formats.onnx import check_opset
+    from kerastl.export.pipeline import _NAME_RE
+
+    quantize = [q for q in _items(args.quantize) if q != "float32"]
+    only = {
+        "--quantize": ("tflite", quantize, ",".join(quantize)),
+        "--allow-flex": ("tflite", args.allow_flex, ""),
+        "--opset": ("onnx", args.opset is not None, args.opset),
+        "--version": ("saved_model", args.version is not None, args.version),
+    }
+    for flag, (fmt, given, value) in only.items():
+        if given and fmt not in fmts:
+            raise ConfigError(
+                f"{flag} {value}".rstrip() + f" applies to {fmt} files only, and --formats "
+                f"{args.formats!r} has no {fmt!r}. Add {fmt} to --formats or drop {flag}."
+            )
+    if "int8" in quantize and args.calibration_data is None:
+        raise ConfigError(
+            "--quantize int8 needs --calibration-data: an image folder or a .npy/.npz of a few "
+            "hundred representative raw inputs, to set the integer ranges."
+        )
+    if args.int8_io != "float32" and "int8" not in quantize:
+        raise ConfigError(
+            f"--int8-io {args.int8_io} sets the input/output type of the int8 TFLite file; add "
+            "int8 to --quantize or drop --int8-io."
+        )
+    if args.opset is not None:
+        try:
+            check_opset(args.opset)
+        except ConfigError as exc:  # the flag's name, not the API argument's
+            raise ConfigError("--opset:" + str(exc).removeprefix("opset:")) from None
+    if args.version is not None:
+        check_positive_int("--version", args.version)
+    if args.name is not None and not _NAME_RE.match(args.name):
+        raise ConfigError(
+            f"--name: {args.name!r} is not usable in file names and TF Serving; use letters, "
+            "digits, '_', '-' and '.' (starting with a letter or digit)."
+        )
+
+
+def _check_output_dir(out: str | None) -> None:
+    """``--output-dir`` must be (or be creatable as) a folder: no file on its path."""
+    from kerastl.errors import ConfigError
+
+    if not out:
+        return
+    path = Path(out)
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"is inside {str(part)!r}, a file"
+                raise ConfigError(
+                    f"--output-dir: {out!r} {where}; pass a folder (created if missing)."
+                )
+            return
+
+
+def _load_data(path: str | None, flag: str, class_names: Any) -> Any:
+    """:func:`load_data_path`, with numpy's read errors as a DataError naming ``flag``."""
+    from kerastl.errors import DataError, KerastlError
+
+    try:
+        return load_data_path(path, flag, class_names)
+    except KerastlError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError) as exc:
+        raise DataError(
+            f"{flag}: {path!r} could not be read as raw inputs: {exc}. Give an image folder or "
+            "a numeric .npy/.npz (saved with numpy.save, no pickled objects)."
+        ) from None
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Load a .keras model, export it, print the summary."""
     check_export_args(args)  # before TensorFlow is imported
+    flags = {"--calibration-data": args.calibration_data, "--validation-data": args.validation_data}
+    # .npy/.npz arrays need no class names: read (and refused) before TensorFlow is imported
+    data = {f: _load_data(v, f, None) for f, v in flags.items() if v and not Path(v).is_dir()}
+    from kerastl.errors import ConfigError
     from kerastl.export import export
     from kerastl.export._trace import find_metadata, load_keras
+    from kerastl.export.pipeline import _NAME_RE
     from kerastl.export.report import MD_NAME, human_size
 
     model_path = Path(args.model)
     items = _items
     fmts = items(args.formats)
-    model = load_keras(model_path, safe_mode=not args.unsafe)
+    model = load_keras(model_path, safe_mode=not args.unsafe, unsafe_hint="rerun with --unsafe")
+    if args.name is None and not _NAME_RE.match(model.name):
+        raise ConfigError(
+            f"--name: the model's own name {model.name!r} is not usable in file names and TF "
+            "Serving; pass --name with letters, digits, '_', '-' and '.' (e.g. --name "
+            f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model.name).strip('_.-') or 'model'})."
+        )
     class_names = find_metadata(model).get("class_names")
+    for flag, value in flags.items():  # image folders: class subfolders -> labels
+        if flag not in data:
+            data[flag] = _load_data(value, flag, class_names)
     out = Path(args.out) if args.out else model_path.parent / "export"
     report = export(
         model,
         out,
         formats=fmts,
         quantize=items(args.quantize) or None,
-        calibration_data=load_data_path(args.calibration_data, "--calibration-data", class_names),
-        validation_data=load_data_path(args.validation_data, "--validation-data", class_names),
+        calibration_data=data["--calibration-data"],
+        validation_data=data["--validation-data"],
         name=args.name,
         version=args.version,
         int8_io=args.int8_io,

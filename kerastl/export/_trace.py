@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,17 +194,62 @@ class Prepared:
         return run_in_batches(self.tf_function(), x, batch_size)
 
 
-def load_keras(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
-    """:func:`kerastl.load_model` without the training configuration."""
-    from kerastl.builder import load_model
+def load_keras(
+    path: str | os.PathLike,
+    safe_mode: bool = True,
+    unsafe_hint: str = "load it with kerastl.load_model(path, safe_mode=False) and pass the model",
+) -> keras.Model:
+    """:func:`kerastl.load_model` without the training configuration.
 
-    return load_model(Path(path), safe_mode=safe_mode, compile=False)
+    Args:
+        path: The ``.keras`` file.
+        safe_mode: Refuse to deserialise arbitrary code (``Lambda`` layers).
+        unsafe_hint: What the caller should do for a file safe mode refuses (the API and
+            the CLI word it differently).
+
+    Raises:
+        KerastlError: unreadable file, or one safe mode refuses (with ``unsafe_hint``).
+    """
+    from kerastl.builder import load_model
+    from kerastl.errors import KerastlError
+
+    try:
+        return load_model(Path(path), safe_mode=safe_mode, compile=False)
+    except KerastlError as exc:
+        if not safe_mode or "safe_mode" not in str(exc):
+            raise
+        raise KerastlError(
+            f"Refused to load {str(path)!r}: it contains arbitrary Python code (a Lambda "
+            f"layer or similar), which safe mode does not run. If you trust the file, "
+            f"{unsafe_hint}."
+        ) from exc.__cause__
+
+
+#: How to turn a legacy ``.h5`` model file into a ``.keras`` one.
+H5_HOWTO = (
+    "Convert it once: keras.models.load_model('model.h5').save('model.keras') (a "
+    "'.weights.h5' file holds weights only: build the model, model.load_weights(path), then "
+    "model.save('model.keras'))."
+)
 
 
 def resolve_model(model: Any) -> keras.Model:
-    """Accept a ``keras.Model`` or the path of a ``.keras`` file."""
+    """Accept a ``keras.Model`` or the path of a ``.keras`` file.
+
+    Raises:
+        ConfigError: anything else, with how to turn a legacy ``.h5`` file into a ``.keras``.
+    """
     if isinstance(model, (str, os.PathLike)) and str(model).endswith(".keras"):
-        return load_keras(model)
+        return load_keras(
+            model,
+            unsafe_hint=f"load it with kerastl.load_model({str(model)!r}, safe_mode=False) and "
+            "pass the model: kerastl.export(model, ...)",
+        )
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith((".h5", ".hdf5")):
+        raise ConfigError(
+            f"model: {str(model)!r} is a legacy Keras HDF5 file; export takes a keras.Model or "
+            f"a .keras file. {H5_HOWTO}"
+        )
     if not isinstance(model, keras.Model):
         raise ConfigError(
             f"model: expected a keras.Model (from kerastl.build or kerastl.load_model) or the "
@@ -350,7 +396,9 @@ def prepare(model: Any) -> Prepared:
     notes: list[str] = []
     meta = _metadata(model, notes)
     modality = get_modality(meta)
-    original = model
+    modality.check_input(model.name)
+    original = _plain_output(model)
+    model = _traceable(original)
     mixed = _is_mixed(model)
     if mixed:
         model = float32_clone(model)
@@ -371,6 +419,46 @@ def prepare(model: Any) -> Prepared:
     )
 
 
+#: Names TensorFlow accepts for a name scope (a root one must not start with ``_/>-``).
+_SCOPE_RE = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
+_ROOT_SCOPE_RE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
+
+
+def _plain_output(model: keras.Model) -> keras.Model:
+    """``model`` with its one-entry output dict as a plain tensor (the same layers).
+
+    Every caller (tracing, the float64 referee, Keras' own ``predict``) then gets a tensor,
+    not ``{"probs": tensor}``; the output is exported under the dict's key
+    (:func:`_dict_key`). The user's model is not changed.
+    """
+    if not isinstance(getattr(model, "_outputs_struct", None), dict):
+        return model
+    return keras.Model(model.inputs, model.outputs[0], name=model.name)
+
+
+def _traceable(model: keras.Model) -> keras.Model:
+    """``model``, or when TensorFlow refuses its name as a root name scope (``"my model"``)
+    a functional model over the same layers and weights with a usable name.
+
+    The file names still come from the model's name or ``name=``; only the traced graph
+    is renamed. The user's model is not changed.
+    """
+    if _ROOT_SCOPE_RE.match(model.name):
+        return model
+    return keras.Model(model.inputs, model.outputs[0], name=_scope_name(model.name))
+
+
+def _scope_name(name: str) -> str:
+    """``name`` with every character a name scope refuses replaced by ``_``.
+
+    Example:
+        >>> _scope_name("my model"), _scope_name("-x"), _scope_name("")
+        ('my_model', 'model_-x', 'model')
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return name if _ROOT_SCOPE_RE.match(name) else "model_" + name if name else "model"
+
+
 def _check_model(model: keras.Model) -> keras.Model:
     """Refuse what export cannot trace: subclassed models, several inputs or outputs."""
     try:
@@ -387,12 +475,36 @@ def _check_model(model: keras.Model) -> keras.Model:
             f"{len(model.inputs or [])}."
         )
     if len(model.outputs or []) != 1:
+        raise ConfigError(_outputs_message(model))
+    bad = [
+        layer.name
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if not _SCOPE_RE.match(layer.name)
+    ]
+    if bad:
         raise ConfigError(
-            f"model: export supports models with one output (kerastl.build heads), "
-            f"{model.name!r} has {len(model.outputs or [])}; features_only extractors are "
-            "not exportable yet."
+            f"model: layer names {bad[:5]} of {model.name!r} are not TensorFlow name scopes "
+            "(letters, digits and '_.-/>' only; no spaces), so the model cannot be traced. "
+            "Rename them where the model is built (e.g. name='my_dense')."
         )
     return model
+
+
+def _outputs_message(model: keras.Model) -> str:
+    """Why a model with several outputs (or none) is refused, and what to do instead."""
+    n = len(model.outputs or [])
+    struct = getattr(model, "_outputs_struct", None)
+    names = sorted(struct) if isinstance(struct, dict) else list(getattr(model, "output_names", []))
+    msg = f"model: export supports models with one output; {model.name!r} has {n}"
+    msg += f" ({', '.join(map(str, names))})." if names and n else "."
+    if find_metadata(model).get("task") == "features":
+        return msg + " features_only extractors (several feature maps) are not exportable yet."
+    if n:
+        msg += (
+            " Export one model per output, e.g. keras.Model(model.inputs, model.outputs[0]) "
+            "(the same layers and weights), or build one head per model."
+        )
+    return msg
 
 
 def _metadata(model: keras.Model, notes: list[str]) -> dict[str, Any]:
@@ -410,7 +522,7 @@ def _metadata(model: keras.Model, notes: list[str]) -> dict[str, Any]:
             "modality": "image",
             "task": _TASK_OF.get(task),
             "class_names": None,
-            "output": "probabilities" if task else "outputs",
+            "output": _dict_key(model) or ("probabilities" if task else "outputs"),
             "kerastl_version": __version__,
         }
     shape = list(model.inputs[0].shape[1:])
@@ -421,6 +533,16 @@ def _metadata(model: keras.Model, notes: list[str]) -> dict[str, Any]:
         "dtype": (meta.get("input") or {}).get("dtype") or "float32",
     }
     return meta
+
+
+def _dict_key(model: keras.Model) -> str | None:
+    """The key of a model's one-entry output dict, when it is usable as an output name."""
+    struct = getattr(model, "_outputs_struct", None)
+    if not isinstance(struct, dict) or len(struct) != 1:
+        return None
+    key = next(iter(struct))
+    ok = isinstance(key, str) and re.match(r"^[A-Za-z][A-Za-z0-9_]*$", key)
+    return key if ok and key not in ("class_id", "logits") else None
 
 
 def _inference_outputs(model: keras.Model, meta: dict[str, Any]) -> tuple[keras.Model, list[str]]:

@@ -67,6 +67,13 @@ class ModalityExporter:
         """Name of the raw input tensor in every artifact."""
         return self.meta["input"]["name"]
 
+    def check_input(self, model_name: str) -> None:
+        """Refuse a model input this modality cannot serve, before any work starts.
+
+        Raises:
+            ConfigError: naming the model, its input and the inputs kerastl exports.
+        """
+
     def input_signature(self) -> list:
         """``tf.TensorSpec`` list of the raw input, batch axis ``None``."""
         raise NotImplementedError

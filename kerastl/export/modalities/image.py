@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from kerastl.errors import DataError
+from kerastl.errors import ConfigError, DataError
 from kerastl.export.modalities import ModalityExporter, register_modality
 
 
@@ -51,6 +51,35 @@ class ImageExporter(ModalityExporter):
     @property
     def shape(self) -> tuple:
         return tuple(self.meta["input"]["shape"])
+
+    def check_input(self, model_name: str) -> None:
+        """Refuse inputs that are not NHWC images with 1 or 3 channels (tabular, NCHW...).
+
+        Example:
+            >>> ImageExporter({"input": {"name": "image", "shape": [10]}}).check_input("tab")
+            Traceback (most recent call last):
+            ...
+            kerastl.errors.ConfigError: model: 'tab' takes inputs of shape (batch, 10); kerastl exports image models (input (batch, height, width, channels) with 1 or 3 channels last: NHWC), and the text and audio models of kerastl.build. Tabular and sequence inputs are not exportable yet.
+        """
+        shape = self.shape
+        if len(shape) == 3 and shape[-1] in (1, 3):
+            return
+        dims = ", ".join("None" if s is None else str(s) for s in shape)
+        msg = (
+            f"model: {model_name!r} takes inputs of shape (batch, {dims}); kerastl exports "
+            "image models (input (batch, height, width, channels) with 1 or 3 channels last: "
+            "NHWC), and the text and audio models of kerastl.build."
+        )
+        if len(shape) == 3 and shape[0] in (1, 3):
+            h, w, c = shape[1], shape[2], shape[0]
+            msg += (
+                f" This looks channels-first (NCHW): export a channels-last wrapper, "
+                f"inp = keras.Input(({h}, {w}, {c})); "
+                "keras.Model(inp, model(keras.layers.Permute((3, 1, 2))(inp)))."
+            )
+        elif len(shape) != 3:
+            msg += " Tabular and sequence inputs are not exportable yet."
+        raise ConfigError(msg)
 
     def input_signature(self) -> list:
         import tensorflow as tf
