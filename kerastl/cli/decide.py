@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
-from kerastl.decide._candidates import RUNTIMES, check_runtime, parse_candidates
+from kerastl.decide._candidates import (
+    RUNTIMES,
+    check_runtime,
+    parse_backbone,
+    parse_candidates,
+)
 from kerastl.decide._scores import ESTIMATORS
 from kerastl.errors import ConfigError, choice_error
 
@@ -42,7 +48,11 @@ def add_rank_arguments(p: argparse.ArgumentParser) -> None:
 def add_advise_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``kerastl advise``."""
     _common(p)
-    p.add_argument("--backbone", required=True, help="registry name, e.g. efficientnet_lite0")
+    p.add_argument(
+        "--backbone",
+        required=True,
+        help="registry name, optionally NAME@WEIGHTS as in rank, e.g. efficientnet_lite0@random",
+    )
     p.add_argument("--weights", default="imagenet", help="imagenet, random or a path")
 
 
@@ -92,19 +102,16 @@ def _build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def _load(path: str) -> Any:
-    from kerastl import data as kdata
-
-    return kdata.load(path=path)
-
-
 def run_rank(args: argparse.Namespace) -> int:
-    """``kerastl rank DATA --candidates ...``: print the table (text or JSON)."""
+    """``kerastl rank DATA --candidates ...``: print the table (text or JSON).
+
+    Exit status 1 when no candidate could be scored (each failed row says why).
+    """
     cands = check_rank(args)
     from kerastl.decide._rank import rank
 
     table = rank(
-        _load(args.data),
+        args.data,
         cands,
         input_size=args.input_size,
         runtime=args.runtime,
@@ -116,20 +123,22 @@ def run_rank(args: argparse.Namespace) -> int:
     print(table.json() if args.json else table.text())
     if args.plot:
         table.plot(args.plot)
+    if all(r["failed"] for r in table.rows):
+        print("kerastl rank: no candidate could be scored (see 'failed' above).", file=sys.stderr)
+        return 1
     return 0
 
 
 def run_advise(args: argparse.Namespace) -> int:
-    """``kerastl advise DATA --backbone NAME``: print the advice and its reasons."""
+    """``kerastl advise DATA --backbone NAME[@WEIGHTS]``: print the advice and its reasons."""
     check_common(args)
-    weights = None if args.weights.lower() in ("random", "none") else args.weights
-    cand = parse_candidates([args.backbone], weights, argument="--backbone")
-    if len(cand) != 1:
-        raise ConfigError(f"--backbone: give one model, {args.backbone!r} matches {len(cand)}.")
+    cand = parse_backbone(args.backbone, args.weights, "--backbone", "--weights")
     from kerastl.decide._advise import advise
+    from kerastl.decide._candidates import check_modality
+    from kerastl.decide._rank import as_examples
 
-    a = advise(
-        _load(args.data), cand[0].name, weights, args.input_size, args.cache, **_build_kwargs(args)
-    )
+    examples = as_examples(args.data, "DATA")
+    check_modality([cand], examples.modality, "--backbone")
+    a = advise(examples, cand, input_size=args.input_size, cache=args.cache, **_build_kwargs(args))
     print(json.dumps(a.to_dict(), indent=1) if args.json else a.text())
     return 0

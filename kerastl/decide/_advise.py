@@ -48,6 +48,7 @@ class Advice:
     freeze: str  # the kerastl freeze policy of the fine-tuning phase
     reasons: list[str] = field(default_factory=list)
     measurements: dict[str, Any] = field(default_factory=dict)
+    train_batchnorm: bool = False  # BatchNorm statistics move while fine-tuning
 
     def text(self) -> str:
         """The advice as lines of text."""
@@ -56,8 +57,10 @@ class Advice:
             if self.finetune_learning_rate is None
             else f", fine-tune lr {self.finetune_learning_rate:g}"
         )
+        bn = ", BatchNorm trains" if self.train_batchnorm else ""
         lines = [
-            f"advice: {self.strategy} (freeze {self.freeze}; head lr {self.head_learning_rate:g}{lr})"
+            f"advice: {self.strategy} (freeze {self.freeze}; head lr "
+            f"{self.head_learning_rate:g}{lr}{bn})"
         ]
         return "\n".join(lines + [f"  - {r}" for r in self.reasons])
 
@@ -73,6 +76,7 @@ def decide(
     tap_logme: list[float],
     final_logme: float,
     n_groups: int,
+    feature_rms: float | None = None,
 ) -> Advice:
     """The strategy from the measurements (no TensorFlow).
 
@@ -83,6 +87,8 @@ def decide(
         tap_logme: LogME of each earlier tap, shallow to deep (may be empty).
         final_logme: LogME of the final features.
         n_groups: Layer groups of the backbone.
+        feature_rms: Set when the frozen features are collapsed (:func:`kerastl.decide._rank.collapsed`):
+            their RMS. Then the scores measure nothing, and the advice says so.
 
     Example:
         >>> decide(3, 10, 0.5, [0.1], 0.2, 5).strategy
@@ -91,10 +97,14 @@ def decide(
         2
         >>> decide(20, 10, 0.6, [-0.1, 0.4, 0.1], 0.2, 5).strategy  # far: every group
         'full_finetune'
+        >>> decide(20, 10, 1.0, [], 0.2, 5, feature_rms=1e-12).train_batchnorm  # collapsed
+        True
     """
     chance = 1.0 / n_classes
     sep = (probe - chance) / (1 - chance)
-    why = [f"{shots} labels in the smallest class of {n_classes}"]
+    why = [f"{shots} {'label' if shots == 1 else 'labels'} in the smallest class of {n_classes}"]
+    if feature_rms is not None:
+        return _collapsed_advice(why, feature_rms, n_groups, sep)
     why.append(f"frozen final features: linear probe {probe:.2f} (chance {chance:.2f})")
     best = int(np.argmax([*tap_logme, final_logme]))
     near = best == len(tap_logme)
@@ -122,6 +132,22 @@ def decide(
     return _advice(n_groups, n_groups, why, sep, best)
 
 
+def _collapsed_advice(why: list[str], rms: float, n_groups: int, sep: float) -> Advice:
+    """Collapsed frozen features: no score of them means anything; train every layer."""
+    why.append(
+        f"frozen features are collapsed (RMS {rms:.1e}; `kerastl rank` flags them too): "
+        "e.g. random init with BatchNorm frozen at its initial statistics. A head on frozen "
+        "features cannot learn from them, and the probe and LogME say nothing"
+    )
+    why.append(
+        "train every layer with BatchNorm in training mode (model.train_batchnorm) at a "
+        "from-scratch rate, 1e-3; or better, start from pretrained weights (@imagenet or a "
+        "checkpoint) and run `kerastl advise` again"
+    )
+    meas = {"separability": sep, "best_layer": None, "collapsed": True, "feature_rms": rms}
+    return Advice("full_finetune", n_groups, 1e-2, 1e-3, "none", why, meas, train_batchnorm=True)
+
+
 def _advice(groups: int, n_groups: int, why: list[str], sep: float, best: int) -> Advice:
     meas = {"separability": sep, "best_layer": best}
     if groups == 0:
@@ -136,7 +162,7 @@ def _advice(groups: int, n_groups: int, why: list[str], sep: float, best: int) -
 
 def advise(
     examples: Any,
-    backbone: str,
+    backbone: Any,
     weights: str | None = "imagenet",
     input_size: int = 64,
     cache: str = "memory",
@@ -145,48 +171,58 @@ def advise(
     """Measure the data against ``backbone`` and advise a fine-tuning strategy.
 
     Args:
-        examples: Labelled :class:`kerastl.data.Examples` or ``(x, y)`` arrays.
-        backbone: Registry name.
-        weights: Its pretrained weights (``"imagenet"``, a path).
+        examples: Labelled :class:`kerastl.data.Examples`, a data path, or ``(x, y)``.
+        backbone: Registry name, optionally with ``@WEIGHTS`` as in ``kerastl rank``
+            (``"efficientnet_lite0@random"``); no ``:tapK``: every tap is measured.
+        weights: Its weights: ``"imagenet"``, ``"random"`` / ``None`` (random init) or a
+            path, as the CLI's ``--weights`` (tags in any case).
         input_size: Side images are resized to.
         cache: ``"memory"`` or ``"disk"`` feature cache.
         **build_kwargs: Passed to :func:`kerastl.build`.
+
+    Raises:
+        ConfigError: an unknown backbone or weights, a ``:tapK``, or a backbone of another
+            modality than the data.
 
     Example:
         >>> a = kerastl.advise((x, y), "efficientnet_lite0", input_size=64)  # doctest: +SKIP
         >>> print(a.text())  # doctest: +SKIP
     """
-    from kerastl import data as kdata
-    from kerastl.decide._candidates import Candidate
-    from kerastl.decide._rank import features_of
+    from kerastl.decide._candidates import Candidate, check_modality, parse_backbone
+    from kerastl.decide._rank import as_examples, collapsed, features_of
     from kerastl.zoo import get_spec
 
-    if isinstance(examples, tuple):
-        examples = kdata.from_numpy(np.asarray(examples[0]), np.asarray(examples[1]))
-    spec = get_spec(backbone)
-    x, y, _ = features_of(
-        Candidate(spec.name, weights), examples, input_size, cache, **build_kwargs
-    )
+    c = backbone if isinstance(backbone, Candidate) else parse_backbone(backbone, weights)
+    examples = as_examples(examples)
+    check_modality([c], examples.modality, "backbone")
+    spec = get_spec(c.name)
+    x, y, _ = features_of(c, examples, input_size, cache, **build_kwargs)
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    is_collapsed = collapsed(x, rms)
     final, probe = logme(x, y), linear_probe_accuracy(x, y)
     taps = []
     last = len(spec.taps) - 1 if spec.taps and spec.taps[-1].channels == x.shape[1] else None
-    for k in range(len(spec.taps)):
+    for k in range(len(spec.taps) if not is_collapsed else 0):  # collapsed: nothing to read
         if k == last:
             continue
-        xk, _, _ = features_of(Candidate(spec.name, weights, k), examples, input_size, cache)
+        ck = Candidate(c.name, c.weights, k)
+        xk, _, _ = features_of(ck, examples, input_size, cache, **build_kwargs)
         taps.append(logme(xk, y))
     shots = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
     n_groups = len(spec.groups) or 1
-    a = decide(shots, len(np.unique(y)), probe, taps, final, n_groups)
-    a.measurements.update(
-        {
-            "shots": shots,
-            "probe": probe,
-            "final_logme": final,
-            "tap_logme": taps,
-            "groups": n_groups,
-        }
+    a = decide(
+        shots, len(np.unique(y)), probe, taps, final, n_groups, rms if is_collapsed else None
     )
+    if shots < 2:
+        a.reasons.insert(
+            1,
+            "a class has 1 label: the probe's cross-validation holds it out with no other "
+            "example of its class, so the probe is rough",
+        )
+    if examples.skipped:
+        a.reasons.append(f"skipped {len(examples.skipped)} unreadable file(s) of the data")
+    meas = {"backbone": c.label, "shots": shots, "probe": probe, "final_logme": final}
+    a.measurements.update({**meas, "tap_logme": taps, "groups": n_groups, "feature_rms": rms})
     return a
 
 
@@ -204,6 +240,8 @@ def config_overrides(a: Advice, finetune_epochs: int = 10) -> dict[str, dict[str
         "model": {"freeze": "backbone"},
         "train": {"learning_rate": a.head_learning_rate},
     }
+    if a.train_batchnorm:
+        out["model"]["train_batchnorm"] = True
     if a.groups == 0:
         out["finetune"] = {"epochs": 0}
     else:

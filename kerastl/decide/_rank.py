@@ -10,16 +10,26 @@ measured once per architecture (weights do not change either).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from kerastl.decide._candidates import Candidate, check_runtime, parse_candidates
+from kerastl.decide._candidates import (
+    Candidate,
+    check_modality,
+    check_runtime,
+    own_weights,
+    parse_candidates,
+)
 from kerastl.decide._scores import ESTIMATORS, pareto_flags, score
+from kerastl.errors import ConfigError, choice_error
+
+log = logging.getLogger(__name__)
 
 #: Feature RMS below which a candidate is "collapsed" (:func:`collapsed`): its frozen features
 #: are numerically near zero (e.g. random init with BatchNorm frozen at its initial
@@ -27,7 +37,11 @@ from kerastl.decide._scores import ESTIMATORS, pareto_flags, score
 #: scale-invariant scores say.
 COLLAPSED_RMS = 1e-6
 
-_COSTS: dict[tuple[str, int, str], tuple[float | None, float | None]] = {}
+#: Build options only text models take.
+_TEXT_OPTIONS = ("sequence_length", "tokenizer")
+
+#: Cost per (architecture, input size, runtime, sequence length): weights do not change it.
+_COSTS: dict[tuple[str, int, str, int | None], tuple[float | None, float | None]] = {}
 
 
 def candidate_model(c: Candidate, num_classes: int, input_size: int, **kw: Any):
@@ -39,13 +53,14 @@ def candidate_model(c: Candidate, num_classes: int, input_size: int, **kw: Any):
 
     spec = kerastl.get_spec(c.name)
     shape = (input_size, input_size, 3) if spec.modality == "image" else None
+    weights = own_weights(c)  # a KerasHub entry's 'imagenet' is its own preset
     if c.tap is None:
         model = kerastl.build(
-            c.name, num_classes=num_classes, weights=c.weights, input_shape=shape, **kw
+            c.name, num_classes=num_classes, weights=weights, input_shape=shape, **kw
         )
         return model, split_model(model)[0]
     fm = kerastl.build(
-        c.name, weights=c.weights, input_shape=shape, features_only=True, out_indices=[c.tap]
+        c.name, weights=weights, input_shape=shape, features_only=True, out_indices=[c.tap], **kw
     )
     out = fm.outputs[0] if isinstance(fm.outputs, list) else fm.outputs
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(out)
@@ -72,9 +87,12 @@ def features_of(
     from kerastl.core.convs import grouped_convs_as_depthwise
     from kerastl.train._cache import FeatureCache, feature_batch_size
 
+    check_modality([replace(c, pattern=None)], examples.modality, "candidate")
     keras.utils.set_random_seed(seed)
     text = examples.modality == "text"
-    if c.weights is not None or not text:
+    if not text:  # text options of a mixed run do not reach image models
+        kw = {k: v for k, v in kw.items() if k not in _TEXT_OPTIONS}
+    elif c.weights is not None:
         kw = {k: v for k, v in kw.items() if k != "tokenizer"}  # only random-init text needs it
     model, feature_model = candidate_model(c, len(examples.class_names), input_size, **kw)
     size = None if text else (input_size, input_size)
@@ -88,10 +106,16 @@ def features_of(
 
 
 def measure_cost(
-    c: Candidate, model: Any, input_size: int, runtime: str, sample: Any
+    c: Candidate,
+    model: Any,
+    input_size: int,
+    runtime: str,
+    sample: Any,
+    sequence_length: int | None = None,
 ) -> tuple[float | None, float | None]:
-    """``(size_mb, latency_ms)`` of ``model`` exported to ``runtime`` (batch 1), per architecture."""
-    key = (c.arch_key, input_size, runtime)
+    """``(size_mb, latency_ms)`` of ``model`` exported to ``runtime`` (batch 1), per architecture
+    and input (image side, text sequence length)."""
+    key = (c.arch_key, input_size, runtime, sequence_length)
     if runtime == "none":
         return None, None
     if key not in _COSTS:
@@ -116,41 +140,48 @@ def measure_cost(
 
 @dataclass
 class RankTable:
-    """Rows sorted by the chosen score, best first; ``.text()``, ``.json()``, ``.plot()``."""
+    """Rows sorted by the chosen score, best first; ``.text()``, ``.json()``, ``.plot()``.
+
+    A candidate that could not be scored (weights not on this machine, ...) is a row
+    whose ``failed`` is the one-line reason; it comes last.
+    """
 
     rows: list[dict[str, Any]]
     by: str
     runtime: str
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        """A plain-text table."""
+        """A plain-text table (the candidate column as wide as the longest name)."""
         names = [e for e in ESTIMATORS if any(e in r for r in self.rows)]
         width = {e: max(7, len(e)) for e in names}
-        head = f"{'candidate':34} " + " ".join(f"{e:>{width[e]}}" for e in names)
+        lw = max([len("candidate"), *(len(r["candidate"]) for r in self.rows)])
+        head = f"{'candidate':{lw}} " + " ".join(f"{e:>{width[e]}}" for e in names)
         head += f" {'MB':>6} {'ms':>7}  pareto"
         lines = [head, "-" * len(head)]
         for r in self.rows:
+            if r.get("failed"):
+                lines.append(f"{r['candidate']:{lw}} failed: {r['failed']}")
+                continue
             mb = "-" if r["size_mb"] is None else f"{r['size_mb']:.1f}"
             ms = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
             cells = " ".join(_cell(r.get(e), width[e]) for e in names)
             lines.append(
-                f"{r['candidate']:34} {cells} {mb:>6} {ms:>7}  "
+                f"{r['candidate']:{lw}} {cells} {mb:>6} {ms:>7}  "
                 + ("*" if r["pareto"] else "")
                 + (" collapsed" if r.get("collapsed") else "")
             )
         lines.append(
-            f"(sorted by {self.by}, collapsed features last; cost: {self.runtime}, batch 1; "
-            "* = Pareto)"
+            f"(sorted by {self.by}, collapsed features and failed candidates last; cost: "
+            f"{self.runtime}, batch 1; * = Pareto)"
         )
-        return "\n".join(lines)
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
     def json(self) -> str:
         """The table as JSON."""
-        return json.dumps(
-            {"by": self.by, "runtime": self.runtime, "rows": self.rows, "seconds": self.seconds},
-            indent=1,
-        )
+        out = {"by": self.by, "runtime": self.runtime, "rows": self.rows}
+        return json.dumps({**out, "seconds": self.seconds, "notes": self.notes}, indent=1)
 
     def plot(self, path: str) -> str:
         """Score against latency (or rank position without a runtime), saved to ``path``."""
@@ -161,7 +192,7 @@ class RankTable:
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for i, r in enumerate(self.rows):
-            if r[self.by] is None:  # a collapsed candidate the score could not rate
+            if r.get(self.by) is None:  # failed, or collapsed and the score could not rate it
                 continue
             xv = r["latency_ms"] if r["latency_ms"] is not None else i
             ax.scatter(xv, r[self.by], c="C1" if r["pareto"] else "C0")
@@ -172,6 +203,62 @@ class RankTable:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
+
+
+def as_examples(examples: Any, arg: str = "examples") -> Any:
+    """Labelled :class:`kerastl.data.Examples` from what rank and advise accept.
+
+    ``Examples``; a data path, read as ``kerastl train`` reads it (image folder, CSV,
+    ``.npz``, text CSV/JSONL), whose skipped unreadable files are logged (how many, and
+    the first names); or ``(x, y)`` as a tuple or list of two arrays.
+
+    Raises:
+        ConfigError: anything else, or a path with nothing at it.
+
+    Example:
+        >>> len(as_examples((np.zeros((2, 8, 8, 3), "uint8"), [0, 1])))
+        2
+    """
+    from kerastl import data as kdata
+
+    if isinstance(examples, (str, os.PathLike)):
+        if not os.path.exists(examples):
+            raise ConfigError(
+                f"{arg}: nothing at {os.fspath(examples)!r} (an image folder, CSV, .npz, JSONL)."
+            )
+        examples = kdata.load(path=examples)
+        report_skipped(examples)
+    elif isinstance(examples, (tuple, list)) and len(examples) == 2:
+        examples = kdata.from_numpy(np.asarray(examples[0]), np.asarray(examples[1]))
+    elif not isinstance(examples, kdata.Examples):
+        raise ConfigError(
+            f"{arg}: expected kerastl.data.Examples, a data path (image folder, CSV, .npz, "
+            f"text CSV/JSONL) or (x, y) arrays; got {type(examples).__name__}."
+        )
+    return examples
+
+
+def report_skipped(examples: Any, show: int = 5) -> None:
+    """Log how many unreadable files the data skipped, and the first ``show`` of them."""
+    if examples.skipped:
+        first = ", ".join(os.path.basename(p) for p, _ in examples.skipped[:show])
+        more = ", ..." if len(examples.skipped) > show else ""
+        log.warning(f"skipped {len(examples.skipped)} unreadable file(s): {first}{more}")
+        for p, why in examples.skipped[:show]:
+            log.info(f"  {p}: {why}")
+
+
+def _data_notes(examples: Any) -> list[str]:
+    notes = []
+    if examples.skipped:
+        notes.append(f"skipped {len(examples.skipped)} unreadable file(s) of the data")
+    counts = [n for n in examples.class_counts().values() if n > 0]
+    if counts and min(counts) < 2:
+        notes.append(
+            "a class has 1 example: knn and probe hold it out with no other example of its "
+            "class to learn from, so their scores are rough"
+        )
+    return notes
 
 
 def rank(
@@ -187,8 +274,12 @@ def rank(
 ) -> RankTable:
     """Score each candidate backbone on ``examples`` and measure its cost; best first.
 
+    A candidate that fails (weights that cannot be loaded offline, ...) is a row with
+    its reason; the others are still ranked. A wildcard keeps the models of the data's
+    modality (said in the table's notes); a named model of another modality is an error.
+
     Args:
-        examples: Labelled :class:`kerastl.data.Examples` (or ``(x, y)`` arrays).
+        examples: Labelled :class:`kerastl.data.Examples`, a data path, or ``(x, y)``.
         candidates: ``"efficientnet_lite*,efficientnet_lite0@random"`` or a list
             (see :mod:`kerastl.decide._candidates`).
         input_size: Side images are resized to.
@@ -199,6 +290,9 @@ def rank(
         progress: Show a progress bar across candidates.
         **build_kwargs: Passed to :func:`kerastl.build` (e.g. ``sequence_length``;
             ``tokenizer``: a preset folder whose vocabulary random-init text candidates use).
+
+    Raises:
+        ConfigError: bad arguments, or a named candidate of another modality than the data.
 
     Example:
         >>> from sklearn.datasets import load_digits
@@ -211,40 +305,73 @@ def rank(
     """
     from tqdm.auto import tqdm
 
-    from kerastl import data as kdata
-
     runtime = check_runtime(runtime)
     if by not in ESTIMATORS:
-        from kerastl.errors import choice_error
-
         raise choice_error("by", by, ESTIMATORS)
     estimators = tuple(dict.fromkeys((by, *estimators)))
-    if isinstance(examples, tuple):
-        examples = kdata.from_numpy(np.asarray(examples[0]), np.asarray(examples[1]))
+    examples = as_examples(examples)
     cands = parse_candidates(candidates) if not _is_parsed(candidates) else list(candidates)
-    rows, t_feat, t_cost = [], 0.0, 0.0
+    cands, notes = check_modality(cands, examples.modality)
+    seconds = {"features_and_scores": 0.0, "cost": 0.0}
+    rows = []
     for c in tqdm(cands, desc="kerastl rank", unit="model", disable=not progress):
-        t0 = time.perf_counter()
-        x, y, model = features_of(c, examples, input_size, cache, **build_kwargs)
-        rms = float(np.sqrt(np.einsum("ij,ij->", x, x, dtype=np.float64) / max(x.size, 1)))
-        row = {"candidate": c.label, "dim": int(x.shape[1]), "feature_rms": rms}
-        row["collapsed"] = collapsed(x, rms)
-        row.update({e: _score(x, y, e, row["collapsed"]) for e in estimators})
-        t1 = time.perf_counter()
-        sample = _sample(examples, input_size)
-        row["size_mb"], row["latency_ms"] = measure_cost(c, model, input_size, runtime, sample)
-        t_feat, t_cost = t_feat + t1 - t0, t_cost + time.perf_counter() - t1
+        row = _rank_one(c, examples, input_size, runtime, estimators, cache, seconds, build_kwargs)
         rows.append(row)
     mark_pareto(rows, by)
-    rows.sort(key=lambda r: (r["collapsed"], -_value(r[by])))
-    return RankTable(rows, by, runtime, {"features_and_scores": t_feat, "cost": t_cost})
+    rows.sort(key=lambda r: (bool(r["failed"]), r["collapsed"], -_value(r[by])))
+    return RankTable(rows, by, runtime, seconds, notes + _data_notes(examples))
+
+
+def _rank_one(
+    c: Candidate,
+    examples: Any,
+    input_size: int,
+    runtime: str,
+    estimators: tuple[str, ...],
+    cache: str,
+    seconds: dict[str, float],
+    kw: dict[str, Any],
+) -> dict[str, Any]:
+    """One row: features, scores and cost of ``c``; what fails is the row's ``failed`` reason."""
+    row: dict[str, Any] = {"candidate": c.label, "dim": None, "feature_rms": None}
+    row.update({"collapsed": False, "failed": None, **dict.fromkeys(estimators)})
+    row.update(size_mb=None, latency_ms=None)
+    t0 = time.perf_counter()
+    try:
+        x, y, model = features_of(c, examples, input_size, cache, **kw)
+        rms = float(np.sqrt(np.einsum("ij,ij->", x, x, dtype=np.float64) / max(x.size, 1)))
+        row.update(dim=int(x.shape[1]), feature_rms=rms, collapsed=collapsed(x, rms))
+        row.update({e: _score(x, y, e, row["collapsed"]) for e in estimators})
+    except Exception as exc:  # noqa: BLE001 - one candidate must not stop the ranking
+        row["failed"] = _reason(exc)
+        log.debug(f"{c.label} failed", exc_info=True)
+        return row
+    finally:
+        seconds["features_and_scores"] += time.perf_counter() - t0
+    t1 = time.perf_counter()
+    try:
+        sample = _sample(examples, input_size)
+        seq = kw.get("sequence_length") if examples.modality == "text" else None
+        row["size_mb"], row["latency_ms"] = measure_cost(c, model, input_size, runtime, sample, seq)
+    except Exception as exc:  # noqa: BLE001 - the scores stand; the cost is the failure
+        row["failed"] = f"cost on {runtime}: {_reason(exc)}"
+        log.debug(f"{c.label}: cost failed", exc_info=True)
+    seconds["cost"] += time.perf_counter() - t1
+    return row
+
+
+def _reason(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def mark_pareto(rows: list[dict[str, Any]], by: str) -> None:
     """Set each row's ``pareto``: among the candidates not collapsed, none beats it on both.
 
-    A collapsed candidate is never on the front and never pushes another one off it
-    (random init shares its architecture's latency and may score high on noise).
+    A collapsed or failed candidate is never on the front and never pushes another one
+    off it (random init shares its architecture's latency and may score high on noise).
 
     Example:
         >>> rows = [{"s": 0.2, "latency_ms": 5.0, "collapsed": False},
@@ -252,7 +379,7 @@ def mark_pareto(rows: list[dict[str, Any]], by: str) -> None:
         >>> mark_pareto(rows, "s"); [r["pareto"] for r in rows]
         [True, False]
     """
-    alive = [r for r in rows if not r["collapsed"]]
+    alive = [r for r in rows if not r["collapsed"] and not r.get("failed")]
     flags = pareto_flags([_value(r[by]) for r in alive], [r["latency_ms"] for r in alive])
     for r in rows:
         r["pareto"] = False

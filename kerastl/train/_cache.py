@@ -15,6 +15,7 @@ fingerprint.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -83,13 +84,21 @@ def weights_hash(model: keras.Model) -> str:
 
 
 def cache_key(model: keras.Model, feature_model: keras.Model, data_fingerprint: str) -> str:
-    """Key of a feature cache: backbone, weights, input shape, dtype policy and data."""
+    """Key of a feature cache: what the features depend on.
+
+    Backbone, weights (and a hash of their values), the input (shape; for text the
+    sequence length, in the model's input metadata), preprocessing and pooling, the
+    features' shape, the dtype policy and the data.
+    """
     meta = ModelMeta.of(model)
+    how = {"input": meta.input, "preprocessing": meta.preprocessing, "pooling": meta.pooling}
     parts = [
         str(meta.backbone or model.name),
         str(meta.weights),
         weights_hash(feature_model),
         str(tuple(feature_model.input_shape)),
+        json.dumps(how, sort_keys=True, default=str),
+        str(tuple(feature_model.output_shape)),
         keras.mixed_precision.global_policy().name,
         data_fingerprint,
     ]
