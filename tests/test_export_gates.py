@@ -269,3 +269,16 @@ def test_yes_no_arguments_must_be_booleans(tmp_path, arg):
 
     with pytest.raises(ConfigError, match=f"{arg}: expected True or False, got 'no'"):
         kerastl.export(object(), tmp_path, formats=["onnx"], **{arg: "no"})  # before the model
+
+
+def test_out_dir_inside_a_file_and_an_unreadable_npy_are_refused_by_name(tmp_path):
+    import kerastl
+    from kerastl.data.files import load_data_path
+    from kerastl.errors import ConfigError, DataError
+
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(ConfigError, match="out_dir: .*afile/sub.* is inside .*afile.*a file"):
+        kerastl.export(object(), tmp_path / "afile" / "sub", formats=["onnx"])
+    np.save(tmp_path / "obj.npy", np.array(["a.png"], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="validation_data: cannot read .*obj.npy.* without pickle"):
+        load_data_path(tmp_path / "obj.npy", "validation_data", None)

@@ -128,7 +128,7 @@ def _check_format_flags(args: argparse.Namespace, fmts: list[str]) -> None:
     """Flags that apply to one format only, and their values (as the API checks them)."""
     from kerastl.errors import ConfigError, check_positive_int
     from kerastl.export.formats.onnx import check_opset
-    from kerastl.export.pipeline import _NAME_RE
+    from kerastl.export.pipeline import NAME_RE
 
     quantize = [q for q in _items(args.quantize) if q != "float32"]
     only = {
@@ -160,7 +160,7 @@ def _check_format_flags(args: argparse.Namespace, fmts: list[str]) -> None:
             raise ConfigError("--opset:" + str(exc).removeprefix("opset:")) from None
     if args.version is not None:
         check_positive_int("--version", args.version)
-    if args.name is not None and not _NAME_RE.match(args.name):
+    if args.name is not None and not NAME_RE.match(args.name):
         raise ConfigError(
             f"--name: {args.name!r} is not usable in file names and TF Serving; use letters, "
             "digits, '_', '-' and '.' (starting with a letter or digit)."
@@ -208,14 +208,14 @@ def run_export(args: argparse.Namespace) -> int:
     from kerastl.errors import ConfigError
     from kerastl.export import export
     from kerastl.export._trace import find_metadata, load_keras
-    from kerastl.export.pipeline import _NAME_RE
+    from kerastl.export.pipeline import NAME_RE
     from kerastl.export.report import MD_NAME, human_size
 
     model_path = Path(args.model)
     items = _items
     fmts = items(args.formats)
     model = load_keras(model_path, safe_mode=not args.unsafe, unsafe_hint="rerun with --unsafe")
-    if args.name is None and not _NAME_RE.match(model.name):
+    if args.name is None and not NAME_RE.match(model.name):
         raise ConfigError(
             f"--name: the model's own name {model.name!r} is not usable in file names and TF "
             "Serving; pass --name with letters, digits, '_', '-' and '.' (e.g. --name "

@@ -51,9 +51,9 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
         _warn_unlabelled(files, p, class_names, argument)
         return paths
     if p.suffix == ".npy" and p.is_file():
-        return np.load(p)
+        return _np_load(p, argument)
     if p.suffix == ".npz" and p.is_file():
-        data = np.load(p)
+        data = _np_load(p, argument)
         keys = list(data.keys())
         x = data["x"] if "x" in data else data[keys[0]]
         y = data["y"] if "y" in data else None
@@ -77,3 +77,17 @@ def _warn_unlabelled(files: list[Path], root: Path, class_names: list[str] | Non
         f"{argument}: the class sub-folders of {str(root)!r} give no labels: {why}; the "
         "files are used without labels (no accuracy check)."
     )
+
+
+def _np_load(path: Path, argument: str) -> Any:
+    """``numpy.load`` without pickle; a DataError naming ``argument`` for what it cannot read."""
+    import numpy as np
+
+    from kerastl.errors import DataError
+
+    try:
+        return np.load(path)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(
+            f"{argument}: cannot read {str(path)!r} as numeric arrays without pickle ({exc})."
+        ) from None

@@ -67,7 +67,8 @@ FORMATS = tuple(FORMAT_TABLE)
 #: TFLite precisions accepted by ``quantize`` (float32 is always written).
 QUANTIZE = QUANTIZATIONS
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Names usable in file names and as a TF Serving model name.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def export(
@@ -244,6 +245,9 @@ def _check(formats: list[str], options: Options, out: Path) -> list[Format]:
         raise ConfigError(
             f"out_dir: {str(out)!r} is a file; pass a folder (it is created if missing)."
         )
+    inside = next((p for p in out.absolute().parents if p.exists() and not p.is_dir()), None)
+    if inside is not None:
+        raise ConfigError(f"out_dir: {str(out)!r} is inside {str(inside)!r}, which is a file.")
     selected = [fmt for fmt in FORMAT_TABLE.values() if fmt.name in formats]
     brackets = sorted(set("[]") & set(str(out.absolute())))
     if brackets and any(fmt.reads_saved_model for fmt in selected):
@@ -269,10 +273,10 @@ def _export_one(
                 f"valid: {list(prepared.modality.formats)}."
             )
     name = options.name or prepared.original.name
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.match(name):
         raise ConfigError(
             f"name: {name!r} is not usable in file names and TF Serving; use letters, digits, "
-            "'_', '-' and '.'."
+            "'_', '-' and '.' (pass name=... to choose one)."
         )
     targets = _plan(out, name, selected, options, prepared.meta)
     x_val, y_val, source, x_cal, notes = _inputs(prepared, options)
