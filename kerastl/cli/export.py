@@ -296,7 +296,13 @@ def _artifact_or_pretrained(name: str, threads: int | None = None) -> Any:
         )
     import kerastl
 
-    model = kerastl.build(name, weights="imagenet", pretrained_head=True, compile=False)
+    try:
+        model = kerastl.build(name, weights="imagenet", pretrained_head=True, compile=False)
+    except ConfigError as exc:  # name the argument the user gave, not build()'s
+        text = str(exc).replace(
+            "(argument 'name')", "(argument 'artifact': no such file, so read as a model name)"
+        )
+        raise type(exc)(text) from None
     return KerasArtifact.from_model(model, f"{name} (pretrained ImageNet classifier)")
 
 
