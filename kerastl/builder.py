@@ -16,7 +16,7 @@ from kerastl.core.heads import TaskSpec, attach_head, compile_for_task, output_u
 from kerastl.core.meta import ModelMeta
 from kerastl.core.model import KerastlModel
 from kerastl.errors import ConfigError
-from kerastl.freeze import apply_policy, parse_policy
+from kerastl.freeze import apply_policy, parse_policy, resolve_train_batchnorm
 from kerastl.prototypes import PROTOTYPE_TASKS, build_prototypes
 from kerastl.zoo import custom_objects, get_adapter, get_spec
 
@@ -33,7 +33,7 @@ def build(
     features_only: bool = False,
     out_indices: Any = None,
     class_names: list[str] | None = None,
-    train_batchnorm: bool = False,
+    train_batchnorm: bool | None = None,
     embedding_dim: int = 128,
     compile: bool = True,
     learning_rate: float = 1e-3,
@@ -62,7 +62,7 @@ def build(
         features_only: Return a multi-scale feature extractor instead.
         out_indices: Which feature taps to return with ``features_only``.
         class_names: Labels, stored in the model and its exports.
-        train_batchnorm: Let BatchNorm layers of trainable groups update.
+        train_batchnorm: BatchNorm of trainable groups trains; None: iff ``weights=None``.
         embedding_dim: Width of the ``embedding`` task's output.
         compile: Compile with the task's default loss and metrics (Adam).
         learning_rate: Adam's learning rate when ``compile`` is true.
@@ -92,7 +92,7 @@ def build(
     if head is not None:
         num_classes, class_names = len(head[2]), head[2]
     class_names, units = _outputs(task_spec, num_classes, class_names, embedding_dim)
-    policy = parse_policy(freeze, train_batchnorm)
+    policy = parse_policy(freeze, resolve_train_batchnorm(train_batchnorm, weights, freeze))
     shape, inputs, features = _backbone_graph(adapter, input_shape, weights, adapter_kwargs)
     outputs = attach_head(adapter.pooled(features, pooling), task_spec, units, dropout)
     meta = _head_meta(adapter, shape, task_spec, units, class_names, weights, pooling, dropout)

@@ -6,6 +6,17 @@ Keras 3 both stops their weight updates and keeps them in inference mode (the
 ``training=False`` call argument alone is overridden by ``fit`` once the base
 is unfrozen: keras issue 20285).
 
+The BatchNorm rule (:func:`resolve_train_batchnorm`, applied by
+:func:`kerastl.build` and so by ``kerastl train``): ``train_batchnorm=None``, the
+default, means *train BatchNorm when the backbone starts from random weights*
+(``weights=None``) and *keep it frozen when it starts from pretrained weights*.
+BatchNorm that trains uses batch statistics in ``fit`` and updates its moving
+statistics, scale and offset; it does so only in the groups the policy trains
+(a frozen group's BatchNorm always stays in inference mode). An explicit
+``train_batchnorm=False`` is honoured, with a warning for a random-init backbone:
+its BatchNorm then normalises with the initial statistics (mean 0, variance 1), and
+the activations shrink layer after layer until the features are ~0.
+
 Also here: :class:`GradualUnfreezing` (a callback), :func:`discriminative_optimizer`
 (layer-wise learning-rate decay on ``keras.optimizers.MultiOptimizer``) and
 :func:`apply_l2sp` (pull fine-tuned weights towards their starting values).
@@ -16,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +61,42 @@ def _backbone_and_groups(model: keras.Model):
 
 def _all_layers(layer: keras.Layer) -> list[keras.Layer]:
     return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def resolve_train_batchnorm(train_batchnorm: bool | None, weights: Any, freeze: Any = None) -> bool:
+    """Whether BatchNorm layers of trainable groups train (the rule in the module docstring).
+
+    Args:
+        train_batchnorm: ``True``/``False`` as asked, or ``None`` (the default): ``True``
+            for a random-init backbone (``weights=None``), ``False`` for pretrained weights.
+        weights: The ``weights`` argument of :func:`kerastl.build`.
+        freeze: The freezing policy, to warn when a random-init backbone has frozen groups.
+
+    Returns:
+        The resolved flag.
+
+    Example:
+        >>> resolve_train_batchnorm(None, None), resolve_train_batchnorm(None, "imagenet")
+        (True, False)
+    """
+    random_init = weights is None
+    resolved = random_init if train_batchnorm is None else bool(train_batchnorm)
+    if random_init and not resolved:
+        warnings.warn(
+            "train_batchnorm=False with weights=None (random init): the BatchNorm layers "
+            "keep their initial statistics, so the backbone's features collapse to ~0 and "
+            "the model cannot learn. Leave train_batchnorm unset (it trains BatchNorm for a "
+            "random-init backbone) or start from pretrained weights.",
+            stacklevel=3,
+        )
+    elif random_init and freeze is not None and parse_policy(freeze).kind != "none":
+        warnings.warn(
+            f"freeze={parse_policy(freeze).to_string()!r} with weights=None (random init): "
+            "frozen groups keep random weights and their BatchNorm its initial statistics, "
+            "so their features are collapsed. Use freeze='none' to train from scratch.",
+            stacklevel=3,
+        )
+    return resolved
 
 
 def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None = None) -> dict:
@@ -100,6 +148,8 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
 
     backbone.trainable = True  # propagates down; per-layer flags follow
     pattern = re.compile(policy.value) if policy.kind == "regex" else None
+    if pattern is not None:
+        _check_regex_matches(pattern, groups, adapter.spec.name)
     for gname, layers in groups.items():
         for layer in layers:
             trainable = trains[gname]
@@ -121,6 +171,21 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
     )
     model.kerastl_config = meta.to_dict()
     return trains
+
+
+def _check_regex_matches(pattern: re.Pattern, groups: dict, backbone: str) -> None:
+    """Refuse a ``regex:`` policy that names no layer (it would freeze nothing)."""
+    names = [layer.name for layers in groups.values() for layer in layers]
+    if any(pattern.search(n) for n in names):
+        return
+    # The first layer with weights of each group: names a pattern can aim at.
+    firsts = [next((x.name for x in layers if x.weights), None) for layers in groups.values()]
+    examples = ", ".join(f"{g}: {n!r}" for g, n in zip(groups, firsts) if n)
+    raise ConfigError(
+        f"freeze: 'regex:{pattern.pattern}' matches no layer of {backbone}'s backbone, so it "
+        f"would freeze nothing (re.search over the names of its {len(names)} layers). The "
+        f"first layer of each group: {examples}."
+    )
 
 
 def trainable_groups(model: keras.Model) -> dict[str, bool]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -53,8 +55,17 @@ def _fit(model, epochs=2, lr=0.01, **kw):
 
 @pytest.mark.parametrize("policy", ["none", "last:2", "up_to:stage2"])
 def test_batchnorm_statistics_stay_frozen_after_unfreezing(policy):
-    """keras issue 20285: with the base unfrozen, BN must still not move."""
-    model = kerastl.build("resnet50", num_classes=3, input_shape=(SIZE, SIZE, 3), freeze=policy)
+    """keras issue 20285: with the base unfrozen, BN must still not move.
+
+    train_batchnorm=False as pretrained weights would have it (random init trains BN).
+    """
+    model = kerastl.build(
+        "resnet50",
+        num_classes=3,
+        input_shape=(SIZE, SIZE, 3),
+        freeze=policy,
+        train_batchnorm=False,
+    )
     before = _bn_stats(model)
     assert len(before) > 40
     bn_weights = _snapshot(
@@ -183,7 +194,12 @@ def test_gradual_unfreezing_goes_from_head_down():
 
 def test_discriminative_learning_rates_scale_each_groups_update():
     model = kerastl.build(
-        "mobilenet_v2", num_classes=3, input_shape=(SIZE, SIZE, 3), freeze="none", compile=False
+        "mobilenet_v2",
+        num_classes=3,
+        input_shape=(SIZE, SIZE, 3),
+        freeze="none",
+        compile=False,
+        train_batchnorm=False,  # the update rule of the weights, as with pretrained weights
     )
     opt = discriminative_optimizer(model, learning_rate=0.1, decay=0.5, optimizer="sgd")
     names = list(_groups(model))
@@ -292,3 +308,63 @@ def test_gradual_unfreezing_with_discriminative_rates():
         0.5 * opt.kerastl_group_rates[names[-1]]
     )
     assert int(opt.iterations) == 3 * 2  # 16 samples / batch 8, three epochs
+
+
+def _backbone_bns(model):
+    return [
+        layer
+        for layer in model.get_layer("backbone")._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+def _feature_rms(model, x):
+    features = keras.Model(model.inputs, model.get_layer("logits").input)
+    return float(np.sqrt(np.mean(features.predict(x, verbose=0) ** 2)))
+
+
+def test_random_init_backbone_trains_batchnorm_by_default():
+    """weights=None: BatchNorm trains unless told not to; frozen, the features collapse."""
+    from kerastl.freeze import resolve_train_batchnorm
+
+    assert resolve_train_batchnorm(None, None) is True
+    assert resolve_train_batchnorm(None, "imagenet") is False
+    x, y = _data(12)
+    rms = {}
+    for bn in (None, False):
+        keras.utils.set_random_seed(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = kerastl.build(
+                "mobilenet_v3_small",
+                num_classes=3,
+                weights=None,
+                input_shape=(SIZE, SIZE, 3),
+                train_batchnorm=bn,
+            )
+        said = " ".join(str(w.message) for w in caught)
+        bns = _backbone_bns(model)
+        assert len(bns) > 20
+        if bn is None:
+            assert all(layer.trainable for layer in bns) and not said
+            assert model.kerastl_config["train_batchnorm"] is True
+        else:  # honoured, with a warning
+            assert not any(layer.trainable for layer in bns)
+            assert "collapse" in said
+        model.fit(x, y, batch_size=6, epochs=2, verbose=0)
+        rms[bn] = _feature_rms(model, x)
+    assert rms[False] < 1e-8  # the collapse the default avoids (RMS ~4e-11)
+    assert rms[None] > 1e-5
+
+
+def test_regex_policy_that_matches_no_layer_is_refused():
+    kw = dict(num_classes=3, weights=None, input_shape=(64, 64, 3))
+    with pytest.raises(kerastl.ConfigError) as err:
+        kerastl.build("mobilenet_v3_small", freeze="regex:nomatch", **kw)
+    msg = str(err.value)
+    assert "freeze" in msg and "'regex:nomatch'" in msg and "'conv'" in msg
+    with pytest.raises(kerastl.ConfigError, match="matches no layer"):
+        kerastl.build("mobilenet_v3_small", freeze="regex:^conv1", **kw)  # a ResNet name
+    stem = kerastl.build("mobilenet_v3_small", freeze="regex:^conv", **kw)  # conv, conv_bn
+    full = kerastl.build("mobilenet_v3_small", freeze="none", **kw)
+    assert 0 < len(stem.trainable_weights) < len(full.trainable_weights)

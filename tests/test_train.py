@@ -764,3 +764,93 @@ def test_convnext_trains_through_depthwise_convs_and_keras_is_restored(tmp_path,
     assert len(depthwise_calls) >= 18  # ConvNeXt-T's 18 blocks, traced at least once
     assert backend_nn.conv is keras_conv
     assert np.isfinite(r.history["loss"]).all()
+
+
+# -- new-user findings -----------------------------------------------------------
+
+
+def test_train_applies_overrides_to_a_copy_of_the_callers_config(tmp_path):
+    import copy
+
+    from kerastl.errors import ConfigError
+    from kerastl.train import train
+
+    base = _cfg(tmp_path, "mut")
+    before = copy.deepcopy(base)
+    with pytest.raises(ConfigError, match="nothing to train"):  # rejected after the overrides
+        train(base, {"train.epochs": 0, "finetune.epochs": 0, "data.val_split": 0.5})
+    assert base == before
+
+
+def test_random_init_run_trains_batchnorm_through_the_config(tmp_path):
+    """weights: null, train_batchnorm unset: the backbone's BatchNorm trains (not collapsed)."""
+    import keras
+
+    from kerastl.train import train
+
+    x, y = _images(4, 3)
+    cfg = _cfg(tmp_path, "scratch", model={"freeze": "none"}, train={"epochs": 1})
+    result = train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False)
+    assert result.config["model"]["train_batchnorm"] is None
+    assert result.model.kerastl_config["train_batchnorm"] is True
+    bns = [
+        layer
+        for layer in result.model.get_layer("backbone")._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert bns and all(layer.trainable for layer in bns)
+    features = keras.Model(result.model.inputs, result.model.get_layer("logits").input)
+    rms = float(np.sqrt(np.mean(features.predict(x.astype("float32"), verbose=0) ** 2)))
+    assert rms > 1e-6  # frozen initial BatchNorm: ~1e-11
+
+
+def test_validation_split_without_a_class_is_warned(caplog):
+    from kerastl.train.context import warn_missing_classes
+
+    x, y = _images(6, 3)
+    ex = kdata.from_numpy(x, y, class_names=["a", "b", "rare"])
+    train_ex, val_ex = ex.subset(np.arange(14)), ex.subset(np.arange(14, 16))
+    with caplog.at_level(logging.WARNING, logger="kerastl"):
+        assert warn_missing_classes(train_ex, val_ex) == ["a", "b"]
+    assert "no validation example of class(es) 'a' (6 training), 'b' (6 training)" in caplog.text
+    caplog.clear()
+    assert warn_missing_classes(ex, ex) == [] and not caplog.text
+
+
+def _kill_after_first_epoch():
+    """A callback that stops the process' training once epoch 1 is backed up (a kill)."""
+    import keras
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("killed")
+
+    return Kill()
+
+
+def test_unfinished_run_is_evaluated_with_a_note_and_resumes_with_a_line(tmp_path, caplog):
+    from kerastl.train import evaluate_run, train
+
+    _folder(tmp_path / "imgs", n=4)
+    cfg = _cfg(
+        tmp_path,
+        "killed",
+        train={"epochs": 3, "cache_features": "off"},
+        finetune={"epochs": 2},
+        data={"val_split": 0.25, "verify": True},
+    )
+    cfg["data"]["path"] = str(tmp_path / "imgs")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, callbacks=[_kill_after_first_epoch()])
+    run = tmp_path / "runs" / "killed"
+    with caplog.at_level(logging.INFO, logger="kerastl"):
+        metrics = evaluate_run(run)
+    note = "run not finished: phase 1, epoch 1 of 5 backed up; scoring its best checkpoint"
+    assert note in caplog.text
+    assert metrics["unfinished_run"]["phase"] == 1
+    assert json.loads((run / "metrics.json").read_text())["unfinished_run"]["epochs_planned"] == 5
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kerastl"):
+        result = train(cfg, evaluate=True)
+    assert "resuming phase 1 from epoch 2 (1 of 3 done)" in caplog.text
+    assert "unfinished_run" not in result.metrics

@@ -115,3 +115,34 @@ def test_cli_print_config_and_error_exit_without_tensorflow(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "epochs: 2" in out.stdout
     assert "Did you mean 'train.epochs'?" in out.stderr
+
+
+def test_yaml_exponent_numbers_are_numbers(tmp_path):
+    """PyYAML reads 1e-3 (no dot) as a string; number fields take it as the number."""
+    (tmp_path / "run.yaml").write_text(
+        "model: {backbone: mobilenet_v3_small}\ndata: {path: imgs}\n"
+        "train: {learning_rate: 1e-3, weight_decay: 5E-5, epochs: 1e1}\n"
+        "finetune: {learning_rate: 1e-4}\n"
+    )
+    cfg = load_config(tmp_path / "run.yaml")
+    assert cfg["train"]["learning_rate"] == 0.001 and cfg["train"]["weight_decay"] == 5e-5
+    assert cfg["train"]["epochs"] == 10 and isinstance(cfg["train"]["epochs"], int)
+    assert cfg["finetune"]["learning_rate"] == 1e-4
+    assert load_config(None, {**_flat(BASE), "train.learning_rate": "2e-3"})["train"][
+        "learning_rate"
+    ] == pytest.approx(2e-3)
+    for key, text in (("train.epochs", "2.5e0"), ("train.learning_rate", "fast")):
+        with pytest.raises(ConfigError, match=f"{key}: expected .*{text}"):
+            load_config(None, {**_flat(BASE), key: text})
+    assert validate_config(_with("data", path="1e3"))["data"]["path"] == "1e3"  # a string field
+
+
+def _flat(cfg):
+    return {f"{s}.{k}": v for s, sub in cfg.items() for k, v in sub.items()}
+
+
+def test_train_batchnorm_defaults_to_null_meaning_by_weights():
+    assert validate_config(BASE)["model"]["train_batchnorm"] is None
+    assert (
+        validate_config(_with("model", train_batchnorm=False))["model"]["train_batchnorm"] is False
+    )

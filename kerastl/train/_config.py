@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,12 @@ SCHEMA: dict[str, Any] = {
         "dropout": Field((float, int), 0.2, min=0.0, max=0.99),
         "pooling": Field((str,), "avg", choices=("avg", "max")),
         "freeze": Field((str, dict, bool), "backbone", help="backbone | none | last:N | up_to:G"),
-        "train_batchnorm": Field((bool,), False),
+        "train_batchnorm": Field(
+            (bool, _NONE),
+            None,
+            help="BatchNorm of trainable groups trains; null: yes for weights null "
+            "(random init), no for pretrained weights",
+        ),
         "embedding_dim": Field((int,), 128, min=1),
         "options": Field((dict,), {}, help="adapter options, e.g. sequence_length for text"),
     },
@@ -161,8 +167,29 @@ def _type_name(types: tuple) -> str:
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
+def _number_from_text(value: Any, types: tuple) -> Any:
+    """A string that reads as a number, for a number field: ``"1e-3"`` -> ``0.001``.
+
+    PyYAML reads ``1e-3`` (no dot in the mantissa) as a string. Integer fields take
+    the string only when it is a whole number (``"1e3"`` -> ``1000``); anything else
+    is returned unchanged, for the type check to refuse.
+    """
+    if not isinstance(value, str) or str in types or not ({int, float} & set(types)):
+        return value
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return value
+    if not math.isfinite(number):
+        return value
+    if float in types:
+        return number
+    return int(number) if number.is_integer() else value
+
+
 def _check_value(key: str, value: Any, spec: Field, where: str) -> Any:
     types = spec.types
+    value = _number_from_text(value, types)
     ok = isinstance(value, types)
     if isinstance(value, bool) and bool not in types:
         ok = False  # YAML's true is not an integer here

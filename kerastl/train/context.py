@@ -7,6 +7,7 @@ pipelines. Every later step of :func:`kerastl.train.train` reads and updates it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -102,6 +103,7 @@ def open_run(
     strategy = get_strategy(t["strategy"])
     train_ex, val_ex = examples if examples is not None else load_examples(cfg)
     check_task(cfg, train_ex, val_ex)
+    warn_missing_classes(train_ex, val_ex)
     folder = RunFolder.for_config(cfg)
     ctx = RunContext(
         cfg, strategy, verbose_level(t["verbose"]), train_ex, val_ex, list(callbacks or []), folder
@@ -125,7 +127,7 @@ def open_run(
 def resolve_config(config: Any, overrides: dict | None, examples: Any) -> dict:
     """The validated config: a YAML path loaded, or a dict with ``overrides`` applied."""
     if isinstance(config, dict):
-        cfg = _with_overrides(dict(config), overrides, examples)
+        cfg = _with_overrides(copy.deepcopy(config), overrides, examples)
     else:
         cfg = load_config(config, overrides)
     if cfg["strategy_from"] is not None:
@@ -138,6 +140,7 @@ def resolve_config(config: Any, overrides: dict | None, examples: Any) -> dict:
 
 
 def _with_overrides(cfg: dict, overrides: dict | None, examples: Any) -> dict:
+    """Apply ``overrides`` to ``cfg`` (the caller's copy, changed in place) and validate it."""
     if overrides:
         from kerastl.train._config import set_key
 
@@ -205,6 +208,26 @@ def check_task(cfg: dict, train_ex: kdata.Examples, val_ex: kdata.Examples | Non
                 f"{part.source}: the labels were encoded for task={part.task!r} but "
                 f"model.task is {want!r}; load the data with task={want!r}."
             )
+
+
+def warn_missing_classes(train_ex: kdata.Examples, val_ex: kdata.Examples | None) -> list[str]:
+    """Warn about classes with no validation example; returns their names.
+
+    An unbalanced folder split by ``data.val_split`` can leave a rare class out of the
+    validation set: its recall and F1 are then not measured.
+    """
+    if val_ex is None:
+        return []
+    train_counts = train_ex.class_counts()
+    empty = [c for c, n in val_ex.class_counts().items() if n == 0]
+    if empty:
+        listed = ", ".join(f"{c!r} ({train_counts.get(c, 0)} training)" for c in empty)
+        log.warning(
+            f"no validation example of class(es) {listed}: their recall and F1 are not "
+            "measured. Add examples of them, or give data.val_path a validation set "
+            "with every class."
+        )
+    return empty
 
 
 def run_fingerprint(cfg: dict, train_ex: kdata.Examples, val_ex: kdata.Examples | None) -> str:

@@ -94,8 +94,14 @@ def evaluate_run_model(
     out_dir: str,
     history: dict | None = None,
     phase_boundary: int | None = None,
+    unfinished: dict | None = None,
 ) -> dict:
-    """Load the best model, compute metrics on ``ex``, write ``metrics.json`` and plots."""
+    """Load the best model, compute metrics on ``ex``, write ``metrics.json`` and plots.
+
+    ``unfinished`` (from :func:`kerastl.train.runfolder.unfinished_progress`) is recorded
+    as ``metrics["unfinished_run"]``: the scores are those of an interrupted run's best
+    checkpoint so far.
+    """
     import kerastl.core.heads  # noqa: F401 - registers the serializable loss
     import kerastl.core.layers  # noqa: F401 - registers ImagePreprocessing before loading
     from kerastl.builder import load_model
@@ -114,6 +120,8 @@ def evaluate_run_model(
         out_dir, metrics["task"], metrics, ex.y, outputs, None, phase_boundary
     )
     add_forgetting(metrics, model, ex, cfg)
+    if unfinished is not None:
+        metrics["unfinished_run"] = unfinished
     runfolder.write_json(runfolder.run_path(out_dir, "metrics"), metrics)
     return metrics
 
@@ -169,7 +177,9 @@ def add_forgetting(metrics: dict, model: Any, ex: kdata.Examples, cfg: dict, n: 
 def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> dict:
     """Re-evaluate a run folder's best model on its validation data (or ``data_path``).
 
-    Writes ``metrics.json`` and ``plots/`` again and returns the metrics.
+    Writes ``metrics.json`` and ``plots/`` again and returns the metrics. A run that
+    did not finish (killed, interrupted) is scored from its best checkpoint so far,
+    with a warning; ``metrics["unfinished_run"]`` says where it stopped.
 
     Example:
         >>> evaluate_run("runs/exp1")["accuracy"]  # doctest: +SKIP
@@ -199,5 +209,8 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> di
                 f"RUN_DIR: the run {str(run_dir)!r} had no validation data (data.val_split: 0); "
                 "pass --data PATH to evaluate on other data."
             )
-    metrics = evaluate_run_model(str(model_path), ex, cfg, str(run_dir))
+    unfinished = runfolder.unfinished_progress(run_dir, cfg)
+    if unfinished is not None:
+        log.warning(f"{run_dir}: {unfinished['message']} ({model_path.name})")
+    metrics = evaluate_run_model(str(model_path), ex, cfg, str(run_dir), unfinished=unfinished)
     return metrics

@@ -15,6 +15,7 @@ from typing import Any
 import keras
 
 from kerastl import data as kdata
+from kerastl.core.meta import ModelMeta
 from kerastl.train._cache import FeatureCache, backbone_is_frozen, feature_batch_size, split_model
 from kerastl.train._callbacks import (
     InterruptCheck,
@@ -145,6 +146,9 @@ def phase1(ctx: RunContext) -> int:
         ctx.history = state.get("history", {})
         log.info(f"resuming: phase 1 already done ({done} epochs)")
         return done
+    backed_up = ctx.folder.backed_up_epochs("phase1") if ctx.resuming else 0
+    if backed_up:
+        log.info(f"resuming phase 1 from epoch {backed_up + 1} ({backed_up} of {epochs} done)")
     t1 = time.perf_counter()
     cache_mode = decide_cache(ctx.cfg, model, ctx.train_ex)
     with ctx.strategy.scope():
@@ -271,7 +275,7 @@ def finetune_setup(ctx: RunContext) -> tuple[float, list]:
     cfg, model = ctx.cfg, ctx.model
     t, ft = cfg["train"], cfg["finetune"]
     lr2 = ft["learning_rate"] if ft["learning_rate"] is not None else t["learning_rate"] / 10
-    bn = cfg["model"]["train_batchnorm"]
+    bn = bool(ModelMeta.of(model).train_batchnorm)  # as build() resolved it from the weights
 
     def group_optimizer(rate: float) -> keras.optimizers.Optimizer:
         schedule = make_schedule(rate, ft["schedule"], ctx.steps, ft["epochs"], ft["warmup_epochs"])
@@ -309,6 +313,12 @@ def phase2(ctx: RunContext, done1: int) -> None:
     log.info(
         f"phase 2: fine-tuning (freeze={ft['freeze']!r}, lr={lr2:g}) for {ft['epochs']} epoch(s)"
     )
+    backed_up = ctx.folder.backed_up_epochs("phase2") if ctx.resuming else 0
+    if backed_up > done1:
+        log.info(
+            f"resuming phase 2 from epoch {backed_up + 1} "
+            f"({backed_up - done1} of {ft['epochs']} done)"
+        )
     cbs = phase_callbacks(ctx, "phase2", ctx.model)
     if extra:
         cbs.insert(1, OffsetEpochs(extra[0], done1))

@@ -216,6 +216,17 @@ class RunFolder:
         epochs = read_history(self.history_csv).get("epoch")
         return int(max(epochs)) + 1 if epochs else fallback
 
+    def backed_up_epochs(self, phase: str) -> int:
+        """Epochs the latest backup of ``phase`` (``"phase1"``/``"phase2"``) holds (0: none).
+
+        Counted from the run's first epoch (phase 2's backup includes phase 1's epochs).
+        """
+        path = self.backup_root / phase / "training_metadata.json"
+        try:
+            return int(json.loads(path.read_text()).get("epoch", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 0
+
     def close(self) -> None:
         """Mark the run finished (chief) and delete the backups and a worker's temporary files."""
         if self.chief:
@@ -228,3 +239,35 @@ class RunFolder:
             not self.chief
         ):  # a non-chief worker's files only existed to keep the collectives in step
             shutil.rmtree(self.out_dir, ignore_errors=True)
+
+
+def unfinished_progress(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
+    """Where an interrupted run stopped, or None for a finished (or pre-marker) run.
+
+    Returns ``{"phase", "epochs_backed_up", "epochs_planned", "message"}``: the phase
+    it was in, the epochs its latest backup holds and the epochs its config asks for.
+
+    Example:
+        >>> unfinished_progress("runs/no-such-run", {}) is None
+        True
+    """
+    marker = run_path(run_dir, "state") / "run.json"
+    if not marker.is_file() or read_json(marker).get("finished", True):
+        return None
+    folder = RunFolder(str(run_dir), str(run_dir), chief=True, worker=worker_id())
+    planned = int(cfg["train"]["epochs"]) + int(cfg["finetune"]["epochs"])
+    if folder.read_state().get("phase1_done"):
+        phase = 2
+        done = folder.backed_up_epochs("phase2") or int(folder.read_state()["phase1_epochs"])
+    else:
+        phase, done = 1, folder.backed_up_epochs("phase1")
+    message = (
+        f"run not finished: phase {phase}, epoch {done} of {planned} backed up; "
+        "scoring its best checkpoint so far"
+    )
+    return {
+        "phase": phase,
+        "epochs_backed_up": done,
+        "epochs_planned": planned,
+        "message": message,
+    }
