@@ -257,3 +257,18 @@ def test_every_image_entry_minimum_size_is_a_legal_size():
         assert spec.min_input_size % step == 0, (spec.name, spec.min_input_size, step)
     assert get_spec("vit_huge_patch14_224_imagenet21k").min_input_size == 42
     assert get_spec("swin_base_patch4_window7_224").min_input_size == 224  # 4 x 7 x 2**3
+
+
+def test_unknown_model_suggests_names_that_start_with_or_contain_the_query():
+    """`kerastl info bert`: the ten bert_* names, not only close spellings."""
+    with pytest.raises(kerastl.UnknownNameError) as err:
+        get_spec("bert")
+    msg = str(err.value)
+    bert = list_models("bert*")
+    assert len(bert) == 10
+    assert all(repr(n) in msg for n in bert), msg
+    assert "Unknown model 'bert' (argument 'name')" in msg
+    with pytest.raises(kerastl.UnknownNameError, match="'all_minilm_l6_v2_en'"):
+        get_spec("minilm_l6")  # contained, not a prefix
+    res = _run_cli("info", "bert")
+    assert res.returncode == 2 and "'bert_base_en'" in res.stderr

@@ -7,11 +7,12 @@ lookup or listing, from the JSON tables in ``kerastl/zoo/tables/`` (written by
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 from pathlib import Path
 
-from kerastl.errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, UnknownNameError, choice_error
 from kerastl.zoo._keras_apps_family import apps_specs
 from kerastl.zoo._keras_hub_family import hub_specs
 from kerastl.zoo._spec import MODALITIES, SOURCES, ModelSpec
@@ -82,8 +83,43 @@ def get_spec(name: str) -> ModelSpec:
         return _REGISTRY[key]
     if key in _ALIASES:
         return _REGISTRY[_ALIASES[key]]
-    raise choice_error(
-        "name", name, list(_REGISTRY) + list(_ALIASES), what="model", canonical=_ALIASES
+    raise UnknownNameError(_unknown_name_message(name, key))
+
+
+def suggest_names(query: str, limit: int = 10) -> list[str]:
+    """Registered names for a mistyped or partial ``query``, best first.
+
+    Names that start with the query, then names that contain it, then close
+    spellings (edit distance); aliases count as their model's name.
+
+    Example:
+        >>> suggest_names("resnet5")[:2]
+        ['resnet50', 'resnet50_v2']
+    """
+    _ensure_loaded()
+    key = _normalise(query)
+    names = {n: n for n in _REGISTRY} | {a: c for a, c in _ALIASES.items()}
+    found: list[str] = []
+    if key:
+        found += sorted({c for n, c in names.items() if n.startswith(key)})
+        found += sorted({c for n, c in names.items() if key in n})
+    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)
+    found += [names[c] for c in close]
+    return list(dict.fromkeys(found))[:limit]
+
+
+def _unknown_name_message(name: str, key: str) -> str:
+    """The message of an unknown model name: suggestions, the count, where to list them."""
+    msg = f"Unknown model {name!r} (argument 'name')."
+    close = suggest_names(name)
+    if close:
+        msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    more = len({n for n in _REGISTRY if key and key in n} - set(close))
+    if more:
+        msg += f" ({more} more contain {key!r}: `kerastl models '*{key}*'`.)"
+    return (
+        msg + f" {len(_REGISTRY)} models in all; list them with `kerastl models` or "
+        "kerastl.list_models()."
     )
 
 
