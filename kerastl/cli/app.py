@@ -130,6 +130,11 @@ def _setup_logging(args: argparse.Namespace) -> Any:
         def stream(self, value) -> None:
             pass
 
+        def emit(self, record: logging.LogRecord) -> None:  # noqa: D102
+            with contextlib.suppress(ValueError, OSError):  # closed or broken stdout
+                sys.stdout.flush()  # what was printed before this line shows before it
+            super().emit(record)
+
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logger = logging.getLogger("kerastl")
     saved = (logger.level, logger.propagate)

