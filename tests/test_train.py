@@ -799,9 +799,13 @@ def test_random_init_run_trains_batchnorm_through_the_config(tmp_path):
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
     assert bns and all(layer.trainable for layer in bns)
+    # In inference mode (validation, export) the features differ between images: the
+    # moving statistics are recomputed each epoch (train.precise_bn: auto). Frozen initial
+    # BatchNorm, or one epoch of moving averages alone, gives the same features (spread
+    # ~1e-10) for every image.
     features = keras.Model(result.model.inputs, result.model.get_layer("logits").input)
-    rms = float(np.sqrt(np.mean(features.predict(x.astype("float32"), verbose=0) ** 2)))
-    assert rms > 1e-6  # frozen initial BatchNorm: ~1e-11
+    spread = features.predict(x.astype("float32"), verbose=0).std(axis=0).mean()
+    assert spread > 1e-2
 
 
 def test_validation_split_without_a_class_is_warned(caplog):

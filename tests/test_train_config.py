@@ -143,6 +143,9 @@ def _flat(cfg):
 
 def test_train_batchnorm_defaults_to_null_meaning_by_weights():
     assert validate_config(BASE)["model"]["train_batchnorm"] is None
+    assert validate_config(BASE)["train"]["precise_bn"] == "auto"
+    with pytest.raises(ConfigError, match="train.precise_bn: expected auto.*'always'"):
+        validate_config(_with("train", precise_bn="always"))
     assert (
         validate_config(_with("model", train_batchnorm=False))["model"]["train_batchnorm"] is False
     )

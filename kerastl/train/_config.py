@@ -124,10 +124,11 @@ SCHEMA: dict[str, Any] = {
         "verbose": Field((int, str), "auto", choices=(0, 1, 2, "auto")),
         "steps_per_execution": Field((int,), 1, min=1),
         "precise_bn": Field(
-            (int, bool),
-            False,
+            (int, bool, str),
+            "auto",
             help="recompute trainable BatchNorm statistics over N batches "
-            "each epoch (true = 4); helps training from scratch",
+            "each epoch (true = 4); auto: on (4) for a random-init backbone whose "
+            "BatchNorm trains, where the moving averages lag far behind",
         ),
     },
     "finetune": {
@@ -314,6 +315,12 @@ def _cross_checks(cfg: dict, where: str) -> None:
             f"{where}: finetune.layer_decay: expected a factor in (0, 1], got {decay!r}."
         )
     _check_export(cfg["export"], where)
+    pbn = cfg["train"]["precise_bn"]
+    if isinstance(pbn, str) and pbn != "auto":
+        raise ConfigError(
+            f"{where}: train.precise_bn: expected auto, true/false or a number of batches, "
+            f"got {pbn!r}."
+        )
     if cfg["train"]["epochs"] == 0 and cfg["finetune"]["epochs"] == 0:
         raise ConfigError(
             f"{where}: train.epochs and finetune.epochs are both 0: nothing to train."

@@ -82,7 +82,13 @@ def _early_stopping(ctx: RunContext) -> list:
 
 
 def _precise_bn(ctx: RunContext) -> list:
+    """PreciseBatchNorm per ``train.precise_bn``; ``auto``: for a random-init backbone whose
+    BatchNorm trains (after a few epochs its moving averages are still near their initial
+    values, and validation, in inference mode, sees collapsed features)."""
     pbn = ctx.cfg["train"]["precise_bn"]
+    if pbn == "auto":
+        meta = ModelMeta.of(ctx.model)
+        pbn = meta.weights is None and bool(meta.train_batchnorm)
     if not pbn:
         return []
     plain = ctx.dataset(
