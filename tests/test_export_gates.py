@@ -200,6 +200,10 @@ def test_tolerance_values_are_checked_before_any_work(overrides, words):
 def test_valid_tolerance_overrides_pass_the_check():
     from kerastl.export.validate import check_overrides
 
+    check_overrides(
+        {"tflite/int8": {"min_agreement": np.float32(0.8), "max_error_ratio": np.int64(1)}}
+    )
+
     check_overrides({"tflite/int8": {"min_agreement": 0.8, "max_error_ratio": None},
                      "onnx/float32": {"max_rel_err": 1e-3}})  # fmt: skip
     check_overrides(None)
@@ -219,8 +223,11 @@ def test_class_labels_must_be_ids_of_the_model_classes():
     ):
         with pytest.raises(DataError, match=re.escape(words)):
             check_labels(pred, labels, "classification", "validation_data")
-    with pytest.raises(DataError, match=re.escape("0..1 (the model has 2 classes)")):
-        check_labels(np.full((3, 1), 0.5), np.array([0, 1, 2]), "binary", "validation_data")
+    for labels in (np.array([0, 1, 2]), np.array([[0], [1], [2]])):  # (n,) and (n, 1) alike
+        with pytest.raises(DataError, match=re.escape("0..1 (the model has 2 classes)")):
+            check_labels(np.full((3, 1), 0.5), labels, "binary", "validation_data")
+    with pytest.raises(DataError, match="must be integer class ids 0..1, got float64"):
+        check_labels(np.full((3, 1), 0.5), np.array([[0.7], [1.0], [0.0]]), "binary", "labels")
 
 
 def test_a_folder_whose_sub_folders_give_no_labels_says_why(tmp_path, caplog):
@@ -282,3 +289,23 @@ def test_out_dir_inside_a_file_and_an_unreadable_npy_are_refused_by_name(tmp_pat
     np.save(tmp_path / "obj.npy", np.array(["a.png"], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="validation_data: cannot read .*obj.npy.* without pickle"):
         load_data_path(tmp_path / "obj.npy", "validation_data", None)
+
+
+def test_the_error_gate_judges_one_value_outputs_and_regression_not_embeddings():
+    x = _x(60)
+    emb = np.stack([1 + 0.05 * x[:, 0], 1 - 0.05 * x[:, 1], 2 + 0.0 * x[:, 2]], -1)
+    shifted = _Fixed(
+        lambda v: np.stack([1.2 + 0.05 * v[:, 0], 1 - 0.05 * v[:, 1], 2.1 + 0 * v[:, 2]], -1),
+        "embedding",
+    )
+    res = validate(shifted, {"embedding": emb.astype(np.float32)}, x, "tflite/int8", "embedding")
+    assert "error_ratio" not in res and res["passed"], res["failures"]  # cosine and spread rule
+    flat = np.full((60, 1), 0.4, np.float32)  # Keras does not vary: no scale, nothing judged
+    res = validate(
+        _Fixed(lambda v: np.full((len(v), 1), 0.5), "y"),
+        {"y": flat},
+        x,
+        "tflite/int8",
+        "regression",
+    )
+    assert res["error_ratio"] is None and not any("drift" in f for f in res["failures"])

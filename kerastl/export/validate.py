@@ -33,14 +33,16 @@ must instead (defaults in :data:`TOLERANCES`, each overridable through ``toleran
   collapsed to a constant (judged when Keras' own spread exceeds :data:`SPREAD_FLOOR`),
   whatever the head (softmax, one sigmoid, sigmoid per label, embedding, regression);
 - keep a mean cosine similarity of ``min_cosine`` (0.8) with Keras' main output;
-- outputs that are not class scores (regression values, embeddings): differ from Keras'
-  by at most ``max_error_ratio`` (0.5) of Keras' own variation across the validation
-  inputs (root-mean-square, :func:`error_ratio`), judged when that variation exceeds
-  :data:`SPREAD_FLOOR`. Cosine similarity alone cannot see a one-value output drift.
+- regression outputs, and any other one-value output that is not a class score: differ
+  from Keras' by at most ``max_error_ratio`` (0.5) of Keras' own variation across the
+  validation inputs (root-mean-square, :func:`error_ratio`), judged when that variation
+  exceeds :data:`SPREAD_FLOOR`. Cosine similarity cannot see a one-value output drift
+  (it is 1 for any two positive numbers); embeddings keep the cosine and spread gates.
 """
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -69,9 +71,9 @@ class Tolerance:
             validation inputs to Keras' spread (a constant output has 0); ``None`` = off.
         max_error_ratio: Largest root-mean-square difference between the file's main output
             and Keras', over Keras' own variation across the validation inputs
-            (:func:`error_ratio`), for outputs that are not class scores (regression,
-            embeddings), where no top-1 agreement says whether the file follows the model;
-            ``None`` = report only.
+            (:func:`error_ratio`), for regression outputs and other one-value outputs that
+            are not class scores, where neither top-1 agreement nor cosine similarity says
+            whether the file follows the model; ``None`` = report only.
     """
 
     max_rel_err: float | None = 1e-4
@@ -186,7 +188,7 @@ def check_overrides(overrides: dict[str, Any] | None) -> None:
 
 def _check_value(where: str, name: str, value: Any) -> None:
     fraction = name in _FRACTIONS
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
     ok = number and np.isfinite(value) and value >= 0 and (not fraction or value <= 1)
     if ok or (value is None and name != "determinism_rel_err"):
         return
@@ -264,7 +266,8 @@ def check_labels(pred: np.ndarray, labels: Any, task: str | None, argument: str)
             f"{argument}: the labels have shape {labels.shape} but this {task} model's output "
             f"has shape {pred.shape}; give labels of shape {want} (or no labels)."
         )
-    if task in ("classification", "binary") and labels.shape != pred.shape:
+    if task == "binary" or (task == "classification" and labels.shape != pred.shape):
+        # binary labels are ids whatever their shape; multi-class of the output's shape is one-hot
         _check_class_ids(labels.reshape(-1), 2 if task == "binary" else pred.shape[-1], argument)
 
 
@@ -547,7 +550,7 @@ def spread(values: np.ndarray) -> float:
 
 def _error_gate(out, ref, keras_spread: float, tol: Tolerance, result: dict, failures) -> None:
     ratio = error_ratio(out, ref)
-    result["error_ratio"] = ratio
+    result["error_ratio"] = None if np.isnan(ratio) else ratio
     if tol.max_error_ratio is not None and keras_spread > SPREAD_FLOOR:
         if not ratio <= tol.max_error_ratio:
             failures.append(
@@ -571,8 +574,10 @@ def error_ratio(out: np.ndarray, ref: np.ndarray) -> float:
     out = np.asarray(out, np.float64).reshape(len(out), -1)
     ref = np.asarray(ref, np.float64).reshape(len(ref), -1)[: len(out)]
     scale = float(np.sqrt(np.mean(np.var(ref, axis=0))))
-    if out.shape != ref.shape or scale == 0.0:
-        return float("inf") if out.shape != ref.shape else 0.0
+    if out.shape != ref.shape:
+        return float("inf")
+    if scale == 0.0:  # Keras' outputs do not vary: no scale to judge by (the gate is off)
+        return float("nan")
     return round(float(np.sqrt(np.mean((out - ref) ** 2))) / scale, 6)
 
 
@@ -598,7 +603,8 @@ def _follow_gates(out, ref, task, labels, tol: Tolerance, result: dict, failures
             f"outputs collapsed: they vary by {ours:.3g} across the {len(out)} validation "
             f"inputs where Keras' vary by {keras_spread:.3g} (min_spread {tol.min_spread})"
         )
-    if task not in CLASSIFIERS:
+    one_unit = np.asarray(out).reshape(len(out), -1).shape[1] == 1
+    if task == "regression" or (task not in CLASSIFIERS and one_unit):
         _error_gate(out, ref, keras_spread, tol, result, failures)
     if task in CLASSIFIERS:
         agree = float(np.mean(top1(out, task) == top1(ref, task)))
