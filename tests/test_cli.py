@@ -125,6 +125,11 @@ def test_predict_on_a_messy_folder_skips_hidden_and_unreadable_files(tiny, tmp_p
     rows = [ln.split()[0] for ln in out.out.splitlines() if ln.startswith(str(messy))]
     assert rows == [str(messy / "a" / "0.jpg")]
     assert "skipped 1 unreadable image file(s): " + str(messy / "a" / "bad.jpg") in out.err
+    # a folder with nothing readable: the file's own reason, not a count
+    (tmp_path / "allbad").mkdir()
+    (tmp_path / "allbad" / "x.jpg").write_bytes(b"not a jpeg")
+    assert main(["predict", str(model), str(tmp_path / "allbad")]) == 2
+    assert "x.jpg' is not a readable image" in capsys.readouterr().err
     # a file named on the command line must be readable; the reason shows no object repr
     assert main(["predict", str(model), str(messy / "a" / "bad.jpg")]) == 2
     err = capsys.readouterr().err

@@ -287,8 +287,15 @@ def test_out_dir_inside_a_file_and_an_unreadable_npy_are_refused_by_name(tmp_pat
     with pytest.raises(ConfigError, match="out_dir: .*afile/sub.* is inside .*afile.*a file"):
         kerastl.export(object(), tmp_path / "afile" / "sub", formats=["onnx"])
     np.save(tmp_path / "obj.npy", np.array(["a.png"], dtype=object), allow_pickle=True)
-    with pytest.raises(DataError, match="validation_data: cannot read .*obj.npy.* without pickle"):
-        load_data_path(tmp_path / "obj.npy", "validation_data", None)
+    np.savez(tmp_path / "obj.npz", x=np.array(["a.png"], dtype=object))
+    for name in ("obj.npy", "obj.npz"):
+        with pytest.raises(
+            DataError, match=f"validation_data: cannot read .*{name}.* without pickle"
+        ):
+            load_data_path(tmp_path / name, "validation_data", None)
+    np.savez(tmp_path / "ok.npz", images=np.zeros((2, 4)), y=np.array([0, 1]))
+    x, y = load_data_path(tmp_path / "ok.npz", "validation_data", None)
+    assert x.shape == (2, 4) and y.tolist() == [0, 1]
 
 
 def test_the_error_gate_judges_one_value_outputs_and_regression_not_embeddings():

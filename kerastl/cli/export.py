@@ -352,21 +352,23 @@ def _predict_readable(artifact: Any, inputs: list[str], found: set[str], batch_s
     """Predict the readable files one by one; skip unreadable ones found in folders."""
     from kerastl.errors import DataError
 
-    parts, kept, skipped = [], [], []
+    parts, kept, skipped, first = [], [], [], None
     for path in inputs:
         try:
             parts.append(artifact.predict([path], batch_size=batch_size))
             kept.append(path)
-        except DataError:
+        except DataError as exc:
             if path not in found:
                 raise
             skipped.append(path)
-    if not kept:
-        raise DataError(f"inputs: none of the {len(inputs)} images could be read.")
-    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-    logging.getLogger("kerastl").warning(
-        f"skipped {len(skipped)} unreadable image file(s): {', '.join(skipped[:5])}{more}"
-    )
+            first = first or exc
+    if not kept:  # nothing readable: the first file's own reason
+        raise first
+    if skipped:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        logging.getLogger("kerastl").warning(
+            f"skipped {len(skipped)} unreadable image file(s): {', '.join(skipped[:5])}{more}"
+        )
     return {k: _concat([p[k] for p in parts]) for k in parts[0]}, kept
 
 

@@ -54,9 +54,8 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
         return _np_load(p, argument)
     if p.suffix == ".npz" and p.is_file():
         data = _np_load(p, argument)
-        keys = list(data.keys())
-        x = data["x"] if "x" in data else data[keys[0]]
-        y = data["y"] if "y" in data else None
+        x = data["x"] if "x" in data else next(iter(data.values()))
+        y = data.get("y")
         return x if y is None else (x, y)
     raise DataError(f"{argument}: expected an image folder, .npy or .npz file, got {path!r}.")
 
@@ -86,7 +85,11 @@ def _np_load(path: Path, argument: str) -> Any:
     from kerastl.errors import DataError
 
     try:
-        return np.load(path)
+        data = np.load(path)
+        if isinstance(data, np.lib.npyio.NpzFile):  # read lazily: read every array now
+            with data:
+                return {k: data[k] for k in data.files}
+        return data
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(
             f"{argument}: cannot read {str(path)!r} as numeric arrays without pickle ({exc})."
