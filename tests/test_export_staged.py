@@ -70,24 +70,28 @@ def test_passing_export_publishes_all_parts_then_next_version(text_model, tmp_pa
     assert not (tmp_path / "saved_model" / text_model.name / "3").exists()
 
 
-def test_only_staging_folders_of_dead_exports_on_this_host_are_swept(tmp_path):
+def test_only_staging_folders_nobody_holds_are_swept(tmp_path):
     import os
-    import socket
-    import subprocess
-    import sys
+    import time
 
-    from kerastl.export.pipeline import STAGING_PREFIX, sweep_staging
+    from kerastl.export.pipeline import LOCK_NAME, STAGING_PREFIX, _hold, sweep_staging
 
-    host = socket.gethostname()
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    dead = tmp_path / f"{STAGING_PREFIX}{host}-{done.stdout.strip()}-0badf00d"
-    alive = tmp_path / f"{STAGING_PREFIX}{host}-{os.getpid()}-0123abcd"
-    other_host = tmp_path / f"{STAGING_PREFIX}not-{host}-{done.stdout.strip()}-77777777"
-    unknown = tmp_path / f"{STAGING_PREFIX}1a2b3c4d"  # named by an older kerastl
-    for folder in (dead, alive, other_host, unknown):
-        (folder / "saved_model").mkdir(parents=True)
+    def folder(name: str, age: float, lock: bool = True):
+        path = tmp_path / f"{STAGING_PREFIX}{name}"
+        (path / "saved_model").mkdir(parents=True)
+        if lock:
+            (path / LOCK_NAME).touch()
+            os.utime(path / LOCK_NAME, (time.time() - age,) * 2)
+        return path
+
+    killed = folder("host-1-0badf00d", age=600)  # its export died: nobody holds the lock
+    running = folder("host-2-0123abcd", age=600)
+    held = _hold(running)  # a running export (here or on another machine) holds its lock
+    os.utime(running / LOCK_NAME, (time.time() - 600,) * 2)
+    fresh = folder("host-3-77777777", age=0)  # may be between creating and locking it
+    unknown = folder("1a2b3c4d", age=600, lock=False)  # named by an older kerastl
     notes = sweep_staging(tmp_path)
-    assert not dead.exists() and alive.exists() and other_host.exists() and unknown.exists()
+    assert not killed.exists() and running.exists() and fresh.exists() and unknown.exists()
     assert notes == ["removed a staging folder left by an export that was killed (1 folder(s))"]
-    assert sweep_staging(tmp_path) == []
+    held.close()  # the export ended without removing its folder (killed): swept next time
+    assert len(sweep_staging(tmp_path)) == 1 and not running.exists()

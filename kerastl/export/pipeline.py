@@ -170,45 +170,62 @@ def run(model: Any, out_dir: str | os.PathLike, formats: Any, options: Options) 
         return _export_one(prepared, Path(out_dir), formats, selected, options)
 
 
-#: Staging folders are named ``<prefix><host>-<pid>-<random>``: a sweep can tell whose they are.
+#: Staging folders are named ``<prefix><host>-<pid>-<random>`` and hold :data:`LOCK_NAME`.
 STAGING_PREFIX = ".kerastl-staging-"
+#: Locked (``flock``) by the export that owns the staging folder, for as long as it runs.
+LOCK_NAME = ".owner.lock"
+#: A lock file younger than this is never swept: its export may be between creating and locking it.
+SWEEP_AFTER_S = 5.0
+
+
+def _hold(staging: Path) -> Any:
+    """Lock the staging folder's lock file for this export; the open file (None: no flock)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: folders of killed exports are not swept
+        return None
+    handle = open(staging / LOCK_NAME, "w")  # noqa: SIM115 - held until the export ends
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
 
 
 def sweep_staging(out: Path) -> list[str]:
-    """Remove staging folders in ``out`` left by killed exports of this host; notes saying so.
+    """Remove staging folders in ``out`` left by killed exports; notes saying so.
 
-    A folder is swept when the process named in it is no longer running on this machine;
-    folders of running exports, of other hosts (a shared disk) and of unknown names stay.
+    A folder is swept when nobody holds its lock file (the kernel drops a killed process's
+    ``flock``) and the lock file is older than :data:`SWEEP_AFTER_S`: folders of running
+    exports, on this machine or another one sharing the disk, stay; so do folders without
+    a lock file (named by an older kerastl).
 
     Example:
-        >>> import tempfile
-        >>> out = Path(tempfile.mkdtemp())
-        >>> (out / f"{STAGING_PREFIX}{socket.gethostname()}-999999999-ab12cd34").mkdir()
+        >>> import os, tempfile, time
+        >>> out = Path(tempfile.mkdtemp()); old = out / f"{STAGING_PREFIX}host-1-ab12cd34"
+        >>> old.mkdir(); (old / LOCK_NAME).touch()
+        >>> os.utime(old / LOCK_NAME, (time.time() - 3600,) * 2)
         >>> sweep_staging(out)
         ['removed a staging folder left by an export that was killed (1 folder(s))']
     """
-    host, gone = socket.gethostname(), []
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    gone = []
     for folder in Path(out).glob(f"{STAGING_PREFIX}*"):
-        owner = folder.name[len(STAGING_PREFIX) :].rsplit("-", 2)
-        if len(owner) == 3 and owner[0] == host and owner[1].isdigit():
-            if not _running(int(owner[1])):
+        lock = folder / LOCK_NAME
+        try:
+            if time.time() - lock.stat().st_mtime < SWEEP_AFTER_S:
+                continue
+            with open(lock, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while held
                 shutil.rmtree(folder, ignore_errors=True)
-                gone.append(folder)
+            gone.append(folder)
+        except OSError:  # no lock file, or its export is running
+            continue
     if not gone:
         return []
     note = f"removed a staging folder left by an export that was killed ({len(gone)} folder(s))"
     log.info("  %s", note)
     return [note]
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # no such process (or no such pid)
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _as_list(value: Any, argument: str) -> list[str]:
@@ -439,6 +456,7 @@ def _stage(job: Job, selected: list[Format]) -> tuple[list[dict[str, Any]], bool
     """Write and validate every artifact in staging; publish them all if all passed."""
     job.out.mkdir(parents=True, exist_ok=True)
     job.staging.mkdir()
+    owner = _hold(job.staging)
     records: list[dict[str, Any]] = []
     staged: list[tuple[Format, Staged]] = []
     try:
@@ -462,6 +480,8 @@ def _stage(job: Job, selected: list[Format]) -> tuple[list[dict[str, Any]], bool
         ) from exc
     finally:
         shutil.rmtree(job.staging, ignore_errors=True)
+        if owner is not None:
+            owner.close()
 
 
 def publish(fmt: Format, source: Path, target: Path) -> None:
