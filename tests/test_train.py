@@ -244,6 +244,33 @@ def test_cli_train_writes_run_folder_then_evaluate(tmp_path, capsys):
     assert [m["accuracy"] for m in fold_metrics] == pytest.approx(accs)
 
 
+def test_precise_bn_averages_the_same_shuffled_batches_every_epoch():
+    """A resumed run builds the dataset afresh: its epoch k must see what an uninterrupted
+    run's epoch k saw, so the batches cannot depend on how many passes came before."""
+    from kerastl.train.phases import _precise_bn
+
+    x = np.arange(160, dtype=np.float32).reshape(160, 1, 1, 1) * np.ones((1, 8, 8, 3), np.float32)
+    y = np.repeat(np.arange(2), 80)  # ordered by class, as folders are read
+    ex = kdata.from_numpy(x, y)
+
+    def dataset():
+        ctx = types.SimpleNamespace(
+            cfg={"seed": 0, "train": {"precise_bn": 2}, "model": {"channels": 3}},
+            train_ex=ex, global_batch=8, image_size=(8, 8),
+        )  # fmt: skip
+        ctx.dataset = lambda e, b, **kw: kdata.make_dataset(e, (8, 8), b, channels=3, **kw)
+        (cb,) = _precise_bn(ctx)
+        return cb.dataset
+
+    def first_batch(ds) -> list[float]:
+        return [float(v) for xb, _ in ds.take(1) for v in np.asarray(xb)[:, 0, 0, 0]]
+
+    ds = dataset()
+    epoch1, epoch2 = first_batch(ds), first_batch(ds)
+    assert epoch1 == epoch2 == first_batch(dataset())  # every epoch, and after a resume
+    assert len(epoch1) == 64 and sorted(epoch1) != list(range(64))  # shuffled, both classes
+
+
 def test_label_head_mismatch_is_caught_before_training(tmp_path):
     from kerastl.train import train
 

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import keras
+import numpy as np
 
 from kerastl import data as kdata
 from kerastl.core.meta import ModelMeta
@@ -91,9 +92,11 @@ def _precise_bn(ctx: RunContext) -> list:
         pbn = meta.weights is None and bool(meta.train_batchnorm)
     if not pbn:
         return []
-    plain = ctx.dataset(
-        ctx.train_ex, max(ctx.global_batch, 64), shuffle=True, seed=ctx.cfg["seed"] + 1, cache=True
-    )
+    # One seeded shuffle, the same batches every epoch: a resumed run recomputes the same
+    # statistics as an uninterrupted one (a dataset reshuffled each pass restarts its
+    # sequence of orders in the new process).
+    order = np.random.default_rng(ctx.cfg["seed"] + 1).permutation(len(ctx.train_ex))
+    plain = ctx.dataset(ctx.train_ex.subset(order), max(ctx.global_batch, 64), cache=True)
     return [PreciseBatchNorm(plain, 4 if pbn is True else int(pbn))]
 
 
