@@ -396,6 +396,25 @@ def test_rank_reports_a_candidate_that_cannot_load_and_ranks_the_others(tmp_path
     assert "failed: " in text and json.loads(t.json())["rows"][-1]["failed"]
 
 
+def test_a_cost_that_cannot_be_measured_keeps_the_candidate_ranked(monkeypatch):
+    pytest.importorskip("tensorflow")
+    import kerastl
+    from kerastl.decide import _rank
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("converter crashed\nsecond line")
+
+    monkeypatch.setattr(_rank, "measure_cost", broken)
+    x, y = _digits()
+    t = kerastl.rank((x, y), "efficientnet_lite0", input_size=32, runtime="tflite", progress=False)
+    (row,) = t.rows
+    assert not row["failed"] and row["logme"] is not None  # scored, so ranked
+    assert row["cost_failed"] == "cost on tflite failed: RuntimeError: converter crashed"
+    assert row["size_mb"] is None and not row["pareto"]
+    text = t.text()
+    assert "efficientnet_lite0: cost on tflite failed" in text and "failed: cost" not in text
+
+
 def test_kerashub_entry_takes_its_own_preset_for_the_imagenet_tag():
     from kerastl.decide import parse_candidates
     from kerastl.decide._candidates import own_weights
@@ -435,7 +454,12 @@ def test_a_model_of_the_wrong_modality_is_a_config_error(tmp_path, capsys):
     text = _text_data(tmp_path)
     assert main(["rank", text, "--candidates", "efficientnet_lite0", "--runtime", "none"]) == 2
     err = capsys.readouterr().err
-    assert "'efficientnet_lite0' is an image model but the data is text" in err, err
+    assert "--candidates: 'efficientnet_lite0' is an image model but the data is text" in err, err
+    import kerastl
+    from kerastl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^candidates: 'efficientnet_lite0' is an image model"):
+        kerastl.rank(text, "efficientnet_lite0", runtime="none", progress=False)  # the API's name
     assert main(["advise", text, "--backbone", "efficientnet_lite0"]) == 2
     err = capsys.readouterr().err
     assert "--backbone: 'efficientnet_lite0' is an image model but the data is text" in err

@@ -110,16 +110,21 @@ def run_rank(args: argparse.Namespace) -> int:
     cands = check_rank(args)
     from kerastl.decide._rank import rank
 
-    table = rank(
-        args.data,
-        cands,
-        input_size=args.input_size,
-        runtime=args.runtime,
-        by=args.score,
-        cache=args.cache,
-        progress=True,
-        **_build_kwargs(args),
-    )
+    try:
+        table = rank(
+            args.data,
+            cands,
+            input_size=args.input_size,
+            runtime=args.runtime,
+            by=args.score,
+            cache=args.cache,
+            progress=True,
+            **_build_kwargs(args),
+        )
+    except ConfigError as exc:  # the flag's name, not the API argument's
+        if not str(exc).startswith("candidates:"):
+            raise
+        raise ConfigError("--" + str(exc)) from None
     print(table.json() if args.json else table.text())
     if args.plot:
         table.plot(args.plot)

@@ -310,8 +310,9 @@ def rank(
         raise choice_error("by", by, ESTIMATORS)
     estimators = tuple(dict.fromkeys((by, *estimators)))
     examples = as_examples(examples)
-    cands = parse_candidates(candidates) if not _is_parsed(candidates) else list(candidates)
-    cands, notes = check_modality(cands, examples.modality)
+    parsed = _is_parsed(candidates)
+    cands = list(candidates) if parsed else parse_candidates(candidates, argument="candidates")
+    cands, notes = check_modality(cands, examples.modality, "candidates")
     seconds = {"features_and_scores": 0.0, "cost": 0.0}
     rows = []
     for c in tqdm(cands, desc="kerastl rank", unit="model", disable=not progress):
@@ -319,6 +320,7 @@ def rank(
         rows.append(row)
     mark_pareto(rows, by)
     rows.sort(key=lambda r: (bool(r["failed"]), r["collapsed"], -_value(r[by])))
+    notes += [f"{r['candidate']}: {r['cost_failed']}" for r in rows if r.get("cost_failed")]
     return RankTable(rows, by, runtime, seconds, notes + _data_notes(examples))
 
 
@@ -335,7 +337,7 @@ def _rank_one(
     """One row: features, scores and cost of ``c``; what fails is the row's ``failed`` reason."""
     row: dict[str, Any] = {"candidate": c.label, "dim": None, "feature_rms": None}
     row.update({"collapsed": False, "failed": None, **dict.fromkeys(estimators)})
-    row.update(size_mb=None, latency_ms=None)
+    row.update(size_mb=None, latency_ms=None, cost_failed=None)
     t0 = time.perf_counter()
     try:
         x, y, model = features_of(c, examples, input_size, cache, **kw)
@@ -353,8 +355,8 @@ def _rank_one(
         sample = _sample(examples, input_size)
         seq = kw.get("sequence_length") if examples.modality == "text" else None
         row["size_mb"], row["latency_ms"] = measure_cost(c, model, input_size, runtime, sample, seq)
-    except Exception as exc:  # noqa: BLE001 - the scores stand; the cost is the failure
-        row["failed"] = f"cost on {runtime}: {_reason(exc)}"
+    except Exception as exc:  # noqa: BLE001 - the scores stand and rank; the cost is unknown
+        row["cost_failed"] = f"cost on {runtime} failed: {_reason(exc)}"
         log.debug(f"{c.label}: cost failed", exc_info=True)
     seconds["cost"] += time.perf_counter() - t1
     return row
@@ -370,8 +372,9 @@ def _reason(exc: BaseException, limit: int = 300) -> str:
 def mark_pareto(rows: list[dict[str, Any]], by: str) -> None:
     """Set each row's ``pareto``: among the candidates not collapsed, none beats it on both.
 
-    A collapsed or failed candidate is never on the front and never pushes another one
-    off it (random init shares its architecture's latency and may score high on noise).
+    A collapsed or failed candidate, or one whose cost could not be measured, is never on
+    the front and never pushes another one off it (random init shares its architecture's
+    latency and may score high on noise).
 
     Example:
         >>> rows = [{"s": 0.2, "latency_ms": 5.0, "collapsed": False},
@@ -379,7 +382,7 @@ def mark_pareto(rows: list[dict[str, Any]], by: str) -> None:
         >>> mark_pareto(rows, "s"); [r["pareto"] for r in rows]
         [True, False]
     """
-    alive = [r for r in rows if not r["collapsed"] and not r.get("failed")]
+    alive = [r for r in rows if not (r["collapsed"] or r.get("failed") or r.get("cost_failed"))]
     flags = pareto_flags([_value(r[by]) for r in alive], [r["latency_ms"] for r in alive])
     for r in rows:
         r["pareto"] = False
