@@ -235,7 +235,15 @@ def config_overrides(a: Advice, finetune_epochs: int = 10) -> dict[str, dict[str
         {'epochs': 10, 'freeze': 'last:2', 'learning_rate': 0.0003}
         >>> config_overrides(decide(3, 10, 0.5, [], 0.5, 5))["finetune"]
         {'epochs': 0}
+        >>> config_overrides(decide(20, 10, 1.0, [], 0.2, 5, feature_rms=1e-12))["model"]
+        {'freeze': 'none', 'train_batchnorm': True}
     """
+    if a.measurements.get("collapsed"):  # no head on frozen features: every layer from the start
+        return {
+            "model": {"freeze": "none", "train_batchnorm": True},
+            "train": {"learning_rate": a.finetune_learning_rate or 1e-3},
+            "finetune": {"epochs": 0},
+        }
     out: dict[str, dict[str, Any]] = {
         "model": {"freeze": "backbone"},
         "train": {"learning_rate": a.head_learning_rate},
