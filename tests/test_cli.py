@@ -265,3 +265,19 @@ def test_log_lines_and_printed_lines_keep_their_order_through_the_native_log_fil
     assert lines[0] == "direct True"
     expected = [line for i in range(40) for line in (f"out {i}", f"log {i}")]
     assert lines[1:] == expected
+
+
+def test_python_stderr_taken_inside_the_filter_still_writes_after_it(capfd):
+    """absl's handler, made when TensorFlow is imported inside the block, keeps that stream."""
+    from kerastl.cli.quiet import NativeLogFilter
+
+    saved = sys.stderr
+    sys.stderr = sys.__stderr__  # as in a terminal (pytest's capture replaces it)
+    try:
+        with NativeLogFilter():
+            inside = sys.stderr
+        inside.write("written after the block\n")
+        inside.flush()
+    finally:
+        sys.stderr = saved
+    assert "written after the block" in capfd.readouterr().err

@@ -78,8 +78,10 @@ class NativeLogFilter:
             # skip the pipe, so they reach the terminal in order with stdout's lines
             # (through the pump thread they could come after later stdout lines).
             self._python_stderr = sys.stderr
+            # its own copy of the terminal's descriptor: a handler made in the block (absl's,
+            # when TensorFlow is imported) keeps writing to it after the block closes its own
             sys.stderr = io.TextIOWrapper(
-                os.fdopen(self._saved, "wb", closefd=False),
+                os.fdopen(os.dup(self._saved), "wb"),
                 encoding=sys.stderr.encoding,
                 errors="backslashreplace",
                 line_buffering=True,
