@@ -122,34 +122,21 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
     policy = parse_policy(freeze)
     if train_batchnorm is not None:
         policy = FreezePolicy(policy.kind, policy.value, train_batchnorm)
+    check_policy(model, policy)
     backbone, adapter, groups = _backbone_and_groups(model)
     names = list(groups)
     if policy.kind in ("backbone", "lora"):
-        if policy.kind == "lora" and not adapter.capabilities.lora:
-            raise ConfigError(
-                f"freeze: 'lora:{policy.value}' is for KerasHub text backbones; "
-                f"{adapter.spec.name} has no LoRA support."
-            )
         trains = dict.fromkeys(names, False)
     elif policy.kind == "none" or policy.kind == "regex":
         trains = dict.fromkeys(names, True)
     elif policy.kind == "up_to":
-        if policy.value not in groups:
-            raise choice_error("freeze", f"up_to:{policy.value}", [f"up_to:{g}" for g in names])
         cut = names.index(policy.value)
         trains = {g: i > cut for i, g in enumerate(names)}
     else:  # last
-        if policy.value > len(names):
-            raise ConfigError(
-                f"freeze: 'last:{policy.value}' asks for more groups than {adapter.spec.name} "
-                f"has ({len(names)}: {names})."
-            )
         trains = {g: i >= len(names) - policy.value for i, g in enumerate(names)}
 
     backbone.trainable = True  # propagates down; per-layer flags follow
     pattern = re.compile(policy.value) if policy.kind == "regex" else None
-    if pattern is not None:
-        _check_regex_matches(pattern, groups, adapter.spec.name)
     for gname, layers in groups.items():
         for layer in layers:
             trainable = trains[gname]
@@ -171,6 +158,40 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
     )
     model.kerastl_config = meta.to_dict()
     return trains
+
+
+def check_policy(model: keras.Model, freeze: Any) -> None:
+    """Raise the ConfigError :func:`apply_policy` would raise for ``freeze`` on ``model``.
+
+    A run checks its fine-tuning policy with it when the model is built, before phase 1
+    trains: a policy that fits no group or layer fails then, not after the first phase.
+
+    Example:
+        >>> import kerastl
+        >>> m = kerastl.build("mobilenet_v3_small", num_classes=2, weights=None,
+        ...                   input_shape=(32, 32, 3))  # doctest: +SKIP
+        >>> check_policy(m, "last:99")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: freeze: 'last:99' asks for more groups than ...
+    """
+    policy = freeze if isinstance(freeze, FreezePolicy) else parse_policy(freeze)
+    _, adapter, groups = _backbone_and_groups(model)
+    names = list(groups)
+    if policy.kind == "lora" and not adapter.capabilities.lora:
+        raise ConfigError(
+            f"freeze: 'lora:{policy.value}' is for KerasHub text backbones; "
+            f"{adapter.spec.name} has no LoRA support."
+        )
+    if policy.kind == "up_to" and policy.value not in groups:
+        raise choice_error("freeze", f"up_to:{policy.value}", [f"up_to:{g}" for g in names])
+    if policy.kind == "last" and policy.value > len(names):
+        raise ConfigError(
+            f"freeze: 'last:{policy.value}' asks for more groups than {adapter.spec.name} "
+            f"has ({len(names)}: {names})."
+        )
+    if policy.kind == "regex":
+        _check_regex_matches(re.compile(policy.value), groups, adapter.spec.name)
 
 
 def _check_regex_matches(pattern: re.Pattern, groups: dict, backbone: str) -> None:

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from kerastl import data as kdata
-from kerastl.errors import DataError
+from kerastl.errors import ConfigError, DataError
 from kerastl.train import _metrics as M
 
 BACKBONE = "mobilenet_v3_small"
@@ -269,6 +269,19 @@ def test_precise_bn_averages_the_same_shuffled_batches_every_epoch():
     epoch1, epoch2 = first_batch(ds), first_batch(ds)
     assert epoch1 == epoch2 == first_batch(dataset())  # every epoch, and after a resume
     assert len(epoch1) == 64 and sorted(epoch1) != list(range(64))  # shuffled, both classes
+
+
+def test_a_finetune_policy_that_fits_no_layer_fails_before_phase_one_trains(tmp_path):
+    from kerastl.train import train
+
+    x, y = _images(4, 3)
+    ex = kdata.from_numpy(x, y)
+    cfg = _cfg(tmp_path, "ftregex", finetune={"epochs": 1, "freeze": "regex:^no_such_layer"})
+    with pytest.raises(
+        ConfigError, match=r"finetune.freeze: 'regex:\^no_such_layer' matches no layer"
+    ):
+        train(cfg, examples=(ex, None))
+    assert not list((tmp_path / "runs").rglob("history.csv"))  # phase 1 never ran
 
 
 def test_label_head_mismatch_is_caught_before_training(tmp_path):

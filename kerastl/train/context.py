@@ -283,6 +283,13 @@ def build_model(ctx: RunContext) -> keras.Model:
         )
     meta = ModelMeta.of(model)
     kdata.check_head(ex, meta.num_outputs, meta.task, None)
+    if ctx.cfg["finetune"]["epochs"]:  # phase 2's policy fails now, not after phase 1
+        from kerastl.freeze import check_policy
+
+        try:
+            check_policy(model, ctx.cfg["finetune"]["freeze"])
+        except ConfigError as exc:
+            raise ConfigError(f"finetune.{exc}") from None
     return model
 
 
