@@ -62,7 +62,7 @@ def _conv_head(x, units: int = 3, name: str | None = None):
 @pytest.mark.parametrize(
     "shape, why",
     [
-        ((10,), r"\(batch, 10\).*Tabular and sequence inputs are not exportable yet"),
+        ((10,), r"\(batch, 10\).*export to ONNX and TFLite with validation_data"),
         ((3, 32, 32), r"\(batch, 3, 32, 32\).*channels-first.*keras\.Input\(\(32, 32, 3\)\)"),
         ((32, 32, 5), r"\(batch, 32, 32, 5\).*1 or 3 channels"),
     ],

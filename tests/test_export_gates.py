@@ -183,6 +183,7 @@ def test_a_one_value_regression_output_that_drifts_from_keras_is_refused():
         ({"tflite/float32": {"max_rel_err": float("nan")}}, "got nan"),
         ({"tflite/float32": {"max_rel_err": True}}, "got True"),
         ({"tflite/int8": {"min_agreement": 1.5}}, "expected a number in [0, 1] or None"),
+        ({"tflite/int8": {"min_cosine": -1.5}}, "expected a number in [-1, 1] or None"),
         ({"tflite/int8": {"determinism_rel_err": None}}, "a finite number >= 0, got None"),
         ({"tflite/float32": 0.1}, "tolerances['tflite/float32']: expected a dict of fields"),
         ([("tflite/float32", 1)], "tolerances: expected a dict {'format/precision'"),
@@ -206,6 +207,7 @@ def test_valid_tolerance_overrides_pass_the_check():
 
     check_overrides({"tflite/int8": {"min_agreement": 0.8, "max_error_ratio": None},
                      "onnx/float32": {"max_rel_err": 1e-3}})  # fmt: skip
+    check_overrides({"tflite/int8": {"min_cosine": -1.0}})  # cosine runs from -1: "any"
     check_overrides(None)
 
 

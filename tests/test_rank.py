@@ -299,7 +299,7 @@ def test_cli_train_strategy_from_advise_trains_with_the_advice(tmp_path, capsys)
     argv = ["train", "--backbone", "efficientnet_lite0", "--data", str(tmp_path / "faces.npz")]
     argv += ["--input-size", "64", "--epochs", "1", "--finetune-epochs", "1", "--name", "adv"]
     argv += ["--output-dir", str(tmp_path / "runs"), "--set", "strategy_from=advise"]
-    argv += ["--set", "train.verbose=0"]
+    argv += ["--set", "train.verbose=0", "--set", "model.weights=imagenet"]  # the local Lite0
     assert main(argv) == 0
     out = capsys.readouterr().out
     advice = next(line for line in out.splitlines() if line.startswith("advice: "))

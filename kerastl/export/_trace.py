@@ -396,7 +396,6 @@ def prepare(model: Any) -> Prepared:
     notes: list[str] = []
     meta = _metadata(model, notes)
     modality = get_modality(meta)
-    modality.check_input(model.name)
     original = _plain_output(model)
     model = _traceable(original)
     mixed = _is_mixed(model)

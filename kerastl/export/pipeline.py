@@ -165,6 +165,8 @@ def run(model: Any, out_dir: str | os.PathLike, formats: Any, options: Options) 
     selected = _check(formats, options, Path(out_dir))
     with objects_alive_now_uncollected():  # release_memory() then skips the user's objects
         prepared = prepare(model)
+        has_data = options.validation_data is not None
+        prepared.modality.check_input(prepared.original.name, formats, has_data)
         if prepared.modality.splits(formats):  # e.g. text: TFLite/ONNX from the token-id part
             return export_split(prepared, out_dir, formats, options, run)
         return _export_one(prepared, Path(out_dir), formats, selected, options)

@@ -147,14 +147,15 @@ def tolerance_for(key: str, overrides: dict[str, Any] | None = None) -> Toleranc
 
 
 #: Tolerance fields that are fractions (ratios of agreement, cosine, spread) in [0, 1].
-_FRACTIONS = ("min_agreement", "min_cosine", "min_spread")
+#: Bounded fields and their range (cosine similarity runs from -1 to 1); others are >= 0.
+_RANGES = {"min_agreement": (0.0, 1.0), "min_spread": (0.0, 1.0), "min_cosine": (-1.0, 1.0)}
 
 
 def check_overrides(overrides: dict[str, Any] | None) -> None:
     """Refuse tolerance overrides with unknown keys or values out of range, before any work.
 
     Each value is a number (``None``: report only, no gate): errors and ratios ``>= 0``,
-    fractions (``min_agreement``, ``min_cosine``, ``min_spread``) in ``[0, 1]``;
+    ``min_agreement`` and ``min_spread`` in ``[0, 1]``, ``min_cosine`` in ``[-1, 1]``;
     ``determinism_rel_err`` cannot be ``None``.
 
     Example:
@@ -187,12 +188,12 @@ def check_overrides(overrides: dict[str, Any] | None) -> None:
 
 
 def _check_value(where: str, name: str, value: Any) -> None:
-    fraction = name in _FRACTIONS
+    low, high = _RANGES.get(name, (0.0, np.inf))
     number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    ok = number and np.isfinite(value) and value >= 0 and (not fraction or value <= 1)
+    ok = number and np.isfinite(value) and low <= value <= high
     if ok or (value is None and name != "determinism_rel_err"):
         return
-    valid = "a number in [0, 1]" if fraction else "a finite number >= 0"
+    valid = f"a number in [{low:g}, {high:g}]" if name in _RANGES else "a finite number >= 0"
     alt = "" if name == "determinism_rel_err" else " or None (report only)"
     raise ConfigError(f"{where}: expected {valid}{alt}, got {value!r}.")
 

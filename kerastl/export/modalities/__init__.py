@@ -18,6 +18,7 @@ Which hook a model gets is decided by ``kerastl_config["input"]["name"]``
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,13 @@ class ModalityExporter:
         """Name of the raw input tensor in every artifact."""
         return self.meta["input"]["name"]
 
-    def check_input(self, model_name: str) -> None:
-        """Refuse a model input this modality cannot serve, before any work starts.
+    def check_input(
+        self, model_name: str, formats: Sequence[str] = (), validation_data: bool = False
+    ) -> None:
+        """Refuse a model input this export cannot serve, before any work starts.
+
+        ``formats`` are the formats asked for; ``validation_data`` whether the caller gave
+        real inputs (synthetic ones are made for the modality's usual input).
 
         Raises:
             ConfigError: naming the model, its input and the inputs kerastl exports.

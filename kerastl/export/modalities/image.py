@@ -6,6 +6,7 @@ import base64
 import io
 import re
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -52,17 +53,26 @@ class ImageExporter(ModalityExporter):
     def shape(self) -> tuple:
         return tuple(self.meta["input"]["shape"])
 
-    def check_input(self, model_name: str) -> None:
-        """Refuse inputs that are not NHWC images with 1 or 3 channels (tabular, NCHW...).
+    def check_input(
+        self, model_name: str, formats: Sequence[str] = (), validation_data: bool = False
+    ) -> None:
+        """Refuse inputs that are not NHWC images with 1 or 3 channels (tabular, NCHW...)
+        where the export needs images: the SavedModel's image signatures (JPEG bytes in),
+        and the synthetic validation inputs made when no ``validation_data`` is given.
+        ONNX and TFLite files of such a model are written and validated on the caller's data.
 
         Example:
             >>> ImageExporter({"input": {"name": "image", "shape": [10]}}).check_input("tab")
             Traceback (most recent call last):
             ...
-            kerastl.errors.ConfigError: model: 'tab' takes inputs of shape (batch, 10); kerastl exports image models (input (batch, height, width, channels) with 1 or 3 channels last: NHWC), and the text and audio models of kerastl.build. Tabular and sequence inputs are not exportable yet.
+            kerastl.errors.ConfigError: model: 'tab' takes inputs of shape (batch, 10); kerastl exports image models (input (batch, height, width, channels) with 1 or 3 channels last: NHWC), and the text and audio models of kerastl.build. Other inputs export to ONNX and TFLite with validation_data (real inputs): not to a SavedModel, whose signatures take images.
+            >>> ImageExporter({"input": {"name": "image", "shape": [10]}}).check_input(
+            ...     "tab", ["onnx"], validation_data=True)
         """
         shape = self.shape
         if len(shape) == 3 and shape[-1] in (1, 3):
+            return
+        if validation_data and "saved_model" not in formats:
             return
         dims = ", ".join("None" if s is None else str(s) for s in shape)
         msg = (
@@ -77,8 +87,10 @@ class ImageExporter(ModalityExporter):
                 f"inp = keras.Input(({h}, {w}, {c})); "
                 "keras.Model(inp, model(keras.layers.Permute((3, 1, 2))(inp)))."
             )
-        elif len(shape) != 3:
-            msg += " Tabular and sequence inputs are not exportable yet."
+        msg += (
+            " Other inputs export to ONNX and TFLite with validation_data (real inputs): not to "
+            "a SavedModel, whose signatures take images."
+        )
         raise ConfigError(msg)
 
     def input_signature(self) -> list:
