@@ -7,8 +7,9 @@ one glance away from its fix.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 
 class KerastlError(Exception):
@@ -121,3 +122,26 @@ def missing_dependency(module: str, pip_name: str, feature: str) -> MissingDepen
         f"{feature} needs the optional package {module!r}, which is not installed. "
         f"Run: pip install {pip_name}"
     )
+
+
+@contextlib.contextmanager
+def flag_for(argument: str, flag: str) -> Iterator[None]:
+    """A ConfigError about ``argument`` raised inside names the CLI's ``flag`` instead.
+
+    The API names its own arguments (``num_threads``); a command that passes a flag's value
+    on (``--threads``) wraps the call, so the message names what the user typed.
+
+    Example:
+        >>> with flag_for("num_threads", "--threads"):
+        ...     check_positive_int("num_threads", 0)
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: --threads: expected a positive integer, got 0.
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc)
+        if not text.startswith(f"{argument}:"):
+            raise
+        raise ConfigError(flag + text[len(argument) :]) from None

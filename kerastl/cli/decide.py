@@ -15,7 +15,7 @@ from kerastl.decide._candidates import (
     parse_candidates,
 )
 from kerastl.decide._scores import ESTIMATORS
-from kerastl.errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, choice_error, flag_for
 
 CACHES = ("memory", "disk")
 
@@ -110,7 +110,7 @@ def run_rank(args: argparse.Namespace) -> int:
     cands = check_rank(args)
     from kerastl.decide._rank import rank
 
-    try:
+    with flag_for("candidates", "--candidates"):
         table = rank(
             args.data,
             cands,
@@ -121,10 +121,6 @@ def run_rank(args: argparse.Namespace) -> int:
             progress=True,
             **_build_kwargs(args),
         )
-    except ConfigError as exc:  # the flag's name, not the API argument's
-        if not str(exc).startswith("candidates:"):
-            raise
-        raise ConfigError("--" + str(exc)) from None
     print(table.json() if args.json else table.text())
     if args.plot:
         table.plot(args.plot)

@@ -126,7 +126,7 @@ def _check_model_path(model: str) -> None:
 
 def _check_format_flags(args: argparse.Namespace, fmts: list[str]) -> None:
     """Flags that apply to one format only, and their values (as the API checks them)."""
-    from kerastl.errors import ConfigError, check_positive_int
+    from kerastl.errors import ConfigError, check_positive_int, flag_for
     from kerastl.export.formats.onnx import check_opset
     from kerastl.export.pipeline import NAME_RE
 
@@ -154,10 +154,8 @@ def _check_format_flags(args: argparse.Namespace, fmts: list[str]) -> None:
             "int8 to --quantize or drop --int8-io."
         )
     if args.opset is not None:
-        try:
+        with flag_for("opset", "--opset"):
             check_opset(args.opset)
-        except ConfigError as exc:  # the flag's name, not the API argument's
-            raise ConfigError("--opset:" + str(exc).removeprefix("opset:")) from None
     if args.version is not None:
         check_positive_int("--version", args.version)
     if args.name is not None and not NAME_RE.match(args.name):
@@ -279,16 +277,12 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
 
 def _artifact_or_pretrained(name: str, threads: int | None = None) -> Any:
     """An exported file or folder; else a registry name: its pretrained ImageNet classifier."""
-    from kerastl.errors import ConfigError
+    from kerastl.errors import ConfigError, flag_for
     from kerastl.export.artifact import KerasArtifact, load_artifact
 
     if os.path.exists(name) or os.sep in name or "." in os.path.basename(name):
-        try:
+        with flag_for("num_threads", "--threads"):
             return load_artifact(name, num_threads=threads)
-        except ConfigError as exc:  # the flag's name, not the API argument's
-            if not str(exc).startswith("num_threads:"):
-                raise
-            raise ConfigError("--threads:" + str(exc).removeprefix("num_threads:")) from None
     if threads is not None:
         raise ConfigError(
             f"--threads: {name!r} runs in Keras, whose threads TensorFlow sets once per process; "
