@@ -175,3 +175,32 @@ def test_every_listed_format_decodes_for_grey_and_rgb_models(fmt, channels):
     assert float(tf.math.reduce_std(tf.cast(img, tf.float32))) > 10  # a picture, not a blank
     native = decode_and_resize(tf.constant(buf.getvalue()), None, channels)
     assert native.shape == (100, 150, channels)
+
+
+def test_a_tiff_folder_trains_with_the_pixels_predict_reads(tmp_path):
+    """Training reads what ``kerastl predict`` reads: TIFF (RGB, grey) through PIL, next to PNG."""
+    from PIL import Image
+
+    from kerastl import data as kdata
+    from kerastl.data.files import image_files
+    from kerastl.export.modalities.image import ImageExporter
+
+    photo = _photo()
+    for i, c in enumerate(("cat", "dog")):
+        (tmp_path / c).mkdir()
+        Image.fromarray(np.ascontiguousarray(photo[:, :: 1 - 2 * i])).save(tmp_path / c / "a.tiff")
+        Image.fromarray(photo[..., i]).save(tmp_path / c / "b.TIF")  # grayscale
+    Image.fromarray(photo).save(tmp_path / "cat" / "c.png")
+    (tmp_path / "dog" / "bad.tif").write_bytes(b"II*\0 not really a TIFF")
+    ex = kdata.from_image_folder(tmp_path)
+    assert ex.class_counts() == {"cat": 3, "dog": 2}
+    assert [(p.split("/")[-1], why) for p, why in ex.skipped] == [
+        ("bad.tif", "ValueError: not a readable image (cannot identify image file)")
+    ]
+    x, y = next(iter(kdata.make_dataset(ex, image_size=(40, 60), batch_size=8)))
+    assert x.shape == (5, 40, 60, 3) and y.numpy().tolist() == [0, 0, 0, 1, 1]
+    reader = ImageExporter({"input": {"name": "image", "shape": [40, 60, 3]}})
+    np.testing.assert_array_equal(x.numpy(), reader.load_files(list(ex.x)))
+    grey = next(iter(kdata.make_dataset(ex, image_size=(40, 60), batch_size=8, channels=1)))[0]
+    assert grey.shape == (5, 40, 60, 1)
+    assert len(image_files(tmp_path, "inputs")) == 6  # predict's folder expansion lists them too

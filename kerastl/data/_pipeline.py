@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kerastl.data._sources import Examples
-from kerastl.data.images import decode_and_resize, fit_channels, resize_uint8
+from kerastl.data._sources import TF_IMAGE_EXTENSIONS, Examples
+from kerastl.data.images import decode_and_resize, decode_file, fit_channels, resize_uint8
 from kerastl.errors import ConfigError, choice_error
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -128,9 +128,17 @@ def _resolve_size(image_size: Any) -> tuple[int, int] | None:
     return (int(h), int(w))
 
 
-def _decode_file(path, size, channels):
+def _decode_file(path, size, channels, decode=decode_file):
     """Read one image file the way ``predict`` and ``serving_bytes`` read bytes."""
-    return decode_and_resize(tf.io.read_file(path), size, channels)
+    return decode(tf.io.read_file(path), size, channels)
+
+
+def _file_decoder(paths: np.ndarray) -> Any:
+    """The decoder of ``paths``: the graph's own when TensorFlow reads them all (JPEG, PNG...),
+    else one that reads the others (TIFF...) with PIL, as ``predict`` does."""
+    if all(str(p).lower().endswith(TF_IMAGE_EXTENSIONS) for p in paths):
+        return decode_and_resize
+    return decode_file
 
 
 def examples_to_dataset(ex: Examples, image_size: Any = None, channels: int = 3) -> tf.data.Dataset:
@@ -141,9 +149,10 @@ def examples_to_dataset(ex: Examples, image_size: Any = None, channels: int = 3)
         return tf.data.Dataset.from_tensor_slices((np.asarray(ex.x, dtype=str), labels))
     if ex.kind == "files":
         paths = np.asarray(ex.x, dtype=str)
+        decode = _file_decoder(paths)
         ds = tf.data.Dataset.from_tensor_slices((paths, labels))
         return ds.map(
-            lambda p, y: (_decode_file(p, size, channels), y),
+            lambda p, y: (_decode_file(p, size, channels, decode), y),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )

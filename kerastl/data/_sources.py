@@ -23,7 +23,11 @@ import numpy as np
 
 from kerastl.errors import ConfigError, DataError, choice_error
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+#: Files TensorFlow's decoder reads (in the graph, also in the ``serving_bytes`` signature).
+TF_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+#: Files read by PIL, in training (:func:`kerastl.data.images.decode_file`) as in ``predict``.
+PIL_IMAGE_EXTENSIONS = (".tif", ".tiff")
+IMAGE_EXTENSIONS = TF_IMAGE_EXTENSIONS + PIL_IMAGE_EXTENSIONS
 LABEL_TASKS = ("classification", "binary", "multilabel", "regression", "embedding")
 MULTILABEL_SEPARATORS = ("|", ";")
 
@@ -694,7 +698,7 @@ def check_head(
 def verify_images(ex: Examples, channels: int = 3, workers: int = 8) -> Examples:
     """Decode every file once; drop unreadable ones and record them in ``skipped``.
 
-    Uses the input pipeline's decoder (:func:`kerastl.data.images.decode_and_resize`) in a
+    Uses the input pipeline's decoder (:func:`kerastl.data.images.decode_file`) in a
     thread pool, with a progress bar (``tqdm``, on standard error) over 500 files or more
     unless the ``kerastl`` logger is quiet (``--quiet``).
     """
@@ -706,11 +710,11 @@ def verify_images(ex: Examples, channels: int = 3, workers: int = 8) -> Examples
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from kerastl.data.images import decode_and_resize
+    from kerastl.data.images import decode_file
 
     def check(p: str) -> str | None:
         try:
-            img = decode_and_resize(tf.io.read_file(p), None, channels)
+            img = decode_file(tf.io.read_file(p), None, channels)
             if img.shape[0] == 0 or img.shape[1] == 0:
                 return "empty image"
             return None

@@ -15,8 +15,9 @@ the same uint8 tensor on all three paths. The steps, in order:
 3. **Resize.** Shrinking by more than 2x uses an area (box-filter) resize; up to 2x and
    enlarging, bilinear. Then round to uint8.
 
-Files TensorFlow cannot decode (TIFF, ...) are read by PIL with ``exif_transpose`` in
-``predict`` and then go through the same :func:`resize_uint8`.
+Files TensorFlow cannot decode (TIFF, ...) are read by PIL with ``exif_transpose`` and then
+go through the same :func:`resize_uint8`: in ``predict``, and in training through
+:func:`decode_file` (a ``tf.numpy_function``, so not in the graphs that are exported).
 
 Example:
     >>> import numpy as np, tensorflow as tf
@@ -27,8 +28,11 @@ Example:
 
 from __future__ import annotations
 
+import io
+import re
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 #: The orientation entry's first 8 bytes (tag 0x0112, type 3 = SHORT, count 1) per byte order.
@@ -61,6 +65,16 @@ def _is_webp(data: tf.Tensor) -> tf.Tensor:
     riff = tf.equal(tf.strings.substr(data, 0, 4), b"RIFF")
     kind = tf.strings.substr(data, tf.minimum(8, tf.strings.length(data)), 4)
     return tf.logical_and(riff, tf.equal(kind, b"WEBP"))
+
+
+def _tf_decodes(data: tf.Tensor) -> tf.Tensor:
+    """Whether ``data`` starts like a file TensorFlow's decoder reads (JPEG, PNG, GIF, BMP, WebP)."""
+    head = tf.strings.substr(data, 0, 4)
+    gif_or_bmp = tf.logical_or(
+        tf.equal(tf.strings.substr(head, 0, 3), b"GIF"),
+        tf.equal(tf.strings.substr(head, 0, 2), b"BM"),
+    )
+    return tf.reduce_any(tf.stack([tf.io.is_jpeg(data), _is_png(data), _is_webp(data), gif_or_bmp]))
 
 
 def _tiff_offset(data: tf.Tensor) -> tf.Tensor:
@@ -242,3 +256,61 @@ def decode_and_resize(data: Any, size: tuple[int, int] | None, channels: int) ->
     if size is not None:
         img = tf.ensure_shape(img, [size[0], size[1], channels])
     return img
+
+
+#: PIL mode of each channel count PIL decodes to.
+_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def pil_pixels(data: bytes, channels: int) -> np.ndarray:
+    """Upright (``exif_transpose``) ``(H, W, channels)`` uint8 pixels of any image PIL reads.
+
+    What ``kerastl predict`` does with the files TensorFlow cannot decode (TIFF, ...).
+
+    Raises:
+        ValueError: PIL cannot read ``data`` (the reason, without PIL's object repr).
+
+    Example:
+        >>> buf = io.BytesIO()
+        >>> from PIL import Image
+        >>> Image.new("RGB", (5, 4)).save(buf, format="TIFF")
+        >>> pil_pixels(buf.getvalue(), 3).shape
+        (4, 5, 3)
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    channels = int(channels)
+    if isinstance(data, np.ndarray):  # a scalar string tensor's value in tf.numpy_function
+        data = data.item()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = ImageOps.exif_transpose(img).convert(_PIL_MODES.get(channels, "RGB"))
+            return np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, channels)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        reason = re.sub(r" <[^>]*>", "", str(exc))  # PIL names its BytesIO object
+        raise ValueError(f"not a readable image ({reason})") from None
+
+
+def decode_file(data: Any, size: tuple[int, int] | None, channels: int) -> tf.Tensor:
+    """:func:`decode_and_resize` for what TensorFlow decodes; else :func:`pil_pixels`, resized.
+
+    The training pipeline's decoder for files such as TIFF, read as ``kerastl predict``
+    reads them. The PIL branch is a ``tf.numpy_function``: fine in ``tf.data``, not in a
+    graph that is saved (the ``serving_bytes`` signature uses :func:`decode_and_resize`).
+
+    Example:
+        >>> from PIL import Image
+        >>> buf = io.BytesIO()
+        >>> Image.new("L", (30, 20)).save(buf, format="TIFF")
+        >>> decode_file(buf.getvalue(), (10, 15), 3).shape
+        TensorShape([10, 15, 3])
+    """
+    data = tf.convert_to_tensor(data, tf.string)
+
+    def with_pil() -> tf.Tensor:
+        img = tf.numpy_function(pil_pixels, [data, channels], tf.uint8, stateful=False)
+        img.set_shape([None, None, channels])
+        img = resize_uint8(img, size)
+        return img if size is None else tf.ensure_shape(img, [size[0], size[1], channels])
+
+    return tf.cond(_tf_decodes(data), lambda: decode_and_resize(data, size, channels), with_pil)
