@@ -386,3 +386,24 @@ def test_validation_and_calibration_data_by_path(tmp_path):
     for bad in (tmp_path / "missing.npy", tmp_path / "data.csv"):
         with pytest.raises(DataError, match=r"validation_data: expected an image folder"):
             load_data_path(bad, "validation_data", None)
+
+
+def test_a_text_csv_without_a_text_column_gets_a_text_error(tmp_path):
+    """``sentence,label`` is text, not a CSV of image paths: the error names data.text_column,
+    the column it expected, the columns found and how to choose one."""
+    (tmp_path / "t.csv").write_text("sentence,label\ngood film,pos\nbad film,neg\n")
+    assert kdata.infer_source(tmp_path / "t.csv") == "text"
+    assert kdata.infer_source(tmp_path / "t.csv", text_column="sentence") == "text"
+    expected = (
+        r"data.text_column: .*t\.csv' has no column 'text' .*\['sentence', 'label'\].*"
+        r"data.text_column=sentence.*text_column='sentence'"
+    )
+    for source in (None, "text"):
+        with pytest.raises(DataError, match=expected):
+            kdata.load(source, tmp_path / "t.csv")
+    ex = kdata.load(path=tmp_path / "t.csv", text_column="sentence")
+    assert ex.kind == "text" and ex.x.tolist() == ["good film", "bad film"]
+    # image CSVs are still read as such: by their path column, or their image file names
+    (tmp_path / "files.csv").write_text("file,label\ncat/1.jpg,cat\n")
+    assert kdata.infer_source(tmp_path / "files.csv") == "csv"
+    assert kdata.infer_source(tmp_path / "files.csv", path_column="file") == "csv"

@@ -73,10 +73,14 @@ def __getattr__(name: str) -> Any:  # the pipeline imports TensorFlow: load it o
     raise AttributeError(f"module 'kerastl.data' has no attribute {name!r}")
 
 
-def infer_source(path: str | os.PathLike) -> str:
+def infer_source(
+    path: str | os.PathLike, text_column: str = "text", path_column: str = "path"
+) -> str:
     """Guess the source kind from a path: folder, ``.csv`` (images or text), ``.npz``, ``.jsonl``.
 
-    A CSV whose header has a ``text`` column is text; otherwise it lists images.
+    A CSV whose header has ``text_column`` is text; one with ``path_column``, or with image
+    file names (``.jpg``, ``.png``...) in its first rows, lists images; any other CSV is
+    text (its error then names ``data.text_column``, not a column of image paths).
 
     Example:
         >>> infer_source("reviews.jsonl")
@@ -89,13 +93,28 @@ def infer_source(path: str | os.PathLike) -> str:
     if suffix == ".npz":
         return "numpy"
     if suffix in (".csv", ".tsv"):
-        if p.is_file():
-            with open(p, encoding="utf-8") as f:
-                header = [h.strip().lower() for h in f.readline().split(",")]
-            if "text" in header:
-                return "text"
-        return "csv"
+        return _csv_kind(p, text_column, path_column) if p.is_file() else "csv"
     return "folder"
+
+
+def _csv_kind(path: Path, text_column: str, path_column: str) -> str:
+    """``"text"`` or ``"csv"`` (image paths) for a CSV file, from its header and first rows."""
+    import csv
+    import itertools
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            rows = list(itertools.islice(reader, 20))
+    except UnicodeDecodeError:
+        return "csv"  # the CSV reader names the byte
+    if text_column.lower() in (h.lower() for h in header):
+        return "text"
+    if path_column in header:
+        return "csv"
+    images = any(v.strip().lower().endswith(IMAGE_EXTENSIONS) for r in rows for v in r)
+    return "csv" if images else "text"
 
 
 def load(
@@ -126,7 +145,9 @@ def load(
     if source is None:
         if path is None:
             raise ConfigError("data: give data.path (or data.source: tfds with data.name).")
-        source = infer_source(path)
+        source = infer_source(
+            path, options.get("text_column", "text"), options.get("path_column", "path")
+        )
     if source not in SOURCES:
         raise choice_error("data.source", source, SOURCES)
     if source != "tfds" and path is None:

@@ -10,6 +10,7 @@ into a ``tf.data.Dataset``.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
 import os
@@ -540,9 +541,10 @@ def from_text(
         header = sorted({k for r in rows for k in r})
     else:
         rows, header = _read_csv(path)
-    for col, key in ((text_column, "text_column"), (label_column, "label_column")):
-        if col not in header:
-            raise choice_error(f"data.{key}", col, header, cls=DataError)
+    if text_column not in header:
+        raise DataError(_no_text_column(path, header, text_column, label_column))
+    if label_column not in header:
+        raise choice_error("data.label_column", label_column, header, cls=DataError)
     skipped = [
         (f"{path}:{i + 1}", "empty text")
         for i, r in enumerate(rows)
@@ -558,6 +560,20 @@ def from_text(
     ex = Examples("text", texts, y, _task_name(task), names, f"text file {str(path)!r}", skipped)
     check_classes(ex)
     return ex
+
+
+def _no_text_column(path: Path, header: list[str], text_column: str, label_column: str) -> str:
+    """Why a text file has no column of texts, its columns, and how to choose one."""
+    others = [h for h in header if h != label_column] or header or ["sentence"]
+    guess = (difflib.get_close_matches(text_column, others, n=1, cutoff=0.6) or others)[0]
+    return (
+        f"data.text_column: text file {str(path)!r} has no column {text_column!r} of texts "
+        f"(its columns: {header}). Name the column of texts {text_column!r} in the file, or "
+        f"choose it with data.text_column, e.g. {guess!r}: in the YAML (data: {{text_column: "
+        f"{guess}}}), kerastl train --set data.text_column={guess}, or "
+        f"kerastl.data.load(path, text_column={guess!r}). For a CSV of image paths instead, "
+        "set data.source: csv and data.path_column."
+    )
 
 
 def from_tfds(
