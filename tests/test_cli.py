@@ -281,3 +281,39 @@ def test_python_stderr_taken_inside_the_filter_still_writes_after_it(capfd):
     finally:
         sys.stderr = saved
     assert "written after the block" in capfd.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def train_output(tmp_path_factory) -> str:
+    """What `kerastl train` shows a user (stdout and stderr in one stream, as on a terminal),
+    with Keras' progress bar on (``train.verbose: 1``, a terminal's default)."""
+    from PIL import Image
+
+    tmp = tmp_path_factory.mktemp("train_cli")
+    rng = np.random.default_rng(0)
+    for c, base in (("dark", 40), ("light", 200)):
+        (tmp / "data" / c).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.normal(base, 20, (32, 32, 3)).clip(0, 255).astype("uint8")
+            Image.fromarray(pixels).save(tmp / "data" / c / f"{i}.png")
+    args = ["train", "--backbone", "mobilenet_v3_small", "--weights", "none", "--freeze", "none"]
+    args += ["--input-size", "32", "--data", str(tmp / "data"), "--val-split", "0.25"]
+    args += ["--epochs", "2", "--batch-size", "4", "--output-dir", str(tmp / "runs")]
+    args += ["--name", "r", "--set", "train.verbose=1", "--set", "train.early_stopping=0"]
+    code = f"import sys; from kerastl.cli import main; sys.exit(main({args!r}))"
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:]
+    return res.stdout
+
+
+@pytest.mark.heavy
+def test_train_prints_the_run_folder_once(train_output):
+    """`run folder: ...` was printed on stdout and logged on stderr: twice in a terminal."""
+    assert train_output.count("run folder:") == 1, train_output[-2000:]
+    assert re.search(r"^run folder: .*runs/r\n  accuracy: ", train_output, re.M)

@@ -61,6 +61,9 @@ def cross_validate(
         log.info(f"fold {i + 1}/{folds}: {len(tr)} training, {len(va)} validation")
         result = train(fold_cfg, examples=(ex.subset(tr), ex.subset(va)))
         per_fold.append(scalar_metrics(result.metrics))
+        key = HEADLINE.get(cfg["model"]["task"])
+        if key in result.metrics:
+            log.info(f"fold {i + 1}/{folds}: validation {key} {result.metrics[key]:.4f}")
     keys = sorted(set.intersection(*(set(m) for m in per_fold))) if per_fold else []
     summary = {
         "folds": folds,

@@ -19,7 +19,6 @@ from kerastl import data as kdata
 from kerastl.core import interrupt as _interrupt
 from kerastl.core.convs import grouped_convs_as_depthwise
 from kerastl.train import phases, runfolder
-from kerastl.train._metrics import HEADLINE
 from kerastl.train.card import model_card
 from kerastl.train.context import RunContext, build_model, make_datasets, open_run
 from kerastl.train.evaluate import evaluate_run_model
@@ -131,10 +130,9 @@ def _finish(ctx: RunContext, done1: int, evaluate: bool) -> RunResult:
         metrics, exports, export_error = _report(ctx, done1)
     # Only now is the run complete: a kill before this point resumes without redoing epochs.
     ctx.folder.close()
+    # The run folder and its metrics are the caller's to show (``kerastl train`` prints
+    # them on stdout; k-fold logs one line per fold): no line here, so none is printed twice.
     out_dir, model_path = ctx.folder.out_dir, ctx.folder.model_path
-    if ctx.chief and ctx.verbose and metrics:
-        key = HEADLINE.get(ctx.cfg["model"]["task"])
-        log.info(f"run folder: {out_dir}  validation {key}: {metrics.get(key)}")
     result = RunResult(
         out_dir, model_path, metrics, ctx.history, ctx.cfg, ctx.timings, exports, ctx.model
     )
