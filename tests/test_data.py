@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -407,3 +408,37 @@ def test_a_text_csv_without_a_text_column_gets_a_text_error(tmp_path):
     (tmp_path / "files.csv").write_text("file,label\ncat/1.jpg,cat\n")
     assert kdata.infer_source(tmp_path / "files.csv") == "csv"
     assert kdata.infer_source(tmp_path / "files.csv", path_column="file") == "csv"
+
+
+def test_predict_and_export_read_npy_files_with_one_reader(tmp_path):
+    """``kerastl predict``'s inputs and ``kerastl export``'s data: kerastl.data.files.read_arrays,
+    the same messages (naming the argument, the file and why) on both paths."""
+    from kerastl.cli.export import _read_npy
+    from kerastl.data.files import load_data_path
+
+    np.save(tmp_path / "obj.npy", np.array(["a.png"], dtype=object), allow_pickle=True)
+    (tmp_path / "torn.npy").write_bytes(b"[1,2")
+    for name in ("obj.npy", "torn.npy"):
+        path = str(tmp_path / name)
+        with pytest.raises(DataError) as predict_error:
+            _read_npy(path)
+        with pytest.raises(DataError) as export_error:
+            load_data_path(path, "inputs", None)
+        assert str(predict_error.value) == str(export_error.value)
+        assert re.match(
+            rf"inputs: cannot read '{re.escape(path)}' without pickle: it is not a \.npy array "
+            r"of raw inputs",
+            str(predict_error.value),
+        )
+    with pytest.raises(DataError, match=r"^inputs: no file at '.*missing\.npy'\.$"):
+        _read_npy(str(tmp_path / "missing.npy"))
+    x = np.arange(6, dtype="uint8").reshape(1, 2, 3)
+    np.save(tmp_path / "x.npy", x)
+    np.testing.assert_array_equal(_read_npy(str(tmp_path / "x.npy")), x)
+    np.savez(tmp_path / "z.npz", x=x)
+    (tmp_path / "z.npz").rename(tmp_path / "z.npy")  # an archive under a .npy name
+    with pytest.raises(DataError, match=r"inputs: .*z\.npy' holds a \.npz archive \(\['x'\]\)"):
+        _read_npy(str(tmp_path / "z.npy"))
+    from kerastl.data.files import read_arrays
+
+    assert read_arrays(tmp_path / "z.npy", "inputs")["x"].shape == (1, 2, 3)

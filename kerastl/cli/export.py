@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kerastl.data.files import image_files, load_data_path
+from kerastl.data.files import image_files, load_data_path, read_arrays
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -326,20 +326,16 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], set[str]]:
 
 
 def _read_npy(path: str) -> Any:
-    """Raw inputs saved with ``numpy.save``; a DataError naming ``inputs`` otherwise."""
-    import numpy as np
-
+    """Raw inputs saved with ``numpy.save`` (:func:`kerastl.data.files.read_arrays`)."""
     from kerastl.errors import DataError
 
-    if not os.path.isfile(path):
-        raise DataError(f"inputs: no file at {path!r}.")
-    try:
-        return np.load(path)
-    except (ValueError, OSError, EOFError) as exc:
+    data = read_arrays(path, "inputs")
+    if isinstance(data, dict):
         raise DataError(
-            f"inputs: {path!r} is not a .npy array of raw inputs that numpy can read without "
-            f"pickle ({exc})."
-        ) from None
+            f"inputs: {path!r} holds a .npz archive ({sorted(data)}), not a .npy array of raw "
+            "inputs; save the inputs with numpy.save."
+        )
+    return data
 
 
 def _predict_readable(artifact: Any, inputs: list[str], found: set[str], batch_size: int):

@@ -51,9 +51,9 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
         _warn_unlabelled(files, p, class_names, argument)
         return paths
     if p.suffix == ".npy" and p.is_file():
-        return _np_load(p, argument)
+        return read_arrays(p, argument)
     if p.suffix == ".npz" and p.is_file():
-        data = _np_load(p, argument)
+        data = read_arrays(p, argument)
         x = data["x"] if "x" in data else next(iter(data.values()))
         y = data.get("y")
         return x if y is None else (x, y)
@@ -78,12 +78,29 @@ def _warn_unlabelled(files: list[Path], root: Path, class_names: list[str] | Non
     )
 
 
-def _np_load(path: Path, argument: str) -> Any:
-    """``numpy.load`` without pickle; a DataError naming ``argument`` for what it cannot read."""
+def read_arrays(path: Any, argument: str) -> Any:
+    """``numpy.load`` without pickle: an array (``.npy``) or a dict of arrays (``.npz``).
+
+    The one reader of user ``.npy``/``.npz`` files: ``kerastl export``'s data and
+    ``kerastl predict``'s inputs.
+
+    Raises:
+        DataError: naming ``argument``: no file at ``path``, or numpy cannot read it as
+            numbers without pickle (object arrays, a torn file).
+
+    Example:
+        >>> read_arrays("missing.npy", "inputs")
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.DataError: inputs: no file at 'missing.npy'.
+    """
     import numpy as np
 
     from kerastl.errors import DataError
 
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{argument}: no file at {str(path)!r}.")
     try:
         data = np.load(path)
         if isinstance(data, np.lib.npyio.NpzFile):  # read lazily: read every array now
@@ -91,6 +108,12 @@ def _np_load(path: Path, argument: str) -> Any:
                 return {k: data[k] for k in data.files}
         return data
     except (ValueError, OSError, EOFError) as exc:
+        what = (
+            "a .npz archive of numeric arrays"
+            if path.suffix.lower() == ".npz"
+            else "a .npy array of raw inputs"
+        )
         raise DataError(
-            f"{argument}: cannot read {str(path)!r} as numeric arrays without pickle ({exc})."
+            f"{argument}: cannot read {str(path)!r} without pickle: it is not {what} that "
+            f"numpy can read ({exc}). Save numbers with numpy.save / numpy.savez."
         ) from None
