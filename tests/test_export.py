@@ -1350,12 +1350,35 @@ def test_tflite_files_of_precisions_this_export_does_not_write_are_stale(tmp_pat
     from kerastl.export.formats import FORMATS
     from kerastl.export.formats.base import stale_files
 
-    for q in ("", "_float16", "_int8"):
+    for q in ("", "_float16", "_int8", "_dynamic"):
         (tmp_path / f"m{q}.tflite").write_bytes(b"old")
     (tmp_path / "other_float16.tflite").write_bytes(b"another model's")
+    # the last export of m published three of them; m_dynamic.tflite is not in its report
+    paths = ["m.tflite", "m_float16.tflite", "m_int8.tflite"]
+    report = {"model": {"name": "m"}, "artifacts": [{"path": p} for p in paths]}
+    (tmp_path / "export_report.json").write_text(json.dumps(report))
     written = {tmp_path / "m.tflite", tmp_path / "m_int8.tflite"}
     stale = stale_files(tmp_path, "m", [FORMATS["tflite"]], written)
     assert stale == [tmp_path / "m_float16.tflite"]
+    # the same files after an export of another model: none of them is m's to remove
+    report["model"]["name"] = "other"
+    (tmp_path / "export_report.json").write_text(json.dumps(report))
+    assert stale_files(tmp_path, "m", [FORMATS["tflite"]], written) == []
+
+
+def test_overwrite_leaves_the_file_of_a_model_whose_name_ends_like_a_precision(model, tmp_path):
+    """``m_int8.tflite`` of a model named ``m_int8`` is not a stale int8 file of ``m``."""
+    import kerastl
+
+    x = _photo_like(8, seed=3)
+    kerastl.export(model, tmp_path, formats=["tflite"], validation_data=x, name="m_int8")
+    other = (tmp_path / "m_int8.tflite").read_bytes()
+    report = kerastl.export(
+        model, tmp_path, formats=["tflite"], validation_data=x, name="m", overwrite=True
+    )
+    assert (tmp_path / "m_int8.tflite").read_bytes() == other
+    assert (tmp_path / "m.tflite").is_file()
+    assert not any(n.startswith("removed") for n in report["notes"])
 
 
 def test_latency_stops_at_its_time_budget_after_three_runs(monkeypatch):

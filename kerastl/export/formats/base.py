@@ -329,15 +329,43 @@ def _merge(outputs: list[dict[str, Any]]) -> dict[str, Any]:
 def stale_files(out: Path, name: str, formats: Iterable[Format], written: set[Path]) -> list[Path]:
     """Optional derived files (:meth:`Format.optional_files`) an earlier export left in ``out``.
 
-    Those this export does not write (``written``): a clash without ``overwrite=True``,
-    removed by :func:`remove_stale` once the new files are published.
+    Those this export does not write (``written``) that the report in ``out`` says the
+    last export of the same ``name`` published: a clash without ``overwrite=True``,
+    removed by :func:`remove_stale` once the new files are published. A file no such
+    report lists is someone else's: ``m_int8.tflite`` may be the float32 file of a model
+    named ``m_int8``, which an export of ``m`` must leave alone.
     """
+    ours = published_by(out, name)
     return [
         p
         for fmt in formats
         for p in fmt.optional_files(out, name)
-        if p not in written and p.exists()
+        if p not in written and p.exists() and p.name in ours
     ]
+
+
+def published_by(out: Path, name: str) -> set[str]:
+    """Paths (relative to ``out``) the passed report in ``out`` lists, if it is of ``name``.
+
+    Example:
+        >>> import json, tempfile
+        >>> out = Path(tempfile.mkdtemp())
+        >>> report = {"model": {"name": "m"}, "artifacts": [{"path": "m_int8.tflite"}]}
+        >>> _ = (out / "export_report.json").write_text(json.dumps(report))
+        >>> published_by(out, "m"), published_by(out, "m_int8")
+        ({'m_int8.tflite'}, set())
+    """
+    import json
+
+    from kerastl.export.report import JSON_NAME
+
+    try:
+        report = json.loads((out / JSON_NAME).read_text())
+        if report["model"]["name"] != name:
+            return set()
+        return {str(a["path"]) for a in report["artifacts"]}
+    except (OSError, ValueError, KeyError, TypeError):  # none, unreadable, or not kerastl's
+        return set()
 
 
 def remove_stale(paths: list[Path]) -> list[str]:
