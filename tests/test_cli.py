@@ -317,3 +317,17 @@ def test_train_prints_the_run_folder_once(train_output):
     """`run folder: ...` was printed on stdout and logged on stderr: twice in a terminal."""
     assert train_output.count("run folder:") == 1, train_output[-2000:]
     assert re.search(r"^run folder: .*runs/r\n  accuracy: ", train_output, re.M)
+
+
+@pytest.mark.heavy
+def test_train_log_lines_come_after_the_epochs_progress_bar(train_output):
+    """`epoch 1: val_loss improved ...` (the best checkpoint's log line) was written while
+    Keras' progress bar was still on its line (the bar ends an epoch after every other
+    callback), so the two ran together and the bar's last update came after it."""
+    at = train_output.index("epoch 1: val_loss improved to")
+    assert train_output[at - 1] == "\n"  # on a line of its own...
+    above = train_output[: at - 1].rsplit("\n", 1)[-1]
+    assert "val_loss:" in above  # ...below epoch 1's finished bar, with its validation metrics
+    line = train_output[at:].split("\n", 1)[0]
+    assert "━" not in line and "\r" not in line and "\b" not in line
+    assert train_output.index("Epoch 2/2") > at

@@ -49,10 +49,14 @@ def phase_callbacks(ctx: RunContext, phase: str, fitted: keras.Model) -> list:
     Order matters for a kill between two callbacks: NanGuard first (a NaN loss aborts
     before anything saves it); the CSV row and the best checkpoint of an epoch are
     written before its backup, so a resumed run never misses them (it redoes the
-    epoch and the logger drops the duplicate row).
+    epoch and the logger drops the duplicate row). With a progress bar, Keras'
+    ``ProgbarLogger`` comes before them all: it ends the epoch's bar line before the
+    callbacks log (``val_loss improved ...``), which would otherwise land inside it.
     """
     folder, best = ctx.folder, ctx.best
     cbs: list = [InterruptCheck(), NanGuard(phase), ResumableCSVLogger(str(folder.history_csv))]
+    if ctx.verbose and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in ctx.callbacks):
+        cbs.insert(0, keras.callbacks.ProgbarLogger())  # fit() uses it instead of its own, last
     best.target = ctx.model
     best.defer = fitted is not ctx.model  # the head on cached features: save once per phase
     cbs.append(best)
@@ -329,8 +333,9 @@ def phase2(ctx: RunContext, done1: int) -> None:
             f"({backed_up - done1} of {ft['epochs']} done)"
         )
     cbs = phase_callbacks(ctx, "phase2", ctx.model)
-    if extra:
-        cbs.insert(1, OffsetEpochs(extra[0], done1))
+    if extra:  # before NanGuard, after InterruptCheck (and the progress bar)
+        at = next(i for i, c in enumerate(cbs) if isinstance(c, NanGuard))
+        cbs.insert(at, OffsetEpochs(extra[0], done1))
     h2 = prepare_fit(ctx.model, ctx.strategy).fit(
         ctx.train_ds,
         validation_data=ctx.val_ds,
