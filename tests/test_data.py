@@ -442,3 +442,46 @@ def test_predict_and_export_read_npy_files_with_one_reader(tmp_path):
     from kerastl.data.files import read_arrays
 
     assert read_arrays(tmp_path / "z.npy", "inputs")["x"].shape == (1, 2, 3)
+
+
+def test_predict_reads_a_grayscale_npy_as_it_reads_grey_image_files(tmp_path, capsys):
+    """(N, H, W) and (N, H, W, 1) arrays are repeated to RGB, as grey files are decoded; a
+    shape that does not fit is refused with the shape received and the shapes accepted."""
+    import keras
+
+    from kerastl.cli import main
+
+    inp = keras.Input((16, 16, 3))
+    feats = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp))
+    keras.Model(inp, keras.layers.Dense(3)(feats)).save(tmp_path / "m.keras")
+    grey = np.random.default_rng(0).integers(0, 255, (2, 16, 16)).astype("uint8")
+    for i, img in enumerate(grey):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+    np.save(tmp_path / "grey.npy", grey)
+    np.save(tmp_path / "grey1.npy", grey[..., None])
+
+    def rows(*inputs):
+        assert main(["predict", str(tmp_path / "m.keras"), *map(str, inputs), "--json"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        return [json.loads(ln) for ln in out if ln.startswith("{")]
+
+    files = rows(tmp_path / "0.png", tmp_path / "1.png")
+    for name in ("grey.npy", "grey1.npy"):
+        got = rows(tmp_path / name)
+        assert [r["input"] for r in got] == [f"{tmp_path / name}[{i}]" for i in range(2)]
+        for a, b in zip(got, files):
+            assert a.keys() == b.keys()
+            for key in a.keys() - {"input"}:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5)
+    np.save(tmp_path / "big.npy", np.zeros((2, 32, 32), "uint8"))
+    assert main(["predict", str(tmp_path / "m.keras"), str(tmp_path / "big.npy")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "inputs: " + repr(str(tmp_path / "big.npy")) + " holds an array of shape (2, 32, 32)" in err
+    )
+    assert "Accepted shapes: (N, 16, 16, 3), (N, 16, 16, 1) or (N, 16, 16) (grayscale" in err
+    from kerastl.data.files import fit_image_array
+
+    rgb = np.arange(2 * 3, dtype="float32").reshape(1, 1, 2, 3)
+    assert fit_image_array(rgb, (None, None, 1), "x", "x").shape == (1, 1, 2, 1)
+    assert fit_image_array(rgb[0], (1, 2, 3), "x", "x").shape == (1, 1, 2, 3)  # one image

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kerastl.data.files import image_files, load_data_path, read_arrays
+from kerastl.data.files import fit_image_array, image_files, load_data_path, read_arrays
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -338,6 +338,16 @@ def _read_npy(path: str) -> Any:
     return data
 
 
+def _fit_images(artifact: Any, x: Any, path: str) -> Any:
+    """A .npy array for an image model as its files are read (grey -> RGB, one image)."""
+    spec = artifact.metadata.get("input") or {}
+    shape = list(spec.get("shape") or [])
+    modality = spec.get("name") or artifact.metadata.get("modality") or "image"
+    if modality != "image" or len(shape) != 3 or shape[-1] not in (1, 3):
+        return x
+    return fit_image_array(x, shape, "inputs", repr(path))
+
+
 def _predict_readable(artifact: Any, inputs: list[str], found: set[str], batch_size: int):
     """Predict the readable files one by one; skip unreadable ones found in folders."""
     from kerastl.errors import DataError
@@ -382,13 +392,16 @@ def run_predict(args: argparse.Namespace) -> int:
         if value < 1:
             raise ConfigError(f"{flag}: expected >= 1, got {value}.")
     found: set[str] = set()
-    if len(args.inputs) == 1 and args.inputs[0].endswith(".npy"):
-        inputs: Any = _read_npy(args.inputs[0])
-        ids = [f"{args.inputs[0]}[{i}]" for i in range(len(inputs))]
+    npy = len(args.inputs) == 1 and args.inputs[0].endswith(".npy")
+    if npy:
+        inputs: Any = _read_npy(args.inputs[0])  # before the (slow) artifact load
     else:
         inputs, found = expand_inputs(args.inputs)
         ids = list(inputs)
     artifact = _artifact_or_pretrained(args.artifact, args.threads)
+    if npy:
+        inputs = _fit_images(artifact, inputs, args.inputs[0])
+        ids = [f"{args.inputs[0]}[{i}]" for i in range(len(inputs))]
     try:
         out = artifact.predict(inputs, batch_size=args.batch_size)
     except DataError:

@@ -117,3 +117,49 @@ def read_arrays(path: Any, argument: str) -> Any:
             f"{argument}: cannot read {str(path)!r} without pickle: it is not {what} that "
             f"numpy can read ({exc}). Save numbers with numpy.save / numpy.savez."
         ) from None
+
+
+def fit_image_array(x: Any, shape: Any, argument: str, source: str) -> Any:
+    """An array of images for a model input ``shape`` ``(H, W, C)``, read as image files are.
+
+    ``(N, H, W, C)`` is kept; one image ``(H, W, C)`` gets a batch axis; grayscale
+    ``(N, H, W)`` or ``(N, H, W, 1)`` is repeated to 3 channels for an RGB model, as a grey
+    file is decoded, and RGB becomes grey by luma for a 1-channel model. ``None`` in
+    ``shape`` matches any size.
+
+    Raises:
+        DataError: naming ``argument`` and ``source``: the shape received, the shapes accepted.
+
+    Example:
+        >>> import numpy as np
+        >>> fit_image_array(np.zeros((2, 8, 8), "uint8"), (8, 8, 3), "inputs", "x.npy").shape
+        (2, 8, 8, 3)
+    """
+    import numpy as np
+
+    from kerastl.errors import DataError
+
+    h, w, c = shape
+
+    def fits(got: tuple, want: tuple) -> bool:
+        return len(got) == len(want) and all(e is None or g == e for g, e in zip(got, want))
+
+    x = np.asarray(x)
+    if x.ndim == 3 and fits(x.shape, (h, w, c)):
+        return x[None]
+    if x.ndim == 3 and fits(x.shape[1:], (h, w)):
+        x = x[..., None]
+    if x.ndim == 4 and fits(x.shape[1:3], (h, w)) and x.shape[3] in (1, 3, c):
+        if x.shape[3] == 1 and c == 3:
+            return np.repeat(x, 3, axis=-1)
+        if x.shape[3] == 3 and c == 1:  # the weights of tf.image.rgb_to_grayscale
+            luma = np.tensordot(x.astype(np.float32), [0.2989, 0.587, 0.114], axes=([3], [0]))
+            return np.round(luma)[..., None].astype(x.dtype)
+        return x
+    hw = ", ".join("any" if s is None else str(s) for s in (h, w))
+    raise DataError(
+        f"{argument}: {source} holds an array of shape {tuple(x.shape)} ({x.dtype}); the model "
+        f"takes {c}-channel images of size ({hw}). Accepted shapes: (N, {hw}, {c}), "
+        f"(N, {hw}, {1 if c == 3 else 3}) or (N, {hw}) (grayscale, as grey image files), or "
+        f"one image ({hw}, {c}); raw 0-255 pixels."
+    )
