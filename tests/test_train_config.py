@@ -149,3 +149,31 @@ def test_train_batchnorm_defaults_to_null_meaning_by_weights():
     assert (
         validate_config(_with("model", train_batchnorm=False))["model"]["train_batchnorm"] is False
     )
+
+
+def test_weights_from_a_model_of_another_backbone_are_a_usage_error(tmp_path, capsys):
+    """A .keras model of another backbone given as `--weights` failed after TensorFlow
+    loaded, as a WeightsError (exit 1); it is a wrong argument: exit 2 before training,
+    naming the argument, the file and both architectures."""
+    import kerastl
+    from kerastl.cli import main
+
+    saved = tmp_path / "small.keras"
+    kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=32, compile=False).save(saved)
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), (60 * i, 90, 200 if c == "a" else 20)).save(
+                tmp_path / "imgs" / c / f"{i}.png"
+            )
+    args = ["train", "--backbone", "mobilenet_v3_large", "--weights", str(saved)]
+    args += ["--data", str(tmp_path / "imgs"), "--output-dir", str(tmp_path / "runs")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "model.weights:" in err and str(saved) in err
+    assert "holds a 'mobilenet_v3_small' model" in err and "'mobilenet_v3_large'" in err
+    assert not (tmp_path / "runs").exists()  # refused before any run file is written
+    cfg = {**BASE, "model": {"backbone": "mobilenet_v3_small", "weights": str(saved)}}
+    assert validate_config(cfg)["model"]["weights"] == str(saved)  # its own backbone: fine

@@ -369,6 +369,7 @@ def _check_weights(weights: Any, spec: Any, where: str) -> None:
         os.sep in weights or weights.startswith((".", "~")) or weights.endswith(_PATH_SUFFIXES)
     )
     if os.path.exists(os.path.expanduser(weights)):
+        check_weights_architecture(os.path.expanduser(weights), spec, f"{where}: model.weights")
         return
     if looks_like_path:
         raise ConfigError(
@@ -379,6 +380,57 @@ def _check_weights(weights: Any, spec: Any, where: str) -> None:
     names = _weight_names(spec)
     if weights not in names:
         raise _choices(where, "model.weights", weights, [*names, "null", "<a file path>"])
+
+
+def saved_backbone(path: str | os.PathLike) -> str | None:
+    """The backbone a kerastl ``.keras`` file was saved from, read without TensorFlow.
+
+    None for another file, a plain Keras model or a file that cannot be read (loading
+    it reports why).
+
+    Example:
+        >>> saved_backbone("no/such/model.keras") is None
+        True
+    """
+    import json
+    import zipfile
+
+    if not str(path).endswith(".keras"):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        backbone = config["config"]["kerastl_config"]["backbone"]
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return None
+    return backbone if isinstance(backbone, str) else None
+
+
+def check_weights_architecture(path: str | os.PathLike, spec: Any, argument: str) -> None:
+    """Refuse a kerastl ``.keras`` file saved from another backbone than ``spec``'s.
+
+    Raises:
+        ConfigError: naming ``argument``, the file, the backbone it holds and the one asked for.
+    """
+    from kerastl.zoo import get_spec
+
+    held = saved_backbone(path)
+    if held is None:
+        return
+    try:
+        same = get_spec(held).name == spec.name
+    except ConfigError:  # a name this registry no longer has
+        same = held == spec.name
+    if same:
+        return
+    named = ", ".join(repr(w) for w in spec.pretrained)
+    raise ConfigError(
+        f"{argument}: {str(path)!r} holds a {held!r} model, which cannot seed the "
+        f"backbone asked for, {spec.name!r} (a different architecture). Valid: a .keras "
+        f"model or weights file of a {spec.name!r} backbone, "
+        + (f"{named}, " if named else "")
+        + f"or null (random init); or set the backbone to {held!r} to start from this file."
+    )
 
 
 def _check_augment(augment: Any, where: str) -> None:
