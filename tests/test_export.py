@@ -504,6 +504,33 @@ def test_next_export_takes_next_version_and_never_touches_published(exported, mo
     assert pb.stat().st_mtime_ns == stamp
 
 
+def test_an_automatic_version_taken_meanwhile_publishes_as_the_next_one(
+    model, tmp_path, monkeypatch
+):
+    """Two exports of one model at once both pick version 1: the later one takes 2."""
+    import kerastl
+    from kerastl.export.formats import FORMATS
+
+    fmt = type(FORMATS["saved_model"])
+    real = fmt.publish
+
+    def racing(self, source, target):
+        if target.name == "1":  # another export published version 1 while this one validated
+            target.mkdir(parents=True)
+            (target / "other_export").write_text("theirs")
+        real(self, source, target)
+
+    monkeypatch.setattr(fmt, "publish", racing)
+    report = kerastl.export(model, tmp_path, formats=["saved_model"], latency_runs=1)
+    root = tmp_path / "saved_model" / model.name
+    assert report["saved_model_version"] == 2
+    assert report["artifacts"][0]["path"] == f"saved_model/{model.name}/2"
+    assert (root / "2" / "saved_model.pb").is_file()
+    assert sorted(p.name for p in (root / "1").iterdir()) == ["other_export"]  # untouched
+    saved = json.loads((tmp_path / "export_report.json").read_text())
+    assert saved["saved_model_version"] == 2
+
+
 # -- bad input: clear errors, nothing written ---------------------------------------------------
 
 

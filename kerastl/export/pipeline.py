@@ -468,9 +468,12 @@ def _stage(job: Job, selected: list[Format]) -> tuple[list[dict[str, Any]], bool
                 staged.append((fmt, item))
         if not all(r["passed"] for r in records):
             return records, False
+        auto = job.options.version is None
         for (fmt, item), record in zip(staged, records):
             if "not_written" not in record:
-                publish(fmt, item.path, job.targets[(fmt.name, item.precision)])
+                key = (fmt.name, item.precision)
+                job.targets[key] = publish(fmt, item.path, job.targets[key], auto)
+                record["path"] = str(job.targets[key].relative_to(job.out))
         return records, True
     except Exception as exc:  # full disk, permissions, ...: nothing half-written is published
         # TensorFlow reports a full disk while saving variables as ResourceExhaustedError.
@@ -486,17 +489,47 @@ def _stage(job: Job, selected: list[Format]) -> tuple[list[dict[str, Any]], bool
             owner.close()
 
 
-def publish(fmt: Format, source: Path, target: Path) -> None:
-    """Move one validated artifact into place; a versioned target is never overwritten."""
+def publish(fmt: Format, source: Path, target: Path, auto_version: bool = False) -> Path:
+    """Move one validated artifact into place; returns where it went.
+
+    A versioned target is never overwritten. When the version was chosen automatically
+    and another export published it meanwhile (two exports of one model at once), the
+    artifact takes the next free version instead.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fmt.publish(source, target)
-    except OSError as exc:
-        if not fmt.versioned:
-            raise
-        raise ExportError(
-            f"Could not publish {str(target)!r}: {exc}. Nothing was overwritten."
-        ) from exc
+    attempts = 1
+    while True:
+        try:
+            fmt.publish(source, target)
+            return target
+        except OSError as exc:
+            if not fmt.versioned:
+                raise
+            if not (auto_version and target.exists()) or attempts == _PUBLISH_ATTEMPTS:
+                raise ExportError(
+                    f"Could not publish {str(target)!r}: {exc}. Nothing was overwritten."
+                ) from exc
+            taken, target = target, next_version(target)
+            attempts += 1
+            log.info("  version %s appeared meanwhile; publishing as %s", taken.name, target.name)
+
+
+_PUBLISH_ATTEMPTS = 10
+
+
+def next_version(target: Path) -> Path:
+    """The folder one past the highest numeric version beside ``target``.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for v in ("1", "3", "notes"):
+        ...     (root / v).mkdir()
+        >>> next_version(root / "3").name
+        '4'
+    """
+    versions = [int(p.name) for p in target.parent.iterdir() if p.name.isdigit()]
+    return target.parent / str(max(versions, default=0) + 1)
 
 
 def _progress_line(record: dict[str, Any]) -> str:
