@@ -574,11 +574,27 @@ def test_unknown_format_and_quantize_list_choices(model, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_grey_validation_images_are_read_as_grey_files_are(model, tmp_path):
+    """(N, H, W) grey arrays are repeated to RGB, as a grey PNG is decoded, not refused."""
+    import kerastl
+    from kerastl.export.modalities import get_modality
+
+    grey = random_images(4, SIZE)[..., 0]
+    exporter = get_modality(model.kerastl_config)
+    x, _ = exporter.coerce(grey, "validation_data")
+    assert x.shape == (4, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(x[..., 2], grey.astype(np.float32))
+    with pytest.raises(kerastl.DataError, match=r"shape \(4, 9, 9\) .* Accepted shapes"):
+        exporter.coerce(random_images(4, 9)[..., 0], "validation_data")
+
+
 def test_calibration_data_of_wrong_shape(model, tmp_path):
     import kerastl
 
     with pytest.raises(
-        kerastl.DataError, match=r"calibration_data: images of shape \(5, 64, 64, 3\)"
+        kerastl.DataError,
+        match=r"calibration_data: the data holds an array of shape \(5, 64, 64, 3\) .*"
+        r"Accepted shapes: \(N, 32, 32, 3\)",
     ):
         kerastl.export(
             model,

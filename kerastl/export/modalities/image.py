@@ -136,18 +136,10 @@ class ImageExporter(ModalityExporter):
         return np.clip(np.round(out * 255.0), 0, 255).astype(np.float32)
 
     def _check(self, x: np.ndarray, argument: str) -> np.ndarray:
-        want = self.shape
-        if x.ndim == len(want):
-            x = x[None]
-        ok = x.ndim == len(want) + 1 and all(
-            exp is None or got == exp for got, exp in zip(x.shape[1:], want)
-        )
-        if not ok:
-            raise DataError(
-                f"{argument}: images of shape {tuple(x.shape)} do not fit the model input "
-                f"(batch, {', '.join(str(s) for s in want)}) named {self.input_name!r}. "
-                "Pass raw 0-255 RGB images at the model's input size."
-            )
+        from kerastl.data.files import fit_image_array
+
+        # grey (N, H, W) or (N, H, W, 1) as grey files are read; one image gets a batch axis
+        x = fit_image_array(x, self.shape, argument, "the data")
         if not np.issubdtype(x.dtype, np.number):
             raise DataError(f"{argument}: expected numeric pixels, got dtype {x.dtype}.")
         x = x.astype(np.float32)
