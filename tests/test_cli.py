@@ -296,7 +296,7 @@ def train_output(tmp_path_factory) -> str:
         for i in range(8):
             pixels = rng.normal(base, 20, (32, 32, 3)).clip(0, 255).astype("uint8")
             Image.fromarray(pixels).save(tmp / "data" / c / f"{i}.png")
-    args = ["train", "--backbone", "mobilenet_v3_small", "--weights", "none", "--freeze", "none"]
+    args = ["train", "--backbone", "mobilenet_v3_small", "--weights", "none"]  # warns (frozen)
     args += ["--input-size", "32", "--data", str(tmp / "data"), "--val-split", "0.25"]
     args += ["--epochs", "2", "--batch-size", "4", "--output-dir", str(tmp / "runs")]
     args += ["--name", "r", "--set", "train.verbose=1", "--set", "train.early_stopping=0"]
@@ -331,3 +331,35 @@ def test_train_log_lines_come_after_the_epochs_progress_bar(train_output):
     line = train_output[at:].split("\n", 1)[0]
     assert "━" not in line and "\r" not in line and "\b" not in line
     assert train_output.index("Epoch 2/2") > at
+
+
+@pytest.mark.heavy
+def test_train_shows_python_warnings_as_one_clean_line(train_output):
+    """kerastl's warnings.warn() printed as `/path/context.py:269: UserWarning: ...` plus the
+    source line; the CLI prints `warning: ...` (others' warnings: `warning (keras): ...`)."""
+    lines = train_output.splitlines()
+    ours = [ln for ln in lines if "freeze='backbone' with weights=None" in ln]
+    assert len(ours) == 1 and ours[0].startswith("warning: freeze='backbone'"), ours
+    assert "UserWarning" not in train_output and ".py:" not in train_output
+    assert "model = build(" not in train_output  # no source line under it
+
+
+def test_warning_format_is_the_clis_only(capsys):
+    """Library use keeps Python's own warning format: main() puts it back."""
+    import warnings
+
+    from kerastl.cli.app import _setup_warnings, _warning_origin
+
+    before = warnings.showwarning
+    assert main(["models", "mobilenet_v3_small"]) == 0
+    assert warnings.showwarning is before
+    restore = _setup_warnings(argparse.Namespace(debug=False))
+    try:
+        warnings.warn_explicit("kept", UserWarning, _warning_origin.__code__.co_filename, 1)
+        warnings.warn_explicit("old", FutureWarning, "/v/site-packages/keras/src/a.py", 2)
+    finally:
+        restore()
+    assert warnings.showwarning is before
+    err = capsys.readouterr().err
+    assert "warning: kept\n" in err and "warning (keras, FutureWarning): old\n" in err
+    assert _setup_warnings(argparse.Namespace(debug=True))() is None  # --debug: Python's format

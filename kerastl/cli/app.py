@@ -170,10 +170,74 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     restore = _setup_logging(args)
+    restore_warnings = _setup_warnings(args)
     try:
         return _dispatch(args)
     finally:
+        restore_warnings()
         restore()
+
+
+#: The kerastl package folder: a warning raised from a file under it is kerastl's own.
+_KERASTL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _warning_origin(filename: str) -> str:
+    """The package a warning comes from: ``kerastl``, else the top-level package of
+    ``filename`` under site-packages (``keras``), else the file's name.
+
+    Example:
+        >>> _warning_origin("/venv/lib/python3.11/site-packages/keras/src/ops/nn.py")
+        'keras'
+    """
+    if not filename:
+        return "python"
+    path = os.path.abspath(filename)
+    if path.startswith(_KERASTL_DIR + os.sep):
+        return "kerastl"
+    parts = path.split(os.sep)
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts and parts.index(marker) + 1 < len(parts):
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    return os.path.basename(filename) or "python"
+
+
+def _setup_warnings(args: argparse.Namespace) -> Any:
+    """Python warnings as one line each on stderr (not with ``--debug``).
+
+    kerastl's own: ``warning: <message>``; another package's: ``warning (keras):
+    <message>`` (``warning (keras, DeprecationWarning): ...`` for categories other than
+    UserWarning), without the file, line number and source line Python prints. Only the
+    CLI does this: library use keeps Python's format. Returns a function that puts
+    ``warnings.showwarning`` back (for in-process callers such as tests).
+    """
+    import warnings
+
+    saved = warnings.showwarning
+    if args.debug:
+        return lambda: None
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+        stream = file if file is not None else sys.stderr
+        if stream is None:
+            return
+        origin = _warning_origin(filename)
+        tags = [] if origin == "kerastl" else [origin]
+        if category is not UserWarning:
+            tags.append(category.__name__)
+        label = f"warning ({', '.join(tags)}): " if tags else "warning: "
+        text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        with contextlib.suppress(ValueError, OSError):  # a closed or broken stream
+            sys.stdout.flush()  # what was printed before the warning shows before it
+            stream.write(label + text + "\n")
+
+    warnings.showwarning = show
+
+    def restore() -> None:
+        if warnings.showwarning is show:
+            warnings.showwarning = saved
+
+    return restore
 
 
 def _dispatch(args: argparse.Namespace) -> int:
