@@ -898,3 +898,64 @@ def test_unfinished_run_is_evaluated_with_a_note_and_resumes_with_a_line(tmp_pat
         result = train(cfg, evaluate=True)
     assert "resuming phase 1 from epoch 2 (1 of 3 done)" in caplog.text
     assert "unfinished_run" not in result.metrics
+
+
+def _early_stopping_cfg(tmp_path, name: str) -> dict:
+    """Phase 1 (6 epochs) and phase 2 (3) at rate 0, patience 1: the validation loss never
+    improves after its first epoch, so early stopping ends each phase after 2 epochs."""
+    _folder(tmp_path / "imgs", n=4)
+    cfg = _cfg(
+        tmp_path,
+        name,
+        train={"epochs": 6, "learning_rate": 0.0, "early_stopping": 1},
+        finetune={"epochs": 3, "learning_rate": 0.0, "freeze": "backbone"},
+        data={"val_split": 0.25},
+    )
+    cfg["model"]["dropout"] = 0.0
+    cfg["data"]["path"] = str(tmp_path / "imgs")
+    return cfg
+
+
+def test_unfinished_run_counts_the_epochs_early_stopping_left(tmp_path, caplog):
+    """Phase 1 stopped early after 2 of 6 epochs, the run was killed in phase 2's first
+    epoch: `kerastl evaluate` said "epoch 3 of 9" (6 + 3 configured); 2 + 3 are left."""
+    import keras
+
+    from kerastl.train import evaluate_run, train
+
+    class KillInPhase2(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:  # the first fine-tuning epoch, once it is backed up
+                raise RuntimeError("killed")
+
+    cfg = _early_stopping_cfg(tmp_path, "es_killed")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, callbacks=[KillInPhase2()])
+    with caplog.at_level(logging.INFO, logger="kerastl"):
+        metrics = evaluate_run(tmp_path / "runs" / "es_killed")
+    note = metrics["unfinished_run"]
+    assert (note["phase"], note["epochs_backed_up"], note["epochs_planned"]) == (2, 3, 5)
+    assert not note["training_finished"] and note["stopped_early"]
+    assert "phase 2, epoch 3 of 5 backed up (early stopping ended phase 1 after 2 of 6" in (
+        caplog.text
+    )
+
+
+def test_run_killed_after_early_stopping_ended_its_training(tmp_path, caplog, monkeypatch):
+    """Early stopping ended both phases (2 + 2 epochs of 6 + 3); the run was killed while
+    it was scored. `kerastl evaluate` said "phase 2, epoch 4 of 9": its training was over."""
+    from kerastl.train import evaluate_run, run, train
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(run, "_report", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(_early_stopping_cfg(tmp_path, "es_done"))
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="kerastl"):
+        metrics = evaluate_run(tmp_path / "runs" / "es_done")
+    note = metrics["unfinished_run"]
+    assert note["training_finished"] and note["stopped_early"]
+    assert (note["phase"], note["epochs_backed_up"], note["epochs_planned"]) == (2, 4, 4)
+    assert "early stopping ended its training after 4 of 9 epochs" in caplog.text

@@ -347,4 +347,8 @@ def phase2(ctx: RunContext, done1: int) -> None:
     )
     history_merge(ctx.history, h2)
     ctx.best.restore()
+    # Training is over (all epochs, or early stopping): `kerastl evaluate` of a run killed
+    # from here on says so, with the epochs it ran.
+    done = ctx.folder.epochs_done(done1 + len(h2.history.get("loss", [])))
+    ctx.folder.update_state({"phase2_done": True, "epochs_done": done})
     ctx.timings["phase2_seconds"] = time.perf_counter() - t2

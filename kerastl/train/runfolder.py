@@ -209,6 +209,12 @@ class RunFolder:
         os.replace(tmp, self.phase1_weights)
         write_json(self.state_dir / "state.json", state)
 
+    def update_state(self, fields: dict) -> None:
+        """Add ``fields`` to the saved state (``state.json``), keeping what it holds."""
+        path = self.state_dir / "state.json"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, {**(read_json(path) if path.is_file() else {}), **fields})
+
     def epochs_done(self, fallback: int) -> int:
         """Epochs in the CSV log, which spans every process of a resumed run."""
         from kerastl.train._plots import read_history
@@ -244,8 +250,12 @@ class RunFolder:
 def unfinished_progress(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
     """Where an interrupted run stopped, or None for a finished (or pre-marker) run.
 
-    Returns ``{"phase", "epochs_backed_up", "epochs_planned", "message"}``: the phase
-    it was in, the epochs its latest backup holds and the epochs its config asks for.
+    Returns ``{"phase", "epochs_backed_up", "epochs_planned", "training_finished",
+    "stopped_early", "message"}``: the phase it was in, the epochs its latest backup
+    holds, the epochs it was to train, whether its training was over (killed while it
+    was scored or exported) and whether early stopping ended a phase. A phase that early
+    stopping ended counts the epochs it ran: phase 1 stopped after 3 of 10 epochs with 5
+    fine-tuning epochs to go plans 8, not 15.
 
     Example:
         >>> unfinished_progress("runs/no-such-run", {}) is None
@@ -255,19 +265,48 @@ def unfinished_progress(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
     if not marker.is_file() or read_json(marker).get("finished", True):
         return None
     folder = RunFolder(str(run_dir), str(run_dir), chief=True, worker=worker_id())
-    planned = int(cfg["train"]["epochs"]) + int(cfg["finetune"]["epochs"])
-    if folder.read_state().get("phase1_done"):
-        phase = 2
-        done = folder.backed_up_epochs("phase2") or int(folder.read_state()["phase1_epochs"])
-    else:
-        phase, done = 1, folder.backed_up_epochs("phase1")
-    message = (
-        f"run not finished: phase {phase}, epoch {done} of {planned} backed up; "
-        "scoring its best checkpoint so far"
+    state_file = folder.state_dir / "state.json"
+    state = read_json(state_file) if state_file.is_file() else {}
+    epochs1, epochs2 = int(cfg["train"]["epochs"]), int(cfg["finetune"]["epochs"])
+    phase1_done = bool(folder.read_state().get("phase1_done")) or epochs1 == 0
+    done1 = int(state.get("phase1_epochs", epochs1)) if phase1_done else None
+    if done1 is None:  # in phase 1: its backup; the plan as configured
+        phase, done, planned = 1, folder.backed_up_epochs("phase1"), epochs1 + epochs2
+    elif state.get("phase2_done") or not epochs2:  # training over: the epochs it ran
+        phase = 2 if epochs2 else 1
+        done = planned = int(state.get("epochs_done", done1))
+    else:  # in phase 2: phase 1 counts the epochs it ran
+        phase, planned = 2, done1 + epochs2
+        done = folder.backed_up_epochs("phase2") or done1
+    training_finished = done1 is not None and (bool(state.get("phase2_done")) or not epochs2)
+    stopped_early = done1 is not None and (
+        done1 < epochs1 or (training_finished and done < done1 + epochs2)
     )
+    if training_finished:
+        how = (
+            f"early stopping ended its training after {done} of {epochs1 + epochs2} epochs"
+            if stopped_early
+            else f"its training finished ({done} epochs)"
+        )
+        message = (
+            f"run not finished: {how}, but it stopped before its metrics, exports and model "
+            "card were written; scoring its best checkpoint"
+        )
+    else:
+        early = (
+            f" (early stopping ended phase 1 after {done1} of {epochs1} epochs)"
+            if done1 is not None and done1 < epochs1
+            else ""
+        )
+        message = (
+            f"run not finished: phase {phase}, epoch {done} of {planned} backed up{early}; "
+            "scoring its best checkpoint so far"
+        )
     return {
         "phase": phase,
         "epochs_backed_up": done,
         "epochs_planned": planned,
+        "training_finished": training_finished,
+        "stopped_early": stopped_early,
         "message": message,
     }
