@@ -363,3 +363,36 @@ def test_warning_format_is_the_clis_only(capsys):
     err = capsys.readouterr().err
     assert "warning: kept\n" in err and "warning (keras, FutureWarning): old\n" in err
     assert _setup_warnings(argparse.Namespace(debug=True))() is None  # --debug: Python's format
+
+
+def test_predict_offline_names_what_the_command_takes(tmp_path, monkeypatch, capsys):
+    """`kerastl predict resnet50 photo.jpg` offline ended with "or pass weights='/path/to/
+    weights.h5'", an argument of the Python API that predict does not have."""
+    from keras.src.utils import file_utils
+    from PIL import Image
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -2] Name or service not known")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # an empty cache
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    Image.new("RGB", (40, 40), (90, 120, 30)).save(tmp_path / "photo.png")
+    assert main(["predict", "mobilenet_v3_small", str(tmp_path / "photo.png")]) == 1
+    err = capsys.readouterr().err
+    assert "Could not get the pretrained weights of 'mobilenet_v3_small'" in err
+    assert "weights=" not in err  # no Python argument
+    assert "kerastl predict takes a .keras model or an exported artifact" in err
+    assert "`kerastl models --pretrained` lists them" in err
+
+
+def test_weights_advice_names_the_flag_of_commands_that_have_one():
+    from kerastl.cli.app import cli_wording
+
+    api = "Offline, place the file there, or pass weights='/path/to/weights.h5'."
+    assert cli_wording("train", api).endswith("or pass --weights /path/to/weights.h5.")
+    hub = "copy DIR here and pass weights='DIR'. weights=None builds the architecture"
+    assert cli_wording("advise", hub) == (
+        "copy DIR here and pass --weights DIR. --weights none builds the architecture"
+    )
+    assert "weights=" not in cli_wording("rank", api)
+    assert cli_wording("predict", "no such file") == "no such file"

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import sys
 from typing import Any
 
@@ -152,6 +153,46 @@ def _setup_logging(args: argparse.Namespace) -> Any:
     return restore
 
 
+#: Commands with a ``--weights`` option: the API's ``weights=X`` is ``--weights X`` there.
+_WEIGHTS_FLAG = {"train": "--weights", "demo": "--weights", "advise": "--weights"}
+_API_WEIGHTS = re.compile(r"weights=(?:'([^']*)'|None)")
+#: What the commands without ``--weights`` take instead of weights the API would load.
+_NO_WEIGHTS_FLAG = {
+    "predict": "kerastl predict takes a .keras model or an exported artifact (SavedModel "
+    "folder, .tflite, .onnx), or the name of a model whose pretrained weights are on this "
+    "machine (`kerastl models --pretrained` lists them).",
+}
+
+
+def cli_wording(command: str, error: BaseException | str) -> str:
+    """An error message in the words of the command the user ran.
+
+    The library's messages name its Python arguments (``pass weights='/path/to/file'``).
+    A command with ``--weights`` gets the flag instead; one without has the advice it
+    cannot follow removed and gets what it does take.
+
+    Example:
+        >>> cli_wording("train", "Offline, pass weights='/path/to/weights.h5'.")
+        'Offline, pass --weights /path/to/weights.h5.'
+        >>> cli_wording("predict", "Offline, place it in ~/.keras, or pass weights='x.h5'.")[:64]
+        'Offline, place it in ~/.keras. At the command line: kerastl pred'
+    """
+    text = str(error)
+    if "weights=" not in text:
+        return text
+    flag = _WEIGHTS_FLAG.get(command)
+    if flag is not None:
+        return _API_WEIGHTS.sub(lambda m: f"{flag} {m.group(1) or 'none'}", text)
+    text = re.sub(r",? (?:or|and) pass weights='[^']*'", "", text)
+    text = re.sub(r" ?weights=None builds the architecture with random weights\.", "", text)
+    advice = _NO_WEIGHTS_FLAG.get(
+        command,
+        "`kerastl models --pretrained` lists the models whose pretrained weights are on this "
+        "machine.",
+    )
+    return f"{text} At the command line: {advice}"
+
+
 def _unavailable(name: str):
     def run(args: Any) -> int:
         print(f"kerastl {name}: not available in this build.", file=sys.stderr)
@@ -264,12 +305,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     except (ConfigError, DataError) as exc:
         if args.debug:
             raise
-        print(f"kerastl {args.command}: error: {exc}", file=sys.stderr)
+        print(f"kerastl {args.command}: error: {cli_wording(args.command, exc)}", file=sys.stderr)
         return 2
     except KerastlError as exc:
         if args.debug:
             raise
-        print(f"kerastl {args.command}: failed: {exc}", file=sys.stderr)
+        print(f"kerastl {args.command}: failed: {cli_wording(args.command, exc)}", file=sys.stderr)
         return 1
     except OSError as exc:  # a full disk, a folder that vanished: one line, exit 1
         if args.debug:
