@@ -554,6 +554,52 @@ def test_backup_carries_the_dropout_random_state_so_a_resume_ends_with_the_same_
     assert any(not np.array_equal(a, b) for a, b in zip(whole, stale))
 
 
+def test_backup_carries_early_stopping_so_a_resumed_run_stops_where_an_uninterrupted_one_does(
+    tmp_path,
+):
+    """EarlyStopping restarts its count in every fit(); the backup carries wait and best."""
+    import keras
+
+    from kerastl.train._callbacks import SafeBackupAndRestore
+
+    val = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]  # best at epoch 1, then worse
+
+    class Scripted(keras.callbacks.Callback):  # the validation loss each epoch reports
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = val[epoch]
+
+    class Kill(keras.callbacks.Callback):  # after the backup of epoch `at` is written
+        def __init__(self, at):
+            super().__init__()
+            self.at = at
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == self.at:
+                raise KeyboardInterrupt
+
+    def fit(backup, kill_at=None, stateful=True) -> int:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        stop = keras.callbacks.EarlyStopping(patience=2)
+        cbs = [Scripted(), stop]
+        cbs.append(SafeBackupAndRestore(str(backup), stateful=[stop] if stateful else ()))
+        cbs += [Kill(kill_at)] if kill_at is not None else []
+        h = model.fit(np.ones((4, 2)), np.ones(4), epochs=len(val), verbose=0, callbacks=cbs)
+        return h.epoch[-1]
+
+    assert fit(tmp_path / "whole") == 3  # 0.95, 0.96: two epochs without improvement
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "killed", kill_at=2)
+    meta = json.loads((tmp_path / "killed" / "training_metadata.json").read_text())
+    assert meta["callbacks"] == [{"wait": 1, "best": 0.9, "best_epoch": 1, "stopped_epoch": 0}]
+    assert fit(tmp_path / "killed") == 3  # resumed at epoch 3, stops there
+    # without the state the resumed count starts again: 0.96 is a new best
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "old", kill_at=2, stateful=False)
+    assert fit(tmp_path / "old", stateful=False) == 5
+
+
 def test_csv_log_drops_rows_a_resumed_epoch_will_rewrite(tmp_path):
     """A killed run may have logged epoch k (and half of k+1) before its backup of epoch k."""
     from kerastl.train._callbacks import ResumableCSVLogger
@@ -950,8 +996,9 @@ def test_run_killed_after_early_stopping_ended_its_training(tmp_path, caplog, mo
         raise RuntimeError("killed")
 
     monkeypatch.setattr(run, "_report", killed)
+    cfg = _early_stopping_cfg(tmp_path, "es_done")
     with pytest.raises(RuntimeError, match="killed"):
-        train(_early_stopping_cfg(tmp_path, "es_done"))
+        train(cfg)
     monkeypatch.undo()
     with caplog.at_level(logging.INFO, logger="kerastl"):
         metrics = evaluate_run(tmp_path / "runs" / "es_done")
@@ -959,3 +1006,9 @@ def test_run_killed_after_early_stopping_ended_its_training(tmp_path, caplog, mo
     assert note["training_finished"] and note["stopped_early"]
     assert (note["phase"], note["epochs_backed_up"], note["epochs_planned"]) == (2, 4, 4)
     assert "early stopping ended its training after 4 of 9 epochs" in caplog.text
+    # the rerun takes that result: no epoch the uninterrupted run did not train
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kerastl"):
+        result = train(cfg)
+    assert "resuming: phase 2 already done (4 epochs in all)" in caplog.text
+    assert len(result.history["loss"]) == 4 and result.metrics

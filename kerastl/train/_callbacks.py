@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -296,6 +297,24 @@ def _atomic_copy(src: str, dst: str) -> None:
     os.replace(tmp, dst)
 
 
+#: The counters a resumed callback needs to act as in an uninterrupted ``fit()``.
+CALLBACK_STATE = {"EarlyStopping": ("wait", "best", "best_epoch", "stopped_epoch")}
+
+
+def _callback_state(callback: Any) -> dict[str, Any]:
+    """The :data:`CALLBACK_STATE` attributes of ``callback`` (JSON numbers).
+
+    Example:
+        >>> es = keras.callbacks.EarlyStopping(patience=3)
+        >>> es.on_train_begin(); es.wait = 2
+        >>> _callback_state(es)
+        {'wait': 2, 'best': None, 'best_epoch': 0, 'stopped_epoch': 0}
+    """
+    keys = CALLBACK_STATE[type(callback).__name__]
+    values = {k: getattr(callback, k) for k in keys}
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in values.items()}
+
+
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``keras.callbacks.BackupAndRestore`` whose files are never half-written.
 
@@ -309,12 +328,16 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     when everything it writes is written.
     """
 
-    def __init__(self, backup_dir: str, **kwargs):
+    def __init__(self, backup_dir: str, stateful: Sequence[Any] = (), **kwargs):
         # Keras deletes the backup when fit() ends; a kill between that and the next
         # durable state (phase bookkeeping, evaluation) would then redo the whole
         # phase. The trainer deletes the backups once the run is complete.
         kwargs.setdefault("delete_checkpoint", False)
         super().__init__(backup_dir, **kwargs)
+        #: Callbacks whose counters (:data:`CALLBACK_STATE`) the backup carries, such as
+        #: EarlyStopping's epochs without improvement: placed before this callback, they
+        #: reset in ``on_train_begin`` and are then set from the backup.
+        self.stateful = list(stateful)
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
@@ -335,6 +358,7 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
                     "epoch": self._current_epoch,
                     "batch": self._last_batch_seen,
                     "seeds": [np.asarray(g.state.value).tolist() for g in self._generators()],
+                    "callbacks": [_callback_state(c) for c in self.stateful],
                 },
                 f,
             )
@@ -355,7 +379,17 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         if not os.path.exists(self._training_metadata_path):
             return
         with open(self._training_metadata_path) as f:
-            seeds = json.load(f).get("seeds")
+            saved = json.load(f)
+        seeds = saved.get("seeds")
+        states = saved.get("callbacks") or []
+        if self.stateful and len(states) != len(self.stateful):
+            log.warning(
+                f"the backup in {self.backup_dir} holds no early-stopping state: the resumed "
+                "epochs count the epochs without improvement from zero."
+            )
+        for callback, state in zip(self.stateful, states):
+            for key, value in state.items():
+                setattr(callback, key, value)
         generators = self._generators()
         if generators and (seeds is None or len(seeds) != len(generators)):
             log.warning(

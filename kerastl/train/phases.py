@@ -60,10 +60,12 @@ def phase_callbacks(ctx: RunContext, phase: str, fitted: keras.Model) -> list:
     best.target = ctx.model
     best.defer = fitted is not ctx.model  # the head on cached features: save once per phase
     cbs.append(best)
-    cbs += _early_stopping(ctx)
+    stop = _early_stopping(ctx)
+    cbs += stop
     if fitted is ctx.model:
         cbs += _precise_bn(ctx)
-    cbs.append(SafeBackupAndRestore(str(folder.backup_root / phase), double_checkpoint=True))
+    backup = str(folder.backup_root / phase)
+    cbs.append(SafeBackupAndRestore(backup, stateful=stop, double_checkpoint=True))
     if ctx.cfg["train"]["tensorboard"] and _has_tensorboard():
         logs = str(folder.logs_dir / "tensorboard" / phase)
         cbs.append(keras.callbacks.TensorBoard(logs, write_graph=False, profile_batch=0))
@@ -326,6 +328,8 @@ def phase2(ctx: RunContext, done1: int) -> None:
     log.info(
         f"phase 2: fine-tuning (freeze={ft['freeze']!r}, lr={lr2:g}) for {ft['epochs']} epoch(s)"
     )
+    if _phase2_already_done(ctx):
+        return
     backed_up = ctx.folder.backed_up_epochs("phase2") if ctx.resuming else 0
     if backed_up > done1:
         log.info(
@@ -350,5 +354,21 @@ def phase2(ctx: RunContext, done1: int) -> None:
     # Training is over (all epochs, or early stopping): `kerastl evaluate` of a run killed
     # from here on says so, with the epochs it ran.
     done = ctx.folder.epochs_done(done1 + len(h2.history.get("loss", [])))
-    ctx.folder.update_state({"phase2_done": True, "epochs_done": done})
+    ctx.folder.update_state({"phase2_done": True, "epochs_done": done, "history": ctx.history})
     ctx.timings["phase2_seconds"] = time.perf_counter() - t2
+
+
+def _phase2_already_done(ctx: RunContext) -> bool:
+    """Resuming a run killed after phase 2 ended (all epochs, or early stopping): take its
+    result instead of training on. Without this, the backup of its last epoch would resume
+    ``fit()`` after that epoch, and an early-stopped run would train epochs an
+    uninterrupted run never trained."""
+    state = ctx.state if ctx.resuming else {}
+    last = ctx.folder.backup_root / "phase2" / "latest.weights.h5"
+    if not state.get("phase2_done") or not (ctx.best.saved or last.is_file()):
+        return False
+    ctx.history = state.get("history", ctx.history)
+    if not ctx.best.restore():  # no best model: the weights of the last epoch
+        ctx.model.load_weights(str(last))
+    log.info(f"resuming: phase 2 already done ({state.get('epochs_done')} epochs in all)")
+    return True
