@@ -485,3 +485,19 @@ def test_predict_reads_a_grayscale_npy_as_it_reads_grey_image_files(tmp_path, ca
     rgb = np.arange(2 * 3, dtype="float32").reshape(1, 1, 2, 3)
     assert fit_image_array(rgb, (None, None, 1), "x", "x").shape == (1, 1, 2, 1)
     assert fit_image_array(rgb[0], (1, 2, 3), "x", "x").shape == (1, 1, 2, 3)  # one image
+
+
+def test_a_csv_saved_by_excel_and_a_tsv_are_read_by_their_columns(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte order mark, which made the first column
+    '\\ufefftext' (no column 'text'); a .tsv file was split on commas (one column)."""
+    (tmp_path / "bom.csv").write_bytes("text,label\na,x\nb,y\n".encode("utf-8-sig"))
+    (tmp_path / "t.tsv").write_text("text\tlabel\na, b\tx\nc\ty\n")
+    (tmp_path / "img.tsv").write_text("path\tlabel\ncat/1.jpg\tcat\ndog/1.jpg\tdog\n")
+    for name, texts in (("bom.csv", ["a", "b"]), ("t.tsv", ["a, b", "c"])):
+        assert kdata.infer_source(tmp_path / name) == "text"
+        ex = kdata.load(path=tmp_path / name)
+        assert ex.x.tolist() == texts and ex.class_names == ["x", "y"]
+    assert kdata.infer_source(tmp_path / "img.tsv") == "csv"
+    ex = kdata.from_csv(tmp_path / "img.tsv", verify=False)
+    assert ex.x.tolist() == [str(tmp_path / "cat" / "1.jpg"), str(tmp_path / "dog" / "1.jpg")]
+    assert ex.class_names == ["cat", "dog"]

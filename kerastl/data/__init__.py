@@ -23,6 +23,7 @@ from kerastl.data._sources import (
     Examples,
     check_classes,
     check_head,
+    csv_delimiter,
     encode_labels,
     from_csv,
     from_image_folder,
@@ -103,8 +104,8 @@ def _csv_kind(path: Path, text_column: str, path_column: str) -> str:
     import itertools
 
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=csv_delimiter(path))
             header = [h.strip() for h in next(reader, [])]
             rows = list(itertools.islice(reader, 20))
     except UnicodeDecodeError:

@@ -408,12 +408,21 @@ def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
     )
 
 
+def csv_delimiter(path: str | os.PathLike) -> str:
+    """The field separator of a CSV source: a tab for ``.tsv`` files, else a comma."""
+    return "\t" if Path(path).suffix.lower() == ".tsv" else ","
+
+
 def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The non-blank rows of a CSV (``.tsv``: tab-separated) and its header.
+
+    A UTF-8 byte order mark (Excel's "CSV UTF-8") is dropped, so the first column keeps its name.
+    """
     if not path.is_file():
         raise DataError(f"data.path: no file at {str(path)!r}.")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=csv_delimiter(path))
             header = list(reader.fieldnames or [])
             rows = [r for r in reader if any((v or "").strip() for v in r.values())]
     except UnicodeDecodeError as exc:
