@@ -501,3 +501,25 @@ def test_a_csv_saved_by_excel_and_a_tsv_are_read_by_their_columns(tmp_path):
     ex = kdata.from_csv(tmp_path / "img.tsv", verify=False)
     assert ex.x.tolist() == [str(tmp_path / "cat" / "1.jpg"), str(tmp_path / "dog" / "1.jpg")]
     assert ex.class_names == ["cat", "dog"]
+
+
+def test_a_skipped_text_row_is_named_by_its_line_in_the_file(tmp_path, caplog):
+    """An empty text was reported as 'news.csv:8' for line 9 (the header is line 1), as an
+    'unreadable file'. Lines count as an editor counts them: a quoted text may span lines."""
+    import logging
+
+    from kerastl.train.context import report_skipped
+
+    (tmp_path / "t.csv").write_bytes(b'text,label\r\n"two\r\nlines",a\r\n\r\n,b\r\nok,b\r\n')
+    ex = kdata.load(path=tmp_path / "t.csv")
+    assert ex.skipped == [(f"{tmp_path / 't.csv'}:5", "empty text")]
+    (tmp_path / "t.jsonl").write_text(
+        '{"text": "a", "label": "x"}\n\n{"text": " ", "label": "y"}\n{"text": "b", "label": "y"}\n'
+    )
+    assert kdata.load(path=tmp_path / "t.jsonl").skipped == [
+        (f"{tmp_path / 't.jsonl'}:3", "empty text")
+    ]
+    with caplog.at_level(logging.WARNING, logger="kerastl"):
+        report_skipped(ex, None)
+    assert "skipped 1 example(s):" in caplog.text and "unreadable" not in caplog.text
+    assert "t.csv:5: empty text" in caplog.text

@@ -381,7 +381,7 @@ def from_csv(
         >>> ex = from_csv("labels.csv", path_column="file")  # doctest: +SKIP
     """
     path = Path(path)
-    rows, header = _read_csv(path)
+    rows, header, _ = _read_csv(path)
     label_cols = [label_column] if isinstance(label_column, str) else list(label_column)
     for col, key in [(path_column, "path_column")] + [(c, "label_column") for c in label_cols]:
         if col not in header:
@@ -413,23 +413,33 @@ def csv_delimiter(path: str | os.PathLike) -> str:
     return "\t" if Path(path).suffix.lower() == ".tsv" else ","
 
 
-def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
-    """The non-blank rows of a CSV (``.tsv``: tab-separated) and its header.
+def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str], list[int]]:
+    """The non-blank rows of a CSV (``.tsv``: tab-separated), its header, and the line of the
+    file each row starts on (the header is line 1; a quoted text may span lines).
 
     A UTF-8 byte order mark (Excel's "CSV UTF-8") is dropped, so the first column keeps its name.
     """
     if not path.is_file():
         raise DataError(f"data.path: no file at {str(path)!r}.")
+    rows: list[dict[str, str]] = []
+    lines: list[int] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter=csv_delimiter(path))
-            header = list(reader.fieldnames or [])
-            rows = [r for r in reader if any((v or "").strip() for v in r.values())]
+            reader = csv.reader(f, delimiter=csv_delimiter(path))
+            header = next(reader, [])
+            start = reader.line_num + 1
+            for values in reader:
+                if any(v.strip() for v in values):  # a short row: None for its missing cells
+                    rows.append(
+                        {h: values[i] if i < len(values) else None for i, h in enumerate(header)}
+                    )
+                    lines.append(start)
+                start = reader.line_num + 1
     except UnicodeDecodeError as exc:
         raise DataError(_not_utf8(path, exc)) from None
     if not rows:
         raise DataError(f"data.path: {str(path)!r} has a header {header} but no rows.")
-    return rows, header
+    return rows, header, lines
 
 
 def from_numpy(
@@ -533,33 +543,16 @@ def from_text(
     if not path.is_file():
         raise DataError(f"data.path: no file at {str(path)!r}.")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = []
-        try:
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(
-                            f"{str(path)!r} line {lineno}: invalid JSON ({exc})."
-                        ) from None
-        except UnicodeDecodeError as exc:
-            raise DataError(_not_utf8(path, exc)) from None
-        header = sorted({k for r in rows for k in r})
+        rows, header, lines = _read_jsonl(path)
     else:
-        rows, header = _read_csv(path)
+        rows, header, lines = _read_csv(path)
     if text_column not in header:
         raise DataError(_no_text_column(path, header, text_column, label_column))
     if label_column not in header:
         raise choice_error("data.label_column", label_column, header, cls=DataError)
-    skipped = [
-        (f"{path}:{i + 1}", "empty text")
-        for i, r in enumerate(rows)
-        if not str(r.get(text_column) or "").strip()
-    ]
-    rows = [r for r in rows if str(r.get(text_column) or "").strip()]
+    empty = [str(r.get(text_column) or "").strip() == "" for r in rows]
+    skipped = [(f"{path}:{line}", "empty text") for line, e in zip(lines, empty) if e]
+    rows = [r for r, e in zip(rows, empty) if not e]
     if not rows:
         raise DataError(f"data.path: no non-empty texts in {str(path)!r}.")
     texts = np.asarray([str(r[text_column]) for r in rows], dtype=object)
@@ -569,6 +562,24 @@ def from_text(
     ex = Examples("text", texts, y, _task_name(task), names, f"text file {str(path)!r}", skipped)
     check_classes(ex)
     return ex
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], list[str], list[int]]:
+    """The objects of a JSONL file, the keys they use (sorted) and the line of each."""
+    rows, lines = [], []
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{str(path)!r} line {lineno}: invalid JSON ({exc}).") from None
+                lines.append(lineno)
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_utf8(path, exc)) from None
+    return rows, sorted({k for r in rows for k in r}), lines
 
 
 def _no_text_column(path: Path, header: list[str], text_column: str, label_column: str) -> str:

@@ -241,10 +241,11 @@ def run_fingerprint(cfg: dict, train_ex: kdata.Examples, val_ex: kdata.Examples 
 
 
 def report_skipped(ex: kdata.Examples, val: kdata.Examples | None) -> list[tuple[str, str]]:
-    """Log the unreadable files both data sets skipped; returns them."""
+    """Log the examples both data sets skipped (unreadable files, rows with an empty text or
+    label: ``file:line``); returns them."""
     skipped = list(ex.skipped) + (list(val.skipped) if val is not None else [])
     if skipped:
-        log.warning(f"skipped {len(skipped)} unreadable file(s):")
+        log.warning(f"skipped {len(skipped)} example(s):")
         for p, why in skipped[:20]:
             log.warning(f"  {p}: {why}")
         if len(skipped) > 20:
