@@ -523,3 +523,28 @@ def test_a_skipped_text_row_is_named_by_its_line_in_the_file(tmp_path, caplog):
         report_skipped(ex, None)
     assert "skipped 1 example(s):" in caplog.text and "unreadable" not in caplog.text
     assert "t.csv:5: empty text" in caplog.text
+
+
+def test_a_row_with_an_empty_label_is_skipped_and_reported_not_a_class(tmp_path):
+    """A CSV row with an empty label became a class named ''; it is skipped and reported as
+    an empty text is (file:line), in text and image-path CSVs and in JSONL; an empty
+    multilabel cell stays an example of no class."""
+    (tmp_path / "t.csv").write_text("text,label\na,x\nb,\nc,y\nd,x\n")
+    ex = kdata.load(path=tmp_path / "t.csv")
+    assert ex.class_names == ["x", "y"] and ex.x.tolist() == ["a", "c", "d"]
+    assert ex.skipped == [(f"{tmp_path / 't.csv'}:3", "empty label")]
+    rows = [{"text": "a", "label": "x"}, {"text": "b", "label": None}, {"text": "c"}]
+    rows.append({"text": "d", "label": "y"})
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    ex = kdata.load(path=tmp_path / "t.jsonl")
+    assert ex.class_names == ["x", "y"] and [s for s, _ in ex.skipped] == [
+        f"{tmp_path / 't.jsonl'}:2",
+        f"{tmp_path / 't.jsonl'}:3",
+    ]
+    (tmp_path / "img.csv").write_text("path,label\n1.jpg,cat\n2.jpg, \n3.jpg,dog\n")
+    ex = kdata.from_csv(tmp_path / "img.csv", verify=False)
+    assert ex.class_names == ["cat", "dog"] and len(ex) == 2
+    assert ex.skipped == [(f"{tmp_path / 'img.csv'}:3", "empty label")]
+    (tmp_path / "ml.csv").write_text("text,label\na,x|y\nb,\nc,y\n")
+    ex = kdata.load(path=tmp_path / "ml.csv", task="multilabel")
+    assert len(ex) == 3 and ex.y[1].tolist() == [0.0, 0.0] and not ex.skipped

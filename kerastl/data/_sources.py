@@ -381,20 +381,25 @@ def from_csv(
         >>> ex = from_csv("labels.csv", path_column="file")  # doctest: +SKIP
     """
     path = Path(path)
-    rows, header, _ = _read_csv(path)
+    rows, header, lines = _read_csv(path)
     label_cols = [label_column] if isinstance(label_column, str) else list(label_column)
     for col, key in [(path_column, "path_column")] + [(c, "label_column") for c in label_cols]:
         if col not in header:
             raise choice_error(f"data.{key}", col, header, cls=DataError)
+    task = _task_name(task)
+    needed = {path_column: "path"}
+    if task != "multilabel":  # an empty multilabel cell is an example of no class
+        needed.update({c: "label" for c in label_cols})
+    rows, skipped = _drop_empty_rows(rows, lines, path, needed)
     base = Path(root) if root else path.parent
     paths = [str(p if os.path.isabs(p := r[path_column]) else base / p) for r in rows]
-    task = _task_name(task)
     if task == "regression":
         raw: list[Any] = [[r[c] for c in label_cols] for r in rows]
     else:
         raw = [r[label_cols[0]] for r in rows]
     y, names = encode_labels(raw, task, class_names, where=f"CSV {str(path)!r}")
-    ex = Examples("files", np.asarray(paths, dtype=object), y, task, names, f"CSV {str(path)!r}")
+    where = f"CSV {str(path)!r}"
+    ex = Examples("files", np.asarray(paths, dtype=object), y, task, names, where, skipped)
     if verify:
         ex = verify_images(ex, channels=channels)
     check_classes(ex)
@@ -550,11 +555,14 @@ def from_text(
         raise DataError(_no_text_column(path, header, text_column, label_column))
     if label_column not in header:
         raise choice_error("data.label_column", label_column, header, cls=DataError)
-    empty = [str(r.get(text_column) or "").strip() == "" for r in rows]
-    skipped = [(f"{path}:{line}", "empty text") for line, e in zip(lines, empty) if e]
-    rows = [r for r, e in zip(rows, empty) if not e]
+    needed = {text_column: "text"}
+    if _task_name(task) != "multilabel":  # an empty multilabel cell is an example of no class
+        needed[label_column] = "label"
+    rows, skipped = _drop_empty_rows(rows, lines, path, needed)
     if not rows:
-        raise DataError(f"data.path: no non-empty texts in {str(path)!r}.")
+        raise DataError(
+            f"data.path: no row of {str(path)!r} has a non-empty {' and '.join(needed.values())}."
+        )
     texts = np.asarray([str(r[text_column]) for r in rows], dtype=object)
     y, names = encode_labels(
         [r[label_column] for r in rows], task, class_names, where=f"text file {str(path)!r}"
@@ -562,6 +570,25 @@ def from_text(
     ex = Examples("text", texts, y, _task_name(task), names, f"text file {str(path)!r}", skipped)
     check_classes(ex)
     return ex
+
+
+def _drop_empty_rows(
+    rows: list[dict], lines: list[int], path: Path, needed: dict[str, str]
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The rows with a value in every column of ``needed`` (column -> what it holds), and
+    ``("file:line", "empty <what>")`` for each other row (an empty label is no class)."""
+    kept, skipped = [], []
+    for row, line in zip(rows, lines):
+        empty = [
+            what
+            for col, what in needed.items()
+            if row.get(col) is None or not str(row[col]).strip()
+        ]
+        if empty:
+            skipped.append((f"{path}:{line}", "empty " + " and ".join(empty)))
+        else:
+            kept.append(row)
+    return kept, skipped
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict], list[str], list[int]]:
@@ -665,7 +692,7 @@ def from_tfds(
 def check_classes(ex: Examples) -> None:
     """Raise :class:`DataError` on no examples, an empty or single class, non-finite targets."""
     if len(ex) == 0:
-        extra = f" ({len(ex.skipped)} file(s) were unreadable)" if ex.skipped else ""
+        extra = f" ({len(ex.skipped)} skipped: see .skipped)" if ex.skipped else ""
         raise DataError(f"{ex.source}: no usable examples{extra}.")
     if ex.task == "regression":
         y = np.asarray(ex.y, dtype=np.float64)
