@@ -396,3 +396,74 @@ def test_weights_advice_names_the_flag_of_commands_that_have_one():
     )
     assert "weights=" not in cli_wording("rank", api)
     assert cli_wording("predict", "no such file") == "no such file"
+
+
+class _FakeArtifact:
+    """An artifact stand-in: records what predict() received; one score per class."""
+
+    def __init__(self, task: str, names: list[str], scores: list[float], modality="text"):
+        self.metadata = {"task": task, "class_names": names, "modality": modality}
+        self.metadata["output"] = "probabilities"
+        self.scores, self.received = scores, []
+
+    def predict(self, inputs, batch_size=32):
+        self.received.append(list(inputs))
+        probs = np.tile(np.asarray(self.scores, np.float32), (len(inputs), 1))
+        out = {"probabilities": probs}
+        if self.metadata["task"] == "binary":
+            out["class_id"] = (probs[:, 0] > 0.5).astype(int)
+            out["labels"] = [self.metadata["class_names"][i] for i in out["class_id"]]
+        return out
+
+
+def _fake_predict(monkeypatch, artifact):
+    import kerastl.cli.export as cli_export
+
+    monkeypatch.setattr(cli_export, "_artifact_or_pretrained", lambda name, threads=None: artifact)
+
+
+def test_predict_on_a_text_model_reads_text_files_and_says_where_each_row_came_from(
+    tmp_path, monkeypatch, capsys
+):
+    """A text model scored the argument 's.txt' as the string "s.txt", expanded '' as the
+    current folder (every image under it 'classified' by its path) and scored a missing
+    file's name. Existing .txt/.csv/.jsonl files are read; each row names its source."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")  # '' must not find it
+    (tmp_path / "s.txt").write_text("The striker scored\n\nBanks cut rates\n")
+    (tmp_path / "n.csv").write_text("label,text\nsport,A late goal\nfinance,\n")
+    art = _FakeArtifact("classification", ["finance", "sport"], [0.25, 0.75])
+    _fake_predict(monkeypatch, art)
+    assert main(["predict", "m.tflite", "s.txt", "", "hello world", "n.csv"]) == 0
+    assert art.received == [
+        ["The striker scored", "Banks cut rates", "", "hello world", "A late goal"]
+    ]
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split("  ")[:2] for ln in lines] == [
+        ["s.txt:1", '"The striker scored"'],
+        ["s.txt:3", '"Banks cut rates"'],
+        ["argument 2", '""'],
+        ["argument 3", '"hello world"'],
+        ["n.csv:2", '"A late goal"'],
+    ]
+    assert main(["predict", "m.tflite", "hello", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["input"] == "argument 1" and row["text"] == "hello"
+    for bad, words in (
+        ("missing.txt", "inputs: no file at 'missing.txt' (argument 1); a text model takes"),
+        ("missing.jsonl", "no file at 'missing.jsonl'"),
+        (".", "'.' (argument 1) is a folder"),
+        ("photo.jpg", "'photo.jpg' (argument 1) is a file but not a text file"),
+    ):
+        assert main(["predict", "m.tflite", bad]) == 2
+        assert words in capsys.readouterr().err
+    # an image model: '' is an error too, not the current folder
+    _fake_predict(monkeypatch, _FakeArtifact("classification", ["a", "b"], [0.5, 0.5], "image"))
+    assert main(["predict", "m.tflite", ""]) == 2
+    assert "argument 1 is empty ('')" in capsys.readouterr().err
+    helptext = " ".join(
+        build_parser()._subparsers._group_actions[0].choices["predict"].format_help().split()
+    )
+    assert "Text models: each argument is a text, except an existing .txt file" in helptext

@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kerastl.data.files import fit_image_array, image_files, load_data_path, read_arrays
+from kerastl.data.files import (
+    TEXT_SUFFIXES,
+    fit_image_array,
+    image_files,
+    load_data_path,
+    read_arrays,
+    read_texts,
+)
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -261,8 +268,11 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs",
         nargs="+",
-        help="input files (images), folders of images (searched recursively), or one .npy "
-        "of raw inputs",
+        help="image models: image files, folders of images (searched recursively), or one "
+        ".npy of raw inputs. Text models: each argument is a text, except an existing .txt "
+        "file (one text per line) or .csv/.tsv/.jsonl file (its 'text' column); a missing "
+        "file with one of these suffixes is an error, '' is an empty text. Each row says "
+        "where its input came from (file:line or argument N)",
     )
     p.add_argument("--top-k", type=int, default=3, help="classes to show per input (default 3)")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per runtime call")
@@ -313,9 +323,15 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], set[str]]:
         >>> expand_inputs(["a.jpg"])  # files are kept as given (checked when read)
         (['a.jpg'], set())
     """
+    from kerastl.errors import DataError
+
     out: list[str] = []
     found: set[str] = set()
-    for item in inputs:
+    for n, item in enumerate(inputs, 1):
+        if item == "":  # Path("") is the current folder: not what an empty argument means
+            raise DataError(
+                f"inputs: argument {n} is empty (''); give image files or folders of images."
+            )
         if Path(item).is_dir():
             files = [str(f) for f in image_files(Path(item), "inputs")]
             out += files
@@ -323,6 +339,52 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], set[str]]:
         else:
             out.append(item)
     return out, found
+
+
+def text_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """The texts of a text model's arguments, and where each came from.
+
+    An existing ``.txt`` file gives one text per line and a ``.csv``/``.tsv``/``.jsonl``
+    file the texts of its ``text`` column (``"file:line"``); any other argument is a
+    text itself (``"argument N"``), ``""`` an empty one.
+
+    Raises:
+        DataError: a missing file with a text file's suffix, a folder, or another file.
+
+    Example:
+        >>> text_inputs(["a good film", ""])
+        (['a good film', ''], ['argument 1', 'argument 2'])
+    """
+    from kerastl.errors import DataError
+
+    texts: list[str] = []
+    where: list[str] = []
+    takes = (
+        "a text model takes texts, .txt files (one text per line) or .csv/.tsv/.jsonl files "
+        "with a 'text' column"
+    )
+    for n, item in enumerate(inputs, 1):
+        path = Path(item)
+        is_file = item != "" and path.is_file()
+        if is_file and path.suffix.lower() in TEXT_SUFFIXES:
+            for place, text in read_texts(path, "inputs"):
+                where.append(place)
+                texts.append(text)
+            continue
+        if item != "" and path.suffix.lower() in TEXT_SUFFIXES:
+            raise DataError(f"inputs: no file at {item!r} (argument {n}); {takes}.")
+        if is_file or (item != "" and path.is_dir()):
+            kind = "a folder" if path.is_dir() else "a file but not a text file"
+            raise DataError(f"inputs: {item!r} (argument {n}) is {kind}; {takes}.")
+        texts.append(item)
+        where.append(f"argument {n}")
+    return texts, where
+
+
+def _is_text(artifact: Any) -> bool:
+    """Whether ``artifact`` takes raw strings (a text model)."""
+    meta = artifact.metadata
+    return meta.get("modality") == "text" or (meta.get("input") or {}).get("name") == "text"
 
 
 def _read_npy(path: str) -> Any:
@@ -384,36 +446,62 @@ def _concat(values: list) -> Any:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Run an artifact on inputs and print the predictions."""
-    import numpy as np
-
-    from kerastl.errors import ConfigError, DataError
+    from kerastl.errors import ConfigError
 
     for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
             raise ConfigError(f"{flag}: expected >= 1, got {value}.")
-    found: set[str] = set()
     npy = len(args.inputs) == 1 and args.inputs[0].endswith(".npy")
-    if npy:
-        inputs: Any = _read_npy(args.inputs[0])  # before the (slow) artifact load
+    raw = _read_npy(args.inputs[0]) if npy else None  # before the (slow) artifact load
+    artifact = _artifact_or_pretrained(args.artifact, args.threads)
+    out, ids, texts = _predict_inputs(artifact, args, raw)
+    for row in _rows(artifact.metadata, out, ids, texts, args):
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            print(_row_line(row))
+    sys.stdout.flush()
+    return 0
+
+
+def _predict_inputs(artifact: Any, args: argparse.Namespace, raw: Any) -> tuple:
+    """``(outputs, input ids, texts or None)``: the inputs read as the artifact's modality
+    takes them (a text model: :func:`text_inputs`; else images or the ``.npy`` array)."""
+    from kerastl.errors import DataError
+
+    found: set[str] = set()
+    texts = None
+    if raw is not None:
+        inputs = _fit_images(artifact, raw, args.inputs[0])
+        ids = [f"{args.inputs[0]}[{i}]" for i in range(len(inputs))]
+    elif _is_text(artifact):
+        inputs, ids = text_inputs(args.inputs)
+        texts = inputs
     else:
         inputs, found = expand_inputs(args.inputs)
         ids = list(inputs)
-    artifact = _artifact_or_pretrained(args.artifact, args.threads)
-    if npy:
-        inputs = _fit_images(artifact, inputs, args.inputs[0])
-        ids = [f"{args.inputs[0]}[{i}]" for i in range(len(inputs))]
     try:
         out = artifact.predict(inputs, batch_size=args.batch_size)
     except DataError:
         if not found:
             raise
         out, ids = _predict_readable(artifact, inputs, found, args.batch_size)
-    meta = artifact.metadata
+    return out, ids, texts
+
+
+def _rows(meta: dict, out: dict, ids: list[str], texts: Any, args: argparse.Namespace) -> list:
+    """One dict per input: ``input`` (where it came from), ``text`` (text models), the
+    prediction (``top`` classes, a binary ``class``, or the main output's values)."""
+    import numpy as np
+
     task, names = meta.get("task"), meta.get("class_names")
     main = meta.get("output") or next(k for k in out if k not in ("class_id", "labels"))
     values = np.asarray(out[main])
+    rows = []
     for i, ident in enumerate(ids):
         row: dict[str, Any] = {"input": ident}
+        if texts is not None:
+            row["text"] = texts[i]
         if task == "classification":
             order = np.argsort(-values[i])[: args.top_k]
             row["top"] = [
@@ -425,17 +513,20 @@ def run_predict(args: argparse.Namespace) -> int:
             row["class"] = out["labels"][i] if "labels" in out else int(out["class_id"][i])
         else:
             row[main] = [round(float(v), 6) for v in np.ravel(values[i])]
-        if args.json:
-            print(json.dumps(row))
-        elif "top" in row:
-            print(
-                ident + "  " + "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
-            )
-        elif "class" in row:
-            print(f"{ident}  {row['class']} (p={row['probability']:.3f})")
-        else:
-            shown = row[main][:8]
-            more = " ..." if len(row[main]) > 8 else ""
-            print(f"{ident}  {main} {shown}{more}")
-    sys.stdout.flush()
-    return 0
+        rows.append(row)
+    return rows
+
+
+def _row_line(row: dict) -> str:
+    """A row as one line of text: where the input came from (and its text), the prediction."""
+    head = row["input"]
+    if "text" in row:
+        text = row["text"] if len(row["text"]) <= 60 else row["text"][:57] + "..."
+        head += "  " + json.dumps(text, ensure_ascii=False)
+    if "top" in row:
+        return head + "  " + "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
+    if "class" in row:
+        return f"{head}  {row['class']} (p={row['probability']:.3f})"
+    main = next(k for k in row if k not in ("input", "text"))
+    more = " ..." if len(row[main]) > 8 else ""
+    return f"{head}  {main} {row[main][:8]}{more}"

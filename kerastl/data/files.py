@@ -1,7 +1,8 @@
 """Read the validation / calibration inputs a user names by path (no TensorFlow).
 
 :func:`kerastl.export` and ``kerastl export`` accept an image folder (class
-subfolders give labels) or a ``.npy`` / ``.npz`` file wherever they take data.
+subfolders give labels) or a ``.npy`` / ``.npz`` file wherever they take data;
+``kerastl predict`` reads the texts of a text model from files with :func:`read_texts`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from kerastl.data._sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
+
+#: Files :func:`read_texts` reads: one text per line, or a table with a column of texts.
+TEXT_LINE_SUFFIXES = (".txt",)
+TEXT_TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
+TEXT_SUFFIXES = TEXT_LINE_SUFFIXES + TEXT_TABLE_SUFFIXES
 
 
 def image_files(folder: Path, argument: str) -> list[Path]:
@@ -163,3 +169,62 @@ def fit_image_array(x: Any, shape: Any, argument: str, source: str) -> Any:
         f"(N, {hw}, {1 if c == 3 else 3}) or (N, {hw}) (grayscale, as grey image files), or "
         f"one image ({hw}, {c}); raw 0-255 pixels."
     )
+
+
+def read_texts(path: Any, argument: str, text_column: str = "text") -> list[tuple[str, str]]:
+    """``(where, text)`` of each text in a file: ``where`` is ``"file:line"`` (first line 1).
+
+    A ``.txt`` file holds one text per line (blank lines are left out); a ``.csv`` /
+    ``.tsv`` / ``.jsonl`` file holds them in ``text_column`` (rows with an empty text are
+    left out), as training reads them.
+
+    Raises:
+        DataError: naming ``argument``: no such file, another suffix, not UTF-8, no
+            ``text_column``, or no text at all.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "s.txt"
+        >>> _ = path.write_text("a good film\\n\\nawful\\n")
+        >>> [(w.split(":")[-1], t) for w, t in read_texts(path, "inputs")]
+        [('1', 'a good film'), ('3', 'awful')]
+    """
+    from kerastl.data._sources import _not_utf8, _read_csv, _read_jsonl
+    from kerastl.errors import DataError
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DataError(f"{argument}: no file at {str(path)!r}.")
+    if suffix not in TEXT_SUFFIXES:
+        raise DataError(
+            f"{argument}: {str(path)!r} is not a text file; expected one of "
+            f"{', '.join(TEXT_SUFFIXES)}."
+        )
+    try:
+        if suffix in TEXT_LINE_SUFFIXES:
+            with open(path, encoding="utf-8-sig") as f:
+                found = [(i, line.rstrip("\r\n")) for i, line in enumerate(f, 1)]
+        else:
+            reader = _read_jsonl if suffix in (".jsonl", ".ndjson") else _read_csv
+            rows, header, lines = reader(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_utf8(path, exc).replace("data.path", argument, 1)) from None
+    except DataError as exc:  # the training readers name data.path
+        raise DataError(str(exc).replace("data.path", argument, 1)) from None
+    if suffix in TEXT_LINE_SUFFIXES:
+        texts = [(f"{path}:{i}", t) for i, t in found if t.strip()]
+    else:
+        if text_column not in header:
+            raise DataError(
+                f"{argument}: {str(path)!r} has no column {text_column!r} of texts (its "
+                f"columns: {header}); name the column of texts {text_column!r}."
+            )
+        texts = [
+            (f"{path}:{line}", str(r[text_column]))
+            for r, line in zip(rows, lines)
+            if r.get(text_column) is not None and str(r[text_column]).strip()
+        ]
+    if not texts:
+        raise DataError(f"{argument}: no text in {str(path)!r}.")
+    return texts
