@@ -467,3 +467,18 @@ def test_predict_on_a_text_model_reads_text_files_and_says_where_each_row_came_f
         build_parser()._subparsers._group_actions[0].choices["predict"].format_help().split()
     )
     assert "Text models: each argument is a text, except an existing .txt file" in helptext
+
+
+def test_binary_predict_prints_the_probability_of_the_printed_class(monkeypatch, capsys):
+    """`t.npy[1]  finance (p=0.439)` where P(finance) = 0.561: the positive class's
+    probability was printed beside the negative label (and in --json 'probability')."""
+    _fake_predict(monkeypatch, _FakeArtifact("binary", ["finance", "sport"], [0.439]))
+    assert main(["predict", "m.onnx", "rates rose"]) == 0
+    assert capsys.readouterr().out.split("  ")[-1].strip() == "finance (p=0.561)"
+    assert main(["predict", "m.onnx", "rates rose", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["class"] == "finance" and row["probability"] == pytest.approx(0.561)
+    assert row["probabilities"] == pytest.approx({"finance": 0.561, "sport": 0.439})
+    _fake_predict(monkeypatch, _FakeArtifact("binary", ["finance", "sport"], [0.8]))
+    assert main(["predict", "m.onnx", "a goal"]) == 0
+    assert capsys.readouterr().out.split("  ")[-1].strip() == "sport (p=0.800)"

@@ -509,12 +509,29 @@ def _rows(meta: dict, out: dict, ids: list[str], texts: Any, args: argparse.Name
                 for j in order
             ]
         elif task == "binary":
-            row["probability"] = float(values[i, 0])
-            row["class"] = out["labels"][i] if "labels" in out else int(out["class_id"][i])
+            row.update(_binary(float(values[i, 0]), names, out, i))
         else:
             row[main] = [round(float(v), 6) for v in np.ravel(values[i])]
         rows.append(row)
     return rows
+
+
+def _binary(positive: float, names: Any, out: dict, i: int) -> dict:
+    """A binary prediction: the class, the probability of that class (the output is the
+    positive class's, ``names[1]``), and both classes' probabilities."""
+    if "labels" in out:
+        label = out["labels"][i]
+        index = list(names).index(label) if names and label in names else int(positive > 0.5)
+    else:
+        index = int(out["class_id"][i]) if "class_id" in out else int(positive > 0.5)
+        label = names[index] if names else index
+    keys = list(names) if names and len(names) == 2 else [0, 1]
+    probs = {str(keys[0]): 1.0 - positive, str(keys[1]): positive}
+    return {
+        "class": label,
+        "probability": positive if index == 1 else 1.0 - positive,
+        "probabilities": probs,
+    }
 
 
 def _row_line(row: dict) -> str:
