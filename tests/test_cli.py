@@ -482,3 +482,26 @@ def test_binary_predict_prints_the_probability_of_the_printed_class(monkeypatch,
     _fake_predict(monkeypatch, _FakeArtifact("binary", ["finance", "sport"], [0.8]))
     assert main(["predict", "m.onnx", "a goal"]) == 0
     assert capsys.readouterr().out.split("  ")[-1].strip() == "sport (p=0.800)"
+
+
+def test_multilabel_predict_names_each_probability_and_the_labels_over_the_threshold(
+    monkeypatch, capsys
+):
+    """Multilabel predict printed `probabilities [0.589844, 0.5, 0.46875]`, no class names
+    although the artifact has them: now name=probability pairs and the labels >= --threshold."""
+    art = _FakeArtifact("multilabel", ["even", "big", "zero"], [0.589844, 0.5, 0.46875], "image")
+    _fake_predict(monkeypatch, art)
+    monkeypatch.setattr("kerastl.cli.export._read_npy", lambda path: np.zeros((1, 4)))
+    monkeypatch.setattr("kerastl.cli.export._fit_images", lambda art, x, path: x)
+    assert main(["predict", "m.tflite", "t.npy"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line == "t.npy[0]  labels: even, big  |  even=0.590  big=0.500  zero=0.469", line
+    assert main(["predict", "m.tflite", "t.npy", "--json", "--threshold", "0.55"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["labels"] == ["even"]
+    assert row["probabilities"] == pytest.approx({"even": 0.589844, "big": 0.5, "zero": 0.46875})
+    assert main(["predict", "m.tflite", "t.npy", "--threshold", "2"]) == 2
+    assert "--threshold: expected a probability in [0, 1], got 2.0" in capsys.readouterr().err
+    _fake_predict(monkeypatch, _FakeArtifact("multilabel", None, [0.9, 0.1], "image"))
+    assert main(["predict", "m.tflite", "t.npy"]) == 0  # no class names: the class ids
+    assert capsys.readouterr().out.strip() == "t.npy[0]  labels: 0  |  0=0.900  1=0.100"

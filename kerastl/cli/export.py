@@ -282,6 +282,13 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="threads of the runtime, for .tflite and .onnx files (default: every core)",
     )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="multilabel models: the labels printed are those with probability >= this "
+        "(default 0.5)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines")
 
 
@@ -451,6 +458,8 @@ def run_predict(args: argparse.Namespace) -> int:
     for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
             raise ConfigError(f"{flag}: expected >= 1, got {value}.")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold: expected a probability in [0, 1], got {args.threshold}.")
     npy = len(args.inputs) == 1 and args.inputs[0].endswith(".npy")
     raw = _read_npy(args.inputs[0]) if npy else None  # before the (slow) artifact load
     artifact = _artifact_or_pretrained(args.artifact, args.threads)
@@ -510,6 +519,12 @@ def _rows(meta: dict, out: dict, ids: list[str], texts: Any, args: argparse.Name
             ]
         elif task == "binary":
             row.update(_binary(float(values[i, 0]), names, out, i))
+        elif task == "multilabel" and "probabilities" in out:
+            scores = np.ravel(out["probabilities"][i])
+            labels = names or [str(j) for j in range(len(scores))]  # no names: class ids
+            probs = {n: float(p) for n, p in zip(labels, scores)}
+            row["labels"] = [n for n, p in probs.items() if p >= args.threshold]
+            row["probabilities"] = probs
         else:
             row[main] = [round(float(v), 6) for v in np.ravel(values[i])]
         rows.append(row)
@@ -544,6 +559,9 @@ def _row_line(row: dict) -> str:
         return head + "  " + "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
     if "class" in row:
         return f"{head}  {row['class']} (p={row['probability']:.3f})"
+    if "labels" in row:  # multilabel: the labels over the threshold, then every class
+        probs = "  ".join(f"{n}={p:.3f}" for n, p in row["probabilities"].items())
+        return f"{head}  labels: {', '.join(row['labels']) or '(none)'}  |  {probs}"
     main = next(k for k in row if k not in ("input", "text"))
     more = " ..." if len(row[main]) > 8 else ""
     return f"{head}  {main} {row[main][:8]}{more}"
