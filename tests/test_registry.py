@@ -272,3 +272,14 @@ def test_unknown_model_suggests_names_that_start_with_or_contain_the_query():
         get_spec("minilm_l6")  # contained, not a prefix
     res = _run_cli("info", "bert")
     assert res.returncode == 2 and "'bert_base_en'" in res.stderr
+
+
+def test_cli_models_unknown_weight_tag_suggests_the_valid_tag():
+    res = _run_cli("models", "--pretrained", "imagenett")
+    assert res.returncode == 1
+    assert "Unknown weight tag --pretrained 'imagenett'. Did you mean 'imagenet'?" in res.stderr
+    assert "'*'" not in res.stderr and "TF_IMPORTED False False" in res.stdout
+    res = _run_cli("models", "--modality", "audio", "--pretrained", "imagenet")
+    assert res.returncode == 1
+    assert "No model matches --modality audio --pretrained imagenet." in res.stderr
+    assert "'*'" not in res.stderr

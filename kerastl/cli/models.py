@@ -78,17 +78,56 @@ def _no_match_hint(args: argparse.Namespace) -> str:
     filters = [f"--{k} {getattr(args, k)}" for k in ("modality", "source") if getattr(args, k)]
     if args.pretrained is not None:
         filters.append("--pretrained" + ("" if args.pretrained is True else f" {args.pretrained}"))
-    hint = f"No model matches {args.pattern!r}"
-    hint += f" with {' '.join(filters)}." if filters else "."
+    if args.pattern == "*":  # the default: the user typed no pattern
+        hint = "No model matches " + " ".join(filters) + "."
+    else:
+        hint = f"No model matches {args.pattern!r}"
+        hint += f" with {' '.join(filters)}." if filters else "."
     if close:
         hint += f" Did you mean: {', '.join(close)}?"
     return hint + " `kerastl models` lists all; a plain word matches anywhere in a name."
+
+
+def unknown_tag_message(tag: str) -> str | None:
+    """Why ``--pretrained TAG`` matches no model's weight tag, with close tags; else None.
+
+    Tags are ``imagenet`` (keras.applications entries) and each KerasHub preset's name.
+
+    Example:
+        >>> unknown_tag_message("imagenet") is None
+        True
+        >>> unknown_tag_message("imagenett").split("?")[0]
+        "Unknown weight tag --pretrained 'imagenett'. Did you mean 'imagenet'"
+    """
+    import difflib
+    from collections import Counter
+
+    from kerastl.zoo import all_specs
+
+    counts = Counter(t for s in all_specs() for t in s.pretrained)
+    if tag in counts:
+        return None
+    shared = sorted(t for t, n in counts.items() if n > 1)
+    close = difflib.get_close_matches(tag.lower(), shared, n=3, cutoff=0.6)
+    close = close or difflib.get_close_matches(tag.lower(), sorted(counts), n=3, cutoff=0.6)
+    msg = f"Unknown weight tag --pretrained {tag!r}."
+    if close:
+        msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return msg + (
+        f" Valid tags: {', '.join(repr(t) for t in shared)} (keras.applications models) or a "
+        f"KerasHub preset's own name ({len(counts) - len(shared)} of them, e.g. "
+        "'bert_tiny_en_uncased'; `kerastl models --source keras_hub` lists them); "
+        "--pretrained alone keeps models whose weights are on this machine."
+    )
 
 
 def run_models(args: argparse.Namespace) -> int:
     from kerastl.zoo import get_spec, list_models
 
     tag = args.pretrained if isinstance(args.pretrained, str) else None
+    if tag is not None and (message := unknown_tag_message(tag)) is not None:
+        print(message, file=sys.stderr)
+        return 1
     names = list_models(
         _wildcard(args.pattern), modality=args.modality, source=args.source, pretrained=tag
     )
