@@ -148,3 +148,20 @@ def test_a_model_name_with_a_space_exports_under_name(tmp_path, capsys):
     bad = keras.Model(inp, _conv_head(inp, name="my dense"), name="ok")
     with pytest.raises(kerastl.ConfigError, match=r"layer names \['my dense'\] of 'ok'"):
         kerastl.export(bad, tmp_path / "bad")
+
+
+def test_load_artifact_of_a_missing_file_lists_the_folders_artifacts(tmp_path):
+    import kerastl
+
+    for name in ("net.onnx", "net.tflite", "net_int8.tflite", "export_report.json"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "saved_model" / "net" / "1").mkdir(parents=True)
+    (tmp_path / "saved_model" / "net" / "1" / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(kerastl.ConfigError) as info:
+        kerastl.load_artifact(tmp_path / "model.onnx")
+    msg = str(info.value)
+    assert f"Did you mean {str(tmp_path / 'net.onnx')!r}?" in msg
+    assert "net.onnx, net.tflite, net_int8.tflite, saved_model/net." in msg
+    assert "export_report" not in msg
+    with pytest.raises(kerastl.ConfigError, match="There is no folder"):
+        kerastl.load_artifact(tmp_path / "nope" / "model.onnx")

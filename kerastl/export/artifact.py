@@ -58,6 +58,51 @@ class KerasArtifact(Artifact):
         return self
 
 
+def artifacts_in(folder: str | os.PathLike) -> list[str]:
+    """Paths (relative to ``folder``) of the artifacts :func:`load_artifact` reads there.
+
+    Files with an artifact suffix and ``saved_model/<name>`` folders, sorted.
+
+    Example:
+        >>> artifacts_in("out")  # doctest: +SKIP
+        ['model.onnx', 'model.tflite', 'saved_model/model']
+    """
+    folder = Path(folder)
+    found = [p.name for p in folder.iterdir() if p.is_file() and p.suffix in _SUFFIXES]
+    for sub in (folder / "saved_model", folder):
+        if sub.is_dir():
+            found += [str(p.relative_to(folder)) for p in sub.iterdir() if _is_saved_model_dir(p)]
+    return sorted(set(found))
+
+
+def _is_saved_model_dir(path: Path) -> bool:
+    """A SavedModel folder: ``saved_model.pb`` in it or in a numbered version under it."""
+    if not path.is_dir():
+        return False
+    if (path / "saved_model.pb").is_file():
+        return True
+    return any(v.name.isdigit() and (v / "saved_model.pb").is_file() for v in path.iterdir())
+
+
+def missing_artifact_error(path: Path) -> ConfigError:
+    """The error for a ``path`` with nothing at it: the artifacts of its folder, close first."""
+    import difflib
+
+    folder = path.parent
+    msg = f"path: nothing at {str(path)!r}."
+    if not folder.is_dir():
+        return ConfigError(msg + f" There is no folder {str(folder)!r} either.")
+    found = artifacts_in(folder)
+    if not found:
+        return ConfigError(msg + f" Its folder {str(folder)!r} holds no artifact.")
+    same_kind = [f for f in found if Path(f).suffix == path.suffix]
+    close = difflib.get_close_matches(path.name, found, n=3, cutoff=0.5)
+    close = list(dict.fromkeys(close + (same_kind if len(same_kind) == 1 else [])))
+    if close:
+        msg += " Did you mean " + " or ".join(repr(str(folder / c)) for c in close) + "?"
+    return ConfigError(msg + f" Artifacts in {str(folder)!r}: {', '.join(found)}.")
+
+
 def load_artifact(
     path: str | os.PathLike, format: str | None = None, num_threads: int | None = None
 ) -> Artifact:
@@ -88,7 +133,7 @@ def load_artifact(
     if format is not None and format not in ARTIFACT_FORMATS:
         raise choice_error("format", format, ARTIFACT_FORMATS)
     if not path.exists():
-        raise ConfigError(f"path: nothing at {str(path)!r}.")
+        raise missing_artifact_error(path)
     if format is None:
         if path.is_dir():
             format = _FOLDER
