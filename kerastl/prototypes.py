@@ -350,8 +350,7 @@ def add_class(
     """
     head = head_of(model)
     names = list(ModelMeta.of(model).class_names or [])
-    if not isinstance(name, str) or not name or name in names:
-        raise ConfigError(f"name: expected a new class name (not one of {names!r}), got {name!r}.")
+    _check_new_name(name, names)
     if examples is None and description is None:
         raise ConfigError("examples: add_class needs examples=, description= or both; got neither.")
     rows, sums, counts, *rest = head.get_weights()  # rest: centre (and whitening), kept
@@ -366,6 +365,20 @@ def add_class(
     if examples is not None:
         add_examples(new, examples, [name] * len(examples), batch_size)
     return new
+
+
+def _check_new_name(name: Any, names: list[str]) -> None:
+    """Refuse a class name that is not a string, is empty or is taken."""
+    if not isinstance(name, str):
+        hint = ""
+        if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+            hint = f" (integer labels are named 'class_<id>': name='class_{int(name)}'?)"
+        raise ConfigError(
+            f"name: class names must be strings, got {type(name).__name__} {name!r}{hint}. "
+            f"The model's classes: {names!r}."
+        )
+    if not name or name in names:
+        raise ConfigError(f"name: expected a new class name (not one of {names!r}), got {name!r}.")
 
 
 def _check_text(model: keras.Model, text: Any) -> str:

@@ -462,3 +462,21 @@ def test_supervised_contrastive_finetune_trains_the_backbone_then_refits(digits)
     means = np.stack([e[y[keep] == c].mean(0) for c in (0, 1)])
     rows = means / np.linalg.norm(means, axis=1, keepdims=True) / 0.1
     np.testing.assert_allclose(m.get_layer("logits").get_weights()[0], rows, atol=1e-4)
+
+
+# -- classes, labels and support checked up front (cheap: random MobileNetV3-Small) -----
+TINY = {"task": "prototypes", "input_shape": (32, 32, 3)}
+
+
+def _tiny_support(labels):
+    x = np.random.default_rng(0).uniform(0, 255, (len(labels), 32, 32, 3)).astype("float32")
+    return x, np.asarray(labels)
+
+
+def test_add_class_says_names_are_strings_and_suggests_the_id_name():
+    m = kerastl.build("mobilenet_v3_small", support=_tiny_support([0, 1, 2]), **TINY)
+    with pytest.raises(ConfigError) as info:
+        P.add_class(m, 3, examples=_tiny_support([3])[0])
+    msg = str(info.value)
+    assert "name: class names must be strings, got int 3" in msg and "name='class_3'" in msg
+    assert "['class_0', 'class_1', 'class_2']" in msg
