@@ -85,7 +85,7 @@ def build(
         kw = {"class_names": class_names, "weights": weights, "input_shape": input_shape}
         return build_prototypes(name, pooling=pooling, **kw, **adapter_kwargs)
     adapter = get_adapter(get_spec(name))
-    task_spec = resolve_task(task)
+    task_spec = resolve_task(task, handled=dict.fromkeys(PROTOTYPE_TASKS, "prototypes"))
     head = _source_classifier(adapter, task_spec, weights, num_classes) if pretrained_head else None
     if features_only:
         return _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs)

@@ -216,3 +216,13 @@ def test_text_model_fits_and_evaluates_python_list_labels():
     hist = model.fit(texts, labels, validation_data=(texts, labels), epochs=1, verbose=0)
     assert set(hist.history) >= {"loss", "val_loss"}
     assert len(model.evaluate(texts, labels, verbose=0)) == 2
+
+
+def test_task_typo_suggests_prototypes_and_lists_every_task():
+    with pytest.raises(kerastl.UnknownNameError) as info:
+        kerastl.build("mobilenet_v3_small", task="protoypes", input_shape=S)
+    msg = str(info.value)
+    assert "Did you mean 'prototypes'?" in msg
+    for task in ("binary", "classification", "embedding", "multilabel", "prototypes", "regression"):
+        assert f"'{task}'" in msg
+    assert "'few_shot'" not in msg  # aliases are suggested as their task's name

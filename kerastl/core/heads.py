@@ -104,13 +104,28 @@ TASK_ALIASES = {
 }
 
 
-def resolve_task(task: str) -> TaskSpec:
-    """Return the :class:`TaskSpec` of ``task`` (or an alias), else a clear error."""
+def resolve_task(task: str, handled: dict[str, str] | None = None) -> TaskSpec:
+    """Return the :class:`TaskSpec` of ``task`` (or an alias), else a clear error.
+
+    Args:
+        task: A task name or alias.
+        handled: Other task spellings the caller accepts itself (spelling -> name
+            to suggest, e.g. ``{"few_shot": "prototypes"}``); the error lists them too.
+
+    Example:
+        >>> resolve_task("multiclass").name
+        'classification'
+        >>> resolve_task("protoypes", handled={"prototypes": "prototypes"})
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.UnknownNameError: Unknown task='protoypes'. Did you mean 'prototypes'? Valid choices: 'binary', 'classification', 'embedding', 'multilabel', 'prototypes', 'regression'.
+    """
     if not isinstance(task, str):
         raise ConfigError(f"task: expected a string, got {type(task).__name__} {task!r}.")
     key = TASK_ALIASES.get(task.lower(), task.lower())
     if key not in TASKS:
-        raise choice_error("task", task, list(TASKS) + list(TASK_ALIASES), canonical=TASK_ALIASES)
+        canonical = {**TASK_ALIASES, **(handled or {})}
+        raise choice_error("task", task, [*TASKS, *canonical], canonical=canonical)
     return TASKS[key]
 
 
