@@ -6,6 +6,7 @@ and a submodule of that name would replace it on the package once imported.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -17,7 +18,7 @@ from kerastl.core.meta import ModelMeta
 from kerastl.core.model import KerastlModel
 from kerastl.errors import ConfigError
 from kerastl.freeze import apply_policy, parse_policy, resolve_train_batchnorm
-from kerastl.prototypes import PROTOTYPE_TASKS, build_prototypes
+from kerastl.prototypes import PROTOTYPE_ARGUMENTS, PROTOTYPE_TASKS, build_prototypes
 from kerastl.zoo import custom_objects, get_adapter, get_spec
 
 
@@ -83,9 +84,9 @@ def build(
     """
     if isinstance(task, str) and task.lower() in PROTOTYPE_TASKS:
         kw = {"class_names": class_names, "weights": weights, "input_shape": input_shape}
-        return build_prototypes(name, pooling=pooling, **kw, **adapter_kwargs)
-    adapter = get_adapter(get_spec(name))
-    task_spec = resolve_task(task, handled=dict.fromkeys(PROTOTYPE_TASKS, "prototypes"))
+        kw |= {"num_classes": num_classes, "pooling": pooling, **adapter_kwargs}
+        return _prototypes(name, task, **kw)
+    adapter, task_spec = _adapter_and_task(name, task, adapter_kwargs)
     head = _source_classifier(adapter, task_spec, weights, num_classes) if pretrained_head else None
     if features_only:
         return _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs)
@@ -101,6 +102,25 @@ def build(
         model.get_layer("logits").set_weights(list(head[:2]))
     apply_policy(model, policy)
     return compile_for_task(model, learning_rate=learning_rate) if compile else model
+
+
+def _adapter_and_task(name: str, task: str, adapter_kwargs: dict) -> tuple[Any, TaskSpec]:
+    """The backbone's adapter, once every keyword argument is known, and the task."""
+    adapter = get_adapter(get_spec(name))
+    adapter.check_options(adapter_kwargs, own=BUILD_ARGUMENTS)
+    return adapter, resolve_task(task, handled=dict.fromkeys(PROTOTYPE_TASKS, "prototypes"))
+
+
+def _prototypes(name: str, task: str, **kwargs: Any) -> keras.Model:
+    """``build(task="prototypes")``: the arguments checked, then :func:`build_prototypes`."""
+    caller = f"kerastl.build(task={task!r})"
+    own = ("task", *PROTOTYPE_ARGUMENTS)
+    get_adapter(get_spec(name)).check_options(kwargs, own=own, caller=caller)
+    return build_prototypes(name, **kwargs)
+
+
+#: The keyword arguments of :func:`build` itself (the rest go to the backbone's adapter).
+BUILD_ARGUMENTS = tuple(inspect.signature(build).parameters)[1:-1]
 
 
 def _head_meta(adapter, shape, task_spec, units, class_names, weights, pooling, dropout):

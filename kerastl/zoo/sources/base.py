@@ -20,7 +20,7 @@ from typing import Any
 
 import keras
 
-from kerastl.errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, choice_error, unknown_arguments_error
 from kerastl.zoo._spec import ModelSpec
 
 #: ``(source, modality)`` -> ``"module:Class"`` of its adapter (imported on first use).
@@ -126,6 +126,8 @@ class Adapter:
 
     #: Name of the raw model input (``"image"``, ``"text"``, ``"audio"``).
     input_name = "image"
+    #: Source options (``build`` keyword arguments) this adapter takes besides ``input_shape``.
+    option_names: tuple[str, ...] = ()
     #: What this adapter offers beyond the contract.
     capabilities = Capabilities()
 
@@ -133,6 +135,34 @@ class Adapter:
         self.spec = spec
 
     # -- input -----------------------------------------------------------------
+    def check_options(self, options: Any, own: Any = (), caller: str = "kerastl.build()") -> None:
+        """Refuse keyword arguments that are neither ``own`` nor in :attr:`option_names`.
+
+        The error names each unknown argument, its close matches among all the
+        accepted ones (``caller``'s ``own`` arguments and this backbone's options)
+        and lists them.
+
+        Example:
+            >>> from kerastl.zoo import get_adapter
+            >>> get_adapter("mobilenet_v3_small").check_options({"frezee": 1}, own=["freeze"])
+            Traceback (most recent call last):
+            ...
+            kerastl.errors.ConfigError: kerastl.build() takes no argument 'frezee' (mobilenet_v3_small is an image backbone). Did you mean 'freeze'? The valid options are kerastl.build()'s own: freeze; the image backbone's: none.
+        """
+        unknown = set(options) - set(own) - set(self.option_names)
+        if not unknown:
+            return
+        spec = self.spec
+        a = "an" if spec.modality[0] in "aeiou" else "a"
+        accepted = {
+            f"{caller}'s own": list(own),
+            f"the {spec.modality} backbone's": self.option_names,
+        }
+        if not own:
+            accepted = {f"the {spec.modality} backbone's": self.option_names}
+        note = f"{spec.name} is {a} {spec.modality} backbone"
+        raise unknown_arguments_error(caller, unknown, accepted, note)
+
     def resolve_input_shape(self, input_shape: Any, **options: Any) -> tuple:
         """Validate and normalise the user's ``input_shape`` (and source options).
 

@@ -33,11 +33,7 @@ class KerasAppsAdapter(Adapter):
 
     def resolve_input_shape(self, input_shape: Any, **options: Any) -> tuple:
         spec = self.spec
-        if options:
-            raise ConfigError(
-                f"{spec.name} is an image backbone and takes no {sorted(options)}; "
-                "valid options: input_shape, weights, pooling."
-            )
+        self.check_options(options)
         shape = image_shape(input_shape, spec.input_size)
         if input_shape is None:
             return shape

@@ -80,12 +80,7 @@ class KerasHubAdapter(Adapter):
     # -- input -----------------------------------------------------------------------
     def resolve_input_shape(self, input_shape: Any, **options: Any) -> InputShape:
         spec = self.spec
-        unknown = sorted(set(options) - set(self.option_names))
-        if unknown:
-            raise ConfigError(
-                f"{spec.name} is a {spec.modality} backbone and takes no option "
-                f"{unknown}; valid options: {', '.join(self.option_names)}."
-            )
+        self.check_options(options)
         bc = options.get("backbone_config")
         if bc is not None and not isinstance(bc, dict):
             raise ConfigError(
