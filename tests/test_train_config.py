@@ -177,3 +177,51 @@ def test_weights_from_a_model_of_another_backbone_are_a_usage_error(tmp_path, ca
     assert not (tmp_path / "runs").exists()  # refused before any run file is written
     cfg = {**BASE, "model": {"backbone": "mobilenet_v3_small", "weights": str(saved)}}
     assert validate_config(cfg)["model"]["weights"] == str(saved)  # its own backbone: fine
+
+
+def test_a_backbone_and_data_of_different_modalities_are_a_config_error(tmp_path):
+    """An image backbone on a text CSV (or a text backbone on an image folder) trained into
+    a 49-line TensorFlow traceback ('Cast string to float is not supported', exit 1); it
+    is a ConfigError naming model.backbone's modality and data.path's, before any run file."""
+    import numpy as np
+    from PIL import Image
+
+    from kerastl.cli import main
+    from kerastl.train.context import open_run
+
+    (tmp_path / "news.csv").write_text("text,label\nA goal,sport\nRates rose,finance\n")
+    for c in ("cat", "dog"):
+        (tmp_path / "img" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / c / "1.png")
+    cases = (
+        (
+            "efficientnet_lite0",
+            "news.csv",
+            "'efficientnet_lite0' is an image model, but data.path",
+            "holds text (text file",
+            "kerastl models --modality text",
+        ),
+        (
+            "all_minilm_l6_v2_en",
+            "img",
+            "'all_minilm_l6_v2_en' is a text model, but data.path",
+            "holds images (image folder",
+            "Give text data (a CSV/TSV or JSONL file",
+        ),
+    )
+    for backbone, data, *words in cases:
+        cfg = {
+            "model": {"backbone": backbone},
+            "data": {"path": str(tmp_path / data), "verify": False},
+            "train": {"epochs": 1},
+            "output_dir": str(tmp_path / "runs"),
+        }
+        with pytest.raises(ConfigError) as info:
+            open_run(cfg, None, None, None)
+        assert str(info.value).startswith("model.backbone: ")
+        for w in words:
+            assert w in str(info.value), str(info.value)
+        assert not (tmp_path / "runs").exists()
+    yaml_path = tmp_path / "r2.yaml"
+    yaml_path.write_text("model: {backbone: efficientnet_lite0}\ndata: {path: news.csv}\n")
+    assert main(["train", str(yaml_path)]) == 2

@@ -102,6 +102,7 @@ def open_run(
     precision = set_precision(t["precision"])
     strategy = get_strategy(t["strategy"])
     train_ex, val_ex = examples if examples is not None else load_examples(cfg)
+    check_modality(cfg, train_ex, val_ex)
     check_task(cfg, train_ex, val_ex)
     warn_missing_classes(train_ex, val_ex)
     folder = RunFolder.for_config(cfg)
@@ -185,6 +186,7 @@ def load_examples(cfg: dict) -> tuple[kdata.Examples, kdata.Examples | None]:
         )
 
     ex = read(d["path"], d["class_names"])
+    check_modality(cfg, ex, None)  # before a split of text for an image model can fail
     if d["val_path"]:
         return ex, read(d["val_path"], ex.class_names)
     if d["source"] == "tfds" and d["val_tfds_split"]:
@@ -195,6 +197,39 @@ def load_examples(cfg: dict) -> tuple[kdata.Examples, kdata.Examples | None]:
         train.skipped = ex.skipped
         return train, val
     return ex, None
+
+
+#: What a backbone of each modality trains on, for :func:`check_modality`'s message.
+_DATA_OF = {
+    "image": "image data (a folder with one sub-folder of images per class, a CSV of image "
+    "paths and labels, or an .npz of images)",
+    "text": "text data (a CSV/TSV or JSONL file with 'text' and 'label' columns)",
+}
+
+
+def check_modality(cfg: dict, train_ex: kdata.Examples, val_ex: kdata.Examples | None) -> None:
+    """Raise when the data is not of the backbone's modality (text data for an image backbone,
+    images for a text one), before a model is built: TensorFlow's own error is a long
+    traceback ending in 'Cast string to float is not supported'."""
+    from kerastl.zoo import get_spec
+
+    backbone = cfg["model"]["backbone"]
+    want = get_spec(backbone).modality
+    for key, part in (("data.path", train_ex), ("data.val_path", val_ex)):
+        if part is None or part.modality == want:
+            continue
+        path = cfg["data"].get("path" if key == "data.path" else "val_path") or part.source
+        got = part.modality
+        raise ConfigError(
+            f"model.backbone: {backbone!r} is {_a(want)} {want} model, but {key} {path!r} "
+            f"holds {'images' if got == 'image' else got} ({part.source}). Give "
+            f"{_DATA_OF.get(want, want + ' data')} for this backbone, or {_a(got)} {got} "
+            f"backbone for this data (kerastl models --modality {got})."
+        )
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def check_task(cfg: dict, train_ex: kdata.Examples, val_ex: kdata.Examples | None) -> None:
