@@ -35,7 +35,7 @@ import keras
 
 from kerastl.core.losses import L2SP  # noqa: F401 - public here since 0.1
 from kerastl.core.meta import ModelMeta
-from kerastl.core.optimizers import GroupRatesOptimizer
+from kerastl.core.optimizers import GroupRatesOptimizer, VariableGroups
 from kerastl.core.policy import POLICY_KINDS, FreezePolicy, parse_policy  # noqa: F401
 from kerastl.errors import ConfigError, choice_error
 
@@ -349,17 +349,12 @@ def discriminative_optimizer(
         cfg["learning_rate"] = lr
         return opt.__class__.from_config(cfg)
 
-    head = make(learning_rate)
-    per_group = [make(learning_rate * decay ** (n - i)) for i in range(n)]
-
-    def select(variable):
-        i = index.get(variable.path)
-        return head if i is None else per_group[i]
-
-    multi = GroupRatesOptimizer(select)
-    multi.kerastl_group_rates = {"head": learning_rate} | {
+    rates = {"head": learning_rate} | {
         g: learning_rate * decay ** (n - i) for i, g in enumerate(names)
     }
+    groups = {g: make(rate) for g, rate in rates.items()}
+    assignment = {path: names[i] for path, i in index.items()}
+    multi = GroupRatesOptimizer(VariableGroups(groups, assignment, "head", rates))
     return multi
 
 

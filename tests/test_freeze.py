@@ -368,3 +368,40 @@ def test_regex_policy_that_matches_no_layer_is_refused():
     stem = kerastl.build("mobilenet_v3_small", freeze="regex:^conv", **kw)  # conv, conv_bn
     full = kerastl.build("mobilenet_v3_small", freeze="none", **kw)
     assert 0 < len(stem.trainable_weights) < len(full.trainable_weights)
+
+
+@pytest.mark.filterwarnings("ignore:freeze=.* with weights=None")
+def test_discriminative_optimizer_saves_and_loads_with_the_model(tmp_path):
+    """The saved model loads with its optimizer: group optimizers, rates, mapping and state."""
+    from kerastl.core.optimizers import GroupRatesOptimizer
+
+    model = kerastl.build(
+        "mobilenet_v3_small",
+        num_classes=3,
+        input_shape=(SIZE, SIZE, 3),
+        freeze="last:2",
+        compile=False,
+    )
+    opt = discriminative_optimizer(model, 1e-3, decay=0.5)
+    kerastl.compile_for_task(model, optimizer=opt)
+    x, y = _data(8)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = tmp_path / "disc.keras"
+    model.save(path)
+
+    loaded = kerastl.load_model(path)
+    back = loaded.optimizer
+    assert isinstance(back, GroupRatesOptimizer)
+    assert back.kerastl_group_rates == pytest.approx(opt.kerastl_group_rates)
+    assert back._optimizer_map.assignment == opt._optimizer_map.assignment
+    assert [float(o.learning_rate) for o in back.optimizers] == pytest.approx(
+        [float(o.learning_rate) for o in opt.optimizers]
+    )
+    assert int(back.iterations) == 1
+    assert len(back.variables) == len(opt.variables)
+    for a, b in zip(opt.variables, back.variables):  # Adam moments restored, in order
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    group = back._optimizer_map.group_of(loaded.get_layer("logits").kernel)
+    assert group == "head"
+    loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)  # and it keeps training
+    assert int(back.iterations) == 2

@@ -465,6 +465,31 @@ def test_discriminative_rates_in_the_fine_tune_phase(tmp_path):
     assert r.model.kerastl_config["freeze"] == "last:1"  # gradual: one group joined at epoch 1
 
 
+def test_layer_decay_run_finishes_with_metrics_and_its_model_loads(tmp_path):
+    """finetune.layer_decay: the best checkpoint (with its per-group optimizer) loads again."""
+    import kerastl
+    from kerastl.core.optimizers import GroupRatesOptimizer
+    from kerastl.train import train
+
+    x, y = _images(4, 2)
+    cfg = _cfg(
+        tmp_path,
+        "ld_metrics",
+        train={"epochs": 1},
+        finetune={"epochs": 1, "freeze": "last:1", "layer_decay": 0.7},
+    )
+    r = train(cfg, examples=(kdata.from_numpy(x, y), kdata.from_numpy(x, y)))
+    run = tmp_path / "runs" / "ld_metrics"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_examples"] == 8 and "accuracy" in metrics
+    loaded = kerastl.load_model(run / "model.keras")
+    assert isinstance(loaded.optimizer, GroupRatesOptimizer)
+    assert loaded.optimizer.kerastl_group_rates == pytest.approx(
+        r.model.optimizer.kerastl_group_rates
+    )
+    assert loaded.optimizer.kerastl_group_rates["head"] == pytest.approx(1e-4)
+
+
 # -- k-fold and export hook ------------------------------------------------------
 
 
