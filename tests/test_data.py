@@ -548,3 +548,30 @@ def test_a_row_with_an_empty_label_is_skipped_and_reported_not_a_class(tmp_path)
     (tmp_path / "ml.csv").write_text("text,label\na,x|y\nb,\nc,y\n")
     ex = kdata.load(path=tmp_path / "ml.csv", task="multilabel")
     assert len(ex) == 3 and ex.y[1].tolist() == [0.0, 0.0] and not ex.skipped
+
+
+def test_a_folder_of_class_subfolders_of_txt_files_is_text_data(tmp_path):
+    """A folder of class sub-folders of .txt files (keras.utils.text_dataset_from_directory's
+    layout) got "image folder ...: no usable examples"; it is read as text, one file one
+    example, whether the source is guessed or data.source is text."""
+    root = tmp_path / "news"
+    for c, texts in (("finance", ["Banks cut rates", "Shares fell", ""]), ("sport", ["A goal"])):
+        (root / c).mkdir(parents=True)
+        for i, t in enumerate(texts):
+            (root / c / f"{i}.txt").write_text(t + "\n")
+    (root / "sport" / "notes.md").write_text("not read")
+    (root / "sport" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    assert kdata.infer_source(root) == "text"
+    for source in (None, "text"):
+        ex = kdata.load(source, root)
+        assert ex.kind == "text" and ex.class_names == ["finance", "sport"]
+        assert ex.x.tolist() == ["Banks cut rates\n", "Shares fell\n", "A goal\n"]
+        assert ex.y.tolist() == [0, 0, 1]
+        assert sorted((p.split("/")[-1], why) for p, why in ex.skipped) == [
+            ("2.txt", "empty text"),
+            ("latin1.txt", "not UTF-8 text"),
+        ]
+    Image.new("RGB", (8, 8)).save(root / "sport" / "photo.png")  # any image: an image folder
+    assert kdata.infer_source(root) == "folder"
+    with pytest.raises(DataError, match=r"has no sub-folders; expected one sub-folder of \.txt"):
+        kdata.from_text_folder(root / "sport")

@@ -1,7 +1,8 @@
 """Data for kerastl: sources read into an index, then tf.data pipelines.
 
 Sources: an image folder (one sub-folder per class), a CSV of ``path,label``,
-NumPy arrays (or a ``.npz``), a prepared TFDS dataset, and text as CSV/JSONL.
+NumPy arrays (or a ``.npz``), a prepared TFDS dataset, and text as CSV/JSONL or a
+folder of ``.txt`` files (one sub-folder per class).
 Each returns :class:`Examples`; :func:`make_dataset` builds the pipeline.
 
 Example:
@@ -25,11 +26,13 @@ from kerastl.data._sources import (
     check_head,
     csv_delimiter,
     encode_labels,
+    folder_modality,
     from_csv,
     from_image_folder,
     from_npz,
     from_numpy,
     from_text,
+    from_text_folder,
     from_tfds,
     verify_images,
 )
@@ -50,7 +53,9 @@ __all__ = [
     "from_npz",
     "from_numpy",
     "from_text",
+    "from_text_folder",
     "from_tfds",
+    "folder_modality",
     "infer_source",
     "load",
     "make_dataset",
@@ -79,6 +84,9 @@ def infer_source(
 ) -> str:
     """Guess the source kind from a path: folder, ``.csv`` (images or text), ``.npz``, ``.jsonl``.
 
+    A folder whose class sub-folders hold ``.txt`` files and no image is text (one file,
+    one example: :func:`from_text_folder`).
+
     A CSV whose header has ``text_column`` is text; one with ``path_column``, or with image
     file names (``.jpg``, ``.png``...) in its first rows, lists images; any other CSV is
     text (its error then names ``data.text_column``, not a column of image paths).
@@ -95,6 +103,8 @@ def infer_source(
         return "numpy"
     if suffix in (".csv", ".tsv"):
         return _csv_kind(p, text_column, path_column) if p.is_file() else "csv"
+    if p.is_dir() and folder_modality(p) == "text":
+        return "text"
     return "folder"
 
 

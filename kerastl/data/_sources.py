@@ -530,10 +530,11 @@ def from_text(
     label_column: str = "label",
     class_names: list[str] | None = None,
 ) -> Examples:
-    """Read texts and labels from a CSV (header row) or a JSONL file.
+    """Read texts and labels from a CSV (header row) or a JSONL file, or a folder of .txt files.
 
     The format follows the extension: ``.jsonl``/``.ndjson`` is one JSON object
-    per line, anything else is CSV. Empty texts are skipped and reported.
+    per line, ``.tsv`` is tab-separated, anything else is CSV; a folder is read by
+    :func:`from_text_folder`. Rows with an empty text or label are skipped and reported.
 
     Example:
         >>> import json, pathlib, tempfile
@@ -545,6 +546,8 @@ def from_text(
         ('text', 2, ['neg', 'pos'])
     """
     path = Path(path)
+    if path.is_dir():
+        return from_text_folder(path, task, class_names)
     if not path.is_file():
         raise DataError(f"data.path: no file at {str(path)!r}.")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
@@ -570,6 +573,92 @@ def from_text(
     ex = Examples("text", texts, y, _task_name(task), names, f"text file {str(path)!r}", skipped)
     check_classes(ex)
     return ex
+
+
+#: Files a text folder (:func:`from_text_folder`) reads, as keras.utils.text_dataset_from_directory.
+TEXT_FILE_EXTENSIONS = (".txt",)
+
+
+def from_text_folder(
+    root: str | os.PathLike,
+    task: str = "classification",
+    class_names: list[str] | None = None,
+) -> Examples:
+    """Index a folder with one sub-folder of ``.txt`` files per class: one file, one text.
+
+    As ``keras.utils.text_dataset_from_directory`` reads ``root/sport/a.txt``. Empty
+    files and files that are not UTF-8 are skipped and reported.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for c, t in (("neg", "dull"), ("pos", "great film")):
+        ...     (root / c).mkdir()
+        ...     _ = (root / c / "1.txt").write_text(t)
+        >>> ex = from_text_folder(root)
+        >>> ex.kind, ex.x.tolist(), ex.class_names
+        ('text', ['dull', 'great film'], ['neg', 'pos'])
+    """
+    root = Path(root)
+    task = _task_name(task)
+    if task not in ("classification", "binary", "embedding"):
+        raise ConfigError(
+            f"task={task!r}: a text folder gives one label per file (its sub-folder); use a "
+            "CSV or JSONL file of text,label for multilabel or regression."
+        )
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if class_names:
+        missing = [c for c in class_names if c not in folders]
+        if missing:
+            raise DataError(
+                f"class_names: no sub-folder {missing} in {str(root)!r} (has {folders})."
+            )
+        folders = [str(c) for c in class_names]
+    if not folders:
+        raise DataError(
+            f"data.path: {str(root)!r} has no sub-folders; expected one sub-folder of .txt "
+            "files per class (root/sport/a.txt, root/finance/b.txt), or a CSV/JSONL file."
+        )
+    texts, labels, skipped = [], [], []
+    for c in folders:
+        for dirpath, dirs, files in os.walk(root / c):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for f in sorted(files):
+                if f.startswith(".") or not f.lower().endswith(TEXT_FILE_EXTENSIONS):
+                    continue
+                path = os.path.join(dirpath, f)
+                try:
+                    with open(path, encoding="utf-8-sig") as fh:
+                        text = fh.read()
+                except UnicodeDecodeError:
+                    skipped.append((path, "not UTF-8 text"))
+                    continue
+                if not text.strip():
+                    skipped.append((path, "empty text"))
+                    continue
+                texts.append(text)
+                labels.append(c)
+    where = f"text folder {str(root)!r}"
+    y, names = encode_labels(labels, task, folders, where=where)
+    ex = Examples("text", np.asarray(texts, dtype=object), y, task, names, where, skipped)
+    check_classes(ex)
+    return ex
+
+
+def folder_modality(root: str | os.PathLike) -> str:
+    """``"text"`` for a folder with ``.txt`` files and no image under it, else ``"image"``.
+
+    The walk stops at the first image, so a large image folder costs little.
+    """
+    text = False
+    for _, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            low = f.lower()
+            if low.endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                return "image"
+            text = text or (low.endswith(TEXT_FILE_EXTENSIONS) and not f.startswith("."))
+    return "text" if text else "image"
 
 
 def _drop_empty_rows(

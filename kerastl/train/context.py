@@ -203,7 +203,8 @@ def load_examples(cfg: dict) -> tuple[kdata.Examples, kdata.Examples | None]:
 _DATA_OF = {
     "image": "image data (a folder with one sub-folder of images per class, a CSV of image "
     "paths and labels, or an .npz of images)",
-    "text": "text data (a CSV/TSV or JSONL file with 'text' and 'label' columns)",
+    "text": "text data (a CSV/TSV or JSONL file with 'text' and 'label' columns, or a folder "
+    "with one sub-folder of .txt files per class)",
 }
 
 
