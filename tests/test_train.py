@@ -507,6 +507,45 @@ def test_kfold_reports_mean_and_spread(tmp_path):
     assert (tmp_path / "runs" / "kf" / "folds" / "fold1" / "metrics.json").is_file()
 
 
+def _fake_fold_train(monkeypatch, calls):
+    """kfold's train(): validates the fold config as train() does, records it, scores 0.5."""
+    import copy
+
+    from kerastl.train import kfold
+    from kerastl.train._config import validate_config
+
+    def fake_train(cfg, examples=None, **kw):
+        calls.append(validate_config(copy.deepcopy(cfg)))
+        return types.SimpleNamespace(metrics={"task": "classification", "accuracy": 0.5})
+
+    monkeypatch.setattr(kfold, "train", fake_train)
+
+
+def test_kfold_of_a_config_that_exports_and_quantizes_skips_export(tmp_path, monkeypatch):
+    from kerastl.train import cross_validate
+
+    calls: list = []
+    _fake_fold_train(monkeypatch, calls)
+    x, y = _images(4, 2)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    cfg = _cfg(
+        tmp_path,
+        "kq",
+        data={"path": str(tmp_path / "d.npz")},
+        export={
+            "formats": ["saved_model", "tflite"],
+            "quantize": ["int8", "float16"],
+            "version": 2,
+        },
+    )
+    s = cross_validate(cfg, folds=2)
+    assert s["mean"]["accuracy"] == pytest.approx(0.5)
+    assert len(calls) == 2
+    for fold in calls:
+        assert fold["export"]["formats"] == [] and fold["export"]["quantize"] == []
+        assert fold["export"]["version"] is None
+
+
 def test_export_is_called_with_the_run_options(tmp_path, monkeypatch):
     from kerastl.train import train
 

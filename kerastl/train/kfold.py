@@ -57,7 +57,7 @@ def cross_validate(
         fold_cfg = copy.deepcopy(cfg)
         fold_cfg["output_dir"] = str(base / "folds")
         fold_cfg["name"] = f"fold{i}"
-        fold_cfg["export"]["formats"] = []
+        fold_cfg["export"].update(formats=[], quantize=[], version=None)  # scores only
         log.info(f"fold {i + 1}/{folds}: {len(tr)} training, {len(va)} validation")
         result = train(fold_cfg, examples=(ex.subset(tr), ex.subset(va)))
         per_fold.append(scalar_metrics(result.metrics))
