@@ -225,3 +225,16 @@ def test_a_backbone_and_data_of_different_modalities_are_a_config_error(tmp_path
     yaml_path = tmp_path / "r2.yaml"
     yaml_path.write_text("model: {backbone: efficientnet_lite0}\ndata: {path: news.csv}\n")
     assert main(["train", str(yaml_path)]) == 2
+
+
+def test_an_audio_backbone_in_a_run_config_says_to_use_the_python_api():
+    """`kerastl train` with an audio backbone and a .npz of waveforms failed reading the data
+    ('x: expected images of shape (N, H, W) ... got shape (24, 16000)'); run configs have no
+    audio source, so the config check says so and how to train audio instead."""
+    cfg = {"model": {"backbone": "moonshine_tiny_en"}, "data": {"path": "tones.npz"}}
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, "a.yaml")
+    text = str(info.value)
+    assert text.startswith("a.yaml: model.backbone: 'moonshine_tiny_en' is an audio model")
+    assert "take image and text backbones only" in text
+    assert "model.fit(waveforms, labels)" in text and "kerastl models --modality" in text

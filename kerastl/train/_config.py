@@ -300,6 +300,7 @@ def _cross_checks(cfg: dict, where: str) -> None:
         spec = get_spec(cfg["model"]["backbone"])
     except ConfigError as exc:
         raise ConfigError(f"{where}: model.backbone: {exc}") from None
+    _check_modality(spec, where)
     data = cfg["data"]
     if data["source"] == "tfds" and not data["name"]:
         raise ConfigError(f"{where}: data.name: source 'tfds' needs the dataset name.")
@@ -325,6 +326,24 @@ def _cross_checks(cfg: dict, where: str) -> None:
         raise ConfigError(
             f"{where}: train.epochs and finetune.epochs are both 0: nothing to train."
         )
+
+
+#: Backbone modalities a run config trains (its data sources read images and text).
+CONFIG_MODALITIES = ("image", "text")
+
+
+def _check_modality(spec: Any, where: str) -> None:
+    """Refuse an audio backbone: run configs have no audio data source yet."""
+    if spec.modality in CONFIG_MODALITIES:
+        return
+    raise ConfigError(
+        f"{where}: model.backbone: {spec.name!r} is an {spec.modality} model, and run configs "
+        f"(kerastl train, kerastl.train) take {' and '.join(CONFIG_MODALITIES)} backbones only: "
+        "they have no audio data source yet. Use the Python API: model = kerastl.build("
+        f"{spec.name!r}, num_classes=N); model.fit(waveforms, labels) with waveforms a float32 "
+        "(N, samples) array of 16 kHz audio in [-1, 1]; then kerastl.export(model, 'out'). "
+        "Or choose an image or text backbone (kerastl models --modality image / text)."
+    )
 
 
 def _choices(where: str, key: str, value: Any, valid: tuple | list) -> ConfigError:
