@@ -490,6 +490,41 @@ def test_layer_decay_run_finishes_with_metrics_and_its_model_loads(tmp_path):
     assert loaded.optimizer.kerastl_group_rates["head"] == pytest.approx(1e-4)
 
 
+def test_evaluate_on_other_data_keeps_the_runs_metrics_and_records_the_data(tmp_path, capsys):
+    """`kerastl evaluate RUN --data OTHER` writes evaluations/<stem>/, not the run's metrics."""
+    from kerastl.cli import main
+    from kerastl.train import train
+
+    x, y = _images(4, 2)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    other = tmp_path / "other.npz"
+    xo, yo = _images(3, 2, seed=5)
+    np.savez(other, x=xo, y=yo)
+    cfg = _cfg(tmp_path, "ev", data={"path": str(tmp_path / "d.npz"), "val_split": 0.25})
+    train(cfg)
+    run = tmp_path / "runs" / "ev"
+    kept = ["metrics.json", "plots/confusion_matrix.png", "README.md"]
+    before = {f: (run / f).read_bytes() for f in kept}
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert {f: (run / f).read_bytes() for f in kept} == before
+    where = run / "evaluations" / "other"
+    metrics = json.loads((where / "metrics.json").read_text())
+    assert metrics["data"] == str(other.resolve()) and metrics["num_examples"] == 6
+    assert (where / "plots" / "confusion_matrix.png").is_file()
+    assert str(where / "metrics.json") in out and str(other.resolve()) in out
+    # other data with the same name gets its own folder; the same data reuses its folder
+    (tmp_path / "b").mkdir()
+    np.savez(tmp_path / "b" / "other.npz", x=xo[:4], y=yo[:4])
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "b" / "other.npz"), "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["metrics_path"] == str(run / "evaluations" / "other-2" / "metrics.json")
+    assert json.loads((where / "metrics.json").read_text())["num_examples"] == 6
+    assert main(["evaluate", str(run), "--data", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics_path"] == str(where / "metrics.json")
+
+
 # -- k-fold and export hook ------------------------------------------------------
 
 

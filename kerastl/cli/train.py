@@ -200,6 +200,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"  {k:20} {v:.4f}")
     for p in metrics.get("plots", []):
         print(f"  plot: {p}")
+    if args.data:
+        print(
+            f"  metrics: {metrics['metrics_path']} (data {metrics['data']}; "
+            "the run's own metrics.json is unchanged)"
+        )
     return 0
 
 

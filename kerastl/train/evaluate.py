@@ -95,8 +95,12 @@ def evaluate_run_model(
     history: dict | None = None,
     phase_boundary: int | None = None,
     unfinished: dict | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Load the best model, compute metrics on ``ex``, write ``metrics.json`` and plots.
+
+    Both go to ``out_dir`` (``metrics.json``, ``plots/``); ``extra`` entries (e.g. the
+    ``data`` evaluated) are recorded first in the metrics.
 
     ``unfinished`` (from :func:`kerastl.train.runfolder.unfinished_progress`) is recorded
     as ``metrics["unfinished_run"]``: the scores are those of an interrupted run's best
@@ -120,6 +124,8 @@ def evaluate_run_model(
         out_dir, metrics["task"], metrics, ex.y, outputs, None, phase_boundary
     )
     add_forgetting(metrics, model, ex, cfg)
+    if extra:
+        metrics = {**extra, **metrics}
     if unfinished is not None:
         metrics["unfinished_run"] = unfinished
     runfolder.write_json(runfolder.run_path(out_dir, "metrics"), metrics)
@@ -174,15 +180,52 @@ def add_forgetting(metrics: dict, model: Any, ex: kdata.Examples, cfg: dict, n: 
         metrics["backbone_weight_drift"] = report["weight_drift"]["all"]
 
 
-def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> dict:
+#: Subfolder of a run folder holding the results on other data (``evaluate --data``).
+EVALUATIONS = "evaluations"
+
+
+def evaluation_dir(run_dir: str | os.PathLike, data_path: str | os.PathLike) -> Path:
+    """Where :func:`evaluate_run` writes the results on other data: ``<run>/evaluations/<stem>``.
+
+    ``<stem>`` is the data's file or folder name without suffix; a folder of that name
+    holding the results of other data (a different ``data`` path in its metrics.json)
+    is kept, and the name gets ``-2``, ``-3``, ...
+
+    Example:
+        >>> evaluation_dir("runs/exp1", "data/test.csv").as_posix()
+        'runs/exp1/evaluations/test'
+    """
+    base = Path(run_dir) / EVALUATIONS
+    stem = Path(data_path).stem or "data"
+    wanted = _data_label(data_path)
+    n = 1
+    while True:
+        out = base / (stem if n == 1 else f"{stem}-{n}")
+        recorded = runfolder.read_json(runfolder.run_path(out, "metrics")).get("data")
+        if recorded in (None, wanted):
+            return out
+        n += 1
+
+
+def _data_label(data_path: str | os.PathLike) -> str:
+    return str(Path(data_path).resolve())
+
+
+def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike | None = None) -> dict:
     """Re-evaluate a run folder's best model on its validation data (or ``data_path``).
 
-    Writes ``metrics.json`` and ``plots/`` again and returns the metrics. A run that
-    did not finish (killed, interrupted) is scored from its best checkpoint so far,
-    with a warning; ``metrics["unfinished_run"]`` says where it stopped.
+    On the run's validation data it writes ``metrics.json`` and ``plots/`` again.
+    On other data (``data_path``) the run's own results stay as they are: metrics and
+    plots go to :func:`evaluation_dir` (``<run>/evaluations/<data stem>/``), the
+    metrics record ``data`` (the data's absolute path) and ``metrics_path`` says
+    where they were written. Returns the metrics. A run that did not finish (killed,
+    interrupted) is scored from its best checkpoint so far, with a warning;
+    ``metrics["unfinished_run"]`` says where it stopped.
 
     Example:
         >>> evaluate_run("runs/exp1")["accuracy"]  # doctest: +SKIP
+        >>> evaluate_run("runs/exp1", "data/test")["metrics_path"]  # doctest: +SKIP
+        'runs/exp1/evaluations/test/metrics.json'
     """
     from kerastl.errors import ConfigError
 
@@ -190,18 +233,10 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> di
     model_path = runfolder.run_path(run_dir, "model")
     if not model_path.is_file():
         raise ConfigError(f"RUN_DIR: no model.keras in {str(run_dir)!r}; did training finish?")
+    out_dir = Path(run_dir)
     if data_path:
-        cfg = copy.deepcopy(cfg)
-        report = runfolder.read_json(runfolder.run_path(run_dir, "data_report"))
-        names = report.get("class_names")
-        cfg["data"].update(
-            path=str(data_path),
-            val_path=None,
-            val_split=0.0,
-            source=None,
-            class_names=names or cfg["data"]["class_names"],
-        )
-        ex, _ = load_examples(cfg)
+        cfg, ex = _other_data(run_dir, cfg, data_path)
+        out_dir = evaluation_dir(run_dir, data_path)
     else:
         _, ex = load_examples(cfg)
         if ex is None:
@@ -212,5 +247,25 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | None = None) -> di
     unfinished = runfolder.unfinished_progress(run_dir, cfg)
     if unfinished is not None:
         log.warning(f"{run_dir}: {unfinished['message']} ({model_path.name})")
-    metrics = evaluate_run_model(str(model_path), ex, cfg, str(run_dir), unfinished=unfinished)
+    extra = {"data": _data_label(data_path)} if data_path else None
+    metrics = evaluate_run_model(
+        str(model_path), ex, cfg, str(out_dir), unfinished=unfinished, extra=extra
+    )
+    metrics["metrics_path"] = str(runfolder.run_path(out_dir, "metrics"))
     return metrics
+
+
+def _other_data(run_dir: str | os.PathLike, cfg: dict, data_path: str | os.PathLike):
+    """The run's config pointed at ``data_path`` (all of it scored), and its examples."""
+    cfg = copy.deepcopy(cfg)
+    report = runfolder.read_json(runfolder.run_path(run_dir, "data_report"))
+    names = report.get("class_names")
+    cfg["data"].update(
+        path=str(data_path),
+        val_path=None,
+        val_split=0.0,
+        source=None,
+        class_names=names or cfg["data"]["class_names"],
+    )
+    ex, _ = load_examples(cfg)
+    return cfg, ex
