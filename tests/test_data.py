@@ -575,3 +575,19 @@ def test_a_folder_of_class_subfolders_of_txt_files_is_text_data(tmp_path):
     assert kdata.infer_source(root) == "folder"
     with pytest.raises(DataError, match=r"has no sub-folders; expected one sub-folder of \.txt"):
         kdata.from_text_folder(root / "sport")
+
+
+def test_export_data_of_a_text_model_is_read_from_text_files(tmp_path):
+    """`kerastl export --calibration-data news.csv` on a text model said 'expected an image
+    folder, .npy or .npz'; text files give texts, and a 'label' column labels."""
+    from kerastl.data.files import load_data_path
+
+    (tmp_path / "n.csv").write_text("text,label\nA goal,sport\n,finance\nRates rose,finance\n")
+    (tmp_path / "s.txt").write_text("one\n\ntwo\n")
+    x, y = load_data_path(tmp_path / "n.csv", "--validation-data", ["finance", "sport"])
+    assert x.tolist() == ["A goal", "Rates rose"] and y.tolist() == [1, 0]
+    x = load_data_path(tmp_path / "n.csv", "--calibration-data", None)
+    assert x.tolist() == ["A goal", "Rates rose"]
+    assert load_data_path(tmp_path / "s.txt", "v", ["a", "b"]).tolist() == ["one", "two"]
+    with pytest.raises(DataError, match=r"v: expected an image folder.*\.txt/\.csv"):
+        load_data_path(tmp_path / "x.parquet", "v", None)

@@ -44,11 +44,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--calibration-data",
-        help="int8 calibration inputs: an image folder, or a .npy/.npz file of raw inputs",
+        help="int8 calibration inputs: an image folder, or a .npy/.npz file of raw inputs; "
+        "for a text model a .txt (one text per line) or .csv/.tsv/.jsonl file ('text' column)",
     )
     p.add_argument(
         "--validation-data",
-        help="inputs to validate on: an image folder (class subfolders give labels) or .npy/.npz",
+        help="inputs to validate on: an image folder (class subfolders give labels) or "
+        ".npy/.npz; for a text model a .txt or .csv/.tsv/.jsonl file (a 'label' column gives "
+        "labels)",
     )
     p.add_argument("--name", help="model name in file names and TF Serving")
     p.add_argument("--version", type=int, help="TF Serving version (default: next free)")
@@ -209,7 +212,12 @@ def run_export(args: argparse.Namespace) -> int:
     check_export_args(args)  # before TensorFlow is imported
     flags = {"--calibration-data": args.calibration_data, "--validation-data": args.validation_data}
     # .npy/.npz arrays need no class names: read (and refused) before TensorFlow is imported
-    data = {f: _load_data(v, f, None) for f, v in flags.items() if v and not Path(v).is_dir()}
+    # (text files are read once the model's class names are known, for their labels)
+    data = {
+        f: _load_data(v, f, None)
+        for f, v in flags.items()
+        if v and not Path(v).is_dir() and Path(v).suffix.lower() not in TEXT_SUFFIXES
+    }
     from kerastl.errors import ConfigError
     from kerastl.export import export
     from kerastl.export._trace import find_metadata, load_keras

@@ -63,7 +63,34 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
         x = data["x"] if "x" in data else next(iter(data.values()))
         y = data.get("y")
         return x if y is None else (x, y)
-    raise DataError(f"{argument}: expected an image folder, .npy or .npz file, got {path!r}.")
+    if p.suffix.lower() in TEXT_SUFFIXES and p.is_file():
+        return _text_data(p, argument, class_names)
+    raise DataError(
+        f"{argument}: expected an image folder, .npy or .npz file, or for a text model a "
+        f"{'/'.join(TEXT_SUFFIXES)} file of texts, got {str(path)!r}."
+    )
+
+
+def _text_data(path: Path, argument: str, class_names: list[str] | None) -> Any:
+    """The texts of a text file (:func:`read_texts`); with the ``label`` column of a table and
+    the model's class names, ``(texts, class ids)`` (rows with an empty label left out)."""
+    import numpy as np
+
+    from kerastl.data._sources import _read_csv, _read_jsonl, encode_labels
+
+    texts = np.asarray([t for _, t in read_texts(path, argument)], dtype=object)
+    if not class_names or path.suffix.lower() in TEXT_LINE_SUFFIXES:
+        return texts
+    reader = _read_jsonl if path.suffix.lower() in (".jsonl", ".ndjson") else _read_csv
+    rows, header, _ = reader(path)
+    if "label" not in header:
+        return texts
+    rows = [r for r in rows if str(r.get("text") or "").strip()]
+    if any(r.get("label") is None or not str(r["label"]).strip() for r in rows):
+        return texts  # unlabelled rows: the texts only, as an unlabelled image folder
+    where = f"{argument}: {str(path)!r}"
+    y, _ = encode_labels([r["label"] for r in rows], "classification", class_names, where)
+    return texts, y
 
 
 def _warn_unlabelled(files: list[Path], root: Path, class_names: list[str] | None, argument: str):
