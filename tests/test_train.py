@@ -581,6 +581,43 @@ def test_kfold_of_a_config_that_exports_and_quantizes_skips_export(tmp_path, mon
         assert fold["export"]["version"] is None
 
 
+def test_kfold_log_names_each_folds_folder_and_keeps_tf_retracing_warnings_quiet(
+    tmp_path, monkeypatch, caplog, capfd
+):
+    from kerastl.train import cross_validate
+
+    calls: list = []
+    _fake_fold_train(monkeypatch, calls)
+    retrace = "5 out of the last 13 calls to <function f> triggered tf.function retracing."
+
+    from kerastl.train import kfold
+
+    fake = kfold.train
+
+    def retracing_train(cfg, examples=None, **kw):  # what k models in one process provoke
+        logging.getLogger("tensorflow").warning(retrace)
+        return fake(cfg, examples, **kw)
+
+    monkeypatch.setattr(kfold, "train", retracing_train)
+    x, y = _images(3, 2)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    cfg = _cfg(tmp_path, "kn", data={"path": str(tmp_path / "d.npz")})
+    caplog.set_level(logging.DEBUG, logger="kerastl")
+    s = cross_validate(cfg, folds=3)
+    assert [c["name"] for c in calls] == ["fold0", "fold1", "fold2"]
+    assert s["fold_runs"] == ["folds/fold0", "folds/fold1", "folds/fold2"]
+    text = caplog.text
+    assert "folds/fold0 (1 of 3): 4 training, 2 validation" in text
+    assert "folds/fold2 (3 of 3): validation accuracy 0.5000" in text
+    assert "fold 1/3" not in text
+    assert "tf.function retracing" not in capfd.readouterr().err  # --debug shows it
+    assert [r.levelno for r in caplog.records if "retracing" in r.getMessage()] == [
+        logging.DEBUG
+    ] * 3
+    with pytest.raises(ConfigError, match=r"folds: expected a whole number of folds >= 2.*got 0"):
+        cross_validate(cfg, folds=0)
+
+
 def test_export_is_called_with_the_run_options(tmp_path, monkeypatch):
     from kerastl.train import train
 

@@ -86,7 +86,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="any config key, e.g. --set finetune.layer_decay=0.7 (repeatable)",
     )
-    p.add_argument("--folds", type=int, help="k-fold cross-validation instead of one run")
+    p.add_argument(
+        "--folds",
+        type=_folds_int,
+        help="k-fold cross-validation instead of one run (k >= 2, at most the number of examples)",
+    )
     p.add_argument("--no-resume", action="store_true", help="start over, ignoring backups")
     p.add_argument(
         "--print-config",
@@ -132,7 +136,7 @@ def run_train(args: argparse.Namespace) -> int:
         from kerastl.decide import resolve_strategy_from
 
         cfg = resolve_strategy_from(cfg)
-    if args.folds:
+    if args.folds is not None:
         from kerastl.train.kfold import cross_validate
 
         summary = cross_validate(cfg, args.folds)
@@ -165,7 +169,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by kerastl train")
     p.add_argument("--data", help="evaluate on this data instead of the run's validation split")
     p.add_argument(
-        "--folds", type=int, help="k-fold cross-validation of the run's config (retrains k times)"
+        "--folds",
+        type=_folds_int,
+        help="k-fold cross-validation of the run's config (retrains k times; k >= 2)",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -175,7 +181,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from kerastl.train.runfolder import read_config
 
     cfg = read_config(args.run_dir)
-    if args.folds:
+    if args.folds is not None:
         from kerastl.train._config import validate_config
         from kerastl.train.kfold import cross_validate
 
@@ -234,6 +240,28 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer epochs, no export (a smoke test)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the fine-tuned model")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _folds_int(text: str) -> int:
+    """argparse ``type`` of ``--folds``: a whole number >= 2 (exit 2 naming the value otherwise).
+
+    Example:
+        >>> _folds_int("3")
+        3
+        >>> _folds_int("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected a whole number of folds >= 2 (at most the number of examples), got '0'.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2 or str(value) != text.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of folds >= 2 (at most the number of examples), got {text!r}."
+        )
+    return value
 
 
 def _positive_int(flag: str):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from kerastl import data as kdata
+from kerastl.errors import ConfigError
 from kerastl.train import runfolder
 from kerastl.train._config import load_config, validate_config
 from kerastl.train._metrics import HEADLINE, scalar_metrics
@@ -31,16 +34,23 @@ def cross_validate(
 
     All data (training + validation of the config) is split into ``folds``
     stratified parts; fold ``i`` trains on the others and validates on part
-    ``i``. Fold runs are written to ``<run>/folds/fold<i>``; the summary to
-    ``<run>/kfold.json``.
+    ``i``. Fold runs are written to ``<run>/folds/fold<i>`` (``i`` from 0; the log
+    names that folder, e.g. ``folds/fold0 (1 of 3)``) without exports; the summary
+    to ``<run>/kfold.json`` (``fold_runs`` lists the folders in the order of
+    ``per_fold``). TensorFlow's retracing warnings, expected when k models train in
+    one process, go to kerastl's debug log.
+
+    Raises:
+        ConfigError: ``folds`` is not a whole number >= 2.
 
     Returns:
-        ``{"folds": k, "per_fold": [...], "mean": {...}, "std": {...}}``.
+        ``{"folds": k, "fold_runs": [...], "per_fold": [...], "mean": {...}, "std": {...}}``.
 
     Example:
         >>> summary = cross_validate("run.yaml", folds=3)  # doctest: +SKIP
         >>> summary["mean"]["accuracy"], summary["std"]["accuracy"]  # doctest: +SKIP
     """
+    check_folds(folds)
     if isinstance(config, dict):
         cfg = validate_config(copy.deepcopy(config))
         cfg["name"] = cfg["name"] or "run"
@@ -52,29 +62,92 @@ def cross_validate(
     ex, extra = load_examples(cfg_all)
     if extra is not None:  # a separate validation set joins the pool
         ex = _concat(ex, extra)
-    per_fold = []
-    for i, (tr, va) in enumerate(ex.folds(folds, seed=cfg["seed"])):
-        fold_cfg = copy.deepcopy(cfg)
-        fold_cfg["output_dir"] = str(base / "folds")
-        fold_cfg["name"] = f"fold{i}"
-        fold_cfg["export"].update(formats=[], quantize=[], version=None)  # scores only
-        log.info(f"fold {i + 1}/{folds}: {len(tr)} training, {len(va)} validation")
-        result = train(fold_cfg, examples=(ex.subset(tr), ex.subset(va)))
-        per_fold.append(scalar_metrics(result.metrics))
-        key = HEADLINE.get(cfg["model"]["task"])
-        if key in result.metrics:
-            log.info(f"fold {i + 1}/{folds}: validation {key} {result.metrics[key]:.4f}")
+    per_fold, names = [], []
+    with _quiet_retracing():
+        for i, (tr, va) in enumerate(ex.folds(folds, seed=cfg["seed"])):
+            fold_cfg = fold_config(cfg, base, i)
+            name = f"folds/{fold_cfg['name']}"
+            names.append(name)
+            log.info(f"{name} ({i + 1} of {folds}): {len(tr)} training, {len(va)} validation")
+            result = train(fold_cfg, examples=(ex.subset(tr), ex.subset(va)))
+            per_fold.append(scalar_metrics(result.metrics))
+            key = HEADLINE.get(cfg["model"]["task"])
+            if key in result.metrics:
+                log.info(f"{name} ({i + 1} of {folds}): validation {key} {result.metrics[key]:.4f}")
     keys = sorted(set.intersection(*(set(m) for m in per_fold))) if per_fold else []
     summary = {
         "folds": folds,
         "num_examples": len(ex),
         "headline": HEADLINE.get(cfg["model"]["task"]),
+        "fold_runs": names,
         "per_fold": per_fold,
         "mean": {k: float(np.mean([m[k] for m in per_fold])) for k in keys},
         "std": {k: float(np.std([m[k] for m in per_fold])) for k in keys},
     }
     runfolder.write_json(base / "kfold.json", summary)
     return summary
+
+
+def check_folds(folds: Any, name: str = "folds") -> int:
+    """``folds`` if it is a whole number >= 2, else a ConfigError naming ``name``.
+
+    Example:
+        >>> check_folds(3)
+        3
+        >>> check_folds(1, "--folds")
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: --folds: expected a whole number of folds >= 2 (at most the number of examples), got 1.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(
+            f"{name}: expected a whole number of folds >= 2 (at most the number of examples), "
+            f"got {folds!r}."
+        )
+    return folds
+
+
+def fold_config(cfg: dict, base: Path, i: int) -> dict:
+    """The run config of fold ``i``: ``<base>/folds/fold<i>``, no export.
+
+    The folds are for scores only: ``export`` is cleared as a whole (formats and
+    their TFLite precisions), so a config that exports and quantizes still folds.
+
+    Example:
+        >>> cfg = {"name": "r", "output_dir": "runs",
+        ...        "export": {"formats": ["tflite"], "quantize": ["int8"], "name": None, "version": 2}}
+        >>> f = fold_config(cfg, Path("runs/r"), 0)
+        >>> f["name"], f["export"]["formats"], f["export"]["quantize"], f["export"]["version"]
+        ('fold0', [], [], None)
+    """
+    fold_cfg = copy.deepcopy(cfg)
+    fold_cfg["output_dir"] = str(base / "folds")
+    fold_cfg["name"] = f"fold{i}"
+    fold_cfg["export"].update(formats=[], quantize=[], version=None)
+    return fold_cfg
+
+
+class _RetracingFilter(logging.Filter):
+    """Moves TensorFlow's 'triggered tf.function retracing' warning to kerastl's debug log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "tf.function retracing" in record.getMessage():
+            log.debug(f"tensorflow: {record.getMessage()}")
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_retracing() -> Iterator[None]:
+    """k models trained in one process retrace Keras' step functions by design: TensorFlow's
+    warning about it is noise here (shown with ``--debug``, kerastl's debug log)."""
+    tf_log = logging.getLogger("tensorflow")
+    flt = _RetracingFilter()
+    tf_log.addFilter(flt)
+    try:
+        yield
+    finally:
+        tf_log.removeFilter(flt)
 
 
 def _concat(a: kdata.Examples, b: kdata.Examples) -> kdata.Examples:
