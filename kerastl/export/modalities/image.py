@@ -136,10 +136,23 @@ class ImageExporter(ModalityExporter):
         return np.clip(np.round(out * 255.0), 0, 255).astype(np.float32)
 
     def _check(self, x: np.ndarray, argument: str) -> np.ndarray:
-        from kerastl.data.files import fit_image_array
+        want = self.shape
+        if len(want) == 3:
+            from kerastl.data.files import fit_image_array
 
-        # grey (N, H, W) or (N, H, W, 1) as grey files are read; one image gets a batch axis
-        x = fit_image_array(x, self.shape, argument, "the data")
+            # grey (N, H, W) or (N, H, W, 1) as grey files are read; one image: a batch axis
+            x = fit_image_array(x, want, argument, "the data")
+        elif x.ndim == len(want) + 1 and all(
+            e is None or g == e for g, e in zip(x.shape[1:], want)
+        ):
+            pass
+        elif x.ndim == len(want) and all(e is None or g == e for g, e in zip(x.shape, want)):
+            x = x[None]
+        else:  # a plain Keras model's tabular input (features,)
+            raise DataError(
+                f"{argument}: inputs of shape {tuple(x.shape)} do not fit the model input "
+                f"(batch, {', '.join(str(s) for s in want)}) named {self.input_name!r}."
+            )
         if not np.issubdtype(x.dtype, np.number):
             raise DataError(f"{argument}: expected numeric pixels, got dtype {x.dtype}.")
         x = x.astype(np.float32)
