@@ -252,3 +252,42 @@ def test_lean_calibration_leaves_recurrent_graphs_to_tflites_repack(monkeypatch)
         assert calibrator.add_intermediate_tensors(lstm) == b"+"
         assert calibrator.add_intermediate_tensors(custom) == b"+"
     assert calls == [lstm, custom]
+
+
+def test_int8_uses_the_flatbuffer_quantizer_and_falls_back_to_mlir(tmp_path, monkeypatch):
+    """The flatbuffer quantizer (lower peak memory) writes the int8 file; a graph it
+    refuses goes through the MLIR quantizer instead of failing the export."""
+    import keras
+    import numpy as np
+    from tensorflow.lite.python import lite
+    from tensorflow.lite.python.optimize import calibrator
+
+    import kerastl
+    from kerastl.export._trace import prepare
+    from kerastl.export.formats import tflite as kx_tflite
+    from kerastl.export.formats.saved_model import write_graph
+
+    keras.utils.set_random_seed(0)
+    model = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3))
+    prepared = prepare(model)
+    write_graph(prepared, tmp_path / "sm", extras=False)
+    data = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    used = []
+    legacy, mlir = calibrator.Calibrator.calibrate_and_quantize, lite._mlir_quantize
+
+    def spy_legacy(self, *args, **kwargs):
+        used.append("flatbuffer")
+        if fail:
+            raise RuntimeError("Quantization not yet supported for op: 'X'")
+        return legacy(self, *args, **kwargs)
+
+    monkeypatch.setattr(calibrator.Calibrator, "calibrate_and_quantize", spy_legacy)
+    monkeypatch.setattr(
+        lite, "_mlir_quantize", lambda *a, **k: used.append("mlir") or mlir(*a, **k)
+    )
+    name = prepared.modality.input_name
+    for fail in (False, True):
+        used.clear()
+        content = kx_tflite.convert(tmp_path / "sm", "int8", name, calibration=data)
+        assert used == (["flatbuffer", "mlir"] if fail else ["flatbuffer"])
+        assert "CONV_2D" in kx_tflite.list_ops(content)[0]
