@@ -507,16 +507,16 @@ def test_multilabel_predict_names_each_probability_and_the_labels_over_the_thres
     assert capsys.readouterr().out.strip() == "t.npy[0]  labels: 0  |  0=0.900  1=0.100"
 
 
-@pytest.mark.parametrize("value", ["0", "1", "-2", "two"])
+@pytest.mark.parametrize("value", ["0", "1", "-2"])
 @pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_folds_below_two_is_an_error_naming_the_flag_and_the_range(
     command, value, tmp_path, capsys
 ):
     """--folds 0 did a plain evaluation (or run) instead of refusing, as --folds 1 does."""
-    args = [command, str(tmp_path / "run"), "--folds", value]
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "argument --folds: expected a whole number of folds >= 2" in err
-    assert f"got {value!r}" in err
+    assert main([command, str(tmp_path / "run"), "--folds", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.endswith(
+        f"--folds: expected a whole number of folds >= 2 (at most the number of examples), "
+        f"got {value}."
+    )

@@ -88,7 +88,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--folds",
-        type=_folds_int,
+        type=int,
         help="k-fold cross-validation instead of one run (k >= 2, at most the number of examples)",
     )
     p.add_argument("--no-resume", action="store_true", help="start over, ignoring backups")
@@ -124,6 +124,7 @@ def run_train(args: argparse.Namespace) -> int:
     """``kerastl train``: one run, or k-fold cross-validation with ``--folds``."""
     from kerastl.train._config import check_data_paths, load_config
 
+    _check_folds(args.folds)
     overrides = _overrides(args)
     cfg = load_config(args.config, overrides)  # validates before TensorFlow loads
     check_data_paths(cfg, args.config or "config")
@@ -170,7 +171,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="evaluate on this data instead of the run's validation split")
     p.add_argument(
         "--folds",
-        type=_folds_int,
+        type=int,
         help="k-fold cross-validation of the run's config (retrains k times; k >= 2)",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -180,6 +181,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``kerastl evaluate RUN_DIR``: metrics and plots again, or k-fold with ``--folds``."""
     from kerastl.train.runfolder import read_config
 
+    _check_folds(args.folds)
     cfg = read_config(args.run_dir)
     if args.folds is not None:
         from kerastl.train._config import validate_config
@@ -242,26 +244,24 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def _folds_int(text: str) -> int:
-    """argparse ``type`` of ``--folds``: a whole number >= 2 (exit 2 naming the value otherwise).
+def _check_folds(folds: int | None) -> None:
+    """``--folds``, when given, is >= 2 (a ConfigError naming it otherwise, before TensorFlow).
 
     Example:
-        >>> _folds_int("3")
-        3
-        >>> _folds_int("0")
+        >>> _check_folds(None), _check_folds(3)
+        (None, None)
+        >>> _check_folds(0)
         Traceback (most recent call last):
         ...
-        argparse.ArgumentTypeError: expected a whole number of folds >= 2 (at most the number of examples), got '0'.
+        kerastl.errors.ConfigError: --folds: expected a whole number of folds >= 2 (at most the number of examples), got 0.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 2 or str(value) != text.strip():
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number of folds >= 2 (at most the number of examples), got {text!r}."
+    if folds is not None and folds < 2:
+        from kerastl.errors import ConfigError
+
+        raise ConfigError(
+            "--folds: expected a whole number of folds >= 2 (at most the number of examples), "
+            f"got {folds}."
         )
-    return value
 
 
 def _positive_int(flag: str):
