@@ -62,15 +62,15 @@ def _calibration(model: keras.Model, cfg: dict, train_ex: kdata.Examples) -> tup
         return None, None
     indices = sample_indices(train_ex, CALIBRATION_SAMPLES, cfg["seed"] + 1)
     x_cal, cal_sample = _materialise(train_ex, indices, model, cfg)
+    counts = cal_sample.class_counts()
     info = {
-        "source": "training data, class-stratified random sample",
+        "source": "training data, "
+        + ("class-stratified random sample" if counts else "random sample"),
         "samples": len(cal_sample),
-        "class_counts": cal_sample.class_counts(),
+        "class_counts": counts,
     }
-    log.info(
-        f"int8 calibration: {len(cal_sample)} training examples, per class "
-        f"{cal_sample.class_counts()}"
-    )
+    per_class = f", per class {counts}" if counts else ""  # none for regression
+    log.info(f"int8 calibration: {len(cal_sample)} training examples{per_class}")
     return x_cal, info
 
 
