@@ -167,6 +167,9 @@ def fit_image_array(x: Any, shape: Any, argument: str, source: str) -> Any:
         >>> import numpy as np
         >>> fit_image_array(np.zeros((2, 8, 8), "uint8"), (8, 8, 3), "inputs", "x.npy").shape
         (2, 8, 8, 3)
+        >>> fit_image_array(np.zeros((2, 8, 8, 3)), (8, 8, 4), "inputs", "x.npy")
+        Traceback (most recent call last):
+        kerastl.errors.DataError: inputs: x.npy holds an array of shape (2, 8, 8, 3) (float64); the model takes 4-channel images of size (8, 8). Accepted shapes: (N, 8, 8, 4), or one image (8, 8, 4); raw 0-255 pixels.
     """
     import numpy as np
 
@@ -182,7 +185,8 @@ def fit_image_array(x: Any, shape: Any, argument: str, source: str) -> Any:
         return x[None]
     if x.ndim == 3 and fits(x.shape[1:], (h, w)):
         x = x[..., None]
-    if x.ndim == 4 and fits(x.shape[1:3], (h, w)) and x.shape[3] in (1, 3, c):
+    grey_rgb = c in (1, 3) and x.ndim == 4 and x.shape[3] in (1, 3)  # read as files are
+    if x.ndim == 4 and fits(x.shape[1:3], (h, w)) and (c in (None, x.shape[3]) or grey_rgb):
         if x.shape[3] == 1 and c == 3:
             return np.repeat(x, 3, axis=-1)
         if x.shape[3] == 3 and c == 1:  # the weights of tf.image.rgb_to_grayscale
@@ -190,10 +194,14 @@ def fit_image_array(x: Any, shape: Any, argument: str, source: str) -> Any:
             return np.round(luma)[..., None].astype(x.dtype)
         return x
     hw = ", ".join("any" if s is None else str(s) for s in (h, w))
+    grey = (
+        f", (N, {hw}, {1 if c == 3 else 3}) or (N, {hw}) (grayscale, as grey image files)"
+        if c in (1, 3)
+        else ""
+    )
     raise DataError(
         f"{argument}: {source} holds an array of shape {tuple(x.shape)} ({x.dtype}); the model "
-        f"takes {c}-channel images of size ({hw}). Accepted shapes: (N, {hw}, {c}), "
-        f"(N, {hw}, {1 if c == 3 else 3}) or (N, {hw}) (grayscale, as grey image files), or "
+        f"takes {c}-channel images of size ({hw}). Accepted shapes: (N, {hw}, {c}){grey}, or "
         f"one image ({hw}, {c}); raw 0-255 pixels."
     )
 
