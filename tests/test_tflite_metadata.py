@@ -291,3 +291,14 @@ def test_int8_uses_the_flatbuffer_quantizer_and_falls_back_to_mlir(tmp_path, mon
         content = kx_tflite.convert(tmp_path / "sm", "int8", name, calibration=data)
         assert used == (["flatbuffer", "mlir"] if fail else ["flatbuffer"])
         assert "CONV_2D" in kx_tflite.list_ops(content)[0]
+    # a conversion that fails before quantizing is not run a second time
+    converts = []
+
+    def broken(self):
+        converts.append(1)
+        raise RuntimeError("'tf.Foo' op is neither a custom op nor a flex op")
+
+    monkeypatch.setattr(lite.TFLiteSavedModelConverterV2, "convert", broken)
+    with pytest.raises(kerastl.ExportError, match="tf.Foo"):
+        kx_tflite.convert(tmp_path / "sm", "int8", name, calibration=data)
+    assert converts == [1]

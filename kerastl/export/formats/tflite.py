@@ -125,12 +125,25 @@ def convert(
 
 def _convert(converter: Any) -> bytes:
     """``converter.convert()``; an int8 graph the flatbuffer quantizer refuses goes
-    through TensorFlow's default (MLIR) quantizer instead."""
+    through TensorFlow's default (MLIR) quantizer instead. A conversion that failed
+    before quantizing (unsupported ops...) fails as it is: it would fail again."""
     if converter.experimental_new_quantizer:
         return converter.convert()
+    from tensorflow.lite.python.optimize import calibrator
+
+    reached = []
+    quantize = calibrator.Calibrator.calibrate_and_quantize
+
+    def noted(self: Any, *args: Any, **kwargs: Any) -> bytes:
+        reached.append(True)
+        return quantize(self, *args, **kwargs)
+
     try:
-        return converter.convert()
+        with patched((calibrator.Calibrator, "calibrate_and_quantize", noted)):
+            return converter.convert()
     except Exception as exc:  # noqa: BLE001 - whatever the legacy quantizer raises
+        if not reached:
+            raise
         log.info("  int8: the flatbuffer quantizer failed (%s); using the MLIR quantizer", exc)
         converter.experimental_new_quantizer = True
         return converter.convert()
