@@ -469,6 +469,22 @@ def test_predict_on_a_text_model_reads_text_files_and_says_where_each_row_came_f
     assert "Text models: each argument is a text, except an existing .txt file" in helptext
 
 
+def test_predict_on_a_text_model_takes_a_text_longer_than_a_file_name(monkeypatch, capsys):
+    """A 400-character review (no '/') was probed as a path: Path.is_file() raised
+    OSError(36, 'File name too long') on Python 3.11 and predict exited 1."""
+    from kerastl.cli.export import text_inputs
+
+    review = ("a long and thoughtful review of the film " * 10)[:400]
+    assert text_inputs([review, "x\nwith a break"]) == (
+        [review, "x\nwith a break"],
+        ["argument 1", "argument 2"],
+    )
+    art = _FakeArtifact("classification", ["finance", "sport"], [0.25, 0.75])
+    _fake_predict(monkeypatch, art)
+    assert main(["predict", "m.tflite", review]) == 0
+    assert art.received == [[review]]
+
+
 def test_binary_predict_prints_the_probability_of_the_printed_class(monkeypatch, capsys):
     """`t.npy[1]  finance (p=0.439)` where P(finance) = 0.561: the positive class's
     probability was printed beside the negative label (and in --json 'probability')."""

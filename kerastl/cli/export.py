@@ -347,13 +347,36 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], set[str]]:
             raise DataError(
                 f"inputs: argument {n} is empty (''); give image files or folders of images."
             )
-        if Path(item).is_dir():
+        if _path_kind(item) == "folder":
             files = [str(f) for f in image_files(Path(item), "inputs")]
             out += files
             found.update(files)
         else:
             out.append(item)
     return out, found
+
+
+def _path_kind(item: str) -> str | None:
+    """``"file"`` or ``"folder"`` if the argument ``item`` names one, else None.
+
+    Only an argument that could be a path is probed: not ``""`` (the current folder
+    to ``Path``) nor one with a line break or NUL. A probe the system refuses (a name
+    over 255 bytes: ``File name too long``, a folder it may not read) counts as no path,
+    so a long text given as an argument stays a text.
+
+    Example:
+        >>> _path_kind("a" * 400) is None
+        True
+    """
+    if not item or any(c in item for c in "\n\r\0"):
+        return None
+    path = Path(item)
+    try:
+        if path.is_file():
+            return "file"
+        return "folder" if path.is_dir() else None
+    except (OSError, ValueError):
+        return None
 
 
 def text_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
@@ -379,18 +402,17 @@ def text_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
         "with a 'text' column"
     )
     for n, item in enumerate(inputs, 1):
-        path = Path(item)
-        is_file = item != "" and path.is_file()
-        if is_file and path.suffix.lower() in TEXT_SUFFIXES:
+        path, kind = Path(item), _path_kind(item)
+        if kind == "file" and path.suffix.lower() in TEXT_SUFFIXES:
             for place, text in read_texts(path, "inputs"):
                 where.append(place)
                 texts.append(text)
             continue
         if item != "" and path.suffix.lower() in TEXT_SUFFIXES:
             raise DataError(f"inputs: no file at {item!r} (argument {n}); {takes}.")
-        if is_file or (item != "" and path.is_dir()):
-            kind = "a folder" if path.is_dir() else "a file but not a text file"
-            raise DataError(f"inputs: {item!r} (argument {n}) is {kind}; {takes}.")
+        if kind is not None:
+            what = "a folder" if kind == "folder" else "a file but not a text file"
+            raise DataError(f"inputs: {item!r} (argument {n}) is {what}; {takes}.")
         texts.append(item)
         where.append(f"argument {n}")
     return texts, where
