@@ -165,3 +165,37 @@ def test_load_artifact_of_a_missing_file_lists_the_folders_artifacts(tmp_path):
     assert "export_report" not in msg
     with pytest.raises(kerastl.ConfigError, match="There is no folder"):
         kerastl.load_artifact(tmp_path / "nope" / "model.onnx")
+
+
+def test_load_artifact_of_a_missing_file_skips_a_subfolder_it_may_not_read(tmp_path, monkeypatch):
+    """Listing the folder's artifacts probed every subfolder: one without read permission
+    raised PermissionError instead of the missing-path ConfigError (chmod does not stop
+    root, so the refusal is simulated)."""
+    from pathlib import Path
+
+    import kerastl
+
+    (tmp_path / "net.onnx").write_bytes(b"")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "saved_model" / "private").mkdir(parents=True)
+    real_is_file, real_iterdir = Path.is_file, Path.iterdir
+
+    def refused(path):
+        if path.name in ("locked", "private") or path.parent.name in ("locked", "private"):
+            raise PermissionError(13, "Permission denied", str(path))
+
+    def is_file(path):
+        refused(path)
+        return real_is_file(path)
+
+    def iterdir(path):
+        refused(path)
+        return real_iterdir(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(kerastl.ConfigError) as info:
+        kerastl.load_artifact(tmp_path / "model.onnx")
+    msg = str(info.value)
+    assert msg.startswith(f"path: nothing at {str(tmp_path / 'model.onnx')!r}.")
+    assert f"Artifacts in {str(tmp_path)!r}: net.onnx." in msg

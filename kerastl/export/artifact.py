@@ -68,20 +68,38 @@ def artifacts_in(folder: str | os.PathLike) -> list[str]:
         ['model.onnx', 'model.tflite', 'saved_model/model']
     """
     folder = Path(folder)
-    found = [p.name for p in folder.iterdir() if p.is_file() and p.suffix in _SUFFIXES]
+    found = [p.name for p in _entries(folder) if p.suffix in _SUFFIXES and _probe(p.is_file)]
     for sub in (folder / "saved_model", folder):
-        if sub.is_dir():
-            found += [str(p.relative_to(folder)) for p in sub.iterdir() if _is_saved_model_dir(p)]
+        found += [str(p.relative_to(folder)) for p in _entries(sub) if _is_saved_model_dir(p)]
     return sorted(set(found))
 
 
-def _is_saved_model_dir(path: Path) -> bool:
-    """A SavedModel folder: ``saved_model.pb`` in it or in a numbered version under it."""
-    if not path.is_dir():
+def _probe(check: Any) -> bool:
+    """``check()`` (``path.is_file``, ``path.is_dir``), False where the system refuses it."""
+    try:
+        return bool(check())
+    except OSError:
         return False
-    if (path / "saved_model.pb").is_file():
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What ``folder`` holds; nothing if it is no folder or cannot be read (no permission)."""
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
+def _is_saved_model_dir(path: Path) -> bool:
+    """A SavedModel folder: ``saved_model.pb`` in it or in a numbered version under it.
+
+    A folder that cannot be read is none (skipped, not an error).
+    """
+    if not _probe(path.is_dir):
+        return False
+    if _probe((path / "saved_model.pb").is_file):
         return True
-    return any(v.name.isdigit() and (v / "saved_model.pb").is_file() for v in path.iterdir())
+    return any(v.name.isdigit() and _probe((v / "saved_model.pb").is_file) for v in _entries(path))
 
 
 def missing_artifact_error(path: Path) -> ConfigError:
