@@ -91,29 +91,33 @@ def embedder(model: keras.Model) -> keras.Model:
     return KerastlModel(model.inputs, head.input, name=f"{model.name}_embedder")
 
 
-def features(model: keras.Model, x: Any, batch_size: int = 32) -> np.ndarray:
-    """Raw pooled features of inputs ``x`` (images 0-255 or strings), before centring."""
+def features(model: keras.Model, x: Any, batch_size: int = 32, argument: str = "x") -> np.ndarray:
+    """Raw pooled features of inputs ``x`` (images 0-255 or strings), before centring.
+
+    ``argument`` is the caller's name for ``x``, named by the error for bad inputs.
+    """
     from kerastl.core.model import _strings_as_objects
 
     x = _strings_as_objects(x)
-    if len(x) == 0:
-        raise DataError("examples: got no examples to embed.")
-    check_support(model, x)
+    check_support(model, x, argument)
     return np.asarray(embedder(model).predict(x, batch_size=batch_size, verbose=0), "float64")
 
 
-def check_support(model: keras.Model, x: Any) -> None:
-    """Refuse support examples whose shape or kind does not fit ``model``'s input.
+def check_support(model: keras.Model, x: Any, argument: str = "x") -> None:
+    """Refuse examples that are none or whose shape or kind does not fit ``model``'s input.
 
     Images must be ``(N, *input shape)`` numbers, text a 1-D batch of strings; the
-    error names ``support``, the shape received and the shape expected.
+    error names ``argument`` (the caller's name for ``x``: ``support``, ``examples``,
+    ``x``), the shape received and the shape expected.
 
     Example:
-        >>> check_support(model, np.zeros((4, 64, 64)))  # doctest: +SKIP
+        >>> check_support(model, np.zeros((4, 64, 64)), "support")  # doctest: +SKIP
         Traceback (most recent call last):
         ...
         kerastl.errors.DataError: support: expected examples of shape (N, 64, 64, 3) ...
     """
+    if len(x) == 0:
+        raise DataError(f"{argument}: got no examples to embed.")
     arr = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=object if _texts(x) else None)
     want = tuple(model.input_shape[1:])
     strings = arr.dtype.kind in "US" or (arr.dtype.kind == "O" and _texts(arr.ravel()[:1]))
@@ -129,7 +133,7 @@ def check_support(model: keras.Model, x: Any) -> None:
     if not text and len(want) == 3 and want[-1] == 3 and tuple(arr.shape[1:]) == want[:2]:
         hint = " For grey images repeat them to RGB: np.repeat(x[..., None], 3, axis=-1)."
     raise DataError(
-        f"support: expected examples of shape {expected} (this model's input "
+        f"{argument}: expected examples of shape {expected} (this model's input "
         f"{ModelMeta.of(model).input.get('name', 'input')!r}), got {got}.{hint}"
     )
 
@@ -138,15 +142,16 @@ def _texts(x: Any) -> bool:
     return len(x) > 0 and all(isinstance(v, str) for v in list(x)[:8])
 
 
-def embed(model: keras.Model, x: Any, batch_size: int = 32) -> np.ndarray:
+def embed(model: keras.Model, x: Any, batch_size: int = 32, argument: str = "x") -> np.ndarray:
     """What the head compares: ``unit(features - center)`` of raw inputs ``x``, float64.
 
     With a whitening head, ``unit((unit(features - center) - shift) @ whitening)``.
+    ``argument`` is the caller's name for ``x``, named by the error for bad inputs.
 
     Example:
         >>> e = embed(model, images)  # doctest: +SKIP
     """
-    return transformed(head_of(model), features(model, x, batch_size))
+    return transformed(head_of(model), features(model, x, batch_size, argument))
 
 
 def transformed(head: PrototypeHead, raw: np.ndarray) -> np.ndarray:
@@ -334,12 +339,19 @@ def add_examples(
     Example:
         >>> add_examples(model, ["a new sentence"], ["sport"])  # doctest: +SKIP
     """
+    return _add_examples(model, x, y, batch_size, weight, "x")
+
+
+def _add_examples(
+    model: keras.Model, x: Any, y: Any, batch_size: int, weight: float, argument: str
+) -> keras.Model:
+    """:func:`add_examples`; errors name ``argument``, the caller's name for ``x``."""
     head = head_of(model)
     names = list(ModelMeta.of(model).class_names or [])
     ids = _class_ids(y, names)
     if len(ids) != len(x):
-        raise DataError(f"support: {len(x)} examples but {len(ids)} labels.")
-    e = embed(model, x, batch_size)
+        raise DataError(f"{argument}: {len(x)} examples but {len(ids)} labels.")
+    e = embed(model, x, batch_size, argument)
     _, sums, counts = (np.asarray(w, "float64") for w in head.get_weights()[:3])
     np.add.at(sums, ids, e * weight)
     np.add.at(counts, ids, weight)
@@ -399,9 +411,10 @@ def add_class(
     )
     weight = float((ModelMeta.of(model).prototypes or {}).get("description_weight", 1.0))
     if description is not None:
-        add_examples(new, [_check_text(new, description)], [name], batch_size, weight)
+        text = _check_text(new, description)
+        _add_examples(new, [text], [name], batch_size, weight, "description")
     if examples is not None:
-        add_examples(new, examples, [name] * len(examples), batch_size)
+        _add_examples(new, examples, [name] * len(examples), batch_size, 1.0, "examples")
     return new
 
 
@@ -670,6 +683,8 @@ def _fill(
     batch_size: int,
     center: bool,
 ) -> None:
+    from kerastl.core.model import _strings_as_objects
+
     if class_descriptions is not None:
         texts = (
             [class_descriptions[n] for n in names]
@@ -682,15 +697,17 @@ def _fill(
                 f"{names!r}; give one per class."
             )
         texts = [_check_text(model, t) for t in texts]
-        add_examples(model, texts, np.arange(len(names)), batch_size, description_weight)
+        ids = np.arange(len(names))
+        _add_examples(model, texts, ids, batch_size, description_weight, "class_descriptions")
     if support is not None:
         if not isinstance(support, (tuple, list)) or len(support) != 2:
             raise ConfigError(f"support: expected (x, y), got {type(support).__name__}.")
+        check_support(model, _strings_as_objects(support[0]), "support")  # before set_center
         if center and class_descriptions is None:
             set_center(model, support[0], batch_size)
         if head_of(model).whiten and class_descriptions is None:
             set_whitening(model, support[0], support[1], batch_size)
-        add_examples(model, support[0], support[1], batch_size)
+        _add_examples(model, support[0], support[1], batch_size, 1.0, "support")
 
 
 def set_center(model: keras.Model, x: Any = None, batch_size: int = 32) -> np.ndarray:

@@ -515,8 +515,27 @@ def test_support_of_the_wrong_shape_or_kind_is_named_with_both_shapes():
     with pytest.raises(DataError, match=r"support: .*got strings of shape \(2,\)"):
         kerastl.build("mobilenet_v3_small", support=(["a", "b"], [0, 1]), **TINY)
     m = kerastl.build("mobilenet_v3_small", support=(x, y), **TINY)
-    with pytest.raises(DataError, match=r"support: .*\(N, 32, 32, 3\).*\(2, 16, 32, 3\)"):
+    with pytest.raises(DataError, match=r"examples: .*\(N, 32, 32, 3\).*\(2, 16, 32, 3\)"):
         P.add_class(m, "new", examples=x[:2, :16])
+
+
+def test_bad_examples_are_named_by_the_argument_they_came_in():
+    """Every check said 'support: ...', also for add_class(examples=), add_examples,
+    embed, set_center and set_whitening, which take no argument called support."""
+    x, y = _tiny_support([0, 0, 1, 1])
+    m = kerastl.build("mobilenet_v3_small", support=(x, y), **TINY)
+    with pytest.raises(DataError, match=r"^examples: expected examples of shape \(N, 32, 32, 3\)"):
+        P.add_class(m, "new", examples=["a", "b"])
+    with pytest.raises(DataError, match=r"^examples: got no examples to embed"):
+        P.add_class(m, "new", examples=x[:0])
+    with pytest.raises(DataError, match=r"^x: .*got float32 of shape \(4, 32, 32\)"):
+        P.add_examples(m, x[..., 0], y)
+    with pytest.raises(DataError, match=r"^x: expected examples"):
+        P.embed(m, x[:2, :16])
+    with pytest.raises(DataError, match=r"^x: expected examples"):
+        P.set_center(m, x[..., 0])
+    with pytest.raises(DataError, match=r"^support: expected examples"):  # before set_center
+        kerastl.build("mobilenet_v3_small", support=(x[..., 0], y), center=True, **TINY)
 
 
 def test_add_class_says_names_are_strings_and_suggests_the_id_name():
