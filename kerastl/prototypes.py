@@ -533,7 +533,6 @@ def build_prototypes(
     support: tuple[Any, Any] | None = None,
     class_names: Sequence[str] | None = None,
     class_descriptions: Sequence[str] | dict[str, str] | None = None,
-    num_classes: int | None = None,
     weights: Any = None,
     input_shape: Any = None,
     temperature: float = 0.1,
@@ -543,6 +542,7 @@ def build_prototypes(
     center: bool = False,
     whiten: bool = False,
     shrinkage: float | str | None = None,
+    num_classes: int | None = None,
     **adapter_kwargs: Any,
 ) -> keras.Model:
     """A prototype classifier on a registry backbone, built from data without training.
@@ -556,7 +556,6 @@ def build_prototypes(
         class_descriptions: Text backbones: one description per class (a list in the
             order of ``class_names``, or a ``{name: description}`` dict). Each becomes
             the class's starting prototype (zero-shot).
-        num_classes: Must agree with the names; keeps label ids without examples (empty).
         weights: Pretrained weights of the backbone (``"imagenet"``, a preset folder).
         input_shape: Image size or the text options' defaults.
         temperature: Softmax temperature of the cosine similarities.
@@ -580,6 +579,7 @@ def build_prototypes(
             ``"auto"``: the value of :data:`SHRINKAGE_GRID` that classifies the
             support best with each example left out (:func:`choose_shrinkage`),
             chosen again whenever the transform is re-estimated.
+        num_classes: Must agree with the names; keeps label ids without examples (empty).
         **adapter_kwargs: Source options (``sequence_length`` for text).
 
     Returns:

@@ -538,6 +538,27 @@ def test_bad_examples_are_named_by_the_argument_they_came_in():
         kerastl.build("mobilenet_v3_small", support=(x[..., 0], y), center=True, **TINY)
 
 
+def test_build_prototypes_keeps_its_positional_parameters_and_num_classes_comes_last():
+    """num_classes was inserted before weights: build_prototypes(name, support, None, None,
+    "imagenet") passed "imagenet" as num_classes and every later positional shifted."""
+    import inspect
+
+    params = list(inspect.signature(P.build_prototypes).parameters)
+    assert params[:6] == [
+        "name",
+        "support",
+        "class_names",
+        "class_descriptions",
+        "weights",
+        "input_shape",
+    ]
+    assert params[-2:] == ["num_classes", "adapter_kwargs"]
+    m = P.build_prototypes("mobilenet_v3_small", _tiny_support([0, 1]), None, None, None, 32, 0.5)
+    assert m.input_shape == (None, 32, 32, 3) and m.kerastl_config["weights"] is None
+    assert m.kerastl_config["prototypes"]["temperature"] == 0.5
+    assert m.kerastl_config["class_names"] == ["class_0", "class_1"]
+
+
 def test_add_class_says_names_are_strings_and_suggests_the_id_name():
     m = kerastl.build("mobilenet_v3_small", support=_tiny_support([0, 1, 2]), **TINY)
     with pytest.raises(ConfigError) as info:
