@@ -1123,6 +1123,24 @@ def test_unfinished_run_counts_the_epochs_early_stopping_left(tmp_path, caplog):
     )
 
 
+def test_rerun_of_a_run_without_phase_1_killed_after_phase_2_takes_its_result(
+    tmp_path, caplog, monkeypatch
+):
+    """train.epochs: 0 writes no phase-1 state; phase 2's end must still be seen."""
+    from kerastl.train import run, train
+
+    monkeypatch.setattr(run, "_report", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    cfg = _early_stopping_cfg(tmp_path, "no_phase1")
+    cfg["train"]["epochs"] = 0
+    with pytest.raises(RuntimeError):
+        train(cfg)
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="kerastl"):
+        result = train(cfg)
+    assert "resuming: phase 2 already done (2 epochs in all)" in caplog.text
+    assert len(result.history["loss"]) == 2
+
+
 def test_run_killed_after_early_stopping_ended_its_training(tmp_path, caplog, monkeypatch):
     """Early stopping ended both phases (2 + 2 epochs of 6 + 3); the run was killed while
     it was scored. `kerastl evaluate` said "phase 2, epoch 4 of 9": its training was over."""

@@ -30,6 +30,7 @@ from kerastl.train._callbacks import (
 )
 from kerastl.train._strategy import prepare_fit, strategy_name
 from kerastl.train.context import RunContext
+from kerastl.train.runfolder import read_json
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +364,9 @@ def _phase2_already_done(ctx: RunContext) -> bool:
     result instead of training on. Without this, the backup of its last epoch would resume
     ``fit()`` after that epoch, and an early-stopped run would train epochs an
     uninterrupted run never trained."""
-    state = ctx.state if ctx.resuming else {}
+    # state.json itself: without a phase 1 (train.epochs: 0) ctx.state is {}
+    path = ctx.folder.state_dir / "state.json"
+    state = read_json(path) if ctx.resuming and path.is_file() else {}
     last = ctx.folder.backup_root / "phase2" / "latest.weights.h5"
     if not state.get("phase2_done") or not (ctx.best.saved or last.is_file()):
         return False
