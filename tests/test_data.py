@@ -389,6 +389,27 @@ def test_validation_and_calibration_data_by_path(tmp_path):
             load_data_path(bad, "validation_data", None)
 
 
+def test_text_validation_data_keeps_texts_and_labels_of_the_same_rows(tmp_path):
+    """A JSONL text 0 or false is a text to read_texts but was dropped from the labels'
+    rows (``r.get("text") or ""``): 3 texts and 1 label. One row filter gives both."""
+    from kerastl.data.files import load_data_path, read_texts
+
+    rows = [
+        {"text": 0, "label": "neg"},
+        {"text": False, "label": "pos"},
+        {"text": "", "label": "neg"},
+        {"text": None, "label": "neg"},
+        {"text": "a good film", "label": "pos"},
+    ]
+    path = tmp_path / "v.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    texts, labels = load_data_path(path, "validation_data", ["neg", "pos"])
+    assert texts.tolist() == ["0", "False", "a good film"]
+    assert labels.tolist() == [0, 1, 1]
+    assert [t for _, t in read_texts(path, "inputs")] == texts.tolist()
+    assert [w.rsplit(":", 1)[1] for w, _ in read_texts(path, "inputs")] == ["1", "2", "5"]
+
+
 def test_a_text_csv_without_a_text_column_gets_a_text_error(tmp_path):
     """``sentence,label`` is text, not a CSV of image paths: the error names data.text_column,
     the column it expected, the columns found and how to choose one."""

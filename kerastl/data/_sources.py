@@ -661,6 +661,15 @@ def folder_modality(root: str | os.PathLike) -> str:
     return "text" if text else "image"
 
 
+def empty_columns(row: dict, needed: dict[str, str]) -> list[str]:
+    """What each column of ``needed`` (column -> what it holds) that ``row`` leaves empty
+    holds: a missing or None value, or one whose ``str()`` is blank (``0``, ``False`` are
+    values). The one test of an empty cell, for training, export and predict data alike."""
+    return [
+        what for col, what in needed.items() if row.get(col) is None or not str(row[col]).strip()
+    ]
+
+
 def _drop_empty_rows(
     rows: list[dict], lines: list[int], path: Path, needed: dict[str, str]
 ) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -668,11 +677,7 @@ def _drop_empty_rows(
     ``("file:line", "empty <what>")`` for each other row (an empty label is no class)."""
     kept, skipped = [], []
     for row, line in zip(rows, lines):
-        empty = [
-            what
-            for col, what in needed.items()
-            if row.get(col) is None or not str(row[col]).strip()
-        ]
+        empty = empty_columns(row, needed)
         if empty:
             skipped.append((f"{path}:{line}", "empty " + " and ".join(empty)))
         else:

@@ -76,17 +76,13 @@ def _text_data(path: Path, argument: str, class_names: list[str] | None) -> Any:
     the model's class names, ``(texts, class ids)`` (rows with an empty label left out)."""
     import numpy as np
 
-    from kerastl.data._sources import _read_csv, _read_jsonl, encode_labels
+    from kerastl.data._sources import empty_columns, encode_labels
 
-    texts = np.asarray([t for _, t in read_texts(path, argument)], dtype=object)
-    if not class_names or path.suffix.lower() in TEXT_LINE_SUFFIXES:
+    rows, _, header = _text_rows(path, argument, "text")  # read once: texts and labels agree
+    texts = np.asarray([str(r["text"]) for r in rows], dtype=object)
+    if not class_names or "label" not in header:
         return texts
-    reader = _read_jsonl if path.suffix.lower() in (".jsonl", ".ndjson") else _read_csv
-    rows, header, _ = reader(path)
-    if "label" not in header:
-        return texts
-    rows = [r for r in rows if str(r.get("text") or "").strip()]
-    if any(r.get("label") is None or not str(r["label"]).strip() for r in rows):
+    if any(empty_columns(r, {"label": "label"}) for r in rows):
         return texts  # unlabelled rows: the texts only, as an unlabelled image folder
     where = f"{argument}: {str(path)!r}"
     y, _ = encode_labels([r["label"] for r in rows], "classification", class_names, where)
@@ -224,7 +220,20 @@ def read_texts(path: Any, argument: str, text_column: str = "text") -> list[tupl
         >>> [(w.split(":")[-1], t) for w, t in read_texts(path, "inputs")]
         [('1', 'a good film'), ('3', 'awful')]
     """
-    from kerastl.data._sources import _not_utf8, _read_csv, _read_jsonl
+    rows, lines, _ = _text_rows(path, argument, text_column)
+    return [(f"{Path(path)}:{line}", str(r[text_column])) for r, line in zip(rows, lines)]
+
+
+def _text_rows(
+    path: Any, argument: str, text_column: str
+) -> tuple[list[dict], list[int], list[str]]:
+    """The rows of a text file with a non-empty ``text_column``, the line of each and the
+    columns (a ``.txt`` line is a row whose one column is ``text_column``).
+
+    Raises:
+        DataError: as :func:`read_texts`.
+    """
+    from kerastl.data._sources import _not_utf8, _read_csv, _read_jsonl, empty_columns
     from kerastl.errors import DataError
 
     path = Path(path)
@@ -239,7 +248,8 @@ def read_texts(path: Any, argument: str, text_column: str = "text") -> list[tupl
     try:
         if suffix in TEXT_LINE_SUFFIXES:
             with open(path, encoding="utf-8-sig") as f:
-                found = [(i, line.rstrip("\r\n")) for i, line in enumerate(f, 1)]
+                rows = [{text_column: line.rstrip("\r\n")} for line in f]
+            header, lines = [text_column], list(range(1, len(rows) + 1))
         else:
             reader = _read_jsonl if suffix in (".jsonl", ".ndjson") else _read_csv
             rows, header, lines = reader(path)
@@ -247,19 +257,12 @@ def read_texts(path: Any, argument: str, text_column: str = "text") -> list[tupl
         raise DataError(_not_utf8(path, exc).replace("data.path", argument, 1)) from None
     except DataError as exc:  # the training readers name data.path
         raise DataError(str(exc).replace("data.path", argument, 1)) from None
-    if suffix in TEXT_LINE_SUFFIXES:
-        texts = [(f"{path}:{i}", t) for i, t in found if t.strip()]
-    else:
-        if text_column not in header:
-            raise DataError(
-                f"{argument}: {str(path)!r} has no column {text_column!r} of texts (its "
-                f"columns: {header}); name the column of texts {text_column!r}."
-            )
-        texts = [
-            (f"{path}:{line}", str(r[text_column]))
-            for r, line in zip(rows, lines)
-            if r.get(text_column) is not None and str(r[text_column]).strip()
-        ]
-    if not texts:
+    if text_column not in header:
+        raise DataError(
+            f"{argument}: {str(path)!r} has no column {text_column!r} of texts (its "
+            f"columns: {header}); name the column of texts {text_column!r}."
+        )
+    kept = [(r, n) for r, n in zip(rows, lines) if not empty_columns(r, {text_column: "text"})]
+    if not kept:
         raise DataError(f"{argument}: no text in {str(path)!r}.")
-    return texts
+    return [r for r, _ in kept], [n for _, n in kept], header
