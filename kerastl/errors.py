@@ -158,6 +158,28 @@ def check_positive_int(argument: str, value: object, none_means: str | None = No
         raise ConfigError(f"{argument}: expected a positive integer{alt}, got {value!r}.")
 
 
+def check_folds(folds: object, name: str = "folds") -> int:
+    """``folds`` if it is a whole number >= 2 (not a bool), else a ConfigError naming ``name``.
+
+    The one check of k-fold cross-validation's number of folds: ``kerastl.train.kfold``
+    and ``kerastl train/evaluate --folds`` (before TensorFlow is imported).
+
+    Example:
+        >>> check_folds(3)
+        3
+        >>> check_folds(1, "--folds")
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: --folds: expected a whole number of folds >= 2 (at most the number of examples), got 1.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(
+            f"{name}: expected a whole number of folds >= 2 (at most the number of examples), "
+            f"got {folds!r}."
+        )
+    return folds
+
+
 def missing_dependency(module: str, pip_name: str, feature: str) -> MissingDependencyError:
     """Error for an optional dependency that is not importable."""
     return MissingDependencyError(

@@ -536,3 +536,18 @@ def test_folds_below_two_is_an_error_naming_the_flag_and_the_range(
         f"--folds: expected a whole number of folds >= 2 (at most the number of examples), "
         f"got {value}."
     )
+
+
+def test_folds_are_checked_by_one_function_in_errors_for_the_cli_and_kfold():
+    """cli/train.py's _check_folds copied train/kfold.py's check_folds (condition and
+    message): one check in kerastl.errors (no TensorFlow) now serves both."""
+    import kerastl.cli.train as cli_train
+    import kerastl.train.kfold as kfold
+    from kerastl.errors import ConfigError, check_folds
+
+    assert cli_train.check_folds is check_folds and kfold.check_folds is check_folds
+    assert not hasattr(cli_train, "_check_folds")
+    assert check_folds(2) == 2
+    for bad in (1, 0, True, 2.0, "3"):
+        with pytest.raises(ConfigError, match=r"^folds: expected a whole number of folds >= 2"):
+            check_folds(bad)

@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Any
 
+from kerastl.errors import check_folds
 from kerastl.train._config import PRECISIONS, STRATEGIES
 
 # flag dest -> dotted config key
@@ -124,7 +125,8 @@ def run_train(args: argparse.Namespace) -> int:
     """``kerastl train``: one run, or k-fold cross-validation with ``--folds``."""
     from kerastl.train._config import check_data_paths, load_config
 
-    _check_folds(args.folds)
+    if args.folds is not None:
+        check_folds(args.folds, "--folds")  # before TensorFlow is imported
     overrides = _overrides(args)
     cfg = load_config(args.config, overrides)  # validates before TensorFlow loads
     check_data_paths(cfg, args.config or "config")
@@ -181,7 +183,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``kerastl evaluate RUN_DIR``: metrics and plots again, or k-fold with ``--folds``."""
     from kerastl.train.runfolder import read_config
 
-    _check_folds(args.folds)
+    if args.folds is not None:
+        check_folds(args.folds, "--folds")  # before TensorFlow is imported
     cfg = read_config(args.run_dir)
     if args.folds is not None:
         from kerastl.train._config import validate_config
@@ -242,26 +245,6 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer epochs, no export (a smoke test)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the fine-tuned model")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-
-
-def _check_folds(folds: int | None) -> None:
-    """``--folds``, when given, is >= 2 (a ConfigError naming it otherwise, before TensorFlow).
-
-    Example:
-        >>> _check_folds(None), _check_folds(3)
-        (None, None)
-        >>> _check_folds(0)
-        Traceback (most recent call last):
-        ...
-        kerastl.errors.ConfigError: --folds: expected a whole number of folds >= 2 (at most the number of examples), got 0.
-    """
-    if folds is not None and folds < 2:
-        from kerastl.errors import ConfigError
-
-        raise ConfigError(
-            "--folds: expected a whole number of folds >= 2 (at most the number of examples), "
-            f"got {folds}."
-        )
 
 
 def _positive_int(flag: str):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kerastl import data as kdata
-from kerastl.errors import ConfigError
+from kerastl.errors import check_folds
 from kerastl.train import runfolder
 from kerastl.train._config import load_config, validate_config
 from kerastl.train._metrics import HEADLINE, scalar_metrics
@@ -86,25 +86,6 @@ def cross_validate(
     }
     runfolder.write_json(base / "kfold.json", summary)
     return summary
-
-
-def check_folds(folds: Any, name: str = "folds") -> int:
-    """``folds`` if it is a whole number >= 2, else a ConfigError naming ``name``.
-
-    Example:
-        >>> check_folds(3)
-        3
-        >>> check_folds(1, "--folds")
-        Traceback (most recent call last):
-        ...
-        kerastl.errors.ConfigError: --folds: expected a whole number of folds >= 2 (at most the number of examples), got 1.
-    """
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ConfigError(
-            f"{name}: expected a whole number of folds >= 2 (at most the number of examples), "
-            f"got {folds!r}."
-        )
-    return folds
 
 
 def fold_config(cfg: dict, base: Path, i: int) -> dict:
