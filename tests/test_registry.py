@@ -275,9 +275,16 @@ def test_unknown_model_suggests_names_that_start_with_or_contain_the_query():
 
 
 def test_cli_models_unknown_weight_tag_suggests_the_valid_tag():
+    """An unknown tag is bad input: exit 2 and the one-line `kerastl models: error:` form of
+    the other usage errors (it printed the bare message and exited 1)."""
     res = _run_cli("models", "--pretrained", "imagenett")
-    assert res.returncode == 1
-    assert "Unknown weight tag --pretrained 'imagenett'. Did you mean 'imagenet'?" in res.stderr
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith(
+        "kerastl models: error: Unknown weight tag --pretrained 'imagenett'. "
+        "Did you mean 'imagenet'?"
+    )
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "Valid tags: 'imagenet'" in res.stderr
     assert "'*'" not in res.stderr and "TF_IMPORTED False False" in res.stdout
     res = _run_cli("models", "--modality", "audio", "--pretrained", "imagenet")
     assert res.returncode == 1

@@ -122,12 +122,18 @@ def unknown_tag_message(tag: str) -> str | None:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    """``kerastl models``: the registry's models, filtered (no TensorFlow import).
+
+    Raises:
+        UnknownNameError: ``--pretrained TAG`` with a tag no model has (bad input: the
+            dispatcher prints ``kerastl models: error: ...`` and exits 2).
+    """
+    from kerastl.errors import UnknownNameError
     from kerastl.zoo import get_spec, list_models
 
     tag = args.pretrained if isinstance(args.pretrained, str) else None
     if tag is not None and (message := unknown_tag_message(tag)) is not None:
-        print(message, file=sys.stderr)
-        return 1
+        raise UnknownNameError(message)
     names = list_models(
         _wildcard(args.pattern), modality=args.modality, source=args.source, pretrained=tag
     )
