@@ -323,24 +323,7 @@ def from_image_folder(
     if not root.is_dir():
         raise DataError(f"data.path: {str(root)!r} is not a folder.")
     task = _task_name(task)
-    if task not in ("classification", "binary", "embedding"):
-        raise ConfigError(
-            f"task={task!r}: an image folder gives one label per image (its sub-folder); "
-            "use a CSV of path,label for multilabel or regression."
-        )
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if class_names:
-        missing = [c for c in class_names if c not in folders]
-        if missing:
-            raise DataError(
-                f"class_names: no sub-folder {missing} in {str(root)!r} (has {folders})."
-            )
-        folders = [str(c) for c in class_names]
-    if not folders:
-        raise DataError(
-            f"data.path: {str(root)!r} has no sub-folders; expected one sub-folder per class "
-            "(root/cat/*.jpg, root/dog/*.jpg)."
-        )
+    folders = _class_folders(root, task, class_names, "image")
     paths: list[str] = []
     labels: list[str] = []
     for c in folders:
@@ -601,24 +584,7 @@ def from_text_folder(
     """
     root = Path(root)
     task = _task_name(task)
-    if task not in ("classification", "binary", "embedding"):
-        raise ConfigError(
-            f"task={task!r}: a text folder gives one label per file (its sub-folder); use a "
-            "CSV or JSONL file of text,label for multilabel or regression."
-        )
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if class_names:
-        missing = [c for c in class_names if c not in folders]
-        if missing:
-            raise DataError(
-                f"class_names: no sub-folder {missing} in {str(root)!r} (has {folders})."
-            )
-        folders = [str(c) for c in class_names]
-    if not folders:
-        raise DataError(
-            f"data.path: {str(root)!r} has no sub-folders; expected one sub-folder of .txt "
-            "files per class (root/sport/a.txt, root/finance/b.txt), or a CSV/JSONL file."
-        )
+    folders = _class_folders(root, task, class_names, "text")
     texts, labels, skipped = [], [], []
     for c in folders:
         for dirpath, dirs, files in os.walk(root / c):
@@ -891,3 +857,37 @@ def verify_images(ex: Examples, channels: int = 3, workers: int = 8) -> Examples
     keep = np.asarray([i for i, p in enumerate(problems) if not p], dtype=np.int64)
     skipped = list(ex.skipped) + [(str(ex.x[i]), problems[i]) for i in bad]
     return replace(ex, x=ex.x[keep], y=ex.y[keep], skipped=skipped)
+
+
+#: What an image or text folder holds, for :func:`_class_folders`' messages.
+_FOLDER_KINDS = {
+    "image": (
+        "an image folder gives one label per image (its sub-folder); use a CSV of "
+        "path,label for multilabel or regression.",
+        "expected one sub-folder per class (root/cat/*.jpg, root/dog/*.jpg).",
+    ),
+    "text": (
+        "a text folder gives one label per file (its sub-folder); use a CSV or JSONL file "
+        "of text,label for multilabel or regression.",
+        "expected one sub-folder of .txt files per class (root/sport/a.txt, "
+        "root/finance/b.txt), or a CSV/JSONL file.",
+    ),
+}
+
+
+def _class_folders(root: Path, task: str, class_names: Any, kind: str) -> list[str]:
+    """The class sub-folders of an image or text folder (``class_names`` order if given)."""
+    one_label, layout = _FOLDER_KINDS[kind]
+    if task not in ("classification", "binary", "embedding"):
+        raise ConfigError(f"task={task!r}: {one_label}")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if class_names:
+        missing = [c for c in class_names if c not in folders]
+        if missing:
+            raise DataError(
+                f"class_names: no sub-folder {missing} in {str(root)!r} (has {folders})."
+            )
+        folders = [str(c) for c in class_names]
+    if not folders:
+        raise DataError(f"data.path: {str(root)!r} has no sub-folders; {layout}")
+    return folders
