@@ -130,6 +130,19 @@ def test_rank_table_text_json_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_rank_plot_keeps_a_long_candidate_label_whole(tmp_path):
+    """The label of the slowest candidate runs past the axes: the saved image widens to it."""
+    from PIL import Image
+
+    rows = [
+        {"candidate": "a", "logme": 0.5, "size_mb": 4.0, "latency_ms": 2.0, "pareto": True},
+        {"candidate": "efficientnet_lite2@imagenet:tap3 (a long label)", "logme": 0.4,
+         "size_mb": 9.0, "latency_ms": 9.0, "pareto": False},
+    ]  # fmt: skip
+    RankTable(rows, "logme", "tflite").plot(str(tmp_path / "p.png"))
+    assert Image.open(tmp_path / "p.png").size[0] > 6 * 120  # wider than the 6-inch figure
+
+
 def test_rank_table_shows_the_centred_score_and_a_collapsed_candidate_it_cannot_rate(tmp_path):
     rows = [
         {"candidate": "a", "logme": 0.5, "logme_centred": 0.4, "knn": 0.9, "probe": 0.9,

@@ -200,7 +200,7 @@ class RankTable:
         ax.set_xlabel(f"{self.runtime} latency (ms)" if self.runtime != "none" else "rank")
         ax.set_ylabel(self.by)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")  # labels past the axes stay whole
         plt.close(fig)
         return path
 
