@@ -155,7 +155,7 @@ def _setup_logging(args: argparse.Namespace) -> Any:
 
 #: Commands with a ``--weights`` option: the API's ``weights=X`` is ``--weights X`` there.
 _WEIGHTS_FLAG = {"train": "--weights", "demo": "--weights", "advise": "--weights"}
-_API_WEIGHTS = re.compile(r"weights=(?:'([^']*)'|None)")
+_API_WEIGHTS = re.compile(r"(?<![\w-])weights=(?:'([^']*)'|None)")  # not --weights= itself
 #: What the commands without ``--weights`` take instead of weights the API would load.
 _NO_WEIGHTS_FLAG = {
     "predict": "kerastl predict takes a .keras model or an exported artifact (SavedModel "
@@ -174,6 +174,8 @@ def cli_wording(command: str, error: BaseException | str) -> str:
     Example:
         >>> cli_wording("train", "Offline, pass weights='/path/to/weights.h5'.")
         'Offline, pass --weights /path/to/weights.h5.'
+        >>> cli_wording("advise", "Unknown --weights='imagenet2'. Did you mean 'imagenet'?")
+        "Unknown --weights='imagenet2'. Did you mean 'imagenet'?"
         >>> cli_wording("predict", "Offline, place it in ~/.keras, or pass weights='x.h5'.")[:64]
         'Offline, place it in ~/.keras. At the command line: kerastl pred'
     """
