@@ -451,6 +451,63 @@ def test_conv_as_depthwise_leaves_what_it_cannot_rewrite_to_keras():
     assert len(calls) == 2
 
 
+def _op_count(path: Path, op: str) -> int:
+    """How many nodes of type ``op`` the TFLite file's graph has (no delegate)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    return sum(d["op_name"] == op for d in it._get_ops_details())
+
+
+def test_tflite_splits_depthwise_kernels_over_25_taps_and_matches_keras(tmp_path):
+    """A 7x7 stride-1 depthwise conv reaches the TFLite file as 7x3 + 7x3 + 7x1 parts
+    (XNNPACK's one-pass kernels; bench/int8_latency), in float32 and int8, and the file still
+    matches Keras; the SavedModel keeps one conv, and a strided 7x7 conv is left whole."""
+    import keras
+
+    import kerastl
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((20, 20, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    h = keras.layers.DepthwiseConv2D(7, padding="same")(h)  # split
+    h = keras.layers.Conv2D(8, 7, padding="valid", groups=8, activation="relu")(h)  # split
+    h = keras.layers.DepthwiseConv2D(7, strides=2, padding="same")(h)  # strided: whole
+    y = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(x, y)
+    images = _images(16, 20, seed=3)
+    informative(model, images)
+    report = kerastl.export(
+        model,
+        tmp_path,
+        formats=["saved_model", "tflite"],
+        quantize=["int8"],
+        validation_data=images,
+        calibration_data=images,
+        latency_runs=1,
+    )
+    assert report["status"] == "passed", report
+    paths = {(a["format"], a["precision"]): tmp_path / a["path"] for a in report["artifacts"]}
+    for (fmt, q), path in paths.items():
+        if fmt != "tflite":
+            continue
+        assert _op_count(path, "DEPTHWISE_CONV_2D") == 3 + 3 + 1, q
+    float_file = next(p for (f, q), p in paths.items() if f == "tflite" and q == "float32")
+    got = kerastl.load_artifact(float_file).run(images)["probabilities"]
+    np.testing.assert_allclose(got, model(images, training=False).numpy(), atol=1e-5)
+    from tensorflow.python.tools import saved_model_utils
+
+    saved_model = next(p for (f, _), p in paths.items() if f == "saved_model")
+    graph = saved_model_utils.get_meta_graph_def(str(saved_model), "serve").graph_def
+    per_function = [
+        [n.op for n in f.node_def].count("DepthwiseConv2dNative") for f in graph.library.function
+    ]
+    assert max(per_function) == 3, per_function  # the SavedModel's graph is not split
+
+
 @pytest.mark.heavy
 def test_convnext_exports_its_grouped_convs_as_depthwise(tmp_path):
     """ConvNeXt's 7x7 ``Conv2D(groups=channels)``: Keras runs it through an XLA-compiled
@@ -481,13 +538,12 @@ def test_convnext_exports_its_grouped_convs_as_depthwise(tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-4)
     from tensorflow.python.tools import saved_model_utils
 
-    from kerastl.export.formats.tflite import list_ops
-
     graph = saved_model_utils.get_meta_graph_def(str(paths["saved_model"]), "serve").graph_def
     ops = {n.op for f in graph.library.function for n in f.node_def}
     assert "DepthwiseConv2dNative" in ops
     assert not any("_XlaMustCompile" in f.attr for f in graph.library.function)
-    assert "DEPTHWISE_CONV_2D" in list_ops(paths["tflite"].read_bytes())[0]
+    # LiteRT's file: each 7x7 conv as 7x3 + 7x3 + 7x1 (test above, bench/int8_latency)
+    assert _op_count(paths["tflite"], "DEPTHWISE_CONV_2D") == 18 * 3
     convs = [n for n in onnx.load(str(paths["onnx"])).graph.node if n.op_type == "Conv"]
     grouped = [a.i for n in convs for a in n.attribute if a.name == "group" and a.i > 1]
     assert len(grouped) == 18  # ConvNeXt-T: one per block, 3 + 3 + 9 + 3 blocks

@@ -121,3 +121,141 @@ def grouped_convs_as_depthwise() -> Iterator[None]:
     conv._kerastl_depthwise = True
     with patched((backend_nn, "conv", conv)):
         yield
+
+
+#: XNNPACK (LiteRT's default CPU delegate) runs depthwise kernels of up to this many taps in
+#: one pass; larger ones take a multi-pass path that ``python -m bench.int8_latency`` times
+#: at 5x (float32) and 18x (int8) the built-in kernel on this CPU, for 7x7 at 56x56x96.
+XNNPACK_SINGLE_PASS_TAPS = 25
+
+
+def split_columns(kh: int, kw: int, taps: int = XNNPACK_SINGLE_PASS_TAPS) -> list[int]:
+    """Column widths of the parts a ``kh x kw`` kernel is cut into, each of <= ``taps`` taps.
+
+    Example:
+        >>> split_columns(7, 7), split_columns(5, 5), split_columns(5, 7), split_columns(11, 3)
+        ([3, 3, 1], [5], [5, 2], [2, 1])
+    """
+    step = max(1, min(kw, taps // kh))
+    return [min(step, kw - c) for c in range(0, kw, step)]
+
+
+def _ones(value: Any) -> bool:
+    return all(int(v) == 1 for v in (value if isinstance(value, (list, tuple)) else [value]))
+
+
+def split_depthwise(
+    inputs: Any,
+    kernel: Any,
+    strides: Any = 1,
+    padding: str = "valid",
+    data_format: str | None = None,
+    dilation_rate: Any = 1,
+    fallback: Any = None,
+) -> Any:
+    """Keras' ``depthwise_conv``, with a large stride-1 kernel computed in column parts.
+
+    A ``kh x kw`` kernel over :data:`XNNPACK_SINGLE_PASS_TAPS` taps becomes depthwise
+    convolutions over slices of the padded input, one per :func:`split_columns` part,
+    summed: the same numbers, in kernels XNNPACK runs in one pass. Strided, dilated,
+    channels-first and small convolutions go to ``fallback`` (default
+    ``keras.ops.depthwise_conv``).
+
+    Example:
+        >>> import numpy as np, keras
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(2, 9, 8, 3)).astype("float32")
+        >>> k = rng.normal(size=(7, 7, 3, 2)).astype("float32")
+        >>> want = keras.ops.depthwise_conv(x, k, padding="same")
+        >>> got = split_depthwise(x, k, padding="same")
+        >>> bool(np.allclose(got, want, atol=1e-4)), tuple(got.shape)
+        (True, (2, 9, 8, 6))
+    """
+    import tensorflow as tf
+
+    fallback = fallback or keras.ops.depthwise_conv
+    data_format = data_format or keras.config.image_data_format()
+    kh, kw = tuple(kernel.shape[:2]) if len(kernel.shape) == 4 else (0, 0)
+    if (
+        kh * kw <= XNNPACK_SINGLE_PASS_TAPS
+        or len(inputs.shape) != 4
+        or inputs.shape[2] is None
+        or data_format != "channels_last"
+        or not (_ones(strides) and _ones(dilation_rate))
+        or str(padding).lower() not in ("same", "valid")
+    ):
+        return fallback(inputs, kernel, strides, padding, data_format, dilation_rate)
+    x = inputs
+    if str(padding).lower() == "same":
+        ph, pw = (kh - 1) // 2, (kw - 1) // 2
+        x = tf.pad(x, [[0, 0], [ph, kh - 1 - ph], [pw, kw - 1 - pw], [0, 0]])
+    width = x.shape[2] - kw + 1
+    out, c0 = None, 0
+    for g in split_columns(kh, kw):
+        part = tf.nn.depthwise_conv2d(
+            x[:, :, c0 : c0 + width + g - 1, :], kernel[:, c0 : c0 + g], [1, 1, 1, 1], "VALID"
+        )
+        out, c0 = part if out is None else out + part, c0 + g
+    return out
+
+
+@contextlib.contextmanager
+def large_depthwise_split() -> Iterator[None]:
+    """While inside, traced depthwise convolutions run as :func:`split_depthwise`.
+
+    kerastl traces the graph it converts to TFLite inside this block when
+    :func:`has_large_depthwise` says the model needs it: ConvNeXt-T's int8 file then runs
+    in 46 ms instead of 374 ms with XNNPACK (``python -m bench.int8_latency``).
+
+    Example:
+        >>> import numpy as np, keras
+        >>> layer = keras.layers.DepthwiseConv2D(7, padding="same")
+        >>> x = np.ones((1, 8, 8, 2), "float32")
+        >>> want = layer(x).numpy()
+        >>> with large_depthwise_split():
+        ...     got = layer(x).numpy()
+        >>> bool(np.allclose(got, want, atol=1e-5))
+        True
+    """
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    from keras.src.backend.tensorflow import nn as backend_nn
+
+    before = backend_nn.depthwise_conv
+
+    def depthwise_conv(
+        inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1
+    ):
+        return split_depthwise(
+            inputs, kernel, strides, padding, data_format, dilation_rate, fallback=before
+        )
+
+    with patched((backend_nn, "depthwise_conv", depthwise_conv)):
+        yield
+
+
+def has_large_depthwise(model: Any) -> bool:
+    """Whether a layer of ``model`` is a depthwise convolution :func:`split_depthwise` splits.
+
+    ``DepthwiseConv2D`` layers and grouped ``Conv2D`` layers of one channel per group (run
+    as depthwise, :func:`conv_as_depthwise`), stride 1, kernel over 25 taps.
+
+    Example:
+        >>> import keras
+        >>> x = keras.Input((16, 16, 4))
+        >>> small = keras.Model(x, keras.layers.DepthwiseConv2D(5, padding="same")(x))
+        >>> large = keras.Model(x, keras.layers.Conv2D(4, 7, padding="same", groups=4)(x))
+        >>> has_large_depthwise(small), has_large_depthwise(large)
+        (False, True)
+    """
+    for layer in model._flatten_layers(include_self=False):
+        kernel = getattr(layer, "kernel", None) if getattr(layer, "built", False) else None
+        shape = tuple(getattr(kernel, "shape", ()))
+        if len(shape) != 4 or shape[0] * shape[1] <= XNNPACK_SINGLE_PASS_TAPS:
+            continue
+        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+        grouped = isinstance(layer, keras.layers.Conv2D) and shape[2] == 1 and layer.groups > 1
+        if (depthwise or grouped) and _ones(layer.strides) and _ones(layer.dilation_rate):
+            return True
+    return False
