@@ -202,7 +202,7 @@ def markdown(convnext: list[dict[str, Any]], layers: list[dict[str, Any]], cmd: 
     lines = [
         "## Why int8 ConvNeXt is slower than float32 in LiteRT (bench/int8_latency.py)",
         "",
-        f"`{cmd}` ({_git()}). " + " ".join(__doc__.split("\n\n")[2].split()),
+        f"`{cmd}` ({_git()}). " + " ".join(" ".join(__doc__.split("\n\n")[2:4]).split()),
         "",
         "ConvNeXt-T, batch 1, 1 thread, ms (XNNPACK = LiteRT's default; built-in = TFLite's "
         "own kernels only). Partitions: the parts XNNPACK takes the graph in. Fidelity: the "
