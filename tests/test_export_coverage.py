@@ -508,6 +508,55 @@ def test_tflite_splits_depthwise_kernels_over_25_taps_and_matches_keras(tmp_path
     assert max(per_function) == 3, per_function  # the SavedModel's graph is not split
 
 
+def test_has_large_depthwise_only_where_the_split_applies():
+    """Tall kernels (parts would still be over 25 taps), channels-first layers and inputs of
+    unknown width are not split, so they do not cost a second trace."""
+    import keras
+
+    from kerastl.core.convs import has_large_depthwise
+
+    def model(layer, shape=(16, 16, 4)):
+        x = keras.Input(shape)
+        return keras.Model(x, layer(x))
+
+    assert has_large_depthwise(model(keras.layers.DepthwiseConv2D(7, padding="same")))
+    assert not has_large_depthwise(model(keras.layers.DepthwiseConv2D((31, 1), padding="same")))
+    assert not has_large_depthwise(model(keras.layers.DepthwiseConv2D(7, strides=2)))
+    assert not has_large_depthwise(
+        model(keras.layers.DepthwiseConv2D(7, padding="same"), (None, None, 4))
+    )
+    first = keras.layers.DepthwiseConv2D(7, padding="same", data_format="channels_first")
+    assert not has_large_depthwise(model(first, (4, 16, 16)))
+
+
+def test_tflite_source_graph_is_removed_once_every_precision_is_written(tmp_path, monkeypatch):
+    """The split graph traced for TFLite (a second copy of the weights on disk) is gone
+    before the ONNX file is written."""
+    import keras
+
+    import kerastl
+    from kerastl.export import pipeline
+
+    seen = {}
+    run_one = pipeline._run_one
+
+    def spy(fmt, item, job):
+        seen[(fmt.name, item.precision)] = sorted(p.name for p in job.staging.iterdir())
+        return run_one(fmt, item, job)
+
+    monkeypatch.setattr(pipeline, "_run_one", spy)
+    x = keras.Input((12, 12, 3))
+    h = keras.layers.DepthwiseConv2D(7, padding="same")(x)
+    model = keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    images = _images(4, 12, seed=4)
+    report = kerastl.export(
+        model, tmp_path, formats=["saved_model", "tflite", "onnx"], validation_data=images
+    )
+    assert report["status"] == "passed", report
+    assert "tflite_source" in seen[("tflite", "float32")]
+    assert "tflite_source" not in seen[("onnx", "float32")], seen
+
+
 @pytest.mark.heavy
 def test_convnext_exports_its_grouped_convs_as_depthwise(tmp_path):
     """ConvNeXt's 7x7 ``Conv2D(groups=channels)``: Keras runs it through an XLA-compiled

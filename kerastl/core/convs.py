@@ -140,6 +140,11 @@ def split_columns(kh: int, kw: int, taps: int = XNNPACK_SINGLE_PASS_TAPS) -> lis
     return [min(step, kw - c) for c in range(0, kw, step)]
 
 
+def _splits(kh: int, kw: int) -> bool:
+    """Whether cutting a ``kh x kw`` kernel into columns gives parts of <= 25 taps."""
+    return kh * kw > XNNPACK_SINGLE_PASS_TAPS and kh <= XNNPACK_SINGLE_PASS_TAPS
+
+
 def _ones(value: Any) -> bool:
     return all(int(v) == 1 for v in (value if isinstance(value, (list, tuple)) else [value]))
 
@@ -155,11 +160,11 @@ def split_depthwise(
 ) -> Any:
     """Keras' ``depthwise_conv``, with a large stride-1 kernel computed in column parts.
 
-    A ``kh x kw`` kernel over :data:`XNNPACK_SINGLE_PASS_TAPS` taps becomes depthwise
-    convolutions over slices of the padded input, one per :func:`split_columns` part,
-    summed: the same numbers, in kernels XNNPACK runs in one pass. Strided, dilated,
-    channels-first and small convolutions go to ``fallback`` (default
-    ``keras.ops.depthwise_conv``).
+    A ``kh x kw`` kernel over :data:`XNNPACK_SINGLE_PASS_TAPS` taps (and of at most that
+    many rows) becomes depthwise convolutions over slices of the padded input, one per
+    :func:`split_columns` part, summed: the same numbers, in kernels XNNPACK runs in one
+    pass. Strided, dilated, channels-first and small convolutions, and inputs of unknown
+    width, go to ``fallback`` (default ``keras.ops.depthwise_conv``).
 
     Example:
         >>> import numpy as np, keras
@@ -177,7 +182,7 @@ def split_depthwise(
     data_format = data_format or keras.config.image_data_format()
     kh, kw = tuple(kernel.shape[:2]) if len(kernel.shape) == 4 else (0, 0)
     if (
-        kh * kw <= XNNPACK_SINGLE_PASS_TAPS
+        not _splits(kh, kw)
         or len(inputs.shape) != 4
         or inputs.shape[2] is None
         or data_format != "channels_last"
@@ -239,7 +244,8 @@ def has_large_depthwise(model: Any) -> bool:
     """Whether a layer of ``model`` is a depthwise convolution :func:`split_depthwise` splits.
 
     ``DepthwiseConv2D`` layers and grouped ``Conv2D`` layers of one channel per group (run
-    as depthwise, :func:`conv_as_depthwise`), stride 1, kernel over 25 taps.
+    as depthwise, :func:`conv_as_depthwise`), stride 1, channels last, kernel over 25 taps
+    and at most 25 rows, input width known.
 
     Example:
         >>> import keras
@@ -252,10 +258,25 @@ def has_large_depthwise(model: Any) -> bool:
     for layer in model._flatten_layers(include_self=False):
         kernel = getattr(layer, "kernel", None) if getattr(layer, "built", False) else None
         shape = tuple(getattr(kernel, "shape", ()))
-        if len(shape) != 4 or shape[0] * shape[1] <= XNNPACK_SINGLE_PASS_TAPS:
+        if len(shape) != 4 or not _splits(shape[0], shape[1]):
             continue
         depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
         grouped = isinstance(layer, keras.layers.Conv2D) and shape[2] == 1 and layer.groups > 1
-        if (depthwise or grouped) and _ones(layer.strides) and _ones(layer.dilation_rate):
+        if (
+            (depthwise or grouped)
+            and _ones(layer.strides)
+            and _ones(layer.dilation_rate)
+            and layer.data_format == "channels_last"
+            and _known_width(layer)
+        ):
             return True
     return False
+
+
+def _known_width(layer: Any) -> bool:
+    """False when the layer's input width is known to be None (then nothing is split)."""
+    try:
+        shape = tuple(layer.input.shape)
+    except (AttributeError, ValueError):  # not called in a functional graph, or called twice
+        return True
+    return len(shape) != 4 or shape[2] is not None

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -430,6 +431,8 @@ class TFLiteFormat(Format):
         for q in precisions(job.options.quantize):
             path = job.staging / file_name(job.name, q)
             yield Staged(q, path, partial(self._write, job, source, q, path))
+        if source.name == TFLITE_SOURCE:  # every precision is written: free its disk now
+            shutil.rmtree(source, ignore_errors=True)
         if (self.name, tflite_metadata.MEDIAPIPE_SUFFIX) in job.targets:
             yield self._mediapipe(job)
 
@@ -507,6 +510,10 @@ OVER_LIMIT = (
 )
 
 
+#: The staging sub-folder of the graph traced for TFLite alone (removed once converted).
+TFLITE_SOURCE = "tflite_source"
+
+
 def _source_graph(job: Job) -> Path:
     """The SavedModel the TFLite files are converted from.
 
@@ -521,7 +528,7 @@ def _source_graph(job: Job) -> Path:
     source = job.staging / "saved_model"
     split = has_large_depthwise(job.prepared.model)
     if split or not (source / "saved_model.pb").exists():  # or no (passing) SavedModel staged
-        source = job.staging / "tflite_source"
+        source = job.staging / TFLITE_SOURCE
         prepared = dataclasses.replace(job.prepared, _fn=None)  # traced anew, not the cached
         with large_depthwise_split() if split else contextlib.nullcontext():
             write_graph(prepared, source, extras=False)
