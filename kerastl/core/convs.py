@@ -103,29 +103,13 @@ def grouped_convs_as_depthwise() -> Iterator[None]:
         >>> bool(np.allclose(got, want, atol=1e-5))
         True
     """
-    if keras.backend.backend() != "tensorflow":
-        yield
-        return
-    from keras.src.backend.tensorflow import nn as backend_nn
-
-    before = backend_nn.conv
-    if getattr(before, "_kerastl_depthwise", False):
-        yield
-        return
-
-    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
-        return conv_as_depthwise(
-            inputs, kernel, strides, padding, data_format, dilation_rate, fallback=before
-        )
-
-    conv._kerastl_depthwise = True
-    with patched((backend_nn, "conv", conv)):
+    with _backend_rewrite("conv", conv_as_depthwise):
         yield
 
 
 #: XNNPACK (LiteRT's default CPU delegate) runs depthwise kernels of up to this many taps in
 #: one pass; larger ones take a multi-pass path that ``python -m bench.int8_latency`` times
-#: at 5x (float32) and 18x (int8) the built-in kernel on this CPU, for 7x7 at 56x56x96.
+#: at 4.4x (float32) and 16x (int8) the built-in kernel on this CPU, for 7x7 at 56x56x96.
 XNNPACK_SINGLE_PASS_TAPS = 25
 
 
@@ -210,7 +194,7 @@ def large_depthwise_split() -> Iterator[None]:
 
     kerastl traces the graph it converts to TFLite inside this block when
     :func:`has_large_depthwise` says the model needs it: ConvNeXt-T's int8 file then runs
-    in 46 ms instead of 374 ms with XNNPACK (``python -m bench.int8_latency``).
+    in 45 ms instead of 354 ms with XNNPACK (``python -m bench.int8_latency``).
 
     Example:
         >>> import numpy as np, keras
@@ -222,21 +206,7 @@ def large_depthwise_split() -> Iterator[None]:
         >>> bool(np.allclose(got, want, atol=1e-5))
         True
     """
-    if keras.backend.backend() != "tensorflow":
-        yield
-        return
-    from keras.src.backend.tensorflow import nn as backend_nn
-
-    before = backend_nn.depthwise_conv
-
-    def depthwise_conv(
-        inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1
-    ):
-        return split_depthwise(
-            inputs, kernel, strides, padding, data_format, dilation_rate, fallback=before
-        )
-
-    with patched((backend_nn, "depthwise_conv", depthwise_conv)):
+    with _backend_rewrite("depthwise_conv", split_depthwise):
         yield
 
 
@@ -280,3 +250,30 @@ def _known_width(layer: Any) -> bool:
     except (AttributeError, ValueError):  # not called in a functional graph, or called twice
         return True
     return len(shape) != 4 or shape[2] is not None
+
+
+@contextlib.contextmanager
+def _backend_rewrite(name: str, rewrite: Any) -> Iterator[None]:
+    """While inside, Keras' TensorFlow backend ``nn.<name>`` runs ``rewrite``.
+
+    ``rewrite`` takes the backend op's arguments and ``fallback=`` (the op it replaces).
+    Nesting is a no-op; other backends than TensorFlow are left alone.
+    """
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    from keras.src.backend.tensorflow import nn as backend_nn
+
+    before = getattr(backend_nn, name)
+    if getattr(before, "_kerastl_depthwise", None) is rewrite:
+        yield
+        return
+
+    def op(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        return rewrite(
+            inputs, kernel, strides, padding, data_format, dilation_rate, fallback=before
+        )
+
+    op._kerastl_depthwise = rewrite
+    with patched((backend_nn, name, op)):
+        yield

@@ -520,7 +520,7 @@ def _source_graph(job: Job) -> Path:
     The staged SavedModel when there is one, unless the model has depthwise convolutions of
     more than 25 taps (ConvNeXt's 7x7): those are traced again, split into parts LiteRT's
     XNNPACK runs in one pass (:func:`kerastl.core.convs.split_depthwise`; ConvNeXt-T int8
-    374 -> 46 ms, float32 127 -> 87 ms at batch 1, ``python -m bench.int8_latency``).
+    354 -> 45 ms, float32 120 -> 80 ms at batch 1, ``python -m bench.int8_latency``).
     """
     from kerastl.core.convs import has_large_depthwise, large_depthwise_split
     from kerastl.export.formats.saved_model import write_graph
