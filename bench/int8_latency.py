@@ -44,7 +44,7 @@ def _interpreter(content: bytes, runtime: str) -> Any:
     kw = {}
     if runtime == "builtin":
         kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    it = Interpreter(model_content=content, num_threads=1, **kw)
+    it = Interpreter(model_content=bytes(content), num_threads=1, **kw)
     it.allocate_tensors()
     return it
 

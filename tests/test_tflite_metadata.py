@@ -141,7 +141,7 @@ def test_lean_packing_writes_the_model_the_converter_writes():
     x = np.random.default_rng(0).normal(size=(1, 16)).astype(np.float32)
     outs = []
     for content in (plain, lean):
-        runner = Interpreter(model_content=content).get_signature_runner()
+        runner = Interpreter(model_content=bytes(content)).get_signature_runner()
         outs.append(next(iter(runner(**{runner.get_input_details().popitem()[0]: x}).values())))
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_allclose(outs[1], model(x).numpy(), rtol=1e-5, atol=1e-6)
@@ -171,6 +171,71 @@ def test_lean_packing_merges_buffers_only_when_two_are_equal(monkeypatch):
         assert lite._deduplicate_readonly_buffers(distinct) is distinct
         assert lite._deduplicate_readonly_buffers(equal) == b"m"
     assert calls == [equal]
+
+
+def test_conversion_reads_the_savedmodel_protos_not_its_weights(tmp_path, monkeypatch):
+    """kerastl's conversion never loads the SavedModel into Python (that restores every
+    weight), and writes the file TensorFlow's own conversion writes, byte for byte."""
+    import keras
+    import tensorflow as tf
+    from tensorflow.lite.python import lite
+
+    from kerastl.export.formats import tflite as kx_tflite
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, keras.layers.Dense(8)(keras.layers.Dense(16)(inputs)))
+    model.export(tmp_path / "sm", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(tmp_path / "sm"), signature_keys=["serving_default"]
+    )
+    plain = converter.convert()
+
+    def restore_everything(*args, **kwargs):
+        raise AssertionError("the SavedModel was loaded into Python")
+
+    monkeypatch.setattr(lite, "_load", restore_everything)
+    lean = kx_tflite.convert(tmp_path / "sm", "float32", "keras_tensor")
+    assert bytes(lean) == plain
+    assert lite._load is restore_everything  # put back
+    with kx_tflite._signatures_only_load():
+        loaded = lite._load(str(tmp_path / "sm"), {"serve"})
+    assert "serving_default" in loaded.signatures
+    assert not any(key.startswith("__") for key in loaded.signatures)
+
+
+def test_pack_hands_over_the_builder_buffer_without_a_copy():
+    """Packing a model allocates its builder once and returns it: about one file's size,
+    not two (``builder.Output()`` copies the file again)."""
+    import tracemalloc
+
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    from kerastl.export.formats.tflite_metadata import pack
+
+    weights = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
+    model = schema.ModelT()
+    buf = schema.BufferT()
+    buf.data = weights
+    model.buffers = [buf]
+    tracemalloc.start()
+    try:
+        packed = pack(model, weights.nbytes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(packed, bytearray)
+    assert peak < weights.nbytes * 1.5, peak / weights.nbytes
+    plain = flatbuffers.Builder(0)  # flatbuffers' own packing writes the same bytes
+    extra = schema.BufferT()
+    extra.data = np.arange(6, dtype=">i4")  # a big-endian array is stored little-endian
+    model.buffers.append(extra)
+    plain.Finish(model.Pack(plain), file_identifier=b"TFL3")
+    assert bytes(pack(model, 0)) == plain.Output()
+    back = schema.Model.GetRootAs(packed, 0).Buffers(0).DataAsNumpy()
+    np.testing.assert_array_equal(back, weights)
 
 
 def test_lean_calibration_writes_the_same_int8_file(monkeypatch):
