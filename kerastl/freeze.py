@@ -35,6 +35,7 @@ import keras
 
 from kerastl.core.losses import L2SP  # noqa: F401 - public here since 0.1
 from kerastl.core.meta import ModelMeta
+from kerastl.core.model import OPTIMIZER_VARIABLES, KerastlModel
 from kerastl.core.optimizers import GroupRatesOptimizer, VariableGroups
 from kerastl.core.policy import POLICY_KINDS, FreezePolicy, parse_policy  # noqa: F401
 from kerastl.errors import ConfigError, choice_error
@@ -288,6 +289,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
                             candidates.append(v)
         with model.distribute_strategy.scope():
             opt.build(candidates)
+        if isinstance(model, KerastlModel):  # so that load_model restores the state on them
+            paths = [v.path for v in candidates]
+            model.kerastl_config = {**model.kerastl_config, OPTIMIZER_VARIABLES: paths}
 
     def on_epoch_begin(self, epoch, logs=None):
         want = min(epoch // self.every, self.max_groups)

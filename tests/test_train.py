@@ -490,6 +490,46 @@ def test_layer_decay_run_finishes_with_metrics_and_its_model_loads(tmp_path):
     assert loaded.optimizer.kerastl_group_rates["head"] == pytest.approx(1e-4)
 
 
+def test_gradual_unfreezing_model_loads_with_its_optimizer_state(tmp_path):
+    """Gradual unfreezing builds the optimizer on every variable that may become trainable;
+    Keras rebuilds a loaded one on the trainable ones only and would drop the saved moments
+    (with a warning). kerastl.load_model restores them, and training goes on from them."""
+    import warnings
+    import zipfile
+
+    import h5py
+
+    import kerastl
+    from kerastl.core.model import OPTIMIZER_VARIABLES
+    from kerastl.train import train
+
+    x, y = _images(4, 2)
+    cfg = _cfg(
+        tmp_path,
+        "ldg",
+        train={"epochs": 1},
+        finetune={"epochs": 2, "gradual_every": 1, "freeze": "last:2", "layer_decay": 0.7},
+    )
+    train(cfg, examples=(kdata.from_numpy(x, y), kdata.from_numpy(x, y)))
+    path = tmp_path / "runs" / "ldg" / "model.keras"
+    with zipfile.ZipFile(path) as z, z.open("model.weights.h5") as raw, h5py.File(raw) as h5:
+        saved = [np.asarray(h5["optimizer/vars"][str(i)]) for i in range(len(h5["optimizer/vars"]))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = kerastl.load_model(path)
+    assert not [w for w in caught if "optimizer" in str(w.message)]
+    state = [np.asarray(v) for v in model.optimizer.variables]
+    assert len(state) == len(saved) > len(model.trainable_variables)
+    for got, want in zip(state, saved):
+        np.testing.assert_array_equal(got, want)
+    assert sum(float(np.abs(v).sum()) > 0 for v in state[1:]) > 50  # trained moments, not zeros
+    steps = int(model.optimizer.iterations)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == steps + 1
+    exported = kerastl.export(model, tmp_path / "out", formats=["saved_model"])
+    assert OPTIMIZER_VARIABLES not in json.dumps(exported, default=str)
+
+
 def test_evaluate_on_other_data_keeps_the_runs_metrics_and_records_the_data(tmp_path, capsys):
     """`kerastl evaluate RUN --data OTHER` writes evaluations/<stem>/, not the run's metrics."""
     from kerastl.cli import main

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,49 @@ def plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+#: ``kerastl_config`` key: paths of the variables the optimizer was built on, when that is
+#: more than the trainable ones (:class:`kerastl.freeze.GradualUnfreezing` builds it on every
+#: variable that may become trainable). Not exported with the model.
+OPTIMIZER_VARIABLES = "optimizer_variables"
+
+
+def restore_optimizer_state(model: keras.Model, path: str | os.PathLike) -> bool:
+    """Give a loaded model the optimizer state its ``.keras`` file holds, if Keras skipped it.
+
+    Keras builds a loaded model's optimizer on the model's trainable variables, and skips
+    the saved state (with a warning) when the optimizer was built on more: the variables
+    gradual unfreezing had not unfrozen yet. The optimizer is then built again, from its
+    config, on the variables :data:`OPTIMIZER_VARIABLES` names, in their order, and given
+    the saved state. Returns whether it was.
+    """
+    import zipfile
+
+    import h5py
+    import numpy as np
+
+    paths = (getattr(model, "kerastl_config", None) or {}).get(OPTIMIZER_VARIABLES)
+    opt = getattr(model, "optimizer", None)
+    by_path = {v.path: v for v in model.variables}
+    if not paths or opt is None or any(p not in by_path for p in paths):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        if "model.weights.h5" not in archive.namelist():
+            return False
+        with archive.open("model.weights.h5") as raw, h5py.File(raw, "r") as h5:
+            stored = h5.get("optimizer/vars")
+            if stored is None or len(stored) == len(opt.variables):
+                return False  # nothing saved, or Keras loaded it
+            state = {key: np.asarray(stored[key]) for key in stored}
+    fresh = opt.__class__.from_config(opt.get_config())
+    with model.distribute_strategy.scope():
+        fresh.build([by_path[p] for p in paths])
+    if len(fresh.variables) != len(state):
+        return False
+    fresh.load_own_variables(state)
+    model.optimizer = fresh
+    return True
+
+
 def metadata(model: keras.Model) -> dict[str, Any]:
     """kerastl's metadata of ``model`` (empty for a plain Keras model)."""
     return plain(getattr(model, "kerastl_config", {}) or {})
@@ -201,9 +245,16 @@ def load_model(
         raise ConfigError(f"path: no file at {str(path)!r}.")
     table = {**CUSTOM_OBJECTS, **(custom_objects or {})}
     try:
-        return keras.saving.load_model(
-            str(path), safe_mode=safe_mode, compile=compile, custom_objects=table
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = keras.saving.load_model(
+                str(path), safe_mode=safe_mode, compile=compile, custom_objects=table
+            )
+        restored = compile and restore_optimizer_state(model, path)
+        for w in caught:  # Keras' "Skipping variable loading for optimizer": no longer true
+            if not (restored and "variable loading for optimizer" in str(w.message)):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return model
     except ValueError as exc:
         if "safe_mode" in str(exc) or "Lambda" in str(exc):
             raise KerastlError(

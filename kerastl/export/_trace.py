@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 from kerastl.core.convs import grouped_convs_as_depthwise
+from kerastl.core.model import OPTIMIZER_VARIABLES
 from kerastl.core.patching import patched
 from kerastl.errors import ConfigError
 from kerastl.export.modalities import ModalityExporter, get_modality
@@ -511,6 +512,7 @@ def _metadata(model: keras.Model, notes: list[str]) -> dict[str, Any]:
     from kerastl import __version__
 
     meta = find_metadata(model)
+    meta = {k: v for k, v in meta.items() if k != OPTIMIZER_VARIABLES}  # training state only
     if not meta:
         task = _guess_task(model)
         notes.append(
