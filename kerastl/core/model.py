@@ -146,8 +146,10 @@ def restore_optimizer_state(model: keras.Model, path: str | os.PathLike) -> bool
 
     paths = (getattr(model, "kerastl_config", None) or {}).get(OPTIMIZER_VARIABLES)
     opt = getattr(model, "optimizer", None)
+    if not paths or opt is None:  # every other load stops here, before walking the variables
+        return False
     by_path = {v.path: v for v in model.variables}
-    if not paths or opt is None or any(p not in by_path for p in paths):
+    if any(p not in by_path for p in paths):
         return False
     with zipfile.ZipFile(path) as archive:
         if "model.weights.h5" not in archive.namelist():

@@ -354,7 +354,7 @@ def _numpy_vector(builder: Any, array: np.ndarray) -> int:
     if flat.dtype.byteorder == ">":
         flat = flat.byteswap().view(flat.dtype.newbyteorder("<"))
     builder.StartVector(flat.itemsize, flat.size, flat.dtype.alignment)
-    builder.head = builder.head - flat.nbytes
+    builder.head -= flat.nbytes
     with memoryview(builder.Bytes) as view:
         view[builder.head : builder.head + flat.nbytes] = flat.view(np.uint8)
     builder.vectorNumElems = flat.size
