@@ -520,6 +520,36 @@ def test_whisper_audio_model_takes_waveforms():
         kerastl.build("whisper_tiny_en", num_classes=2, input_shape=(32, 32, 3))
 
 
+@pytest.mark.parametrize("name", ["whisper_tiny_en", "moonshine_tiny_en"])
+def test_audio_encoder_lets_the_decoder_it_was_cut_from_go(name, monkeypatch):
+    """Only the encoder half stays in memory (Whisper large: its decoder is 3.6 GB)."""
+    import gc
+    import weakref
+
+    from kerastl.zoo.sources import hub_audio
+
+    dropped, wrap = [], hub_audio.HubAudioAdapter._wrap
+
+    def spying(self, hub):
+        part = wrap(self, hub)
+        kept = {id(layer) for layer in part._flatten_layers(include_self=True, recursive=True)}
+        dropped.extend(
+            weakref.ref(layer)
+            for layer in hub._flatten_layers(include_self=True, recursive=True)
+            if id(layer) not in kept
+        )
+        return part
+
+    monkeypatch.setattr(hub_audio.HubAudioAdapter, "_wrap", spying)
+    model = kerastl.build(name, num_classes=3, **tiny_kwargs(name))
+    gc.collect()
+    assert len(dropped) > 5, dropped  # the decoder's layers and the whole model
+    alive = [ref().name for ref in dropped if ref() is not None]
+    assert not alive, alive
+    x = np.random.default_rng(0).uniform(-1, 1, (2, *model.input_shape[1:])).astype("float32")
+    assert np.isfinite(model.predict(x, verbose=0)).all()
+
+
 # -- weights ---------------------------------------------------------------------------
 def test_local_keras_hub_preset_folder_loads_offline(tmp_path):
     spec = get_spec("bert_tiny_en_uncased")
