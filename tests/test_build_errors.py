@@ -189,6 +189,35 @@ def test_features_only_returns_the_declared_pyramid():
     assert m.kerastl_config["feature_info"][0]["layer"] == spec.taps[1].layer
 
 
+def test_features_from_early_taps_let_the_rest_of_the_backbone_go(monkeypatch):
+    """The stages after the last tap are freed with the backbone they were cut from."""
+    import gc
+    import weakref
+
+    from kerastl.zoo.sources.base import Adapter
+
+    dropped, extract = [], Adapter.feature_extractor
+
+    def spying(self, backbone, out_indices=None):
+        part = extract(self, backbone, out_indices)
+        kept = {id(layer) for layer in part._flatten_layers(include_self=True, recursive=True)}
+        dropped.extend(
+            weakref.ref(layer)
+            for layer in backbone._flatten_layers(include_self=True, recursive=True)
+            if id(layer) not in kept
+        )
+        return part
+
+    monkeypatch.setattr(Adapter, "feature_extractor", spying)
+    m = kerastl.build("resnet50", features_only=True, input_shape=(64, 64, 3), out_indices=[0, 1])
+    gc.collect()
+    assert len(dropped) > 50, len(dropped)  # conv4 / conv5 stages
+    alive = [ref().name for ref in dropped if ref() is not None]
+    assert not alive, alive[:10]
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    assert [o.shape for o in m.predict(x, verbose=0)] == [(1, 32, 32, 64), (1, 16, 16, 256)]
+
+
 def test_any_legal_input_size_and_non_square():
     m = kerastl.build("efficientnet_b0", num_classes=2, input_shape=(48, 80, 3))
     x = np.random.default_rng(0).uniform(0, 255, (2, 48, 80, 3)).astype("float32")

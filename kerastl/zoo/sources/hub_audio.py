@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from kerastl.errors import ConfigError
-from kerastl.zoo.sources.base import Capabilities
+from kerastl.zoo.sources.base import Capabilities, detach_rest
 from kerastl.zoo.sources.keras_hub import KerasHubAdapter
 from kerastl.zoo.sources.layers import HubAudioPreprocessing
 
@@ -102,27 +102,3 @@ class HubAudioAdapter(KerasHubAdapter):
             inputs = {k: hub.get_layer(k).output for k in names}
         out = hub.get_layer(self.encoder["output"]).output
         return detach_rest(hub, keras.Model(inputs, out, name="backbone"))
-
-
-def detach_rest(whole: keras.Model, part: keras.Model) -> keras.Model:
-    """Unlink ``part``'s layers from the layers of ``whole`` that ``part`` does not use.
-
-    A Keras layer keeps a link to every later call of its output: the encoder's last
-    layer names the decoder's cross-attention layers as readers. Without this, a cut-out
-    encoder keeps the whole decoder alive, weights included, long after ``whole`` is
-    dropped (Whisper large: 0.9 B decoder parameters, 3.6 GB, for a 0.64 B encoder).
-    Returns ``part``.
-
-    Example:
-        >>> inp = keras.Input((4,))
-        >>> mid = keras.layers.Dense(3, name="mid")(inp)
-        >>> whole = keras.Model(inp, keras.layers.Dense(2, name="top")(mid))
-        >>> part = detach_rest(whole, keras.Model(inp, mid))
-        >>> [n.operation.name for n in whole.get_layer("mid")._outbound_nodes]
-        []
-    """
-    kept = {id(layer) for layer in part._flatten_layers(include_self=True, recursive=True)}
-    for layer in whole._flatten_layers(include_self=False, recursive=True):
-        if id(layer) in kept:
-            layer._outbound_nodes = [n for n in layer._outbound_nodes if id(n.operation) in kept]
-    return part

@@ -11,7 +11,7 @@ import numpy as np
 
 from kerastl.errors import ConfigError
 from kerastl.zoo._keras_hub_family import side_multiple
-from kerastl.zoo.sources.base import Capabilities, image_shape
+from kerastl.zoo.sources.base import Capabilities, detach_rest, image_shape
 from kerastl.zoo.sources.keras_hub import KerasHubAdapter, hub_backbone_of, init_args
 from kerastl.zoo.sources.layers import (
     HubImagePreprocessing,
@@ -165,4 +165,5 @@ class HubImageAdapter(KerasHubAdapter):
             chosen.append(levels[i][1])
         hub_in = keras.tree.flatten(hub_backbone_of(backbone).input)[0]
         pyramid = keras.Model(hub_in, chosen, name="pyramid")
-        return keras.Model(backbone.inputs, pyramid(backbone.inputs[0]), name="features")
+        features = keras.Model(backbone.inputs, pyramid(backbone.inputs[0]), name="features")
+        return detach_rest(backbone, features)
