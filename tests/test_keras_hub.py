@@ -301,6 +301,15 @@ def test_text_model_takes_raw_strings_and_pads_to_sequence_length():
     assert model.predict(np.array([long, "bad"], dtype=object), verbose=0).shape == (2, 2)
 
 
+def test_text_model_is_not_given_to_xla_by_jit_compile_auto():
+    """Keras' "auto" compiles with XLA on a GPU unless a layer says it cannot (string ops)."""
+    from keras.src.trainers.trainer import model_supports_jit
+
+    assert not model_supports_jit(tiny_bert(sequence_length=12))
+    image = kerastl.build("resnet_18_imagenet", num_classes=2, **tiny_kwargs("resnet_18_imagenet"))
+    assert model_supports_jit(image)  # the check tells the two apart
+
+
 @pytest.mark.parametrize(
     "task,labels",
     [

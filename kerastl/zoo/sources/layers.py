@@ -89,6 +89,9 @@ class HubTextPreprocessing(keras.layers.Layer):
         self.preprocessor = preprocessor
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
+        # string ops: XLA cannot compile them, so Keras' jit_compile="auto" (True on a GPU)
+        # must not pick XLA for a model holding this layer
+        self.supports_jit = False
 
     def build(self, input_shape):
         self.built = True  # no weights; the tokenizer comes built
