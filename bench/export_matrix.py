@@ -154,7 +154,8 @@ def run_child(entry: str, formats: list[str], results: Path) -> None:
         return
     build_s = time.perf_counter() - start
     # in batches of 4 through predict's graph: one eager call of the 8 inputs kept its
-    # activations, and TensorFlow keeps that memory (Whisper large: 7.5 -> 14.2 GB, 8.6 GB so)
+    # activations, and TensorFlow keeps that memory (Whisper large after build: 7.5 GB; 14.2 GB
+    # after the eager call, 8.6 GB after predict)
     outputs = model.predict(validation_inputs(spec, modality, 8, seed=2), batch_size=4, verbose=0)
     spread = float(np.asarray(outputs).std(0).mean())
     for fmt in formats:

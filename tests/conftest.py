@@ -70,3 +70,19 @@ def random_images(n: int, size: int, channels: int = 3, seed: int = 0) -> np.nda
     """Raw 0-255 float32 images."""
     rng = np.random.default_rng(seed)
     return rng.uniform(0, 255, (n, size, size, channels)).astype("float32")
+
+
+def layers_left_out(whole, part) -> list:
+    """Weak references to the layers of ``whole`` (itself included) that ``part`` does not use.
+
+    Once ``whole`` is dropped and collected, every reference should be dead: a live one is a
+    layer the cut-out ``part`` still keeps in memory.
+    """
+    import weakref
+
+    kept = {id(layer) for layer in part._flatten_layers(include_self=True, recursive=True)}
+    return [
+        weakref.ref(layer)
+        for layer in whole._flatten_layers(include_self=True, recursive=True)
+        if id(layer) not in kept
+    ]

@@ -192,7 +192,8 @@ def test_features_only_returns_the_declared_pyramid():
 def test_features_from_early_taps_let_the_rest_of_the_backbone_go(monkeypatch):
     """The stages after the last tap are freed with the backbone they were cut from."""
     import gc
-    import weakref
+
+    from conftest import layers_left_out
 
     from kerastl.zoo.sources.base import Adapter
 
@@ -200,12 +201,7 @@ def test_features_from_early_taps_let_the_rest_of_the_backbone_go(monkeypatch):
 
     def spying(self, backbone, out_indices=None):
         part = extract(self, backbone, out_indices)
-        kept = {id(layer) for layer in part._flatten_layers(include_self=True, recursive=True)}
-        dropped.extend(
-            weakref.ref(layer)
-            for layer in backbone._flatten_layers(include_self=True, recursive=True)
-            if id(layer) not in kept
-        )
+        dropped.extend(layers_left_out(backbone, part))
         return part
 
     monkeypatch.setattr(Adapter, "feature_extractor", spying)

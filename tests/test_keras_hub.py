@@ -533,7 +533,8 @@ def test_whisper_audio_model_takes_waveforms():
 def test_audio_encoder_lets_the_decoder_it_was_cut_from_go(name, monkeypatch):
     """Only the encoder half stays in memory (Whisper large: its decoder is 3.6 GB)."""
     import gc
-    import weakref
+
+    from conftest import layers_left_out
 
     from kerastl.zoo.sources import hub_audio
 
@@ -541,12 +542,7 @@ def test_audio_encoder_lets_the_decoder_it_was_cut_from_go(name, monkeypatch):
 
     def spying(self, hub):
         part = wrap(self, hub)
-        kept = {id(layer) for layer in part._flatten_layers(include_self=True, recursive=True)}
-        dropped.extend(
-            weakref.ref(layer)
-            for layer in hub._flatten_layers(include_self=True, recursive=True)
-            if id(layer) not in kept
-        )
+        dropped.extend(layers_left_out(hub, part))
         return part
 
     monkeypatch.setattr(hub_audio.HubAudioAdapter, "_wrap", spying)
