@@ -483,8 +483,8 @@ def rescore(results: list[dict], quick: bool) -> list[dict]:
 
 #: (task, seed) draws the collapsed-last rule was designed on (it was added after them).
 DESIGNED_ON = {("digits10", 0), ("digits5-9", 0), ("faces", 0)}
-#: Seeds the advice rules 2 were revised on (every task); later seeds check them.
-ADVICE_DESIGNED_ON = {0, 1, 2}
+#: Seeds each version of the advice rules was revised on (every task); later seeds check it.
+ADVICE_REVISED_ON = {2: {0, 1, 2}, 3: set(range(16))}
 N_CLASSES = {"digits10": 10, "digits5-9": 5, "faces": 2, "textures": len(TEXTURES)}
 
 
@@ -734,12 +734,21 @@ def _one_per_draw(results: list[dict]) -> list[dict]:
     return [r for r in results if best[(r["task"], r.get("seed", 0))] is r]
 
 
+def _seeds(seeds: set[int]) -> str:
+    """``0-15`` for a run of seeds, else the list."""
+    lo, hi = min(seeds), max(seeds)
+    return (
+        f"{lo}-{hi}" if len(seeds) > 2 and seeds == set(range(lo, hi + 1)) else str(sorted(seeds))
+    )
+
+
 def _advice_lines(results: list[dict]) -> list[str]:
     results = _one_per_draw(results)
     lines = ["", f"Advice for {ADVISED} (held-out accuracy; bar: within "
-             f"{ADVICE_POINTS * 100:.0f} points of the best of the three strategies). Rules 1 "
-             f"as run; rules {RULES} (kerastl today) as run, or reapplied to the same draw's "
-             "measurements (no new training: each choice is one of the three measured):", "",
+             f"{ADVICE_POINTS * 100:.0f} points of the best of the three strategies). Each draw's "
+             f"advice under the rules it ran with, and rules {RULES} (kerastl today) reapplied "
+             "to the same draw's measurements where it ran with older ones (no new training: "
+             "each choice is one of the three measured):", "",
              "| task | seed | rules | runs | advice | advised acc | feat. extr. | top half | full | "
              "within 2 pts |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
@@ -748,15 +757,23 @@ def _advice_lines(results: list[dict]) -> list[str]:
         if rules != RULES:
             lines.append(_advice_row(r, current_advice(r), f"{RULES}, reapplied"))
     old = [r for r in results if r["advice"].get("rules", 1) == 1]
-    fresh = [r for r in results if r.get("seed", 0) not in ADVICE_DESIGNED_ON]
     if old:
         lines += _mean_lines("Rules 1, mean over the draws run with them:", advice_summary(old))
+    for k in range(2, RULES):
+        ran = [r for r in results if r["advice"].get("rules", 1) == k]
+        if ran := [r for r in ran if r.get("seed", 0) not in ADVICE_REVISED_ON[k]]:
+            lines += _mean_lines(
+                f"Rules {k} as run, on the draws they were not revised on (seeds "
+                f"{_seeds(ADVICE_REVISED_ON[k])} were):",
+                advice_summary(ran),
+            )
+    revised_on = ADVICE_REVISED_ON[RULES]
     lines += _mean_lines(
-        f"Rules {RULES}, mean over every draw (seeds {sorted(ADVICE_DESIGNED_ON)} are the draws "
-        "they were revised on):",
+        f"Rules {RULES}, mean over every draw (seeds {_seeds(revised_on)} are the draws they "
+        "were revised on):",
         advice_summary(results, current_advice),
     )
-    if fresh:
+    if fresh := [r for r in results if r.get("seed", 0) not in revised_on]:
         lines += _mean_lines(
             f"Rules {RULES} on draws they were not revised on (fixed before these ran):",
             advice_summary(fresh, current_advice),

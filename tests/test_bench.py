@@ -322,9 +322,14 @@ def test_rank_reapplies_the_current_advice_rules_to_stored_measurements():
            "groups": 5, "separability": 0.69}  # fmt: skip
     old = {"strategy": "partial_finetune", "groups": 1, "lr": 3e-4, "advised_accuracy": 0.85,
            "measured": measured, "measurements": far, "reasons": []}  # fmt: skip
+    # a far domain whose frozen features do not separate the classes: the top half (rules 3)
     now = rb.current_advice({"task": "digits5-9", "advice": old})
-    assert (now["strategy"], now["groups"], now["rules"]) == ("full_finetune", 5, rb.RULES)
-    assert now["advised_accuracy"] == 0.95 and old["advised_accuracy"] == 0.85
+    assert (now["strategy"], now["groups"], now["rules"]) == ("partial_finetune", 2, rb.RULES)
+    assert now["advised_accuracy"] == 0.91 and old["advised_accuracy"] == 0.85
+    # features that separate them (chance-corrected 0.94): every group, full fine-tuning
+    separable = {**far, "probe": 0.95}
+    now = rb.current_advice({"task": "digits5-9", "advice": {**old, "measurements": separable}})
+    assert (now["strategy"], now["groups"], now["advised_accuracy"]) == ("full_finetune", 5, 0.95)
     near = {**far, "tap_logme": [-0.3, -0.2], "final_logme": 0.2}
     now = rb.current_advice({"task": "digits5-9", "advice": {**old, "measurements": near}})
     assert (now["strategy"], now["groups"], now["advised_accuracy"]) == (
@@ -335,6 +340,31 @@ def test_rank_reapplies_the_current_advice_rules_to_stored_measurements():
     # advice run under the current rules is taken as it is
     same = {**old, "rules": rb.RULES}
     assert rb.current_advice({"task": "faces", "advice": same}) is same
+
+
+def test_rank_advice_tables_keep_each_rules_version_on_its_unseen_draws():
+    from bench import rank as rb
+
+    far = {"shots": 20, "probe": 0.75, "tap_logme": [-0.3, 0.1], "final_logme": 0.0,
+           "groups": 5, "separability": 0.69}  # fmt: skip
+    measured = {"feature_extraction": 0.80, "top_half": 0.95, "full_finetune": 0.90}
+
+    def draw(seed, rules, strategy, acc):
+        a = {"strategy": strategy, "groups": 5, "lr": 1e-4, "advised_accuracy": acc,
+             "measured": measured, "measurements": far, "reasons": ["r"], "rules": rules}  # fmt: skip
+        return {"task": "digits5-9", "seed": seed, "advice": a}
+
+    results = [draw(1, 2, "full_finetune", 0.90), draw(7, 2, "full_finetune", 0.90)]
+    results.append({**draw(20, rb.RULES, "partial_finetune", 0.95)})
+    text = "\n".join(rb._advice_lines(results))
+    # rules 2 as run, judged only on seed 7 (it was revised on 0-2): 0.90 vs 0.95, missed
+    part = text.split("Rules 2 as run")[1].split("\n\n")[1]
+    assert "| digits5-9 | 7 | 0.900 |" in part and "**missed**" in part
+    # the current rules reapplied to all three, and alone on the fresh seed 20
+    assert f"Rules {rb.RULES}, mean over every draw (seeds 0-15" in text
+    fresh = text.split(f"Rules {rb.RULES} on draws they were not revised on")[1].split("\n\n")[1]
+    assert "| digits5-9 | 20 | 0.950 |" in fresh and "| met |" in fresh
+    assert rb._seeds({0, 1, 2}) == "0-2" and rb._seeds({0, 2}) == "[0, 2]"
 
 
 def test_rank_imagenet_only_columns_leave_other_weights_out():

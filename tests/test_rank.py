@@ -106,12 +106,17 @@ def test_decide_rules():
     weak = decide(20, 10, 0.5, [0.0, 0.1], 0.5, 5)
     assert (weak.strategy, weak.groups, weak.freeze) == ("partial_finetune", 2, "last:2")
     assert weak.finetune_learning_rate == 3e-4
+    # a far domain whose features do not separate the classes: the top half too (rules 3;
+    # rules 2 sent it to full fine-tuning, 2.3 points below the top half on digits 5-9)
     far = decide(20, 10, 0.5, [0.0, 0.9, 0.1, 0.2], 0.5, 5)  # tap 1 scores best: far domain
-    assert (far.strategy, far.groups, far.freeze) == ("full_finetune", 5, "none")
-    assert "far domain" in far.reasons[-2] and "tap 1 scores above" in far.reasons[2]
-    # the probe decides between the two near-domain rules, chance-corrected
-    assert decide(20, 2, 0.85, [0.0], 0.5, 4).strategy == "partial_finetune"  # (0.85-0.5)/0.5
+    assert (far.strategy, far.groups, far.freeze) == ("partial_finetune", 2, "last:2")
+    assert "tap 1 scores above" in far.reasons[2] and "do not yet separate" in far.reasons[-2]
+    far_sep = decide(20, 10, 0.95, [0.0, 0.9, 0.1, 0.2], 0.5, 5)
+    assert (far_sep.strategy, far_sep.groups, far_sep.freeze) == ("full_finetune", 5, "none")
+    # the probe decides, chance-corrected, at SEPARABLE (0.85)
+    assert decide(20, 2, 0.9, [0.0], 0.5, 4).strategy == "partial_finetune"  # (0.9-0.5)/0.5
     assert decide(20, 2, 0.95, [0.0], 0.5, 4).strategy == "full_finetune"
+    assert decide(20, 10, 0.865, [0.0], 0.5, 4).strategy == "full_finetune"  # 0.85 exactly
     assert all(isinstance(r, str) and r for r in far.reasons)
 
 
@@ -273,7 +278,7 @@ def test_config_overrides_carry_out_the_advice():
     assert fe["model"]["freeze"] == "backbone" and fe["finetune"] == {"epochs": 0}
     part = config_overrides(decide(20, 10, 0.5, [0.0, 0.1], 0.5, 5), 7)
     assert part["finetune"] == {"epochs": 7, "freeze": "last:2", "learning_rate": 3e-4}
-    full = config_overrides(decide(20, 10, 0.5, [0.0, 0.9, 0.1, 0.2], 0.5, 5), 7)
+    full = config_overrides(decide(20, 10, 0.95, [0.0, 0.9, 0.1, 0.2], 0.5, 5), 7)
     assert full["finetune"] == {"epochs": 7, "freeze": "none", "learning_rate": 1e-4}
 
 
