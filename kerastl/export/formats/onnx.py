@@ -1027,10 +1027,12 @@ class OnnxFormat(Format):
                     f"its in-graph tokenizer {problem}. Known differences of the "
                     "onnxruntime-extensions tokenizer: kerastl.export.formats.onnx_strings"
                 )
-            proto = onnx_strings.with_strings_input(onnx.load(str(source)), meta["tokenizer"])
+            proto = onnx.load(str(source))
+            onnx_strings.add_strings_input(proto, meta["tokenizer"])
             _finish(proto, [o.name for o in proto.graph.output], onnx_strings.strings_meta(meta))
             onnx_strings.label(proto, meta)
             save(proto, path)
+            del proto  # before onnx.checker reads the file back: one copy of the weights
             check(path, full=False)
             return {
                 "input": "text: string[batch] (raw sentences)",
