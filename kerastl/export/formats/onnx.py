@@ -641,6 +641,42 @@ def _const_protos_without_values():
         Node.update_proto = original
 
 
+@contextlib.contextmanager
+def _weights_let_go_once_read(weights: dict[str, bytes]) -> Iterator[None]:
+    """While converting, tf2onnx lets go of each weight copy as soon as it has used it.
+
+    * ``weights`` (the bytes held apart from the GraphDef): the main graph's node
+      conversion, their last reader, takes each one out as it makes the node's ONNX
+      tensor, so those bytes are freed one by one instead of after the conversion.
+    * ``fold_constants_using_tf`` turns each constant and folded value into a new
+      constant node from the numpy array the folding kept; each array is dropped once its
+      node is made, not when the whole graph is done.
+    """
+    from tf2onnx import tfonnx
+    from tf2onnx.tf_loader import is_function
+
+    to_onnx, fold = tfonnx.tensorflow_to_onnx, tfonnx.fold_constants_using_tf
+
+    class Once(dict):
+        def __getitem__(self, key: str) -> Any:
+            return self.pop(key)
+
+    def converting(graph, shape_override, const_node_values=None, *args, **kwargs):
+        if const_node_values is weights and not is_function(graph):  # the main graph: last
+            const_node_values = Once(weights)
+            weights.clear()  # the bytes are held by ``Once`` alone now
+        return to_onnx(graph, shape_override, const_node_values, *args, **kwargs)
+
+    def folding(g, outputs_to_values):
+        return fold(g, Once(outputs_to_values))
+
+    tfonnx.tensorflow_to_onnx, tfonnx.fold_constants_using_tf = converting, folding
+    try:
+        yield
+    finally:
+        tfonnx.tensorflow_to_onnx, tfonnx.fold_constants_using_tf = to_onnx, fold
+
+
 class _Collect(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -823,7 +859,7 @@ def _tf2onnx(name, graph, opset, input_names, output_names, rename, optimizers):
     from tf2onnx import optimizer
     from tf2onnx.tfonnx import process_tf_graph
 
-    with _const_protos_without_values():
+    with _const_protos_without_values(), _weights_let_go_once_read(graph[1]):
         with tf.device("/cpu:0"), tf.Graph().as_default() as tf_graph:
             tf.import_graph_def(graph[0], name="")
             onnx_graph = process_tf_graph(
