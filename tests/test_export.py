@@ -287,12 +287,15 @@ def test_rest_request_samples_fit_the_loaded_signature(exported, model):
         check_rest_request(version, {**raw, "instances": [{"pixels": raw["instances"][0]}]})
 
 
-def test_saved_model_is_written_with_one_more_trace_of_the_model(model, tmp_path, monkeypatch):
-    """The write traces the model once, in the save's context, beside the caller's trace.
+def test_saved_model_is_written_without_tracing_the_model_again(model, tmp_path, monkeypatch):
+    """Every signature calls the caller's trace of the model; the write traces only thin
+    wrappers around it.
 
     Keras' walk for lookup tables used to trace each nested Keras model's default signature
     (named ``serving_default``, then dropped): two more traces of the model (ResNet-50:
-    0.8 s each).
+    0.8 s each). And a ``tf.function`` endpoint is traced again in the save's context (its
+    cache key holds the save's variable policy): one more trace of the model (ConvNeXt-B:
+    write 3.6 -> 2.6 s without it).
     """
     import tensorflow as tf
     from tensorflow.python.eager.polymorphic_function import tracing_compilation
@@ -312,7 +315,7 @@ def test_saved_model_is_written_with_one_more_trace_of_the_model(model, tmp_path
     names = write_graph(prepared, tmp_path / "sm")
     assert names == ["serving_default", "serving_bytes"]
     assert traced.count("serving_default") == 0, traced  # Keras' default signatures
-    assert traced.count("serve") == 1, traced  # the model, in the save's context
+    assert "serve" not in traced, traced  # the model's inference function, not again
     monkeypatch.undo()
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
     x = _photo_like(2, seed=3)
