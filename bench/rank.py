@@ -716,7 +716,7 @@ def _mean_lines(title: str, summary: dict[str, dict]) -> list[str]:
     for task, t in summary.items():
         m = t["means"]
         lines.append(
-            f"| {task} | {','.join(map(str, t['seeds']))} | {t['advised_mean']:.3f} | "
+            f"| {task} | {','.join(map(str, sorted(t['seeds'])))} | {t['advised_mean']:.3f} | "
             f"{m['feature_extraction']:.3f} | {m['top_half']:.3f} | {m['full_finetune']:.3f} | "
             + ("met" if t["met"] else "**missed**")
             + " |"

@@ -365,6 +365,8 @@ def test_rank_advice_tables_keep_each_rules_version_on_its_unseen_draws():
     fresh = text.split(f"Rules {rb.RULES} on draws they were not revised on")[1].split("\n\n")[1]
     assert "| digits5-9 | 20 | 0.950 |" in fresh and "| met |" in fresh
     assert rb._seeds({0, 1, 2}) == "0-2" and rb._seeds({0, 2}) == "[0, 2]"
+    # every rules version from 2 on names the seeds it was revised on (the tables need them)
+    assert set(rb.ADVICE_REVISED_ON) == set(range(2, rb.RULES + 1))
 
 
 def test_rank_imagenet_only_columns_leave_other_weights_out():

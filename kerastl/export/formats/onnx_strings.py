@@ -300,7 +300,7 @@ def strings_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def add_strings_input(proto, info: dict[str, Any]) -> None:
+def add_strings_input(proto: Any, info: dict[str, Any]) -> None:
     """Turn the token-id ``ModelProto`` ``proto`` into one whose input is ``text``, in place.
 
     The ``token_ids`` graph input becomes the output of the tokenizer ``Loop`` put in

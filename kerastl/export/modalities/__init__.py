@@ -87,8 +87,9 @@ class ModalityExporter:
     def extra_signatures(self, serve_fn: Any) -> dict[str, tuple[Any, list]]:
         """SavedModel-only signatures: name -> (python function, input signature).
 
-        ``serve_fn`` maps the raw input to the output dict; extra signatures
-        wrap it (decode bytes, tokenize strings...).
+        ``serve_fn`` maps the raw input to the output dict (the concrete function of the
+        traced inference function: call it with one tensor of the input signature's dtype
+        and shape); extra signatures wrap it (decode bytes, tokenize strings...).
         """
         return {}
 
