@@ -1182,7 +1182,7 @@ def test_onnx_freeze_reads_each_variable_only_when_its_constant_is_made():
 
 def test_tf2onnx_lets_go_of_each_weight_once_it_has_used_it(monkeypatch):
     """tf2onnx held the weights apart from the GraphDef until the conversion ended (ViT-L:
-    tf2onnx step 5.72 -> 5.29 GB without that). The main graph's node conversion, their
+    tf2onnx step 5.72 -> 5.31 GB without that). The main graph's node conversion, their
     last reader, now takes each weight out as it uses it; the graph still converts right."""
     import keras
     import onnxruntime as ort

@@ -663,7 +663,7 @@ def _weights_let_go_once_read(weights: dict[str, bytes]) -> Iterator[None]:
     folding and then by its node conversion; the main graph's node conversion, their
     last reader, now takes each one out as it makes the node's ONNX tensor, so those
     bytes are freed one by one instead of after the conversion (ViT-L's tf2onnx step:
-    5.72 -> 5.29 GB).
+    5.72 -> 5.31 GB).
 
     The function is swapped on tf2onnx's module for the block (:func:`patched`): two
     ONNX conversions must not run at once in one process.
