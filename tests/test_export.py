@@ -326,6 +326,31 @@ def test_saved_model_is_written_without_tracing_the_model_again(model, tmp_path,
     np.testing.assert_allclose(by_bytes["probabilities"].numpy()[0], got.numpy()[0], atol=1e-5)
 
 
+def test_archive_traces_a_python_function_endpoint_once(tmp_path):
+    """A plain function given to write_archive (MediaPipe's three-input text graph is one)
+    ran twice: once traced by Keras' archive, once more inside TensorFlow's save."""
+    import keras
+    import tensorflow as tf
+
+    from kerastl.export.formats.saved_model import write_archive
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    runs = []
+
+    def serve(x):
+        runs.append(1)
+        return {"y": model(x, training=False)}
+
+    spec = [tf.TensorSpec((None, 4), tf.float32, name="x")]
+    write_archive(model, {"serving_default": (serve, spec)}, tmp_path / "sm")
+    assert len(runs) == 1
+    x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    got = loaded.signatures["serving_default"](x=tf.constant(x))["y"].numpy()
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-6)
+
+
 def test_tflite_interpreter_runs_on_every_core_unless_told(exported, model):
     from kerastl.export.formats.tflite import TFLiteArtifact, cpu_threads
 

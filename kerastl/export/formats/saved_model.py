@@ -77,29 +77,26 @@ def write_graph(prepared: Prepared, path: Path, extras: bool = True) -> list[str
     Every signature calls the one traced inference function the Keras reference
     outputs came from (:meth:`Prepared.tf_function`), so the model is traced once per
     export, not once per signature (on MobileNetV3-Small, each trace took about 1 s of
-    a 12 s write). The signatures get its concrete function, not the ``tf.function``:
-    TensorFlow's save lists a ``tf.function`` again in its own context, whose cache key
-    differs (the save's variable policy), and traced the model once more (ConvNeXt-B:
-    write 3.6 -> 2.6 s).
+    a 12 s write), and :func:`write_archive` does not trace it again.
     """
     traced = prepared.tf_function().get_concrete_function()
     spec = prepared.modality.input_signature()
-    endpoints: dict[str, tuple[Any, list | None]] = {"serving_default": (traced, spec)}
+    endpoints: dict[str, tuple[Any, list]] = {"serving_default": (traced, spec)}
     if extras:
         endpoints.update(prepared.modality.extra_signatures(traced))
     write_archive(prepared.model, endpoints, path)
     return list(endpoints)
 
 
-def write_archive(model: Any, endpoints: dict[str, tuple[Any, list | None]], path: Path) -> None:
+def write_archive(model: Any, endpoints: dict[str, tuple[Any, list]], path: Path) -> None:
     """Keras' ``ExportArchive`` of ``model`` with ``endpoints`` (name -> (fn, input specs)).
 
-    Input specs may be ``None`` for a ``tf.function`` that was already traced.
-
-    Each weight is stored once (:func:`_share_variables`); Keras' progress output is muted.
-    Keras' walk for lookup tables runs without the default signature each Keras model
-    offers: the walk traced it, the whole model once more per nested Keras model, and
-    dropped it (ResNet-50: two traces, 1.6 s of a 13 s export).
+    ``fn`` is a Python function, a ``tf.function`` or a concrete function; each is traced
+    once, here or by its caller, and the archive gets the concrete function
+    (:func:`_traced_once`). Each weight is stored once (:func:`_share_variables`); Keras'
+    progress output is muted. Keras' walk for lookup tables runs without the default
+    signature each Keras model offers: the walk traced it, the whole model once more per
+    nested Keras model, and dropped it (ResNet-50: two traces, 1.6 s of a 13 s export).
     """
     import keras
     from keras.src.backend.tensorflow.layer import TFLayer
@@ -109,13 +106,30 @@ def write_archive(model: Any, endpoints: dict[str, tuple[Any, list | None]], pat
     archive = keras.export.ExportArchive()
     archive.track(model)
     for name, (fn, spec) in endpoints.items():
-        archive.add_endpoint(name, fn, spec)
+        archive.add_endpoint(name, _traced_once(fn, spec), spec)
     _share_variables(archive)
     with (
         patched((TFLayer, "_default_save_signature", None)),
         contextlib.redirect_stdout(io.StringIO()),
     ):
         archive.write_out(str(path), verbose=False)
+
+
+def _traced_once(fn: Any, spec: list) -> Any:
+    """The concrete function of ``fn`` for input ``spec`` (``fn`` itself if it is one).
+
+    Given a function or a ``tf.function``, Keras' archive keeps a ``tf.function``, which
+    TensorFlow's save lists again in its own context, whose cache key differs (the save's
+    variable policy): the function was traced twice (ConvNeXt-B's SavedModel write: 3.6 ->
+    2.6 s with one trace).
+    """
+    import tensorflow as tf
+
+    if isinstance(fn, tf.types.experimental.ConcreteFunction):
+        return fn
+    if isinstance(fn, tf.types.experimental.PolymorphicFunction) and fn.input_signature:
+        return fn.get_concrete_function()
+    return tf.function(fn, input_signature=spec, autograph=False).get_concrete_function()
 
 
 def _share_variables(archive) -> None:
