@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kerastl.core.patching import patched
 from kerastl.errors import ConfigError, ExportError, check_positive_int, missing_dependency
 from kerastl.export.formats.base import (
     Artifact,
@@ -648,11 +649,8 @@ def _const_protos_without_values():
             if value is not None:
                 self._attr["value"] = value
 
-    Node.update_proto = update_proto
-    try:
+    with patched((Node, "update_proto", update_proto)):
         yield
-    finally:
-        Node.update_proto = original
 
 
 @contextlib.contextmanager
@@ -670,8 +668,6 @@ def _weights_let_go_once_read(weights: dict[str, bytes]) -> Iterator[None]:
     """
     from tf2onnx import tfonnx
     from tf2onnx.tf_loader import is_function
-
-    from kerastl.core.patching import patched
 
     to_onnx = tfonnx.tensorflow_to_onnx
 
