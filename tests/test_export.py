@@ -796,8 +796,9 @@ def test_release_memory_skips_objects_alive_before_the_export_but_frees_its_own_
 def test_export_times_the_validation_calls_instead_of_repeating_them(tmp_path, monkeypatch):
     """Batch-1 latency (Keras' and the file's) is taken from the calls validation makes one
     example at a time; only the runs still missing are made. 16 inputs, latency_runs=3:
-    validation calls the file 4 times at batch 1, 4 times at batch 4, once more to check
-    determinism, and the latency adds none (before: a warm-up and 3 timed calls more)."""
+    validation calls the file 4 times at batch 1, 3 times at batch 4 for the 12 inputs left
+    (as the Keras reference ran them), once more at batch 1 to check determinism, and the
+    latency adds none (before: a warm-up and 3 timed calls more)."""
     import keras
 
     import kerastl
@@ -818,11 +819,42 @@ def test_export_times_the_validation_calls_instead_of_repeating_them(tmp_path, m
     x = random_images(16, 8)
     report = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x, latency_runs=3)
     assert report["status"] == "passed"
-    assert file_calls == [1, 1, 1, 1, 4, 4, 4, 4, 4], file_calls
+    assert file_calls == [1, 1, 1, 1, 4, 4, 4, 1], file_calls
     art = report["artifacts"][0]
     median = float(np.median(art["parity"]["batch1_ms"][1:]))
     assert art["latency_ms"] == pytest.approx(median, abs=2e-3)
     assert report["keras_latency_ms"] > 0
+
+
+@pytest.mark.parametrize("budget, more", [(0.0, 0), (100.0, 7)])
+def test_export_latency_follows_its_budget_without_a_warm_up_call(
+    tmp_path, monkeypatch, budget, more
+):
+    """Validation's last call is at batch 1, so the file's latency runs start at once: the
+    3 timed batch-1 calls of validation, then more (no untimed one first) up to
+    latency_runs=10 while the export's latency budget lasts."""
+    import keras
+
+    import kerastl
+    from kerastl.export import pipeline
+    from kerastl.export.formats import onnx as kx_onnx
+
+    inputs = keras.Input((8, 8, 3), name="image")
+    h = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, h, name="tiny")
+    file_calls = []
+    real_run = kx_onnx.OnnxArtifact.run
+
+    def run(self, x):
+        file_calls.append(len(x))
+        return real_run(self, x)
+
+    monkeypatch.setattr(kx_onnx.OnnxArtifact, "run", run)
+    monkeypatch.setattr(pipeline, "LATENCY_BUDGET_S", budget)
+    x = random_images(16, 8)
+    report = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x)
+    assert file_calls == [1, 1, 1, 1, 4, 4, 4, 1] + [1] * more, file_calls
+    assert report["artifacts"][0]["latency_ms"] > 0
 
 
 def test_validate_passes_exact_and_catches_noise_shift_and_static_batch():
@@ -861,6 +893,36 @@ def test_validate_passes_exact_and_catches_noise_shift_and_static_batch():
 
     with pytest.raises(ValueError, match="static batch"):
         validate(_Fake(batch_one_only), ref, x, "onnx/float32", "classification")
+
+
+@pytest.mark.parametrize("n", [2, 5, 6, 8, 16])
+def test_validate_compares_every_input_once_at_each_batch_size(n):
+    """Validation runs the first inputs at batch 1 and the rest at batch 4 (from the first
+    input again when fewer than 4 are left): a file wrong on one input only, or wrong at
+    the larger batch only, fails wherever that input sits; a right file passes."""
+    from kerastl.export.validate import validate
+
+    x = random_images(n, 8, seed=n)
+    ref = _reference(x)
+    assert validate(_Fake(_reference), ref, x, "onnx/float32", "classification")["passed"]
+    for wrong in range(n):
+
+        def one_wrong(v, wrong=wrong):
+            out = _reference(v)
+            hit = np.all(v == x[wrong], axis=(1, 2, 3))
+            out["probabilities"] = out["probabilities"] + 0.01 * hit[:, None]
+            return out
+
+        bad = validate(_Fake(one_wrong), ref, x, "onnx/float32", "classification")
+        assert not bad["passed"], wrong
+
+    def wrong_when_batched(v):
+        out = _reference(v)
+        out["probabilities"] = out["probabilities"] + 0.01 * (len(v) > 1)
+        return out
+
+    bad = validate(_Fake(wrong_when_batched), ref, x, "onnx/float32", "classification")
+    assert not bad["passed"] and bad["batch_sizes"] == [1, min(n, 4)]
 
 
 def test_float64_referee_tells_rounding_from_a_broken_artifact():

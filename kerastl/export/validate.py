@@ -359,7 +359,10 @@ def _referee(exact, keras_float32, x, runs, reference, names, max_rel_err) -> di
         # Keras' float32 distance: the larger of its run and its moved runs, capped where
         # the referee stops ruling (so the noise only ever widens a sane bound).
         floor = max(keras_err, min(noise.get(name, 0.0), REFEREE_MAX))
-        art_err = max(rel_err(out[name], truth[name][: len(out[name])]) for out in runs.values())
+        art_err = max(
+            rel_err(out[name], truth[name][start : start + len(out[name])])
+            for start, out in runs.values()
+        )
         allowed = max(max_rel_err, REFEREE_FACTOR * floor)
         verdicts[name] = {
             "artifact_vs_float64": art_err,
@@ -409,28 +412,19 @@ def validate(
         ``batch1_ms`` (the wall time of each batch-1 call, the first one included).
     """
     tol = tolerance_for(key, overrides)
-    n1 = min(len(x), BATCH1_SAMPLES)
-    big = min(len(x), LARGE_BATCH) if len(x) > 1 else 1
-    batch1_seconds: list[float] = []
-    batch1 = run_in_batches(artifact.run, x[:n1], 1, batch1_seconds)
-    runs = {1: batch1, big: artifact.run_batched(x, big)}
+    runs, batch1_seconds = _runs(artifact, x)
     failures: list[str] = []
-    errors = _output_errors(runs, reference, n1, len(x), failures)
+    errors = _output_errors(runs, reference, failures)
     referee: dict[str, dict[str, Any]] = {}
     if tol.max_rel_err is not None:
         explicit = "max_rel_err" in ((overrides or {}).get(key) or {})
         referee = _check_rel_err(
             errors, tol, runs, reference, x, (exact, keras_float32), explicit, failures
         )
-    again = artifact.run(x[:big])
-    det = max(
-        (
-            rel_err(again[k], runs[big][k][:big])
-            for k in again
-            if np.asarray(again[k]).dtype.kind == "f"
-        ),
-        default=0.0,
-    )
+    # one batch-1 call again: dropout or augmentation left active changes any call
+    again, first = artifact.run(x[:1]), runs[1][1]
+    floats = [k for k in again if k in first and np.asarray(again[k]).dtype.kind == "f"]
+    det = max((rel_err(again[k], first[k][:1]) for k in floats), default=0.0)
     deterministic = det <= tol.determinism_rel_err
     if not deterministic:
         failures.append(
@@ -448,9 +442,9 @@ def validate(
     }
     if referee:
         result["float64_referee"] = referee
-    main = next(iter(reference))
-    if main in runs[big]:
-        _follow_gates(runs[big][main], reference[main], task, labels, tol, result, failures)
+    main, every = next(iter(reference)), _every_input(runs, len(x))
+    if main in every:
+        _follow_gates(every[main], reference[main], task, labels, tol, result, failures)
     result["failures"] = failures
     result["passed"] = not failures
     return result
@@ -485,11 +479,54 @@ def run_in_batches(
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _output_errors(runs, reference, n1, n, failures: list[str]) -> dict[str, float]:
+def _runs(artifact: Any, x: np.ndarray) -> tuple[dict[int, tuple[int, dict]], list[float]]:
+    """The artifact's outputs: batch size -> (index of the first input, outputs by name).
+
+    The first :data:`BATCH1_SAMPLES` inputs go one by one (their wall times are returned:
+    batch-1 latency runs), the rest at :data:`LARGE_BATCH`, as the Keras reference ran
+    them; when fewer than one large batch is left, the large batch takes the first inputs
+    again, so that a batch above 1 is always run.
+
+    Example:
+        >>> class Double:
+        ...     def run(self, b):
+        ...         return {"y": b * 2}
+        ...     def run_batched(self, b, size):
+        ...         return run_in_batches(self.run, b, size)
+        >>> runs, seconds = _runs(Double(), np.arange(8.0))
+        >>> {bs: (start, out["y"].tolist()) for bs, (start, out) in runs.items()}, len(seconds)
+        ({1: (0, [0.0, 2.0, 4.0, 6.0]), 4: (4, [8.0, 10.0, 12.0, 14.0])}, 4)
+        >>> runs, _ = _runs(Double(), np.arange(6.0))  # too few left: from the first again
+        >>> runs[4][0], _every_input(runs, 6)["y"].tolist()
+        (0, [0.0, 2.0, 4.0, 6.0, 8.0, 10.0])
+    """
+    n1 = min(len(x), BATCH1_SAMPLES)
+    seconds: list[float] = []
+    runs = {1: (0, run_in_batches(artifact.run, x[:n1], 1, seconds))}
+    big = min(len(x), LARGE_BATCH)
+    if big > 1:
+        start = n1 if len(x) - n1 >= big else 0
+        runs[big] = (start, artifact.run_batched(x[start:], big))
+    return runs, seconds
+
+
+def _every_input(runs: dict[int, tuple[int, dict]], n: int) -> dict[str, np.ndarray]:
+    """One output per input, in input order, from the runs that cover them."""
+    every: dict[str, list] = {}
+    covered = 0
+    for start, out in sorted(runs.values(), key=lambda r: r[0]):
+        if covered >= n:
+            break
+        for name, value in out.items():
+            every.setdefault(name, []).append(np.asarray(value)[covered - start :])
+        covered = start + len(next(iter(out.values()), []))
+    return {k: np.concatenate(v) for k, v in every.items() if sum(map(len, v)) == n}
+
+
+def _output_errors(runs, reference, failures: list[str]) -> dict[str, float]:
     """Worst ``rel_err`` of every float output over both batch sizes."""
     errors: dict[str, float] = {}
-    for bs, out in runs.items():
-        count = n1 if bs == 1 else n
+    for start, out in runs.values():
         missing = sorted(set(reference) - set(out))
         if missing:
             failures.append(f"outputs {missing} missing (artifact has {sorted(out)})")
@@ -497,7 +534,7 @@ def _output_errors(runs, reference, n1, n, failures: list[str]) -> dict[str, flo
         for name, ref in reference.items():
             if ref.dtype.kind != "f":
                 continue
-            err = rel_err(out[name], ref[:count])
+            err = rel_err(out[name], ref[start : start + len(out[name])])
             errors[name] = max(errors.get(name, 0.0), err)
     return errors
 

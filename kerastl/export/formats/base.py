@@ -266,14 +266,19 @@ class Artifact:
         return out
 
     def latency_ms(
-        self, x: np.ndarray, runs: int = 10, warmup: int = 1, done: Sequence[float] = ()
+        self,
+        x: np.ndarray,
+        runs: int = 10,
+        warmup: int = 1,
+        done: Sequence[float] = (),
+        budget_s: float | None = None,
     ) -> float:
         """Median wall time of one call on ``x`` (use a batch of one), in milliseconds.
 
         See :func:`median_ms` (at most ``runs`` timed calls; ``done``: seconds of calls
         already made at the same batch size, e.g. by validation, counted as timed runs).
         """
-        return median_ms(lambda: self.run(x), runs, warmup, done)
+        return median_ms(lambda: self.run(x), runs, warmup, done, budget_s)
 
 
 #: Timed calls stop once they took this long (after :data:`MIN_LATENCY_RUNS`).
@@ -282,17 +287,22 @@ MIN_LATENCY_RUNS = 3
 
 
 def median_ms(
-    call: Callable[[], Any], runs: int = 10, warmup: int = 1, done: Sequence[float] = ()
+    call: Callable[[], Any],
+    runs: int = 10,
+    warmup: int = 1,
+    done: Sequence[float] = (),
+    budget_s: float | None = None,
 ) -> float:
     """Median wall time of ``call()`` in ms: ``warmup`` untimed calls, then up to ``runs``.
 
-    The timed calls stop after :data:`LATENCY_BUDGET_S` seconds once
-    :data:`MIN_LATENCY_RUNS` were made, so a large model's latency figure does not cost
-    more than its conversion (ConvNeXt-B at 224 px: 11 calls of 1.7 s each before).
+    The timed calls stop after ``budget_s`` seconds (default :data:`LATENCY_BUDGET_S`)
+    once :data:`MIN_LATENCY_RUNS` were made, so a large model's latency figure does not
+    cost more than its conversion (ConvNeXt-B at 224 px: 11 calls of 1.7 s each before).
     ``done`` are the seconds of equivalent calls made already after a warm-up (the
     batch-1 calls of validation): they count as the first timed runs and towards the
-    budget, so they are not made again; one untimed call precedes any further runs
-    (the runtime may have been resized to another batch size since).
+    budget, so they are not made again. The ``warmup`` calls precede any further runs:
+    pass 0 only when the last call was made at the same batch size (a runtime resized
+    since runs its first call slower).
 
     Example:
         >>> median_ms(lambda: sum(range(1000)), runs=5) < 100
@@ -300,15 +310,16 @@ def median_ms(
         >>> median_ms(lambda: 1 / 0, runs=3, done=[0.002, 0.001, 0.003])  # nothing called
         2.0
     """
+    budget = LATENCY_BUDGET_S if budget_s is None else budget_s
     times = [float(t) for t in done][: max(runs, 1)]
     start = time.perf_counter() - sum(times)
 
     def finished() -> bool:
-        over = time.perf_counter() - start > LATENCY_BUDGET_S
+        over = time.perf_counter() - start > budget
         return len(times) >= max(runs, 1) or (over and len(times) >= min(MIN_LATENCY_RUNS, runs))
 
-    if not finished():  # after ``done`` one untimed call too: the batch size may have changed
-        for _ in range(max(warmup, 1) if times else warmup):
+    if not finished():
+        for _ in range(warmup):
             call()
         start = time.perf_counter() - sum(times)
     while not finished():
