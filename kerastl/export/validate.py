@@ -1,10 +1,11 @@
 """Check an exported artifact against the Keras model, in the artifact's runtime.
 
 Tolerances are data (:data:`TOLERANCES`), one entry per ``format/precision``.
-Every artifact is run at two batch sizes (1 and a larger one, proving the batch
-axis is dynamic), twice on the same batch (determinism: augmentation or
-dropout left active in the graph would show here), and compared output by
-output with the Keras model called with ``training=False``.
+Every artifact is run on each validation input once, the first ones at batch size 1 and
+the rest at a larger one (proving the batch axis is dynamic), as the Keras reference ran
+them; the first input once more (determinism: augmentation or dropout left active in the
+graph would show here); and compared output by output with the Keras model called with
+``training=False``.
 
 ``rel_err`` of an output is ``max|artifact - keras| / max(max|keras|, 1e-6)``:
 the worst deviation relative to the output's scale.
