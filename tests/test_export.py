@@ -745,7 +745,8 @@ def test_latency_takes_the_calls_already_made_as_its_first_runs():
     # three calls done (as validation's batch-1 calls after the first): nothing more to run
     assert median_ms(lambda: calls.append(1), runs=3, done=[0.004, 0.001, 0.002]) == 2.0
     assert calls == []
-    # one done: one untimed call (the batch size may have changed since), two more timed
+    # one done: the default warm-up call (the caller's last call may have been at another
+    # batch size), two more timed
     median_ms(lambda: calls.append(1), runs=3, done=[0.001])
     assert len(calls) == 3
     # none done: a warm-up call, then the timed ones
@@ -895,11 +896,11 @@ def test_validate_passes_exact_and_catches_noise_shift_and_static_batch():
         validate(_Fake(batch_one_only), ref, x, "onnx/float32", "classification")
 
 
-@pytest.mark.parametrize("n", [2, 5, 6, 8, 16])
-def test_validate_compares_every_input_once_at_each_batch_size(n):
-    """Validation runs the first inputs at batch 1 and the rest at batch 4 (from the first
-    input again when fewer than 4 are left): a file wrong on one input only, or wrong at
-    the larger batch only, fails wherever that input sits; a right file passes."""
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6, 8, 16, 17])
+def test_validate_compares_every_input_at_each_batch_size(n):
+    """Validation runs the first inputs at batch 1 and the rest at batch 4 (the last 4 when
+    fewer than 4 are left): a file wrong on one input only, wrong at the larger batch only,
+    or giving one row per call, fails wherever that input sits; a right file passes."""
     from kerastl.export.validate import validate
 
     x = random_images(n, 8, seed=n)
@@ -923,6 +924,12 @@ def test_validate_compares_every_input_once_at_each_batch_size(n):
 
     bad = validate(_Fake(wrong_when_batched), ref, x, "onnx/float32", "classification")
     assert not bad["passed"] and bad["batch_sizes"] == [1, min(n, 4)]
+
+    def first_row_only(v):  # right values, but one row per call whatever the batch
+        return {k: o[:1] for k, o in _reference(v).items()}
+
+    bad = validate(_Fake(first_row_only), ref, x, "onnx/float32", "classification")
+    assert not bad["passed"] and any("rows for" in f for f in bad["failures"]), bad["failures"]
 
 
 def test_float64_referee_tells_rounding_from_a_broken_artifact():

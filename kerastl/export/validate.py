@@ -1,11 +1,12 @@
 """Check an exported artifact against the Keras model, in the artifact's runtime.
 
 Tolerances are data (:data:`TOLERANCES`), one entry per ``format/precision``.
-Every artifact is run on each validation input once, the first ones at batch size 1 and
-the rest at a larger one (proving the batch axis is dynamic), as the Keras reference ran
-them; the first input once more (determinism: augmentation or dropout left active in the
-graph would show here); and compared output by output with the Keras model called with
-``training=False``.
+Every artifact runs each validation input: the first ones at batch size 1, the rest at a
+larger one (proving the batch axis is dynamic), as the Keras reference ran them (with
+fewer than one larger batch left, that batch takes the last inputs, some of them run at
+batch 1 already); the first input runs once more (determinism: augmentation or dropout
+left active in the graph would show here, and in the comparison of every input); the
+outputs are compared output by output with the Keras model called with ``training=False``.
 
 ``rel_err`` of an output is ``max|artifact - keras| / max(max|keras|, 1e-6)``:
 the worst deviation relative to the output's scale.
@@ -361,8 +362,7 @@ def _referee(exact, keras_float32, x, runs, reference, names, max_rel_err) -> di
         # the referee stops ruling (so the noise only ever widens a sane bound).
         floor = max(keras_err, min(noise.get(name, 0.0), REFEREE_MAX))
         art_err = max(
-            rel_err(out[name], truth[name][start : start + len(out[name])])
-            for start, out in runs.values()
+            rel_err(out[name], truth[name][start:stop]) for start, stop, out in runs.values()
         )
         allowed = max(max_rel_err, REFEREE_FACTOR * floor)
         verdicts[name] = {
@@ -423,7 +423,7 @@ def validate(
             errors, tol, runs, reference, x, (exact, keras_float32), explicit, failures
         )
     # one batch-1 call again: dropout or augmentation left active changes any call
-    again, first = artifact.run(x[:1]), runs[1][1]
+    again, first = artifact.run(x[:1]), runs[1][2]
     floats = [k for k in again if k in first and np.asarray(again[k]).dtype.kind == "f"]
     det = max((rel_err(again[k], first[k][:1]) for k in floats), default=0.0)
     deterministic = det <= tol.determinism_rel_err
@@ -480,13 +480,13 @@ def run_in_batches(
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _runs(artifact: Any, x: np.ndarray) -> tuple[dict[int, tuple[int, dict]], list[float]]:
-    """The artifact's outputs: batch size -> (index of the first input, outputs by name).
+def _runs(artifact: Any, x: np.ndarray) -> tuple[dict[int, tuple[int, int, dict]], list[float]]:
+    """The artifact's outputs: batch size -> (first input, end of its inputs, outputs by name).
 
     The first :data:`BATCH1_SAMPLES` inputs go one by one (their wall times are returned:
     batch-1 latency runs), the rest at :data:`LARGE_BATCH`, as the Keras reference ran
-    them; when fewer than one large batch is left, the large batch takes the first inputs
-    again, so that a batch above 1 is always run.
+    them; when fewer than one large batch is left, one large batch takes the last inputs,
+    some of them run at batch 1 already, so that a batch above 1 is always run.
 
     Example:
         >>> class Double:
@@ -495,48 +495,50 @@ def _runs(artifact: Any, x: np.ndarray) -> tuple[dict[int, tuple[int, dict]], li
         ...     def run_batched(self, b, size):
         ...         return run_in_batches(self.run, b, size)
         >>> runs, seconds = _runs(Double(), np.arange(8.0))
-        >>> {bs: (start, out["y"].tolist()) for bs, (start, out) in runs.items()}, len(seconds)
-        ({1: (0, [0.0, 2.0, 4.0, 6.0]), 4: (4, [8.0, 10.0, 12.0, 14.0])}, 4)
-        >>> runs, _ = _runs(Double(), np.arange(6.0))  # too few left: from the first again
-        >>> runs[4][0], _every_input(runs, 6)["y"].tolist()
-        (0, [0.0, 2.0, 4.0, 6.0, 8.0, 10.0])
+        >>> {bs: (a, b, out["y"].tolist()) for bs, (a, b, out) in runs.items()}, len(seconds)
+        ({1: (0, 4, [0.0, 2.0, 4.0, 6.0]), 4: (4, 8, [8.0, 10.0, 12.0, 14.0])}, 4)
+        >>> runs, _ = _runs(Double(), np.arange(6.0))  # too few left: the last 4
+        >>> runs[4][:2], _every_input(runs, 6)["y"].tolist()
+        ((2, 6), [0.0, 2.0, 4.0, 6.0, 8.0, 10.0])
     """
     n1 = min(len(x), BATCH1_SAMPLES)
     seconds: list[float] = []
-    runs = {1: (0, run_in_batches(artifact.run, x[:n1], 1, seconds))}
+    runs = {1: (0, n1, run_in_batches(artifact.run, x[:n1], 1, seconds))}
     big = min(len(x), LARGE_BATCH)
     if big > 1:
-        start = n1 if len(x) - n1 >= big else 0
-        runs[big] = (start, artifact.run_batched(x[start:], big))
+        start = n1 if len(x) - n1 >= big else len(x) - big
+        runs[big] = (start, len(x), artifact.run_batched(x[start:], big))
     return runs, seconds
 
 
-def _every_input(runs: dict[int, tuple[int, dict]], n: int) -> dict[str, np.ndarray]:
-    """One output per input, in input order, from the runs that cover them."""
+def _every_input(runs: dict[int, tuple[int, int, dict]], n: int) -> dict[str, np.ndarray]:
+    """One output per input, in input order, from the runs that cover them (outputs with
+    the wrong number of rows left out: :func:`_output_errors` fails them)."""
     every: dict[str, list] = {}
     covered = 0
-    for start, out in sorted(runs.values(), key=lambda r: r[0]):
-        if covered >= n:
-            break
+    for start, stop, out in sorted(runs.values(), key=lambda r: r[0]):
         for name, value in out.items():
             every.setdefault(name, []).append(np.asarray(value)[covered - start :])
-        covered = start + len(next(iter(out.values()), []))
+        covered = max(covered, stop)
     return {k: np.concatenate(v) for k, v in every.items() if sum(map(len, v)) == n}
 
 
 def _output_errors(runs, reference, failures: list[str]) -> dict[str, float]:
-    """Worst ``rel_err`` of every float output over both batch sizes."""
+    """Worst ``rel_err`` of every float output over both batch sizes; an output with
+    another number of rows than the run had inputs fails, whatever its values."""
     errors: dict[str, float] = {}
-    for start, out in runs.values():
+    for bs, (start, stop, out) in runs.items():
         missing = sorted(set(reference) - set(out))
         if missing:
             failures.append(f"outputs {missing} missing (artifact has {sorted(out)})")
             continue
         for name, ref in reference.items():
-            if ref.dtype.kind != "f":
-                continue
-            err = rel_err(out[name], ref[start : start + len(out[name])])
-            errors[name] = max(errors.get(name, 0.0), err)
+            rows = len(np.asarray(out[name]))
+            if rows != stop - start:
+                failures.append(f"{name}: {rows} rows for {stop - start} inputs at batch size {bs}")
+            elif ref.dtype.kind == "f":
+                err = rel_err(out[name], ref[start:stop])
+                errors[name] = max(errors.get(name, 0.0), err)
     return errors
 
 
