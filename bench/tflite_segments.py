@@ -1,0 +1,378 @@
+"""TFLite conversion in graph segments joined into one file, against kerastl's whole conversion.
+
+    python -m bench.tflite_segments [--models vit_base_patch16_224_imagenet] [--segments 12]
+
+An experiment for issue 19 (the TFLite memory bar), not yet kerastl's export path.
+TensorFlow's MLIR converter holds four to five copies of the weights it converts; converted
+a part at a time, it holds that many copies of one part. For each model, two fresh child
+processes build the same model (random init, seed 0) and make a float32 TFLite file of it
+with the model in memory, as ``kerastl.export`` does:
+
+- ``whole``: kerastl's path: the SavedModel graph kerastl writes for the converter
+  (``write_graph(..., extras=False)``), then ``kerastl.export.formats.tflite.convert``;
+- ``segments``: the traced inference function frozen (kerastl's freeze that reads each
+  variable when its constant is made, as for ONNX); its nodes put in the order a
+  depth-first walk from the outputs needs them; cut where one tensor alone is live (ViT:
+  between transformer blocks) into about ``--segments`` parts of equal weight bytes; each
+  part converted alone by TensorFlow's converter (its GraphDef API); the parts joined into
+  one flatbuffer, one subgraph, each part's input tensor replaced by the previous part's
+  output.
+
+Peak is the child's ``ru_maxrss`` (model and TensorFlow included) when the file is made,
+before LiteRT loads it; then LiteRT runs it on 2 inputs and its float outputs are compared
+with Keras'. Writes ``bench/results_tflite_segments.md`` (RESULTS.md includes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS_MD = HERE / "results_tflite_segments.md"
+MODELS = ("vit_base_patch16_224_imagenet", "vit_large_patch16_224_imagenet")
+#: Nodes computed from weights alone go with the part that uses them.
+_WEIGHT_OPS = ("Identity", "Cast", "Reshape", "Transpose")
+
+
+def _src(name: str) -> tuple[str, int]:
+    node, _, port = name.lstrip("^").partition(":")
+    return node, int(port or 0)
+
+
+def _is_output(node: Any) -> bool:
+    """The frozen function's outputs are ``Identity``, ``Identity_1``, ..."""
+    return node.op == "Identity" and node.name.split("_")[0] == "Identity"
+
+
+def _data_inputs(node: Any) -> list[str]:
+    return [i for i in node.input if not i.startswith("^")]
+
+
+def walk_order(graph_def: Any) -> list[Any]:
+    """Nodes in the order a depth-first walk from the outputs needs them."""
+    by_name = {n.name: n for n in graph_def.node}
+    consumed = {_src(i)[0] for n in graph_def.node for i in n.input}
+    sinks = [n.name for n in graph_def.node if n.name not in consumed and _is_output(n)]
+    order, seen = [], set()
+    for sink in sinks:
+        stack = [(sink, False)]
+        while stack:
+            name, done = stack.pop()
+            if done:
+                order.append(by_name[name])
+            elif name not in seen:
+                seen.add(name)
+                stack.append((name, True))
+                ins = [_src(i)[0] for i in _data_inputs(by_name[name])]
+                stack += [(i, False) for i in reversed(ins) if i not in seen]
+    return order
+
+
+def plan(nodes: list[Any], parts: int) -> tuple[set[str], list[tuple[int, tuple[str, int]]]]:
+    """Weight nodes, and the cuts: (position, the one tensor live after it)."""
+    weights: set[str] = set()
+    for n in nodes:
+        ins = [_src(i)[0] for i in _data_inputs(n)]
+        if n.op == "Const" or (n.op in _WEIGHT_OPS and ins and all(i in weights for i in ins)):
+            weights.add(n.name)
+    last: dict[tuple[str, int], int] = {}
+    nbytes = [0] * len(nodes)
+    counted: set[str] = set()
+    by_name = {n.name: n for n in nodes}
+    for j, n in enumerate(nodes):
+        for i in _data_inputs(n):
+            if _src(i)[0] not in weights:
+                last[_src(i)] = j
+            elif n.name not in weights:
+                nbytes[j] += _weight_bytes(by_name, _src(i)[0], counted)
+    cuts, alive = [], set()
+    for j, n in enumerate(nodes):
+        alive = {s for s in alive if last[s] > j}
+        alive |= {s for s in last if s[0] == n.name and last[s] > j}
+        if len(alive) == 1 and n.op != "Placeholder":
+            cuts.append((j, next(iter(alive))))
+    total, running, cum = sum(nbytes), 0, []
+    for b in nbytes:
+        running += b
+        cum.append(running)
+    chosen: list[tuple[int, tuple[str, int]]] = []
+    for q in range(1, parts):
+        best = min(cuts, key=lambda c: abs(cum[c[0]] - total * q / parts))
+        if not chosen or best[0] > chosen[-1][0]:
+            chosen.append(best)
+    return weights, chosen
+
+
+def _weight_bytes(by_name: dict[str, Any], name: str, counted: set[str]) -> int:
+    total, stack = 0, [name]
+    while stack:
+        u = stack.pop()
+        if u in counted:
+            continue
+        counted.add(u)
+        node = by_name[u]
+        if node.op == "Const":
+            total += len(node.attr["value"].tensor.tensor_content)
+        stack += [_src(i)[0] for i in _data_inputs(node)]
+    return total
+
+
+def _part_graph(nodes, weights, body, cut_in, shapes) -> Any:
+    """The GraphDef of one part: its nodes, the weights they read, a placeholder in front."""
+    import tensorflow as tf
+
+    by_name = {n.name: n for n in nodes}
+    needed, stack = set(), [_src(i)[0] for n in body for i in _data_inputs(n)]
+    while stack:
+        u = stack.pop()
+        if u in weights and u not in needed:
+            needed.add(u)
+            stack += [_src(i)[0] for i in _data_inputs(by_name[u])]
+    part = tf.compat.v1.GraphDef()
+    if cut_in is not None:
+        ph = part.node.add(name="part_input", op="Placeholder")
+        dtype, shape = shapes[cut_in]
+        ph.attr["dtype"].type = dtype
+        ph.attr["shape"].shape.CopyFrom(shape)
+    for n in [by_name[u] for u in sorted(needed)] + [n for n in body if n.name not in weights]:
+        m = part.node.add()
+        m.CopyFrom(n)
+        ins = _data_inputs(m)
+        if cut_in is not None:
+            ins = ["part_input" if _src(i) == cut_in else i for i in ins]
+        del m.input[:]
+        m.input.extend(ins)
+    return part
+
+
+def _shapes(graph_def: Any, tensors: list[tuple[str, int]]) -> dict[tuple[str, int], Any]:
+    """dtype and shape of ``tensors``, from a copy of the graph whose weights are one value."""
+    import tensorflow as tf
+
+    light = tf.compat.v1.GraphDef()
+    for n in graph_def.node:
+        m = light.node.add()
+        m.CopyFrom(n)
+        value = m.attr["value"].tensor if n.op == "Const" else None
+        if value is not None and len(value.tensor_content) > 1024:
+            value.tensor_content = b""
+            value.float_val.append(0.0) if value.dtype == 1 else value.int_val.append(0)
+    with tf.Graph().as_default() as g:
+        tf.import_graph_def(light, name="")
+        found = {t: g.get_tensor_by_name(f"{t[0]}:{t[1]}") for t in tensors}
+        return {t: (v.dtype.as_datatype_enum, v.shape.as_proto()) for t, v in found.items()}
+
+
+def _convert_part(part: Any, inputs: list[str], outputs: list[str]) -> bytes:
+    import tensorflow as tf
+
+    with tf.Graph().as_default() as g:
+        tf.import_graph_def(part, name="")
+        ins = [g.get_tensor_by_name(n) for n in inputs]
+        outs = [g.get_tensor_by_name(n) for n in outputs]
+        return tf.compat.v1.lite.TFLiteConverter(part, ins, outs).convert()
+
+
+def segments(concrete: Any, parts: int) -> tuple[bytes, list[dict[str, Any]]]:
+    """The float32 TFLite file of ``concrete``, converted part by part, and per-part figures."""
+    from kerastl.export.formats import onnx as kx_onnx
+
+    graph_def, _ = kx_onnx._freeze(concrete)
+    nodes = walk_order(graph_def)
+    weights, cuts = plan(nodes, parts)
+    shapes = _shapes(graph_def, [c[1] for c in cuts])
+    del graph_def
+    sinks = [f"{n.name}:0" for n in nodes if _is_output(n)]
+    first_input = next(f"{n.name}:0" for n in nodes if n.op == "Placeholder")
+    bounds = [(-1, None), *cuts, (len(nodes) - 1, None)]
+    files, figures = [], []
+    for (a, cut_in), (b, cut_out) in zip(bounds, bounds[1:]):
+        start = time.perf_counter()
+        body = nodes[a + 1 : b + 1]
+        part = _part_graph(nodes, weights, body, cut_in, shapes)
+        inputs = ["part_input:0"] if cut_in is not None else [first_input]
+        outputs = [f"{cut_out[0]}:{cut_out[1]}"] if cut_out is not None else sinks
+        files.append(_convert_part(part, inputs, outputs))
+        del part
+        gc.collect()
+        figures.append(
+            {
+                "nodes": len(body),
+                "mb": round(len(files[-1]) / 1e6, 1),
+                "s": round(time.perf_counter() - start, 1),
+                "peak_mb": round(_peak_mb()),
+            }
+        )
+    del nodes
+    gc.collect()
+    return join(files), figures
+
+
+def join(files: list[bytes]) -> bytes:
+    """One flatbuffer of chained single-subgraph files: each file's first input is the
+    previous file's first output; operator codes shared, buffers and tensors renumbered."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from kerastl.export.formats import tflite_metadata
+
+    out = schema.ModelT.InitFromPackedBuf(files[0], 0)
+    files[0] = b""
+    main = out.subgraphs[0]
+    for k in range(1, len(files)):
+        model = schema.ModelT.InitFromPackedBuf(files[k], 0)
+        files[k] = b""
+        _append(out, main, model)
+        del model
+    out.signatureDefs = None
+    size = sum(len(b.data) for b in out.buffers if b.data is not None)
+    return bytes(tflite_metadata.pack(out, size + (1 << 20)))
+
+
+def _append(out: Any, main: Any, model: Any) -> None:
+    def key(code: Any) -> tuple:
+        return (code.builtinCode, code.deprecatedBuiltinCode, code.customCode, code.version)
+
+    codes = [key(c) for c in out.operatorCodes]
+    code_map = {}
+    for i, code in enumerate(model.operatorCodes):
+        if key(code) not in codes:
+            out.operatorCodes.append(code)
+            codes.append(key(code))
+        code_map[i] = codes.index(key(code))
+    buffer_map = {0: 0}
+    for i, buf in enumerate(model.buffers[1:], start=1):
+        out.buffers.append(buf)
+        buffer_map[i] = len(out.buffers) - 1
+    sub = model.subgraphs[0]
+    tensor_map = {sub.inputs[0]: main.outputs[0]}
+    for i, tensor in enumerate(sub.tensors):
+        if i not in tensor_map:
+            tensor.buffer = buffer_map.get(tensor.buffer, 0)
+            main.tensors.append(tensor)
+            tensor_map[i] = len(main.tensors) - 1
+    for op in sub.operators:
+        op.opcodeIndex = code_map[op.opcodeIndex]
+        op.inputs = [tensor_map[i] if i >= 0 else i for i in op.inputs]
+        op.outputs = [tensor_map[i] for i in op.outputs]
+        main.operators.append(op)
+    main.outputs = [tensor_map[i] for i in sub.outputs]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+def _whole(prepared: Any) -> bytes:
+    from kerastl.export.formats import tflite
+    from kerastl.export.formats.saved_model import write_graph
+
+    with tempfile.TemporaryDirectory(prefix="kerastl_seg_") as tmp:
+        write_graph(prepared, Path(tmp), extras=False)
+        return bytes(tflite.convert(Path(tmp), "float32", prepared.modality.input_name))
+
+
+def child(entry: str, mode: str, parts: int) -> dict[str, Any]:
+    """In the child: build, make the file one way, run it in LiteRT against Keras."""
+    import keras
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    import kerastl
+    from kerastl.export._trace import prepare
+
+    keras.utils.set_random_seed(0)
+    model = kerastl.build(entry, num_classes=5, compile=False, weights=None)
+    prepared = prepare(model)
+    size = tuple(model.inputs[0].shape[1:])
+    x = np.random.default_rng(0).uniform(0, 255, (2, *size)).astype("float32")
+    reference = {k: np.asarray(v) for k, v in prepared.tf_function()(x).items()}
+    built = _peak_mb()
+    start = time.perf_counter()
+    figures: list[dict[str, Any]] = []
+    if mode == "whole":
+        content = _whole(prepared)
+    else:
+        content, figures = segments(prepared.tf_function().get_concrete_function(), parts)
+    row = {"entry": entry, "mode": mode, "params": int(model.count_params())}
+    row.update(seconds=round(time.perf_counter() - start, 1), built_mb=round(built))
+    row.update(peak_mb=round(_peak_mb()), file_mb=round(len(content) / 1e6, 1), parts=figures)
+    interp = Interpreter(model_content=content)
+    errors = []
+    for i in range(len(x)):
+        interp.allocate_tensors()
+        interp.set_tensor(interp.get_input_details()[0]["index"], x[i : i + 1])
+        interp.invoke()
+        for d in interp.get_output_details():
+            got = interp.get_tensor(d["index"])
+            same = [r[i : i + 1] for r in reference.values() if r.shape[1:] == got.shape[1:]]
+            if got.dtype.kind == "f" and same:
+                scale = max(float(np.max(np.abs(r))) for r in same) or 1.0
+                errors.append(min(float(np.max(np.abs(got - r))) for r in same) / scale)
+    row["max_rel_err"] = max(errors) if errors else None
+    return row
+
+
+def _child(*args: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.tflite_segments", "--child", json.dumps(args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, check=False)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"child {args} failed: {done.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def markdown(rows: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        "## TFLite conversion in parts, joined (bench/tflite_segments.py; an experiment)",
+        "",
+        f"`{command}`. " + " ".join(__doc__.split("\n\n")[1:3]).replace("\n", " "),
+        "",
+        "| entry | params M | mode | parts | built GB | peak GB | peak - built GB | s | file MB "
+        "| max rel err vs Keras |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        err = "-" if r["max_rel_err"] is None else f"{r['max_rel_err']:.2g}"
+        lines.append(
+            f"| {r['entry']} | {r['params'] / 1e6:.0f} | {r['mode']} | {len(r['parts']) or 1} "
+            f"| {r['built_mb'] / 1e3:.2f} | {r['peak_mb'] / 1e3:.2f} "
+            f"| {(r['peak_mb'] - r['built_mb']) / 1e3:.2f} | {r['seconds']:.0f} "
+            f"| {r['file_mb']:.0f} | {err} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--segments", type=int, default=12)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        entry, mode, parts = json.loads(args.child)
+        print(json.dumps(child(entry, mode, int(parts))), flush=True)
+        return 0
+    rows = []
+    for i, entry in enumerate(args.models.split(",")):
+        for mode in ("whole", "segments") if i % 2 == 0 else ("segments", "whole"):
+            rows.append(_child(entry, mode, str(args.segments)))
+            print(json.dumps(rows[-1]), flush=True)
+    command = "python -m bench.tflite_segments " + " ".join(argv or sys.argv[1:])
+    RESULTS_MD.write_text(markdown(rows, command.strip()))
+    from bench import report
+
+    report.write(report.load())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
