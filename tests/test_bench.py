@@ -508,3 +508,71 @@ def test_grouped_conv_table_gives_the_speed_up_of_kerastl_over_keras():
              "kerastl_s": 0.24, "max_abs_diff": 2.2e-8}]  # fmt: skip
     text = markdown(rows, "python -m bench.grouped_conv")
     assert "| convnext_base | inference, batch 1 | 0.900 | 0.240 | 3.75x | 2.2e-08 |" in text
+
+
+def test_tflite_segments_cuts_between_blocks_and_the_joined_file_matches_keras():
+    """bench/tflite_segments: a residual model is cut only where one tensor alone is live
+    (between its blocks, never inside one), each part is converted alone, and the joined
+    file runs in LiteRT as one model that matches Keras; a wrong join (the parts' order
+    reversed) does not."""
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from bench import tflite_segments as seg
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="x")
+    h = keras.layers.Dense(16, name="stem")(inputs)
+    for k in range(4):
+        branch = keras.layers.Dense(16, activation="relu", name=f"block{k}_a")(h)
+        h = keras.layers.Add(name=f"block{k}_add")([h, keras.layers.Dense(16)(branch)])
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    fn = tf.function(lambda x: {"y": model(x)}, input_signature=[tf.TensorSpec((None, 8))])
+    concrete = fn.get_concrete_function()
+    content, parts = seg.segments(concrete, 4)
+    assert len(parts) == 4 and all(p["nodes"] > 0 for p in parts)
+    x = np.random.default_rng(0).normal(size=(3, 8)).astype("float32")
+    interp = Interpreter(model_content=bytes(content))
+    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
+    interp.resize_tensor_input(inp["index"], [3, 8])
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], x)
+    interp.invoke()
+    want = np.asarray(model(x))
+    assert np.allclose(interp.get_tensor(out["index"]), want, atol=1e-5)
+    graph_def, _ = __import__("kerastl.export.formats.onnx", fromlist=["_freeze"])._freeze(concrete)
+    nodes = seg.walk_order(graph_def)
+    _, cuts = seg.plan(nodes, 4)
+    assert all("add" in name.lower() for _, (name, _) in cuts), cuts
+    files = [bytes(seg._convert_part(*p)) for p in _parts_of(seg, nodes, graph_def, cuts)]
+    assert np.allclose(_run_tflite(seg.join(list(files)), x[:1]), want[:1], atol=1e-5)
+    try:  # the parts joined in the wrong order: LiteRT refuses it, or it gives other values
+        got = _run_tflite(seg.join(files[::-1]), x[:1])
+    except RuntimeError:
+        return
+    assert got.shape != want[:1].shape or not np.allclose(got, want[:1], atol=1e-5)
+
+
+def _run_tflite(content, x):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=bytes(content))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+
+def _parts_of(seg, nodes, graph_def, cuts):
+    """(part GraphDef, inputs, outputs) of each part, as ``segments`` makes them."""
+    weights, _ = seg.plan(nodes, 4)
+    shapes = seg._shapes(graph_def, [c[1] for c in cuts])
+    sinks = [f"{n.name}:0" for n in nodes if seg._is_output(n)]
+    first = next(f"{n.name}:0" for n in nodes if n.op == "Placeholder")
+    bounds = [(-1, None), *cuts, (len(nodes) - 1, None)]
+    for (a, cut_in), (b, cut_out) in zip(bounds, bounds[1:]):
+        part = seg._part_graph(nodes, weights, nodes[a + 1 : b + 1], cut_in, shapes)
+        ins = ["part_input:0"] if cut_in is not None else [first]
+        outs = [f"{cut_out[0]}:{cut_out[1]}"] if cut_out is not None else sinks
+        yield part, ins, outs
