@@ -39,6 +39,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "results_tflite_segments.md"
+RESULTS_JSON = HERE / "results_tflite_segments.json"
 MODELS = ("vit_base_patch16_224_imagenet", "convnext_base", "vit_large_patch16_224_imagenet")
 #: Nodes computed from weights alone go with the part that uses them.
 _WEIGHT_OPS = ("Identity", "Cast", "Reshape", "Transpose")
@@ -393,7 +394,7 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
     lines = [
         "## TFLite conversion in parts, joined (bench/tflite_segments.py; an experiment)",
         "",
-        f"`{command}`. " + " ".join(__doc__.split("\n\n")[1:3]).replace("\n", " "),
+        f"`{command}`. " + " ".join(__doc__.split("\n\n")[2:5]).replace("\n", " "),
         "",
         "| entry | params M | mode | parts | built GB | peak GB | peak - built GB | s | file MB "
         "| peak with LiteRT GB | max rel err vs Keras |",
@@ -415,7 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--segments", type=int, default=12)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args(argv)
+    if args.render:
+        stored = json.loads(RESULTS_JSON.read_text())
+        RESULTS_MD.write_text(markdown(stored["rows"], stored["command"]))
+        return 0
     if args.child:
         entry, mode, parts = json.loads(args.child)
         print(json.dumps(child(entry, mode, int(parts))), flush=True)
@@ -425,8 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("whole", "segments") if i % 2 == 0 else ("segments", "whole"):
             rows.append(_child(entry, mode, str(args.segments)))
             print(json.dumps(rows[-1]), flush=True)
-    command = "python -m bench.tflite_segments " + " ".join(argv or sys.argv[1:])
-    RESULTS_MD.write_text(markdown(rows, command.strip()))
+    command = ("python -m bench.tflite_segments " + " ".join(argv or sys.argv[1:])).strip()
+    RESULTS_JSON.write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
+    RESULTS_MD.write_text(markdown(rows, command))
     from bench import report
 
     report.write(report.load())
