@@ -1,12 +1,14 @@
 """TFLite conversion in graph segments joined into one file, against kerastl's whole conversion.
 
     python -m bench.tflite_segments [--models vit_base_patch16_224_imagenet] [--segments 12]
+        [--precisions float32,float16,dynamic]
 
 An experiment for issue 19 (the TFLite memory bar), not yet kerastl's export path.
 TensorFlow's MLIR converter holds four to five copies of the weights it converts; converted
 a part at a time, it holds that many copies of one part. For each model, two fresh child
-processes build the same model (random init, seed 0) and make a float32 TFLite file of it
-with the model in memory, as ``kerastl.export`` does:
+processes build the same model (random init, seed 0) and make a TFLite file of it (float32,
+or float16 / dynamic-range with kerastl's settings) with the model in memory, as
+``kerastl.export`` does:
 
 - ``whole``: kerastl's path: the SavedModel graph kerastl writes for the converter
   (``write_graph(..., extras=False)``), then ``kerastl.export.formats.tflite.convert``;
@@ -227,18 +229,28 @@ def _freeze_light(concrete: Any) -> tuple[Any, dict[str, Any], dict[str, int]]:
     return light, variables, sizes
 
 
-def _convert_part(part: Any, inputs: list[str], outputs: list[str]) -> bytes:
+def _convert_part(
+    part: Any, inputs: list[str], outputs: list[str], precision: str = "float32"
+) -> bytes:
+    """One part's file, with kerastl's converter settings for ``precision`` (not int8)."""
     import tensorflow as tf
 
     with tf.Graph().as_default() as g:
         tf.import_graph_def(part, name="")
         ins = [g.get_tensor_by_name(n) for n in inputs]
         outs = [g.get_tensor_by_name(n) for n in outputs]
-        return tf.compat.v1.lite.TFLiteConverter(part, ins, outs).convert()
+        converter = tf.compat.v1.lite.TFLiteConverter(part, ins, outs)
+        if precision in ("float16", "dynamic"):
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if precision == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
 
 
-def segments(concrete: Any, parts: int) -> tuple[bytearray, list[dict[str, Any]]]:
-    """The float32 TFLite file of ``concrete``, converted part by part, and per-part figures."""
+def segments(
+    concrete: Any, parts: int, precision: str = "float32"
+) -> tuple[bytearray, list[dict[str, Any]]]:
+    """The TFLite file of ``concrete``, converted part by part, and per-part figures."""
     graph_def, variables, sizes = _freeze_light(concrete)
     nodes = walk_order(graph_def)
     weights, cuts = plan(nodes, parts, sizes)
@@ -253,7 +265,7 @@ def segments(concrete: Any, parts: int) -> tuple[bytearray, list[dict[str, Any]]
         part = _part_graph(nodes, weights, body, cut_in, shapes, variables)
         inputs = ["part_input:0"] if cut_in is not None else [first_input]
         outputs = [f"{cut_out[0]}:{cut_out[1]}"] if cut_out is not None else sinks
-        files.append(_convert_part(part, inputs, outputs))
+        files.append(_convert_part(part, inputs, outputs, precision))
         del part
         gc.collect()
         figures.append(
@@ -324,16 +336,16 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
-def _whole(prepared: Any) -> bytes | bytearray:
+def _whole(prepared: Any, precision: str) -> bytes | bytearray:
     from kerastl.export.formats import tflite
     from kerastl.export.formats.saved_model import write_graph
 
     with tempfile.TemporaryDirectory(prefix="kerastl_seg_") as tmp:
         write_graph(prepared, Path(tmp), extras=False)
-        return tflite.convert(Path(tmp), "float32", prepared.modality.input_name)
+        return tflite.convert(Path(tmp), precision, prepared.modality.input_name)
 
 
-def child(entry: str, mode: str, parts: int) -> dict[str, Any]:
+def child(entry: str, mode: str, parts: int, precision: str = "float32") -> dict[str, Any]:
     """In the child: build, make the file one way, run it in LiteRT against Keras."""
     import keras
     import numpy as np
@@ -352,10 +364,12 @@ def child(entry: str, mode: str, parts: int) -> dict[str, Any]:
     start = time.perf_counter()
     figures: list[dict[str, Any]] = []
     if mode == "whole":
-        content = _whole(prepared)
+        content = _whole(prepared, precision)
     else:
-        content, figures = segments(prepared.tf_function().get_concrete_function(), parts)
-    row = {"entry": entry, "mode": mode, "params": int(model.count_params())}
+        concrete = prepared.tf_function().get_concrete_function()
+        content, figures = segments(concrete, parts, precision)
+    row = {"entry": entry, "mode": mode, "precision": precision}
+    row["params"] = int(model.count_params())
     row.update(seconds=round(time.perf_counter() - start, 1), built_mb=round(built))
     row.update(peak_mb=round(_peak_mb()), file_mb=round(len(content) / 1e6, 1), parts=figures)
     path = Path(tempfile.mkdtemp(prefix="kerastl_seg_")) / "model.tflite"
@@ -390,50 +404,71 @@ def _child(*args: str) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def markdown(rows: list[dict[str, Any]], command: str) -> str:
+def markdown(rows: list[dict[str, Any]]) -> str:
+    commands = list(dict.fromkeys(r["command"] for r in rows))
     lines = [
         "## TFLite conversion in parts, joined (bench/tflite_segments.py; an experiment)",
         "",
-        f"`{command}`. " + " ".join(__doc__.split("\n\n")[2:5]).replace("\n", " "),
+        " ".join(__doc__.split("\n\n")[2:5]).replace("\n", " "),
         "",
-        "| entry | params M | mode | parts | built GB | peak GB | peak - built GB | s | file MB "
-        "| peak with LiteRT GB | max rel err vs Keras |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[f"- [{k}] `{c}`" for k, c in enumerate(commands, 1)],
+        "",
+        "| entry | params M | precision | mode | parts | built GB | peak GB | peak - built GB | s "
+        "| file MB | peak with LiteRT GB | max rel err vs Keras | by |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         err = "-" if r["max_rel_err"] is None else f"{r['max_rel_err']:.2g}"
         lines.append(
-            f"| {r['entry']} | {r['params'] / 1e6:.0f} | {r['mode']} | {len(r['parts']) or 1} "
+            f"| {r['entry']} | {r['params'] / 1e6:.0f} | {r.get('precision', 'float32')} "
+            f"| {r['mode']} | {len(r['parts']) or 1} "
             f"| {r['built_mb'] / 1e3:.2f} | {r['peak_mb'] / 1e3:.2f} "
             f"| {(r['peak_mb'] - r['built_mb']) / 1e3:.2f} | {r['seconds']:.0f} "
-            f"| {r['file_mb']:.0f} | {r['peak_with_litert_mb'] / 1e3:.2f} | {err} |"
+            f"| {r['file_mb']:.0f} | {r['peak_with_litert_mb'] / 1e3:.2f} | {err} "
+            f"| [{commands.index(r['command']) + 1}] |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored rows with the new run's (entry, precision, mode) rows in their place."""
+
+    def key(r: dict[str, Any]) -> tuple:
+        return r["entry"], r.get("precision", "float32"), r["mode"]
+
+    fresh = {key(r): r for r in new}
+    kept = [fresh.pop(key(r), r) for r in old]
+    return kept + list(fresh.values())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--segments", type=int, default=12)
+    parser.add_argument("--precisions", default="float32", help="float32,float16,dynamic")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args(argv)
     if args.render:
-        stored = json.loads(RESULTS_JSON.read_text())
-        RESULTS_MD.write_text(markdown(stored["rows"], stored["command"]))
+        RESULTS_MD.write_text(markdown(json.loads(RESULTS_JSON.read_text())["rows"]))
         return 0
     if args.child:
-        entry, mode, parts = json.loads(args.child)
-        print(json.dumps(child(entry, mode, int(parts))), flush=True)
+        entry, mode, parts, precision = json.loads(args.child)
+        print(json.dumps(child(entry, mode, int(parts), precision)), flush=True)
         return 0
-    rows = []
-    for i, entry in enumerate(args.models.split(",")):
-        for mode in ("whole", "segments") if i % 2 == 0 else ("segments", "whole"):
-            rows.append(_child(entry, mode, str(args.segments)))
-            print(json.dumps(rows[-1]), flush=True)
     command = ("python -m bench.tflite_segments " + " ".join(argv or sys.argv[1:])).strip()
-    RESULTS_JSON.write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
-    RESULTS_MD.write_text(markdown(rows, command))
+    rows, i = [], 0
+    for entry in args.models.split(","):
+        for precision in args.precisions.split(","):
+            for mode in ("whole", "segments") if i % 2 == 0 else ("segments", "whole"):
+                rows.append(_child(entry, mode, str(args.segments), precision))
+                rows[-1]["command"] = command
+                print(json.dumps(rows[-1]), flush=True)
+            i += 1
+    old = json.loads(RESULTS_JSON.read_text())["rows"] if RESULTS_JSON.is_file() else []
+    rows = _merge(old, rows)
+    RESULTS_JSON.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    RESULTS_MD.write_text(markdown(rows))
     from bench import report
 
     report.write(report.load())

@@ -576,3 +576,45 @@ def _parts_of(seg, nodes, graph_def, cuts):
         ins = ["part_input:0"] if cut_in is not None else [first]
         outs = [f"{cut_out[0]}:{cut_out[1]}"] if cut_out is not None else sinks
         yield part, ins, outs
+
+
+@pytest.mark.parametrize("precision, tol", [("float16", 1e-2), ("dynamic", 5e-2)])
+def test_tflite_segments_quantized_parts_join_into_a_file_that_follows_keras(precision, tol):
+    """Parts converted with kerastl's float16 / dynamic-range settings join as the float
+    parts do: the joined file holds the quantized weights (smaller than the float32 join)
+    and follows Keras within the precision's error."""
+    import keras
+    import tensorflow as tf
+
+    from bench import tflite_segments as seg
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((32,), name="x")
+    h = keras.layers.Dense(64, name="stem")(inputs)
+    for k in range(3):
+        branch = keras.layers.Dense(64, activation="relu", name=f"b{k}")(h)
+        h = keras.layers.Add(name=f"b{k}_add")([h, keras.layers.Dense(64)(branch)])
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(h))
+    fn = tf.function(lambda x: {"y": model(x)}, input_signature=[tf.TensorSpec((None, 32))])
+    concrete = fn.get_concrete_function()
+    x = np.random.default_rng(1).normal(size=(1, 32)).astype("float32")
+    want = np.asarray(model(x))
+    float32, _ = seg.segments(concrete, 3)
+    content, parts = seg.segments(concrete, 3, precision)
+    assert len(parts) == 3 and len(content) < 0.6 * len(float32)
+    got = _run_tflite(content, x)
+    assert np.max(np.abs(got - want)) <= tol * np.max(np.abs(want))
+
+
+def test_tflite_segments_merge_replaces_only_the_rows_it_reran():
+    from bench.tflite_segments import _merge
+
+    old = [
+        {"entry": "a", "precision": "float32", "mode": "whole", "peak_mb": 1},
+        {"entry": "a", "precision": "float32", "mode": "segments", "peak_mb": 2},
+    ]
+    new = [
+        {"entry": "a", "precision": "float32", "mode": "segments", "peak_mb": 3},
+        {"entry": "a", "precision": "float16", "mode": "segments", "peak_mb": 4},
+    ]
+    assert [r["peak_mb"] for r in _merge(old, new)] == [1, 3, 4]
