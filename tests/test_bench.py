@@ -515,37 +515,21 @@ def test_tflite_segments_cuts_between_blocks_and_the_joined_file_matches_keras()
     (between its blocks, never inside one), each part is converted alone, and the joined
     file runs in LiteRT as one model that matches Keras; a wrong join (the parts' order
     reversed) does not."""
-    import keras
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
     from bench import tflite_segments as seg
+    from kerastl.export.formats.onnx import _freeze
 
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8,), name="x")
-    h = keras.layers.Dense(16, name="stem")(inputs)
-    for k in range(4):
-        branch = keras.layers.Dense(16, activation="relu", name=f"block{k}_a")(h)
-        h = keras.layers.Add(name=f"block{k}_add")([h, keras.layers.Dense(16)(branch)])
-    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
-    fn = tf.function(lambda x: {"y": model(x)}, input_signature=[tf.TensorSpec((None, 8))])
-    concrete = fn.get_concrete_function()
+    model, concrete = _residual_model(8, 16, blocks=4, classes=3, seed=0)
     content, parts = seg.segments(concrete, 4)
     assert len(parts) == 4 and all(p["nodes"] > 0 for p in parts)
     x = np.random.default_rng(0).normal(size=(3, 8)).astype("float32")
-    interp = Interpreter(model_content=bytes(content))
-    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
-    interp.resize_tensor_input(inp["index"], [3, 8])
-    interp.allocate_tensors()
-    interp.set_tensor(inp["index"], x)
-    interp.invoke()
     want = np.asarray(model(x))
-    assert np.allclose(interp.get_tensor(out["index"]), want, atol=1e-5)
-    graph_def, _ = __import__("kerastl.export.formats.onnx", fromlist=["_freeze"])._freeze(concrete)
+    assert np.allclose(_run_tflite(content, x), want, atol=1e-5)
+    graph_def, _ = _freeze(concrete)
     nodes = seg.walk_order(graph_def)
-    _, cuts = seg.plan(nodes, 4)
+    weights, cuts = seg.plan(nodes, 4)
     assert all("add" in name.lower() for _, (name, _) in cuts), cuts
-    files = [bytes(seg._convert_part(*p)) for p in _parts_of(seg, nodes, graph_def, cuts)]
+    parts_of = _parts_of(seg, nodes, weights, graph_def, cuts)
+    files = [bytes(seg._convert_part(*p)) for p in parts_of]
     assert np.allclose(_run_tflite(seg.join(list(files)), x[:1]), want[:1], atol=1e-5)
     try:  # the parts joined in the wrong order: LiteRT refuses it, or it gives other values
         got = _run_tflite(seg.join(files[::-1]), x[:1])
@@ -554,19 +538,38 @@ def test_tflite_segments_cuts_between_blocks_and_the_joined_file_matches_keras()
     assert got.shape != want[:1].shape or not np.allclose(got, want[:1], atol=1e-5)
 
 
+def _residual_model(width_in, width, blocks, classes, seed):
+    """A Keras model of ``blocks`` residual Dense blocks and its traced inference function."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((width_in,), name="x")
+    h = keras.layers.Dense(width, name="stem")(inputs)
+    for k in range(blocks):
+        branch = keras.layers.Dense(width, activation="relu", name=f"block{k}_a")(h)
+        h = keras.layers.Add(name=f"block{k}_add")([h, keras.layers.Dense(width)(branch)])
+    model = keras.Model(inputs, keras.layers.Dense(classes, name="head")(h))
+    spec = [tf.TensorSpec((None, width_in))]
+    fn = tf.function(lambda x: {"y": model(x)}, input_signature=spec)
+    return model, fn.get_concrete_function()
+
+
 def _run_tflite(content, x):
+    """The first output of the TFLite file ``content`` on the batch ``x``."""
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_content=bytes(content))
+    index = interp.get_input_details()[0]["index"]
+    interp.resize_tensor_input(index, list(x.shape))
     interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.set_tensor(index, x)
     interp.invoke()
     return interp.get_tensor(interp.get_output_details()[0]["index"])
 
 
-def _parts_of(seg, nodes, graph_def, cuts):
+def _parts_of(seg, nodes, weights, graph_def, cuts):
     """(part GraphDef, inputs, outputs) of each part, as ``segments`` makes them."""
-    weights, _ = seg.plan(nodes, 4)
     shapes = seg._shapes(graph_def, [c[1] for c in cuts])
     sinks = [f"{n.name}:0" for n in nodes if seg._is_output(n)]
     first = next(f"{n.name}:0" for n in nodes if n.op == "Placeholder")
@@ -583,20 +586,9 @@ def test_tflite_segments_quantized_parts_join_into_a_file_that_follows_keras(pre
     """Parts converted with kerastl's float16 / dynamic-range settings join as the float
     parts do: the joined file holds the quantized weights (smaller than the float32 join)
     and follows Keras within the precision's error."""
-    import keras
-    import tensorflow as tf
-
     from bench import tflite_segments as seg
 
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((32,), name="x")
-    h = keras.layers.Dense(64, name="stem")(inputs)
-    for k in range(3):
-        branch = keras.layers.Dense(64, activation="relu", name=f"b{k}")(h)
-        h = keras.layers.Add(name=f"b{k}_add")([h, keras.layers.Dense(64)(branch)])
-    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(h))
-    fn = tf.function(lambda x: {"y": model(x)}, input_signature=[tf.TensorSpec((None, 32))])
-    concrete = fn.get_concrete_function()
+    model, concrete = _residual_model(32, 64, blocks=3, classes=4, seed=1)
     x = np.random.default_rng(1).normal(size=(1, 32)).astype("float32")
     want = np.asarray(model(x))
     float32, _ = seg.segments(concrete, 3)

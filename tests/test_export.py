@@ -794,6 +794,25 @@ def test_release_memory_skips_objects_alive_before_the_export_but_frees_its_own_
         gc.unfreeze()
 
 
+def _tiny_model_with_onnx_calls_counted(monkeypatch):
+    """A one-Dense image model, and the list the ONNX file's calls append their batch size to."""
+    import keras
+
+    from kerastl.export.formats import onnx as kx_onnx
+
+    inputs = keras.Input((8, 8, 3), name="image")
+    h = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
+    file_calls: list[int] = []
+    real_run = kx_onnx.OnnxArtifact.run
+
+    def run(self, x):
+        file_calls.append(len(x))
+        return real_run(self, x)
+
+    monkeypatch.setattr(kx_onnx.OnnxArtifact, "run", run)
+    return keras.Model(inputs, h, name="tiny"), file_calls
+
+
 def test_export_times_the_validation_calls_instead_of_repeating_them(tmp_path, monkeypatch):
     """Batch-1 latency (Keras' and the file's) is taken from the calls validation makes one
     example at a time; only the runs still missing are made. 16 inputs, latency_runs=3:
@@ -803,20 +822,9 @@ def test_export_times_the_validation_calls_instead_of_repeating_them(tmp_path, m
     import keras
 
     import kerastl
-    from kerastl.export.formats import onnx as kx_onnx
 
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 3), name="image")
-    h = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
-    model = keras.Model(inputs, h, name="tiny")
-    file_calls = []
-    real_run = kx_onnx.OnnxArtifact.run
-
-    def run(self, x):
-        file_calls.append(len(x))
-        return real_run(self, x)
-
-    monkeypatch.setattr(kx_onnx.OnnxArtifact, "run", run)
+    model, file_calls = _tiny_model_with_onnx_calls_counted(monkeypatch)
     x = random_images(16, 8)
     report = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x, latency_runs=3)
     assert report["status"] == "passed"
@@ -834,23 +842,10 @@ def test_export_latency_follows_its_budget_without_a_warm_up_call(
     """Validation's last call is at batch 1, so the file's latency runs start at once: the
     3 timed batch-1 calls of validation, then more (no untimed one first) up to
     latency_runs=10 while the export's latency budget lasts."""
-    import keras
-
     import kerastl
     from kerastl.export import pipeline
-    from kerastl.export.formats import onnx as kx_onnx
 
-    inputs = keras.Input((8, 8, 3), name="image")
-    h = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
-    model = keras.Model(inputs, h, name="tiny")
-    file_calls = []
-    real_run = kx_onnx.OnnxArtifact.run
-
-    def run(self, x):
-        file_calls.append(len(x))
-        return real_run(self, x)
-
-    monkeypatch.setattr(kx_onnx.OnnxArtifact, "run", run)
+    model, file_calls = _tiny_model_with_onnx_calls_counted(monkeypatch)
     monkeypatch.setattr(pipeline, "LATENCY_BUDGET_S", budget)
     x = random_images(16, 8)
     report = kerastl.export(model, tmp_path, formats=["onnx"], validation_data=x)
