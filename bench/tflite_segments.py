@@ -3,7 +3,8 @@
     python -m bench.tflite_segments [--models vit_base_patch16_224_imagenet] [--segments 12]
         [--precisions float32,float16,dynamic]
 
-An experiment for issue 19 (the TFLite memory bar), not yet kerastl's export path.
+Conversion in parts is what ``kerastl.export`` does for models of 256 MB of weights or more
+(``kerastl/export/formats/tflite_parts.py``); this compares the two converters alone.
 TensorFlow's MLIR converter holds four to five copies of the weights it converts; converted
 a part at a time, it holds that many copies of one part. For each model, two fresh child
 processes build the same model (random init, seed 0) and make a TFLite file of it (float32,
@@ -12,13 +13,13 @@ or float16 / dynamic-range with kerastl's settings) with the model in memory, as
 
 - ``whole``: kerastl's path: the SavedModel graph kerastl writes for the converter
   (``write_graph(..., extras=False)``), then ``kerastl.export.formats.tflite.convert``;
-- ``segments``: the traced inference function frozen (kerastl's freeze that reads each
-  variable when its constant is made, as for ONNX); its nodes put in the order a
-  depth-first walk from the outputs needs them; cut where one tensor alone is live (ViT:
-  between transformer blocks) into about ``--segments`` parts of equal weight bytes; each
-  part converted alone by TensorFlow's converter (its GraphDef API); the parts joined into
-  one flatbuffer, one subgraph, each part's input tensor replaced by the previous part's
-  output.
+- ``segments``: ``kerastl.export.formats.tflite_parts``: the traced inference function
+  frozen (kerastl's freeze that reads each variable when its constant is made, as for
+  ONNX); its nodes put in the order a depth-first walk from the outputs needs them; cut
+  where few tensors cross (ViT: between transformer blocks) into about ``--segments``
+  parts of equal weight bytes; each part converted alone by TensorFlow's converter (its
+  GraphDef API); the parts joined into one flatbuffer, one subgraph, each part's inputs
+  wired to the tensors earlier parts made.
 
 Peak is the child's ``ru_maxrss`` (model and TensorFlow included) when the file is made,
 before LiteRT loads it; then the file is written, let go, and LiteRT maps it and runs it on
@@ -29,7 +30,6 @@ with Keras'. Writes ``bench/results_tflite_segments.md`` (RESULTS.md includes it
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import resource
 import subprocess
@@ -43,293 +43,19 @@ HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "results_tflite_segments.md"
 RESULTS_JSON = HERE / "results_tflite_segments.json"
 MODELS = ("vit_base_patch16_224_imagenet", "convnext_base", "vit_large_patch16_224_imagenet")
-#: Nodes computed from weights alone go with the part that uses them.
-_WEIGHT_OPS = ("Identity", "Cast", "Reshape", "Transpose")
-
-
-def _src(name: str) -> tuple[str, int]:
-    node, _, port = name.lstrip("^").partition(":")
-    return node, int(port or 0)
-
-
-def _is_output(node: Any) -> bool:
-    """The frozen function's outputs are ``Identity``, ``Identity_1``, ..."""
-    return node.op == "Identity" and node.name.split("_")[0] == "Identity"
-
-
-def _data_inputs(node: Any) -> list[str]:
-    return [i for i in node.input if not i.startswith("^")]
-
-
-def walk_order(graph_def: Any) -> list[Any]:
-    """Nodes in the order a depth-first walk from the outputs needs them."""
-    by_name = {n.name: n for n in graph_def.node}
-    consumed = {_src(i)[0] for n in graph_def.node for i in n.input}
-    sinks = [n.name for n in graph_def.node if n.name not in consumed and _is_output(n)]
-    order, seen = [], set()
-    for sink in sinks:
-        stack = [(sink, False)]
-        while stack:
-            name, done = stack.pop()
-            if done:
-                order.append(by_name[name])
-            elif name not in seen:
-                seen.add(name)
-                stack.append((name, True))
-                ins = [_src(i)[0] for i in _data_inputs(by_name[name])]
-                stack += [(i, False) for i in reversed(ins) if i not in seen]
-    return order
-
-
-def plan(
-    nodes: list[Any], parts: int, sizes: dict[str, int] | None = None
-) -> tuple[set[str], list[tuple[int, tuple[str, int]]]]:
-    """Weight nodes, and the cuts: (position, the one tensor live after it).
-
-    ``sizes``: bytes of the constants whose values were left out of the GraphDef.
-    """
-    weights: set[str] = set()
-    for n in nodes:
-        ins = [_src(i)[0] for i in _data_inputs(n)]
-        if n.op == "Const" or (n.op in _WEIGHT_OPS and ins and all(i in weights for i in ins)):
-            weights.add(n.name)
-    last: dict[tuple[str, int], int] = {}
-    nbytes = [0] * len(nodes)
-    counted: set[str] = set()
-    by_name = {n.name: n for n in nodes}
-    for j, n in enumerate(nodes):
-        for i in _data_inputs(n):
-            if _src(i)[0] not in weights:
-                last[_src(i)] = j
-            elif n.name not in weights:
-                nbytes[j] += _weight_bytes(by_name, _src(i)[0], counted, sizes or {})
-    cuts, alive = [], set()
-    for j, n in enumerate(nodes):
-        alive = {s for s in alive if last[s] > j}
-        alive |= {s for s in last if s[0] == n.name and last[s] > j}
-        if len(alive) == 1 and n.op != "Placeholder":
-            cuts.append((j, next(iter(alive))))
-    total, running, cum = sum(nbytes), 0, []
-    for b in nbytes:
-        running += b
-        cum.append(running)
-    chosen: list[tuple[int, tuple[str, int]]] = []
-    for q in range(1, parts):
-        best = min(cuts, key=lambda c: abs(cum[c[0]] - total * q / parts))
-        if not chosen or best[0] > chosen[-1][0]:
-            chosen.append(best)
-    return weights, chosen
-
-
-def _weight_bytes(by_name: dict[str, Any], name: str, counted: set[str], sizes: dict) -> int:
-    total, stack = 0, [name]
-    while stack:
-        u = stack.pop()
-        if u in counted:
-            continue
-        counted.add(u)
-        node = by_name[u]
-        if node.op == "Const":
-            total += sizes.get(u, len(node.attr["value"].tensor.tensor_content))
-        stack += [_src(i)[0] for i in _data_inputs(node)]
-    return total
-
-
-def _part_graph(nodes, weights, body, cut_in, shapes, variables=None) -> Any:
-    """The GraphDef of one part: its nodes, the weights they read (values read from
-    ``variables`` now, one at a time, for the constants left empty), a placeholder in front."""
-    import numpy as np
-    import tensorflow as tf
-
-    by_name = {n.name: n for n in nodes}
-    needed, stack = set(), [_src(i)[0] for n in body for i in _data_inputs(n)]
-    while stack:
-        u = stack.pop()
-        if u in weights and u not in needed:
-            needed.add(u)
-            stack += [_src(i)[0] for i in _data_inputs(by_name[u])]
-    part = tf.compat.v1.GraphDef()
-    if cut_in is not None:
-        ph = part.node.add(name="part_input", op="Placeholder")
-        dtype, shape = shapes[cut_in]
-        ph.attr["dtype"].type = dtype
-        ph.attr["shape"].shape.CopyFrom(shape)
-    for n in [by_name[u] for u in sorted(needed)] + [n for n in body if n.name not in weights]:
-        m = part.node.add()
-        m.CopyFrom(n)
-        if variables and n.name in variables:
-            m.attr["value"].tensor.tensor_content = np.asarray(variables[n.name].numpy()).tobytes()
-        ins = _data_inputs(m)
-        if cut_in is not None:
-            ins = ["part_input" if _src(i) == cut_in else i for i in ins]
-        del m.input[:]
-        m.input.extend(ins)
-    return part
-
-
-def _shapes(graph_def: Any, tensors: list[tuple[str, int]]) -> dict[tuple[str, int], Any]:
-    """dtype and shape of ``tensors``, from a copy of the graph whose weights are one value."""
-    import tensorflow as tf
-
-    light = tf.compat.v1.GraphDef()
-    for n in graph_def.node:
-        m = light.node.add()
-        m.CopyFrom(n)
-        value = m.attr["value"].tensor if n.op == "Const" else None
-        if value is not None and (len(value.tensor_content) > 1024 or _left_out(value)):
-            value.tensor_content = b""
-            value.float_val.append(0.0) if value.dtype == 1 else value.int_val.append(0)
-    with tf.Graph().as_default() as g:
-        tf.import_graph_def(light, name="")
-        found = {t: g.get_tensor_by_name(f"{t[0]}:{t[1]}") for t in tensors}
-        return {t: (v.dtype.as_datatype_enum, v.shape.as_proto()) for t, v in found.items()}
-
-
-def _left_out(value: Any) -> bool:
-    """A constant whose values :func:`_freeze_light` left out."""
-    fields = ("tensor_content", "float_val", "int_val", "int64_val", "half_val", "bool_val")
-    return not any(len(getattr(value, f)) for f in fields) and len(value.tensor_shape.dim) > 0
-
-
-def _freeze_light(concrete: Any) -> tuple[Any, dict[str, Any], dict[str, int]]:
-    """The frozen GraphDef without its variables' values, name -> variable, name -> bytes.
-
-    kerastl's freeze (each variable read when its constant is made) gives the GraphDef;
-    a copy without the values is kept and the full one let go, so the weights are read
-    again part by part.
-    """
-    import numpy as np
-    import tensorflow as tf
-    from tensorflow.python.framework import convert_to_constants as c2c
-
-    from kerastl.export.formats import onnx as kx_onnx
-
-    data = kx_onnx._reading_when_needed()(
-        func=concrete, lower_control_flow=False, aggressive_inlining=True
-    )
-    graph_def, _ = c2c._replace_variables_by_constants(converter_data=data)
-    data.forget()
-    variables = {
-        name: entry[0].variable
-        for name, entry in data._tensor_data.items()
-        if hasattr(entry[0], "variable")
-    }
-    del data
-    light = tf.compat.v1.GraphDef()
-    for n in graph_def.node:
-        if n.name in variables:  # dtype and shape only, never the values
-            m = light.node.add(name=n.name, op="Const")
-            m.attr["dtype"].CopyFrom(n.attr["dtype"])
-            m.attr["value"].tensor.dtype = n.attr["value"].tensor.dtype
-            m.attr["value"].tensor.tensor_shape.CopyFrom(n.attr["value"].tensor.tensor_shape)
-        else:
-            light.node.add().CopyFrom(n)
-    del graph_def
-    sizes = {k: int(np.prod(v.shape)) * v.dtype.size for k, v in variables.items()}
-    return light, variables, sizes
-
-
-def _convert_part(
-    part: Any, inputs: list[str], outputs: list[str], precision: str = "float32"
-) -> bytes:
-    """One part's file, with kerastl's converter settings for ``precision`` (not int8)."""
-    import tensorflow as tf
-
-    with tf.Graph().as_default() as g:
-        tf.import_graph_def(part, name="")
-        ins = [g.get_tensor_by_name(n) for n in inputs]
-        outs = [g.get_tensor_by_name(n) for n in outputs]
-        converter = tf.compat.v1.lite.TFLiteConverter(part, ins, outs)
-        if precision in ("float16", "dynamic"):
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if precision == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        return converter.convert()
 
 
 def segments(
     concrete: Any, parts: int, precision: str = "float32"
 ) -> tuple[bytearray, list[dict[str, Any]]]:
-    """The TFLite file of ``concrete``, converted part by part, and per-part figures."""
-    graph_def, variables, sizes = _freeze_light(concrete)
-    nodes = walk_order(graph_def)
-    weights, cuts = plan(nodes, parts, sizes)
-    shapes = _shapes(graph_def, [c[1] for c in cuts])
-    sinks = [f"{n.name}:0" for n in nodes if _is_output(n)]
-    first_input = next(f"{n.name}:0" for n in nodes if n.op == "Placeholder")
-    bounds = [(-1, None), *cuts, (len(nodes) - 1, None)]
-    files, figures = [], []
-    for (a, cut_in), (b, cut_out) in zip(bounds, bounds[1:]):
-        start = time.perf_counter()
-        body = nodes[a + 1 : b + 1]
-        part = _part_graph(nodes, weights, body, cut_in, shapes, variables)
-        inputs = ["part_input:0"] if cut_in is not None else [first_input]
-        outputs = [f"{cut_out[0]}:{cut_out[1]}"] if cut_out is not None else sinks
-        files.append(_convert_part(part, inputs, outputs, precision))
-        del part
-        gc.collect()
-        figures.append(
-            {
-                "nodes": len(body),
-                "mb": round(len(files[-1]) / 1e6, 1),
-                "s": round(time.perf_counter() - start, 1),
-                "peak_mb": round(_peak_mb()),
-            }
-        )
-    del nodes, graph_def
-    gc.collect()
-    return join(files), figures
+    """The TFLite file of ``concrete``, converted part by part by kerastl, and its parts."""
+    from kerastl.export.formats import tflite_parts
 
-
-def join(files: list[bytes]) -> bytearray:
-    """One flatbuffer of chained single-subgraph files: each file's first input is the
-    previous file's first output; operator codes shared, buffers and tensors renumbered.
-    ``files`` is emptied on the way (each file let go once it is read)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    from kerastl.export.formats import tflite_metadata
-
-    out = schema.ModelT.InitFromPackedBuf(files[0], 0)
-    files[0] = b""
-    main = out.subgraphs[0]
-    for k in range(1, len(files)):
-        model = schema.ModelT.InitFromPackedBuf(files[k], 0)
-        files[k] = b""
-        _append(out, main, model)
-        del model
-    out.signatureDefs = None
-    size = sum(len(b.data) for b in out.buffers if b.data is not None)
-    return tflite_metadata.pack(out, size + (1 << 20))
-
-
-def _append(out: Any, main: Any, model: Any) -> None:
-    def key(code: Any) -> tuple:
-        return (code.builtinCode, code.deprecatedBuiltinCode, code.customCode, code.version)
-
-    codes = [key(c) for c in out.operatorCodes]
-    code_map = {}
-    for i, code in enumerate(model.operatorCodes):
-        if key(code) not in codes:
-            out.operatorCodes.append(code)
-            codes.append(key(code))
-        code_map[i] = codes.index(key(code))
-    buffer_map = {0: 0}
-    for i, buf in enumerate(model.buffers[1:], start=1):
-        out.buffers.append(buf)
-        buffer_map[i] = len(out.buffers) - 1
-    sub = model.subgraphs[0]
-    tensor_map = {sub.inputs[0]: main.outputs[0]}
-    for i, tensor in enumerate(sub.tensors):
-        if i not in tensor_map:
-            tensor.buffer = buffer_map.get(tensor.buffer, 0)
-            main.tensors.append(tensor)
-            tensor_map[i] = len(main.tensors) - 1
-    for op in sub.operators:
-        op.opcodeIndex = code_map[op.opcodeIndex]
-        op.inputs = [tensor_map[i] if i >= 0 else i for i in op.inputs]
-        op.outputs = [tensor_map[i] for i in op.outputs]
-        main.operators.append(op)
-    main.outputs = [tensor_map[i] for i in sub.outputs]
+    graph = tflite_parts.freeze_light(concrete)
+    planned = tflite_parts.plan(graph, parts)
+    content = tflite_parts.convert(graph, planned, precision)
+    figures = [{"nodes": p.stop - p.start, "crossing": len(p.inputs)} for p in planned]
+    return content, figures
 
 
 def _peak_mb() -> float:

@@ -1247,8 +1247,8 @@ def test_onnx_freeze_reads_each_variable_only_when_its_constant_is_made():
     import keras
     from tensorflow.python.framework import convert_to_constants as c2c
 
+    from kerastl.export import _freeze
     from kerastl.export._trace import prepare
-    from kerastl.export.formats import onnx as kx_onnx
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((16, 16, 3), name="image")
@@ -1262,10 +1262,10 @@ def test_onnx_freeze_reads_each_variable_only_when_its_constant_is_made():
     theirs = c2c._FunctionConverterDataInEager(**kwargs)
     assert sum(isinstance(t[0], np.ndarray) for t in theirs.tensor_data.values()) >= 8
     want, _ = c2c._replace_variables_by_constants(converter_data=theirs)
-    ours = kx_onnx._reading_when_needed()(**kwargs)
+    ours = _freeze.reading_when_needed()(**kwargs)
     assert set(ours.tensor_data) == set(theirs.tensor_data)
     assert not any(isinstance(t[0], np.ndarray) for t in ours.tensor_data.values())
-    got, _ = kx_onnx._freeze(concrete)
+    got, _ = _freeze.freeze(concrete)
     assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
 
 

@@ -466,35 +466,28 @@ class TFLiteFormat(Format):
         return paths
 
     def artifacts(self, job: Job) -> Iterator[Staged]:
-        source = _source_graph(job)
+        make = _in_parts(job) or _whole_converter(job)
         for q in precisions(job.options.quantize):
             path = job.staging / file_name(job.name, q)
-            yield Staged(q, path, partial(self._write, job, source, q, path))
-        if source.name == TFLITE_SOURCE:  # every precision is written: free its disk now
-            shutil.rmtree(source, ignore_errors=True)
+            yield Staged(q, path, partial(self._write, job, make, q, path))
+        release = getattr(make, "release", None)
+        if release is not None:  # every precision is written: free the source's disk now
+            release()
         if (self.name, tflite_metadata.MEDIAPIPE_SUFFIX) in job.targets:
             yield self._mediapipe(job)
 
     @staticmethod
-    def _write(job: Job, source: Path, q: str, path: Path) -> dict[str, Any]:
-        int8_io = job.options.int8_io
-        content = convert(
-            source,
-            q,
-            job.prepared.modality.input_name,
-            calibration=job.x_cal,
-            int8_io=int8_io if q == "int8" else "float32",
-            allow_flex=job.options.allow_flex,
-        )
-        details: dict[str, Any] = {}
+    def _write(job: Job, make: Converter, q: str, path: Path) -> dict[str, Any]:
+        content, details = make(job, q)
         if tflite_metadata.uses_buffer_offsets(content):
             details["weights"] = "after the flatbuffer (buffer offsets: a large model)"
-        content = embed_metadata(content, job.prepared.meta)
+        if read_metadata(content) != job.prepared.meta:
+            content = embed_metadata(content, job.prepared.meta)
         path.write_bytes(content)
         ops, _custom = list_ops(content)
         details["ops"] = len(ops)
         if q == "int8":
-            details["io_type"] = int8_io
+            details["io_type"] = job.options.int8_io
         return details
 
     def notes(self, name: str, options: Options, meta: dict) -> list[str]:
@@ -552,26 +545,93 @@ OVER_LIMIT = (
 #: The staging sub-folder of the graph traced for TFLite alone (removed once converted).
 TFLITE_SOURCE = "tflite_source"
 
+#: ``make(job, precision) -> (flatbuffer, report details)``: one precision's file.
+Converter = Callable[[Job, str], tuple[Any, dict[str, Any]]]
 
-def _source_graph(job: Job) -> Path:
-    """The SavedModel the TFLite files are converted from.
 
-    The staged SavedModel when there is one, unless the model has depthwise convolutions of
-    more than 25 taps (ConvNeXt's 7x7): those are traced again, split into parts LiteRT's
-    XNNPACK runs in one pass (:func:`kerastl.core.convs.split_depthwise`; ConvNeXt-T int8
-    354 -> 45 ms, float32 120 -> 80 ms at batch 1, ``python -m bench.int8_latency``).
-    """
+def _large_depthwise(job: Job) -> contextlib.AbstractContextManager:
+    """Trace depthwise convolutions of more than 25 taps (ConvNeXt's 7x7) split into parts
+    LiteRT's XNNPACK runs in one pass (:func:`kerastl.core.convs.split_depthwise`;
+    ConvNeXt-T int8 354 -> 45 ms, float32 120 -> 80 ms at batch 1,
+    ``python -m bench.int8_latency``); nothing for other models."""
     from kerastl.core.convs import has_large_depthwise, large_depthwise_split
+
+    return (
+        large_depthwise_split()
+        if has_large_depthwise(job.prepared.model)
+        else (contextlib.nullcontext())
+    )
+
+
+def _convert_args(job: Job, q: str) -> dict[str, Any]:
+    int8_io = job.options.int8_io if q == "int8" else "float32"
+    return {"calibration": job.x_cal, "int8_io": int8_io, "allow_flex": job.options.allow_flex}
+
+
+def _whole_converter(job: Job) -> Converter:
+    """Each precision converted whole from a SavedModel by TensorFlow's converter.
+
+    The staged SavedModel when there is one, unless the model has large depthwise
+    convolutions (:func:`_large_depthwise`): those are traced again.
+    """
+    from kerastl.core.convs import has_large_depthwise
     from kerastl.export.formats.saved_model import write_graph
 
     source = job.staging / "saved_model"
-    split = has_large_depthwise(job.prepared.model)
-    if split or not (source / "saved_model.pb").exists():  # or no (passing) SavedModel staged
-        source = job.staging / TFLITE_SOURCE
+    if has_large_depthwise(job.prepared.model) or not (source / "saved_model.pb").exists():
+        source = job.staging / TFLITE_SOURCE  # (or no passing SavedModel staged)
         prepared = dataclasses.replace(job.prepared, _fn=None)  # traced anew, not the cached
-        with large_depthwise_split() if split else contextlib.nullcontext():
+        with _large_depthwise(job):
             write_graph(prepared, source, extras=False)
-    return source
+
+    def make(job: Job, q: str) -> tuple[Any, dict[str, Any]]:
+        name = job.prepared.modality.input_name
+        return convert(source, q, name, **_convert_args(job, q)), {}
+
+    if source.name == TFLITE_SOURCE:
+        make.release = partial(shutil.rmtree, source, ignore_errors=True)  # type: ignore[attr-defined]
+    return make
+
+
+def _in_parts(job: Job) -> Converter | None:
+    """For models of at least :data:`tflite_parts.PARTS_MIN_BYTES` of weights: each
+    precision converted a part at a time and joined (:mod:`.tflite_parts`), int8 quantized
+    from the float32 file; ``None`` (convert whole) for smaller models or graphs without
+    a cut."""
+    from kerastl.export.formats import tflite_parts
+
+    weights = sum(int(np.prod(w.shape)) * 4 for w in job.prepared.model.weights)
+    if weights < tflite_parts.PARTS_MIN_BYTES:
+        return None
+    prepared = dataclasses.replace(job.prepared, _fn=None)
+    with _large_depthwise(job):
+        concrete = prepared.tf_function().get_concrete_function()
+    graph = tflite_parts.freeze_light(concrete)
+    parts = tflite_parts.plan(graph, -(-weights // tflite_parts.PART_BYTES))
+    if not parts:
+        log.info("  tflite: no cut in the graph; converting it whole")
+        return None
+    note = {"conversion": f"in {len(parts)} parts, joined (large model)"}
+
+    def make(job: Job, q: str) -> tuple[Any, dict[str, Any]]:
+        if q != "int8":
+            return tflite_parts.convert(graph, parts, q, job.options.allow_flex), dict(note)
+        done = job.staging / file_name(job.name, "float32")
+        flex = job.options.allow_flex
+        source = (
+            done.read_bytes()
+            if done.exists()
+            else tflite_parts.convert(graph, parts, "float32", flex)
+        )
+        try:
+            content = tflite_parts.quantize_int8(bytes(source), job.x_cal, job.options.int8_io)
+        except Exception as exc:  # noqa: BLE001 - the calibrator raises RuntimeError/ValueError
+            raise ExportError(
+                f"TFLite int8 quantization (of the joined file) failed: {exc}"
+            ) from exc
+        return content, note | {"quantized": "from the joined float32 file"}
+
+    return make
 
 
 def _mediapipe_copy(job: Job, kind: str) -> bytes:

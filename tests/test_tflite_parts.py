@@ -1,0 +1,181 @@
+"""TFLite conversion in parts (kerastl/export/formats/tflite_parts.py), on small models.
+
+``kerastl.export`` converts models of at least ``PARTS_MIN_BYTES`` of weights this way;
+here the thresholds are lowered so that models of a few hundred KB are cut into parts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _residual_model(width_in, width, blocks, classes, seed):
+    """A Keras model of ``blocks`` residual Dense blocks and its traced inference function."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((width_in,), name="x")
+    h = keras.layers.Dense(width, name="stem")(inputs)
+    for k in range(blocks):
+        branch = keras.layers.Dense(width, activation="relu", name=f"block{k}_a")(h)
+        h = keras.layers.Add(name=f"block{k}_add")([h, keras.layers.Dense(width)(branch)])
+    model = keras.Model(inputs, keras.layers.Dense(classes, name="head")(h))
+    spec = [tf.TensorSpec((None, width_in))]
+    fn = tf.function(lambda x: {"y": model(x)}, input_signature=spec)
+    return model, fn.get_concrete_function()
+
+
+def _run(content, x, name="x"):
+    """The signature outputs of the TFLite file ``content`` on the batch ``x``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=bytes(content)).get_signature_runner("serving_default")
+    return runner(**{name: x})
+
+
+def test_parts_are_cut_between_blocks_and_the_joined_file_matches_keras():
+    """A residual model is cut only where one tensor crosses (the blocks' ``Add`` outputs),
+    each part is converted alone, and the joined file runs in LiteRT, batch 3 included,
+    as one model with the signature's names, matching Keras."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from kerastl.export.formats import tflite_parts
+
+    model, concrete = _residual_model(8, 16, blocks=4, classes=3, seed=0)
+    graph = tflite_parts.freeze_light(concrete)
+    parts = tflite_parts.plan(graph, 4)
+    assert len(parts) == 4
+    for part in parts[1:]:
+        assert len(part.inputs) == 1 and "add" in part.inputs[0][0].lower(), part
+    content = tflite_parts.convert(graph, parts, "float32")
+    x = np.random.default_rng(0).normal(size=(3, 8)).astype("float32")
+    np.testing.assert_allclose(_run(content, x)["y"], np.asarray(model(x)), atol=1e-5)
+    joined = schema.Model.GetRootAs(content, 0)  # one subgraph, one signature
+    assert joined.SubgraphsLength() == 1 and joined.SignatureDefsLength() == 1
+
+
+def test_a_tensor_every_block_reads_crosses_each_cut_beside_the_hidden_state():
+    """BERT's attention mask is made from the input once and read by every block: cuts
+    carry it as a second tensor, each later part reads both, and the file matches Keras."""
+    import keras
+    import tensorflow as tf
+
+    from kerastl.export.formats import tflite_parts
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((6, 8), name="x")
+    mask = keras.layers.Lambda(lambda t: keras.ops.cast(t[..., :1] > 0, "float32"))(inputs)
+    h = keras.layers.Dense(16)(inputs)
+    for k in range(4):
+        branch = keras.layers.Dense(16, activation="relu", name=f"block{k}")(h)
+        h = keras.layers.Add()([h, keras.layers.Multiply()([branch, mask])])
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    fn = tf.function(lambda x: {"y": model(x)}, input_signature=[tf.TensorSpec((None, 6, 8))])
+    graph = tflite_parts.freeze_light(fn.get_concrete_function())
+    parts = tflite_parts.plan(graph, 4)
+    assert len(parts) >= 3
+    assert all(len(p.inputs) == 2 for p in parts[1:-1]), [p.inputs for p in parts]
+    content = tflite_parts.convert(graph, parts, "float32")
+    x = np.random.default_rng(2).normal(size=(2, 6, 8)).astype("float32")
+    np.testing.assert_allclose(_run(content, x)["y"], np.asarray(model(x)), atol=1e-5)
+
+
+def test_a_part_read_as_another_shape_than_it_was_made_is_refused():
+    """The join checks each tensor a part reads against the tensor an earlier part made:
+    wired to the wrong one (another shape), the join fails instead of writing a file."""
+    from kerastl.errors import ExportError
+    from kerastl.export.formats import tflite_parts
+
+    _, concrete = _residual_model(8, 16, blocks=2, classes=3, seed=0)
+    graph = tflite_parts.freeze_light(concrete)
+    parts = tflite_parts.plan(graph, 2)
+    first = tflite_parts.convert_part(
+        *tflite_parts.part_graph(graph, parts[0], {}), list(parts[0].outputs), "float32", False
+    )
+    where: dict = {}
+    joined = tflite_parts._append(None, first, parts[0], where)
+    crossing = parts[1].inputs[0]
+    where[crossing] = where[graph.inputs["x"]]  # the model input (8 wide), not the block's 16
+    shapes = tflite_parts._made_shapes(joined, {crossing: where[crossing]}, parts[1], {crossing: 1})
+    shapes[crossing][1].dim[1].size = 16  # the part itself is made for the right shape
+    second = tflite_parts.convert_part(
+        *tflite_parts.part_graph(graph, parts[1], shapes), list(parts[1].outputs), "float32", False
+    )
+    with pytest.raises(ExportError, match="where it is made"):
+        tflite_parts._append(joined, second, parts[1], where)
+
+
+def test_graphs_with_control_flow_are_not_cut():
+    """A loop's body lives in the GraphDef's function library, which parts do not carry:
+    such a graph gets no parts (kerastl converts it whole)."""
+    import tensorflow as tf
+
+    from kerastl.export.formats import tflite_parts
+
+    weights = tf.Variable(np.ones((4, 4), np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 4))])
+    def looped(x):
+        return {
+            "y": tf.while_loop(lambda i, h: i < 3, lambda i, h: (i + 1, h @ weights), (0, x))[1]
+        }
+
+    graph = tflite_parts.freeze_light(looped.get_concrete_function())
+    assert graph.light.library.function
+    assert tflite_parts.plan(graph, 4) == []
+
+
+def _conv_classifier(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((24, 24, 3), name="image")
+    h = keras.layers.Conv2D(16, 3, padding="same", name="stem")(
+        keras.layers.Rescaling(1 / 255)(inputs)
+    )
+    for k in range(4):
+        branch = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name=f"b{k}")(h)
+        h = keras.layers.Add()([h, keras.layers.Conv2D(16, 1, name=f"b{k}_out")(branch)])
+    out = keras.layers.Dense(3, activation="softmax", name="probabilities")(
+        keras.layers.GlobalAveragePooling2D()(h)
+    )
+    return keras.Model(inputs, out, name="parts_net")
+
+
+def test_export_converts_a_large_model_in_parts_for_every_precision(tmp_path, monkeypatch):
+    """With the model over the size threshold, ``kerastl.export`` writes every TFLite
+    precision in parts (the report says so) and each file passes kerastl's validation
+    against Keras; the float32 file gives the outputs of the file converted whole, and
+    the int8 file is calibrated from the joined float32 file."""
+    import kerastl
+    from kerastl.export.formats import tflite_parts
+
+    model = _conv_classifier(0)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (24, 24, 24, 3)).astype("float32")
+    kwargs = {
+        "formats": ["tflite"],
+        "quantize": ["float16", "dynamic", "int8"],
+        "calibration_data": images,
+        "validation_data": images[:8],
+        "latency_runs": 1,
+    }
+    whole = kerastl.export(model, tmp_path / "whole", **kwargs)
+    monkeypatch.setattr(tflite_parts, "PARTS_MIN_BYTES", 0)
+    monkeypatch.setattr(tflite_parts, "PART_BYTES", 2_000)
+    report = kerastl.export(model, tmp_path / "parts", **kwargs)
+    assert whole["status"] == "passed" and report["status"] == "passed", report
+    arts = {a["precision"]: a for a in report["artifacts"] if a["format"] == "tflite"}
+    assert set(arts) >= {"float32", "float16", "dynamic", "int8"}
+    for q in ("float32", "float16", "dynamic", "int8"):
+        assert arts[q]["passed"], arts[q]
+        assert arts[q]["details"]["conversion"].startswith("in "), arts[q]["details"]
+        assert int(arts[q]["details"]["conversion"].split()[1]) >= 3
+    assert all("conversion" not in a["details"] for a in whole["artifacts"])
+    x = images[8:12]
+    for q, name in (("float32", "parts_net.tflite"), ("int8", "parts_net_int8.tflite")):
+        got = kerastl.load_artifact(tmp_path / "parts" / name).run(x)["probabilities"]
+        want = kerastl.load_artifact(tmp_path / "whole" / name).run(x)["probabilities"]
+        np.testing.assert_allclose(got, want, atol=1e-5 if q == "float32" else 0.05)
