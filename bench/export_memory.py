@@ -66,6 +66,9 @@ STEPS = (
     ("kerastl.export.formats.saved_model", "write_graph", "SavedModel graph"),
     ("kerastl.export.formats.tflite", "convert", "tflite convert"),
     ("kerastl.export.formats.tflite", "embed_metadata", "tflite kerastl metadata"),
+    ("kerastl.export.formats.tflite_parts", "freeze_light", "tflite parts freeze"),
+    ("kerastl.export.formats.tflite_parts", "write", "tflite parts convert"),
+    ("kerastl.export.formats.tflite_parts", "quantize_int8", "tflite int8 from joined file"),
     ("kerastl.export.formats.tflite", "_mediapipe_copy", "tflite MediaPipe copy"),
     ("kerastl.export.formats.tflite", "_check_in_mediapipe", "tflite MediaPipe check"),
     ("kerastl.export.formats.onnx", "_frozen_graph_def", "onnx freeze"),
@@ -142,10 +145,10 @@ class _Steps:
 
         for module, attr, label in STEPS:
             mod = importlib.import_module(module)
-            if label == "tflite convert":  # one row per precision
+            if label in ("tflite convert", "tflite parts convert"):  # one row per precision
 
                 def label_of(args, _label=label):
-                    return f"{_label} {args[1]}"
+                    return f"{_label} {args[1 if _label == 'tflite convert' else 2]}"
             elif label == "validate":  # one row per file: validate(artifact, ref, x, key, ...)
 
                 def label_of(args, _label=label):

@@ -179,3 +179,40 @@ def test_export_converts_a_large_model_in_parts_for_every_precision(tmp_path, mo
         got = kerastl.load_artifact(tmp_path / "parts" / name).run(x)["probabilities"]
         want = kerastl.load_artifact(tmp_path / "whole" / name).run(x)["probabilities"]
         np.testing.assert_allclose(got, want, atol=1e-5 if q == "float32" else 0.05)
+
+
+def test_export_in_parts_stores_the_weights_after_the_flatbuffer_over_the_limit(
+    tmp_path, monkeypatch
+):
+    """Over ``INLINE_LIMIT`` (2 GiB in real use; lowered here) the joined file keeps its
+    weights after the flatbuffer, as TensorFlow's converter does for large models: each
+    part's weights go to disk as it is joined. The file passes validation and runs as the
+    inline one does; int8 (whose calibrator cannot read such a file) is converted whole."""
+    import kerastl
+    from kerastl.export.formats import tflite, tflite_metadata, tflite_parts
+
+    model = _conv_classifier(1)
+    images = np.random.default_rng(1).uniform(0, 255, (16, 24, 24, 3)).astype("float32")
+    monkeypatch.setattr(tflite_parts, "PARTS_MIN_BYTES", 0)
+    monkeypatch.setattr(tflite_parts, "PART_BYTES", 2_000)
+    kwargs = {"formats": ["tflite"], "validation_data": images[:8], "latency_runs": 1}
+    inline = kerastl.export(model, tmp_path / "inline", **kwargs)
+    monkeypatch.setattr(tflite_parts, "INLINE_LIMIT", 1_000)
+    report = kerastl.export(
+        model, tmp_path / "outside", quantize=["float16", "int8"], calibration_data=images, **kwargs
+    )
+    assert inline["status"] == "passed" and report["status"] == "passed", report
+    arts = {a["precision"]: a for a in report["artifacts"] if a["format"] == "tflite"}
+    for q in ("float32", "float16"):
+        assert "after the flatbuffer" in arts[q]["details"]["weights"], arts[q]["details"]
+        assert arts[q]["details"]["conversion"].startswith("in ")
+    assert arts["int8"]["details"]["conversion"].startswith("whole"), arts["int8"]["details"]
+    path = tmp_path / "outside" / "parts_net.tflite"
+    content = path.read_bytes()
+    assert tflite_metadata.uses_buffer_offsets(content)
+    assert tflite.read_metadata(content)["input"]["name"] == "image"
+    assert not list((tmp_path / "outside").rglob("*.weights"))
+    x = images[8:12]
+    got = kerastl.load_artifact(path).run(x)["probabilities"]
+    want = kerastl.load_artifact(tmp_path / "inline" / "parts_net.tflite").run(x)
+    np.testing.assert_allclose(got, want["probabilities"], atol=1e-6)

@@ -345,14 +345,13 @@ def embed_metadata(flatbuffer: bytes, meta: dict[str, Any]) -> bytes | bytearray
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(flatbuffer, 0))
-    buf = schema.BufferT()
-    buf.data = np.frombuffer(json.dumps(meta, default=str).encode(), np.uint8)
-    model.buffers.append(buf)
-    entry = schema.MetadataT()
-    entry.name = METADATA_NAME
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [*(model.metadata or []), entry]
+    tflite_metadata.add_entry(model, METADATA_NAME, metadata_json(meta))
     return tflite_metadata.repack(model, flatbuffer)
+
+
+def metadata_json(meta: dict[str, Any]) -> bytes:
+    """kerastl's metadata as the JSON bytes stored in the file."""
+    return json.dumps(meta, default=str).encode()
 
 
 def read_metadata(flatbuffer: bytes) -> dict[str, Any]:
@@ -478,13 +477,11 @@ class TFLiteFormat(Format):
 
     @staticmethod
     def _write(job: Job, make: Converter, q: str, path: Path) -> dict[str, Any]:
-        content, details = make(job, q)
-        if tflite_metadata.uses_buffer_offsets(content):
-            details["weights"] = "after the flatbuffer (buffer offsets: a large model)"
-        if read_metadata(content) != job.prepared.meta:
-            content = embed_metadata(content, job.prepared.meta)
-        path.write_bytes(content)
-        ops, _custom = list_ops(content)
+        details = make(job, q, path)
+        with _mapped(path) as content:  # read in place, not copied
+            if tflite_metadata.uses_buffer_offsets(content):
+                details["weights"] = "after the flatbuffer (buffer offsets: a large model)"
+            ops, _custom = list_ops(content)
         details["ops"] = len(ops)
         if q == "int8":
             details["io_type"] = job.options.int8_io
@@ -545,8 +542,17 @@ OVER_LIMIT = (
 #: The staging sub-folder of the graph traced for TFLite alone (removed once converted).
 TFLITE_SOURCE = "tflite_source"
 
-#: ``make(job, precision) -> (flatbuffer, report details)``: one precision's file.
-Converter = Callable[[Job, str], tuple[Any, dict[str, Any]]]
+#: ``make(job, precision, path) -> report details``: writes one precision's file.
+Converter = Callable[[Job, str, Path], dict[str, Any]]
+
+
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[Any]:
+    """The file's bytes, mapped read-only (readers of the flatbuffer's tables copy nothing)."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        yield view
 
 
 def _large_depthwise(job: Job) -> contextlib.AbstractContextManager:
@@ -584,13 +590,30 @@ def _whole_converter(job: Job) -> Converter:
         with _large_depthwise(job):
             write_graph(prepared, source, extras=False)
 
-    def make(job: Job, q: str) -> tuple[Any, dict[str, Any]]:
-        name = job.prepared.modality.input_name
-        return convert(source, q, name, **_convert_args(job, q)), {}
+    def make(job: Job, q: str, path: Path) -> dict[str, Any]:
+        content = convert(source, q, job.prepared.modality.input_name, **_convert_args(job, q))
+        if not read_metadata(content):  # (an int8 file calibrated from a file that has it)
+            content = embed_metadata(content, job.prepared.meta)
+        path.write_bytes(content)
+        return {}
 
     if source.name == TFLITE_SOURCE:
         make.release = partial(shutil.rmtree, source, ignore_errors=True)  # type: ignore[attr-defined]
     return make
+
+
+def _int8_whole(job: Job, path: Path) -> dict[str, Any]:
+    """The int8 file of a model over 2 GiB, converted whole: TensorFlow's calibrator drops
+    weights stored after the flatbuffer, so the joined float32 file cannot be its source."""
+    make = _whole_converter(job)
+    try:
+        details = make(job, "int8", path)
+    finally:
+        release = getattr(make, "release", None)
+        if release is not None:
+            release()
+    why = "the calibrator reads only weights stored in the flatbuffer, and the float32 file's"
+    return details | {"conversion": f"whole: {why} are after it (over 2 GiB)"}
 
 
 def _in_parts(job: Job) -> Converter | None:
@@ -612,24 +635,32 @@ def _in_parts(job: Job) -> Converter | None:
         log.info("  tflite: no cut in the graph; converting it whole")
         return None
     note = {"conversion": f"in {len(parts)} parts, joined (large model)"}
+    entries = {METADATA_NAME: metadata_json(job.prepared.meta)}
+    flex = job.options.allow_flex
 
-    def make(job: Job, q: str) -> tuple[Any, dict[str, Any]]:
+    def make(job: Job, q: str, path: Path) -> dict[str, Any]:
         if q != "int8":
-            return tflite_parts.convert(graph, parts, q, job.options.allow_flex), dict(note)
+            tflite_parts.write(graph, parts, q, path, entries, flex)
+            return dict(note)
         done = job.staging / file_name(job.name, "float32")
-        flex = job.options.allow_flex
-        source = (
-            done.read_bytes()
-            if done.exists()
-            else tflite_parts.convert(graph, parts, "float32", flex)
-        )
+        if not done.exists():  # (float32 not staged): made here for the calibrator alone
+            done = job.staging / "tflite_int8_source.tflite"
+            tflite_parts.write(graph, parts, "float32", done, entries, flex)
+        with _mapped(done) as content:
+            outside = tflite_metadata.uses_buffer_offsets(content)
+        if outside:  # TensorFlow's calibrator drops weights stored after the flatbuffer
+            return _int8_whole(job, path)
         try:
-            content = tflite_parts.quantize_int8(bytes(source), job.x_cal, job.options.int8_io)
+            source = done.read_bytes()
+            if done.name == "tflite_int8_source.tflite":
+                done.unlink()
+            content = tflite_parts.quantize_int8(source, job.x_cal, job.options.int8_io)
         except Exception as exc:  # noqa: BLE001 - the calibrator raises RuntimeError/ValueError
             raise ExportError(
                 f"TFLite int8 quantization (of the joined file) failed: {exc}"
             ) from exc
-        return content, note | {"quantized": "from the joined float32 file"}
+        path.write_bytes(content)  # with the float32 file's metadata, kerastl's included
+        return note | {"quantized": "from the joined float32 file"}
 
     return make
 

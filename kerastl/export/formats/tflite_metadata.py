@@ -286,6 +286,28 @@ def uses_buffer_offsets(flatbuffer: bytes) -> bool:
     return any(model.Metadata(i).Name() == BUFFER_LOCATION for i in range(model.MetadataLength()))
 
 
+def add_entry(model: Any, name: str | bytes, data: bytes) -> None:
+    """Add a ``metadata`` entry ``name`` holding ``data`` (a new buffer) to a ``ModelT``.
+
+    Example:
+        >>> from ai_edge_litert import schema_py_generated as schema
+        >>> m = schema.ModelT(); m.buffers = [schema.BufferT()]
+        >>> add_entry(m, "notes", b"hi")
+        >>> model = schema.Model.GetRootAs(pack(m, 0), 0)
+        >>> model.Metadata(0).Name(), bytes(model.Buffers(1).DataAsNumpy())
+        (b'notes', b'hi')
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(data, np.uint8)
+    model.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name = name.encode() if isinstance(name, str) else name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+
+
 def repack(model: Any, flatbuffer: bytes) -> bytes | bytearray:
     """Serialise ``model`` (a ``ModelT`` unpacked from ``flatbuffer`` and edited) to a file.
 

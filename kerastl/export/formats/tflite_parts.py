@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,11 @@ PART_BYTES = 100 * 2**20
 MAX_LIVE = 4
 #: Nodes computed from weights alone go with the part that uses them.
 _WEIGHT_OPS = ("Identity", "Cast", "Reshape", "Transpose")
+#: Joined files with this many bytes of weights or more keep them after the flatbuffer (one
+#: flatbuffer holds at most 2 GiB), as TensorFlow's converter does for large models.
+INLINE_LIMIT = 2**31 - 2**28
+#: Bytes of a precision's weights per float32 weight byte.
+_SHARE = {"float32": 1.0, "float16": 0.5, "dynamic": 0.25}
 #: Name of a part's placeholder for the ``i``-th tensor an earlier part made.
 _FEED = "kerastl_part_input_{}"
 
@@ -294,9 +300,52 @@ def convert_part(
 def convert(
     graph: Graph, parts: list[Part], quantization: str, allow_flex: bool = False
 ) -> bytearray:
-    """The float32, float16 or dynamic-range file of ``graph``, converted part by part."""
+    """The float32, float16 or dynamic-range file of ``graph``, converted part by part
+    (the weights in the flatbuffer: under 2 GiB of them)."""
     from kerastl.export.formats import tflite_metadata
 
+    joined = _join(graph, parts, quantization, allow_flex)
+    size = sum(b.data.nbytes for b in joined.buffers if b.data is not None)
+    return tflite_metadata.pack(joined, size + (1 << 20))
+
+
+def write(
+    graph: Graph,
+    parts: list[Part],
+    quantization: str,
+    path: Path,
+    metadata: dict[str, bytes],
+    allow_flex: bool = False,
+) -> None:
+    """Write the file of ``graph``, converted part by part, with ``metadata`` entries.
+
+    When its weights reach :data:`INLINE_LIMIT` bytes they are stored after the
+    flatbuffer, as TensorFlow's converter stores a large model's: each part's weights go
+    to disk as the part is joined, and the file is written from there.
+    """
+    from kerastl.export.formats import tflite_metadata
+
+    weights = sum(graph.sizes.values()) * _SHARE[quantization]
+    tail = path.with_name(path.name + ".weights") if weights >= INLINE_LIMIT else None
+    try:
+        joined = _join(graph, parts, quantization, allow_flex, tail)
+        for name, data in metadata.items():
+            tflite_metadata.add_entry(joined, name, data)
+        if tail is None:
+            size = sum(b.data.nbytes for b in joined.buffers if b.data is not None)
+            path.write_bytes(tflite_metadata.pack(joined, size + (1 << 20)))
+        else:
+            _write_with_offsets(joined, path, tail)
+    finally:
+        if tail is not None:
+            tail.unlink(missing_ok=True)
+
+
+def _join(
+    graph: Graph, parts: list[Part], quantization: str, allow_flex: bool, tail: Path | None = None
+) -> Any:
+    """The ``ModelT`` of the parts joined; with ``tail``, their weights are moved there as
+    each part is joined (:func:`_spill`)."""
     crossing = {t for p in parts[1:] for t in p.inputs}
     dtypes = {t: dtype for t, (dtype, _) in shapes(graph, crossing).items()}
     joined, where = None, {}
@@ -311,10 +360,52 @@ def convert(
         del gd
         joined = _append(joined, content, part, where)
         del content
+        if tail is not None:
+            _spill(joined, tail)
         gc.collect()
     _finish(joined, graph, where)
-    size = sum(b.data.nbytes for b in joined.buffers if b.data is not None)
-    return tflite_metadata.pack(joined, size + (1 << 20))
+    return joined
+
+
+def _spill(joined: Any, tail: Path) -> None:
+    """Move the weights still held in ``joined``'s buffers (not its metadata) to the end of
+    ``tail``, each at a multiple of ``TAIL_ALIGN``; a buffer then has its place in ``tail``
+    and its size."""
+    from kerastl.export.formats.tflite_metadata import TAIL_ALIGN
+
+    metadata = {entry.buffer for entry in joined.metadata or []}
+    with open(tail, "ab") as f:
+        for i, buf in enumerate(joined.buffers):
+            if buf.data is None or not len(buf.data) or i in metadata:
+                continue
+            f.write(bytes(-f.tell() % TAIL_ALIGN))
+            buf.offset, buf.size = f.tell(), len(buf.data)
+            f.write(np.ascontiguousarray(buf.data).view(np.uint8).data)
+            buf.data = None
+
+
+def _write_with_offsets(joined: Any, path: Path, tail: Path) -> None:
+    """The flatbuffer, then ``tail`` behind it: each buffer's offset counts from the file's
+    start (the layout TensorFlow's converter writes for models over 2 GiB)."""
+    import shutil
+
+    from kerastl.export.formats import tflite_metadata
+
+    spilled = [b for b in joined.buffers if b.data is None and b.size]
+    tflite_metadata.add_entry(joined, tflite_metadata.BUFFER_LOCATION, b"outside flatbuffers")
+    for buf in spilled:  # any value over 1: offsets are fixed-width fields
+        buf.offset += 1 << 40
+    size = len(tflite_metadata.pack(joined, 1 << 20))
+    start = size + (-size % tflite_metadata.TAIL_ALIGN)
+    for buf in spilled:
+        buf.offset += start - (1 << 40)
+    head = tflite_metadata.pack(joined, 1 << 20)
+    if len(head) != size:
+        raise ExportError(f"TFLite parts: the flatbuffer changed size ({size} -> {len(head)}).")
+    with open(path, "wb") as f, open(tail, "rb") as weights:
+        f.write(head)
+        f.write(bytes(start - size))
+        shutil.copyfileobj(weights, f, 1 << 24)
 
 
 def _made_shapes(
