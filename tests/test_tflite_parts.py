@@ -216,3 +216,32 @@ def test_export_in_parts_stores_the_weights_after_the_flatbuffer_over_the_limit(
     got = kerastl.load_artifact(path).run(x)["probabilities"]
     want = kerastl.load_artifact(tmp_path / "inline" / "parts_net.tflite").run(x)
     np.testing.assert_allclose(got, want["probabilities"], atol=1e-6)
+
+
+def test_packing_from_a_file_mapping_lets_each_copied_weight_leave_memory(tmp_path):
+    """Joined weights are packed from a mapping of the file they were spilled to; once a
+    weight is copied into the new flatbuffer its mapped pages leave the process (the
+    packed file and one weight in memory, not two copies of every weight)."""
+    import mmap
+
+    import psutil
+    from ai_edge_litert import schema_py_generated as schema
+
+    from kerastl.export.formats import tflite_metadata
+
+    data = np.random.default_rng(0).integers(0, 255, 64 << 20, dtype=np.uint8)
+    (tmp_path / "w").write_bytes(data.tobytes())
+    process = psutil.Process()
+    with open(tmp_path / "w", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        model = schema.ModelT()
+        model.buffers = [schema.BufferT(), schema.BufferT()]
+        model.buffers[1].data = np.frombuffer(view, np.uint8)
+        before = process.memory_info().rss
+        packed = tflite_metadata.pack(model, 64 << 20)
+        grew = process.memory_info().rss - before
+        model.buffers[1].data = None
+    assert (
+        bytes(schema.Model.GetRootAs(packed, 0).Buffers(1).DataAsNumpy()[:64])
+        == data[:64].tobytes()
+    )
+    assert grew < 96 << 20, grew / 2**20  # the packed copy (64 MB), not also the mapped 64 MB

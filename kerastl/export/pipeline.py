@@ -587,6 +587,7 @@ def _write_and_validate(fmt: Format, item: Staged, job: Job) -> dict[str, Any]:
     }
     if not _write(fmt, item, record):
         return record
+    release_memory()  # the converter's graphs, before the runtime loads the file
     record["size_bytes"] = _size(item.path)
     try:
         artifact = fmt.load(item.path)

@@ -380,7 +380,28 @@ def _numpy_vector(builder: Any, array: np.ndarray) -> int:
     with memoryview(builder.Bytes) as view:
         view[builder.head : builder.head + flat.nbytes] = flat.view(np.uint8)
     builder.vectorNumElems = flat.size
+    _drop_mapped_pages(flat)
     return builder.EndVector()
+
+
+def _drop_mapped_pages(array: np.ndarray) -> None:
+    """When ``array`` views a file mapping (``mmap``), let its pages go from this process.
+
+    Weights joined from disk are packed one buffer at a time from a mapping of the file;
+    each one's pages, once copied, leave the process's resident memory (they stay in the
+    page cache), so packing holds the new file and one weight, not two files.
+    """
+    import mmap
+
+    root = array
+    while isinstance(root, np.ndarray) and root.base is not None:
+        root = root.base
+    root = root.obj if isinstance(root, memoryview) else root  # np.frombuffer's base
+    if not isinstance(root, mmap.mmap) or not array.nbytes:
+        return
+    start = array.ctypes.data - np.frombuffer(root, np.uint8, count=1).ctypes.data
+    first = start - start % mmap.PAGESIZE
+    root.madvise(mmap.MADV_DONTNEED, first, start + array.nbytes - first)
 
 
 def keep_output(flatbuffer: bytes, output: str) -> bytes:

@@ -18,7 +18,6 @@ without a cut are converted whole (:func:`plan` returns no parts).
 from __future__ import annotations
 
 import dataclasses
-import gc
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,9 @@ from kerastl.errors import ExportError
 
 #: Float32 weight bytes from which ``kerastl.export`` converts TFLite files in parts.
 PARTS_MIN_BYTES = 256 * 2**20
-#: Weight bytes per part (about): ViT-L's 1.2 GB makes 12 parts.
-PART_BYTES = 100 * 2**20
+#: Weight bytes per part (about): ViT-L's 1.2 GB makes 24 parts. A part converts with about
+#: five to ten times its weights in memory (ConvNeXt-L: 4.03 GB peak in 8 parts, 3.26 in 16).
+PART_BYTES = 50 * 2**20
 #: Most tensors that may cross a cut (BERT: the hidden states and the attention mask).
 MAX_LIVE = 4
 #: Nodes computed from weights alone go with the part that uses them.
@@ -97,6 +97,7 @@ def freeze_light(concrete: Any) -> Graph:
     from tensorflow.python.framework import convert_to_constants as c2c
 
     from kerastl.export._freeze import reading_when_needed
+    from kerastl.export.formats.base import release_memory
 
     data = reading_when_needed()(func=concrete, lower_control_flow=False, aggressive_inlining=True)
     graph_def, _ = c2c._replace_variables_by_constants(converter_data=data)
@@ -123,6 +124,7 @@ def freeze_light(concrete: Any) -> Graph:
             if n.op == "Const":
                 sizes[n.name] = n.attr["value"].tensor.ByteSize()
     del graph_def
+    release_memory()  # the frozen GraphDef with the weights' values
     specs = tf.nest.flatten(concrete.structured_input_signature)
     inputs = {s.name or _src(t.name)[0]: _src(t.name) for s, t in zip(specs, concrete.inputs)}
     outputs = {k: _src(t.name) for k, t in sorted(concrete.structured_outputs.items())}
@@ -319,33 +321,51 @@ def write(
 ) -> None:
     """Write the file of ``graph``, converted part by part, with ``metadata`` entries.
 
-    When its weights reach :data:`INLINE_LIMIT` bytes they are stored after the
-    flatbuffer, as TensorFlow's converter stores a large model's: each part's weights go
-    to disk as the part is joined, and the file is written from there.
+    Each part's weights go to disk (``<path>.weights``) as the part is joined, and the
+    file is written from there: in the flatbuffer, or, from :data:`INLINE_LIMIT` bytes of
+    weights, after it, as TensorFlow's converter stores a large model's.
     """
     from kerastl.export.formats import tflite_metadata
 
     weights = sum(graph.sizes.values()) * _SHARE[quantization]
-    tail = path.with_name(path.name + ".weights") if weights >= INLINE_LIMIT else None
+    tail = path.with_name(path.name + ".weights")
     try:
         joined = _join(graph, parts, quantization, allow_flex, tail)
         for name, data in metadata.items():
             tflite_metadata.add_entry(joined, name, data)
-        if tail is None:
-            size = sum(b.data.nbytes for b in joined.buffers if b.data is not None)
-            path.write_bytes(tflite_metadata.pack(joined, size + (1 << 20)))
+        if weights < INLINE_LIMIT:
+            _write_inline(joined, path, tail)
         else:
             _write_with_offsets(joined, path, tail)
     finally:
-        if tail is not None:
-            tail.unlink(missing_ok=True)
+        tail.unlink(missing_ok=True)
+
+
+def _write_inline(joined: Any, path: Path, tail: Path) -> None:
+    """The flatbuffer with its weights in it, packed from a mapping of ``tail``: each
+    weight's pages leave the process once copied (``tflite_metadata.pack``)."""
+    import mmap
+
+    from kerastl.export.formats import tflite_metadata
+
+    spilled = [b for b in joined.buffers if b.data is None and b.size]
+    with open(tail, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        for buf in spilled:
+            buf.data = np.frombuffer(view, np.uint8, count=buf.size, offset=buf.offset)
+            buf.offset = buf.size = 0
+        content = tflite_metadata.pack(joined, sum(b.data.nbytes for b in spilled) + (1 << 20))
+        for buf in spilled:
+            buf.data = None  # no view of the mapping is left when it closes
+    path.write_bytes(content)
 
 
 def _join(
     graph: Graph, parts: list[Part], quantization: str, allow_flex: bool, tail: Path | None = None
 ) -> Any:
     """The ``ModelT`` of the parts joined; with ``tail``, their weights are moved there as
-    each part is joined (:func:`_spill`)."""
+    each part is joined (:func:`_spill`), so that one part's weights are in memory at a time."""
+    from kerastl.export.formats.base import release_memory
+
     crossing = {t for p in parts[1:] for t in p.inputs}
     dtypes = {t: dtype for t, (dtype, _) in shapes(graph, crossing).items()}
     joined, where = None, {}
@@ -362,7 +382,7 @@ def _join(
         del content
         if tail is not None:
             _spill(joined, tail)
-        gc.collect()
+        release_memory()  # the part's graphs, before the next part is converted
     _finish(joined, graph, where)
     return joined
 
