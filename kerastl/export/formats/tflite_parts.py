@@ -303,7 +303,26 @@ def convert(
     graph: Graph, parts: list[Part], quantization: str, allow_flex: bool = False
 ) -> bytearray:
     """The float32, float16 or dynamic-range file of ``graph``, converted part by part
-    (the weights in the flatbuffer: under 2 GiB of them)."""
+    (the weights in the flatbuffer: under 2 GiB of them).
+
+    Example:
+        >>> import tensorflow as tf
+        >>> w = [tf.Variable(tf.eye(4) * (k + 1)) for k in range(3)]
+        >>> @tf.function(input_signature=[tf.TensorSpec((None, 4), name="x")])
+        ... def f(x):
+        ...     for v in w:
+        ...         x = x + tf.nn.relu(x @ v)
+        ...     return {"y": x}
+        >>> graph = freeze_light(f.get_concrete_function())
+        >>> parts = plan(graph, 3)
+        >>> [len(p.inputs) for p in parts]
+        [1, 1, 1]
+        >>> from ai_edge_litert.interpreter import Interpreter
+        >>> run = Interpreter(model_content=bytes(convert(graph, parts, "float32")))
+        >>> run.get_signature_runner("serving_default")(x=np.ones((2, 4), np.float32))["y"]
+        array([[24., 24., 24., 24.],
+               [24., 24., 24., 24.]], dtype=float32)
+    """
     from kerastl.export.formats import tflite_metadata
 
     joined = _join(graph, parts, quantization, allow_flex)
