@@ -508,17 +508,3 @@ def test_grouped_conv_table_gives_the_speed_up_of_kerastl_over_keras():
              "kerastl_s": 0.24, "max_abs_diff": 2.2e-8}]  # fmt: skip
     text = markdown(rows, "python -m bench.grouped_conv")
     assert "| convnext_base | inference, batch 1 | 0.900 | 0.240 | 3.75x | 2.2e-08 |" in text
-
-
-def test_tflite_segments_merge_replaces_only_the_rows_it_reran():
-    from bench.tflite_segments import _merge
-
-    old = [
-        {"entry": "a", "precision": "float32", "mode": "whole", "peak_mb": 1},
-        {"entry": "a", "precision": "float32", "mode": "segments", "peak_mb": 2},
-    ]
-    new = [
-        {"entry": "a", "precision": "float32", "mode": "segments", "peak_mb": 3},
-        {"entry": "a", "precision": "float16", "mode": "segments", "peak_mb": 4},
-    ]
-    assert [r["peak_mb"] for r in _merge(old, new)] == [1, 3, 4]
