@@ -651,14 +651,14 @@ def _in_parts(job: Job) -> Converter | None:
         if outside:  # TensorFlow's calibrator drops weights stored after the flatbuffer
             return _int8_whole(job, path)
         try:
-            source = done.read_bytes()
-            if done.name == "tflite_int8_source.tflite":
-                done.unlink()
-            content = tflite_parts.quantize_int8(source, job.x_cal, job.options.int8_io)
+            content = tflite_parts.quantize_int8(done, job.x_cal, job.options.int8_io)
         except Exception as exc:  # noqa: BLE001 - the calibrator raises RuntimeError/ValueError
             raise ExportError(
                 f"TFLite int8 quantization (of the joined file) failed: {exc}"
             ) from exc
+        finally:
+            if done.name == "tflite_int8_source.tflite":
+                done.unlink()
         path.write_bytes(content)  # with the float32 file's metadata, kerastl's included
         return note | {"quantized": "from the joined float32 file"}
 

@@ -548,9 +548,14 @@ def _finish(joined: Any, graph: Graph, where: dict[Tensor, int]) -> None:
     joined.signatureDefs = [signature]
 
 
-def quantize_int8(float_file: bytes, calibration: np.ndarray, int8_io: str = "float32") -> bytes:
+def quantize_int8(float_file: Path, calibration: np.ndarray, int8_io: str = "float32") -> bytes:
     """Full-integer file from a float32 file (the joined one) and raw calibration inputs,
-    by TensorFlow's flatbuffer calibrator (what the converter runs for kerastl's int8)."""
+    by TensorFlow's flatbuffer calibrator (what the converter runs for kerastl's int8).
+
+    The calibrator keeps its own copy of the file; the one read here goes before
+    calibrating (the calibrator holds it only to read dictionary inputs, which are not
+    used: inputs are fed as lists).
+    """
     import tensorflow as tf
     from tensorflow.lite.python.optimize import calibrator
 
@@ -562,7 +567,8 @@ def quantize_int8(float_file: bytes, calibration: np.ndarray, int8_io: str = "fl
         for i in range(len(data)):
             yield [data[i : i + 1]]
 
-    quantizer = calibrator.Calibrator(float_file)
+    quantizer = calibrator.Calibrator(float_file.read_bytes())
+    quantizer._model_content = None  # its own copy is in C++
     return quantizer.calibrate_and_quantize(
         samples, io, io, allow_float=int8_io == "float32", activations_type=tf.int8
     )
