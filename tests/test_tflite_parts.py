@@ -245,3 +245,29 @@ def test_packing_from_a_file_mapping_lets_each_copied_weight_leave_memory(tmp_pa
         == data[:64].tobytes()
     )
     assert grew < 96 << 20, grew / 2**20  # the packed copy (64 MB), not also the mapped 64 MB
+
+
+def test_export_converts_a_text_classifier_in_parts(tmp_path, monkeypatch):
+    """A KerasHub BERT classifier's token-id graph (its padding mask read by every block)
+    is converted in parts by ``kerastl.export`` and passes validation against Keras."""
+    import kerastl
+    from kerastl.export.formats import tflite_parts
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(40)]]
+    model = kerastl.build(
+        "bert_tiny_en_uncased",
+        num_classes=3,
+        weights=None,
+        tokenizer={"vocabulary": vocab},
+        sequence_length=8,
+        compile=False,
+    )
+    monkeypatch.setattr(tflite_parts, "PARTS_MIN_BYTES", 0)
+    monkeypatch.setattr(tflite_parts, "PART_BYTES", 200_000)
+    texts = np.array([" ".join(f"w{(i * 7 + k) % 40}" for k in range(i % 5 + 1)) for i in range(8)])
+    report = kerastl.export(
+        model, tmp_path, formats=["tflite"], validation_data=texts, latency_runs=1
+    )
+    assert report["status"] == "passed", report
+    art = next(a for a in report["artifacts"] if a["precision"] == "float32")
+    assert int(art["details"]["conversion"].split()[1]) >= 3, art["details"]
