@@ -1,15 +1,18 @@
 """Large models' TFLite files, converted a part at a time and joined into one file.
 
 TensorFlow's converter holds four to five copies of the weights it converts (ViT-L's
-float32 file: 7.68 GB at its peak for 1.2 GB of weights). Here the inference function is
-frozen without holding its weights (each variable is read when its part needs it), cut
-where few tensors cross (between transformer blocks or ConvNeXt stages, found from the
-graph), and each part goes through TensorFlow's converter alone, with kerastl's settings for
-the precision. The parts are joined into one flatbuffer with one subgraph and kerastl's
-``serving_default`` signature: each part's inputs are the tensors the earlier parts made.
-ViT-L's float32 file then peaks at 4.69 GB, with the same error against Keras
-(``python -m bench.tflite_segments``). Full-integer files are calibrated and quantized
-from the joined float32 file by TensorFlow's flatbuffer calibrator.
+float32 file alone: 6.16 GB at its peak for 1.2 GB of weights, ``python -m
+bench.convert_memory``). Here the inference function is frozen without holding its weights
+(each variable is read when its part needs it), cut where few tensors cross (between
+transformer or ConvNeXt blocks, found from the graph), and each part goes through
+TensorFlow's converter alone, with kerastl's settings for the precision. The parts are
+joined into one flatbuffer with one subgraph and kerastl's ``serving_default`` signature:
+each part's inputs are the tensors the earlier parts made. Each part's weights go to disk
+as it is joined; the file is packed from there, or keeps them after the flatbuffer when
+they reach 2 GiB. In ``kerastl.export`` ViT-L's float32 conversion step then peaks at 6.26
+GB instead of 8.61 and ConvNeXt-L's at 3.66 instead of 5.46, model and TensorFlow included
+(``python -m bench.export_memory``). Full-integer files are calibrated and quantized from
+the joined float32 file by TensorFlow's flatbuffer calibrator.
 
 Graphs with control flow (loops keep their bodies in a function library) and graphs
 without a cut are converted whole (:func:`plan` returns no parts).
