@@ -174,6 +174,11 @@ def test_export_converts_a_large_model_in_parts_for_every_precision(tmp_path, mo
         assert arts[q]["details"]["conversion"].startswith("in "), arts[q]["details"]
         assert int(arts[q]["details"]["conversion"].split()[1]) >= 3
     assert all("conversion" not in a["details"] for a in whole["artifacts"])
+    from ai_edge_litert import schema_py_generated as schema
+
+    int8 = schema.Model.GetRootAs((tmp_path / "parts" / "parts_net_int8.tflite").read_bytes(), 0)
+    names = [int8.Metadata(i).Name() for i in range(int8.MetadataLength())]
+    assert names.count(b"kerastl_metadata") == 1, names  # carried from the float32 file, once
     x = images[8:12]
     for q, name in (("float32", "parts_net.tflite"), ("int8", "parts_net_int8.tflite")):
         got = kerastl.load_artifact(tmp_path / "parts" / name).run(x)["probabilities"]
@@ -271,3 +276,74 @@ def test_export_converts_a_text_classifier_in_parts(tmp_path, monkeypatch):
     assert report["status"] == "passed", report
     art = next(a for a in report["artifacts"] if a["precision"] == "float32")
     assert int(art["details"]["conversion"].split()[1]) >= 3, art["details"]
+
+
+def test_a_failed_part_leaves_no_spill_file_and_the_export_converts_whole(tmp_path, monkeypatch):
+    """A part the converter refuses: ``write`` fails without leaving its spill file or a
+    partial file; in ``kerastl.export`` that precision is converted whole instead, the
+    report saying why, and the file still passes validation."""
+    import kerastl
+    from kerastl.errors import ExportError
+    from kerastl.export.formats import tflite_parts
+
+    _, concrete = _residual_model(8, 16, blocks=3, classes=3, seed=0)
+    graph = tflite_parts.freeze_light(concrete)
+    parts = tflite_parts.plan(graph, 3)
+    convert_part, calls = tflite_parts.convert_part, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("refused")
+        return convert_part(*args, **kwargs)
+
+    monkeypatch.setattr(tflite_parts, "convert_part", second_fails)
+    path = tmp_path / "m.tflite"
+    with pytest.raises(ExportError, match="part 2/3 failed: refused"):
+        tflite_parts.write(graph, parts, "float32", path, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.setattr(tflite_parts, "PARTS_MIN_BYTES", 0)
+    monkeypatch.setattr(tflite_parts, "PART_BYTES", 2_000)
+    calls.clear()
+    model = _conv_classifier(2)
+    images = np.random.default_rng(2).uniform(0, 255, (8, 24, 24, 3)).astype("float32")
+    report = kerastl.export(
+        model, tmp_path / "out", formats=["tflite"], validation_data=images, latency_runs=1
+    )
+    assert report["status"] == "passed", report
+    art = next(a for a in report["artifacts"] if a["precision"] == "float32")
+    assert art["details"]["conversion"].startswith("whole: in parts: TFLite part 2/"), art
+
+
+def test_a_second_input_read_late_and_an_output_made_early_are_wired_through_the_join():
+    """Signature inputs read only by a later part, and outputs made by an early part: the
+    joined file takes both inputs by name and gives both outputs, matching TensorFlow."""
+    import tensorflow as tf
+
+    from kerastl.export.formats import tflite_parts
+
+    rng = np.random.default_rng(3)
+    w = [tf.Variable(rng.normal(size=(8, 8)).astype("float32") / 3) for _ in range(4)]
+    spec = [tf.TensorSpec((None, 8), name="x"), tf.TensorSpec((None, 1), name="scale")]
+
+    @tf.function(input_signature=spec)
+    def f(x, scale):
+        h = x @ w[0]
+        early = h
+        for v in w[1:]:
+            h = h + tf.nn.relu(h @ v)
+        return {"early": early, "late": h * scale}
+
+    graph = tflite_parts.freeze_light(f.get_concrete_function())
+    parts = tflite_parts.plan(graph, 4)
+    assert len(parts) >= 3 and ("scale", 0) in parts[-1].inputs
+    assert all(t not in graph.inputs.values() for p in parts for t in p.outputs)
+    from ai_edge_litert.interpreter import Interpreter
+
+    content = bytes(tflite_parts.convert(graph, parts, "float32"))
+    runner = Interpreter(model_content=content).get_signature_runner("serving_default")
+    x = rng.normal(size=(2, 8)).astype("float32")
+    scale = np.array([[2.0], [-1.0]], np.float32)
+    got, want = runner(x=x, scale=scale), f(x, scale)
+    for key in ("early", "late"):
+        np.testing.assert_allclose(got[key], want[key].numpy(), rtol=1e-5, atol=1e-5)

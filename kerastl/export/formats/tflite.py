@@ -592,9 +592,7 @@ def _whole_converter(job: Job) -> Converter:
 
     def make(job: Job, q: str, path: Path) -> dict[str, Any]:
         content = convert(source, q, job.prepared.modality.input_name, **_convert_args(job, q))
-        if not read_metadata(content):  # (an int8 file calibrated from a file that has it)
-            content = embed_metadata(content, job.prepared.meta)
-        path.write_bytes(content)
+        path.write_bytes(embed_metadata(content, job.prepared.meta))
         return {}
 
     if source.name == TFLITE_SOURCE:
@@ -602,18 +600,42 @@ def _whole_converter(job: Job) -> Converter:
     return make
 
 
-def _int8_whole(job: Job, path: Path) -> dict[str, Any]:
-    """The int8 file of a model over 2 GiB, converted whole: TensorFlow's calibrator drops
-    weights stored after the flatbuffer, so the joined float32 file cannot be its source."""
+def _whole(job: Job, q: str, path: Path, why: str) -> dict[str, Any]:
+    """One precision converted whole, where conversion in parts could not make it."""
+    log.warning("  tflite %s: converting the model whole (%s)", q, why)
     make = _whole_converter(job)
     try:
-        details = make(job, "int8", path)
+        details = make(job, q, path)
     finally:
         release = getattr(make, "release", None)
         if release is not None:
             release()
-    why = "the calibrator reads only weights stored in the flatbuffer, and the float32 file's"
-    return details | {"conversion": f"whole: {why} are after it (over 2 GiB)"}
+    return details | {"conversion": f"whole: {why}"}
+
+
+def _int8_from_joined(job: Job, path: Path) -> None:
+    """The int8 file, calibrated and quantized from the staged float32 file of the parts.
+
+    Raises:
+        ExportError: no float32 file is staged, it keeps its weights after the flatbuffer
+            (TensorFlow's calibrator drops those), or the calibrator failed.
+    """
+    from kerastl.export.formats import tflite_parts
+
+    done = job.staging / file_name(job.name, "float32")
+    if not done.exists():
+        raise ExportError("int8 is calibrated from the float32 file, which was not written")
+    with _mapped(done) as content:
+        if tflite_metadata.uses_buffer_offsets(content):
+            raise ExportError(
+                "the float32 file keeps its weights after the flatbuffer (over 2 GiB), "
+                "which TensorFlow's calibrator drops"
+            )
+    try:
+        content = tflite_parts.quantize_int8(done, job.x_cal, job.options.int8_io)
+    except Exception as exc:  # noqa: BLE001 - the calibrator raises RuntimeError/ValueError
+        raise ExportError(f"int8 quantization of the joined file failed: {exc}") from exc
+    path.write_bytes(content)  # with the float32 file's metadata, kerastl's included
 
 
 def _in_parts(job: Job) -> Converter | None:
@@ -626,11 +648,15 @@ def _in_parts(job: Job) -> Converter | None:
     weights = sum(int(np.prod(w.shape)) * 4 for w in job.prepared.model.weights)
     if weights < tflite_parts.PARTS_MIN_BYTES:
         return None
-    prepared = dataclasses.replace(job.prepared, _fn=None)
-    with _large_depthwise(job):
-        concrete = prepared.tf_function().get_concrete_function()
-    graph = tflite_parts.freeze_light(concrete)
-    parts = tflite_parts.plan(graph, -(-weights // tflite_parts.PART_BYTES))
+    try:
+        prepared = dataclasses.replace(job.prepared, _fn=None)
+        with _large_depthwise(job):
+            concrete = prepared.tf_function().get_concrete_function()
+        graph = tflite_parts.freeze_light(concrete)
+        parts = tflite_parts.plan(graph, -(-weights // tflite_parts.PART_BYTES))
+    except Exception as exc:  # noqa: BLE001 - a graph the parts cannot take: convert whole
+        log.warning("  tflite: no conversion in parts (%s); converting the model whole", exc)
+        return None
     if not parts:
         log.info("  tflite: no cut in the graph; converting it whole")
         return None
@@ -639,28 +665,14 @@ def _in_parts(job: Job) -> Converter | None:
     flex = job.options.allow_flex
 
     def make(job: Job, q: str, path: Path) -> dict[str, Any]:
-        if q != "int8":
+        try:
+            if q == "int8":
+                _int8_from_joined(job, path)
+                return note | {"quantized": "from the joined float32 file"}
             tflite_parts.write(graph, parts, q, path, entries, flex)
             return dict(note)
-        done = job.staging / file_name(job.name, "float32")
-        if not done.exists():  # (float32 not staged): made here for the calibrator alone
-            done = job.staging / "tflite_int8_source.tflite"
-            tflite_parts.write(graph, parts, "float32", done, entries, flex)
-        with _mapped(done) as content:
-            outside = tflite_metadata.uses_buffer_offsets(content)
-        if outside:  # TensorFlow's calibrator drops weights stored after the flatbuffer
-            return _int8_whole(job, path)
-        try:
-            content = tflite_parts.quantize_int8(done, job.x_cal, job.options.int8_io)
-        except Exception as exc:  # noqa: BLE001 - the calibrator raises RuntimeError/ValueError
-            raise ExportError(
-                f"TFLite int8 quantization (of the joined file) failed: {exc}"
-            ) from exc
-        finally:
-            if done.name == "tflite_int8_source.tflite":
-                done.unlink()
-        path.write_bytes(content)  # with the float32 file's metadata, kerastl's included
-        return note | {"quantized": "from the joined float32 file"}
+        except Exception as exc:  # noqa: BLE001 - any failure of the parts: convert whole
+            return _whole(job, q, path, f"in parts: {exc}")
 
     return make
 

@@ -397,8 +397,8 @@ def _drop_mapped_pages(array: np.ndarray) -> None:
     while isinstance(root, np.ndarray) and root.base is not None:
         root = root.base
     root = root.obj if isinstance(root, memoryview) else root  # np.frombuffer's base
-    if not isinstance(root, mmap.mmap) or not array.nbytes:
-        return
+    if not isinstance(root, mmap.mmap) or not array.nbytes or not hasattr(root, "madvise"):
+        return  # (no madvise on Windows)
     start = array.ctypes.data - np.frombuffer(root, np.uint8, count=1).ctypes.data
     first = start - start % mmap.PAGESIZE
     root.madvise(mmap.MADV_DONTNEED, first, start + array.nbytes - first)

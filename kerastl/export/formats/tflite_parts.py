@@ -41,8 +41,6 @@ _WEIGHT_OPS = ("Identity", "Cast", "Reshape", "Transpose")
 #: Joined files with this many bytes of weights or more keep them after the flatbuffer (one
 #: flatbuffer holds at most 2 GiB), as TensorFlow's converter does for large models.
 INLINE_LIMIT = 2**31 - 2**28
-#: Bytes of a precision's weights per float32 weight byte.
-_SHARE = {"float32": 1.0, "float16": 0.5, "dynamic": 0.25}
 #: Name of a part's placeholder for the ``i``-th tensor an earlier part made.
 _FEED = "kerastl_part_input_{}"
 
@@ -224,7 +222,8 @@ def _part(graph: Graph, start: int, stop: int, last: dict[Tensor, int]) -> Part:
     else:
         read = (_src(i) for n in body for i in _data_inputs(n))
         inputs = tuple(dict.fromkeys(t for t in read if t[0] not in made | graph.weights))
-    outputs = tuple(sorted(t for t in last if t[0] in made and last[t] >= stop))
+    given = set(graph.inputs.values())  # the signature's inputs are wired from the start
+    outputs = tuple(sorted(t for t in last if t[0] in made and last[t] >= stop and t not in given))
     return Part(start, stop, inputs, outputs)
 
 
@@ -349,13 +348,12 @@ def write(
     """
     from kerastl.export.formats import tflite_metadata
 
-    weights = sum(graph.sizes.values()) * _SHARE[quantization]
     tail = path.with_name(path.name + ".weights")
     try:
         joined = _join(graph, parts, quantization, allow_flex, tail)
         for name, data in metadata.items():
             tflite_metadata.add_entry(joined, name, data)
-        if weights < INLINE_LIMIT:
+        if tail.stat().st_size < INLINE_LIMIT:
             _write_inline(joined, path, tail)
         else:
             _write_with_offsets(joined, path, tail)
@@ -372,12 +370,14 @@ def _write_inline(joined: Any, path: Path, tail: Path) -> None:
 
     spilled = [b for b in joined.buffers if b.data is None and b.size]
     with open(tail, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        for buf in spilled:
-            buf.data = np.frombuffer(view, np.uint8, count=buf.size, offset=buf.offset)
-            buf.offset = buf.size = 0
-        content = tflite_metadata.pack(joined, sum(b.data.nbytes for b in spilled) + (1 << 20))
-        for buf in spilled:
-            buf.data = None  # no view of the mapping is left when it closes
+        try:
+            for buf in spilled:
+                buf.data = np.frombuffer(view, np.uint8, count=buf.size, offset=buf.offset)
+                buf.offset = buf.size = 0
+            content = tflite_metadata.pack(joined, tail.stat().st_size + (1 << 20))
+        finally:
+            for buf in spilled:
+                buf.data = None  # no view of the mapping is left when it closes
     path.write_bytes(content)
 
 
