@@ -95,7 +95,7 @@ def test_a_part_read_as_another_shape_than_it_was_made_is_refused():
         *tflite_parts.part_graph(graph, parts[0], {}), list(parts[0].outputs), "float32", False
     )
     where: dict = {}
-    joined = tflite_parts._append(None, first, parts[0], where)
+    joined = tflite_parts._append(None, first, parts[0], where, {})
     crossing = parts[1].inputs[0]
     where[crossing] = where[graph.inputs["x"]]  # the model input (8 wide), not the block's 16
     shapes = tflite_parts._made_shapes(joined, {crossing: where[crossing]}, parts[1], {crossing: 1})
@@ -104,7 +104,7 @@ def test_a_part_read_as_another_shape_than_it_was_made_is_refused():
         *tflite_parts.part_graph(graph, parts[1], shapes), list(parts[1].outputs), "float32", False
     )
     with pytest.raises(ExportError, match="where it is made"):
-        tflite_parts._append(joined, second, parts[1], where)
+        tflite_parts._append(joined, second, parts[1], where, {})
 
 
 def test_graphs_with_control_flow_are_not_cut():
@@ -347,3 +347,29 @@ def test_a_second_input_read_late_and_an_output_made_early_are_wired_through_the
     got, want = runner(x=x, scale=scale), f(x, scale)
     for key in ("early", "late"):
         np.testing.assert_allclose(got[key], want[key].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_shared_by_every_block_is_stored_once_in_the_joined_file():
+    """ALBERT applies one block's weights in every block: each part converts them, and the
+    join keeps one copy (a file the size of the weights, not of parts x weights)."""
+    import keras
+    import tensorflow as tf
+
+    from kerastl.export.formats import tflite_parts
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((64,), name="x")
+    shared = keras.layers.Dense(64, activation="relu", name="shared")
+    h = keras.layers.Dense(64, name="stem")(inputs)
+    for _ in range(6):
+        h = keras.layers.Add()([h, shared(h)])
+    model = keras.Model(inputs, keras.layers.Dense(3)(h))
+    fn = tf.function(lambda x: {"y": model(x)}, input_signature=[tf.TensorSpec((None, 64))])
+    graph = tflite_parts.freeze_light(fn.get_concrete_function())
+    parts = tflite_parts.plan(graph, 4)
+    assert len(parts) >= 3
+    content = tflite_parts.convert(graph, parts, "float32")
+    weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
+    assert len(content) < 1.3 * weight_bytes, (len(content), weight_bytes)
+    x = np.random.default_rng(4).normal(size=(2, 64)).astype("float32")
+    np.testing.assert_allclose(_run(content, x)["y"], np.asarray(model(x)), atol=1e-4)

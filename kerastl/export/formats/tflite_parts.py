@@ -390,7 +390,7 @@ def _join(
 
     crossing = {t for p in parts[1:] for t in p.inputs}
     dtypes = {t: dtype for t, (dtype, _) in shapes(graph, crossing).items()}
-    joined, where = None, {}
+    joined, where, seen = None, {}, {}
     for k, part in enumerate(parts):
         made = {} if joined is None else _made_shapes(joined, where, part, dtypes)
         gd, names = part_graph(graph, part, made)
@@ -400,7 +400,7 @@ def _join(
             text = " | ".join(str(exc).splitlines()[:4])[:600]
             raise ExportError(f"TFLite part {k + 1}/{len(parts)} failed: {text}") from exc
         del gd
-        joined = _append(joined, content, part, where)
+        joined = _append(joined, content, part, where, seen)
         del content
         if tail is not None:
             _spill(joined, tail)
@@ -468,9 +468,12 @@ def _made_shapes(
     return found
 
 
-def _append(joined: Any, content: bytes, part: Part, where: dict[Tensor, int]) -> Any:
+def _append(
+    joined: Any, content: bytes, part: Part, where: dict[Tensor, int], seen: dict[tuple, int]
+) -> Any:
     """Add one part's subgraph to ``joined`` (its first part when ``None``), its inputs
-    wired to the tensors earlier parts made; ``where`` maps tensors to ``joined``'s."""
+    wired to the tensors earlier parts made; ``where`` maps tensors to ``joined``'s, ``seen``
+    the weights already stored (:func:`_merge`)."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(content, 0)
@@ -482,6 +485,8 @@ def _append(joined: Any, content: bytes, part: Part, where: dict[Tensor, int]) -
         )
     if joined is None:
         joined, tensor_map = model, {i: i for i in range(len(sub.tensors))}
+        for i, buf in enumerate(joined.buffers):
+            seen.setdefault(_key(buf), i)
     else:
         main = joined.subgraphs[0]
         for s, t in zip(sub.inputs, part.inputs):
@@ -491,15 +496,32 @@ def _append(joined: Any, content: bytes, part: Part, where: dict[Tensor, int]) -
                     f"TFLite parts: tensor {t[0]}:{t[1]} is {made.type} {list(made.shape)} "
                     f"where it is made and {read.type} {list(read.shape)} where it is read."
                 )
-        tensor_map = _merge(joined, model, {s: where[t] for s, t in zip(sub.inputs, part.inputs)})
+        feeds = {s: where[t] for s, t in zip(sub.inputs, part.inputs)}
+        tensor_map = _merge(joined, model, feeds, seen)
     where.update({t: tensor_map[s] for s, t in zip(sub.inputs, part.inputs)})
     where.update({t: tensor_map[s] for s, t in zip(sub.outputs, part.outputs)})
     return joined
 
 
-def _merge(joined: Any, model: Any, tensor_map: dict[int, int]) -> dict[int, int]:
+def _key(buf: Any) -> tuple | None:
+    """A weight buffer's size and digest (``None`` for an empty one)."""
+    import hashlib
+
+    if buf.data is None or not len(buf.data):
+        return None
+    digest = hashlib.md5(np.ascontiguousarray(buf.data).data, usedforsecurity=False).digest()
+    return len(buf.data), digest
+
+
+def _merge(
+    joined: Any, model: Any, tensor_map: dict[int, int], seen: dict[tuple, int]
+) -> dict[int, int]:
     """Append ``model``'s only subgraph to ``joined``'s: operator codes shared, buffers and
-    tensors renumbered; ``tensor_map`` starts with the part's inputs and is returned full."""
+    tensors renumbered; ``tensor_map`` starts with the part's inputs and is returned full.
+
+    A weight equal to one an earlier part holds (``seen``: digest -> buffer) is not stored
+    again: a layer applied in several parts (ALBERT's shared blocks) keeps one copy.
+    """
 
     def key(code: Any) -> tuple:
         return (code.builtinCode, code.deprecatedBuiltinCode, code.customCode, code.version)
@@ -513,8 +535,12 @@ def _merge(joined: Any, model: Any, tensor_map: dict[int, int]) -> dict[int, int
         code_map[i] = codes.index(key(code))
     buffer_map = {0: 0}
     for i, buf in enumerate(model.buffers[1:], start=1):
-        joined.buffers.append(buf)
-        buffer_map[i] = len(joined.buffers) - 1
+        same = seen.get(_key(buf))
+        if same is None:
+            joined.buffers.append(buf)
+            same = len(joined.buffers) - 1
+            seen.setdefault(_key(buf), same)
+        buffer_map[i] = same
     main, sub = joined.subgraphs[0], model.subgraphs[0]
     for i, tensor in enumerate(sub.tensors):
         if i not in tensor_map:
