@@ -134,8 +134,20 @@ def freeze_light(concrete: Any) -> Graph:
 
 
 def walk_order(graph_def: Any, sinks: list[str]) -> list[Any]:
-    """Placeholders, then the nodes in the order a depth-first walk from ``sinks`` needs them."""
+    """Placeholders, then the nodes in the order a depth-first walk from ``sinks`` needs
+    them, each node's deepest input first.
+
+    A node's inputs are walked from the longest chain behind them to the shortest, so a
+    side computation (the attention mask each BERT block expands for itself, a weight)
+    is placed just before the node that reads it instead of before the whole chain:
+    walked in the inputs' own order, every block's mask expansion ran at the start and
+    crossed every cut.
+    """
     by_name = {n.name: n for n in graph_def.node}
+    producers = {
+        k: list(dict.fromkeys(_src(i)[0] for i in _data_inputs(n))) for k, n in by_name.items()
+    }
+    depth = _depths(producers, sinks)
     order, seen = [], set()
     for sink in sinks:
         stack = [(sink, False)]
@@ -146,9 +158,23 @@ def walk_order(graph_def: Any, sinks: list[str]) -> list[Any]:
             elif name not in seen:
                 seen.add(name)
                 stack.append((name, True))
-                ins = [_src(i)[0] for i in _data_inputs(by_name[name])]
+                ins = sorted(producers[name], key=lambda u: -depth[u])  # stable: ties keep order
                 stack += [(i, False) for i in reversed(ins) if i not in seen]
     return sorted(order, key=lambda n: n.op != "Placeholder")  # stable: the walk stays
+
+
+def _depths(producers: dict[str, list[str]], sinks: list[str]) -> dict[str, int]:
+    """The longest chain of nodes behind each node the sinks need (0 for a source)."""
+    depth: dict[str, int] = {}
+    stack = [(s, False) for s in sinks]
+    while stack:
+        name, done = stack.pop()
+        if done:
+            depth[name] = 1 + max((depth[u] for u in producers[name]), default=-1)
+        elif name not in depth:
+            stack.append((name, True))
+            stack += [(u, False) for u in producers[name] if u not in depth]
+    return depth
 
 
 def _weight_nodes(nodes: list[Any]) -> set[str]:
