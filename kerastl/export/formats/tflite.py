@@ -469,9 +469,7 @@ class TFLiteFormat(Format):
         for q in precisions(job.options.quantize):
             path = job.staging / file_name(job.name, q)
             yield Staged(q, path, partial(self._write, job, make, q, path))
-        release = getattr(make, "release", None)
-        if release is not None:  # every precision is written: free the source's disk now
-            release()
+        _release(make)  # every precision is written: free the source's disk now
         if (self.name, tflite_metadata.MEDIAPIPE_SUFFIX) in job.targets:
             yield self._mediapipe(job)
 
@@ -600,6 +598,13 @@ def _whole_converter(job: Job) -> Converter:
     return make
 
 
+def _release(make: Converter) -> None:
+    """Delete the SavedModel a whole converter traced for TFLite alone (if it made one)."""
+    release = getattr(make, "release", None)
+    if release is not None:
+        release()
+
+
 def _whole(job: Job, q: str, path: Path, why: str) -> dict[str, Any]:
     """One precision converted whole, where conversion in parts could not make it."""
     log.warning("  tflite %s: converting the model whole (%s)", q, why)
@@ -607,9 +612,7 @@ def _whole(job: Job, q: str, path: Path, why: str) -> dict[str, Any]:
     try:
         details = make(job, q, path)
     finally:
-        release = getattr(make, "release", None)
-        if release is not None:
-            release()
+        _release(make)
     return details | {"conversion": f"whole: {why}"}
 
 
