@@ -405,3 +405,36 @@ def test_side_computations_each_block_makes_from_the_mask_do_not_cross_every_cut
     content = tflite_parts.convert(graph, parts, "float32")
     x = rng.normal(size=(3, 16)).astype("float32")
     np.testing.assert_allclose(_run(content, x)["y"], f(x)["y"].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_joined_file_declares_the_newest_runtime_any_part_needs():
+    """The first part holds only Adds and MatMuls (LiteRT 1.5); a later part's GELU needs
+    2.9. The joined file declares what the file converted whole declares."""
+    import tensorflow as tf
+    from ai_edge_litert import schema_py_generated as schema
+
+    from kerastl.export.formats import tflite_parts
+
+    rng = np.random.default_rng(0)
+    w = [tf.Variable(rng.normal(size=(16, 16)).astype("float32") * 0.1) for _ in range(4)]
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 16))])
+    def f(x):
+        h = x + tf.matmul(x, w[0])
+        h = h + tf.matmul(h, w[1])
+        h = h + tf.matmul(h, w[2])
+        return {"y": h + tf.nn.gelu(tf.matmul(h, w[3]))}
+
+    concrete = f.get_concrete_function()
+    graph = tflite_parts.freeze_light(concrete)
+    parts = tflite_parts.plan(graph, 4)
+    assert len(parts) == 4
+    joined = tflite_parts.convert(graph, parts, "float32")
+    whole = tf.lite.TFLiteConverter.from_concrete_functions([concrete], f).convert()
+
+    def declared(content):
+        return tflite_parts.runtime_version(schema.ModelT.InitFromPackedBuf(bytes(content), 0))
+
+    assert declared(joined) == declared(whole) >= (2, 9)
+    x = rng.normal(size=(2, 16)).astype("float32")
+    np.testing.assert_allclose(_run(joined, x)["y"], f(x)["y"].numpy(), atol=1e-5)

@@ -523,10 +523,46 @@ def _append(
                     f"where it is made and {read.type} {list(read.shape)} where it is read."
                 )
         feeds = {s: where[t] for s, t in zip(sub.inputs, part.inputs)}
+        _keep_newest_runtime(joined, model)
         tensor_map = _merge(joined, model, feeds, seen)
     where.update({t: tensor_map[s] for s, t in zip(sub.inputs, part.inputs)})
     where.update({t: tensor_map[s] for s, t in zip(sub.outputs, part.outputs)})
     return joined
+
+
+#: The converter's metadata entry: the oldest LiteRT that runs the file's operators.
+RUNTIME_VERSION = b"min_runtime_version"
+
+
+def runtime_version(model: Any) -> tuple[int, ...]:
+    """The ``min_runtime_version`` a ``ModelT`` declares (``()`` when it has none).
+
+    Example:
+        >>> from ai_edge_litert import schema_py_generated as schema
+        >>> from kerastl.export.formats.tflite_metadata import add_entry
+        >>> model = schema.ModelT(); model.buffers = [schema.BufferT()]
+        >>> add_entry(model, RUNTIME_VERSION, b"2.9.0" + bytes(11))
+        >>> runtime_version(model)
+        (2, 9, 0)
+    """
+    for entry in model.metadata or []:
+        if entry.name == RUNTIME_VERSION:
+            text = bytes(model.buffers[entry.buffer].data).rstrip(b"\0").decode()
+            return tuple(int(v) for v in text.split(".") if v.isdigit())
+    return ()
+
+
+def _keep_newest_runtime(joined: Any, model: Any) -> None:
+    """Each part declares the runtime its own operators need: the joined file keeps the
+    newest (a part with GELU needs LiteRT 2.9 where the first part's Adds need 1.5)."""
+    if runtime_version(model) <= runtime_version(joined):
+        return
+    newest = next(e for e in model.metadata if e.name == RUNTIME_VERSION)
+    data = model.buffers[newest.buffer].data
+    for entry in joined.metadata or []:
+        if entry.name == RUNTIME_VERSION:
+            joined.buffers[entry.buffer].data = data
+            return
 
 
 def _key(buf: Any) -> tuple | None:
