@@ -16,8 +16,8 @@ import os
 from typing import Any
 
 #: TensorFlow's oneDNN CPU allocator pools the memory TensorFlow frees and never hands it
-#: back: after loading and running ConvNeXt-B's SavedModel and letting it go, 0.84 GB stayed
-#: resident with the pool, 0.05 GB without. Training speed was the same (ResNet-50, 320
+#: back: after loading and running ConvNeXt-B's SavedModel and letting it go, 2.13 GB stayed
+#: resident with the pool, 1.32 GB without (1.24 and 1.22 before loading it). Training speed was the same (ResNet-50, 320
 #: images, two runs each). Set before TensorFlow makes its CPU device; a value the user set
 #: is kept.
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")

@@ -545,24 +545,25 @@ def runtime_version(model: Any) -> tuple[int, ...]:
         >>> runtime_version(model)
         (2, 9, 0)
     """
-    for entry in model.metadata or []:
-        if entry.name == RUNTIME_VERSION:
-            text = bytes(model.buffers[entry.buffer].data).rstrip(b"\0").decode()
-            return tuple(int(v) for v in text.split(".") if v.isdigit())
-    return ()
+    buf = _runtime_buffer(model)
+    if buf is None:
+        return ()
+    text = bytes(buf.data).rstrip(b"\0").decode()
+    return tuple(int(v) for v in text.split(".") if v.isdigit())
+
+
+def _runtime_buffer(model: Any) -> Any:
+    """The buffer of ``model``'s :data:`RUNTIME_VERSION` entry (``None`` without one)."""
+    entry = next((e for e in model.metadata or [] if e.name == RUNTIME_VERSION), None)
+    return None if entry is None else model.buffers[entry.buffer]
 
 
 def _keep_newest_runtime(joined: Any, model: Any) -> None:
     """Each part declares the runtime its own operators need: the joined file keeps the
     newest (a part with GELU needs LiteRT 2.9 where the first part's Adds need 1.5)."""
-    if runtime_version(model) <= runtime_version(joined):
-        return
-    newest = next(e for e in model.metadata if e.name == RUNTIME_VERSION)
-    data = model.buffers[newest.buffer].data
-    for entry in joined.metadata or []:
-        if entry.name == RUNTIME_VERSION:
-            joined.buffers[entry.buffer].data = data
-            return
+    kept = _runtime_buffer(joined)
+    if kept is not None and runtime_version(model) > runtime_version(joined):
+        kept.data = _runtime_buffer(model).data
 
 
 def _key(buf: Any) -> tuple | None:
