@@ -590,7 +590,7 @@ def _write_and_validate(fmt: Format, item: Staged, job: Job) -> dict[str, Any]:
     release_memory()  # the converter's graphs, before the runtime loads the file
     record["size_bytes"] = _size(item.path)
     try:
-        artifact = fmt.load(item.path)
+        artifact = fmt.load(item.path) if item.load is None else item.load()
     except Exception as exc:  # noqa: BLE001 - any runtime refusing the file is a failure
         record["failures"] = [f"{fmt.name} runtime could not load it: {type(exc).__name__}: {exc}"]
         return record

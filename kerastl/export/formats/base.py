@@ -131,7 +131,8 @@ class Staged:
 
     ``reference`` narrows the Keras outputs it is validated against (default: all);
     ``inputs`` replaces the job's validation inputs (a file on other inputs, with
-    ``reference`` the Keras outputs on them).
+    ``reference`` the Keras outputs on them); ``load`` replaces the format's ``load(path)``
+    for validation (a large float16 TFLite file, :mod:`.tflite_upcast`).
     """
 
     precision: str
@@ -139,6 +140,7 @@ class Staged:
     write: Callable[[], dict[str, Any]]
     reference: dict[str, Any] | None = None
     inputs: Any = None
+    load: Callable[[], Artifact] | None = None
 
 
 class Format:

@@ -33,7 +33,15 @@ from kerastl.errors import (
     missing_dependency,
 )
 from kerastl.export.formats import tflite_metadata
-from kerastl.export.formats.base import Artifact, Format, Job, NotWritten, Options, Staged
+from kerastl.export.formats.base import (
+    Artifact,
+    Format,
+    Job,
+    NotWritten,
+    Options,
+    Staged,
+    release_memory,
+)
 
 log = logging.getLogger("kerastl.export")
 
@@ -262,8 +270,6 @@ def _lean_calibration() -> Iterator[None]:
     from tensorflow.lite.python import lite
     from tensorflow.lite.python.optimize import calibrator
 
-    from kerastl.export.formats.base import release_memory
-
     add, quantize, calibrate, calibrate_and_quantize = (
         calibrator.add_intermediate_tensors,
         lite._mlir_quantize,
@@ -468,7 +474,7 @@ class TFLiteFormat(Format):
         make = _in_parts(job) or _whole_converter(job)
         for q in precisions(job.options.quantize):
             path = job.staging / file_name(job.name, q)
-            yield Staged(q, path, partial(self._write, job, make, q, path))
+            yield Staged(q, path, partial(self._write, job, make, q, path), load=_loader(job, q))
         _release(make)  # every precision is written: free the source's disk now
         if (self.name, tflite_metadata.MEDIAPIPE_SUFFIX) in job.targets:
             yield self._mediapipe(job)
@@ -641,6 +647,25 @@ def _int8_from_joined(job: Job, path: Path) -> None:
     path.write_bytes(content)  # with the float32 file's metadata, kerastl's included
 
 
+def _weight_bytes(job: Job) -> int:
+    """The model's float32 weight bytes."""
+    return sum(int(np.prod(w.shape)) * 4 for w in job.prepared.model.weights)
+
+
+def _loader(job: Job, q: str) -> Callable[[], Artifact] | None:
+    """How a large model's float16 file is loaded for validation (:mod:`.tflite_upcast`);
+    ``None`` (the file itself in XNNPACK) for other files."""
+    from kerastl.export.formats import tflite_parts
+
+    if q != "float16" or _weight_bytes(job) < tflite_parts.PARTS_MIN_BYTES:
+        return None
+    from kerastl.export.validate import tolerance_for
+
+    limit = tolerance_for("tflite/float16", job.options.tolerances).max_rel_err
+    path = job.staging / file_name(job.name, q)
+    return partial(UpcastFloat16Artifact, path, job.x_val[:1], limit)
+
+
 def _in_parts(job: Job) -> Converter | None:
     """For models of at least :data:`tflite_parts.PARTS_MIN_BYTES` of weights: each
     precision converted a part at a time and joined (:mod:`.tflite_parts`), int8 quantized
@@ -648,7 +673,7 @@ def _in_parts(job: Job) -> Converter | None:
     a cut."""
     from kerastl.export.formats import tflite_parts
 
-    weights = sum(int(np.prod(w.shape)) * 4 for w in job.prepared.model.weights)
+    weights = _weight_bytes(job)
     if weights < tflite_parts.PARTS_MIN_BYTES:
         return None
     try:
@@ -821,12 +846,18 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+def _kernels(kinds: Any, xnnpack: bool) -> Any:
+    """The interpreter's op resolver: LiteRT's default (XNNPACK applied) or builtin only."""
+    return kinds.AUTO if xnnpack else kinds.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+
 class TFLiteArtifact(Artifact):
     """A ``.tflite`` file in LiteRT's interpreter (TensorFlow's, for Flex ops).
 
     Args:
         path: The file.
         num_threads: Interpreter threads; ``None`` takes :func:`cpu_threads`.
+        xnnpack: ``False`` runs LiteRT's builtin kernels only (no default delegate).
 
     Raises:
         ConfigError: ``num_threads`` is not a positive integer.
@@ -834,7 +865,7 @@ class TFLiteArtifact(Artifact):
 
     format = "tflite"
 
-    def __init__(self, path: Path, num_threads: int | None = None):
+    def __init__(self, path: Path, num_threads: int | None = None, xnnpack: bool = True):
         content = path.read_bytes()
         self.ops, self.custom_ops = list_ops(content)
         super().__init__(path, read_metadata(content), self.custom_ops)
@@ -843,15 +874,26 @@ class TFLiteArtifact(Artifact):
         if any(op.startswith("Flex") for op in self.custom_ops):
             import tensorflow as tf  # its interpreter links the Flex delegate
 
-            self._interp = tf.lite.Interpreter(model_content=content, num_threads=self.num_threads)
+            kernels = tf.lite.experimental.OpResolverType
+            self._interp = tf.lite.Interpreter(
+                model_content=content,
+                num_threads=self.num_threads,
+                experimental_op_resolver_type=_kernels(kernels, xnnpack),
+            )
             self.runtime = "tf.lite.Interpreter (Flex delegate)"
         else:
             try:
-                from ai_edge_litert.interpreter import Interpreter
+                from ai_edge_litert.interpreter import Interpreter, OpResolverType
             except ImportError as exc:
                 raise missing_dependency("ai_edge_litert", "ai-edge-litert", "TFLite") from exc
-            self._interp = Interpreter(model_content=content, num_threads=self.num_threads)
+            self._interp = Interpreter(
+                model_content=content,
+                num_threads=self.num_threads,
+                experimental_op_resolver_type=_kernels(OpResolverType, xnnpack),
+            )
             self.runtime = "ai_edge_litert.Interpreter"
+        if not xnnpack:
+            self.runtime += " (builtin kernels, no XNNPACK)"
         self.runtime += f", {self.num_threads} thread{'s' if self.num_threads > 1 else ''}"
         self._runner = self._interp.get_signature_runner("serving_default")
         self._inputs = self._runner.get_input_details()
@@ -890,3 +932,50 @@ class TFLiteArtifact(Artifact):
                 value = (value.astype(np.float32) - zero) * scale
             result[name] = np.array(value)
         return result
+
+
+class UpcastFloat16Artifact(TFLiteArtifact):
+    """A large float16 file as validation loads it (:mod:`.tflite_upcast`): its upcast to
+    float32 in XNNPACK, after the file itself ran on ``sample`` in LiteRT's builtin kernels.
+
+    Args:
+        path: The float16 file.
+        sample: The first validation input (a batch of one).
+        max_rel_err: The most the two runs may differ on ``sample`` (relative to the
+            output's scale, as validation measures it).
+        num_threads: Interpreter threads; ``None`` takes every core.
+
+    Raises:
+        ExportError: The two runs differ by more than ``max_rel_err``.
+    """
+
+    def __init__(
+        self, path: Path, sample: np.ndarray, max_rel_err: float, num_threads: int | None = None
+    ):
+        from kerastl.export.validate import rel_err
+
+        itself = TFLiteArtifact(path, num_threads, xnnpack=False)
+        expected = itself.run(sample)
+        del itself
+        release_memory()  # the file's float32 copy, before XNNPACK packs the upcast
+        from kerastl.export.formats.tflite_upcast import upcast
+
+        upcast_path = path.with_name(path.stem + "_as_float32.tflite")
+        try:
+            converted = upcast(path, upcast_path)
+            super().__init__(upcast_path, num_threads)  # read into memory: the file can go
+        finally:
+            upcast_path.unlink(missing_ok=True)
+        self.path = path
+        got = self.run(sample)
+        worst = max(rel_err(got[k], v) for k, v in expected.items())
+        if not worst <= max_rel_err:
+            raise ExportError(
+                f"{path.name} in LiteRT's builtin kernels and its float32 upcast in XNNPACK "
+                f"differ by {worst:.3g} (max_rel_err {max_rel_err:g}) on the first input."
+            )
+        self.runtime += (
+            f", on the file's {converted} float16 weights upcast to float32 (XNNPACK's "
+            f"arithmetic on this CPU, at a float32 file's memory); the file itself in "
+            f"LiteRT's builtin kernels on the first input: rel err {worst:.1e} against it"
+        )

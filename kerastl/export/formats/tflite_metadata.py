@@ -380,11 +380,11 @@ def _numpy_vector(builder: Any, array: np.ndarray) -> int:
     with memoryview(builder.Bytes) as view:
         view[builder.head : builder.head + flat.nbytes] = flat.view(np.uint8)
     builder.vectorNumElems = flat.size
-    _drop_mapped_pages(flat)
+    drop_mapped_pages(flat)
     return builder.EndVector()
 
 
-def _drop_mapped_pages(array: np.ndarray) -> None:
+def drop_mapped_pages(array: np.ndarray) -> None:
     """When ``array`` views a file mapping (``mmap``), let its pages go from this process.
 
     Weights joined from disk are packed one buffer at a time from a mapping of the file;

@@ -382,7 +382,7 @@ def write(
         if tail.stat().st_size < INLINE_LIMIT:
             _write_inline(joined, path, tail)
         else:
-            _write_with_offsets(joined, path, tail)
+            write_with_offsets(joined, path, tail)
     finally:
         tail.unlink(missing_ok=True)
 
@@ -452,7 +452,7 @@ def _spill(joined: Any, tail: Path) -> None:
             buf.data = None
 
 
-def _write_with_offsets(joined: Any, path: Path, tail: Path) -> None:
+def write_with_offsets(joined: Any, path: Path, tail: Path) -> None:
     """The flatbuffer, then ``tail`` behind it: each buffer's offset counts from the file's
     start (the layout TensorFlow's converter writes for models over 2 GiB)."""
     import shutil
@@ -473,7 +473,7 @@ def _write_with_offsets(joined: Any, path: Path, tail: Path) -> None:
     with open(path, "wb") as f, open(tail, "rb") as weights:
         f.write(head)
         f.write(bytes(start - size))
-        shutil.copyfileobj(weights, f, 1 << 24)
+        shutil.copyfileobj(weights, f, 1 << 22)
 
 
 def _made_shapes(
