@@ -12,7 +12,8 @@ maximum, model and TensorFlow included: what the user's process needs) and the p
 the export step running at that moment (wrappers around kerastl's step functions:
 prepare, Keras reference (with Keras' batch-1 latency since 6edcac1), SavedModel write,
 TFLite convert per precision, ONNX freeze / grappler / tf2onnx / save, loading each file
-back, validation), with the resident
+back (a large model's float16 file: run once in builtin kernels, then upcast to float32 and
+loaded, ``kerastl/export/formats/tflite_upcast.py``), validation), with the resident
 memory left after the step. The ``all`` run's report gives the batch-1 latency of every
 file (median of up to 10 runs in its runtime, stopping after 2 s once 3 were made).
 
@@ -69,6 +70,9 @@ STEPS = (
     ("kerastl.export.formats.tflite_parts", "freeze_light", "tflite parts freeze"),
     ("kerastl.export.formats.tflite_parts", "write", "tflite parts convert"),
     ("kerastl.export.formats.tflite_parts", "quantize_int8", "tflite int8 from joined file"),
+    # a large model's float16 file: the file run in builtin kernels, then its upcast loaded
+    ("kerastl.export.formats.tflite", "UpcastFloat16Artifact.__init__", "tflite float16 load"),
+    ("kerastl.export.formats.tflite_upcast", "upcast", "tflite float16 upcast"),
     ("kerastl.export.formats.tflite", "_mediapipe_copy", "tflite MediaPipe copy"),
     ("kerastl.export.formats.tflite", "_check_in_mediapipe", "tflite MediaPipe check"),
     ("kerastl.export.formats.onnx", "_frozen_graph_def", "onnx freeze"),
