@@ -40,7 +40,6 @@ from kerastl.export.formats.base import (
     NotWritten,
     Options,
     Staged,
-    release_memory,
 )
 
 log = logging.getLogger("kerastl.export")
@@ -269,6 +268,8 @@ def _lean_calibration() -> Iterator[None]:
     """
     from tensorflow.lite.python import lite
     from tensorflow.lite.python.optimize import calibrator
+
+    from kerastl.export.formats.base import release_memory
 
     add, quantize, calibrate, calibrate_and_quantize = (
         calibrator.add_intermediate_tensors,
@@ -952,6 +953,7 @@ class UpcastFloat16Artifact(TFLiteArtifact):
     def __init__(
         self, path: Path, sample: np.ndarray, max_rel_err: float, num_threads: int | None = None
     ):
+        from kerastl.export.formats.base import release_memory
         from kerastl.export.validate import rel_err
 
         itself = TFLiteArtifact(path, num_threads, xnnpack=False)
