@@ -859,6 +859,8 @@ class TFLiteArtifact(Artifact):
         path: The file.
         num_threads: Interpreter threads; ``None`` takes :func:`cpu_threads`.
         xnnpack: ``False`` runs LiteRT's builtin kernels only (no default delegate).
+        mapped: LiteRT maps the file instead of reading it into memory (weights after
+            the flatbuffer are then not resident twice while XNNPACK packs them).
 
     Raises:
         ConfigError: ``num_threads`` is not a positive integer.
@@ -866,10 +868,16 @@ class TFLiteArtifact(Artifact):
 
     format = "tflite"
 
-    def __init__(self, path: Path, num_threads: int | None = None, xnnpack: bool = True):
-        content = path.read_bytes()
-        self.ops, self.custom_ops = list_ops(content)
-        super().__init__(path, read_metadata(content), self.custom_ops)
+    def __init__(
+        self, path: Path, num_threads: int | None = None, xnnpack: bool = True, mapped: bool = False
+    ):
+        with _mapped(path) as view:
+            self.ops, self.custom_ops = list_ops(view)
+            meta = read_metadata(view)
+        super().__init__(path, meta, self.custom_ops)
+        # mapped: LiteRT maps the file; else it runs from a copy in memory, and the file
+        # can be moved (publishing replaces it) or deleted while this artifact lives
+        source = {"model_path": str(path)} if mapped else {"model_content": path.read_bytes()}
         check_positive_int("num_threads", num_threads, none_means=f"every core: {cpu_threads()}")
         self.num_threads = num_threads or cpu_threads()
         if any(op.startswith("Flex") for op in self.custom_ops):
@@ -877,7 +885,7 @@ class TFLiteArtifact(Artifact):
 
             kernels = tf.lite.experimental.OpResolverType
             self._interp = tf.lite.Interpreter(
-                model_content=content,
+                **source,
                 num_threads=self.num_threads,
                 experimental_op_resolver_type=_kernels(kernels, xnnpack),
             )
@@ -888,7 +896,7 @@ class TFLiteArtifact(Artifact):
             except ImportError as exc:
                 raise missing_dependency("ai_edge_litert", "ai-edge-litert", "TFLite") from exc
             self._interp = Interpreter(
-                model_content=content,
+                **source,
                 num_threads=self.num_threads,
                 experimental_op_resolver_type=_kernels(OpResolverType, xnnpack),
             )
@@ -965,9 +973,10 @@ class UpcastFloat16Artifact(TFLiteArtifact):
         upcast_path = path.with_name(path.stem + "_as_float32.tflite")
         try:
             converted = upcast(path, upcast_path)
-            super().__init__(upcast_path, num_threads)  # read into memory: the file can go
+            super().__init__(upcast_path, num_threads, mapped=True)
         finally:
-            upcast_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # mapped (Windows): the staging folder goes
+                upcast_path.unlink(missing_ok=True)
         self.path = path
         got = self.run(sample)
         worst = max(rel_err(got[k], v) for k, v in expected.items())

@@ -102,7 +102,7 @@ def _drop_dequantize(model: Any) -> dict[int, np.ndarray]:
     ]  # builtin codes over 127 are in builtinCode only
     pending: dict[int, np.ndarray] = {}
     for sub in model.subgraphs:
-        kept = []
+        kept, sources = [], set()
         for op in sub.operators:
             src = sub.tensors[op.inputs[0]] if op.inputs is not None and len(op.inputs) else None
             data = None if src is None else model.buffers[src.buffer].data
@@ -118,7 +118,12 @@ def _drop_dequantize(model: Any) -> dict[int, np.ndarray]:
             model.buffers.append(schema.BufferT())
             sub.tensors[op.outputs[0]].buffer = len(model.buffers) - 1
             pending[len(model.buffers) - 1] = data
+            sources.add(int(op.inputs[0]))
         sub.operators = kept
+        read = {int(i) for op in kept for i in op.inputs if i >= 0}
+        read |= {int(i) for i in ([] if sub.outputs is None else sub.outputs)}
+        for i in sources - read:  # float16 copies no operator reads any more
+            sub.tensors[i].buffer = 0
     return pending
 
 
