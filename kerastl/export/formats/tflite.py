@@ -964,7 +964,7 @@ class UpcastFloat16Artifact(TFLiteArtifact):
         from kerastl.export.formats.base import release_memory
         from kerastl.export.validate import rel_err
 
-        itself = TFLiteArtifact(path, num_threads, xnnpack=False)
+        itself = TFLiteArtifact(path, num_threads, xnnpack=False, mapped=True)
         expected = itself.run(sample)
         del itself
         release_memory()  # the file's float32 copy, before XNNPACK packs the upcast
