@@ -11,15 +11,16 @@ ConvNeXt-L, ViT-L and BERT-L.
 For models of at least :data:`kerastl.export.formats.tflite_parts.PARTS_MIN_BYTES`
 float32 weight bytes, kerastl validates the float16 file in two steps instead:
 
-1. the file itself in LiteRT's builtin kernels (no XNNPACK: the file and one float32
-   copy) on the first validation input;
-2. :func:`upcast` of the file (each float16 weight written as float32 in place of its
-   ``DEQUANTIZE``, an exact conversion) in XNNPACK, on every validation input: the
-   arithmetic XNNPACK runs on the float16 file on this CPU, at a float32 file's memory.
-   Step 2 must agree with step 1 within the float16 tolerance on that input.
+1. the file itself is loaded in LiteRT and its tensors allocated (every operator resolves
+   and prepares; it is not run: running it, even in LiteRT's builtin kernels, expands its
+   weights to float32 and peaked at 2 x the float32 weights, ConvNeXt-L's file 1.98 GB);
+2. its :func:`upcast` (each float16 weight written as float32 in place of its
+   ``DEQUANTIZE``, an exact conversion) runs in XNNPACK on every validation input: the
+   arithmetic XNNPACK runs on the float16 file on a CPU, bit for bit (ConvNeXt-L's file:
+   equal outputs on two images; ``tests/test_tflite_upcast.py``), at a float32 file's
+   memory (ConvNeXt-L: 1.91 GB against 2.9).
 
-The report's ``runtime`` says so, with the two runs' difference
-(:class:`kerastl.export.formats.tflite.UpcastFloat16Artifact`).
+The report's ``runtime`` says so (:class:`kerastl.export.formats.tflite.UpcastFloat16Artifact`).
 """
 
 from __future__ import annotations
