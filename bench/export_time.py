@@ -15,8 +15,10 @@ init, fixed seed) and time one call each, after import and build:
   runs), and writes the report (and, for SavedModel, the serving signatures, warm-up
   and request files).
 
-The pair runs in alternating order (raw first for one model, kerastl first for the
-next) in the same benchmark run. Bar (issue 19): kerastl within 1.3 x raw, per format.
+The pair runs in alternating order (raw first, then kerastl first, and so on) in the
+same benchmark run, ``--repeats`` times (default 3); the table gives each tool's median
+and the ratio of the medians (one call of a few seconds varies by 10-20% here).
+Bar (issue 19): kerastl within 1.3 x raw, per format.
 Writes ``bench/results_export_time.md`` (and re-renders RESULTS.md, which includes it).
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -74,6 +77,37 @@ def measure(entry: str, size: int, fmt: str, tool: str) -> dict[str, Any]:
     return row
 
 
+def timed_pair(entry: str, size: int, fmt: str, repeats: int) -> dict[str, dict[str, Any]]:
+    """``repeats`` alternating (raw, kerastl) calls; per tool: median seconds and every run.
+
+    Example (the child processes replaced by a stub):
+        >>> import bench.export_time as et
+        >>> calls = iter([1.0, 2.0, 4.0, 3.0, 1.5, 2.5])
+        >>> real, et.measure = et.measure, lambda e, s, f, t: {"seconds": next(calls)}
+        >>> out = et.timed_pair("m", 8, "onnx", 3)
+        >>> et.measure = real
+        >>> out["raw"]["seconds"], out["raw"]["runs"], out["kerastl"]["runs"]
+        (1.5, [1.0, 3.0, 1.5], [2.0, 4.0, 2.5])
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"raw": [], "kerastl": []}
+    for k in range(repeats):
+        for tool in ("raw", "kerastl") if k % 2 == 0 else ("kerastl", "raw"):
+            row = measure(entry, size, fmt, tool)
+            runs[tool].append(row)
+            print(json.dumps({"entry": entry, "format": fmt, "tool": tool, **row}),
+                  file=sys.stderr, flush=True)  # fmt: skip
+    out = {}
+    for tool, rs in runs.items():
+        failed = [r for r in rs if "seconds" not in r]
+        row = {"entry": entry, "format": fmt, "tool": tool}
+        if failed:
+            out[tool] = {**row, "error": failed[0].get("error", "?")}
+            continue
+        secs = [r["seconds"] for r in rs]
+        out[tool] = {**row, "seconds": float(statistics.median(secs)), "runs": secs}
+    return out
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """One line per (model, format): raw s, kerastl s, ratio, bar met."""
     commands = ", ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", "?") for r in rows))
@@ -83,9 +117,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         f"Rows from {commands} (a later command replaces its own rows). "
         + " ".join(" ".join(__doc__.split("\n\n")[2:5]).split()),
         "",
-        f"| entry | format | raw s (Keras `model.export`) | kerastl s (with validation) | "
-        f"ratio | bar {BAR}x |",
-        "|---|---|---|---|---|---|",
+        f"| entry | format | raw s (Keras `model.export`), median | kerastl s (with "
+        f"validation), median | ratio | bar {BAR}x | raw runs | kerastl runs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["entry"], r["format"], r["tool"]): r for r in rows}
     for entry in dict.fromkeys(e for e, _ in MODELS if any(r["entry"] == e for r in rows)):
@@ -97,22 +131,27 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 err = raw.get("error") or ours.get("error")
                 lines.append(
                     f"| {entry} | {fmt} | {raw.get('seconds', '-')} | "
-                    f"{ours.get('seconds', '-')} | - | failed: {err} |"
+                    f"{ours.get('seconds', '-')} | - | failed: {err} | - | - |"
                 )
                 continue
             ratio = ours["seconds"] / raw["seconds"]
             met = "met" if ratio <= BAR else "**missed**"
             lines.append(
                 f"| {entry} | {fmt} | {raw['seconds']:.1f} | {ours['seconds']:.1f} | "
-                f"{ratio:.2f}x | {met} |"
+                f"{ratio:.2f}x | {met} | {_runs(raw)} | {_runs(ours)} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _runs(row: dict[str, Any]) -> str:
+    return ", ".join(f"{s:.1f}" for s in row.get("runs", [row["seconds"]]))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.export_time", description=__doc__)
     p.add_argument("--models", default="", help="comma-separated entries (default: MODELS)")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"subset of {list(FORMATS)}")
+    p.add_argument("--repeats", type=int, default=3, help="timed pairs per model and format")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -126,15 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     if RESULTS_JSON.is_file():  # a partial rerun replaces its own rows only
         rows = json.loads(RESULTS_JSON.read_text())
-    for i, entry in enumerate(models):
+    for entry in models:
         for fmt in [f for f in args.formats.split(",") if f]:
-            tools = ("raw", "kerastl") if i % 2 == 0 else ("kerastl", "raw")
-            for tool in tools:
-                row = measure(entry, sizes.get(entry, 224), fmt, tool)
+            for tool, row in timed_pair(entry, sizes.get(entry, 224), fmt, args.repeats).items():
                 row["command"] = command
                 key = (entry, fmt, tool)
                 rows = [r for r in rows if (r["entry"], r["format"], r["tool"]) != key] + [row]
-                print(json.dumps(row), file=sys.stderr, flush=True)
     RESULTS_JSON.write_text(json.dumps(rows, indent=1))
     RESULTS_MD.write_text(markdown(rows))
     from bench import report

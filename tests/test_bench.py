@@ -508,3 +508,28 @@ def test_grouped_conv_table_gives_the_speed_up_of_kerastl_over_keras():
              "kerastl_s": 0.24, "max_abs_diff": 2.2e-8}]  # fmt: skip
     text = markdown(rows, "python -m bench.grouped_conv")
     assert "| convnext_base | inference, batch 1 | 0.900 | 0.240 | 3.75x | 2.2e-08 |" in text
+
+
+def test_export_time_takes_the_median_of_alternating_pairs(monkeypatch):
+    """Each tool's seconds are the median of its runs; the order alternates; a failure shows."""
+    import bench.export_time as et
+
+    order, secs = [], iter([1.0, 2.0, 9.0, 3.0, 1.5, 2.5])
+
+    def fake(entry, size, fmt, tool):
+        order.append(tool)
+        return {"seconds": next(secs)}
+
+    monkeypatch.setattr(et, "measure", fake)
+    out = et.timed_pair("resnet50", 8, "onnx", 3)
+    assert order == ["raw", "kerastl", "kerastl", "raw", "raw", "kerastl"]
+    assert out["raw"]["runs"] == [1.0, 3.0, 1.5] and out["raw"]["seconds"] == 1.5
+    assert out["kerastl"]["runs"] == [2.0, 9.0, 2.5] and out["kerastl"]["seconds"] == 2.5
+    md = et.markdown([out["raw"], out["kerastl"]])
+    row = "| resnet50 | onnx | 1.5 | 2.5 | 1.67x | **missed** | 1.0, 3.0, 1.5 | 2.0, 9.0, 2.5 |"
+    assert row in md
+    monkeypatch.setattr(
+        et, "measure", lambda e, s, f, t: {"error": "boom"} if t == "raw" else {"seconds": 1.0}
+    )
+    failed = et.timed_pair("resnet50", 8, "onnx", 2)
+    assert failed["raw"]["error"] == "boom" and "seconds" not in failed["raw"]
