@@ -441,6 +441,17 @@ def test_rank_pooled_tau_averages_the_draws_of_one_candidate_set():
     assert "| t | 4 | 2 (0,1) | 1.00 | met |" in text and "(2)" not in text
     worse = [draw("t", s, {"a": 0.7, "b": 0.8, "c": 0.9}, logme) for s in (0, 1)]
     assert "| -1.00 | **missed** |" in "\n".join(rb._pooled_lines(worse))
+    assert "tau_knn" not in rows[0]  # draws without kNN scores: no kNN column value
+    for d in draws[:2]:  # kNN orders b, c, a (a@random collapsed, last again)
+        for row in d["rank_rows"]:
+            row["knn"], row["probe"] = (
+                {"a": 0.1, "b": 0.3, "c": 0.2, "a@random": 0.9}[row["candidate"]],
+                0.5,
+            )
+    again = rb.pooled(draws)[0]
+    # means a .83, b .77, c .73 (a@random .1): kNN gets 2 of 6 pairs wrong (a-b, a-c)
+    assert again["tau_knn"] == pytest.approx(1 / 3) and again["tau"] == pytest.approx(1.0)
+    assert "| 1.00 | met | 10.0 / 2.9 | 0.33 | 0.71 |" in "\n".join(rb._pooled_lines(draws))
 
 
 def test_export_memory_rows_name_their_command_and_the_row_they_replaced():
