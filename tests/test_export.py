@@ -351,6 +351,39 @@ def test_archive_traces_a_python_function_endpoint_once(tmp_path):
     np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-6)
 
 
+def test_archive_walks_the_model_for_lookup_tables_only_when_an_endpoint_uses_one(
+    tmp_path, monkeypatch
+):
+    """Keras' walk over the tracked model (for lookup tables) runs only when an endpoint
+    captures a resource other than a variable; a table found that way is saved and works."""
+    import keras
+    import tensorflow as tf
+
+    from kerastl.export.formats.saved_model import write_archive
+
+    walks = []
+    descendants = tf.train.TrackableView.descendants
+
+    def counting(self):
+        walks.append(1)
+        return descendants(self)
+
+    monkeypatch.setattr(tf.train.TrackableView, "descendants", counting)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    spec = [tf.TensorSpec((None, 4), tf.float32, name="x")]
+    write_archive(model, {"serving_default": (lambda x: {"y": model(x)}, spec)}, tmp_path / "a")
+    assert walks == []  # only variables captured: nothing to find
+    lookup = keras.layers.StringLookup(vocabulary=["cat", "dog"])
+    words = keras.Sequential([keras.Input((1,), dtype="string"), lookup])
+    spec = [tf.TensorSpec((None, 1), tf.string, name="w")]
+    write_archive(words, {"serving_default": (lambda w: {"id": words(w)}, spec)}, tmp_path / "b")
+    assert walks == [1]
+    loaded = tf.saved_model.load(str(tmp_path / "b"))
+    got = loaded.signatures["serving_default"](w=tf.constant([["dog"], ["cat"], ["emu"]]))
+    assert got["id"].numpy().ravel().tolist() == [2, 1, 0]
+
+
 def test_tflite_interpreter_runs_on_every_core_unless_told(exported, model):
     from kerastl.export.formats.tflite import TFLiteArtifact, cpu_threads
 
