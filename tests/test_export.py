@@ -868,6 +868,56 @@ def test_export_times_the_validation_calls_instead_of_repeating_them(tmp_path, m
     assert report["keras_latency_ms"] > 0
 
 
+def test_keras_reference_runs_beside_the_saved_model_write_only(tmp_path, monkeypatch):
+    """With a SavedModel first, Keras' batch outputs are computed in a thread while it is
+    written (started before the write, joined for validation); a TFLite-only export
+    computes them first, in the caller's thread. Both validate to the same bits, and an
+    error of Keras' own run is raised as itself, with nothing published."""
+    import threading
+
+    import keras
+
+    import kerastl
+    from kerastl.export import _trace
+    from kerastl.export.formats import saved_model
+
+    keras.utils.set_random_seed(0)
+    model = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(32, 32, 3))
+    events, predict, write = [], _trace.Prepared.predict, saved_model.write
+
+    def noted_predict(self, *args, **kwargs):
+        events.append(("predict", threading.current_thread().name))
+        return predict(self, *args, **kwargs)
+
+    def noted_write(*args, **kwargs):
+        events.append(("write start", threading.current_thread().name))
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(_trace.Prepared, "predict", noted_predict)
+    monkeypatch.setattr(saved_model, "write", noted_write)
+    x = random_images(12, 32)
+    sm = kerastl.export(model, tmp_path / "a", formats=["saved_model"], validation_data=x)
+    threads = dict(events)
+    assert threads["predict"].startswith("kerastl-reference"), events
+    assert threads["write start"] == "MainThread", events
+    events.clear()
+    lite = kerastl.export(model, tmp_path / "b", formats=["tflite"], validation_data=x)
+    assert events == [("predict", "MainThread")], events
+    assert sm["artifacts"][0]["parity"]["max_rel_err"] == 0.0
+    assert lite["keras_latency_ms"] > 0 and sm["keras_latency_ms"] > 0
+
+    def failing(self, x):
+        raise RuntimeError("Keras ran out of something")
+
+    monkeypatch.setattr(_trace.Prepared, "predict", failing)
+    with pytest.raises(RuntimeError, match="ran out of something"):
+        kerastl.export(model, tmp_path / "c", formats=["saved_model"], validation_data=x)
+    assert not (tmp_path / "c" / "saved_model").exists()
+    from kerastl.export.pipeline import STAGING_PREFIX
+
+    assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(STAGING_PREFIX)]
+
+
 @pytest.mark.parametrize("budget, more", [(0.0, 0), (100.0, 7)])
 def test_export_latency_follows_its_budget_without_a_warm_up_call(
     tmp_path, monkeypatch, budget, more

@@ -30,6 +30,7 @@ import socket
 import time
 import uuid
 import warnings
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ from kerastl.export import validate
 from kerastl.export.formats import FORMATS as FORMAT_TABLE
 from kerastl.export.formats import Format, Job, NotWritten, Options, Staged
 from kerastl.export.formats.base import (
+    Reference,
     median_ms,
     objects_alive_now_uncollected,
     release_memory,
@@ -308,13 +310,19 @@ def _export_one(
         for note in fmt.notes(name, options, prepared.meta):
             log.info("  skipped %s", note)
             notes.append(note)
-    reference, keras_latency = _reference(prepared, x_val, options.latency_runs)
-    notes = _reference_notes(prepared, x_val, y_val, reference, notes)
-    release_memory()
-    notes += sweep_staging(out)
-    staging = out / f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    job = Job(prepared, name, out, staging, options, targets, x_val, y_val, x_cal, reference)
-    records, published = _stage(job, selected)
+    # Keras' outputs on the inputs after the batch-1 ones are computed in a thread while
+    # the first artifact is written, when its write leaves the CPU free (SavedModel)
+    overlap = selected[0].overlaps_reference and not prepared.mixed_precision
+    with ThreadPoolExecutor(1, thread_name_prefix="kerastl-reference") as pool:
+        keras_ref = _reference(prepared, x_val, options.latency_runs, pool if overlap else None)
+        notes = _reference_notes(prepared, x_val, y_val, keras_ref, notes)
+        release_memory()
+        notes += sweep_staging(out)
+        staging = (
+            out / f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        job = Job(prepared, name, out, staging, options, targets, x_val, y_val, x_cal, keras_ref)
+        records, published = _stage(job, selected)
     left_out = [r for r in records if "not_written" in r]
     notes += [f"not written: {r['path']}: {r['not_written']}" for r in left_out]
     if published:  # the earlier export's optional files this one did not write
@@ -323,7 +331,7 @@ def _export_one(
             notes.append(note)
             log.info("  %s", note)
     records = [r for r in records if "not_written" not in r]
-    report = _report(job, formats, source, notes, keras_latency, records, published)
+    report = _report(job, formats, source, notes, keras_ref.latency_ms, records, published)
     from kerastl.export import report as report_mod
 
     _, md_path = report_mod.write(report, out)
@@ -407,20 +415,20 @@ def _check_finite(x: np.ndarray, argument: str) -> None:
 
 
 def _reference(
-    prepared: Prepared, x_val: np.ndarray, latency_runs: int
-) -> tuple[dict[str, np.ndarray], float]:
+    prepared: Prepared, x_val: np.ndarray, latency_runs: int, pool: Executor | None = None
+) -> Reference:
     """The Keras outputs artifacts are compared with, and Keras' batch-1 latency in ms.
 
     The first examples (as many as validation runs at batch size 1) go through the traced
-    function one by one; those calls after the first are the latency's first timed runs.
+    function one by one; those calls after the first are the latency's first timed runs,
+    taken before anything else runs. The other examples follow in batches, in ``pool``
+    when one is given (the caller writes meanwhile: ConvNeXt-B's SavedModel export
+    11.4 -> X s).
     """
     fn = prepared.tf_function()
     n1 = min(len(x_val), validate.BATCH1_SAMPLES)
     seconds: list[float] = []
-    reference = validate.run_in_batches(fn, x_val[:n1], 1, seconds)
-    if len(x_val) > n1:
-        rest = prepared.predict(x_val[n1:])
-        reference = {k: np.concatenate([v, rest[k]]) for k, v in reference.items()}
+    head = validate.run_in_batches(fn, x_val[:n1], 1, seconds)
     # timed like the calls above: until the outputs are read back as numpy
     latency = median_ms(
         lambda: validate.run_in_batches(fn, x_val[:1], 1),
@@ -428,16 +436,21 @@ def _reference(
         done=seconds[1:],
         budget_s=LATENCY_BUDGET_S,
     )
-    return reference, latency
+    tail: Any = None
+    if len(x_val) > n1:
+        rest = x_val[n1:]
+        tail = pool.submit(prepared.predict, rest) if pool else prepared.predict(rest)
+    return Reference(head, len(x_val), latency, tail)
 
 
 def _reference_notes(
-    prepared: Prepared, x_val: np.ndarray, y_val: Any, reference: dict[str, Any], extra: list[str]
+    prepared: Prepared, x_val: np.ndarray, y_val: Any, keras_ref: Reference, extra: list[str]
 ) -> list[str]:
     """Check labels against the reference; the report's notes (mixed precision: its drift)."""
     main = prepared.output_names[0]
-    if y_val is not None:
-        validate.check_labels(reference[main], y_val, prepared.task, "validation_data")
+    if y_val is not None:  # against the outputs' shape: the labels are checked before writing
+        shape = np.empty(keras_ref.shape(main), dtype=np.bool_)
+        validate.check_labels(shape, y_val, prepared.task, "validation_data")
     notes = list(prepared.notes) + extra
     if y_val is not None and prepared.task is None:
         line = (
@@ -451,11 +464,12 @@ def _reference_notes(
         orig = orig[0] if isinstance(orig, (list, tuple)) else orig
         line = (
             f"float32 graph vs the original mixed-precision Keras model: rel_err "
-            f"{validate.rel_err(reference[main], np.asarray(orig, np.float32)):.3g}"
+            f"{validate.rel_err(keras_ref.outputs()[main], np.asarray(orig, np.float32)):.3g}"
         )
         if prepared.task in ("classification", "binary", "multilabel"):
             agree = np.mean(
-                validate.top1(reference[main], prepared.task) == validate.top1(orig, prepared.task)
+                validate.top1(keras_ref.outputs()[main], prepared.task)
+                == validate.top1(orig, prepared.task)
             )
             line += f", top-1 agreement {agree:.3f}"
         notes.append(line)
@@ -589,6 +603,8 @@ def _write_and_validate(fmt: Format, item: Staged, job: Job) -> dict[str, Any]:
         return record
     release_memory()  # the converter's graphs, before the runtime loads the file
     record["size_bytes"] = _size(item.path)
+    # outside the try below: an error of Keras' own run is not this file's failure
+    reference = job.reference if item.reference is None else item.reference
     try:
         artifact = fmt.load(item.path) if item.load is None else item.load()
     except Exception as exc:  # noqa: BLE001 - any runtime refusing the file is a failure
@@ -601,7 +617,7 @@ def _write_and_validate(fmt: Format, item: Staged, job: Job) -> dict[str, Any]:
     try:
         parity = validate.validate(
             artifact,
-            job.reference if item.reference is None else item.reference,
+            reference,
             x,
             f"{fmt.name}/{item.precision}",
             prepared.task,

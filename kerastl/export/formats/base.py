@@ -114,7 +114,49 @@ class Job:
     x_val: np.ndarray
     y_val: np.ndarray | None
     x_cal: np.ndarray | None
-    reference: dict[str, np.ndarray]
+    keras: Reference
+
+    @property
+    def reference(self) -> dict[str, np.ndarray]:
+        """The Keras outputs artifacts are compared with (waits for a computing thread)."""
+        return self.keras.outputs()
+
+
+class Reference:
+    """Keras' outputs on the ``rows`` validation inputs and its batch-1 latency.
+
+    The first outputs (``head``) are computed before anything is written; the others
+    (``tail``) may still be computing in a thread (a ``Future``) while the first artifact
+    is written, and are joined to ``head`` the first time :meth:`outputs` is called.
+
+    Example:
+        >>> from concurrent.futures import ThreadPoolExecutor
+        >>> with ThreadPoolExecutor(1) as pool:
+        ...     tail = pool.submit(lambda: {"y": np.ones((4, 3))})
+        ...     ref = Reference({"y": np.zeros((2, 3))}, 6, 1.5, tail)
+        ...     ref.shape("y"), float(ref.outputs()["y"].sum())
+        ((6, 3), 12.0)
+    """
+
+    def __init__(self, head: dict[str, np.ndarray], rows: int, latency_ms: float, tail: Any = None):
+        self.latency_ms, self.rows = latency_ms, rows
+        self._head, self._tail = head, tail
+        self._outputs: dict[str, np.ndarray] | None = None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of output ``name`` over every input (the tail is not waited for)."""
+        return (self.rows, *self._head[name].shape[1:])
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Every output, in input order; a computing thread's error is raised here."""
+        if self._outputs is None:
+            tail = self._tail.result() if hasattr(self._tail, "result") else self._tail
+            self._outputs = (
+                self._head
+                if tail is None
+                else {k: np.concatenate([v, tail[k]]) for k, v in self._head.items()}
+            )
+        return self._outputs
 
 
 class NotWritten(Exception):  # noqa: N818 - an outcome, not an error
@@ -152,6 +194,9 @@ class Format:
             (TF Serving); otherwise a file replaced only with ``overwrite=True``.
         reads_saved_model: Writes or converts from a SavedModel under ``out_dir``, which
             TensorFlow reads through a glob pattern (so ``[`` ``]`` in the path break it).
+        overlaps_reference: Written first, its write may run while another thread
+            computes the Keras reference: the write is mostly Python (the CPU the model's
+            kernels leave free) and holds little memory beyond the model.
     """
 
     name: str = "base"
@@ -159,6 +204,7 @@ class Format:
     suffix: str | None = None
     versioned: bool = False
     reads_saved_model: bool = False
+    overlaps_reference: bool = False
 
     def check_options(self, options: Options, formats: list[str]) -> None:
         """Refuse this format's options that are bad or given without the format."""
