@@ -367,7 +367,7 @@ class SavedModelFormat(Format):
     name = "saved_model"
     versioned = True
     reads_saved_model = True
-    overlaps_reference = True  # ConvNeXt-B: Keras on 16 inputs during the 2.5 s write
+    overlaps_reference = True  # Keras on the inputs after the batch-1 ones, during the write
 
     def targets(self, out: Path, name: str, options, meta: dict) -> dict[str, Path]:
         return {"float32": version_dir(out, name, options.version)[0]}
