@@ -1782,3 +1782,20 @@ def test_a_large_models_tflite_file_keeps_the_weights_stored_after_its_flatbuffe
     assert "mediapipe" not in arts
     assert any("_mediapipe.tflite" in n and "2 GiB" in n for n in report["notes"]), report["notes"]
     assert not (tmp_path / f"{model.name}_mediapipe.tflite").exists()
+
+
+def test_release_memory_trims_without_starting_a_process(monkeypatch):
+    """release_memory runs between every export step of a process holding GBs; it must not
+    fork (ctypes.util.find_library ran ``ldconfig -p`` in a child process on every call)."""
+    import subprocess
+
+    from kerastl.export.formats import base
+
+    base._malloc_trim.cache_clear()
+    started = []
+    monkeypatch.setattr(subprocess.Popen, "__init__", lambda self, *a, **k: started.append(a))
+    base.release_memory()
+    base.release_memory()
+    assert started == []
+    if sys.platform.startswith("linux"):
+        assert base._malloc_trim() is not None  # glibc here: the trim is found, and runs
