@@ -248,7 +248,7 @@ def test_rank_measures_the_exported_file_once_per_architecture(monkeypatch):
     from sklearn.datasets import load_digits
 
     import kerastl
-    from kerastl.decide import _rank
+    from kerastl.decide import _costs
 
     d = load_digits()
     x, y = (d.images[:40] * 16).astype("uint8"), d.target[:40] % 2
@@ -259,7 +259,7 @@ def test_rank_measures_the_exported_file_once_per_architecture(monkeypatch):
         return real(model, out, **kw)
 
     monkeypatch.setattr(kerastl, "export", spy)
-    monkeypatch.setattr(_rank, "_COSTS", {})
+    monkeypatch.setattr(_costs.CostCache, "_memory", {})
     t = kerastl.rank(
         (x, y), "efficientnet_lite0@random,efficientnet_lite0", input_size=32, runtime="onnx",
         progress=False,
@@ -269,6 +269,8 @@ def test_rank_measures_the_exported_file_once_per_architecture(monkeypatch):
     assert len(sizes) == 1 and 10 < sizes.pop() < 30  # Lite0: 4.7 M float32 weights
     assert all(r["latency_ms"] > 0 for r in t.rows)
     assert t.rows[0]["candidate"] == "efficientnet_lite0" and t.rows[1]["collapsed"]
+    cached = {r["candidate"]: r["cost_cached"] for r in t.rows}  # measured first, then reused
+    assert cached == {"efficientnet_lite0@random": False, "efficientnet_lite0": True}
 
 
 def test_config_overrides_carry_out_the_advice():
@@ -579,13 +581,14 @@ def test_feature_cache_key_follows_the_sequence_length():
 
 def test_cost_cache_follows_the_sequence_length(monkeypatch):
     import kerastl
-    from kerastl.decide import _rank
+    from kerastl.decide import _costs, _rank
     from kerastl.decide._candidates import Candidate
 
     c = Candidate("all_minilm_l6_v2_en", "/x")
-    monkeypatch.setattr(_rank, "_COSTS", {(c.arch_key, 64, "onnx", 4): (1.0, 2.0)})
+    key = _costs.cost_key(c.arch_key, 64, "onnx", 4)
+    monkeypatch.setattr(_costs.CostCache, "_memory", {key: (1.0, 2.0)})
     sample = np.asarray(["a text"])
-    assert _rank.measure_cost(c, None, 64, "onnx", sample, 4) == (1.0, 2.0)
+    assert _rank.measure_cost(c, None, 64, "onnx", sample, 4) == (1.0, 2.0, True)
 
     def export(*a, **k):
         raise RuntimeError("measured again")
@@ -593,6 +596,56 @@ def test_cost_cache_follows_the_sequence_length(monkeypatch):
     monkeypatch.setattr(kerastl, "export", export)
     with pytest.raises(RuntimeError, match="measured again"):
         _rank.measure_cost(c, None, 64, "onnx", sample, 64)
+
+
+def test_disk_cost_cache_outlives_the_process_and_keys_on_machine_and_versions(
+    tmp_path, monkeypatch, caplog
+):
+    """--cache disk: a second rank (a new process: memory cleared) exports nothing; another
+    machine, runtime version or input size measures again; a broken file is replaced."""
+    import kerastl
+    from kerastl.decide import _costs, _rank
+    from kerastl.decide._candidates import Candidate
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(_costs.CostCache, "_memory", {})
+    calls = []
+
+    def export(model, out, **kw):  # a stand-in file: what is tested is the cache around it
+        calls.append(kw)
+        (tmp_path / "m.onnx").write_bytes(b"x" * 2_000_000)
+        return {"artifacts": [{"format": "onnx", "path": str(tmp_path / "m.onnx"),
+                               "size_bytes": 2_000_000}]}  # fmt: skip
+
+    class Loaded:
+        metadata: dict = {"input": {"name": "image", "shape": [32, 32, 3]}}
+
+        def latency_ms(self, x, runs, warmup):
+            return 3.0
+
+    monkeypatch.setattr(kerastl, "export", export)
+    monkeypatch.setattr(kerastl, "load_artifact", lambda path: Loaded())
+    c, sample = Candidate("efficientnet_lite0"), np.zeros((1, 32, 32, 3), "float32")
+    assert _rank.measure_cost(c, None, 32, "onnx", sample, cache="disk") == (2.0, 3.0, False)
+    path = tmp_path / ".cache" / "kerastl" / "rank_costs.json"
+    assert path.is_file() and len(calls) == 1
+    _costs.CostCache._memory.clear()  # a new process
+    assert _rank.measure_cost(c, None, 32, "onnx", sample, cache="disk") == (2.0, 3.0, True)
+    assert len(calls) == 1
+    _costs.CostCache._memory.clear()
+    assert _rank.measure_cost(c, None, 48, "onnx", sample, cache="disk")[2] is False
+    monkeypatch.setattr(_costs, "_cpu", lambda: "another CPU x64")
+    assert _rank.measure_cost(c, None, 32, "onnx", sample, cache="disk")[2] is False
+    monkeypatch.setattr(_costs, "_version", lambda package: "9.9")
+    assert _rank.measure_cost(c, None, 32, "onnx", sample, cache="disk")[2] is False
+    assert len(calls) == 4 and len(json.loads(path.read_text())) == 4
+    _costs.CostCache._memory.clear()  # memory mode never reads the file
+    assert _rank.measure_cost(c, None, 32, "onnx", sample)[2] is False and len(calls) == 5
+    path.write_text("{not json")
+    _costs.CostCache._memory.clear()
+    with caplog.at_level("WARNING", logger="kerastl"):
+        assert _rank.measure_cost(c, None, 32, "onnx", sample, cache="disk")[2] is False
+    assert "ignoring the cost cache" in caplog.text and len(json.loads(path.read_text())) == 1
 
 
 def test_rank_table_sizes_the_candidate_column_to_the_longest_label():

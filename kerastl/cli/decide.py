@@ -24,7 +24,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="labelled data: image folder, CSV, .npz or text CSV/JSONL")
     p.add_argument("--input-size", type=int, default=224, help="image side (default 224)")
     p.add_argument("--sequence-length", type=int, default=None, help="text models: tokens")
-    p.add_argument("--cache", default="memory", help="feature cache: memory or disk")
+    p.add_argument(
+        "--cache", default="memory", help="feature (and rank cost) cache: memory or disk"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 

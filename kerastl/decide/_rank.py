@@ -26,6 +26,7 @@ from kerastl.decide._candidates import (
     own_weights,
     parse_candidates,
 )
+from kerastl.decide._costs import CostCache, cost_key
 from kerastl.decide._scores import ESTIMATORS, pareto_flags, score
 from kerastl.errors import ConfigError, choice_error
 
@@ -39,9 +40,6 @@ COLLAPSED_RMS = 1e-6
 
 #: Build options only text models take.
 _TEXT_OPTIONS = ("sequence_length", "tokenizer")
-
-#: Cost per (architecture, input size, runtime, sequence length): weights do not change it.
-_COSTS: dict[tuple[str, int, str, int | None], tuple[float | None, float | None]] = {}
 
 
 def candidate_model(c: Candidate, num_classes: int, input_size: int, **kw: Any):
@@ -112,30 +110,37 @@ def measure_cost(
     runtime: str,
     sample: Any,
     sequence_length: int | None = None,
-) -> tuple[float | None, float | None]:
-    """``(size_mb, latency_ms)`` of ``model`` exported to ``runtime`` (batch 1), per architecture
-    and input (image side, text sequence length)."""
-    key = (c.arch_key, input_size, runtime, sequence_length)
+    cache: str = "memory",
+) -> tuple[float | None, float | None, bool]:
+    """``(size_mb, latency_ms, cached)`` of ``model`` exported to ``runtime`` (batch 1).
+
+    Measured once per architecture and input (image side, text sequence length): kept
+    for this process, and with ``cache="disk"`` across runs (:mod:`kerastl.decide._costs`).
+    ``cached``: the figures were measured earlier, not now.
+    """
     if runtime == "none":
-        return None, None
-    if key not in _COSTS:
-        import kerastl
+        return None, None, False
+    costs = CostCache(cache)
+    key = cost_key(c.arch_key, input_size, runtime, sequence_length)
+    known = costs.get(key)
+    if known is not None:
+        return (*known, True)
+    import kerastl
+    from kerastl.export.modalities import get_modality
 
-        with tempfile.TemporaryDirectory(prefix="kerastl-rank-") as tmp:
-            # validated on the one sample (twice: batch sizes 1 and 2), not 16 synthetic
-            # inputs: the file only has to be right, its latency is timed below
-            report = kerastl.export(
-                model, tmp, formats=[runtime], latency_runs=1, validation_data=sample[:1]
-            )
-            art = next(a for a in report["artifacts"] if a["format"] == runtime)
-            loaded = kerastl.load_artifact(os.path.join(tmp, art["path"]))
-            from kerastl.export.modalities import get_modality
-
-            # raw input -> the runtime's input (text: token ids; tokenising is not timed)
-            x, _ = get_modality(loaded.metadata).coerce(sample[:1], "inputs")
-            latency = loaded.latency_ms(x, runs=20, warmup=3)
-            _COSTS[key] = (art["size_bytes"] / 1e6, latency)
-    return _COSTS[key]
+    with tempfile.TemporaryDirectory(prefix="kerastl-rank-") as tmp:
+        # validated on the one sample (twice: batch sizes 1 and 2), not 16 synthetic
+        # inputs: the file only has to be right, its latency is timed below
+        report = kerastl.export(
+            model, tmp, formats=[runtime], latency_runs=1, validation_data=sample[:1]
+        )
+        art = next(a for a in report["artifacts"] if a["format"] == runtime)
+        loaded = kerastl.load_artifact(os.path.join(tmp, art["path"]))
+        # raw input -> the runtime's input (text: token ids; tokenising is not timed)
+        x, _ = get_modality(loaded.metadata).coerce(sample[:1], "inputs")
+        latency = loaded.latency_ms(x, runs=20, warmup=3)
+    costs.put(key, (art["size_bytes"] / 1e6, latency))
+    return art["size_bytes"] / 1e6, latency, False
 
 
 @dataclass
@@ -286,7 +291,8 @@ def rank(
         runtime: ``"tflite"``, ``"onnx"`` or ``"none"`` (no cost measured).
         by: The estimator that sorts the table.
         estimators: Estimators computed (``by`` is always among them).
-        cache: ``"memory"`` or ``"disk"`` feature cache.
+        cache: ``"memory"`` (this process) or ``"disk"`` (across runs): the feature cache,
+            and the cost cache of :mod:`kerastl.decide._costs`.
         progress: Show a progress bar across candidates.
         **build_kwargs: Passed to :func:`kerastl.build` (e.g. ``sequence_length``;
             ``tokenizer``: a preset folder whose vocabulary random-init text candidates use).
@@ -321,6 +327,7 @@ def rank(
     mark_pareto(rows, by)
     rows.sort(key=lambda r: (bool(r["failed"]), r["collapsed"], -_value(r[by])))
     notes += [f"{r['candidate']}: {r['cost_failed']}" for r in rows if r.get("cost_failed")]
+    notes += _cost_notes(rows, cache)
     return RankTable(rows, by, runtime, seconds, notes + _data_notes(examples))
 
 
@@ -337,7 +344,7 @@ def _rank_one(
     """One row: features, scores and cost of ``c``; what fails is the row's ``failed`` reason."""
     row: dict[str, Any] = {"candidate": c.label, "dim": None, "feature_rms": None}
     row.update({"collapsed": False, "failed": None, **dict.fromkeys(estimators)})
-    row.update(size_mb=None, latency_ms=None, cost_failed=None)
+    row.update(size_mb=None, latency_ms=None, cost_failed=None, cost_cached=False)
     t0 = time.perf_counter()
     try:
         x, y, model = features_of(c, examples, input_size, cache, **kw)
@@ -354,12 +361,24 @@ def _rank_one(
     try:
         sample = _sample(examples, input_size)
         seq = kw.get("sequence_length") if examples.modality == "text" else None
-        row["size_mb"], row["latency_ms"] = measure_cost(c, model, input_size, runtime, sample, seq)
+        cost = measure_cost(c, model, input_size, runtime, sample, seq, cache)
+        row["size_mb"], row["latency_ms"], row["cost_cached"] = cost
     except Exception as exc:  # noqa: BLE001 - the scores stand and rank; the cost is unknown
         row["cost_failed"] = f"cost on {runtime} failed: {_reason(exc)}"
         log.debug(f"{c.label}: cost failed", exc_info=True)
     seconds["cost"] += time.perf_counter() - t1
     return row
+
+
+def _cost_notes(rows: list[dict[str, Any]], cache: str) -> list[str]:
+    """Where the disk cache keeps costs, and how many rows took theirs from earlier runs."""
+    if cache != "disk":
+        return []
+    reused = sum(bool(r.get("cost_cached")) for r in rows)
+    return [
+        f"cost cache {CostCache('disk').path}: {reused} of {len(rows)} candidates' costs were "
+        "measured earlier on this machine (delete the file to measure them again)"
+    ]
 
 
 def _reason(exc: BaseException, limit: int = 300) -> str:
