@@ -866,6 +866,46 @@ def test_deferred_best_checkpoint_writes_the_best_epoch_once(tmp_path):
     assert model.layers[0].kernel.numpy()[0, 0] == 2.0  # the live model is left as it was
 
 
+@pytest.mark.parametrize("keep, epoch", [("best", 1), ("last", 2)])
+def test_train_keep_chooses_the_best_or_the_last_epoch(tmp_path, keep, epoch):
+    """train.keep: last keeps the final epoch although an earlier one scored better, so
+    the validation data chose nothing (the demo scores its held-out images this way)."""
+    import keras
+
+    from kerastl.train._callbacks import BestCheckpoint
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    path, record = tmp_path / "model.keras", tmp_path / "best.json"
+    best = BestCheckpoint(str(path), monitor="val_accuracy", verbose=0, keep=keep, record=record)
+    best.defer = keep == "last"  # as phase_callbacks sets it: one write, when fit() ends
+    values = iter([0.5, 0.9, 0.7])
+
+    class FakeAccuracy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_accuracy"] = next(values)
+            self.model.layers[0].kernel.assign(np.full((2, 1), float(epoch), "float32"))
+
+    x, y = np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[FakeAccuracy(), best])
+    assert best.restore()
+    np.testing.assert_array_equal(model.layers[0].kernel.numpy(), np.full((2, 1), float(epoch)))
+    kernel = keras.saving.load_model(path).layers[0].kernel.numpy()
+    np.testing.assert_array_equal(kernel, np.full((2, 1), float(epoch)))
+    # a resumed run: keep best compares with the saved best; keep last trusts the live
+    # weights BackupAndRestore brought back, never an older model.keras
+    again = BestCheckpoint(str(path), monitor="val_accuracy", verbose=0, keep=keep)
+    assert again.resume(record, path) == (keep == "best")
+
+
+def test_train_keep_names_its_choices():
+    from kerastl.train._config import validate_config
+
+    with pytest.raises(ConfigError, match=r"train\.keep.*'best'.*'last'"):
+        validate_config({"model": {"backbone": "efficientnet_lite0"}, "data": {"path": "d"},
+                         "train": {"keep": "final"}})  # fmt: skip
+
+
 def test_best_checkpoint_resumes_from_the_model_an_earlier_process_saved(tmp_path):
     """A resumed process compares with the recorded best and, seeing nothing better,
     restores the weights of the saved best model, not its own last epoch's."""

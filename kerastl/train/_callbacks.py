@@ -17,7 +17,7 @@ from kerastl.core import interrupt as _interrupt
 from kerastl.core.safety import atomic_write_text
 from kerastl.errors import KerastlError, choice_error
 from kerastl.train import runfolder
-from kerastl.train._config import OPTIMIZERS, SCHEDULES
+from kerastl.train._config import KEEP, OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,17 @@ class BestCheckpoint(keras.callbacks.Callback):
         best: Best value so far (to continue across the phases of a recipe).
         record: A JSON file that keeps the best value next to each save, so a run
             killed and resumed keeps comparing with the model that ``path`` holds.
+        keep: ``"best"`` (the epoch with the best ``monitor``) or ``"last"`` (every epoch
+            replaces the one before: no epoch is chosen on the validation data, whose
+            scores then stay unbiased estimates).
+
+    Example:
+        >>> BestCheckpoint("m.keras", monitor="val_accuracy").mode
+        'max'
+        >>> last = BestCheckpoint("m.keras", monitor="val_accuracy", keep="last")
+        >>> last.best = 0.9
+        >>> last._better(0.5)  # the later epoch is kept, even when it scores lower
+        True
     """
 
     def __init__(
@@ -95,8 +106,12 @@ class BestCheckpoint(keras.callbacks.Callback):
         best: float | None = None,
         verbose: int = 1,
         record: str | os.PathLike | None = None,
+        keep: str = "best",
     ):
         super().__init__()
+        if keep not in KEEP:
+            raise choice_error("train.keep", keep, KEEP)
+        self.keep = keep
         self.path = str(path)
         self.record = record
         self.target = target
@@ -122,13 +137,15 @@ class BestCheckpoint(keras.callbacks.Callback):
     def resume(self, record: str | os.PathLike, saved: str | os.PathLike) -> bool:
         """Continue from the best value in ``record``, whose model an earlier process saved
         as ``saved``; False if either file is missing."""
-        if not (os.path.isfile(record) and os.path.isfile(saved)):
-            return False
+        if self.keep == "last" or not (os.path.isfile(record) and os.path.isfile(saved)):
+            return False  # keep last: the resumed live weights are the latest, not the file
         self.best = float(runfolder.read_json(record)["best"])
         self._resumed_from = str(saved)
         return True
 
     def _better(self, value: float) -> bool:
+        if self.keep == "last":
+            return True
         return value > self.best if self.mode == "max" else value < self.best
 
     def on_epoch_end(self, epoch, logs=None):
@@ -138,9 +155,9 @@ class BestCheckpoint(keras.callbacks.Callback):
         if self._better(float(value)):
             model = self.target or self.model
             if self.verbose:
+                verb = "improved to" if self.keep == "best" else "is"
                 log.info(
-                    f"epoch {epoch + 1}: {self.monitor} improved to "
-                    f"{float(value):.4f}; "
+                    f"epoch {epoch + 1}: {self.monitor} {verb} {float(value):.4g}; "
                     + ("kept for the end of the phase" if self.defer else f"saving {self.path}")
                 )
             self.best = float(value)

@@ -23,6 +23,8 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CACHE_FEATURES = ("auto", "memory", "disk", "off")
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+#: Which epoch's weights a run keeps as model.keras (``train.keep``).
+KEEP = ("best", "last")
 SOURCES = ("folder", "csv", "numpy", "tfds", "text")
 TASKS = ("classification", "binary", "multilabel", "regression", "embedding")
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "keras")
@@ -112,6 +114,13 @@ SCHEMA: dict[str, Any] = {
         "warmup_epochs": Field((int, float), 0, min=0),
         "early_stopping": Field((int, bool), 5, help="patience in epochs; 0/false disables"),
         "monitor": Field((str,), "val_loss"),
+        "keep": Field(
+            (str,),
+            "best",
+            choices=KEEP,
+            help="model.keras: the epoch with the best monitor, or the last epoch "
+            "(no epoch chosen on the validation data, whose scores stay unbiased)",
+        ),
         "cache_features": Field((str, bool), "auto", choices=CACHE_FEATURES + (True, False)),
         "cache_dir": Field(
             (str, _NONE), None, help="disk cache of features (cache_features: disk)"

@@ -368,6 +368,7 @@ def make_datasets(ctx: RunContext) -> None:
         monitor=ctx.monitor,
         verbose=int(ctx.verbose > 0),
         record=runfolder.run_path(ctx.folder.out_dir, "best"),
+        keep=cfg["train"]["keep"],
     )
     if ctx.resuming:  # compare with the best model an earlier process saved (the chief's
         # files, on every worker: a resumed multi-worker job needs the run folder shared)

@@ -59,7 +59,8 @@ def phase_callbacks(ctx: RunContext, phase: str, fitted: keras.Model) -> list:
     if ctx.verbose and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in ctx.callbacks):
         cbs.insert(0, keras.callbacks.ProgbarLogger())  # fit() uses it instead of its own, last
     best.target = ctx.model
-    best.defer = fitted is not ctx.model  # the head on cached features: save once per phase
+    # the head on cached features, or every epoch kept (keep: last): save once per phase
+    best.defer = best.keep == "last" or fitted is not ctx.model
     cbs.append(best)
     stop = _early_stopping(ctx)
     cbs += stop
