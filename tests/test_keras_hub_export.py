@@ -125,3 +125,32 @@ def test_text_int8_calibrates_on_token_ids(tmp_path):
     art = kerastl.load_artifact(tmp_path / int8["path"])
     out = art.predict(x[:4])["probabilities"]
     assert out.shape == (4, 2) and np.allclose(out.sum(1), 1, atol=0.05)
+
+
+def test_text_saved_model_loads_and_predicts_in_a_fresh_process(text_export):
+    """The SavedModel's tokenizer ops live in tensorflow_text: a process that has not
+    imported it (a fresh ``kerastl predict``) must still load and run the file."""
+    import subprocess
+    import sys
+
+    model, out, _, x = text_export
+    ref = model.predict(x[:2], verbose=0)
+    code = (
+        "import sys, json, kerastl\n"
+        "art = kerastl.load_artifact(sys.argv[1])\n"
+        "print(json.dumps(art.predict(sys.argv[2:])['probabilities'].tolist()))\n"
+        "assert 'tensorflow_text' in sys.modules\n"
+    )
+    path = str(out / "saved_model" / model.name)
+    res = subprocess.run(
+        [sys.executable, "-c", code, path, *map(str, x[:2])], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = np.asarray(json.loads(res.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # without tensorflow-text the error names the op and the package, not a bare traceback
+    blocked = "import sys; sys.modules['tensorflow_text'] = None\n" + code
+    res = subprocess.run([sys.executable, "-c", blocked, path, "a"], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "ExportError" in res.stderr and "'RegexSplitWithOffsets'" in res.stderr
+    assert "pip install 'tensorflow-text" in res.stderr

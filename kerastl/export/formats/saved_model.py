@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerastl.errors import ConfigError, check_positive_int, choice_error
+from kerastl.errors import ConfigError, ExportError, check_positive_int, choice_error
 from kerastl.export.formats.base import Artifact, Format, Job, Staged
 
 if TYPE_CHECKING:
@@ -388,12 +388,11 @@ class SavedModelArtifact(Artifact):
     runtime = "tensorflow SavedModel signature 'serving_default'"
 
     def __init__(self, path: Path, signature: str = "serving_default"):
-        import tensorflow as tf
 
         meta_file = path / "assets" / "kerastl_metadata.json"
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         super().__init__(path, meta)
-        self._loaded = tf.saved_model.load(str(path))
+        self._loaded = load_saved_model(path)
         if signature not in self._loaded.signatures:
             raise choice_error("signature", signature, list(self._loaded.signatures))
         self._fn = self._loaded.signatures[signature]
@@ -405,6 +404,37 @@ class SavedModelArtifact(Artifact):
 
         out = self._fn(**{self.input_name: tf.constant(x)})
         return {k: v.numpy() for k, v in out.items()}
+
+
+def load_saved_model(path: Path) -> Any:
+    """``tf.saved_model.load``, registering tensorflow-text's ops first when the graph needs
+    them (a text model's tokenizer) and this process has not imported it.
+
+    Raises:
+        ExportError: the graph needs ops this process does not have (tensorflow-text not
+            installed, or another op library); the message names the op.
+    """
+    import tensorflow as tf
+
+    try:
+        return tf.saved_model.load(str(path))
+    except (RuntimeError, tf.errors.NotFoundError) as exc:
+        found = re.search(r"Op type not registered '([^']+)'", str(exc))
+        if found is None:
+            raise
+        op = found.group(1)
+    try:
+        import tensorflow_text  # noqa: F401 - registers the tokenizers' ops on import
+    except ImportError:
+        raise ExportError(
+            f"{path}: the SavedModel uses the op {op!r}, which this TensorFlow does not "
+            "register; text models' tokenizers need tensorflow-text "
+            f"(pip install 'tensorflow-text~={tf.__version__.rsplit('.', 1)[0]}.0')."
+        ) from None
+    try:
+        return tf.saved_model.load(str(path))
+    except (RuntimeError, tf.errors.NotFoundError) as exc:
+        raise ExportError(f"{path}: the SavedModel uses ops this process lacks: {exc}") from exc
 
 
 def saved_model_root(path: Path) -> Path:
