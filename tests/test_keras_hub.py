@@ -597,6 +597,36 @@ def test_preset_name_offline_says_what_to_put_where(monkeypatch):
     assert "save_to_preset" in msg and "weights='DIR'" in msg and "KAGGLEHUB_CACHE" in msg
 
 
+def test_imagenet_tag_of_a_keras_hub_image_entry_is_its_own_preset(monkeypatch):
+    """weights='imagenet' loads an image entry's ImageNet preset, in build, in a run config
+    and at the command line, as kerastl rank reads it; a text entry lists its presets."""
+    from kerastl.cli.app import cli_wording
+    from kerastl.train._config import validate_config
+
+    asked = []
+
+    def offline(cls, preset, **kwargs):
+        asked.append(preset)
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(keras_hub.models.ResNetBackbone, "from_preset", classmethod(offline))
+    with pytest.raises(WeightsError, match="resnet_18_imagenet"):
+        kerastl.build("resnet_18_imagenet", num_classes=3, weights="imagenet")
+    assert asked == ["resnet_18_imagenet"]
+    cfg = {
+        "model": {"backbone": "resnet_18_imagenet", "weights": "imagenet"},
+        "data": {"path": "d"},
+    }
+    assert validate_config(cfg)["model"]["weights"] == "imagenet"
+    with pytest.raises(WeightsError, match="Valid choices: .*'bert_tiny_en_uncased'"):
+        kerastl.build("bert_tiny_en_uncased", num_classes=2, weights="imagenet")
+    with pytest.raises(ConfigError) as info:
+        validate_config({"model": {"backbone": "resnet_18_imagenet", "weights": "imagenett"},
+                         "data": {"path": "d"}})  # fmt: skip
+    said = cli_wording("train", info.value)
+    assert "model.weights='imagenett'" in said and "--weights" not in said
+
+
 # -- bad input -------------------------------------------------------------------------
 def test_text_model_refuses_image_shapes_and_too_long_sequences():
     with pytest.raises(ConfigError, match="text model"):

@@ -155,7 +155,8 @@ def _setup_logging(args: argparse.Namespace) -> Any:
 
 #: Commands with a ``--weights`` option: the API's ``weights=X`` is ``--weights X`` there.
 _WEIGHTS_FLAG = {"train": "--weights", "demo": "--weights", "advise": "--weights"}
-_API_WEIGHTS = re.compile(r"(?<![\w-])weights=(?:'([^']*)'|None)")  # not --weights= itself
+#: not --weights= itself, nor a config key (model.weights='x')
+_API_WEIGHTS = re.compile(r"(?<![\w.-])weights=(?:'([^']*)'|None)")
 #: What the commands without ``--weights`` take instead of weights the API would load.
 _NO_WEIGHTS_FLAG = {
     "predict": "kerastl predict takes a .keras model or an exported artifact (SavedModel "

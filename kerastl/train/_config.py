@@ -380,6 +380,8 @@ def _check_input_size(size: Any, spec: Any, where: str) -> None:
 def _weight_names(spec: Any) -> list[str]:
     """Named weights ``model.weights`` accepts for ``spec`` (no TensorFlow needed)."""
     names = list(spec.pretrained)
+    if spec.source == "keras_hub" and spec.modality == "image" and spec.pretrained:
+        names.append("imagenet")  # the entry's own ImageNet preset (kerastl.build)
     if spec.source == "keras_hub":  # presets of the same family load into this architecture
         from kerastl.zoo import get_spec, list_models
 
