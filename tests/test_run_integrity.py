@@ -27,21 +27,32 @@ def _two_phase(tmp_path, name, **sections):
     return _cfg(tmp_path, name, train={"epochs": 1}, finetune={"epochs": 1}, **sections)
 
 
-def test_finished_run_and_changed_data_train_phase1_again(tmp_path, caplog):
+def test_a_finished_run_is_kept_and_a_rerun_of_its_name_takes_the_next_folder(tmp_path, caplog):
+    """Nothing already written is lost: a rerun of a finished run's name writes name-2 (and
+    its files are named after it); exist_ok: true replaces the finished run instead."""
     caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged
     from kerastl.train import train
 
     cfg = _cfg(tmp_path, "rerun", train={"epochs": 1})
     first = train(cfg, examples=(_examples(0), None), evaluate=False)
-    assert "phase1_seconds" in first.timings
-    marker = json.loads((tmp_path / "runs" / "rerun" / "state" / "run.json").read_text())
-    assert marker["finished"] is True
+    runs = tmp_path / "runs"
+    marker = json.loads((runs / "rerun" / "state" / "run.json").read_text())
+    assert marker["finished"] is True and "phase1_seconds" in first.timings
+    kept = (runs / "rerun" / "model.keras").read_bytes()
     caplog.clear()
     again = train(cfg, examples=(_examples(1), None), evaluate=False)  # other data, same name
-    out = caplog.text
-    assert "resuming" not in out and "phase1_seconds" in again.timings
-    assert "starting fresh (the earlier run with this name finished)" in out
-    new = json.loads((tmp_path / "runs" / "rerun" / "state" / "run.json").read_text())
+    assert "resuming" not in caplog.text and "phase1_seconds" in again.timings
+    assert "holds a finished run, which is kept: this run is" in caplog.text
+    assert again.run_dir.endswith("rerun-2") and (runs / "rerun-2" / "model.keras").is_file()
+    assert (runs / "rerun" / "model.keras").read_bytes() == kept
+    assert "name: rerun-2" in (runs / "rerun-2" / "config.yaml").read_text()
+    third = train(cfg, examples=(_examples(1), None), evaluate=False)
+    assert third.run_dir.endswith("rerun-3")
+    caplog.clear()
+    replaced = train({**cfg, "exist_ok": True}, examples=(_examples(1), None), evaluate=False)
+    assert replaced.run_dir.endswith("rerun") and "phase1_seconds" in replaced.timings
+    assert "starting fresh (the earlier run with this name finished)" in caplog.text
+    new = json.loads((runs / "rerun" / "state" / "run.json").read_text())
     assert new["fingerprint"] != marker["fingerprint"]
 
 

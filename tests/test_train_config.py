@@ -238,3 +238,28 @@ def test_an_audio_backbone_in_a_run_config_says_to_use_the_python_api():
     assert text.startswith("a.yaml: model.backbone: 'moonshine_tiny_en' is an audio model")
     assert "take image and text backbones only" in text
     assert "model.fit(waveforms, labels)" in text and "kerastl models --modality" in text
+
+
+def test_a_run_name_the_exported_files_cannot_take_is_refused_before_training(tmp_path):
+    """'exp ü 1' is a fine folder but no TF Serving model or file name: said at load, with
+    the way out, not after training when the export starts."""
+    from kerastl.train.context import resolve_config
+
+    run = tmp_path / "run.yaml"
+    run.write_text("model: {backbone: mobilenet_v3_small}\ndata: {path: d}\n"
+                   "export: {formats: [tflite]}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"name: 'exp ü 1' names the exported files"):
+        load_config(run, {"name": "exp ü 1"})
+    assert load_config(run, {"name": "exp ü 1", "export.name": "exp1"})["name"] == "exp ü 1"
+    assert load_config(run, {"name": "exp ü 1", "export.formats": []})["name"] == "exp ü 1"
+    with pytest.raises(ConfigError, match=r"export.name: 'a/b'"):
+        load_config(run, {"export.name": "a/b"})
+    cfg = {"name": "bad name", "model": {"backbone": "mobilenet_v3_small"},
+           "data": {"path": "d"}, "export": {"formats": ["onnx"]}}  # fmt: skip
+    with pytest.raises(ConfigError, match="'bad name' names the exported files"):
+        resolve_config(cfg, None, None)  # kerastl.train(dict): the same check
+    res = subprocess.run(
+        [sys.executable, "-m", "kerastl", "train", str(run), "--name", "exp ü 1", "--print-config"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 2 and "names the exported files" in res.stderr

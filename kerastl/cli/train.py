@@ -68,6 +68,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--output-dir", help="parent of the run folder (default runs/)")
     g.add_argument("--name", help="run name (default: the YAML's stem)")
+    g.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="replace a finished run of this name (default: keep it, write to NAME-2, ...)",
+    )
     g.add_argument("--seed", type=int, help="random seed")
     g.add_argument(
         "--formats",
@@ -113,6 +118,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out[key] = value
     if getattr(args, "jit", False):
         out["train.jit_compile"] = True
+    if getattr(args, "exist_ok", False):
+        out["exist_ok"] = True
     if getattr(args, "no_resume", False):
         out["train.resume"] = False
     for item in getattr(args, "set", []) or []:

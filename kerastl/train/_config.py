@@ -59,6 +59,11 @@ _NONE = type(None)
 SCHEMA: dict[str, Any] = {
     "name": Field((str, _NONE), None, help="run name (default: the YAML file's stem)"),
     "output_dir": Field((str,), "runs", help="runs are written to output_dir/name"),
+    "exist_ok": Field(
+        (bool,),
+        False,
+        help="replace a finished run of this name; false: keep it and write to name-2, ...",
+    ),
     "seed": Field((int,), 0, min=0),
     "strategy_from": Field(
         (str, _NONE),
@@ -512,6 +517,30 @@ def _check_policies(cfg: dict, spec: Any, where: str) -> None:
             )
 
 
+def check_export_name(cfg: dict, where: str = "config") -> None:
+    """The name a run's exported files take (``export.name``, else the run's ``name``) is
+    checked before training, not when the export starts after it.
+
+    Example:
+        >>> check_export_name({"name": "exp 1", "export": {"formats": ["tflite"], "name": None}})
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: config: name: 'exp 1' names the exported files (export.formats ['tflite']), which take letters, digits, '_', '-' and '.' (starting with a letter or digit); rename the run or set export.name.
+    """
+    from kerastl.export.pipeline import NAME_RE  # no TensorFlow import
+
+    export = cfg["export"]
+    if not export["formats"]:
+        return
+    key, name = ("export.name", export["name"]) if export["name"] else ("name", cfg["name"])
+    if not NAME_RE.match(str(name)):
+        raise ConfigError(
+            f"{where}: {key}: {name!r} names the exported files (export.formats "
+            f"{export['formats']}), which take letters, digits, '_', '-' and '.' (starting with "
+            "a letter or digit); rename the run or set export.name."
+        )
+
+
 def _check_export(export: dict, where: str) -> None:
     for key in ("formats", "quantize"):
         if isinstance(export[key], str):
@@ -626,6 +655,7 @@ def load_config(
     cfg = validate_config(raw, where)
     if cfg["name"] is None:
         cfg["name"] = path.stem if path is not None else "run"
+    check_export_name(cfg, where)
     for key in ("path", "val_path", "root", "data_dir"):
         v = cfg["data"].get(key)
         if v and not os.path.isabs(os.path.expanduser(v)):

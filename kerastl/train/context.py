@@ -23,7 +23,7 @@ from kerastl.core.meta import ModelMeta
 from kerastl.errors import ConfigError, DataError
 from kerastl.train import runfolder
 from kerastl.train._callbacks import BestCheckpoint
-from kerastl.train._config import check_data_paths, load_config, validate_config
+from kerastl.train._config import check_data_paths, check_export_name, load_config, validate_config
 from kerastl.train._strategy import get_strategy, set_precision, strategy_name
 from kerastl.train.runfolder import RunFolder
 
@@ -155,6 +155,7 @@ def _with_overrides(cfg: dict, overrides: dict | None, examples: Any) -> dict:
     cfg = validate_config(cfg)
     if cfg["name"] is None:
         cfg["name"] = "run"
+    check_export_name(cfg)
     return cfg
 
 

@@ -90,6 +90,7 @@ def _split(y: np.ndarray, shots: int, held_out: int, seed: int) -> tuple[np.ndar
 def _base_config(output_dir: str, backbone: str, seed: int, size: int) -> dict[str, Any]:
     return {
         "output_dir": output_dir,
+        "exist_ok": True,  # a rerun of the demo replaces its three runs
         "seed": seed,
         "model": {"backbone": backbone, "input_size": size, "dropout": 0.1},
         "data": {"path": "<kerastl demo data>"},

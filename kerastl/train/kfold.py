@@ -104,6 +104,7 @@ def fold_config(cfg: dict, base: Path, i: int) -> dict:
     fold_cfg = copy.deepcopy(cfg)
     fold_cfg["output_dir"] = str(base / "folds")
     fold_cfg["name"] = f"fold{i}"
+    fold_cfg["exist_ok"] = True  # a k-fold rerun replaces its folds (kfold.json is rewritten)
     fold_cfg["export"].update(formats=[], quantize=[], version=None)
     return fold_cfg
 

@@ -118,9 +118,19 @@ class RunFolder:
 
     @classmethod
     def for_config(cls, cfg: dict) -> RunFolder:
-        """The folder of ``output_dir/name`` (making this worker's temporary folder if needed)."""
-        run_dir = str(Path(cfg["output_dir"]) / cfg["name"])
-        return cls(run_dir, write_dir(run_dir), is_chief(), worker_id())
+        """The folder of ``output_dir/name`` (making this worker's temporary folder if needed).
+
+        A finished run is kept: unless ``exist_ok``, this run takes the first of
+        ``name-2``, ``name-3``, ... that holds none, and ``cfg["name"]`` follows it.
+        """
+        run_dir = free_run_dir(cfg["output_dir"], cfg["name"], cfg["exist_ok"])
+        if run_dir.name != cfg["name"]:
+            log.info(
+                f"{Path(cfg['output_dir']) / cfg['name']} holds a finished run, which is kept: "
+                f"this run is {run_dir} (exist_ok: true, or --exist-ok, replaces the finished run)"
+            )
+            cfg["name"] = run_dir.name
+        return cls(str(run_dir), write_dir(str(run_dir)), is_chief(), worker_id())
 
     @property
     def backup_root(self) -> Path:
@@ -245,6 +255,37 @@ class RunFolder:
             not self.chief
         ):  # a non-chief worker's files only existed to keep the collectives in step
             shutil.rmtree(self.out_dir, ignore_errors=True)
+
+
+def holds_finished_run(run_dir: str | os.PathLike) -> bool:
+    """``run_dir`` holds a run's results: its marker says finished, or (a folder written
+    before markers, or whose marker was lost) it has a ``model.keras`` and no marker.
+
+    Example:
+        >>> holds_finished_run("runs/no-such-run")
+        False
+    """
+    marker = Path(run_dir) / RUN_FILES["state"] / "run.json"
+    if marker.is_file():
+        return bool(read_json(marker).get("finished"))
+    return run_path(run_dir, "model").is_file()
+
+
+def free_run_dir(output_dir: str | os.PathLike, name: str, exist_ok: bool = False) -> Path:
+    """``output_dir/name``, or with ``exist_ok`` false and a finished run there, the first of
+    ``name-2``, ``name-3``, ... that holds no finished run (an interrupted one is resumed).
+
+    Example:
+        >>> str(free_run_dir("runs", "exp1"))
+        'runs/exp1'
+    """
+    base = Path(output_dir)
+    k = 1
+    while True:
+        run_dir = base / (name if k == 1 else f"{name}-{k}")
+        if exist_ok or not holds_finished_run(run_dir):
+            return run_dir
+        k += 1
 
 
 def unfinished_progress(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
