@@ -551,3 +551,22 @@ def test_folds_are_checked_by_one_function_in_errors_for_the_cli_and_kfold():
     for bad in (1, 0, True, 2.0, "3"):
         with pytest.raises(ConfigError, match=r"^folds: expected a whole number of folds >= 2"):
             check_folds(bad)
+
+
+def test_export_of_a_run_model_names_the_files_as_the_run_did(tmp_path):
+    """`kerastl export runs/expA/model.keras` writes expA.* (the run's own names), replacing
+    the run's files instead of adding <backbone>_classification.* beside them."""
+    from kerastl.cli.export import run_export_name
+
+    run = tmp_path / "expA"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"")
+    assert run_export_name(run / "model.keras") is None  # no config: the model's own name
+    (run / "config.yaml").write_text("name: expA\nexport: {formats: [tflite], name: null}\n")
+    assert run_export_name(run / "model.keras") == "expA"
+    (run / "config.yaml").write_text("name: expA\nexport: {name: served}\n")
+    assert run_export_name(run / "model.keras") == "served"
+    (run / "other.keras").write_bytes(b"")
+    assert run_export_name(run / "other.keras") is None  # not the run's model
+    (run / "config.yaml").write_text("name: [unclosed\n")
+    assert run_export_name(run / "model.keras") is None

@@ -175,6 +175,35 @@ def _check_format_flags(args: argparse.Namespace, fmts: list[str]) -> None:
         )
 
 
+def run_export_name(model_path: Path) -> str | None:
+    """The name a run's own export gave its files, for a ``model.keras`` in a run folder
+    (``export.name``, else the run's ``name``, from the ``config.yaml`` beside it), so a
+    re-export replaces the run's files instead of writing others beside them.
+
+    Example:
+        >>> run_export_name(Path("no/such/run/model.keras")) is None
+        True
+    """
+    import yaml
+
+    from kerastl.train.runfolder import RUN_FILES
+
+    config = model_path.parent / RUN_FILES["config"]
+    if model_path.name != RUN_FILES["model"] or not config.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    name = (cfg.get("export") or {}).get("name") or cfg.get("name")
+    if isinstance(name, str) and name:
+        logging.getLogger("kerastl").info(
+            f"naming the files {name!r}, as the run's export did ({config}; --name overrides)"
+        )
+        return name
+    return None
+
+
 def _check_output_dir(out: str | None) -> None:
     """``--output-dir`` must be (or be creatable as) a folder: no file on its path."""
     from kerastl.errors import ConfigError
@@ -228,6 +257,8 @@ def run_export(args: argparse.Namespace) -> int:
     items = _items
     fmts = items(args.formats)
     model = load_keras(model_path, safe_mode=not args.unsafe, unsafe_hint="rerun with --unsafe")
+    if args.name is None:
+        args.name = run_export_name(model_path)
     if args.name is None and not NAME_RE.match(model.name):
         raise ConfigError(
             f"--name: the model's own name {model.name!r} is not usable in file names and TF "
