@@ -195,6 +195,8 @@ def test_score_logme_centred_is_logme_of_the_centred_features():
         (["rank", ".", "--candidates", "efficientnet_lite0@imagenet2"], "Did you mean 'imagenet'?"),
         (["advise", ".", "--backbone", "efficientnet_lite0@random", "--weights", "/"],
          "give them once"),
+        (["advise", ".", "--backbone", "efficientnet_lite0@random", "--weights", "imagenet"],
+         "give them once"),
     ],
 )  # fmt: skip
 def test_cli_rejects_bad_arguments(argv, needle, capsys):

@@ -55,7 +55,7 @@ def add_advise_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="registry name, optionally NAME@WEIGHTS as in rank, e.g. efficientnet_lite0@random",
     )
-    p.add_argument("--weights", default="imagenet", help="imagenet, random or a path")
+    p.add_argument("--weights", default=None, help="imagenet (default), random or a path")
 
 
 def check_common(args: argparse.Namespace) -> None:
@@ -135,7 +135,9 @@ def run_rank(args: argparse.Namespace) -> int:
 def run_advise(args: argparse.Namespace) -> int:
     """``kerastl advise DATA --backbone NAME[@WEIGHTS]``: print the advice and its reasons."""
     check_common(args)
-    cand = parse_backbone(args.backbone, args.weights, "--backbone", "--weights")
+    given = args.weights is not None
+    weights = args.weights if given else "imagenet"
+    cand = parse_backbone(args.backbone, weights, "--backbone", "--weights", explicit=given)
     from kerastl.decide._advise import advise
     from kerastl.decide._candidates import check_modality
     from kerastl.decide._rank import as_examples

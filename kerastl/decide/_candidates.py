@@ -172,11 +172,13 @@ def parse_backbone(
     weights: str | None = "imagenet",
     arg: str = "backbone",
     weights_arg: str = "weights",
+    explicit: bool = False,
 ) -> Candidate:
     """The one backbone ``kerastl advise`` measures: ``NAME[@WEIGHTS]``.
 
     ``@WEIGHTS`` has the syntax of :func:`parse_candidates`; it overrides the default
-    ``weights`` and must agree with weights given otherwise. ``:tapK`` is refused:
+    ``weights`` and must agree with weights given otherwise (``explicit``: ``weights``
+    was given by the user, so even ``imagenet`` must agree). ``:tapK`` is refused:
     advise measures every tap itself.
 
     Example:
@@ -201,7 +203,7 @@ def parse_backbone(
         n = len(parse_candidates([name], given, arg))
         raise ConfigError(f"{arg}: give one model, {backbone!r} matches {n}.")
     (c,) = parse_candidates([name if written is None else f"{name}@{written}"], given, arg)
-    if written is not None and given != "imagenet" and c.weights != given:
+    if written is not None and (explicit or given != "imagenet") and c.weights != given:
         raise ConfigError(
             f"{arg}: {backbone!r} gives the weights {written!r} but {weights_arg} is "
             f"{weights!r}; give them once."
