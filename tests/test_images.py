@@ -204,3 +204,26 @@ def test_a_tiff_folder_trains_with_the_pixels_predict_reads(tmp_path):
     grey = next(iter(kdata.make_dataset(ex, image_size=(40, 60), batch_size=8, channels=1)))[0]
     assert grey.shape == (5, 40, 60, 1)
     assert len(image_files(tmp_path, "inputs")) == 6  # predict's folder expansion lists them too
+
+
+def test_pil_images_are_read_as_their_files_would_be(tmp_path):
+    """art.predict(PIL image) as art.predict(its file): RGBA and grey PNGs of another size
+    give the model's input, pixel for pixel the same as the files' path."""
+    from PIL import Image
+
+    from kerastl.export.modalities import get_modality
+
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (50, 70, 4), dtype=np.uint8), "RGBA")
+    grey = Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8), "L")
+    paths = []
+    for i, img in enumerate((rgba, grey)):
+        paths.append(str(tmp_path / f"{i}.png"))
+        img.save(paths[-1])
+    m = get_modality({"input": {"name": "image", "shape": [32, 32, 3]}})
+    from_files, _ = m.coerce(paths, "inputs")
+    from_pil, _ = m.coerce([rgba, grey], "inputs")
+    assert from_pil.shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(from_pil, from_files)
+    one, _ = m.coerce(grey, "inputs")
+    np.testing.assert_array_equal(one[0], from_files[1])

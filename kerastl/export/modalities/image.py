@@ -165,6 +165,9 @@ class ImageExporter(ModalityExporter):
         return x
 
     def coerce(self, data: Any, argument: str, limit: int | None = None) -> tuple[np.ndarray, Any]:
+        if _is_pil(data) or (isinstance(data, (list, tuple)) and data and all(map(_is_pil, data))):
+            images = [data] if _is_pil(data) else list(data)
+            return self.load_pil(images[:limit] if limit is not None else images), None
         xs, ys = _collect(data, argument, limit)
         if isinstance(xs, list) and xs and isinstance(xs[0], str):
             if limit is not None and len(xs) > limit:  # spread over the (often sorted) list
@@ -210,6 +213,30 @@ class ImageExporter(ModalityExporter):
             batch.append(arr.reshape(arr.shape[0], arr.shape[1], c))
         return np.stack(batch)
 
+    def load_pil(self, images: list) -> np.ndarray:
+        """PIL images as their files would be read: upright (EXIF), RGB or grayscale,
+        resized by :func:`~kerastl.data.images.resize_uint8` to the model's size.
+
+        Example:
+            >>> from PIL import Image
+            >>> from kerastl.export.modalities import get_modality
+            >>> m = get_modality({"input": {"name": "image", "shape": [32, 32, 3]}})
+            >>> m.coerce(Image.new("L", (70, 50)), "inputs")[0].shape
+            (1, 32, 32, 3)
+        """
+        from PIL import ImageOps
+
+        from kerastl.data.images import resize_uint8
+
+        h, w, c = self.shape
+        size = (h, w) if h is not None and w is not None else None
+        batch = []
+        for img in images:
+            img = ImageOps.exif_transpose(img).convert("RGB" if c == 3 else "L")
+            arr = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, c)
+            batch.append(resize_uint8(arr, size).numpy().astype(np.float32))
+        return np.stack(batch)
+
     def warmup_requests(self, samples: np.ndarray) -> list[tuple[str, dict[str, Any]]]:
         import tensorflow as tf
 
@@ -234,6 +261,11 @@ class ImageExporter(ModalityExporter):
                 "instances": [{"b64": b64}],
             },
         }
+
+
+def _is_pil(x: Any) -> bool:
+    """A PIL image (checked without importing PIL)."""
+    return type(x).__module__.startswith("PIL.") and hasattr(x, "convert")
 
 
 def _collect(data: Any, argument: str, limit: int | None) -> tuple[Any, Any]:
