@@ -570,3 +570,5 @@ def test_export_of_a_run_model_names_the_files_as_the_run_did(tmp_path):
     assert run_export_name(run / "other.keras") is None  # not the run's model
     (run / "config.yaml").write_text("name: [unclosed\n")
     assert run_export_name(run / "model.keras") is None
+    (run / "config.yaml").write_text("name: my exp\nexport: {formats: []}\n")
+    assert run_export_name(run / "model.keras") is None  # the model's own name is used

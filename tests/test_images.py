@@ -227,3 +227,27 @@ def test_pil_images_are_read_as_their_files_would_be(tmp_path):
     np.testing.assert_array_equal(from_pil, from_files)
     one, _ = m.coerce(grey, "inputs")
     np.testing.assert_array_equal(one[0], from_files[1])
+
+
+def test_pil_16_bit_labels_and_limit_follow_the_file_path(tmp_path):
+    from PIL import Image
+
+    from kerastl.errors import DataError
+    from kerastl.export.modalities import get_modality
+
+    deep = np.random.default_rng(1).integers(0, 65536, (40, 30), dtype=np.uint16)
+    deep[0, 0] = 30000
+    path = str(tmp_path / "deep.png")
+    Image.fromarray(deep).save(path)  # a 16-bit PNG; PIL opens it as mode I;16 (or I)
+    m = get_modality({"input": {"name": "image", "shape": [40, 30, 3]}})
+    from_file, _ = m.coerce([path], "inputs")
+    with Image.open(path) as img:
+        assert img.mode.startswith("I")
+        from_pil, _ = m.coerce(img, "inputs")
+    np.testing.assert_array_equal(from_pil, from_file)
+    assert from_pil[0, 0, 0, 0] == 117  # 30000's high byte, as TensorFlow's decoder reads it
+    greys = [Image.new("L", (8, 8), color=v) for v in range(10)]
+    x, y = m.coerce((greys, np.arange(10) % 2), "inputs", limit=4)
+    assert list(x[:, 0, 0, 0]) == [0, 3, 6, 9] and list(y) == [0, 1, 0, 1]  # spread, like files
+    with pytest.raises(DataError, match="mode 'F'"):
+        m.coerce(Image.new("F", (8, 8)), "inputs")

@@ -640,14 +640,29 @@ def test_disk_cost_cache_outlives_the_process_and_keys_on_machine_and_versions(
     assert _rank.measure_cost(c, None, 32, "onnx", sample, cache="disk")[2] is False
     monkeypatch.setattr(_costs, "_version", lambda package: "9.9")
     assert _rank.measure_cost(c, None, 32, "onnx", sample, cache="disk")[2] is False
-    assert len(calls) == 4 and len(json.loads(path.read_text())) == 4
+
+    class Head1000:  # the same backbone with another head: another file size
+        def count_params(self):
+            return 5_288_548
+
+    assert _rank.measure_cost(c, Head1000(), 32, "onnx", sample, cache="disk")[2] is False
+    assert len(calls) == 5 and len(json.loads(path.read_text())) == 5
     _costs.CostCache._memory.clear()  # memory mode never reads the file
-    assert _rank.measure_cost(c, None, 32, "onnx", sample)[2] is False and len(calls) == 5
+    assert _rank.measure_cost(c, None, 32, "onnx", sample)[2] is False and len(calls) == 6
     path.write_text("{not json")
     _costs.CostCache._memory.clear()
     with caplog.at_level("WARNING", logger="kerastl"):
         assert _rank.measure_cost(c, None, 32, "onnx", sample, cache="disk")[2] is False
     assert "ignoring the cost cache" in caplog.text and len(json.loads(path.read_text())) == 1
+    home = tmp_path / "home"  # no cache folder can be made (.cache is a file, even for root)
+    home.mkdir()
+    (home / ".cache").write_text("")
+    monkeypatch.setenv("HOME", str(home))
+    _costs.CostCache._memory.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kerastl"):  # the figures stand, unkept
+        assert _rank.measure_cost(c, None, 32, "onnx", sample, cache="disk") == (2.0, 3.0, False)
+    assert "could not keep the costs" in caplog.text
 
 
 def test_rank_table_sizes_the_candidate_column_to_the_longest_label():

@@ -46,8 +46,12 @@ def test_a_finished_run_is_kept_and_a_rerun_of_its_name_takes_the_next_folder(tm
     assert again.run_dir.endswith("rerun-2") and (runs / "rerun-2" / "model.keras").is_file()
     assert (runs / "rerun" / "model.keras").read_bytes() == kept
     assert "name: rerun-2" in (runs / "rerun-2" / "config.yaml").read_text()
+    other = runs / "rerun-3" / "state" / "run.json"  # another config's interrupted run
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps({"fingerprint": "another run", "finished": False}))
     third = train(cfg, examples=(_examples(1), None), evaluate=False)
-    assert third.run_dir.endswith("rerun-3")
+    assert third.run_dir.endswith("rerun-4")  # rerun-3 is not this run's: left as it was
+    assert json.loads(other.read_text())["fingerprint"] == "another run"
     caplog.clear()
     replaced = train({**cfg, "exist_ok": True}, examples=(_examples(1), None), evaluate=False)
     assert replaced.run_dir.endswith("rerun") and "phase1_seconds" in replaced.timings
@@ -330,3 +334,16 @@ def test_demo_unknown_backbone_is_checked_before_training(capsys):
 
     assert main(["demo", "--backbone", "mobilenet_v9", "--output-dir", "/nonexistent/d"]) == 2
     assert "mobilenet_v9" in capsys.readouterr().err
+
+
+def test_exist_ok_is_not_part_of_what_a_run_trains(tmp_path):
+    """A run killed under --exist-ok resumes when rerun without it (and the other way)."""
+    from kerastl.train.context import resolve_config, run_fingerprint
+
+    cfg = _cfg(tmp_path, "fp", train={"epochs": 1})
+    ex = _examples(0)
+    plain = resolve_config(cfg, None, (ex, None))
+    forced = resolve_config({**cfg, "exist_ok": True}, None, (ex, None))
+    assert run_fingerprint(plain, ex, None) == run_fingerprint(forced, ex, None)
+    other = resolve_config({**cfg, "train": {**cfg["train"], "keep": "last"}}, None, (ex, None))
+    assert run_fingerprint(other, ex, None) != run_fingerprint(plain, ex, None)

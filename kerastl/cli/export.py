@@ -178,7 +178,8 @@ def _check_format_flags(args: argparse.Namespace, fmts: list[str]) -> None:
 def run_export_name(model_path: Path) -> str | None:
     """The name a run's own export gave its files, for a ``model.keras`` in a run folder
     (``export.name``, else the run's ``name``, from the ``config.yaml`` beside it), so a
-    re-export replaces the run's files instead of writing others beside them.
+    re-export replaces the run's files instead of writing others beside them. ``None`` for
+    another file, or a run name that files cannot take (the model's own name is used).
 
     Example:
         >>> run_export_name(Path("no/such/run/model.keras")) is None
@@ -195,13 +196,16 @@ def run_export_name(model_path: Path) -> str | None:
         cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return None
+    from kerastl.export.pipeline import NAME_RE
+
     name = (cfg.get("export") or {}).get("name") or cfg.get("name")
-    if isinstance(name, str) and name:
+    if isinstance(name, str) and NAME_RE.match(name):
         logging.getLogger("kerastl").info(
-            f"naming the files {name!r}, as the run's export did ({config}; --name overrides)"
+            f"naming the files {name!r} as the run's export did ({config}), replacing the "
+            "run's files of these formats; --name writes others beside them"
         )
         return name
-    return None
+    return None  # a run that never exported may have a name files cannot take
 
 
 def _check_output_dir(out: str | None) -> None:
@@ -257,8 +261,10 @@ def run_export(args: argparse.Namespace) -> int:
     items = _items
     fmts = items(args.formats)
     model = load_keras(model_path, safe_mode=not args.unsafe, unsafe_hint="rerun with --unsafe")
-    if args.name is None:
-        args.name = run_export_name(model_path)
+    run_name = run_export_name(model_path) if args.name is None else None
+    from_run = run_name is not None  # a run's model: its own files replaced, as --overwrite
+    if from_run:
+        args.name = run_name
     if args.name is None and not NAME_RE.match(model.name):
         raise ConfigError(
             f"--name: the model's own name {model.name!r} is not usable in file names and TF "
@@ -282,7 +288,7 @@ def run_export(args: argparse.Namespace) -> int:
         int8_io=args.int8_io,
         allow_flex=args.allow_flex,
         opset=args.opset,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite or from_run,
     )
     for a in report["artifacts"]:
         parity = a.get("parity") or {}

@@ -28,7 +28,12 @@ RUNTIME_PACKAGES = {"tflite": "ai-edge-litert", "onnx": "onnxruntime"}
 
 
 def default_path() -> Path:
-    """The disk cache of costs: ``~/.cache/kerastl/rank_costs.json``."""
+    """The disk cache of costs: ``~/.cache/kerastl/rank_costs.json``.
+
+    Example:
+        >>> default_path().name
+        'rank_costs.json'
+    """
     return Path.home() / ".cache" / "kerastl" / "rank_costs.json"
 
 
@@ -52,12 +57,16 @@ def _cpu() -> str:
     return f"{name} x{os.cpu_count()}"
 
 
-def cost_key(arch: str, input_size: int, runtime: str, sequence_length: int | None) -> str:
-    """What a measured cost depends on, as one string.
+def cost_key(
+    arch: str, input_size: int, runtime: str, sequence_length: int | None, params: int = 0
+) -> str:
+    """What a measured cost depends on, as one string. ``params``: the exported model's
+    parameter count (its head follows the number of classes, a random-init text model's
+    embedding its tokenizer's vocabulary).
 
     Example:
-        >>> k = cost_key("efficientnet_lite0:None", 224, "tflite", None)
-        >>> k.startswith("efficientnet_lite0:None|224|tflite|None|kerastl ")
+        >>> k = cost_key("efficientnet_lite0:None", 224, "tflite", None, 4_020_358)
+        >>> k.startswith("efficientnet_lite0:None|224|tflite|None|4020358 params|kerastl ")
         True
     """
     from kerastl import _version as kv
@@ -65,7 +74,7 @@ def cost_key(arch: str, input_size: int, runtime: str, sequence_length: int | No
     versions = f"kerastl {kv.__version__}|tensorflow {_version('tensorflow')}"
     runtime_pkg = RUNTIME_PACKAGES.get(runtime, runtime)
     return (
-        f"{arch}|{input_size}|{runtime}|{sequence_length}|{versions}|"
+        f"{arch}|{input_size}|{runtime}|{sequence_length}|{params} params|{versions}|"
         f"{runtime_pkg} {_version(runtime_pkg)}|{_cpu()}"
     )
 
@@ -114,11 +123,14 @@ class CostCache:
         entries = self._read()
         when = time.strftime("%Y-%m-%d")
         entries[key] = {"size_mb": value[0], "latency_ms": value[1], "measured": when}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".rank_costs.", dir=self.path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entries, f, indent=1)
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".rank_costs.", dir=self.path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(entries, f, indent=1)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a read-only home: the figures stand, only unkept
+            log.warning("rank: could not keep the costs in %s (%s)", self.path, exc)
 
     def _read(self) -> dict[str, Any]:
         if not self.path.is_file():

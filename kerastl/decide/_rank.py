@@ -121,7 +121,8 @@ def measure_cost(
     if runtime == "none":
         return None, None, False
     costs = CostCache(cache)
-    key = cost_key(c.arch_key, input_size, runtime, sequence_length)
+    params = model.count_params() if model is not None else 0
+    key = cost_key(c.arch_key, input_size, runtime, sequence_length, params)
     known = costs.get(key)
     if known is not None:
         return (*known, True)

@@ -386,7 +386,7 @@ def _weight_names(spec: Any) -> list[str]:
     """Named weights ``model.weights`` accepts for ``spec`` (no TensorFlow needed)."""
     names = list(spec.pretrained)
     if spec.source == "keras_hub" and spec.modality == "image" and spec.pretrained:
-        names.append("imagenet")  # the entry's own ImageNet preset (kerastl.build)
+        names.append("imagenet")  # the entry's own pretrained preset (kerastl.build)
     if spec.source == "keras_hub":  # presets of the same family load into this architecture
         from kerastl.zoo import get_spec, list_models
 

@@ -22,11 +22,13 @@ def _model_lines(config: dict, data_report: dict, exports: Any) -> list[str]:
     from kerastl import __version__
 
     m = config["model"]
+    keep = (config.get("train") or {}).get("keep", "best")
+    kept = "the last epoch" if keep == "last" else "best checkpoint"
     return [
         f"# {config['name']}: {m['backbone']} ({m['task']})",
         "",
-        f"Trained with kerastl {__version__}. Files in this folder: `model.keras` (best "
-        "checkpoint), `config.yaml` (resolved config), `metrics.json`, `logs/` (CSV and "
+        f"Trained with kerastl {__version__}. Files in this folder: `model.keras` ({kept}), "
+        "`config.yaml` (resolved config), `metrics.json`, `logs/` (CSV and "
         "TensorBoard), `plots/`" + (", `export/`" if exports else "") + ".",
         "",
         "## Model",

@@ -30,7 +30,7 @@ from kerastl.train.runfolder import RunFolder
 log = logging.getLogger(__name__)
 
 #: Keys that do not change what a run trains (a resumed run may differ in them).
-_NOT_TRAINING = {"name", "output_dir", "export", "evaluate"}
+_NOT_TRAINING = {"name", "output_dir", "exist_ok", "export", "evaluate"}
 _NOT_TRAINING_TRAIN = {"resume", "verbose", "tensorboard", "cache_dir"}
 
 
@@ -105,11 +105,11 @@ def open_run(
     check_modality(cfg, train_ex, val_ex)
     check_task(cfg, train_ex, val_ex)
     warn_missing_classes(train_ex, val_ex)
-    folder = RunFolder.for_config(cfg)
+    fingerprint = run_fingerprint(cfg, train_ex, val_ex)
+    folder = RunFolder.for_config(cfg, fingerprint)
     ctx = RunContext(
         cfg, strategy, verbose_level(t["verbose"]), train_ex, val_ex, list(callbacks or []), folder
     )
-    fingerprint = run_fingerprint(cfg, train_ex, val_ex)
     # Decided before prepare() rewrites the marker: every worker reads the chief's marker.
     ctx.resuming = folder.resume_refusal(fingerprint, t["resume"]) is None
     ctx.state = folder.prepare(cfg, fingerprint)

@@ -117,13 +117,14 @@ class RunFolder:
     worker: str
 
     @classmethod
-    def for_config(cls, cfg: dict) -> RunFolder:
+    def for_config(cls, cfg: dict, fingerprint: str | None = None) -> RunFolder:
         """The folder of ``output_dir/name`` (making this worker's temporary folder if needed).
 
         A finished run is kept: unless ``exist_ok``, this run takes the first of
-        ``name-2``, ``name-3``, ... that holds none, and ``cfg["name"]`` follows it.
+        ``name-2``, ``name-3``, ... that is free for it (:func:`free_run_dir`), and
+        ``cfg["name"]`` follows it.
         """
-        run_dir = free_run_dir(cfg["output_dir"], cfg["name"], cfg["exist_ok"])
+        run_dir = free_run_dir(cfg["output_dir"], cfg["name"], cfg["exist_ok"], fingerprint)
         if run_dir.name != cfg["name"]:
             log.info(
                 f"{Path(cfg['output_dir']) / cfg['name']} holds a finished run, which is kept: "
@@ -262,7 +263,8 @@ def holds_finished_run(run_dir: str | os.PathLike) -> bool:
     before markers, or whose marker was lost) it has a ``model.keras`` and no marker.
 
     Example:
-        >>> holds_finished_run("runs/no-such-run")
+        >>> import tempfile
+        >>> holds_finished_run(tempfile.mkdtemp())
         False
     """
     marker = Path(run_dir) / RUN_FILES["state"] / "run.json"
@@ -271,20 +273,36 @@ def holds_finished_run(run_dir: str | os.PathLike) -> bool:
     return run_path(run_dir, "model").is_file()
 
 
-def free_run_dir(output_dir: str | os.PathLike, name: str, exist_ok: bool = False) -> Path:
-    """``output_dir/name``, or with ``exist_ok`` false and a finished run there, the first of
-    ``name-2``, ``name-3``, ... that holds no finished run (an interrupted one is resumed).
+def free_run_dir(
+    output_dir: str | os.PathLike,
+    name: str,
+    exist_ok: bool = False,
+    fingerprint: str | None = None,
+) -> Path:
+    """Where a run of ``name`` goes: ``output_dir/name`` unless, with ``exist_ok`` false, it
+    holds a finished run; then the first of ``name-2``, ``name-3``, ... that is empty or holds
+    this same run interrupted (marker ``fingerprint`` equal: it resumes). Another run's
+    folder, finished or not, is never taken.
 
     Example:
-        >>> str(free_run_dir("runs", "exp1"))
-        'runs/exp1'
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> free_run_dir(out, "exp1").name
+        'exp1'
     """
     base = Path(output_dir)
-    k = 1
+    first = base / name
+    if exist_ok or not holds_finished_run(first):
+        return first
+    k = 2
     while True:
-        run_dir = base / (name if k == 1 else f"{name}-{k}")
-        if exist_ok or not holds_finished_run(run_dir):
+        run_dir = base / f"{name}-{k}"
+        marker = run_dir / RUN_FILES["state"] / "run.json"
+        if not run_dir.exists():
             return run_dir
+        if marker.is_file() and not holds_finished_run(run_dir):
+            if fingerprint is not None and read_json(marker).get("fingerprint") == fingerprint:
+                return run_dir
         k += 1
 
 

@@ -413,12 +413,18 @@ def load_saved_model(path: Path) -> Any:
     Raises:
         ExportError: the graph needs ops this process does not have (tensorflow-text not
             installed, or another op library); the message names the op.
+
+    Example:
+        >>> load_saved_model("no/such/folder")
+        Traceback (most recent call last):
+        ...
+        OSError: SavedModel file does not exist at: no/such/folder/{saved_model.pbtxt|saved_model.pb}
     """
     import tensorflow as tf
 
     try:
         return tf.saved_model.load(str(path))
-    except (RuntimeError, tf.errors.NotFoundError) as exc:
+    except Exception as exc:  # RuntimeError here; other TF versions raise FileNotFoundError
         found = re.search(r"Op type not registered '([^']+)'", str(exc))
         if found is None:
             raise
@@ -433,7 +439,9 @@ def load_saved_model(path: Path) -> Any:
         ) from None
     try:
         return tf.saved_model.load(str(path))
-    except (RuntimeError, tf.errors.NotFoundError) as exc:
+    except Exception as exc:  # noqa: BLE001 - still an op this process lacks
+        if "Op type not registered" not in str(exc):
+            raise
         raise ExportError(f"{path}: the SavedModel uses ops this process lacks: {exc}") from exc
 
 

@@ -165,13 +165,15 @@ class ImageExporter(ModalityExporter):
         return x
 
     def coerce(self, data: Any, argument: str, limit: int | None = None) -> tuple[np.ndarray, Any]:
-        if _is_pil(data) or (isinstance(data, (list, tuple)) and data and all(map(_is_pil, data))):
-            images = [data] if _is_pil(data) else list(data)
-            return self.load_pil(images[:limit] if limit is not None else images), None
+        images, labels = _pil_images(data)
+        if images is not None:
+            keep = _spread(len(images), limit)
+            ys = None if labels is None else np.asarray(labels)[keep]
+            return self.load_pil([images[i] for i in keep], argument), ys
         xs, ys = _collect(data, argument, limit)
         if isinstance(xs, list) and xs and isinstance(xs[0], str):
             if limit is not None and len(xs) > limit:  # spread over the (often sorted) list
-                keep = np.linspace(0, len(xs) - 1, limit).round().astype(int)
+                keep = _spread(len(xs), limit)
                 xs = [xs[i] for i in keep]
                 ys = None if ys is None else np.asarray(ys)[keep]
             return self.load_files(xs, argument), ys
@@ -213,7 +215,7 @@ class ImageExporter(ModalityExporter):
             batch.append(arr.reshape(arr.shape[0], arr.shape[1], c))
         return np.stack(batch)
 
-    def load_pil(self, images: list) -> np.ndarray:
+    def load_pil(self, images: list, argument: str = "inputs") -> np.ndarray:
         """PIL images as their files would be read: upright (EXIF), RGB or grayscale,
         resized by :func:`~kerastl.data.images.resize_uint8` to the model's size.
 
@@ -232,7 +234,8 @@ class ImageExporter(ModalityExporter):
         size = (h, w) if h is not None and w is not None else None
         batch = []
         for img in images:
-            img = ImageOps.exif_transpose(img).convert("RGB" if c == 3 else "L")
+            img = ImageOps.exif_transpose(_eight_bit(img, argument))
+            img = img.convert("RGB" if c == 3 else "L")
             arr = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, c)
             batch.append(resize_uint8(arr, size).numpy().astype(np.float32))
         return np.stack(batch)
@@ -266,6 +269,41 @@ class ImageExporter(ModalityExporter):
 def _is_pil(x: Any) -> bool:
     """A PIL image (checked without importing PIL)."""
     return type(x).__module__.startswith("PIL.") and hasattr(x, "convert")
+
+
+def _pil_images(data: Any) -> tuple[list | None, Any]:
+    """``(images, labels)`` when ``data`` is a PIL image, a list of them, or ``(list, labels)``."""
+    if _is_pil(data):
+        return [data], None
+    if isinstance(data, (list, tuple)) and data and all(map(_is_pil, data)):
+        return list(data), None
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], (list, tuple)):
+        if data[0] and all(map(_is_pil, data[0])):
+            return list(data[0]), data[1]
+    return None, None
+
+
+def _spread(n: int, limit: int | None) -> np.ndarray:
+    """Indices of at most ``limit`` of ``n`` items, spread over them (lists are often sorted)."""
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.linspace(0, n - 1, limit).round().astype(int)
+
+
+def _eight_bit(img: Any, argument: str) -> Any:
+    """A 16-bit (or 32-bit integer) PIL image scaled to 8 bits as TensorFlow's PNG decoder
+    does (the high byte); a float image has no 0-255 scale and is refused."""
+    from PIL import Image
+
+    if img.mode == "F":
+        raise DataError(
+            f"{argument}: a float PIL image (mode 'F') has no 0-255 scale; pass "
+            "np.asarray(image) scaled to raw 0-255 pixels instead."
+        )
+    if img.mode.startswith("I"):
+        arr = np.clip(np.asarray(img, dtype=np.int64) >> 8, 0, 255)
+        return Image.fromarray(arr.astype(np.uint8), "L")
+    return img
 
 
 def _collect(data: Any, argument: str, limit: int | None) -> tuple[Any, Any]:

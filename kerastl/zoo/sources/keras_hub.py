@@ -171,7 +171,9 @@ class KerasHubAdapter(Adapter):
             check_preset_dir(path, spec.name)
             return str(path)
         if weights == "imagenet" and spec.modality == "image" and spec.pretrained:
-            return spec.pretrained[0]  # the entry's own ImageNet preset, as kerastl rank reads it
+            return spec.pretrained[
+                0
+            ]  # its own pretrained preset (ImageNet for most), as rank reads it
         if isinstance(weights, str):
             known = sorted(getattr(self._backbone_cls(), "presets", {}) or {})
             if weights in spec.pretrained or weights in known:
