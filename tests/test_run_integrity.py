@@ -80,6 +80,7 @@ def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, ca
     assert "resuming: phase 1 already done" in caplog.text
     assert "phase1_seconds" not in resumed.timings
 
+    cfg = _two_phase(tmp_path, "kill2")  # "kill" finished: a rerun would go to kill-2
     monkeypatch.setattr(phases, "phase2", killed)
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg, examples=(_examples(0), None), evaluate=False)
