@@ -11,6 +11,7 @@ elsewhere or under another converter is never reused.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ def _version(package: str) -> str:
         return "-"
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu() -> str:
     """The CPU's model name (Linux) or what :mod:`platform` knows, and its logical cores."""
     name = platform.processor() or platform.machine()

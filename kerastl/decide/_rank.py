@@ -26,7 +26,7 @@ from kerastl.decide._candidates import (
     own_weights,
     parse_candidates,
 )
-from kerastl.decide._costs import CostCache, cost_key
+from kerastl.decide._costs import CostCache, cost_key, default_path
 from kerastl.decide._scores import ESTIMATORS, pareto_flags, score
 from kerastl.errors import ConfigError, choice_error
 
@@ -140,8 +140,9 @@ def measure_cost(
         # raw input -> the runtime's input (text: token ids; tokenising is not timed)
         x, _ = get_modality(loaded.metadata).coerce(sample[:1], "inputs")
         latency = loaded.latency_ms(x, runs=20, warmup=3)
-    costs.put(key, (art["size_bytes"] / 1e6, latency))
-    return art["size_bytes"] / 1e6, latency, False
+    size_mb = art["size_bytes"] / 1e6
+    costs.put(key, (size_mb, latency))
+    return size_mb, latency, False
 
 
 @dataclass
@@ -377,7 +378,7 @@ def _cost_notes(rows: list[dict[str, Any]], cache: str) -> list[str]:
         return []
     reused = sum(bool(r.get("cost_cached")) for r in rows)
     return [
-        f"cost cache {CostCache('disk').path}: {reused} of {len(rows)} candidates' costs were "
+        f"cost cache {default_path()}: {reused} of {len(rows)} candidates' costs were "
         "measured earlier on this machine (delete the file to measure them again)"
     ]
 

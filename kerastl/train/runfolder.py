@@ -160,7 +160,7 @@ class RunFolder:
 
     @property
     def _marker(self) -> Path:
-        return Path(self.run_dir) / RUN_FILES["state"] / "run.json"
+        return marker_path(self.run_dir)
 
     def resume_refusal(self, fingerprint: str, resume: bool) -> str | None:
         """Why the saved state of this run folder must not be resumed (None: resume it)."""
@@ -258,6 +258,11 @@ class RunFolder:
             shutil.rmtree(self.out_dir, ignore_errors=True)
 
 
+def marker_path(run_dir: str | os.PathLike) -> Path:
+    """The run folder's marker: its config/data fingerprint and whether it finished."""
+    return Path(run_dir) / RUN_FILES["state"] / "run.json"
+
+
 def holds_finished_run(run_dir: str | os.PathLike) -> bool:
     """``run_dir`` holds a run's results: its marker says finished, or (a folder written
     before markers, or whose marker was lost) it has a ``model.keras`` and no marker.
@@ -267,7 +272,7 @@ def holds_finished_run(run_dir: str | os.PathLike) -> bool:
         >>> holds_finished_run(tempfile.mkdtemp())
         False
     """
-    marker = Path(run_dir) / RUN_FILES["state"] / "run.json"
+    marker = marker_path(run_dir)
     if marker.is_file():
         return bool(read_json(marker).get("finished"))
     return run_path(run_dir, "model").is_file()
@@ -297,12 +302,12 @@ def free_run_dir(
     k = 2
     while True:
         run_dir = base / f"{name}-{k}"
-        marker = run_dir / RUN_FILES["state"] / "run.json"
         if not run_dir.exists():
             return run_dir
-        if marker.is_file() and not holds_finished_run(run_dir):
-            if fingerprint is not None and read_json(marker).get("fingerprint") == fingerprint:
-                return run_dir
+        marker = marker_path(run_dir)
+        state = read_json(marker) if marker.is_file() else {"finished": True}
+        if not state.get("finished") and fingerprint and state.get("fingerprint") == fingerprint:
+            return run_dir
         k += 1
 
 
@@ -320,7 +325,7 @@ def unfinished_progress(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
         >>> unfinished_progress("runs/no-such-run", {}) is None
         True
     """
-    marker = run_path(run_dir, "state") / "run.json"
+    marker = marker_path(run_dir)
     if not marker.is_file() or read_json(marker).get("finished", True):
         return None
     folder = RunFolder(str(run_dir), str(run_dir), chief=True, worker=worker_id())

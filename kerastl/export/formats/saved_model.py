@@ -388,7 +388,6 @@ class SavedModelArtifact(Artifact):
     runtime = "tensorflow SavedModel signature 'serving_default'"
 
     def __init__(self, path: Path, signature: str = "serving_default"):
-
         meta_file = path / "assets" / "kerastl_metadata.json"
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         super().__init__(path, meta)

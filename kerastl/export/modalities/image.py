@@ -19,21 +19,31 @@ def _decode(data: bytes, size: Any, channels: int, path: str, argument: str) -> 
     """Pixels of one encoded image as float32 (TensorFlow's decoder first, then PIL)."""
     import tensorflow as tf
 
-    from kerastl.data.images import decode_and_resize, resize_uint8
+    from kerastl.data.images import decode_and_resize
 
     try:
         return decode_and_resize(data, size, channels).numpy().astype(np.float32)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
         pass  # not a format TensorFlow decodes: PIL below
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB" if channels == 3 else "L")
-            arr = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, channels)
+            return _pil_pixels(img, size, channels)
     except (UnidentifiedImageError, OSError) as exc:
         reason = re.sub(r" <[^>]*>", "", str(exc))  # PIL names its BytesIO object
         raise DataError(f"{argument}: {path!r} is not a readable image ({reason}).") from exc
+
+
+def _pil_pixels(img: Any, size: Any, channels: int) -> np.ndarray:
+    """One PIL image as float32 model input: upright (EXIF), RGB or grey, resized by
+    :func:`~kerastl.data.images.resize_uint8`."""
+    from PIL import ImageOps
+
+    from kerastl.data.images import resize_uint8
+
+    img = ImageOps.exif_transpose(img).convert("RGB" if channels == 3 else "L")
+    arr = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, channels)
     return resize_uint8(arr, size).numpy().astype(np.float32)
 
 
@@ -226,19 +236,9 @@ class ImageExporter(ModalityExporter):
             >>> m.coerce(Image.new("L", (70, 50)), "inputs")[0].shape
             (1, 32, 32, 3)
         """
-        from PIL import ImageOps
-
-        from kerastl.data.images import resize_uint8
-
         h, w, c = self.shape
         size = (h, w) if h is not None and w is not None else None
-        batch = []
-        for img in images:
-            img = ImageOps.exif_transpose(_eight_bit(img, argument))
-            img = img.convert("RGB" if c == 3 else "L")
-            arr = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, c)
-            batch.append(resize_uint8(arr, size).numpy().astype(np.float32))
-        return np.stack(batch)
+        return np.stack([_pil_pixels(_eight_bit(img, argument), size, c) for img in images])
 
     def warmup_requests(self, samples: np.ndarray) -> list[tuple[str, dict[str, Any]]]:
         import tensorflow as tf

@@ -171,9 +171,8 @@ class KerasHubAdapter(Adapter):
             check_preset_dir(path, spec.name)
             return str(path)
         if weights == "imagenet" and spec.modality == "image" and spec.pretrained:
-            return spec.pretrained[
-                0
-            ]  # its own pretrained preset (ImageNet for most), as rank reads it
+            # its own pretrained preset (ImageNet for most), as kerastl rank reads the tag
+            return spec.pretrained[0]
         if isinstance(weights, str):
             known = sorted(getattr(self._backbone_cls(), "presets", {}) or {})
             if weights in spec.pretrained or weights in known:
