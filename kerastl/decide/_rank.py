@@ -47,6 +47,7 @@ def candidate_model(c: Candidate, num_classes: int, input_size: int, **kw: Any):
     import keras
 
     import kerastl
+    from kerastl.core.model import KerastlModel
     from kerastl.train._cache import split_model
 
     spec = kerastl.get_spec(c.name)
@@ -61,10 +62,15 @@ def candidate_model(c: Candidate, num_classes: int, input_size: int, **kw: Any):
         c.name, weights=weights, input_shape=shape, features_only=True, out_indices=[c.tap], **kw
     )
     out = fm.outputs[0] if isinstance(fm.outputs, list) else fm.outputs
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(out)
+    # a feature map pools here; a text encoder's tap comes pooled (masked mean)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(out) if len(out.shape) == 4 else out
     feature_model = keras.Model(fm.inputs, pooled, name=f"{c.name}_tap{c.tap}")
     probs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(pooled)
-    return keras.Model(fm.inputs, probs, name=feature_model.name + "_clf"), feature_model
+    # the tap's input spec and modality go with it: export reads them (text: raw strings)
+    meta = {k: v for k, v in fm.kerastl_config.items() if k != "feature_info"}
+    meta.update(task="classification", num_outputs=num_classes, output="probabilities")
+    clf = KerastlModel(fm.inputs, probs, name=feature_model.name + "_clf", kerastl_config=meta)
+    return clf, feature_model
 
 
 def features_of(

@@ -85,6 +85,7 @@ def _hub_spec(family: str, fam: dict[str, Any], name: str, facts: dict[str, Any]
     if note.startswith("not built"):  # too large to build: groups/params from metadata
         extra["params_note"] = note
     input_size, min_size = _sizes(fam, config, facts, extra)
+    taps = tuple(Tap(*t) for t in facts.pop("taps", ())) or _text_taps(fam, facts)
     return ModelSpec(
         name=name.lower(),
         family=family,
@@ -99,9 +100,27 @@ def _hub_spec(family: str, fam: dict[str, Any], name: str, facts: dict[str, Any]
         license=fam["license"],
         pretrained=(name,),
         groups=tuple(tuple(g) for g in facts.pop("groups")),
-        taps=tuple(Tap(*t) for t in facts.pop("taps", ())),
+        taps=taps,
         extra={**extra, **facts},
     )
+
+
+def _text_taps(fam: dict[str, Any], facts: dict[str, Any]) -> tuple[Tap, ...]:
+    """A text encoder's taps: the output of each of its own layers (stride 1, one per token).
+
+    Only encoders whose layers each have their own weights (group ``layer_K``): an ALBERT
+    group is one layer called many times, so it has no single output to tap.
+
+    Example:
+        >>> fam = {"modality": "text", "group_rule": {"name": "layer_{}"}}
+        >>> groups = [["embeddings", "emb"], ["layer_0", "t0"], ["layer_1", "t1"]]
+        >>> [t.layer for t in _text_taps(fam, {"groups": groups, "feature_dim": 8})]
+        ['t0', 't1']
+    """
+    if fam["modality"] != "text" or fam["group_rule"].get("name") != "layer_{}":
+        return ()
+    blocks = [last for g, last in facts.get("groups", ()) if re.fullmatch(r"layer_\d+", g)]
+    return tuple(Tap(last, facts["feature_dim"], 1) for last in blocks)
 
 
 def _sizes(

@@ -29,8 +29,8 @@ class Tap:
 
     Attributes:
         layer: Layer name in the backbone, or ``"@output"`` for its last output.
-        channels: Channels of that feature map.
-        stride: Input pixels per feature-map pixel.
+        channels: Channels of that feature map (a text encoder: its hidden size).
+        stride: Input pixels per feature-map pixel (a text encoder's layer: 1 token).
     """
 
     layer: str

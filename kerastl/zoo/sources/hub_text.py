@@ -14,8 +14,8 @@ import keras
 import numpy as np
 
 from kerastl.errors import ConfigError, WeightsError, choice_error
-from kerastl.zoo.sources.base import Capabilities, options_of
-from kerastl.zoo.sources.keras_hub import KerasHubAdapter
+from kerastl.zoo.sources.base import Capabilities, detach_rest, options_of
+from kerastl.zoo.sources.keras_hub import KerasHubAdapter, hub_backbone_of
 from kerastl.zoo.sources.layers import HubTextPreprocessing, SequencePooling, import_keras_hub
 from kerastl.zoo.sources.lora import enable_lora
 from kerastl.zoo.weights import check_preset_dir, is_path, offline_message
@@ -193,6 +193,31 @@ class HubTextAdapter(KerasHubAdapter):
         return SequencePooling(pooling, name="pool")(
             features["sequence_output"], features["padding_mask"]
         )
+
+    def feature_extractor(self, backbone: keras.Model, out_indices: Any = None) -> keras.Model:
+        """The masked mean of each chosen layer's token states: one ``(batch, hidden)`` per tap.
+
+        A text encoder's taps are its layers (``kerastl info NAME``); padding tokens are
+        left out of the mean, as the final ``"avg"`` pooling does.
+        """
+        taps = self.spec.taps
+        if not taps:
+            return super().feature_extractor(backbone, out_indices)
+        n = len(taps)
+        chosen = []
+        for i in range(n) if out_indices is None else out_indices:
+            if not isinstance(i, int) or not -n <= i < n:
+                raise ConfigError(
+                    f"out_indices: got {i!r}; {self.spec.name} has {n} layer taps "
+                    f"({taps[0].layer} .. {taps[-1].layer}), valid indices 0..{n - 1}."
+                )
+            chosen.append(i % n)
+        hub = hub_backbone_of(backbone)
+        states = keras.Model(hub.input, [hub.get_layer(taps[i].layer).output for i in chosen])
+        seqs = keras.tree.flatten(states(backbone.input))
+        mask = backbone.input["padding_mask"]
+        pooled = [SequencePooling("avg", name=f"tap{i}")(x, mask) for i, x in zip(chosen, seqs)]
+        return detach_rest(backbone, keras.Model(backbone.input, pooled, name="features"))
 
     def enable_lora(self, backbone: keras.Model, rank: int) -> int:
         """Add rank-``rank`` LoRA adapters to the attention query/value projections.
