@@ -263,3 +263,20 @@ def test_a_run_name_the_exported_files_cannot_take_is_refused_before_training(tm
         capture_output=True, text=True,
     )  # fmt: skip
     assert res.returncode == 2 and "names the exported files" in res.stderr
+
+
+def test_an_input_size_the_backbone_refuses_writes_no_run_folder(tmp_path, capsys):
+    """A ViT at 40 px (not a multiple of its 16-px patches) was refused only when built,
+    after config.yaml and state/ were written; now it is refused before the run folder."""
+    import numpy as np
+
+    from kerastl.cli import main
+
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((4, 40, 40, 3), "uint8"), y=np.arange(4) % 2)
+    args = ["train", "--backbone", "vit_base_patch16_224_imagenet", "--data", str(data)]
+    args += ["--input-size", "40", "--freeze", "none", "--output-dir", str(tmp_path / "runs")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "input_shape:" in err and "multiples of 16" in err and "(40, 40, 3)" in err, err
+    assert not (tmp_path / "runs").exists()

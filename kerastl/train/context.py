@@ -105,6 +105,7 @@ def open_run(
     check_modality(cfg, train_ex, val_ex)
     check_task(cfg, train_ex, val_ex)
     warn_missing_classes(train_ex, val_ex)
+    check_input_shape(cfg["model"])
     fingerprint = run_fingerprint(cfg, train_ex, val_ex)
     folder = RunFolder.for_config(cfg, fingerprint)
     ctx = RunContext(
@@ -329,6 +330,16 @@ def build_model(ctx: RunContext) -> keras.Model:
         except ConfigError as exc:
             raise ConfigError(f"finetune.{exc}") from None
     return model
+
+
+def check_input_shape(m: dict) -> None:
+    """The backbone takes ``model.input_size`` (a ViT's patch multiple, a minimum side...).
+
+    Checked before the run folder is written, as the data is: the build would refuse it.
+    """
+    from kerastl.zoo import get_adapter
+
+    get_adapter(m["backbone"]).resolve_input_shape(_input_shape(m), **(m["options"] or {}))
 
 
 def _input_shape(m: dict) -> tuple[int, int, int] | None:
