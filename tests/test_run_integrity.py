@@ -348,3 +348,26 @@ def test_exist_ok_is_not_part_of_what_a_run_trains(tmp_path):
     assert run_fingerprint(plain, ex, None) == run_fingerprint(forced, ex, None)
     other = resolve_config({**cfg, "train": {**cfg["train"], "keep": "last"}}, None, (ex, None))
     assert run_fingerprint(other, ex, None) != run_fingerprint(plain, ex, None)
+
+
+@pytest.mark.parametrize(
+    "keep, scored",
+    [
+        ("best", "scoring its best checkpoint so far"),
+        ("last", "scoring the model phase 1 ended with (keep: last"),
+    ],
+)
+def test_an_unfinished_run_says_which_model_it_scores(tmp_path, keep, scored):
+    """Killed in phase 2: under keep: last, model.keras is phase 1's model (written once per
+    phase), not a best checkpoint so far as the note used to say."""
+    from kerastl.train.runfolder import unfinished_progress
+
+    state = tmp_path / "run" / "state"
+    state.mkdir(parents=True)
+    (state / "run.json").write_text(json.dumps({"fingerprint": "f", "finished": False}))
+    (state / "state.json").write_text(json.dumps({"phase1_done": True, "phase1_epochs": 3}))
+    (state / "phase1.weights.h5").write_bytes(b"")
+    cfg = {"train": {"epochs": 3, "keep": keep}, "finetune": {"epochs": 2}}
+    got = unfinished_progress(tmp_path / "run", cfg)
+    assert got["phase"] == 2 and not got["training_finished"], got
+    assert scored in got["message"], got["message"]

@@ -311,6 +311,20 @@ def free_run_dir(
         k += 1
 
 
+def _kept_model(cfg: dict, phase: int, training_finished: bool) -> str:
+    """What an unfinished run's model.keras holds, by ``train.keep``."""
+    if cfg.get("train", {}).get("keep", "best") == "best":
+        return "its best checkpoint" + ("" if training_finished else " so far")
+    if training_finished:
+        return "its last epoch (keep: last)"
+    return (
+        "the model phase 1 ended with (keep: last writes model.keras once per phase; "
+        "the fine-tuning epochs since are only in its backup)"
+        if phase == 2
+        else "no model yet (keep: last writes model.keras at the end of phase 1)"
+    )
+
+
 def unfinished_progress(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
     """Where an interrupted run stopped, or None for a finished (or pre-marker) run.
 
@@ -354,7 +368,7 @@ def unfinished_progress(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
         )
         message = (
             f"run not finished: {how}, but it stopped before its metrics, exports and model "
-            "card were written; scoring its best checkpoint"
+            f"card were written; scoring {_kept_model(cfg, phase, True)}"
         )
     else:
         early = (
@@ -364,7 +378,7 @@ def unfinished_progress(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
         )
         message = (
             f"run not finished: phase {phase}, epoch {done} of {planned} backed up{early}; "
-            "scoring its best checkpoint so far"
+            f"scoring {_kept_model(cfg, phase, False)}"
         )
     return {
         "phase": phase,
