@@ -216,6 +216,19 @@ def test_cli_models_and_info_do_not_import_tensorflow():
     assert "in_model" in res.stdout and "TF_IMPORTED False False" in res.stdout
 
 
+def test_cli_info_numbers_the_taps_rank_names(capsys):
+    """``NAME:tapK`` counts taps from 0: info numbers them; a text encoder's are its layers."""
+    from kerastl.cli import main
+
+    assert main(["info", "all_minilm_l6_v2_en"]) == 0
+    taps = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("taps"))
+    assert "0: transformer_layer_0 (384-d)" in taps and "5: transformer_layer_5" in taps, taps
+    assert main(["info", "efficientnet_lite0"]) == 0
+    assert "3: block5c_add (112ch, /16)" in capsys.readouterr().out
+    assert main(["info", "albert_base_en_uncased"]) == 0
+    assert "taps            none" in capsys.readouterr().out
+
+
 def test_cli_unknown_model_exits_2_with_one_line():
     res = _run_cli("info", "resnet5")
     assert res.returncode == 2

@@ -211,10 +211,11 @@ def run_info(args: argparse.Namespace) -> int:
     ):
         print(f"{key:15} {d[key]}")
     print("groups          " + ", ".join(g for g, _ in spec.groups))
-    print(
-        "taps            "
-        + ", ".join(f"{t.layer} ({t.channels}ch, /{t.stride})" for t in spec.taps)
-    )
+    if spec.modality == "text":  # one tap per layer: its hidden size, pooled over tokens
+        taps = [f"{k}: {t.layer} ({t.channels}-d)" for k, t in enumerate(spec.taps)]
+    else:
+        taps = [f"{k}: {t.layer} ({t.channels}ch, /{t.stride})" for k, t in enumerate(spec.taps)]
+    print("taps            " + (", ".join(taps) or "none"))
     for k, v in spec.extra.items():
         print(f"{k:15} {v}")
     return 0
