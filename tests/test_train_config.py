@@ -263,6 +263,12 @@ def test_a_run_name_the_exported_files_cannot_take_is_refused_before_training(tm
         capture_output=True, text=True,
     )  # fmt: skip
     assert res.returncode == 2 and "names the exported files" in res.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "kerastl", "train", str(run), "--name", "exp ü 1", "--folds", "2",
+         "--print-config"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert "names the exported files" not in res.stderr  # folds never export: the name is fine
+    assert "data.path: no file or folder" in res.stderr  # what is left to refuse
 
 
 def test_an_input_size_the_backbone_refuses_writes_no_run_folder(tmp_path, capsys):

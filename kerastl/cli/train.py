@@ -135,6 +135,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.folds is not None:
         check_folds(args.folds, "--folds")  # before TensorFlow is imported
     overrides = _overrides(args)
+    if args.folds is not None:  # the folds score, they never export (kfold.fold_config)
+        overrides.update({"export.formats": [], "export.quantize": []})
     cfg = load_config(args.config, overrides)  # validates before TensorFlow loads
     check_data_paths(cfg, args.config or "config")
     if args.print_config:
