@@ -448,10 +448,18 @@ def test_text_taps_are_the_masked_mean_of_each_layer():
     final = keras.Model(model.input, model.get_layer("pool").output).predict(text, verbose=0)
     np.testing.assert_allclose(last, final, atol=1e-5)
     assert not np.allclose(first, last, atol=1e-3)  # another layer, other features
-    alone = taps.predict(text[:1], verbose=0)[0]  # no longer sentence: less padding
-    np.testing.assert_allclose(alone, first[:1], atol=1e-4)
+    keras.utils.set_random_seed(3)  # the same weights, 16 more padding tokens per text
+    longer = kerastl.build(
+        "bert_tiny_en_uncased", features_only=True, **{**opts, "sequence_length": 32}
+    )
+    np.testing.assert_allclose(longer.predict(text, verbose=0)[0], first, atol=1e-4)
+    twice = kerastl.build("bert_tiny_en_uncased", features_only=True, out_indices=[1, -1], **opts)
+    assert len(twice.outputs) == 2  # one tap asked for twice (as 1 and -1): pooled once
     with pytest.raises(ConfigError, match=r"out_indices: got 2; .* valid indices 0\.\.1"):
         kerastl.build("bert_tiny_en_uncased", features_only=True, out_indices=[2], **opts)
+    with pytest.raises(ConfigError, match=r"tap 2 \(transformer_layer_2\) is not in this"):
+        kerastl.build("roberta_base_en", features_only=True, out_indices=[2],
+                      **tiny_kwargs("roberta_base_en"))  # fmt: skip
 
 
 def test_rank_measures_a_text_tap_like_any_candidate():

@@ -286,3 +286,10 @@ def test_an_input_size_the_backbone_refuses_writes_no_run_folder(tmp_path, capsy
     err = capsys.readouterr().err
     assert "input_shape:" in err and "multiples of 16" in err and "(40, 40, 3)" in err, err
     assert not (tmp_path / "runs").exists()
+    from kerastl.train.context import check_input_shape
+
+    m = {"backbone": "efficientnet_lite0", "input_size": 64, "channels": 3}
+    check_input_shape({**m, "options": {"pretrained_head": True}})  # build()'s own: not refused
+    with pytest.raises(ConfigError, match="sequence_lenght"):  # the backbone's own are checked
+        check_input_shape({**m, "backbone": "all_minilm_l6_v2_en", "input_size": None,
+                           "options": {"sequence_lenght": 8}})  # fmt: skip

@@ -83,6 +83,7 @@ def decide(
     final_logme: float,
     n_groups: int,
     feature_rms: float | None = None,
+    tap_ids: list[int] | None = None,
 ) -> Advice:
     """The strategy from the measurements (no TensorFlow).
 
@@ -117,10 +118,11 @@ def decide(
     best = int(np.argmax([*tap_logme, final_logme]))
     near = best == len(tap_logme)
     if tap_logme:
+        tap = best if tap_ids is None or near else tap_ids[best]
         why.append(
             "final features score best (LogME): the top layers transfer, a near domain"
             if near
-            else f"tap {best} scores above the final features (LogME {tap_logme[best]:.3f} > "
+            else f"tap {tap} scores above the final features (LogME {tap_logme[best]:.3f} > "
             f"{final_logme:.3f}): the layers above it are specific to the source data"
         )
     if shots < MIN_SHOTS_TO_TUNE:
@@ -168,6 +170,24 @@ def _advice(groups: int, n_groups: int, why: list[str], sep: float, best: int) -
     return Advice("partial_finetune", groups, 1e-2, lr, f"last:{groups}", why, meas)
 
 
+#: Most taps advise reads (one model build and feature pass each): a 24-layer text
+#: encoder has 23 taps below its final features; 5 evenly spaced ones tell near from far.
+MAX_TAPS = 5
+
+
+def read_taps(n_taps: int, last: int | None, most: int = MAX_TAPS) -> list[int]:
+    """The taps advise measures: all but ``last`` (the final features), at most ``most``.
+
+    Example:
+        >>> read_taps(5, 4), read_taps(6, 5), read_taps(24, 23)
+        ([0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 6, 11, 16, 22])
+    """
+    ids = [k for k in range(n_taps) if k != last]
+    if len(ids) <= most:
+        return ids
+    return [ids[int(round(i))] for i in np.linspace(0, len(ids) - 1, most)]
+
+
 def advise(
     examples: Any,
     backbone: Any,
@@ -210,16 +230,15 @@ def advise(
     final, probe = logme(x, y), linear_probe_accuracy(x, y)
     taps = []
     last = len(spec.taps) - 1 if spec.taps and spec.taps[-1].channels == x.shape[1] else None
-    for k in range(len(spec.taps) if not is_collapsed else 0):  # collapsed: nothing to read
-        if k == last:
-            continue
+    ids = [] if is_collapsed else read_taps(len(spec.taps), last)  # collapsed: nothing to read
+    for k in ids:
         ck = Candidate(c.name, c.weights, k)
         xk, _, _ = features_of(ck, examples, input_size, cache, **build_kwargs)
         taps.append(logme(xk, y))
     shots = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
     n_groups = len(spec.groups) or 1
     a = decide(
-        shots, len(np.unique(y)), probe, taps, final, n_groups, rms if is_collapsed else None
+        shots, len(np.unique(y)), probe, taps, final, n_groups, rms if is_collapsed else None, ids
     )
     if shots < 2:
         a.reasons.insert(
@@ -230,7 +249,8 @@ def advise(
     if examples.skipped:
         a.reasons.append(f"skipped {len(examples.skipped)} unreadable file(s) of the data")
     meas = {"backbone": c.label, "shots": shots, "probe": probe, "final_logme": final}
-    a.measurements.update({**meas, "tap_logme": taps, "groups": n_groups, "feature_rms": rms})
+    a.measurements.update({**meas, "tap_logme": taps, "tap_ids": ids, "groups": n_groups})
+    a.measurements["feature_rms"] = rms
     return a
 
 

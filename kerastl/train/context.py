@@ -94,6 +94,7 @@ def open_run(
     cfg = resolve_config(config, overrides, examples)
     if examples is None:
         check_data_paths(cfg)
+    check_input_shape(cfg["model"])  # before the data is read: it needs only the config
     t = cfg["train"]
     # A fresh Keras session per run: layer-name counters restart (layer groups of some
     # backbones are declared by auto-generated names) and earlier runs' graphs are freed.
@@ -105,7 +106,6 @@ def open_run(
     check_modality(cfg, train_ex, val_ex)
     check_task(cfg, train_ex, val_ex)
     warn_missing_classes(train_ex, val_ex)
-    check_input_shape(cfg["model"])
     fingerprint = run_fingerprint(cfg, train_ex, val_ex)
     folder = RunFolder.for_config(cfg, fingerprint)
     ctx = RunContext(
@@ -337,9 +337,11 @@ def check_input_shape(m: dict) -> None:
 
     Checked before the run folder is written, as the data is: the build would refuse it.
     """
+    from kerastl.builder import BUILD_ARGUMENTS
     from kerastl.zoo import get_adapter
 
-    get_adapter(m["backbone"]).resolve_input_shape(_input_shape(m), **(m["options"] or {}))
+    own = {k: v for k, v in (m["options"] or {}).items() if k not in BUILD_ARGUMENTS}
+    get_adapter(m["backbone"]).resolve_input_shape(_input_shape(m), **own)
 
 
 def _input_shape(m: dict) -> tuple[int, int, int] | None:

@@ -321,7 +321,7 @@ def _kept_model(cfg: dict, phase: int, training_finished: bool) -> str:
         "the model phase 1 ended with (keep: last writes model.keras once per phase; "
         "the fine-tuning epochs since are only in its backup)"
         if phase == 2
-        else "no model yet (keep: last writes model.keras at the end of phase 1)"
+        else "the model of the epoch phase 1 was interrupted in (keep: last)"
     )
 
 

@@ -213,11 +213,26 @@ class HubTextAdapter(KerasHubAdapter):
                 )
             chosen.append(i % n)
         hub = hub_backbone_of(backbone)
-        states = keras.Model(hub.input, [hub.get_layer(taps[i].layer).output for i in chosen])
+        have = {layer.name for layer in hub.layers}
+        distinct = list(dict.fromkeys(chosen))  # a tap asked for twice is pooled once
+        for i in distinct:
+            if taps[i].layer not in have:  # backbone_config or a preset of another depth
+                n_built = sum(t.layer in have for t in taps)
+                raise ConfigError(
+                    f"out_indices: tap {i} ({taps[i].layer}) is not in this {self.spec.name} "
+                    f"backbone, which was built with {n_built} of the registry's {n} layers "
+                    "(backbone_config or a preset of another depth); valid indices "
+                    f"0..{n_built - 1}."
+                )
+        outs = [hub.get_layer(taps[i].layer).output for i in distinct]
+        states = keras.Model(hub.input, outs, name="layer_states")
         seqs = keras.tree.flatten(states(backbone.input))
         mask = backbone.input["padding_mask"]
-        pooled = [SequencePooling("avg", name=f"tap{i}")(x, mask) for i, x in zip(chosen, seqs)]
-        return detach_rest(backbone, keras.Model(backbone.input, pooled, name="features"))
+        pooled = {
+            i: SequencePooling("avg", name=f"tap{i}")(x, mask) for i, x in zip(distinct, seqs)
+        }
+        features = keras.Model(backbone.input, [pooled[i] for i in chosen], name="features")
+        return detach_rest(backbone, features)
 
     def enable_lora(self, backbone: keras.Model, rank: int) -> int:
         """Add rank-``rank`` LoRA adapters to the attention query/value projections.
