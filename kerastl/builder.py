@@ -16,7 +16,7 @@ from kerastl.core import model as core_model
 from kerastl.core.heads import TaskSpec, attach_head, compile_for_task, output_units, resolve_task
 from kerastl.core.meta import ModelMeta
 from kerastl.core.model import KerastlModel
-from kerastl.errors import ConfigError
+from kerastl.errors import ConfigError, WeightsError
 from kerastl.freeze import apply_policy, parse_policy, resolve_train_batchnorm
 from kerastl.prototypes import PROTOTYPE_ARGUMENTS, PROTOTYPE_TASKS, build_prototypes
 from kerastl.zoo import custom_objects, get_adapter, get_spec
@@ -94,12 +94,14 @@ def build(
         num_classes, class_names = len(head[2]), head[2]
     class_names, units = _outputs(task_spec, num_classes, class_names, embedding_dim)
     policy = parse_policy(freeze, resolve_train_batchnorm(train_batchnorm, weights, freeze))
-    shape, inputs, features = _backbone_graph(adapter, input_shape, weights, adapter_kwargs)
+    shape, inputs, features, whole = _graph_or_whole(adapter, input_shape, weights, adapter_kwargs)
     outputs = attach_head(adapter.pooled(features, pooling), task_spec, units, dropout)
     meta = _head_meta(adapter, shape, task_spec, units, class_names, weights, pooling, dropout)
     model = KerastlModel(inputs, outputs, name=meta.backbone + "_" + meta.task, kerastl_config=meta)
     if head is not None:
         model.get_layer("logits").set_weights(list(head[:2]))
+    if whole is not None:
+        _load_whole_model_weights(model, *whole)
     apply_policy(model, policy)
     return compile_for_task(model, learning_rate=learning_rate) if compile else model
 
@@ -168,6 +170,34 @@ def _backbone_graph(adapter: Any, input_shape: Any, weights: Any, adapter_kwargs
     inputs = adapter.make_inputs(shape)
     x = adapter.preprocess(inputs, shape)  # before backbone(): see the Adapter contract
     return shape, inputs, adapter.backbone(shape, weights)(x)
+
+
+def _graph_or_whole(adapter: Any, input_shape: Any, weights: Any, adapter_kwargs: dict) -> tuple:
+    """:func:`_backbone_graph`, and ``(path, error)`` when ``weights`` may be a whole model's.
+
+    A ``.weights.h5`` file that does not fit the backbone may be ``model.save_weights`` of a
+    whole kerastl model (backbone and head): the backbone is then built at random and the
+    file loaded into the finished model (:func:`_load_whole_model_weights`).
+    """
+    try:
+        return (*_backbone_graph(adapter, input_shape, weights, adapter_kwargs), None)
+    except WeightsError as exc:
+        if not str(weights).endswith(".weights.h5") or not os.path.isfile(str(weights)):
+            raise
+        first = exc
+    return (*_backbone_graph(adapter, input_shape, None, adapter_kwargs), (str(weights), first))
+
+
+def _load_whole_model_weights(model: keras.Model, path: str, backbone_error: Exception) -> None:
+    """Load ``model.save_weights`` output into ``model``; else say why neither fits."""
+    try:
+        model.load_weights(path)
+    except Exception as exc:  # noqa: BLE001 - Keras raises ValueError/KeyError
+        raise WeightsError(
+            f"{backbone_error} Nor is it the weights of this whole model (backbone and a "
+            f"{model.output_shape[-1]}-output head, as model.save_weights writes them): "
+            f"{str(exc)[:300]}"
+        ) from exc
 
 
 def _source_classifier(adapter, task_spec, weights: Any, num_classes: Any) -> tuple:

@@ -104,6 +104,23 @@ def test_local_weights_file_seeds_the_backbone(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_save_weights_of_a_whole_model_restores_it(tmp_path):
+    """``model.save_weights`` of a whole kerastl model (backbone and head) was refused as not
+    matching the backbone; it now restores the whole model, head included, when the head fits."""
+    keras.utils.set_random_seed(4)
+    src = kerastl.build("mobilenet_v3_small", num_classes=3, input_shape=(SIZE, SIZE, 3))
+    path = tmp_path / "whole.weights.h5"
+    src.save_weights(path)
+    model = kerastl.build(
+        "mobilenet_v3_small", num_classes=3, input_shape=(SIZE, SIZE, 3), weights=str(path)
+    )
+    x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), src.predict(x, verbose=0), atol=1e-6)
+    with pytest.raises(kerastl.WeightsError, match="Nor is it the weights of this whole model"):
+        kerastl.build("mobilenet_v3_small", num_classes=5, input_shape=(SIZE, SIZE, 3),
+                      weights=str(path))  # fmt: skip
+
+
 def test_saved_kerastl_model_seeds_the_backbone(tmp_path):
     keras.utils.set_random_seed(2)
     src = kerastl.build("efficientnet_b0", num_classes=4, input_shape=(SIZE, SIZE, 3))
