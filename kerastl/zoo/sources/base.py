@@ -132,6 +132,29 @@ def detach_rest(whole: keras.Model, part: keras.Model) -> keras.Model:
     return part
 
 
+def tap_indices(out_indices: Any, n: int, name: str, what: str) -> list[int]:
+    """``out_indices`` (None: all) as indices ``0..n-1``; a bad one is a ConfigError.
+
+    ``what`` describes the ``n`` taps in the message (``"5 taps (strides ...)"``).
+
+    Example:
+        >>> tap_indices([0, -1], 3, "m", "3 taps")
+        [0, 2]
+        >>> tap_indices([3], 3, "m", "3 taps")
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: out_indices: got 3; m has 3 taps, valid indices 0..2.
+    """
+    chosen = []
+    for i in range(n) if out_indices is None else out_indices:
+        if not isinstance(i, int) or not -n <= i < n:
+            raise ConfigError(
+                f"out_indices: got {i!r}; {name} has {what}, valid indices 0..{n - 1}."
+            )
+        chosen.append(i % n)
+    return chosen
+
+
 class Adapter:
     """Base class: the contract. Subclasses implement one backbone source.
 
@@ -253,16 +276,8 @@ class Adapter:
         taps = self.spec.taps
         if not taps:
             raise ConfigError(f"features_only: {self.spec.name} declares no feature taps.")
-        if out_indices is None:
-            out_indices = range(len(taps))
-        chosen = []
-        for i in out_indices:
-            if not isinstance(i, int) or not -len(taps) <= i < len(taps):
-                raise ConfigError(
-                    f"out_indices: got {i!r}; {self.spec.name} has {len(taps)} taps, "
-                    f"valid indices 0..{len(taps) - 1} (strides {[t.stride for t in taps]})."
-                )
-            chosen.append(taps[i])
+        what = f"{len(taps)} taps (strides {[t.stride for t in taps]})"
+        chosen = [taps[i] for i in tap_indices(out_indices, len(taps), self.spec.name, what)]
         outs = [
             backbone.output if t.layer == "@output" else backbone.get_layer(t.layer).output
             for t in chosen

@@ -11,7 +11,7 @@ import numpy as np
 
 from kerastl.errors import ConfigError
 from kerastl.zoo._keras_hub_family import side_multiple
-from kerastl.zoo.sources.base import Capabilities, detach_rest, image_shape
+from kerastl.zoo.sources.base import Capabilities, detach_rest, image_shape, tap_indices
 from kerastl.zoo.sources.keras_hub import KerasHubAdapter, hub_backbone_of, init_args
 from kerastl.zoo.sources.layers import (
     HubImagePreprocessing,
@@ -154,15 +154,8 @@ class HubImageAdapter(KerasHubAdapter):
         levels = self.pyramid(backbone)
         if not levels:
             return super().feature_extractor(backbone, out_indices)
-        n = len(levels)
-        chosen = []
-        for i in range(n) if out_indices is None else out_indices:
-            if not isinstance(i, int) or not -n <= i < n:
-                raise ConfigError(
-                    f"out_indices: got {i!r}; {spec.name} has {n} pyramid levels "
-                    f"({[k for k, _ in levels]}), valid indices 0..{n - 1}."
-                )
-            chosen.append(levels[i][1])
+        what = f"{len(levels)} pyramid levels ({[k for k, _ in levels]})"
+        chosen = [levels[i][1] for i in tap_indices(out_indices, len(levels), spec.name, what)]
         hub_in = keras.tree.flatten(hub_backbone_of(backbone).input)[0]
         pyramid = keras.Model(hub_in, chosen, name="pyramid")
         features = keras.Model(backbone.inputs, pyramid(backbone.inputs[0]), name="features")

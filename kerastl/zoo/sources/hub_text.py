@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from kerastl.errors import ConfigError, WeightsError, choice_error
-from kerastl.zoo.sources.base import Capabilities, detach_rest, options_of
+from kerastl.zoo.sources.base import Capabilities, detach_rest, options_of, tap_indices
 from kerastl.zoo.sources.keras_hub import KerasHubAdapter, hub_backbone_of
 from kerastl.zoo.sources.layers import HubTextPreprocessing, SequencePooling, import_keras_hub
 from kerastl.zoo.sources.lora import enable_lora
@@ -204,14 +204,8 @@ class HubTextAdapter(KerasHubAdapter):
         if not taps:
             return super().feature_extractor(backbone, out_indices)
         n = len(taps)
-        chosen = []
-        for i in range(n) if out_indices is None else out_indices:
-            if not isinstance(i, int) or not -n <= i < n:
-                raise ConfigError(
-                    f"out_indices: got {i!r}; {self.spec.name} has {n} layer taps "
-                    f"({taps[0].layer} .. {taps[-1].layer}), valid indices 0..{n - 1}."
-                )
-            chosen.append(i % n)
+        what = f"{n} layer taps ({taps[0].layer} .. {taps[-1].layer})"
+        chosen = tap_indices(out_indices, n, self.spec.name, what)
         hub = hub_backbone_of(backbone)
         have = {layer.name for layer in hub.layers}
         distinct = list(dict.fromkeys(chosen))  # a tap asked for twice is pooled once
