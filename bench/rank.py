@@ -560,6 +560,13 @@ def rescore(results: list[dict], quick: bool) -> list[dict]:
 DESIGNED_ON = {("digits10", 0), ("digits5-9", 0), ("faces", 0)}
 #: Seeds each version of the advice rules was revised on (every task); later seeds check it.
 ADVICE_REVISED_ON = {2: {0, 1, 2}, 3: set(range(16))}
+
+
+def revised_on(r: dict, rules: int) -> bool:
+    """Were advice rules ``rules`` revised on draw ``r``? (Never on a text task's draws.)"""
+    return r["task"] not in TEXT_TASKS and r.get("seed", 0) in ADVICE_REVISED_ON[rules]
+
+
 N_CLASSES = {"digits10": 10, "digits5-9": 5, "faces": 2, "faces10": 2, "textures": len(TEXTURES),
              "words": 2}  # fmt: skip
 
@@ -657,7 +664,7 @@ def pooled(results: list[dict]) -> list[dict]:
             if all(v is not None for vs in vals for v in vs):
                 g = [-np.inf if collapsed[k] else float(np.mean(v)) for k, v in zip(labels, vals)]
                 others[f"tau_{est}"] = float(kendalltau(g, target)[0])
-        imagenet = [means[k] for k in labels if "@" not in k]
+        imagenet = [means[k] for k in labels if pretrained(k)]
         p, n = float(np.mean(imagenet or [0.0])), sum(d["held_out"] for d in draws)
         out.append({
             "task": task, "draws": len(draws), "seeds": [d.get("seed", 0) for d in draws],
@@ -846,7 +853,8 @@ def _seeds(seeds: set[int]) -> str:
 
 def _advice_lines(results: list[dict]) -> list[str]:
     results = _one_per_draw(results)
-    lines = ["", f"Advice for {ADVISED} (held-out accuracy; bar: within "
+    text = " and all-MiniLM-L6-v2 (words)" if any(r["task"] in TEXT_TASKS for r in results) else ""
+    lines = ["", f"Advice for {ADVISED}{text} (held-out accuracy; bar: within "
              f"{ADVICE_POINTS * 100:.0f} points of the best of the three strategies). Each draw's "
              f"advice under the rules it ran with, and rules {RULES} (kerastl today) reapplied "
              "to the same draw's measurements where it ran with older ones (no new training: "
@@ -863,19 +871,19 @@ def _advice_lines(results: list[dict]) -> list[str]:
         lines += _mean_lines("Rules 1, mean over the draws run with them:", advice_summary(old))
     for k in range(2, RULES):
         ran = [r for r in results if r["advice"].get("rules", 1) == k]
-        if ran := [r for r in ran if r.get("seed", 0) not in ADVICE_REVISED_ON[k]]:
+        if ran := [r for r in ran if not revised_on(r, k)]:
             lines += _mean_lines(
                 f"Rules {k} as run, on the draws they were not revised on (seeds "
                 f"{_seeds(ADVICE_REVISED_ON[k])} were):",
                 advice_summary(ran),
             )
-    revised_on = ADVICE_REVISED_ON[RULES]
     lines += _mean_lines(
-        f"Rules {RULES}, mean over every draw (seeds {_seeds(revised_on)} are the draws they "
+        f"Rules {RULES}, mean over every draw (seeds {_seeds(ADVICE_REVISED_ON[RULES])} of the "
+        "image tasks are the draws they "
         "were revised on):",
         advice_summary(results, current_advice),
     )
-    if fresh := [r for r in results if r.get("seed", 0) not in revised_on]:
+    if fresh := [r for r in results if not revised_on(r, RULES)]:
         lines += _mean_lines(
             f"Rules {RULES} on draws they were not revised on (fixed before these ran):",
             advice_summary(fresh, current_advice),
