@@ -127,11 +127,6 @@ def build_options(modality: str) -> dict:
     return {"sequence_length": SEQUENCE_LENGTH, "tokenizer": minilm_path()}
 
 
-def _text_kw(c, kw: dict) -> dict:
-    """``kw`` for candidate ``c``: only a random-init text model takes the tokenizer."""
-    return {k: v for k, v in kw.items() if k != "tokenizer" or c.weights is None}
-
-
 def load_words(min_valence: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """``(words, labels)``: VADER lexicon words rated at least ``min_valence`` from neutral.
 
@@ -311,13 +306,15 @@ def two_phase(
     """
     import keras
 
-    from kerastl.decide._rank import candidate_model
+    from kerastl.decide._rank import candidate_model, candidate_options
 
     t0 = time.perf_counter()
     keras.utils.set_random_seed(0)  # the weights the rank saw (random-init candidates too)
     n_cls = len(tr[2])
-    text = tr[0].dtype == object
-    _, fm = candidate_model(c, n_cls, SIZE, **_text_kw(c, build_options("text" if text else "")))
+    modality = "text" if tr[0].dtype == object else "image"
+    _, fm = candidate_model(
+        c, n_cls, SIZE, **candidate_options(c, modality, build_options(modality))
+    )
     if train_seed:
         keras.utils.set_random_seed(train_seed)
     fm.trainable = False
@@ -482,8 +479,7 @@ def check_advice(
 
     c = c or Candidate(ADVISED)
     t0 = time.perf_counter()
-    kw = _text_kw(c, build_options(tr_ex.modality))
-    a = advise(tr_ex, c, input_size=SIZE, **kw)
+    a = advise(tr_ex, c, input_size=SIZE, **build_options(tr_ex.modality))  # filters them per c
     t_adv = time.perf_counter() - t0
     full = repeated(c, tr, te, a.measurements["groups"], 1e-4, e_head, e_ft, runs)
     measured = {

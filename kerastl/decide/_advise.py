@@ -249,8 +249,9 @@ def advise(
     if examples.skipped:
         a.reasons.append(f"skipped {len(examples.skipped)} unreadable file(s) of the data")
     meas = {"backbone": c.label, "shots": shots, "probe": probe, "final_logme": final}
-    a.measurements.update({**meas, "tap_logme": taps, "tap_ids": ids, "groups": n_groups})
-    a.measurements["feature_rms"] = rms
+    a.measurements.update(
+        {**meas, "tap_logme": taps, "tap_ids": ids, "groups": n_groups, "feature_rms": rms}
+    )
     return a
 
 

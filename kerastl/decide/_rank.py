@@ -42,6 +42,26 @@ COLLAPSED_RMS = 1e-6
 _TEXT_OPTIONS = ("sequence_length", "tokenizer")
 
 
+def candidate_options(c: Candidate, modality: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """The build options of a run that candidate ``c`` takes on data of ``modality``.
+
+    Text options of a mixed run do not reach image models; only a random-init text
+    model takes the tokenizer (a pretrained one brings its own).
+
+    Example:
+        >>> kw = {"sequence_length": 8, "tokenizer": "dir"}
+        >>> candidate_options(Candidate("bert_tiny_en_uncased", None), "text", kw)
+        {'sequence_length': 8, 'tokenizer': 'dir'}
+        >>> candidate_options(Candidate("bert_tiny_en_uncased", "dir"), "text", kw)
+        {'sequence_length': 8}
+        >>> candidate_options(Candidate("efficientnet_lite0"), "image", kw)
+        {}
+    """
+    if modality != "text":
+        return {k: v for k, v in kw.items() if k not in _TEXT_OPTIONS}
+    return {k: v for k, v in kw.items() if k != "tokenizer" or c.weights is None}
+
+
 def candidate_model(c: Candidate, num_classes: int, input_size: int, **kw: Any):
     """``(full_model, feature_model)``: a kerastl classifier and its pooled-feature part."""
     import keras
@@ -94,10 +114,7 @@ def features_of(
     check_modality([replace(c, pattern=None)], examples.modality, "candidate")
     keras.utils.set_random_seed(seed)
     text = examples.modality == "text"
-    if not text:  # text options of a mixed run do not reach image models
-        kw = {k: v for k, v in kw.items() if k not in _TEXT_OPTIONS}
-    elif c.weights is not None:
-        kw = {k: v for k, v in kw.items() if k != "tokenizer"}  # only random-init text needs it
+    kw = candidate_options(c, examples.modality, kw)
     model, feature_model = candidate_model(c, len(examples.class_names), input_size, **kw)
     size = None if text else (input_size, input_size)
     bs = feature_batch_size(size, 16)
