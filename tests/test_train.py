@@ -284,6 +284,40 @@ def test_a_finetune_policy_that_fits_no_layer_fails_before_phase_one_trains(tmp_
     assert not list((tmp_path / "runs").rglob("history.csv"))  # phase 1 never ran
 
 
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_a_frozen_random_backbone_is_refused_before_phase_one_trains(tmp_path, weights, cache):
+    """Random init, backbone frozen, no fine-tuning: every example gets the same features,
+    so the head would train to chance accuracy. Refused, on cached features and on the
+    end-to-end path alike; with calibrated weights the same run trains."""
+    from kerastl.train import train
+
+    x, y = _images(8, 3)
+    ex = kdata.from_numpy(x, y)
+    cfg = _cfg(tmp_path, f"frozen-{cache}", train={"cache_features": cache})
+    with pytest.raises(ConfigError) as err:
+        train(cfg, examples=(ex, None), evaluate=False)
+    msg = str(err.value)
+    assert "model.weights: null (random init) with model.freeze: 'backbone'" in msg
+    assert "same features (RMS" in msg and "chance accuracy" in msg
+    assert "model.weights: imagenet" in msg and "model.freeze: none" in msg
+    assert not list((tmp_path / "runs").rglob("history.csv"))  # no epoch trained
+    # ...its calibrated stand-in for pretrained weights passes the same check and trains
+    ok = train(_cfg(tmp_path, f"calibrated-{cache}", weights, train={"cache_features": cache}),
+               examples=(ex, None), evaluate=False)  # fmt: skip
+    assert len(ok.history["loss"]) == 2
+
+
+def test_a_frozen_random_backbone_goes_on_when_fine_tuning_trains_it(tmp_path, caplog):
+    from kerastl.train import train
+
+    x, y = _images(8, 3)
+    cfg = _cfg(tmp_path, "ft", finetune={"epochs": 1, "freeze": "none"})
+    with caplog.at_level(logging.WARNING, logger="kerastl"):
+        r = train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False)
+    assert len(r.history["loss"]) == 3
+    assert "Fine-tuning (finetune.freeze: 'none') trains the backbone" in caplog.text
+
+
 def test_label_head_mismatch_is_caught_before_training(tmp_path):
     from kerastl.train import train
 

@@ -94,8 +94,8 @@ def decide(
         tap_logme: LogME of each earlier tap, shallow to deep (may be empty).
         final_logme: LogME of the final features.
         n_groups: Layer groups of the backbone.
-        feature_rms: Set when the frozen features are collapsed (:func:`kerastl.decide._rank.collapsed`):
-            their RMS. Then the scores measure nothing, and the advice says so.
+        feature_rms: Set when the frozen features are collapsed
+            (:func:`kerastl.core.features.collapsed`): their RMS. Then the scores measure nothing, and the advice says so.
 
     Example:
         >>> decide(3, 10, 0.5, [0.1], 0.2, 5).strategy
@@ -216,8 +216,9 @@ def advise(
         >>> a = kerastl.advise((x, y), "efficientnet_lite0", input_size=64)  # doctest: +SKIP
         >>> print(a.text())  # doctest: +SKIP
     """
+    from kerastl.core.features import collapsed
     from kerastl.decide._candidates import Candidate, check_modality, parse_backbone
-    from kerastl.decide._rank import as_examples, collapsed, features_of
+    from kerastl.decide._rank import as_examples, features_of
     from kerastl.zoo import get_spec
 
     c = backbone if isinstance(backbone, Candidate) else parse_backbone(backbone, weights)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from kerastl.core.features import collapsed
 from kerastl.decide._candidates import (
     Candidate,
     check_modality,
@@ -32,11 +33,6 @@ from kerastl.errors import ConfigError, choice_error
 
 log = logging.getLogger(__name__)
 
-#: Feature RMS below which a candidate is "collapsed" (:func:`collapsed`): its frozen features
-#: are numerically near zero (e.g. random init with BatchNorm frozen at its initial
-#: statistics), so a head trained on the raw features cannot learn, whatever the
-#: scale-invariant scores say.
-COLLAPSED_RMS = 1e-6
 
 #: Build options only text models take.
 _TEXT_OPTIONS = ("sequence_length", "tokenizer")
@@ -432,28 +428,6 @@ def mark_pareto(rows: list[dict[str, Any]], by: str) -> None:
         r["pareto"] = False
     for r, f in zip(alive, flags):
         r["pareto"] = f
-
-
-def collapsed(features: np.ndarray, rms: float | None = None) -> bool:
-    """Whether frozen features carry nothing a head can learn from.
-
-    Numerically zero (RMS below :data:`COLLAPSED_RMS`: random init with BatchNorm frozen
-    at its initial statistics), or the same vector for every example (what varies is
-    below a millionth of their size).
-
-    Example:
-        >>> collapsed(np.ones((4, 3))), collapsed(np.eye(3)), collapsed(np.eye(3) * 1e-9)
-        (True, False, True)
-    """
-    f = np.asarray(features)
-    if rms is None:  # rank() passes the RMS it has already computed
-        rms = float(np.sqrt(np.einsum("ij,ij->", f, f, dtype=np.float64) / max(f.size, 1)))
-    mean_sq = rms**2
-    if rms < COLLAPSED_RMS:
-        return True
-    # what varies around each feature's mean, without an (n, d) float64 copy
-    spread_sq = mean_sq - float(np.mean(np.square(f.mean(axis=0, dtype=np.float64))))
-    return float(np.sqrt(max(spread_sq, 0.0))) <= 1e-6 * rms
 
 
 def _score(x: np.ndarray, y: np.ndarray, estimator: str, collapsed: bool) -> float | None:

@@ -16,7 +16,10 @@ import keras
 import numpy as np
 
 from kerastl import data as kdata
+from kerastl.core.features import collapsed
 from kerastl.core.meta import ModelMeta
+from kerastl.core.policy import parse_policy
+from kerastl.errors import ConfigError
 from kerastl.train._cache import FeatureCache, backbone_is_frozen, feature_batch_size, split_model
 from kerastl.train._callbacks import (
     InterruptCheck,
@@ -177,6 +180,8 @@ def phase1(ctx: RunContext) -> int:
         with ctx.best.flushed_on_interrupt():
             h = _fit_on_cached_features(ctx, optimizer, cache_mode)
     else:
+        if backbone_is_frozen(model):
+            check_learnable(ctx.cfg, _probe_features(ctx))
         with ctx.strategy.scope():
             compile_model(model, optimizer, ctx.cfg)
         h = prepare_fit(model, ctx.strategy).fit(
@@ -250,6 +255,7 @@ def _feature_datasets(
         )
 
     xtr, ytr = features_of(ctx.train_ex, "training features")
+    check_learnable(ctx.cfg, xtr)
     val_ds = None
     if ctx.val_ex is not None:
         xva, yva = features_of(ctx.val_ex, "validation features")
@@ -263,6 +269,65 @@ def _feature_datasets(
         ctx.cfg["seed"],
     ).prefetch(tf.data.AUTOTUNE)
     return train_ds, val_ds, xtr.shape
+
+
+#: Training examples whose features :func:`_probe_features` reads when phase 1 runs the
+#: frozen backbone in every step (no feature cache).
+PROBE_EXAMPLES = 64
+
+
+def _probe_features(ctx: RunContext) -> np.ndarray:
+    """The frozen backbone's features of the first training examples (unaugmented)."""
+    feature_model, _ = split_model(ctx.model)
+    ex = ctx.train_ex.subset(np.arange(min(len(ctx.train_ex), PROBE_EXAMPLES)))
+    batches = ctx.dataset(ex, 16, shuffle=False, cache=False)
+    return np.concatenate(
+        [keras.ops.convert_to_numpy(feature_model(x, training=False)) for x, _ in batches]
+    )
+
+
+def check_learnable(cfg: dict, features: np.ndarray) -> None:
+    """Stop a run whose frozen backbone gives every training example the same features.
+
+    A head on collapsed features (:func:`kerastl.core.features.collapsed`) stays at chance
+    accuracy, so a run that never unfreezes the backbone is refused before it trains;
+    one whose fine-tuning trains the backbone goes on, with a warning.
+
+    Example:
+        >>> cfg = {"model": {"weights": None, "freeze": "backbone"},
+        ...        "finetune": {"epochs": 0, "freeze": "none"}}
+        >>> check_learnable(cfg, np.eye(4))  # features that differ: nothing to say
+        >>> check_learnable(cfg, np.zeros((4, 8)))
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: model.weights: null (random init) with model.freeze: ...
+    """
+    if not collapsed(features):
+        return
+    m, ft = cfg["model"], cfg["finetune"]
+    rms = float(np.sqrt(np.mean(np.square(features, dtype=np.float64))))
+    if m["weights"] is None:
+        cause = (
+            f"model.weights: null (random init) with model.freeze: {m['freeze']!r} keeps "
+            "random layers frozen, their BatchNorm at its initial statistics"
+        )
+    else:
+        cause = (
+            f"model.weights: {m['weights']!r} with model.freeze: {m['freeze']!r}; check "
+            "that the training examples differ"
+        )
+    msg = (
+        f"{cause}: the frozen backbone gives every training example the same features "
+        f"(RMS {rms:.1e}), and a head trained on them stays at chance accuracy."
+    )
+    if ft["epochs"] and parse_policy(ft["freeze"]).kind != "backbone":
+        log.warning(f"{msg} Fine-tuning (finetune.freeze: {ft['freeze']!r}) trains the backbone.")
+        return
+    raise ConfigError(
+        f"{msg} Valid: model.weights: imagenet, a preset or a weights file (--weights); "
+        "model.freeze: none to train every layer from random init (--freeze none); or "
+        "finetune.epochs > 0 to fine-tune the backbone after phase 1."
+    )
 
 
 def _head_steps(ctx: RunContext) -> int:
