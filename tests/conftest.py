@@ -86,3 +86,50 @@ def layers_left_out(whole, part) -> list:
         for layer in whole._flatten_layers(include_self=True, recursive=True)
         if id(layer) not in kept
     ]
+
+
+def class_images(n_per_class=8, classes=3, size=32, seed=0):
+    """Classes that differ in brightness and texture, so even a random backbone separates them."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for c in range(classes):
+        base = rng.random((n_per_class, size, size, 3)) * 40 + 60 * c
+        stripes = (np.arange(size) % (c + 2) == 0)[None, :, None, None] * 60
+        xs.append(np.clip(base + stripes, 0, 255))
+        ys += [c] * n_per_class
+    return np.concatenate(xs).astype("uint8"), np.asarray(ys)
+
+
+def calibrate_backbone(path, seed=0):
+    """Random backbone weights with BatchNorm statistics measured on data.
+
+    A randomly initialised backbone with frozen BatchNorm (mean 0, variance 1)
+    outputs features near zero; with measured statistics its features vary
+    with the input, which is what the tests need (a stand-in for pretrained
+    weights, which cannot be downloaded here).
+    """
+    import keras
+
+    from kerastl.builder import build
+
+    keras.utils.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3), compile=False)
+    bns = [
+        layer
+        for layer in model.get_layer("backbone")._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    for layer in bns:
+        layer.trainable, layer.momentum = True, 0.0
+    model(class_images(8, 3)[0].astype("float32"), training=True)
+    model.get_layer("backbone").save_weights(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> str:
+    """A mobilenet_v3_small backbone weights file whose features vary with the input
+    (:func:`calibrate_backbone`): runs with a frozen backbone need one, since a frozen
+    random-init backbone is refused (its features are the same for every example)."""
+    return calibrate_backbone(tmp_path_factory.mktemp("w") / "calibrated.weights.h5")

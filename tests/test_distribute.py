@@ -143,8 +143,8 @@ WORKER = COMMON + textwrap.dedent("""
         w = os.path.join(os.path.dirname(out), "calibrated.weights.h5")
         cfg = config(out, "mw", "multi_worker", 4, weights=w, cache_features="off")
         cfg["model"]["train_batchnorm"] = True
-    else:  # the head alone, on cached features of the frozen backbone
-        cfg = config(out, "mw", "multi_worker", 4, cache_features="memory")
+    else:  # the head alone, on cached features of the frozen (calibrated) backbone
+        cfg = config(out, "mw", "multi_worker", 4, weights=sys.argv[3], cache_features="memory")
         cfg["model"]["freeze"] = "backbone"
     r = train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False)
     weights = digest(r.model.get_weights())
@@ -183,7 +183,7 @@ ONE_DEVICE = COMMON + textwrap.dedent("""
 # with one device on the same global batch; "head" (cached features) is the slow tier.
 @pytest.mark.heavy
 @pytest.mark.parametrize("variant", ["full", pytest.param("head", marks=pytest.mark.slow)])
-def test_multi_worker_two_local_workers_write_one_model(tmp_path, variant):
+def test_multi_worker_two_local_workers_write_one_model(tmp_path, variant, weights):
     root = tmp_path
     tmp_path = root / "mw_out"
     tmp_path.mkdir()
@@ -200,7 +200,7 @@ def test_multi_worker_two_local_workers_write_one_model(tmp_path, variant):
         }
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(tmp_path), variant],
+                [sys.executable, "-c", WORKER, str(tmp_path), variant, weights],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -316,5 +316,8 @@ def test_sigkill_mid_epoch_then_rerun_continues_from_last_epoch(tmp_path):
     assert epochs_run == [2, 3], epochs_run  # continued from the last epoch, not from 0
     history = (tmp_path / "resume" / "logs" / "history.csv").read_text().strip().splitlines()
     assert [int(r.split(",")[0]) for r in history[1:]] == [0, 1, 2, 3]
-    assert len(json.loads(out.stdout.strip().splitlines()[-1])["loss"]) == 2
+    # the result's history is the whole run's: the killed process's epochs, then the rerun's
+    header = history[0].split(",")
+    logged = [float(r.split(",")[header.index("loss")]) for r in history[1:]]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["loss"] == pytest.approx(logged)
     assert not (tmp_path / "resume" / "backup").exists()

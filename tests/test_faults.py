@@ -273,7 +273,7 @@ def test_ctrl_c_during_training_exits_130_and_keeps_the_backup(tmp_path, learnab
     kerastl.load_model(run / "model.keras", compile=False)
 
 
-def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, weights):
     import keras
 
     from kerastl import data as kdata
@@ -293,7 +293,12 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
         "output_dir": str(tmp_path),
         "name": "nan",
         "seed": 0,
-        "model": {"backbone": "mobilenet_v3_small", "input_size": 32, "freeze": "backbone"},
+        "model": {
+            "backbone": "mobilenet_v3_small",
+            "input_size": 32,
+            "freeze": "backbone",
+            "weights": weights,
+        },
         "data": {"path": "<memory>", "val_split": 0.25},
         "train": {
             "epochs": 4,

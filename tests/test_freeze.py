@@ -240,7 +240,11 @@ def test_l2sp_pulls_weights_towards_their_start():
     def distance_after_training(alpha):
         keras.utils.set_random_seed(3)
         model = kerastl.build(
-            "resnet50", num_classes=3, input_shape=(SIZE, SIZE, 3), freeze="none", compile=False
+            "mobilenet_v3_small",
+            num_classes=3,
+            input_shape=(SIZE, SIZE, 3),
+            freeze="none",
+            compile=False,
         )
         start = {
             v.path: np.array(v.numpy()) for v in model.get_layer("backbone").trainable_variables

@@ -1,4 +1,5 @@
-"""Registry-driven tests: every entry builds, trains a step, and matches its declared data.
+"""Registry-driven tests: every entry builds, predicts and matches its declared data; the
+smallest entry of each builder module trains a step and reloads (every entry: ``-m slow``).
 
 Parametrised over ``list_models()``, so a new entry is covered with no edit here.
 """
@@ -51,6 +52,10 @@ def _graph_fit_entries() -> set[str]:
 
 
 GRAPH_FIT = _graph_fit_entries()
+#: Entries fitted, saved and reloaded in the default run: the smallest of each builder module.
+#: Their siblings (same block code, more or wider blocks) build and predict there and are
+#: fitted in the slow tier (`-m slow`), with SLOW_FIT.
+DEFAULT_FIT = GRAPH_FIT - SLOW_FIT
 
 
 def _nearest_stride(size: int, h: int) -> int:
@@ -129,16 +134,17 @@ def _build_and_predict(name: str, num_classes: int, **kwargs):
     return model, x
 
 
-@pytest.mark.parametrize("name", sorted(SLOW_FIT & set(KERAS_APP_NAMES)))
+@pytest.mark.parametrize("name", sorted(set(KERAS_APP_NAMES) - DEFAULT_FIT))
 def test_entry_builds_at_minimum_input_and_runs(name):
-    """The largest entries build and predict here; the fit/reload tier below is opt-in for them."""
+    """Entries not fitted in the default run build and predict here; the fit/reload tier
+    below is opt-in for them."""
     _build_and_predict(name, num_classes=3)
 
 
 @pytest.mark.heavy
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_FIT else n for n in KERAS_APP_NAMES],
+    [n if n in DEFAULT_FIT else pytest.param(n, marks=pytest.mark.slow) for n in KERAS_APP_NAMES],
 )
 def test_entry_builds_fits_one_step_and_reloads(name, tmp_path):
     """One build per entry: predict, one training step, save, reload, same predictions."""

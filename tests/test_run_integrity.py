@@ -27,13 +27,15 @@ def _two_phase(tmp_path, name, **sections):
     return _cfg(tmp_path, name, train={"epochs": 1}, finetune={"epochs": 1}, **sections)
 
 
-def test_a_finished_run_is_kept_and_a_rerun_of_its_name_takes_the_next_folder(tmp_path, caplog):
+def test_a_finished_run_is_kept_and_a_rerun_of_its_name_takes_the_next_folder(
+    tmp_path, caplog, weights
+):
     """Nothing already written is lost: a rerun of a finished run's name writes name-2 (and
     its files are named after it); exist_ok: true replaces the finished run instead."""
     caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged
     from kerastl.train import train
 
-    cfg = _cfg(tmp_path, "rerun", train={"epochs": 1})
+    cfg = _cfg(tmp_path, "rerun", weights, train={"epochs": 1})
     first = train(cfg, examples=(_examples(0), None), evaluate=False)
     runs = tmp_path / "runs"
     marker = json.loads((runs / "rerun" / "state" / "run.json").read_text())
@@ -93,13 +95,13 @@ def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, ca
 
 
 @pytest.mark.heavy
-def test_kfold_rerun_with_another_k_reuses_no_fold_state(tmp_path, caplog):
+def test_kfold_rerun_with_another_k_reuses_no_fold_state(tmp_path, caplog, weights):
     caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged
     from kerastl.train import cross_validate
 
     x, y = _images(3, 2)
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    cfg = _cfg(tmp_path, "kf", data={"path": str(tmp_path / "d.npz")}, train={"epochs": 1})
+    cfg = _cfg(tmp_path, "kf", weights, data={"path": str(tmp_path / "d.npz")}, train={"epochs": 1})
     cfg["evaluate"] = {"top_k": 1}
     cross_validate(cfg, folds=2)
     fold0 = tmp_path / "runs" / "kf" / "folds" / "fold0" / "state" / "run.json"
@@ -122,17 +124,21 @@ def _fake_export_module(monkeypatch, fail: bool, calls: dict):
             raise ExportError("version: 'runs/x/export/saved_model/x/1' already exists")
         return {"validation": {"samples": len(validation_data[0])}, "artifacts": []}
 
+    import kerastl.export.pipeline  # noqa: F401 - the config check reads NAME_RE from it
+
     fake = types.ModuleType("kerastl.export")
     fake.export = fake_export
     monkeypatch.setitem(sys.modules, "kerastl.export", fake)
 
 
-def test_failed_export_keeps_the_model_and_fails_the_command(tmp_path, monkeypatch, capsys):
+def test_failed_export_keeps_the_model_and_fails_the_command(
+    tmp_path, monkeypatch, capsys, weights
+):
     from kerastl.cli import main
     from kerastl.train import train
 
     _fake_export_module(monkeypatch, fail=True, calls={})
-    cfg = _cfg(tmp_path, "exf", train={"epochs": 1}, export={"formats": ["saved_model"]})
+    cfg = _cfg(tmp_path, "exf", weights, train={"epochs": 1}, export={"formats": ["saved_model"]})
     with pytest.raises(ExportError, match="model is kept at .*model.keras.*already exists") as err:
         train(cfg, examples=_examples(0).split(0.25, seed=0))
     run = tmp_path / "runs" / "exf"
@@ -144,7 +150,7 @@ def test_failed_export_keeps_the_model_and_fails_the_command(tmp_path, monkeypat
     np.savez(tmp_path / "d.npz", x=x, y=y)
     args = ["train", "--backbone", "mobilenet_v3_small", "--data", str(tmp_path / "d.npz")]
     args += ["--input-size", "32", "--epochs", "1", "--export", "saved_model", "--name", "cli"]
-    args += ["--output-dir", str(tmp_path / "runs"), "--weights", "none"]
+    args += ["--output-dir", str(tmp_path / "runs"), "--weights", weights]
     capsys.readouterr()
     assert main(args) == 1
     assert "already exists" in capsys.readouterr().err
@@ -172,7 +178,7 @@ def test_calibration_is_a_stratified_sample_of_the_training_data():
 
 
 def test_run_export_calibrates_on_training_and_validates_on_labelled_validation(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, weights
 ):
     from kerastl.train import train
 
@@ -183,6 +189,7 @@ def test_run_export_calibrates_on_training_and_validates_on_labelled_validation(
     cfg = _cfg(
         tmp_path,
         "cal",
+        weights,
         train={"epochs": 1},
         export={"formats": ["tflite"], "quantize": ["int8"]},
     )

@@ -10,6 +10,7 @@ import types
 import numpy as np
 import pytest
 import yaml
+from conftest import class_images as _images
 from PIL import Image
 
 from kerastl import data as kdata
@@ -17,50 +18,6 @@ from kerastl.errors import ConfigError, DataError
 from kerastl.train import _metrics as M
 
 BACKBONE = "mobilenet_v3_small"
-
-
-def _images(n_per_class=8, classes=3, size=32, seed=0):
-    """Classes that differ in brightness and texture, so even a random backbone separates them."""
-    rng = np.random.default_rng(seed)
-    xs, ys = [], []
-    for c in range(classes):
-        base = rng.random((n_per_class, size, size, 3)) * 40 + 60 * c
-        stripes = (np.arange(size) % (c + 2) == 0)[None, :, None, None] * 60
-        xs.append(np.clip(base + stripes, 0, 255))
-        ys += [c] * n_per_class
-    return np.concatenate(xs).astype("uint8"), np.asarray(ys)
-
-
-def calibrate_backbone(path, seed=0):
-    """Random backbone weights with BatchNorm statistics measured on data.
-
-    A randomly initialised backbone with frozen BatchNorm (mean 0, variance 1)
-    outputs features near zero; with measured statistics its features vary
-    with the input, which is what the tests need (a stand-in for pretrained
-    weights, which cannot be downloaded here).
-    """
-    import keras
-
-    from kerastl.builder import build
-
-    keras.utils.clear_session()
-    keras.utils.set_random_seed(seed)
-    model = build(BACKBONE, num_classes=2, input_shape=(32, 32, 3), compile=False)
-    bns = [
-        layer
-        for layer in model.get_layer("backbone")._flatten_layers()
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    for layer in bns:
-        layer.trainable, layer.momentum = True, 0.0
-    model(_images(8, 3)[0].astype("float32"), training=True)
-    model.get_layer("backbone").save_weights(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return calibrate_backbone(tmp_path_factory.mktemp("w") / "calibrated.weights.h5")
 
 
 def _cfg(tmp_path, name, weights=None, **sections):
@@ -315,7 +272,7 @@ def test_a_frozen_random_backbone_goes_on_when_fine_tuning_trains_it(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="kerastl"):
         r = train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False)
     assert len(r.history["loss"]) == 3
-    assert "Fine-tuning (finetune.freeze: 'none') trains the backbone" in caplog.text
+    assert "Fine-tuning (finetune.freeze: 'none') then trains every layer" in caplog.text
 
 
 def test_label_head_mismatch_is_caught_before_training(tmp_path):
@@ -400,14 +357,14 @@ def test_feature_pass_traces_the_backbone_once_for_any_batch_and_dtype():
     assert y.tolist() == list(range(10))
 
 
-def test_augmentation_disables_the_cache_with_a_message(tmp_path, caplog):
+def test_augmentation_disables_the_cache_with_a_message(tmp_path, caplog, weights):
     from kerastl.train import train
 
     caplog.set_level(logging.INFO, logger="kerastl")
 
     x, y = _images(4, 2)
     ex = kdata.from_numpy(x, y)
-    cfg = _cfg(tmp_path, "aug", data={"augment": "light"}, train={"epochs": 1})
+    cfg = _cfg(tmp_path, "aug", weights, data={"augment": "light"}, train={"epochs": 1})
     r = train(cfg, examples=ex.split(0.25, seed=0), evaluate=False)
     assert r.timings["feature_cache"] == "no"
     assert "cached features disabled: augmentation ['flip']" in caplog.text
@@ -564,7 +521,9 @@ def test_gradual_unfreezing_model_loads_with_its_optimizer_state(tmp_path):
     assert OPTIMIZER_VARIABLES not in json.dumps(exported, default=str)
 
 
-def test_evaluate_on_other_data_keeps_the_runs_metrics_and_records_the_data(tmp_path, capsys):
+def test_evaluate_on_other_data_keeps_the_runs_metrics_and_records_the_data(
+    tmp_path, capsys, weights
+):
     """`kerastl evaluate RUN --data OTHER` writes evaluations/<stem>/, not the run's metrics."""
     from kerastl.cli import main
     from kerastl.train import train
@@ -574,7 +533,7 @@ def test_evaluate_on_other_data_keeps_the_runs_metrics_and_records_the_data(tmp_
     other = tmp_path / "other.npz"
     xo, yo = _images(3, 2, seed=5)
     np.savez(other, x=xo, y=yo)
-    cfg = _cfg(tmp_path, "ev", data={"path": str(tmp_path / "d.npz"), "val_split": 0.25})
+    cfg = _cfg(tmp_path, "ev", weights, data={"path": str(tmp_path / "d.npz"), "val_split": 0.25})
     train(cfg)
     run = tmp_path / "runs" / "ev"
     kept = ["metrics.json", "plots/confusion_matrix.png", "README.md"]
@@ -603,12 +562,12 @@ def test_evaluate_on_other_data_keeps_the_runs_metrics_and_records_the_data(tmp_
 
 
 @pytest.mark.slow
-def test_kfold_reports_mean_and_spread(tmp_path):
+def test_kfold_reports_mean_and_spread(tmp_path, weights):
     from kerastl.train import cross_validate
 
     x, y = _images(4, 2)
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    cfg = _cfg(tmp_path, "kf", data={"path": str(tmp_path / "d.npz")}, train={"epochs": 1})
+    cfg = _cfg(tmp_path, "kf", weights, data={"path": str(tmp_path / "d.npz")}, train={"epochs": 1})
     s = cross_validate(cfg, folds=2)
     assert s["folds"] == 2 and len(s["per_fold"]) == 2
     assert 0.0 <= s["mean"]["accuracy"] <= 1.0 and s["std"]["accuracy"] >= 0.0
@@ -692,7 +651,7 @@ def test_kfold_log_names_each_folds_folder_and_keeps_tf_retracing_warnings_quiet
         cross_validate(cfg, folds=0)
 
 
-def test_export_is_called_with_the_run_options(tmp_path, monkeypatch):
+def test_export_is_called_with_the_run_options(tmp_path, monkeypatch, weights):
     from kerastl.train import train
 
     calls = {}
@@ -716,6 +675,7 @@ def test_export_is_called_with_the_run_options(tmp_path, monkeypatch):
     cfg = _cfg(
         tmp_path,
         "ex",
+        weights,
         train={"epochs": 1},
         export={"formats": ["saved_model", "tflite"], "quantize": ["int8"], "version": 3},
     )
@@ -847,7 +807,10 @@ def test_csv_log_drops_rows_a_resumed_epoch_will_rewrite(tmp_path):
 
 @pytest.mark.heavy
 def test_jit_compile_trains_like_the_plain_graph(tmp_path):
-    """train.jit_compile=True: XLA-compiled steps, the same numbers as without XLA."""
+    """train.jit_compile=True: XLA-compiled steps, the same numbers as without XLA.
+
+    VGG-16: few, large layers, so XLA compiles its training step in seconds (MobileNetV3's
+    hundreds of small ops took a minute); the flag's path through the run is the same."""
     from kerastl.train import train
 
     x, y = _images(4, 2)
@@ -857,7 +820,7 @@ def test_jit_compile_trains_like_the_plain_graph(tmp_path):
         cfg = _cfg(
             tmp_path,
             f"jit{int(jit)}",
-            model={"backbone": BACKBONE, "input_size": 32, "freeze": "none", "dropout": 0.0},
+            model={"backbone": "vgg16", "input_size": 32, "freeze": "none", "dropout": 0.0},
             train={"epochs": 1, "jit_compile": jit, "cache_features": "off"},
             finetune={"epochs": 0},
         )
@@ -1196,13 +1159,14 @@ def test_unfinished_run_is_evaluated_with_a_note_and_resumes_with_a_line(tmp_pat
     assert "unfinished_run" not in result.metrics
 
 
-def _early_stopping_cfg(tmp_path, name: str) -> dict:
+def _early_stopping_cfg(tmp_path, name: str, weights: str) -> dict:
     """Phase 1 (6 epochs) and phase 2 (3) at rate 0, patience 1: the validation loss never
     improves after its first epoch, so early stopping ends each phase after 2 epochs."""
     _folder(tmp_path / "imgs", n=4)
     cfg = _cfg(
         tmp_path,
         name,
+        weights,
         train={"epochs": 6, "learning_rate": 0.0, "early_stopping": 1},
         finetune={"epochs": 3, "learning_rate": 0.0, "freeze": "backbone"},
         data={"val_split": 0.25},
@@ -1212,7 +1176,7 @@ def _early_stopping_cfg(tmp_path, name: str) -> dict:
     return cfg
 
 
-def test_unfinished_run_counts_the_epochs_early_stopping_left(tmp_path, caplog):
+def test_unfinished_run_counts_the_epochs_early_stopping_left(tmp_path, caplog, weights):
     """Phase 1 stopped early after 2 of 6 epochs, the run was killed in phase 2's first
     epoch: `kerastl evaluate` said "epoch 3 of 9" (6 + 3 configured); 2 + 3 are left."""
     import keras
@@ -1224,7 +1188,7 @@ def test_unfinished_run_counts_the_epochs_early_stopping_left(tmp_path, caplog):
             if epoch == 2:  # the first fine-tuning epoch, once it is backed up
                 raise RuntimeError("killed")
 
-    cfg = _early_stopping_cfg(tmp_path, "es_killed")
+    cfg = _early_stopping_cfg(tmp_path, "es_killed", weights)
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg, callbacks=[KillInPhase2()])
     with caplog.at_level(logging.INFO, logger="kerastl"):
@@ -1238,13 +1202,13 @@ def test_unfinished_run_counts_the_epochs_early_stopping_left(tmp_path, caplog):
 
 
 def test_rerun_of_a_run_without_phase_1_killed_after_phase_2_takes_its_result(
-    tmp_path, caplog, monkeypatch
+    tmp_path, caplog, monkeypatch, weights
 ):
     """train.epochs: 0 writes no phase-1 state; phase 2's end must still be seen."""
     from kerastl.train import run, train
 
     monkeypatch.setattr(run, "_report", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
-    cfg = _early_stopping_cfg(tmp_path, "no_phase1")
+    cfg = _early_stopping_cfg(tmp_path, "no_phase1", weights)
     cfg["train"]["epochs"] = 0
     with pytest.raises(RuntimeError):
         train(cfg)
@@ -1255,7 +1219,7 @@ def test_rerun_of_a_run_without_phase_1_killed_after_phase_2_takes_its_result(
     assert len(result.history["loss"]) == 2
 
 
-def test_run_killed_after_early_stopping_ended_its_training(tmp_path, caplog, monkeypatch):
+def test_run_killed_after_early_stopping_ended_its_training(tmp_path, caplog, monkeypatch, weights):
     """Early stopping ended both phases (2 + 2 epochs of 6 + 3); the run was killed while
     it was scored. `kerastl evaluate` said "phase 2, epoch 4 of 9": its training was over."""
     from kerastl.train import evaluate_run, run, train
@@ -1264,7 +1228,7 @@ def test_run_killed_after_early_stopping_ended_its_training(tmp_path, caplog, mo
         raise RuntimeError("killed")
 
     monkeypatch.setattr(run, "_report", killed)
-    cfg = _early_stopping_cfg(tmp_path, "es_done")
+    cfg = _early_stopping_cfg(tmp_path, "es_done", weights)
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg)
     monkeypatch.undo()

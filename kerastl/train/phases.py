@@ -320,8 +320,10 @@ def check_learnable(cfg: dict, features: np.ndarray) -> None:
         f"{cause}: the frozen backbone gives every training example the same features "
         f"(RMS {rms:.1e}), and a head trained on them stays at chance accuracy."
     )
-    if ft["epochs"] and parse_policy(ft["freeze"]).kind != "backbone":
-        log.warning(f"{msg} Fine-tuning (finetune.freeze: {ft['freeze']!r}) trains the backbone.")
+    kind = parse_policy(ft["freeze"]).kind
+    if ft["epochs"] and kind != "backbone":
+        what = "every layer" if kind == "none" else "the layers it unfreezes (the rest stay as now)"
+        log.warning(f"{msg} Fine-tuning (finetune.freeze: {ft['freeze']!r}) then trains {what}.")
         return
     raise ConfigError(
         f"{msg} Valid: model.weights: imagenet, a preset or a weights file (--weights); "
