@@ -13,6 +13,19 @@ import numpy as np
 COLLAPSED_RMS = 1e-6
 
 
+def feature_rms(features: np.ndarray) -> float:
+    """The root mean square of ``features`` (one row per example), in float64, without a
+    float64 copy of the array.
+
+    Example:
+        >>> feature_rms(np.full((2, 3), 2.0, "float32"))
+        2.0
+    """
+    f = np.asarray(features)
+    f = f.reshape(len(f), -1)
+    return float(np.sqrt(np.einsum("ij,ij->", f, f, dtype=np.float64) / max(f.size, 1)))
+
+
 def collapsed(features: np.ndarray, rms: float | None = None) -> bool:
     """Whether frozen features carry nothing a head can learn from.
 
@@ -26,8 +39,8 @@ def collapsed(features: np.ndarray, rms: float | None = None) -> bool:
     """
     f = np.asarray(features)
     f = f.reshape(len(f), -1)
-    if rms is None:  # rank() passes the RMS it has already computed
-        rms = float(np.sqrt(np.einsum("ij,ij->", f, f, dtype=np.float64) / max(f.size, 1)))
+    if rms is None:  # callers that report the RMS pass the one they computed
+        rms = feature_rms(f)
     mean_sq = rms**2
     if rms < COLLAPSED_RMS:
         return True

@@ -95,7 +95,8 @@ def decide(
         final_logme: LogME of the final features.
         n_groups: Layer groups of the backbone.
         feature_rms: Set when the frozen features are collapsed
-            (:func:`kerastl.core.features.collapsed`): their RMS. Then the scores measure nothing, and the advice says so.
+            (:func:`kerastl.core.features.collapsed`): their RMS. Then the scores measure
+            nothing, and the advice says so.
 
     Example:
         >>> decide(3, 10, 0.5, [0.1], 0.2, 5).strategy
@@ -216,7 +217,7 @@ def advise(
         >>> a = kerastl.advise((x, y), "efficientnet_lite0", input_size=64)  # doctest: +SKIP
         >>> print(a.text())  # doctest: +SKIP
     """
-    from kerastl.core.features import collapsed
+    from kerastl.core.features import collapsed, feature_rms
     from kerastl.decide._candidates import Candidate, check_modality, parse_backbone
     from kerastl.decide._rank import as_examples, features_of
     from kerastl.zoo import get_spec
@@ -226,7 +227,7 @@ def advise(
     check_modality([c], examples.modality, "backbone")
     spec = get_spec(c.name)
     x, y, _ = features_of(c, examples, input_size, cache, **build_kwargs)
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    rms = feature_rms(x)
     is_collapsed = collapsed(x, rms)
     final, probe = logme(x, y), linear_probe_accuracy(x, y)
     taps = []

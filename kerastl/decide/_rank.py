@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kerastl.core.features import collapsed
+from kerastl.core.features import collapsed, feature_rms
 from kerastl.decide._candidates import (
     Candidate,
     check_modality,
@@ -369,7 +369,7 @@ def _rank_one(
     t0 = time.perf_counter()
     try:
         x, y, model = features_of(c, examples, input_size, cache, **kw)
-        rms = float(np.sqrt(np.einsum("ij,ij->", x, x, dtype=np.float64) / max(x.size, 1)))
+        rms = feature_rms(x)
         row.update(dim=int(x.shape[1]), feature_rms=rms, collapsed=collapsed(x, rms))
         row.update({e: _score(x, y, e, row["collapsed"]) for e in estimators})
     except Exception as exc:  # noqa: BLE001 - one candidate must not stop the ranking

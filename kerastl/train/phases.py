@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from kerastl import data as kdata
-from kerastl.core.features import collapsed
+from kerastl.core.features import collapsed, feature_rms
 from kerastl.core.meta import ModelMeta
 from kerastl.core.policy import parse_policy
 from kerastl.errors import ConfigError
@@ -302,10 +302,10 @@ def check_learnable(cfg: dict, features: np.ndarray) -> None:
         ...
         kerastl.errors.ConfigError: model.weights: null (random init) with model.freeze: ...
     """
-    if not collapsed(features):
+    rms = feature_rms(features)
+    if not collapsed(features, rms):
         return
     m, ft = cfg["model"], cfg["finetune"]
-    rms = float(np.sqrt(np.mean(np.square(features, dtype=np.float64))))
     if m["weights"] is None:
         cause = (
             f"model.weights: null (random init) with model.freeze: {m['freeze']!r} keeps "
