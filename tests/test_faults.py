@@ -136,6 +136,21 @@ def _backup_epoch(run: Path, phase: str) -> int:
         return -1
 
 
+def _phase1_saved(run: Path) -> bool:
+    """Phase 1 is over and saved (its weights and ``state.json``): phase 2 is starting."""
+    try:
+        return bool(json.loads((run / "state" / "state.json").read_text()).get("phase1_done"))
+    except (OSError, ValueError):
+        return False
+
+
+def _ready(run: Path, phase: str, epoch: int):
+    """When a plan step's kill is due (:func:`_train_campaign`)."""
+    if phase == "phase1 saved":
+        return lambda: _phase1_saved(run)
+    return lambda: _backup_epoch(run, phase) >= epoch
+
+
 def _kill_when(cmd, ready, delay: float) -> tuple[int, float]:
     """Run ``cmd``; once ``ready()`` holds, wait ``delay`` s and SIGKILL."""
     t0 = time.perf_counter()
@@ -171,7 +186,8 @@ def _train_campaign(tmp_path: Path, learnable, plan: list[tuple], seed: int) -> 
 
     A step ``(phase, epoch, delay)`` starts the command and kills it ``delay`` seconds
     after the backup of ``phase`` (``"phase1"``, ``"phase2"``) records ``epoch`` epochs
-    done (at once, in start-up, when a killed process had got that far already).
+    done (at once, in start-up, when a killed process had got that far already), or,
+    for ``"phase1 saved"``, after phase 1's end is saved (between the phases).
 
     The resumed run must end where an uninterrupted one ends: the same epochs with the
     same losses and the same final weights (shuffle off, so the order of the examples
@@ -197,8 +213,7 @@ def _train_campaign(tmp_path: Path, learnable, plan: list[tuple], seed: int) -> 
     cmd = _train_cmd(work, learnable, epochs)
     kills = []
     for phase, epoch, delay in plan:
-        ready = lambda p=phase, e=epoch: _backup_epoch(run, p) >= e  # noqa: E731
-        code, _ = _kill_when(cmd, ready, delay)
+        code, _ = _kill_when(cmd, _ready(run, phase, epoch), delay)
         resumable = _check_run_folder(run)
         kills.append({"landed": code == -signal.SIGKILL, "phase": _phase(run, epochs), **resumable})
     final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
@@ -234,14 +249,18 @@ def _train_campaign(tmp_path: Path, learnable, plan: list[tuple], seed: int) -> 
 
 @pytest.mark.heavy
 def test_train_sigkill_in_each_phase_resumes_exactly(tmp_path, learnable):
-    """Two kills that land: mid phase 1 (once its first epoch is backed up) and mid
+    """Three kills that land: mid phase 1 (once its first epoch is backed up), between
+    the phases (once phase 1's end is saved, before fine-tuning backs up an epoch: the
+    rerun starts phase 2 from that saved state, dropout masks included) and mid
     fine-tuning (once the run's fourth epoch, the first of fine-tuning, is backed up)."""
-    plan = [("phase1", 1, 0.0), ("phase2", 4, 0.0)]
+    plan = [("phase1", 1, 0.0), ("phase1 saved", 3, 0.0), ("phase2", 4, 0.0)]
     record = _train_campaign(tmp_path, learnable, plan=plan, seed=1)
-    assert record["phases"] == ["phase 1", "phase 2"], record
+    assert record["phases"] == ["phase 1", "phase 2", "phase 2"], record
     # Each rerun resumed from a backup, not from the start of its phase.
     assert record["resumed_from"][0].get("phase1", 0) >= 1, record
-    assert record["resumed_from"][1].get("phase2", 0) >= 4, record
+    assert record["resumed_from"][1].get("phase1", 0) == 3, record
+    assert "phase2" not in record["resumed_from"][1], record
+    assert record["resumed_from"][2].get("phase2", 0) >= 4, record
 
 
 @pytest.mark.slow

@@ -332,6 +332,54 @@ def _callback_state(callback: Any) -> dict[str, Any]:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in values.items()}
 
 
+def _generators(model: Any) -> list:
+    """The model's random-number generators (dropout, drop-connect, noise), in layer order."""
+    layers = model._flatten_layers(include_self=True, recursive=True)
+    return [g for layer in layers for g in getattr(layer, "_seed_generators", [])]
+
+
+def seed_states(model: Any) -> list[list[int]]:
+    """The state of each random-number generator of ``model``, as JSON-ready lists.
+
+    Each state is a counter that every training step advances. A weights file does not
+    hold it, so a run resumed from weights alone would redraw the dropout masks of the
+    steps it already took and end with other weights: every place a run saves to resume
+    from (the epoch backups, the end of phase 1) keeps these beside the weights.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dropout(0.5, seed=1)])
+        >>> before = seed_states(m)
+        >>> _ = m(np.ones((1, 2)), training=True)
+        >>> seed_states(m) != before
+        True
+        >>> set_seed_states(m, before, "a test")
+        True
+        >>> seed_states(m) == before
+        True
+    """
+    return [np.asarray(g.state.value).tolist() for g in _generators(model)]
+
+
+def set_seed_states(model: Any, seeds: list | None, where: str) -> bool:
+    """Set ``model``'s random-number generators to ``seeds`` (from :func:`seed_states`).
+
+    A model without generators needs none. When ``where`` (a backup, a saved state) holds
+    none, or not one per generator, this warns, leaves them as they are and returns False.
+    """
+    generators = _generators(model)
+    if not generators:
+        return True
+    if seeds is None or len(seeds) != len(generators):
+        log.warning(
+            f"{where} holds no random-number state for this model's dropout layers: "
+            "the resumed epochs draw other dropout masks."
+        )
+        return False
+    for g, state in zip(generators, seeds):
+        g.state.assign(np.asarray(state, dtype=g.state.dtype))
+    return True
+
+
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``keras.callbacks.BackupAndRestore`` whose files are never half-written.
 
@@ -374,22 +422,12 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
                 {
                     "epoch": self._current_epoch,
                     "batch": self._last_batch_seen,
-                    "seeds": [np.asarray(g.state.value).tolist() for g in self._generators()],
+                    "seeds": seed_states(self.model),
                     "callbacks": [_callback_state(c) for c in self.stateful],
                 },
                 f,
             )
         os.replace(meta, self._training_metadata_path)
-
-    def _generators(self) -> list:
-        """The model's random-number generators (dropout, drop-connect, noise), in layer order.
-
-        Their state is a counter that every training step advances. The weights file
-        does not hold it, so a resumed run without it would redraw the masks of the
-        steps the killed run already took, and end with other weights.
-        """
-        layers = self.model._flatten_layers(include_self=True, recursive=True)
-        return [g for layer in layers for g in getattr(layer, "_seed_generators", [])]
 
     def _load_model(self):
         super()._load_model()
@@ -397,7 +435,6 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
             return
         with open(self._training_metadata_path) as f:
             saved = json.load(f)
-        seeds = saved.get("seeds")
         states = saved.get("callbacks") or []
         if self.stateful and len(states) != len(self.stateful):
             log.warning(
@@ -407,15 +444,7 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         for callback, state in zip(self.stateful, states):
             for key, value in state.items():
                 setattr(callback, key, value)
-        generators = self._generators()
-        if generators and (seeds is None or len(seeds) != len(generators)):
-            log.warning(
-                f"the backup in {self.backup_dir} holds no random-number state for this "
-                "model's dropout layers: the resumed epochs draw other dropout masks."
-            )
-            return
-        for g, state in zip(generators, seeds or []):
-            g.state.assign(np.asarray(state, dtype=g.state.dtype))
+        set_seed_states(self.model, saved.get("seeds"), f"the backup in {self.backup_dir}")
 
     def on_train_end(self, logs=None):
         # Keras stores the resumed epoch on the model (``model._initial_epoch``) and

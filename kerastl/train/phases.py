@@ -30,6 +30,8 @@ from kerastl.train._callbacks import (
     SafeBackupAndRestore,
     make_optimizer,
     make_schedule,
+    seed_states,
+    set_seed_states,
 )
 from kerastl.train._strategy import prepare_fit, strategy_name
 from kerastl.train.context import RunContext
@@ -162,6 +164,8 @@ def phase1(ctx: RunContext) -> int:
         return 0
     if state.get("phase1_done"):
         model.load_weights(str(ctx.folder.phase1_weights))
+        # where phase 1 left the dropout masks: phase 2 draws on from there
+        set_seed_states(model, state.get("seeds"), f"the phase-1 state in {ctx.folder.state_dir}")
         done = int(state.get("phase1_epochs", epochs))
         ctx.history = state.get("history", {})
         log.info(f"resuming: phase 1 already done ({done} epochs)")
@@ -196,7 +200,8 @@ def phase1(ctx: RunContext) -> int:
     ctx.best.restore()
     done = ctx.folder.epochs_done(len(h.history.get("loss", [])))
     ctx.timings["phase1_seconds"] = time.perf_counter() - t1
-    saved = {"phase1_done": True, "phase1_epochs": done, "history": ctx.history}
+    saved = {"phase1_done": True, "phase1_epochs": done, "history": ctx.history,
+             "seeds": seed_states(model)}  # fmt: skip
     ctx.folder.write_state(model, saved)
     return done
 
