@@ -683,3 +683,40 @@ def test_probe_with_a_one_example_class_leaks_no_sklearn_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert 0.0 <= linear_probe_accuracy(f, y) <= 1.0
+
+
+def test_rank_drops_only_tensorflows_warning_about_one_function_per_candidate():
+    """Six tf.functions from one piece of code, as six candidates' exports trace: TensorFlow
+    warns of retracing; inside quiet_retracing only that warning is dropped."""
+    import logging
+
+    import tensorflow as tf
+
+    from kerastl.decide._rank import quiet_retracing
+
+    def trace_six(make) -> None:  # TensorFlow warns at most twice per piece of code
+        for k in range(6):
+            tf.function(make(k))(tf.constant(1.0))
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    tf_log, keep = logging.getLogger("tensorflow"), Keep()
+    tf_log.addHandler(keep)
+    try:
+        trace_six(lambda k: lambda x: x * k)
+        assert any("triggered tf.function retracing" in m for m in keep.messages), keep.messages
+        keep.messages.clear()
+        with quiet_retracing():
+            trace_six(lambda k: lambda x: x + k)
+            tf_log.warning("another warning")
+        assert keep.messages == ["another warning"], keep.messages
+        trace_six(lambda k: lambda x: x - k)  # and after it, TensorFlow warns again
+        assert any("triggered tf.function retracing" in m for m in keep.messages[1:])
+    finally:
+        tf_log.removeHandler(keep)

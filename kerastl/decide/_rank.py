@@ -9,11 +9,13 @@ measured once per architecture (weights do not change either).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -342,14 +344,48 @@ def rank(
     cands, notes = check_modality(cands, examples.modality, "candidates")
     seconds = {"features_and_scores": 0.0, "cost": 0.0}
     rows = []
-    for c in tqdm(cands, desc="kerastl rank", unit="model", disable=not progress):
-        row = _rank_one(c, examples, input_size, runtime, estimators, cache, seconds, build_kwargs)
-        rows.append(row)
+    with quiet_retracing():
+        for c in tqdm(cands, desc="kerastl rank", unit="model", disable=not progress):
+            row = _rank_one(
+                c, examples, input_size, runtime, estimators, cache, seconds, build_kwargs
+            )
+            rows.append(row)
     mark_pareto(rows, by)
     rows.sort(key=lambda r: (bool(r["failed"]), r["collapsed"], -_value(r[by])))
     notes += [f"{r['candidate']}: {r['cost_failed']}" for r in rows if r.get("cost_failed")]
     notes += _cost_notes(rows, cache)
     return RankTable(rows, by, runtime, seconds, notes + _data_notes(examples))
+
+
+class _NotRetracing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_retracing() -> Iterator[None]:
+    """Drop TensorFlow's "N out of the last M calls ... triggered tf.function retracing".
+
+    Every candidate's export traces its own model's serving function, from the same code,
+    so TensorFlow sees one function retraced on every candidate and, from the fifth, warns
+    of a loop that "creates @tf.function repeatedly": that is what ranking models is.
+    Other TensorFlow warnings pass.
+
+    Example:
+        >>> tf_log = logging.getLogger("tensorflow")
+        >>> with quiet_retracing():
+        ...     any(isinstance(f, _NotRetracing) for f in tf_log.filters)
+        True
+        >>> any(isinstance(f, _NotRetracing) for f in tf_log.filters)
+        False
+    """
+    quiet = _NotRetracing()
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _rank_one(
