@@ -100,13 +100,15 @@ def class_images(n_per_class=8, classes=3, size=32, seed=0):
     return np.concatenate(xs).astype("uint8"), np.asarray(ys)
 
 
-def calibrate_backbone(path, seed=0):
-    """Random backbone weights with BatchNorm statistics measured on data.
+def calibrate_backbone(path, seed=0, images=None):
+    """Random mobilenet_v3_small backbone weights with BatchNorm statistics measured on
+    ``images`` (uint8, 32 x 32; default: :func:`class_images`), saved to ``path``.
 
     A randomly initialised backbone with frozen BatchNorm (mean 0, variance 1)
     outputs features near zero; with measured statistics its features vary
     with the input, which is what the tests need (a stand-in for pretrained
-    weights, which cannot be downloaded here).
+    weights, which cannot be downloaded here). Subprocess scripts import it with the
+    tests folder on ``sys.path``.
     """
     import keras
 
@@ -122,8 +124,10 @@ def calibrate_backbone(path, seed=0):
     ]
     for layer in bns:
         layer.trainable, layer.momentum = True, 0.0
-    model(class_images(8, 3)[0].astype("float32"), training=True)
+    x = class_images(8, 3)[0] if images is None else images
+    model(np.asarray(x).astype("float32"), training=True)
     model.get_layer("backbone").save_weights(str(path))
+    keras.utils.clear_session()
     return str(path)
 
 

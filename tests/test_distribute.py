@@ -39,20 +39,12 @@ COMMON = textwrap.dedent("""
         x, y = data()
         return np.repeat(x[[0, 8]], 8, axis=0), np.repeat([0, 1], 8)
 
+    sys.path.insert(0, TESTS_DIR)  # conftest's helpers
+    from conftest import calibrate_backbone
+
     def calibrated(path):
-        # Random weights with BatchNorm statistics measured on the data: a stand-in for
-        # pretrained weights (a random backbone with frozen BN outputs ~0 and learns nothing).
-        import keras
-        from kerastl.builder import build
-        keras.utils.set_random_seed(5)
-        m = build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3), compile=False)
-        for layer in m.get_layer("backbone")._flatten_layers():
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable, layer.momentum = True, 0.0
-        m(data()[0].astype("float32"), training=True)
-        m.get_layer("backbone").save_weights(path)
-        keras.utils.clear_session()
-        return path
+        # a stand-in for pretrained weights: a random backbone with frozen BN learns nothing
+        return calibrate_backbone(path, seed=5, images=data()[0])
 
     def config(out, name, strategy, batch, epochs=2, weights=None, **train):
         return {"output_dir": out, "name": name, "seed": 0,
@@ -62,7 +54,7 @@ COMMON = textwrap.dedent("""
                 "train": {"epochs": epochs, "batch_size": batch, "strategy": strategy,
                           "verbose": 0, "tensorboard": False, "early_stopping": 0,
                           "cache_features": "off", "learning_rate": 1e-3, **train}}
-""")
+""").replace("TESTS_DIR", repr(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(code: str, *args: str, timeout: int = 420, env: dict | None = None):
@@ -158,6 +150,31 @@ WORKER = COMMON + textwrap.dedent("""
 """)
 
 
+TWICE = COMMON + textwrap.dedent("""
+    import time
+    from kerastl import data as kdata
+    from kerastl.train import runfolder, train
+    from kerastl.train._strategy import is_chief
+
+    out, weights = sys.argv[1], sys.argv[2]
+    if is_chief():  # the chief marks its first run finished late: the other worker looks first
+        close = runfolder.RunFolder.close
+        def late_close(self):
+            time.sleep(8)
+            close(self)
+        runfolder.RunFolder.close = late_close
+    x, y = data()
+    names = []
+    for _ in range(2):  # the same name twice: the second run must not replace the first
+        cfg = config(out, "mw", "multi_worker", 4, epochs=1, weights=weights,
+                     cache_features="memory")
+        cfg["model"]["freeze"] = "backbone"
+        r = train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False)
+        names.append(r.config["name"])
+    print(json.dumps({"names": names, "loss": r.history["loss"]}))
+""").replace("TESTS_DIR", repr(os.path.dirname(os.path.abspath(__file__))))
+
+
 ONE_DEVICE = COMMON + textwrap.dedent("""
     from kerastl import data as kdata
     from kerastl.train import train
@@ -190,34 +207,7 @@ def test_multi_worker_two_local_workers_write_one_model(tmp_path, variant, weigh
     one = None
     if variant == "full":  # the one-device reference also writes the calibrated weights
         one = json.loads(_run(ONE_DEVICE, str(root)).stdout.strip().splitlines()[-1])
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for i in range(2):
-        env = {
-            **ENV,
-            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(tmp_path), variant, weights],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    results = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=420)
-            assert p.returncode == 0, stdout[-2000:] + stderr[-4000:]
-            results.append(json.loads(stdout.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    chief, other = results
+    chief, other = _two_workers(WORKER, str(tmp_path), variant, weights)
     assert chief["strategy"] == other["strategy"] == "MultiWorkerMirroredStrategy"
     assert chief["replicas"] == other["replicas"] == 2
     if variant == "full":
@@ -236,6 +226,52 @@ def test_multi_worker_two_local_workers_write_one_model(tmp_path, variant, weigh
     assert not (run / "backup").exists()
     if one is not None:
         _compare_with_one_device(root, chief, one)
+
+
+def _two_workers(script: str, *args: str, timeout: int = 420) -> list[dict]:
+    """Run ``script`` as worker 0 (the chief) and worker 1 of one job; each one's last line."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = {
+            **ENV,
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script, *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=timeout)
+            assert p.returncode == 0, stdout[-2000:] + stderr[-4000:]
+            results.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return results
+
+
+@pytest.mark.heavy
+def test_multi_worker_run_twice_under_one_name_every_worker_takes_the_chiefs_folder(
+    tmp_path, weights
+):
+    """The chief marks its first run finished 8 s late, so the other worker looks at the
+    shared folder first and, alone, would take ``mw`` again (and resume the finished run)
+    while the chief takes ``mw-2``; it must take the chief's choice."""
+    chief, other = _two_workers(TWICE, str(tmp_path), weights, timeout=300)
+    assert chief["names"] == other["names"] == ["mw", "mw-2"], (chief, other)
+    assert chief["loss"] == other["loss"] and len(chief["loss"]) == 1, (chief, other)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mw", "mw-2"]
+    assert (tmp_path / "mw-2" / "model.keras").is_file()
 
 
 def _compare_with_one_device(root, chief, one) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import calibrate_backbone
 from PIL import Image
 
 import kerastl
@@ -55,34 +56,14 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ training --
-def _calibrated_weights(data: Path, path: Path) -> Path:
-    """Random backbone weights with BatchNorm statistics measured on the images.
-
-    A stand-in for pretrained weights (no download here): a random backbone with the
-    default statistics outputs ~0 and every run scores chance; with these the head
-    learns dark vs light in one epoch, so a lost or repeated epoch shows in the numbers.
-    """
-    import keras
-
-    from kerastl.builder import build
-
-    keras.utils.set_random_seed(5)
-    m = build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3), compile=False)
-    for layer in m.get_layer("backbone")._flatten_layers():
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable, layer.momentum = True, 0.0
-    x = np.stack([np.asarray(Image.open(f)) for f in sorted(data.rglob("*.png"))])
-    m(x.astype("float32"), training=True)
-    m.get_layer("backbone").save_weights(str(path))
-    keras.utils.clear_session()
-    return path
-
-
 @pytest.fixture(scope="module")
 def learnable(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("learnable")
     data = _images(root / "data", n=20)
-    return data, _calibrated_weights(data, root / "calibrated.weights.h5")
+    # with these the head learns dark vs light in one epoch, so a lost or repeated
+    # epoch shows in the numbers
+    x = np.stack([np.asarray(Image.open(f)) for f in sorted(data.rglob("*.png"))])
+    return data, Path(calibrate_backbone(root / "calibrated.weights.h5", seed=5, images=x))
 
 
 RUN_YAML = """

@@ -240,6 +240,28 @@ def spans_workers(strategy: Any) -> bool:
     return bool(in_mode()) if in_mode is not None else strategy.num_replicas_in_sync > 1
 
 
+def chiefs_value(strategy: Any, value: int) -> int:
+    """The chief's ``value``, on every worker of a multi-worker job (a collective: every
+    worker must call it); ``value`` itself under any other strategy.
+
+    Decisions each worker takes from shared files (which run folder a run takes) can race
+    with the chief's writes; the chief's decision is the one its files follow.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> chiefs_value(tf.distribute.OneDeviceStrategy("/cpu:0"), 3)
+        3
+    """
+    if not spans_workers(strategy):
+        return value
+    import tensorflow as tf
+
+    # the chief's local replicas share its value, so their sum over the cluster is it
+    mine = float(value) / len(strategy.extended.worker_devices) if is_chief() else 0.0
+    per_replica = strategy.run(lambda: tf.constant(mine, tf.float64))
+    return int(round(float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))))
+
+
 def prepare_fit(model: Any, strategy: Any) -> Any:
     """Make ``model.fit``/``evaluate`` work under ``strategy``; returns ``model``.
 

@@ -107,7 +107,7 @@ def open_run(
     check_task(cfg, train_ex, val_ex)
     warn_missing_classes(train_ex, val_ex)
     fingerprint = run_fingerprint(cfg, train_ex, val_ex)
-    folder = RunFolder.for_config(cfg, fingerprint)
+    folder = RunFolder.for_config(cfg, fingerprint, strategy)
     ctx = RunContext(
         cfg, strategy, verbose_level(t["verbose"]), train_ex, val_ex, list(callbacks or []), folder
     )

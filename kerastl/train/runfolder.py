@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kerastl.core.safety import atomic_write_text
-from kerastl.train._strategy import is_chief, worker_id, write_dir
+from kerastl.train._strategy import chiefs_value, is_chief, worker_id, write_dir
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +117,22 @@ class RunFolder:
     worker: str
 
     @classmethod
-    def for_config(cls, cfg: dict, fingerprint: str | None = None) -> RunFolder:
+    def for_config(
+        cls, cfg: dict, fingerprint: str | None = None, strategy: Any = None
+    ) -> RunFolder:
         """The folder of ``output_dir/name`` (making this worker's temporary folder if needed).
 
         A finished run is kept: unless ``exist_ok``, this run takes the first of
         ``name-2``, ``name-3``, ... that is free for it (:func:`free_run_dir`), and
-        ``cfg["name"]`` follows it.
+        ``cfg["name"]`` follows it. Under a multi-worker ``strategy`` every worker takes
+        the chief's choice: a worker looking before the chief has marked the previous run
+        of ``name`` finished would otherwise take ``name`` while the chief takes ``name-2``.
         """
         run_dir = free_run_dir(cfg["output_dir"], cfg["name"], cfg["exist_ok"], fingerprint)
+        if strategy is not None:
+            k = 1 if run_dir.name == cfg["name"] else int(run_dir.name.rsplit("-", 1)[1])
+            k = chiefs_value(strategy, k)
+            run_dir = Path(cfg["output_dir"]) / (cfg["name"] if k == 1 else f"{cfg['name']}-{k}")
         if run_dir.name != cfg["name"]:
             log.info(
                 f"{Path(cfg['output_dir']) / cfg['name']} holds a finished run, which is kept: "
