@@ -448,15 +448,14 @@ def run_cost_scaling(name: str, spec: tuple, sizes: list[int], runtime: str, see
     return out
 
 
-def cost_scaling_markdown(results: list[dict], cmd: str, runtime: str) -> str:
+def cost_scaling_markdown(results: list[dict], commands: list[str], runtime: str) -> str:
     """The section bench/results_rank_cost.md: the time ratio per training-set size."""
-    lines = [
-        "## Rank cost against the training-set size",
-        "",
-        f"`{cmd}`",
+    lines = ["## Rank cost against the training-set size", ""]
+    lines += [f"`{c}`" + ("," if i < len(commands) - 1 else "") for i, c in enumerate(commands)]
+    lines += [
         "",
         "The cost bar (ranking all candidates takes at most 1/5 of fine-tuning them all) on "
-        "one task as its training set grows; the rank-quality tasks above train on 80-100 "
+        "a task as its training set grows; the rank-quality tasks above train on 80-100 "
         "examples. Each size starts with empty feature and cost caches, so ranking pays "
         f"every feature pass and every {runtime} export (5 architectures among the 8 "
         "candidates of the tables above); fine-tuning is the same two-phase recipe, every "
@@ -1016,6 +1015,11 @@ def _parser() -> argparse.ArgumentParser:
         "(first task of --tasks; section written to bench/results_rank_cost.md)",
     )
     p.add_argument(
+        "--cost-combine",
+        default="",
+        help="comma-separated --cost-sizes results JSON files: render results_rank_cost.md",
+    )
+    p.add_argument(
         "--rescore",
         default="",
         help="a results JSON: redo the feature pass and scores, keep its accuracies and costs",
@@ -1060,8 +1064,17 @@ def _cost_sizes(args, cmd: str, name: str, spec: tuple) -> int:
         results += run_cost_scaling(name, spec, [size], args.runtime, args.seed)
         results[-1]["command"] = cmd
         Path(args.json).write_text(json.dumps(results, indent=1, default=str, allow_nan=False))
-    md = cost_scaling_markdown(results, cmd, args.runtime)
+    md = cost_scaling_markdown(results, [cmd], args.runtime)
     print(md)
+    Path(__file__).with_name("results_rank_cost.md").write_text(md)
+    return 0
+
+
+def _cost_combine(args, cmd: str) -> int:
+    """Render bench/results_rank_cost.md from stored ``--cost-sizes`` results (nothing run)."""
+    results = [r for f in args.cost_combine.split(",") for r in json.loads(Path(f).read_text())]
+    commands = [*dict.fromkeys(r.get("command", "?") for r in results), cmd]
+    md = cost_scaling_markdown(results, commands, args.runtime)
     Path(__file__).with_name("results_rank_cost.md").write_text(md)
     return 0
 
@@ -1071,7 +1084,7 @@ def main() -> int:
     args = _parser().parse_args()
     cmd = ("python bench/rank.py " + " ".join(sys.argv[1:])).strip()
     for flag, mode in ((args.combine, _combine), (args.add_centred, _add_centred),
-                       (args.rescore, _rescore)):  # fmt: skip
+                       (args.rescore, _rescore), (args.cost_combine, _cost_combine)):  # fmt: skip
         if flag:
             return mode(args, cmd)
     results, t0 = [], time.perf_counter()

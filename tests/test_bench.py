@@ -560,3 +560,20 @@ def test_export_time_takes_the_median_of_alternating_pairs(monkeypatch):
     )
     failed = et.timed_pair("resnet50", 8, "onnx", 2)
     assert failed["raw"]["error"] == "boom" and "seconds" not in failed["raw"]
+
+
+def test_rank_cost_table_judges_each_size_on_its_own_ratio():
+    from bench import rank as rb
+
+    def result(per_class, features, export, finetune):
+        return {"task": "digits10", "per_class": per_class, "train": 10 * per_class,
+                "held_out": 300, "finetune_seconds": finetune, "tau_guarded": 0.7,
+                "rank_seconds": {"features_and_scores": features, "cost": export}}  # fmt: skip
+
+    md = rb.cost_scaling_markdown(
+        [result(10, 16, 19, 126), result(100, 36, 29, 421)], ["cmd a", "cmd b"], "tflite"
+    )
+    rows = [ln for ln in md.splitlines() if ln.startswith("| digits10")]
+    assert "| 0.127 | 0.278 | **missed** |" in rows[0], rows[0]
+    assert "| 0.086 | 0.154 | met |" in rows[1], rows[1]
+    assert "`cmd a`," in md and "`cmd b`" in md
