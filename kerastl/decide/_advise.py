@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from kerastl.core.sampling import spread
 from kerastl.decide._scores import linear_probe_accuracy, logme
 
 #: Smallest class size below which no backbone weight is trained.
@@ -186,7 +187,7 @@ def read_taps(n_taps: int, last: int | None, most: int = MAX_TAPS) -> list[int]:
     ids = [k for k in range(n_taps) if k != last]
     if len(ids) <= most:
         return ids
-    return [ids[int(round(i))] for i in np.linspace(0, len(ids) - 1, most)]
+    return [ids[i] for i in spread(len(ids), most)]
 
 
 def advise(

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from kerastl.core.sampling import spread
 from kerastl.errors import ConfigError, DataError
 from kerastl.export.modalities import ModalityExporter, register_modality
 
@@ -177,13 +178,13 @@ class ImageExporter(ModalityExporter):
     def coerce(self, data: Any, argument: str, limit: int | None = None) -> tuple[np.ndarray, Any]:
         images, labels = _pil_images(data)
         if images is not None:
-            keep = _spread(len(images), limit)
+            keep = spread(len(images), limit)
             ys = None if labels is None else np.asarray(labels)[keep]
             return self.load_pil([images[i] for i in keep], argument), ys
         xs, ys = _collect(data, argument, limit)
         if isinstance(xs, list) and xs and isinstance(xs[0], str):
             if limit is not None and len(xs) > limit:  # spread over the (often sorted) list
-                keep = _spread(len(xs), limit)
+                keep = spread(len(xs), limit)
                 xs = [xs[i] for i in keep]
                 ys = None if ys is None else np.asarray(ys)[keep]
             return self.load_files(xs, argument), ys
@@ -281,13 +282,6 @@ def _pil_images(data: Any) -> tuple[list | None, Any]:
         if data[0] and all(map(_is_pil, data[0])):
             return list(data[0]), data[1]
     return None, None
-
-
-def _spread(n: int, limit: int | None) -> np.ndarray:
-    """Indices of at most ``limit`` of ``n`` items, spread over them (lists are often sorted)."""
-    if limit is None or n <= limit:
-        return np.arange(n)
-    return np.linspace(0, n - 1, limit).round().astype(int)
 
 
 def _eight_bit(img: Any, argument: str) -> Any:
