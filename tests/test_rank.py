@@ -7,6 +7,7 @@ same architecture from random init on 100 real digits (through the CLI, JSON and
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -243,7 +244,7 @@ def test_logme_ranks_pretrained_lite0_above_random_init(tmp_path, capsys):
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
-def test_rank_measures_the_exported_file_once_per_architecture(monkeypatch):
+def test_rank_measures_the_exported_file_once_per_architecture(monkeypatch, caplog):
     """The cost columns: one validated export per architecture (weights do not change the
     file's size or speed), checked on the one sample it is timed on."""
     pytest.importorskip("tensorflow")
@@ -262,11 +263,17 @@ def test_rank_measures_the_exported_file_once_per_architecture(monkeypatch):
 
     monkeypatch.setattr(kerastl, "export", spy)
     monkeypatch.setattr(_costs.CostCache, "_memory", {})
+    caplog.set_level(logging.INFO, logger="kerastl")
     t = kerastl.rank(
         (x, y), "efficientnet_lite0@random,efficientnet_lite0", input_size=32, runtime="onnx",
         progress=False,
     )  # fmt: skip
     assert len(calls) == 1 and len(calls[0]["validation_data"]) == 1, calls
+    # the export is a measurement: its progress lines ("writing and validating", "ok ...")
+    # would interleave with the rank's progress bar
+    export_info = [r for r in caplog.records if r.name.startswith("kerastl.export")]
+    assert not [r.getMessage() for r in export_info if r.levelno < logging.WARNING]
+    assert logging.getLogger("kerastl.export").level == logging.NOTSET  # set back
     sizes = {r["size_mb"] for r in t.rows}
     assert len(sizes) == 1 and 10 < sizes.pop() < 30  # Lite0: 4.7 M float32 weights
     assert all(r["latency_ms"] > 0 for r in t.rows)

@@ -153,9 +153,10 @@ def measure_cost(
     with tempfile.TemporaryDirectory(prefix="kerastl-rank-") as tmp:
         # validated on the one sample (twice: batch sizes 1 and 2), not 16 synthetic
         # inputs: the file only has to be right, its latency is timed below
-        report = kerastl.export(
-            model, tmp, formats=[runtime], latency_runs=1, validation_data=sample[:1]
-        )
+        with _warnings_only("kerastl.export"):  # the row shows the size; no export log
+            report = kerastl.export(
+                model, tmp, formats=[runtime], latency_runs=1, validation_data=sample[:1]
+            )
         art = next(a for a in report["artifacts"] if a["format"] == runtime)
         loaded = kerastl.load_artifact(os.path.join(tmp, art["path"]))
         # raw input -> the runtime's input (text: token ids; tokenising is not timed)
@@ -355,6 +356,18 @@ def rank(
     notes += [f"{r['candidate']}: {r['cost_failed']}" for r in rows if r.get("cost_failed")]
     notes += _cost_notes(rows, cache)
     return RankTable(rows, by, runtime, seconds, notes + _data_notes(examples))
+
+
+@contextlib.contextmanager
+def _warnings_only(logger_name: str) -> Iterator[None]:
+    """Only warnings and errors from ``logger_name`` (and below it) while inside."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _NotRetracing(logging.Filter):
