@@ -699,7 +699,7 @@ def test_rank_drops_only_tensorflows_warning_about_one_function_per_candidate():
 
     import tensorflow as tf
 
-    from kerastl.decide._rank import quiet_retracing
+    from kerastl.core.tf_log import quiet_retracing
 
     def trace_six(make) -> None:  # TensorFlow warns at most twice per piece of code
         for k in range(6):

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kerastl.core.features import collapsed, feature_rms
+from kerastl.core.tf_log import quiet_retracing
 from kerastl.decide._candidates import (
     Candidate,
     check_modality,
@@ -368,37 +369,6 @@ def _warnings_only(logger_name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-class _NotRetracing(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def quiet_retracing() -> Iterator[None]:
-    """Drop TensorFlow's "N out of the last M calls ... triggered tf.function retracing".
-
-    Every candidate's export traces its own model's serving function, from the same code,
-    so TensorFlow sees one function retraced on every candidate and, from the fifth, warns
-    of a loop that "creates @tf.function repeatedly": that is what ranking models is.
-    Other TensorFlow warnings pass.
-
-    Example:
-        >>> tf_log = logging.getLogger("tensorflow")
-        >>> with quiet_retracing():
-        ...     any(isinstance(f, _NotRetracing) for f in tf_log.filters)
-        True
-        >>> any(isinstance(f, _NotRetracing) for f in tf_log.filters)
-        False
-    """
-    quiet = _NotRetracing()
-    logger = logging.getLogger("tensorflow")
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
 
 
 def _rank_one(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from kerastl import data as kdata
+from kerastl.core.tf_log import quiet_retracing
 from kerastl.errors import check_folds
 from kerastl.train import runfolder
 from kerastl.train._config import load_config, validate_config
@@ -63,7 +62,7 @@ def cross_validate(
     if extra is not None:  # a separate validation set joins the pool
         ex = _concat(ex, extra)
     per_fold, names = [], []
-    with _quiet_retracing():
+    with quiet_retracing():
         for i, (tr, va) in enumerate(ex.folds(folds, seed=cfg["seed"])):
             fold_cfg = fold_config(cfg, base, i)
             name = f"folds/{fold_cfg['name']}"
@@ -107,29 +106,6 @@ def fold_config(cfg: dict, base: Path, i: int) -> dict:
     fold_cfg["exist_ok"] = True  # a k-fold rerun replaces its folds (kfold.json is rewritten)
     fold_cfg["export"].update(formats=[], quantize=[], version=None)
     return fold_cfg
-
-
-class _RetracingFilter(logging.Filter):
-    """Moves TensorFlow's 'triggered tf.function retracing' warning to kerastl's debug log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "tf.function retracing" in record.getMessage():
-            log.debug(f"tensorflow: {record.getMessage()}")
-            return False
-        return True
-
-
-@contextlib.contextmanager
-def _quiet_retracing() -> Iterator[None]:
-    """k models trained in one process retrace Keras' step functions by design: TensorFlow's
-    warning about it is noise here (shown with ``--debug``, kerastl's debug log)."""
-    tf_log = logging.getLogger("tensorflow")
-    flt = _RetracingFilter()
-    tf_log.addFilter(flt)
-    try:
-        yield
-    finally:
-        tf_log.removeFilter(flt)
 
 
 def _concat(a: kdata.Examples, b: kdata.Examples) -> kdata.Examples:
