@@ -356,6 +356,33 @@ def tau_collapsed_last(rows: dict, labels: list[str], target: list[float]) -> fl
     return float(kendalltau(guard, target)[0])
 
 
+def rank_then_finetune(
+    name: str, tr_ex, te_ex, cands: list, runtime: str, epochs: tuple[int, int], runs: int
+) -> tuple:
+    """``kerastl.rank`` on the training examples, then every candidate's two-phase
+    fine-tuning (``runs`` times, head and fine-tuning ``epochs``), timed apart.
+
+    Returns ``(table, rank seconds, accuracies, fine-tuning seconds, (train, held-out
+    arrays))``. Fine-tuning pays for its own feature pass (the feature cache is emptied).
+    """
+    from kerastl.decide import rank
+    from kerastl.train._cache import FeatureCache
+
+    FeatureCache.clear_memory()
+    t0 = time.perf_counter()
+    kw = build_options(tr_ex.modality)
+    table = rank(tr_ex, cands, input_size=SIZE, runtime=runtime, progress=True, **kw)
+    t_rank = time.perf_counter() - t0
+    FeatureCache.clear_memory()
+    tr, te = _arrays(tr_ex, SIZE), _arrays(te_ex, SIZE)
+    acc, t_ft = {}, 0.0
+    for c in cands:
+        r = repeated(c, tr, te, 2, 3e-4, *epochs, runs)
+        acc[c.label], t_ft = r, t_ft + r["seconds"]  # one fine-tuning per candidate
+        print(f"[{name}] {c.label}: fe {r['fe']:.3f} two-phase {r['ft']:.3f} ({r['seconds']:.0f}s)")
+    return table, t_rank, acc, t_ft, (tr, te)
+
+
 def run_task(
     name: str,
     spec: tuple,
@@ -368,28 +395,18 @@ def run_task(
     """Rank, fine-tune every candidate (``runs`` times), and check the advice, on one task."""
     from scipy.stats import kendalltau
 
-    from kerastl.decide import parse_candidates, rank
-    from kerastl.train._cache import FeatureCache
+    from kerastl.decide import parse_candidates
 
     tr_ex, te_ex, about, n = _examples(spec, seed)
     text = tr_ex.modality == "text"
     words = text_candidate_words() if text else candidate_words(quick, other_task)
     cands = parse_candidates(words)
-    FeatureCache.clear_memory()
-    t0 = time.perf_counter()
-    kw = build_options(tr_ex.modality)
-    table = rank(tr_ex, cands, input_size=SIZE, runtime=runtime, progress=True, **kw)
-    t_rank = time.perf_counter() - t0
+    e_head, e_ft = (10, 2) if quick else (40, 8)
+    table, t_rank, acc, t_ft, (tr, te) = rank_then_finetune(
+        name, tr_ex, te_ex, cands, runtime, (e_head, e_ft), runs
+    )
     # kerastl.rank computed it (estimator logme_centred); collapsed candidates: None
     centred = {r["candidate"]: None if r["collapsed"] else r["logme_centred"] for r in table.rows}
-    FeatureCache.clear_memory()  # fine-tuning pays for its own feature pass
-    tr, te = _arrays(tr_ex, SIZE), _arrays(te_ex, SIZE)
-    e_head, e_ft = (10, 2) if quick else (40, 8)
-    acc, t_ft = {}, 0.0
-    for c in cands:
-        r = repeated(c, tr, te, 2, 3e-4, e_head, e_ft, runs)
-        acc[c.label], t_ft = r, t_ft + r["seconds"]  # one fine-tuning per candidate
-        print(f"[{name}] {c.label}: fe {r['fe']:.3f} two-phase {r['ft']:.3f} ({r['seconds']:.0f}s)")
     rows = {r["candidate"]: r for r in table.rows}
     labels = [c.label for c in cands]
     target = [acc[k]["ft"] for k in labels]
@@ -417,34 +434,27 @@ def run_cost_scaling(name: str, spec: tuple, sizes: list[int], runtime: str, see
     feature passes and its exports, as a first ``kerastl rank`` on new data does. The
     fine-tuning is :func:`run_task`'s (the two-phase recipe, every candidate once).
     """
-    from kerastl.decide import parse_candidates, rank
+    from kerastl.decide import parse_candidates
     from kerastl.decide._costs import CostCache
-    from kerastl.train._cache import FeatureCache
 
     out = []
     for shots in sizes:
         tr_ex, te_ex, about, n = _examples((*spec[:2], shots, *spec[3:]), seed)
         cands = parse_candidates(candidate_words(False, True))
-        FeatureCache.clear_memory()
-        CostCache._memory.clear()
-        kw = build_options(tr_ex.modality)
-        t0 = time.perf_counter()
-        table = rank(tr_ex, cands, input_size=SIZE, runtime=runtime, progress=True, **kw)
-        t_rank = time.perf_counter() - t0
-        FeatureCache.clear_memory()  # fine-tuning pays for its own feature pass
-        tr, te = _arrays(tr_ex, SIZE), _arrays(te_ex, SIZE)
-        acc = {c.label: two_phase(c, tr, te, 2, 3e-4, 40, 8) for c in cands}
+        CostCache._memory.clear()  # every size pays its exports
+        table, t_rank, acc, t_ft, _ = rank_then_finetune(
+            name, tr_ex, te_ex, cands, runtime, (40, 8), 1
+        )
         rows = {r["candidate"]: r for r in table.rows}
         labels = [c.label for c in cands]
         tau = tau_collapsed_last(rows, labels, [acc[k]["ft"] for k in labels])
         out.append({
             "task": name, "seed": seed, "about": about, "per_class": shots, "train": n[0],
             "held_out": n[1], "rank_seconds": table.seconds, "rank_wall": t_rank,
-            "finetune_seconds": sum(a["seconds"] for a in acc.values()),
-            "tau_guarded": tau, "accuracy": acc, "rank_rows": table.rows,
+            "finetune_seconds": t_ft, "tau_guarded": tau, "accuracy": acc,
+            "rank_rows": table.rows,
         })  # fmt: skip
-        s_ = out[-1]
-        print(f"[{name} x{shots}] rank {t_rank:.0f}s, fine-tune {s_['finetune_seconds']:.0f}s")
+        print(f"[{name} x{shots}] rank {t_rank:.0f}s, fine-tune {t_ft:.0f}s")
     return out
 
 
