@@ -172,7 +172,7 @@ TWICE = COMMON + textwrap.dedent("""
         r = train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False)
         names.append(r.config["name"])
     print(json.dumps({"names": names, "loss": r.history["loss"]}))
-""").replace("TESTS_DIR", repr(os.path.dirname(os.path.abspath(__file__))))
+""")
 
 
 ONE_DEVICE = COMMON + textwrap.dedent("""
