@@ -100,6 +100,28 @@ def class_images(n_per_class=8, classes=3, size=32, seed=0):
     return np.concatenate(xs).astype("uint8"), np.asarray(ys)
 
 
+def informative(model, x):
+    """Set BatchNorm moving statistics from one batch so a random-init model's outputs vary.
+
+    With ``weights=None`` the default statistics (mean 0, variance 1) shrink activations to
+    ~1e-11 and every output is the same constant, which would make parity checks vacuous.
+    """
+    import keras
+
+    bns = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    saved = [(b.trainable, b.momentum) for b in bns]
+    for b in bns:
+        b.trainable, b.momentum = True, 0.0
+    model(x, training=True)
+    for b, (trainable, momentum) in zip(bns, saved):
+        b.trainable, b.momentum = trainable, momentum
+    return model
+
+
 def calibrate_backbone(path, seed=0, images=None):
     """Random mobilenet_v3_small backbone weights with BatchNorm statistics measured on
     ``images`` (uint8, 32 x 32; default: :func:`class_images`), saved to ``path``.
@@ -117,15 +139,8 @@ def calibrate_backbone(path, seed=0, images=None):
     keras.utils.clear_session()
     keras.utils.set_random_seed(seed)
     model = build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3), compile=False)
-    bns = [
-        layer
-        for layer in model.get_layer("backbone")._flatten_layers()
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    for layer in bns:
-        layer.trainable, layer.momentum = True, 0.0
     x = class_images(8, 3)[0] if images is None else images
-    model(np.asarray(x).astype("float32"), training=True)
+    informative(model, np.asarray(x).astype("float32"))
     model.get_layer("backbone").save_weights(str(path))
     keras.utils.clear_session()
     return str(path)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import informative
 
 
 def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -27,28 +28,6 @@ def _photo_like(n: int, seed: int = 0) -> np.ndarray:
     return ImageExporter({"input": {"name": "image", "shape": [SIZE, SIZE, 3]}}).sample_inputs(
         n, seed
     )
-
-
-def informative(model, x):
-    """Set BatchNorm moving statistics from one batch so a random-init model's outputs vary.
-
-    With ``weights=None`` the default statistics (mean 0, variance 1) shrink activations to
-    ~1e-11 and every output is the same constant, which would make parity checks vacuous.
-    """
-    import keras
-
-    bns = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    saved = [(b.trainable, b.momentum) for b in bns]
-    for b in bns:
-        b.trainable, b.momentum = True, 0.0
-    model(x, training=True)
-    for b, (trainable, momentum) in zip(bns, saved):
-        b.trainable, b.momentum = trainable, momentum
-    return model
 
 
 @pytest.fixture(scope="module")
