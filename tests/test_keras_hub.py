@@ -655,6 +655,21 @@ def test_preset_name_offline_says_what_to_put_where(monkeypatch):
     assert "save_to_preset" in msg and "weights='DIR'" in msg and "KAGGLEHUB_CACHE" in msg
 
 
+def test_random_init_text_model_offline_says_to_pass_a_tokenizer_first(monkeypatch):
+    """weights=None still reads the preset's vocabulary; offline, the error leads with the
+    fix (kerastl rank cuts a failed candidate's reason short)."""
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(keras_hub.models.BertTokenizer, "from_preset", offline)
+    with pytest.raises(WeightsError) as info:
+        kerastl.build("bert_tiny_en_uncased", num_classes=2, weights=None)
+    msg = str(info.value)
+    assert msg.startswith("tokenizer: could not get the vocabulary of preset"), msg
+    assert msg.index("--tokenizer DIR") < 200 and "KAGGLEHUB_CACHE" in msg, msg
+
+
 def test_imagenet_tag_of_a_keras_hub_image_entry_is_its_own_preset(monkeypatch):
     """weights='imagenet' loads an image entry's ImageNet preset, in build, in a run config
     and at the command line, as kerastl rank reads it; a text entry lists its presets."""

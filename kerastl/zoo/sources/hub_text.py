@@ -158,9 +158,11 @@ class HubTextAdapter(KerasHubAdapter):
                     f"tokenizer: could not load a {spec.extra['tokenizer']} from {source!r}: {exc}"
                 ) from exc
             err = offline_message(spec, source, exc)
-            raise WeightsError(
-                str(err) + " With weights=None, pass tokenizer='local/preset/folder' (or a "
-                "keras_hub tokenizer) to get the vocabulary without downloading."
+            raise WeightsError(  # the fix first: a table of failed candidates cuts it short
+                f"tokenizer: could not get the vocabulary of preset {source!r} "
+                f"({type(exc).__name__}); random init (weights=None) needs one too. Pass "
+                "tokenizer='local/preset/folder' (CLI --tokenizer DIR: a KerasHub or Hugging "
+                f"Face folder) or a keras_hub tokenizer. {err}"
             ) from exc
 
     def _wrap(self, hub) -> keras.Model:
