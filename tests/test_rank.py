@@ -425,6 +425,54 @@ def test_rank_reports_a_candidate_that_cannot_load_and_ranks_the_others(tmp_path
     assert "failed: " in text and json.loads(t.json())["rows"][-1]["failed"]
 
 
+
+def test_lead_standard_error_from_subsets_matches_the_spread_of_fresh_samples():
+    """The lead of one candidate over another (LogME, the same examples) varies across
+    fresh labelled samples by what the subsets of one sample estimate: the subsets' own
+    spread is half of it (they share 80 % of their examples), the correction restores it."""
+    from kerastl.decide._scores import lead_standard_error, subset_scores, subsets
+
+    k, d, n_per = 4, 16, 25
+    rng = np.random.default_rng(123)
+    ca, cb = rng.normal(size=(k, d)) * 0.8, rng.normal(size=(k, d)) * 0.7
+
+    def draw(seed):
+        r = np.random.default_rng(seed)
+        y = np.repeat(np.arange(k), n_per)
+        return ca[y] + r.normal(size=(len(y), d)), cb[y] + r.normal(size=(len(y), d)), y
+
+    leads = [logme(a, y) - logme(b, y) for a, b, y in map(draw, range(60))]
+    estimates = []
+    for a, b, y in map(draw, range(100, 115)):
+        parts = subsets(y, 20)
+        on = [subset_scores(f, y, parts, "logme") for f in (a, b)]
+        estimates.append(lead_standard_error(*on, n=len(y), m=len(parts[0])))
+    ratio = np.mean(estimates) / np.std(leads, ddof=1)
+    assert 0.75 < ratio < 1.5, ratio  # measured 1.13; 0.57 without the correction
+
+
+def test_rank_says_how_sure_each_lead_is_and_names_the_near_ties(monkeypatch):
+    """Features that separate the classes lead by far (sure ~100 %); two candidates with
+    the same features tie (sure 50 %), and the table's note names them."""
+    import kerastl
+    from kerastl.decide import _rank
+
+    x, y = _digits()
+    rng = np.random.default_rng(0)
+    strong = np.eye(3)[y] * 4 + rng.normal(size=(len(y), 3))
+    weak = np.eye(3)[y] * 0.5 + rng.normal(size=(len(y), 3))
+    feats = {"efficientnet_lite0": strong, "efficientnet_lite1": weak, "efficientnet_lite2": weak}
+    monkeypatch.setattr(
+        _rank, "features_of", lambda c, ex, *a, **k: (feats[c.name], ex.y, None)
+    )
+    t = kerastl.rank((x, y), ",".join(feats), runtime="none", progress=False)
+    got = {r["candidate"]: r["sure"] for r in t.rows}
+    assert got["efficientnet_lite0"] > 0.99 and t.rows[0]["candidate"] == "efficientnet_lite0"
+    assert got[t.rows[1]["candidate"]] == 0.5 and t.rows[2]["sure"] is None, got
+    tie = [n for n in t.notes if n.startswith("near ties")]
+    assert tie and "efficientnet_lite1" in tie[0] and "efficientnet_lite0" not in tie[0], t.notes
+    assert " 50% " in t.text().splitlines()[3] and json.loads(t.json())["rows"][0]["sure"] > 0.99
+
 def test_a_cost_that_cannot_be_measured_keeps_the_candidate_ranked(monkeypatch):
     pytest.importorskip("tensorflow")
     import kerastl

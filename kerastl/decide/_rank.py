@@ -31,10 +31,22 @@ from kerastl.decide._candidates import (
     parse_candidates,
 )
 from kerastl.decide._costs import CostCache, cost_key, default_path
-from kerastl.decide._scores import ESTIMATORS, pareto_flags, score
+from kerastl.decide._scores import (
+    ESTIMATORS,
+    lead_sureness,
+    pareto_flags,
+    score,
+    subset_scores,
+    subsets,
+)
 from kerastl.errors import ConfigError, choice_error
 
 log = logging.getLogger(__name__)
+
+#: Random subsets of the examples (80 % of each class) each candidate is scored on again.
+SUBSETS = 20
+#: Below this sureness (:func:`mark_sure`), a candidate's lead over the next row is a near tie.
+FIRM = 0.8
 
 
 #: Build options only text models take.
@@ -188,7 +200,7 @@ class RankTable:
         width = {e: max(7, len(e)) for e in names}
         lw = max([len("candidate"), *(len(r["candidate"]) for r in self.rows)])
         head = f"{'candidate':{lw}} " + " ".join(f"{e:>{width[e]}}" for e in names)
-        head += f" {'MB':>6} {'ms':>7}  pareto"
+        head += f" {'sure':>5} {'MB':>6} {'ms':>7}  pareto"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             if r.get("failed"):
@@ -197,14 +209,16 @@ class RankTable:
             mb = "-" if r["size_mb"] is None else f"{r['size_mb']:.1f}"
             ms = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
             cells = " ".join(_cell(r.get(e), width[e]) for e in names)
+            sure = "-" if r.get("sure") is None else f"{r['sure']:.0%}"
             lines.append(
-                f"{r['candidate']:{lw}} {cells} {mb:>6} {ms:>7}  "
+                f"{r['candidate']:{lw}} {cells} {sure:>5} {mb:>6} {ms:>7}  "
                 + ("*" if r["pareto"] else "")
                 + (" collapsed" if r.get("collapsed") else "")
             )
         lines.append(
-            f"(sorted by {self.by}, collapsed features and failed candidates last; cost: "
-            f"{self.runtime}, batch 1; * = Pareto)"
+            f"(sorted by {self.by}, collapsed features and failed candidates last; sure = how "
+            f"sure the row's lead over the next is, from {SUBSETS} random subsets of the data; "
+            f"cost: {self.runtime}, batch 1; * = Pareto)"
         )
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
@@ -344,19 +358,18 @@ def rank(
     parsed = _is_parsed(candidates)
     cands = list(candidates) if parsed else parse_candidates(candidates, argument="candidates")
     cands, notes = check_modality(cands, examples.modality, "candidates")
-    seconds = {"features_and_scores": 0.0, "cost": 0.0}
+    run = _Run(examples, input_size, runtime, estimators, by, cache, build_kwargs)
     rows = []
     with quiet_retracing():
         for c in tqdm(cands, desc="kerastl rank", unit="model", disable=not progress):
-            row = _rank_one(
-                c, examples, input_size, runtime, estimators, cache, seconds, build_kwargs
-            )
-            rows.append(row)
+            rows.append(_rank_one(c, run))
     mark_pareto(rows, by)
     rows.sort(key=lambda r: (bool(r["failed"]), r["collapsed"], -_value(r[by])))
+    n = 0 if run.labels is None else len(run.labels)
+    notes += mark_sure(rows, by, run.on_subsets, n, len(run.parts[0]))
     notes += [f"{r['candidate']}: {r['cost_failed']}" for r in rows if r.get("cost_failed")]
     notes += _cost_notes(rows, cache)
-    return RankTable(rows, by, runtime, seconds, notes + _data_notes(examples))
+    return RankTable(rows, by, runtime, run.seconds, notes + _data_notes(examples))
 
 
 @contextlib.contextmanager
@@ -371,43 +384,101 @@ def _warnings_only(logger_name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _rank_one(
-    c: Candidate,
-    examples: Any,
-    input_size: int,
-    runtime: str,
-    estimators: tuple[str, ...],
-    cache: str,
-    seconds: dict[str, float],
-    kw: dict[str, Any],
-) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """What the candidates of one ranking share: its arguments, timers and subsets."""
+
+    examples: Any
+    input_size: int
+    runtime: str
+    estimators: tuple[str, ...]
+    by: str
+    cache: str
+    kw: dict[str, Any]
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"features_and_scores": 0.0, "cost": 0.0}
+    )
+    labels: np.ndarray | None = None  # in the order features come (the same for each)
+    parts: list[np.ndarray] = field(default_factory=lambda: [np.arange(0)])
+    on_subsets: dict[str, np.ndarray] = field(default_factory=dict)  # candidate -> scores
+
+    def score_subsets(self, label: str, x: np.ndarray, y: np.ndarray) -> None:
+        """``by`` of candidate ``label`` on each of the run's :data:`SUBSETS` subsets."""
+        if self.labels is None:
+            self.labels, self.parts = y, subsets(y, SUBSETS)
+        if np.array_equal(y, self.labels):  # the same examples in the same order: paired
+            self.on_subsets[label] = subset_scores(x, y, self.parts, self.by)
+
+
+def _rank_one(c: Candidate, run: _Run) -> dict[str, Any]:
     """One row: features, scores and cost of ``c``; what fails is the row's ``failed`` reason."""
     row: dict[str, Any] = {"candidate": c.label, "dim": None, "feature_rms": None}
-    row.update({"collapsed": False, "failed": None, **dict.fromkeys(estimators)})
+    row.update({"collapsed": False, "failed": None, **dict.fromkeys(run.estimators)})
     row.update(size_mb=None, latency_ms=None, cost_failed=None, cost_cached=False)
+    examples, kw = run.examples, run.kw
     t0 = time.perf_counter()
     try:
-        x, y, model = features_of(c, examples, input_size, cache, **kw)
+        x, y, model = features_of(c, examples, run.input_size, run.cache, **kw)
         rms = feature_rms(x)
         row.update(dim=int(x.shape[1]), feature_rms=rms, collapsed=collapsed(x, rms))
-        row.update({e: _score(x, y, e, row["collapsed"]) for e in estimators})
+        row.update({e: _score(x, y, e, row["collapsed"]) for e in run.estimators})
+        if not row["collapsed"]:
+            run.score_subsets(c.label, x, y)
     except Exception as exc:  # noqa: BLE001 - one candidate must not stop the ranking
         row["failed"] = _reason(exc)
         log.debug(f"{c.label} failed", exc_info=True)
         return row
     finally:
-        seconds["features_and_scores"] += time.perf_counter() - t0
+        run.seconds["features_and_scores"] += time.perf_counter() - t0
     t1 = time.perf_counter()
     try:
-        sample = _sample(examples, input_size)
+        sample = _sample(examples, run.input_size)
         seq = kw.get("sequence_length") if examples.modality == "text" else None
-        cost = measure_cost(c, model, input_size, runtime, sample, seq, cache)
+        cost = measure_cost(c, model, run.input_size, run.runtime, sample, seq, run.cache)
         row["size_mb"], row["latency_ms"], row["cost_cached"] = cost
     except Exception as exc:  # noqa: BLE001 - the scores stand and rank; the cost is unknown
-        row["cost_failed"] = f"cost on {runtime} failed: {_reason(exc)}"
+        row["cost_failed"] = f"cost on {run.runtime} failed: {_reason(exc)}"
         log.debug(f"{c.label}: cost failed", exc_info=True)
-    seconds["cost"] += time.perf_counter() - t1
+    run.seconds["cost"] += time.perf_counter() - t1
     return row
+
+
+def mark_sure(
+    rows: list[dict[str, Any]], by: str, on_subsets: dict[str, np.ndarray], n: int, m: int
+) -> list[str]:
+    """Set each row's ``sure`` (rows sorted best first): how sure its lead in ``by`` over the
+    next scored row is (:func:`lead_sureness`, from both rows' scores on the same random
+    subsets of ``m`` of the ``n`` examples); ``None`` for the last one, failed and collapsed
+    rows. Returns a note naming the near ties (``sure`` below :data:`FIRM`).
+
+    Example:
+        >>> rows = [{"candidate": c, "failed": None, "collapsed": False, "s": v}
+        ...         for c, v in [("a", 3.0), ("b", 2.0), ("c", 1.9)]]
+        >>> on = {"a": np.array([3.1, 3, 2.9, 3, 3]), "b": np.array([2.0, 2.1, 2, 1.9, 2]),
+        ...       "c": np.array([1.5, 2.2, 2.1, 1.7, 1.9])}
+        >>> mark_sure(rows, "s", on, n=50, m=40)
+        ['near ties (sure < 80% by s; the order could change with other labelled examples): b ~ c']
+        >>> [None if r["sure"] is None else round(r["sure"], 2) for r in rows]
+        [1.0, 0.58, None]
+    """
+    scored = [r for r in rows if not (r["failed"] or r["collapsed"]) and r[by] is not None]
+    for r in rows:
+        r["sure"] = None
+    for a, b in zip(scored, scored[1:]):
+        pair = on_subsets.get(a["candidate"]), on_subsets.get(b["candidate"])
+        if pair[0] is not None and pair[1] is not None:
+            a["sure"] = lead_sureness(a[by] - b[by], *pair, n=n, m=m)
+    ties = [
+        f"{a['candidate']} ~ {b['candidate']}"
+        for a, b in zip(scored, scored[1:])
+        if a["sure"] is not None and a["sure"] < FIRM
+    ]
+    if not ties:
+        return []
+    return [
+        f"near ties (sure < {FIRM:.0%} by {by}; the order could change with other labelled "
+        "examples): " + ", ".join(ties)
+    ]
 
 
 def _cost_notes(rows: list[dict[str, Any]], cache: str) -> list[str]:
