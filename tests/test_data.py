@@ -37,6 +37,26 @@ def test_image_folder_skips_and_reports_corrupt_files(tmp_path):
     assert ex.class_counts() == {"cat": 6, "dog": 6}
 
 
+def test_a_dataset_root_of_split_folders_is_refused_with_the_paths_to_pass(tmp_path):
+    """``root/train/<class>`` + ``root/val/<class>`` (timm, Ultralytics) is not a folder per
+    class: read as one it trained a 'train' vs 'val' classifier. Two classes that happen to
+    be called train and val (their images inside) still read as classes."""
+    root = tmp_path / "ds"
+    _folder(root / "train", n=3)
+    _folder(root / "val", n=2)
+    with pytest.raises(DataError) as info:
+        kdata.from_image_folder(root)
+    msg = str(info.value)
+    assert "holds the splits ['train', 'val']" in msg, msg
+    assert f"--data {root / 'train'} --val-data {root / 'val'}" in msg, msg
+    assert kdata.from_image_folder(root / "train").class_names == ["cat", "dog"]
+    flat = _folder(tmp_path / "flat", classes=("train", "val"), n=3)
+    assert kdata.from_image_folder(flat).class_names == ["train", "val"]
+    _folder(tmp_path / "t" / "train", n=2)  # no val split: only --data is named
+    with pytest.raises(DataError, match=r"Pass data.path='[^']*train' \(kerastl train"):
+        kdata.from_image_folder(tmp_path / "t")
+
+
 def test_empty_class_and_single_class_are_errors(tmp_path):
     root = _folder(tmp_path / "a", classes=("cat", "dog"), n=3)
     (root / "bird").mkdir()

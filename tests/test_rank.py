@@ -425,7 +425,6 @@ def test_rank_reports_a_candidate_that_cannot_load_and_ranks_the_others(tmp_path
     assert "failed: " in text and json.loads(t.json())["rows"][-1]["failed"]
 
 
-
 def test_lead_standard_error_from_subsets_matches_the_spread_of_fresh_samples():
     """The lead of one candidate over another (LogME, the same examples) varies across
     fresh labelled samples by what the subsets of one sample estimate: the subsets' own
@@ -462,9 +461,7 @@ def test_rank_says_how_sure_each_lead_is_and_names_the_near_ties(monkeypatch):
     strong = np.eye(3)[y] * 4 + rng.normal(size=(len(y), 3))
     weak = np.eye(3)[y] * 0.5 + rng.normal(size=(len(y), 3))
     feats = {"efficientnet_lite0": strong, "efficientnet_lite1": weak, "efficientnet_lite2": weak}
-    monkeypatch.setattr(
-        _rank, "features_of", lambda c, ex, *a, **k: (feats[c.name], ex.y, None)
-    )
+    monkeypatch.setattr(_rank, "features_of", lambda c, ex, *a, **k: (feats[c.name], ex.y, None))
     t = kerastl.rank((x, y), ",".join(feats), runtime="none", progress=False)
     got = {r["candidate"]: r["sure"] for r in t.rows}
     assert got["efficientnet_lite0"] > 0.99 and t.rows[0]["candidate"] == "efficientnet_lite0"
@@ -472,6 +469,7 @@ def test_rank_says_how_sure_each_lead_is_and_names_the_near_ties(monkeypatch):
     tie = [n for n in t.notes if n.startswith("near ties")]
     assert tie and "efficientnet_lite1" in tie[0] and "efficientnet_lite0" not in tie[0], t.notes
     assert " 50% " in t.text().splitlines()[3] and json.loads(t.json())["rows"][0]["sure"] > 0.99
+
 
 def test_a_cost_that_cannot_be_measured_keeps_the_candidate_ranked(monkeypatch):
     pytest.importorskip("tensorflow")

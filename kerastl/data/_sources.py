@@ -890,4 +890,40 @@ def _class_folders(root: Path, task: str, class_names: Any, kind: str) -> list[s
         folders = [str(c) for c in class_names]
     if not folders:
         raise DataError(f"data.path: {str(root)!r} has no sub-folders; {layout}")
+    if not class_names:
+        check_not_split_folders(root, folders)
     return folders
+
+
+#: Folder names of dataset splits (timm, Ultralytics and TFDS-style ``root/train/<class>``).
+SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
+
+
+def check_not_split_folders(root: Path, folders: list[str]) -> None:
+    """Refuse a dataset root whose "classes" are its splits, each holding class folders.
+
+    ``root/train/<class>/``, ``root/val/<class>/`` read as one folder per class would
+    train a classifier of "train" against "val".
+
+    Raises:
+        DataError: every sub-folder is a split name, ``train`` among them, and each holds
+            sub-folders and no file of its own.
+    """
+    if "train" not in folders or not set(folders) <= set(SPLIT_FOLDERS):
+        return
+    for f in folders:
+        entries = [e for e in (root / f).iterdir() if not e.name.startswith(".")]
+        if not entries or any(e.is_file() for e in entries):
+            return  # a class that happens to be called 'train' (its examples inside)
+    val = next((f for f in SPLIT_FOLDERS[1:4] if f in folders), None)
+    fix = f"data.path={str(root / 'train')!r}" + (
+        f" and data.val_path={str(root / val)!r}" if val else ""
+    )
+    raise DataError(
+        f"data.path: {str(root)!r} holds the splits {folders}, each with class sub-folders "
+        f"(the timm / Ultralytics layout), not one sub-folder per class: read as classes "
+        f"they would train a classifier of {' vs '.join(repr(f) for f in folders)}. Pass "
+        f"{fix} (kerastl train: --data {root / 'train'}"
+        + (f" --val-data {root / val}" if val else "")
+        + ")."
+    )

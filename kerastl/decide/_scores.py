@@ -231,8 +231,9 @@ def pareto_flags(scores: Sequence[float], costs: Sequence[float | None]) -> list
     return out
 
 
-
-def subsets(labels: np.ndarray, n: int = 20, fraction: float = 0.8, seed: int = 0) -> list[np.ndarray]:
+def subsets(
+    labels: np.ndarray, n: int = 20, fraction: float = 0.8, seed: int = 0
+) -> list[np.ndarray]:
     """``n`` random subsets of the examples (indices, sorted), ``fraction`` of each class.
 
     Every subset has the same size (per class ``round(fraction * size)``, at least 1).
@@ -247,7 +248,9 @@ def subsets(labels: np.ndarray, n: int = 20, fraction: float = 0.8, seed: int = 
     classes = [np.flatnonzero(y == c) for c in np.unique(y)]
     take = [max(1, round(fraction * len(idx))) for idx in classes]
     return [
-        np.sort(np.concatenate([rng.choice(idx, k, replace=False) for idx, k in zip(classes, take)]))
+        np.sort(
+            np.concatenate([rng.choice(idx, k, replace=False) for idx, k in zip(classes, take)])
+        )
         for _ in range(n)
     ]
 
