@@ -57,6 +57,20 @@ def test_a_dataset_root_of_split_folders_is_refused_with_the_paths_to_pass(tmp_p
         kdata.from_image_folder(tmp_path / "t")
 
 
+def test_split_identity_follows_which_files_not_where_the_folder_is(tmp_path):
+    import shutil
+
+    a = kdata.from_image_folder(_folder(tmp_path / "a", n=5))
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")  # new paths and timestamps
+    b = kdata.from_image_folder(tmp_path / "moved")
+    assert a.fingerprint() != b.fingerprint()
+    assert kdata.split_identity(*a.split(0.4, 0)) == kdata.split_identity(*b.split(0.4, 0))
+    assert kdata.split_identity(*a.split(0.4, 0)) != kdata.split_identity(*a.split(0.4, 1))
+    _folder(tmp_path / "moved", n=7)  # two more files per class: another split
+    c = kdata.from_image_folder(tmp_path / "moved")
+    assert kdata.split_identity(*a.split(0.4, 0)) != kdata.split_identity(*c.split(0.4, 0))
+
+
 def test_empty_class_and_single_class_are_errors(tmp_path):
     root = _folder(tmp_path / "a", classes=("cat", "dog"), n=3)
     (root / "bird").mkdir()

@@ -556,6 +556,16 @@ def test_evaluate_on_other_data_keeps_the_runs_metrics_and_records_the_data(
     assert json.loads((where / "metrics.json").read_text())["num_examples"] == 6
     assert main(["evaluate", str(run), "--data", str(other), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics_path"] == str(where / "metrics.json")
+    # the run's own split, drawn again: the same data gives it; data grown since does not
+    assert main(["evaluate", str(run)]) == 0
+    before = (run / "metrics.json").read_bytes()
+    xm, ym = _images(2, 2, seed=9)
+    np.savez(tmp_path / "d.npz", x=np.concatenate([x, xm]), y=np.concatenate([y, ym]))
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "not what the run trained beside" in err and "had 6 / 2" in err, err
+    assert (run / "metrics.json").read_bytes() == before
 
 
 # -- k-fold and export hook ------------------------------------------------------

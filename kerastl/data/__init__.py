@@ -34,6 +34,7 @@ from kerastl.data._sources import (
     from_text,
     from_text_folder,
     from_tfds,
+    split_identity,
     verify_images,
 )
 from kerastl.errors import ConfigError, choice_error
@@ -59,6 +60,7 @@ __all__ = [
     "infer_source",
     "load",
     "make_dataset",
+    "split_identity",
     "verify_images",
 ]
 

@@ -404,5 +404,6 @@ def _data_report(ctx: RunContext) -> dict:
         "val_class_counts": val_ex.class_counts() if val_ex is not None else {},
         "input_shape": ModelMeta.of(ctx.model).input.get("shape"),
         "fingerprint": train_ex.fingerprint(),
+        "split_identity": kdata.split_identity(train_ex, val_ex),
         "skipped": [{"path": p, "reason": r} for p, r in ctx.skipped],
     }

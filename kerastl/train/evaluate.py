@@ -238,12 +238,13 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike | None
         cfg, ex = _other_data(run_dir, cfg, data_path)
         out_dir = evaluation_dir(run_dir, data_path)
     else:
-        _, ex = load_examples(cfg)
+        train, ex = load_examples(cfg)
         if ex is None:
             raise ConfigError(
                 f"RUN_DIR: the run {str(run_dir)!r} had no validation data (data.val_split: 0); "
                 "pass --data PATH to evaluate on other data."
             )
+        check_same_split(run_dir, cfg, train, ex)
     unfinished = runfolder.unfinished_progress(run_dir, cfg)
     if unfinished is not None:
         log.warning(f"{run_dir}: {unfinished['message']} ({model_path.name})")
@@ -253,6 +254,33 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike | None
     )
     metrics["metrics_path"] = str(runfolder.run_path(out_dir, "metrics"))
     return metrics
+
+
+def check_same_split(run_dir: str | os.PathLike, cfg: dict, train: Any, val: Any) -> None:
+    """Refuse to score a run on a validation split other than the one it trained beside.
+
+    The split is drawn again from the data as it is today; files added or removed since
+    the run draw other examples into it, some of which the model trained on.
+
+    Raises:
+        ConfigError: ``data_report.json`` records another split (runs written before it
+            recorded one are not checked).
+    """
+    from kerastl.errors import ConfigError
+
+    report = runfolder.read_json(runfolder.run_path(run_dir, "data_report"))
+    then = report.get("split_identity")
+    if then is None or then == kdata.split_identity(train, val):
+        return
+    d = cfg["data"]
+    where = d["val_path"] or f"{d['path']} (data.val_split {d['val_split']})"
+    raise ConfigError(
+        f"RUN_DIR: the validation data of {str(run_dir)!r} is not what the run trained "
+        f"beside: {where} now gives {len(train)} training / {len(val)} validation examples "
+        f"(the run had {report.get('num_train')} / {report.get('num_val')}), and another "
+        "split, which may hold examples the model trained on. metrics.json is left as it "
+        "was; pass --data PATH to score a held-out set."
+    )
 
 
 def _other_data(run_dir: str | os.PathLike, cfg: dict, data_path: str | os.PathLike):
