@@ -117,6 +117,19 @@ def test_csv_source_multilabel_and_regression(tmp_path):
         kdata.from_csv(tmp_path / "labels.csv", path_column="path")
 
 
+def test_a_csv_whose_paths_are_relative_to_another_folder_says_where_it_looked(tmp_path):
+    root = _folder(tmp_path / "imgs", n=2)
+    rows = ["file,label"] + [f"{c}/{i}.png,{c}" for c in ("cat", "dog") for i in range(2)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")  # relative to imgs/
+    with pytest.raises(DataError) as info:
+        kdata.from_csv(tmp_path / "labels.csv", path_column="file")
+    msg = str(info.value)
+    assert "none of its 4 image paths could be read, e.g. " + str(tmp_path / "cat" / "0.png") in msg
+    assert f"by default the CSV's folder: {str(tmp_path)!r}" in msg and "data.root" in msg, msg
+    ex = kdata.from_csv(tmp_path / "labels.csv", path_column="file", root=root)
+    assert ex.class_counts() == {"cat": 2, "dog": 2}
+
+
 def test_text_csv_and_jsonl_give_string_label_datasets(tmp_path):
     (tmp_path / "t.csv").write_text('text,label\n"good, great",pos\nawful,neg\nfine,pos\n ,neg\n')
     lines = [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}]

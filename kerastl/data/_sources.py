@@ -412,6 +412,14 @@ def from_csv(
     ex = Examples("files", np.asarray(paths, dtype=object), y, task, names, where, skipped)
     if verify:
         ex = verify_images(ex, channels=channels)
+    if len(ex) == 0 and rows:
+        origin = "as given" if root else "by default the CSV's folder"
+        raise DataError(
+            f"{where}: none of its {len(rows)} image paths could be read, e.g. "
+            f"{ex.skipped[0][0]}: {ex.skipped[0][1]}. Relative paths are read from "
+            f"data.root ({origin}: {str(base)!r}); pass data.root (kerastl train: --set "
+            "data.root=DIR) if they are relative to another folder."
+        )
     check_classes(ex)
     return ex
 
@@ -779,7 +787,9 @@ def from_tfds(
 def check_classes(ex: Examples) -> None:
     """Raise :class:`DataError` on no examples, an empty or single class, non-finite targets."""
     if len(ex) == 0:
-        extra = f" ({len(ex.skipped)} skipped: see .skipped)" if ex.skipped else ""
+        shown = "; ".join(f"{p}: {why}" for p, why in ex.skipped[:3])
+        more = f"; ... {len(ex.skipped) - 3} more" if len(ex.skipped) > 3 else ""
+        extra = f" ({len(ex.skipped)} skipped: {shown}{more})" if ex.skipped else ""
         raise DataError(f"{ex.source}: no usable examples{extra}.")
     if ex.task == "regression":
         y = np.asarray(ex.y, dtype=np.float64)
