@@ -71,6 +71,20 @@ def test_split_identity_follows_which_files_not_where_the_folder_is(tmp_path):
     assert kdata.split_identity(*a.split(0.4, 0)) != kdata.split_identity(*c.split(0.4, 0))
 
 
+def test_held_out_data_may_lack_a_class_training_data_may_not(tmp_path):
+    """Validation or evaluation data read with the model's classes: a class with no folder
+    is not scored (its id kept); the same folder as training data is refused."""
+    root = _folder(tmp_path / "ev", classes=("cat", "dog"), n=2)
+    names = ["bird", "cat", "dog"]
+    with pytest.raises(DataError, match=r"class_names: no sub-folder \['bird'\]"):
+        kdata.load("folder", root, class_names=names)
+    with kdata.held_out():
+        ex = kdata.load("folder", root, class_names=names)
+    assert ex.class_counts() == {"bird": 0, "cat": 2, "dog": 2} and sorted(set(ex.y)) == [1, 2]
+    with pytest.raises(DataError, match=r"no sub-folder \['bird'\]"):
+        kdata.load("folder", root, class_names=names)  # the scope ended
+
+
 def test_empty_class_and_single_class_are_errors(tmp_path):
     root = _folder(tmp_path / "a", classes=("cat", "dog"), n=3)
     (root / "bird").mkdir()

@@ -556,6 +556,11 @@ def test_evaluate_on_other_data_keeps_the_runs_metrics_and_records_the_data(
     assert json.loads((where / "metrics.json").read_text())["num_examples"] == 6
     assert main(["evaluate", str(run), "--data", str(other), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics_path"] == str(where / "metrics.json")
+    # a held-out set without one of the classes is scored on the others, with a warning
+    np.savez(tmp_path / "no1.npz", x=xo[yo == 0], y=yo[yo == 0])
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "no1.npz"), "--json"]) == 0
+    got = capsys.readouterr()
+    assert json.loads(got.out)["num_examples"] == 3 and "class(es) ['1']" in got.err, got.err
     # the run's own split, drawn again: the same data gives it; data grown since does not
     assert main(["evaluate", str(run)]) == 0
     before = (run / "metrics.json").read_bytes()

@@ -34,6 +34,7 @@ from kerastl.data._sources import (
     from_text,
     from_text_folder,
     from_tfds,
+    held_out,
     split_identity,
     verify_images,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "from_text",
     "from_text_folder",
     "from_tfds",
+    "held_out",
     "folder_modality",
     "infer_source",
     "load",

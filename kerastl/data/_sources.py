@@ -9,6 +9,8 @@ into a ``tf.data.Dataset``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import difflib
 import hashlib
@@ -16,6 +18,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -784,8 +787,31 @@ def from_tfds(
 # ---------------------------------------------------------------------------
 
 
+#: True while held-out data is read (:func:`held_out`): classes may be absent from it.
+_HELD_OUT: contextvars.ContextVar[bool] = contextvars.ContextVar("held_out", default=False)
+
+
+@contextlib.contextmanager
+def held_out() -> Iterator[None]:
+    """Read held-out data (validation or evaluation) inside: the model's classes are given,
+    and a class with no example (no sub-folder, no row) is not an error; it is not scored.
+
+    Example:
+        >>> x, names = np.zeros((4, 2, 2, 1), "uint8"), ["a", "b", "c"]
+        >>> with held_out():
+        ...     from_numpy(x, ["a", "b", "a", "b"], class_names=names).class_counts()
+        {'a': 2, 'b': 2, 'c': 0}
+    """
+    token = _HELD_OUT.set(True)
+    try:
+        yield
+    finally:
+        _HELD_OUT.reset(token)
+
+
 def check_classes(ex: Examples) -> None:
-    """Raise :class:`DataError` on no examples, an empty or single class, non-finite targets."""
+    """Raise :class:`DataError` on no examples, an empty or single class, non-finite targets
+    (an empty class is allowed in held-out data, :func:`held_out`)."""
     if len(ex) == 0:
         shown = "; ".join(f"{p}: {why}" for p, why in ex.skipped[:3])
         more = f"; ... {len(ex.skipped) - 3} more" if len(ex.skipped) > 3 else ""
@@ -802,6 +828,8 @@ def check_classes(ex: Examples) -> None:
     if ex.task in ("classification", "binary", "multilabel", "embedding") and ex.class_names:
         counts = ex.class_counts()
         empty = [c for c, n in counts.items() if n == 0]
+        if empty and _HELD_OUT.get():
+            return  # not scored; the caller says so (context.warn_missing_classes, metrics)
         if empty:
             raise DataError(
                 f"{ex.source}: class(es) {empty} have no usable example"
@@ -920,7 +948,7 @@ def _class_folders(root: Path, task: str, class_names: Any, kind: str) -> list[s
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if class_names:
         missing = [c for c in class_names if c not in folders]
-        if missing:
+        if missing and not _HELD_OUT.get():
             raise DataError(
                 f"class_names: no sub-folder {missing} in {str(root)!r} (has {folders})."
             )

@@ -190,7 +190,8 @@ def load_examples(cfg: dict) -> tuple[kdata.Examples, kdata.Examples | None]:
     ex = read(d["path"], d["class_names"])
     check_modality(cfg, ex, None)  # before a split of text for an image model can fail
     if d["val_path"]:
-        return ex, read(d["val_path"], ex.class_names)
+        with kdata.held_out():  # the training classes; one absent is not scored
+            return ex, read(d["val_path"], ex.class_names)
     if d["source"] == "tfds" and d["val_tfds_split"]:
         val = kdata.from_tfds(d["name"], d["data_dir"], d["val_tfds_split"], m["task"])
         return ex, val

@@ -295,5 +295,12 @@ def _other_data(run_dir: str | os.PathLike, cfg: dict, data_path: str | os.PathL
         source=None,
         class_names=names or cfg["data"]["class_names"],
     )
-    ex, _ = load_examples(cfg)
+    with kdata.held_out():  # the run's classes; one absent from the data is not scored
+        ex, _ = load_examples(cfg)
+    absent = [c for c, n in (ex.class_counts() if ex.class_names else {}).items() if n == 0]
+    if absent:
+        log.warning(
+            f"--data {str(data_path)!r} has no example of class(es) {absent}: they are not "
+            "scored (their recall and F1 are not measured; macro averages cover the others)"
+        )
     return cfg, ex
