@@ -189,6 +189,10 @@ def test_unknown_model_suggests_close_matches():
     assert "Did you mean 'resnet50'" in msg
     with pytest.raises(kerastl.UnknownNameError, match="Did you mean 'efficientnet_b0'"):
         kerastl.build("efficentnet_b0", num_classes=2)
+    # three distinct models, though aliases of the first two match the typo too
+    with pytest.raises(kerastl.UnknownNameError) as err:
+        get_spec("efficientnet_lit0")
+    assert all(f"'efficientnet_lite{i}'" in str(err.value) for i in range(3)), err.value
 
 
 def test_model_info_is_json_ready():

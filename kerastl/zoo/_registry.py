@@ -103,8 +103,9 @@ def suggest_names(query: str, limit: int = 10) -> list[str]:
     if key:
         found += sorted({c for n, c in names.items() if n.startswith(key)})
         found += sorted({c for n, c in names.items() if key in n})
-    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)
-    found += [names[c] for c in close]
+    # the 3 closest models (aliases of one model match together: ask for more names)
+    close = difflib.get_close_matches(key, list(names), n=12, cutoff=0.6)
+    found += list(dict.fromkeys(names[c] for c in close))[:3]
     return list(dict.fromkeys(found))[:limit]
 
 
