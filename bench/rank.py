@@ -987,6 +987,63 @@ def markdown(results: list[dict], commands: list[str], runtime: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+#: ``sure`` bands of :func:`sure_check` (the table's near-tie line is at 0.8).
+SURE_BANDS = ((0.5, 0.8), (0.8, 0.95), (0.95, 1.01))
+
+
+def sure_pairs(results: list[dict]) -> list[dict]:
+    """Each pair of neighbouring scored rows of a rank table (collapsed rows left out): the
+    upper row's ``sure``, and whether its two-phase accuracy is above the lower row's
+    (1, 0, or 0.5 for equal accuracies)."""
+    out = []
+    for r in results:
+        rows = [q for q in r["rank_rows"] if not q["collapsed"] and q.get("logme") is not None]
+        for a, b in zip(rows, rows[1:]):
+            if a.get("sure") is None:
+                continue
+            acc_a, acc_b = (r["accuracy"][q["candidate"]]["ft"] for q in (a, b))
+            agree = 0.5 if acc_a == acc_b else float(acc_a > acc_b)
+            out.append({"task": r["task"], "seed": r["seed"], "sure": a["sure"], "agree": agree})
+    return out
+
+
+def sure_markdown(results: list[dict], commands: list[str]) -> str:
+    """The section bench/results_rank_sure.md: how often the order of two neighbouring rows
+    holds after fine-tuning, by how sure kerastl rank said the lead was."""
+    pairs = sure_pairs(results)
+    lines = ["## Rank: how sure a lead is, against fine-tuning", "",
+             ", ".join(f"`{c}`" for c in commands), "",
+             "Each pair of neighbouring rows of a rank table (sorted by LogME, collapsed rows "
+             "left out): `sure` is how sure kerastl rank says the upper row's lead is (LogME "
+             "on 20 random 80 % subsets of the training examples, the spread of the lead "
+             "corrected to that of a fresh sample); 'agrees' is the share of pairs in which "
+             "the upper row also reaches the higher two-phase held-out accuracy (equal "
+             "accuracies count half). The draws are the stored rank draws, rescored (new "
+             "feature pass) against their stored accuracies.", "",
+             "| task | pairs | " + " | ".join(f"sure {lo:.2f}-{min(hi, 1):.2f}: pairs, agrees"
+                                               for lo, hi in SURE_BANDS) + " |",
+             "|---|---|" + "---|" * len(SURE_BANDS)]  # fmt: skip
+    for task in [*dict.fromkeys(q["task"] for q in pairs), "all"]:
+        mine = [q for q in pairs if task in ("all", q["task"])]
+        cells = []
+        for lo, hi in SURE_BANDS:
+            band = [q["agree"] for q in mine if lo <= q["sure"] < hi]
+            cells.append(f"{len(band)}, {np.mean(band):.2f}" if band else "0, -")
+        lines.append(f"| {task} | {len(mine)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _sure_check(args, cmd: str) -> int:
+    """Render bench/results_rank_sure.md from rescored results files (nothing run)."""
+    files = [f for f in args.sure_check.split(",") if f]
+    results = [r for f in files for r in json.loads(Path(f).read_text())]
+    commands = [*dict.fromkeys(r.get("command", "?") for r in results), cmd]
+    md = sure_markdown(results, commands)
+    print(md)
+    Path(__file__).with_name("results_rank_sure.md").write_text(md)
+    return 0
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one task, four candidates")
@@ -1028,6 +1085,11 @@ def _parser() -> argparse.ArgumentParser:
         "--cost-combine",
         default="",
         help="comma-separated --cost-sizes results JSON files: render results_rank_cost.md",
+    )
+    p.add_argument(
+        "--sure-check",
+        default="",
+        help="comma-separated rescored results JSON files: render results_rank_sure.md",
     )
     p.add_argument(
         "--rescore",
@@ -1094,7 +1156,8 @@ def main() -> int:
     args = _parser().parse_args()
     cmd = ("python bench/rank.py " + " ".join(sys.argv[1:])).strip()
     for flag, mode in ((args.combine, _combine), (args.add_centred, _add_centred),
-                       (args.rescore, _rescore), (args.cost_combine, _cost_combine)):  # fmt: skip
+                       (args.rescore, _rescore), (args.cost_combine, _cost_combine),
+                       (args.sure_check, _sure_check)):  # fmt: skip
         if flag:
             return mode(args, cmd)
     results, t0 = [], time.perf_counter()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks' helpers
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from bench._plain import informative_batchnorm  # noqa: E402
 
 
 def _release_custom_gradients() -> bool:
@@ -101,24 +106,13 @@ def class_images(n_per_class=8, classes=3, size=32, seed=0):
 
 
 def informative(model, x):
-    """Set BatchNorm moving statistics from one batch so a random-init model's outputs vary.
+    """Set BatchNorm moving statistics from one batch so a random-init model's outputs vary
+    (:func:`bench._plain.informative_batchnorm`); returns ``model``.
 
     With ``weights=None`` the default statistics (mean 0, variance 1) shrink activations to
     ~1e-11 and every output is the same constant, which would make parity checks vacuous.
     """
-    import keras
-
-    bns = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    saved = [(b.trainable, b.momentum) for b in bns]
-    for b in bns:
-        b.trainable, b.momentum = True, 0.0
-    model(x, training=True)
-    for b, (trainable, momentum) in zip(bns, saved):
-        b.trainable, b.momentum = trainable, momentum
+    informative_batchnorm(model, x)
     return model
 
 
