@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kerastl.data._sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
+from kerastl.data._sources import class_folder_of
 
 #: Files :func:`read_texts` reads: one text per line, or a table with a column of texts.
 TEXT_LINE_SUFFIXES = (".txt",)
@@ -41,7 +42,11 @@ def image_files(folder: Path, argument: str) -> list[Path]:
 
 
 def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> Any:
-    """An image folder -> list of paths (+ labels from class subfolders); .npy/.npz -> arrays."""
+    """An image folder -> list of paths (+ labels from class subfolders); .npy/.npz -> arrays.
+
+    A file's class is its first folder under the image folder, however deep the file
+    (:func:`~kerastl.data._sources.class_folder_of`), as training and evaluation read it.
+    """
     if path is None:
         return None
     import numpy as np
@@ -52,8 +57,9 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
     if p.is_dir():
         files = image_files(p, argument)
         paths = [str(f) for f in files]
-        if class_names and all(f.parent.name in class_names for f in files):
-            return paths, np.array([class_names.index(f.parent.name) for f in files])
+        classes = [class_folder_of(p, f) for f in files]  # as training labels the folder
+        if class_names and all(c in class_names for c in classes):
+            return paths, np.array([class_names.index(c) for c in classes])
         _warn_unlabelled(files, p, class_names, argument)
         return paths
     if p.suffix == ".npy" and p.is_file():
@@ -93,14 +99,17 @@ def _warn_unlabelled(files: list[Path], root: Path, class_names: list[str] | Non
     """Say why the class sub-folders of ``root`` give no labels (validation runs without them)."""
     import logging
 
-    folders = sorted({f.parent.name for f in files if f.parent != root})
+    classes = [class_folder_of(root, f) for f in files]
+    folders = sorted({c for c in classes if c is not None})
     if not folders:
         return
+    other = [f for f in folders if f not in (class_names or [])]
     if not class_names:
         why = "the model has no class names (a model not built by kerastl)"
-    else:
-        other = [f for f in folders if f not in class_names]
+    elif other:
         why = f"sub-folders {other[:5]} are not among the model's class names {class_names[:10]}"
+    else:
+        why = f"{classes.count(None)} file(s) lie directly in it, in no class sub-folder"
     logging.getLogger("kerastl").warning(
         f"{argument}: the class sub-folders of {str(root)!r} give no labels: {why}; the "
         "files are used without labels (no accuracy check)."
