@@ -409,12 +409,13 @@ def test_validation_and_calibration_data_by_path(tmp_path):
 
 def test_text_validation_data_keeps_texts_and_labels_of_the_same_rows(tmp_path):
     """A JSONL text 0 or false is a text to read_texts but was dropped from the labels'
-    rows (``r.get("text") or ""``): 3 texts and 1 label. One row filter gives both."""
+    rows (``r.get("text") or ""``): 3 texts and 1 label. One row filter gives both. (A JSON
+    number or boolean is now refused as no string: the texts "0" and "false" stand in.)"""
     from kerastl.data.files import load_data_path, read_texts
 
     rows = [
-        {"text": 0, "label": "neg"},
-        {"text": False, "label": "pos"},
+        {"text": "0", "label": "neg"},
+        {"text": "false", "label": "pos"},
         {"text": "", "label": "neg"},
         {"text": None, "label": "neg"},
         {"text": "a good film", "label": "pos"},
@@ -422,7 +423,7 @@ def test_text_validation_data_keeps_texts_and_labels_of_the_same_rows(tmp_path):
     path = tmp_path / "v.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     texts, labels = load_data_path(path, "validation_data", ["neg", "pos"])
-    assert texts.tolist() == ["0", "False", "a good film"]
+    assert texts.tolist() == ["0", "false", "a good film"]
     assert labels.tolist() == [0, 1, 1]
     assert [t for _, t in read_texts(path, "inputs")] == texts.tolist()
     assert [w.rsplit(":", 1)[1] for w, _ in read_texts(path, "inputs")] == ["1", "2", "5"]

@@ -316,8 +316,10 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         help="image models: image files, folders of images (searched recursively), or one "
         ".npy of raw inputs. Text models: each argument is a text, except an existing .txt "
         "file (one text per line) or .csv/.tsv/.jsonl file (its 'text' column); a missing "
-        "file with one of these suffixes is an error, '' is an empty text. Each row says "
-        "where its input came from (file:line or argument N)",
+        "file with one of these suffixes is an error, '' is an empty text. A file's rows "
+        "with no text (blank, null, no 'text') are skipped, as training skips them, and "
+        "named on stderr; a value that is not a string (a JSON number or list) is an error. "
+        "Each row says where its input came from (file:line or argument N)",
     )
     p.add_argument("--top-k", type=int, default=3, help="classes to show per input (default 3)")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per runtime call")
