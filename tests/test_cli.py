@@ -591,6 +591,52 @@ def test_folds_are_checked_by_one_function_in_errors_for_the_cli_and_kfold():
             check_folds(bad)
 
 
+def test_export_of_a_run_model_elsewhere_says_the_run_folder_is_untouched(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """With --output-dir elsewhere, `kerastl export runs/expA/model.keras` said it was
+    "replacing the run's files" (and replaced files there without --overwrite) while the
+    files went to --output-dir. The note now says where the files go in both cases."""
+    import shutil
+
+    import kerastl.export
+
+    run = tmp_path / "expA"
+    run.mkdir()
+    shutil.copy(tiny[0], run / "model.keras")
+    (run / "config.yaml").write_text("name: expA\nexport: {formats: [onnx], name: null}\n")
+    calls = []
+    monkeypatch.setattr(
+        kerastl.export,
+        "export",
+        lambda model, out, **kw: calls.append((out, kw)) or {"artifacts": []},
+    )
+    elsewhere = tmp_path / "elsewhere"
+    assert (
+        main(
+            [
+                "export",
+                str(run / "model.keras"),
+                "--formats",
+                "onnx",
+                "--output-dir",
+                str(elsewhere),
+            ]
+        )
+        == 0
+    )
+    err = " ".join(capsys.readouterr().err.split())
+    assert "replacing the run's files" not in err
+    assert f"naming the files 'expA' as the run's export did ({run / 'config.yaml'}), in " in err
+    assert f"the run's own export folder {str(run / 'export')!r} is not touched" in err
+    assert calls[-1][0] == elsewhere and calls[-1][1]["name"] == "expA"
+    assert not calls[-1][1]["overwrite"]  # files in --output-dir: only with --overwrite
+    assert main(["export", str(run / "model.keras"), "--formats", "onnx"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"replacing the run's files of these formats in {str(run / 'export')!r}" in err
+    assert calls[-1][0] == run / "export" and calls[-1][1]["overwrite"]
+
+
 def test_export_of_a_run_model_names_the_files_as_the_run_did(tmp_path):
     """`kerastl export runs/expA/model.keras` writes expA.* (the run's own names), replacing
     the run's files instead of adding <backbone>_classification.* beside them."""
