@@ -479,6 +479,34 @@ def test_predict_on_a_text_model_reads_text_files_and_says_where_each_row_came_f
     assert "Text models: each argument is a text, except an existing .txt file" in helptext
 
 
+def test_predict_names_the_rows_of_a_text_file_it_skips_and_refuses_values_not_strings(
+    tmp_path, monkeypatch, capsys
+):
+    """Rows with "text": null, "" or no text key gave no output line and no word why, and
+    a list was scored as the string "['a', 'b']". Skipped rows are named on stderr (as
+    training names them); a value that is not a string is an error naming its line."""
+    rows = ['{"text": "the team won"}', '{"text": null}', '{"text": ""}', '{"other": "x"}']
+    (tmp_path / "t.jsonl").write_text("\n".join([*rows, '{"text": "rates rose"}']) + "\n")
+    art = _FakeArtifact("classification", ["finance", "sport"], [0.25, 0.75])
+    _fake_predict(monkeypatch, art)
+    assert main(["predict", "m.tflite", str(tmp_path / "t.jsonl")]) == 0
+    out, err = capsys.readouterr()
+    assert art.received == [["the team won", "rates rose"]]
+    assert [ln.split("  ")[0] for ln in out.splitlines()] == [
+        f"{tmp_path}/t.jsonl:{n}" for n in (1, 5)
+    ]
+    skipped = ", ".join(f"{tmp_path}/t.jsonl:{n}: empty text" for n in (2, 3, 4))
+    assert "inputs: skipped 3 row(s) with no text (blank, null or no 'text')" in err
+    assert err.strip().endswith(skipped)
+    (tmp_path / "t.jsonl").write_text('{"text": "ok"}\n{"text": ["a", "b"]}\n{"text": 7}\n')
+    assert main(["predict", "m.tflite", str(tmp_path / "t.jsonl")]) == 2
+    assert (
+        f'inputs: {tmp_path}/t.jsonl:2: the \'text\' value is a list, ["a", "b"], not a '
+        f"string (also {tmp_path}/t.jsonl:3)" in capsys.readouterr().err
+    )
+    assert art.received == [["the team won", "rates rose"]]  # nothing more was predicted
+
+
 def test_predict_on_a_text_model_takes_a_text_longer_than_a_file_name(monkeypatch, capsys):
     """A 400-character review (no '/') was probed as a path: Path.is_file() raised
     OSError(36, 'File name too long') on Python 3.11 and predict exited 1."""
@@ -561,6 +589,52 @@ def test_folds_are_checked_by_one_function_in_errors_for_the_cli_and_kfold():
     for bad in (1, 0, True, 2.0, "3"):
         with pytest.raises(ConfigError, match=r"^folds: expected a whole number of folds >= 2"):
             check_folds(bad)
+
+
+def test_export_of_a_run_model_elsewhere_says_the_run_folder_is_untouched(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """With --output-dir elsewhere, `kerastl export runs/expA/model.keras` said it was
+    "replacing the run's files" (and replaced files there without --overwrite) while the
+    files went to --output-dir. The note now says where the files go in both cases."""
+    import shutil
+
+    import kerastl.export
+
+    run = tmp_path / "expA"
+    run.mkdir()
+    shutil.copy(tiny[0], run / "model.keras")
+    (run / "config.yaml").write_text("name: expA\nexport: {formats: [onnx], name: null}\n")
+    calls = []
+    monkeypatch.setattr(
+        kerastl.export,
+        "export",
+        lambda model, out, **kw: calls.append((out, kw)) or {"artifacts": []},
+    )
+    elsewhere = tmp_path / "elsewhere"
+    assert (
+        main(
+            [
+                "export",
+                str(run / "model.keras"),
+                "--formats",
+                "onnx",
+                "--output-dir",
+                str(elsewhere),
+            ]
+        )
+        == 0
+    )
+    err = " ".join(capsys.readouterr().err.split())
+    assert "replacing the run's files" not in err
+    assert f"naming the files 'expA' as the run's export did ({run / 'config.yaml'}), in " in err
+    assert f"the run's own export folder {str(run / 'export')!r} is not touched" in err
+    assert calls[-1][0] == elsewhere and calls[-1][1]["name"] == "expA"
+    assert not calls[-1][1]["overwrite"]  # files in --output-dir: only with --overwrite
+    assert main(["export", str(run / "model.keras"), "--formats", "onnx"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"replacing the run's files of these formats in {str(run / 'export')!r}" in err
+    assert calls[-1][0] == run / "export" and calls[-1][1]["overwrite"]
 
 
 def test_export_of_a_run_model_names_the_files_as_the_run_did(tmp_path):

@@ -415,6 +415,24 @@ def test_checking_a_large_image_folder_shows_a_progress_bar_unless_quiet(tmp_pat
         log.setLevel(old)
 
 
+def test_validation_data_folder_labels_nested_images_by_their_class_folder(tmp_path, caplog):
+    """An image deep inside a class folder (val/dog/nested/deeper/1.png) is a dog, for
+    export's validation data as for training; a file directly in the folder has no class."""
+    from kerastl.data.files import load_data_path
+
+    for rel in ("cat/0.png", "dog/0.png", "dog/nested/deeper/1.png"):
+        (tmp_path / "val" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / rel)
+    paths, labels = load_data_path(tmp_path / "val", "validation_data", ["dog", "cat"])
+    assert labels.tolist() == [1, 0, 0]
+    trained = kdata.from_image_folder(tmp_path / "val", class_names=["dog", "cat"], verify=False)
+    assert dict(zip(trained.x, trained.y)) == dict(zip(paths, labels))
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "loose.png")
+    with caplog.at_level("WARNING", logger="kerastl"):
+        assert len(load_data_path(tmp_path / "val", "validation_data", ["dog", "cat"])) == 4
+    assert "1 file(s) lie directly in it, in no class sub-folder" in caplog.text
+
+
 def test_validation_and_calibration_data_by_path(tmp_path):
     """kerastl.export's ``validation_data``/``calibration_data`` given as a path: an image
     folder (labels from class subfolders that name the model's classes), .npy or .npz."""
@@ -452,12 +470,13 @@ def test_validation_and_calibration_data_by_path(tmp_path):
 
 def test_text_validation_data_keeps_texts_and_labels_of_the_same_rows(tmp_path):
     """A JSONL text 0 or false is a text to read_texts but was dropped from the labels'
-    rows (``r.get("text") or ""``): 3 texts and 1 label. One row filter gives both."""
+    rows (``r.get("text") or ""``): 3 texts and 1 label. One row filter gives both. (A JSON
+    number or boolean is now refused as no string: the texts "0" and "false" stand in.)"""
     from kerastl.data.files import load_data_path, read_texts
 
     rows = [
-        {"text": 0, "label": "neg"},
-        {"text": False, "label": "pos"},
+        {"text": "0", "label": "neg"},
+        {"text": "false", "label": "pos"},
         {"text": "", "label": "neg"},
         {"text": None, "label": "neg"},
         {"text": "a good film", "label": "pos"},
@@ -465,7 +484,7 @@ def test_text_validation_data_keeps_texts_and_labels_of_the_same_rows(tmp_path):
     path = tmp_path / "v.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     texts, labels = load_data_path(path, "validation_data", ["neg", "pos"])
-    assert texts.tolist() == ["0", "False", "a good film"]
+    assert texts.tolist() == ["0", "false", "a good film"]
     assert labels.tolist() == [0, 1, 1]
     assert [t for _, t in read_texts(path, "inputs")] == texts.tolist()
     assert [w.rsplit(":", 1)[1] for w, _ in read_texts(path, "inputs")] == ["1", "2", "5"]

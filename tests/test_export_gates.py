@@ -133,6 +133,21 @@ def test_accuracy_drop_gate_with_labels():
     assert bad["failures"] == ["accuracy 0.920 vs Keras 1.000: drop 0.080 > max_metric_drop 0.05"]
 
 
+def test_accuracy_drop_gate_judges_one_hot_labels_as_their_class_ids():
+    """One-hot labels (image_dataset_from_directory(label_mode="categorical")) are scored
+    like the same labels as ids: the gate is not skipped."""
+    x = _x(50, seed=1)
+    ref = _heads(x)["classification"].astype(np.float32)
+    ids = ref.argmax(-1)
+    art = _Fixed(_flipping(x, 4), "probabilities")
+    by_ids = validate(art, {"probabilities": ref}, x, "tflite/int8", "classification", ids)
+    one_hot = np.eye(ref.shape[1])[ids]
+    got = validate(art, {"probabilities": ref}, x, "tflite/int8", "classification", one_hot)
+    assert got["failures"] == by_ids["failures"]
+    assert got.get("metric") == by_ids["metric"]
+    assert got["failures"] == ["accuracy 0.920 vs Keras 1.000: drop 0.080 > max_metric_drop 0.05"]
+
+
 def test_constant_embedding_is_refused_even_when_it_points_the_right_way():
     x = _x()
     ref = np.stack([1 + 0.5 * x[:, 0], 1 + 0.5 * x[:, 1]], -1).astype(np.float32)

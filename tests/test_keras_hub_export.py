@@ -67,6 +67,18 @@ def test_text_artifacts_accept_raw_strings(text_export):
     assert "Flex" not in " ".join(tfl.custom_ops)
 
 
+def test_keras_artifact_of_a_text_model_accepts_raw_strings(tmp_path):
+    """A .keras text model loaded as an artifact takes strings, like its exported files."""
+    model = kerastl.build(
+        "bert_tiny_en_uncased", num_classes=2, compile=False, **tiny_kwargs("bert_tiny_en_uncased")
+    )
+    model.save(tmp_path / "text.keras")
+    texts = list(SENTENCES[:3])
+    got = kerastl.load_artifact(tmp_path / "text.keras").predict(texts)
+    ref = model.predict(np.array(texts, dtype=object), verbose=0)
+    np.testing.assert_allclose(got["probabilities"], ref, atol=1e-5)
+
+
 def test_saved_model_token_id_signature_matches_strings(text_export):
     import tensorflow as tf
 

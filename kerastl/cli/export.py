@@ -200,12 +200,43 @@ def run_export_name(model_path: Path) -> str | None:
 
     name = (cfg.get("export") or {}).get("name") or cfg.get("name")
     if isinstance(name, str) and NAME_RE.match(name):
-        logging.getLogger("kerastl").info(
-            f"naming the files {name!r} as the run's export did ({config}), replacing the "
-            "run's files of these formats; --name writes others beside them"
-        )
         return name
     return None  # a run that never exported may have a name files cannot take
+
+
+def run_naming(model_path: Path, out: Path) -> tuple[str | None, bool]:
+    """``(name, replaces)`` of an export of ``model_path`` into ``out``, and say which.
+
+    ``name`` is :func:`run_export_name` (``None``: the model's own name); ``replaces``
+    whether the files go to the run's own export folder, where they replace the run's
+    files of these formats (as ``--overwrite``). Elsewhere (``--output-dir``) they only
+    take the run's name: the run's folder is not touched, and files already in ``out``
+    are replaced only with ``--overwrite``.
+
+    Example:
+        >>> run_naming(Path("no/such/run/model.keras"), Path("out"))
+        (None, False)
+    """
+    from kerastl.train.runfolder import RUN_FILES
+
+    name = run_export_name(model_path)
+    if name is None:
+        return None, False
+    config = model_path.parent / RUN_FILES["config"]
+    run_out = model_path.parent / RUN_FILES["export"]
+    replaces = out.resolve() == run_out.resolve()
+    where = (
+        f"replacing the run's files of these formats in {str(run_out)!r}; --name writes "
+        "others beside them"
+        if replaces
+        else f"in {str(out)!r}, where files of that name are replaced only with --overwrite "
+        f"(the run's own export folder {str(run_out)!r} is not touched); --name names them "
+        "otherwise"
+    )
+    logging.getLogger("kerastl").info(
+        f"naming the files {name!r} as the run's export did ({config}), {where}"
+    )
+    return name, replaces
 
 
 def _check_output_dir(out: str | None) -> None:
@@ -261,9 +292,10 @@ def run_export(args: argparse.Namespace) -> int:
     items = _items
     fmts = items(args.formats)
     model = load_keras(model_path, safe_mode=not args.unsafe, unsafe_hint="rerun with --unsafe")
-    run_name = run_export_name(model_path) if args.name is None else None
-    from_run = run_name is not None  # a run's model: its own files replaced, as --overwrite
-    if from_run:
+    out = Path(args.out) if args.out else model_path.parent / "export"
+    # a run's model exported into the run's folder: its own files replaced, as --overwrite
+    run_name, from_run = run_naming(model_path, out) if args.name is None else (None, False)
+    if run_name is not None:
         args.name = run_name
     if args.name is None and not NAME_RE.match(model.name):
         raise ConfigError(
@@ -275,7 +307,6 @@ def run_export(args: argparse.Namespace) -> int:
     for flag, value in flags.items():  # image folders: class subfolders -> labels
         if flag not in data:
             data[flag] = _load_data(value, flag, class_names)
-    out = Path(args.out) if args.out else model_path.parent / "export"
     report = export(
         model,
         out,
@@ -316,8 +347,10 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         help="image models: image files, folders of images (searched recursively), or one "
         ".npy of raw inputs. Text models: each argument is a text, except an existing .txt "
         "file (one text per line) or .csv/.tsv/.jsonl file (its 'text' column); a missing "
-        "file with one of these suffixes is an error, '' is an empty text. Each row says "
-        "where its input came from (file:line or argument N)",
+        "file with one of these suffixes is an error, '' is an empty text. A file's rows "
+        "with no text (blank, null, no 'text') are skipped, as training skips them, and "
+        "named on stderr; a value that is not a string (a JSON number or list) is an error. "
+        "Each row says where its input came from (file:line or argument N)",
     )
     p.add_argument("--top-k", type=int, default=3, help="classes to show per input (default 3)")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per runtime call")

@@ -940,6 +940,23 @@ _FOLDER_KINDS = {
 }
 
 
+def class_folder_of(root: str | os.PathLike, path: str | os.PathLike) -> str | None:
+    """The class of a file under a class-folder ``root``: its first folder under ``root``.
+
+    The rule of :func:`from_image_folder` and :func:`from_text_folder`, which label every
+    file under ``root/<class>/``, however deep, by ``<class>``; a file directly in
+    ``root`` has no class (``None``).
+
+    Example:
+        >>> class_folder_of("imgs", "imgs/rocket/nested/deeper/1.png")
+        'rocket'
+        >>> class_folder_of("imgs", "imgs/1.png") is None
+        True
+    """
+    parts = Path(path).relative_to(root).parts
+    return parts[0] if len(parts) > 1 else None
+
+
 def _class_folders(root: Path, task: str, class_names: Any, kind: str) -> list[str]:
     """The class sub-folders of an image or text folder (``class_names`` order if given)."""
     one_label, layout = _FOLDER_KINDS[kind]

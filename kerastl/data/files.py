@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kerastl.data._sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
+from kerastl.data._sources import class_folder_of
 
 #: Files :func:`read_texts` reads: one text per line, or a table with a column of texts.
 TEXT_LINE_SUFFIXES = (".txt",)
@@ -41,7 +42,11 @@ def image_files(folder: Path, argument: str) -> list[Path]:
 
 
 def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> Any:
-    """An image folder -> list of paths (+ labels from class subfolders); .npy/.npz -> arrays."""
+    """An image folder -> list of paths (+ labels from class subfolders); .npy/.npz -> arrays.
+
+    A file's class is its first folder under the image folder, however deep the file
+    (:func:`~kerastl.data._sources.class_folder_of`), as training and evaluation read it.
+    """
     if path is None:
         return None
     import numpy as np
@@ -52,8 +57,9 @@ def load_data_path(path: Any, argument: str, class_names: list[str] | None) -> A
     if p.is_dir():
         files = image_files(p, argument)
         paths = [str(f) for f in files]
-        if class_names and all(f.parent.name in class_names for f in files):
-            return paths, np.array([class_names.index(f.parent.name) for f in files])
+        classes = [class_folder_of(p, f) for f in files]  # as training labels the folder
+        if class_names and all(c in class_names for c in classes):
+            return paths, np.array([class_names.index(c) for c in classes])
         _warn_unlabelled(files, p, class_names, argument)
         return paths
     if p.suffix == ".npy" and p.is_file():
@@ -93,14 +99,17 @@ def _warn_unlabelled(files: list[Path], root: Path, class_names: list[str] | Non
     """Say why the class sub-folders of ``root`` give no labels (validation runs without them)."""
     import logging
 
-    folders = sorted({f.parent.name for f in files if f.parent != root})
+    classes = [class_folder_of(root, f) for f in files]
+    folders = sorted({c for c in classes if c is not None})
     if not folders:
         return
+    other = [f for f in folders if f not in (class_names or [])]
     if not class_names:
         why = "the model has no class names (a model not built by kerastl)"
-    else:
-        other = [f for f in folders if f not in class_names]
+    elif other:
         why = f"sub-folders {other[:5]} are not among the model's class names {class_names[:10]}"
+    else:
+        why = f"{classes.count(None)} file(s) lie directly in it, in no class sub-folder"
     logging.getLogger("kerastl").warning(
         f"{argument}: the class sub-folders of {str(root)!r} give no labels: {why}; the "
         "files are used without labels (no accuracy check)."
@@ -205,13 +214,15 @@ def fit_image_array(x: Any, shape: Any, argument: str, source: str) -> Any:
 def read_texts(path: Any, argument: str, text_column: str = "text") -> list[tuple[str, str]]:
     """``(where, text)`` of each text in a file: ``where`` is ``"file:line"`` (first line 1).
 
-    A ``.txt`` file holds one text per line (blank lines are left out); a ``.csv`` /
-    ``.tsv`` / ``.jsonl`` file holds them in ``text_column`` (rows with an empty text are
-    left out), as training reads them.
+    A ``.txt`` file holds one text per line; a ``.csv`` / ``.tsv`` / ``.jsonl`` file holds
+    them in ``text_column``. Rows with an empty text (a blank line or cell, a JSON ``null``
+    or no ``text_column`` key) are left out, as training leaves them out, and named in a
+    warning (``file:line: empty text``).
 
     Raises:
         DataError: naming ``argument``: no such file, another suffix, not UTF-8, no
-            ``text_column``, or no text at all.
+            ``text_column``, a value that is not a string (a JSON number, list...), or
+            no text at all.
 
     Example:
         >>> import pathlib, tempfile
@@ -221,7 +232,7 @@ def read_texts(path: Any, argument: str, text_column: str = "text") -> list[tupl
         [('1', 'a good film'), ('3', 'awful')]
     """
     rows, lines, _ = _text_rows(path, argument, text_column)
-    return [(f"{Path(path)}:{line}", str(r[text_column])) for r, line in zip(rows, lines)]
+    return [(f"{Path(path)}:{line}", r[text_column]) for r, line in zip(rows, lines)]
 
 
 def _text_rows(
@@ -230,10 +241,12 @@ def _text_rows(
     """The rows of a text file with a non-empty ``text_column``, the line of each and the
     columns (a ``.txt`` line is a row whose one column is ``text_column``).
 
+    Rows with an empty text are left out and named in a warning (:func:`_drop_empty_texts`).
+
     Raises:
         DataError: as :func:`read_texts`.
     """
-    from kerastl.data._sources import _not_utf8, _read_csv, _read_jsonl, empty_columns
+    from kerastl.data._sources import _not_utf8, _read_csv, _read_jsonl
     from kerastl.errors import DataError
 
     path = Path(path)
@@ -262,7 +275,67 @@ def _text_rows(
             f"{argument}: {str(path)!r} has no column {text_column!r} of texts (its "
             f"columns: {header}); name the column of texts {text_column!r}."
         )
-    kept = [(r, n) for r, n in zip(rows, lines) if not empty_columns(r, {text_column: "text"})]
-    if not kept:
+    rows, lines = _drop_empty_texts(rows, lines, path, argument, text_column)
+    if not rows:
         raise DataError(f"{argument}: no text in {str(path)!r}.")
-    return [r for r, _ in kept], [n for _, n in kept], header
+    _check_strings(rows, lines, path, argument, text_column)
+    return rows, lines, header
+
+
+def _drop_empty_texts(
+    rows: list[dict], lines: list[int], path: Path, argument: str, text_column: str
+) -> tuple[list[dict], list[int]]:
+    """The rows with a text and their lines; the others (training's empty-cell test,
+    ``_drop_empty_rows``) named in a warning, ``file:line: empty text`` as training says."""
+    import logging
+
+    from kerastl.data._sources import _drop_empty_rows
+
+    kept, skipped = _drop_empty_rows(rows, lines, path, {text_column: "text"})
+    if skipped:
+        shown = ", ".join(f"{where}: {why}" for where, why in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        logging.getLogger("kerastl").warning(
+            f"{argument}: skipped {len(skipped)} row(s) with no text (blank, null or no "
+            f"{text_column!r}), as training skips them: {shown}{more}"
+        )
+    line_of = {id(r): n for r, n in zip(rows, lines)}
+    return kept, [line_of[id(r)] for r in kept]
+
+
+#: The JSON type of a value of a JSONL row, for :func:`_check_strings`' message.
+_JSON_TYPES = (
+    (bool, "a boolean"),
+    ((int, float), "a number"),
+    (list, "a list"),
+    (dict, "an object"),
+)
+
+
+def _check_strings(
+    rows: list[dict], lines: list[int], path: Path, argument: str, text_column: str
+) -> None:
+    """Refuse a ``text_column`` value that is not a string (a JSONL number, list...).
+
+    Raises:
+        DataError: naming ``argument``, the first such row (``file:line``), its value and
+            the lines of the others.
+    """
+    import json
+
+    from kerastl.errors import DataError
+
+    bad = [(r[text_column], n) for r, n in zip(rows, lines) if not isinstance(r[text_column], str)]
+    if not bad:
+        return
+    value, line = bad[0]
+    kind = next((name for t, name in _JSON_TYPES if isinstance(value, t)), type(value).__name__)
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    more = [f"{path}:{n}" for _, n in bad[1:6]] + (["..."] if len(bad) > 6 else [])
+    others = f" (also {', '.join(more)})" if more else ""
+    raise DataError(
+        f"{argument}: {path}:{line}: the {text_column!r} value is {kind}, {shown}, not a "
+        f"string{others}; a text model takes texts: write each text as a JSON string "
+        f'("...").'
+    )

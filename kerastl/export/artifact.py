@@ -45,7 +45,9 @@ class KerasArtifact(Artifact):
         super().__init__(path, self._prepared.meta)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self._prepared.predict(np.asarray(x, np.float32))
+        """The model on ``x``, cast to its modality's input dtype (strings for text)."""
+        spec = self._prepared.modality.input_signature()[0]
+        return self._prepared.predict(np.asarray(x, spec.dtype.as_numpy_dtype))
 
     @classmethod
     def from_model(cls, model: Any, label: str) -> KerasArtifact:

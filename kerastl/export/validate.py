@@ -295,7 +295,19 @@ def _check_class_ids(ids: np.ndarray, n: int, argument: str) -> None:
 
 
 def _metric(pred: np.ndarray, labels: np.ndarray, task: str | None) -> tuple[str, float] | None:
-    labels = np.asarray(labels)
+    """``(name, value)`` of the task's metric on ``labels``; ``None`` when it has none.
+
+    Multi-class labels of the output's shape are one-hot (:func:`check_labels` accepts
+    them): they count as their class ids.
+
+    Example:
+        >>> pred = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+        >>> _metric(pred, np.array([[1, 0], [1, 0], [1, 0]]), "classification")
+        ('accuracy', 0.6666666666666666)
+    """
+    labels, pred = np.asarray(labels), np.asarray(pred)
+    if task == "classification" and labels.ndim > 1 and labels.shape == pred.shape:
+        labels = np.argmax(labels, axis=-1)
     if task in ("classification", "binary", "multilabel"):
         classes = top1(pred, task)
         labels = labels.reshape(classes.shape) if labels.size == classes.size else labels
