@@ -987,7 +987,6 @@ def markdown(results: list[dict], commands: list[str], runtime: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 #: ``sure`` bands of :func:`sure_check` (the table's near-tie line is at 0.8).
 SURE_BANDS = ((0.5, 0.8), (0.8, 0.95), (0.95, 1.01))
 
@@ -1043,6 +1042,7 @@ def _sure_check(args, cmd: str) -> int:
     print(md)
     Path(__file__).with_name("results_rank_sure.md").write_text(md)
     return 0
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
