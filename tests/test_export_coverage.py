@@ -315,7 +315,9 @@ def test_cli_export_and_predict_on_every_format(tmp_path, capsys):
         Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(tmp_path / f"p{i}.png")
     assert main(["export", str(model_path), "--formats", "saved_model,tflite,onnx"]) == 0
     out = tmp_path / "export"
-    assert (out / "export_report.md").is_file() and "report:" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert (out / "export_report.md").is_file() and "report:" in said
+    assert "checked on 16 synthetic inputs: pass --validation-data" in said, said
     name = model.name
     for artifact in [out / "saved_model" / name, out / f"{name}.tflite", out / f"{name}.onnx"]:
         args = ["predict", str(artifact), str(tmp_path / "p0.png"), str(tmp_path / "p1.png")]
@@ -324,6 +326,12 @@ def test_cli_export_and_predict_on_every_format(tmp_path, capsys):
         rows = [json.loads(line) for line in lines if line.startswith("{")]
         assert [Path(r["input"]).name for r in rows] == ["p0.png", "p1.png"]
         assert {t["class"] for t in rows[0]["top"]} == {"ant", "bee"}
+    # with real validation inputs, nothing is said of synthetic ones
+    val = np.stack([np.full((32, 32, 3), 60 * i, np.uint8) for i in range(4)])
+    np.save(tmp_path / "val.npy", val)
+    args = ["--formats", "onnx", "--validation-data", str(tmp_path / "val.npy")]
+    assert main(["export", str(model_path), *args, "--output-dir", str(tmp_path / "v")]) == 0
+    assert "synthetic" not in capsys.readouterr().out
     # Exporting again refuses to overwrite the published files: exit code 2, one line.
     assert main(["export", str(model_path), "--formats", "onnx"]) == 2
     err = capsys.readouterr().err
