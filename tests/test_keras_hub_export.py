@@ -79,6 +79,26 @@ def test_keras_artifact_of_a_text_model_accepts_raw_strings(tmp_path):
     np.testing.assert_allclose(got["probabilities"], ref, atol=1e-5)
 
 
+def test_a_tokenizer_folder_that_cannot_be_written_fails_the_export(text_export, tmp_path):
+    """The vocabulary beside the TFLite/ONNX files is part of the export: a disk error while
+    writing it fails (it was swallowed, leaving the folder with its settings alone)."""
+    from kerastl.export.modalities.text import write_tokenizer
+
+    model = text_export[0]
+    tok = next(layer.tokenizer for layer in model._flatten_layers() if hasattr(layer, "tokenizer"))
+
+    def full_disk(path):
+        raise OSError(28, "No space left on device")
+
+    tok.save_assets, keep = full_disk, tok.save_assets
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            write_tokenizer(model, tmp_path / "tok")
+    finally:
+        tok.save_assets = keep
+    assert "vocabulary.txt" in write_tokenizer(model, tmp_path / "tok")
+
+
 def test_saved_model_token_id_signature_matches_strings(text_export):
     import tensorflow as tf
 

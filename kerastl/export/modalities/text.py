@@ -250,11 +250,10 @@ def write_tokenizer(model, folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     _, preprocessor = _text_layers(model)
     written = []
-    try:
-        preprocessor.tokenizer.save_assets(str(folder))
+    save = getattr(preprocessor.tokenizer, "save_assets", None)
+    if save is not None:  # a tokenizer without file assets has none; a failing write raises
+        save(str(folder))
         written = sorted(p.name for p in folder.iterdir())
-    except Exception:  # noqa: BLE001 - a tokenizer without file assets
-        pass
     settings = {k: v for k, v in info.items() if k not in ("vocabulary", "merges", "proto_base64")}
     (folder / "tokenizer_settings.json").write_text(json.dumps(settings, indent=1))
     return [*written, "tokenizer_settings.json"]
