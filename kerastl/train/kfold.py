@@ -76,6 +76,8 @@ def cross_validate(
     keys = sorted(set.intersection(*(set(m) for m in per_fold))) if per_fold else []
     summary = {
         "folds": folds,
+        "epochs": "each fold trains all its epochs and is scored on its last (the scored part "
+        "chooses no epoch: no early stopping, train.keep last)",
         "num_examples": len(ex),
         "headline": HEADLINE.get(cfg["model"]["task"]),
         "fold_runs": names,
@@ -88,23 +90,29 @@ def cross_validate(
 
 
 def fold_config(cfg: dict, base: Path, i: int) -> dict:
-    """The run config of fold ``i``: ``<base>/folds/fold<i>``, no export.
+    """The run config of fold ``i``: ``<base>/folds/fold<i>``, no export, all epochs.
 
     The folds are for scores only: ``export`` is cleared as a whole (formats and
     their TFLite precisions), so a config that exports and quantizes still folds.
+    Each fold is scored on the part it leaves out, so that part chooses nothing: the
+    fold trains every epoch (no early stopping) and keeps its last one
+    (``train.keep: last``); a best epoch chosen on the scored part would lift its score.
 
     Example:
-        >>> cfg = {"name": "r", "output_dir": "runs",
+        >>> cfg = {"name": "r", "output_dir": "runs", "train": {"keep": "best", "early_stopping": 5},
         ...        "export": {"formats": ["tflite"], "quantize": ["int8"], "name": None, "version": 2}}
         >>> f = fold_config(cfg, Path("runs/r"), 0)
         >>> f["name"], f["export"]["formats"], f["export"]["quantize"], f["export"]["version"]
         ('fold0', [], [], None)
+        >>> f["train"]["keep"], f["train"]["early_stopping"]
+        ('last', 0)
     """
     fold_cfg = copy.deepcopy(cfg)
     fold_cfg["output_dir"] = str(base / "folds")
     fold_cfg["name"] = f"fold{i}"
     fold_cfg["exist_ok"] = True  # a k-fold rerun replaces its folds (kfold.json is rewritten)
     fold_cfg["export"].update(formats=[], quantize=[], version=None)
+    fold_cfg["train"].update(keep="last", early_stopping=0)
     return fold_cfg
 
 
