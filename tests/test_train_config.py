@@ -293,3 +293,18 @@ def test_an_input_size_the_backbone_refuses_writes_no_run_folder(tmp_path, capsy
     with pytest.raises(ConfigError, match="sequence_lenght"):  # the backbone's own are checked
         check_input_shape({**m, "backbone": "all_minilm_l6_v2_en", "input_size": None,
                            "options": {"sequence_lenght": 8}})  # fmt: skip
+
+
+def test_tfds_val_path_is_refused_pointing_to_val_tfds_split():
+    """TFDS reads no paths: data.val_path re-read data.split ('train'), so validation,
+    the best checkpoint and the export checks ran on the training data."""
+    cfg = {
+        "model": {"backbone": "mobilenet_v3_small"},
+        "data": {"source": "tfds", "name": "mydata", "val_path": "test"},
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    text = str(info.value)
+    assert "data.val_path: got 'test'" in text and "data.val_tfds_split" in text
+    cfg["data"] = {"source": "tfds", "name": "mydata", "val_tfds_split": "test"}
+    assert validate_config(cfg)["data"]["val_tfds_split"] == "test"

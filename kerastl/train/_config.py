@@ -93,7 +93,9 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "source": Field((str, _NONE), None, choices=SOURCES + (None,)),
         "path": Field((str, _NONE), None),
-        "val_path": Field((str, _NONE), None, help="separate validation data (same source)"),
+        "val_path": Field(
+            (str, _NONE), None, help="separate validation data (same source; tfds: val_tfds_split)"
+        ),
         "val_split": Field((float,), 0.2, min=0.0, max=0.9),
         "class_names": Field((list, _NONE), None),
         "path_column": Field((str,), "path"),
@@ -320,6 +322,12 @@ def _cross_checks(cfg: dict, where: str) -> None:
         raise ConfigError(f"{where}: data.name: source 'tfds' needs the dataset name.")
     if data["source"] != "tfds" and not data["path"]:
         raise ConfigError(f"{where}: data.path: missing (a folder, CSV, .npz or JSONL file).")
+    if data["source"] == "tfds" and data["val_path"]:
+        raise ConfigError(
+            f"{where}: data.val_path: got {data['val_path']!r}, but source 'tfds' reads no "
+            "paths (data.split selects the training split). Select the TFDS validation split "
+            "with data.val_tfds_split (e.g. 'validation' or 'test') and remove data.val_path."
+        )
     _check_input_size(cfg["model"]["input_size"], spec, where)
     _check_weights(cfg["model"]["weights"], spec, where)
     _check_augment(data["augment"], where)
