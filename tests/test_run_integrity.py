@@ -327,6 +327,16 @@ def test_config_augment_choices_match_the_pipeline():
     assert _config.QUANTIZE == QUANTIZE
 
 
+def test_config_task_metrics_match_the_heads():
+    from kerastl.core.heads import TASKS
+    from kerastl.train import _config
+
+    assert set(_config.TASK_METRICS) == set(TASKS)
+    for name, task in TASKS.items():
+        logged = ["loss"] + [m.name for m in task.metrics(10)]
+        assert set(_config.TASK_METRICS[name]) == set(logged), name
+
+
 @pytest.mark.parametrize("shots", ["0", "-3", "two"])
 def test_demo_shots_is_checked_before_training(shots, capsys):
     from kerastl.cli import main

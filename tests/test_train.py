@@ -903,6 +903,20 @@ def test_train_keep_names_its_choices():
                          "train": {"keep": "final"}})  # fmt: skip
 
 
+def test_best_checkpoint_refuses_a_monitor_the_run_does_not_log(tmp_path):
+    """'val_top5' passes the config (a classification metric) but a run of 5 classes or
+    fewer logs no top5: the checkpoint saw no value each epoch and kept the last weights."""
+    from kerastl.train._callbacks import BestCheckpoint
+
+    best = BestCheckpoint(str(tmp_path / "m.keras"), monitor="val_top5", verbose=0)
+    logs = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4}
+    with pytest.raises(ConfigError) as info:
+        best.on_epoch_end(0, logs)
+    text = str(info.value)
+    assert text.startswith("train.monitor: 'val_top5'")
+    assert "accuracy, loss, val_accuracy, val_loss" in text
+
+
 def test_best_checkpoint_resumes_from_the_model_an_earlier_process_saved(tmp_path):
     """A resumed process compares with the recorded best and, seeing nothing better,
     restores the weights of the saved best model, not its own last epoch's."""

@@ -308,3 +308,17 @@ def test_tfds_val_path_is_refused_pointing_to_val_tfds_split():
     assert "data.val_path: got 'test'" in text and "data.val_tfds_split" in text
     cfg["data"] = {"source": "tfds", "name": "mydata", "val_tfds_split": "test"}
     assert validate_config(cfg)["data"]["val_tfds_split"] == "test"
+
+
+def test_a_monitor_the_task_does_not_log_is_refused_with_its_metrics():
+    """Keras logs 'val_accuracy': monitor 'val_acc' found no value in any epoch, so the
+    best checkpoint kept the last epoch's weights while the card said 'best'."""
+    with pytest.raises(ConfigError) as info:
+        validate_config(_with("train", monitor="val_acc"))
+    text = str(info.value)
+    assert "train.monitor" in text and "'val_acc'" in text
+    assert "Did you mean 'val_accuracy'?" in text and "'val_loss'" in text
+    with pytest.raises(ConfigError, match=r"train.monitor.*'val_rmse'.*'regression'"):
+        validate_config({**_with("model", task="regression"), "train": {"monitor": "val_auc"}})
+    for monitor in ("val_accuracy", "loss", "val_top5"):
+        assert validate_config(_with("train", monitor=monitor))["train"]["monitor"] == monitor

@@ -28,6 +28,16 @@ KEEP = ("best", "last")
 SOURCES = ("folder", "csv", "numpy", "tfds", "text")
 TASKS = ("classification", "binary", "multilabel", "regression", "embedding")
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "keras")
+#: Metrics Keras logs per ``model.task`` (as :data:`kerastl.core.heads.TASKS` compiles them;
+#: a test keeps them equal); ``train.monitor`` is one, or its ``val_`` form. ``top5`` is
+#: logged only with more than 5 classes.
+TASK_METRICS = {
+    "classification": ("loss", "accuracy", "top5"),
+    "binary": ("loss", "accuracy", "auc"),
+    "multilabel": ("loss", "accuracy", "auc"),
+    "regression": ("loss", "mae", "rmse"),
+    "embedding": ("loss",),
+}
 #: TFLite precisions of ``export.quantize`` (as :data:`kerastl.export.QUANTIZE`; no TF import).
 QUANTIZE = ("float32", "float16", "dynamic", "int8")
 #: ``data.augment`` presets and blocks (as ``kerastl.data`` declares them; a test keeps them equal).
@@ -120,7 +130,11 @@ SCHEMA: dict[str, Any] = {
         "schedule": Field((str,), "cosine", choices=SCHEDULES),
         "warmup_epochs": Field((int, float), 0, min=0),
         "early_stopping": Field((int, bool), 5, help="patience in epochs; 0/false disables"),
-        "monitor": Field((str,), "val_loss"),
+        "monitor": Field(
+            (str,),
+            "val_loss",
+            help="a metric the task logs (loss, accuracy...), val_ form: on the validation data",
+        ),
         "keep": Field(
             (str,),
             "best",
@@ -338,6 +352,7 @@ def _cross_checks(cfg: dict, where: str) -> None:
             f"{where}: finetune.layer_decay: expected a factor in (0, 1], got {decay!r}."
         )
     _check_export(cfg["export"], where)
+    _check_monitor(cfg, where)
     pbn = cfg["train"]["precise_bn"]
     if isinstance(pbn, str) and pbn != "auto":
         raise ConfigError(
@@ -347,6 +362,20 @@ def _cross_checks(cfg: dict, where: str) -> None:
     if cfg["train"]["epochs"] == 0 and cfg["finetune"]["epochs"] == 0:
         raise ConfigError(
             f"{where}: train.epochs and finetune.epochs are both 0: nothing to train."
+        )
+
+
+def _check_monitor(cfg: dict, where: str) -> None:
+    """``train.monitor`` names a metric the task logs: another name kept no best epoch
+    (the checkpoint saw no value and the last epoch's weights stayed)."""
+    task, monitor = cfg["model"]["task"], cfg["train"]["monitor"]
+    names = TASK_METRICS[task]
+    valid = [f"val_{n}" for n in names] + list(names)
+    if monitor not in valid:
+        raise ConfigError(
+            f"{where}: train.monitor: {_choice_text('train.monitor', monitor, valid)} "
+            f"(the metrics model.task {task!r} logs; val_ ones need validation data, "
+            "top5 more than 5 classes)"
         )
 
 
@@ -368,10 +397,14 @@ def _check_modality(spec: Any, where: str) -> None:
     )
 
 
-def _choices(where: str, key: str, value: Any, valid: tuple | list) -> ConfigError:
+def _choice_text(key: str, value: Any, valid: tuple | list) -> str:
     from kerastl.errors import choice_error
 
-    return ConfigError(f"{where}: {key}: {choice_error(key, value, valid)}")
+    return str(choice_error(key, value, valid))
+
+
+def _choices(where: str, key: str, value: Any, valid: tuple | list) -> ConfigError:
+    return ConfigError(f"{where}: {key}: {_choice_text(key, value, valid)}")
 
 
 def _check_input_size(size: Any, spec: Any, where: str) -> None:
