@@ -118,7 +118,9 @@ SCHEMA: dict[str, Any] = {
         "val_tfds_split": Field((str, _NONE), None, help="TFDS split for validation"),
         "augment": Field((str, list, bool, _NONE), "none"),
         "shuffle": Field((bool,), True, help="seeded shuffle of the training data each epoch"),
-        "cache": Field((bool, str), True, help="cache decoded images: true or a file path"),
+        "cache": Field(
+            (bool, str), True, help="cache decoded examples: true (memory), false or a file path"
+        ),
         "verify": Field((bool,), True, help="decode every file once to skip corrupt ones"),
     },
     "train": {
