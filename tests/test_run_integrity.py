@@ -322,9 +322,10 @@ def test_config_augment_choices_match_the_pipeline():
 
     assert set(_config.AUGMENT_PRESETS) == set(_pipeline.AUGMENT_PRESETS)
     assert set(_config.AUGMENT_BLOCKS) == set(_pipeline.AUGMENTATIONS)
-    from kerastl.export import QUANTIZE
+    from kerastl.export import FORMATS, QUANTIZE
 
     assert _config.QUANTIZE == QUANTIZE
+    assert set(_config.EXPORT_FORMATS) == set(FORMATS)  # a format the export step writes
 
 
 def test_config_task_metrics_match_the_heads():

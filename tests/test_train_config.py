@@ -322,3 +322,19 @@ def test_a_monitor_the_task_does_not_log_is_refused_with_its_metrics():
         validate_config({**_with("model", task="regression"), "train": {"monitor": "val_auc"}})
     for monitor in ("val_accuracy", "loss", "val_top5"):
         assert validate_config(_with("train", monitor=monitor))["train"]["monitor"] == monitor
+
+
+def test_keras_is_no_export_format_every_run_writes_model_keras(capsys):
+    """'keras' passed validation, but the export step writes saved_model, tflite and onnx
+    only: the run trained fully, then failed at export."""
+    from kerastl.cli import main
+
+    with pytest.raises(ConfigError) as info:
+        validate_config(_with("export", formats=["onnx", "keras"]))
+    text = str(info.value)
+    assert "export.formats: 'keras'" in text and "model.keras" in text
+    assert "'saved_model', 'tflite', 'onnx'" in text
+    args = ["train", "--backbone", "mobilenet_v3_small", "--data", "d", "--print-config"]
+    assert main(args + ["--formats", "coreml"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown format 'coreml'" in err and "'keras'" not in err  # as --help lists them

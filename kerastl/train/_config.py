@@ -27,7 +27,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 KEEP = ("best", "last")
 SOURCES = ("folder", "csv", "numpy", "tfds", "text")
 TASKS = ("classification", "binary", "multilabel", "regression", "embedding")
-EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "keras")
+#: Formats the export step writes (as :data:`kerastl.export.FORMATS`; a test keeps them
+#: equal). Every run writes model.keras, so ``keras`` is no export format.
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
 #: Metrics Keras logs per ``model.task`` (as :data:`kerastl.core.heads.TASKS` compiles them;
 #: a test keeps them equal); ``train.monitor`` is one, or its ``val_`` form. ``top5`` is
 #: logged only with more than 5 classes.
@@ -589,6 +591,13 @@ def _check_export(export: dict, where: str) -> None:
         if isinstance(export[key], str):
             export[key] = [s.strip() for s in export[key].split(",") if s.strip()]
     for fmt in export["formats"]:
+        if fmt == "keras":
+            raise ConfigError(
+                f"{where}: export.formats: 'keras' is no export format: every run writes its "
+                "model as model.keras in the run folder. Remove it; valid choices: "
+                + ", ".join(repr(c) for c in EXPORT_FORMATS)
+                + "."
+            )
         if fmt not in EXPORT_FORMATS:
             close = difflib.get_close_matches(str(fmt), EXPORT_FORMATS, n=2, cutoff=0.5)
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
