@@ -338,3 +338,17 @@ def test_keras_is_no_export_format_every_run_writes_model_keras(capsys):
     assert main(args + ["--formats", "coreml"]) == 2
     err = capsys.readouterr().err
     assert "unknown format 'coreml'" in err and "'keras'" not in err  # as --help lists them
+
+
+def test_augment_for_a_text_backbone_is_refused_not_ignored():
+    """The pipeline augments images only: data.augment on text data was dropped while the
+    model card reported it."""
+    text = {"model": {"backbone": "all_minilm_l6_v2_en"}, "data": {"path": "news.csv"}}
+    with pytest.raises(ConfigError) as info:
+        validate_config({**text, "data": {"path": "news.csv", "augment": "light"}})
+    msg = str(info.value)
+    assert "data.augment: got 'light'" in msg and "'all_minilm_l6_v2_en' is a text model" in msg
+    assert "images only" in msg
+    for off in ("none", None, False, []):
+        validate_config({**text, "data": {"path": "news.csv", "augment": off}})
+    assert validate_config(_with("data", augment=["flip"]))["data"]["augment"] == ["flip"]

@@ -348,7 +348,7 @@ def _cross_checks(cfg: dict, where: str) -> None:
         )
     _check_input_size(cfg["model"]["input_size"], spec, where)
     _check_weights(cfg["model"]["weights"], spec, where)
-    _check_augment(data["augment"], where)
+    _check_augment(data["augment"], spec, where)
     _check_policies(cfg, spec, where)
     decay = cfg["finetune"]["layer_decay"]
     if decay is not None and not 0.0 < decay <= 1.0:
@@ -513,9 +513,15 @@ def check_weights_architecture(path: str | os.PathLike, spec: Any, argument: str
     )
 
 
-def _check_augment(augment: Any, where: str) -> None:
-    if augment is None or augment is False:
+def _check_augment(augment: Any, spec: Any, where: str) -> None:
+    if augment in (None, False, "none", []):
         return
+    if spec.modality != "image":  # the pipeline augments images only
+        raise ConfigError(
+            f"{where}: data.augment: got {augment!r}, but {spec.name!r} is a {spec.modality} "
+            "model: augmentation applies to images only and would be ignored. Remove "
+            "data.augment or set it to 'none'."
+        )
     if augment is True:
         raise ConfigError(
             f"{where}: data.augment: got true; name a preset {list(AUGMENT_PRESETS)} "
