@@ -576,6 +576,31 @@ def test_folds_below_two_is_an_error_naming_the_flag_and_the_range(
     )
 
 
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--formats", "onnx"], "--formats"),
+        (["--export", "tflite", "--quantize", "int8"], "--formats"),
+        (["--set", "export.quantize=[int8]"], "--set export.quantize"),
+    ],
+)
+def test_train_folds_with_export_flags_is_an_error_naming_both(extra, flag, tmp_path, capsys):
+    """k-fold exports nothing: --formats / --quantize were cleared without a word."""
+    args = ["train", "--backbone", "mobilenet_v3_small", "--data", str(tmp_path), "--folds", "2"]
+    assert main(args + extra) == 2
+    err = capsys.readouterr().err
+    assert f"--folds and {flag}: " in err and "exports none of them" in err, err
+
+
+def test_evaluate_folds_with_data_is_an_error_naming_both(tmp_path, capsys):
+    """`kerastl evaluate RUN --folds k --data X` cross-validated on the run's own data."""
+    run = tmp_path / "run"
+    assert main(["evaluate", str(run), "--folds", "3", "--data", "test.csv"]) == 2
+    err = capsys.readouterr().err
+    assert "--folds and --data: " in err and "--data 'test.csv' would be ignored" in err
+    assert f"kerastl train {run}/config.yaml --data test.csv --folds 3" in err
+
+
 def test_folds_are_checked_by_one_function_in_errors_for_the_cli_and_kfold():
     """cli/train.py's _check_folds copied train/kfold.py's check_folds (condition and
     message): one check in kerastl.errors (no TensorFlow) now serves both."""

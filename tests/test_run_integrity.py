@@ -203,6 +203,34 @@ def test_run_export_calibrates_on_training_and_validates_on_labelled_validation(
     assert calls["max_calibration_samples"] == 300
 
 
+def test_a_run_without_validation_data_says_its_export_checks_ran_on_training_examples(
+    tmp_path, caplog, weights
+):
+    """With no validation data the exported files are checked on training examples: the
+    log said 'validation examples', export_report 'validation_data', and the card listed
+    metrics.json and plots/, which were not written."""
+    caplog.set_level(logging.INFO, logger="kerastl")
+    from kerastl.train import train
+
+    cfg = _cfg(tmp_path, "noval", weights, train={"epochs": 1}, export={"formats": ["onnx"]})
+    r = train(cfg, examples=(_examples(0), None))
+    run = tmp_path / "runs" / "noval"
+    said = "training examples (no validation data)"
+    assert f"on 8 {said}" in caplog.text and "validation examples" not in caplog.text
+    report = json.loads((run / "export" / "export_report.json").read_text())
+    assert (
+        report["validation"]["source"].startswith(said)
+        and said in r.exports["validation"]["source"]
+    )
+    assert f"8 samples ({said}" in (run / "export" / "export_report.md").read_text()
+    assert not (run / "metrics.json").exists() and not (run / "plots").exists()
+    card = (run / "README.md").read_text()
+    files = card.split("Files in this folder:")[1].split("\n")[0]
+    assert "metrics.json" not in files and "plots/" not in files and "`export/`" in files
+    assert "None: the run had no validation data." in card
+    assert f"Validated on 8 {said}" in card
+
+
 # -- fine-tuning options: combined, not dropped ----------------------------------------
 
 
@@ -322,9 +350,20 @@ def test_config_augment_choices_match_the_pipeline():
 
     assert set(_config.AUGMENT_PRESETS) == set(_pipeline.AUGMENT_PRESETS)
     assert set(_config.AUGMENT_BLOCKS) == set(_pipeline.AUGMENTATIONS)
-    from kerastl.export import QUANTIZE
+    from kerastl.export import FORMATS, QUANTIZE
 
     assert _config.QUANTIZE == QUANTIZE
+    assert set(_config.EXPORT_FORMATS) == set(FORMATS)  # a format the export step writes
+
+
+def test_config_task_metrics_match_the_heads():
+    from kerastl.core.heads import TASKS
+    from kerastl.train import _config
+
+    assert set(_config.TASK_METRICS) == set(TASKS)
+    for name, task in TASKS.items():
+        logged = ["loss"] + [m.name for m in task.metrics(10)]
+        assert set(_config.TASK_METRICS[name]) == set(logged), name
 
 
 @pytest.mark.parametrize("shots", ["0", "-3", "two"])

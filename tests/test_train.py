@@ -212,7 +212,8 @@ def test_precise_bn_averages_the_same_shuffled_batches_every_epoch():
 
     def dataset():
         ctx = types.SimpleNamespace(
-            cfg={"seed": 0, "train": {"precise_bn": 2}, "model": {"channels": 3}},
+            cfg={"seed": 0, "train": {"precise_bn": 2}, "model": {"channels": 3},
+                 "data": {"cache": True}},
             train_ex=ex, global_batch=8, image_size=(8, 8),
         )  # fmt: skip
         ctx.dataset = lambda e, b, **kw: kdata.make_dataset(e, (8, 8), b, channels=3, **kw)
@@ -226,6 +227,32 @@ def test_precise_bn_averages_the_same_shuffled_batches_every_epoch():
     epoch1, epoch2 = first_batch(ds), first_batch(ds)
     assert epoch1 == epoch2 == first_batch(dataset())  # every epoch, and after a resume
     assert len(epoch1) == 64 and sorted(epoch1) != list(range(64))  # shuffled, both classes
+
+
+def test_data_cache_false_caches_no_pipeline(tmp_path, monkeypatch):
+    """data.cache: false was read as true: the training, validation and precise-BN
+    pipelines all cached every decoded example in memory."""
+    from kerastl.train import train
+
+    asked = []
+    make = kdata.make_dataset
+
+    def recording(ex, *args, cache=True, **kw):
+        asked.append(cache)
+        return make(ex, *args, cache=cache, **kw)
+
+    monkeypatch.setattr(kdata, "make_dataset", recording)
+    x, y = _images(4, 2)
+    ex = kdata.from_numpy(x, y)
+    cfg = _cfg(
+        tmp_path,
+        "nocache",
+        model={"freeze": "none"},
+        data={"cache": False},
+        train={"epochs": 1, "precise_bn": 1, "cache_features": "off"},
+    )
+    train(cfg, examples=ex.split(0.25, seed=0), evaluate=False)
+    assert len(asked) >= 3 and not any(asked), asked  # training, validation, precise BN
 
 
 def test_a_finetune_policy_that_fits_no_layer_fails_before_phase_one_trains(tmp_path):
@@ -916,6 +943,20 @@ def test_train_keep_names_its_choices():
     with pytest.raises(ConfigError, match=r"train\.keep.*'best'.*'last'"):
         validate_config({"model": {"backbone": "efficientnet_lite0"}, "data": {"path": "d"},
                          "train": {"keep": "final"}})  # fmt: skip
+
+
+def test_best_checkpoint_refuses_a_monitor_the_run_does_not_log(tmp_path):
+    """'val_top5' passes the config (a classification metric) but a run of 5 classes or
+    fewer logs no top5: the checkpoint saw no value each epoch and kept the last weights."""
+    from kerastl.train._callbacks import BestCheckpoint
+
+    best = BestCheckpoint(str(tmp_path / "m.keras"), monitor="val_top5", verbose=0)
+    logs = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4}
+    with pytest.raises(ConfigError) as info:
+        best.on_epoch_end(0, logs)
+    text = str(info.value)
+    assert text.startswith("train.monitor: 'val_top5'")
+    assert "accuracy, loss, val_accuracy, val_loss" in text
 
 
 def test_best_checkpoint_resumes_from_the_model_an_earlier_process_saved(tmp_path):

@@ -293,3 +293,62 @@ def test_an_input_size_the_backbone_refuses_writes_no_run_folder(tmp_path, capsy
     with pytest.raises(ConfigError, match="sequence_lenght"):  # the backbone's own are checked
         check_input_shape({**m, "backbone": "all_minilm_l6_v2_en", "input_size": None,
                            "options": {"sequence_lenght": 8}})  # fmt: skip
+
+
+def test_tfds_val_path_is_refused_pointing_to_val_tfds_split():
+    """TFDS reads no paths: data.val_path re-read data.split ('train'), so validation,
+    the best checkpoint and the export checks ran on the training data."""
+    cfg = {
+        "model": {"backbone": "mobilenet_v3_small"},
+        "data": {"source": "tfds", "name": "mydata", "val_path": "test"},
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    text = str(info.value)
+    assert "data.val_path: got 'test'" in text and "data.val_tfds_split" in text
+    cfg["data"] = {"source": "tfds", "name": "mydata", "val_tfds_split": "test"}
+    assert validate_config(cfg)["data"]["val_tfds_split"] == "test"
+
+
+def test_a_monitor_the_task_does_not_log_is_refused_with_its_metrics():
+    """Keras logs 'val_accuracy': monitor 'val_acc' found no value in any epoch, so the
+    best checkpoint kept the last epoch's weights while the card said 'best'."""
+    with pytest.raises(ConfigError) as info:
+        validate_config(_with("train", monitor="val_acc"))
+    text = str(info.value)
+    assert "train.monitor" in text and "'val_acc'" in text
+    assert "Did you mean 'val_accuracy'?" in text and "'val_loss'" in text
+    with pytest.raises(ConfigError, match=r"train.monitor.*'val_rmse'.*'regression'"):
+        validate_config({**_with("model", task="regression"), "train": {"monitor": "val_auc"}})
+    for monitor in ("val_accuracy", "loss", "val_top5"):
+        assert validate_config(_with("train", monitor=monitor))["train"]["monitor"] == monitor
+
+
+def test_keras_is_no_export_format_every_run_writes_model_keras(capsys):
+    """'keras' passed validation, but the export step writes saved_model, tflite and onnx
+    only: the run trained fully, then failed at export."""
+    from kerastl.cli import main
+
+    with pytest.raises(ConfigError) as info:
+        validate_config(_with("export", formats=["onnx", "keras"]))
+    text = str(info.value)
+    assert "export.formats: 'keras'" in text and "model.keras" in text
+    assert "'saved_model', 'tflite', 'onnx'" in text
+    args = ["train", "--backbone", "mobilenet_v3_small", "--data", "d", "--print-config"]
+    assert main(args + ["--formats", "coreml"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown format 'coreml'" in err and "'keras'" not in err  # as --help lists them
+
+
+def test_augment_for_a_text_backbone_is_refused_not_ignored():
+    """The pipeline augments images only: data.augment on text data was dropped while the
+    model card reported it."""
+    text = {"model": {"backbone": "all_minilm_l6_v2_en"}, "data": {"path": "news.csv"}}
+    with pytest.raises(ConfigError) as info:
+        validate_config({**text, "data": {"path": "news.csv", "augment": "light"}})
+    msg = str(info.value)
+    assert "data.augment: got 'light'" in msg and "'all_minilm_l6_v2_en' is a text model" in msg
+    assert "images only" in msg
+    for off in ("none", None, False, []):
+        validate_config({**text, "data": {"path": "news.csv", "augment": off}})
+    assert validate_config(_with("data", augment=["flip"]))["data"]["augment"] == ["flip"]

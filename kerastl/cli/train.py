@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from kerastl.errors import check_folds
+from kerastl.errors import ConfigError, check_folds
 from kerastl.train._config import PRECISIONS, STRATEGIES
 
 # flag dest -> dotted config key
@@ -134,6 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.folds is not None:
         check_folds(args.folds, "--folds")  # before TensorFlow is imported
+        _refuse_export_flags_with_folds(args)
     overrides = _overrides(args)
     if args.folds is not None:  # the folds score, they never export (kfold.fold_config)
         overrides.update({"export.formats": [], "export.quantize": []})
@@ -161,6 +162,26 @@ def run_train(args: argparse.Namespace) -> int:
     for k, v in _headline(result.metrics).items():
         print(f"  {k}: {v:.4f}")
     return 0
+
+
+def _refuse_export_flags_with_folds(args: argparse.Namespace) -> None:
+    """``--formats`` / ``--quantize`` (or ``--set export...``) with ``--folds`` were dropped
+    without a word: the folds score the config and export none of their models.
+
+    An ``export`` section of the YAML is not refused: the same file trains single runs.
+    """
+    flags = {"export": "--formats", "quantize": "--quantize"}
+    given = [flag for dest, flag in flags.items() if getattr(args, dest, None) is not None]
+    for item in getattr(args, "set", []) or []:
+        key = item.partition("=")[0].strip()
+        if key in ("export.formats", "export.quantize"):
+            given.append(f"--set {key}")
+    if given:
+        raise ConfigError(
+            f"--folds and {given[0]}: k-fold cross-validation trains {args.folds} models to "
+            f"score the config and exports none of them, so {given[0]} would be ignored. Drop "
+            f"{given[0]} to cross-validate, or --folds to train and export one model."
+        )
 
 
 def _headline(metrics: dict) -> dict[str, float]:
@@ -194,6 +215,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.folds is not None:
         check_folds(args.folds, "--folds")  # before TensorFlow is imported
+        if args.data:
+            raise ConfigError(
+                f"--folds and --data: --folds cross-validates the run's config on the run's "
+                f"own data, so --data {args.data!r} would be ignored. To score the run's model "
+                f"on that data drop --folds; to cross-validate on it: kerastl train "
+                f"{args.run_dir}/config.yaml --data {args.data} --folds {args.folds}."
+            )
     cfg = read_config(args.run_dir)
     if args.folds is not None:
         from kerastl.train._config import validate_config

@@ -15,7 +15,7 @@ import numpy as np
 
 from kerastl.core import interrupt as _interrupt
 from kerastl.core.safety import atomic_write_text
-from kerastl.errors import KerastlError, choice_error
+from kerastl.errors import ConfigError, KerastlError, choice_error
 from kerastl.train import runfolder
 from kerastl.train._config import KEEP, OPTIMIZERS, SCHEDULES
 
@@ -149,6 +149,12 @@ class BestCheckpoint(keras.callbacks.Callback):
         return value > self.best if self.mode == "max" else value < self.best
 
     def on_epoch_end(self, epoch, logs=None):
+        if logs and self.monitor not in logs:
+            raise ConfigError(
+                f"train.monitor: {self.monitor!r} is not among the metrics this run logs "
+                f"({', '.join(sorted(logs))}), so no best epoch could be chosen; set "
+                "train.monitor to one of them."
+            )
         value = (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(value):
             return

@@ -27,7 +27,19 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 KEEP = ("best", "last")
 SOURCES = ("folder", "csv", "numpy", "tfds", "text")
 TASKS = ("classification", "binary", "multilabel", "regression", "embedding")
-EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "keras")
+#: Formats the export step writes (as :data:`kerastl.export.FORMATS`; a test keeps them
+#: equal). Every run writes model.keras, so ``keras`` is no export format.
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
+#: Metrics Keras logs per ``model.task`` (as :data:`kerastl.core.heads.TASKS` compiles them;
+#: a test keeps them equal); ``train.monitor`` is one, or its ``val_`` form. ``top5`` is
+#: logged only with more than 5 classes.
+TASK_METRICS = {
+    "classification": ("loss", "accuracy", "top5"),
+    "binary": ("loss", "accuracy", "auc"),
+    "multilabel": ("loss", "accuracy", "auc"),
+    "regression": ("loss", "mae", "rmse"),
+    "embedding": ("loss",),
+}
 #: TFLite precisions of ``export.quantize`` (as :data:`kerastl.export.QUANTIZE`; no TF import).
 QUANTIZE = ("float32", "float16", "dynamic", "int8")
 #: ``data.augment`` presets and blocks (as ``kerastl.data`` declares them; a test keeps them equal).
@@ -93,7 +105,9 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "source": Field((str, _NONE), None, choices=SOURCES + (None,)),
         "path": Field((str, _NONE), None),
-        "val_path": Field((str, _NONE), None, help="separate validation data (same source)"),
+        "val_path": Field(
+            (str, _NONE), None, help="separate validation data (same source; tfds: val_tfds_split)"
+        ),
         "val_split": Field((float,), 0.2, min=0.0, max=0.9),
         "class_names": Field((list, _NONE), None),
         "path_column": Field((str,), "path"),
@@ -106,7 +120,9 @@ SCHEMA: dict[str, Any] = {
         "val_tfds_split": Field((str, _NONE), None, help="TFDS split for validation"),
         "augment": Field((str, list, bool, _NONE), "none"),
         "shuffle": Field((bool,), True, help="seeded shuffle of the training data each epoch"),
-        "cache": Field((bool, str), True, help="cache decoded images: true or a file path"),
+        "cache": Field(
+            (bool, str), True, help="cache decoded examples: true (memory), false or a file path"
+        ),
         "verify": Field((bool,), True, help="decode every file once to skip corrupt ones"),
     },
     "train": {
@@ -118,7 +134,11 @@ SCHEMA: dict[str, Any] = {
         "schedule": Field((str,), "cosine", choices=SCHEDULES),
         "warmup_epochs": Field((int, float), 0, min=0),
         "early_stopping": Field((int, bool), 5, help="patience in epochs; 0/false disables"),
-        "monitor": Field((str,), "val_loss"),
+        "monitor": Field(
+            (str,),
+            "val_loss",
+            help="a metric the task logs (loss, accuracy...), val_ form: on the validation data",
+        ),
         "keep": Field(
             (str,),
             "best",
@@ -320,9 +340,15 @@ def _cross_checks(cfg: dict, where: str) -> None:
         raise ConfigError(f"{where}: data.name: source 'tfds' needs the dataset name.")
     if data["source"] != "tfds" and not data["path"]:
         raise ConfigError(f"{where}: data.path: missing (a folder, CSV, .npz or JSONL file).")
+    if data["source"] == "tfds" and data["val_path"]:
+        raise ConfigError(
+            f"{where}: data.val_path: got {data['val_path']!r}, but source 'tfds' reads no "
+            "paths (data.split selects the training split). Select the TFDS validation split "
+            "with data.val_tfds_split (e.g. 'validation' or 'test') and remove data.val_path."
+        )
     _check_input_size(cfg["model"]["input_size"], spec, where)
     _check_weights(cfg["model"]["weights"], spec, where)
-    _check_augment(data["augment"], where)
+    _check_augment(data["augment"], spec, where)
     _check_policies(cfg, spec, where)
     decay = cfg["finetune"]["layer_decay"]
     if decay is not None and not 0.0 < decay <= 1.0:
@@ -330,6 +356,7 @@ def _cross_checks(cfg: dict, where: str) -> None:
             f"{where}: finetune.layer_decay: expected a factor in (0, 1], got {decay!r}."
         )
     _check_export(cfg["export"], where)
+    _check_monitor(cfg, where)
     pbn = cfg["train"]["precise_bn"]
     if isinstance(pbn, str) and pbn != "auto":
         raise ConfigError(
@@ -339,6 +366,20 @@ def _cross_checks(cfg: dict, where: str) -> None:
     if cfg["train"]["epochs"] == 0 and cfg["finetune"]["epochs"] == 0:
         raise ConfigError(
             f"{where}: train.epochs and finetune.epochs are both 0: nothing to train."
+        )
+
+
+def _check_monitor(cfg: dict, where: str) -> None:
+    """``train.monitor`` names a metric the task logs: another name kept no best epoch
+    (the checkpoint saw no value and the last epoch's weights stayed)."""
+    task, monitor = cfg["model"]["task"], cfg["train"]["monitor"]
+    names = TASK_METRICS[task]
+    valid = [f"val_{n}" for n in names] + list(names)
+    if monitor not in valid:
+        raise ConfigError(
+            f"{where}: train.monitor: {_choice_text('train.monitor', monitor, valid)} "
+            f"(the metrics model.task {task!r} logs; val_ ones need validation data, "
+            "top5 more than 5 classes)"
         )
 
 
@@ -360,10 +401,14 @@ def _check_modality(spec: Any, where: str) -> None:
     )
 
 
-def _choices(where: str, key: str, value: Any, valid: tuple | list) -> ConfigError:
+def _choice_text(key: str, value: Any, valid: tuple | list) -> str:
     from kerastl.errors import choice_error
 
-    return ConfigError(f"{where}: {key}: {choice_error(key, value, valid)}")
+    return str(choice_error(key, value, valid))
+
+
+def _choices(where: str, key: str, value: Any, valid: tuple | list) -> ConfigError:
+    return ConfigError(f"{where}: {key}: {_choice_text(key, value, valid)}")
 
 
 def _check_input_size(size: Any, spec: Any, where: str) -> None:
@@ -468,9 +513,15 @@ def check_weights_architecture(path: str | os.PathLike, spec: Any, argument: str
     )
 
 
-def _check_augment(augment: Any, where: str) -> None:
-    if augment is None or augment is False:
+def _check_augment(augment: Any, spec: Any, where: str) -> None:
+    if augment in (None, False, "none", []):
         return
+    if spec.modality != "image":  # the pipeline augments images only
+        raise ConfigError(
+            f"{where}: data.augment: got {augment!r}, but {spec.name!r} is a {spec.modality} "
+            "model: augmentation applies to images only and would be ignored. Remove "
+            "data.augment or set it to 'none'."
+        )
     if augment is True:
         raise ConfigError(
             f"{where}: data.augment: got true; name a preset {list(AUGMENT_PRESETS)} "
@@ -546,6 +597,13 @@ def _check_export(export: dict, where: str) -> None:
         if isinstance(export[key], str):
             export[key] = [s.strip() for s in export[key].split(",") if s.strip()]
     for fmt in export["formats"]:
+        if fmt == "keras":
+            raise ConfigError(
+                f"{where}: export.formats: 'keras' is no export format: every run writes its "
+                "model as model.keras in the run folder. Remove it; valid choices: "
+                + ", ".join(repr(c) for c in EXPORT_FORMATS)
+                + "."
+            )
         if fmt not in EXPORT_FORMATS:
             close = difflib.get_close_matches(str(fmt), EXPORT_FORMATS, n=2, cutoff=0.5)
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

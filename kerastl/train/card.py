@@ -17,19 +17,23 @@ def _is_image(data_report: dict) -> bool:
     return data_report.get("modality", "image") == "image"
 
 
-def _model_lines(config: dict, data_report: dict, exports: Any) -> list[str]:
+def _model_lines(config: dict, data_report: dict, exports: Any, metrics: dict) -> list[str]:
     """The card's title, what the folder holds and the model section."""
     from kerastl import __version__
 
     m = config["model"]
     keep = (config.get("train") or {}).get("keep", "best")
     kept = "the last epoch" if keep == "last" else "best checkpoint"
+    # metrics.json and plots/ are written from the validation data: none, no files
+    measured = ", `metrics.json`" if metrics else ""
     return [
         f"# {config['name']}: {m['backbone']} ({m['task']})",
         "",
         f"Trained with kerastl {__version__}. Files in this folder: `model.keras` ({kept}), "
-        "`config.yaml` (resolved config), `metrics.json`, `logs/` (CSV and "
-        "TensorBoard), `plots/`" + (", `export/`" if exports else "") + ".",
+        f"`config.yaml` (resolved config){measured}, `logs/` (CSV and TensorBoard)"
+        + (", `plots/`" if metrics else "")
+        + (", `export/`" if exports else "")
+        + ".",
         "",
         "## Model",
         "",
@@ -86,6 +90,8 @@ def _metrics_lines(metrics: dict) -> list[str]:
     """The validation metrics table, per-class rows (up to 30 classes) and forgetting."""
     from kerastl.train._metrics import scalar_metrics
 
+    if not metrics:
+        return ["", "## Validation metrics", "", "None: the run had no validation data."]
     lines = ["", "## Validation metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in scalar_metrics(metrics).items()]
     if "per_class" in metrics and len(metrics["per_class"]) <= 30:
@@ -149,7 +155,7 @@ def model_card(
 ) -> str:
     """The README.md of a run: backbone, data, training, metrics, how to load."""
     lines = [
-        *_model_lines(config, data_report, exports),
+        *_model_lines(config, data_report, exports, metrics),
         *_data_lines(config, data_report),
         *_training_lines(config, timings),
         *_metrics_lines(metrics),
@@ -165,7 +171,11 @@ def _exports_table(exports: Any) -> list[str]:
     """The exported files as a Markdown table (a failure as one line)."""
     if not isinstance(exports, dict) or "artifacts" not in exports:
         return [f"- {k}: {v}" for k, v in exports.items()] if isinstance(exports, dict) else []
-    rows = ["| file | status | size (bytes) |", "|---|---|---|"]
+    validation = exports.get("validation") or {}
+    rows = []
+    if validation.get("source"):
+        rows += [f"Validated on {validation.get('samples')} {validation['source']}.", ""]
+    rows += ["| file | status | size (bytes) |", "|---|---|---|"]
     for a in exports["artifacts"]:
         status = "passed" if a.get("passed") else "FAILED"
         rows.append(f"| `{a.get('path')}` | {status} | {a.get('size_bytes', '-')} |")

@@ -368,10 +368,10 @@ def make_datasets(ctx: RunContext) -> None:
         shuffle=d["shuffle"],
         seed=cfg["seed"],
         augment=d["augment"],
-        cache=d["cache"] if isinstance(d["cache"], str) else True,
+        cache=data_cache(cfg, training=True),
     )
     if ctx.val_ex is not None:
-        ctx.val_ds = ctx.dataset(ctx.val_ex, ctx.global_batch, cache=True)
+        ctx.val_ds = ctx.dataset(ctx.val_ex, ctx.global_batch, cache=data_cache(cfg))
     monitor = cfg["train"]["monitor"]
     ctx.monitor = monitor if ctx.val_ds is not None else monitor.replace("val_", "")
     ctx.data_report = _data_report(ctx)
@@ -390,6 +390,13 @@ def make_datasets(ctx: RunContext) -> None:
         chief = ctx.folder.run_dir
         ctx.best.resume(runfolder.run_path(chief, "best"), runfolder.run_path(chief, "model"))
     ctx.folder.logs_dir.mkdir(parents=True, exist_ok=True)
+
+
+def data_cache(cfg: dict, training: bool = False) -> bool | str:
+    """The ``cache`` of a pipeline per ``data.cache``: false none, true in memory; a file
+    path caches the training set there (``training``), the others in memory."""
+    cache = cfg["data"]["cache"]
+    return cache if training and isinstance(cache, str) else bool(cache)
 
 
 def _data_report(ctx: RunContext) -> dict:

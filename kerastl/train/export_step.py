@@ -116,14 +116,33 @@ def export_run(
         max_calibration_samples=CALIBRATION_SAMPLES,
     )
     report["calibration"] = calibration_info
-    report["validation"]["source"] = (
-        f"{'validation' if val_ex is not None else 'training'} data, stratified random sample"
-    )
-    _print_export_summary(report, formats, out_dir)
+    examples = validation_examples(val_ex is not None)
+    _record_validation_source(report, Path(out_dir) / "export", f"{examples}, {SAMPLE}")
+    _print_export_summary(report, formats, out_dir, examples)
     return report
 
 
-def _print_export_summary(report: dict, formats: list, out_dir: str) -> None:
+#: How the examples the exported files are compared on were drawn.
+SAMPLE = "stratified random sample"
+
+
+def validation_examples(has_validation: bool) -> str:
+    """What the exported files are validated on: the validation examples, or the training
+    examples when the run has no validation data."""
+    return "validation examples" if has_validation else "training examples (no validation data)"
+
+
+def _record_validation_source(report: dict, export_dir: Path, source: str) -> None:
+    """Name the examples in the report and in ``export_report.{json,md}``, which
+    :func:`kerastl.export.export` wrote saying only ``validation_data``."""
+    report["validation"]["source"] = source
+    if (export_dir / "export_report.json").is_file():
+        from kerastl.export.report import write
+
+        write(report, export_dir)
+
+
+def _print_export_summary(report: dict, formats: list, out_dir: str, examples: str) -> None:
     log.info(f"exported {formats} to {Path(out_dir) / 'export'}")
     for art in report.get("artifacts", []):
         metric = (art.get("parity") or {}).get("metric")
@@ -131,5 +150,5 @@ def _print_export_summary(report: dict, formats: list, out_dir: str) -> None:
             log.info(
                 f"  {art['path']}: {metric['name']} {metric['artifact']:.4f} "
                 f"(Keras float32 {metric['keras']:.4f}) on {report['validation']['samples']} "
-                "validation examples"
+                f"{examples}"
             )

@@ -34,7 +34,7 @@ from kerastl.train._callbacks import (
     set_seed_states,
 )
 from kerastl.train._strategy import prepare_fit, strategy_name
-from kerastl.train.context import RunContext
+from kerastl.train.context import RunContext, data_cache
 from kerastl.train.runfolder import read_json
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ def _precise_bn(ctx: RunContext) -> list:
     # statistics as an uninterrupted one (a dataset reshuffled each pass restarts its
     # sequence of orders in the new process).
     order = np.random.default_rng(ctx.cfg["seed"] + 1).permutation(len(ctx.train_ex))
-    plain = ctx.dataset(ctx.train_ex.subset(order), max(ctx.global_batch, 64), cache=True)
+    batch = max(ctx.global_batch, 64)
+    plain = ctx.dataset(ctx.train_ex.subset(order), batch, cache=data_cache(ctx.cfg))
     return [PreciseBatchNorm(plain, 4 if pbn is True else int(pbn))]
 
 
