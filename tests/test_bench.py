@@ -577,3 +577,22 @@ def test_rank_cost_table_judges_each_size_on_its_own_ratio():
     assert "| 0.127 | 0.278 | **missed** |" in rows[0], rows[0]
     assert "| 0.086 | 0.154 | met |" in rows[1], rows[1]
     assert "`cmd a`," in md and "`cmd b`" in md
+
+
+def test_rank_sure_table_counts_neighbouring_pairs_by_how_sure_the_lead_was():
+    """Pairs of neighbouring scored rows, banded by the upper row's sure; collapsed rows and
+    the last row make no pair; equal accuracies count half."""
+    from bench import rank as rb
+
+    def row(name, sure, collapsed=False):
+        return {"candidate": name, "logme": 0.1, "sure": sure, "collapsed": collapsed}
+
+    acc = {"a": 0.9, "b": 0.8, "c": 0.85, "d": 0.85, "r": 0.1}
+    draw = {"task": "t", "seed": 0, "accuracy": {k: {"ft": v} for k, v in acc.items()},
+            "rank_rows": [row("a", 0.99), row("b", 0.6), row("c", 0.9), row("d", None),
+                          row("r", None, collapsed=True)]}  # fmt: skip
+    pairs = rb.sure_pairs([draw])
+    assert [(q["sure"], q["agree"]) for q in pairs] == [(0.99, 1.0), (0.6, 0.0), (0.9, 0.5)]
+    md = rb.sure_markdown([draw], ["cmd"])
+    assert "| t | 3 | 1, 0.00 | 1, 0.50 | 1, 1.00 |" in md, md
+    assert "| all | 3 |" in md and "`cmd`" in md
