@@ -330,8 +330,8 @@ def run_export(args: argparse.Namespace) -> int:
             + (f"  agreement {agree:.3f}" if agree is not None else "")
             + f"  {a.get('latency_ms', float('nan')):.2f} ms"
         )
-    v = report["validation"]
-    if v["source"] != "validation_data":  # the agreement above is of made-up inputs
+    v = report.get("validation") or {}
+    if v.get("source", "validation_data") != "validation_data":  # made-up inputs above
         print(f"checked on {v['samples']} synthetic inputs: pass --validation-data DATA to "
               "check the files on real ones (with labels: the accuracy each file keeps)")  # fmt: skip
     print(f"report: {out / MD_NAME}")
