@@ -87,6 +87,25 @@ def _evidence(
     return float(ev / n)
 
 
+def _nonzero_rms(f: np.ndarray) -> float:
+    """The features' root mean square; all-zero features are a DataError."""
+    rms = float(np.sqrt(np.mean(f**2)))
+    if rms == 0.0:
+        raise DataError("features: all zero; nothing to score.")
+    return rms
+
+
+def _mean_evidence(u: np.ndarray, sigma: np.ndarray, y: np.ndarray, d: int) -> float:
+    """LogME's mean over classes of :func:`_evidence`, from the left singular vectors ``u``
+    (``n`` rows) and squared singular values ``sigma`` of an ``(n, d)`` feature matrix."""
+    n = len(y)
+    scores = []
+    for c in np.unique(y):
+        t = (y == c).astype(np.float64)
+        scores.append(_evidence(u.T @ t, sigma, float(t @ t), n, d))
+    return float(np.mean(scores))
+
+
 def logme(features: np.ndarray, labels: np.ndarray, center: bool = False) -> float:
     """LogME of ``features`` for class ``labels``: mean over classes of the evidence / n.
 
@@ -111,9 +130,7 @@ def logme(features: np.ndarray, labels: np.ndarray, center: bool = False) -> flo
     """
     f, y = _check(features, labels)
     n, d = f.shape
-    rms = float(np.sqrt(np.mean(f**2)))
-    if rms == 0.0:
-        raise DataError("features: all zero; nothing to score.")
+    rms = _nonzero_rms(f)
     if center:
         f = f - f.mean(axis=0)
         centred = float(np.sqrt(np.mean(f**2)))
@@ -125,11 +142,7 @@ def logme(features: np.ndarray, labels: np.ndarray, center: bool = False) -> flo
     u, s, _ = np.linalg.svd(f / rms, full_matrices=False)
     keep = s > s.max() * max(n, d) * np.finfo(np.float64).eps if s.size else s > 0
     u, sigma = u[:, keep], s[keep] ** 2
-    scores = []
-    for c in np.unique(y):
-        t = (y == c).astype(np.float64)
-        scores.append(_evidence(u.T @ t, sigma, float(t @ t), n, d))
-    return float(np.mean(scores))
+    return _mean_evidence(u, sigma, y, d)
 
 
 def knn_loo_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
@@ -290,19 +303,12 @@ def logme_of_gram(features: np.ndarray, labels: np.ndarray) -> float:
         True
     """
     f, y = _check(features, labels)
-    n, d = f.shape
-    rms = float(np.sqrt(np.mean(f**2)))
-    if rms == 0.0:
-        raise DataError("features: all zero; nothing to score.")
+    rms = _nonzero_rms(f)
     f = f / rms
     w, u = np.linalg.eigh(f @ f.T)
     keep = w > w.max() * 1e-12
     u, sigma = u[:, keep], w[keep]
-    scores = []
-    for c in np.unique(y):
-        t = (y == c).astype(np.float64)
-        scores.append(_evidence(u.T @ t, sigma, float(t @ t), n, d))
-    return float(np.mean(scores))
+    return _mean_evidence(u, sigma, y, f.shape[1])
 
 
 def lead_standard_error(
