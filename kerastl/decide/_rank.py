@@ -43,7 +43,8 @@ from kerastl.errors import ConfigError, choice_error
 
 log = logging.getLogger(__name__)
 
-#: Random subsets of the examples (80 % of each class) each candidate is scored on again.
+#: Random subsets of the examples (80 % of each class, at most 300 examples) each candidate
+#: is scored on again.
 SUBSETS = 20
 #: Below this sureness (:func:`mark_sure`), a candidate's lead over the next row is a near tie.
 FIRM = 0.8
