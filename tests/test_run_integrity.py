@@ -62,6 +62,28 @@ def test_a_finished_run_is_kept_and_a_rerun_of_its_name_takes_the_next_folder(
     assert new["fingerprint"] != marker["fingerprint"]
 
 
+def test_a_replaced_run_keeps_nothing_the_earlier_run_reported(tmp_path, caplog, weights):
+    """exist_ok: a run without validation data, replacing one with it, leaves no metrics,
+    plots or export of the earlier run beside its model, and its card says no best epoch."""
+    caplog.set_level(logging.INFO, logger="kerastl")
+    from kerastl.train import train
+
+    cfg = _cfg(tmp_path, "swap", weights, train={"epochs": 1}, export={"formats": ["tflite"]})
+    first = train(cfg, examples=(_examples(0, n=8), _examples(1)))
+    run = tmp_path / "runs" / "swap"
+    assert (run / "metrics.json").is_file() and (run / "plots").is_dir()
+    assert "(best checkpoint)" in (run / "README.md").read_text()
+    assert first.exports and (run / "export").is_dir()
+    caplog.clear()
+    cfg_no_export = {**cfg, "exist_ok": True, "export": {"formats": []}}
+    train(cfg_no_export, examples=(_examples(2, n=8), None))
+    assert not (run / "metrics.json").exists() and not (run / "plots").exists()
+    assert not (run / "export").exists()
+    assert "removed the earlier run's" in caplog.text
+    card = (run / "README.md").read_text()
+    assert "(the last epoch: no validation data)" in card and "metrics.json" not in card
+
+
 @pytest.mark.heavy
 def test_interrupted_run_resumes_only_with_the_same_config_and_data(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="kerastl")  # messages are logged

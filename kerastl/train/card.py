@@ -23,7 +23,10 @@ def _model_lines(config: dict, data_report: dict, exports: Any, metrics: dict) -
 
     m = config["model"]
     keep = (config.get("train") or {}).get("keep", "best")
-    kept = "the last epoch" if keep == "last" else "best checkpoint"
+    if not data_report.get("num_val"):  # nothing to pick a best epoch by
+        kept = "the last epoch: no validation data"
+    else:
+        kept = "the last epoch" if keep == "last" else "best checkpoint"
     # metrics.json and plots/ are written from the validation data: none, no files
     measured = ", `metrics.json`" if metrics else ""
     return [

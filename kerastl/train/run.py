@@ -168,5 +168,5 @@ def _report(ctx: RunContext, done1: int) -> tuple[dict, Any, Exception | None]:
         log.warning(f"export failed: {type(exc).__name__}: {exc}")
     card = model_card(cfg, metrics, ctx.data_report, ctx.timings, exports, out_dir)
     runfolder.run_path(out_dir, "card").write_text(card, encoding="utf-8")
-    runfolder.write_json(Path(out_dir) / "timings.json", ctx.timings)
+    runfolder.write_json(runfolder.run_path(out_dir, "timings"), ctx.timings)
     return metrics, exports, export_error

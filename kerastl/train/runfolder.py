@@ -32,6 +32,7 @@ RUN_FILES = {
     "state": "state",
     "best": "state/best.json",  # the best checkpoint's value, for a resumed run
     "backup": "backup",
+    "timings": "timings.json",
 }
 
 
@@ -200,6 +201,8 @@ class RunFolder:
                 )
             for p in (self.backup_root, self.state_dir, self.logs_dir):
                 shutil.rmtree(p, ignore_errors=True)
+            if self.chief:
+                self._clear_outputs()
         else:
             state = self.read_state()
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
@@ -208,6 +211,22 @@ class RunFolder:
             write_json(self.state_dir / "run.json", {"fingerprint": fingerprint, "finished": False})
             write_config(self.out_dir, cfg)
         return state
+
+    def _clear_outputs(self) -> None:
+        """Remove what an earlier run in this folder reported (its model, metrics, plots,
+        card, timings, export): a fresh run must not sit beside another run's results."""
+        gone = []
+        for what in ("model", "metrics", "plots", "card", "export", "timings"):
+            p = run_path(self.out_dir, what)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink()
+            else:
+                continue
+            gone.append(p.name)
+        if gone:
+            log.info(f"{self.run_dir}: removed the earlier run's {', '.join(gone)}")
 
     def read_state(self) -> dict:
         """The state saved after phase 1 (``{}`` unless both its files are there)."""
