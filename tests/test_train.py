@@ -631,7 +631,9 @@ def _fake_fold_train(monkeypatch, calls):
     monkeypatch.setattr(kfold, "train", fake_train)
 
 
-def test_kfold_of_a_config_that_exports_and_quantizes_skips_export(tmp_path, monkeypatch):
+def test_kfold_of_a_config_that_exports_and_quantizes_skips_export(tmp_path, monkeypatch, caplog):
+    """The folds export nothing, and say so: the config's export section was dropped
+    without a word."""
     from kerastl.train import cross_validate
 
     calls: list = []
@@ -648,8 +650,13 @@ def test_kfold_of_a_config_that_exports_and_quantizes_skips_export(tmp_path, mon
             "version": 2,
         },
     )
+    caplog.set_level(logging.WARNING, logger="kerastl")
     s = cross_validate(cfg, folds=2)
     assert s["mean"]["accuracy"] == pytest.approx(0.5)
+    said = (
+        "k-fold exports nothing: the config's export (saved_model, tflite; quantize int8, float16)"
+    )
+    assert said in caplog.text and s["export"].startswith(said)
     assert len(calls) == 2
     for fold in calls:
         assert fold["export"]["formats"] == [] and fold["export"]["quantize"] == []

@@ -136,8 +136,6 @@ def run_train(args: argparse.Namespace) -> int:
         check_folds(args.folds, "--folds")  # before TensorFlow is imported
         _refuse_export_flags_with_folds(args)
     overrides = _overrides(args)
-    if args.folds is not None:  # the folds score, they never export (kfold.fold_config)
-        overrides.update({"export.formats": [], "export.quantize": []})
     cfg = load_config(args.config, overrides)  # validates before TensorFlow loads
     check_data_paths(cfg, args.config or "config")
     if args.print_config:

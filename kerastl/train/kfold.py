@@ -62,6 +62,9 @@ def cross_validate(
     if extra is not None:  # a separate validation set joins the pool
         ex = _concat(ex, extra)
     per_fold, names = [], []
+    skipped = _skipped_export(cfg)
+    if skipped:
+        log.warning(skipped)
     with quiet_retracing():
         for i, (tr, va) in enumerate(ex.folds(folds, seed=cfg["seed"])):
             fold_cfg = fold_config(cfg, base, i)
@@ -79,6 +82,7 @@ def cross_validate(
         "epochs": "each fold trains all its epochs and is scored on its last (the scored part "
         "chooses no epoch: no early stopping, train.keep last)",
         "num_examples": len(ex),
+        "export": skipped or "none configured",
         "headline": HEADLINE.get(cfg["model"]["task"]),
         "fold_runs": names,
         "per_fold": per_fold,
@@ -87,6 +91,26 @@ def cross_validate(
     }
     runfolder.write_json(base / "kfold.json", summary)
     return summary
+
+
+def _skipped_export(cfg: dict) -> str | None:
+    """What the config would export that the folds do not, said once; ``None`` if nothing.
+
+    Example:
+        >>> print(_skipped_export({"export": {"formats": ["tflite"], "quantize": ["int8"]}}))
+        k-fold exports nothing: the config's export (tflite; quantize int8) is for a single run (kerastl train without --folds)
+        >>> _skipped_export({"export": {"formats": [], "quantize": []}}) is None
+        True
+    """
+    formats = list(cfg.get("export", {}).get("formats") or [])
+    if not formats:
+        return None
+    quantize = list(cfg["export"].get("quantize") or [])
+    what = ", ".join(formats) + (f"; quantize {', '.join(quantize)}" if quantize else "")
+    return (
+        f"k-fold exports nothing: the config's export ({what}) is for a single run "
+        "(kerastl train without --folds)"
+    )
 
 
 def fold_config(cfg: dict, base: Path, i: int) -> dict:
