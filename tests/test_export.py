@@ -953,6 +953,42 @@ def test_validate_passes_exact_and_catches_noise_shift_and_static_batch():
         validate(_Fake(batch_one_only), ref, x, "onnx/float32", "classification")
 
 
+def test_float16_gate_takes_half_precision_error_and_refuses_a_file_that_drifts():
+    """A float16 file of a small-logit head was refused at 1.1 % of its largest logit
+    (cosine 0.999996, every top-1 the same); drift that changes the outputs' direction or
+    a 10 % error is still refused."""
+    from kerastl.export.validate import validate
+
+    x = random_images(12, 8)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 0.3, (12, 3)).astype(np.float32)
+    logits[np.arange(12), rng.integers(0, 3, 12)] += 1.0  # a clear top-1 for each example
+
+    def out(z):
+        p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        return {"logits": z, "probabilities": p.astype(np.float32), "class_id": z.argmax(-1)}
+
+    ref = out(logits)
+    rows = {tuple(np.round(v.ravel()[:6], 3)): i for i, v in enumerate(x)}
+
+    def file_with(err):
+        def run(v):
+            idx = [rows[tuple(np.round(r.ravel()[:6], 3))] for r in v]
+            return out(logits[idx] + err[idx])
+
+        return _Fake(run)
+
+    half = np.zeros_like(logits)
+    half[0, 0] = 0.015 * np.abs(logits).max()  # 1.5 % of the largest logit, on one value
+    half += rng.normal(0, 1e-3, logits.shape).astype(np.float32)
+    ok = validate(file_with(half), ref, x, "tflite/float16", "classification")
+    assert ok["passed"], ok["failures"]
+    assert ok["rel_err"]["logits"] > 0.01  # refused under the former 1e-2 rule
+    far = rng.normal(0, 0.1 * np.abs(logits).max(), logits.shape).astype(np.float32)
+    bad = validate(file_with(far), ref, x, "tflite/float16", "classification")
+    assert not bad["passed"] and any("rel_err" in f for f in bad["failures"]), bad["failures"]
+
+
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 6, 8, 16, 17])
 def test_validate_compares_every_input_at_each_batch_size(n):
     """Validation runs the first inputs at batch 1 and the rest at batch 4 (the last 4 when

@@ -105,7 +105,12 @@ TOLERANCES: dict[str, Tolerance] = {
     "onnx/strings": Tolerance(max_rel_err=1e-4),  # <name>_strings.onnx, tokenizer in the graph
     "tflite/float32": Tolerance(max_rel_err=1e-4),
     "tflite/mediapipe": Tolerance(max_rel_err=1e-4),  # float32 file, probabilities only
-    "tflite/float16": Tolerance(max_rel_err=1e-2),
+    # float16 weights: an error a few times 2**-11 per layer, which reaches 1 % of the
+    # largest logit of a small-logit head (a pretrained Lite0 with a 3-class head on 36
+    # photos: logits 0.011, cosine 0.999996, same top-1); a broken file is far off on all
+    "tflite/float16": Tolerance(
+        max_rel_err=5e-2, min_cosine=0.999, min_agreement=0.9, max_metric_drop=0.05
+    ),
     "tflite/dynamic": Tolerance(**_QUANTIZED),
     "tflite/int8": Tolerance(**_QUANTIZED),
 }
