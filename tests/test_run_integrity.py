@@ -439,3 +439,38 @@ def test_an_unfinished_run_says_which_model_it_scores(tmp_path, keep, scored):
     got = unfinished_progress(tmp_path / "run", cfg)
     assert got["phase"] == 2 and not got["training_finished"], got
     assert scored in got["message"], got["message"]
+
+
+def test_exporting_a_runs_model_again_checks_and_calibrates_on_the_runs_data(
+    tmp_path, capsys, weights
+):
+    """`kerastl export runs/x/model.keras` validated on 16 synthetic inputs (a good float16
+    file of a trained head failed there) and refused int8 without --calibration-data,
+    though the run's own export used its data: a re-export now takes the run's validation
+    sample and training sample as the run's export did; when the data is gone it says so."""
+    from kerastl.cli import main
+    from kerastl.train import train
+
+    x, y = _images(12, 2, seed=3)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    cfg = _cfg(tmp_path, "again", weights, train={"epochs": 1}, export={"formats": ["tflite"]})
+    cfg["data"] = {"path": str(tmp_path / "d.npz"), "val_split": 0.25}
+    train(cfg)
+    model = tmp_path / "runs" / "again" / "model.keras"
+    capsys.readouterr()
+    assert main(["export", str(model), "--formats", "tflite", "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    seen = json.loads((model.parent / "data_report.json").read_text())
+    assert f"checked on {seen['num_val']} of the run's validation examples" in out, out
+    report = json.loads((model.parent / "export" / "export_report.json").read_text())
+    assert report["validation"]["source"].startswith("the run's validation examples")
+    assert report["validation"]["samples"] == seen["num_val"] == 6
+    assert report["calibration"]["samples"] == seen["num_train"] == 18
+    (tmp_path / "d.npz").rename(tmp_path / "moved.npz")
+    assert main(["export", str(model), "--formats", "tflite", "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "--quantize int8 needs --calibration-data: the run's training data" in err, err
+    assert main(["export", str(model), "--formats", "tflite"]) == 0
+    captured = capsys.readouterr()
+    assert "the run's data could not be loaded as it was" in captured.err
+    assert "checked on 16 synthetic inputs" in captured.out

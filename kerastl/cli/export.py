@@ -153,7 +153,7 @@ def _check_format_flags(args: argparse.Namespace, fmts: list[str]) -> None:
                 f"{flag} {value}".rstrip() + f" applies to {fmt} files only, and --formats "
                 f"{args.formats!r} has no {fmt!r}. Add {fmt} to --formats or drop {flag}."
             )
-    if "int8" in quantize and args.calibration_data is None:
+    if "int8" in quantize and args.calibration_data is None and run_dir_of(args.model) is None:
         raise ConfigError(
             "--quantize int8 needs --calibration-data: an image folder or a .npy/.npz of a few "
             "hundred representative raw inputs, to set the integer ranges."
@@ -202,6 +202,54 @@ def run_export_name(model_path: Path) -> str | None:
     if isinstance(name, str) and NAME_RE.match(name):
         return name
     return None  # a run that never exported may have a name files cannot take
+
+
+def run_dir_of(model: str | os.PathLike) -> Path | None:
+    """The run folder of a run's ``model.keras`` (``config.yaml`` beside it), else ``None``.
+
+    Example:
+        >>> run_dir_of("no/such/run/model.keras") is None
+        True
+    """
+    from kerastl.train.runfolder import RUN_FILES
+
+    path = Path(model)
+    if path.name == RUN_FILES["model"] and (path.parent / RUN_FILES["config"]).is_file():
+        return path.parent
+    return None
+
+
+def _run_inputs(args: argparse.Namespace, model: Any, data: dict) -> Any:
+    """The run's own validation (and int8 calibration) inputs for a run's ``model.keras``
+    exported without ``--validation-data`` (``--calibration-data``), as its export used;
+    ``None`` when not a run's model or nothing is missing. A run whose data cannot be
+    loaded as it was falls back to synthetic inputs, with a warning (int8: an error)."""
+    from kerastl.errors import ConfigError, KerastlError
+
+    run_dir = run_dir_of(args.model)
+    needs_cal = "int8" in _items(args.quantize) and data["--calibration-data"] is None
+    if run_dir is None or (data["--validation-data"] is not None and not needs_cal):
+        return None
+    from kerastl.train.export_step import rerun_inputs
+
+    try:
+        inputs = rerun_inputs(run_dir, model, needs_cal)
+    except (KerastlError, OSError) as exc:
+        if needs_cal:
+            raise ConfigError(
+                f"--quantize int8 needs --calibration-data: the run's training data, which "
+                f"calibrates by default, could not be loaded ({exc})."
+            ) from None
+        logging.getLogger("kerastl").warning(
+            f"the run's data could not be loaded as it was ({exc}); checking the files on "
+            "synthetic inputs"
+        )
+        return None
+    if data["--validation-data"] is None:
+        data["--validation-data"] = inputs.validation
+    if needs_cal:
+        data["--calibration-data"] = inputs.calibration
+    return inputs
 
 
 def run_naming(model_path: Path, out: Path) -> tuple[str | None, bool]:
@@ -307,6 +355,8 @@ def run_export(args: argparse.Namespace) -> int:
     for flag, value in flags.items():  # image folders: class subfolders -> labels
         if flag not in data:
             data[flag] = _load_data(value, flag, class_names)
+    from_run_data = _run_inputs(args, model, data)
+    run_validates = from_run_data is not None and args.validation_data is None
     report = export(
         model,
         out,
@@ -321,6 +371,8 @@ def run_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         overwrite=args.overwrite or from_run,
     )
+    if from_run_data is not None:
+        _record_run_inputs(report, out, from_run_data, run_validates, args)
     for a in report["artifacts"]:
         parity = a.get("parity") or {}
         agree = parity.get("agreement")
@@ -331,11 +383,23 @@ def run_export(args: argparse.Namespace) -> int:
             + f"  {a.get('latency_ms', float('nan')):.2f} ms"
         )
     v = report.get("validation") or {}
-    if v.get("source", "validation_data") != "validation_data":  # made-up inputs above
+    if run_validates:
+        print(f"checked on {v['samples']} of the run's {from_run_data.examples}")
+    elif v.get("source", "validation_data") != "validation_data":  # made-up inputs above
         print(f"checked on {v['samples']} synthetic inputs: pass --validation-data DATA to "
               "check the files on real ones (with labels: the accuracy each file keeps)")  # fmt: skip
     print(f"report: {out / MD_NAME}")
     return 0
+
+
+def _record_run_inputs(report: dict, out: Path, inputs: Any, validates: bool, args) -> None:
+    """Name the run's examples the files were validated / calibrated on, in the report."""
+    from kerastl.train.export_step import SAMPLE, record_validation_source
+
+    if args.calibration_data is None and "int8" in _items(args.quantize):
+        report["calibration"] = inputs.calibration_info
+    source = f"the run's {inputs.examples}, {SAMPLE}" if validates else None
+    record_validation_source(report, out, source)
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,11 @@ def _materialise(ex: kdata.Examples, indices: np.ndarray, model: keras.Model, cf
     return x.numpy(), sample
 
 
-def _calibration(model: keras.Model, cfg: dict, train_ex: kdata.Examples) -> tuple[Any, Any]:
+def _calibration(
+    model: keras.Model, cfg: dict, train_ex: kdata.Examples, int8: bool
+) -> tuple[Any, Any]:
     """The int8 calibration inputs and their description (both None without int8)."""
-    if "int8" not in cfg["export"]["quantize"]:
+    if not int8:
         return None, None
     indices = sample_indices(train_ex, CALIBRATION_SAMPLES, cfg["seed"] + 1)
     x_cal, cal_sample = _materialise(train_ex, indices, model, cfg)
@@ -97,29 +100,76 @@ def export_run(
     from kerastl.export import export
 
     model = load_model(model_path)
-    val_source = val_ex if val_ex is not None else train_ex
-    indices = sample_indices(val_source, EXPORT_VALIDATION_SAMPLES, cfg["seed"])
-    x_val, val_sample = _materialise(val_source, indices, model, cfg)
-    labelled = cfg["model"]["task"] in ("classification", "binary", "multilabel", "regression")
-    calibration, calibration_info = _calibration(model, cfg, train_ex)
+    inputs = run_inputs(model, cfg, train_ex, val_ex, "int8" in cfg["export"]["quantize"])
     report = export(
         model,
         str(Path(out_dir) / "export"),
         formats=formats,
         quantize=cfg["export"]["quantize"],
-        calibration_data=calibration,
-        validation_data=(x_val, val_sample.y) if labelled else x_val,
+        calibration_data=inputs.calibration,
+        validation_data=inputs.validation,
         name=cfg["export"]["name"] or cfg["name"],
         version=cfg["export"]["version"],
         overwrite=True,  # a rerun's files replace the last run's once they pass validation
         max_validation_samples=EXPORT_VALIDATION_SAMPLES,
         max_calibration_samples=CALIBRATION_SAMPLES,
     )
-    report["calibration"] = calibration_info
-    examples = validation_examples(val_ex is not None)
-    _record_validation_source(report, Path(out_dir) / "export", f"{examples}, {SAMPLE}")
-    _print_export_summary(report, formats, out_dir, examples)
+    inputs.record(report, Path(out_dir) / "export")
+    _print_export_summary(report, formats, out_dir, inputs.examples)
     return report
+
+
+@dataclass
+class RunInputs:
+    """What a run's files are validated and calibrated on: ``validation`` (inputs, with
+    labels for labelled tasks), ``calibration`` (raw inputs), and how each was drawn."""
+
+    validation: Any
+    calibration: Any
+    calibration_info: dict
+    examples: str
+
+    def record(self, report: dict, export_dir: Path) -> None:
+        """Name the examples and the calibration sample in ``report`` (and its files)."""
+        report["calibration"] = self.calibration_info
+        record_validation_source(report, export_dir, f"{self.examples}, {SAMPLE}")
+
+
+def run_inputs(
+    model: Any, cfg: dict, train_ex: kdata.Examples, val_ex: Any, int8: bool
+) -> RunInputs:
+    """The run's export inputs: a stratified sample of its validation examples (its
+    training examples without validation data) and, with ``int8``, of its training
+    examples to calibrate on."""
+    val_source = val_ex if val_ex is not None else train_ex
+    indices = sample_indices(val_source, EXPORT_VALIDATION_SAMPLES, cfg["seed"])
+    x_val, val_sample = _materialise(val_source, indices, model, cfg)
+    labelled = cfg["model"]["task"] in ("classification", "binary", "multilabel", "regression")
+    calibration, calibration_info = _calibration(model, cfg, train_ex, int8)
+    validation = (x_val, val_sample.y) if labelled else x_val
+    return RunInputs(
+        validation, calibration, calibration_info, validation_examples(val_ex is not None)
+    )
+
+
+def rerun_inputs(run_dir: str | Path, model: Any, int8: bool) -> RunInputs:
+    """:func:`run_inputs` of a finished run, for exporting its ``model.keras`` again: the
+    run's data loaded from its ``config.yaml`` and split as it was.
+
+    Raises:
+        KerastlError / OSError: the data cannot be loaded as the run saw it (moved,
+            changed: :func:`kerastl.train.evaluate.check_same_split`).
+    """
+    from kerastl.train import runfolder
+    from kerastl.train._config import validate_config
+    from kerastl.train.context import load_examples
+    from kerastl.train.evaluate import check_same_split
+
+    where = str(runfolder.run_path(run_dir, "config"))
+    cfg = validate_config(runfolder.read_config(run_dir) or {}, where)
+    train_ex, val_ex = load_examples(cfg)
+    check_same_split(run_dir, cfg, train_ex, val_ex)
+    return run_inputs(model, cfg, train_ex, val_ex, int8)
 
 
 #: How the examples the exported files are compared on were drawn.
@@ -132,10 +182,12 @@ def validation_examples(has_validation: bool) -> str:
     return "validation examples" if has_validation else "training examples (no validation data)"
 
 
-def _record_validation_source(report: dict, export_dir: Path, source: str) -> None:
+def record_validation_source(report: dict, export_dir: Path, source: str | None) -> None:
     """Name the examples in the report and in ``export_report.{json,md}``, which
-    :func:`kerastl.export.export` wrote saying only ``validation_data``."""
-    report["validation"]["source"] = source
+    :func:`kerastl.export.export` wrote saying only ``validation_data`` (``None``: keep
+    that name; the report files are written again for the calibration's)."""
+    if source is not None:
+        report["validation"]["source"] = source
     if (export_dir / "export_report.json").is_file():
         from kerastl.export.report import write
 
