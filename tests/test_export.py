@@ -1814,3 +1814,26 @@ def test_release_memory_trims_without_starting_a_process(monkeypatch):
     assert started == []
     if sys.platform.startswith("linux"):
         assert base._malloc_trim() is not None  # glibc here: the trim is found, and runs
+
+
+@pytest.mark.parametrize(
+    "task, names, says",
+    [
+        ("binary", ["cat", "dog"], "task is 'binary'"),
+        ("multilabel", ["a", "b", "c"], "task is 'multilabel'"),
+        ("classification", None, "needs class names for its labels file"),
+    ],
+)
+def test_an_image_classifier_without_a_mediapipe_file_is_told_why(task, names, says):
+    """Binary, multilabel and unnamed image classifiers got no <name>_mediapipe.tflite and
+    an empty notes list (text and audio classifiers got a note)."""
+    from kerastl.export.formats import FORMATS, Options
+
+    meta = {"task": task, "class_names": names, "input": {"name": "image", "shape": [32, 32, 3]}}
+    notes = FORMATS["tflite"].notes("m", Options(), meta)
+    assert len(notes) == 1 and notes[0].startswith(
+        "no m_mediapipe.tflite (MediaPipe ImageClassifier): "
+    )
+    assert says in notes[0], notes
+    regression = {**meta, "task": "regression"}
+    assert FORMATS["tflite"].notes("m", Options(), regression) == []  # not a classifier

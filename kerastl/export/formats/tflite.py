@@ -493,9 +493,9 @@ class TFLiteFormat(Format):
         return details
 
     def notes(self, name: str, options: Options, meta: dict) -> list[str]:
-        """Why a text or audio classifier gets no ``<name>_mediapipe.tflite``."""
+        """Why a classifier (image, text, audio) gets no ``<name>_mediapipe.tflite``."""
         kind = tflite_metadata.KINDS.get((meta.get("input") or {}).get("name"))
-        if kind in (None, "ImageClassifier"):
+        if kind is None:
             return []
         if meta.get("task") not in ("classification", "binary", "multilabel"):
             return []
