@@ -133,15 +133,30 @@ def decide(
     if sep < SEPARABLE:
         groups = max(1, n_groups // 2)
         why.append(
-            f"frozen features do not yet separate the classes ({sep:.2f} < {SEPARABLE}): "
+            f"frozen features do not yet separate the classes ({_below(sep, SEPARABLE)} < {SEPARABLE}): "
             "the top half of the groups must change, at a rate that moves them"
         )
         return _advice(groups, n_groups, why, sep, best)
     why.append(
-        f"frozen features already separate the classes ({sep:.2f} >= {SEPARABLE}): the head "
+        f"frozen features already separate the classes ({sep:.3g} >= {SEPARABLE}): the head "
         "starts right, every layer adapts at a low rate"
     )
     return _advice(n_groups, n_groups, why, sep, best)
+
+
+def _below(value: float, bar: float) -> str:
+    """``value`` written with the digits that show it below ``bar`` (0.849 < 0.85, where
+    two digits wrote "0.85 < 0.85").
+
+    Example:
+        >>> _below(0.8493, 0.85), _below(0.61, 0.85), _below(0.84999, 0.85)
+        ('0.849', '0.61', '0.84999')
+    """
+    for digits in range(2, 8):
+        text = f"{value:.{digits}f}".rstrip("0").rstrip(".")
+        if float(text) < bar:
+            return text
+    return repr(value)
 
 
 def _collapsed_advice(why: list[str], rms: float, n_groups: int, sep: float) -> Advice:
