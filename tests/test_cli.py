@@ -681,3 +681,14 @@ def test_export_of_a_run_model_names_the_files_as_the_run_did(tmp_path):
     assert run_export_name(run / "model.keras") is None
     (run / "config.yaml").write_text("name: my exp\nexport: {formats: []}\n")
     assert run_export_name(run / "model.keras") is None  # the model's own name is used
+
+
+def test_predict_on_a_file_of_no_known_suffix_names_what_the_command_line_can_do(tmp_path, capsys):
+    """The error pointed at `format=...`, which kerastl predict has no flag for."""
+    report = tmp_path / "export_report.json"
+    report.write_text("{}")
+    assert main(["predict", str(report), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"ARTIFACT: cannot tell the format of {str(report)!r}" in err, err
+    assert "(or pass format=...)" not in err
+    assert "kerastl.load_artifact(path, format=...)" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -444,7 +445,7 @@ def _artifact_or_pretrained(name: str, threads: int | None = None) -> Any:
     from kerastl.export.artifact import KerasArtifact, load_artifact
 
     if os.path.exists(name) or os.sep in name or "." in os.path.basename(name):
-        with flag_for("num_threads", "--threads"):
+        with flag_for("num_threads", "--threads"), _cli_format_hint():
             return load_artifact(name, num_threads=threads)
     if threads is not None:
         raise ConfigError(
@@ -461,6 +462,26 @@ def _artifact_or_pretrained(name: str, threads: int | None = None) -> Any:
         )
         raise type(exc)(text) from None
     return KerasArtifact.from_model(model, f"{name} (pretrained ImageNet classifier)")
+
+
+@contextlib.contextmanager
+def _cli_format_hint() -> Any:
+    """load_artifact's "cannot tell the format" error, told as the command line has it:
+    ``kerastl predict`` has no ``format=``, so the file needs its suffix."""
+    from kerastl.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc)
+        if "cannot tell the format" not in text:
+            raise
+        text = text.replace(
+            " (or pass format=...).",
+            "; rename the file to its format's suffix, "
+            "or load it in Python with kerastl.load_artifact(path, format=...).",
+        )
+        raise ConfigError(text.replace("path: ", "ARTIFACT: ", 1)) from None
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], set[str]]:
