@@ -567,7 +567,8 @@ def test_evaluate_on_other_data_keeps_the_runs_metrics_and_records_the_data(
     before = {f: (run / f).read_bytes() for f in kept}
     capsys.readouterr()
     assert main(["evaluate", str(run), "--data", str(other)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "training split" not in err  # new examples: nothing to warn about
     assert {f: (run / f).read_bytes() for f in kept} == before
     where = run / "evaluations" / "other"
     metrics = json.loads((where / "metrics.json").read_text())
@@ -588,6 +589,10 @@ def test_evaluate_on_other_data_keeps_the_runs_metrics_and_records_the_data(
     assert main(["evaluate", str(run), "--data", str(tmp_path / "no1.npz"), "--json"]) == 0
     got = capsys.readouterr()
     assert json.loads(got.out)["num_examples"] == 3 and "class(es) ['1']" in got.err, got.err
+    # the run's whole data: the examples it trained on are counted and named
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "d.npz"), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "6 of its 8 examples are in the run's training split" in err, err
     # the run's own split, drawn again: the same data gives it; data grown since does not
     assert main(["evaluate", str(run)]) == 0
     before = (run / "metrics.json").read_bytes()

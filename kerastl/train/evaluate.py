@@ -303,4 +303,28 @@ def _other_data(run_dir: str | os.PathLike, cfg: dict, data_path: str | os.PathL
             f"--data {str(data_path)!r} has no example of class(es) {absent}: they are not "
             "scored (their recall and F1 are not measured; macro averages cover the others)"
         )
+    _warn_trained_on(run_dir, ex, data_path)
     return cfg, ex
+
+
+def _warn_trained_on(run_dir: str | os.PathLike, ex: Any, data_path: Any) -> int | None:
+    """Warn when examples of ``ex`` are among the run's training examples (the scores
+    would overstate the model); their count, or ``None`` when the run's data is not here."""
+    cfg = copy.deepcopy(runfolder.read_config(run_dir))
+    cfg["data"]["verify"] = False  # only which examples: no file is decoded
+    try:
+        train, _ = load_examples(cfg)
+    except Exception:  # noqa: BLE001 - the run's data moved: nothing to compare with
+        log.debug("evaluate: the run's training data could not be read", exc_info=True)
+        return None
+    seen = kdata.example_keys(train)
+    if seen is None:
+        return None
+    keys = kdata.example_keys(ex) or []
+    shared = sum(k in seen for k in keys)
+    if shared:
+        log.warning(
+            f"--data {str(data_path)!r}: {shared} of its {len(keys)} examples are in the run's "
+            "training split, so these scores overstate the model on new data"
+        )
+    return shared
