@@ -1312,3 +1312,20 @@ def test_run_killed_after_early_stopping_ended_its_training(tmp_path, caplog, mo
         result = train(cfg)
     assert "resuming: phase 2 already done (4 epochs in all)" in caplog.text
     assert len(result.history["loss"]) == 4 and result.metrics
+
+
+def test_a_regression_run_starts_at_the_targets_mean(tmp_path, weights):
+    """Targets far from zero: from a zero bias the head spent its first epochs climbing to
+    their level. The head's bias starts at the training mean, so one epoch already
+    predicts close to the mean predictor."""
+    from kerastl.train import train
+
+    x, cls = _images(6, 2, seed=4)
+    y = (100.0 + 4.0 * cls).astype("float32")[:, None]  # 100 or 104
+    tr = kdata.from_numpy(x, y, task="regression")
+    cfg = _cfg(tmp_path, "reg", weights, model={"task": "regression"}, train={"epochs": 1})
+    result = train(cfg, examples=(tr, tr))
+    bias = result.model.get_layer("predictions").bias.numpy()
+    assert abs(float(bias[0]) - 102.0) < 1.0, bias  # 1 epoch at lr 1e-3 moves it little
+    mean_predictor_mae = float(np.mean(np.abs(y - y.mean())))  # 2.0
+    assert result.metrics["mae"] < 3 * mean_predictor_mae, result.metrics

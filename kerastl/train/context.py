@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
 
 from kerastl import data as kdata
 from kerastl.core.meta import ModelMeta
@@ -323,6 +324,8 @@ def build_model(ctx: RunContext) -> keras.Model:
         )
     meta = ModelMeta.of(model)
     kdata.check_head(ex, meta.num_outputs, meta.task, None)
+    if task == "regression":
+        start_at_target_mean(model, ex.y)
     if ctx.cfg["finetune"]["epochs"]:  # phase 2's policy fails now, not after phase 1
         from kerastl.freeze import check_policy
 
@@ -331,6 +334,27 @@ def build_model(ctx: RunContext) -> keras.Model:
         except ConfigError as exc:
             raise ConfigError(f"finetune.{exc}") from None
     return model
+
+
+def start_at_target_mean(model: keras.Model, y: Any) -> None:
+    """Set a regression head's bias to the training targets' mean, so the head starts at
+    the mean predictor and learns the deviations from it, not the targets' level first
+    (targets 5 / 15 / 25 on 36 digit images: first-epoch loss 64 instead of 304).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> x = keras.Input((3,))
+        >>> m = keras.Model(x, keras.layers.Dense(2, name="predictions")(x))
+        >>> start_at_target_mean(m, np.array([[10.0, -1.0], [20.0, 1.0]]))
+        >>> m.get_layer("predictions").bias.numpy().tolist()
+        [15.0, 0.0]
+    """
+    if y is None:
+        return
+    mean = np.asarray(y, dtype=np.float64).reshape(len(y), -1).mean(axis=0)
+    head = model.get_layer("predictions")
+    if tuple(head.bias.shape) == mean.shape:
+        head.bias.assign(mean.astype(head.bias.dtype))
 
 
 def check_input_shape(m: dict) -> None:
