@@ -714,12 +714,14 @@ def test_text_model_fed_images_or_empty_batch():
     model = tiny_bert()
     with pytest.raises(Exception, match="raw strings|string"):
         model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0)
-    with pytest.raises(Exception, match="every string in it is empty"):
-        model.predict(np.array(["", "  "], dtype=object), verbose=0)
     with pytest.raises(Exception, match="the batch is empty"):
         model(keras.ops.convert_to_tensor(np.array([], dtype=object).astype(str)))
-    # One empty string among real ones is legitimate input.
-    assert model.predict(np.array(["", "good"], dtype=object), verbose=0).shape == (2, 2)
+    # Empty strings are legitimate input, also a batch of nothing else (it crashed, so a
+    # prediction depended on where the batches split): they score as the exported files do.
+    mixed = model.predict(np.array(["", "good", "  "], dtype=object), verbose=0)
+    alone = model.predict(np.array(["", "good", "  "], dtype=object), batch_size=1, verbose=0)
+    assert mixed.shape == (3, 2) and np.allclose(mixed, alone, atol=1e-6)
+    assert np.allclose(mixed[0], mixed[2], atol=1e-6)  # whitespace tokenizes to nothing too
 
 
 def test_sequence_length_type_checked():

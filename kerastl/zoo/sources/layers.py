@@ -113,13 +113,13 @@ class HubTextPreprocessing(keras.layers.Layer):
             )
         if text.shape.rank == 2 and text.shape[-1] == 1:
             text = tf.squeeze(text, -1)
-        longest = tf.reduce_max(tf.concat([tf.strings.length(tf.strings.strip(text)), [0]], 0))
+        # an empty string tokenizes to the special tokens alone, as in the exported files;
+        # a batch of no strings at all is refused (KerasHub's packer drops its batch axis)
         check = tf.debugging.assert_greater(
-            longest,
+            tf.size(text),
             0,
-            message="text: the batch is empty or every string in it is empty; "
-            "a text model needs at least one non-empty string per batch (check the text "
-            "column of your data).",
+            message="text: the batch is empty (no strings); pass at least one string, e.g. "
+            "model.predict(['a text']).",
         )
         with tf.control_dependencies([check]):
             text = tf.identity(text)
