@@ -1329,3 +1329,22 @@ def test_a_regression_run_starts_at_the_targets_mean(tmp_path, weights):
     assert abs(float(bias[0]) - 102.0) < 1.0, bias  # 1 epoch at lr 1e-3 moves it little
     mean_predictor_mae = float(np.mean(np.abs(y - y.mean())))  # 2.0
     assert result.metrics["mae"] < 3 * mean_predictor_mae, result.metrics
+
+
+def test_validation_examples_that_are_also_training_examples_are_counted(tmp_path, caplog, weights):
+    """Duplicated rows split onto both sides made val_accuracy partly unearned, silently."""
+    from kerastl.train import train
+
+    caplog.set_level(logging.WARNING, logger="kerastl")
+    x, y = _images(4, 2, seed=6)
+    tr = kdata.from_numpy(x, y)
+    va = kdata.from_numpy(np.concatenate([x[:3], x[-1:] + 1]), np.concatenate([y[:3], y[-1:]]))
+    train(_cfg(tmp_path, "dup", weights, train={"epochs": 1}), examples=(tr, va), evaluate=False)
+    assert "3 of the 4 validation examples are also training examples" in caplog.text
+    caplog.clear()
+    train(
+        _cfg(tmp_path, "nodup", weights, train={"epochs": 1}),
+        examples=(tr, kdata.from_numpy(x[[0, -1]] + 1, y[[0, -1]])),
+        evaluate=False,
+    )
+    assert "also training examples" not in caplog.text

@@ -199,21 +199,22 @@ class Examples:
 # ---------------------------------------------------------------------------
 
 
-def example_keys(ex: Examples) -> set[str] | None:
-    """One key per example that two reads of the same example share: a file's resolved
-    path, an array row's or a text's content hash (``None`` for TFDS, not compared).
+def example_keys(ex: Examples) -> list[str] | None:
+    """One key per example, in order, that two reads of the same example share: a file's
+    resolved path, an array row's or a text's content hash (``None`` for TFDS, not
+    compared). Duplicates keep their own entries.
 
     Example:
         >>> a = from_numpy(np.arange(32).reshape(8, 2, 2, 1).astype("uint8"), [0, 1] * 4)
-        >>> len(example_keys(a)), example_keys(a.subset([1, 2])) <= example_keys(a)
+        >>> len(example_keys(a)), set(example_keys(a.subset([1, 2]))) <= set(example_keys(a))
         (8, True)
     """
     if ex.kind == "files":
-        return {os.path.realpath(os.fspath(p)) for p in ex.x}
+        return [os.path.realpath(os.fspath(p)) for p in ex.x]
     if ex.kind == "arrays":
-        return {hashlib.sha256(np.ascontiguousarray(row).tobytes()).hexdigest() for row in ex.x}
+        return [hashlib.sha256(np.ascontiguousarray(row).tobytes()).hexdigest() for row in ex.x]
     if ex.kind == "text":
-        return {hashlib.sha256(str(t).encode()).hexdigest() for t in ex.x}
+        return [hashlib.sha256(str(t).encode()).hexdigest() for t in ex.x]
     return None
 
 

@@ -107,6 +107,7 @@ def open_run(
     check_modality(cfg, train_ex, val_ex)
     check_task(cfg, train_ex, val_ex)
     warn_missing_classes(train_ex, val_ex)
+    warn_duplicates(train_ex, val_ex)
     fingerprint = run_fingerprint(cfg, train_ex, val_ex)
     folder = RunFolder.for_config(cfg, fingerprint, strategy)
     ctx = RunContext(
@@ -268,6 +269,34 @@ def warn_missing_classes(train_ex: kdata.Examples, val_ex: kdata.Examples | None
             "with every class."
         )
     return empty
+
+
+def warn_duplicates(train_ex: kdata.Examples, val_ex: kdata.Examples | None) -> int:
+    """Warn when validation examples are also training examples (the same file, or rows
+    and texts of the same content: duplicates in the data, which a split puts on both
+    sides); returns how many. The validation scores would overstate the model.
+
+    Example:
+        >>> import numpy as np
+        >>> ex = kdata.Examples("text", np.array(["a", "b", "a", "c"]), np.array([0, 1, 0, 1]),
+        ...                     class_names=["x", "y"])
+        >>> warn_duplicates(ex.subset([0, 1]), ex.subset([2, 3]))
+        1
+    """
+    if val_ex is None:
+        return 0
+    train_keys, val_keys = kdata.example_keys(train_ex), kdata.example_keys(val_ex)
+    if train_keys is None or val_keys is None:
+        return 0
+    seen = set(train_keys)
+    shared = sum(k in seen for k in val_keys)
+    if shared:
+        log.warning(
+            f"{shared} of the {len(val_keys)} validation examples are also training examples "
+            "(duplicates in the data): the validation scores overstate the model on new "
+            "data. Remove the duplicates, or give data.val_path a separate validation set."
+        )
+    return shared
 
 
 def run_fingerprint(cfg: dict, train_ex: kdata.Examples, val_ex: kdata.Examples | None) -> str:

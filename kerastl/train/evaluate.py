@@ -317,9 +317,10 @@ def _warn_trained_on(run_dir: str | os.PathLike, ex: Any, data_path: Any) -> int
     except Exception:  # noqa: BLE001 - the run's data moved: nothing to compare with
         log.debug("evaluate: the run's training data could not be read", exc_info=True)
         return None
-    seen = kdata.example_keys(train)
-    if seen is None:
+    trained = kdata.example_keys(train)
+    if trained is None:
         return None
+    seen = set(trained)
     keys = kdata.example_keys(ex) or []
     shared = sum(k in seen for k in keys)
     if shared:
