@@ -692,3 +692,25 @@ def test_export_data_of_a_text_model_is_read_from_text_files(tmp_path):
     assert load_data_path(tmp_path / "s.txt", "v", ["a", "b"]).tolist() == ["one", "two"]
     with pytest.raises(DataError, match=r"v: expected an image folder.*\.txt/\.csv"):
         load_data_path(tmp_path / "x.parquet", "v", None)
+
+
+def test_a_jsonl_text_that_is_not_a_string_is_refused_as_kerastl_predict_refuses_it(tmp_path):
+    """Training read {"text": 5} as "5" and a list as "['x', 'y']" while kerastl predict
+    refused the same file: now both refuse it, naming the line and the value."""
+    from kerastl.data import from_text
+
+    path = tmp_path / "mixed.jsonl"
+    rows = [
+        {"text": "a fine day", "label": "sun"},
+        {"text": "rain again", "label": "rain"},
+        {"text": 5, "label": "sun"},
+        {"text": ["x", "y"], "label": "rain"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DataError) as info:
+        from_text(path)
+    said = str(info.value)
+    assert said.startswith(f"data.path: {path}:3: the 'text' value is a number, 5, not a string")
+    assert f"(also {path}:4)" in said
+    path.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n")
+    assert list(from_text(path).x) == ["a fine day", "rain again"]

@@ -601,12 +601,16 @@ def from_text(
     needed = {text_column: "text"}
     if _task_name(task) != "multilabel":  # an empty multilabel cell is an example of no class
         needed[label_column] = "label"
+    line_of = {id(r): n for r, n in zip(rows, lines)}
     rows, skipped = _drop_empty_rows(rows, lines, path, needed)
     if not rows:
         raise DataError(
             f"data.path: no row of {str(path)!r} has a non-empty {' and '.join(needed.values())}."
         )
-    texts = np.asarray([str(r[text_column]) for r in rows], dtype=object)
+    # a JSON number or list is no text (str() would train on "5" or "['x', 'y']"), as
+    # kerastl predict refuses it
+    check_strings(rows, [line_of[id(r)] for r in rows], path, "data.path", text_column)
+    texts = np.asarray([r[text_column] for r in rows], dtype=object)
     y, names = encode_labels(
         [r[label_column] for r in rows], task, class_names, where=f"text file {str(path)!r}"
     )
@@ -706,6 +710,40 @@ def _drop_empty_rows(
         else:
             kept.append(row)
     return kept, skipped
+
+
+#: The JSON type of a value of a JSONL row, for :func:`check_strings`' message.
+_JSON_TYPES = (
+    (bool, "a boolean"),
+    ((int, float), "a number"),
+    (list, "a list"),
+    (dict, "an object"),
+)
+
+
+def check_strings(
+    rows: list[dict], lines: list[int], path: Path, argument: str, text_column: str
+) -> None:
+    """Refuse a ``text_column`` value that is not a string (a JSONL number, list...).
+
+    Raises:
+        DataError: naming ``argument``, the first such row (``file:line``), its value and
+            the lines of the others.
+    """
+    bad = [(r[text_column], n) for r, n in zip(rows, lines) if not isinstance(r[text_column], str)]
+    if not bad:
+        return
+    value, line = bad[0]
+    kind = next((name for t, name in _JSON_TYPES if isinstance(value, t)), type(value).__name__)
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    more = [f"{path}:{n}" for _, n in bad[1:6]] + (["..."] if len(bad) > 6 else [])
+    others = f" (also {', '.join(more)})" if more else ""
+    raise DataError(
+        f"{argument}: {path}:{line}: the {text_column!r} value is {kind}, {shown}, not a "
+        f"string{others}; a text model takes texts: write each text as a JSON string "
+        f'("...").'
+    )
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict], list[str], list[int]]:

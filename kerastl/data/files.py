@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kerastl.data._sources import IMAGE_EXTENSIONS as IMAGE_SUFFIXES
-from kerastl.data._sources import class_folder_of
+from kerastl.data._sources import check_strings, class_folder_of
 
 #: Files :func:`read_texts` reads: one text per line, or a table with a column of texts.
 TEXT_LINE_SUFFIXES = (".txt",)
@@ -278,7 +278,7 @@ def _text_rows(
     rows, lines = _drop_empty_texts(rows, lines, path, argument, text_column)
     if not rows:
         raise DataError(f"{argument}: no text in {str(path)!r}.")
-    _check_strings(rows, lines, path, argument, text_column)
+    check_strings(rows, lines, path, argument, text_column)
     return rows, lines, header
 
 
@@ -301,41 +301,3 @@ def _drop_empty_texts(
         )
     line_of = {id(r): n for r, n in zip(rows, lines)}
     return kept, [line_of[id(r)] for r in kept]
-
-
-#: The JSON type of a value of a JSONL row, for :func:`_check_strings`' message.
-_JSON_TYPES = (
-    (bool, "a boolean"),
-    ((int, float), "a number"),
-    (list, "a list"),
-    (dict, "an object"),
-)
-
-
-def _check_strings(
-    rows: list[dict], lines: list[int], path: Path, argument: str, text_column: str
-) -> None:
-    """Refuse a ``text_column`` value that is not a string (a JSONL number, list...).
-
-    Raises:
-        DataError: naming ``argument``, the first such row (``file:line``), its value and
-            the lines of the others.
-    """
-    import json
-
-    from kerastl.errors import DataError
-
-    bad = [(r[text_column], n) for r, n in zip(rows, lines) if not isinstance(r[text_column], str)]
-    if not bad:
-        return
-    value, line = bad[0]
-    kind = next((name for t, name in _JSON_TYPES if isinstance(value, t)), type(value).__name__)
-    shown = json.dumps(value, ensure_ascii=False, default=str)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    more = [f"{path}:{n}" for _, n in bad[1:6]] + (["..."] if len(bad) > 6 else [])
-    others = f" (also {', '.join(more)})" if more else ""
-    raise DataError(
-        f"{argument}: {path}:{line}: the {text_column!r} value is {kind}, {shown}, not a "
-        f"string{others}; a text model takes texts: write each text as a JSON string "
-        f'("...").'
-    )
