@@ -261,4 +261,25 @@ def load_model(
         >>> model = kerastl.load_model("runs/exp1/model.keras")  # doctest: +SKIP
     """
     table = custom_objects(core_model.registered_names(path))
-    return core_model.load_model(path, safe_mode=safe_mode, compile=compile, custom_objects=table)
+    return core_model.load_model(
+        path, safe_mode=safe_mode, compile=compile, custom_objects=table, after_load=_lora_again
+    )
+
+
+def _lora_again(model: keras.Model) -> None:
+    """A model saved with ``freeze="lora:R"`` gets its adapters back: KerasHub rebuilds the
+    backbone without them and Keras keeps the kernels merged, every weight trainable. The
+    adapters start fresh on the merged kernels (same outputs); only they and the head train.
+    """
+    from kerastl.zoo.sources.lora import lora_layers
+
+    freeze = core_model.metadata(model).get("freeze")
+    if not (isinstance(freeze, str) and freeze.startswith("lora:")) or lora_layers(model):
+        return
+    apply_policy(model, freeze)
+    opt = getattr(model, "optimizer", None)
+    if opt is not None and getattr(opt, "built", False):  # built on the weights before
+        fresh = opt.__class__.from_config(opt.get_config())
+        with model.distribute_strategy.scope():
+            fresh.build(model.trainable_variables)
+        model.optimizer = fresh

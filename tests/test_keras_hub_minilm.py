@@ -242,3 +242,34 @@ def test_rank_and_advise_take_texts_and_order_pretrained_minilm_above_random_ini
     assert advice.strategy in ("feature_extraction", "partial_finetune", "full_finetune")
     assert advice.reasons and "40 labels in the smallest class of 4" in advice.reasons[0]
     assert len(advice.measurements["tap_logme"]) == 5  # layers 1-5; layer 6 is the final
+
+
+def test_a_saved_lora_model_loads_with_its_adapters_and_trains_them_only(tmp_path):
+    """kerastl.load_model gave back every weight trainable and no LoRA (KerasHub rebuilds
+    the backbone without it; Keras merges A @ B into the kernels), and more training then
+    moved the whole backbone. The adapters come back fresh on the merged kernels."""
+    texts = np.array(
+        ["the match ended", "stocks fell", "a late goal", "banks rallied", "rain all day"] * 2,
+        dtype=object,
+    )
+    y = np.array([0, 1, 0, 1, 2] * 2)
+    model = kerastl.build(
+        "all_minilm_l6_v2_en", num_classes=3, weights=MODEL_DIR, sequence_length=16,
+        freeze="lora:4",
+    )  # fmt: skip
+    model.fit(texts, y, epochs=1, verbose=0)
+    trainable = sorted(v.path for v in model.trainable_weights)
+    model.save(tmp_path / "lora.keras")
+    back = kerastl.load_model(tmp_path / "lora.keras")
+    assert sorted(v.path for v in back.trainable_weights) == trainable
+    assert any("lora_kernel_a" in p for p in trainable)
+    np.testing.assert_allclose(back.predict(texts, verbose=0), model.predict(texts, verbose=0),
+                               atol=1e-5)  # fmt: skip
+    frozen = {v.path: v.numpy() for v in back.weights if "lora" not in v.path and not
+              any(v is t for t in back.trainable_weights)}  # fmt: skip
+    back.fit(texts, y, epochs=1, verbose=0)
+    for v in back.weights:
+        if v.path in frozen:
+            np.testing.assert_array_equal(v.numpy(), frozen[v.path], err_msg=v.path)
+    lora_b = [v for v in back.weights if "lora_kernel_b" in v.path]
+    assert lora_b and any(np.any(v.numpy()) for v in lora_b)  # the adapters trained

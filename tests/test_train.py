@@ -778,6 +778,47 @@ def test_backup_carries_the_dropout_random_state_so_a_resume_ends_with_the_same_
     assert any(not np.array_equal(a, b) for a, b in zip(whole, stale))
 
 
+def test_backup_carries_lora_factors_so_a_resumed_lora_run_ends_with_the_same_weights(
+    tmp_path, caplog
+):
+    """Keras' weights file merges A @ B into a LoRA kernel and loads both factors as zero,
+    so a resumed LoRA run trained its adapters no more (each factor's gradient is the
+    other). The backup keeps the factors beside the weights; without them the adapters
+    are reseeded, with a warning, and train on."""
+    import keras
+
+    from kerastl.train._callbacks import SafeBackupAndRestore
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(32, 6)).astype("float32"), rng.normal(size=(32, 2)).astype("float32")
+
+    def fit(epochs: int, backup) -> tuple[list[np.ndarray], keras.Model]:
+        keras.utils.clear_session()
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((6,))
+        query = keras.layers.Dense(8, name="query")
+        model = keras.Model(inp, keras.layers.Dense(2)(query(inp)))
+        query.enable_lora(2)
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        cb = SafeBackupAndRestore(str(backup))
+        model.fit(x, y, batch_size=8, epochs=epochs, shuffle=False, verbose=0, callbacks=[cb])
+        return [w.numpy() for w in model.weights], model
+
+    whole, _ = fit(3, tmp_path / "whole")
+    fit(2, tmp_path / "killed")
+    assert (tmp_path / "killed" / "latest.weights.h5.lora.npz").is_file()
+    resumed, _ = fit(3, tmp_path / "killed")
+    for a, b in zip(whole, resumed):
+        np.testing.assert_array_equal(a, b)
+    fit(2, tmp_path / "old")
+    (tmp_path / "old" / "latest.weights.h5.lora.npz").unlink()  # a backup without them
+    caplog.set_level(logging.WARNING, logger="kerastl")
+    _, model = fit(3, tmp_path / "old")
+    assert "no LoRA factors saved beside these weights" in caplog.text
+    query = model.get_layer("query")
+    assert np.any(query.lora_kernel_a.numpy()) and np.any(query.lora_kernel_b.numpy())
+
+
 def test_backup_carries_early_stopping_so_a_resumed_run_stops_where_an_uninterrupted_one_does(
     tmp_path,
 ):

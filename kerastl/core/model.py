@@ -218,6 +218,7 @@ def load_model(
     safe_mode: bool = True,
     compile: bool = True,
     custom_objects: dict[str, Any] | None = None,
+    after_load: Any = None,
 ) -> keras.Model:
     """Load a ``.keras`` file saved from a kerastl (or plain Keras) model.
 
@@ -229,6 +230,8 @@ def load_model(
         safe_mode: Refuse to deserialise arbitrary code.
         compile: Restore the training configuration.
         custom_objects: Classes beyond :data:`CUSTOM_OBJECTS`, by registered name.
+        after_load: Called with the model once Keras has loaded it, before its optimizer
+            state is restored (what Keras' file does not keep, put back).
 
     Raises:
         ConfigError: wrong extension. KerastlError: unreadable or unsafe file.
@@ -252,6 +255,8 @@ def load_model(
             model = keras.saving.load_model(
                 str(path), safe_mode=safe_mode, compile=compile, custom_objects=table
             )
+        if after_load is not None:
+            after_load(model)
         restored = compile and restore_optimizer_state(model, path)
         for w in caught:  # Keras' "Skipping variable loading for optimizer": no longer true
             if not (restored and "variable loading for optimizer" in str(w.message)):

@@ -220,8 +220,10 @@ class BestCheckpoint(keras.callbacks.Callback):
             return True
         if self._resumed_from is not None:
             from kerastl.builder import load_model
+            from kerastl.zoo.sources.lora import reseed_lora
 
             model.set_weights(load_model(self._resumed_from, compile=False).get_weights())
+            reseed_lora(model)  # a .keras file merges LoRA into its kernels
             return True
         return False
 
@@ -421,6 +423,7 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
                     _atomic_copy(path, prev)
         tmp = self._weights_path.replace("latest.weights.h5", "latest.tmp.weights.h5")
         self.model.save_weights(filepath=tmp, overwrite=True)
+        runfolder.save_lora(self.model, self._weights_path, self._current_epoch)
         os.replace(tmp, self._weights_path)
         meta = f"{self._training_metadata_path}.tmp"
         with open(meta, "w") as f:
@@ -441,6 +444,7 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
             return
         with open(self._training_metadata_path) as f:
             saved = json.load(f)
+        runfolder.load_lora(self.model, self._weights_path, saved.get("epoch"))
         states = saved.get("callbacks") or []
         if self.stateful and len(states) != len(self.stateful):
             log.warning(

@@ -35,7 +35,7 @@ from kerastl.train._callbacks import (
 )
 from kerastl.train._strategy import prepare_fit, strategy_name
 from kerastl.train.context import RunContext, data_cache
-from kerastl.train.runfolder import read_json
+from kerastl.train.runfolder import load_lora, read_json
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ def phase1(ctx: RunContext) -> int:
         return 0
     if state.get("phase1_done"):
         model.load_weights(str(ctx.folder.phase1_weights))
+        load_lora(model, ctx.folder.phase1_weights)
         # where phase 1 left the dropout masks: phase 2 draws on from there
         set_seed_states(model, state.get("seeds"), f"the phase-1 state in {ctx.folder.state_dir}")
         done = int(state.get("phase1_epochs", epochs))
@@ -447,5 +448,6 @@ def _phase2_already_done(ctx: RunContext) -> bool:
     ctx.history = state.get("history", ctx.history)
     if not ctx.best.restore():  # no best model: the weights of the last epoch
         ctx.model.load_weights(str(last))
+        load_lora(ctx.model, last)
     log.info(f"resuming: phase 2 already done ({state.get('epochs_done')} epochs in all)")
     return True

@@ -244,6 +244,7 @@ class RunFolder:
         except OSError:
             tmp.unlink(missing_ok=True)  # a full disk: free what the failed write took
             raise
+        save_lora(model, self.phase1_weights)
         os.replace(tmp, self.phase1_weights)
         write_json(self.state_dir / "state.json", state)
 
@@ -415,3 +416,45 @@ def unfinished_progress(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
         "stopped_early": stopped_early,
         "message": message,
     }
+
+
+def save_lora(model: Any, weights_path: str | os.PathLike, epoch: int | None = None) -> None:
+    """Beside a ``.weights.h5`` file, the LoRA layers' unmerged kernels and factors
+    (``<weights>.lora.npz``, written atomically), which Keras' weights file merges and
+    cannot give back; nothing for a model without LoRA."""
+    import numpy as np
+
+    from kerastl.zoo.sources.lora import lora_factors
+
+    factors = lora_factors(model)
+    if not factors:
+        return
+    path = Path(f"{weights_path}.lora.npz")
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, __epoch__=np.asarray(-1 if epoch is None else epoch), **factors)
+    os.replace(tmp, path)
+
+
+def load_lora(model: Any, weights_path: str | os.PathLike, epoch: int | None = None) -> bool:
+    """After ``model.load_weights(weights_path)``: its LoRA layers back as they were saved
+    (:func:`save_lora`, of the same ``epoch``), else with fresh ``A`` factors so they can
+    train on (Keras loads both factors as zero). True when restored exactly."""
+    import numpy as np
+
+    from kerastl.zoo.sources.lora import lora_layers, reseed_lora, set_lora_factors
+
+    if not lora_layers(model):
+        return True
+    path = Path(f"{weights_path}.lora.npz")
+    if path.is_file():
+        with np.load(path) as saved:
+            factors = {k: saved[k] for k in saved.files if k != "__epoch__"}
+            same = epoch is None or int(saved["__epoch__"]) in (-1, epoch)
+        if same and set_lora_factors(model, factors):
+            return True
+    log.warning(
+        f"{weights_path}: no LoRA factors saved beside these weights; the adapters go on "
+        "from the merged weights with fresh factors (the run is not resumed exactly)"
+    )
+    reseed_lora(model)
+    return False
