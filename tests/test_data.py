@@ -714,3 +714,21 @@ def test_a_jsonl_text_that_is_not_a_string_is_refused_as_kerastl_predict_refuses
     assert f"(also {path}:4)" in said
     path.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n")
     assert list(from_text(path).x) == ["a fine day", "rain again"]
+
+
+def test_a_cache_file_holds_one_datasets_decoding_and_its_folder_is_made(tmp_path):
+    """data.cache: <file> read an old cache of other data back as complete (a run trained on
+    the previous dataset's 27 images, exit 0), and a missing folder failed mid-training."""
+    from kerastl.data import from_numpy, make_dataset
+
+    def first_pixels(ex, size):
+        ds = make_dataset(ex, image_size=size, batch_size=64, shuffle=False, cache=path)
+        return np.concatenate([x.numpy()[:, 0, 0, 0] for x, _ in ds])
+
+    path = str(tmp_path / "not" / "yet" / "cache")
+    zeros = from_numpy(np.zeros((6, 8, 8, 3), "uint8"), [0, 1] * 3)
+    ones = from_numpy(np.full((9, 8, 8, 3), 200, "uint8"), [0, 1, 2] * 3)
+    assert first_pixels(zeros, 8).tolist() == [0.0] * 6
+    assert first_pixels(ones, 8).tolist() == [200.0] * 9  # not the 6 cached zeros
+    assert first_pixels(zeros, 8).tolist() == [0.0] * 6  # its own cache, read back
+    assert len(first_pixels(ones, 4)) == 9  # another size: another file

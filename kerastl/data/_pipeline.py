@@ -8,6 +8,8 @@ model, so exported graphs are deterministic.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any
 
 import numpy as np
@@ -212,6 +214,28 @@ def shuffle_and_batch(
     return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
+def cache_file(path: str, ex: Any, image_size: Any, channels: int) -> str:
+    """The file ``data.cache: <path>`` caches ``ex`` in: the path with a key of the data
+    and its decoding (a cache of other data, or of another size, is never read back:
+    TensorFlow's cache takes any file of the name as complete), its folder made.
+
+    Example:
+        >>> from kerastl.data import from_numpy
+        >>> a = from_numpy(np.zeros((4, 8, 8, 3), "uint8"), [0, 1] * 2)
+        >>> b = from_numpy(np.ones((4, 8, 8, 3), "uint8"), [0, 1] * 2)
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> cache_file(f"{d}/c", a, 16, 3) == cache_file(f"{d}/c", a, 16, 3)
+        True
+        >>> len({cache_file(f"{d}/c", a, 16, 3), cache_file(f"{d}/c", b, 16, 3),
+        ...      cache_file(f"{d}/c", a, 32, 3)})
+        3
+    """
+    key = hashlib.sha256(f"{ex.fingerprint()}|{image_size}|{channels}".encode()).hexdigest()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return f"{path}.{key[:16]}"
+
+
 def make_dataset(
     ex: Examples,
     image_size: Any = None,
@@ -250,7 +274,7 @@ def make_dataset(
         raise ConfigError(f"batch_size: expected an integer >= 1, got {batch_size!r}.")
     ds = examples_to_dataset(ex, image_size, channels)
     if cache:
-        ds = ds.cache(cache if isinstance(cache, str) else "")
+        ds = ds.cache(cache_file(cache, ex, image_size, channels) if isinstance(cache, str) else "")
     ds = shuffle_and_batch(ds, len(ex), batch_size, shuffle, seed, drop_remainder)
     if ex.kind != "text":
         aug = build_augmenter(augment, seed)

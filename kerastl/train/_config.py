@@ -121,7 +121,10 @@ SCHEMA: dict[str, Any] = {
         "augment": Field((str, list, bool, _NONE), "none"),
         "shuffle": Field((bool,), True, help="seeded shuffle of the training data each epoch"),
         "cache": Field(
-            (bool, str), True, help="cache decoded examples: true (memory), false or a file path"
+            (bool, str),
+            True,
+            help="cache decoded examples: true (memory), false, or a file path (one file per "
+            "dataset and input size: <path>.<key>, its folder made)",
         ),
         "verify": Field((bool,), True, help="decode every file once to skip corrupt ones"),
     },
