@@ -352,3 +352,17 @@ def test_augment_for_a_text_backbone_is_refused_not_ignored():
     for off in ("none", None, False, []):
         validate_config({**text, "data": {"path": "news.csv", "augment": off}})
     assert validate_config(_with("data", augment=["flip"]))["data"]["augment"] == ["flip"]
+
+
+def test_set_with_broken_yaml_and_negative_patience_are_one_line_errors():
+    """`--set 'data.class_names=[a,b'` gave a yaml.parser traceback (exit 1), and
+    train.early_stopping: -1 was accepted (and acted as 1)."""
+    from kerastl.cli import main
+
+    with pytest.raises(ConfigError, match=r"^--set data.class_names: '\[a,b' is not a YAML"):
+        load_config(None, dict([parse_override("data.class_names=[a,b")]))
+    with pytest.raises(ConfigError, match=r"train.early_stopping: expected >= 0, got -1"):
+        load_config(None, {"model.backbone": "resnet50", "data.path": "x",
+                           "train.early_stopping": -1})  # fmt: skip
+    args = ["train", "--backbone", "resnet50", "--data", "x", "--print-config"]
+    assert main([*args, "--set", "data.class_names=[a,b"]) == 2

@@ -136,7 +136,7 @@ SCHEMA: dict[str, Any] = {
         "weight_decay": Field((float, int), 0.0, min=0.0),
         "schedule": Field((str,), "cosine", choices=SCHEDULES),
         "warmup_epochs": Field((int, float), 0, min=0),
-        "early_stopping": Field((int, bool), 5, help="patience in epochs; 0/false disables"),
+        "early_stopping": Field((int, bool), 5, min=0, help="patience in epochs; 0/false disables"),
         "monitor": Field(
             (str,),
             "val_loss",
@@ -656,13 +656,24 @@ def parse_override(text: str) -> tuple[str, Any]:
     Example:
         >>> parse_override("train.epochs=3")
         ('train.epochs', 3)
+        >>> parse_override("data.class_names=[a,b")
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: --set data.class_names: '[a,b' is not a YAML value (expected ',' or ']', but got '<stream end>'); quote a string, close lists ([a, b]) and maps ({k: v}).
     """
     import yaml
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set: expected KEY=VALUE such as train.epochs=3, got {text!r}.")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"--set {key.strip()}: {value!r} is not a YAML value ({problem}); quote a string, "
+            "close lists ([a, b]) and maps ({k: v})."
+        ) from None
 
 
 def set_key(config: dict, dotted: str, value: Any) -> None:
