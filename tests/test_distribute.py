@@ -108,6 +108,43 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(tmp_path):
     assert r["diff"] < 0.05 * r["moved"], r  # far below how much training moved them
 
 
+MIRRORED_ODD = COMMON + textwrap.dedent("""
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from kerastl import data as kdata
+    from kerastl.train import train
+    x, y = data()
+    out = sys.argv[1]
+    w = calibrated(os.path.join(out, "calibrated.weights.h5"))
+    tr = kdata.from_numpy(x[:13], y[:13])  # 13 = 8 + 5: a last batch split 3 / 2
+    pick = [0, 1, 2, 3, 8, 9, 10, 11, 12]  # 9 validation examples
+    va = kdata.from_numpy(x[pick], y[pick])
+    done = {}
+    for name, cache in (("cached", "auto"), ("images", "off")):
+        cfg = config(out, name, "mirrored", 4, epochs=2, weights=w, cache_features=cache)
+        cfg["model"]["freeze"] = "backbone"
+        r = train(cfg, examples=(tr, va))
+        fc = r.timings.get("feature_cache")
+        done[name] = {"replicas": r.timings["replicas"], "accuracy": r.metrics["accuracy"],
+                      "mode": fc.get("mode") if isinstance(fc, dict) else fc}
+    print(json.dumps(done))
+""")
+
+
+@pytest.mark.heavy
+def test_mirrored_trains_on_cached_features_and_validates_a_set_of_odd_size(tmp_path):
+    """On two replicas the head on cached features failed ("You must feed a value for
+    placeholder tensor": a whole epoch per execution), and 9 validation examples at a
+    global batch of 8 failed (a replica given none; at batch 7, a first batch split 4 / 3)."""
+    out = _run(MIRRORED_ODD, str(tmp_path))
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["cached"]["replicas"] == r["images"]["replicas"] == 2, r
+    assert r["cached"]["mode"] == "memory" and r["images"]["mode"] != "memory", r
+    for run in r.values():
+        assert 0.0 <= run["accuracy"] <= 1.0
+
+
 def _free_ports(n: int) -> list[int]:
     socks = []
     for _ in range(n):

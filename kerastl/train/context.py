@@ -84,6 +84,35 @@ class RunContext:
         channels = self.cfg["model"]["channels"]
         return kdata.make_dataset(ex, self.image_size, batch, channels=channels, **options)
 
+    def drops_last(self, n: int) -> bool:
+        """Whether training batches of ``n`` examples drop their last partial batch: only
+        when it is too small to give every replica an example (a replica with none fails)."""
+        return 0 < n % self.global_batch < self.strategy.num_replicas_in_sync
+
+    def eval_batch(self, n: int) -> int:
+        """A batch size for ``n`` validation examples whose last batch gives every replica
+        an example (:func:`replica_batch`); the global batch on one replica."""
+        return replica_batch(n, self.global_batch, self.strategy.num_replicas_in_sync)
+
+
+def replica_batch(n: int, batch: int, replicas: int) -> int:
+    """The largest batch size up to ``batch`` that splits evenly over ``replicas`` and whose
+    last batch of ``n`` examples is empty or holds at least ``replicas`` examples: a replica
+    given no example fails, and so does a first batch split unevenly (MirroredStrategy on
+    two CPU devices: 9 validation examples failed at batch 8, and at 7). Validation is
+    never dropped, and its metrics do not depend on the batch size.
+
+    Example:
+        >>> replica_batch(9, 8, 2), replica_batch(16, 8, 2), replica_batch(9, 8, 1)
+        (6, 8, 8)
+    """
+    if replicas <= 1:
+        return batch
+    for b in range(batch - batch % replicas, replicas - 1, -replicas):
+        if n % b == 0 or n % b >= replicas:
+            return b
+    return batch
+
 
 def open_run(
     config: Any, overrides: dict | None, examples: Any, callbacks: list | None
@@ -422,9 +451,11 @@ def make_datasets(ctx: RunContext) -> None:
         seed=cfg["seed"],
         augment=d["augment"],
         cache=data_cache(cfg, training=True),
+        drop_remainder=ctx.drops_last(len(ctx.train_ex)),
     )
     if ctx.val_ex is not None:
-        ctx.val_ds = ctx.dataset(ctx.val_ex, ctx.global_batch, cache=data_cache(cfg))
+        batch = ctx.eval_batch(len(ctx.val_ex))
+        ctx.val_ds = ctx.dataset(ctx.val_ex, batch, cache=data_cache(cfg))
     monitor = cfg["train"]["monitor"]
     ctx.monitor = monitor if ctx.val_ds is not None else monitor.replace("val_", "")
     ctx.data_report = _data_report(ctx)

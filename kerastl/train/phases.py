@@ -33,7 +33,7 @@ from kerastl.train._callbacks import (
     seed_states,
     set_seed_states,
 )
-from kerastl.train._strategy import prepare_fit, strategy_name
+from kerastl.train._strategy import prepare_fit
 from kerastl.train.context import RunContext, data_cache
 from kerastl.train.runfolder import load_lora, read_json
 
@@ -266,7 +266,7 @@ def _feature_datasets(
     val_ds = None
     if ctx.val_ex is not None:
         xva, yva = features_of(ctx.val_ex, "validation features")
-        val_ds = tf.data.Dataset.from_tensor_slices((xva, yva)).batch(ctx.global_batch)
+        val_ds = tf.data.Dataset.from_tensor_slices((xva, yva)).batch(ctx.eval_batch(len(xva)))
     d = ctx.cfg["data"]
     train_ds = shuffle_and_batch(
         tf.data.Dataset.from_tensor_slices((xtr, ytr)),
@@ -274,6 +274,7 @@ def _feature_datasets(
         ctx.global_batch,
         d["shuffle"],
         ctx.cfg["seed"],
+        drop_remainder=ctx.drops_last(len(xtr)),
     ).prefetch(tf.data.AUTOTUNE)
     return train_ds, val_ds, xtr.shape
 
@@ -344,11 +345,12 @@ def _head_steps(ctx: RunContext) -> int:
 
     A step of a small head on feature vectors costs less than Keras' per-step
     dispatch; running a whole epoch per execution gives the same updates, faster.
-    (Not under MultiWorkerMirroredStrategy: its collectives fail with several
-    steps per execution in Keras 3.15.)
+    On one replica only: with several (MirroredStrategy on two devices, or several
+    workers) Keras 3.15's multi-step execution fails ("You must feed a value for
+    placeholder tensor", collectives aborted), so each step runs on its own.
     """
     spe = ctx.cfg["train"]["steps_per_execution"]
-    if spe == 1 and strategy_name(ctx.strategy) != "MultiWorkerMirroredStrategy":
+    if spe == 1 and ctx.strategy.num_replicas_in_sync == 1:
         spe = max(1, min(ctx.steps, 256))
     return spe
 
