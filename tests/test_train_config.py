@@ -366,3 +366,26 @@ def test_set_with_broken_yaml_and_negative_patience_are_one_line_errors():
                            "train.early_stopping": -1})  # fmt: skip
     args = ["train", "--backbone", "resnet50", "--data", "x", "--print-config"]
     assert main([*args, "--set", "data.class_names=[a,b"]) == 2
+
+
+@pytest.mark.parametrize(
+    "tf_config, says",
+    [
+        ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}', "needs this process's 'task'"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 5}}',
+         "task index 5 is not a 'worker' of the cluster (indices 0..0)"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "boss", "index": 0}}',
+         "task type 'boss' is not in the cluster; valid: ['worker']"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": "x"}}',
+         "task index 'x' is not a 'worker'"),
+        ('["worker"]', "expected a JSON object like"),
+    ],
+)  # fmt: skip
+def test_a_tf_config_tensorflow_cannot_use_is_a_one_line_error(monkeypatch, tf_config, says):
+    """These raised ValueError tracebacks from TensorFlow (exit 1)."""
+    from kerastl.train._strategy import get_strategy
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ConfigError, match="^TF_CONFIG: ") as info:
+        get_strategy("multi_worker")
+    assert says in str(info.value)

@@ -23,7 +23,55 @@ def tf_config() -> dict[str, Any]:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"TF_CONFIG: not valid JSON ({exc}): {raw[:200]!r}.") from None
-    return value if isinstance(value, dict) else {}
+    check_tf_config(value)
+    return value
+
+
+_TF_CONFIG_EXAMPLE = (
+    '{"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]}, '
+    '"task": {"type": "worker", "index": 0}}'
+)
+
+
+def check_tf_config(value: Any) -> None:
+    """Refuse a ``TF_CONFIG`` TensorFlow would fail on with a traceback: not an object, a
+    cluster without this process's task, a task type the cluster does not list, an index
+    that is not a whole number within the cluster.
+
+    Example:
+        >>> check_tf_config({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}})
+        >>> check_tf_config({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 5}})
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: TF_CONFIG: task index 5 is not a 'worker' of the cluster (indices 0..1).
+    """
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"TF_CONFIG: expected a JSON object like {_TF_CONFIG_EXAMPLE}, got "
+            f"{type(value).__name__}."
+        )
+    cluster = value.get("cluster")
+    if cluster is None:
+        return
+    if not isinstance(cluster, dict) or not all(isinstance(v, list) for v in cluster.values()):
+        raise ConfigError(f"TF_CONFIG: 'cluster' must map task types to address lists, e.g. "
+                          f"{_TF_CONFIG_EXAMPLE}.")  # fmt: skip
+    task = value.get("task")
+    if not isinstance(task, dict) or "type" not in task:
+        raise ConfigError(
+            "TF_CONFIG: a cluster needs this process's 'task', e.g. "
+            f'"task": {{"type": "worker", "index": 0}} (got {task!r}).'
+        )
+    kind, index = task["type"], task.get("index", 0)
+    if kind not in cluster:
+        raise ConfigError(
+            f"TF_CONFIG: task type {kind!r} is not in the cluster; valid: {sorted(cluster)}."
+        )
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise ConfigError(
+            f"TF_CONFIG: task index {index!r} is not a {kind!r} of the cluster (indices "
+            f"0..{len(cluster[kind]) - 1})."
+        )
 
 
 def cluster_workers(config: dict[str, Any] | None = None) -> int:
