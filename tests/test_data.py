@@ -732,3 +732,23 @@ def test_a_cache_file_holds_one_datasets_decoding_and_its_folder_is_made(tmp_pat
     assert first_pixels(ones, 8).tolist() == [200.0] * 9  # not the 6 cached zeros
     assert first_pixels(zeros, 8).tolist() == [0.0] * 6  # its own cache, read back
     assert len(first_pixels(ones, 4)) == 9  # another size: another file
+
+
+def test_a_multilabel_csv_with_one_column_per_class(tmp_path):
+    """label_column [is_zero, is_even] read the first column only: its 0/1 values became
+    two classes named '0' and '1', and is_even was dropped (exit 0)."""
+    from kerastl.data import from_csv
+
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,is_zero,is_even\na.png,1,1\nb.png,0,1\nc.png,0,0\nd.png,,yes\n")
+    ex = from_csv(csv, task="multilabel", label_column=["is_zero", "is_even"], verify=False)
+    assert ex.class_names == ["is_zero", "is_even"]
+    assert ex.y.tolist() == [[1, 1], [0, 1], [0, 0], [0, 1]]
+    flipped = from_csv(csv, task="multilabel", label_column=["is_zero", "is_even"],
+                       class_names=["is_even", "is_zero"], verify=False)  # fmt: skip
+    assert flipped.y.tolist() == [[1, 1], [1, 0], [0, 0], [1, 0]]
+    with pytest.raises(DataError, match=r"several columns are for task 'multilabel'"):
+        from_csv(csv, task="classification", label_column=["is_zero", "is_even"], verify=False)
+    csv.write_text("path,is_zero,is_even\na.png,1,maybe\n")
+    with pytest.raises(DataError, match=r"column 'is_even' of example 0 holds 'maybe'"):
+        from_csv(csv, task="multilabel", label_column=["is_zero", "is_even"], verify=False)

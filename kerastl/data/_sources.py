@@ -252,6 +252,45 @@ def _sort_names(names: set[str]) -> list[str]:
         return sorted(names)
 
 
+_TRUE, _FALSE = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false", "no", "n", ""}
+
+
+def _flag_columns(
+    rows: list[dict], columns: list[str], task: str, class_names: Any, where: str
+) -> tuple[np.ndarray, list[str]]:
+    """Multilabel targets from one 0/1 column per class (the columns are the classes).
+
+    Example:
+        >>> rows = [{"cat": "1", "dog": "0"}, {"cat": "yes", "dog": "true"}]
+        >>> y, names = _flag_columns(rows, ["cat", "dog"], "multilabel", None, "CSV")
+        >>> y.tolist(), names
+        ([[1.0, 0.0], [1.0, 1.0]], ['cat', 'dog'])
+    """
+    if task != "multilabel":
+        raise DataError(
+            f"data.label_column: {columns} names several columns, which task={task!r} cannot "
+            "take: several columns are for task 'multilabel' (one 0/1 column per class) or "
+            "'regression' (one number column per output); give one column of labels."
+        )
+    if class_names and sorted(map(str, class_names)) != sorted(columns):
+        raise DataError(
+            f"data.class_names: {list(class_names)} must name the label columns {columns} "
+            "(each column is a class), in any order."
+        )
+    names = [str(c) for c in class_names] if class_names else list(columns)
+    y = np.zeros((len(rows), len(names)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(names):
+            value = str(row.get(col) or "").strip().lower()
+            if value not in _TRUE | _FALSE:
+                raise DataError(
+                    f"{where}: column {col!r} of example {i} holds {row.get(col)!r}; with "
+                    "several label columns each is a class and holds 0/1 (or true/false, yes/no)."
+                )
+            y[i, j] = float(value in _TRUE)
+    return y, names
+
+
 def encode_labels(
     raw: list[Any], task: str, class_names: list[str] | None = None, where: str = "data"
 ) -> tuple[np.ndarray, list[str] | None]:
@@ -425,12 +464,14 @@ def from_csv(
     rows, skipped = _drop_empty_rows(rows, lines, path, needed)
     base = Path(root) if root else path.parent
     paths = [str(p if os.path.isabs(p := r[path_column]) else base / p) for r in rows]
+    where = f"CSV {str(path)!r}"
     if task == "regression":
         raw: list[Any] = [[r[c] for c in label_cols] for r in rows]
+        y, names = encode_labels(raw, task, class_names, where=where)
+    elif len(label_cols) > 1:
+        y, names = _flag_columns(rows, label_cols, task, class_names, where)
     else:
-        raw = [r[label_cols[0]] for r in rows]
-    y, names = encode_labels(raw, task, class_names, where=f"CSV {str(path)!r}")
-    where = f"CSV {str(path)!r}"
+        y, names = encode_labels([r[label_cols[0]] for r in rows], task, class_names, where)
     ex = Examples("files", np.asarray(paths, dtype=object), y, task, names, where, skipped)
     if verify:
         ex = verify_images(ex, channels=channels)
