@@ -311,6 +311,45 @@ def test_multi_worker_run_twice_under_one_name_every_worker_takes_the_chiefs_fol
     assert (tmp_path / "mw-2" / "model.keras").is_file()
 
 
+BEHIND = COMMON + textwrap.dedent("""
+    import hashlib, shutil
+    import keras
+    from kerastl import data as kdata
+    from kerastl.train import train
+    from kerastl.train._strategy import is_chief
+
+    class Killed(keras.callbacks.Callback):  # both workers stop before epoch 3
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("killed")
+
+    out, weights = sys.argv[1], sys.argv[2]
+    x, y = data()
+    cfg = config(out, "mw", "multi_worker", 4, epochs=4, weights=weights)
+    try:
+        train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False, callbacks=[Killed()])
+    except RuntimeError:
+        pass
+    if not is_chief():  # killed before its own backup of the last epoch: one behind the chief
+        shutil.rmtree(os.path.join(out, "mw", "backup", "worker1"))
+    r = train(cfg, examples=(kdata.from_numpy(x, y), None), evaluate=False)
+    digest = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in r.model.get_weights()))
+    print(json.dumps({"weights": digest.hexdigest(), "epochs": r.timings.get("phase1_epochs"),
+                      "loss": r.history["loss"]}))
+""")
+
+
+@pytest.mark.heavy
+def test_multi_worker_resume_with_a_worker_behind_takes_the_chiefs_backup(tmp_path, weights):
+    """A worker killed between the chief's backup of an epoch and its own resumed an epoch
+    behind the chief: the chief paired its collectives with the wrong steps and reported
+    success while the worker died. The worker now resumes from the chief's backup."""
+    chief, other = _two_workers(BEHIND, str(tmp_path), weights, timeout=400)
+    assert chief["weights"] == other["weights"], (chief, other)
+    assert other["loss"] == chief["loss"][-len(other["loss"]) :], (chief, other)
+    assert len(chief["loss"]) == 4, chief  # 2 epochs before the kill, 2 after the resume
+
+
 def _compare_with_one_device(root, chief, one) -> None:
     """Two workers x batch 4 train like one device x batch 8 (BatchNorm training too), far
     closer than training moved the weights; not bit-equal (the all-reduce sums in another order).

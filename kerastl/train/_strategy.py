@@ -310,6 +310,18 @@ def chiefs_value(strategy: Any, value: int) -> int:
     return int(round(float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))))
 
 
+def cluster_sum(strategy: Any, value: float) -> float:
+    """The sum of every worker's ``value`` (a collective: every worker must call it);
+    ``value`` itself under any other strategy."""
+    if not spans_workers(strategy):
+        return value
+    import tensorflow as tf
+
+    mine = float(value) / len(strategy.extended.worker_devices)  # summed over local replicas
+    per_replica = strategy.run(lambda: tf.constant(mine, tf.float64))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+
+
 def prepare_fit(model: Any, strategy: Any) -> Any:
     """Make ``model.fit``/``evaluate`` work under ``strategy``; returns ``model``.
 

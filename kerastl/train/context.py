@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +146,7 @@ def open_run(
     # Decided before prepare() rewrites the marker: every worker reads the chief's marker.
     ctx.resuming = folder.resume_refusal(fingerprint, t["resume"]) is None
     ctx.state = folder.prepare(cfg, fingerprint)
+    agree_on_resume(ctx)
     ctx.skipped = report_skipped(train_ex, val_ex)
     ctx.timings.update(
         {
@@ -155,6 +157,46 @@ def open_run(
         }
     )
     return ctx
+
+
+def resume_point(ctx: RunContext) -> int:
+    """Where this worker's saved state resumes the run, as one number (0: from the start):
+    phase 1 done, then the epochs each phase's backup holds."""
+    if not ctx.resuming:
+        return 0
+    f = ctx.folder
+    done = 1 if ctx.state.get("phase1_done") else 0
+    return done * 10**6 + f.backed_up_epochs("phase1") * 1000 + f.backed_up_epochs("phase2")
+
+
+def agree_on_resume(ctx: RunContext) -> None:
+    """Every worker of a multi-worker job resumes where the chief does.
+
+    Each worker keeps its own backup; one killed between the chief's save of an epoch and
+    its own resumed an epoch behind the chief, whose collectives then paired with the wrong
+    steps (the chief reported success, the worker died). The weights after an epoch are the
+    same on every worker, so a worker behind takes a copy of the chief's backup; if they
+    still differ the run stops, on every worker, saying how to start over.
+    """
+    from kerastl.train._strategy import chiefs_value, cluster_sum, spans_workers
+
+    if not spans_workers(ctx.strategy):
+        return
+    mine = resume_point(ctx)
+    chief = chiefs_value(ctx.strategy, mine)
+    if mine != chief and not ctx.chief:
+        ours, theirs = ctx.folder.backup_root, ctx.folder.backup_root.parent / "chief"
+        shutil.rmtree(ours, ignore_errors=True)
+        if theirs.is_dir():
+            shutil.copytree(theirs, ours)
+        log.info(f"{ours}: resuming from the chief's backup (this worker's was behind)")
+        mine = resume_point(ctx)
+    if cluster_sum(ctx.strategy, float(mine != chief)):
+        raise ConfigError(
+            f"{ctx.folder.run_dir}: the workers' saved states disagree (the chief resumes at "
+            f"{chief}, this worker at {mine}); start over with train.resume: false "
+            "(--set train.resume=false), with the run folder shared by every worker."
+        )
 
 
 def resolve_config(config: Any, overrides: dict | None, examples: Any) -> dict:

@@ -164,8 +164,8 @@ def phase1(ctx: RunContext) -> int:
     if not epochs:
         return 0
     if state.get("phase1_done"):
-        model.load_weights(str(ctx.folder.phase1_weights))
-        load_lora(model, ctx.folder.phase1_weights)
+        model.load_weights(str(ctx.folder.phase1_saved))
+        load_lora(model, ctx.folder.phase1_saved)
         # where phase 1 left the dropout masks: phase 2 draws on from there
         set_seed_states(model, state.get("seeds"), f"the phase-1 state in {ctx.folder.state_dir}")
         done = int(state.get("phase1_epochs", epochs))

@@ -228,10 +228,16 @@ class RunFolder:
         if gone:
             log.info(f"{self.run_dir}: removed the earlier run's {', '.join(gone)}")
 
+    @property
+    def phase1_saved(self) -> Path:
+        """The phase-1 weights a resumed run reads: the chief's, on every worker (the other
+        workers write theirs to temporary folders; a resumed job needs the folder shared)."""
+        return Path(self.run_dir) / RUN_FILES["state"] / self.phase1_weights.name
+
     def read_state(self) -> dict:
-        """The state saved after phase 1 (``{}`` unless both its files are there)."""
-        path = self.state_dir / "state.json"
-        if path.is_file() and self.phase1_weights.is_file():
+        """The state the chief saved after phase 1 (``{}`` unless both its files are there)."""
+        path = self.phase1_saved.parent / "state.json"
+        if path.is_file() and self.phase1_saved.is_file():
             return json.loads(path.read_text())
         return {}
 
