@@ -1389,3 +1389,21 @@ def test_validation_examples_that_are_also_training_examples_are_counted(tmp_pat
         evaluate=False,
     )
     assert "also training examples" not in caplog.text
+
+
+def test_model_card_gives_phase_twos_learning_rate_when_it_is_derived():
+    """The card said 'lr None' for a fine-tune phase whose rate is phase 1's / 10."""
+    from kerastl.train.card import _training_lines
+
+    cfg = {
+        "model": {"freeze": "backbone"},
+        "train": {"epochs": 2, "optimizer": "adam", "learning_rate": 1e-3, "schedule": "cosine",
+                  "batch_size": 8,
+                  "warmup_epochs": 0},
+        "finetune": {"epochs": 1, "freeze": "none", "learning_rate": None, "gradual_every": 0,
+                     "layer_decay": None},
+    }  # fmt: skip
+    text = "\n".join(_training_lines(cfg, {}))
+    assert "lr 0.0001 (phase 1's / 10)" in text and "lr None" not in text, text
+    cfg["finetune"]["learning_rate"] = 3e-5
+    assert "lr 3e-05" in "\n".join(_training_lines(cfg, {}))

@@ -59,7 +59,8 @@ def _data_lines(config: dict, data_report: dict) -> list[str]:
         f"- training examples: {data_report.get('num_train')}, validation: "
         f"{data_report.get('num_val')}",
         f"- per class (training): {data_report.get('train_class_counts')}",
-        f"- skipped unreadable files: {len(data_report.get('skipped', []))}"
+        f"- skipped examples (unreadable files, empty texts or labels): "
+        f"{len(data_report.get('skipped', []))}"
         + (" (listed in data_report.json)" if data_report.get("skipped") else ""),
         f"- augmentation: `{config['data']['augment']}`",
     ]
@@ -77,7 +78,11 @@ def _training_lines(config: dict, timings: dict) -> list[str]:
     if f["epochs"]:
         lines.append(
             f"- phase 2 (fine-tune): {f['epochs']} epoch(s), freeze `{f['freeze']}`, lr "
-            f"{f['learning_rate']}"
+            + (
+                f"{f['learning_rate']}"
+                if f["learning_rate"] is not None
+                else f"{t['learning_rate'] / 10:g} (phase 1's / 10)"
+            )
             + (f", gradual unfreezing every {f['gradual_every']}" if f["gradual_every"] else "")
             + (f", layer decay {f['layer_decay']}" if f["layer_decay"] else "")
         )
