@@ -81,7 +81,8 @@ def test_a_replaced_run_keeps_nothing_the_earlier_run_reported(tmp_path, caplog,
     assert not (run / "export").exists()
     assert "removed the earlier run's" in caplog.text
     card = (run / "README.md").read_text()
-    assert "(the last epoch: no validation data)" in card and "metrics.json" not in card
+    assert "(the epoch of the best training loss: no validation data)" in card, card
+    assert "metrics.json" not in card
 
 
 @pytest.mark.heavy

@@ -23,10 +23,13 @@ def _model_lines(config: dict, data_report: dict, exports: Any, metrics: dict) -
 
     m = config["model"]
     keep = (config.get("train") or {}).get("keep", "best")
-    if not data_report.get("num_val"):  # nothing to pick a best epoch by
-        kept = "the last epoch: no validation data"
+    if keep == "last":
+        kept = "the last epoch"
+    elif not data_report.get("num_val"):  # the best epoch by the training metric
+        monitor = (config.get("train") or {}).get("monitor", "val_loss").replace("val_", "")
+        kept = f"the epoch of the best training {monitor}: no validation data"
     else:
-        kept = "the last epoch" if keep == "last" else "best checkpoint"
+        kept = "best checkpoint"
     # metrics.json and plots/ are written from the validation data: none, no files
     measured = ", `metrics.json`" if metrics else ""
     return [

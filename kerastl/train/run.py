@@ -106,7 +106,8 @@ def train(
 def _save_best(ctx: RunContext) -> None:
     """The best weights are in the model; save them unless ``model.keras`` already holds them.
 
-    Without validation data there is no best checkpoint: the last weights are saved.
+    Without validation data the best epoch is chosen by the training metric
+    (``train.monitor`` without ``val_``); with ``train.keep: last``, the last epoch.
     """
     model_path = ctx.folder.model_path
     if not ctx.best.saved or not Path(model_path).exists():
