@@ -752,3 +752,14 @@ def test_a_multilabel_csv_with_one_column_per_class(tmp_path):
     csv.write_text("path,is_zero,is_even\na.png,1,maybe\n")
     with pytest.raises(DataError, match=r"column 'is_even' of example 0 holds 'maybe'"):
         from_csv(csv, task="multilabel", label_column=["is_zero", "is_even"], verify=False)
+
+
+def test_a_npy_file_as_training_data_says_to_save_an_npz(tmp_path):
+    """`--data images.npy` said only "is not a folder"."""
+    from kerastl.data import from_image_folder
+
+    np.save(tmp_path / "images.npy", np.zeros((2, 4, 4, 3), "uint8"))
+    with pytest.raises(
+        DataError, match=r"is not a folder\. A \.npy file holds one array and no labels"
+    ):
+        from_image_folder(tmp_path / "images.npy")

@@ -385,6 +385,22 @@ def _task_name(task: str) -> str:
 # ---------------------------------------------------------------------------
 
 
+def _labelled_instead(path: Path) -> str:
+    """What to give instead of a file that holds no labels (a ``.npy`` of images).
+
+    Example:
+        >>> _labelled_instead(Path("x.npy"))[:40]
+        ' A .npy file holds one array and no labe'
+    """
+    if path.suffix.lower() != ".npy":
+        return ""
+    return (
+        " A .npy file holds one array and no labels: save images and labels together with "
+        "numpy.savez('data.npz', x=images, y=labels) and pass the .npz, or give an image "
+        "folder (one sub-folder per class) or a CSV of paths and labels."
+    )
+
+
 def from_image_folder(
     root: str | os.PathLike,
     task: str = "classification",
@@ -409,7 +425,7 @@ def from_image_folder(
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data.path: {str(root)!r} is not a folder.")
+        raise DataError(f"data.path: {str(root)!r} is not a folder.{_labelled_instead(root)}")
     task = _task_name(task)
     folders = _class_folders(root, task, class_names, "image")
     paths: list[str] = []
