@@ -269,13 +269,20 @@ def strategy_name(strategy: Any) -> str:
     """The public ``tf.distribute`` class name of ``strategy`` (for logs and the model card).
 
     ``tf.distribute.MultiWorkerMirroredStrategy`` is implemented by a class named
-    ``CollectiveAllReduceStrategy``; report the name users know.
+    ``CollectiveAllReduceStrategy``, and ``one_device`` is TensorFlow's default strategy
+    (``_DefaultDistributionStrategy``); report the names users know.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> strategy_name(tf.distribute.get_strategy())
+        'default (one device)'
     """
     import tensorflow as tf
 
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return "MultiWorkerMirroredStrategy"
-    return type(strategy).__name__
+    name = type(strategy).__name__
+    return "default (one device)" if name == "_DefaultDistributionStrategy" else name
 
 
 def spans_workers(strategy: Any) -> bool:
