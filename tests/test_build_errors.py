@@ -288,3 +288,23 @@ def test_text_model_fits_and_evaluates_python_list_labels():
     hist = model.fit(texts, labels, validation_data=(texts, labels), epochs=1, verbose=0)
     assert set(hist.history) >= {"loss", "val_loss"}
     assert len(model.evaluate(texts, labels, verbose=0)) == 2
+
+
+def test_fit_takes_class_names_as_labels():
+    """fit(x, ["cat", "dog", ...]) failed in Keras ("Invalid dtype: str..."): the model knows
+    its class names, so names train as their ids; an unknown name is an error naming it."""
+    import numpy as np
+
+    import kerastl
+    from kerastl.errors import DataError
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    model = kerastl.build("mobilenet_v3_small", num_classes=2, input_shape=(32, 32, 3),
+                          class_names=["cat", "dog"], freeze="none")  # fmt: skip
+    names = ["cat", "dog", "dog", "cat", "cat", "dog"]
+    h = model.fit(x, names, epochs=1, verbose=0, validation_data=(x, names))
+    assert np.isfinite(h.history["loss"][0]) and "val_loss" in h.history
+    assert model._class_ids(np.asarray(names), "y").tolist() == [0, 1, 1, 0, 0, 1]
+    with pytest.raises(DataError, match=r"y: labels \['bird'\] are not class names"):
+        model.fit(x, [*names[:5], "bird"], epochs=1, verbose=0)

@@ -12,7 +12,7 @@ import keras
 
 from kerastl.core import heads, layers, losses, optimizers
 from kerastl.core.meta import ModelMeta
-from kerastl.errors import ConfigError, KerastlError
+from kerastl.errors import ConfigError, DataError, KerastlError
 
 
 @keras.saving.register_keras_serializable(package="kerastl")
@@ -54,8 +54,35 @@ class KerastlModel(keras.Model):
     # Keras refuses a list next to an array.
     def fit(self, x=None, y=None, *args, **kwargs):
         if isinstance(kwargs.get("validation_data"), (list, tuple)):
-            kwargs["validation_data"] = tuple(_as_arrays(*kwargs["validation_data"]))
-        return super().fit(*_as_arrays(x, y), *args, **kwargs)
+            v = _as_arrays(*kwargs["validation_data"])
+            if len(v) > 1:
+                v[1] = self._class_ids(v[1], "validation_data")
+            kwargs["validation_data"] = tuple(v)
+        x, y = _as_arrays(x, y)
+        return super().fit(x, self._class_ids(y, "y"), *args, **kwargs)
+
+    def _class_ids(self, y: Any, argument: str) -> Any:
+        """Class names given as labels (``fit(x, ["cat", "dog"])``) as the ids the head
+        takes, by the model's ``class_names``; other labels as they are."""
+        import numpy as np
+
+        names = self.kerastl_config.get("class_names")
+        task = self.kerastl_config.get("task")
+        if not names or task not in ("classification", "binary"):
+            return y
+        if not (isinstance(y, np.ndarray) and y.dtype.kind in "USO" and y.ndim == 1):
+            return y
+        if y.dtype.kind == "O" and not all(isinstance(v, str) for v in y):
+            return y
+        index = {str(c): i for i, c in enumerate(names)}
+        unknown = sorted({str(v) for v in y} - set(index))
+        if unknown:
+            raise DataError(
+                f"{argument}: labels {unknown[:5]} are not class names of this model; "
+                f"valid: {list(names)} (or their ids 0..{len(names) - 1})."
+            )
+        ids = np.asarray([index[str(v)] for v in y])
+        return ids.astype("float32").reshape(-1, 1) if task == "binary" else ids
 
     def predict(self, x, *args, **kwargs):
         return super().predict(_strings_as_objects(x), *args, **kwargs)
