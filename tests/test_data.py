@@ -763,3 +763,19 @@ def test_a_npy_file_as_training_data_says_to_save_an_npz(tmp_path):
         DataError, match=r"is not a folder\. A \.npy file holds one array and no labels"
     ):
         from_image_folder(tmp_path / "images.npy")
+
+
+def test_a_csv_with_an_unterminated_quote_names_its_line(tmp_path):
+    """An unterminated quote swallowed the rest of the file into one value; the error said
+    only that no row had a text and a label."""
+    from kerastl.data import from_text
+
+    rows = [f"sentence {i},{'a' if i % 2 else 'b'}" for i in range(40)]
+    rows[5] = '"an open quote,a'
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"t\.csv:7: a quoted value there runs over the"):
+        from_text(path)
+    rows[5] = '"a closed, quoted text",a'
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    assert len(from_text(path)) == 40

@@ -530,6 +530,7 @@ def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str], list[int]]:
             reader = csv.reader(f, delimiter=csv_delimiter(path))
             header = next(reader, [])
             start = reader.line_num + 1
+            values: list[str] = []
             for values in reader:
                 if any(v.strip() for v in values):  # a short row: None for its missing cells
                     rows.append(
@@ -539,6 +540,13 @@ def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str], list[int]]:
                 start = reader.line_num + 1
     except UnicodeDecodeError as exc:
         raise DataError(_not_utf8(path, exc)) from None
+    if rows and len(values) < len(header) and reader.line_num - lines[-1] >= 20:
+        raise DataError(
+            f"data.path: {path}:{lines[-1]}: a quoted value there runs over the "
+            f"{reader.line_num - lines[-1] + 1} lines to the end of the file, so the rows after "
+            'it were read as its text: an unterminated quote ("). Close it, or double a '
+            'quote inside a quoted value ("").'
+        )
     if not rows:
         raise DataError(f"data.path: {str(path)!r} has a header {header} but no rows.")
     return rows, header, lines
