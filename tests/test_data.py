@@ -251,8 +251,11 @@ def test_tfds_source_offline(tmp_path):
     # labels travel with their images through the index filter
     means = xb.numpy().mean(axis=(1, 2, 3))
     assert ((means > 128).astype(int) == yb.numpy()).all()
-    with pytest.raises(DataError, match=r"kerastl does not download"):
+    with pytest.raises(DataError, match=r"kerastl does not download") as info:
         kdata.from_tfds("kerastl_no_such_dataset", data_dir=tmp_path)
+    # the keys a user sets (data.name, data.data_dir), not a 'data.tfds' there is not
+    assert str(info.value).startswith("data.name: cannot open TFDS dataset")
+    assert f"in data.data_dir {str(tmp_path)!r}" in str(info.value)
 
 
 def _smooth_images(n=3, h=40, w=48, seed=0):

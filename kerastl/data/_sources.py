@@ -864,11 +864,12 @@ def from_tfds(
         if not builder.data_path.exists() or not list(builder.data_path.glob("*")):
             raise FileNotFoundError(str(builder.data_path))
     except Exception as exc:  # noqa: BLE001 - tfds raises many kinds here
+        where = f"data.data_dir {str(data_dir)!r}" if data_dir else "TFDS's default data_dir"
         raise DataError(
-            f"data.tfds: cannot open TFDS dataset {name!r} in data_dir={str(data_dir)!r} "
+            f"data.name: cannot open TFDS dataset {name!r} in {where} "
             f"({type(exc).__name__}: {exc}). kerastl does not download: prepare it where a "
-            "network is available (tfds.builder(name).download_and_prepare()) and copy the "
-            "data_dir here."
+            "network is available (tfds.builder(name).download_and_prepare()), copy its "
+            "data_dir here and set data.data_dir to it."
         ) from None
     features = info.features
     for key, what in ((image_key, "image_key"), (label_key, "label_key")):
