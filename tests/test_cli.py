@@ -692,3 +692,16 @@ def test_predict_on_a_file_of_no_known_suffix_names_what_the_command_line_can_do
     assert f"ARTIFACT: cannot tell the format of {str(report)!r}" in err, err
     assert "(or pass format=...)" not in err
     assert "kerastl.load_artifact(path, format=...)" in err
+
+
+def test_train_folds_reads_the_yamls_export_section_to_say_it_is_skipped(tmp_path):
+    """--folds clears export before the config is validated (a run name no file can take
+    is fine for folds); the section as written still reaches the k-fold warning."""
+    from kerastl.cli.train import _written_export
+
+    run = tmp_path / "run.yaml"
+    run.write_text("model: {backbone: mobilenet_v3_small}\ndata: {path: d}\n"
+                   "export: {formats: [tflite], quantize: [int8]}\n")  # fmt: skip
+    assert _written_export(str(run)) == {"formats": ["tflite"], "quantize": ["int8"]}
+    run.write_text("model: {backbone: mobilenet_v3_small}\ndata: {path: d}\n")
+    assert _written_export(str(run)) is None and _written_export(None) is None

@@ -101,7 +101,7 @@ def test_report_lists_every_artifact_validated(exported):
             assert a["parity"]["max_rel_err"] <= 1e-4
             assert a["parity"]["tolerance"]["max_rel_err"] == 1e-4
     f16 = next(a for a in report["artifacts"] if a["precision"] == "float16")
-    assert f16["parity"]["tolerance"]["max_rel_err"] == 1e-2
+    assert f16["parity"]["tolerance"]["max_rel_err"] == 5e-2
     int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
     assert 0.0 <= int8["parity"]["agreement"] <= 1.0
     assert int8["details"]["io_type"] == "uint8"

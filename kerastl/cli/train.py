@@ -136,6 +136,10 @@ def run_train(args: argparse.Namespace) -> int:
         check_folds(args.folds, "--folds")  # before TensorFlow is imported
         _refuse_export_flags_with_folds(args)
     overrides = _overrides(args)
+    written_export = None
+    if args.folds is not None:  # the folds score, they never export (kfold.fold_config)
+        written_export = _written_export(args.config)
+        overrides.update({"export.formats": [], "export.quantize": []})
     cfg = load_config(args.config, overrides)  # validates before TensorFlow loads
     check_data_paths(cfg, args.config or "config")
     if args.print_config:
@@ -150,7 +154,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.folds is not None:
         from kerastl.train.kfold import cross_validate
 
-        summary = cross_validate(cfg, args.folds)
+        summary = cross_validate(cfg, args.folds, export=written_export)
         _print_kfold(summary)
         return 0
     from kerastl.train.run import train
@@ -160,6 +164,21 @@ def run_train(args: argparse.Namespace) -> int:
     for k, v in _headline(result.metrics).items():
         print(f"  {k}: {v:.4f}")
     return 0
+
+
+def _written_export(config: str | None) -> dict | None:
+    """The ``export`` section of a run YAML as written (``None``: none, or unreadable; the
+    config's own loading reports a broken file)."""
+    if not config:
+        return None
+    import yaml
+
+    try:
+        with open(config, encoding="utf-8") as f:
+            section = (yaml.safe_load(f) or {}).get("export")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return section if isinstance(section, dict) else None
 
 
 def _refuse_export_flags_with_folds(args: argparse.Namespace) -> None:

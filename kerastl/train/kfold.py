@@ -28,8 +28,13 @@ def cross_validate(
     folds: int = 5,
     overrides: dict[str, Any] | None = None,
     out_dir: str | os.PathLike | None = None,
+    export: dict[str, Any] | None = None,
 ) -> dict:
     """k-fold cross-validation of a run config: train k times, report mean and spread.
+
+    ``export``: the config's export section as written, when the caller cleared it before
+    validating the config (``kerastl train --folds``: a run name no file can take is fine
+    for folds, which export nothing); the folds say they skip it.
 
     All data (training + validation of the config) is split into ``folds``
     stratified parts; fold ``i`` trains on the others and validates on part
@@ -62,7 +67,7 @@ def cross_validate(
     if extra is not None:  # a separate validation set joins the pool
         ex = _concat(ex, extra)
     per_fold, names = [], []
-    skipped = _skipped_export(cfg)
+    skipped = _skipped_export({"export": export} if export else cfg)
     if skipped:
         log.warning(skipped)
     with quiet_retracing():
