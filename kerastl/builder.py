@@ -6,8 +6,11 @@ and a submodule of that name would replace it on the package once imported.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -169,7 +172,47 @@ def _backbone_graph(adapter: Any, input_shape: Any, weights: Any, adapter_kwargs
     shape = adapter.resolve_input_shape(input_shape, **adapter_kwargs)
     inputs = adapter.make_inputs(shape)
     x = adapter.preprocess(inputs, shape)  # before backbone(): see the Adapter contract
-    return shape, inputs, adapter.backbone(shape, weights)(x)
+    return shape, inputs, _backbone(adapter, shape, weights, adapter_kwargs)(x)
+
+
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("shared", default=None)
+
+
+@contextlib.contextmanager
+def shared_backbones() -> Iterator[None]:
+    """Builds inside reuse one backbone per (model, input shape, weights, options).
+
+    For code that only reads a backbone, such as ``kerastl rank`` and ``advise``: a
+    pretrained model and its earlier taps are then built and loaded once. Random-init
+    backbones (``weights=None``) are built anew each time. Training one of the models
+    would change the others: do not train inside.
+
+    Example:
+        >>> with shared_backbones():
+        ...     model = build("efficientnet_lite0", num_classes=2, input_shape=32,
+        ...                   weights="imagenet", compile=False)
+        ...     tap2 = build("efficientnet_lite0", features_only=True, out_indices=[2],
+        ...                  input_shape=32, weights="imagenet")
+        >>> model.weights[0] is tap2.weights[0]  # the same stem kernel, loaded once
+        True
+    """
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _backbone(adapter: Any, shape: Any, weights: Any, adapter_kwargs: dict) -> keras.Model:
+    """``adapter.backbone(shape, weights)``, once per key inside :func:`shared_backbones`."""
+    memo = _SHARED.get()
+    if memo is None or not isinstance(weights, (str, os.PathLike)):
+        return adapter.backbone(shape, weights)
+    options = repr(sorted((k, repr(v)) for k, v in adapter_kwargs.items()))
+    key = (adapter.spec.name, tuple(shape), os.fspath(weights), options)
+    if key not in memo:
+        memo[key] = adapter.backbone(shape, weights)
+    return memo[key]
 
 
 def _graph_or_whole(adapter: Any, input_shape: Any, weights: Any, adapter_kwargs: dict) -> tuple:
@@ -220,7 +263,9 @@ def _build_features(adapter, weights, input_shape, out_indices, adapter_kwargs) 
     shape = adapter.resolve_input_shape(input_shape, **adapter_kwargs)
     inputs = adapter.make_inputs(shape)
     x = adapter.preprocess(inputs, shape)
-    extractor = adapter.feature_extractor(adapter.backbone(shape, weights), out_indices)
+    extractor = adapter.feature_extractor(
+        _backbone(adapter, shape, weights, adapter_kwargs), out_indices
+    )
     outs = extractor(x)
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
     taps = [adapter.spec.taps[i] for i in (out_indices or range(len(adapter.spec.taps)))]

@@ -773,3 +773,75 @@ def test_rank_drops_only_tensorflows_warning_about_one_function_per_candidate():
         assert any("triggered tf.function retracing" in m for m in keep.messages[1:])
     finally:
         tf_log.removeHandler(keep)
+
+
+def test_rank_scores_with_blas_on_one_thread_and_gives_the_threads_back(monkeypatch):
+    """The scores run with BLAS on one thread (threads that wait for a busy core spin:
+    bench/results_score_threads.md); outside the scoring, BLAS keeps what it had."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from kerastl.decide import _rank, _scores
+
+    def blas_threads() -> set[int]:
+        return {
+            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+        }
+
+    seen = []
+    real_score = _rank.score
+
+    def spy(x, y, estimator):
+        seen.append(blas_threads())
+        return real_score(x, y, estimator)
+
+    x, y = _digits()
+    feats = np.eye(3)[y] + np.random.default_rng(0).normal(size=(len(y), 3))
+    monkeypatch.setattr(_rank, "features_of", lambda c, ex, *a, **k: (feats, ex.y, None))
+    monkeypatch.setattr(_rank, "score", spy)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        _rank.rank((x, y), "efficientnet_lite0", runtime="none", progress=False)
+        after = blas_threads()
+        with _scores.one_blas_thread():
+            inside = blas_threads()
+        assert blas_threads() == {2}
+    assert before == after == {2} and inside == {1}
+    assert seen and all(s == {1} for s in seen), seen
+
+
+def test_rank_builds_a_pretrained_model_once_for_itself_and_its_taps(monkeypatch):
+    """Lite0 and its tap 2 share one build and one weight load; a random-init candidate
+    is built apart. The scores are those of separate builds."""
+    pytest.importorskip("tensorflow")
+    import contextlib
+
+    import kerastl
+    from kerastl import builder
+    from kerastl.train._cache import FeatureCache
+    from kerastl.zoo import get_adapter
+
+    adapter_type = type(get_adapter("efficientnet_lite0"))
+    real = adapter_type.backbone
+    built = []
+
+    def counted(self, shape, weights=None):
+        built.append(weights)
+        return real(self, shape, weights)
+
+    monkeypatch.setattr(adapter_type, "backbone", counted)
+    x, y = _digits()
+    cands = "efficientnet_lite0,efficientnet_lite0:tap2,efficientnet_lite0@random"
+
+    def scores() -> dict:
+        FeatureCache.clear_memory()  # each ranking runs its own feature passes
+        t = kerastl.rank((x, y), cands, input_size=32, runtime="none", progress=False)
+        return {r["candidate"]: (r["logme"], r["knn"]) for r in t.rows}
+
+    shared = scores()
+    assert built == ["imagenet", None], built
+    built.clear()
+    monkeypatch.setattr(builder, "shared_backbones", contextlib.nullcontext)
+    apart = scores()
+    assert built == ["imagenet", "imagenet", None], built
+    assert shared.keys() == apart.keys() and len(shared) == 3
+    for k in shared:
+        np.testing.assert_allclose(shared[k], apart[k], rtol=1e-5, err_msg=k)

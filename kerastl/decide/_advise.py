@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from kerastl.core.sampling import spread
-from kerastl.decide._scores import linear_probe_accuracy, logme
+from kerastl.decide._scores import linear_probe_accuracy, logme, one_blas_thread
 
 #: Smallest class size below which no backbone weight is trained.
 MIN_SHOTS_TO_TUNE = 5
@@ -205,6 +205,34 @@ def read_taps(n_taps: int, last: int | None, most: int = MAX_TAPS) -> list[int]:
     return [ids[i] for i in spread(len(ids), most)]
 
 
+def _measure(c: Any, examples: Any, input_size: int, cache: str, build_kwargs: dict) -> tuple:
+    """``(labels, feature RMS, collapsed, final LogME, probe, tap LogMEs, tap ids)`` of
+    candidate ``c``: its final features, then its taps (one backbone build for all)."""
+    from kerastl.builder import shared_backbones
+    from kerastl.core.features import collapsed, feature_rms
+    from kerastl.decide._candidates import Candidate
+    from kerastl.decide._rank import features_of
+    from kerastl.zoo import get_spec
+
+    spec = get_spec(c.name)
+    with shared_backbones():
+        x, y, _ = features_of(c, examples, input_size, cache, **build_kwargs)
+        rms = feature_rms(x)
+        is_collapsed = collapsed(x, rms)
+        with one_blas_thread():
+            final, probe = logme(x, y), linear_probe_accuracy(x, y)
+        last = len(spec.taps) - 1 if spec.taps and spec.taps[-1].channels == x.shape[1] else None
+        ids = [] if is_collapsed else read_taps(len(spec.taps), last)  # collapsed: none to read
+        taps = []
+        for k in ids:
+            xk, _, _ = features_of(
+                Candidate(c.name, c.weights, k), examples, input_size, cache, **build_kwargs
+            )
+            with one_blas_thread():
+                taps.append(logme(xk, y))
+    return y, rms, is_collapsed, final, probe, taps, ids
+
+
 def advise(
     examples: Any,
     backbone: Any,
@@ -233,26 +261,17 @@ def advise(
         >>> a = kerastl.advise((x, y), "efficientnet_lite0", input_size=64)  # doctest: +SKIP
         >>> print(a.text())  # doctest: +SKIP
     """
-    from kerastl.core.features import collapsed, feature_rms
     from kerastl.decide._candidates import Candidate, check_modality, parse_backbone
-    from kerastl.decide._rank import as_examples, features_of
+    from kerastl.decide._rank import as_examples
     from kerastl.zoo import get_spec
 
     c = backbone if isinstance(backbone, Candidate) else parse_backbone(backbone, weights)
     examples = as_examples(examples)
     check_modality([c], examples.modality, "backbone")
     spec = get_spec(c.name)
-    x, y, _ = features_of(c, examples, input_size, cache, **build_kwargs)
-    rms = feature_rms(x)
-    is_collapsed = collapsed(x, rms)
-    final, probe = logme(x, y), linear_probe_accuracy(x, y)
-    taps = []
-    last = len(spec.taps) - 1 if spec.taps and spec.taps[-1].channels == x.shape[1] else None
-    ids = [] if is_collapsed else read_taps(len(spec.taps), last)  # collapsed: nothing to read
-    for k in ids:
-        ck = Candidate(c.name, c.weights, k)
-        xk, _, _ = features_of(ck, examples, input_size, cache, **build_kwargs)
-        taps.append(logme(xk, y))
+    y, rms, is_collapsed, final, probe, taps, ids = _measure(
+        c, examples, input_size, cache, build_kwargs
+    )
     shots = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
     n_groups = len(spec.groups) or 1
     a = decide(

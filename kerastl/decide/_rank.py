@@ -34,6 +34,7 @@ from kerastl.decide._costs import CostCache, cost_key, default_path
 from kerastl.decide._scores import (
     ESTIMATORS,
     lead_sureness,
+    one_blas_thread,
     pareto_flags,
     score,
     subset_scores,
@@ -361,7 +362,9 @@ def rank(
     cands, notes = check_modality(cands, examples.modality, "candidates")
     run = _Run(examples, input_size, runtime, estimators, by, cache, build_kwargs)
     rows = []
-    with quiet_retracing():
+    from kerastl.builder import shared_backbones
+
+    with quiet_retracing(), shared_backbones():  # a model and its taps: one build
         for c in tqdm(cands, desc="kerastl rank", unit="model", disable=not progress):
             rows.append(_rank_one(c, run))
     mark_pareto(rows, by)
@@ -422,9 +425,10 @@ def _rank_one(c: Candidate, run: _Run) -> dict[str, Any]:
         x, y, model = features_of(c, examples, run.input_size, run.cache, **kw)
         rms = feature_rms(x)
         row.update(dim=int(x.shape[1]), feature_rms=rms, collapsed=collapsed(x, rms))
-        row.update({e: _score(x, y, e, row["collapsed"]) for e in run.estimators})
-        if not row["collapsed"]:
-            run.score_subsets(c.label, x, y)
+        with one_blas_thread():
+            row.update({e: _score(x, y, e, row["collapsed"]) for e in run.estimators})
+            if not row["collapsed"]:
+                run.score_subsets(c.label, x, y)
     except Exception as exc:  # noqa: BLE001 - one candidate must not stop the ranking
         row["failed"] = _reason(exc)
         log.debug(f"{c.label} failed", exc_info=True)

@@ -23,8 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +34,27 @@ from kerastl.errors import DataError
 #: Estimators :func:`score` knows; the first is the default. ``logme_centred`` is
 #: :func:`logme` of the centred features (``center=True``).
 ESTIMATORS = ("logme", "logme_centred", "knn", "probe")
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """NumPy's and SciPy's BLAS on one thread while inside.
+
+    The scores are many small matrix products and decompositions (a few hundred rows).
+    BLAS threads that wait for a core busy-spin: on a machine whose cores are taken (the
+    feature pass's TensorFlow threads, another job) each call then takes up to 100 x
+    longer (``python -m bench.score_threads``); on a free core a small call
+    gains little from a second thread.
+
+    Example:
+        >>> with one_blas_thread():
+        ...     float(np.linalg.svd(np.eye(3), compute_uv=False).sum())
+        3.0
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _check(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
