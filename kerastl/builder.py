@@ -183,8 +183,9 @@ def shared_backbones() -> Iterator[None]:
     """Builds inside reuse one backbone per (model, input shape, weights, options).
 
     For code that only reads a backbone, such as ``kerastl rank`` and ``advise``: a
-    pretrained model and its earlier taps are then built and loaded once. Random-init
-    backbones (``weights=None``) are built anew each time. Training one of the models
+    pretrained image model and its earlier taps are then built and loaded once.
+    Random-init backbones (``weights=None``), and text and audio ones, are built anew
+    each time. Training one of the models
     would change the others: do not train inside.
 
     Example:
@@ -206,7 +207,10 @@ def shared_backbones() -> Iterator[None]:
 def _backbone(adapter: Any, shape: Any, weights: Any, adapter_kwargs: dict) -> keras.Model:
     """``adapter.backbone(shape, weights)``, once per key inside :func:`shared_backbones`."""
     memo = _SHARED.get()
-    if memo is None or not isinstance(weights, (str, os.PathLike)):
+    # text and audio backbones also hand their tokenizer or frontend to the preprocessing
+    # layer made just before (the Adapter contract): a reused one would leave it empty
+    image = adapter.spec.modality == "image"
+    if memo is None or not image or not isinstance(weights, (str, os.PathLike)):
         return adapter.backbone(shape, weights)
     options = repr(sorted((k, repr(v)) for k, v in adapter_kwargs.items()))
     key = (adapter.spec.name, tuple(shape), os.fspath(weights), options)
