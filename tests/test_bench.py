@@ -596,3 +596,15 @@ def test_rank_sure_table_counts_neighbouring_pairs_by_how_sure_the_lead_was():
     md = rb.sure_markdown([draw], ["cmd"])
     assert "| t | 3 | 1, 0.00 | 1, 0.50 | 1, 1.00 |" in md, md
     assert "| all | 3 |" in md and "`cmd`" in md
+
+
+def test_score_threads_table_gives_one_thread_over_default_per_neighbour():
+    from bench.score_threads import markdown
+
+    rows = [
+        {"busy": False, "n": 100, "d": 8, "classes": 2, "default_s": 0.2, "one_s": 0.3, "blas_threads": 2},
+        {"busy": True, "n": 100, "d": 8, "classes": 2, "default_s": 0.5, "one_s": 0.2, "blas_threads": 2},
+    ]  # fmt: skip
+    text = markdown(rows, "python -m bench.score_threads", "abc")
+    assert "| quiet | 100 x 8, 2 | 2 | 0.200 | 0.300 | 1.50 |" in text
+    assert "| one core busy | 100 x 8, 2 | 2 | 0.500 | 0.200 | 0.40 |" in text

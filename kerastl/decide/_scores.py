@@ -41,10 +41,10 @@ def one_blas_thread() -> Iterator[None]:
     """NumPy's and SciPy's BLAS on one thread while inside.
 
     The scores are many small matrix products and decompositions (a few hundred rows).
-    BLAS threads that wait for a core busy-spin: on a machine whose cores are taken (the
-    feature pass's TensorFlow threads, another job) each call then takes up to 100 x
-    longer (``python -m bench.score_threads``); on a free core a small call
-    gains little from a second thread.
+    BLAS threads that wait for a busy core spin: beside one busy core, one candidate's
+    scores took 2.5-3 x longer on BLAS's default two threads than on one; on a quiet
+    machine one thread took 1.0-1.4 x as long (100-1000 examples;
+    ``bench/results_score_threads.md``). Rank's scores are small next to its feature pass.
 
     Example:
         >>> with one_blas_thread():
