@@ -183,10 +183,11 @@ def shared_backbones() -> Iterator[None]:
     """Builds inside reuse one backbone per (model, input shape, weights, options).
 
     For code that only reads a backbone, such as ``kerastl rank`` and ``advise``: a
-    pretrained image model and its earlier taps are then built and loaded once.
-    Random-init backbones (``weights=None``), and text and audio ones, are built anew
-    each time. Training one of the models
-    would change the others: do not train inside.
+    pretrained image model and its earlier taps, built one after the other, are then
+    built and loaded once. Only the latest backbone is kept, so a long list of models
+    holds one in memory. Random-init backbones (``weights=None``), and text and audio
+    ones, are built anew each time. Training one of the models would change the
+    others: do not train inside.
 
     Example:
         >>> with shared_backbones():
@@ -215,6 +216,7 @@ def _backbone(adapter: Any, shape: Any, weights: Any, adapter_kwargs: dict) -> k
     options = repr(sorted((k, repr(v)) for k, v in adapter_kwargs.items()))
     key = (adapter.spec.name, tuple(shape), os.fspath(weights), options)
     if key not in memo:
+        memo.clear()  # the previous backbone is no longer needed: free it first
         memo[key] = adapter.backbone(shape, weights)
     return memo[key]
 

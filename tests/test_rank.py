@@ -845,3 +845,52 @@ def test_rank_builds_a_pretrained_model_once_for_itself_and_its_taps(monkeypatch
     assert shared.keys() == apart.keys() and len(shared) == 3
     for k in shared:
         np.testing.assert_allclose(shared[k], apart[k], rtol=1e-5, err_msg=k)
+
+
+def test_rank_takes_a_models_taps_right_after_it_and_keeps_one_backbone(monkeypatch):
+    """Candidates run grouped by model and weights (so taps reuse the build just made);
+    only the latest backbone is kept (a long list holds one in memory); the table's
+    rows and their order on equal scores are as given."""
+    pytest.importorskip("tensorflow")
+    import kerastl
+    from kerastl.builder import build, shared_backbones
+    from kerastl.decide import _rank
+    from kerastl.zoo import get_adapter
+
+    seen = []
+    x, y = _digits()
+    feats = np.eye(3)[y] + np.random.default_rng(0).normal(size=(len(y), 3))
+
+    def fake(c, ex, *a, **k):
+        seen.append(c.label)
+        return feats, ex.y, None
+
+    monkeypatch.setattr(_rank, "features_of", fake)
+    given = (
+        "efficientnet_lite0,efficientnet_lite1,efficientnet_lite0:tap2,efficientnet_lite1@random"
+    )
+    t = kerastl.rank((x, y), given, runtime="none", progress=False)
+    assert seen == [
+        "efficientnet_lite0",
+        "efficientnet_lite0:tap2",
+        "efficientnet_lite1",
+        "efficientnet_lite1@random",
+    ]
+    assert [r["candidate"] for r in t.rows] == given.split(",")  # equal scores: as given
+
+    adapter_type = type(get_adapter("efficientnet_lite0"))
+    real, built = adapter_type.backbone, []
+    monkeypatch.setattr(
+        adapter_type,
+        "backbone",
+        lambda self, s, w=None: built.append(self.spec.name) or real(self, s, w),
+    )
+    with shared_backbones():
+        for name in (
+            "efficientnet_lite0",
+            "efficientnet_lite0",
+            "efficientnet_lite1",
+            "efficientnet_lite0",
+        ):
+            build(name, num_classes=2, input_shape=32, weights="imagenet", compile=False)
+    assert built == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite0"]

@@ -361,12 +361,13 @@ def rank(
     cands = list(candidates) if parsed else parse_candidates(candidates, argument="candidates")
     cands, notes = check_modality(cands, examples.modality, "candidates")
     run = _Run(examples, input_size, runtime, estimators, by, cache, build_kwargs)
-    rows = []
     from kerastl.builder import shared_backbones
 
-    with quiet_retracing(), shared_backbones():  # a model and its taps: one build
-        for c in tqdm(cands, desc="kerastl rank", unit="model", disable=not progress):
-            rows.append(_rank_one(c, run))
+    # a model's taps right after it: one build of the backbone for all of them
+    order = sorted(range(len(cands)), key=lambda i: _first_of_model(cands, i))
+    with quiet_retracing(), shared_backbones():
+        done = {i: _rank_one(cands[i], run) for i in tqdm(order, **_bar(progress))}
+    rows = [done[i] for i in range(len(cands))]  # as given: equal scores keep this order
     mark_pareto(rows, by)
     rows.sort(key=lambda r: (bool(r["failed"]), r["collapsed"], -_value(r[by])))
     n = 0 if run.labels is None else len(run.labels)
@@ -374,6 +375,25 @@ def rank(
     notes += [f"{r['candidate']}: {r['cost_failed']}" for r in rows if r.get("cost_failed")]
     notes += _cost_notes(rows, cache)
     return RankTable(rows, by, runtime, run.seconds, notes + _data_notes(examples))
+
+
+def _first_of_model(cands: list[Candidate], i: int) -> tuple[int, int]:
+    """Sort key that puts each candidate right after the first one of the same model and
+    weights (taps included), keeping the given order otherwise.
+
+    Example:
+        >>> cs = parse_candidates("efficientnet_lite0,efficientnet_lite1,efficientnet_lite0:tap2")
+        >>> sorted(range(3), key=lambda i: _first_of_model(cs, i))
+        [0, 2, 1]
+    """
+    same = [
+        j for j, c in enumerate(cands) if (c.name, c.weights) == (cands[i].name, cands[i].weights)
+    ]
+    return same[0], i
+
+
+def _bar(progress: bool) -> dict[str, Any]:
+    return {"desc": "kerastl rank", "unit": "model", "disable": not progress}
 
 
 @contextlib.contextmanager
