@@ -205,16 +205,17 @@ def read_taps(n_taps: int, last: int | None, most: int = MAX_TAPS) -> list[int]:
     return [ids[i] for i in spread(len(ids), most)]
 
 
-def _measure(c: Any, examples: Any, input_size: int, cache: str, build_kwargs: dict) -> tuple:
+def _measure(
+    c: Any, spec: Any, examples: Any, input_size: int, cache: str, build_kwargs: dict
+) -> tuple:
     """``(labels, feature RMS, collapsed, final LogME, probe, tap LogMEs, tap ids)`` of
-    candidate ``c``: its final features, then its taps (one backbone build for all)."""
+    candidate ``c`` (registry entry ``spec``): its final features, then its taps (one
+    backbone build for all)."""
     from kerastl.builder import shared_backbones
     from kerastl.core.features import collapsed, feature_rms
     from kerastl.decide._candidates import Candidate
     from kerastl.decide._rank import features_of
-    from kerastl.zoo import get_spec
 
-    spec = get_spec(c.name)
     with shared_backbones():
         x, y, _ = features_of(c, examples, input_size, cache, **build_kwargs)
         rms = feature_rms(x)
@@ -270,7 +271,7 @@ def advise(
     check_modality([c], examples.modality, "backbone")
     spec = get_spec(c.name)
     y, rms, is_collapsed, final, probe, taps, ids = _measure(
-        c, examples, input_size, cache, build_kwargs
+        c, spec, examples, input_size, cache, build_kwargs
     )
     shots = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
     n_groups = len(spec.groups) or 1

@@ -364,9 +364,9 @@ def rank(
     from kerastl.builder import shared_backbones
 
     # a model's taps right after it: one build of the backbone for all of them
-    order = sorted(range(len(cands)), key=lambda i: _first_of_model(cands, i))
+    bar = {"desc": "kerastl rank", "unit": "model", "disable": not progress}
     with quiet_retracing(), shared_backbones():
-        done = {i: _rank_one(cands[i], run) for i in tqdm(order, **_bar(progress))}
+        done = {i: _rank_one(cands[i], run) for i in tqdm(model_order(cands), **bar)}
     rows = [done[i] for i in range(len(cands))]  # as given: equal scores keep this order
     mark_pareto(rows, by)
     rows.sort(key=lambda r: (bool(r["failed"]), r["collapsed"], -_value(r[by])))
@@ -377,23 +377,17 @@ def rank(
     return RankTable(rows, by, runtime, run.seconds, notes + _data_notes(examples))
 
 
-def _first_of_model(cands: list[Candidate], i: int) -> tuple[int, int]:
-    """Sort key that puts each candidate right after the first one of the same model and
-    weights (taps included), keeping the given order otherwise.
+def model_order(cands: list[Candidate]) -> list[int]:
+    """Indices of ``cands`` with each one right after the first of the same model and
+    weights (taps included), the given order otherwise.
 
     Example:
-        >>> cs = parse_candidates("efficientnet_lite0,efficientnet_lite1,efficientnet_lite0:tap2")
-        >>> sorted(range(3), key=lambda i: _first_of_model(cs, i))
+        >>> model_order(parse_candidates("efficientnet_lite0,efficientnet_lite1,efficientnet_lite0:tap2"))
         [0, 2, 1]
     """
-    same = [
-        j for j, c in enumerate(cands) if (c.name, c.weights) == (cands[i].name, cands[i].weights)
-    ]
-    return same[0], i
-
-
-def _bar(progress: bool) -> dict[str, Any]:
-    return {"desc": "kerastl rank", "unit": "model", "disable": not progress}
+    first: dict[tuple, int] = {}
+    group = [first.setdefault((c.name, c.weights), i) for i, c in enumerate(cands)]
+    return sorted(range(len(cands)), key=lambda i: (group[i], i))
 
 
 @contextlib.contextmanager
