@@ -218,6 +218,22 @@ def example_keys(ex: Examples) -> list[str] | None:
     return None
 
 
+def count_shared(seen: Examples, ex: Examples) -> tuple[int, int] | None:
+    """``(examples of ex that are also in seen, examples of ex)`` by :func:`example_keys`,
+    each duplicate counted; ``None`` when ``seen``'s examples cannot be compared (TFDS).
+
+    Example:
+        >>> a = from_numpy(np.arange(32).reshape(8, 2, 2, 1).astype("uint8"), [0, 1] * 4)
+        >>> count_shared(a.subset([0, 1, 2]), a.subset([2, 2, 3]))
+        (2, 3)
+    """
+    seen_keys = example_keys(seen)
+    if seen_keys is None:
+        return None
+    keys, known = example_keys(ex) or [], set(seen_keys)
+    return sum(k in known for k in keys), len(keys)
+
+
 def split_identity(train: Examples, val: Examples | None) -> str:
     """A short hash of which examples (and labels) a train/validation split put in validation.
 

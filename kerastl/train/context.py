@@ -356,14 +356,10 @@ def warn_duplicates(train_ex: kdata.Examples, val_ex: kdata.Examples | None) -> 
     """
     if val_ex is None:
         return 0
-    train_keys, val_keys = kdata.example_keys(train_ex), kdata.example_keys(val_ex)
-    if train_keys is None or val_keys is None:
-        return 0
-    seen = set(train_keys)
-    shared = sum(k in seen for k in val_keys)
+    shared, total = kdata.count_shared(train_ex, val_ex) or (0, 0)
     if shared:
         log.warning(
-            f"{shared} of the {len(val_keys)} validation examples are also training examples "
+            f"{shared} of the {total} validation examples are also training examples "
             "(duplicates in the data): the validation scores overstate the model on new "
             "data. Remove the duplicates, or give data.val_path a separate validation set."
         )

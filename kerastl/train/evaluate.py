@@ -317,15 +317,13 @@ def _warn_trained_on(run_dir: str | os.PathLike, ex: Any, data_path: Any) -> int
     except Exception:  # noqa: BLE001 - the run's data moved: nothing to compare with
         log.debug("evaluate: the run's training data could not be read", exc_info=True)
         return None
-    trained = kdata.example_keys(train)
-    if trained is None:
+    counted = kdata.count_shared(train, ex)
+    if counted is None:
         return None
-    seen = set(trained)
-    keys = kdata.example_keys(ex) or []
-    shared = sum(k in seen for k in keys)
+    shared, total = counted
     if shared:
         log.warning(
-            f"--data {str(data_path)!r}: {shared} of its {len(keys)} examples are in the run's "
+            f"--data {str(data_path)!r}: {shared} of its {total} examples are in the run's "
             "training split, so these scores overstate the model on new data"
         )
     return shared
