@@ -389,9 +389,13 @@ def test_array_fingerprint_is_computed_once_and_sees_edits():
         type(ex)._fingerprint = original
 
 
-def test_checking_a_large_image_folder_shows_a_progress_bar_unless_quiet(tmp_path, capsys):
-    """500+ files: a tqdm bar on stderr while verifying; none when the kerastl logger is quiet."""
+def test_checking_a_large_image_folder_shows_a_progress_bar_unless_quiet(
+    tmp_path, capsys, monkeypatch
+):
+    """500+ files: a tqdm bar on stderr (a terminal) while verifying; none when the kerastl
+    logger is quiet, nor in a redirected log."""
     import logging
+    import sys
 
     from PIL import Image
 
@@ -408,6 +412,9 @@ def test_checking_a_large_image_folder_shows_a_progress_bar_unless_quiet(tmp_pat
     old = log.level
     try:
         log.setLevel(logging.INFO)
+        data.from_image_folder(tmp_path)
+        assert "checking images" not in capsys.readouterr().err  # redirected
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
         ex = data.from_image_folder(tmp_path, channels=1)  # a GIF for a grey model is readable
         assert len(ex) == 521 and not ex.skipped
         assert "checking images" in capsys.readouterr().err

@@ -1026,8 +1026,8 @@ def verify_images(ex: Examples, channels: int = 3, workers: int = 8) -> Examples
     """Decode every file once; drop unreadable ones and record them in ``skipped``.
 
     Uses the input pipeline's decoder (:func:`kerastl.data.images.decode_file`) in a
-    thread pool, with a progress bar (``tqdm``, on standard error) over 500 files or more
-    unless the ``kerastl`` logger is quiet (``--quiet``).
+    thread pool, with a progress bar (``tqdm``, on standard error when it is a terminal) over
+    500 files or more unless the ``kerastl`` logger is quiet (``--quiet``).
     """
     if ex.kind != "files" or len(ex) == 0:
         return ex
@@ -1035,8 +1035,8 @@ def verify_images(ex: Examples, channels: int = 3, workers: int = 8) -> Examples
     from concurrent.futures import ThreadPoolExecutor
 
     import tensorflow as tf
-    from tqdm.auto import tqdm
 
+    from kerastl.core.progress import progress_bar
     from kerastl.data.images import decode_file
 
     def check(p: str) -> str | None:
@@ -1051,10 +1051,10 @@ def verify_images(ex: Examples, channels: int = 3, workers: int = 8) -> Examples
             return f"{type(exc).__name__}: {msg[:160]}"
 
     quiet = not logging.getLogger("kerastl").isEnabledFor(logging.INFO)
-    bar = {"desc": "checking images", "unit": "img", "leave": False}
+    bar = {"desc": "checking images", "unit": "img", "leave": False, "total": len(ex)}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(check, list(ex.x))
-        problems = list(tqdm(results, total=len(ex), disable=quiet or len(ex) < 500, **bar))
+        problems = list(progress_bar(results, show=not quiet and len(ex) >= 500, **bar))
     bad = [i for i, p in enumerate(problems) if p]
     if not bad:
         return ex

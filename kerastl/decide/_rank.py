@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kerastl.core.features import collapsed, feature_rms
+from kerastl.core.progress import progress_bar
 from kerastl.core.tf_log import quiet_retracing
 from kerastl.decide._candidates import (
     Candidate,
@@ -334,7 +335,7 @@ def rank(
         estimators: Estimators computed (``by`` is always among them).
         cache: ``"memory"`` (this process) or ``"disk"`` (across runs): the feature cache,
             and the cost cache of :mod:`kerastl.decide._costs`.
-        progress: Show a progress bar across candidates.
+        progress: Show a progress bar across candidates (on a terminal only).
         **build_kwargs: Passed to :func:`kerastl.build` (e.g. ``sequence_length``;
             ``tokenizer``: a preset folder whose vocabulary random-init text candidates use).
 
@@ -350,8 +351,6 @@ def rank(
         >>> t.rows[0]["candidate"]  # doctest: +SKIP
         'efficientnet_lite0'
     """
-    from tqdm.auto import tqdm
-
     runtime = check_runtime(runtime)
     if by not in ESTIMATORS:
         raise choice_error("by", by, ESTIMATORS)
@@ -364,9 +363,9 @@ def rank(
     from kerastl.builder import shared_backbones
 
     # a model's taps right after it: one build of the backbone for all of them
-    bar = {"desc": "kerastl rank", "unit": "model", "disable": not progress}
+    order = progress_bar(model_order(cands), show=progress, desc="kerastl rank", unit="model")
     with quiet_retracing(), shared_backbones():
-        done = {i: _rank_one(cands[i], run) for i in tqdm(model_order(cands), **bar)}
+        done = {i: _rank_one(cands[i], run) for i in order}
     rows = [done[i] for i in range(len(cands))]  # as given: equal scores keep this order
     mark_pareto(rows, by)
     rows.sort(key=lambda r: (bool(r["failed"]), r["collapsed"], -_value(r[by])))

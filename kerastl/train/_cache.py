@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from kerastl.core.meta import ModelMeta
+from kerastl.core.progress import progress_bar
 from kerastl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -164,21 +165,18 @@ def compute_features(
     verbose: int = 1,
     label: str = "features",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``feature_model`` over a batched ``(x, y)`` dataset in order, with a progress bar.
+    """Run ``feature_model`` over a batched ``(x, y)`` dataset in order (a bar on a terminal).
 
     Returns:
         ``(features, labels)`` as NumPy arrays.
     """
     run = _inference_fn(feature_model)
     feats, labels = [], []
-    bar = keras.utils.Progbar(steps, unit_name="batch") if verbose else None
     if verbose:
         log.info(f"caching {label}")
-    for i, (x, y) in enumerate(dataset):
+    for x, y in progress_bar(dataset, total=steps, show=bool(verbose), unit="batch", leave=False):
         feats.append(np.asarray(run(x), dtype=np.float32))
         labels.append(np.asarray(y))
-        if bar is not None:
-            bar.update(i + 1)
     if not feats:
         return np.zeros((0,) + tuple(feature_model.output_shape[1:]), np.float32), np.zeros(0)
     return np.concatenate(feats), np.concatenate(labels)

@@ -224,12 +224,13 @@ def run_demo(
 
 
 class _EpochBar:
-    """A tqdm bar over a run's epochs (both phases), fed by a Keras callback."""
+    """A tqdm bar over a run's epochs (both phases), fed by a Keras callback; on a terminal only."""
 
     def __init__(self, epochs: int, label: str):
-        from tqdm.auto import tqdm
+        from kerastl.core.progress import progress_bar
 
-        self.bar = tqdm(total=epochs, desc=f"[demo]     {label.split(' (')[0]}", unit="epoch")
+        desc = f"[demo]     {label.split(' (')[0]}"
+        self.bar = progress_bar(total=epochs, desc=desc, unit="epoch")
 
     def callback(self):
         import keras
