@@ -57,7 +57,19 @@ def _backbone_and_groups(model: keras.Model):
     if not name:
         raise ConfigError("model: no kerastl metadata; build it with kerastl.build().")
     adapter = get_adapter(name)
-    return backbone, adapter, adapter.layer_groups(backbone)
+    groups = adapter.layer_groups(backbone)
+    for g in adapter.idle_groups(ModelMeta.of(model).pooling):
+        groups.pop(g, None)
+    return backbone, adapter, groups
+
+
+def _idle_layers(model: keras.Model, adapter) -> list[keras.Layer]:
+    """The layers of the groups no gradient reaches (:meth:`Adapter.idle_groups`)."""
+    idle = adapter.idle_groups(ModelMeta.of(model).pooling)
+    if not idle:
+        return []
+    groups = adapter.layer_groups(model.get_layer("backbone"))
+    return [sub for g in idle for layer in groups.get(g, ()) for sub in _all_layers(layer)]
 
 
 def _all_layers(layer: keras.Layer) -> list[keras.Layer]:
@@ -103,8 +115,10 @@ def resolve_train_batchnorm(train_batchnorm: bool | None, weights: Any, freeze: 
 def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None = None) -> dict:
     """Set ``trainable`` on the backbone of ``model`` according to a policy.
 
-    Layers outside the backbone (the head) always train. Recompile the model
-    afterwards if it was already compiled (``build`` and the trainer do this).
+    Layers outside the backbone (the head) always train. A group the head never reads
+    (a text encoder's pooler under ``pooling="avg"``) stays frozen and is not counted by
+    ``last:N``. Recompile the model afterwards if it was already compiled (``build`` and
+    the trainer do this).
 
     Args:
         model: A model from :func:`kerastl.build`.
@@ -145,6 +159,8 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
                 trainable = False
             for sub in _all_layers(layer):
                 sub.trainable = trainable
+    for sub in _idle_layers(model, adapter):  # no gradient reaches them: Keras warns
+        sub.trainable = False
     if not policy.train_batchnorm:
         for sub in _all_layers(backbone):
             if adapter.is_batchnorm(sub):

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -485,12 +486,39 @@ def test_rank_measures_a_text_tap_like_any_candidate():
 
 # -- freezing --------------------------------------------------------------------------
 def test_transformer_groups_and_last_n_freezing():
+    """The pooler counts as a group only when the head reads it (pooling="pooler")."""
     model = tiny_bert(freeze="last:2")
     groups = kerastl.freeze.trainable_groups(model)
-    assert list(groups) == ["embeddings", "layer_0", "layer_1", "pooler"]
-    assert groups == {"embeddings": False, "layer_0": False, "layer_1": True, "pooler": True}
+    assert groups == {"embeddings": False, "layer_0": True, "layer_1": True}
     model = tiny_bert(freeze="up_to:layer_0")
     assert kerastl.freeze.trainable_groups(model)["layer_1"]
+    model = tiny_bert(freeze="last:2", pooling="pooler")
+    groups = kerastl.freeze.trainable_groups(model)
+    assert groups == {"embeddings": False, "layer_0": False, "layer_1": True, "pooler": True}
+
+
+@pytest.mark.parametrize("pooling", ["avg", "cls", "pooler"])
+def test_fine_tuning_trains_every_layer_the_head_reads_and_no_other(pooling):
+    """Under "avg" the pooler's output goes nowhere: left trainable, it got no gradient and
+    Keras warned "Gradients do not exist for variables ['pooled_dense/kernel', ...]" on every
+    text fine-tuning, and ``last:1`` unfroze it alone (nothing in the backbone trained)."""
+    model = tiny_bert(freeze="none", pooling=pooling)
+    x, y = tiny_data(model)
+    pooler = [v for v in model.weights if "pooled_dense" in v.path]
+    assert len(pooler) == 2
+    before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.weights}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, epochs=1, verbose=0)
+    said = [str(w.message) for w in caught if "Gradients do not exist" in str(w.message)]
+    assert not said, said
+    moved = {
+        v.path
+        for v in model.weights
+        if not np.array_equal(keras.ops.convert_to_numpy(v), before[v.path])
+    }
+    assert all(v.path in moved for v in pooler) == (pooling == "pooler"), pooler
+    assert any("transformer_layer_0" in p for p in moved) and any("logits" in p for p in moved)
 
 
 def test_gradual_unfreezing_goes_top_layer_first():
@@ -504,7 +532,7 @@ def test_gradual_unfreezing_goes_top_layer_first():
             seen.append({g for g, t in kerastl.freeze.trainable_groups(model).items() if t})
 
     model.fit(x, y, epochs=3, verbose=0, callbacks=[cb, Spy()])
-    assert seen == [set(), {"pooler"}, {"pooler", "layer_1"}]
+    assert seen == [set(), {"layer_1"}, {"layer_1", "layer_0"}]  # the unread pooler stays out
 
 
 def _snapshot(model):

@@ -271,6 +271,14 @@ class Adapter:
             groups[next(reversed(groups))].extend(order[start:])
         return groups
 
+    def idle_groups(self, pooling: str | None) -> frozenset[str]:
+        """Groups whose output a head on ``pooling`` never reads: they get no gradient.
+
+        Freezing policies leave them frozen and out of the group count. Only a text
+        encoder's pooler has one so far (its output is read by ``pooling="pooler"`` only).
+        """
+        return frozenset()
+
     def feature_extractor(self, backbone: keras.Model, out_indices: Any = None) -> keras.Model:
         """A model from backbone input to the chosen multi-scale taps."""
         taps = self.spec.taps

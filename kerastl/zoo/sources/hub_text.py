@@ -196,6 +196,18 @@ class HubTextAdapter(KerasHubAdapter):
             features["sequence_output"], features["padding_mask"]
         )
 
+    def idle_groups(self, pooling: str | None) -> frozenset[str]:
+        """The ``pooler`` group (a dense layer on the first token), unless the head reads it.
+
+        Example:
+            >>> from kerastl.zoo import get_adapter
+            >>> a = get_adapter("bert_tiny_en_uncased")
+            >>> sorted(a.idle_groups("avg")), sorted(a.idle_groups("pooler"))
+            (['pooler'], [])
+        """
+        has_pooler = "pooler" in self.spec.group_names
+        return frozenset({"pooler"} if has_pooler and pooling != "pooler" else ())
+
     def feature_extractor(self, backbone: keras.Model, out_indices: Any = None) -> keras.Model:
         """The masked mean of each chosen layer's token states: one ``(batch, hidden)`` per tap.
 
