@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import types
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -475,3 +476,39 @@ def test_exporting_a_runs_model_again_checks_and_calibrates_on_the_runs_data(
     captured = capsys.readouterr()
     assert "the run's data could not be loaded as it was" in captured.err
     assert "checked on 16 synthetic inputs" in captured.out
+
+
+def test_a_worker_that_fails_deletes_its_temporary_folder_and_one_killed_is_emptied_next_time(
+    tmp_path, monkeypatch, weights
+):
+    """A non-chief worker writes into a temporary folder that only keeps the collectives in
+    step. A worker that raised left it behind (one per failed run, never deleted); one
+    killed leaves it until the same worker of the same run starts again."""
+    import tempfile
+
+    from kerastl.train import train
+    from kerastl.train._strategy import write_dir
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    )
+    cfg = _cfg(tmp_path, "worker", weights, train={"epochs": 2, "strategy": "one_device"})
+    killed = Path(write_dir(str(tmp_path / "runs" / "worker")))  # an earlier, killed start
+    (killed / "model.keras").write_text("left by a killed worker")
+    seen = []
+
+    class Fail(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append([p.name for p in scratch.glob("kerastl_*")])
+            seen.append([p.read_bytes() for p in killed.rglob("*") if p.is_file()])
+            raise RuntimeError("worker failed")
+
+    with pytest.raises(RuntimeError, match="worker failed"):
+        train(cfg, examples=(_examples(0), None), callbacks=[Fail()], evaluate=False)
+    assert seen[0] == [killed.name]  # the same folder...
+    assert b"left by a killed worker" not in seen[1]  # ...emptied
+    assert not list(scratch.glob("kerastl_*"))  # and deleted when the worker failed

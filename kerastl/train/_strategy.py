@@ -112,11 +112,25 @@ def write_dir(run_dir: str) -> str:
     """Where this task writes: ``run_dir`` on the chief, a temporary folder elsewhere.
 
     Every task of a multi-worker job must run the same saving code (the saves
-    read distributed variables), but only the chief's files are kept.
+    read distributed variables), but only the chief's files are kept. A worker's
+    folder is named after the run and the worker, and emptied when it starts: one
+    killed before it could delete its folder leaves that one only, until it runs again.
+
+    Example:
+        >>> write_dir("runs/exp1")  # without TF_CONFIG this process is the chief
+        'runs/exp1'
     """
     if is_chief():
         return run_dir
-    return tempfile.mkdtemp(prefix=f"kerastl_{worker_id()}_")
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    key = hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"kerastl_{worker_id()}_{key}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return str(folder)
 
 
 def resolve_strategy_name(name: str = "auto") -> str:

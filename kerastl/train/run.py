@@ -91,16 +91,20 @@ def train(
     """
     t_start = time.perf_counter()
     ctx = open_run(config, overrides, examples, callbacks)
-    ctx.model = build_model(ctx)
-    make_datasets(ctx)
-    with grouped_convs_as_depthwise():  # ConvNeXt-T step 4.84x faster (bench/grouped_conv)
-        done1 = phases.phase1(ctx)
-        _interrupt.check()
-        if ctx.cfg["finetune"]["epochs"]:
-            phases.phase2(ctx, done1)
-        _save_best(ctx)
-        ctx.timings["total_seconds"] = time.perf_counter() - t_start
-        return _finish(ctx, done1, evaluate)
+    try:
+        ctx.model = build_model(ctx)
+        make_datasets(ctx)
+        with grouped_convs_as_depthwise():  # ConvNeXt-T step 4.84x faster (bench/grouped_conv)
+            done1 = phases.phase1(ctx)
+            _interrupt.check()
+            if ctx.cfg["finetune"]["epochs"]:
+                phases.phase2(ctx, done1)
+            _save_best(ctx)
+            ctx.timings["total_seconds"] = time.perf_counter() - t_start
+            return _finish(ctx, done1, evaluate)
+    except BaseException:
+        ctx.folder.drop_worker_files()  # the backups stay: the run resumes from them
+        raise
 
 
 def _save_best(ctx: RunContext) -> None:

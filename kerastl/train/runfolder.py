@@ -286,9 +286,12 @@ class RunFolder:
         shutil.rmtree(self.backup_root, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.backup_root.parent.rmdir()  # only when no other worker's backup is left
-        if (
-            not self.chief
-        ):  # a non-chief worker's files only existed to keep the collectives in step
+        self.drop_worker_files()
+
+    def drop_worker_files(self) -> None:
+        """Delete a non-chief worker's temporary folder (its files only kept the collectives
+        in step); on the chief, nothing."""
+        if not self.chief:
             shutil.rmtree(self.out_dir, ignore_errors=True)
 
 
