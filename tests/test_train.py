@@ -1407,3 +1407,52 @@ def test_model_card_gives_phase_twos_learning_rate_when_it_is_derived():
     assert "lr 0.0001 (phase 1's / 10)" in text and "lr None" not in text, text
     cfg["finetune"]["learning_rate"] = 3e-5
     assert "lr 3e-05" in "\n".join(_training_lines(cfg, {}))
+
+
+def _traced_steps(model) -> list:
+    """Count the traces of ``model``'s training step (its Python body runs once per trace)."""
+    traces, step = [], model.train_step
+
+    def counted(data):
+        traces.append(1)
+        return step(data)
+
+    model.train_step = counted
+    return traces
+
+
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_the_first_fit_traces_the_training_step_once(kind, monkeypatch):
+    """Keras builds the optimizer and metrics inside the first traced step when no
+    tf.distribute strategy is set; that trace creates variables, so the step was traced a
+    second time (half of a first epoch's time on a 500-layer backbone). The control: Keras'
+    own deferred build put back traces it twice. Same losses either way."""
+    import keras
+
+    import kerastl
+    from kerastl.core.model import KerastlModel
+
+    if kind == "image":
+        x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+        kw = dict(input_shape=(32, 32, 3))
+        name = "mobilenet_v3_small"
+    else:
+        pytest.importorskip("keras_hub")
+        x = np.array(["a good film", "a bad film", "fine", "awful"] * 2, dtype=object)
+        from test_keras_hub import tiny_kwargs
+
+        kw, name = tiny_kwargs("bert_tiny_en_uncased"), "bert_tiny_en_uncased"
+    y = np.arange(8) % 2
+    losses = {}
+    for way in ("kerastl", "keras"):
+        if way == "keras":
+            monkeypatch.setattr(
+                KerastlModel, "_maybe_symbolic_build", keras.Model._maybe_symbolic_build
+            )
+        keras.utils.set_random_seed(0)
+        model = kerastl.build(name, num_classes=2, weights=None, freeze="none", **kw)
+        traces = _traced_steps(model)
+        losses[way] = model.fit(x, y, batch_size=4, epochs=2, verbose=0).history["loss"]
+        assert len(traces) == (1 if way == "kerastl" else 2), (way, len(traces))
+        model.evaluate(x, y, verbose=0)
+    np.testing.assert_allclose(losses["kerastl"], losses["keras"], rtol=1e-6)

@@ -61,6 +61,24 @@ class KerastlModel(keras.Model):
         x, y = _as_arrays(x, y)
         return super().fit(x, self._class_ids(y, "y"), *args, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Build the metrics and the optimizer before the first step is traced, strategy or not.
+
+        Keras does this only under a ``tf.distribute`` strategy; without one it builds them
+        inside the first traced step, and because that trace creates variables,
+        ``tf.function`` traces the whole training step a second time. Built first, the step
+        is traced once: NASNet-Mobile's first ``fit`` call took 51 s, 1 s of it training
+        (``bench/first_step.py``). Anything the symbolic pass cannot do is left to Keras'
+        own way (the step then traces twice, as before).
+        """
+        if self._distribute_strategy is not None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        try:
+            self._symbolic_build(iterator=iterator, data_batch=data_batch)
+        except Exception:  # noqa: BLE001 - Keras builds inside the traced step instead
+            return None
+        return None
+
     def _class_ids(self, y: Any, argument: str) -> Any:
         """Class names given as labels (``fit(x, ["cat", "dog"])``) as the ids the head
         takes, by the model's ``class_names``; other labels as they are."""
