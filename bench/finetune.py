@@ -186,6 +186,7 @@ def _accuracy(size: int, epochs: int, name: str, labels: list[str]) -> dict[str,
             input_shape=(size, size, 3),
             weights=None,
             freeze="none",
+            train_batchnorm=False,  # as described (random init alone would train BatchNorm)
             compile=False,
         )
         keras.mixed_precision.set_global_policy("float32")
