@@ -68,7 +68,7 @@ class KerastlModel(keras.Model):
         inside the first traced step, and because that trace creates variables,
         ``tf.function`` traces the whole training step a second time. Built first, the step
         is traced once (``python -m bench.first_step``: the first ``fit`` call takes
-        0.53-0.64x plain Keras' time). The build reads the data's element spec, not a batch:
+        0.52-0.58x plain Keras' time). The build reads the data's element spec, not a batch:
         drawing one would start another pass over a shuffled dataset, and the first epoch
         would see another order. Anything the symbolic pass cannot do is left to Keras' own
         way (the step then traces twice, as before).
