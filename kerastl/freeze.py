@@ -44,6 +44,13 @@ log = logging.getLogger(__name__)
 
 
 def _backbone_and_groups(model: keras.Model):
+    backbone, adapter, groups, _ = _backbone_groups_and_idle(model)
+    return backbone, adapter, groups
+
+
+def _backbone_groups_and_idle(model: keras.Model):
+    """The backbone, its adapter, its groups, and the layers of the groups no gradient
+    reaches (:meth:`Adapter.idle_groups`), which are left out of the groups."""
     from kerastl.zoo import get_adapter
 
     try:
@@ -58,18 +65,8 @@ def _backbone_and_groups(model: keras.Model):
         raise ConfigError("model: no kerastl metadata; build it with kerastl.build().")
     adapter = get_adapter(name)
     groups = adapter.layer_groups(backbone)
-    for g in adapter.idle_groups(ModelMeta.of(model).pooling):
-        groups.pop(g, None)
-    return backbone, adapter, groups
-
-
-def _idle_layers(model: keras.Model, adapter) -> list[keras.Layer]:
-    """The layers of the groups no gradient reaches (:meth:`Adapter.idle_groups`)."""
-    idle = adapter.idle_groups(ModelMeta.of(model).pooling)
-    if not idle:
-        return []
-    groups = adapter.layer_groups(model.get_layer("backbone"))
-    return [sub for g in idle for layer in groups.get(g, ()) for sub in _all_layers(layer)]
+    idle = [groups.pop(g, ()) for g in adapter.idle_groups(ModelMeta.of(model).pooling)]
+    return backbone, adapter, groups, [s for layers in idle for x in layers for s in _all_layers(x)]
 
 
 def _all_layers(layer: keras.Layer) -> list[keras.Layer]:
@@ -138,7 +135,7 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
     if train_batchnorm is not None:
         policy = FreezePolicy(policy.kind, policy.value, train_batchnorm)
     check_policy(model, policy)
-    backbone, adapter, groups = _backbone_and_groups(model)
+    backbone, adapter, groups, idle = _backbone_groups_and_idle(model)
     names = list(groups)
     if policy.kind in ("backbone", "lora"):
         trains = dict.fromkeys(names, False)
@@ -159,7 +156,7 @@ def apply_policy(model: keras.Model, freeze: Any, train_batchnorm: bool | None =
                 trainable = False
             for sub in _all_layers(layer):
                 sub.trainable = trainable
-    for sub in _idle_layers(model, adapter):  # no gradient reaches them: Keras warns
+    for sub in idle:  # no gradient reaches them: Keras warns
         sub.trainable = False
     if not policy.train_batchnorm:
         for sub in _all_layers(backbone):

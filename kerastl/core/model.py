@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
@@ -80,10 +81,8 @@ class KerastlModel(keras.Model):
             data_batch = getattr(dataset, "element_spec", None)  # shapes and dtypes
             if data_batch is None:
                 return None
-        try:
+        with contextlib.suppress(Exception):  # Keras builds inside the traced step instead
             self._symbolic_build(data_batch=data_batch)
-        except Exception:  # noqa: BLE001 - Keras builds inside the traced step instead
-            return None
         return None
 
     def _class_ids(self, y: Any, argument: str) -> Any:
