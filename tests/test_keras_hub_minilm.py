@@ -163,10 +163,10 @@ def test_pretrained_minilm_beats_random_init_on_the_same_split():
         weights=None,
         tokenizer=MODEL_DIR,
         freeze="none",
-        learning_rate=1e-4,
+        learning_rate=3e-4,
         **common,
     )
-    scratch.fit(x_train, y_train, batch_size=32, epochs=8, verbose=0)
+    scratch.fit(x_train, y_train, batch_size=32, epochs=5, verbose=0)
     train_acc_scratch = accuracy(scratch, x_train, y_train)
     scratch_acc = accuracy(scratch, x_test, y_test)
 
@@ -175,6 +175,7 @@ def test_pretrained_minilm_beats_random_init_on_the_same_split():
         f"random init {scratch_acc:.3f} (random-init train accuracy {train_acc_scratch:.3f})"
     )
     assert frozen_acc > 0.7 and tuned_acc > 0.7
+    assert train_acc_scratch > 0.9  # random init fits its training sentences: a fair baseline
     assert tuned_acc > scratch_acc + 0.2
 
 
