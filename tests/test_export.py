@@ -305,6 +305,29 @@ def test_saved_model_is_written_without_tracing_the_model_again(model, tmp_path,
     np.testing.assert_allclose(by_bytes["probabilities"].numpy()[0], got.numpy()[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("formats", [["tflite"], ["saved_model", "tflite"]])
+def test_an_export_traces_the_model_once(model, tmp_path, monkeypatch, formats):
+    """The TFLite file is converted from the function the Keras reference outputs came
+    from. With no SavedModel staged (TFLite alone, as ``kerastl rank`` measures a
+    candidate's cost) it was traced a second time for the converter's SavedModel."""
+    from tensorflow.python.eager.polymorphic_function import tracing_compilation
+
+    import kerastl
+
+    traced, create = [], tracing_compilation._create_concrete_function
+
+    def counting(function_type, type_context, func_graph, options):
+        traced.append(options.name)
+        return create(function_type, type_context, func_graph, options)
+
+    monkeypatch.setattr(tracing_compilation, "_create_concrete_function", counting)
+    x = _photo_like(2, seed=4)
+    report = kerastl.export(model, tmp_path, formats=formats, validation_data=x)
+    assert {a["format"] for a in report["artifacts"]} == set(formats)
+    assert all(a["passed"] for a in report["artifacts"]), report["artifacts"]
+    assert traced.count("serve") == 1, traced
+
+
 def test_archive_traces_a_python_function_endpoint_once(tmp_path):
     """A plain function given to write_archive (MediaPipe's three-input text graph is one)
     ran twice: once traced by Keras' archive, once more inside TensorFlow's save."""
