@@ -744,14 +744,48 @@ def pooled(results: list[dict]) -> list[dict]:
                 others[f"tau_{est}"] = float(kendalltau(g, target)[0])
         imagenet = [means[k] for k in labels if pretrained(k)]
         p, n = float(np.mean(imagenet or [0.0])), sum(d["held_out"] for d in draws)
+        acc = [[d["accuracy"][k]["ft"] for k in labels] for d in draws]
         out.append({
             "task": task, "draws": len(draws), "seeds": [d.get("seed", 0) for d in draws],
             "candidates": len(labels), "means": means, "score": score,
             "tau": float(kendalltau(guard, target)[0]), **others,
+            "split_half": split_half_tau(acc),
             "spread": 100 * (max(imagenet) - min(imagenet)) if imagenet else float("nan"),
             "se": 100 * (p * (1 - p) / n) ** 0.5,
         })  # fmt: skip
     return out
+
+
+def split_half_tau(acc: list[list[float]]) -> tuple[float, float, float] | None:
+    """How well a task's accuracy order reproduces itself: ``(mean, min, max)`` tau.
+
+    ``acc``: one row per draw, one two-phase accuracy per candidate. Every split of the
+    draws into ``len(acc) // 2`` and the rest gives the tau of the two halves' mean
+    accuracies. A score is judged against the mean of all draws, which is less noisy
+    than a half's, so this understates that target's reliability; where it is under the
+    bar, the candidates' order changes from one set of draws to another by as much as a
+    score would have to get right. Splits whose half ties every candidate are left out;
+    ``None`` under 4 draws or when every split is.
+
+    Example:
+        >>> split_half_tau([[0.9, 0.5, 0.1], [0.8, 0.6, 0.2], [0.9, 0.4, 0.3], [0.7, 0.6, 0.1]])
+        (1.0, 1.0, 1.0)
+        >>> split_half_tau([[0.9, 0.5, 0.1]]) is None
+        True
+    """
+    import itertools
+
+    from scipy.stats import kendalltau
+
+    if len(acc) < 4:
+        return None
+    m = np.asarray(acc, dtype=float)
+    taus = []
+    for half in itertools.combinations(range(len(m)), len(m) // 2):
+        rest = [i for i in range(len(m)) if i not in half]
+        tau = float(kendalltau(m[list(half)].mean(0), m[rest].mean(0))[0])
+        taus += [tau] if np.isfinite(tau) else []  # a half whose means all tie: no order
+    return (float(np.mean(taus)), float(np.min(taus)), float(np.max(taus))) if taus else None
 
 
 def _pooled_lines(results: list[dict]) -> list[str]:
@@ -764,19 +798,31 @@ def _pooled_lines(results: list[dict]) -> list[str]:
              "accuracy of the pretrained (ImageNet or MiniLM) candidates; SE: one binomial standard error of "
              "a mean accuracy over the draws' held-out examples:", "",
              "| task | candidates | draws (seeds) | tau LogME, collapsed last, of the means | bar | "
-             "pretrained candidates: spread / 1 SE (points) | tau kNN, the same | tau probe, the same |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "pretrained candidates: spread / 1 SE (points) | tau kNN, the same | tau probe, the same | "
+             "two-phase accuracy against itself: split-half tau, mean (min-max) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         ok = "met" if r["tau"] >= TAU_BAR else "**missed**"
         seeds = ",".join(map(str, r["seeds"]))
         knn, probe = (f"{r[k]:.2f}" if k in r else "-" for k in ("tau_knn", "tau_probe"))
+        half = r.get("split_half")
+        half = "-" if half is None else f"{half[0]:.2f} ({half[1]:.2f}-{half[2]:.2f})"
         lines.append(f"| {r['task']} | {r['candidates']} | {r['draws']} ({seeds}) | "
                      f"{r['tau']:.2f} | {ok} | {r['spread']:.1f} / {r['se']:.1f} | {knn} | "
-                     f"{probe} |")  # fmt: skip
+                     f"{probe} | {half} |")  # fmt: skip
     lines += [
         "",
         "The kNN and probe columns (`kerastl rank --score knn|probe`) were added after "
         "every draw above had run; the bar is judged on LogME, `kerastl rank`'s default.",
+        "",
+        "Last column (added after every draw had run; no draw, score or recipe changed for "
+        "it): how well the candidates' two-phase accuracy order reproduces itself. Each split "
+        "of the draws into half (rounded down) and the rest gives the tau between the two "
+        "halves' mean accuracies (every candidate, collapsed ones included). A half is "
+        "noisier than all the draws together, so this understates how reliable the target "
+        "column is; where it is under the bar, the order a score is judged against changes "
+        "from one set of draws to another by about as much as the bar asks a score to get "
+        "right.",
     ]
     return lines
 

@@ -608,3 +608,15 @@ def test_score_threads_table_gives_one_thread_over_default_per_neighbour():
     text = markdown(rows, "python -m bench.score_threads", "abc")
     assert "| quiet | 100 x 8, 2 | 2 | 0.200 | 0.300 | 1.50 |" in text
     assert "| one core busy | 100 x 8, 2 | 2 | 0.500 | 0.200 | 0.40 |" in text
+
+
+def test_split_half_tau_reads_how_well_the_accuracy_order_reproduces_itself():
+    from bench.rank import split_half_tau
+
+    same = [[0.9, 0.5, 0.1], [0.8, 0.6, 0.2], [0.9, 0.4, 0.3], [0.7, 0.6, 0.1]]
+    assert split_half_tau(same) == (1.0, 1.0, 1.0)
+    # two draws rank a > b > c, two rank c > b > a: the halves {0,1}/{2,3} disagree
+    # (tau -1); every other split averages each candidate to 0.2, a tie (left out)
+    flip = [[0.3, 0.2, 0.1], [0.3, 0.2, 0.1], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3]]
+    assert split_half_tau(flip) == (-1.0, -1.0, -1.0)
+    assert split_half_tau(same[:3]) is None
