@@ -44,14 +44,16 @@ class StepTimer:
 
 def _bf16_note() -> str:
     """What this CPU offers bfloat16 (its flags), for the mixed_bfloat16 row's reader."""
+    from pathlib import Path
+
     try:
-        flags = set(open("/proc/cpuinfo").read().split())
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return "The CPU's bfloat16 support is unknown (no /proc/cpuinfo)."
-    native = sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16"))
+    native = sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})  # bf16: Arm's flag
     if native:
         return f"The CPU has native bfloat16 ({', '.join(native)})."
-    return "The CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16 flag)."
+    return "The CPU has no bfloat16 instructions (no avx512_bf16, amx_bf16 or bf16 flag)."
 
 
 def _dataset(size: int, batch: int, steps: int, seed: int = 0):

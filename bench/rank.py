@@ -730,7 +730,7 @@ def pooled(results: list[dict]) -> list[dict]:
         groups.setdefault((r["task"], tuple(sorted(r["accuracy"]))), []).append(r)
     out = []
     for (task, labels), draws in groups.items():
-        means = {k: float(np.mean([d["accuracy"][k]["ft"] for d in draws])) for k in labels}
+        means = {k: _mean([d["accuracy"][k]["ft"] for d in draws]) for k in labels}
         rows = [{x["candidate"]: x for x in d["rank_rows"]} for d in draws]
         collapsed = {k: any(r[k].get("collapsed", False) for r in rows) for k in labels}
         score = {k: float(np.mean([r[k]["logme"] for r in rows])) for k in labels}
@@ -754,6 +754,20 @@ def pooled(results: list[dict]) -> list[dict]:
             "se": 100 * (p * (1 - p) / n) ** 0.5,
         })  # fmt: skip
     return out
+
+
+def _mean(values: Any) -> Any:
+    """Mean over the first axis, rounded to 9 decimals: accuracies are counts over the same
+    held-out size, and two means equal in exact arithmetic can differ in the last bit
+    (summed in another order), which Kendall's tau would read as an order, not a tie.
+
+    Example:
+        >>> a, b = [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]
+        >>> float(np.mean(a)) == float(np.mean(b)), _mean(a) == _mean(b)
+        (False, True)
+    """
+    m = np.round(np.mean(np.asarray(values, dtype=float), axis=0), 9)
+    return float(m) if m.ndim == 0 else m
 
 
 def split_half_tau(acc: list[list[float]]) -> tuple[float, float, float] | None:
@@ -783,7 +797,7 @@ def split_half_tau(acc: list[list[float]]) -> tuple[float, float, float] | None:
     taus = []
     for half in itertools.combinations(range(len(m)), len(m) // 2):
         rest = [i for i in range(len(m)) if i not in half]
-        tau = float(kendalltau(m[list(half)].mean(0), m[rest].mean(0))[0])
+        tau = float(kendalltau(_mean(m[list(half)]), _mean(m[rest]))[0])
         taus += [tau] if np.isfinite(tau) else []  # a half whose means all tie: no order
     return (float(np.mean(taus)), float(np.min(taus)), float(np.max(taus))) if taus else None
 

@@ -620,3 +620,10 @@ def test_split_half_tau_reads_how_well_the_accuracy_order_reproduces_itself():
     flip = [[0.3, 0.2, 0.1], [0.3, 0.2, 0.1], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3]]
     assert split_half_tau(flip) == (-1.0, -1.0, -1.0)
     assert split_half_tau(same[:3]) is None
+    # a and b tie in the half of draws 0-2 (the same accuracies, summed in another order):
+    # the same taus as the same draws in integer counts, where sums are exact (unrounded
+    # float means read (0.1 + 0.2 + 0.3) / 3 > (0.3 + 0.2 + 0.1) / 3: mean 0.58, not 0.60)
+    counts = [[1, 3, 9], [2, 2, 9], [3, 1, 9], [5, 5, 9], [5, 5, 9], [5, 5, 9]]
+    rates = [[v / 10 for v in draw] for draw in counts]
+    assert split_half_tau(rates) == pytest.approx(split_half_tau(counts))
+    assert split_half_tau(rates)[0] == pytest.approx(0.6)
