@@ -158,6 +158,7 @@ def test_pretrained_minilm_beats_random_init_on_the_same_split():
     tuned_acc = accuracy(model, x_test, y_test)
 
     # Same architecture and tokenizer, random weights, every layer trains.
+    keras.utils.set_random_seed(1)  # its own seed: not whatever the runs above drew
     scratch = kerastl.build(
         "all_minilm_l6_v2_en",
         weights=None,
@@ -175,7 +176,8 @@ def test_pretrained_minilm_beats_random_init_on_the_same_split():
         f"random init {scratch_acc:.3f} (random-init train accuracy {train_acc_scratch:.3f})"
     )
     assert frozen_acc > 0.7 and tuned_acc > 0.7
-    assert train_acc_scratch > 0.9  # random init fits its training sentences: a fair baseline
+    # random init fits its training sentences: a fair baseline, not an undertrained one
+    assert train_acc_scratch > 0.9, train_acc_scratch
     assert tuned_acc > scratch_acc + 0.2
 
 

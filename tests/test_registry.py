@@ -127,8 +127,7 @@ def _build_and_predict(name: str, num_classes: int, **kwargs):
     )
     model.run_eagerly = name not in GRAPH_FIT
     x = np.random.default_rng(0).uniform(0, 255, (2, s, s, 3)).astype("float32")
-    # called eagerly, not through predict(): tracing a predict function per entry (NASNet:
-    # 4 s) tests Keras, not the entry; fit() below traces the entry's graph
+    # called eagerly: the reloaded model's predict() below traces the inference graph once
     probs = np.asarray(model(x, training=False))
     assert probs.shape == (2, num_classes)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
@@ -158,8 +157,11 @@ def test_entry_builds_fits_one_step_and_reloads(name, tmp_path):
     model.save(path)
     loaded = kerastl.load_model(path)
     assert loaded.kerastl_config == model.kerastl_config
+    # the reloaded model through predict(): one inference graph traced per entry (fit()
+    # traces the training graph only)
+    loaded.run_eagerly = model.run_eagerly
     np.testing.assert_allclose(
-        np.asarray(loaded(x, training=False)),
+        loaded.predict(x, verbose=0),
         np.asarray(model(x, training=False)),
         rtol=1e-5,
         atol=1e-6,
