@@ -335,10 +335,11 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
-        flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-        info["cpu_flags"] = [
-            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni") if f in flags
-        ]
+        # x86 lists its flags on "flags" lines, Arm on "Features" lines (bf16: Arm's)
+        line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+        flags = set(line.partition(":")[2].split())
+        wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "bf16")
+        info["cpu_flags"] = [f for f in wanted if f in flags]
         fam = next((ln for ln in text.splitlines() if ln.startswith("cpu family")), "")
         info["cpu_family"] = fam.split(":", 1)[1].strip() if fam else None
     except OSError:  # pragma: no cover

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bench import _plain
-from bench._harness import Bar, Section, alternate, fmt, load1, log, ratio
+from bench._harness import Bar, Section, alternate, fmt, load1, log, machine, ratio
 
 BAR_SLOWER = 0.03
 
@@ -44,13 +44,10 @@ class StepTimer:
 
 def _bf16_note() -> str:
     """What this CPU offers bfloat16 (its flags), for the mixed_bfloat16 row's reader."""
-    from pathlib import Path
-
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
+    flags = machine().get("cpu_flags")
+    if flags is None:
         return "The CPU's bfloat16 support is unknown (no /proc/cpuinfo)."
-    native = sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})  # bf16: Arm's flag
+    native = sorted(set(flags) & {"avx512_bf16", "amx_bf16", "bf16"})
     if native:
         return f"The CPU has native bfloat16 ({', '.join(native)})."
     return "The CPU has no bfloat16 instructions (no avx512_bf16, amx_bf16 or bf16 flag)."
