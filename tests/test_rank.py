@@ -185,6 +185,8 @@ def test_score_logme_centred_is_logme_of_the_centred_features():
         (["rank", ".", "--candidates", "efficientnet_lite0", "--plot", "x.txt"], "--plot"),
         (["rank", ".", "--candidates", "efficientnet_lite0", "--input-size", "8"], "--input-size"),
         (["rank", ".", "--candidates", "nomatch*"], "matches no registry model"),
+        (["rank", ".", "--candidates", "efficientnet_lite0", "--workers", "0"],
+         "--workers: expected a positive integer, got 0"),
         (["advise", ".", "--backbone", "all_minilm_l6_v2_en"], "--backbone"),
         (["advise", ".", "--backbone", "efficientnet_lite*"], "give one model"),
         (["advise", ".", "--backbone", "efficientnet_lite0:tap1"], "advise takes no ':tap1'"),
@@ -462,7 +464,8 @@ def test_rank_says_how_sure_each_lead_is_and_names_the_near_ties(monkeypatch):
     weak = np.eye(3)[y] * 0.5 + rng.normal(size=(len(y), 3))
     feats = {"efficientnet_lite0": strong, "efficientnet_lite1": weak, "efficientnet_lite2": weak}
     monkeypatch.setattr(_rank, "features_of", lambda c, ex, *a, **k: (feats[c.name], ex.y, None))
-    t = kerastl.rank((x, y), ",".join(feats), runtime="none", progress=False)
+    # workers=1: the stand-in features exist in this process only
+    t = kerastl.rank((x, y), ",".join(feats), runtime="none", progress=False, workers=1)
     got = {r["candidate"]: r["sure"] for r in t.rows}
     assert got["efficientnet_lite0"] > 0.99 and t.rows[0]["candidate"] == "efficientnet_lite0"
     assert got[t.rows[1]["candidate"]] == 0.5 and t.rows[2]["sure"] is None, got
@@ -869,7 +872,7 @@ def test_rank_takes_a_models_taps_right_after_it_and_keeps_one_backbone(monkeypa
     given = (
         "efficientnet_lite0,efficientnet_lite1,efficientnet_lite0:tap2,efficientnet_lite1@random"
     )
-    t = kerastl.rank((x, y), given, runtime="none", progress=False)
+    t = kerastl.rank((x, y), given, runtime="none", progress=False, workers=1)  # one process
     assert seen == [
         "efficientnet_lite0",
         "efficientnet_lite0:tap2",

@@ -45,6 +45,12 @@ def add_rank_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tokenizer", default=None, help="text: preset folder for random-init candidates' vocab"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes ranking candidates side by side (default: one per CPU core, at most 4)",
+    )
 
 
 def add_advise_arguments(p: argparse.ArgumentParser) -> None:
@@ -90,6 +96,8 @@ def check_rank(args: argparse.Namespace) -> list:
             raise ConfigError(f"--plot: expected a .png, .svg or .pdf path, got {args.plot!r}.")
         if not os.path.isdir(parent):
             raise ConfigError(f"--plot: the folder {parent!r} does not exist.")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: expected a positive integer, got {args.workers}.")
     if args.tokenizer is not None and not os.path.isdir(args.tokenizer):
         raise ConfigError(f"--tokenizer: expected a preset folder, got {args.tokenizer!r}.")
     return parse_candidates(args.candidates)
@@ -121,6 +129,7 @@ def run_rank(args: argparse.Namespace) -> int:
             by=args.score,
             cache=args.cache,
             progress=True,
+            workers=args.workers,
             **_build_kwargs(args),
         )
     print(table.json() if args.json else table.text())

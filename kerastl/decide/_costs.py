@@ -7,17 +7,26 @@ per process (``cache="memory"``), or across runs in ``~/.cache/kerastl/rank_cost
 architecture, input size, runtime, sequence length, the versions of kerastl, TensorFlow
 and the runtime's package, and this machine's CPU and core count, so a latency measured
 elsewhere or under another converter is never reused.
+
+When candidates are ranked side by side (:mod:`kerastl.decide._workers`), a latency timed
+while another process computes would be that process's slowdown as much as the model's:
+the files are then exported at once and timed one after the other once the ranking is
+done (:class:`Pending`, :func:`time_pending`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import platform
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -147,3 +156,110 @@ class CostCache:
             )
             return {}
         return entries
+
+
+@dataclass
+class Pending:
+    """An exported file whose batch-1 latency is timed later (:func:`time_pending`)."""
+
+    key: str
+    cache: str
+    path: str
+    size_mb: float
+
+
+#: Files exported in this process whose latency is still to be timed, by :func:`cost_key`.
+_PENDING: dict[str, Pending] = {}
+
+
+def measure_cost(
+    c: Any,
+    model: Any,
+    input_size: int,
+    runtime: str,
+    sample: Any,
+    sequence_length: int | None = None,
+    cache: str = "memory",
+    later: str | os.PathLike | None = None,
+) -> tuple[float | None, float | Pending | None, bool]:
+    """``(size_mb, latency_ms, cached)`` of ``model`` (candidate ``c``) exported to
+    ``runtime``, batch 1, its input ``sample``.
+
+    Measured once per architecture and input (image side, text sequence length): kept
+    for this process, and with ``cache="disk"`` across runs. ``cached``: the figures
+    were measured earlier, not now. With ``later`` (a folder), the file is exported
+    there and the latency is a :class:`Pending` for :func:`time_pending`.
+    """
+    if runtime == "none":
+        return None, None, False
+    costs = CostCache(cache)
+    params = model.count_params() if model is not None else 0
+    key = cost_key(c.arch_key, input_size, runtime, sequence_length, params)
+    known = costs.get(key) or ((_PENDING[key].size_mb, _PENDING[key]) if key in _PENDING else None)
+    if known is not None:
+        return (*known, True)
+    if later is not None:
+        out = tempfile.mkdtemp(prefix="cost-", dir=later)
+        size_mb, path = _export(model, out, runtime, sample)
+        _PENDING[key] = Pending(key, cache, path, size_mb)
+        return size_mb, _PENDING[key], False
+    with tempfile.TemporaryDirectory(prefix="kerastl-rank-") as tmp:
+        size_mb, path = _export(model, tmp, runtime, sample)
+        latency = _latency(path, sample)
+    costs.put(key, (size_mb, latency))
+    return size_mb, latency, False
+
+
+def time_pending(pending: Pending, sample: Any) -> float:
+    """Time a :class:`Pending` file on ``sample`` (batch 1), keep the cost, delete the file."""
+    try:
+        latency = _latency(pending.path, sample)
+    finally:
+        shutil.rmtree(os.path.dirname(pending.path), ignore_errors=True)
+        _PENDING.pop(pending.key, None)
+    CostCache(pending.cache).put(pending.key, (pending.size_mb, latency))
+    return latency
+
+
+def forget_pending(folder: str | os.PathLike) -> None:
+    """Drop the :class:`Pending` files exported under ``folder`` (it is gone)."""
+    root = os.path.join(os.fspath(folder), "")
+    for key in [k for k, p in _PENDING.items() if p.path.startswith(root)]:
+        del _PENDING[key]
+
+
+def _export(model: Any, out: str, runtime: str, sample: Any) -> tuple[float, str]:
+    """``(size_mb, path)`` of ``model`` exported to ``runtime`` in folder ``out``."""
+    import kerastl
+
+    # validated on the one sample (twice: batch sizes 1 and 2), not 16 synthetic inputs:
+    # the file only has to be right, its latency is timed apart
+    with _warnings_only("kerastl.export"):  # the row shows the size; no export log
+        report = kerastl.export(
+            model, out, formats=[runtime], latency_runs=1, validation_data=sample[:1]
+        )
+    art = next(a for a in report["artifacts"] if a["format"] == runtime)
+    return art["size_bytes"] / 1e6, os.path.join(out, art["path"])
+
+
+def _latency(path: str, sample: Any) -> float:
+    """Batch-1 latency (ms) of the artifact at ``path`` on the first input of ``sample``."""
+    import kerastl
+    from kerastl.export.modalities import get_modality
+
+    loaded = kerastl.load_artifact(path)
+    # raw input -> the runtime's input (text: token ids; tokenising is not timed)
+    x, _ = get_modality(loaded.metadata).coerce(sample[:1], "inputs")
+    return loaded.latency_ms(x, runs=20, warmup=3)
+
+
+@contextlib.contextmanager
+def _warnings_only(logger_name: str) -> Iterator[None]:
+    """Only warnings and errors from ``logger_name`` (and below it) while inside."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,7 +32,14 @@ from kerastl.decide._candidates import (
     own_weights,
     parse_candidates,
 )
-from kerastl.decide._costs import CostCache, cost_key, default_path
+from kerastl.decide._costs import (
+    CostCache,
+    Pending,
+    default_path,
+    forget_pending,
+    measure_cost,
+    time_pending,
+)
 from kerastl.decide._scores import (
     ESTIMATORS,
     lead_sureness,
@@ -41,6 +49,7 @@ from kerastl.decide._scores import (
     subset_scores,
     subsets,
 )
+from kerastl.decide._workers import jobs_of, run_jobs, worker_count
 from kerastl.errors import ConfigError, choice_error
 
 log = logging.getLogger(__name__)
@@ -140,49 +149,6 @@ def features_of(
     return x.reshape(len(x), -1), y, model
 
 
-def measure_cost(
-    c: Candidate,
-    model: Any,
-    input_size: int,
-    runtime: str,
-    sample: Any,
-    sequence_length: int | None = None,
-    cache: str = "memory",
-) -> tuple[float | None, float | None, bool]:
-    """``(size_mb, latency_ms, cached)`` of ``model`` exported to ``runtime`` (batch 1).
-
-    Measured once per architecture and input (image side, text sequence length): kept
-    for this process, and with ``cache="disk"`` across runs (:mod:`kerastl.decide._costs`).
-    ``cached``: the figures were measured earlier, not now.
-    """
-    if runtime == "none":
-        return None, None, False
-    costs = CostCache(cache)
-    params = model.count_params() if model is not None else 0
-    key = cost_key(c.arch_key, input_size, runtime, sequence_length, params)
-    known = costs.get(key)
-    if known is not None:
-        return (*known, True)
-    import kerastl
-    from kerastl.export.modalities import get_modality
-
-    with tempfile.TemporaryDirectory(prefix="kerastl-rank-") as tmp:
-        # validated on the one sample (twice: batch sizes 1 and 2), not 16 synthetic
-        # inputs: the file only has to be right, its latency is timed below
-        with _warnings_only("kerastl.export"):  # the row shows the size; no export log
-            report = kerastl.export(
-                model, tmp, formats=[runtime], latency_runs=1, validation_data=sample[:1]
-            )
-        art = next(a for a in report["artifacts"] if a["format"] == runtime)
-        loaded = kerastl.load_artifact(os.path.join(tmp, art["path"]))
-        # raw input -> the runtime's input (text: token ids; tokenising is not timed)
-        x, _ = get_modality(loaded.metadata).coerce(sample[:1], "inputs")
-        latency = loaded.latency_ms(x, runs=20, warmup=3)
-    size_mb = art["size_bytes"] / 1e6
-    costs.put(key, (size_mb, latency))
-    return size_mb, latency, False
-
-
 @dataclass
 class RankTable:
     """Rows sorted by the chosen score, best first; ``.text()``, ``.json()``, ``.plot()``.
@@ -196,6 +162,7 @@ class RankTable:
     runtime: str
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    workers: int = 1  # processes that ranked the candidates side by side
 
     def text(self) -> str:
         """A plain-text table (the candidate column as wide as the longest name)."""
@@ -228,7 +195,8 @@ class RankTable:
     def json(self) -> str:
         """The table as JSON."""
         out = {"by": self.by, "runtime": self.runtime, "rows": self.rows}
-        return json.dumps({**out, "seconds": self.seconds, "notes": self.notes}, indent=1)
+        out |= {"seconds": self.seconds, "workers": self.workers, "notes": self.notes}
+        return json.dumps(out, indent=1)
 
     def plot(self, path: str) -> str:
         """Score against latency (or rank position without a runtime), saved to ``path``."""
@@ -317,6 +285,7 @@ def rank(
     estimators: tuple[str, ...] = ESTIMATORS,
     cache: str = "memory",
     progress: bool = True,
+    workers: int | None = None,
     **build_kwargs: Any,
 ) -> RankTable:
     """Score each candidate backbone on ``examples`` and measure its cost; best first.
@@ -336,6 +305,9 @@ def rank(
         cache: ``"memory"`` (this process) or ``"disk"`` (across runs): the feature cache,
             and the cost cache of :mod:`kerastl.decide._costs`.
         progress: Show a progress bar across candidates (on a terminal only).
+        workers: Processes ranking candidates side by side, this one included (``None``:
+            one per CPU core, at most 4; never more than :func:`rank_jobs` makes). Each
+            worker gets its own copy of ``examples`` (the paths of a folder, or the arrays).
         **build_kwargs: Passed to :func:`kerastl.build` (e.g. ``sequence_length``;
             ``tokenizer``: a preset folder whose vocabulary random-init text candidates use).
 
@@ -360,20 +332,143 @@ def rank(
     cands = list(candidates) if parsed else parse_candidates(candidates, argument="candidates")
     cands, notes = check_modality(cands, examples.modality, "candidates")
     run = _Run(examples, input_size, runtime, estimators, by, cache, build_kwargs)
-    from kerastl.builder import shared_backbones
-
-    # a model's taps right after it: one build of the backbone for all of them
-    order = progress_bar(model_order(cands), show=progress, desc="kerastl rank", unit="model")
-    with quiet_retracing(), shared_backbones():
-        done = {i: _rank_one(cands[i], run) for i in order}
-    rows = [done[i] for i in range(len(cands))]  # as given: equal scores keep this order
+    jobs = rank_jobs(cands)
+    n_workers = worker_count(workers, len(jobs))
+    t0 = time.perf_counter()
+    with _exports_timed_after(run, n_workers):
+        rows = _rank_all(cands, jobs, run, n_workers, progress)
+    run.seconds["wall"] = time.perf_counter() - t0
     mark_pareto(rows, by)
     rows.sort(key=lambda r: (bool(r["failed"]), r["collapsed"], -_value(r[by])))
     n = 0 if run.labels is None else len(run.labels)
     notes += mark_sure(rows, by, run.on_subsets, n, len(run.parts[0]))
     notes += [f"{r['candidate']}: {r['cost_failed']}" for r in rows if r.get("cost_failed")]
     notes += _cost_notes(rows, cache)
-    return RankTable(rows, by, runtime, run.seconds, notes + _data_notes(examples))
+    notes = notes + _data_notes(examples)
+    return RankTable(rows, by, runtime, run.seconds, notes, workers=n_workers)
+
+
+def _rank_all(
+    cands: list[Candidate], jobs: list[list[int]], run: _Run, n_workers: int, progress: bool
+) -> list[dict[str, Any]]:
+    """The rows of ``cands`` (in the given order: equal scores keep it), ranked by
+    ``n_workers`` processes; a progress bar across candidates."""
+    done: dict[int, dict[str, Any]] = {}
+    with progress_bar(total=len(cands), show=progress, desc="kerastl rank", unit="model") as bar:
+        run_jobs(
+            jobs,
+            local=lambda job: rank_job(job, cands, run, on_row=bar.update),
+            remote=_remote_job,
+            done=lambda job, result: done.update(run.merge(result, bar)),
+            workers=n_workers,
+            initializer=_init_worker,
+            initargs=(cands, run, logging.getLogger("kerastl").getEffectiveLevel()),
+        )
+    rows = [done[i] for i in range(len(cands))]
+    if run.later is not None:
+        _time_latencies(rows, run)
+    return rows
+
+
+@contextlib.contextmanager
+def _exports_timed_after(run: _Run, n_workers: int) -> Iterator[None]:
+    """With workers, ``run.later``: the folder where costs are exported to be timed after
+    the ranking (:class:`kerastl.decide._costs.Pending`); deleted, whatever happens."""
+    if n_workers < 2 or run.runtime == "none":
+        yield
+        return
+    run.later = tempfile.mkdtemp(prefix="kerastl-rank-")
+    try:
+        yield
+    finally:
+        shutil.rmtree(run.later, ignore_errors=True)
+        forget_pending(run.later)
+        run.later = None
+
+
+def _time_latencies(rows: list[dict[str, Any]], run: _Run) -> None:
+    """Time each file the ranking left :class:`Pending`, one after the other (nothing
+    else runs now), and put its latency in every row that shares it."""
+    t0 = time.perf_counter()
+    sample = _sample(run.examples, run.input_size)
+    timed: dict[str, float | Exception] = {}
+    for row in rows:
+        pending = row["latency_ms"]
+        if not isinstance(pending, Pending):
+            continue
+        if pending.key not in timed:
+            try:
+                timed[pending.key] = time_pending(pending, sample)
+            except Exception as exc:  # noqa: BLE001 - the scores stand; the cost is unknown
+                timed[pending.key] = exc
+                log.debug(f"{row['candidate']}: timing failed", exc_info=True)
+        got = timed[pending.key]
+        if isinstance(got, Exception):
+            row.update(size_mb=None, latency_ms=None)
+            row["cost_failed"] = f"cost on {run.runtime} failed: {_reason(got)}"
+        else:
+            row["latency_ms"] = got
+    run.seconds["cost"] += time.perf_counter() - t0
+
+
+def rank_jobs(cands: list[Candidate]) -> list[list[int]]:
+    """Indices of ``cands`` grouped into the jobs one process ranks: a model's taps, and
+    every candidate of one architecture (one export measures its cost), go together; in a
+    job, each model's taps come right after it (:func:`model_order`).
+
+    Example:
+        >>> rank_jobs(parse_candidates(
+        ...     "efficientnet_lite1,efficientnet_lite0,efficientnet_lite0@random,efficientnet_lite0:tap2"))
+        [[1, 3, 2], [0]]
+    """
+    position = {i: k for k, i in enumerate(model_order(cands))}
+    jobs = jobs_of([((c.name, c.weights), c.arch_key) for c in cands])
+    return [sorted(job, key=position.__getitem__) for job in jobs]
+
+
+def rank_job(
+    job: list[int], cands: list[Candidate], run: _Run, on_row: Any = None
+) -> dict[str, Any]:
+    """Rank the candidates ``job`` indexes, in this process; what :meth:`_Run.merge` takes.
+
+    ``on_row`` is called after each candidate (the progress bar). Besides the rows, the
+    result carries the features and costs this job added to the process's caches, so the
+    process that merges it keeps them too (a later ``kerastl.train`` reuses the features).
+    """
+    from kerastl.builder import shared_backbones
+    from kerastl.train._cache import FeatureCache
+
+    mine = replace(run, seconds=dict.fromkeys(run.seconds, 0.0), labels=None, on_subsets={})
+    features, costs = set(FeatureCache._memory), set(CostCache._memory)
+    rows = {}
+    with quiet_retracing(), shared_backbones():
+        for i in job:
+            rows[i] = _rank_one(cands[i], mine)
+            if on_row is not None:
+                on_row(1)
+    return {
+        "rows": rows,
+        "seconds": mine.seconds,
+        "labels": mine.labels,
+        "on_subsets": mine.on_subsets,
+        "features": {k: v for k, v in FeatureCache._memory.items() if k not in features},
+        "costs": {k: v for k, v in CostCache._memory.items() if k not in costs},
+    }
+
+
+#: What a worker process keeps from :func:`_init_worker`: the candidates and the run.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(cands: list[Candidate], run: _Run, level: int) -> None:
+    """A worker process's start: the run it ranks jobs of, and kerastl's log level."""
+    logging.getLogger("kerastl").setLevel(level)
+    _WORKER.update(cands=cands, run=run)
+
+
+def _remote_job(job: list[int]) -> dict[str, Any]:
+    """:func:`rank_job` in a worker process."""
+    return {**rank_job(job, _WORKER["cands"], _WORKER["run"]), "remote": True}
 
 
 def model_order(cands: list[Candidate]) -> list[int]:
@@ -387,18 +482,6 @@ def model_order(cands: list[Candidate]) -> list[int]:
     first: dict[tuple, int] = {}
     group = [first.setdefault((c.name, c.weights), i) for i, c in enumerate(cands)]
     return sorted(range(len(cands)), key=lambda i: (group[i], i))
-
-
-@contextlib.contextmanager
-def _warnings_only(logger_name: str) -> Iterator[None]:
-    """Only warnings and errors from ``logger_name`` (and below it) while inside."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @dataclass
@@ -418,6 +501,25 @@ class _Run:
     labels: np.ndarray | None = None  # in the order features come (the same for each)
     parts: list[np.ndarray] = field(default_factory=lambda: [np.arange(0)])
     on_subsets: dict[str, np.ndarray] = field(default_factory=dict)  # candidate -> scores
+    later: str | None = None  # with workers: where costs are exported, to be timed after
+
+    def merge(self, result: dict[str, Any], bar: Any = None) -> dict[int, dict[str, Any]]:
+        """Take in a job's result (:func:`rank_job`): its timers, its scores on the
+        subsets (paired when its examples came in the same order), the features and
+        costs it measured; returns its rows."""
+        from kerastl.train._cache import FeatureCache
+
+        for k, v in result["seconds"].items():
+            self.seconds[k] += v
+        if self.labels is None and result["labels"] is not None:
+            self.labels, self.parts = result["labels"], subsets(result["labels"], SUBSETS)
+        if result["labels"] is not None and np.array_equal(result["labels"], self.labels):
+            self.on_subsets.update(result["on_subsets"])
+        FeatureCache._memory.update(result["features"])
+        CostCache._memory.update(result["costs"])
+        if bar is not None and result.get("remote"):
+            bar.update(len(result["rows"]))
+        return result["rows"]
 
     def score_subsets(self, label: str, x: np.ndarray, y: np.ndarray) -> None:
         """``by`` of candidate ``label`` on each of the run's :data:`SUBSETS` subsets."""
@@ -452,7 +554,9 @@ def _rank_one(c: Candidate, run: _Run) -> dict[str, Any]:
     try:
         sample = _sample(examples, run.input_size)
         seq = kw.get("sequence_length") if examples.modality == "text" else None
-        cost = measure_cost(c, model, run.input_size, run.runtime, sample, seq, run.cache)
+        cost = measure_cost(
+            c, model, run.input_size, run.runtime, sample, seq, run.cache, run.later
+        )
         row["size_mb"], row["latency_ms"], row["cost_cached"] = cost
     except Exception as exc:  # noqa: BLE001 - the scores stand and rank; the cost is unknown
         row["cost_failed"] = f"cost on {run.runtime} failed: {_reason(exc)}"
