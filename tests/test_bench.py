@@ -563,20 +563,24 @@ def test_export_time_takes_the_median_of_alternating_pairs(monkeypatch):
 
 
 def test_rank_cost_table_judges_each_size_on_its_own_ratio():
+    """The bar is judged on the default (workers) ranking's wall time; the one-process
+    run gives the scores-only ratio and its own ratio beside it."""
     from bench import rank as rb
 
-    def result(per_class, features, export, finetune):
+    def result(per_class, wall, one_features, one_wall, finetune):
         return {"task": "digits10", "per_class": per_class, "train": 10 * per_class,
                 "held_out": 300, "finetune_seconds": finetune, "tau_guarded": 0.7,
-                "rank_seconds": {"features_and_scores": features, "cost": export}}  # fmt: skip
+                "rank_workers": 2,
+                "rank_seconds": {"features_and_scores": 30, "cost": 30, "wall": wall},
+                "rank_one_process": {"features_and_scores": one_features, "wall": one_wall}}  # fmt: skip
 
     md = rb.cost_scaling_markdown(
-        [result(10, 16, 19, 126), result(100, 36, 29, 421)], ["cmd a", "cmd b"], "tflite"
+        [result(10, 35, 16, 35, 126), result(100, 40, 36, 65, 421)], ["cmd a", "cmd b"], "tflite"
     )
     rows = [ln for ln in md.splitlines() if ln.startswith("| digits10")]
-    assert "| 0.127 | 0.278 | **missed** |" in rows[0], rows[0]
-    assert "| 0.086 | 0.154 | met |" in rows[1], rows[1]
-    assert "`cmd a`," in md and "`cmd b`" in md
+    assert "| 35 | 35 | 126 | 0.127 | 0.278 | 0.278 | **missed** |" in rows[0], rows[0]
+    assert "| 40 | 65 | 421 | 0.086 | 0.095 | 0.154 | met |" in rows[1], rows[1]
+    assert "`cmd a`," in md and "`cmd b`" in md and "(one per core, here 2)" in md
 
 
 def test_rank_sure_table_counts_neighbouring_pairs_by_how_sure_the_lead_was():
