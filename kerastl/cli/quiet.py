@@ -10,6 +10,7 @@ messages (errors, warnings, ``logging``) go through untouched.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -32,6 +33,10 @@ _NATIVE = re.compile(
     r"|This TensorFlow binary is optimized to use available CPU instructions"
     r"|fully_quantize: \d+, inference_type: \d+)"  # the TFLite quantizer's settings
 )
+
+
+#: The last line written to the pipe: the pump stops there.
+_END = b"\x00kerastl: end of the native log filter\n"
 
 
 def is_native_log(line: str) -> bool:
@@ -92,9 +97,13 @@ class NativeLogFilter:
         out = os.fdopen(self._saved, "wb", closefd=False)
         with os.fdopen(read, "rb") as pipe:
             for raw in pipe:
-                if not is_native_log(raw.decode("utf-8", "replace")):
+                end = raw.endswith(_END)
+                raw = raw[: -len(_END)] if end else raw
+                if raw and not is_native_log(raw.decode("utf-8", "replace")):
                     out.write(raw)
                     out.flush()
+                if end:  # the block is over, even if a child process still holds the pipe
+                    return
 
     def __exit__(self, *exc: object) -> None:
         if self._saved is None:
@@ -106,7 +115,12 @@ class NativeLogFilter:
         if self._python_stderr is not None:
             sys.stderr = self._python_stderr
             self._python_stderr = None
-        os.dup2(self._saved, 2)  # closes the pipe's last writer: the pump sees EOF
+        # the pump stops at this line: a process started in the block (the resource
+        # trackers of kerastl rank's worker pool live until this one exits) may still
+        # hold the pipe, so its end of file would not come
+        with contextlib.suppress(OSError):
+            os.write(2, _END)
+        os.dup2(self._saved, 2)  # the terminal again
         if self._thread is not None:
             self._thread.join(timeout=5)
         os.close(self._saved)

@@ -333,7 +333,7 @@ def rank(
     cands, notes = check_modality(cands, examples.modality, "candidates")
     run = _Run(examples, input_size, runtime, estimators, by, cache, build_kwargs)
     jobs = rank_jobs(cands)
-    n_workers = worker_count(workers, len(jobs))
+    n_workers = worker_count(workers, len(jobs), gpu=_gpu_visible())
     t0 = time.perf_counter()
     with _exports_timed_after(run, n_workers):
         rows = _rank_all(cands, jobs, run, n_workers, progress)
@@ -345,24 +345,25 @@ def rank(
     notes += [f"{r['candidate']}: {r['cost_failed']}" for r in rows if r.get("cost_failed")]
     notes += _cost_notes(rows, cache)
     notes = notes + _data_notes(examples)
-    return RankTable(rows, by, runtime, run.seconds, notes, workers=n_workers)
+    return RankTable(rows, by, runtime, run.seconds, notes, workers=run.processes)
 
 
 def _rank_all(
     cands: list[Candidate], jobs: list[list[int]], run: _Run, n_workers: int, progress: bool
 ) -> list[dict[str, Any]]:
-    """The rows of ``cands`` (in the given order: equal scores keep it), ranked by
-    ``n_workers`` processes; a progress bar across candidates."""
+    """The rows of ``cands`` (in the given order: equal scores keep it), ranked by up to
+    ``n_workers`` processes (``run.processes``: how many took part); a progress bar
+    across candidates."""
     done: dict[int, dict[str, Any]] = {}
     with progress_bar(total=len(cands), show=progress, desc="kerastl rank", unit="model") as bar:
-        run_jobs(
+        run.processes = run_jobs(
             jobs,
             local=lambda job: rank_job(job, cands, run, on_row=bar.update),
             remote=_remote_job,
             done=lambda job, result: done.update(run.merge(result, bar)),
             workers=n_workers,
             initializer=_init_worker,
-            initargs=(cands, run, logging.getLogger("kerastl").getEffectiveLevel()),
+            initargs=(_worker_start(cands, run) if n_workers > 1 else b"",),
         )
     rows = [done[i] for i in range(len(cands))]
     if run.later is not None:
@@ -458,17 +459,74 @@ def rank_job(
 
 #: What a worker process keeps from :func:`_init_worker`: the candidates and the run.
 _WORKER: dict[str, Any] = {}
+#: This process's cached features go to the workers up to this size (a repeated rank
+#: reuses them there too); beyond it, a worker computes its own.
+SHARED_FEATURES_BYTES = 256 * 2**20
 
 
-def _init_worker(cands: list[Candidate], run: _Run, level: int) -> None:
-    """A worker process's start: the run it ranks jobs of, and kerastl's log level."""
-    logging.getLogger("kerastl").setLevel(level)
-    _WORKER.update(cands=cands, run=run)
+def _worker_start(cands: list[Candidate], run: _Run) -> bytes:
+    """What each worker starts from, pickled once now (this process goes on changing
+    ``run``): the candidates, the run, kerastl's logging, the Keras dtype policy, and this
+    process's cached features and costs."""
+    import pickle
+
+    import keras
+
+    from kerastl.train._cache import FeatureCache
+
+    logger = logging.getLogger("kerastl")
+    features = dict(FeatureCache._memory)
+    size = sum(x.nbytes + y.nbytes for x, y in features.values())
+    return pickle.dumps({
+        "cands": cands, "run": run, "level": logger.getEffectiveLevel(),
+        "handler": bool(logger.handlers), "policy": keras.config.dtype_policy().name,
+        "features": features if size <= SHARED_FEATURES_BYTES else {},
+        "costs": dict(CostCache._memory),
+    })  # fmt: skip
+
+
+def _init_worker(start: bytes) -> None:
+    """A worker process's start (:func:`_worker_start`). Ctrl-C is this process's to
+    handle: it stops the workers."""
+    import pickle
+    import signal
+    import sys
+
+    import keras
+
+    from kerastl.train._cache import FeatureCache
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    state = pickle.loads(start)
+    logger = logging.getLogger("kerastl")
+    logger.setLevel(state["level"])
+    if state["handler"]:  # the CLI's: one plain line per message on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    keras.config.set_dtype_policy(state["policy"])
+    FeatureCache._memory.update(state["features"])
+    CostCache._memory.update(state["costs"])
+    _WORKER.update(cands=state["cands"], run=state["run"])
 
 
 def _remote_job(job: list[int]) -> dict[str, Any]:
-    """:func:`rank_job` in a worker process."""
-    return {**rank_job(job, _WORKER["cands"], _WORKER["run"]), "remote": True}
+    """:func:`rank_job` in a worker process; the features it sends back are not kept
+    here too (this process's memory stays that of one model)."""
+    from kerastl.train._cache import FeatureCache
+
+    result = rank_job(job, _WORKER["cands"], _WORKER["run"])
+    for key in result["features"]:
+        FeatureCache._memory.pop(key, None)
+    return {**result, "remote": True}
+
+
+def _gpu_visible() -> bool:
+    """Whether TensorFlow sees a GPU (one process ranks then: see :func:`worker_count`)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def model_order(cands: list[Candidate]) -> list[int]:
@@ -502,6 +560,7 @@ class _Run:
     parts: list[np.ndarray] = field(default_factory=lambda: [np.arange(0)])
     on_subsets: dict[str, np.ndarray] = field(default_factory=dict)  # candidate -> scores
     later: str | None = None  # with workers: where costs are exported, to be timed after
+    processes: int = 1  # how many processes ranked (this one and the workers that helped)
 
     def merge(self, result: dict[str, Any], bar: Any = None) -> dict[int, dict[str, Any]]:
         """Take in a job's result (:func:`rank_job`): its timers, its scores on the

@@ -21,7 +21,6 @@ again in each worker, so a script that calls :func:`kerastl.rank` needs no
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections import deque
@@ -35,8 +34,8 @@ from kerastl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: At most this many processes when ``workers`` is left to kerastl: each holds a TensorFlow
-#: runtime and a model (about 1 GB with an EfficientNet-Lite at 224 px).
+#: At most this many processes when ``workers`` is left to kerastl: each holds its own
+#: TensorFlow runtime, model and copy of array data.
 AUTO_MAX = 4
 
 
@@ -69,35 +68,37 @@ def jobs_of(keys: Sequence[tuple[Any, Any]]) -> list[list[int]]:
 
 
 def cores() -> int:
-    """The CPU cores this process may run on.
+    """The CPU cores this process may use: its affinity, and a container's CPU quota
+    (loky reads the cgroup limit that ``os.sched_getaffinity`` does not see).
 
     Example:
         >>> cores() >= 1
         True
     """
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    from joblib.externals.loky import cpu_count
+
+    return cpu_count()
 
 
-def worker_count(workers: int | None, jobs: int) -> int:
-    """How many processes rank (this one included): ``workers``, or one per core up to
-    :data:`AUTO_MAX` when ``None``; never more than there are jobs.
+def worker_count(workers: int | None, jobs: int, gpu: bool = False) -> int:
+    """How many processes rank (this one included): ``workers``, or when ``None`` one
+    per core up to :data:`AUTO_MAX` (one if ``gpu``: each TensorFlow process would take
+    the GPU's memory, and there the feature pass is not what takes the time); never more
+    than there are jobs.
 
     Raises:
         ConfigError: ``workers`` is not a positive integer.
 
     Example:
-        >>> worker_count(3, jobs=2), worker_count(1, jobs=5)
-        (2, 1)
+        >>> worker_count(3, jobs=2), worker_count(1, jobs=5), worker_count(None, 5, gpu=True)
+        (2, 1, 1)
         >>> worker_count(0, jobs=2)
         Traceback (most recent call last):
         ...
         kerastl.errors.ConfigError: workers: expected a positive integer (processes ranking candidates side by side) or None (one per CPU core, at most 4), got 0.
     """
     if workers is None:
-        workers = min(cores(), AUTO_MAX)
+        workers = 1 if gpu else min(cores(), AUTO_MAX)
     elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(
             "workers: expected a positive integer (processes ranking candidates side by "
@@ -114,26 +115,28 @@ def run_jobs(
     workers: int,
     initializer: Callable[..., None] | None = None,
     initargs: tuple = (),
-) -> None:
-    """Run every job once and hand ``done(job, result)`` each result, in this process.
+) -> int:
+    """Run every job once and hand ``done(job, result)`` each result, in this process;
+    returns how many processes took part.
 
     This process runs ``local(job)``; ``workers - 1`` worker processes run ``remote(job)``
-    (a picklable module-level function, after ``initializer(*initargs)``). A job whose
-    worker failed (it died, or its result could not come back) is run here.
+    (a picklable module-level function, after ``initializer(*initargs)``; pass a
+    snapshot, not objects this process goes on changing). A job whose worker failed (it
+    died, or its result could not come back) is run here; so is every job when no worker
+    process can be started (no ``/dev/shm``, inside a joblib worker, ...).
 
     Example:
         >>> got = []
         >>> run_jobs([1, 2, 3], lambda j: j * 10, None, lambda j, r: got.append(r), workers=1)
+        1
         >>> got
         [10, 20, 30]
     """
-    if workers <= 1 or len(jobs) < 2:
+    pool = _pool(workers - 1, initializer, initargs) if workers > 1 and len(jobs) > 1 else None
+    if pool is None:
         for job in jobs:
             done(job, local(job))
-        return
-    from joblib.externals.loky import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(workers - 1, initializer=initializer, initargs=initargs)
+        return 1
     feeder = _Feeder(deque(jobs), pool, remote)
     try:
         job = feeder.next_job()  # the largest job: this process starts at once
@@ -144,22 +147,41 @@ def run_jobs(
             feeder.hand_over(done, block=job is None)
             job = feeder.next_job()
     except BaseException:
-        pool.shutdown(wait=False, kill_workers=True)  # not waiting for a job in the middle
+        pool.shutdown(wait=True, kill_workers=True)  # killed first: no job is waited for
         raise
     pool.shutdown(wait=True)  # the workers are idle: they exit at once
+    return 1 + len(feeder.helped)
+
+
+def _pool(n: int, initializer: Callable[..., None] | None, initargs: tuple) -> Any:
+    """loky's process pool of ``n`` workers, or ``None`` (said once) if it cannot start."""
+    try:
+        from joblib.externals.loky import ProcessPoolExecutor
+        from joblib.externals.loky.backend.context import get_context
+
+        # loky's own start method (fork and exec), whatever joblib's default is
+        context = get_context("loky")
+        return ProcessPoolExecutor(n, context=context, initializer=initializer, initargs=initargs)
+    except Exception as exc:  # noqa: BLE001 - one process still does the whole job
+        log.warning("no worker process could start (%s); ranking in this process", _line(exc))
+        return None
 
 
 class _Feeder:
     """The queue of jobs, and one thread per worker that hands it the next job as soon
     as it has sent back the last one (so a worker never waits for this process)."""
 
-    def __init__(self, todo: deque, pool: ProcessPoolExecutor, remote: Callable[[Any], Any]):
+    def __init__(
+        self, todo: deque, pool: ProcessPoolExecutor, remote: Callable[[Any], Any]
+    ) -> None:
         self.todo, self.pool, self.remote = todo, pool, remote
         self.lock = threading.Lock()
         self.results: queue.Queue[tuple[Any, Any, BaseException | None]] = queue.Queue()
         self.taken = 0  # jobs a worker took whose result has not been handed over
+        self.helped: set[int] = set()  # the feeder threads whose worker sent a result
 
     def next_job(self, remote: bool = False) -> Any:
+        """The next job of the queue (``None``: empty); ``remote``: a worker takes it."""
         with self.lock:
             if not self.todo:
                 return None
@@ -167,20 +189,24 @@ class _Feeder:
             return self.todo.popleft()
 
     def running(self) -> bool:
+        """Whether a worker holds a job whose result is not handed over yet."""
         with self.lock:
             return self.taken > 0
 
     def start(self, n: int) -> None:
-        for _ in range(n):
-            threading.Thread(target=self._feed, daemon=True, name="kerastl-rank-feed").start()
+        """Start ``n`` feeder threads, one per worker."""
+        for k in range(n):
+            threading.Thread(target=self._feed, args=(k,), daemon=True, name="kerastl-feed").start()
 
-    def _feed(self) -> None:
+    def _feed(self, k: int) -> None:
         while (job := self.next_job(remote=True)) is not None:
             try:
-                self.results.put((job, self.pool.submit(self.remote, job).result(), None))
+                result = self.pool.submit(self.remote, job).result()
             except BaseException as exc:  # noqa: BLE001 - handed over; the job runs here
                 self.results.put((job, None, exc))
                 return  # a dead worker breaks the pool: this process takes the rest
+            self.helped.add(k)
+            self.results.put((job, result, None))
 
     def hand_over(self, done: Callable[[Any, Any], None], block: bool) -> None:
         """Report finished remote jobs to ``done``; a failed one goes back in the queue."""
@@ -196,6 +222,12 @@ class _Feeder:
             if error is None:
                 done(job, result)
             else:
-                log.warning("a rank worker failed (%s: %s); its job runs in this process",
-                            type(error).__name__, error)  # fmt: skip
+                log.warning("a rank worker failed (%s); its job runs in this process",
+                            _line(error))  # fmt: skip
             block = False  # one result waited for; collect the others already in
+
+
+def _line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}".rstrip(": ")
