@@ -490,9 +490,12 @@ def cost_scaling_markdown(results: list[dict], commands: list[str], runtime: str
         f"every feature pass and every {runtime} export (5 architectures among the 8 "
         "candidates of the tables above); fine-tuning is the same two-phase recipe, every "
         "candidate once, timed in the same process. `kerastl rank` ran twice per size, "
-        "caches emptied each time: with its default worker processes (one per core, here "
-        f"{_workers_of(results)}), then with `workers=1`; wall-clock seconds. The scores-only "
-        "ratio is the one-process run's feature passes and scores alone.",
+        "caches emptied each time: first with its default worker processes (one per core, "
+        f"here {_workers_of(results)}), then, after the fine-tuning and in the same process, "
+        "with `workers=1`; wall-clock seconds. The scores-only ratio is the one-process run's "
+        "feature passes and scores alone. The one-process run comes last in a process that "
+        "has built and trained every candidate, so it can be slower than a fresh one "
+        "(bench/results_rank_cpu.md times both kinds of ranking fresh).",
         "",
         "| task | labels per class | train / held-out | rank, workers (s) | rank, one process "
         "(s) | fine-tune all (s) | ratio, scores only | ratio, workers | ratio, one process "
