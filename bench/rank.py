@@ -495,7 +495,7 @@ def cost_scaling_markdown(results: list[dict], commands: list[str], runtime: str
         "with `workers=1`; wall-clock seconds. The scores-only ratio is the one-process run's "
         "feature passes and scores alone. The one-process run comes last in a process that "
         "has built and trained every candidate, so it can be slower than a fresh one "
-        "(bench/results_rank_cpu.md times both kinds of ranking fresh).",
+        "(bench/results_rank_cpu.md times both kinds of ranking before any fine-tuning).",
         "",
         "| task | labels per class | train / held-out | rank, workers (s) | rank, one process "
         "(s) | fine-tune all (s) | ratio, scores only | ratio, workers | ratio, one process "

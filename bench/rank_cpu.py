@@ -2,7 +2,7 @@
 
 ``python bench/rank_cpu.py`` on digits (10 classes, 10 labels per class, 100 training
 images, 64 px, the 8 candidates of bench/rank.py): CPU seconds (this process and its
-worker processes) over wall seconds for ``kerastl.rank`` with 2 workers, then with one
+worker processes) over wall seconds for ``kerastl.rank`` in 2 processes (``workers=2``), then in one
 process (caches emptied before each), then for the two-phase fine-tuning of three of the
 candidates. Writes bench/results_rank_cpu.md.
 """
