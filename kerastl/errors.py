@@ -135,6 +135,21 @@ def unknown_arguments_error(
     return ConfigError(msg + " The valid options are " + "; ".join(groups) + ".")
 
 
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception as one line: its type and the first line of its message (cut to
+    ``limit`` characters, with an ellipsis).
+
+    Example:
+        >>> one_line(RuntimeError("converter crashed\\nsecond line"))
+        'RuntimeError: converter crashed'
+        >>> one_line(ValueError("x" * 50), limit=20)
+        'ValueError: xxxxxxx…'
+    """
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    text = f"{type(exc).__name__}: {first}".rstrip(": ")
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
 def check_positive_int(argument: str, value: object, none_means: str | None = None) -> None:
     """Raise a :class:`ConfigError` unless ``value`` is an integer >= 1 (not a bool).
 

@@ -50,13 +50,15 @@ from kerastl.decide._scores import (
     subsets,
 )
 from kerastl.decide._workers import jobs_of, run_jobs, worker_count
-from kerastl.errors import ConfigError, choice_error
+from kerastl.errors import ConfigError, choice_error, one_line
 
 log = logging.getLogger(__name__)
 
 #: Random subsets of the examples (80 % of each class, at most 300 examples) each candidate
 #: is scored on again.
 SUBSETS = 20
+#: A failed row's reason is cut to this many characters.
+REASON_CHARS = 300
 #: Below this sureness (:func:`mark_sure`), a candidate's lead over the next row is a near tie.
 FIRM = 0.8
 
@@ -406,7 +408,7 @@ def _time_latencies(rows: list[dict[str, Any]], run: _Run) -> None:
         got = timed[pending.key]
         if isinstance(got, Exception):
             row.update(size_mb=None, latency_ms=None)
-            row["cost_failed"] = f"cost on {run.runtime} failed: {_reason(got)}"
+            row["cost_failed"] = f"cost on {run.runtime} failed: {one_line(got, REASON_CHARS)}"
         else:
             row["latency_ms"] = got
     run.seconds["cost"] += time.perf_counter() - t0
@@ -570,9 +572,7 @@ class _Run:
 
         for k, v in result["seconds"].items():
             self.seconds[k] += v
-        if self.labels is None and result["labels"] is not None:
-            self.labels, self.parts = result["labels"], subsets(result["labels"], SUBSETS)
-        if result["labels"] is not None and np.array_equal(result["labels"], self.labels):
+        if result["labels"] is not None and self._paired(result["labels"]):
             self.on_subsets.update(result["on_subsets"])
         FeatureCache._memory.update(result["features"])
         CostCache._memory.update(result["costs"])
@@ -582,10 +582,15 @@ class _Run:
 
     def score_subsets(self, label: str, x: np.ndarray, y: np.ndarray) -> None:
         """``by`` of candidate ``label`` on each of the run's :data:`SUBSETS` subsets."""
+        if self._paired(y):
+            self.on_subsets[label] = subset_scores(x, y, self.parts, self.by)
+
+    def _paired(self, y: np.ndarray) -> bool:
+        """Whether examples labelled ``y`` come in the run's order (the same examples in
+        the same order: scores on subsets pair up); the first labels seen fix it."""
         if self.labels is None:
             self.labels, self.parts = y, subsets(y, SUBSETS)
-        if np.array_equal(y, self.labels):  # the same examples in the same order: paired
-            self.on_subsets[label] = subset_scores(x, y, self.parts, self.by)
+        return np.array_equal(y, self.labels)
 
 
 def _rank_one(c: Candidate, run: _Run) -> dict[str, Any]:
@@ -604,7 +609,7 @@ def _rank_one(c: Candidate, run: _Run) -> dict[str, Any]:
             if not row["collapsed"]:
                 run.score_subsets(c.label, x, y)
     except Exception as exc:  # noqa: BLE001 - one candidate must not stop the ranking
-        row["failed"] = _reason(exc)
+        row["failed"] = one_line(exc, REASON_CHARS)
         log.debug(f"{c.label} failed", exc_info=True)
         return row
     finally:
@@ -618,7 +623,7 @@ def _rank_one(c: Candidate, run: _Run) -> dict[str, Any]:
         )
         row["size_mb"], row["latency_ms"], row["cost_cached"] = cost
     except Exception as exc:  # noqa: BLE001 - the scores stand and rank; the cost is unknown
-        row["cost_failed"] = f"cost on {run.runtime} failed: {_reason(exc)}"
+        row["cost_failed"] = f"cost on {run.runtime} failed: {one_line(exc, REASON_CHARS)}"
         log.debug(f"{c.label}: cost failed", exc_info=True)
     run.seconds["cost"] += time.perf_counter() - t1
     return row
@@ -671,13 +676,6 @@ def _cost_notes(rows: list[dict[str, Any]], cache: str) -> list[str]:
         f"cost cache {default_path()}: {reused} of {len(rows)} candidates' costs were "
         "measured earlier on this machine (delete the file to measure them again)"
     ]
-
-
-def _reason(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def mark_pareto(rows: list[dict[str, Any]], by: str) -> None:

@@ -9,8 +9,7 @@ The candidates are split into jobs so that nothing is done twice: a model's taps
 it (one build of the backbone, :func:`kerastl.builder.shared_backbones`) and every
 candidate of one architecture goes to the same job (one export measures its cost). This
 process works through the jobs from the largest down and each worker takes the next
-job the moment it is free. A
-worker that dies hands its job back to this process.
+job the moment it is free. A worker that dies hands its job back to this process.
 
 The workers are joblib's loky processes (started by fork and exec: TensorFlow is not safe
 to fork). Unlike :mod:`multiprocessing`'s ``spawn``, loky does not run the user's script
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from joblib.externals.loky import ProcessPoolExecutor
 
-from kerastl.errors import ConfigError
+from kerastl.errors import check_positive_int, one_line
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +94,11 @@ def worker_count(workers: int | None, jobs: int, gpu: bool = False) -> int:
         >>> worker_count(0, jobs=2)
         Traceback (most recent call last):
         ...
-        kerastl.errors.ConfigError: workers: expected a positive integer (processes ranking candidates side by side) or None (one per CPU core, at most 4), got 0.
+        kerastl.errors.ConfigError: workers: expected a positive integer or None (one per CPU core, at most 4), got 0.
     """
+    check_positive_int("workers", workers, none_means=f"one per CPU core, at most {AUTO_MAX}")
     if workers is None:
         workers = 1 if gpu else min(cores(), AUTO_MAX)
-    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(
-            "workers: expected a positive integer (processes ranking candidates side by "
-            f"side) or None (one per CPU core, at most {AUTO_MAX}), got {workers!r}."
-        )
     return max(1, min(workers, jobs))
 
 
@@ -163,7 +158,7 @@ def _pool(n: int, initializer: Callable[..., None] | None, initargs: tuple) -> A
         context = get_context("loky")
         return ProcessPoolExecutor(n, context=context, initializer=initializer, initargs=initargs)
     except Exception as exc:  # noqa: BLE001 - one process still does the whole job
-        log.warning("no worker process could start (%s); ranking in this process", _line(exc))
+        log.warning("no worker process could start (%s); ranking in this process", one_line(exc))
         return None
 
 
@@ -223,11 +218,5 @@ class _Feeder:
                 done(job, result)
             else:
                 log.warning("a rank worker failed (%s); its job runs in this process",
-                            _line(error))  # fmt: skip
+                            one_line(error))  # fmt: skip
             block = False  # one result waited for; collect the others already in
-
-
-def _line(exc: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-    return f"{type(exc).__name__}: {first}".rstrip(": ")
