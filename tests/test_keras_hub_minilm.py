@@ -147,14 +147,14 @@ def test_pretrained_minilm_beats_random_init_on_the_same_split():
 
     # Pretrained: head only on the frozen backbone, then the top two groups unfrozen.
     model = kerastl.build(
-        "all_minilm_l6_v2_en", weights=MODEL_DIR, freeze="backbone", learning_rate=3e-3, **common
+        "all_minilm_l6_v2_en", weights=MODEL_DIR, freeze="backbone", learning_rate=1e-2, **common
     )
     assert model.get_layer("backbone").count_params() == 22713216
-    model.fit(x_train, y_train, batch_size=32, epochs=6, verbose=0)
+    model.fit(x_train, y_train, batch_size=32, epochs=3, verbose=0)
     frozen_acc = accuracy(model, x_test, y_test)
     kerastl.apply_policy(model, "last:2")  # layer_4 + layer_5 (the unread pooler stays frozen)
     kerastl.compile_for_task(model, learning_rate=5e-5)
-    model.fit(x_train, y_train, batch_size=32, epochs=2, verbose=0)
+    model.fit(x_train, y_train, batch_size=32, epochs=1, verbose=0)
     tuned_acc = accuracy(model, x_test, y_test)
 
     # Same architecture and tokenizer, random weights, every layer trains.

@@ -184,18 +184,18 @@ def test_cli_train_writes_run_folder_then_evaluate(tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert again["accuracy"] == pytest.approx(metrics["accuracy"])
     # k-fold cross-validation of the same run config, from the CLI: each fold trains on
-    # two thirds and is scored on the rest; every example is scored exactly once.
-    assert main(["evaluate", str(run), "--folds", "3", "--json"]) == 0
+    # half and is scored on the rest; every example is scored exactly once.
+    assert main(["evaluate", str(run), "--folds", "2", "--json"]) == 0
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("{\n") :])
-    assert summary["folds"] == 3 and len(summary["per_fold"]) == 3
+    assert summary["folds"] == 2 and len(summary["per_fold"]) == 2
     assert summary["num_examples"] == 12
     accs = [f["accuracy"] for f in summary["per_fold"]]
     assert summary["mean"]["accuracy"] == pytest.approx(np.mean(accs))
     assert summary["std"]["accuracy"] == pytest.approx(np.std(accs), abs=1e-6)
-    assert json.loads((run / "kfold.json").read_text())["folds"] == 3
+    assert json.loads((run / "kfold.json").read_text())["folds"] == 2
     fold_metrics = [
-        json.loads((run / "folds" / f"fold{i}" / "metrics.json").read_text()) for i in range(3)
+        json.loads((run / "folds" / f"fold{i}" / "metrics.json").read_text()) for i in range(2)
     ]
     assert sum(m["num_examples"] for m in fold_metrics) == 12  # each example scored once
     assert [m["accuracy"] for m in fold_metrics] == pytest.approx(accs)
