@@ -457,6 +457,12 @@ def test_rank_pooled_tau_averages_the_draws_of_one_candidate_set():
     assert "| t | 4 | 2 (0,1) | 1.00 | met |" in text and "(2)" not in text
     worse = [draw("t", s, {"a": 0.7, "b": 0.8, "c": 0.9}, logme) for s in (0, 1)]
     assert "| -1.00 | **missed** |" in "\n".join(rb._pooled_lines(worse))
+    assert rb.pooled(worse)[0]["tau_pretrained"] == pytest.approx(-1.0)
+    assert rows[0]["tau_pretrained"] == pytest.approx(1.0)  # a, b, c: a@random left out
+    draws[1]["accuracy"]["c"]["ft"] = 0.82  # c's mean .81: above b, under a
+    assert rb.pooled(draws)[0]["tau_pretrained"] == pytest.approx(1 / 3)
+    assert rb.pooled(draws)[0]["tau"] == pytest.approx(2 / 3)  # a@random's pairs still right
+    draws[1]["accuracy"]["c"]["ft"] = 0.66
     assert "tau_knn" not in rows[0]  # draws without kNN scores: no kNN column value
     for d in draws[:2]:  # kNN orders b, c, a (a@random collapsed, last again)
         for row in d["rank_rows"]:
@@ -467,7 +473,40 @@ def test_rank_pooled_tau_averages_the_draws_of_one_candidate_set():
     again = rb.pooled(draws)[0]
     # means a .83, b .77, c .73 (a@random .1): kNN gets 2 of 6 pairs wrong (a-b, a-c)
     assert again["tau_knn"] == pytest.approx(1 / 3) and again["tau"] == pytest.approx(1.0)
-    assert "| 1.00 | met | 10.0 / 2.9 | 0.33 | 0.71 |" in "\n".join(rb._pooled_lines(draws))
+    assert "| 1.00 | met | 10.0 / 2.9 | 0.33 | 0.71 | - | 1.00 |" in "\n".join(
+        rb._pooled_lines(draws)
+    )
+
+
+def test_rank_split_half_tau_samples_the_splits_of_many_draws():
+    from bench import rank as rb
+
+    rng = np.random.default_rng(3)
+    true = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    noisy = (true + rng.normal(0, 0.01, (14, 5))).tolist()  # 3432 splits of 7 and 7
+    every = rb.split_half_tau(noisy, limit=5000)
+    some = rb.split_half_tau(noisy, limit=300)
+    assert every[0] > 0.9 and some[0] == pytest.approx(every[0], abs=0.02)
+    assert some[1] >= every[1] and some[2] <= every[2]
+    flat = (0.7 + rng.normal(0, 0.05, (14, 5))).tolist()  # no order to reproduce
+    assert rb.split_half_tau(flat, limit=300)[0] < 0.3
+
+
+def test_rank_cost_pools_one_process_draws_and_times_worker_draws_by_the_clock():
+    from bench import rank as rb
+
+    def draw(seed, scores, cost, wall, ft, workers=None):
+        r = {"task": "t", "seed": seed, "command": f"c{seed}", "finetune_seconds": ft,
+             "rank_seconds": {"features_and_scores": scores, "cost": cost}, "rank_wall": wall}  # fmt: skip
+        return r | ({"rank_workers": workers} if workers else {})
+
+    one = [draw(0, 10, 30, 41, 200), draw(1, 20, 0, 21, 100)]
+    lines = rb._cost_lines([*one, draw(2, 30, 30, 25, 100, workers=2)], "tflite")
+    text = "\n".join(lines)
+    assert "all runs pooled: 0.100 (scores only), 0.200 (with the export cost)" in text
+    assert "| t | 2 |" not in text  # summed process seconds are not a wall-clock time
+    assert "by 2 processes side by side" in text and "0.250 pooled, 0.250-0.250" in text
+    assert "side by side" not in "\n".join(rb._cost_lines(one, "tflite"))
 
 
 def test_export_memory_rows_name_their_command_and_the_row_they_replaced():
