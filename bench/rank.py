@@ -771,9 +771,9 @@ def pooled(results: list[dict]) -> list[dict]:
             if all(v is not None for vs in vals for v in vs):
                 g = [-np.inf if collapsed[k] else float(np.mean(v)) for k, v in zip(labels, vals)]
                 others[f"tau_{est}"] = float(kendalltau(g, target)[0])
-        imagenet = [means[k] for k in labels if pretrained(k)]
-        ours = [k for k in labels if pretrained(k)]  # LogME among them alone, no easy pairs
-        if len(ours) > 1:
+        ours = [k for k in labels if pretrained(k)]
+        imagenet = [means[k] for k in ours]
+        if len(ours) > 1:  # LogME among them alone, without the pairs weak candidates add
             others["tau_pretrained"] = float(
                 kendalltau([score[k] for k in ours], [means[k] for k in ours])[0]
             )
@@ -822,23 +822,37 @@ def split_half_tau(acc: list[list[float]], limit: int = 5000) -> tuple[float, fl
         >>> split_half_tau([[0.9, 0.5, 0.1]]) is None
         True
     """
-    import itertools
-
     from scipy.stats import kendalltau
 
     if len(acc) < 4:
         return None
     m = np.asarray(acc, dtype=float)
-    halves = list(itertools.combinations(range(len(m)), len(m) // 2))
-    if len(halves) > limit:
-        pick = np.random.default_rng(0).choice(len(halves), size=limit, replace=False)
-        halves = [halves[i] for i in sorted(pick)]
     taus = []
-    for half in halves:
+    for half in _halves(len(m), limit):
         rest = [i for i in range(len(m)) if i not in half]
         tau = float(kendalltau(_mean(m[list(half)]), _mean(m[rest]))[0])
         taus += [tau] if np.isfinite(tau) else []  # a half whose means all tie: no order
     return (float(np.mean(taus)), float(np.min(taus)), float(np.max(taus))) if taus else None
+
+
+def _halves(n: int, limit: int) -> list[tuple[int, ...]]:
+    """Every way to pick ``n // 2`` of ``n`` draws, or ``limit`` distinct ones at random
+    (seed 0) when there are more, drawn without listing them all (30 draws make 155M).
+
+    Example:
+        >>> len(_halves(6, 100)), len(_halves(20, 50)), len(set(_halves(20, 50)))
+        (20, 50, 50)
+    """
+    import itertools
+    import math
+
+    k = n // 2
+    if math.comb(n, k) <= limit:
+        return list(itertools.combinations(range(n), k))
+    rng, picked = np.random.default_rng(0), set()
+    while len(picked) < limit:
+        picked.add(tuple(sorted(rng.choice(n, size=k, replace=False).tolist())))
+    return sorted(picked)
 
 
 def _pooled_lines(results: list[dict]) -> list[str]:
@@ -960,7 +974,7 @@ def _workers_cost_lines(results: list[dict]) -> list[str]:
     ft = sum(r["finetune_seconds"] for r in results)
     per = [r["rank_wall"] / r["finetune_seconds"] for r in results]
     return ["", f"Draws ranked by {_workers_of(results)} processes side by side "
-            f"(kerastl rank's default here; {len(results)} draws of one task each, "
+            f"(kerastl rank's default here; {len(results)} task draws, "
             "export cost included, wall clock): ranking / fine-tuning time "
             f"{wall / ft:.3f} pooled, {min(per):.3f}-{max(per):.3f} per draw."]  # fmt: skip
 
