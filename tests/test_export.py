@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -1796,14 +1797,17 @@ def test_a_large_models_tflite_file_keeps_the_weights_stored_after_its_flatbuffe
     import kerastl
     from kerastl.export.formats import tflite, tflite_metadata
 
-    from_saved_model = tf.lite.TFLiteConverter.from_saved_model
+    def with_offsets(make):
+        def made(*args, **kwargs):
+            converter = make(*args, **kwargs)
+            converter._experimental_use_buffer_offset = True
+            return converter
 
-    def with_offsets(*args, **kwargs):
-        converter = from_saved_model(*args, **kwargs)
-        converter._experimental_use_buffer_offset = True
-        return converter
+        return staticmethod(made)
 
-    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model", staticmethod(with_offsets))
+    for source in ("from_saved_model", "from_concrete_functions"):  # both conversion paths
+        make = getattr(tf.lite.TFLiteConverter, source)
+        monkeypatch.setattr(tf.lite.TFLiteConverter, source, with_offsets(make))
     report = kerastl.export(model, tmp_path, formats=["tflite"], latency_runs=1)
     assert report["status"] == "passed", report
     arts = {a.get("precision"): a for a in report["artifacts"]}
@@ -1820,6 +1824,67 @@ def test_a_large_models_tflite_file_keeps_the_weights_stored_after_its_flatbuffe
     assert "mediapipe" not in arts
     assert any("_mediapipe.tflite" in n and "2 GiB" in n for n in report["notes"]), report["notes"]
     assert not (tmp_path / f"{model.name}_mediapipe.tflite").exists()
+
+
+def _tflite_int8_export(model, out):
+    import kerastl
+
+    return kerastl.export(
+        model, out, formats=["tflite"], quantize=["int8"], latency_runs=1,
+        calibration_data=_photo_like(16, seed=1), validation_data=_photo_like(8, seed=2),
+        tolerances={"tflite/int8": {"min_agreement": 0.5}},  # 16 samples, random weights
+    )  # fmt: skip
+
+
+def test_tflite_converts_the_traced_function_and_a_saved_model_only_if_that_fails(
+    model, tmp_path, monkeypatch, caplog
+):
+    """A TFLite-only export converts the frozen inference function: no SavedModel is
+    written or converted, TensorFlow's deprecation warning for that path is not shown, and
+    the files have the ``serving_default`` signature a SavedModel conversion gives them.
+    Any failure of that conversion (a graph it cannot take, a TensorFlow that dropped the
+    path) sends every precision through a SavedModel, which writes the same files, and
+    the report says why."""
+    import kerastl
+    from kerastl.export.formats import saved_model, tflite
+
+    calls = []
+    for mod, name in ((saved_model, "write_graph"), (tflite, "convert")):
+        real = getattr(mod, name)
+        spy = lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k)  # noqa: E731
+        monkeypatch.setattr(mod, name, spy)
+    with caplog.at_level(logging.WARNING):
+        report = _tflite_int8_export(model, tmp_path / "frozen")
+    assert report["status"] == "passed", report
+    assert calls == []
+    assert not [r for r in caplog.records if "deprecated conversion path" in r.getMessage()]
+
+    def broken(*args, **kwargs):
+        raise ValueError("injected: frozen conversion failed")
+
+    monkeypatch.setattr(tflite, "convert_function", broken)
+    report = _tflite_int8_export(model, tmp_path / "saved")
+    assert report["status"] == "passed", report
+    assert calls == ["write_graph", "convert", "convert"]
+    arts = {a.get("precision"): a for a in report["artifacts"]}
+    for q in ("float32", "int8"):
+        why = arts[q]["details"]["conversion"]
+        assert why.startswith("from a SavedModel") and "injected: frozen" in why, why
+    assert not list(tmp_path.rglob(tflite.TFLITE_SOURCE))
+
+    x = _photo_like(6, seed=3)
+    for name in (f"{model.name}.tflite", f"{model.name}_int8.tflite"):
+        frozen, saved = (kerastl.load_artifact(tmp_path / d / name) for d in ("frozen", "saved"))
+        outputs = ["class_id", "logits", "probabilities"]  # the SavedModel signature's
+        signature = {"serving_default": {"inputs": ["image"], "outputs": outputs}}
+        assert frozen._interp.get_signature_list() == signature
+        assert saved._interp.get_signature_list() == signature
+        got, want = frozen.run(x), saved.run(x)
+        for key in outputs:
+            np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=f"{name} {key}")
+    want = model.predict(x, verbose=0)
+    float32 = kerastl.load_artifact(tmp_path / "frozen" / f"{model.name}.tflite")
+    np.testing.assert_allclose(float32.run(x)["probabilities"], want, atol=1e-5)
 
 
 def test_release_memory_trims_without_starting_a_process(monkeypatch):

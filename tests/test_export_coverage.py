@@ -517,19 +517,27 @@ def test_has_large_depthwise_only_where_the_split_applies():
 
 
 def test_tflite_source_graph_is_removed_once_every_precision_is_written(tmp_path, monkeypatch):
-    """The split graph traced for TFLite (a second copy of the weights on disk) is gone
-    before the ONNX file is written."""
+    """When the frozen function's conversion fails, the split graph traced as a SavedModel
+    for TFLite (a second copy of the weights on disk) is gone before the ONNX file is
+    written."""
     import keras
 
     import kerastl
     from kerastl.export import pipeline
+    from kerastl.export.formats import tflite
 
+    def broken(*args, **kwargs):
+        raise ValueError("injected: frozen conversion failed")
+
+    monkeypatch.setattr(tflite, "convert_function", broken)
     seen = {}
     run_one = pipeline._run_one
 
     def spy(fmt, item, job):
         seen[(fmt.name, item.precision)] = sorted(p.name for p in job.staging.iterdir())
-        return run_one(fmt, item, job)
+        result = run_one(fmt, item, job)
+        seen[(fmt.name, item.precision, "after")] = sorted(p.name for p in job.staging.iterdir())
+        return result
 
     monkeypatch.setattr(pipeline, "_run_one", spy)
     x = keras.Input((12, 12, 3))
@@ -540,7 +548,7 @@ def test_tflite_source_graph_is_removed_once_every_precision_is_written(tmp_path
         model, tmp_path, formats=["saved_model", "tflite", "onnx"], validation_data=images
     )
     assert report["status"] == "passed", report
-    assert "tflite_source" in seen[("tflite", "float32")]
+    assert "tflite_source" in seen[("tflite", "float32", "after")], seen
     assert "tflite_source" not in seen[("onnx", "float32")], seen
 
 

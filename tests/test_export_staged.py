@@ -35,6 +35,7 @@ def test_failing_second_part_publishes_nothing(text_model, tmp_path, monkeypatch
     def broken(*args, **kwargs):
         raise kerastl.ExportError("injected: the TFLite converter failed")
 
+    monkeypatch.setattr(tflite, "convert_function", broken)  # and its fallback
     monkeypatch.setattr(tflite, "convert", broken)
     with pytest.raises(kerastl.ExportError, match="injected: the TFLite converter failed") as err:
         kerastl.export(text_model, tmp_path, formats=["saved_model", "tflite"], validation_data=x)

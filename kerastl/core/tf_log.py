@@ -8,22 +8,52 @@ from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
+#: The Python loggers TensorFlow's modules write to (``tf_logging`` and absl's).
+TENSORFLOW_LOGGERS = ("tensorflow", "absl")
 
-class _RetracingFilter(logging.Filter):
-    """Moves TensorFlow's 'triggered tf.function retracing' warning to kerastl's debug log."""
+
+class _PhraseFilter(logging.Filter):
+    """Moves TensorFlow's warnings that contain ``phrase`` to kerastl's debug log."""
+
+    def __init__(self, phrase: str) -> None:
+        super().__init__()
+        self.phrase = phrase
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "tf.function retracing" in record.getMessage():
+        if self.phrase in record.getMessage():
             log.debug(f"tensorflow: {record.getMessage()}")
             return False
         return True
 
 
 @contextlib.contextmanager
-def quiet_retracing() -> Iterator[None]:
+def quiet_tensorflow(phrase: str) -> Iterator[None]:
+    """Move TensorFlow's Python log records (:data:`TENSORFLOW_LOGGERS`) that contain
+    ``phrase`` to kerastl's debug log (shown with ``--debug``) while the block runs; other
+    TensorFlow warnings pass.
+
+    Example:
+        >>> absl_log = logging.getLogger("absl")
+        >>> with quiet_tensorflow("deprecated conversion path"):
+        ...     [f.phrase for f in absl_log.filters]
+        ['deprecated conversion path']
+        >>> any(isinstance(f, _PhraseFilter) for f in absl_log.filters)
+        False
+    """
+    flt = _PhraseFilter(phrase)
+    loggers = [logging.getLogger(name) for name in TENSORFLOW_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(flt)
+
+
+def quiet_retracing() -> contextlib.AbstractContextManager:
     """Move TensorFlow's "N out of the last M calls ... triggered tf.function retracing"
-    to kerastl's debug log (shown with ``--debug``) while the block runs; other TensorFlow
-    warnings pass.
+    to kerastl's debug log while the block runs (:func:`quiet_tensorflow`).
 
     Where kerastl builds one model after another in a process (k-fold training, the
     candidates of ``kerastl rank`` and their exports), each traces its own functions from
@@ -31,17 +61,8 @@ def quiet_retracing() -> Iterator[None]:
     @tf.function repeatedly", which is what these loops are.
 
     Example:
-        >>> tf_log = logging.getLogger("tensorflow")
         >>> with quiet_retracing():
-        ...     any(isinstance(f, _RetracingFilter) for f in tf_log.filters)
-        True
-        >>> any(isinstance(f, _RetracingFilter) for f in tf_log.filters)
-        False
+        ...     [f.phrase for f in logging.getLogger("tensorflow").filters]
+        ['tf.function retracing']
     """
-    tf_log = logging.getLogger("tensorflow")
-    flt = _RetracingFilter()
-    tf_log.addFilter(flt)
-    try:
-        yield
-    finally:
-        tf_log.removeFilter(flt)
+    return quiet_tensorflow("tf.function retracing")

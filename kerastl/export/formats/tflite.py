@@ -1,11 +1,12 @@
 """TFLite (LiteRT) files: float32, float16, dynamic-range and full-integer int8.
 
-Converted with ``tf.lite.TFLiteConverter.from_saved_model`` from the
-``serving_default`` signature of the inference SavedModel (the path Keras'
-own ``format="litert"`` takes), but with **builtin ops only** unless
-``allow_flex=True``: Keras allows Flex (select TF) ops, whose files then fail in
-the ``ai-edge-litert`` interpreter. kerastl's metadata JSON is embedded in the
-file's ``metadata`` table under :data:`METADATA_NAME`.
+Converted by ``tf.lite.TFLiteConverter`` from the traced inference function with its
+variables frozen (:func:`convert_function`), or, where that path fails, from the
+``serving_default`` signature of the inference SavedModel (:func:`convert`, the path Keras'
+own ``format="litert"`` takes); with **builtin ops only** unless ``allow_flex=True``:
+Keras allows Flex (select TF) ops, whose files then fail in the ``ai-edge-litert``
+interpreter. kerastl's metadata JSON is embedded in the file's ``metadata`` table under
+:data:`METADATA_NAME`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from kerastl.errors import (
     check_positive_int,
     choice_error,
     missing_dependency,
+    one_line,
 )
 from kerastl.export.formats import tflite_metadata
 from kerastl.export.formats.base import (
@@ -90,12 +92,81 @@ def convert(
         converter = tf.lite.TFLiteConverter.from_saved_model(
             str(saved_model_dir), signature_keys=["serving_default"]
         )
+    settings = _Settings(quantization, calibration, int8_io, allow_flex)
+    return _run(converter, settings, lambda x: {input_name: x})
+
+
+def convert_function(
+    concrete: Any,
+    quantization: str,
+    calibration: np.ndarray | None = None,
+    int8_io: str = "float32",
+    allow_flex: bool = False,
+) -> bytes | bytearray:
+    """Convert a traced function of one input that returns a dict, its variables frozen.
+
+    TensorFlow's frozen-graph path: no SavedModel is written and read back (Lite0 at
+    64 px, float32: about 2 s instead of 12). The converter gives that path no
+    SignatureDef; the file gets the ``serving_default`` one the SavedModel path gives
+    (the input's name, then the outputs by name, in the order of their sorted keys,
+    which is the order of the function's outputs). Arguments as :func:`convert`.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> w = tf.Variable([[2.0]])
+        >>> f = tf.function(lambda x: {"y": x @ w}, input_signature=[tf.TensorSpec((None, 1), name="x")])
+        >>> from ai_edge_litert.interpreter import Interpreter
+        >>> flat = convert_function(f.get_concrete_function(), "float32")
+        >>> Interpreter(model_content=bytes(flat)).get_signature_runner()(x=np.ones((1, 1), "float32"))
+        {'y': array([[2.]], dtype=float32)}
+
+    Raises:
+        ExportError: as :func:`convert`; ValueError: not one input, or outputs not a dict.
+    """
+    import tensorflow as tf
+    from ai_edge_litert import schema_py_generated as schema
+
+    from kerastl.core.tf_log import quiet_tensorflow
+
+    specs = tf.nest.flatten(concrete.structured_input_signature)
+    outputs = concrete.structured_outputs
+    if len(specs) != 1 or not isinstance(outputs, dict):
+        raise ValueError("convert_function takes a function of one input that returns a dict")
+    with quiet_tensorflow("deprecated conversion path"):  # the frozen-graph path
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    settings = _Settings(quantization, calibration, int8_io, allow_flex)
+    content = _run(converter, settings, lambda x: [x])
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content, 0))
+    main = model.subgraphs[0]
+    named = dict(zip(sorted(outputs), main.outputs, strict=True))
+    tflite_metadata.serving_signature(model, {specs[0].name: main.inputs[0]}, named)
+    return tflite_metadata.repack(model, content)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """kerastl's converter settings for one precision (arguments of :func:`convert`)."""
+
+    quantization: str
+    calibration: np.ndarray | None = None
+    int8_io: str = "float32"
+    allow_flex: bool = False
+
+
+def _run(
+    converter: Any, settings: _Settings, feed: Callable[[np.ndarray], Any]
+) -> bytes | bytearray:
+    """Set ``converter`` up for the precision and convert; ``feed`` makes one calibration
+    sample (a batch of 1) into what the converter's representative dataset yields."""
+    import tensorflow as tf
+
+    quantization, int8_io = settings.quantization, settings.int8_io
     ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "int8":
         ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io == "float32":  # float in/out needs the float QUANTIZE/DEQUANTIZE builtins
             ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
-    if allow_flex:
+    if settings.allow_flex:
         ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
     converter.target_spec.supported_ops = ops
     if quantization in ("float16", "dynamic", "int8"):
@@ -103,14 +174,9 @@ def convert(
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":
-        data = np.asarray(calibration)  # pixels / waveforms are float, token ids int32
+        data = np.asarray(settings.calibration)  # pixels / waveforms float, token ids int32
         data = data.astype(np.float32 if data.dtype.kind == "f" else np.int32)
-
-        def representative() -> Iterable[dict[str, np.ndarray]]:
-            for i in range(len(data)):
-                yield {input_name: data[i : i + 1]}
-
-        converter.representative_dataset = representative
+        converter.representative_dataset = lambda: (feed(data[i : i + 1]) for i in range(len(data)))
         # TensorFlow's flatbuffer quantizer (the one it keeps for 16x8 activations) writes
         # the same int8 graph from the same calibration without the MLIR quantizer's
         # copies: ConvNeXt-B peaks at 2.74 GB instead of 3.72 (bench/export_memory.py).
@@ -129,7 +195,7 @@ def convert(
             " The graph needs ops that are not LiteRT builtins; pass allow_flex=True "
             "(CLI --allow-flex) to use select TensorFlow ops (the app then needs the "
             "Flex delegate)."
-            if flex and not allow_flex
+            if flex and not settings.allow_flex
             else ""
         )
         raise ExportError(
@@ -423,7 +489,7 @@ class TFLiteFormat(Format):
 
     name = "tflite"
     suffix = ".tflite"
-    reads_saved_model = True  # converted from the staged SavedModel
+    reads_saved_model = True  # the fallback conversion and MediaPipe's text file read one
 
     def check_options(self, options: Options, formats: list[str]) -> None:
         quantize, int8_io = options.quantize, options.int8_io
@@ -580,11 +646,45 @@ def _convert_args(job: Job, q: str) -> dict[str, Any]:
 
 
 def _whole_converter(job: Job) -> Converter:
-    """Each precision converted whole from a SavedModel by TensorFlow's converter.
-
-    The staged SavedModel when there is one, unless the model has large depthwise
-    convolutions (:func:`_large_depthwise`): those are traced again.
+    """Each precision converted whole by TensorFlow's converter, from the traced inference
+    function with its variables frozen (:func:`convert_function`; the function the Keras
+    reference outputs came from, unless the model has large depthwise convolutions
+    (:func:`_large_depthwise`): those are traced again). A precision that path fails is
+    converted from a SavedModel (:func:`_saved_model_converter`), as are the rest; so are
+    models large enough to convert in parts (:data:`.tflite_parts.PARTS_MIN_BYTES`), when
+    the parts failed: the frozen graph would hold copies of their weights.
     """
+    from kerastl.core.convs import has_large_depthwise
+    from kerastl.export.formats.tflite_parts import PARTS_MIN_BYTES
+
+    if _weight_bytes(job) >= PARTS_MIN_BYTES:  # converted whole where parts failed
+        return _saved_model_converter(job)
+    split = has_large_depthwise(job.prepared.model)
+    prepared = dataclasses.replace(job.prepared, _fn=None) if split else job.prepared
+    with _large_depthwise(job):
+        concrete = prepared.tf_function().get_concrete_function()
+    fallback: list[tuple[Converter, str]] = []
+
+    def make(job: Job, q: str, path: Path) -> dict[str, Any]:
+        if not fallback:
+            try:
+                content = convert_function(concrete, q, **_convert_args(job, q))
+                path.write_bytes(embed_metadata(content, job.prepared.meta))
+                return {}
+            except Exception as exc:  # noqa: BLE001 - any failure: the SavedModel path
+                why = f"the frozen function's conversion failed: {one_line(exc, 300)}"
+                log.info("  tflite %s: converting from a SavedModel (%s)", q, why)
+                fallback.append((_saved_model_converter(job), why))
+        convert_saved, why = fallback[0]
+        return convert_saved(job, q, path) | {"conversion": f"from a SavedModel ({why})"}
+
+    make.release = lambda: [_release(f) for f, _ in fallback]  # type: ignore[attr-defined]
+    return make
+
+
+def _saved_model_converter(job: Job) -> Converter:
+    """Each precision converted whole from a SavedModel: the staged one when there is
+    one, unless the model has large depthwise convolutions, which are traced again."""
     from kerastl.core.convs import has_large_depthwise
     from kerastl.export.formats.saved_model import write_graph
 
@@ -592,8 +692,6 @@ def _whole_converter(job: Job) -> Converter:
     split = has_large_depthwise(job.prepared.model)
     if split or not (source / "saved_model.pb").exists():
         source = job.staging / TFLITE_SOURCE  # (or no passing SavedModel staged)
-        # split convolutions are traced anew; otherwise the function the Keras reference
-        # outputs came from is reused (one trace fewer: Lite0 at 64 px, 5.2 -> 4.6 s)
         prepared = dataclasses.replace(job.prepared, _fn=None) if split else job.prepared
         with _large_depthwise(job):
             write_graph(prepared, source, extras=False)

@@ -308,6 +308,35 @@ def add_entry(model: Any, name: str | bytes, data: bytes) -> None:
     model.metadata = [*(model.metadata or []), entry]
 
 
+def serving_signature(model: Any, inputs: dict[str, int], outputs: dict[str, int]) -> None:
+    """Make the ``serving_default`` SignatureDef of a ``ModelT``'s first subgraph: its
+    inputs and outputs by name (name -> tensor index), in that order.
+
+    Example:
+        >>> from ai_edge_litert import schema_py_generated as schema
+        >>> m = schema.ModelT(); m.subgraphs = [schema.SubGraphT()]
+        >>> serving_signature(m, {"image": 0}, {"logits": 3, "probabilities": 4})
+        >>> sig = schema.Model.GetRootAs(pack(m, 0), 0).SignatureDefs(0)
+        >>> sig.SignatureKey(), sig.Outputs(1).Name(), sig.Outputs(1).TensorIndex()
+        (b'serving_default', b'probabilities', 4)
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    def tensor_map(name: str, index: int) -> Any:
+        entry = schema.TensorMapT()
+        entry.name, entry.tensorIndex = name.encode(), index
+        return entry
+
+    main = model.subgraphs[0]
+    main.inputs, main.outputs = list(inputs.values()), list(outputs.values())
+    signature = schema.SignatureDefT()
+    signature.signatureKey = b"serving_default"
+    signature.subgraphIndex = 0
+    signature.inputs = [tensor_map(k, i) for k, i in inputs.items()]
+    signature.outputs = [tensor_map(k, i) for k, i in outputs.items()]
+    model.signatureDefs = [signature]
+
+
 def repack(model: Any, flatbuffer: bytes) -> bytes | bytearray:
     """Serialise ``model`` (a ``ModelT`` unpacked from ``flatbuffer`` and edited) to a file.
 

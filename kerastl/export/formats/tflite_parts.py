@@ -620,24 +620,12 @@ def _merge(
 
 def _finish(joined: Any, graph: Graph, where: dict[Tensor, int]) -> None:
     """The signature's inputs and outputs, and a ``serving_default`` SignatureDef."""
-    from ai_edge_litert import schema_py_generated as schema
+    from kerastl.export.formats import tflite_metadata
 
-    main = joined.subgraphs[0]
-    main.inputs = [where[t] for t in graph.inputs.values()]
-    main.outputs = [where[t] for t in graph.outputs.values()]
-    main.name = b"main"
-
-    def tensor_map(name: str, index: int) -> Any:
-        entry = schema.TensorMapT()
-        entry.name, entry.tensorIndex = name.encode(), index
-        return entry
-
-    signature = schema.SignatureDefT()
-    signature.signatureKey = b"serving_default"
-    signature.subgraphIndex = 0
-    signature.inputs = [tensor_map(k, where[t]) for k, t in graph.inputs.items()]
-    signature.outputs = [tensor_map(k, where[t]) for k, t in graph.outputs.items()]
-    joined.signatureDefs = [signature]
+    inputs = {k: where[t] for k, t in graph.inputs.items()}
+    outputs = {k: where[t] for k, t in graph.outputs.items()}
+    tflite_metadata.serving_signature(joined, inputs, outputs)
+    joined.subgraphs[0].name = b"main"
 
 
 def quantize_int8(float_file: Path, calibration: np.ndarray, int8_io: str = "float32") -> bytes:
