@@ -66,6 +66,7 @@ STEPS = (
     ("kerastl.export.formats.saved_model", "write", "saved_model write"),
     ("kerastl.export.formats.saved_model", "write_graph", "SavedModel graph"),
     ("kerastl.export.formats.tflite", "convert", "tflite convert"),
+    ("kerastl.export.formats.tflite", "convert_function", "tflite convert (frozen function)"),
     ("kerastl.export.formats.tflite", "embed_metadata", "tflite kerastl metadata"),
     ("kerastl.export.formats.tflite_parts", "freeze_light", "tflite parts freeze"),
     ("kerastl.export.formats.tflite_parts", "write", "tflite parts convert"),

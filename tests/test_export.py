@@ -1887,6 +1887,28 @@ def test_tflite_converts_the_traced_function_and_a_saved_model_only_if_that_fail
     np.testing.assert_allclose(float32.run(x)["probabilities"], want, atol=1e-5)
 
 
+def test_tflite_of_a_model_over_the_frozen_limit_is_converted_from_a_saved_model(
+    model, tmp_path, monkeypatch
+):
+    """From FROZEN_MAX_BYTES of weights, the frozen graph's copies would cost more memory
+    than the SavedModel path: such a model never goes through the frozen function."""
+    import kerastl
+    from kerastl.export.formats import tflite
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("the frozen function was converted")
+
+    monkeypatch.setattr(tflite, "convert_function", not_called)
+    monkeypatch.setattr(tflite, "FROZEN_MAX_BYTES", model.count_params() * 4)
+    report = kerastl.export(model, tmp_path, formats=["tflite"], latency_runs=1)
+    assert report["status"] == "passed", report
+    arts = {a.get("precision"): a for a in report["artifacts"]}
+    assert "conversion" not in arts["float32"]["details"]  # the chosen path, no fallback
+    x = _photo_like(4, seed=3)
+    art = kerastl.load_artifact(tmp_path / f"{model.name}.tflite")
+    np.testing.assert_allclose(art.run(x)["probabilities"], model.predict(x, verbose=0), atol=1e-5)
+
+
 def test_release_memory_trims_without_starting_a_process(monkeypatch):
     """release_memory runs between every export step of a process holding GBs; it must not
     fork (ctypes.util.find_library ran ``ldconfig -p`` in a child process on every call)."""

@@ -613,6 +613,12 @@ OVER_LIMIT = (
 #: The staging sub-folder of the graph traced for TFLite alone (removed once converted).
 TFLITE_SOURCE = "tflite_source"
 
+#: Float32 weight bytes from which whole conversion goes through a SavedModel instead of
+#: the frozen function, which holds about ten copies of the weights at once: ResNet-50's
+#: (98 MB) TFLite export peaked at 2.80 GB frozen against 1.82 through a SavedModel, over
+#: its bar of 2.28, though in 40 s instead of 56 (``python -m bench.export_memory``).
+FROZEN_MAX_BYTES = 32 * 2**20
+
 #: ``make(job, precision, path) -> report details``: writes one precision's file.
 Converter = Callable[[Job, str, Path], dict[str, Any]]
 
@@ -651,13 +657,11 @@ def _whole_converter(job: Job) -> Converter:
     reference outputs came from, unless the model has large depthwise convolutions
     (:func:`_large_depthwise`): those are traced again). A precision that path fails is
     converted from a SavedModel (:func:`_saved_model_converter`), as are the rest; so are
-    models large enough to convert in parts (:data:`.tflite_parts.PARTS_MIN_BYTES`), when
-    the parts failed: the frozen graph would hold copies of their weights.
+    models of :data:`FROZEN_MAX_BYTES` of weights or more.
     """
     from kerastl.core.convs import has_large_depthwise
-    from kerastl.export.formats.tflite_parts import PARTS_MIN_BYTES
 
-    if _weight_bytes(job) >= PARTS_MIN_BYTES:  # converted whole where parts failed
+    if _weight_bytes(job) >= FROZEN_MAX_BYTES:
         return _saved_model_converter(job)
     split = has_large_depthwise(job.prepared.model)
     prepared = dataclasses.replace(job.prepared, _fn=None) if split else job.prepared
