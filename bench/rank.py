@@ -426,9 +426,27 @@ def run_task(
         "logme_centred": centred,
         "tau_centred": tau_centred({"accuracy": acc, "rank_rows": table.rows}, centred),
         "rank_rows": table.rows, "rank_seconds": table.seconds, "rank_wall": t_rank,
-        "rank_workers": table.workers,
+        "rank_workers": table.workers, "commit": _commit(),
         "finetune_seconds": t_ft, "accuracy": acc, "tau": taus, "advice": advice,
     }  # fmt: skip
+
+
+def _commit() -> str:
+    """The commit this draw ran at (its export code sets the cost), ``+changes`` when
+    kerastl's or bench's code differs from it.
+
+    Example:
+        >>> _commit()[:1].isalnum()
+        True
+    """
+    import subprocess
+
+    def git(*a: str) -> str:
+        res = subprocess.run(["git", *a], cwd=Path(__file__).parent, capture_output=True, text=True)
+        return res.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "../kerastl", "*.py")
+    return git("rev-parse", "--short", "HEAD") + (" +changes" if dirty else "")
 
 
 def run_cost_scaling(name: str, spec: tuple, sizes: list[int], runtime: str, seed: int) -> list:
@@ -967,16 +985,22 @@ def _cost_lines(results: list[dict], runtime: str) -> list[str]:
 
 def _workers_cost_lines(results: list[dict]) -> list[str]:
     """Draws ranked by worker processes: their ranking time is the wall clock (the
-    per-part seconds add up every process's)."""
+    per-part seconds add up every process's); one line per commit the draws ran at (draws
+    stored without one ran before the cost's export code changed)."""
     if not results:
         return []
-    wall = sum(r["rank_wall"] for r in results)
-    ft = sum(r["finetune_seconds"] for r in results)
-    per = [r["rank_wall"] / r["finetune_seconds"] for r in results]
-    return ["", f"Draws ranked by {_workers_of(results)} processes side by side "
-            f"(kerastl rank's default here; {len(results)} task draws, "
-            "export cost included, wall clock): ranking / fine-tuning time "
-            f"{wall / ft:.3f} pooled, {min(per):.3f}-{max(per):.3f} per draw."]  # fmt: skip
+    lines = ["", f"Draws ranked by {_workers_of(results)} processes side by side "
+             "(kerastl rank's default here; export cost included, wall clock), ranking / "
+             "fine-tuning time:", ""]  # fmt: skip
+    for commit in dict.fromkeys(r.get("commit", "") for r in results):
+        rs = [r for r in results if r.get("commit", "") == commit]
+        wall = sum(r["rank_wall"] for r in rs)
+        ft = sum(r["finetune_seconds"] for r in rs)
+        per = [r["rank_wall"] / r["finetune_seconds"] for r in rs]
+        at = f"at {commit}" if commit else "before the commit was recorded"
+        lines.append(f"- {at} ({len(rs)} task draws): {wall / ft:.3f} pooled, "
+                     f"{min(per):.3f}-{max(per):.3f} per draw")  # fmt: skip
+    return lines
 
 
 def _one_process_cost_lines(same: list[dict], runtime: str) -> list[str]:

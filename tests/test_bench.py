@@ -507,6 +507,13 @@ def test_rank_cost_pools_one_process_draws_and_times_worker_draws_by_the_clock()
     assert "| t | 2 |" not in text  # summed process seconds are not a wall-clock time
     assert "by 2 processes side by side" in text and "0.250 pooled, 0.250-0.250" in text
     assert "side by side" not in "\n".join(rb._cost_lines(one, "tflite"))
+    # one line per commit the worker draws ran at (the export code sets the cost)
+    later = [
+        draw(s, 30, 30, w, 100, workers=2) | {"commit": "abc1234"} for s, w in ((3, 10), (4, 20))
+    ]
+    text = "\n".join(rb._cost_lines([draw(2, 30, 30, 25, 100, workers=2), *later], "tflite"))
+    assert "- before the commit was recorded (1 task draws): 0.250 pooled" in text, text
+    assert "- at abc1234 (2 task draws): 0.150 pooled, 0.100-0.200 per draw" in text, text
 
 
 def test_export_memory_rows_name_their_command_and_the_row_they_replaced():
