@@ -103,7 +103,7 @@ def _soak(tmp_path, loads: int, requests: int) -> dict:
 
 @pytest.mark.heavy
 def test_soak_fast_subset(tmp_path):
-    _soak(tmp_path, loads=30, requests=200)
+    _soak(tmp_path, loads=16, requests=200)  # each artifact loaded 4 times
 
 
 @pytest.mark.slow
