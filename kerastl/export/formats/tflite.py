@@ -106,7 +106,8 @@ def convert_function(
     """Convert a traced function of one input that returns a dict, its variables frozen.
 
     TensorFlow's frozen-graph path: no SavedModel is written and read back (Lite0 at
-    64 px, float32: about 2 s instead of 12). The converter gives that path no
+    64 px, float32: trace, freeze and conversion took about 3 s, the SavedModel's write
+    and conversion about 12). The converter gives that path no
     SignatureDef; the file gets the ``serving_default`` one the SavedModel path gives
     (the input's name, then the outputs by name, in the order of their sorted keys,
     which is the order of the function's outputs). Arguments as :func:`convert`.
