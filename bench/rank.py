@@ -426,27 +426,17 @@ def run_task(
         "logme_centred": centred,
         "tau_centred": tau_centred({"accuracy": acc, "rank_rows": table.rows}, centred),
         "rank_rows": table.rows, "rank_seconds": table.seconds, "rank_wall": t_rank,
-        "rank_workers": table.workers, "commit": _commit(),
+        "rank_workers": table.workers, "commit": _git(),
         "finetune_seconds": t_ft, "accuracy": acc, "tau": taus, "advice": advice,
     }  # fmt: skip
 
 
-def _commit() -> str:
-    """The commit this draw ran at (its export code sets the cost), ``+changes`` when
-    kerastl's or bench's code differs from it.
+def _git() -> str:
+    """The commit this draw ran at (its export code sets the cost): the benches' one
+    (:func:`bench.export_memory._git`, ``+changes`` with uncommitted code)."""
+    from bench.export_memory import _git as git
 
-    Example:
-        >>> _commit()[:1].isalnum()
-        True
-    """
-    import subprocess
-
-    def git(*a: str) -> str:
-        res = subprocess.run(["git", *a], cwd=Path(__file__).parent, capture_output=True, text=True)
-        return res.stdout.strip()
-
-    dirty = git("status", "--porcelain", "--", "../kerastl", "*.py")
-    return git("rev-parse", "--short", "HEAD") + (" +changes" if dirty else "")
+    return git()
 
 
 def run_cost_scaling(name: str, spec: tuple, sizes: list[int], runtime: str, seed: int) -> list:

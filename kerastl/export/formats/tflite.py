@@ -647,6 +647,16 @@ def _large_depthwise(job: Job) -> contextlib.AbstractContextManager:
     )
 
 
+def _for_tracing(job: Job) -> Any:
+    """``job.prepared``, whose trace the Keras reference outputs came from, or for a model
+    with large depthwise convolutions a copy that traces anew (split inside
+    :func:`_large_depthwise`)."""
+    from kerastl.core.convs import has_large_depthwise
+
+    split = has_large_depthwise(job.prepared.model)
+    return dataclasses.replace(job.prepared, _fn=None) if split else job.prepared
+
+
 def _convert_args(job: Job, q: str) -> dict[str, Any]:
     int8_io = job.options.int8_io if q == "int8" else "float32"
     return {"calibration": job.x_cal, "int8_io": int8_io, "allow_flex": job.options.allow_flex}
@@ -660,14 +670,10 @@ def _whole_converter(job: Job) -> Converter:
     converted from a SavedModel (:func:`_saved_model_converter`), as are the rest; so are
     models of :data:`FROZEN_MAX_BYTES` of weights or more.
     """
-    from kerastl.core.convs import has_large_depthwise
-
     if _weight_bytes(job) >= FROZEN_MAX_BYTES:
         return _saved_model_converter(job)
-    split = has_large_depthwise(job.prepared.model)
-    prepared = dataclasses.replace(job.prepared, _fn=None) if split else job.prepared
     with _large_depthwise(job):
-        concrete = prepared.tf_function().get_concrete_function()
+        concrete = _for_tracing(job).tf_function().get_concrete_function()
     fallback: list[tuple[Converter, str]] = []
 
     def make(job: Job, q: str, path: Path) -> dict[str, Any]:
@@ -690,14 +696,12 @@ def _whole_converter(job: Job) -> Converter:
 def _saved_model_converter(job: Job) -> Converter:
     """Each precision converted whole from a SavedModel: the staged one when there is
     one, unless the model has large depthwise convolutions, which are traced again."""
-    from kerastl.core.convs import has_large_depthwise
     from kerastl.export.formats.saved_model import write_graph
 
     source = job.staging / "saved_model"
-    split = has_large_depthwise(job.prepared.model)
-    if split or not (source / "saved_model.pb").exists():
+    prepared = _for_tracing(job)
+    if prepared is not job.prepared or not (source / "saved_model.pb").exists():
         source = job.staging / TFLITE_SOURCE  # (or no passing SavedModel staged)
-        prepared = dataclasses.replace(job.prepared, _fn=None) if split else job.prepared
         with _large_depthwise(job):
             write_graph(prepared, source, extras=False)
 
